@@ -1,0 +1,24 @@
+# The README's two commands. Both create .venv when missing and install the project into it.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/upsample image assets/sample.png -o out/demo --overwrite
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 tests
+
+clean:
+	rm -rf out

@@ -1,0 +1,49 @@
+"""The `upsample` command line: one argparse parser, a sub-command per module.
+
+Each module in COMMANDS defines `register(subparsers)`, which adds its sub-command and sets
+`func` on it; `func(args)` returns the exit code. UserError becomes one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# Modules that contribute sub-commands, in the order `upsample --help` lists them.
+COMMANDS = [
+    "upsample.evaluate",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upsample", description="Image and video super-resolution: train, evaluate, upscale.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"upsample {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"upsample {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"upsample {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Degradations. The core is a MATLAB-exact `imresize` (bicubic, antialiased when shrinking).
+
+MATLAB's algorithm, per dimension (imresize.m, `contributions`):
+  out_len = ceil(in_len * scale) unless the size is given;
+  for output pixel x = 1..out_len the source position is u = x / scale + 0.5 * (1 - 1 / scale);
+  when shrinking with antialiasing the Keys kernel (a = -0.5) is widened by 1/scale and scaled by
+  `scale`; taps are left = floor(u - width / 2) + 0..P-1 with P = ceil(width) + 2; weights are
+  normalised to sum 1; out-of-range taps are mirrored (symmetric padding, edge repeated);
+  all-zero tap columns are dropped. The dimension with the smaller scale goes first (rows on ties).
+The weights are computed in float64 and applied as a gather + weighted sum, so memory stays
+proportional to the output (no dense in x out matrices) and any scale factor works.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+
+def cubic(x: np.ndarray) -> np.ndarray:
+    """Keys cubic convolution kernel with a = -0.5 (MATLAB's `cubic`)."""
+    ax = np.abs(x)
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return ((1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1)
+            + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2)))
+
+
+@lru_cache(maxsize=256)
+def contributions(in_len: int, out_len: int, scale: float, antialias: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Tap indices (0-based, mirrored into range) and float64 weights, each (out_len, P)."""
+    kernel_width = 4.0
+    if scale < 1 and antialias:
+        kernel_width /= scale
+    x = np.arange(1, out_len + 1, dtype=np.float64)
+    u = x / scale + 0.5 * (1.0 - 1.0 / scale)
+    left = np.floor(u - kernel_width / 2.0)
+    taps = int(math.ceil(kernel_width)) + 2
+    idx = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based like MATLAB
+    dist = u[:, None] - idx
+    if scale < 1 and antialias:
+        weights = scale * cubic(dist * scale)
+    else:
+        weights = cubic(dist)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    # Symmetric (mirror) boundary: aux = [1..n, n..1], index = aux[(idx - 1) mod 2n].
+    aux = np.concatenate([np.arange(in_len), np.arange(in_len)[::-1]])
+    idx0 = aux[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    keep = np.any(weights != 0, axis=0)
+    return np.ascontiguousarray(idx0[:, keep]), np.ascontiguousarray(weights[:, keep])
+
+
+def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    in_len = x.shape[dim]
+    idx, w = contributions(in_len, out_len, float(scale), antialias)
+    taps = idx.shape[1]
+    idx_t = torch.from_numpy(idx).to(x.device).reshape(-1)
+    w_t = torch.from_numpy(w).to(device=x.device, dtype=x.dtype)
+    gathered = x.index_select(dim, idx_t)  # (..., out_len * taps, ...) along dim
+    shape = list(x.shape)
+    shape[dim:dim + 1] = [out_len, taps]
+    gathered = gathered.reshape(shape)
+    view = [1] * gathered.dim()
+    view[dim], view[dim + 1] = out_len, taps
+    return (gathered * w_t.reshape(view)).sum(dim=dim + 1)
+
+
+def output_size(in_size: int, scale: float) -> int:
+    """MATLAB's output length for a scale factor: ceil(in * scale), guarded against fp noise."""
+    return int(math.ceil(round(in_size * scale, 9)))
+
+
+def imresize(x: torch.Tensor, scale: float | tuple[float, float] | None = None, *,
+             size: tuple[int, int] | None = None, antialias: bool = True) -> torch.Tensor:
+    """MATLAB-compatible bicubic resize of a float tensor (..., H, W), e.g. NCHW, on any device.
+
+    Give `scale` (one factor or (sy, sx)) and/or `size` (out_h, out_w). With both, `size` sets the
+    output shape and `scale` the kernel (MATLAB's imresize(A, scale) when size == ceil(scale*in)).
+    With `size` alone the scale per dimension is out / in, as MATLAB's imresize(A, [h w]).
+    """
+    if not torch.is_floating_point(x):
+        raise TypeError("imresize expects a floating-point tensor; convert uint8 at the edges")
+    if x.dim() < 2:
+        raise ValueError("imresize expects a tensor of shape (..., H, W)")
+    in_h, in_w = x.shape[-2], x.shape[-1]
+    if scale is None and size is None:
+        raise ValueError("imresize needs scale or size")
+    if scale is not None:
+        sy, sx = (scale, scale) if isinstance(scale, (int, float)) else scale
+        if sy <= 0 or sx <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+    if size is None:
+        size = (output_size(in_h, sy), output_size(in_w, sx))
+    elif scale is None:
+        sy, sx = size[0] / in_h, size[1] / in_w
+    out_h, out_w = int(size[0]), int(size[1])
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"output size must be positive, got {out_h}x{out_w}")
+    hdim, wdim = x.dim() - 2, x.dim() - 1
+    # MATLAB resizes the dimension with the smaller scale first; rows first on ties.
+    steps = [(hdim, out_h, sy), (wdim, out_w, sx)]
+    if sx < sy:
+        steps.reverse()
+    for dim, out_len, s in steps:
+        x = _resize_dim(x, dim, out_len, s, antialias)
+    return x
+
+
+def imresize_np(img: np.ndarray, scale: float | None = None, *, size: tuple[int, int] | None = None,
+                antialias: bool = True) -> np.ndarray:
+    """`imresize` for numpy images HW or HWC. uint8 in -> uint8 out (rounded, clipped), as MATLAB;
+    float in -> float64 out, unclipped."""
+    is_uint8 = img.dtype == np.uint8
+    arr = np.asarray(img, dtype=np.float64)
+    if is_uint8:
+        arr = arr / 255.0
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+    out = imresize(t, scale, size=size, antialias=antialias)
+    out = out[0] if img.ndim == 2 else out.permute(1, 2, 0)
+    res = out.numpy()
+    if is_uint8:
+        return to_uint8(res)
+    return res
+
+
+def to_uint8(img01: np.ndarray) -> np.ndarray:
+    """[0, 1] float image -> uint8 with rounding, as a saved PNG would be."""
+    return np.clip(np.round(np.asarray(img01) * 255.0), 0, 255).astype(np.uint8)
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round a [0, 1] tensor to the 8-bit grid (what saving to PNG and reading back does)."""
+    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
