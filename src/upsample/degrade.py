@@ -135,3 +135,61 @@ def to_uint8(img01: np.ndarray) -> np.ndarray:
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Round a [0, 1] tensor to the 8-bit grid (what saving to PNG and reading back does)."""
     return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+
+
+# --- Training degradations beyond bicubic (blur + subsample, noise, JPEG) ---------------------
+# All take and return float NCHW in [0, 1]; randomness only through an explicit generator.
+
+def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian (float64); `size` defaults to 2 * ceil(3 sigma) + 1."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if size is None:
+        size = 2 * int(math.ceil(3.0 * sigma)) + 1
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, size: int | None = None) -> torch.Tensor:
+    """Separable isotropic Gaussian blur of NCHW with mirror (reflect) padding at the borders."""
+    g = gaussian_kernel(sigma, size).to(device=x.device, dtype=x.dtype)
+    k, c = g.numel(), x.shape[1]
+    pad = k // 2
+    if pad >= min(x.shape[-2:]):
+        raise ValueError(f"blur kernel of {k} px is too large for a {tuple(x.shape[-2:])} image")
+    y = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    y = torch.nn.functional.conv2d(y, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return torch.nn.functional.conv2d(y, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+
+
+def blur_subsample(x: torch.Tensor, scale: int, sigma: float) -> torch.Tensor:
+    """ESPCN's LR: Gaussian blur, then keep every `scale`-th pixel, starting at (scale - 1) // 2
+    so that for odd scales each LR pixel sits at the centre of its scale x scale HR block."""
+    off = (int(scale) - 1) // 2
+    return gaussian_blur(x, sigma)[..., off::int(scale), off::int(scale)]
+
+
+def add_noise(x: torch.Tensor, sigma255: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Additive white Gaussian noise with standard deviation `sigma255` on the 0-255 scale."""
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
+    return x + noise * (sigma255 / 255.0)
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG round trip (Pillow, 4:2:0) of each RGB (or single-channel) image in NCHW."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for img in x:
+        arr = to_uint8(img.detach().cpu().permute(1, 2, 0).numpy())
+        pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+        buf = io.BytesIO()
+        pil.save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        dec = np.asarray(Image.open(buf).convert(pil.mode), dtype=np.float32) / 255.0
+        dec = dec[..., None] if dec.ndim == 2 else dec
+        out.append(torch.from_numpy(dec).permute(2, 0, 1))
+    return torch.stack(out).to(device=x.device, dtype=x.dtype)
