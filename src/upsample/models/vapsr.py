@@ -1,0 +1,76 @@
+"""VapSR (Zhou et al. 2022, "Efficient Image Super-Resolution using Vast-Receptive-Field Attention").
+
+Structure and parameter names follow the official implementation (github.com/zhoumumu/VapSR,
+code/vapsr.py) so its checkpoints load: `conv_first`, `body.N` = VAB blocks (`proj_1`, GELU,
+`atten_branch` = pointwise 1x1 -> depth-wise 5x5 -> depth-wise 5x5 dilation 3, multiplied with
+its input, `proj_2`, residual, `pixel_norm` = LayerNorm over channels), `conv_body` (grouped for
+VapSR-S), a global residual and `upsampler.N`.
+
+`plain_3x3=True` is the 3x3-conv variant: both depth-wise kernels of the attention become plain
+(undilated) depth-wise 3x3 convolutions, for runtimes where large or dilated kernels are slow.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, plain_3x3: bool = False):
+        super().__init__()
+        self.pointwise = nn.Conv2d(dim, dim, 1)
+        if plain_3x3:
+            self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+            self.depthwise_dilated = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        else:
+            self.depthwise = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+            self.depthwise_dilated = nn.Conv2d(dim, dim, 5, padding=6, groups=dim, dilation=3)
+
+    def forward(self, x):
+        return x * self.depthwise_dilated(self.depthwise(self.pointwise(x)))
+
+
+class VAB(nn.Module):
+    """Vast-receptive-field attention block."""
+
+    def __init__(self, d_model: int, d_atten: int, plain_3x3: bool = False):
+        super().__init__()
+        self.proj_1 = nn.Conv2d(d_model, d_atten, 1)
+        self.activation = nn.GELU()
+        self.atten_branch = Attention(d_atten, plain_3x3)
+        self.proj_2 = nn.Conv2d(d_atten, d_model, 1)
+        self.pixel_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x):
+        y = self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))) + x
+        return self.pixel_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+
+def upsampler(num_feat: int, num_out_ch: int, scale: int) -> nn.Sequential:
+    """The official heads: x4 = conv(->64), shuffle 2, LeakyReLU, conv(16->4C), shuffle 2 (the
+    same PixelShuffle module twice, as upstream); x2/x3 = conv(->56), LeakyReLU, conv(->s^2 C),
+    shuffle s."""
+    if scale == 4:
+        shuffle = nn.PixelShuffle(2)
+        return nn.Sequential(nn.Conv2d(num_feat, 64, 3, 1, 1), shuffle, nn.LeakyReLU(0.1, inplace=True),
+                             nn.Conv2d(16, num_out_ch * 4, 3, 1, 1), shuffle)
+    return nn.Sequential(nn.Conv2d(num_feat, 56, 3, 1, 1), nn.LeakyReLU(0.1, inplace=True),
+                         nn.Conv2d(56, num_out_ch * scale * scale, 3, 1, 1), nn.PixelShuffle(scale))
+
+
+class VapSR(nn.Module):
+    def __init__(self, *, scale: int = 4, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48,
+                 num_block: int = 21, d_atten: int = 64, conv_groups: int = 1, plain_3x3: bool = False):
+        super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"VapSR supports scales 2, 3 and 4, got {scale}")
+        self.scale = scale
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(VAB(num_feat, d_atten, plain_3x3) for _ in range(num_block)))
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1, groups=conv_groups)
+        self.upsampler = upsampler(num_feat, num_out_ch, scale)
+
+    def forward(self, x):
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        return self.upsampler(feat)

@@ -1,0 +1,34 @@
+"""VDSR (Kim et al. 2016, "Accurate Image Super-Resolution Using Very Deep Convolutional Networks").
+
+20 conv 3x3 layers of 64 channels with ReLU between them, and a global residual: the network
+refines an image that was already upscaled by bicubic interpolation (the caller does that with
+`degrade.imresize`), so one network serves every scale and input and output have the same size.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn import functional as F
+
+
+class VDSR(nn.Module):
+    def __init__(self, *, num_in_ch: int = 1, num_feat: int = 64, num_layers: int = 20, bias: bool = True):
+        super().__init__()
+        if num_layers < 3:
+            raise ValueError(f"VDSR needs at least 3 layers, got {num_layers}")
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, padding=1, bias=bias)
+        self.body = nn.ModuleList(nn.Conv2d(num_feat, num_feat, 3, padding=1, bias=bias)
+                                  for _ in range(num_layers - 2))
+        self.conv_last = nn.Conv2d(num_feat, num_in_ch, 3, padding=1, bias=bias)
+        for m in self.modules():  # He initialisation, as in the paper
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        """x: the bicubic-upscaled image; returns x plus the predicted residual."""
+        feat = F.relu(self.conv_first(x))
+        for conv in self.body:
+            feat = F.relu(conv(feat))
+        return x + self.conv_last(feat)
