@@ -254,7 +254,7 @@ class PairDataset(torch.utils.data.Dataset):
         top, left = min(m, y0 // s), min(m, x0 // s)
         bottom, right = min(m, (h - y0 - core) // s), min(m, (w - x0 - core) // s)
         region = img[y0 - top * s:y0 + core + bottom * s, x0 - left * s:x0 + core + right * s]
-        hr = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].double() / 255.0
+        hr = torch.from_numpy(region.copy()).permute(2, 0, 1)[None].double() / 255.0
         if sp.kind == "gaussian":
             lr = degrade.blur_subsample(hr, s, float(rng.uniform(*sp.blur_sigma)))
         else:
