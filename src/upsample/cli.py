@@ -16,6 +16,7 @@ from .errors import UserError
 COMMANDS = [
     "upsample.evaluate",
     "upsample.data",
+    "upsample.train",
 ]
 
 

@@ -1,0 +1,517 @@
+"""`upsample train CONFIG`: train a registered model on HR images; one loop, top to bottom.
+
+Run directory (default runs/<config stem>):
+  config.toml        the resolved config (recipe + --set overrides); --resume reads it back
+  last.safetensors   the weights to evaluate (EMA weights when train.ema > 0), every ckpt_every steps
+  last_state.pt      everything to continue exactly: raw weights, optimizer, scheduler, GradScaler,
+                     EMA, RNG states of every rank, step, epoch, best PSNR, patience counter
+  best.safetensors   the weights with the best validation PSNR so far
+  metrics.jsonl      one JSON object per log / validation line
+  tb/                TensorBoard events: loss, lr, val PSNR/SSIM, sample images
+
+Exactness: the training samples of step s are a pure function of (seed, s) (see `data`), so a run
+stopped at a checkpoint and resumed reproduces an uninterrupted run step for step (bit for bit on
+CPU). Ctrl-C or SIGTERM finishes the current step, saves and exits (status 130 / 143); after a
+kill -9, `--resume` continues from the last checkpoint.
+
+Multi-process: `torchrun --nproc-per-node N -m upsample train CONFIG` runs DDP (gloo on CPU, nccl
+on CUDA). Each rank draws its own samples; `data.batch_size` is per rank, so the effective batch
+is batch_size x world size. Only rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint, config as config_mod, data, evaluate, registry
+from .errors import UserError
+from .imageio import read_rgb
+from .losses import make_loss
+from .upscaler import ModelUpscaler
+
+RUN_FILES = ("config.toml", "last.safetensors", "last_state.pt", "best.safetensors", "metrics.jsonl")
+
+
+class EMA:
+    """Exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * w."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, w in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(w, 1.0 - self.decay)
+            else:
+                e.copy_(w)
+
+
+def build_optimizer(cfg: config_mod.OptimConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: config_mod.SchedConfig, opt, steps: int):
+    """Stepped once per training step, except plateau: once per validation, on val PSNR."""
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma)
+    if cfg.name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, cfg.gamma)
+    if cfg.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, cfg.eta_min)
+    if cfg.name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", cfg.factor, cfg.patience)
+    return None
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_states(device: torch.device) -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def set_rng_states(st: dict, device: torch.device) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def init_from(model: nn.Module, path: str) -> str:
+    """Copy the tensors of checkpoint `path` whose names and shapes fit `model` (--init)."""
+    src = checkpoint.load_checkpoint(path)[0].state_dict()
+    own = model.state_dict()
+    fit = {k: v for k, v in src.items() if k in own and v.shape == own[k].shape}
+    if not fit:
+        raise UserError(f"--init {path}: no tensor of it fits {model.upsample_spec.name}")
+    model.load_state_dict(fit, strict=False)
+    return f"initialised {len(fit)}/{len(own)} tensors from {path}"
+
+
+@torch.no_grad()
+def validate(model: nn.Module, images: list[np.ndarray], scales: list[int], device) -> dict:
+    """Mean PSNR/SSIM (Y, border = scale) over images and scales, exactly as `upsample eval`."""
+    was_training = model.training
+    model.eval()
+    psnrs, ssims, samples = [], [], []
+    for s in scales:
+        up = ModelUpscaler(model, model, scale=s, name="validation", backend="torch", device=device)
+        for hr in images:
+            p, q, out = evaluate.evaluate_image(up, hr, s, int(math.ceil(s)), True)
+            psnrs.append(p)
+            ssims.append(q)
+            samples.append(out)
+    model.train(was_training)
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "samples": samples}
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    if not size:
+        return img
+    h, w = img.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[y:y + size, x:x + size]
+
+
+def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
+    """True when there is a run to resume. Raises for a used run dir without --resume/--reset."""
+    used = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
+    if resume:
+        if not (run_dir / "last_state.pt").exists():
+            raise UserError(f"--resume: {run_dir} has no last_state.pt to resume from; start "
+                            "without --resume")
+        return True
+    if used and not reset:
+        raise UserError(f"run dir {run_dir} already holds a run: use --resume to continue it, "
+                        "--reset to start over, or --run-dir for a new one")
+    return False
+
+
+def reset_run_dir(run_dir: Path) -> None:
+    import shutil
+    for f in RUN_FILES:
+        (run_dir / f).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves and stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
+          device: str | None = None, init: str | None = None, config_text: str | None = None) -> int:
+    # ---------------------------------------------------------------- processes and device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+        if world > 1 or dev.index is None:
+            dev = torch.device("cuda", local_rank if world > 1 else 0)
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    ddp = world > 1
+    if ddp and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    master = rank == 0
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    if amp_dtype is torch.float16 and dev.type != "cuda":
+        raise UserError("train.amp = fp16 needs CUDA; use bf16 on the CPU")
+    log = (lambda msg: print(msg, file=sys.stderr)) if master else (lambda msg: None)
+
+    # ---------------------------------------------------------------- run dir (checked by all
+    # ranks before anyone writes, so that every rank takes the same decision)
+    resuming = check_run_dir(run_dir, resume, reset)
+    state = None
+    if resuming:
+        state = torch.load(run_dir / "last_state.pt", map_location="cpu", weights_only=False)
+        done = state["step"] >= cfg.train.steps or (state.get("finished") == "early stop"
+                                                     and cfg.val.patience)
+        if done:
+            best = f"best val PSNR {state['best_psnr']:.2f} dB at step {state['best_step']}" \
+                if state["best_step"] else "no validation"
+            log(f"run {run_dir} is finished ({state.get('finished') or 'steps'} at step "
+                f"{state['step']}/{cfg.train.steps}; {best}); nothing to do")
+            if ddp and dist.is_initialized():
+                dist.destroy_process_group()
+            return 0
+    if ddp:
+        dist.barrier()
+
+    # ---------------------------------------------------------------- model
+    torch.manual_seed(cfg.train.seed)
+    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    spec = model.upsample_spec
+    if spec.kind != "generator":
+        raise UserError(f"model.name: {cfg.model.name} is a {spec.kind}, not an upscaler")
+    if spec.scale is None:
+        if not cfg.model.scales:
+            raise UserError(f"model.scales: {cfg.model.name} works at any scale; list the scales "
+                            "to train on, e.g. [2, 3, 4]")
+        scales = list(cfg.model.scales)
+    else:
+        if cfg.model.scales and cfg.model.scales != [spec.scale]:
+            raise UserError(f"model.scales: {cfg.model.name} is a x{spec.scale} model, got "
+                            f"{cfg.model.scales}")
+        scales = [spec.scale]
+    if init and not resuming:
+        log(init_from(model, init))
+
+    # ---------------------------------------------------------------- data
+    train_files, val_files = data.train_val_files(cfg.data.train, cfg.data.val_list,
+                                                  cfg.data.val_fraction, cfg.train.seed)
+    if cfg.data.max_images:
+        train_files = train_files[:cfg.data.max_images]
+    pair_spec = data.PairSpec(
+        patch=cfg.data.patch_size, scales=scales, y_channel=spec.input == "y",
+        pre_upsample=spec.pre_upsample, flip=cfg.data.flip, rot90=cfg.data.rot90,
+        kind=cfg.degrade.kind, blur_sigma=tuple(cfg.degrade.blur_sigma),
+        noise_prob=cfg.degrade.noise_prob, noise_sigma=tuple(cfg.degrade.noise_sigma),
+        jpeg_prob=cfg.degrade.jpeg_prob, jpeg_quality=tuple(cfg.degrade.jpeg_quality))
+    pairs = data.PairDataset(train_files, pair_spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
+                             progress=master and sys.stderr.isatty())
+    if pairs.skipped:
+        log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
+    val_images = []
+    if master:
+        val_files = val_files[:cfg.val.max_images] if cfg.val.max_images else val_files
+        val_images = [center_crop(read_rgb(f), cfg.val.crop) for f in val_files]
+    start = state["step"] if state else 0
+    steps = cfg.train.steps
+    sampler = data.StepBatchSampler(start, steps, cfg.data.batch_size, scales, cfg.train.seed,
+                                    rank, world)
+    loader = torch.utils.data.DataLoader(
+        pairs, batch_sampler=sampler, num_workers=cfg.data.workers,
+        pin_memory=dev.type == "cuda", worker_init_fn=_ignore_sigint,
+        prefetch_factor=4 if cfg.data.workers else None)
+
+    # ---------------------------------------------------------------- optimizer and friends
+    model.to(dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg.optim, model.parameters())
+    sched = build_scheduler(cfg.sched, opt, steps)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema else None
+    criterion = make_loss(cfg.loss.name, cfg.loss.eps)
+    best_psnr, best_step, bad_vals = -math.inf, 0, 0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.model.load_state_dict(state["ema"])
+        best_psnr, best_step, bad_vals = state["best_psnr"], state["best_step"], state["bad_vals"]
+        rngs = state["rng"]
+        set_rng_states(rngs[rank] if len(rngs) == world else rngs[0], dev)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None) \
+        if ddp else model
+    if cfg.train.compile:
+        net = torch.compile(net)
+    eval_model = ema.model if ema is not None else model
+
+    # ---------------------------------------------------------------- logging (rank 0 only)
+    writer, metrics_file = None, None
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if reset:
+            reset_run_dir(run_dir)
+        if not resuming:
+            (run_dir / "config.toml").write_text(config_text or config_mod.to_toml(cfg))
+        kept = []
+        if resuming and (run_dir / "metrics.jsonl").exists():  # drop lines after the checkpoint
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= start:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass
+        tmp = run_dir / ".metrics.jsonl.part"
+        tmp.write_text("".join(kept))
+        os.replace(tmp, run_dir / "metrics.jsonl")
+        metrics_file = open(run_dir / "metrics.jsonl", "a")
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if resuming else None)
+
+    def record(obj: dict) -> None:
+        metrics_file.write(json.dumps(obj) + "\n")
+        metrics_file.flush()
+
+    def save(step: int, finished: str | None) -> None:
+        """last.safetensors (weights to evaluate) then last_state.pt (what --resume reads)."""
+        rngs = [None] * world
+        if ddp:
+            dist.all_gather_object(rngs, rng_states(dev))
+        else:
+            rngs = [rng_states(dev)]
+        if not master:
+            return
+        extra = {"step": step, "best_val_psnr": best_psnr if best_step else None}
+        checkpoint.save_checkpoint(eval_model, run_dir / "last.safetensors",
+                                   config=config_mod.to_dict(cfg), extra=extra)
+        atomic_torch_save({
+            "step": step, "epoch": step * cfg.data.batch_size * world // len(pairs),
+            "finished": finished, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "scaler": scaler.state_dict(), "ema": ema.model.state_dict() if ema else None,
+            "rng": rngs, "best_psnr": best_psnr, "best_step": best_step, "bad_vals": bad_vals,
+            "sampler": {"next_step": step, "seed": cfg.train.seed, "batch": cfg.data.batch_size,
+                        "world": world, "scales": scales},
+            "world": world}, run_dir / "last_state.pt")
+
+    # ---------------------------------------------------------------- signals
+    stop = {"signal": 0}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C / SIGTERM ends at once
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    # ---------------------------------------------------------------- the loop
+    log(f"training {cfg.model.name} x{'/'.join(map(str, scales))} on {len(pairs)} images "
+        f"({len(val_images) if master else len(val_files)} for validation), {steps} steps of "
+        f"{cfg.data.batch_size}x{world} patches of {cfg.data.patch_size}px, {dev.type}"
+        f"{', ' + cfg.train.amp if amp_dtype else ''}{', resuming at step ' + str(start) if start else ''}")
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not master,
+               file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    net.train()
+    sync_every = 1 if dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
+    finished, step, t0, t_log, last_loss = None, start, time.time(), time.time(), float("nan")
+    try:
+        for inp, target in loader:
+            inp = inp.to(dev, non_blocking=True)
+            target = target.to(dev, non_blocking=True)
+            if cfg.train.channels_last:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                pred = net(inp)
+            loss = criterion(pred.float(), target)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.clip:
+                scaler.unscale_(opt)
+                limit = cfg.optim.clip / opt.param_groups[0]["lr"] if cfg.optim.clip_adjustable \
+                    else cfg.optim.clip
+                if cfg.optim.clip_type == "norm":
+                    nn.utils.clip_grad_norm_(model.parameters(), limit)
+                else:
+                    nn.utils.clip_grad_value_(model.parameters(), limit)
+            lr = opt.param_groups[0]["lr"]
+            scaler.step(opt)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            if sched is not None and cfg.sched.name != "plateau":
+                sched.step()
+            step += 1
+            bar.update(1)
+
+            if step % cfg.train.log_every == 0 or step == steps:
+                loss_t = loss.detach().float()
+                if ddp:
+                    dist.all_reduce(loss_t)
+                    loss_t /= world
+                last_loss = loss_t.item()
+                if master:
+                    now = time.time()
+                    n_steps = step - start if step - start < cfg.train.log_every else cfg.train.log_every
+                    pps = n_steps * cfg.data.batch_size * world / max(now - t_log, 1e-9)
+                    t_log = now
+                    record({"step": step, "epoch": step * cfg.data.batch_size * world // len(pairs),
+                            "loss": last_loss, "lr": lr, "patches_per_s": round(pps, 1),
+                            "time": round(now - t0, 3)})
+                    writer.add_scalar("train/loss", last_loss, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/patches_per_s", pps, step)
+                    bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2g}", refresh=False)
+
+            if (cfg.val.every and step % cfg.val.every == 0) or step == steps:
+                v = validate(eval_model, val_images, scales, dev) if master and val_images else None
+                box = [v["psnr"] if v else None]
+                if ddp:
+                    dist.broadcast_object_list(box, src=0)
+                if box[0] is not None:
+                    improved = box[0] > best_psnr
+                    if improved:
+                        best_psnr, best_step, bad_vals = box[0], step, 0
+                    else:
+                        bad_vals += 1
+                    if master:
+                        if improved:
+                            checkpoint.save_checkpoint(
+                                eval_model, run_dir / "best.safetensors", config=config_mod.to_dict(cfg),
+                                extra={"step": step, "val_psnr": v["psnr"], "val_ssim": v["ssim"]})
+                        record({"step": step, "val_psnr": v["psnr"], "val_ssim": v["ssim"],
+                                "best": improved})
+                        writer.add_scalar("val/psnr", v["psnr"], step)
+                        writer.add_scalar("val/ssim", v["ssim"], step)
+                        for i, img in enumerate(v["samples"][:cfg.val.samples]):
+                            writer.add_image(f"val/sample{i}", img, step, dataformats="HWC")
+                        tqdm.write(f"step {step}: val PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.4f}"
+                                   f"{' (best)' if improved else ''}", file=sys.stderr)
+                    if sched is not None and cfg.sched.name == "plateau":
+                        sched.step(box[0])
+                    if cfg.val.patience and bad_vals >= cfg.val.patience:
+                        finished = "early stop"
+
+            if step == steps:
+                finished = finished or "steps"
+            if ddp and step % sync_every == 0:  # every rank stops at the same step
+                flag = torch.tensor([stop["signal"]], dtype=torch.int32, device=dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop["signal"] = int(flag.item())
+            halt = finished or (stop["signal"] and (not ddp or step % sync_every == 0))
+            if halt or step % cfg.train.ckpt_every == 0:
+                save(step, finished)
+            if halt:
+                break
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if writer is not None:
+            writer.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    # ---------------------------------------------------------------- summary
+    elapsed = time.time() - t0
+    pps = (step - start) * cfg.data.batch_size * world / max(elapsed, 1e-9)
+    best = f"best val PSNR {best_psnr:.2f} dB at step {best_step} -> {run_dir / 'best.safetensors'}" \
+        if best_step else f"no validation; weights -> {run_dir / 'last.safetensors'}"
+    if stop["signal"] and not finished:
+        name = signal.Signals(stop["signal"]).name
+        log(f"stopped by {name} at step {step}/{steps}; saved {run_dir / 'last_state.pt'}; "
+            f"continue with --resume")
+        if ddp:
+            dist.destroy_process_group()
+        return 128 + stop["signal"]
+    if master:
+        print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s), "
+              f"loss {last_loss:.4g}; {best}")
+    if ddp:
+        dist.destroy_process_group()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    if args.resume and (run_dir / "config.toml").exists():
+        # a run continues with its own resolved config; --set may still change it (e.g. steps)
+        cfg = config_mod.load_config(run_dir / "config.toml", args.overrides)
+        text = None
+        if Path(args.config).is_file() and \
+                config_mod.load_config(args.config, args.overrides) != cfg:
+            print(f"note: resuming with {run_dir / 'config.toml'}, which differs from "
+                  f"{args.config}; change values with --set", file=sys.stderr)
+    else:
+        cfg = config_mod.load_config(args.config, args.overrides)
+        text = config_mod.to_toml(cfg)
+    return train(cfg, run_dir, resume=args.resume, reset=args.reset, device=args.device,
+                 init=args.init, config_text=text)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a TOML recipe (configs/*.toml)",
+                       description="Train a registered model. Under torchrun it runs DDP; "
+                                   "data.batch_size is per process.")
+    p.add_argument("config", help="TOML recipe, e.g. configs/espcn-x3.toml")
+    p.add_argument("--run-dir", metavar="DIR", help="default: runs/<config stem>")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    g.add_argument("--reset", action="store_true", help="discard the run in --run-dir and start over")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit)")
+    p.set_defaults(func=run)
