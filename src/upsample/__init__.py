@@ -5,3 +5,10 @@ uint8/uint16, fp16 and YCbCr conversions live only in thin wrappers at the edges
 """
 
 __version__ = "0.1.0"
+
+
+def load(spec: str = "bicubic", scale: float | None = None, **kwargs):
+    """An image upscaler: `upsample.load("vapsr-x2").upscale(image)` for PIL images and uint8 /
+    uint16 numpy arrays. See `upsample.infer.load` for the options (backend, device, tile ...)."""
+    from .infer import load as _load
+    return _load(spec, scale, **kwargs)

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
@@ -72,3 +72,122 @@ def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Non
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# --- Images as planes, for inference: colour + optional alpha, uint8 or uint16, any PIL mode in. ---
+
+# PIL modes read as 16-bit gray. "I" (32-bit int) is what some decoders give for 16-bit PNG/TIFF.
+_DEEP_GRAY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Output file formats by extension and the image modes each can store.
+SAVE_FORMATS = {
+    "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16"}),
+    "jpg": ("JPEG", {"RGB", "L"}),
+    "jpeg": ("JPEG", {"RGB", "L"}),
+    "webp": ("WEBP", {"RGB", "RGBA", "L"}),
+}
+
+
+class Planes:
+    """An image split for processing: `color` HxWx3 (RGB) or HxWx1 (gray) and `alpha` HxWx1 or
+    None, both uint8 or both uint16; `info` carries the ICC profile and EXIF to write back."""
+
+    def __init__(self, color: np.ndarray, alpha: np.ndarray | None = None, info: dict | None = None):
+        if color.ndim != 3 or color.shape[2] not in (1, 3):
+            raise ValueError(f"color must be HxWx1 or HxWx3, got {color.shape}")
+        if color.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"color must be uint8 or uint16, got {color.dtype}")
+        if alpha is not None and (alpha.shape != color.shape[:2] + (1,) or alpha.dtype != color.dtype):
+            raise ValueError(f"alpha must be HxWx1 of the colour's dtype, got {alpha.shape} {alpha.dtype}")
+        self.color, self.alpha, self.info = color, alpha, dict(info or {})
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode these planes make: RGB, RGBA, L, LA or I;16 (16-bit gray)."""
+        gray, deep = self.color.shape[2] == 1, self.color.dtype == np.uint16
+        if deep and gray and self.alpha is None:
+            return "I;16"
+        if deep:
+            return "RGBA;16" if self.alpha is not None and not gray else "RGB;16" if not gray else "LA;16"
+        return ("L" if gray else "RGB") + ("A" if self.alpha is not None else "")
+
+
+def planes_from_pil(img: Image.Image) -> Planes:
+    """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), 1-bit -> L,
+    16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin."""
+    info = {k: img.info[k] for k in ("icc_profile",) if img.info.get(k)}
+    exif = img.getexif()
+    if len(exif):
+        info["exif"] = exif.tobytes()
+    mode = img.mode
+    if mode in _DEEP_GRAY:
+        arr = np.asarray(img)
+        if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
+            raise UserError(f"32-bit integer image with values outside 0..65535 is not supported")
+        return Planes(arr.astype(np.uint16)[..., None], None, info)
+    if mode == "F":
+        raise UserError("32-bit float images are not supported; save it as 16-bit PNG or TIFF")
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode in ("La",):
+        img = img.convert("LA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        has_alpha = "A" in mode or "a" in mode or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if img.mode in ("LA", "RGBA"):
+        return Planes(np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:]), info)
+    return Planes(np.ascontiguousarray(arr), None, info)
+
+
+def planes_to_pil(planes: Planes) -> Image.Image:
+    """The PIL image of `planes` (the inverse of `planes_from_pil` for the modes it makes)."""
+    mode = planes.mode
+    if mode.endswith(";16") and mode != "I;16":
+        raise UserError(f"16-bit {mode[:-3]} images cannot be written by Pillow; "
+                        "use numpy arrays through the Python API")
+    if mode == "I;16":
+        img = Image.fromarray(planes.color[..., 0])
+    else:
+        arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
+        img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, mode)
+    img.info.update(planes.info)
+    return img
+
+
+def read_planes(path: str | os.PathLike) -> Planes:
+    """An image file as planes, with its EXIF orientation applied (pixels turned upright)."""
+    img = open_image(path)
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block: say so rather than guess the orientation
+        raise UserError(f"cannot apply the EXIF orientation of {path}: {exc}") from None
+    if upright is not img:
+        upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
+    return planes_from_pil(upright)
+
+
+def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None = None) -> Path:
+    """Write planes atomically; the format comes from the extension. A format that cannot hold the
+    image (alpha or 16-bit in JPEG, 16-bit in WebP) is replaced by PNG: returns the path written."""
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in SAVE_FORMATS:
+        raise UserError(f"cannot write .{ext} files: use png, jpg or webp")
+    fmt, modes = SAVE_FORMATS[ext]
+    if planes.mode not in modes:
+        path, fmt = path.with_suffix(".png"), "PNG"
+    img = planes_to_pil(planes)
+    kwargs: dict = {"format": fmt}
+    if planes.info.get("icc_profile"):
+        kwargs["icc_profile"] = planes.info["icc_profile"]
+    if planes.info.get("exif") and fmt in ("PNG", "JPEG", "WEBP"):
+        kwargs["exif"] = planes.info["exif"]
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = 95 if quality is None else int(quality)
+    atomic_save(img, path, **kwargs)
+    return path

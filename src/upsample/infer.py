@@ -1,0 +1,653 @@
+"""`upsample image` and the Python API: `upsample.load("vapsr-x2").upscale(image)`.
+
+Images are processed in overlapping tiles: each tile is cut from the source with `pad` pixels of
+its real neighbours on every side (fewer only at the image border, where the untiled run sees the
+same border), upscaled, and its padding cropped away again, so that with a pad as wide as the
+model's receptive field the tiled result equals the untiled one. Only one tile is ever in float;
+the input and the output are uint8 (or uint16) arrays, so memory is bounded by the tile size.
+The tile size comes from `--tile`, or from a memory budget (`--max-memory`, else half of the free
+memory) and the bytes per pixel measured on a small probe tile. On CUDA an out-of-memory error
+splits the tile and retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from tqdm import tqdm
+
+from .degrade import imresize, output_size
+from .errors import UserError
+from .imageio import SAVE_FORMATS, Planes, is_image_path, list_images, planes_from_pil, planes_to_pil, \
+    read_planes, save_planes
+from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
+
+PROBE = 64  # side of the probe tile that the bytes per pixel are measured on
+MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack, fragmentation)
+MAX_DEFAULT_PAD = 32  # the default pad: the receptive field of the network, at most this
+MIN_TILE = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory: budgets and measurement
+# ----------------------------------------------------------------------------------------------
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from "2GB", "1.5G", "512MiB", "800M", "100000"; decimal and binary units."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
+    if not m:
+        raise UserError(f"cannot read memory size {text!r}: write e.g. 2GB, 1.5G or 800MB")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " kmgt".index(m.group(2) or " "))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: peak instead of current, which errs safe
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def free_memory(device: torch.device) -> int:
+    """Memory free for new work on the device: GPU free memory, or the OS's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024 ** 3
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage alive at once among the tensors created while it is active
+    (every aten op's outputs, views counted once per storage). Works on any device."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._storages: dict[int, list[int]] = {}  # storage key -> [nbytes, live tensors]
+        self._tensors: dict[int, weakref.ref] = {}
+        self._lock = threading.Lock()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    def _track(self, t: torch.Tensor) -> None:
+        ref = self._tensors.get(id(t))
+        if ref is not None and ref() is t:
+            return  # an in-place op's output: already counted
+        storage = t.untyped_storage()
+        key = storage.data_ptr() or id(storage)
+        with self._lock:
+            entry = self._storages.get(key)
+            if entry is None:
+                entry = self._storages[key] = [storage.nbytes(), 0]
+                self.live += entry[0]
+                self.peak = max(self.peak, self.live)
+            entry[1] += 1
+            self._tensors[id(t)] = weakref.ref(t)
+        weakref.finalize(t, self._release, key, id(t))
+
+    def _release(self, key: int, tid: int) -> None:
+        with self._lock:
+            self._tensors.pop(tid, None)
+            entry = self._storages.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    self.live -= entry[0]
+                    del self._storages[key]
+
+
+def _peak_rss_of(fn) -> int | None:
+    """Peak resident memory growth while `fn()` runs (Linux: resets the high-water mark)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = rss_bytes()
+        fn()
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        return max(0, hwm - before)
+    except (OSError, StopIteration, ValueError):
+        fn()
+        return None
+
+
+def receptive_radius(model: torch.nn.Module, channels: int = 3) -> float:
+    """An upper bound of the network's receptive-field radius in input pixels: the sum over its
+    convolutions of dilation * (kernel - 1) / 2, each divided by the resolution it runs at
+    (measured with hooks on a small meta-device forward). Infinite with global pooling."""
+    total = 0.0
+    size = 32
+    hooks = []
+
+    def hook(mod, inputs, _output):
+        nonlocal total
+        if isinstance(mod, (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)):
+            total = math.inf
+            return
+        k, d = mod.kernel_size, mod.dilation
+        k = k if isinstance(k, tuple) else (k, k)
+        d = d if isinstance(d, tuple) else (d, d)
+        res = inputs[0].shape[-1] / size
+        total += max(d[i] * (k[i] - 1) / 2 for i in range(2)) / res
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.modules.pooling._MaxPoolNd,
+                          torch.nn.modules.pooling._AvgPoolNd, torch.nn.AdaptiveAvgPool2d,
+                          torch.nn.AdaptiveMaxPool2d)):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        import copy
+        meta = copy.deepcopy(model).to("meta")
+        with torch.no_grad():
+            meta(torch.zeros(1, channels, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Upscalers for inference: outscale, half precision
+# ----------------------------------------------------------------------------------------------
+
+class ResizedUpscaler(Upscaler):
+    """A model followed by `degrade.imresize` to any final factor (`--outscale`)."""
+
+    def __init__(self, inner: Upscaler, outscale: float):
+        self.inner, self.scale = inner, float(outscale)
+        self.name, self.device = f"{inner.name}+resize", inner.device
+        self.model, self.backend = getattr(inner, "model", None), getattr(inner, "backend", "torch")
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        size = (output_size(x.shape[-2], self.scale), output_size(x.shape[-1], self.scale))
+        return imresize(y, self.scale / self.inner.scale, size=size)
+
+
+def half_upscaler(up: Upscaler) -> Upscaler:
+    """The torch network in half precision (fp16 on CUDA, bf16 on CPU, where fp16 is slow); the
+    colour and resize edges stay float32. Bicubic is returned as is."""
+    if isinstance(up, BicubicUpscaler):
+        return up
+    if not isinstance(up, ModelUpscaler) or getattr(up, "backend", "torch") != "torch":
+        raise UserError("--half works with the torch backend only")
+    dtype = torch.float16 if up.device.type == "cuda" else torch.bfloat16
+    net = up.model.to(dtype)
+
+    def run_net(x: torch.Tensor) -> torch.Tensor:
+        return net(x.to(dtype)).float()
+
+    half = ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend="torch", device=up.device)
+    half.dtype = dtype
+    return half
+
+
+def default_model(scale: float) -> str:
+    """The best shipped model for `scale`: the registered generator with weights in the package
+    whose scale matches, preferring the larger (slower, better) ones; else "bicubic"."""
+    from . import registry
+    if not float(scale).is_integer():
+        return "bicubic"
+    shipped = [n for n in registry.list_models("generator")
+               if registry.get_spec(n).scale == int(scale) and registry.weights_path(n)]
+    if not shipped:
+        return "bicubic"
+    return max(shipped, key=lambda n: (registry.weights_path(n).stat().st_size, n))
+
+
+def network_of(up: Upscaler) -> torch.nn.Module | None:
+    """The torch network of an upscaler (also when wrapped for --outscale), or None."""
+    return getattr(up, "model", None)
+
+
+def is_channel_agnostic(up: Upscaler) -> bool:
+    """True when the upscaler works on any number of channels (bicubic), so gray and alpha need
+    no expansion to RGB."""
+    inner = getattr(up, "inner", up)
+    return isinstance(inner, BicubicUpscaler)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tiler
+# ----------------------------------------------------------------------------------------------
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                              or "can't allocate memory" in str(exc).lower())
+
+
+class Tiler:
+    """Runs an upscaler over uint8/uint16 HxWxC arrays tile by tile (see the module docstring)."""
+
+    def __init__(self, up: Upscaler, *, tile: int | None = None, pad: int | None = None,
+                 max_memory: int | None = None, jobs: int = 1, progress: bool = False):
+        self.up, self.jobs, self.progress = up, max(1, jobs), progress
+        frac = Fraction(up.scale).limit_denominator(1000)
+        if abs(float(frac) - up.scale) > 1e-9:
+            raise UserError(f"scale {up.scale} is not a ratio of small integers; tiling needs one")
+        self.p, self.q = frac.numerator, frac.denominator
+        # Tiles start on multiples of `align` so that their output starts on whole pixels (q) and
+        # their size suits the network (e.g. RRDBNet x2 wants even sizes).
+        spec = getattr(up, "spec", None) or getattr(getattr(up, "inner", None), "spec", None)
+        mult = spec.pad_multiple if spec is not None else 1
+        self.align = self.q * mult // math.gcd(self.q, mult)
+        self.tile = tile
+        self.pad = self._round_up(self.default_pad() if pad is None else int(pad))
+        if self.pad < 0:
+            raise UserError(f"--tile-pad must be >= 0, got {pad}")
+        self.max_memory = max_memory
+        self.dtype = getattr(up, "dtype", torch.float32)
+        self._bpp: dict[tuple, float] = {}
+        self._lock = threading.Lock()
+
+    def _round_up(self, n: int) -> int:
+        return -(-n // self.align) * self.align
+
+    def _round_down(self, n: int) -> int:
+        return max(self.align, n // self.align * self.align)
+
+    def default_pad(self) -> int:
+        """Bicubic: its support (exact). A network: its receptive field, at most MAX_DEFAULT_PAD.
+        A final resize (--outscale) adds its own support."""
+        inner = getattr(self.up, "inner", self.up)
+        resize = math.ceil(2 / min(1.0, self.up.scale)) + 2
+        if isinstance(inner, BicubicUpscaler):
+            return resize
+        net = network_of(inner)
+        spec = getattr(inner, "spec", None)
+        radius = MAX_DEFAULT_PAD
+        if net is not None and spec is not None:
+            try:
+                radius = min(MAX_DEFAULT_PAD, math.ceil(receptive_radius(net, spec.channels)))
+            except Exception:  # a network the meta device cannot run: keep the cap
+                radius = MAX_DEFAULT_PAD
+            if spec.pre_upsample:
+                radius += 2  # the bicubic pre-upsampling's support
+        if inner is not self.up:
+            radius += resize
+        return radius
+
+    # --- memory model -------------------------------------------------------------------------
+
+    def _run(self, tile: np.ndarray, maxval: float) -> torch.Tensor:
+        """One padded tile HxWxC (uint) -> upscaled float NCHW (C channels)."""
+        x = torch.from_numpy(tile).to(self.up.device).permute(2, 0, 1)[None].float().div_(maxval)
+        c = x.shape[1]
+        expand = not is_channel_agnostic(self.up) and c != 3
+        if expand:
+            x = x.expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            y = self.up(x)
+        if expand:
+            y = y.mean(1, keepdim=True)
+        return y
+
+    def bytes_per_pixel(self, channels: int, dtype: np.dtype) -> float:
+        """Working memory per input pixel of one tile, measured on a PROBE x PROBE tile: tensor
+        storage via a dispatch mode (torch), or resident-memory growth (other runtimes)."""
+        key = (channels, np.dtype(dtype).str)
+        with self._lock:
+            if key in self._bpp:
+                return self._bpp[key]
+            side = self._round_up(PROBE)
+            probe = np.random.default_rng(0).integers(0, 255, (side, side, channels)).astype(dtype)
+            tracker = PeakTensorMemory()
+
+            def go():
+                with tracker:
+                    y = self._run(probe, float(np.iinfo(dtype).max))
+                    del y
+
+            if self.up.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.up.device)
+                base = torch.cuda.memory_allocated(self.up.device)
+                go()
+                grown = torch.cuda.max_memory_allocated(self.up.device) - base
+            else:
+                grown = _peak_rss_of(go) or 0
+            bpp = max(tracker.peak + probe.nbytes, grown) / (side * side)
+            self._bpp[key] = bpp
+            return bpp
+
+    def plan_tile(self, h: int, w: int, channels: int, dtype: np.dtype, reserved: int = 0) -> int:
+        """The tile side for an h x w image (0: in one piece). `reserved`: bytes the caller will
+        still allocate (the output arrays) on the same device as the budget."""
+        if self.tile is not None:
+            return 0 if self.tile <= 0 or self.tile >= max(h, w) else self._round_down(self.tile)
+        cpu = self.up.device.type == "cpu"
+        if self.max_memory is not None:
+            budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.up.device))
+        else:
+            budget = free_memory(self.up.device) // 2
+        budget = budget // self.jobs - (reserved if cpu else 0)
+        bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY
+        if bpp * h * w <= budget:
+            return 0
+        side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
+        if side < MIN_TILE:
+            raise UserError(f"--max-memory leaves too little for even a {MIN_TILE}px tile "
+                            f"({max(0, budget) / 1e6:.0f} MB for tiles, about {bpp * (MIN_TILE + 2 * self.pad) ** 2 / 1e6:.0f} MB "
+                            f"needed): raise it, or lower --tile-pad")
+        return self._round_down(min(side, max(h, w)))
+
+    # --- running -------------------------------------------------------------------------------
+
+    def out_index(self, i: int, n: int) -> int:
+        """Output coordinate of input coordinate i (aligned, or the end n of the image)."""
+        return output_size(n, self.up.scale) if i >= n else i * self.p // self.q
+
+    def upscale(self, arr: np.ndarray, *, tile: int | None = None, desc: str = "") -> np.ndarray:
+        """Upscale an HxWxC uint8/uint16 array to the same dtype, tile by tile."""
+        if arr.ndim != 3 or arr.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"expected an HxWxC uint8/uint16 array, got {arr.shape} {arr.dtype}")
+        h, w, c = arr.shape
+        oh, ow = output_size(h, self.up.scale), output_size(w, self.up.scale)
+        if tile is None:
+            tile = self.plan_tile(h, w, c, arr.dtype, reserved=oh * ow * c * arr.itemsize)
+        out = np.empty((oh, ow, c), arr.dtype)
+        maxval = float(np.iinfo(arr.dtype).max)
+        side = tile if tile > 0 else max(h, w)
+        regions = [(y, min(y + side, h), x, min(x + side, w))
+                   for y in range(0, h, side) for x in range(0, w, side)]
+        bar = tqdm(total=h * w, desc=desc or "tiles", unit="px", unit_scale=True, leave=False,
+                   file=sys.stderr, disable=not self.progress or len(regions) < 2)
+        while regions:
+            y0, y1, x0, x1 = regions.pop(0)
+            try:
+                self._region(arr, out, y0, y1, x0, x1, maxval)
+            except Exception as exc:  # out of memory: split this region and retry (tile halves)
+                if not _is_oom(exc) or max(y1 - y0, x1 - x0) <= max(MIN_TILE, self.align):
+                    raise
+                if self.up.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                half = self._round_down(max(y1 - y0, x1 - x0) // 2)
+                sub = [(y, min(y + half, y1), x, min(x + half, x1))
+                       for y in range(y0, y1, half) for x in range(x0, x1, half)]
+                regions[:0] = sub
+                self.tile = half if self.tile is None or self.tile <= 0 else min(self.tile, half)
+                print(f"note: out of memory; retrying with {half}px tiles", file=sys.stderr)
+                continue
+            bar.update((y1 - y0) * (x1 - x0))
+        bar.close()
+        return out
+
+    def _region(self, arr, out, y0, y1, x0, x1, maxval) -> None:
+        h, w = arr.shape[:2]
+        py0, px0 = max(0, y0 - self.pad), max(0, x0 - self.pad)
+        py1, px1 = min(h, y1 + self.pad), min(w, x1 + self.pad)
+        y = self._run(np.ascontiguousarray(arr[py0:py1, px0:px1]), maxval)
+        oy0, oy1, ox0, ox1 = (self.out_index(y0, h), self.out_index(y1, h),
+                              self.out_index(x0, w), self.out_index(x1, w))
+        oy, ox = self.out_index(py0, h), self.out_index(px0, w)
+        y = y[0, :, oy0 - oy:oy1 - oy, ox0 - ox:ox1 - ox]
+        if y.shape[-2:] != (oy1 - oy0, ox1 - ox0):
+            raise RuntimeError(f"{self.up.name} gave {tuple(y.shape[-2:])} for a tile that needs "
+                               f"{(oy1 - oy0, ox1 - ox0)}: is the model's scale {self.up.scale}?")
+        q = y.float().clamp_(0, 1).mul_(maxval).round_()
+        q = q.to(torch.uint8 if maxval == 255 else torch.int32).permute(1, 2, 0).cpu().numpy()
+        out[oy0:oy1, ox0:ox1] = q
+
+
+# ----------------------------------------------------------------------------------------------
+# The Python API
+# ----------------------------------------------------------------------------------------------
+
+class ImageUpscaler:
+    """Upscales PIL images and numpy arrays with one upscaler: `upsample.load(...)` makes one.
+
+    `upscale(image)` takes a PIL image (any mode: RGB, RGBA, L, LA, P, 16-bit I;16 ...) or a numpy
+    array (uint8 or uint16; HxW gray, HxWx1, HxWx2 gray+alpha, HxWx3 RGB, HxWx4 RGBA) and returns
+    the same kind: PIL in PIL out (palette images come back RGB or RGBA), array in array out.
+    Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the model ("model")."""
+
+    def __init__(self, up: Upscaler, *, tile: int | None = None, tile_pad: int | None = None,
+                 max_memory: int | str | None = None, alpha_mode: str = "bicubic", jobs: int = 1,
+                 progress: bool = False):
+        if alpha_mode not in ("bicubic", "model"):
+            raise UserError(f"alpha mode must be bicubic or model, got {alpha_mode!r}")
+        self.up = up
+        mem = None if max_memory is None else parse_size(max_memory)
+        self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress)
+        if alpha_mode == "bicubic" and not is_channel_agnostic(up):
+            self.alpha_tiler = Tiler(BicubicUpscaler(up.scale, up.device), tile=tile, max_memory=mem,
+                                     jobs=jobs, progress=progress)
+        else:
+            self.alpha_tiler = self.tiler
+
+    @property
+    def scale(self) -> float:
+        return self.up.scale
+
+    def upscale_planes(self, planes: Planes, desc: str = "") -> Planes:
+        c, a = planes.color, planes.alpha
+        oh, ow = output_size(c.shape[0], self.scale), output_size(c.shape[1], self.scale)
+        reserved = oh * ow * c.itemsize * (c.shape[2] + (1 if a is not None else 0))
+        tile = self.tiler.plan_tile(c.shape[0], c.shape[1], c.shape[2], c.dtype, reserved)
+        color = self.tiler.upscale(c, tile=tile, desc=desc)
+        alpha = None
+        if a is not None:
+            if self.alpha_tiler is self.tiler:
+                atile = tile
+            else:
+                atile = self.alpha_tiler.plan_tile(a.shape[0], a.shape[1], 1, a.dtype, oh * ow * a.itemsize)
+            alpha = self.alpha_tiler.upscale(a, tile=atile, desc=desc)
+        return Planes(color, alpha, planes.info)
+
+    def upscale(self, image):
+        if isinstance(image, Image.Image):
+            return planes_to_pil(self.upscale_planes(planes_from_pil(image)))
+        if isinstance(image, np.ndarray):
+            return self._upscale_array(image)
+        raise TypeError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
+
+    def _upscale_array(self, arr: np.ndarray) -> np.ndarray:
+        if arr.dtype not in (np.uint8, np.uint16):
+            raise TypeError(f"arrays must be uint8 or uint16, got {arr.dtype}")
+        a3 = arr[..., None] if arr.ndim == 2 else arr
+        if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
+            raise TypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+        has_alpha = a3.shape[2] in (2, 4)
+        color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
+        alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
+        res = self.upscale_planes(Planes(color, alpha))
+        out = res.color if res.alpha is None else np.concatenate([res.color, res.alpha], 2)
+        return out[..., 0] if arr.ndim == 2 else out
+
+
+def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "torch",
+         device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
+         max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
+         alpha_mode: str = "bicubic") -> ImageUpscaler:
+    """An `ImageUpscaler` for a model: "bicubic" (needs `scale`), a registered name such as
+    "vapsr-x2", or a checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
+    `max_memory`, e.g. "2GB", or half the free memory); `outscale`: final size factor (the model,
+    then a bicubic resize)."""
+    up = load_upscaler(spec, scale=scale, backend=backend, device=device)
+    if half:
+        up = half_upscaler(up)
+    if outscale is not None:
+        outscale = check_scale(outscale)
+        if isinstance(up, BicubicUpscaler):
+            up = BicubicUpscaler(outscale, up.device)
+        elif abs(outscale - up.scale) > 1e-12:
+            up = ResizedUpscaler(up, outscale)
+    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI: upsample image IN... -o OUT
+# ----------------------------------------------------------------------------------------------
+
+def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(source file, path relative to the output folder) for files and folders (recursive)."""
+    jobs = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            images, skipped = list_images(p)
+            for s in skipped:
+                print(f"note: skipping non-image file {s}", file=sys.stderr)
+            if not images:
+                print(f"note: no images in {p}", file=sys.stderr)
+            jobs += [(f, f.relative_to(p)) for f in images]
+        elif p.is_file():
+            jobs.append((p, Path(p.name)))
+        else:
+            raise UserError(f"input not found: {p}")
+    if not jobs:
+        raise UserError("no input images")
+    return jobs
+
+
+def _scale_text(s: float) -> str:
+    return str(int(s)) if float(s).is_integer() else f"{s:g}"
+
+
+def output_path(out: Path, rel: Path, src: Path, suffix: str, ext: str, single_file: bool) -> Path:
+    e = src.suffix.lower().lstrip(".") if ext == "same" else ext
+    if e not in SAVE_FORMATS:
+        e = "png"
+    if single_file:
+        return out
+    return out / rel.parent / f"{rel.stem}{suffix}.{e}"
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = collect_inputs(args.inputs)
+    out = Path(args.output)
+    single = (len(jobs) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+              and is_image_path(out) and not out.is_dir())
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise UserError(f"--quality must be in 1..100, got {args.quality}")
+    if args.tile is not None and args.tile < 0:
+        raise UserError(f"--tile must be >= 0, got {args.tile}")
+    max_memory = parse_size(args.max_memory) if args.max_memory else None
+    scale = check_scale(args.scale) if args.scale is not None else None
+    model = args.model or default_model(scale or 2.0)
+    if model == "bicubic" and scale is None:
+        scale = 2.0
+    up = load_upscaler(model, scale=scale, backend=args.backend, device=args.device)
+    if args.half:
+        up = half_upscaler(up)
+    final = check_scale(args.outscale) if args.outscale is not None else up.scale
+    if isinstance(up, BicubicUpscaler):
+        up = BicubicUpscaler(final, up.device)
+    elif abs(final - up.scale) > 1e-12:
+        up = ResizedUpscaler(up, final)
+    progress = sys.stderr.isatty()
+    engine = ImageUpscaler(up, tile=args.tile, tile_pad=args.tile_pad, max_memory=max_memory,
+                           alpha_mode=args.alpha_mode, jobs=args.jobs, progress=progress)
+    suffix = args.suffix if args.suffix is not None else f"_x{_scale_text(final)}"
+
+    todo, seen = [], {}
+    skipped = 0
+    for src, rel in jobs:
+        dst = output_path(out, rel, src, suffix, args.ext, single)
+        if dst.resolve() == src.resolve():
+            print(f"upsample image: error: {src}: the output would replace the input; "
+                  f"use another -o or --suffix", file=sys.stderr)
+            seen[dst] = src
+            continue
+        if dst in seen:
+            raise UserError(f"{src} and {seen[dst]} would both be written to {dst}")
+        seen[dst] = src
+        if dst.exists() and not args.overwrite:
+            print(f"note: {dst} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
+            skipped += 1
+            continue
+        todo.append((src, dst))
+    failed = len(jobs) - len(todo) - skipped
+    print(f"{model} x{_scale_text(final)}: {len(todo)} image(s) -> {out}", file=sys.stderr)
+
+    def one(item):
+        src, dst = item
+        planes = read_planes(src)
+        result = engine.upscale_planes(planes, desc=src.name)
+        del planes
+        return save_planes(result, dst, quality=args.quality)
+
+    bar = tqdm(total=len(todo), desc="images", unit="img", file=sys.stderr, disable=not progress)
+    written = 0
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for (src, dst), fut in zip(todo, [pool.submit(one, t) for t in todo]):
+            try:
+                path = fut.result()
+            except UserError as exc:
+                tqdm.write(f"upsample image: error: {src}: {exc}", file=sys.stderr)
+                failed += 1
+            except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+                tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failed += 1
+            else:
+                written += 1
+                if path != dst:
+                    tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
+                tqdm.write(f"wrote {path}")
+            bar.update(1)
+    bar.close()
+    print(f"{written} written, {skipped} skipped, {failed} failed -> {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("image", help="upscale image files or folders (tiled, any size)")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (keeps sub-folders), or a file name for one input file")
+    p.add_argument("--model", default=None,
+                   help="bicubic, a registered name or a checkpoint (default: the best shipped "
+                        "model for --scale, else bicubic)")
+    p.add_argument("--scale", default=None, help="model scale (default: the model's; bicubic 2)")
+    p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize")
+    p.add_argument("--backend", default="torch", help="torch, onnxruntime or openvino")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--half", action="store_true", help="half precision (torch: fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side in input pixels (0: whole image; default: from --max-memory)")
+    p.add_argument("--tile-pad", type=int, default=None,
+                   help=f"overlap of tiles in input pixels (default: receptive field, at most {MAX_DEFAULT_PAD})")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
+    p.add_argument("--suffix", default=None, help="added to output names (default: _x<outscale>)")
+    p.add_argument("--ext", default="png", choices=["png", "jpg", "webp", "same"], help="output format")
+    p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default 95)")
+    p.add_argument("--alpha-mode", default="bicubic", choices=["bicubic", "model"],
+                   help="how to upscale transparency")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip)")
+    p.add_argument("--jobs", type=int, default=1, help="images processed at once")
+    p.set_defaults(func=run)
