@@ -15,6 +15,7 @@ from .errors import UserError
 # Modules that contribute sub-commands, in the order `upsample --help` lists them.
 COMMANDS = [
     "upsample.evaluate",
+    "upsample.infer",
     "upsample.data",
     "upsample.train",
 ]
