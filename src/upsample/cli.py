@@ -18,6 +18,9 @@ COMMANDS = [
     "upsample.infer",
     "upsample.data",
     "upsample.train",
+    "upsample.registry",
+    "upsample.checkpoint",
+    "upsample.export",
 ]
 
 

@@ -65,7 +65,7 @@ def spec_for(arch: str, kwargs: dict, name: str | None = None) -> ModelSpec:
     """The spec of architecture `arch` built with `kwargs` (defaults filled from the constructor)."""
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    full = {**_defaults(ARCHS[arch]), **kwargs}
+    full = full_kwargs(arch, kwargs)
     kind = "discriminator" if arch in DISCRIMINATORS else "generator"
     scale = None if arch in PRE_UPSAMPLE or kind == "discriminator" else int(full["scale"])
     return ModelSpec(name=name, arch=arch, kwargs=dict(kwargs), scale=scale,
@@ -77,6 +77,11 @@ def _defaults(cls) -> dict:
     import inspect
     return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
             if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def full_kwargs(arch: str, kwargs: dict) -> dict:
+    """`kwargs` with the constructor defaults filled in: equal dicts mean equal architectures."""
+    return {**_defaults(ARCHS[arch]), **kwargs}
 
 
 # The registered variants: name -> (arch, constructor keywords). Official hyper-parameters.
@@ -131,9 +136,9 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 def match_variant(arch: str, kwargs: dict) -> str | None:
     """The registered name whose architecture and (default-filled) keywords equal these."""
-    full = {**_defaults(ARCHS[arch]), **kwargs}
+    full = full_kwargs(arch, kwargs)
     for name, spec in _REGISTRY.items():
-        if spec.arch == arch and {**_defaults(ARCHS[arch]), **spec.kwargs} == full:
+        if spec.arch == arch and full_kwargs(arch, spec.kwargs) == full:
             return name
     return None
 
@@ -175,7 +180,7 @@ def describe(name: str) -> dict:
 
 
 def _human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)

@@ -1,16 +1,59 @@
 """The one inference interface: `Upscaler`, called on float NCHW RGB in [0, 1].
 
-`load_upscaler(spec, scale=...)` resolves a spec: "bicubic", a registered model name, or a
-checkpoint path. Every upscaler takes RGB and returns RGB (Y-channel models are wrapped so that
-chroma is upscaled by bicubic), unclamped; callers clamp and quantize at the edges.
+`load_upscaler(spec, scale=..., backend=..., device=...)` resolves a spec: "bicubic", a registered
+model name (shipped weights, or an untrained random init with a note), or a checkpoint path. Every
+upscaler takes RGB and returns RGB, unclamped; callers clamp and quantize at the edges.
+
+Y-channel models are wrapped: RGB -> YCbCr (BT.601, the coefficients of `metrics.rgb_to_y`, as
+[0, 1] floats), the network on Y, Cb/Cr upscaled by `degrade.imresize`, back to RGB. Pre-upsampling
+models (VDSR) get the Y bicubic-upscaled by `imresize` first. The network itself runs on one of the
+backends: torch, onnxruntime or openvino (the latter two export it to ONNX on the fly, cached by a
+hash of its weights under the cache folder); the colour and resize edges always run in torch.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from .degrade import imresize, output_size
 from .errors import UserError
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
+
+# BT.601 "studio swing" YCbCr with R, G, B, Y, Cb, Cr all in [0, 1] (ITU-R BT.601 as in MATLAB's
+# rgb2ycbcr and `metrics.rgb_to_y`, divided by 255).
+_YCC = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+_YCC_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+_YCC_INV = np.linalg.inv(_YCC)
+
+
+def _mix(x: torch.Tensor, m: np.ndarray, offset: np.ndarray | None, sign: float) -> torch.Tensor:
+    """out_i = sum_j m[i, j] * (x_j + sign * offset_j), written with slices so it exports to ONNX."""
+    chans = [x[:, j:j + 1] for j in range(3)]
+    if offset is not None and sign < 0:
+        chans = [c - float(o) for c, o in zip(chans, offset)]
+    out = [sum(float(m[i, j]) * chans[j] for j in range(3)) for i in range(3)]
+    if offset is not None and sign > 0:
+        out = [c + float(o) for c, o in zip(out, offset)]
+    return torch.cat(out, 1)
+
+
+def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
+    """NCHW RGB in [0, 1] -> YCbCr with Y in [16/255, 235/255] (BT.601)."""
+    return _mix(x, _YCC, _YCC_OFFSET, +1.0)
+
+
+def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `rgb_to_ycbcr` (unclamped)."""
+    return _mix(x, _YCC_INV, _YCC_OFFSET, -1.0)
 
 
 class Upscaler:
@@ -19,6 +62,8 @@ class Upscaler:
     name: str = "upscaler"
     scale: float = 1.0
     device: torch.device = torch.device("cpu")
+    backend: str = "torch"
+    model: nn.Module | None = None  # the torch network, where there is one
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -38,6 +83,68 @@ class BicubicUpscaler(Upscaler):
         return imresize(x, self.scale)
 
 
+class ModelUpscaler(Upscaler):
+    """A network (through `run_net`, any backend) wrapped to the RGB -> RGB contract."""
+
+    def __init__(self, model: nn.Module, run_net: Callable[[torch.Tensor], torch.Tensor], *,
+                 scale: float, name: str, backend: str, device: torch.device):
+        self.model, self.run_net, self.spec = model, run_net, model.upsample_spec
+        self.scale, self.name, self.backend, self.device = float(scale), name, backend, device
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        ycc = None
+        if self.spec.input == "y":
+            ycc = rgb_to_ycbcr(x)
+            x = ycc[:, :1]
+        if self.spec.pre_upsample:
+            x = imresize(x, self.scale)
+        out = self._run_padded(x)
+        if ycc is not None:
+            chroma = imresize(ycc[:, 1:], self.scale, size=tuple(out.shape[-2:]))
+            out = ycbcr_to_rgb(torch.cat([out, chroma], 1))
+        return out
+
+    def _run_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad H, W up to the network's multiple (mirror, as Real-ESRGAN), run, crop back."""
+        m = self.spec.pad_multiple
+        h, w = x.shape[-2:]
+        ph, pw = -h % m, -w % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        out = self.run_net(x)
+        if ph or pw:
+            s = self.spec.scale or 1
+            out = out[..., :h * s, :w * s]
+        return out
+
+
+def resolve_model(spec: str) -> tuple[nn.Module, str]:
+    """A registered name or a checkpoint path -> (torch model in eval mode, display name)."""
+    from . import checkpoint, registry
+    if spec in registry.list_models(None):
+        weights = registry.weights_path(spec)
+        if weights:
+            model, _ = checkpoint.load_checkpoint(weights)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the same untrained model every time, on every backend
+                model = registry.create_model(spec)
+            print(f"note: {spec} has no trained weights yet; using an untrained (random) model",
+                  file=sys.stderr)
+        return model.eval(), spec
+    path = Path(spec)
+    if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
+        model, _ = checkpoint.load_checkpoint(path)  # says "not found" for a missing path
+        return model.eval(), spec
+    try:
+        registry.get_spec(spec)
+    except UserError as exc:
+        raise UserError(f"{exc} (or 'bicubic', or a checkpoint file)") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def check_scale(scale) -> float:
     """A scale factor from the user: a positive finite number."""
     try:
@@ -49,13 +156,58 @@ def check_scale(scale) -> float:
     return s
 
 
+def model_scale(model: nn.Module, scale, name: str) -> float:
+    """The scale to run `model` at: its own, which a given `scale` must match, or for a
+    pre-upsampling model (VDSR) the given one."""
+    spec = model.upsample_spec
+    if spec.scale is None:
+        if scale is None:
+            raise UserError(f"{name} works at any scale: give one with --scale")
+        s = check_scale(scale)
+        if s < 1:
+            raise UserError(f"{name} upscales: --scale must be >= 1, got {scale}")
+        return s
+    if scale is not None and check_scale(scale) != spec.scale:
+        raise UserError(f"{name} is a x{spec.scale} model but --scale is {scale}: use --scale "
+                        f"{spec.scale}, or a x{scale} model")
+    return float(spec.scale)
+
+
+def check_device(device: str, backend: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}: use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r}: use cpu or cuda")
+    if dev.type == "cuda":
+        if backend == "openvino":
+            raise UserError("the openvino backend runs on the CPU here: use --device cpu")
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+    return dev
+
+
 def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "torch",
                   device: str = "cpu") -> Upscaler:
     """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if spec == "bicubic":
         if scale is None:
             raise UserError("bicubic needs --scale")
         if backend != "torch":
             raise UserError("bicubic runs on the torch backend only")
         return BicubicUpscaler(check_scale(scale), device)
-    raise UserError(f"unknown model {spec!r}: use 'bicubic', a registered name, or a checkpoint path")
+    dev = check_device(device, backend)
+    model, name = resolve_model(spec)
+    if model.upsample_spec.kind != "generator":
+        raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
+    s = model_scale(model, scale, name)
+    if backend == "torch":
+        model = model.to(dev)
+        run_net = model
+    else:
+        from . import export
+        run_net = export.runtime_session(model, backend, dev)
+    return ModelUpscaler(model, run_net, scale=s, name=name, backend=backend, device=dev)

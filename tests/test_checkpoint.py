@@ -1,0 +1,220 @@
+"""Checkpoints: our safetensors round trip, ecosystem state dicts, detection, errors, interpolation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from upsample import cli
+from upsample.checkpoint import (interpolate_checkpoints, load_checkpoint, read_state,
+                                 save_checkpoint)
+from upsample.errors import UserError
+from upsample.registry import create_model, full_kwargs, get_spec, list_models
+
+# RRDBNet has 16.7M parameters: where a test only needs the structure, 2 blocks stand for 23.
+SMALL = {"rrdbnet": {"num_block": 2}}
+
+
+def small_model(name, seed=0):
+    torch.manual_seed(seed)
+    return create_model(name, **SMALL.get(get_spec(name).arch, {})).eval()
+
+
+def same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def tiny_input(model, side=8):
+    return torch.rand(1, model.upsample_spec.channels, side, side, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_safetensors_round_trip_bit_exact(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name)  # the full registered model, RRDBNet included
+    path = save_checkpoint(model, tmp_path / f"{name}.safetensors", config={"lr": 1e-3},
+                           extra={"eval": {"Set5": 30.0}})
+    loaded, meta = load_checkpoint(path)
+    assert same_state(model, loaded)
+    assert meta["name"] == name and meta["arch"] == get_spec(name).arch
+    assert meta["config"] == {"lr": 1e-3} and meta["extra"] == {"eval": {"Set5": 30.0}}
+    assert (meta["scale"], meta["input"]) == (get_spec(name).scale, get_spec(name).input)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_fp16_storage(tmp_path):
+    model = small_model("vapsr-x2")
+    a = save_checkpoint(model, tmp_path / "a.safetensors")
+    b = save_checkpoint(model, tmp_path / "b.safetensors", fp16=True)
+    assert b.stat().st_size < 0.6 * a.stat().st_size
+    loaded, meta = load_checkpoint(b)
+    assert meta["dtype"] == "float16"
+    w, w16 = model.conv_first.weight, loaded.conv_first.weight
+    assert w16.dtype == torch.float32 and torch.equal(w16, w.half().float())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_plain_state_dict_is_detected(name, tmp_path):
+    """A bare state dict (no metadata) rebuilds the same architecture and output."""
+    model = small_model(name)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    loaded, meta = load_checkpoint(tmp_path / "m.pth")
+    assert meta["source"] == "detected" and meta["arch"] == get_spec(name).arch
+    assert full_kwargs(meta["arch"], meta["kwargs"]) == full_kwargs(meta["arch"], model.upsample_spec.kwargs)
+    assert meta["name"] == (None if get_spec(name).arch in SMALL else name)
+    x = tiny_input(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def to_esrgan_original(state):
+    """BasicSR RRDBNet names -> the original ESRGAN repository's `model.N` names (x4)."""
+    tail = {"conv_body": None, "conv_up1": "model.3", "conv_up2": "model.6", "conv_hr": "model.8",
+            "conv_last": "model.10", "conv_first": "model.0"}
+    n_block = len({k.split(".")[1] for k in state if k.startswith("body.")})
+    out = {}
+    for k, v in state.items():
+        if m := re.match(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)", k):
+            out[f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.0.{m[4]}"] = v
+        else:
+            head, p = k.rsplit(".", 1)
+            out[f"{tail[head] or f'model.1.sub.{n_block}'}.{p}"] = v
+    return out
+
+
+def test_foreign_rrdbnet_esrgan_and_basicsr(tmp_path):
+    src = small_model("rrdbnet-x4", seed=3)
+    decoy = small_model("rrdbnet-x4", seed=4)
+    state = src.state_dict()
+    torch.save(to_esrgan_original(state), tmp_path / "old.pth")
+    torch.save({"params": decoy.state_dict(), "params_ema": state}, tmp_path / "ema.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    x = tiny_input(src)
+    with torch.no_grad():
+        want = src(x)
+        for f in ("old.pth", "ema.pth", "ddp.pth"):
+            model, meta = load_checkpoint(tmp_path / f)
+            assert meta["kwargs"]["num_block"] == 2 and meta["scale"] == 4, f
+            assert torch.equal(model(x), want), f
+
+
+def test_foreign_vapsr_beta_and_vdsr_port_names(tmp_path):
+    vap = small_model("vapsr-s-x4")
+    beta = {k.replace("atten_branch.depthwise_dilated", "spatial_gating_unit.conv_spatial")
+             .replace("atten_branch.depthwise", "spatial_gating_unit.conv0")
+             .replace("atten_branch.pointwise", "spatial_gating_unit.conv1")
+             .replace("pixel_norm", "norm"): v for k, v in vap.state_dict().items()}
+    torch.save({"params_ema": beta}, tmp_path / "beta.pth")
+    loaded, meta = load_checkpoint(tmp_path / "beta.pth")
+    assert meta["name"] == "vapsr-s-x4" and same_state(vap, loaded)
+
+    vdsr = create_model("vdsr", bias=False)
+    port = {"input.weight": vdsr.conv_first.weight, "output.weight": vdsr.conv_last.weight,
+            **{f"residual_layer.{i}.conv.weight": c.weight for i, c in enumerate(vdsr.body)}}
+    torch.save(port, tmp_path / "vdsr.pth")
+    loaded, meta = load_checkpoint(tmp_path / "vdsr.pth")
+    assert meta["kwargs"]["bias"] is False and meta["kwargs"]["num_layers"] == 20
+    assert same_state(vdsr, loaded)
+
+
+def test_mismatches_name_the_keys(tmp_path):
+    state = small_model("vapsr-x2").state_dict()
+    bad = dict(state)
+    bad["conv_body.weight"] = torch.zeros(48, 48, 5, 5)
+    del bad["body.3.proj_2.bias"]
+    bad["extra.weight"] = torch.zeros(1)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tmp_path / "bad.pth")
+    msg = str(e.value)
+    assert "body.3.proj_2.bias" in msg and "extra.weight" in msg and "conv_body.weight" in msg
+    assert "\n" not in msg
+
+    # our metadata says espcn-x3, the tensors are another architecture's
+    path = save_checkpoint(small_model("espcn-x3"), tmp_path / "e.safetensors")
+    from safetensors.torch import save_file
+    _, meta = read_state(path)
+    save_file(small_model("espcn-rgb-x3").state_dict(), str(path), metadata=meta)
+    with pytest.raises(UserError, match="shape mismatches: first_part.0.weight"):
+        load_checkpoint(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    (tmp_path / "junk.pth").write_bytes(b"this is not a pickle")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for f in ("junk.safetensors", "junk.pth", "empty.pth"):
+        with pytest.raises(UserError):
+            load_checkpoint(tmp_path / f)
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nostate.pth")
+    with pytest.raises(UserError, match="no state dict"):
+        load_checkpoint(tmp_path / "nostate.pth")
+    torch.save({"a.weight": torch.zeros(3)}, tmp_path / "unknown.pth")
+    with pytest.raises(UserError, match="cannot tell the architecture"):
+        load_checkpoint(tmp_path / "unknown.pth")
+
+
+class Payload:  # pickling this needs code execution on load: weights_only must refuse it
+    pass
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    torch.save({"conv_first.weight": torch.zeros(1), "obj": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="cannot read"):
+        load_checkpoint(tmp_path / "evil.pth")
+
+
+def write_images(folder, n=2, side=24):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    data = write_images(tmp_path / "d")
+    save_checkpoint(small_model("espcn-rgb-x4"), tmp_path / "x4.safetensors")
+    (tmp_path / "bad.pth").write_bytes(b"\x80\x04garbage")
+    cases = [(["--model", str(tmp_path / "x4.safetensors"), "--scale", "3"], "x4 model"),
+             (["--model", str(tmp_path / "bad.pth"), "--scale", "4"], "cannot read"),
+             (["--model", str(tmp_path / "nope.safetensors"), "--scale", "4"], "not found")]
+    for args, expect in cases:
+        assert cli.main(["eval", *args, "--data", str(data)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err, err
+    assert cli.main(["eval", "--model", str(tmp_path / "x4.safetensors"), "--scale", "4", "--data",
+                     str(data), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["datasets"]["d"]["n"] == 2
+
+
+def test_interpolate(tmp_path, capsys):
+    a, b = small_model("espcn-x3", seed=1), small_model("espcn-x3", seed=2)
+    pa = save_checkpoint(a, tmp_path / "a.safetensors")
+    torch.save({"params_ema": b.state_dict()}, tmp_path / "b.pth")
+    outs = {}
+    for alpha in ("0", "1", "0.25"):
+        out = tmp_path / f"i{alpha}.safetensors"
+        assert cli.main(["interpolate", str(pa), str(tmp_path / "b.pth"), "--alpha", alpha, "-o", str(out)]) == 0
+        outs[alpha], meta = load_checkpoint(out)
+        assert meta["extra"]["interpolated"]["alpha"] == float(alpha)
+    assert same_state(outs["0"], a) and same_state(outs["1"], b)
+    w = outs["0.25"].first_part[0].weight
+    torch.testing.assert_close(w, 0.75 * a.first_part[0].weight + 0.25 * b.first_part[0].weight)
+    assert not torch.equal(w, a.first_part[0].weight)
+
+    other = save_checkpoint(small_model("espcn-x2"), tmp_path / "x2.safetensors")
+    with pytest.raises(UserError, match="different architectures"):
+        interpolate_checkpoints(pa, other, 0.5, tmp_path / "z.safetensors")
+    capsys.readouterr()
+    assert cli.main(["interpolate", str(pa), str(pa), "--alpha", "1.5", "-o", str(tmp_path / "q.safetensors")]) == 2
+    assert cli.main(["interpolate", str(pa), str(pa), "--alpha", "0", "-o", str(tmp_path / "i0.safetensors")]) == 2
+    assert "exists" in capsys.readouterr().err

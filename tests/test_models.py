@@ -1,0 +1,145 @@
+"""Model zoo: shapes, exact parameter counts, MACs, the registry, the RGB wrapper, `upsample models`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from upsample import cli, metrics
+from upsample.degrade import imresize
+from upsample.errors import UserError
+from upsample.registry import count_macs, count_params, create_model, get_spec, list_models
+from upsample.upscaler import ModelUpscaler, load_upscaler, rgb_to_ycbcr, ycbcr_to_rgb
+
+EXACT_PARAMS = {"espcn-x3": 22_729, "vapsr-x2": 329_236, "vapsr-x4": 342_220, "vapsr-s-x4": 154_956,
+                "rrdbnet-x4": 16_697_987}
+
+
+def meta_model(name, **overrides):
+    with torch.device("meta"):
+        return create_model(name, **overrides)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shape(name):
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    side = 8 if spec.arch == "rrdbnet" else 12
+    x = torch.rand(2, spec.channels, side, side)
+    with torch.no_grad():
+        y = model(x)
+    out = side if spec.pre_upsample else side * spec.scale
+    assert y.shape == (2, spec.channels, out, out)
+    assert torch.isfinite(y).all()
+    assert model.upsample_spec == spec
+
+
+@pytest.mark.parametrize("name,count", sorted(EXACT_PARAMS.items()))
+def test_exact_param_counts(name, count):
+    assert count_params(meta_model(name)) == count
+
+
+def test_vdsr_and_vapsr_x3_param_counts():
+    assert abs(count_params(meta_model("vdsr")) - 665_000) <= 6_650
+    assert 330_000 <= count_params(meta_model("vapsr-x3")) <= 340_000
+
+
+def test_vapsr_variants_structure():
+    small = create_model("vapsr-s-x4")
+    assert small.conv_body.groups == 2 and len(small.body) == 11
+    plain = create_model("vapsr-3x3-x2")
+    att = plain.body[0].atten_branch
+    assert att.depthwise.kernel_size == (3, 3) and att.depthwise_dilated.dilation == (1, 1)
+    official = create_model("vapsr-x2").body[0].atten_branch
+    assert official.depthwise.kernel_size == (5, 5) and official.depthwise_dilated.dilation == (3, 3)
+    assert "body.19.atten_branch.depthwise_dilated.weight" in create_model("vapsr-x2").state_dict()
+
+
+def test_macs_match_hand_count_for_espcn():
+    per_pixel = 1 * 64 * 25 + 64 * 32 * 9 + 32 * 9 * 9  # the three convolutions of espcn-x3
+    assert count_macs(meta_model("espcn-x3"), 256) == per_pixel * 256 * 256
+
+
+def test_overrides_and_unknown_names():
+    assert len(create_model("rrdbnet-x4", num_block=2).body) == 2
+    with pytest.raises(UserError, match="vapsr-x4"):
+        get_spec("vapsr-x5")
+    with pytest.raises(UserError, match="upsample models"):
+        get_spec("totally-unrelated")
+
+
+def test_discriminators_registered_apart():
+    assert not set(list_models()) & set(list_models("discriminator"))
+    assert {"esrgan-discriminator", "realesrgan-unet-discriminator"} <= set(list_models("discriminator"))
+    vgg = create_model("esrgan-discriminator").eval()
+    assert vgg(torch.rand(2, 3, 128, 128)).shape == (2, 1)
+    unet = create_model("realesrgan-unet-discriminator").eval()
+    assert unet(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    assert "conv1.weight_orig" in unet.state_dict()  # spectral norm, BasicSR names
+
+
+def test_models_command_json(capsys):
+    assert cli.main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list_models()
+    for r in rows:
+        assert set(r) == {"name", "scale", "params", "macs", "input", "weights"}
+        assert r["input"] in ("y", "rgb") and isinstance(r["macs"], int) and r["macs"] > 0
+        assert r["weights"] is None or r["weights"].endswith(f"{r['name']}.safetensors")
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["vdsr"]["scale"] is None and by_name["espcn-x3"]["input"] == "y"
+    assert all(by_name[n]["params"] == c for n, c in EXACT_PARAMS.items())
+
+
+def test_ycbcr_matches_metrics_and_round_trips():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].double() / 255
+    ycc = rgb_to_ycbcr(x)
+    np.testing.assert_allclose(ycc[0, 0].numpy() * 255, metrics.rgb_to_y(img), atol=1e-9)
+    torch.testing.assert_close(ycbcr_to_rgb(ycc), x, atol=1e-12, rtol=0)
+
+
+def test_y_wrapper_with_zero_residual_vdsr_is_bicubic(capsys):
+    """VDSR whose last conv outputs zero returns its input, so the RGB upscaler must equal
+    bicubic on RGB (YCbCr is affine and imresize linear)."""
+    up = load_upscaler("vdsr", scale=3)
+    assert "untrained" in capsys.readouterr().err
+    with torch.no_grad():
+        up.model.conv_last.weight.zero_()
+        up.model.conv_last.bias.zero_()
+    x = torch.rand(1, 3, 10, 13)
+    out = up(x)
+    assert out.shape == (1, 3, 30, 39)
+    torch.testing.assert_close(out, imresize(x, 3), atol=1e-5, rtol=0)
+
+
+def test_rrdbnet_x2_pads_odd_sizes():
+    tiny = create_model("rrdbnet-x2", num_block=1).eval()  # pixel-unshuffles by 2
+    up = ModelUpscaler(tiny, tiny, scale=2, name="tiny", backend="torch", device=torch.device("cpu"))
+    x = torch.rand(1, 3, 7, 9)
+    assert up(x).shape == (1, 3, 14, 18)
+    x_even = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="reflect")
+    torch.testing.assert_close(up(x), tiny(x_even)[..., :14, :18])
+
+
+def test_scale_mismatch_is_a_user_error():
+    with pytest.raises(UserError, match="x3 model"):
+        load_upscaler("espcn-x3", scale=2)
+    with pytest.raises(UserError, match="any scale"):
+        load_upscaler("vdsr")
+    with pytest.raises(UserError, match="backend"):
+        load_upscaler("espcn-x3", scale=3, backend="tensorrt")
+
+
+def test_cli_unknown_model_one_line(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    from PIL import Image
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "d" / "a.png")
+    assert cli.main(["eval", "--model", "espcn-x9", "--scale", "3", "--data", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "espcn-x" in err and "did you mean" in err
