@@ -304,6 +304,8 @@ class Tiler:
 
     def _run(self, tile: np.ndarray, maxval: float) -> torch.Tensor:
         """One padded tile HxWxC (uint) -> upscaled float NCHW (C channels)."""
+        if not tile.flags.writeable:  # torch wants writable memory; a tile is small
+            tile = tile.copy()
         x = torch.from_numpy(tile).to(self.up.device).permute(2, 0, 1)[None].float().div_(maxval)
         c = x.shape[1]
         expand = not is_channel_agnostic(self.up) and c != 3

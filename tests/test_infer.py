@@ -1,0 +1,218 @@
+"""Image inference: formats, tiling exactness, memory bound, failures and no-overwrite (tiny)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+import upsample
+from upsample import cli, infer, registry
+from upsample.degrade import imresize_np
+from upsample.upscaler import BicubicUpscaler, ModelUpscaler
+
+RNG = np.random.default_rng(0)
+
+
+def rgb(h=20, w=26):
+    return (RNG.random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def random_model_upscaler(name: str, **overrides) -> ModelUpscaler:
+    torch.manual_seed(0)
+    model = registry.create_model(name, **overrides).eval()
+    spec = model.upsample_spec
+    return ModelUpscaler(model, model, scale=spec.scale, name=name, backend="torch",
+                         device=torch.device("cpu"))
+
+
+def test_parse_size():
+    assert infer.parse_size("2GB") == 2_000_000_000
+    assert infer.parse_size("1.5GiB") == int(1.5 * 1024 ** 3)
+    assert infer.parse_size("800m") == 800_000_000
+    assert infer.parse_size("1234") == 1234
+    with pytest.raises(upsample.errors.UserError):
+        infer.parse_size("lots")
+
+
+def test_formats_round_trip_through_the_cli(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    base = rgb()
+    alpha = np.linspace(0, 255, 26, dtype=np.uint8)[None].repeat(20, 0)
+    Image.fromarray(np.dstack([base, alpha]), "RGBA").save(src / "rgba.png")
+    Image.fromarray(base[..., 0]).save(src / "sub" / "gray.png")
+    Image.fromarray(np.dstack([base[..., 0], alpha]), "LA").save(src / "la.png")
+    deep = (RNG.random((20, 26)) * 65535).astype(np.uint16)
+    Image.fromarray(deep).save(src / "deep.png")
+    Image.fromarray(base).convert("P").save(src / "pal.png")
+    pal_t = Image.fromarray(base).convert("P")
+    pal_t.info["transparency"] = 0
+    pal_t.save(src / "palt.png", transparency=0)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(base).save(src / "icc.png", icc_profile=srgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: shown 90 degrees clockwise
+    Image.fromarray(base).save(src / "rot.jpg", exif=exif.tobytes(), quality=95)
+
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "out"), "--model", "bicubic",
+                     "--scale", "2"]) == 0
+    out = tmp_path / "out"
+    want = {"rgba_x2.png": ("RGBA", (52, 40)), "sub/gray_x2.png": ("L", (52, 40)),
+            "la_x2.png": ("LA", (52, 40)), "deep_x2.png": ("I;16", (52, 40)),
+            "pal_x2.png": ("RGB", (52, 40)), "palt_x2.png": ("RGBA", (52, 40)),
+            "icc_x2.png": ("RGB", (52, 40)), "rot_x2.png": ("RGB", (40, 52))}
+    for name, (mode, size) in want.items():
+        im = Image.open(out / name)
+        assert (im.mode, im.size) == (mode, size), name
+    # 16-bit stays 16-bit: the float path, compared with a float64 bicubic of the source
+    got = np.asarray(Image.open(out / "deep_x2.png")).astype(np.float64)
+    ref = np.clip(imresize_np(deep.astype(np.float64) / 65535, 2.0), 0, 1) * 65535
+    assert np.abs(got - ref).max() <= 1.0
+    assert len(np.unique(got)) > 256
+    # alpha upscaled separately and kept; gray stays one channel of the right values
+    a = np.asarray(Image.open(out / "rgba_x2.png"))[..., 3]
+    assert np.abs(a.astype(int) - imresize_np(alpha, 2.0)).max() <= 1
+    g = np.asarray(Image.open(out / "sub/gray_x2.png"))
+    assert np.abs(g.astype(int) - imresize_np(base[..., 0], 2.0)).max() <= 1
+    assert Image.open(out / "icc_x2.png").info.get("icc_profile") == srgb
+    # EXIF orientation 6 applied: the stored pixels turned 90 degrees clockwise, then upscaled
+    stored = np.asarray(Image.open(src / "rot.jpg"))
+    upright = np.asarray(Image.open(out / "rot_x2.png")).astype(int)
+    assert np.abs(upright - imresize_np(np.rot90(stored, k=-1), 2.0)).max() <= 1
+
+
+def test_corrupt_file_reported_others_written_no_overwrite(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb()).save(src / "a.png")
+    Image.fromarray(rgb()).save(src / "c.png")
+    (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    out = tmp_path / "out"
+    args = ["image", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "b.png" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "c_x2.png"]  # no partial b
+    marker = np.zeros((40, 52, 3), np.uint8)
+    Image.fromarray(marker).save(out / "a_x2.png")
+    cli.main(args)
+    assert "exists" in capsys.readouterr().err
+    assert np.asarray(Image.open(out / "a_x2.png")).max() == 0  # not replaced
+    cli.main(args + ["--overwrite"])
+    assert np.asarray(Image.open(out / "a_x2.png")).max() > 0  # replaced on request
+
+
+@pytest.mark.parametrize("scale", [2, 3, 1.5, 0.5])
+def test_bicubic_tiled_equals_untiled(scale):
+    img = rgb(37, 53)
+    whole = upsample.load("bicubic", scale, tile=0).upscale(img)
+    tiled = upsample.load("bicubic", scale, tile=8).upscale(img)
+    assert whole.shape == (math.ceil(37 * scale), math.ceil(53 * scale), 3)
+    assert np.array_equal(whole, tiled)
+    assert np.abs(whole.astype(int) - imresize_np(img, scale)).max() <= 1
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("espcn-rgb-x2", {}),
+    ("espcn-x3", {}),  # a Y-channel model: chroma by bicubic inside the upscaler
+    ("vapsr-x2", {"num_block": 2, "num_feat": 16, "d_atten": 16}),
+    ("rrdbnet-x4", {"num_block": 1, "num_feat": 16, "num_grow_ch": 8}),
+    ("rrdbnet-x2", {"num_block": 1, "num_feat": 16, "num_grow_ch": 8}),  # pixel-unshuffle: even tiles
+])
+def test_model_tiled_equals_untiled(name, overrides):
+    up = random_model_upscaler(name, **overrides)
+    pad = math.ceil(infer.receptive_radius(up.model, up.spec.channels))
+    img = rgb(24, 34)
+    whole = infer.ImageUpscaler(up, tile=0).upscale(img)
+    tiled_engine = infer.ImageUpscaler(up, tile=12, tile_pad=pad)
+    tiled = tiled_engine.upscale(img)
+    s = up.spec.scale
+    assert whole.shape == (24 * s, 34 * s, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+    # the default pad is that receptive field (capped), so the default tiling is exact too
+    assert tiled_engine.tiler.pad >= min(pad, infer.MAX_DEFAULT_PAD)
+
+
+def test_outscale_after_a_model_is_tiled_exactly():
+    up = infer.ResizedUpscaler(random_model_upscaler("espcn-rgb-x2"), 1.5)
+    img = rgb(24, 30)
+    whole = infer.ImageUpscaler(up, tile=0).upscale(img)
+    tiled = infer.ImageUpscaler(up, tile=8).upscale(img)
+    assert whole.shape == (36, 45, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_array_and_pil_api_keep_their_kind():
+    eng = upsample.load("bicubic", 2)
+    gray = rgb()[..., 0]
+    assert eng.upscale(gray).shape == (40, 52) and eng.upscale(gray).dtype == np.uint8
+    rgba = np.dstack([rgb(), rgb()[..., :1]])
+    assert eng.upscale(rgba).shape == (40, 52, 4)
+    deep = (RNG.random((20, 26, 3)) * 65535).astype(np.uint16)
+    out = eng.upscale(deep)
+    assert out.dtype == np.uint16 and out.shape == (40, 52, 3) and out.max() > 255
+    pil = eng.upscale(Image.fromarray(rgb()).convert("P"))
+    assert isinstance(pil, Image.Image) and pil.mode == "RGB" and pil.size == (52, 40)
+
+
+def test_gray_and_alpha_through_a_model_stay_single_channel():
+    up = random_model_upscaler("espcn-rgb-x2")
+    la = np.dstack([rgb()[..., 0], rgb()[..., 1]])
+    for mode in ("bicubic", "model"):
+        out = infer.ImageUpscaler(up, tile=0, alpha_mode=mode).upscale(la)
+        assert out.shape == (40, 52, 2)
+    by_model = infer.ImageUpscaler(up, tile=0, alpha_mode="model").upscale(la)[..., 1]
+    by_bicubic = infer.ImageUpscaler(up, tile=0, alpha_mode="bicubic").upscale(la)[..., 1]
+    assert np.abs(by_bicubic.astype(int) - imresize_np(la[..., 1], 2.0)).max() <= 1
+    assert not np.array_equal(by_model, by_bicubic)
+
+
+def test_tiles_bound_tensor_memory():
+    """The float working set follows the tile, not the image: measured with the same tracker
+    that sizes tiles from --max-memory."""
+    img = rgb(192, 192)
+    peaks = {}
+    for tile in (0, 32):
+        tiler = infer.Tiler(BicubicUpscaler(2.0), tile=tile)
+        with infer.PeakTensorMemory() as tracker:
+            tiler.upscale(img)
+        peaks[tile] = tracker.peak
+    assert peaks[32] * 8 < peaks[0]
+    # a budget gives a tile whose measured cost fits in it
+    tiler = infer.Tiler(BicubicUpscaler(2.0), max_memory=infer.rss_bytes() + 40_000_000)
+    side = tiler.plan_tile(4000, 4000, 3, np.uint8)
+    assert 0 < side < 4000
+    assert tiler.bytes_per_pixel(3, np.uint8) * (side + 2 * tiler.pad) ** 2 <= 40_000_000
+
+
+def test_out_of_memory_splits_the_tile_and_result_is_unchanged():
+    class Flaky(BicubicUpscaler):
+        def __call__(self, x):
+            if x.shape[-1] * x.shape[-2] > 30 * 30:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().__call__(x)
+
+    img = rgb(40, 44)
+    ref = upsample.load("bicubic", 2, tile=0).upscale(img)
+    tiler = infer.Tiler(Flaky(2.0), tile=0)
+    assert np.array_equal(tiler.upscale(img), ref)
+    assert 0 < tiler.tile < 40
+
+
+def test_default_model_falls_back_to_bicubic_without_weights(monkeypatch):
+    monkeypatch.setattr(registry, "weights_path", lambda name: None)
+    assert infer.default_model(2) == "bicubic"
+    assert infer.default_model(1.5) == "bicubic"
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert cli.main(["image", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    assert cli.main(["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"),
+                     "--max-memory", "lots"]) == 2
