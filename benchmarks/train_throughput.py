@@ -1,0 +1,110 @@
+"""Training throughput (patches/s) of the training step: fp32 vs bf16 autocast, +channels_last.
+
+    python benchmarks/train_throughput.py                       # vapsr-x2 and espcn-x3 on the CPU
+    python benchmarks/train_throughput.py --models espcn-x3 --seconds 5 --threads 2
+    python benchmarks/train_throughput.py --data                # also the data pipeline alone
+
+Each row times full optimizer steps (forward, L1 loss, backward, Adam) on random batches of the
+recipe's patch and batch size, after warm-up steps; the ratio is against fp32 of the same model.
+`--data` times `data.PairDataset` (crop, augment, MATLAB bicubic LR) on ../shared T91 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from upsample import registry
+
+# model -> (LR patch side, batch) as in configs/*.toml
+RECIPES = {"vapsr-x2": (48, 32), "espcn-x3": (17, 64), "vapsr-s-x2": (48, 32), "vdsr": (41, 64),
+           "rrdbnet-x4": (32, 16), "espcn-x2": (16, 64)}
+MODES = {"fp32": (None, False), "fp32+cl": (None, True), "bf16": (torch.bfloat16, False),
+         "bf16+cl": (torch.bfloat16, True)}
+
+
+def bench_step(name: str, mode: str, seconds: float, device: str, batch: int | None) -> float:
+    lr_side, default_batch = RECIPES.get(name, (32, 16))
+    batch = batch or default_batch
+    dtype, channels_last = MODES[mode]
+    torch.manual_seed(0)
+    model = registry.create_model(name).to(device)
+    spec = model.upsample_spec
+    scale = spec.scale or 1
+    side_in = lr_side if not spec.pre_upsample else lr_side
+    x = torch.rand(batch, spec.channels, side_in, side_in, device=device)
+    y = torch.rand(batch, spec.channels, side_in * scale, side_in * scale, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+
+    def step():
+        with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(x)
+        loss = torch.nn.functional.l1_loss(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n * batch / (time.perf_counter() - t0)
+
+
+def bench_data(name: str, seconds: float) -> float:
+    from upsample import data
+    lr_side, _ = RECIPES.get(name, (32, 16))
+    spec = registry.get_spec(name)
+    scales = [spec.scale] if spec.scale else [2, 3, 4]
+    files = [p for p, _ in data.collect_images(["../shared/datasets/train/T91"], "T91")]
+    patch = lr_side * (spec.scale or 1)
+    ds = data.PairDataset(files, data.PairSpec(patch=patch, scales=scales, y_channel=spec.input == "y",
+                                               pre_upsample=spec.pre_upsample), seed=0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ds[(n, scales[n % len(scales)])]
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["vapsr-x2", "espcn-x3"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per row")
+    ap.add_argument("--batch", type=int, default=None, help="override the recipe batch")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data", action="store_true", help="also time the data pipeline (1 process)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads")
+    print(f"{'model':<12} {'mode':<8} {'LR patch':>8} {'batch':>5} {'patches/s':>10} {'vs fp32':>8}")
+    for name in args.models:
+        base = None
+        for mode in args.modes:
+            pps = bench_step(name, mode, args.seconds, args.device, args.batch)
+            base = pps if mode == "fp32" else base
+            ratio = f"{pps / base:.2f}x" if base else "-"
+            side, batch = RECIPES.get(name, (32, 16))
+            print(f"{name:<12} {mode:<8} {side:>8} {args.batch or batch:>5} {pps:>10.0f} {ratio:>8}",
+                  flush=True)
+        if args.data:
+            print(f"{name:<12} {'data':<8} {'':>8} {'':>5} {bench_data(name, args.seconds):>10.0f} "
+                  f"{'(1 proc)':>8}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

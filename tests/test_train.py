@@ -1,0 +1,181 @@
+"""`upsample train`: exact resume, interruption, run-dir rules, bad configs, DDP with 2 processes.
+
+Runs the tiny recipe (configs/tiny.toml) on a few T91 images, for a handful of steps each."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from upsample import checkpoint, cli, data
+
+ROOT = Path(__file__).resolve().parents[1]
+T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
+pytestmark = pytest.mark.skipif(not T91.is_dir(), reason="needs ../shared/datasets/train/T91")
+TINY = str(ROOT / "configs" / "tiny.toml")
+BASE = [f"data.train=[{json.dumps(str(T91))}]", "data.max_images=4", "data.batch_size=4",
+        "val.max_images=1", "val.crop=48"]
+
+
+def _train(run_dir, *extra, sets=()):
+    args = ["train", TINY, "--run-dir", str(run_dir), "--device", "cpu", *extra]
+    for s in [*BASE, *sets]:
+        args += ["--set", s]
+    return cli.main(args)
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(run_dir):
+    return [(r["step"], r["loss"]) for r in _records(run_dir) if "loss" in r]
+
+
+def _stop_at(monkeypatch, step, action):
+    """Make the batch sampler call `action` when it hands out the batch of `step`."""
+    orig = data.StepBatchSampler.__iter__
+
+    def patched(self):
+        for i, batch in enumerate(orig(self)):
+            if self.start + i == step:
+                action()
+            yield batch
+    monkeypatch.setattr(data.StepBatchSampler, "__iter__", patched)
+
+
+RESUME_SETS = ("train.steps=12", "train.ckpt_every=4", "val.every=4", "train.ema=0.9",
+               "sched.name=cosine")
+
+
+def test_resume_after_sigterm_and_after_a_crash_is_exact(tmp_path, monkeypatch, capsys):
+    assert _train(tmp_path / "a", sets=RESUME_SETS) == 0
+    ref = _losses(tmp_path / "a")
+    assert [s for s, _ in ref] == list(range(1, 13))
+
+    # SIGTERM while step 6 runs: the step finishes, is saved, the run exits 143
+    with monkeypatch.context() as m:
+        _stop_at(m, 5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        assert _train(tmp_path / "b", sets=RESUME_SETS) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at step 6/12" in capsys.readouterr().err
+    assert torch.load(tmp_path / "b" / "last_state.pt", weights_only=False)["step"] == 6
+    # a crash (as kill -9) while step 10 is made: checkpoints are at 4 and 8, so step 8 is resumed
+    with monkeypatch.context() as m:
+        def crash():
+            raise RuntimeError("simulated crash")
+        _stop_at(m, 9, crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            _train(tmp_path / "b", "--resume")
+    assert torch.load(tmp_path / "b" / "last_state.pt", weights_only=False)["step"] == 8
+    assert _losses(tmp_path / "b")[-1][0] == 9  # step 9 was logged, then lost
+    # resume with a DataLoader worker this time: the batches do not depend on workers
+    assert _train(tmp_path / "b", "--resume", sets=["data.workers=1"]) == 0
+    assert _losses(tmp_path / "b") == ref  # bit for bit, every step
+    val = lambda d: [(r["step"], r["val_psnr"]) for r in _records(d) if "val_psnr" in r]  # noqa: E731
+    assert val(tmp_path / "b") == val(tmp_path / "a") and len(val(tmp_path / "a")) == 3
+    a_w = checkpoint.load_checkpoint(tmp_path / "a" / "last.safetensors")[0].state_dict()
+    b_w = checkpoint.load_checkpoint(tmp_path / "b" / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a_w[k], b_w[k]) for k in a_w)
+
+
+def test_run_dir_rules_finished_resume_and_outputs(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, sets=["train.steps=3", "val.every=2"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("steps: step 3/3") and "best val PSNR" in out.out
+    assert {"config.toml", "last.safetensors", "last_state.pt", "best.safetensors", "metrics.jsonl",
+            "tb"} <= {p.name for p in run.iterdir()}
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    model, meta = checkpoint.load_checkpoint(run / "best.safetensors")
+    assert meta["name"] == "espcn-x2" and meta["config"]["train"]["steps"] == 3
+    assert "steps = 3" in (run / "config.toml").read_text()
+    assert _train(run, sets=["train.steps=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a run" in err and "--resume" in err
+    assert _train(run, "--resume") == 0
+    assert "is finished" in capsys.readouterr().err
+    # --resume may extend a finished run; --reset starts over
+    assert _train(run, "--resume", sets=["train.steps=5"]) == 0
+    assert [s for s, _ in _losses(run)] == [1, 2, 3, 4, 5]
+    assert _train(run, "--reset", sets=["train.steps=2"]) == 0
+    assert [s for s, _ in _losses(run)] == [1, 2]
+    assert _train(tmp_path / "none", "--resume") == 2
+    assert "no last_state.pt" in capsys.readouterr().err
+
+
+def test_early_stop_after_patience(tmp_path, capsys):
+    run = tmp_path / "run"
+    # lr so small that the weights cannot change the uint8 output: no validation gains
+    assert _train(run, sets=["train.steps=20", "val.every=1", "val.patience=2", "optim.lr=1e-12",
+                             "sched.name=none"]) == 0
+    assert capsys.readouterr().out.startswith("early stop: step 3/20")
+    assert torch.load(run / "last_state.pt", weights_only=False)["finished"] == "early stop"
+    assert _train(run, "--resume") == 0 and "is finished" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,sets,err", [
+    ("unknown key", ["optim.learning_rate=1"], "unknown key 'optim.learning_rate'"),
+    ("wrong type", ["data.batch_size=\"big\""], "data.batch_size must be int"),
+    ("missing dir", ["data.train=[\"/nonexistent/images\"]"], "data.train: folder not found"),
+    ("empty dir", None, "data.train: no images in"),
+])
+def test_bad_configs_give_one_line(tmp_path, capsys, name, sets, err):
+    if sets is None:
+        (tmp_path / "empty").mkdir()
+        sets = [f"data.train=[{json.dumps(str(tmp_path / 'empty'))}]"]
+    assert _train(tmp_path / "run", sets=sets) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and err in lines[0] and lines[0].startswith("upsample train: error:")
+    assert not (tmp_path / "run" / "config.toml").exists()
+
+
+def test_bad_toml_file_gives_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlr = 1e-3\nname = adam\n")
+    assert cli.main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "invalid TOML" in lines[0]
+
+
+def test_vdsr_multiscale_sgd_adjustable_clip_ema_bf16(tmp_path, capsys):
+    run = tmp_path / "vdsr"
+    sets = ["model.name=vdsr", "model.kwargs={num_feat = 8, num_layers = 3}", "model.scales=[2, 3]",
+            "data.patch_size=21", "optim.name=sgd", "optim.lr=0.01", "optim.clip=0.4",
+            "optim.clip_adjustable=true", "optim.weight_decay=1e-4", "sched.name=multistep",
+            "sched.milestones=[2]", "sched.gamma=0.1", "train.ema=0.5", "train.amp=bf16",
+            "train.channels_last=true", "train.steps=4", "val.every=2", "loss.name=charbonnier"]
+    assert _train(run, sets=sets) == 0
+    recs = _records(run)
+    assert [r["lr"] for r in recs if "lr" in r] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    state = torch.load(run / "last_state.pt", weights_only=False)
+    assert state["sampler"]["scales"] == [2, 3]
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
+    model, meta = checkpoint.load_checkpoint(run / "best.safetensors")
+    assert meta["arch"] == "vdsr" and model.upsample_spec.pre_upsample
+    capsys.readouterr()
+    assert _train(tmp_path / "x", sets=["model.name=vdsr", "model.kwargs={num_feat = 8, num_layers = 3}"]) == 2
+    assert "model.scales" in capsys.readouterr().err
+    assert _train(tmp_path / "y", sets=["train.amp=fp16"]) == 2
+    assert "fp16 needs CUDA" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes(tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "upsample", "train", TINY, "--run-dir", str(run), "--device", "cpu"]
+    for s in [*BASE, "train.steps=6", "val.every=3", "train.ckpt_every=3"]:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("steps: step 6/6") == 1  # one summary: only rank 0 prints/writes
+    state = torch.load(run / "last_state.pt", weights_only=False)
+    assert state["world"] == 2 and len(state["rng"]) == 2 and state["step"] == 6
+    assert [s for s, _ in _losses(run)] == list(range(1, 7))
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
+        "best.safetensors", "config.toml", "last.safetensors", "last_state.pt", "metrics.jsonl"]
+    checkpoint.load_checkpoint(run / "best.safetensors")
