@@ -209,7 +209,6 @@ def half_upscaler(up: Upscaler) -> Upscaler:
         return net(x.to(dtype)).float()
 
     half = ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend="torch", device=up.device)
-    half.dtype = dtype
     return half
 
 
@@ -232,10 +231,10 @@ def network_of(up: Upscaler) -> torch.nn.Module | None:
 
 
 def is_channel_agnostic(up: Upscaler) -> bool:
-    """True when the upscaler works on any number of channels (bicubic), so gray and alpha need
-    no expansion to RGB."""
+    """True when the upscaler takes the channels it is given (bicubic, a Y-plane network), so
+    gray and alpha need no expansion to RGB."""
     inner = getattr(up, "inner", up)
-    return isinstance(inner, BicubicUpscaler)
+    return isinstance(inner, BicubicUpscaler) or getattr(inner, "channel_agnostic", False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +268,6 @@ class Tiler:
         if self.pad < 0:
             raise UserError(f"--tile-pad must be >= 0, got {pad}")
         self.max_memory = max_memory
-        self.dtype = getattr(up, "dtype", torch.float32)
         self._bpp: dict[tuple, float] = {}
         self._lock = threading.Lock()
 
@@ -303,10 +301,10 @@ class Tiler:
     # --- memory model -------------------------------------------------------------------------
 
     def _run(self, tile: np.ndarray, maxval: float) -> torch.Tensor:
-        """One padded tile HxWxC (uint) -> upscaled float NCHW (C channels)."""
+        """One padded tile NxHxWxC (uint) -> upscaled float NCHW (C channels)."""
         if not tile.flags.writeable:  # torch wants writable memory; a tile is small
             tile = tile.copy()
-        x = torch.from_numpy(tile).to(self.up.device).permute(2, 0, 1)[None].float().div_(maxval)
+        x = torch.from_numpy(tile).to(self.up.device).permute(0, 3, 1, 2).float().div_(maxval)
         c = x.shape[1]
         expand = not is_channel_agnostic(self.up) and c != 3
         if expand:
@@ -325,7 +323,7 @@ class Tiler:
             if key in self._bpp:
                 return self._bpp[key]
             side = self._round_up(PROBE)
-            probe = np.random.default_rng(0).integers(0, 255, (side, side, channels)).astype(dtype)
+            probe = np.random.default_rng(0).integers(0, 255, (1, side, side, channels)).astype(dtype)
             tracker = PeakTensorMemory()
 
             def go():
@@ -344,9 +342,10 @@ class Tiler:
             self._bpp[key] = bpp
             return bpp
 
-    def plan_tile(self, h: int, w: int, channels: int, dtype: np.dtype, reserved: int = 0) -> int:
-        """The tile side for an h x w image (0: in one piece). `reserved`: bytes the caller will
-        still allocate (the output arrays) on the same device as the budget."""
+    def plan_tile(self, h: int, w: int, channels: int, dtype: np.dtype, reserved: int = 0,
+                  batch: int = 1) -> int:
+        """The tile side for `batch` h x w images (0: in one piece). `reserved`: bytes the caller
+        will still allocate (the output arrays) on the same device as the budget."""
         if self.tile is not None:
             return 0 if self.tile <= 0 or self.tile >= max(h, w) else self._round_down(self.tile)
         cpu = self.up.device.type == "cpu"
@@ -355,7 +354,7 @@ class Tiler:
         else:
             budget = free_memory(self.up.device) // 2
         budget = budget // self.jobs - (reserved if cpu else 0)
-        bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY
+        bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY * batch
         if bpp * h * w <= budget:
             return 0
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
@@ -371,16 +370,20 @@ class Tiler:
         """Output coordinate of input coordinate i (aligned, or the end n of the image)."""
         return output_size(n, self.up.scale) if i >= n else i * self.p // self.q
 
-    def upscale(self, arr: np.ndarray, *, tile: int | None = None, desc: str = "") -> np.ndarray:
-        """Upscale an HxWxC uint8/uint16 array to the same dtype, tile by tile."""
-        if arr.ndim != 3 or arr.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"expected an HxWxC uint8/uint16 array, got {arr.shape} {arr.dtype}")
-        h, w, c = arr.shape
+    def upscale(self, arr: np.ndarray, *, tile: int | None = None, desc: str = "",
+                maxval: float | None = None) -> np.ndarray:
+        """Upscale an HxWxC (or a batch NxHxWxC) uint8/uint16 array to the same dtype, tile by
+        tile. `maxval`: the code value that means 1.0 (default: the dtype's maximum; e.g. 1020
+        for 10-bit video luma in 8-bit units); outputs are clamped to [0, maxval]."""
+        if arr.ndim not in (3, 4) or arr.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"expected an [N]xHxWxC uint8/uint16 array, got {arr.shape} {arr.dtype}")
+        batch = arr if arr.ndim == 4 else arr[None]
+        n, h, w, c = batch.shape
         oh, ow = output_size(h, self.up.scale), output_size(w, self.up.scale)
         if tile is None:
-            tile = self.plan_tile(h, w, c, arr.dtype, reserved=oh * ow * c * arr.itemsize)
-        out = np.empty((oh, ow, c), arr.dtype)
-        maxval = float(np.iinfo(arr.dtype).max)
+            tile = self.plan_tile(h, w, c, arr.dtype, reserved=n * oh * ow * c * arr.itemsize, batch=n)
+        out = np.empty((n, oh, ow, c), arr.dtype)
+        maxval = float(np.iinfo(arr.dtype).max if maxval is None else maxval)
         side = tile if tile > 0 else max(h, w)
         regions = [(y, min(y + side, h), x, min(x + side, w))
                    for y in range(0, h, side) for x in range(0, w, side)]
@@ -389,7 +392,7 @@ class Tiler:
         while regions:
             y0, y1, x0, x1 = regions.pop(0)
             try:
-                self._region(arr, out, y0, y1, x0, x1, maxval)
+                self._region(batch, out, y0, y1, x0, x1, maxval)
             except Exception as exc:  # out of memory: split this region and retry (tile halves)
                 if not _is_oom(exc) or max(y1 - y0, x1 - x0) <= max(MIN_TILE, self.align):
                     raise
@@ -404,23 +407,23 @@ class Tiler:
                 continue
             bar.update((y1 - y0) * (x1 - x0))
         bar.close()
-        return out
+        return out if arr.ndim == 4 else out[0]
 
     def _region(self, arr, out, y0, y1, x0, x1, maxval) -> None:
-        h, w = arr.shape[:2]
+        h, w = arr.shape[1:3]
         py0, px0 = max(0, y0 - self.pad), max(0, x0 - self.pad)
         py1, px1 = min(h, y1 + self.pad), min(w, x1 + self.pad)
-        y = self._run(np.ascontiguousarray(arr[py0:py1, px0:px1]), maxval)
+        y = self._run(np.ascontiguousarray(arr[:, py0:py1, px0:px1]), maxval)
         oy0, oy1, ox0, ox1 = (self.out_index(y0, h), self.out_index(y1, h),
                               self.out_index(x0, w), self.out_index(x1, w))
         oy, ox = self.out_index(py0, h), self.out_index(px0, w)
-        y = y[0, :, oy0 - oy:oy1 - oy, ox0 - ox:ox1 - ox]
+        y = y[:, :, oy0 - oy:oy1 - oy, ox0 - ox:ox1 - ox]
         if y.shape[-2:] != (oy1 - oy0, ox1 - ox0):
             raise RuntimeError(f"{self.up.name} gave {tuple(y.shape[-2:])} for a tile that needs "
                                f"{(oy1 - oy0, ox1 - ox0)}: is the model's scale {self.up.scale}?")
         q = y.float().clamp_(0, 1).mul_(maxval).round_()
-        q = q.to(torch.uint8 if maxval == 255 else torch.int32).permute(1, 2, 0).cpu().numpy()
-        out[oy0:oy1, ox0:ox1] = q
+        q = q.to(torch.uint8 if out.dtype == np.uint8 else torch.int32).permute(0, 2, 3, 1).cpu().numpy()
+        out[:, oy0:oy1, ox0:ox1] = q
 
 
 # ----------------------------------------------------------------------------------------------
