@@ -16,6 +16,7 @@ from .errors import UserError
 COMMANDS = [
     "upsample.evaluate",
     "upsample.infer",
+    "upsample.video",
     "upsample.data",
     "upsample.train",
     "upsample.registry",
