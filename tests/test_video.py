@@ -1,0 +1,166 @@
+"""Video inference: frames, fps, timestamps, untouched audio, Y-plane path, clips, failures (tiny)."""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from upsample import cli, video
+from upsample.degrade import imresize
+from upsample.upscaler import load_upscaler
+
+W, H = 48, 32
+
+
+def make_clip(path, *, seconds=5.0, fps=25, audio=True, pix_fmt="yuv420p", pts=None, crf=None):
+    """A clip made here with PyAV: a moving bar over gradients, and a 440 Hz AAC tone."""
+    c = av.open(str(path), "w")
+    v = c.add_stream("libx264", rate=fps)
+    v.width, v.height, v.pix_fmt = W, H, pix_fmt
+    if crf is not None:
+        v.codec_context.options = {"crf": str(crf)}
+    a = c.add_stream("aac", rate=48000) if audio else None
+    if a is not None:
+        a.layout = "stereo"
+    pts = list(range(int(seconds * fps))) if pts is None else pts
+    for i, p in enumerate(pts):
+        img = np.zeros((H, W, 3), np.uint8)
+        img[..., 0] = np.linspace(0, 255, W, dtype=np.uint8)[None]
+        img[..., 1] = (i * 5) % 256
+        img[:, (i * 2) % W] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = p, fractions.Fraction(1, fps)
+        for pk in v.encode(frame):
+            c.mux(pk)
+    for pk in v.encode():
+        c.mux(pk)
+    if a is not None:
+        t = np.arange(1024) / 48000
+        for k in range(int(seconds * 48000 / 1024)):
+            s = (0.3 * np.sin(2 * np.pi * 440 * (t + k * 1024 / 48000))).astype(np.float32)
+            f = av.AudioFrame.from_ndarray(np.stack([s, s]).reshape(1, -1), format="flt", layout="stereo")
+            f.sample_rate, f.pts, f.time_base = 48000, k * 1024, fractions.Fraction(1, 48000)
+            for pk in a.encode(f):
+                c.mux(pk)
+        for pk in a.encode():
+            c.mux(pk)
+    c.close()
+
+
+def info(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = list(c.decode(video=0))
+        meta = {"n": len(frames), "rate": v.average_rate, "size": (v.codec_context.width, v.codec_context.height),
+                "times": [f.time for f in frames], "fmt": v.codec_context.format.name,
+                "duration": c.duration}
+    with av.open(str(path)) as c:
+        meta["audio"] = [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
+    return meta, frames
+
+
+def test_clip_with_audio_keeps_frames_fps_timestamps_and_audio_bytes(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src)
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2"]) == 0
+    a, _ = info(src)
+    b, _ = info(dst)
+    assert b["n"] == a["n"] == 125
+    assert b["rate"] == a["rate"] == 25
+    assert b["size"] == (2 * W, 2 * H)
+    assert b["times"] == pytest.approx(a["times"])
+    assert len(a["audio"]) > 200 and b["audio"] == a["audio"]
+    assert abs(b["duration"] - a["duration"]) <= av.time_base // 25  # within a frame
+    assert b["fmt"] == "yuv420p"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]  # no temp left
+
+
+def test_variable_frame_rate_and_clip_window(tmp_path):
+    src = tmp_path / "vfr.mkv"
+    pts = [0, 1, 2, 4, 7, 8, 9, 13, 14, 20, 21, 22, 30, 31, 40, 41, 45, 50]
+    make_clip(src, pts=pts, audio=False)
+    dst = tmp_path / "vfr_x2.mkv"
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic"]) == 0
+    a, _ = info(src)
+    b, _ = info(dst)
+    assert b["times"] == pytest.approx(a["times"], abs=1e-3) and len(b["times"]) == len(pts)
+    clip = tmp_path / "clip.mp4"
+    make_clip(tmp_path / "long.mp4", seconds=4.0)
+    assert cli.main(["video", str(tmp_path / "long.mp4"), "-o", str(clip), "--model", "bicubic",
+                     "--start", "1", "--duration", "2"]) == 0
+    c, _ = info(clip)
+    assert c["n"] == 50 and c["times"][0] == pytest.approx(0.0, abs=0.02)
+    assert 1.9 < sum(len(p) > 0 for p in c["audio"]) * 1024 / 48000 < 2.2  # audio of the window
+
+
+def test_y_model_runs_on_the_luma_plane_without_rgb(tmp_path):
+    """espcn-x2 (untrained, seed 0) on Y; lossless x264 so the decoded output is what was encoded."""
+    src, dst = tmp_path / "in.mkv", tmp_path / "out.mkv"
+    make_clip(src, seconds=0.2, audio=False)
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "espcn-x2", "--crf", "0"]) == 0
+    _, fin = info(src)
+    _, fout = info(dst)
+    up = load_upscaler("espcn-x2")
+    net = video.YPlaneUpscaler(up)
+    for fi, fo in zip(fin, fout):
+        yuv_in = fi.to_ndarray(format="yuv420p")
+        yuv_out = fo.to_ndarray(format="yuv420p")
+        y = torch.from_numpy(yuv_in[:H].astype(np.float32) / 255)[None, None]
+        want_y = (net(y)[0, 0].clamp(0, 1) * 255).round().numpy()
+        assert np.abs(yuv_out[:2 * H].astype(int) - want_y).max() <= 1
+        u = torch.from_numpy(yuv_in[H:H + H // 4].reshape(H // 2, W // 2).astype(np.float32) / 255)
+        want_u = (imresize(u[None, None], 2.0)[0, 0].clamp(0, 1) * 255).round().numpy()
+        got_u = yuv_out[2 * H:2 * H + H // 2].reshape(H, W)
+        assert np.abs(got_u.astype(int) - want_u).max() <= 1
+
+
+def test_ten_bit_input_keeps_its_pixel_format(tmp_path):
+    src, dst = tmp_path / "in10.mkv", tmp_path / "out10.mkv"
+    make_clip(src, seconds=0.2, audio=False, pix_fmt="yuv420p10le")
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "espcn-x2"]) == 0
+    b, frames = info(dst)
+    assert b["fmt"] == "yuv420p10le" and b["size"] == (2 * W, 2 * H)
+    assert frames[0].to_ndarray().max() > 255  # real 10-bit codes, not 8-bit ones
+
+
+def test_bad_inputs_one_line_and_no_output(tmp_path, capsys):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 20)
+    assert cli.main(["video", str(text), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "not a video" in capsys.readouterr().err
+    audio_only = tmp_path / "tone.m4a"
+    c = av.open(str(audio_only), "w")
+    a = c.add_stream("aac", rate=48000)
+    f = av.AudioFrame.from_ndarray(np.zeros((1, 2048), np.float32), format="flt", layout="stereo")
+    f.sample_rate, f.pts = 48000, 0
+    for pk in list(a.encode(f)) + list(a.encode()):
+        c.mux(pk)
+    c.close()
+    assert cli.main(["video", str(audio_only), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "no video stream" in capsys.readouterr().err
+    make_clip(tmp_path / "ok.mp4", seconds=0.2, audio=False)
+    assert cli.main(["video", str(tmp_path / "ok.mp4"), "-o", str(tmp_path / "o.mp4"),
+                     "--codec", "nosuchcodec"]) == 2
+    assert "unknown video encoder" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_interrupt_leaves_no_output(tmp_path, monkeypatch):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out" / "o.mp4"
+    make_clip(src, seconds=1.0)
+    calls = []
+    real = video._upscale_frames
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video, "_upscale_frames", interrupted)
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic"]) == 130
+    assert list((tmp_path / "out").iterdir()) == []
