@@ -168,8 +168,11 @@ class Payload:  # pickling this needs code execution on load: weights_only must 
 
 def test_pickle_with_code_is_refused(tmp_path):
     torch.save({"conv_first.weight": torch.zeros(1), "obj": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="more than tensors .*Payload"):
         load_checkpoint(tmp_path / "evil.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "evil.pth").read_bytes()[:100])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.pth")
 
 
 def write_images(folder, n=2, side=24):

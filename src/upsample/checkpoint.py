@@ -116,13 +116,23 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}; "
                             "the file is corrupt or not a safetensors checkpoint") from None
         return tensors, meta
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch zip archive / legacy pickle
+        raise UserError(f"cannot read {path}: not a checkpoint (neither safetensors nor a PyTorch file)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. notes about the pickle protocol version
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many types; weights_only refuses code
-        raise UserError(f"cannot read {path} as a PyTorch checkpoint: {str(exc).splitlines()[0]}; "
-                        "the file is corrupt, not a checkpoint, or holds more than weights") from None
+        text = str(exc)
+        refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed|\.?\n|$)", text)
+        if refused:
+            raise UserError(f"cannot read {path}: it holds more than tensors ({refused.group(1)}) and "
+                            "unpickling it could run code; re-save it as a plain state dict") from None
+        reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise UserError(f"cannot read {path} as a PyTorch checkpoint: {reason}; the file is corrupt "
+                        "or truncated") from None
     return unwrap_state(obj, path), {}
 
 

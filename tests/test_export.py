@@ -1,0 +1,150 @@
+"""ONNX / OpenVINO export and the onnxruntime / openvino backends, against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from upsample import cli, export
+from upsample.errors import UserError
+from upsample.registry import create_model, get_spec, list_models
+from upsample.upscaler import load_upscaler
+
+# RRDBNet is exported with 2 RRDB blocks instead of 23: the graph has the same operators and
+# layout (unshuffle, dense blocks, nearest upsampling), and the full 16.7M-parameter export costs
+# seconds per variant on a shared CPU.
+SMALL = {"rrdbnet": {"num_block": 2}}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+
+
+def model_for(name):
+    torch.manual_seed(0)
+    return create_model(name, **SMALL.get(get_spec(name).arch, {})).eval()
+
+
+def max_diff(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_onnxruntime_parity_dynamic_shapes(name):
+    model = model_for(name)
+    sess = export.ort_session(export.onnx_bytes(model, export._example(model, False)), torch.device("cpu"))
+    # traced at 1x16x16; run at another batch and a non-square size
+    x = torch.rand(2, model.upsample_spec.channels, 12, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x)
+    got = sess.run(None, {"input": x.numpy()})[0]
+    assert got.shape == tuple(want.shape)
+    assert max_diff(got, want) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["espcn-x3", "espcn-rgb-x2", "vdsr", "vapsr-x2", "vapsr-3x3-x4", "vapsr-s-x3"])
+def test_openvino_backend_parity(name):
+    model = model_for(name)
+    run = export.runtime_session(model, "openvino", torch.device("cpu"))
+    x = torch.rand(1, model.upsample_spec.channels, 10, 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert max_diff(run(x), model(x)) <= 1e-3
+
+
+def test_backend_export_is_cached(tmp_path):
+    model = model_for("espcn-x2")
+    export.runtime_session(model, "onnxruntime", torch.device("cpu"))
+    files = sorted((tmp_path / "cache").rglob("*.onnx"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    export.runtime_session(model, "onnxruntime", torch.device("cpu"))
+    assert files[0].stat().st_mtime_ns == stamp
+    with torch.no_grad():
+        model.first_part[0].bias.add_(1)
+    export.runtime_session(model, "onnxruntime", torch.device("cpu"))
+    assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 2  # new weights, new file
+
+
+def parity_of(out: str) -> float:
+    return float(re.search(r"max abs diff ([0-9.e+-]+)", out).group(1))
+
+
+def test_export_command_onnx(tmp_path, capsys):
+    out = tmp_path / "e.onnx"
+    assert cli.main(["export", "espcn-x3", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "MB" in text and parity_of(text) <= 1e-4
+    graph = onnx.load(str(out))
+    onnx.checker.check_model(graph)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims] == [True, False, True, True]
+    assert not list(tmp_path.glob(".*part"))
+    assert cli.main(["export", "espcn-x3", "-o", str(out)]) == 2  # no silent overwrite
+    assert "exists" in capsys.readouterr().err
+
+
+def test_export_uint8_io_and_fp16(tmp_path, capsys):
+    out = tmp_path / "u.onnx"
+    assert cli.main(["export", "espcn-x3", "--uint8-io", "-o", str(out)]) == 0
+    assert parity_of(capsys.readouterr().out) <= 1  # one level: rounding of nearly equal floats
+    sess = export.ort_session(str(out), torch.device("cpu"))
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    img = np.random.default_rng(0).integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)
+    res = sess.run(None, {"input": img})[0]
+    assert res.dtype == np.uint8 and res.shape == (2, 30, 36, 3)
+
+    assert cli.main(["export", "vapsr-x2", "--fp16", "-o", str(tmp_path / "h.onnx")]) == 0
+    assert parity_of(capsys.readouterr().out) <= 1e-2
+    graph = onnx.load(str(tmp_path / "h.onnx"))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+
+
+def test_export_command_openvino(tmp_path, capsys):
+    out = tmp_path / "v.xml"
+    assert cli.main(["export", "vapsr-s-x4", "--format", "openvino", "-o", str(out)]) == 0
+    assert parity_of(capsys.readouterr().out) <= 1e-3
+    assert out.exists() and out.with_suffix(".bin").stat().st_size > 154_956 * 3  # fp32, not fp16
+
+
+def test_export_refusals(tmp_path):
+    with pytest.raises(UserError, match="discriminator"):
+        cli_run(["export", "esrgan-discriminator", "-o", str(tmp_path / "d.onnx")])
+    with pytest.raises(UserError, match="give one with --scale"):
+        cli_run(["export", "vdsr", "--uint8-io", "-o", str(tmp_path / "v.onnx")])
+    with pytest.raises(UserError, match=r"\.xml"):
+        cli_run(["export", "espcn-x2", "--format", "openvino", "-o", str(tmp_path / "v.onnx")])
+
+
+def cli_run(argv):
+    args = cli.build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_eval_end_to_end_onnxruntime(tmp_path, capsys):
+    data = tmp_path / "tiny"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    results = {}
+    for backend in ("onnxruntime", "torch"):
+        assert cli.main(["eval", "--model", "vapsr-x2", "--backend", backend, "--scale", "2",
+                         "--data", str(data), "--json", "-"]) == 0
+        results[backend] = json.loads(capsys.readouterr().out)["datasets"]["tiny"]
+    assert results["onnxruntime"]["n"] == 2
+    assert abs(results["onnxruntime"]["psnr"] - results["torch"]["psnr"]) < 0.01
+
+
+def test_upscaler_backends_agree_on_y_model():
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    outs = [load_upscaler("espcn-x2", scale=2, backend=b)(x) for b in ("torch", "onnxruntime", "openvino")]
+    assert outs[0].shape == (1, 3, 18, 22)
+    assert max_diff(outs[1], outs[0]) <= 1e-4 and max_diff(outs[2], outs[0]) <= 1e-3
