@@ -1,0 +1,208 @@
+"""`upsample bench`: speed of a model per backend, as figures that hold on any machine.
+
+Per backend: milliseconds per frame (median of timed runs after warm-up), output megapixels per
+second, achieved GFLOP/s (2 x the network's multiply-accumulates at that size, counted with
+FlopCounterMode on the meta device: convolutions and matrix products), and that as a fraction of
+this machine's peak measured in the same run (a large fp32 matmul; bf16 / fp16 where the hardware
+has it). PyTorch eager fp32 is the reference row: every row gives its speed-up over it and the
+largest absolute difference of its output from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UserError
+from .infer import half_upscaler
+from .upscaler import BACKENDS, BicubicUpscaler, Upscaler, check_device, load_upscaler
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """(width, height) from "640x360"."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size must be WIDTHxHEIGHT, e.g. 640x360; got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise UserError(f"--size must be positive, got {text!r}")
+    return w, h
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, object]:
+    """Median seconds of `runs` calls after `warmup` calls, and the last result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    _sync(device)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 3) -> float:
+    """Best-of-`runs` GFLOP/s of an n x n x n matmul in `dtype` (the machine's practical peak)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.rand(n, n, generator=g).to(device, dtype)
+    b = torch.rand(n, n, generator=g).to(device, dtype)
+    torch.mm(a, b)
+    _sync(device)
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def half_dtype(device: torch.device) -> torch.dtype | None:
+    """The half type this device computes fast: fp16 on CUDA, bf16 on CPUs with bf16 units."""
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def network_macs(up: Upscaler, h: int, w: int) -> int:
+    """Multiply-accumulates of the upscaler's network for an h x w input frame (0 for bicubic)."""
+    model = getattr(up, "model", None)
+    if model is None:
+        return 0
+    spec = up.spec
+    if spec.pre_upsample:
+        h, w = round(h * up.scale), round(w * up.scale)
+    meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.zeros(1, spec.channels, h, w, device="meta"))
+    return counter.get_total_flops() // 2
+
+
+def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
+          device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
+          scale: float | None = None, log=None) -> dict:
+    """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring)."""
+    backends = list(backends or BACKENDS)
+    dev = check_device(device, "torch")
+    w, h = size
+    say = log or (lambda msg: None)
+    say(f"measuring peak: {2048}^3 matmul")
+    peaks = {"fp32": peak_gflops(dev, torch.float32)}
+    hdt = half_dtype(dev)
+    if hdt is not None:
+        peaks[str(hdt).replace("torch.", "")] = peak_gflops(dev, hdt)
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
+
+    def measure(up: Upscaler, label: str, peak_key: str) -> tuple[dict, torch.Tensor]:
+        say(f"running {label}")
+        with torch.no_grad():
+            sec, out = time_runs(lambda: up(x), dev, warmup, runs)
+        out = out.float()
+        oh, ow = out.shape[-2:]
+        row = {"backend": label, "ms_per_frame": sec * 1e3, "mpix_per_s": oh * ow / sec / 1e6,
+               "gflops": 2 * macs / sec / 1e9 if macs else None, "peak": peak_key}
+        row["of_peak"] = row["gflops"] / peaks[peak_key] if macs and peak_key in peaks else None
+        return row, out
+
+    eager = load_upscaler(model, scale=scale, backend="torch", device=device)
+    macs = network_macs(eager, h, w)
+    ref_row, ref = measure(eager, "torch eager fp32", "fp32")
+    rows = [ref_row]
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}: use all or one of {', '.join(BACKENDS)}")
+        if isinstance(eager, BicubicUpscaler) and backend != "torch":
+            continue
+        if backend == "torch" and not half:
+            continue  # the reference row is the torch backend in fp32
+        if backend == "torch":
+            if hdt is None:
+                raise UserError("--half: this CPU has no bf16 units (fp16/bf16 would be emulated)")
+            up = half_upscaler(load_upscaler(model, scale=scale, backend="torch", device=device))
+            label, key = f"torch {str(hdt).replace('torch.', '')}", str(hdt).replace("torch.", "")
+        else:
+            try:
+                up = load_upscaler(model, scale=scale, backend=backend, device=device)
+            except UserError as exc:
+                rows.append({"backend": backend, "error": str(exc)})
+                continue
+            label, key = f"{backend} fp32", "fp32"
+        row, out = measure(up, label, key)
+        row["max_abs_diff"] = (out - ref).abs().max().item()
+        rows.append(row)
+    ref_row["max_abs_diff"] = 0.0
+    for row in rows:
+        if "ms_per_frame" in row:
+            row["speedup"] = ref_row["ms_per_frame"] / row["ms_per_frame"]
+    return {"model": eager.name, "scale": eager.scale, "size": f"{w}x{h}", "device": str(dev),
+            "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
+            "gmacs_per_frame": macs / 1e9, "peak_gflops": peaks, "rows": rows}
+
+
+def format_report(r: dict) -> str:
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_gflops"].items())
+    lines = [f"{r['model']} x{r['scale']:g} at {r['size']} on {r['device']} ({r['threads']} threads): "
+             f"{r['gmacs_per_frame']:.2f} GMAC/frame; peak GFLOP/s (matmul): {peaks}; "
+             f"median of {r['runs']} after {r['warmup']} warm-up",
+             f"{'backend':<22} {'ms/frame':>10} {'MP/s':>8} {'GFLOP/s':>8} {'of peak':>8} "
+             f"{'vs eager':>8} {'max|diff|':>10}"]
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"{row['backend']:<22} unavailable: {row['error']}")
+            continue
+        gf = f"{row['gflops']:.1f}" if row["gflops"] is not None else "-"
+        pk = f"{100 * row['of_peak']:.1f}%" if row["of_peak"] is not None else "-"
+        lines.append(f"{row['backend']:<22} {row['ms_per_frame']:>10.1f} {row['mpix_per_s']:>8.3f} "
+                     f"{gf:>8} {pk:>8} {row['speedup']:>7.2f}x {row['max_abs_diff']:>10.2e}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    size = parse_frame_size(args.size)
+    if args.runs < 1 or args.warmup < 0:
+        raise UserError("--runs must be >= 1 and --warmup >= 0")
+    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
+    log = None if args.json else (lambda m: print(m, file=sys.stderr))
+    report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
+                   warmup=args.warmup, runs=args.runs, scale=args.scale, log=log)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
+    p.add_argument("--model", required=True, help="a registered name, a checkpoint, or bicubic")
+    p.add_argument("--scale", default=None, help="scale (bicubic and VDSR need one)")
+    p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
+    p.add_argument("--backend", default="all", choices=["all", *BACKENDS])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--runs", type=int, default=3, help="timed runs (the median is reported)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,59 @@
+"""upsample bench: MAC counting, peak measurement and the per-backend report (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from upsample import bench, cli, registry
+from upsample.errors import UserError
+from upsample.upscaler import load_upscaler
+
+
+def test_frame_size_parsing():
+    assert bench.parse_frame_size("640x360") == (640, 360)
+    assert bench.parse_frame_size("1920X1080") == (1920, 1080)
+    for bad in ("640", "ax360", "0x10"):
+        with pytest.raises(UserError):
+            bench.parse_frame_size(bad)
+
+
+def test_macs_match_the_registry_count_and_scale_with_pixels():
+    up = load_upscaler("vapsr-s-x2")
+    with torch.device("meta"):
+        meta = registry.create_model("vapsr-s-x2")
+    assert bench.network_macs(up, 64, 64) == registry.count_macs(meta, 64)
+    assert bench.network_macs(up, 64, 128) == 2 * bench.network_macs(up, 64, 64)
+    assert bench.network_macs(load_upscaler("bicubic", scale=2), 64, 64) == 0
+
+
+def test_peak_matmul_is_a_positive_rate():
+    g = bench.peak_gflops(torch.device("cpu"), torch.float32, n=256, runs=2)
+    assert 0.1 < g < 1e5
+
+
+def test_report_rows_against_eager(capsys):
+    r = bench.bench("espcn-rgb-x2", size=(40, 24), backends=["torch", "onnxruntime"], warmup=1, runs=1)
+    rows = {row["backend"]: row for row in r["rows"]}
+    assert list(rows) == ["torch eager fp32", "onnxruntime fp32"]
+    eager, ort = rows["torch eager fp32"], rows["onnxruntime fp32"]
+    assert eager["speedup"] == 1.0 and eager["max_abs_diff"] == 0.0
+    assert ort["max_abs_diff"] < 1e-4
+    macs = bench.network_macs(load_upscaler("espcn-rgb-x2"), 24, 40)
+    assert r["gmacs_per_frame"] == pytest.approx(macs / 1e9)
+    for row in (eager, ort):
+        assert row["gflops"] == pytest.approx(2 * macs / (row["ms_per_frame"] / 1e3) / 1e9)
+        assert row["of_peak"] == pytest.approx(row["gflops"] / r["peak_gflops"]["fp32"])
+        assert row["mpix_per_s"] == pytest.approx(80 * 48 / (row["ms_per_frame"] / 1e3) / 1e6)
+    text = bench.format_report(r)
+    assert "torch eager fp32" in text and "onnxruntime fp32" in text
+
+
+def test_cli_json(capsys):
+    assert cli.main(["bench", "--model", "bicubic", "--scale", "2", "--size", "32x16",
+                     "--backend", "torch", "--runs", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["size"] == "32x16" and report["rows"][0]["backend"] == "torch eager fp32"
+    assert report["rows"][0]["gflops"] is None  # bicubic: no network MACs
