@@ -17,6 +17,7 @@ COMMANDS = [
     "upsample.evaluate",
     "upsample.infer",
     "upsample.video",
+    "upsample.bench",
     "upsample.data",
     "upsample.train",
     "upsample.registry",
