@@ -84,6 +84,7 @@ def test_formats_round_trip_through_the_cli(tmp_path):
     stored = np.asarray(Image.open(src / "rot.jpg"))
     upright = np.asarray(Image.open(out / "rot_x2.png")).astype(int)
     assert np.abs(upright - imresize_np(np.rot90(stored, k=-1), 2.0)).max() <= 1
+    assert Image.open(out / "rot_x2.png").getexif().get(0x0112, 1) == 1  # not turned twice
 
 
 def test_corrupt_file_reported_others_written_no_overwrite(tmp_path, capsys):

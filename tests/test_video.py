@@ -16,13 +16,18 @@ from upsample.upscaler import load_upscaler
 W, H = 48, 32
 
 
-def make_clip(path, *, seconds=5.0, fps=25, audio=True, pix_fmt="yuv420p", pts=None, crf=None):
+def make_clip(path, *, seconds=5.0, fps=25, audio=True, pix_fmt="yuv420p", pts=None, crf=None,
+              rotation=None, bt709=False):
     """A clip made here with PyAV: a moving bar over gradients, and a 440 Hz AAC tone."""
     c = av.open(str(path), "w")
     v = c.add_stream("libx264", rate=fps)
     v.width, v.height, v.pix_fmt = W, H, pix_fmt
     if crf is not None:
         v.codec_context.options = {"crf": str(crf)}
+    if rotation is not None:
+        v.set_display_rotation(rotation)
+    if bt709:
+        v.codec_context.color_primaries = v.codec_context.color_trc = v.codec_context.colorspace = 1
     a = c.add_stream("aac", rate=48000) if audio else None
     if a is not None:
         a.layout = "stereo"
@@ -125,6 +130,16 @@ def test_ten_bit_input_keeps_its_pixel_format(tmp_path):
     b, frames = info(dst)
     assert b["fmt"] == "yuv420p10le" and b["size"] == (2 * W, 2 * H)
     assert frames[0].to_ndarray().max() > 255  # real 10-bit codes, not 8-bit ones
+
+
+def test_rotation_and_colour_tags_are_kept(tmp_path):
+    src, dst = tmp_path / "rot.mp4", tmp_path / "rot_x2.mp4"
+    make_clip(src, seconds=0.2, audio=False, rotation=90, bt709=True)
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic"]) == 0
+    with av.open(str(dst)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.color_primaries, cc.color_trc, cc.colorspace) == (1, 1, 1)
+        assert next(c.decode(video=0)).rotation == 90
 
 
 def test_bad_inputs_one_line_and_no_output(tmp_path, capsys):

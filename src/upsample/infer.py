@@ -440,10 +440,10 @@ class ImageUpscaler:
 
     def __init__(self, up: Upscaler, *, tile: int | None = None, tile_pad: int | None = None,
                  max_memory: int | str | None = None, alpha_mode: str = "bicubic", jobs: int = 1,
-                 progress: bool = False):
+                 progress: bool = False, verbose: bool = False):
         if alpha_mode not in ("bicubic", "model"):
             raise UserError(f"alpha mode must be bicubic or model, got {alpha_mode!r}")
-        self.up = up
+        self.up, self.verbose = up, verbose
         mem = None if max_memory is None else parse_size(max_memory)
         self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress)
         if alpha_mode == "bicubic" and not is_channel_agnostic(up):
@@ -461,6 +461,9 @@ class ImageUpscaler:
         oh, ow = output_size(c.shape[0], self.scale), output_size(c.shape[1], self.scale)
         reserved = oh * ow * c.itemsize * (c.shape[2] + (1 if a is not None else 0))
         tile = self.tiler.plan_tile(c.shape[0], c.shape[1], c.shape[2], c.dtype, reserved)
+        if tile and self.verbose:
+            tqdm.write(f"note: {desc or 'image'}: {c.shape[1]}x{c.shape[0]} in {tile}px tiles, "
+                       f"pad {self.tiler.pad}", file=sys.stderr)
         color = self.tiler.upscale(c, tile=tile, desc=desc)
         alpha = None
         if a is not None:
@@ -576,7 +579,8 @@ def run(args: argparse.Namespace) -> int:
         up = ResizedUpscaler(up, final)
     progress = sys.stderr.isatty()
     engine = ImageUpscaler(up, tile=args.tile, tile_pad=args.tile_pad, max_memory=max_memory,
-                           alpha_mode=args.alpha_mode, jobs=args.jobs, progress=progress)
+                           alpha_mode=args.alpha_mode, jobs=args.jobs, progress=progress,
+                           verbose=True)
     suffix = args.suffix if args.suffix is not None else f"_x{_scale_text(final)}"
 
     todo, seen = [], {}
