@@ -503,16 +503,27 @@ def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "t
     "vapsr-x2", or a checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
     `max_memory`, e.g. "2GB", or half the free memory); `outscale`: final size factor (the model,
     then a bicubic resize)."""
-    up = load_upscaler(spec, scale=scale, backend=backend, device=device)
+    up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale)
+    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode)
+
+
+def make_upscaler(model: str | None, scale=None, *, backend: str = "torch", device: str = "cpu",
+                  half: bool = False, outscale=None) -> Upscaler:
+    """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)`;
+    bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
+    scale = check_scale(scale) if scale is not None else None
+    model = model or default_model(scale or 2.0)
+    if model == "bicubic" and scale is None:
+        scale = 2.0
+    up = load_upscaler(model, scale=scale, backend=backend, device=device)
     if half:
         up = half_upscaler(up)
-    if outscale is not None:
-        outscale = check_scale(outscale)
-        if isinstance(up, BicubicUpscaler):
-            up = BicubicUpscaler(outscale, up.device)
-        elif abs(outscale - up.scale) > 1e-12:
-            up = ResizedUpscaler(up, outscale)
-    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode)
+    final = check_scale(outscale) if outscale is not None else up.scale
+    if isinstance(up, BicubicUpscaler):
+        return BicubicUpscaler(final, up.device)
+    if abs(final - up.scale) > 1e-12:
+        return ResizedUpscaler(up, final)
+    return up
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,18 +576,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None and args.tile < 0:
         raise UserError(f"--tile must be >= 0, got {args.tile}")
     max_memory = parse_size(args.max_memory) if args.max_memory else None
-    scale = check_scale(args.scale) if args.scale is not None else None
-    model = args.model or default_model(scale or 2.0)
-    if model == "bicubic" and scale is None:
-        scale = 2.0
-    up = load_upscaler(model, scale=scale, backend=args.backend, device=args.device)
-    if args.half:
-        up = half_upscaler(up)
-    final = check_scale(args.outscale) if args.outscale is not None else up.scale
-    if isinstance(up, BicubicUpscaler):
-        up = BicubicUpscaler(final, up.device)
-    elif abs(final - up.scale) > 1e-12:
-        up = ResizedUpscaler(up, final)
+    up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device,
+                       half=args.half, outscale=args.outscale)
+    final = up.scale
     progress = sys.stderr.isatty()
     engine = ImageUpscaler(up, tile=args.tile, tile_pad=args.tile_pad, max_memory=max_memory,
                            alpha_mode=args.alpha_mode, jobs=args.jobs, progress=progress,
@@ -601,7 +603,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         todo.append((src, dst))
     failed = len(jobs) - len(todo) - skipped
-    print(f"{model} x{_scale_text(final)}: {len(todo)} image(s) -> {out}", file=sys.stderr)
+    print(f"{up.name} x{_scale_text(final)}: {len(todo)} image(s) -> {out}", file=sys.stderr)
 
     def one(item):
         src, dst = item

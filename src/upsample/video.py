@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from .degrade import imresize, output_size
 from .errors import UserError
-from .infer import Tiler, default_model, half_upscaler, parse_size
-from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
+from .infer import Tiler, make_upscaler, parse_size
+from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 COPY_TYPES = ("audio", "subtitle", "data")
 _END = object()
@@ -437,13 +437,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     open_input(src).close()  # a clear error before a model is loaded
-    scale = check_scale(args.scale) if args.scale is not None else None
-    model = args.model or default_model(scale or 2.0)
-    if model == "bicubic" and scale is None:
-        scale = 2.0
-    up = load_upscaler(model, scale=scale, backend=args.backend, device=args.device)
-    if args.half:
-        up = half_upscaler(up)
+    up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
     summary = upscale_video(src, dst, up, codec=args.codec, crf=args.crf, preset=args.preset,
