@@ -167,7 +167,7 @@ def receptive_radius(model: torch.nn.Module, channels: int = 3) -> float:
             hooks.append(m.register_forward_hook(hook))
     try:
         import copy
-        meta = copy.deepcopy(model).to("meta")
+        meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
         with torch.no_grad():
             meta(torch.zeros(1, channels, size, size, device="meta"))
     finally:
