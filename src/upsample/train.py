@@ -382,7 +382,9 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     net.train()
     sync_every = 1 if dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
-    finished, step, t0, t_log, last_loss = None, start, time.time(), time.time(), float("nan")
+    finished, step, last_loss = None, start, float("nan")
+    t0 = t_log = time.time()
+    aside = aside_log = 0.0  # seconds spent validating and saving, left out of patches/s
     try:
         for inp, target in (loader if cfg.data.workers else one_thread_batches(loader)):
             inp = inp.to(dev, non_blocking=True)
@@ -421,8 +423,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                 if master:
                     now = time.time()
                     n_steps = step - start if step - start < cfg.train.log_every else cfg.train.log_every
-                    pps = n_steps * cfg.data.batch_size * world / max(now - t_log, 1e-9)
-                    t_log = now
+                    pps = n_steps * cfg.data.batch_size * world / max(now - t_log - (aside - aside_log), 1e-9)
+                    t_log, aside_log = now, aside
                     record({"step": step, "epoch": step * cfg.data.batch_size * world // len(pairs),
                             "loss": last_loss, "lr": lr, "patches_per_s": round(pps, 1),
                             "time": round(now - t0, 3)})
@@ -432,6 +434,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                     bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2g}", refresh=False)
 
             if (cfg.val.every and step % cfg.val.every == 0) or step == steps:
+                t_aside = time.time()
                 v = validate(eval_model, val_images, scales, dev) if master and val_images else None
                 box = [v["psnr"] if v else None]
                 if ddp:
@@ -459,6 +462,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                         sched.step(box[0])
                     if cfg.val.patience and bad_vals >= cfg.val.patience:
                         finished = "early stop"
+                aside += time.time() - t_aside
 
             if step == steps:
                 finished = finished or "steps"
@@ -468,7 +472,9 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                 stop["signal"] = int(flag.item())
             halt = finished or (stop["signal"] and (not ddp or step % sync_every == 0))
             if halt or step % cfg.train.ckpt_every == 0:
+                t_aside = time.time()
                 save(step, finished)
+                aside += time.time() - t_aside
             if halt:
                 break
     finally:
@@ -482,7 +488,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
 
     # ---------------------------------------------------------------- summary
     elapsed = time.time() - t0
-    pps = (step - start) * cfg.data.batch_size * world / max(elapsed, 1e-9)
+    pps = (step - start) * cfg.data.batch_size * world / max(elapsed - aside, 1e-9)
     best = f"best val PSNR {best_psnr:.2f} dB at step {best_step} -> {run_dir / 'best.safetensors'}" \
         if best_step else f"no validation; weights -> {run_dir / 'last.safetensors'}"
     if stop["signal"] and not finished:
