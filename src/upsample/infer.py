@@ -36,7 +36,7 @@ from .imageio import SAVE_FORMATS, Planes, is_image_path, list_images, planes_fr
     read_planes, save_planes
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
 
-PROBE = 64  # side of the probe tile that the bytes per pixel are measured on
+PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
 MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack, fragmentation)
 MAX_DEFAULT_PAD = 32  # the default pad: the receptive field of the network, at most this
 MIN_TILE = 16
@@ -316,29 +316,34 @@ class Tiler:
         return y
 
     def bytes_per_pixel(self, channels: int, dtype: np.dtype) -> float:
-        """Working memory per input pixel of one tile, measured on a PROBE x PROBE tile: tensor
-        storage via a dispatch mode (torch), or resident-memory growth (other runtimes)."""
+        """Working memory per input pixel of one tile, measured on probe tiles: the storage of the
+        tensors alive at once (a dispatch mode sees every torch op), or, where a runtime allocates
+        outside torch (onnxruntime, openvino), the growth of resident (or CUDA) memory from a
+        small probe to a larger one, so one-time start-up allocations do not count as per-pixel."""
         key = (channels, np.dtype(dtype).str)
         with self._lock:
             if key in self._bpp:
                 return self._bpp[key]
-            side = self._round_up(PROBE)
-            probe = np.random.default_rng(0).integers(0, 255, (1, side, side, channels)).astype(dtype)
-            tracker = PeakTensorMemory()
+            measured = []
+            for side in (self._round_up(PROBE_SMALL), self._round_up(PROBE)):
+                probe = np.random.default_rng(0).integers(0, 255, (1, side, side, channels)).astype(dtype)
+                tracker = PeakTensorMemory()
 
-            def go():
-                with tracker:
-                    y = self._run(probe, float(np.iinfo(dtype).max))
-                    del y
+                def go():
+                    with tracker:
+                        y = self._run(probe, float(np.iinfo(dtype).max))
+                        del y
 
-            if self.up.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.up.device)
-                base = torch.cuda.memory_allocated(self.up.device)
-                go()
-                grown = torch.cuda.max_memory_allocated(self.up.device) - base
-            else:
-                grown = _peak_rss_of(go) or 0
-            bpp = max(tracker.peak + probe.nbytes, grown) / (side * side)
+                if self.up.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.up.device)
+                    base = torch.cuda.memory_allocated(self.up.device)
+                    go()
+                    grown = torch.cuda.max_memory_allocated(self.up.device) - base
+                else:
+                    grown = _peak_rss_of(go) or 0
+                measured.append((side * side, tracker.peak + probe.nbytes, grown))
+            (px0, _, _), (px1, tracked, grown) = measured
+            bpp = max(tracked / px1, grown / (px1 - px0))
             self._bpp[key] = bpp
             return bpp
 
