@@ -207,12 +207,17 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         if world > 1 or dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else 0)
         torch.cuda.set_device(dev)
+    ddp = world > 1
+    if ddp:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        box = [cfg]  # every rank trains with rank 0's config
+        dist.broadcast_object_list(box, src=0)
+        cfg = box[0]
+    master = rank == 0
+    if dev.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    ddp = world > 1
-    if ddp and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    master = rank == 0
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
@@ -222,24 +227,33 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         raise UserError("train.amp = fp16 needs CUDA; use bf16 on the CPU")
     log = (lambda msg: print(msg, file=sys.stderr)) if master else (lambda msg: None)
 
-    # ---------------------------------------------------------------- run dir (checked by all
-    # ranks before anyone writes, so that every rank takes the same decision)
-    resuming = check_run_dir(run_dir, resume, reset)
-    state = None
-    if resuming:
-        state = torch.load(run_dir / "last_state.pt", map_location="cpu", weights_only=False)
-        done = state["step"] >= cfg.train.steps or (state.get("finished") == "early stop"
-                                                     and cfg.val.patience)
-        if done:
-            best = f"best val PSNR {state['best_psnr']:.2f} dB at step {state['best_step']}" \
-                if state["best_step"] else "no validation"
-            log(f"run {run_dir} is finished ({state.get('finished') or 'steps'} at step "
-                f"{state['step']}/{cfg.train.steps}; {best}); nothing to do")
-            if ddp and dist.is_initialized():
-                dist.destroy_process_group()
-            return 0
+    # ---------------------------------------------------------------- run dir: rank 0 decides
+    # and hands its decision and the resume state to the others (no shared filesystem needed)
+    error, resuming, state = None, False, None
+    if master:
+        try:
+            resuming = check_run_dir(run_dir, resume, reset)
+            if resuming:
+                state = torch.load(run_dir / "last_state.pt", map_location="cpu", weights_only=False)
+        except UserError as exc:
+            error = str(exc)
     if ddp:
-        dist.barrier()
+        box = [error, resuming, state]
+        dist.broadcast_object_list(box, src=0)
+        error, resuming, state = box
+    if error:
+        if ddp:
+            dist.destroy_process_group()
+        raise UserError(error)
+    if state and (state["step"] >= cfg.train.steps
+                  or (state.get("finished") == "early stop" and cfg.val.patience)):
+        best = f"best val PSNR {state['best_psnr']:.2f} dB at step {state['best_step']}" \
+            if state["best_step"] else "no validation"
+        log(f"run {run_dir} is finished ({state.get('finished') or 'steps'} at step "
+            f"{state['step']}/{cfg.train.steps}; {best}); nothing to do")
+        if ddp:
+            dist.destroy_process_group()
+        return 0
 
     # ---------------------------------------------------------------- model
     torch.manual_seed(cfg.train.seed)
@@ -303,6 +317,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
+            if cfg.sched.name == "cosine":  # a run extended with --set train.steps=N decays to N
+                sched.T_max = steps
         scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.model.load_state_dict(state["ema"])
