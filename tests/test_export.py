@@ -97,6 +97,7 @@ def test_export_uint8_io_and_fp16(tmp_path, capsys):
     assert parity_of(capsys.readouterr().out) <= 1  # one level: rounding of nearly equal floats
     sess = export.ort_session(str(out), torch.device("cpu"))
     assert sess.get_inputs()[0].type == "tensor(uint8)"
+    assert sess.get_inputs()[0].shape == ["batch", "height", "width", 3]
     img = np.random.default_rng(0).integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)
     res = sess.run(None, {"input": img})[0]
     assert res.dtype == np.uint8 and res.shape == (2, 30, 36, 3)

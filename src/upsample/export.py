@@ -47,12 +47,8 @@ class Uint8RGB(nn.Module):
     def forward(self, x):
         dtype = next(self.net.parameters()).dtype
         rgb = x.permute(0, 3, 1, 2).to(dtype) / 255.0
-        inp = ycc = None
-        if self.spec.input == "y":
-            ycc = rgb_to_ycbcr(rgb)
-            inp = ycc[:, :1]
-        else:
-            inp = rgb
+        ycc = rgb_to_ycbcr(rgb) if self.spec.input == "y" else None
+        inp = rgb if ycc is None else ycc[:, :1]
         if self.spec.pre_upsample:
             inp = self._up(inp)
         out = self.net(inp)
@@ -72,15 +68,13 @@ def _example(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
 def onnx_bytes(module: nn.Module, example: torch.Tensor, *, opset: int = OPSET) -> bytes:
     """The module as ONNX with dynamic batch/height/width on its input and output."""
     f = io.BytesIO()
+    h = 1 if example.dtype == torch.uint8 else 2  # height axis: NHWC uint8 or NCHW float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
         torch.onnx.export(module.eval(), (example,), f, dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch", 1: "d1", 2: "d2", 3: "d3"},
-                                        "output": {0: "batch", 1: "d1", 2: "d2", 3: "d3"}}
-                          if example.dtype == torch.uint8 else
-                          {"input": {0: "batch", 2: "height", 3: "width"},
-                           "output": {0: "batch", 2: "out_height", 3: "out_width"}})
+                          dynamic_axes={"input": {0: "batch", h: "height", h + 1: "width"},
+                                        "output": {0: "batch", h: "out_height", h + 1: "out_width"}})
     return f.getvalue()
 
 
