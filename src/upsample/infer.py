@@ -208,8 +208,7 @@ def half_upscaler(up: Upscaler) -> Upscaler:
     def run_net(x: torch.Tensor) -> torch.Tensor:
         return net(x.to(dtype)).float()
 
-    half = ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend="torch", device=up.device)
-    return half
+    return ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend="torch", device=up.device)
 
 
 def default_model(scale: float) -> str:
@@ -223,11 +222,6 @@ def default_model(scale: float) -> str:
     if not shipped:
         return "bicubic"
     return max(shipped, key=lambda n: (registry.weights_path(n).stat().st_size, n))
-
-
-def network_of(up: Upscaler) -> torch.nn.Module | None:
-    """The torch network of an upscaler (also when wrapped for --outscale), or None."""
-    return getattr(up, "model", None)
 
 
 def is_channel_agnostic(up: Upscaler) -> bool:
@@ -248,6 +242,13 @@ def _is_oom(exc: BaseException) -> bool:
                                               or "can't allocate memory" in str(exc).lower())
 
 
+def _split(region: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) cut into tiles of at most side x side, row by row."""
+    y0, y1, x0, x1 = region
+    return [(y, min(y + side, y1), x, min(x + side, x1))
+            for y in range(y0, y1, side) for x in range(x0, x1, side)]
+
+
 class Tiler:
     """Runs an upscaler over uint8/uint16 HxWxC arrays tile by tile (see the module docstring)."""
 
@@ -263,10 +264,10 @@ class Tiler:
         spec = getattr(up, "spec", None) or getattr(getattr(up, "inner", None), "spec", None)
         mult = spec.pad_multiple if spec is not None else 1
         self.align = self.q * mult // math.gcd(self.q, mult)
+        if pad is not None and pad < 0:
+            raise UserError(f"--tile-pad must be >= 0, got {pad}")
         self.tile = tile
         self.pad = self._round_up(self.default_pad() if pad is None else int(pad))
-        if self.pad < 0:
-            raise UserError(f"--tile-pad must be >= 0, got {pad}")
         self.max_memory = max_memory
         self._bpp: dict[tuple, float] = {}
         self._lock = threading.Lock()
@@ -284,7 +285,7 @@ class Tiler:
         resize = math.ceil(2 / min(1.0, self.up.scale)) + 2
         if isinstance(inner, BicubicUpscaler):
             return resize
-        net = network_of(inner)
+        net = getattr(inner, "model", None)
         spec = getattr(inner, "spec", None)
         radius = MAX_DEFAULT_PAD
         if net is not None and spec is not None:
@@ -364,8 +365,9 @@ class Tiler:
             return 0
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
         if side < MIN_TILE:
+            need = bpp * (MIN_TILE + 2 * self.pad) ** 2
             raise UserError(f"--max-memory leaves too little for even a {MIN_TILE}px tile "
-                            f"({max(0, budget) / 1e6:.0f} MB for tiles, about {bpp * (MIN_TILE + 2 * self.pad) ** 2 / 1e6:.0f} MB "
+                            f"({max(0, budget) / 1e6:.0f} MB for tiles, about {need / 1e6:.0f} MB "
                             f"needed): raise it, or lower --tile-pad")
         return self._round_down(min(side, max(h, w)))
 
@@ -389,9 +391,7 @@ class Tiler:
             tile = self.plan_tile(h, w, c, arr.dtype, reserved=n * oh * ow * c * arr.itemsize, batch=n)
         out = np.empty((n, oh, ow, c), arr.dtype)
         maxval = float(np.iinfo(arr.dtype).max if maxval is None else maxval)
-        side = tile if tile > 0 else max(h, w)
-        regions = [(y, min(y + side, h), x, min(x + side, w))
-                   for y in range(0, h, side) for x in range(0, w, side)]
+        regions = _split((0, h, 0, w), tile if tile > 0 else max(h, w))
         bar = tqdm(total=h * w, desc=desc or "tiles", unit="px", unit_scale=True, leave=False,
                    file=sys.stderr, disable=not self.progress or len(regions) < 2)
         while regions:
@@ -404,9 +404,7 @@ class Tiler:
                 if self.up.device.type == "cuda":
                     torch.cuda.empty_cache()
                 half = self._round_down(max(y1 - y0, x1 - x0) // 2)
-                sub = [(y, min(y + half, y1), x, min(x + half, x1))
-                       for y in range(y0, y1, half) for x in range(x0, x1, half)]
-                regions[:0] = sub
+                regions = [part for r in [(y0, y1, x0, x1), *regions] for part in _split(r, half)]
                 self.tile = half if self.tile is None or self.tile <= 0 else min(self.tile, half)
                 print(f"note: out of memory; retrying with {half}px tiles", file=sys.stderr)
                 continue
