@@ -638,25 +638,30 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("image", help="upscale image files or folders (tiled, any size)")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (keeps sub-folders), or a file name for one input file")
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options that pick and run the upscaler, shared by `image` and `video`."""
     p.add_argument("--model", default=None,
                    help="bicubic, a registered name or a checkpoint (default: the best shipped "
                         "model for --scale, else bicubic)")
     p.add_argument("--scale", default=None, help="model scale (default: the model's; bicubic 2)")
-    p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize")
     p.add_argument("--backend", default="torch", help="torch, onnxruntime or openvino")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--half", action="store_true", help="half precision (torch: fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in input pixels (0: whole image; default: from --max-memory)")
-    p.add_argument("--tile-pad", type=int, default=None,
-                   help=f"overlap of tiles in input pixels (default: receptive field, at most {MAX_DEFAULT_PAD})")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("image", help="upscale image files or folders (tiled, any size)")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (keeps sub-folders), or a file name for one input file")
+    add_model_options(p)
+    p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize")
+    p.add_argument("--tile-pad", type=int, default=None,
+                   help=f"overlap of tiles in input pixels (default: receptive field, at most {MAX_DEFAULT_PAD})")
     p.add_argument("--suffix", default=None, help="added to output names (default: _x<outscale>)")
     p.add_argument("--ext", default="png", choices=["png", "jpg", "webp", "same"], help="output format")
     p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default 95)")

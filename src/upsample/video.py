@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .degrade import imresize, output_size
 from .errors import UserError
-from .infer import Tiler, make_upscaler, parse_size
+from .infer import Tiler, add_model_options, make_upscaler, parse_size
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 COPY_TYPES = ("audio", "subtitle", "data")
@@ -455,12 +455,7 @@ def register(sub) -> None:
     p = sub.add_parser("video", help="upscale a video; audio, subtitles and data copied as they are")
     p.add_argument("input", metavar="IN", help="input video file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output video file (.mp4, .mkv ...)")
-    p.add_argument("--model", default=None, help="bicubic, a registered name or a checkpoint "
-                   "(default: the best shipped model for --scale, else bicubic)")
-    p.add_argument("--scale", default=None, help="model scale (default: the model's; bicubic 2)")
-    p.add_argument("--backend", default="torch", help="torch, onnxruntime or openvino")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--half", action="store_true", help="half precision (torch backend)")
+    add_model_options(p)
     p.add_argument("--codec", default="libx264", help="video encoder: libx264, libx265, libsvtav1 ...")
     p.add_argument("--crf", type=int, default=None, help="encoder quality (lower is better)")
     p.add_argument("--preset", default=None, help="encoder speed preset (e.g. medium, slow; svtav1: 0-13)")
@@ -468,7 +463,5 @@ def register(sub) -> None:
     p.add_argument("--start", default=None, help="clip start, seconds or [h:]m:s")
     p.add_argument("--duration", default=None, help="clip length, seconds or [h:]m:s")
     p.add_argument("--batch", type=int, default=1, help="frames per model call")
-    p.add_argument("--tile", type=int, default=None, help="tile side for big frames (default: from memory)")
-    p.add_argument("--max-memory", default=None, metavar="SIZE", help="memory budget for the frames, e.g. 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
