@@ -161,6 +161,9 @@ def test_bad_inputs_one_line_and_no_output(tmp_path, capsys):
     assert cli.main(["video", str(tmp_path / "ok.mp4"), "-o", str(tmp_path / "o.mp4"),
                      "--codec", "nosuchcodec"]) == 2
     assert "unknown video encoder" in capsys.readouterr().err
+    assert cli.main(["video", str(tmp_path / "ok.mp4"), "-o", str(tmp_path / "o.mp4"),
+                     "--model", "bicubic", "--start", "30"]) == 2
+    assert "no video frames" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 
 

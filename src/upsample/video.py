@@ -20,6 +20,7 @@ import queue
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -185,6 +186,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         dtype = np.uint16 if bits > 8 else np.uint8
         tile_side = tiler.plan_tile(cc.height, cc.width, chans, dtype, batch=batch,
                                     reserved=batch * oh * ow * chans * np.dtype(dtype).itemsize)
+        plan = _Plan(net, tiler, tile_side, work, out_fmt, y_model, bits, (oh, ow))
 
         first = first_frame(src, vin.index)
         suffix = dst.suffix or ".mp4"
@@ -196,11 +198,13 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         except (av.FFmpegError, ValueError) as exc:
             raise UserError(f"cannot write {suffix} videos: {exc}") from None
         try:
-            summary = _run(container, out, vin, up, net, tiler, tile_side, first, work, out_fmt,
-                           codec, crf, preset, (oh, ow), y_model, bits, start, duration, batch,
-                           progress)
+            vout, copies = _open_streams(container, out, plan, first, codec, crf, preset)
+            summary = _pump(container, out, vout, copies, plan, start, duration, batch, progress)
         except BaseException:
-            out.close()
+            try:
+                out.close()
+            except Exception:  # the first error is the one to report; the file goes anyway
+                pass
             raise
         out.close()
         os.replace(tmp, dst)
@@ -212,13 +216,32 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
             os.unlink(tmp)
 
 
-def _run(container, out, vin, up, net, tiler, tile_side, first, work, out_fmt, codec, crf, preset,
-         size, y_model, bits, start, duration, batch, progress) -> dict:
+@dataclass
+class _Plan:
+    """How frames are upscaled: the upscaler (an RGB model, or the network on Y), its tiler and
+    tile side, the frame format worked in, the output pixel format and size (h, w)."""
+    net: Upscaler
+    tiler: Tiler
+    tile: int
+    work: av.VideoFormat
+    out_fmt: str
+    y_model: bool
+    bits: int
+    size: tuple[int, int]
+
+
+def _rate(vin) -> Fraction:
+    return vin.average_rate or vin.guessed_rate or Fraction(25)
+
+
+def _open_streams(container, out, plan: _Plan, first, codec, crf, preset):
+    """Add the encoded video stream (the input's timing, colour tags, aspect and rotation) and
+    one copied stream per audio/subtitle/data stream; write the header."""
+    vin = container.streams.video[0]
     cc = vin.codec_context
-    oh, ow = size
-    rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-    vout = out.add_stream(codec, rate=rate)
-    vout.width, vout.height, vout.pix_fmt = ow, oh, out_fmt
+    oh, ow = plan.size
+    vout = out.add_stream(codec, rate=_rate(vin))
+    vout.width, vout.height, vout.pix_fmt = ow, oh, plan.out_fmt
     vout.time_base = vin.time_base
     vout.codec_context.time_base = vin.time_base
     for attr in ("color_primaries", "color_trc", "colorspace", "color_range"):
@@ -257,15 +280,19 @@ def _run(container, out, vin, up, net, tiler, tile_side, first, work, out_fmt, c
         out.start_encoding()
     except (av.FFmpegError, ValueError) as exc:
         raise UserError(f"cannot write this video: {exc}") from None
+    return vout, copies
 
+
+def _pump(container, out, vout, copies, plan: _Plan, start, duration, batch, progress) -> dict:
+    """Run the three stages until the input (or the --start/--duration window) ends."""
+    vin = container.streams.video[0]
+    rate = _rate(vin)
     t0 = float(start or 0.0)
     t1 = t0 + duration if duration is not None else None
-    shift = {}
     if start:
         container.seek(int(start / vin.time_base), stream=vin, backward=True)
     streams = [vin] + [container.streams[i] for i in copies]
-    for s in streams:
-        shift[s.index] = int(round(t0 / s.time_base)) if start else 0
+    shift = {s.index: int(round(t0 / s.time_base)) if start else 0 for s in streams}
     total = vin.frames or (int(float(container.duration / av.time_base) * float(rate))
                            if container.duration else None)
     if duration is not None:
@@ -295,8 +322,9 @@ def _run(container, out, vin, up, net, tiler, tile_side, first, work, out_fmt, c
                     if frame.pts is None:  # raw streams: number the frames
                         frame.pts = int(round(index / float(rate) / vin.time_base))
                     index += 1
-                    if t1 is not None and frame.time is not None and frame.time >= t1 - 1e-9:
-                        continue
+                    if t1 is not None and frame.time is not None and frame.time > t1 + 1.0:
+                        pipe.put(frames_q, _END)  # past the window (with a second of packets
+                        return                    # that muxers interleave late)
                     if not in_window(frame.time):
                         continue
                     if not pipe.put(frames_q, frame):
@@ -342,8 +370,7 @@ def _run(container, out, vin, up, net, tiler, tile_side, first, work, out_fmt, c
                     break
                 group.append(item)
             if group:
-                frames = _upscale_frames(group, net, tiler, tile_side, work, out_fmt, y_model,
-                                         bits, (oh, ow), shift[vin.index], vout)
+                frames = _upscale_frames(group, plan, shift[vin.index])
                 if not pipe.put(encode_q, frames):
                     break
                 bar.update(len(group))
@@ -363,26 +390,31 @@ def _run(container, out, vin, up, net, tiler, tile_side, first, work, out_fmt, c
         if isinstance(exc, av.FFmpegError):
             raise UserError(f"video processing failed: {exc}") from exc
         raise exc
-    return {"frames": counts["out"], "copied_packets": counts["copied"], "size": (ow, oh),
-            "rate": rate, "codec": codec, "pix_fmt": out_fmt}
+    if not counts["out"]:
+        raise UserError("no video frames in the chosen --start/--duration window"
+                        if start or duration else "the video stream has no frames")
+    return {"frames": counts["out"], "copied_packets": counts["copied"],
+            "size": (vout.width, vout.height), "rate": rate, "codec": vout.codec_context.name,
+            "pix_fmt": plan.out_fmt}
 
 
-def _upscale_frames(group, net, tiler, tile_side, work, out_fmt, y_model, bits, size, shift, vout):
+def _upscale_frames(group, plan: _Plan, shift: int):
     """Decoded frames -> upscaled frames (pts, duration and colour tags carried over)."""
-    oh, ow = size
+    oh, ow = plan.size
+    work, bits = plan.work, plan.bits
     dtype = np.uint16 if bits > 8 else np.uint8
     results = []
-    if y_model:
+    if plan.y_model:
         frames = [f if f.format.name == work.name else f.reformat(format=work.name) for f in group]
         luma = np.stack([plane_view(f.planes[0], dtype) for f in frames])[..., None]
         # 8-bit units: 10-bit luma 940 (white) is 235 * 4
-        y_up = tiler.upscale(luma, tile=tile_side, maxval=255.0 * 2 ** (bits - 8))
+        y_up = plan.tiler.upscale(luma, tile=plan.tile, maxval=255.0 * 2 ** (bits - 8))
         planes_out = [av.VideoFrame(ow, oh, work.name) for _ in frames]
         chroma = np.stack([np.stack([plane_view(f.planes[i], dtype) for i in (1, 2)]) for f in frames])
         ch, cw = planes_out[0].planes[1].height, planes_out[0].planes[1].width
         maxcode = float(2 ** bits - 1)
         c = torch.from_numpy(chroma.astype(np.float32) / maxcode)
-        c = imresize(c, net.scale, size=(ch, cw)).clamp_(0, 1).mul_(maxcode).round_()
+        c = imresize(c, plan.net.scale, size=(ch, cw)).clamp_(0, 1).mul_(maxcode).round_()
         c = c.numpy().astype(dtype)
         for k, f in enumerate(planes_out):
             plane_view(f.planes[0], dtype)[:] = y_up[k, ..., 0]
@@ -392,10 +424,10 @@ def _upscale_frames(group, net, tiler, tile_side, work, out_fmt, y_model, bits, 
     else:
         frames = group
         rgb = np.stack([f.to_ndarray(format=work.name) for f in frames])
-        up = tiler.upscale(rgb, tile=tile_side)
+        up = plan.tiler.upscale(rgb, tile=plan.tile)
         for k, f in enumerate(frames):
             o = av.VideoFrame.from_ndarray(up[k], format=work.name)
-            o = o.reformat(format=out_fmt, dst_colorspace=f.colorspace,
+            o = o.reformat(format=plan.out_fmt, dst_colorspace=f.colorspace,
                            dst_color_range=f.color_range or None)
             results.append(o)
     for src, o in zip(group, results):
