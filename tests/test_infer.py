@@ -86,6 +86,25 @@ def test_formats_round_trip_through_the_cli(tmp_path):
     assert Image.open(out / "rot_x2.png").getexif().get(0x0112, 1) == 1  # not turned twice
 
 
+def test_16_bit_rgb_png_keeps_16_bits(tmp_path):
+    """Pillow reads 16-bit RGB PNG as 8-bit; the image command keeps all 16 bits (PyAV codec)."""
+    import av
+    deep = (RNG.random((20, 26, 3)) * 65535).astype(np.uint16)
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = 26, 20, "rgb48be"
+    frame = av.VideoFrame.from_ndarray(deep, format="rgb48le").reformat(format="rgb48be")
+    (tmp_path / "rgb48.png").write_bytes(b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)]))
+    assert Image.open(tmp_path / "rgb48.png").mode == "RGB"  # what Pillow alone would give
+    assert cli.main(["image", str(tmp_path / "rgb48.png"), "-o", str(tmp_path / "out"),
+                     "--model", "bicubic"]) == 0
+    with av.open(str(tmp_path / "out" / "rgb48_x2.png")) as c:
+        out = next(c.decode(video=0))
+    assert out.format.name == "rgb48be" and (out.width, out.height) == (52, 40)
+    got = out.to_ndarray(format="rgb48le").astype(np.float64)
+    ref = np.clip(imresize_np(deep.astype(np.float64) / 65535, 2.0), 0, 1) * 65535
+    assert np.abs(got - ref).max() <= 1.0
+
+
 def test_corrupt_file_reported_others_written_no_overwrite(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -61,12 +64,18 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
     """Save to a temporary file beside `path`, then rename: a crash never leaves a half file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = save_kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **save_kwargs))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=path.parent)
     os.close(fd)
     try:
-        img.save(tmp, format=fmt, **save_kwargs)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -80,7 +89,7 @@ def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Non
 _DEEP_GRAY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Output file formats by extension and the image modes each can store.
 SAVE_FORMATS = {
-    "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16"}),
+    "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16", "RGB;16", "RGBA;16"}),
     "jpg": ("JPEG", {"RGB", "L"}),
     "jpeg": ("JPEG", {"RGB", "L"}),
     "webp": ("WEBP", {"RGB", "RGBA", "L"}),
@@ -160,8 +169,11 @@ def planes_to_pil(planes: Planes) -> Image.Image:
 
 
 def read_planes(path: str | os.PathLike) -> Planes:
-    """An image file as planes, with its EXIF orientation applied (pixels turned upright)."""
+    """An image file as planes, with its EXIF orientation applied (pixels turned upright).
+    16-bit RGB(A) PNGs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits."""
     img = open_image(path)
+    if _is_deep_color_png(path):
+        return _read_deep_png(path, img)
     try:
         upright = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block: say so rather than guess the orientation
@@ -181,6 +193,9 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
     fmt, modes = SAVE_FORMATS[ext]
     if planes.mode not in modes:
         path, fmt = path.with_suffix(".png"), "PNG"
+    if planes.mode in ("RGB;16", "RGBA;16"):
+        _write_deep_png(planes, path)
+        return path
     img = planes_to_pil(planes)
     kwargs: dict = {"format": fmt}
     if planes.info.get("icc_profile"):
@@ -191,3 +206,68 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
         kwargs["quality"] = 95 if quality is None else int(quality)
     atomic_save(img, path, **kwargs)
     return path
+
+
+# --- 16-bit RGB(A) PNG, through PyAV's PNG codec (Pillow reads and writes it only as 8-bit). ---
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_deep_color_png(path: str | os.PathLike) -> bool:
+    """A PNG whose header says 16 bits per sample, colour type RGB (2) or RGBA (6)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return (len(head) == 26 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
+            and head[24] == 16 and head[25] in (2, 6))
+
+
+def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
+    import av
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+    except (av.FFmpegError, StopIteration, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}; the file is corrupt") from None
+    has_alpha = frame.format.name.startswith("rgba")
+    arr = frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
+    info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
+    exif = img.getexif()
+    if exif.get(0x0112, 1) != 1:  # turn upright exactly as Pillow would: on an index image
+        h, w = arr.shape[:2]
+        index = Image.fromarray(np.arange(h * w, dtype=np.int32).reshape(h, w))
+        index.info["exif"] = exif.tobytes()
+        upright = ImageOps.exif_transpose(index)
+        arr = arr.reshape(h * w, -1)[np.asarray(upright)]
+        exif = upright.getexif()
+    if len(exif):
+        info["exif"] = exif.tobytes()
+    color = np.ascontiguousarray(arr[..., :3])
+    return Planes(color, np.ascontiguousarray(arr[..., 3:]) if has_alpha else None, info)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
+    """A 16-bit RGB or RGBA PNG, with the ICC profile (iCCP) and EXIF (eXIf) chunks kept."""
+    import av
+    arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
+    fmt = "rgb48" if planes.alpha is None else "rgba64"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt + "le")
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = arr.shape[1], arr.shape[0], fmt + "be"
+    data = b"".join(bytes(p) for p in [*codec.encode(frame.reformat(format=fmt + "be")),
+                                       *codec.encode(None)])
+    extra = b""
+    if planes.info.get("icc_profile"):
+        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(planes.info["icc_profile"]))
+    if planes.info.get("exif"):
+        exif = planes.info["exif"]
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # the chunks go right after IHDR
+    data = data[:ihdr_end] + extra + data[ihdr_end:]
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
