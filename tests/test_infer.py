@@ -235,3 +235,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     assert cli.main(["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"),
                      "--max-memory", "lots"]) == 2
+
+
+def test_alpha_to_jpg_falls_back_to_png_and_is_not_overwritten(tmp_path, capsys):
+    rgba = np.dstack([rgb(), np.full((20, 26, 1), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    args = ["image", str(tmp_path / "t.png"), "-o", str(tmp_path / "out"), "--model", "bicubic",
+            "--ext", "jpg"]
+    assert cli.main(args) == 0
+    assert "wrote PNG" in capsys.readouterr().err
+    written = tmp_path / "out" / "t_x2.png"
+    assert Image.open(written).mode == "RGBA" and not (tmp_path / "out" / "t_x2.jpg").exists()
+    Image.fromarray(np.zeros((40, 52, 4), np.uint8), "RGBA").save(written)
+    assert cli.main(args) == 0
+    assert "exists, skipped" in capsys.readouterr().err
+    assert np.asarray(Image.open(written)).max() == 0

@@ -183,16 +183,20 @@ def read_planes(path: str | os.PathLike) -> Planes:
     return planes_from_pil(upright)
 
 
-def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None = None) -> Path:
-    """Write planes atomically; the format comes from the extension. A format that cannot hold the
-    image (alpha or 16-bit in JPEG, 16-bit in WebP) is replaced by PNG: returns the path written."""
+def storable_path(mode: str, path: str | os.PathLike) -> Path:
+    """`path`, or the same name with .png when its format cannot hold an image of `mode`."""
     path = Path(path)
     ext = path.suffix.lower().lstrip(".")
     if ext not in SAVE_FORMATS:
         raise UserError(f"cannot write .{ext} files: use png, jpg or webp")
-    fmt, modes = SAVE_FORMATS[ext]
-    if planes.mode not in modes:
-        path, fmt = path.with_suffix(".png"), "PNG"
+    return path if mode in SAVE_FORMATS[ext][1] else path.with_suffix(".png")
+
+
+def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None = None) -> Path:
+    """Write planes atomically; the format comes from the extension. A format that cannot hold the
+    image (alpha or 16-bit in JPEG, 16-bit in WebP) is replaced by PNG: returns the path written."""
+    path = storable_path(planes.mode, path)
+    fmt = SAVE_FORMATS[path.suffix.lower().lstrip(".")][0]
     if planes.mode in ("RGB;16", "RGBA;16"):
         _write_deep_png(planes, path)
         return path

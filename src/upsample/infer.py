@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .degrade import imresize, output_size
 from .errors import UserError
 from .imageio import SAVE_FORMATS, Planes, is_image_path, list_images, planes_from_pil, planes_to_pil, \
-    read_planes, save_planes
+    read_planes, save_planes, storable_path
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
 
 PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
@@ -608,19 +608,23 @@ def run(args: argparse.Namespace) -> int:
     failed = len(jobs) - len(todo) - skipped
     print(f"{up.name} x{_scale_text(final)}: {len(todo)} image(s) -> {out}", file=sys.stderr)
 
-    def one(item):
+    def one(item) -> tuple[bool, Path]:
+        """(written, path): the image saved, or not because its PNG fallback name exists."""
         src, dst = item
         planes = read_planes(src)
+        final = storable_path(planes.mode, dst)
+        if final != dst and final.exists() and not args.overwrite:
+            return False, final
         result = engine.upscale_planes(planes, desc=src.name)
         del planes
-        return save_planes(result, dst, quality=args.quality)
+        return True, save_planes(result, final, quality=args.quality)
 
     bar = tqdm(total=len(todo), desc="images", unit="img", file=sys.stderr, disable=not progress)
     written = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for (src, dst), fut in zip(todo, [pool.submit(one, t) for t in todo]):
             try:
-                path = fut.result()
+                saved, path = fut.result()
             except UserError as exc:
                 tqdm.write(f"upsample image: error: {src}: {exc}", file=sys.stderr)
                 failed += 1
@@ -628,6 +632,12 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 failed += 1
             else:
+                if not saved:
+                    tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)",
+                               file=sys.stderr)
+                    skipped += 1
+                    bar.update(1)
+                    continue
                 written += 1
                 if path != dst:
                     tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
