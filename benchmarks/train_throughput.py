@@ -5,7 +5,8 @@
     python benchmarks/train_throughput.py --data                # also the data pipeline alone
 
 Each row times full optimizer steps (forward, L1 loss, backward, Adam) on random batches of the
-recipe's patch and batch size, after warm-up steps; the ratio is against fp32 of the same model.
+recipe's patch and batch size, after 2 warm-up steps, for `--seconds` and at least 3 steps; the
+ratio is against fp32 of the same model. On a shared CPU, compare rows of one run only.
 `--data` times `data.PairDataset` (crop, augment, MATLAB bicubic LR) on ../shared T91 images.
 """
 
@@ -13,14 +14,27 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from upsample import registry
+from upsample.config import load_config
 
-# model -> (LR patch side, batch) as in configs/*.toml
-RECIPES = {"vapsr-x2": (48, 32), "espcn-x3": (17, 64), "vapsr-s-x2": (48, 32), "vdsr": (41, 64),
-           "rrdbnet-x4": (32, 16), "espcn-x2": (16, 64)}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipes() -> dict[str, tuple[int, int]]:
+    """model -> (input patch side, batch) from configs/*.toml (VDSR's input is at HR size)."""
+    out = {}
+    for path in sorted(CONFIGS.glob("*.toml")):
+        cfg = load_config(path)
+        scale = registry.get_spec(cfg.model.name).scale or 1
+        out.setdefault(cfg.model.name, (cfg.data.patch_size // scale, cfg.data.batch_size))
+    return out
+
+
+RECIPES = recipes()
 MODES = {"fp32": (None, False), "fp32+cl": (None, True), "bf16": (torch.bfloat16, False),
          "bf16+cl": (torch.bfloat16, True)}
 
@@ -33,9 +47,8 @@ def bench_step(name: str, mode: str, seconds: float, device: str, batch: int | N
     model = registry.create_model(name).to(device)
     spec = model.upsample_spec
     scale = spec.scale or 1
-    side_in = lr_side if not spec.pre_upsample else lr_side
-    x = torch.rand(batch, spec.channels, side_in, side_in, device=device)
-    y = torch.rand(batch, spec.channels, side_in * scale, side_in * scale, device=device)
+    x = torch.rand(batch, spec.channels, lr_side, lr_side, device=device)
+    y = torch.rand(batch, spec.channels, lr_side * scale, lr_side * scale, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -49,12 +62,12 @@ def bench_step(name: str, mode: str, seconds: float, device: str, batch: int | N
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(2):  # warm-up: allocator, oneDNN primitive caches
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds or n < 3:
         step()
         n += 1
     if device.startswith("cuda"):

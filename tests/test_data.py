@@ -231,3 +231,29 @@ def test_image_order_visits_every_image_once_per_epoch(tmp_path):
     assert ds.cache is None
     epochs = [[ds.image_index(k) for k in range(e * 5, e * 5 + 5)] for e in range(3)]
     assert all(sorted(e) == list(range(5)) for e in epochs) and epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize("kind", ["bicubic", "gaussian"])
+def test_a_batch_equals_its_samples_made_one_by_one(tmp_path, kind):
+    for i in range(3):
+        _noise_image(40 + 10 * i, 50, i).save(tmp_path / f"{i}.png")
+    spec = _spec(patch=16, scales=[2], y_channel=False, flip=True, rot90=True, noise_prob=0.5,
+                 jpeg_prob=0.5, kind=kind, blur_sigma=(0.5, 1.5))
+    ds = data.PairDataset(sorted(tmp_path.glob("*.png")), spec, seed=11)
+    keys = [5, 17, 2, 40, 41, 9]
+    inp, hr = ds.__getitems__([(k, 2) for k in keys])
+    assert inp.shape == (6, 3, 8, 8) and hr.shape == (6, 3, 16, 16)
+    for i, k in enumerate(keys):
+        a, b = ds[(k, 2)]
+        assert torch.equal(a, inp[i]) and torch.equal(b, hr[i])
+    with pytest.raises(ValueError, match="one scale per batch"):
+        ds.__getitems__([(1, 2), (2, 3)])
+
+
+def test_uniforms_are_keyed_and_uniform():
+    u = data.uniforms(3, range(20000), 4)
+    assert u.shape == (20000, 4) and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.01 and abs((u < 0.25).mean() - 0.25) < 0.01
+    assert np.array_equal(data.uniforms(3, [7, 19999], 4), u[[7, 19999]])
+    assert not np.array_equal(data.uniforms(4, [7], 4), u[[7]])
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03

@@ -1,5 +1,6 @@
 """Training degradations appended to degrade.py: Gaussian blur + subsample, noise, JPEG."""
 
+import pytest
 import torch
 
 from upsample import degrade
@@ -49,3 +50,15 @@ def test_jpeg_round_trip_is_lossy_and_close():
     assert float((degrade.jpeg(x, 95) - x).abs().mean()) < err
     gray = degrade.jpeg(x[:, :1], 70)
     assert gray.shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("scale,size", [(1 / 3, None), (0.5, None), (1 / 4, None), (3.0, None), (4.0, (44, 44))])
+def test_imresize_dense_matches_imresize(scale, size):
+    x = torch.rand(4, 3, 36, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    if scale > 1:
+        x = x[..., :11, :11]
+    a = degrade.imresize(x, scale, size=size)
+    b = degrade.imresize_dense(x, scale, size=size)
+    assert a.shape == b.shape
+    assert float((a - b).abs().max()) < 1e-12
+    assert torch.equal(degrade.quantize(a), degrade.quantize(b))

@@ -135,12 +135,24 @@ def train_val_files(train: list[str], val_list: str, val_fraction: float, seed: 
 
 def rgb_to_y01(x: torch.Tensor) -> torch.Tensor:
     """NCHW RGB in [0, 1] -> N1HW Y in [16/255, 235/255] (BT.601, as metrics.rgb_to_y / 255)."""
-    w = torch.tensor([65.481, 128.553, 24.966], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (16.0 + (x * w).sum(dim=1, keepdim=True)) / 255.0
+    return (16.0 + 65.481 * x[:, 0:1] + 128.553 * x[:, 1:2] + 24.966 * x[:, 2:3]) / 255.0
 
 
-def sample_rng(seed: int, k: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(k)])
+def uniforms(seed: int, keys, n: int) -> np.ndarray:
+    """(len(keys), n) uniform draws in [0, 1): a pure function of (seed, key, j), vectorised
+    (splitmix64 of a counter), so that each sample's random choices are fixed by its key."""
+    with np.errstate(over="ignore"):
+        k = np.asarray(keys, dtype=np.uint64)[:, None]
+        j = np.arange(n, dtype=np.uint64)[None, :]
+        x = _splitmix64(_splitmix64(np.uint64(seed) ^ (k * np.uint64(0xD1B54A32D192ED03))) + j)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def step_scale(seed: int, step: int, scales: list[int]) -> int:
@@ -198,8 +210,22 @@ class PairSpec:
         return max(3, int(math.ceil(radius / s)) + 1)
 
 
+def as_batch(batch):
+    """DataLoader collate_fn for datasets whose __getitems__ already returns a batch."""
+    return batch
+
+
+# Columns of `uniforms` per sample.
+_Y, _X, _SIGMA, _NOISE, _NOISE_SIGMA, _NOISE_SEED, _JPEG, _QUALITY, _FLIP_W, _FLIP_H, _TRANSPOSE = range(11)
+
+
 class PairDataset(torch.utils.data.Dataset):
-    """(input, target) float CHW pairs made on the fly from HR images; keys are (k, scale)."""
+    """(input, target) float pairs made on the fly from HR images; keys are (k, scale).
+
+    `__getitems__` (used by the DataLoader) makes a whole batch at once: the HR regions (patch plus
+    `margin` LR pixels of context) are cut from the image mirror-padded as MATLAB's imresize pads
+    it, so all regions have one size and go through one batched resize. A sample depends only on
+    (seed, k): its image, crop, degradation draws and flips."""
 
     def __init__(self, files: list[Path], spec: PairSpec, *, seed: int, cache_mb: int = 4096,
                  progress: bool = False):
@@ -208,6 +234,7 @@ class PairDataset(torch.utils.data.Dataset):
             if not spec.pre_upsample and spec.patch % s:
                 raise UserError(f"data.patch_size {spec.patch} is not a multiple of scale {s}")
         need = max(spec.core(s) for s in spec.scales)
+        self.pad = max(spec.margin(s) * s for s in spec.scales)
         sizes = []
         for f in files:
             try:
@@ -220,15 +247,21 @@ class PairDataset(torch.utils.data.Dataset):
         if not keep:
             raise UserError(f"data.train: no image is at least {need}x{need} px (data.patch_size)")
         self.files = [files[i] for i in keep]
-        total_mb = sum(sizes[i][0] * sizes[i][1] * 3 for i in keep) / 2 ** 20
+        p2 = 2 * self.pad
+        total_mb = sum((sizes[i][0] + p2) * (sizes[i][1] + p2) * 3 for i in keep) / 2 ** 20
         self.cache: list[np.ndarray] | None = None
         if total_mb <= cache_mb:  # decode each image once; forked workers share the pages
-            self.cache = [read_rgb(f) for f in tqdm(self.files, desc="decoding", leave=False,
-                                                     disable=not progress, file=sys.stderr)]
+            self.cache = [self._load(f) for f in tqdm(self.files, desc="decoding", leave=False,
+                                                      disable=not progress, file=sys.stderr)]
         self._perm_epoch, self._perm = -1, None
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def _load(self, path: Path) -> np.ndarray:
+        """uint8 HWC RGB, mirror-padded by `self.pad` (symmetric, edge repeated, as imresize)."""
+        p = self.pad
+        return np.pad(read_rgb(path), ((p, p), (p, p), (0, 0)), mode="symmetric")
 
     def image_index(self, k: int) -> int:
         """Epoch e = k // n visits every image once, in a permutation seeded by (seed, e)."""
@@ -240,47 +273,63 @@ class PairDataset(torch.utils.data.Dataset):
         return int(self._perm[k % n])
 
     def image(self, i: int) -> np.ndarray:
-        return self.cache[i] if self.cache is not None else read_rgb(self.files[i])
+        return self.cache[i] if self.cache is not None else self._load(self.files[i])
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        k, s = int(key[0]), int(key[1])
+        inp, hr = self.__getitems__([key])
+        return inp[0], hr[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        scales = {int(s) for _, s in keys}
+        if len(scales) != 1:
+            raise ValueError(f"one scale per batch, got {sorted(scales)}")
+        return self.make_batch([int(k) for k, _ in keys], scales.pop())
+
+    def make_batch(self, ks: list[int], s: int) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.spec
-        rng = sample_rng(self.seed, k)
-        img = self.image(self.image_index(k))
-        h, w = img.shape[:2]
+        u = uniforms(self.seed, ks, 11)
         core, m = sp.core(s), sp.margin(s)
-        y0 = int(rng.integers(0, h - core + 1))
-        x0 = int(rng.integers(0, w - core + 1))
-        top, left = min(m, y0 // s), min(m, x0 // s)
-        bottom, right = min(m, (h - y0 - core) // s), min(m, (w - x0 - core) // s)
-        region = img[y0 - top * s:y0 + core + bottom * s, x0 - left * s:x0 + core + right * s]
-        hr = torch.from_numpy(region.copy()).permute(2, 0, 1)[None].double() / 255.0
+        side = core + 2 * m * s
+        regions = []
+        for i, k in enumerate(ks):
+            img = self.image(self.image_index(k))
+            h, w = img.shape[0] - 2 * self.pad, img.shape[1] - 2 * self.pad
+            y = self.pad - m * s + int(u[i, _Y] * (h - core + 1))
+            x = self.pad - m * s + int(u[i, _X] * (w - core + 1))
+            regions.append(img[y:y + side, x:x + side])
+        regions = torch.from_numpy(np.ascontiguousarray(np.stack(regions).transpose(0, 3, 1, 2)))
+        full = regions.double().div_(255.0)
         if sp.kind == "gaussian":
-            lr = degrade.blur_subsample(hr, s, float(rng.uniform(*sp.blur_sigma)))
+            lo, hi = sp.blur_sigma
+            lr = torch.cat([degrade.blur_subsample(full[i:i + 1], s, lo + (hi - lo) * u[i, _SIGMA])
+                            for i in range(len(ks))])
         else:
-            lr = degrade.imresize(hr, 1.0 / s)
-        if rng.random() < sp.noise_prob:
-            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-            lr = degrade.add_noise(lr, float(rng.uniform(*sp.noise_sigma)), gen)
+            lr = degrade.imresize_dense(full, 1.0 / s)
+        for i in np.flatnonzero(u[:, _NOISE] < sp.noise_prob):
+            lo, hi = sp.noise_sigma
+            gen = torch.Generator().manual_seed(int(u[i, _NOISE_SEED] * 2 ** 53))
+            lr[i:i + 1] = degrade.add_noise(lr[i:i + 1], lo + (hi - lo) * u[i, _NOISE_SIGMA], gen)
         lr = degrade.quantize(lr)
-        if rng.random() < sp.jpeg_prob:
-            lr = degrade.jpeg(lr, int(rng.integers(sp.jpeg_quality[0], sp.jpeg_quality[1] + 1)))
+        for i in np.flatnonzero(u[:, _JPEG] < sp.jpeg_prob):
+            lo, hi = sp.jpeg_quality
+            lr[i:i + 1] = degrade.jpeg(lr[i:i + 1], lo + int(u[i, _QUALITY] * (hi - lo + 1)))
         n = core // s
-        lr = lr[..., top:top + n, left:left + n]
-        hr = hr[..., top * s:top * s + core, left * s:left * s + core]
-        if sp.flip and rng.random() < 0.5:
-            lr, hr = lr.flip(-1), hr.flip(-1)
-        if sp.flip and rng.random() < 0.5:
-            lr, hr = lr.flip(-2), hr.flip(-2)
-        if sp.rot90 and rng.random() < 0.5:
-            lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
+        lr = lr[..., m:m + n, m:m + n]
+        hr = regions[..., m * s:m * s + core, m * s:m * s + core].double() / 255.0
+        if sp.y_channel:  # per-pixel and linear: commutes with the flips and the upscale below
+            lr, hr = rgb_to_y01(lr), rgb_to_y01(hr)
+        lr, hr = lr.float(), hr.float()
+        for col, enabled, op in ((_FLIP_W, sp.flip, lambda t: t.flip(-1)),
+                                 (_FLIP_H, sp.flip, lambda t: t.flip(-2)),
+                                 (_TRANSPOSE, sp.rot90, lambda t: t.transpose(-1, -2))):
+            sel = torch.from_numpy(u[:, col] < 0.5) if enabled else None
+            if sel is not None and sel.any():
+                lr[sel], hr[sel] = op(lr[sel]), op(hr[sel])
         inp = lr
-        if sp.pre_upsample:
-            inp = degrade.imresize(lr, float(s), size=(core, core))[..., :sp.patch, :sp.patch]
+        if sp.pre_upsample:  # in float32 on Y, as the Upscaler does it at evaluation
+            inp = degrade.imresize_dense(lr, float(s), size=(core, core))[..., :sp.patch, :sp.patch]
             hr = hr[..., :sp.patch, :sp.patch]
-        if sp.y_channel:
-            inp, hr = rgb_to_y01(inp), rgb_to_y01(hr)
-        return inp[0].float().contiguous(), hr[0].float().contiguous()
+        return inp.contiguous(), hr.contiguous()
 
 
 # --- prepare ---------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     sampler = data.StepBatchSampler(start, steps, cfg.data.batch_size, scales, cfg.train.seed,
                                     rank, world)
     loader = torch.utils.data.DataLoader(
-        pairs, batch_sampler=sampler, num_workers=cfg.data.workers,
+        pairs, batch_sampler=sampler, collate_fn=data.as_batch, num_workers=cfg.data.workers,
         pin_memory=dev.type == "cuda", worker_init_fn=_ignore_sigint,
         prefetch_factor=4 if cfg.data.workers else None)
 
