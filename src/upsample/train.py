@@ -198,8 +198,11 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type not in ("cpu", "cuda"):
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -242,8 +245,6 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         dist.broadcast_object_list(box, src=0)
         error, resuming, state = box
     if error:
-        if ddp:
-            dist.destroy_process_group()
         raise UserError(error)
     if state and (state["step"] >= cfg.train.steps
                   or (state.get("finished") == "early stop" and cfg.val.patience)):
@@ -251,8 +252,6 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             if state["best_step"] else "no validation"
         log(f"run {run_dir} is finished ({state.get('finished') or 'steps'} at step "
             f"{state['step']}/{cfg.train.steps}; {best}); nothing to do")
-        if ddp:
-            dist.destroy_process_group()
         return 0
 
     # ---------------------------------------------------------------- model
@@ -511,14 +510,10 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         name = signal.Signals(stop["signal"]).name
         log(f"stopped by {name} at step {step}/{steps}; saved {run_dir / 'last_state.pt'}; "
             f"continue with --resume")
-        if ddp:
-            dist.destroy_process_group()
         return 128 + stop["signal"]
     if master:
         print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s), "
               f"loss {last_loss:.4g}; {best}")
-    if ddp:
-        dist.destroy_process_group()
     return 0
 
 
@@ -535,8 +530,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = config_mod.load_config(args.config, args.overrides)
         text = config_mod.to_toml(cfg)
-    return train(cfg, run_dir, resume=args.resume, reset=args.reset, device=args.device,
-                 init=args.init, config_text=text)
+    try:
+        return train(cfg, run_dir, resume=args.resume, reset=args.reset, device=args.device,
+                     init=args.init, config_text=text)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def register(sub) -> None:
