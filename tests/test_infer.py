@@ -250,3 +250,14 @@ def test_alpha_to_jpg_falls_back_to_png_and_is_not_overwritten(tmp_path, capsys)
     assert cli.main(args) == 0
     assert "exists, skipped" in capsys.readouterr().err
     assert np.asarray(Image.open(written)).max() == 0
+
+
+def test_measuring_tiles_leaves_the_process_peak_memory_alone():
+    """The probe must not reset the kernel's high-water mark: /usr/bin/time and getrusage
+    would then under-report what the whole run used."""
+    import resource
+    spike = np.ones(300_000_000, np.uint8)
+    del spike
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    infer.Tiler(BicubicUpscaler(2.0)).bytes_per_pixel(3, np.uint8)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >= before

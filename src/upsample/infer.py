@@ -126,19 +126,27 @@ class PeakTensorMemory(TorchDispatchMode):
                     del self._storages[key]
 
 
-def _peak_rss_of(fn) -> int | None:
-    """Peak resident memory growth while `fn()` runs (Linux: resets the high-water mark)."""
+def _peak_rss_of(fn) -> int:
+    """Peak resident-memory growth while `fn()` runs, sampled by a thread every millisecond
+    (rather than resetting the kernel's high-water mark, which would also reset what
+    getrusage and /usr/bin/time report for the whole process)."""
+    before = peak = rss_bytes()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes())
+            done.wait(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = rss_bytes()
         fn()
-        with open("/proc/self/status") as f:
-            hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-        return max(0, hwm - before)
-    except (OSError, StopIteration, ValueError):
-        fn()
-        return None
+    finally:
+        done.set()
+        sampler.join()
+    return max(0, max(peak, rss_bytes()) - before)
 
 
 def receptive_radius(model: torch.nn.Module, channels: int = 3) -> float:
@@ -341,7 +349,7 @@ class Tiler:
                     go()
                     grown = torch.cuda.max_memory_allocated(self.up.device) - base
                 else:
-                    grown = _peak_rss_of(go) or 0
+                    grown = _peak_rss_of(go)
                 measured.append((side * side, tracker.peak + probe.nbytes, grown))
             (px0, _, _), (px1, tracked, grown) = measured
             bpp = max(tracked / px1, grown / (px1 - px0))
