@@ -1,18 +1,19 @@
 """Training throughput (patches/s) of the training step: fp32 vs bf16 autocast, +channels_last.
 
     python benchmarks/train_throughput.py                       # vapsr-x2 and espcn-x3 on the CPU
-    python benchmarks/train_throughput.py --models espcn-x3 --seconds 5 --threads 2
+    python benchmarks/train_throughput.py --models espcn-x3 --seconds 5 --threads 1 --repeat 3
     python benchmarks/train_throughput.py --data                # also the data pipeline alone
 
 Each row times full optimizer steps (forward, L1 loss, backward, Adam) on random batches of the
 recipe's patch and batch size, after 2 warm-up steps, for `--seconds` and at least 3 steps; the
 ratio is against fp32 of the same model. On a shared CPU, compare rows of one run only.
-`--data` times `data.PairDataset` (crop, augment, MATLAB bicubic LR) on ../shared T91 images.
+`--data` times `data.PairDataset` batches (crop, MATLAB bicubic LR, augment) on ../shared T91.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -75,9 +76,11 @@ def bench_step(name: str, mode: str, seconds: float, device: str, batch: int | N
     return n * batch / (time.perf_counter() - t0)
 
 
-def bench_data(name: str, seconds: float) -> float:
+def bench_data(name: str, seconds: float, batch: int | None) -> float:
+    """Training pairs per second of `data.PairDataset` batches in this process."""
     from upsample import data
-    lr_side, _ = RECIPES.get(name, (32, 16))
+    lr_side, default_batch = RECIPES.get(name, (32, 16))
+    batch = batch or default_batch
     spec = registry.get_spec(name)
     scales = [spec.scale] if spec.scale else [2, 3, 4]
     files = [p for p, _ in data.collect_images(["../shared/datasets/train/T91"], "T91")]
@@ -85,10 +88,10 @@ def bench_data(name: str, seconds: float) -> float:
     ds = data.PairDataset(files, data.PairSpec(patch=patch, scales=scales, y_channel=spec.input == "y",
                                                pre_upsample=spec.pre_upsample), seed=0)
     n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        ds[(n, scales[n % len(scales)])]
+    while time.perf_counter() - t0 < seconds or n < 3:
+        ds.__getitems__([(n * batch + i, scales[n % len(scales)]) for i in range(batch)])
         n += 1
-    return n / (time.perf_counter() - t0)
+    return n * batch / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -96,6 +99,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["vapsr-x2", "espcn-x3"])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per row")
+    ap.add_argument("--repeat", type=int, default=1, help="median of this many runs per row")
     ap.add_argument("--batch", type=int, default=None, help="override the recipe batch")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
@@ -106,17 +110,22 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads")
     print(f"{'model':<12} {'mode':<8} {'LR patch':>8} {'batch':>5} {'patches/s':>10} {'vs fp32':>8}")
     for name in args.models:
-        base = None
+        runs = {mode: [] for mode in args.modes}
+        for _ in range(args.repeat):  # modes interleaved, so that a busy spell hits them all
+            for mode in args.modes:
+                runs[mode].append(bench_step(name, mode, args.seconds, args.device, args.batch))
+        base = statistics.median(runs["fp32"]) if "fp32" in runs else None
         for mode in args.modes:
-            pps = bench_step(name, mode, args.seconds, args.device, args.batch)
-            base = pps if mode == "fp32" else base
+            pps = statistics.median(runs[mode])
             ratio = f"{pps / base:.2f}x" if base else "-"
             side, batch = RECIPES.get(name, (32, 16))
-            print(f"{name:<12} {mode:<8} {side:>8} {args.batch or batch:>5} {pps:>10.0f} {ratio:>8}",
-                  flush=True)
+            print(f"{name:<12} {mode:<8} {side:>8} {args.batch or batch:>5} "
+                  f"{pps:>10.{0 if pps >= 100 else 1}f} {ratio:>8}", flush=True)
         if args.data:
-            print(f"{name:<12} {'data':<8} {'':>8} {'':>5} {bench_data(name, args.seconds):>10.0f} "
-                  f"{'(1 proc)':>8}", flush=True)
+            side, batch = RECIPES.get(name, (32, 16))
+            pps = bench_data(name, args.seconds, args.batch)
+            print(f"{name:<12} {'data':<8} {side:>8} {args.batch or batch:>5} {pps:>10.0f} "
+                  f"{'pairs/s':>8}", flush=True)
 
 
 if __name__ == "__main__":
