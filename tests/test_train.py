@@ -179,3 +179,30 @@ def test_torchrun_two_processes(tmp_path):
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
         "best.safetensors", "config.toml", "last.safetensors", "last_state.pt", "metrics.jsonl"]
     checkpoint.load_checkpoint(run / "best.safetensors")
+
+
+def test_plateau_adamw_mse_value_clip(tmp_path, capsys):
+    run = tmp_path / "p"
+    # no validation gain is possible at this lr: the plateau scheduler halves lr after each one
+    assert _train(run, sets=["train.steps=4", "val.every=1", "sched.name=plateau", "sched.patience=0",
+                             "sched.factor=0.5", "optim.name=adamw", "optim.lr=1e-12",
+                             "optim.weight_decay=0.01", "loss.name=mse", "optim.clip=0.01",
+                             "optim.clip_type=value"]) == 0
+    lrs = [r["lr"] for r in _records(run) if "lr" in r]
+    assert lrs == pytest.approx([1e-12, 1e-12, 5e-13, 2.5e-13])
+    capsys.readouterr()
+
+
+def test_init_from_a_checkpoint(tmp_path, capsys):
+    assert _train(tmp_path / "a", sets=["train.steps=3"]) == 0
+    capsys.readouterr()
+    assert _train(tmp_path / "b", "--init", str(tmp_path / "a" / "best.safetensors"),
+                  sets=["train.steps=1", "optim.lr=1e-12", "sched.name=none"]) == 0
+    assert "initialised 6/6 tensors" in capsys.readouterr().err
+    a = checkpoint.load_checkpoint(tmp_path / "a" / "best.safetensors")[0].state_dict()
+    b = checkpoint.load_checkpoint(tmp_path / "b" / "last.safetensors")[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-9) for k in a)
+    # an x3 model takes what fits from the x2 one: all but the last conv
+    assert _train(tmp_path / "c", "--init", str(tmp_path / "a" / "best.safetensors"),
+                  sets=["model.name=espcn-x3", "data.patch_size=48", "train.steps=1"]) == 0
+    assert "initialised 4/6 tensors" in capsys.readouterr().err
