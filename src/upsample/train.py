@@ -43,7 +43,7 @@ from . import checkpoint, config as config_mod, data, evaluate, registry
 from .errors import UserError
 from .imageio import read_rgb
 from .losses import make_loss
-from .upscaler import ModelUpscaler
+from .upscaler import BicubicUpscaler, ModelUpscaler
 
 RUN_FILES = ("config.toml", "last.safetensors", "last_state.pt", "best.safetensors", "metrics.jsonl")
 
@@ -126,19 +126,23 @@ def init_from(model: nn.Module, path: str) -> str:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, images: list[np.ndarray], scales: list[int], device) -> dict:
-    """Mean PSNR/SSIM (Y, border = scale) over images and scales, exactly as `upsample eval`."""
-    was_training = model.training
-    model.eval()
+def validate(model: nn.Module | None, images: list[np.ndarray], scales: list[int], device) -> dict:
+    """Mean PSNR/SSIM (Y, border = scale) over images and scales, exactly as `upsample eval`.
+    With model None it measures bicubic, the baseline every validation is read against."""
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
     psnrs, ssims, samples = [], [], []
     for s in scales:
-        up = ModelUpscaler(model, model, scale=s, name="validation", backend="torch", device=device)
+        up = (BicubicUpscaler(s, device) if model is None else
+              ModelUpscaler(model, model, scale=s, name="validation", backend="torch", device=device))
         for hr in images:
             p, q, out = evaluate.evaluate_image(up, hr, s, int(math.ceil(s)), True)
             psnrs.append(p)
             ssims.append(q)
             samples.append(out)
-    model.train(was_training)
+    if model is not None:
+        model.train(was_training)
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "samples": samples}
 
 
@@ -393,6 +397,11 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         f"({len(val_images) if master else len(val_files)} for validation), {steps} steps of "
         f"{cfg.data.batch_size}x{world} patches of {cfg.data.patch_size}px, {dev.type}"
         f"{', ' + cfg.train.amp if amp_dtype else ''}{', resuming at step ' + str(start) if start else ''}")
+    if master and val_images:
+        base = validate(None, val_images, scales, dev)
+        log(f"validation baseline: bicubic PSNR {base['psnr']:.2f} dB, SSIM {base['ssim']:.4f}")
+        if not start:
+            record({"step": 0, "val_bicubic_psnr": base["psnr"], "val_bicubic_ssim": base["ssim"]})
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not master,
                file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     net.train()
