@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean reproduce
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf out
+
+# Retrain one shipped model from scratch and package it: make reproduce MODEL=espcn-x3
+reproduce: $(STAMP)
+	@test -n "$(MODEL)" || (echo "usage: make reproduce MODEL=espcn-x3" >&2; exit 2)
+	$(VENV)/bin/upsample train configs/$(MODEL).toml --run-dir runs/$(MODEL) --reset
+	$(VENV)/bin/python tools/ship.py $(MODEL) runs/$(MODEL)

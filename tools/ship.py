@@ -1,0 +1,87 @@
+"""Package a finished training run as shipped weights: `python tools/ship.py MODEL RUN_DIR`.
+
+Writes, under src/upsample/weights/: MODEL.safetensors (fp16 when every benchmark PSNR stays
+within 0.01 dB of fp32, else fp32), MODEL.toml (the run's resolved config), MODEL.log.json
+(steps, training hours, hardware, best validation PSNR) and MODEL.eval.json (`upsample eval`
+on Set5, Set14, B100 and Urban100 for each scale the model serves, beside bicubic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from upsample import registry
+from upsample.checkpoint import load_checkpoint, save_checkpoint
+from upsample.evaluate import evaluate_folders
+from upsample.upscaler import load_upscaler
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT.parent / "shared" / "datasets" / "benchmark"
+SETS = ["Set5", "Set14", "B100", "Urban100"]
+
+
+def evaluate(spec: str, scale: int) -> dict:
+    up = load_upscaler(spec, scale=scale)
+    return evaluate_folders(up, [str(BENCH / s) for s in SETS], scale=scale, crop_border=scale,
+                            progress=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("run_dir", type=Path)
+    args = ap.parse_args()
+    spec = registry.get_spec(args.model)
+    best = args.run_dir / "best.safetensors"
+    if not best.is_file():
+        sys.exit(f"ship: {best} not found; train first (make reproduce MODEL={args.model})")
+    scales = [spec.scale] if spec.scale else [2, 3, 4]
+    model, meta = load_checkpoint(best)
+    out_dir = registry.WEIGHTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        half = Path(tmp) / "half.safetensors"
+        save_checkpoint(model, half, config=meta.get("config"), fp16=True)
+        results = {"fp32": {s: evaluate(str(best), s) for s in scales},
+                   "fp16": {s: evaluate(str(half), s) for s in scales}}
+        worst = max(abs(results["fp16"][s][d]["psnr"] - results["fp32"][s][d]["psnr"])
+                    for s in scales for d in SETS)
+        use_half = worst <= 0.01
+        chosen = results["fp16" if use_half else "fp32"]
+        report = {"model": args.model, "storage": "float16" if use_half else "float32",
+                  "fp16_worst_psnr_change_db": worst,
+                  "scales": {str(s): {"model": chosen[s], "bicubic": evaluate("bicubic", s)}
+                             for s in scales}}
+        save_checkpoint(model, Path(tmp) / "w.safetensors", config=meta.get("config"), fp16=use_half,
+                        extra={"eval": {str(s): {d: round(v["psnr"], 4) for d, v in chosen[s].items()}
+                                        for s in scales}})
+        shutil.copyfile(Path(tmp) / "w.safetensors", out_dir / f"{args.model}.safetensors")
+    shutil.copyfile(args.run_dir / "config.toml", out_dir / f"{args.model}.toml")
+    rows = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    vals = [r for r in rows if "val_psnr" in r]
+    log = {"steps": steps[-1]["step"] if steps else 0,
+           "train_hours": round(steps[-1]["time"] / 3600, 3) if steps else 0,
+           "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                       f"torch {torch.__version__}",
+           "best_val_psnr": max((r["val_psnr"] for r in vals), default=None),
+           "val_bicubic_psnr": next((r["val_bicubic_psnr"] for r in rows if "val_bicubic_psnr" in r), None),
+           "final_loss": steps[-1]["loss"] if steps else None}
+    (out_dir / f"{args.model}.log.json").write_text(json.dumps(log, indent=2) + "\n")
+    (out_dir / f"{args.model}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    for s in scales:
+        print(f"{args.model} x{s}: " + "  ".join(
+            f"{d} {chosen[s][d]['psnr']:.2f}" for d in SETS) + f"  ({report['storage']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
