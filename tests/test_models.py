@@ -54,6 +54,7 @@ def test_vapsr_variants_structure():
     plain = create_model("vapsr-3x3-x2")
     att = plain.body[0].atten_branch
     assert att.depthwise.kernel_size == (3, 3) and att.depthwise_dilated.dilation == (1, 1)
+    assert att.depthwise.groups == 1 and att.depthwise_dilated.groups == 1  # dense, not depth-wise
     official = create_model("vapsr-x2").body[0].atten_branch
     assert official.depthwise.kernel_size == (5, 5) and official.depthwise_dilated.dilation == (3, 3)
     assert "body.19.atten_branch.depthwise_dilated.weight" in create_model("vapsr-x2").state_dict()

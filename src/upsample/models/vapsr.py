@@ -6,8 +6,9 @@ code/vapsr.py) so its checkpoints load: `conv_first`, `body.N` = VAB blocks (`pr
 its input, `proj_2`, residual, `pixel_norm` = LayerNorm over channels), `conv_body` (grouped for
 VapSR-S), a global residual and `upsampler.N`.
 
-`plain_3x3=True` is the 3x3-conv variant: both depth-wise kernels of the attention become plain
-(undilated) depth-wise 3x3 convolutions, for runtimes where large or dilated kernels are slow.
+`plain_3x3=True` is the 3x3-conv variant: both depth-wise kernels of the attention (5x5 and
+5x5 dilated) become plain dense 3x3 convolutions, for runtimes that lack fast depth-wise or
+dilated kernels (dense 3x3 convs reach several times the GFLOP/s there).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ class Attention(nn.Module):
         super().__init__()
         self.pointwise = nn.Conv2d(dim, dim, 1)
         if plain_3x3:
-            self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-            self.depthwise_dilated = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+            # Dense (groups=1) 3x3 convs: the kernels every runtime makes fast; the parameter
+            # names stay the official ones so the two variants share loading code.
+            self.depthwise = nn.Conv2d(dim, dim, 3, padding=1)
+            self.depthwise_dilated = nn.Conv2d(dim, dim, 3, padding=1)
         else:
             self.depthwise = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
             self.depthwise_dilated = nn.Conv2d(dim, dim, 5, padding=6, groups=dim, dilation=3)
