@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import torch
@@ -32,6 +34,21 @@ def evaluate(spec: str, scale: int) -> dict:
     up = load_upscaler(spec, scale=scale)
     return evaluate_folders(up, [str(BENCH / s) for s in SETS], scale=scale, crop_border=scale,
                             progress=False)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train_threads(run_dir: Path) -> str:
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    return str(cfg.get("train", {}).get("threads") or "default")
 
 
 def main() -> int:
@@ -70,8 +87,8 @@ def main() -> int:
     vals = [r for r in rows if "val_psnr" in r]
     log = {"steps": steps[-1]["step"] if steps else 0,
            "train_hours": round(steps[-1]["time"] / 3600, 3) if steps else 0,
-           "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                       f"torch {torch.__version__}",
+           "hardware": f"{cpu_name()}, {train_threads(args.run_dir)} torch thread(s), torch {torch.__version__}"
+                       + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
            "best_val_psnr": max((r["val_psnr"] for r in vals), default=None),
            "val_bicubic_psnr": next((r["val_bicubic_psnr"] for r in rows if "val_bicubic_psnr" in r), None),
            "final_loss": steps[-1]["loss"] if steps else None}
