@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/upsample image assets/sample.png -o out/demo --overwrite
+	$(VENV)/bin/upsample image assets/sample.png -o out/demo --scale 3 --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 tests
