@@ -304,7 +304,7 @@ class PairDataset(torch.utils.data.Dataset):
             lr = torch.cat([degrade.blur_subsample(full[i:i + 1], s, lo + (hi - lo) * u[i, _SIGMA])
                             for i in range(len(ks))])
         else:
-            lr = degrade.imresize_dense(full, 1.0 / s)
+            lr = degrade.imresize(full, 1.0 / s)
         for i in np.flatnonzero(u[:, _NOISE] < sp.noise_prob):
             lo, hi = sp.noise_sigma
             gen = torch.Generator().manual_seed(int(u[i, _NOISE_SEED] * 2 ** 53))
@@ -327,7 +327,7 @@ class PairDataset(torch.utils.data.Dataset):
                 lr[sel], hr[sel] = op(lr[sel]), op(hr[sel])
         inp = lr
         if sp.pre_upsample:  # in float32 on Y, as the Upscaler does it at evaluation
-            inp = degrade.imresize_dense(lr, float(s), size=(core, core))[..., :sp.patch, :sp.patch]
+            inp = degrade.imresize(lr, float(s), size=(core, core))[..., :sp.patch, :sp.patch]
             hr = hr[..., :sp.patch, :sp.patch]
         return inp.contiguous(), hr.contiguous()
 

@@ -212,14 +212,3 @@ def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = Tru
     np.add.at(m, (np.repeat(np.arange(out_len), idx.shape[1]), idx.reshape(-1)), w.reshape(-1))
     return torch.from_numpy(m)
 
-
-def imresize_dense(x: torch.Tensor, scale: float, *, size: tuple[int, int] | None = None,
-                   antialias: bool = True) -> torch.Tensor:
-    """`imresize` as two small matrix products, for batches of small images (training patches):
-    the same weights, order of dimensions and output, equal up to float rounding, several times
-    faster than the gather form there; memory grows with in x out per dimension."""
-    in_h, in_w = x.shape[-2], x.shape[-1]
-    out_h, out_w = size if size is not None else (output_size(in_h, scale), output_size(in_w, scale))
-    mh = resize_matrix(in_h, out_h, float(scale), antialias).to(device=x.device, dtype=x.dtype)
-    mw = resize_matrix(in_w, out_w, float(scale), antialias).to(device=x.device, dtype=x.dtype)
-    return torch.matmul(torch.matmul(mh, x), mw.T)  # equal scales: rows first, as imresize
