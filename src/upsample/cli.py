@@ -20,6 +20,7 @@ COMMANDS = [
     "upsample.bench",
     "upsample.data",
     "upsample.train",
+    "upsample.prune",
     "upsample.registry",
     "upsample.checkpoint",
     "upsample.export",

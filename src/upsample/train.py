@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+import platform
 import random
 import signal
 import sys
@@ -125,6 +126,25 @@ def init_from(model: nn.Module, path: str) -> str:
     return f"initialised {len(fit)}/{len(own)} tensors from {path}"
 
 
+WIDTH_KEYS = ("num_feat", "mid_feat", "d_atten", "num_grow_ch")  # what `upsample prune` shrinks
+
+
+def adopt_init_widths(cfg: config_mod.Config, path: str) -> str | None:
+    """A pruned --init checkpoint is the config's architecture at smaller widths: train that
+    shape (recorded in model.kwargs, so the run dir and its checkpoints rebuild it)."""
+    _, meta = checkpoint.load_checkpoint(path)
+    spec = registry.get_spec(cfg.model.name)
+    if meta["arch"] != spec.arch:
+        return None
+    want = registry.full_kwargs(spec.arch, {**spec.kwargs, **cfg.model.kwargs})
+    have = registry.full_kwargs(meta["arch"], meta["kwargs"])
+    diff = {k: v for k, v in have.items() if want.get(k) != v}
+    if not diff or set(diff) - set(WIDTH_KEYS):
+        return None
+    cfg.model.kwargs = {**cfg.model.kwargs, **diff}
+    return f"--init {path} is {cfg.model.name} with {diff}: training that shape"
+
+
 @torch.no_grad()
 def validate(model: nn.Module | None, images: list[np.ndarray], scales: list[int], device) -> dict:
     """Mean PSNR/SSIM (Y, border = scale) over images and scales, exactly as `upsample eval`.
@@ -189,6 +209,21 @@ def one_thread_batches(loader):
         finally:
             torch.set_num_threads(n)
         yield batch
+
+
+def hardware_name(dev: torch.device, threads: int) -> str:
+    """"NVIDIA H100 80GB HBM3" or "<cpu model> (N cores), T torch thread(s)"."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores), {threads or torch.get_num_threads()} torch thread(s)"
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -397,6 +432,9 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         f"({len(val_images) if master else len(val_files)} for validation), {steps} steps of "
         f"{cfg.data.batch_size}x{world} patches of {cfg.data.patch_size}px, {dev.type}"
         f"{', ' + cfg.train.amp if amp_dtype else ''}{', resuming at step ' + str(start) if start else ''}")
+    if master and not start:  # where the run trains: the shipped log summary quotes it
+        record({"step": 0, "hardware": hardware_name(dev, cfg.train.threads), "world": world,
+                "torch": torch.__version__})
     if master and val_images:
         base = validate(None, val_images, scales, dev)
         log(f"validation baseline: bicubic PSNR {base['psnr']:.2f} dB, SSIM {base['ssim']:.4f}")
@@ -538,6 +576,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.config}; change values with --set", file=sys.stderr)
     else:
         cfg = config_mod.load_config(args.config, args.overrides)
+        if args.init:
+            note = adopt_init_widths(cfg, args.init)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         text = config_mod.to_toml(cfg)
     try:
         return train(cfg, run_dir, resume=args.resume, reset=args.reset, device=args.device,

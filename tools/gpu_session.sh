@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One timed session on a lent GPU machine (the `device` tool gives ~10 minutes a call): trains
+# vapsr-x2 and vdsr side by side on the one GPU until a deadline, benches 1080p -> 4K, and leaves
+# the run dirs as tarballs in $OUT to bring back (then `python tools/ship.py MODEL RUN_DIR` here).
+#
+#   data/train/{T91,BSD400,McMaster18} and data/benchmark/Set5 are the carried copies of
+#   ../shared/datasets (git-ignored); the configs' ../shared/... paths are linked to them.
+#
+# vapsr-x2 runs its recipe (lr constant until 70k steps, EMA 0.999), so stopping it at the deadline
+# with SIGINT (saved, resumable with --resume) costs nothing. vdsr uses a cosine decay that must
+# end on time: a short calibration beside the running vapsr measures its rate, and the step count
+# is set from the time left. The steps actually run are in each run's config.toml.
+# Env: BUDGET (seconds for everything, default 560), DEV (cuda), PY (python3), OUT, RUNS.
+set -u
+T0=$(date +%s)
+BUDGET=${BUDGET:-560}; DEV=${DEV:-cuda}; PY=${PY:-python3}
+OUT=${OUT:-/tmp/gpu-out}; R=${RUNS:-/tmp/gpu-runs}
+# The GPU image has torch but not PyAV; training never decodes video, so an empty module lets
+# the CLI (which registers the video command) import.
+mkdir -p /tmp/upsample-stub && python3 -c "import av" 2>/dev/null || : > /tmp/upsample-stub/av.py
+export PYTHONPATH=$PWD/src:/tmp/upsample-stub PYTHONUNBUFFERED=1
+el() { echo $(( $(date +%s) - T0 )); }
+say() { echo "[$(el)s] $*"; }
+if [ ! -e ../shared/datasets/train ]; then
+  mkdir -p ../shared/datasets
+  ln -sfn "$PWD/data/train" ../shared/datasets/train
+  ln -sfn "$PWD/data/benchmark" ../shared/datasets/benchmark
+fi
+mkdir -p "$R" "$OUT"
+rm -rf "${R:?}"/*
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+UP="$PY -m upsample"
+TRAIN_END=$((BUDGET - ${TAIL:-70}))   # leaves time for eval, bench and packing
+
+say "vapsr-x2: start, stops at ${TRAIN_END}s"
+timeout -s INT $((TRAIN_END - $(el))) $UP train configs/vapsr-x2.toml --run-dir "$R/vapsr-x2" --reset \
+  --device "$DEV" --set data.batch_size=64 --set data.workers=5 --set 'train.amp="bf16"' \
+  --set val.every=${VAPSR_VAL:-2000} --set train.ckpt_every=${VAPSR_VAL:-2000} ${VAPSR_SET:-} \
+  > "$R/vapsr-x2.log" 2>&1 &
+VP=$!
+
+VDSR_SET=(--set optim.name='"adam"' --set optim.lr=2e-4 --set optim.weight_decay=0.0
+          --set optim.clip=1.0 --set optim.clip_adjustable=false --set sched.name='"cosine"'
+          --set sched.eta_min=1e-6 --set 'train.amp="bf16"' --set train.channels_last=true
+          --set data.workers=5)
+say "vdsr: calibrating beside vapsr"
+timeout -s INT ${CAL:-30} $UP train configs/vdsr.toml --run-dir "$R/cal" --reset --device "$DEV" \
+  "${VDSR_SET[@]}" --set train.steps=1000000 --set train.log_every=${CAL_LOG:-50} --set val.every=0 \
+  > "$R/cal.log" 2>&1
+RATE=$($PY - "$R/cal/metrics.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+pps = [r["patches_per_s"] for r in rows[len(rows) // 2:]] or [0]  # after warm-up
+print(statistics.median(pps) / 64 or 50)
+PY
+)
+RATE=${RATE:-50}  # calibration failed: a cautious guess
+STEPS=$($PY -c "r=$RATE; t=$TRAIN_END-$(el)-25; print(max(1000, int(r*t*0.9)//1000*1000))")
+EVERY=$((STEPS / 10))
+say "vdsr: ${RATE} steps/s measured -> ${STEPS} steps"
+timeout -s INT $((TRAIN_END - $(el))) $UP train configs/vdsr.toml --run-dir "$R/vdsr" --reset \
+  --device "$DEV" "${VDSR_SET[@]}" --set train.steps=$STEPS --set val.every=$EVERY \
+  --set train.ckpt_every=$EVERY --set train.log_every=500 > "$R/vdsr.log" 2>&1
+say "vdsr: exit $?"
+wait $VP; say "vapsr-x2: exit $?"
+tail -n 3 "$R/vdsr.log" "$R/vapsr-x2.log"
+
+B=../shared/datasets/benchmark/Set5
+for m in vdsr:2 vdsr:3 vdsr:4 vapsr-x2:2; do
+  run=${m%:*}; s=${m#*:}
+  [ -f "$R/$run/best.safetensors" ] && $UP eval --model "$R/$run/best.safetensors" --scale $s \
+    --data $B --device "$DEV" 2>&1 | tail -n 2
+done
+say "bench"
+for m in espcn-x2 vapsr-s-x2 vapsr-x2; do
+  [ $(el) -lt $((BUDGET - 20)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m \
+    --size 1920x1080 --device "$DEV" --backend torch --half --warmup 3 --runs 10 --json \
+    >> "$OUT/bench.txt" 2>> "$R/bench.err"
+done
+tail -n 3 "$R/bench.err"
+for run in vdsr vapsr-x2; do  # resumable state apart: each file back must stay under 16 MB
+  [ -d "$R/$run" ] || continue
+  mv "$R/$run/last_state.pt" "$OUT/${run}_last_state.pt" 2>/dev/null
+  tar -C "$R" -czf "$OUT/$run.tgz" "$run" "$run.log"
+done
+cp "$R/cal.log" "$OUT/" 2>/dev/null
+say "done"
