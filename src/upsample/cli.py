@@ -21,6 +21,7 @@ COMMANDS = [
     "upsample.data",
     "upsample.train",
     "upsample.prune",
+    "upsample.tune",
     "upsample.registry",
     "upsample.checkpoint",
     "upsample.export",

@@ -113,6 +113,18 @@ class TrainConfig:
 
 
 @dataclass
+class TuneConfig:
+    # Search space of `upsample tune` (Optuna TPE). Ranges are [low, high]; an empty list keeps
+    # the configured value. lr and weight_decay are searched on a log scale when low > 0.
+    lr: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
+    momentum: list[float] = field(default_factory=lambda: [0.8, 0.99])  # SGD only
+    batch_size: list[int] = field(default_factory=list)  # choices, e.g. [16, 32, 64]
+    clip: list[float] = field(default_factory=list)      # gradient clip threshold (0 = off)
+    weight_decay: list[float] = field(default_factory=list)
+    trial_steps: int = 0               # training steps per trial (0 = train.steps)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -122,6 +134,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     val: ValConfig = field(default_factory=ValConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 CHOICES = {
@@ -200,6 +213,13 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"config: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction!r}")
     if any(s < 1 for s in cfg.model.scales):
         raise UserError(f"config: model.scales must be integers >= 1, got {cfg.model.scales!r}")
+    for key in ("lr", "momentum", "clip", "weight_decay"):
+        lo_hi = getattr(cfg.tune, key)
+        if lo_hi and (len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]):
+            raise UserError(f"config: tune.{key} must be [] or a range [low, high] with 0 <= low <= high, "
+                            f"got {lo_hi!r}")
+    if any(b <= 0 for b in cfg.tune.batch_size) or cfg.tune.trial_steps < 0:
+        raise UserError("config: tune.batch_size choices and tune.trial_steps must be positive")
     if not cfg.data.train:
         raise UserError("config: data.train is empty; list training image folders or file lists")
 

@@ -232,7 +232,10 @@ def _ignore_sigint(_worker_id: int) -> None:
 
 
 def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
-          device: str | None = None, init: str | None = None, config_text: str | None = None) -> int:
+          device: str | None = None, init: str | None = None, config_text: str | None = None,
+          on_validate=None) -> int:
+    """Train `cfg` in `run_dir`. `on_validate(step, val_psnr)` is called after each validation
+    (single process); when it returns True the run stops there (`upsample tune` prunes trials so)."""
     # ---------------------------------------------------------------- processes and device
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -524,6 +527,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                         sched.step(box[0])
                     if cfg.val.patience and bad_vals >= cfg.val.patience:
                         finished = "early stop"
+                    if on_validate is not None and on_validate(step, box[0]):
+                        finished = "stopped by the caller"
                 aside += time.time() - t_aside
 
             if step == steps:

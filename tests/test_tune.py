@@ -1,0 +1,90 @@
+"""`upsample tune`: an Optuna study over the tiny recipe, resumable from its storage."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from upsample import cli, config
+
+ROOT = Path(__file__).resolve().parents[1]
+T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
+pytestmark = pytest.mark.skipif(not T91.is_dir(), reason="needs ../shared/datasets/train/T91")
+SETS = [f"data.train=[{json.dumps(str(T91))}]", "data.max_images=4", "data.batch_size=4",
+        "val.max_images=1", "val.crop=48", "train.steps=6", "val.every=3",
+        "optim.name=sgd", "tune.lr=[1e-3, 1e-1]", "tune.batch_size=[2, 4]", "tune.clip=[0.1, 1.0]"]
+
+
+def _tune(tmp_path, trials, *extra):
+    args = ["tune", str(ROOT / "configs" / "tiny.toml"), "--trials", str(trials), "--device", "cpu",
+            "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--run-dir", str(tmp_path / "runs"),
+            *extra]
+    for s in SETS:
+        args += ["--set", s]
+    return cli.main(args)
+
+
+def test_two_trials_then_resume_to_three(tmp_path, capsys):
+    assert _tune(tmp_path, 2) == 0
+    out = capsys.readouterr()
+    assert "0 trial(s) finished, 2 to run" in out.err
+    assert out.err.count("trial 0: complete") == 1 and "trial 1:" in out.err
+    best = tmp_path / "runs" / "best.toml"
+    cfg = config.load_config(best)  # a complete, valid recipe
+    first = best.read_text().splitlines()[0]
+    assert first.startswith("# best of study 'tiny'")
+    assert 1e-3 <= cfg.optim.lr <= 1e-1 and cfg.data.batch_size in (2, 4)
+    assert 0.1 <= cfg.optim.clip <= 1.0 and 0.8 <= cfg.optim.momentum <= 0.99
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["best.toml", "trial-000", "trial-001"]
+
+    # the same command with more trials continues the study from its storage
+    assert _tune(tmp_path, 3) == 0
+    err = capsys.readouterr().err
+    assert "2 trial(s) finished, 1 to run" in err and "trial 2:" in err and "trial 0:" not in err
+    assert _tune(tmp_path, 3) == 0
+    assert "3 trial(s) finished, 0 to run" in capsys.readouterr().err
+
+
+def test_a_trial_behind_the_median_is_pruned(tmp_path, capsys, monkeypatch):
+    import optuna
+    # every trial reports the same PSNRs except the third, which is worse at the first check
+    from upsample import train as train_mod
+    orig = train_mod.train
+    calls = []
+
+    def fake_train(cfg, run_dir, **kw):
+        calls.append(run_dir)
+        bad = len(calls) == 3
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for step, psnr in ((3, 20.0), (6, 21.0)):
+            v = psnr - (5.0 if bad else 0.0)
+            lines.append(json.dumps({"step": step, "val_psnr": v}))
+            if kw["on_validate"](step, v):
+                break
+        (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        return 0
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    assert _tune(tmp_path, 3) == 0
+    err = capsys.readouterr().err
+    assert "trial 2: pruned at step 3" in err
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert orig is not fake_train
+
+
+@pytest.mark.parametrize("extra, sets, message", [
+    (["--trials", "0"], [], "--trials must be >= 1"),
+    ([], ["tune.lr=[1e-2, 1e-4]"], "tune.lr must be"),
+    (["--storage", "nosuchdb://x"], [], "--storage nosuchdb://x"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, extra, sets, message):
+    args = ["tune", str(ROOT / "configs" / "tiny.toml"), "--device", "cpu",
+            "--run-dir", str(tmp_path / "runs"), *extra]
+    if "--storage" not in extra:
+        args += ["--storage", f"sqlite:///{tmp_path / 'study.db'}"]
+    for s in [*SETS, *sets]:
+        args += ["--set", s]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
