@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -108,7 +109,7 @@ def network_macs(up: Upscaler, h: int, w: int) -> int:
 
 def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
           device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
-          scale: float | None = None, log=None) -> dict:
+          scale: float | None = None, int8: list[str] = (), log=None) -> dict:
     """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring)."""
     backends = list(backends or BACKENDS)
     dev = check_device(device, "torch")
@@ -158,6 +159,13 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         row, out = measure(up, label, key)
         row["max_abs_diff"] = (out - ref).abs().max().item()
         rows.append(row)
+    for path in int8:  # `upsample quantize` outputs of this model, on their own backends
+        from .quantize import read_meta
+        backend, _ = read_meta(Path(path))
+        row, out = measure(load_upscaler(path, scale=eager.scale, backend=backend, device=device),
+                           f"{backend} int8", "int8")
+        row["max_abs_diff"] = (out - ref).abs().max().item()
+        rows.append(row)
     ref_row["max_abs_diff"] = 0.0
     for row in rows:
         if "ms_per_frame" in row:
@@ -192,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     log = None if args.json else (lambda m: print(m, file=sys.stderr))
     report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
-                   warmup=args.warmup, runs=args.runs, scale=args.scale, log=log)
+                   warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -208,4 +216,6 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--runs", type=int, default=3, help="timed runs (the median is reported)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--int8", action="append", default=[], metavar="FILE",
+                   help="also time this `upsample quantize` output of the model (repeatable)")
     p.set_defaults(func=run)

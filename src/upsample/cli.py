@@ -22,6 +22,7 @@ COMMANDS = [
     "upsample.train",
     "upsample.prune",
     "upsample.tune",
+    "upsample.quantize",
     "upsample.registry",
     "upsample.checkpoint",
     "upsample.export",

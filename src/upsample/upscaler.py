@@ -27,6 +27,7 @@ from .errors import UserError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
+INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output
 
 # BT.601 "studio swing" YCbCr with R, G, B, Y, Cb, Cr all in [0, 1] (ITU-R BT.601 as in MATLAB's
 # rgb2ycbcr and `metrics.rgb_to_y`, divided by 255).
@@ -86,9 +87,11 @@ class BicubicUpscaler(Upscaler):
 class ModelUpscaler(Upscaler):
     """A network (through `run_net`, any backend) wrapped to the RGB -> RGB contract."""
 
-    def __init__(self, model: nn.Module, run_net: Callable[[torch.Tensor], torch.Tensor], *,
-                 scale: float, name: str, backend: str, device: torch.device):
-        self.model, self.run_net, self.spec = model, run_net, model.upsample_spec
+    def __init__(self, model: nn.Module | None, run_net: Callable[[torch.Tensor], torch.Tensor], *,
+                 scale: float, name: str, backend: str, device: torch.device, spec=None):
+        # model None: a network that exists only in a runtime's file (an int8 model)
+        self.model, self.run_net = model, run_net
+        self.spec = spec if spec is not None else model.upsample_spec
         self.scale, self.name, self.backend, self.device = float(scale), name, backend, device
 
     @torch.no_grad()
@@ -200,6 +203,16 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "torc
             raise UserError("bicubic runs on the torch backend only")
         return BicubicUpscaler(check_scale(scale), device)
     dev = check_device(device, backend)
+    if Path(spec).suffix.lower() in INT8_SUFFIXES:  # written by `upsample quantize`
+        from .quantize import load_runner
+        run_net, net_spec, name = load_runner(Path(spec), backend, dev)
+        s = float(net_spec.scale) if net_spec.scale else check_scale(scale) if scale else None
+        if s is None:
+            raise UserError(f"{spec} works at any scale: give one with --scale")
+        if net_spec.scale and scale is not None and check_scale(scale) != net_spec.scale:
+            raise UserError(f"{spec} is a x{net_spec.scale} model but --scale is {scale}")
+        return ModelUpscaler(None, run_net, scale=s, name=name, backend=backend, device=dev,
+                             spec=net_spec)
     model, name = resolve_model(spec)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")

@@ -1,0 +1,98 @@
+"""`upsample quantize`: int8 models for ONNX Runtime (QDQ) and OpenVINO (NNCF) that run in eval,
+image and bench with their backend."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from upsample import checkpoint, cli, registry
+from upsample.evaluate import evaluate_folders
+from upsample.upscaler import load_upscaler
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A smooth 'trained-like' espcn-x2 (weights scaled so outputs stay near the input) and a few
+    natural-looking calibration / test images."""
+    root = tmp_path_factory.mktemp("q")
+    rng = np.random.default_rng(0)
+    for folder in ("calib", "test"):
+        (root / folder).mkdir()
+        for i in range(4):
+            base = rng.random((6, 6, 3))
+            img = Image.fromarray((base * 255).astype(np.uint8)).resize((64, 64), Image.BICUBIC)
+            img.save(root / folder / f"{i}.png")
+    torch.manual_seed(0)
+    model = registry.create_model("espcn-x2")
+    ckpt = root / "espcn.safetensors"
+    checkpoint.save_checkpoint(model, ckpt)
+    return root, ckpt
+
+
+@pytest.mark.parametrize("backend, suffix", [("onnxruntime", ".onnx"), ("openvino", ".xml")])
+def test_int8_model_runs_in_eval_image_and_bench(setup, tmp_path, capsys, backend, suffix):
+    root, ckpt = setup
+    out = tmp_path / f"m.int8{suffix}"
+    assert cli.main(["quantize", str(ckpt), "--backend", backend, "--calib", str(root / "calib"),
+                     "--samples", "4", "--size", "24", "-o", str(out)]) == 0
+    assert "int8" in capsys.readouterr().out and out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantize-")]
+
+    fp32 = load_upscaler(str(ckpt), backend=backend)
+    int8 = load_upscaler(str(out), backend=backend)
+    assert int8.scale == 2 and int8.spec.input == "y" and int8.model is None
+    x = torch.rand(1, 3, 20, 28)
+    a, b = fp32(x), int8(x)
+    assert a.shape == b.shape == (1, 3, 40, 56)
+    assert 0 < (a - b).abs().mean() < 0.05  # quantized (not the fp32 graph), and close to it
+    r32 = evaluate_folders(fp32, [str(root / "test")], scale=2, crop_border=2, progress=False)
+    r8 = evaluate_folders(int8, [str(root / "test")], scale=2, crop_border=2, progress=False)
+    assert abs(r32["test"]["psnr"] - r8["test"]["psnr"]) < 1.0
+
+    assert cli.main(["eval", "--model", str(out), "--backend", backend, "--scale", "2",
+                     "--data", str(root / "test")]) == 0
+    assert cli.main(["image", str(root / "test" / "0.png"), "-o", str(tmp_path / "img"),
+                     "--model", str(out), "--backend", backend]) == 0
+    assert (tmp_path / "img" / "0_x2.png").exists() or list((tmp_path / "img").iterdir())
+    capsys.readouterr()
+    assert cli.main(["bench", "--model", str(ckpt), "--backend", backend, "--int8", str(out),
+                     "--size", "32x24", "--runs", "1", "--warmup", "0", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["backend"] for r in rows] == ["torch eager fp32", f"{backend} fp32", f"{backend} int8"]
+    assert all(r["speedup"] > 0 for r in rows)
+
+
+def test_wrong_backend_foreign_file_and_bad_output_are_one_line(setup, tmp_path, capsys):
+    root, ckpt = setup
+    out = tmp_path / "m.int8.onnx"
+    assert cli.main(["quantize", str(ckpt), "--backend", "onnxruntime", "--calib", str(root / "calib"),
+                     "--samples", "2", "--size", "16", "-o", str(out)]) == 0
+    capsys.readouterr()
+
+    def one_line_error(args, text):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        lines = [line for line in err.splitlines() if not line.startswith("note:")]
+        assert len(lines) == 1 and text in lines[0], err
+
+    one_line_error(["eval", "--model", str(out), "--backend", "openvino", "--scale", "2",
+                    "--data", str(root / "test")], "run it with --backend onnxruntime")
+    plain = tmp_path / "plain.onnx"
+    from upsample.export import _example, onnx_bytes
+    plain.write_bytes(onnx_bytes(registry.create_model("espcn-x2"), _example(registry.create_model("espcn-x2"), False)))
+    one_line_error(["eval", "--model", str(plain), "--backend", "onnxruntime", "--scale", "2",
+                    "--data", str(root / "test")], "not written by `upsample quantize`")
+    one_line_error(["quantize", str(ckpt), "--backend", "onnxruntime", "--calib", str(root / "calib"),
+                    "-o", str(out)], "exists; pass --overwrite")
+    one_line_error(["quantize", str(ckpt), "--backend", "openvino", "--calib", str(root / "calib"),
+                    "-o", str(tmp_path / "x.onnx")], "must end in .xml")
+    one_line_error(["quantize", str(ckpt), "--backend", "onnxruntime", "--calib", str(tmp_path / "none"),
+                    "-o", str(tmp_path / "y.onnx")], "folder not found")
+    (tmp_path / "empty").mkdir()
+    one_line_error(["quantize", str(ckpt), "--backend", "onnxruntime", "--calib", str(tmp_path / "empty"),
+                    "-o", str(tmp_path / "y.onnx")], "no images found")
+    one_line_error(["quantize", "vdsr", "--backend", "onnxruntime", "--calib", str(root / "calib"),
+                    "-o", str(tmp_path / "z.onnx")], "give one with --scale")
