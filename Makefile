@@ -23,7 +23,9 @@ clean:
 	rm -rf out
 
 # Retrain one shipped model from scratch and package it: make reproduce MODEL=espcn-x3
+# It trains the exact resolved config shipped beside the weights (else configs/MODEL.toml).
 reproduce: $(STAMP)
 	@test -n "$(MODEL)" || (echo "usage: make reproduce MODEL=espcn-x3" >&2; exit 2)
-	$(VENV)/bin/upsample train configs/$(MODEL).toml --run-dir runs/$(MODEL) --reset
+	$(VENV)/bin/upsample train $(or $(wildcard src/upsample/weights/$(MODEL).toml),configs/$(MODEL).toml) \
+		--run-dir runs/$(MODEL) --reset
 	$(VENV)/bin/python tools/ship.py $(MODEL) runs/$(MODEL)
