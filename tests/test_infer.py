@@ -229,6 +229,25 @@ def test_default_model_falls_back_to_bicubic_without_weights(monkeypatch):
     assert infer.default_model(1.5) == "bicubic"
 
 
+def test_default_model_is_the_shipped_one_with_the_best_psnr_at_that_scale(tmp_path, monkeypatch):
+    import json
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+
+    def ship(name, psnr_by_scale):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"x")
+        (tmp_path / f"{name}.eval.json").write_text(json.dumps({"scales": {
+            str(s): {"model": {"Set5": {"psnr": p}, "Set14": {"psnr": p - 2}}} for s, p in psnr_by_scale.items()}}))
+    ship("espcn-x3", {3: 32.4})
+    assert [infer.default_model(s) for s in (2, 3, 4)] == ["bicubic", "espcn-x3", "bicubic"]
+    ship("vdsr", {2: 37.1, 3: 33.3})  # scale-free: it serves the scales it was evaluated at
+    assert [infer.default_model(s) for s in (2, 3, 4)] == ["vdsr", "vdsr", "bicubic"]
+    ship("espcn-x2", {2: 37.5})
+    assert infer.default_model(2) == "espcn-x2"
+    (tmp_path / "espcn-x3.eval.json").unlink()  # weights without an evaluation are not a default
+    ship("vdsr", {2: 37.1})
+    assert infer.default_model(3) == "bicubic"
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert cli.main(["image", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err

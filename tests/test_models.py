@@ -109,7 +109,6 @@ def test_y_wrapper_with_zero_residual_vdsr_is_bicubic(capsys):
     """VDSR whose last conv outputs zero returns its input, so the RGB upscaler must equal
     bicubic on RGB (YCbCr is affine and imresize linear)."""
     up = load_upscaler("vdsr", scale=3)
-    assert "untrained" in capsys.readouterr().err
     with torch.no_grad():
         up.model.conv_last.weight.zero_()
         up.model.conv_last.bias.zero_()

@@ -220,16 +220,28 @@ def half_upscaler(up: Upscaler) -> Upscaler:
 
 
 def default_model(scale: float) -> str:
-    """The best shipped model for `scale`: the registered generator with weights in the package
-    whose scale matches, preferring the larger (slower, better) ones; else "bicubic"."""
+    """The best shipped model for `scale`: among the registered generators with weights in the
+    package that serve it (their own scale, or any scale for VDSR), the one with the highest mean
+    benchmark PSNR at that scale in its shipped NAME.eval.json; else "bicubic"."""
+    import json
+
     from . import registry
     if not float(scale).is_integer():
         return "bicubic"
-    shipped = [n for n in registry.list_models("generator")
-               if registry.get_spec(n).scale == int(scale) and registry.weights_path(n)]
-    if not shipped:
-        return "bicubic"
-    return max(shipped, key=lambda n: (registry.weights_path(n).stat().st_size, n))
+    best, best_psnr = "bicubic", float("-inf")
+    for name in registry.list_models("generator"):
+        weights = registry.weights_path(name)
+        if not weights or registry.get_spec(name).scale not in (None, int(scale)):
+            continue
+        try:
+            report = json.loads(weights.with_suffix(".eval.json").read_text())
+            sets = report["scales"][str(int(scale))]["model"]
+            psnr = sum(v["psnr"] for v in sets.values()) / len(sets)
+        except (OSError, ValueError, KeyError, ZeroDivisionError):
+            continue  # shipped without an evaluation at this scale: not a default
+        if psnr > best_psnr:
+            best, best_psnr = name, psnr
+    return best
 
 
 def is_channel_agnostic(up: Upscaler) -> bool:
@@ -520,10 +532,12 @@ def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "t
 
 def make_upscaler(model: str | None, scale=None, *, backend: str = "torch", device: str = "cpu",
                   half: bool = False, outscale=None) -> Upscaler:
-    """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)`;
-    bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
+    """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)` at
+    that scale; bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
     scale = check_scale(scale) if scale is not None else None
-    model = model or default_model(scale or 2.0)
+    if model is None:  # the default model serves the scale asked, x2 if none was
+        scale = scale or 2.0
+        model = default_model(scale)
     if model == "bicubic" and scale is None:
         scale = 2.0
     up = load_upscaler(model, scale=scale, backend=backend, device=device)
@@ -661,7 +675,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="bicubic, a registered name or a checkpoint (default: the best shipped "
                         "model for --scale, else bicubic)")
-    p.add_argument("--scale", default=None, help="model scale (default: the model's; bicubic 2)")
+    p.add_argument("--scale", default=None, help="model scale (default: the model's; 2 for bicubic and for the default model)")
     p.add_argument("--backend", default="torch", help="torch, onnxruntime or openvino")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--half", action="store_true", help="half precision (torch: fp16 on CUDA, bf16 on CPU)")
