@@ -2,6 +2,8 @@
 image and bench with their backend."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,6 @@ import torch
 from PIL import Image
 
 from upsample import checkpoint, cli, registry
-from upsample.evaluate import evaluate_folders
 from upsample.upscaler import load_upscaler
 
 
@@ -36,33 +37,41 @@ def setup(tmp_path_factory):
 def test_int8_model_runs_in_eval_image_and_bench(setup, tmp_path, capsys, backend, suffix):
     root, ckpt = setup
     out = tmp_path / f"m.int8{suffix}"
-    assert cli.main(["quantize", str(ckpt), "--backend", backend, "--calib", str(root / "calib"),
-                     "--samples", "4", "--size", "24", "-o", str(out)]) == 0
-    assert "int8" in capsys.readouterr().out and out.exists()
+    # in a child process, as a user runs it: NNCF left in this process makes a later test's
+    # training segfault (seen with nncf 3.4 + torch 2.13)
+    proc = subprocess.run([sys.executable, "-m", "upsample", "quantize", str(ckpt), "--backend", backend,
+                           "--calib", str(root / "calib"), "--samples", "4", "--size", "24", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "int8" in proc.stdout and out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantize-")]
 
-    fp32 = load_upscaler(str(ckpt), backend=backend)
-    int8 = load_upscaler(str(out), backend=backend)
-    assert int8.scale == 2 and int8.spec.input == "y" and int8.model is None
-    x = torch.rand(1, 3, 20, 28)
-    a, b = fp32(x), int8(x)
-    assert a.shape == b.shape == (1, 3, 40, 56)
-    assert 0 < (a - b).abs().mean() < 0.05  # quantized (not the fp32 graph), and close to it
-    r32 = evaluate_folders(fp32, [str(root / "test")], scale=2, crop_border=2, progress=False)
-    r8 = evaluate_folders(int8, [str(root / "test")], scale=2, crop_border=2, progress=False)
-    assert abs(r32["test"]["psnr"] - r8["test"]["psnr"]) < 1.0
+    def cli_run(*args):  # OpenVINO int8 graphs run in this process make a later test's
+        # training segfault (openvino 2026.4 + torch 2.13), so every int8 run is a child process
+        proc = subprocess.run([sys.executable, "-m", "upsample", *args], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
 
-    assert cli.main(["eval", "--model", str(out), "--backend", backend, "--scale", "2",
-                     "--data", str(root / "test")]) == 0
-    assert cli.main(["image", str(root / "test" / "0.png"), "-o", str(tmp_path / "img"),
-                     "--model", str(out), "--backend", backend]) == 0
-    assert (tmp_path / "img" / "0_x2.png").exists() or list((tmp_path / "img").iterdir())
-    capsys.readouterr()
-    assert cli.main(["bench", "--model", str(ckpt), "--backend", backend, "--int8", str(out),
-                     "--size", "32x24", "--runs", "1", "--warmup", "0", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    evals = {}
+    for model in (ckpt, out):
+        report = json.loads(cli_run("eval", "--model", str(model), "--backend", backend, "--scale", "2",
+                                    "--data", str(root / "test"), "--json", "-"))
+        evals[model] = report["datasets"]["test"]["psnr"]
+    assert evals[ckpt] != evals[out] and abs(evals[ckpt] - evals[out]) < 1.0  # int8, and close
+    cli_run("image", str(root / "test" / "0.png"), "-o", str(tmp_path / "img"), "--model", str(out),
+            "--backend", backend)
+    assert list((tmp_path / "img").iterdir())
+    rows = json.loads(cli_run("bench", "--model", str(ckpt), "--backend", backend, "--int8", str(out),
+                              "--size", "32x24", "--runs", "1", "--warmup", "0", "--json"))["rows"]
     assert [r["backend"] for r in rows] == ["torch eager fp32", f"{backend} fp32", f"{backend} int8"]
     assert all(r["speedup"] > 0 for r in rows)
+    if backend == "onnxruntime":  # the Python API on the int8 file
+        int8, fp32 = load_upscaler(str(out), backend=backend), load_upscaler(str(ckpt), backend=backend)
+        assert int8.scale == 2 and int8.spec.input == "y" and int8.model is None
+        x = torch.rand(1, 3, 20, 28)
+        a, b = fp32(x), int8(x)
+        assert a.shape == b.shape == (1, 3, 40, 56) and 0 < (a - b).abs().mean() < 0.05
 
 
 def test_wrong_backend_foreign_file_and_bad_output_are_one_line(setup, tmp_path, capsys):
