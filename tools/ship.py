@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,6 +21,7 @@ import torch
 from upsample import registry
 from upsample.checkpoint import load_checkpoint, save_checkpoint
 from upsample.evaluate import evaluate_folders
+from upsample.train import hardware_name
 from upsample.upscaler import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,19 +35,9 @@ def evaluate(spec: str, scale: int, backend: str = "torch", sets: list[str] = SE
                             progress=False)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def train_threads(run_dir: Path) -> str:
+def train_threads(run_dir: Path) -> int:
     cfg = tomllib.loads((run_dir / "config.toml").read_text())
-    return str(cfg.get("train", {}).get("threads") or "default")
+    return int(cfg.get("train", {}).get("threads") or 0)
 
 
 def hardware(rows: list[dict], run_dir: Path) -> str:
@@ -57,7 +46,7 @@ def hardware(rows: list[dict], run_dir: Path) -> str:
         if "hardware" in r:
             world = f"{r['world']} processes x " if r.get("world", 1) > 1 else ""
             return f"{world}{r['hardware']}, torch {r['torch']}"
-    return f"{cpu_name()}, {train_threads(run_dir)} torch thread(s), torch {torch.__version__}"
+    return f"{hardware_name(torch.device('cpu'), train_threads(run_dir))}, torch {torch.__version__}"
 
 
 def main() -> int:
@@ -90,8 +79,12 @@ def main() -> int:
                     for s in scales for d in check_sets)
         use_half = worst <= 0.01
         chosen_file = half if use_half else best
-        chosen = {s: evaluate(str(chosen_file), s, args.backend) if check_sets != SETS
-                  else check["fp16" if use_half else "fp32"][s] for s in scales}
+        rest = [d for d in SETS if d not in check_sets]  # the checked sets are measured already
+        chosen = {}
+        for s in scales:
+            got = {**check["fp16" if use_half else "fp32"][s],
+                   **(evaluate(str(chosen_file), s, args.backend, rest) if rest else {})}
+            chosen[s] = {d: got[d] for d in SETS}
         report = {"model": args.model, "storage": "float16" if use_half else "float32",
                   "fp16_worst_psnr_change_db": worst, "fp16_checked_on": check_sets,
                   "backend": args.backend,

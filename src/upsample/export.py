@@ -147,27 +147,35 @@ def ov_compiled(path: Path):
     return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
-def runtime_session(model: nn.Module, backend: str, device: torch.device):
-    """A callable float NCHW tensor -> tensor running `model` on onnxruntime or openvino."""
-    onnx_path = _cached_onnx(model)
+def file_session(path: Path, backend: str, device: torch.device):
+    """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
+    OpenVINO .xml or .onnx for openvino)."""
     if backend == "onnxruntime":
-        sess = ort_session(str(onnx_path), device)
+        sess = ort_session(str(path), device)
 
         def run_ort(x: torch.Tensor) -> torch.Tensor:
             out = sess.run(None, {"input": x.detach().cpu().float().numpy()})[0]
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == "openvino":
-        xml = onnx_path.with_suffix(".xml")
-        if not xml.exists():
-            _save_openvino(onnx_path, xml, fp16=False)
-        compiled = ov_compiled(xml)
+        compiled = ov_compiled(path)
 
         def run_ov(x: torch.Tensor) -> torch.Tensor:
             out = compiled(x.detach().cpu().float().numpy())[0]
             return torch.from_numpy(np.asarray(out)).to(x.device)
         return run_ov
     raise UserError(f"unknown backend {backend!r}")
+
+
+def runtime_session(model: nn.Module, backend: str, device: torch.device):
+    """A callable float NCHW tensor -> tensor running `model` on onnxruntime or openvino."""
+    path = _cached_onnx(model)
+    if backend == "openvino":
+        xml = path.with_suffix(".xml")
+        if not xml.exists():
+            _save_openvino(path, xml, fp16=False)
+        path = xml
+    return file_session(path, backend, device)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -215,9 +223,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")
     scale = None
     if args.uint8_io:
-        scale = model_scale(model, args.scale, name)
+        scale = model_scale(model.upsample_spec, args.scale, name)
     elif args.scale is not None:
-        model_scale(model, args.scale, name)  # only checks that it matches
+        model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
     suffix = ".onnx" if args.format == "onnx" else ".xml"
     if args.output:
         out = Path(args.output)

@@ -12,7 +12,6 @@ exports and runs everywhere a trained model does. Fine-tune it with `upsample tr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -85,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     if spec.kind != "generator":
         raise UserError(f"{args.model} is a {spec.kind}; prune an upscaler")
     before_p, before_m = registry.count_params(model), registry.count_macs(model)
-    ref = model.state_dict()
     prune_model(model, args.sparsity, args.method)
     after_p, after_m = registry.count_params(model), registry.count_macs(model)
     if after_p == before_p:
@@ -105,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    del ref
     print(f"params {before_p:,} -> {after_p:,} ({before_p / after_p:.2f}x fewer), "
           f"MACs per 256x256 input {before_m / 1e9:.2f}G -> {after_m / 1e9:.2f}G "
           f"({before_m / after_m:.2f}x fewer)")

@@ -26,6 +26,7 @@ from .errors import UserError
 from .imageio import list_images, read_rgb
 
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
+BACKEND_OF = {v: k for k, v in SUFFIX.items()}
 META_KEY = "upsample"
 
 
@@ -156,17 +157,7 @@ def load_runner(path: Path, backend: str, device: torch.device):
     if backend != file_backend:
         raise UserError(f"{path} is an int8 {file_backend} model: run it with --backend {file_backend}")
     spec = registry.spec_for(meta["arch"], meta["kwargs"], meta.get("name") or None)
-    if backend == "onnxruntime":
-        sess = export.ort_session(str(path), device)
-
-        def run_net(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(sess.run(None, {"input": x.detach().cpu().float().numpy()})[0]).to(x.device)
-    else:
-        compiled = export.ov_compiled(path)
-
-        def run_net(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(compiled(x.detach().cpu().float().numpy())[0])).to(x.device)
-    return run_net, spec, f"{meta.get('name') or meta['arch']} int8"
+    return export.file_session(path, backend, device), spec, f"{meta.get('name') or meta['arch']} int8"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     model, name = resolve_model(args.model)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    scale = model_scale(model, args.scale, name)
+    scale = model_scale(model.upsample_spec, args.scale, name)
     inputs = calibration_inputs(model, scale, args.calib, samples=args.samples, size=args.size)
     spec = model.upsample_spec
     meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": str(args.model),

@@ -159,10 +159,9 @@ def check_scale(scale) -> float:
     return s
 
 
-def model_scale(model: nn.Module, scale, name: str) -> float:
-    """The scale to run `model` at: its own, which a given `scale` must match, or for a
-    pre-upsampling model (VDSR) the given one."""
-    spec = model.upsample_spec
+def model_scale(spec, scale, name: str) -> float:
+    """The scale to run a model of `spec` (its `upsample_spec`) at: its own, which a given `scale`
+    must match, or for a pre-upsampling model (VDSR) the given one."""
     if spec.scale is None:
         if scale is None:
             raise UserError(f"{name} works at any scale: give one with --scale")
@@ -206,17 +205,12 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "torc
     if Path(spec).suffix.lower() in INT8_SUFFIXES:  # written by `upsample quantize`
         from .quantize import load_runner
         run_net, net_spec, name = load_runner(Path(spec), backend, dev)
-        s = float(net_spec.scale) if net_spec.scale else check_scale(scale) if scale else None
-        if s is None:
-            raise UserError(f"{spec} works at any scale: give one with --scale")
-        if net_spec.scale and scale is not None and check_scale(scale) != net_spec.scale:
-            raise UserError(f"{spec} is a x{net_spec.scale} model but --scale is {scale}")
-        return ModelUpscaler(None, run_net, scale=s, name=name, backend=backend, device=dev,
-                             spec=net_spec)
+        return ModelUpscaler(None, run_net, scale=model_scale(net_spec, scale, name), name=name,
+                             backend=backend, device=dev, spec=net_spec)
     model, name = resolve_model(spec)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    s = model_scale(model, scale, name)
+    s = model_scale(model.upsample_spec, scale, name)
     if backend == "torch":
         model = model.to(dev)
         run_net = model
