@@ -25,9 +25,9 @@ def test_pruned_model_is_a_smaller_model_of_the_same_architecture(name):
     model = registry.create_model(name).eval()
     before = registry.count_params(model)
     x = torch.rand(1, model.upsample_spec.channels, 20, 20)
-    prune_model(model, 0.5)
+    prune_model(model, 0.5)  # half the parameters
     after = registry.count_params(model)
-    assert after * 1.8 <= before
+    assert 1.8 <= before / after <= 2.2
     spec = model.upsample_spec
     assert spec.arch == registry.get_spec(name).arch and spec.scale == registry.get_spec(name).scale
     rebuilt = registry.build(spec.arch, spec.kwargs)  # constructor keywords alone give the shape
@@ -37,12 +37,22 @@ def test_pruned_model_is_a_smaller_model_of_the_same_architecture(name):
         assert torch.allclose(rebuilt(x), model(x), atol=1e-6)
 
 
+def test_sparsity_is_the_fraction_of_parameters_removed(tmp_path, capsys):
+    src = _trained_like("vdsr", tmp_path / "a.safetensors")
+    out = tmp_path / "p.safetensors"
+    assert cli.main(["prune", str(src), "--sparsity", "0.5", "-o", str(out)]) == 0
+    assert "params 665,921 -> 329,716 (2.02x fewer)" in capsys.readouterr().out
+    model, meta = checkpoint.load_checkpoint(out)
+    assert meta["kwargs"]["num_feat"] == 45 and meta["extra"]["sparsity"] == 0.5
+    assert abs(meta["extra"]["params_removed"] - 0.5) < 0.01
+
+
 def test_l1_keeps_the_filters_with_the_largest_norms():
     model = registry.create_model("vdsr", num_layers=3).eval()
     w = model.conv_first.weight.detach().clone()
     norms = w.abs().sum(dim=(1, 2, 3))
     kept = set(torch.argsort(norms, descending=True)[:32].tolist())
-    prune_model(model, 0.5, "l1")
+    prune_model(model, method="l1", filter_ratio=0.5)
     got = {int(i) for i in range(64) if any(torch.equal(w[i], k) for k in model.conv_first.weight)}
     assert got == kept
 
@@ -50,11 +60,11 @@ def test_l1_keeps_the_filters_with_the_largest_norms():
 def test_prune_cli_writes_a_loadable_checkpoint_and_refuses_to_overwrite(tmp_path, capsys):
     src = _trained_like("espcn-x3", tmp_path / "a.safetensors")
     out = tmp_path / "p.safetensors"
-    assert cli.main(["prune", str(src), "--sparsity", "0.5", "-o", str(out)]) == 0
+    assert cli.main(["prune", str(src), "--filter-ratio", "0.5", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "params 22,729 -> 6,761 (3.36x fewer)" in text and "MACs" in text
     model, meta = checkpoint.load_checkpoint(out)
-    assert meta["kwargs"]["num_feat"] == 32 and meta["extra"]["sparsity"] == 0.5
+    assert meta["kwargs"]["num_feat"] == 32 and meta["extra"]["filter_ratio"] == 0.5
     assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 24, 24)
     assert cli.main(["prune", str(src), "-o", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
@@ -64,6 +74,7 @@ def test_prune_cli_writes_a_loadable_checkpoint_and_refuses_to_overwrite(tmp_pat
 @pytest.mark.parametrize("args, message", [
     (["--sparsity", "1.5"], "between 0 and 1"),
     (["--sparsity", "0"], "between 0 and 1"),
+    (["--filter-ratio", "1"], "between 0 and 1"),
 ])
 def test_prune_bad_input_is_one_line(tmp_path, capsys, args, message):
     src = _trained_like("espcn-x2", tmp_path / "a.safetensors")
@@ -90,7 +101,7 @@ def test_prune_says_when_an_architecture_cannot_be_pruned(tmp_path, capsys, monk
 def test_train_init_from_a_pruned_checkpoint_trains_the_pruned_shape(tmp_path, capsys):
     src = _trained_like("espcn-x2", tmp_path / "a.safetensors")
     pruned = tmp_path / "p.safetensors"
-    assert cli.main(["prune", str(src), "-o", str(pruned)]) == 0
+    assert cli.main(["prune", str(src), "--filter-ratio", "0.5", "-o", str(pruned)]) == 0
     sets = [f"data.train=[{json.dumps(str(T91))}]", "data.max_images=4", "data.batch_size=4",
             "val.max_images=1", "val.crop=48", "train.steps=2"]
     args = ["train", str(ROOT / "configs" / "tiny.toml"), "--run-dir", str(tmp_path / "run"),

@@ -1,7 +1,11 @@
 """`upsample prune`: structured filter pruning with torch-pruning.
 
 Whole filters (output channels) are removed from every prunable layer by the same ratio, ranked
-by their L1 (or L2) norm as in the VDSR reference pipeline; torch-pruning's dependency graph
+by their L1 (or L2) norm as in the VDSR reference pipeline. `--sparsity` is the fraction of the
+parameters removed (as "sparsity" means for weights): since a conv's weights scale with its input
+times its output width, removing a fraction r of every layer's filters removes about 1 - (1 - r)^2
+of the parameters, so sparsity 0.5 keeps ~71 % of the filters and halves params and MACs;
+`--filter-ratio` sets r directly instead; torch-pruning's dependency graph
 resizes every layer that reads them (the next conv, residual partners, norms). The layers that
 fix the model's interface (input and output convs, the pixel-shuffle head) keep their channels.
 Because every layer of a family shrinks by one ratio, the result is the same architecture with
@@ -12,6 +16,7 @@ exports and runs everywhere a trained model does. Fine-tune it with `upsample tr
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -41,13 +46,38 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return keep
 
 
-def prune_model(model: nn.Module, sparsity: float, method: str = "l1", *, size: int = 32,
-                seed: int = 0) -> nn.Module:
-    """Remove `sparsity` of the filters of every prunable conv (in place); returns the model."""
+def prune_model(model: nn.Module, sparsity: float | None = 0.5, method: str = "l1", *,
+                filter_ratio: float | None = None, size: int = 32, seed: int = 0) -> nn.Module:
+    """Prune in place and return the model: `filter_ratio` of the filters of every prunable conv,
+    or, when it is None, the filter ratio that removes the fraction `sparsity` of the parameters
+    (the closest the integer widths allow)."""
+    for flag, value in (("--sparsity", sparsity), ("--filter-ratio", filter_ratio)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise UserError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+    if filter_ratio is None:
+        filter_ratio = ratio_for_sparsity(model, sparsity, method, size=size, seed=seed)
+    return _prune_filters(model, filter_ratio, method, size=size, seed=seed)
+
+
+def ratio_for_sparsity(model: nn.Module, sparsity: float, method: str, *, size: int, seed: int
+                       ) -> float:
+    """Bisect the per-layer filter ratio whose pruned copy keeps the parameter count nearest to
+    (1 - sparsity) x the original (parameters fall monotonically as the ratio grows)."""
+    total = registry.count_params(model)
+    target = (1.0 - sparsity) * total
+    lo, hi, best = 0.0, 1.0, (float("inf"), 1.0 - (1.0 - sparsity) ** 0.5)
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        kept = registry.count_params(_prune_filters(copy.deepcopy(model), mid, method, size=size,
+                                                    seed=seed))
+        best = min(best, (abs(kept - target), mid))
+        lo, hi = (mid, hi) if kept > target else (lo, mid)
+    return best[1]
+
+
+def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, seed: int) -> nn.Module:
     import torch_pruning as tp
 
-    if not 0.0 < sparsity < 1.0:
-        raise UserError(f"--sparsity must be between 0 and 1 (the fraction of filters removed), got {sparsity}")
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     # l1 / l2: each filter's own norm (Li et al. 2017, the VDSR reference's ranking); group-l1:
@@ -63,7 +93,7 @@ def prune_model(model: nn.Module, sparsity: float, method: str = "l1", *, size: 
         torch.manual_seed(seed)
         try:
             pruner = tp.pruner.MetaPruner(model, example, importance=importance,
-                                          pruning_ratio=sparsity, ignored_layers=output_layers(model),
+                                          pruning_ratio=ratio, ignored_layers=output_layers(model),
                                           global_pruning=False)
             pruner.step()
         except Exception as exc:  # torch-pruning cannot trace some graphs (dense concatenations)
@@ -84,15 +114,17 @@ def run(args: argparse.Namespace) -> int:
     if spec.kind != "generator":
         raise UserError(f"{args.model} is a {spec.kind}; prune an upscaler")
     before_p, before_m = registry.count_params(model), registry.count_macs(model)
-    prune_model(model, args.sparsity, args.method)
+    prune_model(model, args.sparsity, args.method, filter_ratio=args.filter_ratio)
     after_p, after_m = registry.count_params(model), registry.count_macs(model)
     if after_p == before_p:
         raise UserError(f"{name}: nothing could be pruned at sparsity {args.sparsity}")
     # the pruned net must be a normal model of its architecture: save, reload, compare outputs
     tmp = out.with_name(out.name + ".part")
     try:
-        checkpoint.save_checkpoint(model, tmp, extra={"pruned_from": name, "sparsity": args.sparsity,
-                                                      "method": args.method})
+        checkpoint.save_checkpoint(model, tmp, extra={
+            "pruned_from": name, "method": args.method,
+            "sparsity": None if args.filter_ratio else args.sparsity, "filter_ratio": args.filter_ratio,
+            "params_removed": round(1 - after_p / before_p, 4)})
         reloaded, meta = checkpoint.load_checkpoint(tmp)
         x = torch.rand(1, spec.channels, 24, 24)
         with torch.no_grad():
@@ -115,7 +147,12 @@ def register(sub) -> None:
     p = sub.add_parser("prune", help="remove filters (structured pruning) with torch-pruning",
                        description=__doc__.splitlines()[0])
     p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of filters removed per layer")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--sparsity", type=float, default=0.5,
+                     help="fraction of the parameters removed (default 0.5); the same fraction of "
+                          "filters is taken from every layer to reach it")
+    how.add_argument("--filter-ratio", type=float, default=None,
+                     help="fraction of the filters removed from every layer (instead of --sparsity)")
     p.add_argument("--method", default="l1", choices=METHODS, help="filter ranking (default: each filter's L1 norm)")
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
