@@ -27,3 +27,27 @@ def make_loss(name: str, eps: float = 1e-3) -> nn.Module:
     if name == "charbonnier":
         return CharbonnierLoss(eps)
     raise UserError(f"unknown loss {name!r}: use l1, mse or charbonnier")
+
+
+class PerceptualLoss(nn.Module):
+    """L1 between the features of pred and target in a frozen ImageNet network (Johnson et al.
+    2016; ESRGAN: VGG19 conv5_4 before its ReLU). See `features` for the networks and layers."""
+
+    def __init__(self, network: str, layer: str = "", weights: str = ""):
+        super().__init__()
+        from .features import feature_extractor
+        self.features = feature_extractor(network, layer, weights)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ref = self.features(target)
+        return nn.functional.l1_loss(self.features(pred).float(), ref.float())
+
+
+def relativistic_loss(logits: torch.Tensor, ref: torch.Tensor, real: bool) -> torch.Tensor:
+    """Relativistic average GAN term (Jolicoeur-Martineau 2018, ESRGAN): BCE of "`logits` are more
+    real than the mean of `ref`" against target `real`. The generator's loss is the mean of
+    (D(real) vs D(fake), False) and (D(fake) vs D(real), True); the discriminator's the sum of
+    halves of (D(real) vs D(fake), True) and (D(fake) vs D(real), False)."""
+    x = logits.float() - ref.float().mean()
+    return nn.functional.binary_cross_entropy_with_logits(x, torch.full_like(x, float(real)))
