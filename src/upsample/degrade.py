@@ -203,6 +203,21 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.stack(out).to(device=x.device, dtype=x.dtype)
 
 
+def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
+                   generator: torch.Generator | None = None, fill: float = 0.0) -> torch.Tensor:
+    """`holes` rectangles (sides drawn uniformly from `size`, clipped to the image) set to `fill`,
+    at uniform positions; the same rectangles in every image and channel of NCHW `x` (a copy)."""
+    x = x.clone()
+    h, w = x.shape[-2:]
+    for _ in range(holes):
+        hh, ww = (min(int(torch.randint(size[0], size[1] + 1, (1,), generator=generator)), n)
+                  for n in (h, w))
+        y0 = int(torch.randint(0, h - hh + 1, (1,), generator=generator))
+        x0 = int(torch.randint(0, w - ww + 1, (1,), generator=generator))
+        x[..., y0:y0 + hh, x0:x0 + ww] = fill
+    return x
+
+
 @lru_cache(maxsize=256)
 @lru_cache(maxsize=64)
 def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = True) -> torch.Tensor:

@@ -14,6 +14,13 @@ stopped at a checkpoint and resumed reproduces an uninterrupted run step for ste
 CPU). Ctrl-C or SIGTERM finishes the current step, saves and exits (status 130 / 143); after a
 kill -9, `--resume` continues from the last checkpoint.
 
+Adversarial training (ESRGAN stage 2: a [gan] section and loss.adversarial_weight > 0): each step
+is one `gan_step`, the generator (weighted pixel + perceptual + relativistic average GAN loss,
+discriminator frozen), then the discriminator on the detached output; each has its own optimizer,
+scheduler and GradScaler, all in last_state.pt, so such a run resumes exactly too. The log adds
+the loss terms and the mean discriminator logits (d_real, d_fake); `train.init` / `--init` start
+the generator from the PSNR-oriented model.
+
 Multi-process: `torchrun --nproc-per-node N -m upsample train CONFIG` runs DDP (gloo on CPU, nccl
 on CUDA). Each rank draws its own samples; `data.batch_size` is per rank, so the effective batch
 is batch_size x world size. Only rank 0 validates and writes files.
@@ -43,7 +50,7 @@ from tqdm import tqdm
 from . import checkpoint, config as config_mod, data, evaluate, registry
 from .errors import UserError
 from .imageio import read_rgb
-from .losses import make_loss
+from .losses import PerceptualLoss, make_loss, relativistic_loss
 from .upscaler import BicubicUpscaler, ModelUpscaler
 
 RUN_FILES = ("config.toml", "last.safetensors", "last_state.pt", "best.safetensors", "metrics.jsonl")
@@ -84,6 +91,74 @@ def build_scheduler(cfg: config_mod.SchedConfig, opt, steps: int):
     if cfg.name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", cfg.factor, cfg.patience)
     return None
+
+
+def optimizer_step(opt, scaler, model: nn.Module, cfg: config_mod.OptimConfig) -> float:
+    """Clip (when configured) and apply the gradients now in `model`; returns the lr used."""
+    if cfg.clip:
+        scaler.unscale_(opt)
+        limit = cfg.clip / opt.param_groups[0]["lr"] if cfg.clip_adjustable else cfg.clip
+        if cfg.clip_type == "norm":
+            nn.utils.clip_grad_norm_(model.parameters(), limit)
+        else:
+            nn.utils.clip_grad_value_(model.parameters(), limit)
+    lr = opt.param_groups[0]["lr"]
+    scaler.step(opt)
+    scaler.update()
+    return lr
+
+
+def gan_step(net, inp, target, content, adv_weight: float, g_update, d, amp) -> tuple:
+    """One ESRGAN step, as BasicSR's ESRGANModel. Generator: `content(pred)` (weighted pixel +
+    perceptual loss) + adv_weight x the relativistic average loss, with the discriminator frozen;
+    `g_update(loss)` applies it and returns the lr. Then the discriminator `d` (a dict: model,
+    net (= model, or its DDP wrapper), opt, scaler, cfg) on the real patches and the detached
+    output, forward/backward twice (DDP allows no second forward before a backward): half the
+    relativistic loss each. Returns (generator loss, {term: 0-d tensor}, generator lr)."""
+    with amp():
+        pred = net(inp)
+    loss, parts = content(pred)
+    d["model"].requires_grad_(False)
+    with amp():
+        real, fake = d["model"](target).detach(), d["model"](pred)
+    parts["g_adv"] = (relativistic_loss(real, fake, False) + relativistic_loss(fake, real, True)) / 2
+    loss = loss + adv_weight * parts["g_adv"]
+    lr = g_update(loss)
+    d["model"].requires_grad_(True)
+
+    pred, opt, scaler = pred.detach(), d["opt"], d["scaler"]
+    opt.zero_grad(set_to_none=True)
+    with amp():
+        with torch.no_grad():
+            fake_ref = d["net"](pred)
+        real = d["net"](target)
+    l_real = 0.5 * relativistic_loss(real, fake_ref, True)
+    scaler.scale(l_real).backward()
+    with amp():
+        fake = d["net"](pred)
+    l_fake = 0.5 * relativistic_loss(fake, real.detach(), False)
+    scaler.scale(l_fake).backward()
+    optimizer_step(opt, scaler, d["model"], d["cfg"].optim)
+    parts.update(d_loss=(l_real + l_fake).detach(), d_real=real.detach().float().mean(),
+                 d_fake=fake.detach().float().mean())
+    return loss, parts, lr
+
+
+def build_discriminator(cfg: config_mod.Config, patch: int, dev) -> dict:
+    """The [gan] discriminator with its optimizer, scheduler and GradScaler (see gan_step)."""
+    model = registry.create_model(cfg.gan.discriminator, **cfg.gan.kwargs)
+    if model.upsample_spec.kind != "discriminator":
+        raise UserError(f"gan.discriminator: {cfg.gan.discriminator} is not a discriminator; see "
+                        "`upsample models --all`")
+    size = getattr(model, "input_size", None)
+    if size and size != patch:
+        raise UserError(f"gan.discriminator: {cfg.gan.discriminator} takes {size}x{size} patches; set "
+                        f"data.patch_size = {size}")
+    model.to(dev).train()
+    opt = build_optimizer(cfg.gan.optim, model.parameters())
+    return {"model": model, "net": model, "opt": opt, "cfg": cfg.gan,
+            "sched": build_scheduler(cfg.gan.sched, opt, cfg.train.steps),
+            "scaler": torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16")}
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -314,6 +389,16 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         scales = [spec.scale]
     if init and not resuming:
         log(init_from(model, init))
+    perceptual, disc = None, None
+    if cfg.loss.perceptual.weight or cfg.gan.discriminator:
+        if spec.input != "rgb":
+            raise UserError(f"model.name: perceptual and adversarial losses need an RGB model; "
+                            f"{cfg.model.name} works on Y")
+    if cfg.loss.perceptual.weight:
+        pc = cfg.loss.perceptual
+        perceptual = PerceptualLoss(pc.network, pc.layer, pc.weights).to(dev)
+    if cfg.gan.discriminator:
+        disc = build_discriminator(cfg, cfg.data.patch_size, dev)
 
     # ---------------------------------------------------------------- data
     train_files, val_files = data.train_val_files(cfg.data.train, cfg.data.val_list,
@@ -325,7 +410,9 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         pre_upsample=spec.pre_upsample, flip=cfg.data.flip, rot90=cfg.data.rot90,
         kind=cfg.degrade.kind, blur_sigma=tuple(cfg.degrade.blur_sigma),
         noise_prob=cfg.degrade.noise_prob, noise_sigma=tuple(cfg.degrade.noise_sigma),
-        jpeg_prob=cfg.degrade.jpeg_prob, jpeg_quality=tuple(cfg.degrade.jpeg_quality))
+        jpeg_prob=cfg.degrade.jpeg_prob, jpeg_quality=tuple(cfg.degrade.jpeg_quality),
+        dropout_prob=cfg.degrade.dropout_prob, dropout_holes=tuple(cfg.degrade.dropout_holes),
+        dropout_size=tuple(cfg.degrade.dropout_size))
     pairs = data.PairDataset(train_files, pair_spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
                              progress=master and sys.stderr.isatty())
     if pairs.skipped:
@@ -364,13 +451,47 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         if ema is not None and state.get("ema"):
             ema.model.load_state_dict(state["ema"])
         best_psnr, best_step, bad_vals = state["best_psnr"], state["best_step"], state["bad_vals"]
+        if disc is not None:
+            if not state.get("gan"):
+                raise UserError(f"--resume: {run_dir} was not trained with a discriminator; start a "
+                                "new run with --init from its weights instead")
+            for key in ("model", "opt", "scaler"):
+                disc[key].load_state_dict(state["gan"][key])
+            if disc["sched"] is not None and state["gan"]["sched"]:
+                disc["sched"].load_state_dict(state["gan"]["sched"])
         rngs = state["rng"]
         set_rng_states(rngs[rank] if len(rngs) == world else rngs[0], dev)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None) \
         if ddp else model
     if cfg.train.compile:
         net = torch.compile(net)
+    if disc is not None and ddp:
+        disc["net"] = nn.parallel.DistributedDataParallel(
+            disc["model"], device_ids=[dev] if dev.type == "cuda" else None)
     eval_model = ema.model if ema is not None else model
+
+    def amp():
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def content(pred, target):
+        """pixel_weight x pixel loss (+ perceptual.weight x perceptual loss) and, when more than
+        the pixel loss is trained on, the terms to log."""
+        pixel = criterion(pred.float(), target)
+        loss = cfg.loss.pixel_weight * pixel
+        if perceptual is None and disc is None:
+            return loss, {}
+        terms = {"pixel": pixel.detach()}
+        if perceptual is not None:
+            with amp():
+                percep = perceptual(pred, target)
+            loss = loss + cfg.loss.perceptual.weight * percep
+            terms["perceptual"] = percep.detach()
+        return loss, terms
+
+    def g_update(loss):
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        return optimizer_step(opt, scaler, model, cfg.optim)
 
     # ---------------------------------------------------------------- logging (rank 0 only)
     writer, metrics_file = None, None
@@ -416,6 +537,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             "finished": finished, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "scaler": scaler.state_dict(), "ema": ema.model.state_dict() if ema else None,
+            "gan": {k: (disc[k].state_dict() if disc[k] is not None else None)
+                    for k in ("model", "opt", "sched", "scaler")} if disc else None,
             "rng": rngs, "best_psnr": best_psnr, "best_step": best_step, "bad_vals": bad_vals,
             "sampler": {"next_step": step, "seed": cfg.train.seed, "batch": cfg.data.batch_size,
                         "world": world, "scales": scales},
@@ -447,7 +570,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     net.train()
     sync_every = 1 if dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
-    finished, step, last_loss = None, start, float("nan")
+    finished, step, last_loss, last_terms = None, start, float("nan"), {}
     t0 = t_log = time.time()
     aside = aside_log = 0.0  # seconds spent validating and saving, left out of patches/s
     try:
@@ -456,22 +579,17 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             target = target.to(dev, non_blocking=True)
             if cfg.train.channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                pred = net(inp)
-            loss = criterion(pred.float(), target)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.clip:
-                scaler.unscale_(opt)
-                limit = cfg.optim.clip / opt.param_groups[0]["lr"] if cfg.optim.clip_adjustable \
-                    else cfg.optim.clip
-                if cfg.optim.clip_type == "norm":
-                    nn.utils.clip_grad_norm_(model.parameters(), limit)
-                else:
-                    nn.utils.clip_grad_value_(model.parameters(), limit)
-            lr = opt.param_groups[0]["lr"]
-            scaler.step(opt)
-            scaler.update()
+            if disc is None:
+                with amp():
+                    pred = net(inp)
+                loss, parts = content(pred, target)
+                lr = g_update(loss)
+            else:
+                loss, parts, lr = gan_step(net, inp, target, lambda p: content(p, target),
+                                           cfg.loss.adversarial_weight, g_update, disc, amp)
+                lr_d = disc["opt"].param_groups[0]["lr"]
+                if disc["sched"] is not None:
+                    disc["sched"].step()
             if ema is not None:
                 ema.update(model)
             if sched is not None and cfg.sched.name != "plateau":
@@ -480,20 +598,25 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             bar.update(1)
 
             if step % cfg.train.log_every == 0 or step == steps:
-                loss_t = loss.detach().float()
+                loss_t = torch.stack([loss.detach().float(), *(v.float() for v in parts.values())])
                 if ddp:
                     dist.all_reduce(loss_t)
                     loss_t /= world
-                last_loss = loss_t.item()
+                last_loss, *terms = loss_t.tolist()
+                last_terms = dict(zip(parts, terms))
+                if disc is not None:
+                    last_terms["lr_d"] = lr_d
                 if master:
                     now = time.time()
                     n_steps = step - start if step - start < cfg.train.log_every else cfg.train.log_every
                     pps = n_steps * cfg.data.batch_size * world / max(now - t_log - (aside - aside_log), 1e-9)
                     t_log, aside_log = now, aside
                     record({"step": step, "epoch": step * cfg.data.batch_size * world // len(pairs),
-                            "loss": last_loss, "lr": lr, "patches_per_s": round(pps, 1),
+                            "loss": last_loss, **last_terms, "lr": lr, "patches_per_s": round(pps, 1),
                             "time": round(now - t0, 3)})
                     writer.add_scalar("train/loss", last_loss, step)
+                    for k, v in last_terms.items():
+                        writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/lr", lr, step)
                     writer.add_scalar("train/patches_per_s", pps, step)
                     bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2g}", refresh=False)
@@ -564,8 +687,9 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             f"continue with --resume")
         return 128 + stop["signal"]
     if master:
+        d_loss = f", D loss {last_terms['d_loss']:.4g}" if "d_loss" in last_terms else ""
         print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s), "
-              f"loss {last_loss:.4g}; {best}")
+              f"loss {last_loss:.4g}{d_loss}; {best}")
     return 0
 
 
@@ -581,14 +705,17 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.config}; change values with --set", file=sys.stderr)
     else:
         cfg = config_mod.load_config(args.config, args.overrides)
-        if args.init:
-            note = adopt_init_widths(cfg, args.init)
+        if not args.init and cfg.train.init and not Path(cfg.train.init).is_file():
+            raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
+                            "from): train that stage first, or pass --init CKPT")
+        if args.init or cfg.train.init:
+            note = adopt_init_widths(cfg, args.init or cfg.train.init)
             if note:
                 print(f"note: {note}", file=sys.stderr)
         text = config_mod.to_toml(cfg)
     try:
         return train(cfg, run_dir, resume=args.resume, reset=args.reset, device=args.device,
-                     init=args.init, config_text=text)
+                     init=args.init or cfg.train.init, config_text=text)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -606,5 +733,6 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit)")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit; "
+                   "default: train.init)")
     p.set_defaults(func=run)
