@@ -268,6 +268,15 @@ def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint") -> t
             else:
                 raise UserError(f"{source}: VapSR without a known upsampler (upsampler.2 or upsampler.3)")
             return "vapsr", kwargs
+        if {"down.head.weight", "down.tail.weight", "up.first_part.0.weight"} <= keys:
+            hr_feat, cin = _shape(state, "down.head.weight")[:2]
+            n_up = _shape(state, "up.last_part.0.weight")[0]
+            n_conv = _count(keys, r"^down\.body\.(\d+)\.weight$")
+            return "joint", {"scale": math.isqrt(n_up // cin), "num_in_ch": cin, "hr_feat": hr_feat,
+                             "down_feat": _shape(state, "down.tail.weight")[1] if n_conv else 32,
+                             "down_conv": n_conv,
+                             "num_feat": _shape(state, "up.first_part.0.weight")[0],
+                             "mid_feat": _shape(state, "up.first_part.2.weight")[0]}
         if {"first_part.0.weight", "first_part.2.weight", "last_part.0.weight"} <= keys:
             feat, cin = _shape(state, "first_part.0.weight")[:2]
             n = _shape(state, "last_part.0.weight")[0]

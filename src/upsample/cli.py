@@ -26,6 +26,8 @@ COMMANDS = [
     "upsample.registry",
     "upsample.checkpoint",
     "upsample.export",
+    "upsample.codec_study",
+    "upsample.clips",
 ]
 
 

@@ -57,9 +57,10 @@ def make_lr(hr: np.ndarray, scale: float, device="cpu") -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_image(upscaler: Upscaler, hr: np.ndarray, scale: float, crop_border: int,
-                   y_channel: bool) -> tuple[float, float, np.ndarray]:
+                   y_channel: bool, downscaler=None) -> tuple[float, float, np.ndarray]:
+    """`downscaler` (see `downscale.py`) makes the LR instead of `make_lr` (a learned one)."""
     hr = modcrop(hr, scale)
-    lr = make_lr(hr, scale, upscaler.device)
+    lr = make_lr(hr, scale, upscaler.device) if downscaler is None else downscaler.lr(hr, upscaler.device)
     sr = upscaler(lr)
     if sr.shape[-2:] != hr.shape[:2]:
         raise UserError(f"{upscaler.name} produced {tuple(sr.shape[-2:])} for an HR of "

@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import UserError
 from .models.discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
+from .models.downscaler import JointSR
 from .models.espcn import ESPCN
 from .models.rrdbnet import RRDBNet
 from .models.vapsr import VapSR
@@ -29,6 +30,7 @@ ARCHS: dict[str, type[nn.Module]] = {
     "vdsr": VDSR,
     "vapsr": VapSR,
     "rrdbnet": RRDBNet,
+    "joint": JointSR,  # learned downscaler + ESPCN upscaler, trained through a codec proxy
     "vgg_discriminator": VGGStyleDiscriminator,
     "unet_discriminator_sn": UNetDiscriminatorSN,
 }
@@ -98,6 +100,7 @@ _VARIANTS: dict[str, tuple[str, dict]] = {
        for s in (2, 3, 4)},
     **{f"rrdbnet-x{s}": ("rrdbnet", {"scale": s, "num_feat": 64, "num_block": 23, "num_grow_ch": 32})
        for s in (1, 2, 3, 4)},
+    "joint-x2": ("joint", {"scale": 2, "num_in_ch": 1}),  # forward = its upscaler; see models/downscaler.py
     "esrgan-discriminator": ("vgg_discriminator", {"num_in_ch": 3, "num_feat": 64, "input_size": 128}),
     "realesrgan-unet-discriminator": ("unet_discriminator_sn", {"num_in_ch": 3, "num_feat": 64}),
 }

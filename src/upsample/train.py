@@ -231,8 +231,12 @@ def validate(model: nn.Module | None, images: list[np.ndarray], scales: list[int
     for s in scales:
         up = (BicubicUpscaler(s, device) if model is None else
               ModelUpscaler(model, model, scale=s, name="validation", backend="torch", device=device))
+        down = None
+        if getattr(model, "trains_on_hr", False):  # a joint model makes its own LR
+            from .downscale import LearnedDownscaler
+            down = LearnedDownscaler(model, "validation", device)
         for hr in images:
-            p, q, out = evaluate.evaluate_image(up, hr, s, int(math.ceil(s)), True)
+            p, q, out = evaluate.evaluate_image(up, hr, s, int(math.ceil(s)), True, downscaler=down)
             psnrs.append(p)
             ssims.append(q)
             samples.append(out)
@@ -375,6 +379,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     torch.manual_seed(cfg.train.seed)
     model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
     spec = model.upsample_spec
+    hr_input = getattr(model, "trains_on_hr", False)  # joint down+up: HR in, HR out
     if spec.kind != "generator":
         raise UserError(f"model.name: {cfg.model.name} is a {spec.kind}, not an upscaler")
     if spec.scale is None:
@@ -581,7 +586,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                 inp = inp.contiguous(memory_format=torch.channels_last)
             if disc is None:
                 with amp():
-                    pred = net(inp)
+                    pred = net(target, hr=True) if hr_input else net(inp)
                 loss, parts = content(pred, target)
                 lr = g_update(loss)
             else:
