@@ -131,18 +131,24 @@ def test_make_clip_length_fps_and_a_video_study(tmp_path, capsys):
     assert "BD-rate PCHIP" in (out / "summary.md").read_text()
 
 
-def test_image_study_writes_every_output(tmp_path, capsys):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(2):
+def test_image_study_writes_every_output_and_merges(tmp_path, capsys):
+    outs = []
+    for i in range(2):  # one folder split in two, as over two machines
+        folder = tmp_path / f"part{i}" / "imgs"
+        folder.mkdir(parents=True)
         Image.fromarray(synthetic(48, 64, seed=i)).save(folder / f"{i}.png")
-    out = tmp_path / "study"
-    assert cli.main(["codec-study", str(folder), "--out", str(out), "--codecs", "jpeg",
-                     "--ladder", "jpeg=20,50,90", "--pipeline", "b=bicubic:bicubic"]) == 0
-    rows = (out / "points.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 3 * 2  # header + images x rate points x pipelines
-    assert (out / "rd_imgs_jpeg.png").exists() and (out / "curves.csv").exists()
+        outs.append(tmp_path / f"study{i}")
+        assert cli.main(["codec-study", str(folder), "--out", str(outs[-1]), "--codecs", "jpeg",
+                         "--ladder", "jpeg=20,50,90", "--pipeline", "b=bicubic:bicubic"]) == 0
+        rows = (outs[-1] / "points.csv").read_text().splitlines()
+        assert len(rows) == 1 + 3 * 2  # header + rate points x pipelines
+        assert (outs[-1] / "rd_imgs_jpeg.png").exists() and (outs[-1] / "curves.csv").exists()
     assert "imgs jpeg b: BD-rate" in capsys.readouterr().out
+    merged = tmp_path / "merged"
+    assert cli.main(["codec-study", "--merge", *map(str, outs), "--out", str(merged)]) == 0
+    study = json.loads((merged / "study.json").read_text())
+    assert len(study["points"]) == 12 and study["sources"][0]["items"] == 2
+    assert {c["n"] for c in study["curves"]} == {2}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 
 from .degrade import imresize, to_uint8
 from .errors import UserError
-from .imageio import read_rgb
+from .imageio import atomic_write, read_rgb
 
 MOTIONS = ("pan", "zoom", "panzoom")
 
@@ -81,7 +79,6 @@ def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> 
 def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
     """Write RGB frames losslessly; returns the encoder used."""
     import av
-    path.parent.mkdir(parents=True, exist_ok=True)
     if "libx264rgb" in av.codecs_available:
         enc, fmt, opts = "libx264rgb", "rgb24", {"qp": "0", "preset": "veryfast"}
     elif path.suffix.lower() == ".mkv":
@@ -89,10 +86,10 @@ def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
     else:
         raise UserError("no lossless RGB encoder (libx264rgb) here: write a .mkv (FFV1)")
     h, w = frames[0].shape[:2]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp, "w") as out:
+    container = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}[path.suffix.lower()]
+
+    def write(tmp: str) -> None:
+        with av.open(tmp, "w", format=container) as out:
             stream = out.add_stream(enc, rate=fps, options=opts)
             stream.width, stream.height, stream.pix_fmt = w, h, fmt
             for i, f in enumerate(frames):
@@ -104,11 +101,7 @@ def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
                     out.mux(p)
             for p in stream.encode():
                 out.mux(p)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
     return enc
 
 

@@ -483,6 +483,8 @@ def _command(args) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge:
+        return merge(args)
     scale = check_scale(args.scale)
     if scale <= 1:
         raise UserError(f"--scale must be > 1 (the down-up factor), got {args.scale}")
@@ -551,21 +553,25 @@ def run(args: argparse.Namespace) -> int:
             for pt in measure_clip(frames, fps, c, ladders[c.name], pipelines, border, args.threads or 1):
                 points.append({"source": src.name, "item": src.paths[0].name, "codec": c.name, **pt})
 
-    curves = average_curves(points)
-    rate_key = {s["name"]: "kbps" if s["kind"] == "video" else "bpp" for s in source_info}
-    results = analyse(curves, rate_key)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for res in results:
-        res["plot"] = f"rd_{_slug(res['source'])}_{res['codec']}.png"
-        plot_rd(curves, res, out / res["plot"])
     from .train import hardware_name
     study = {"title": args.title or ", ".join(s["name"] for s in source_info), "command": _command(args),
              "scale": scale, "border": border, "sources": source_info,
              "pipelines": [{"label": lab, "down": d, "up": u,
                             "backend": args.backend if u != "bicubic" else "torch"} for lab, d, u in specs],
-             "ladders": ladders, "hardware": hardware_name(torch.device(args.device), torch.get_num_threads()),
-             "results": results, "curves": curves}
+             "ladders": ladders, "hardware": hardware_name(torch.device(args.device), torch.get_num_threads())}
+    return report(study, points, Path(args.out))
+
+
+def report(study: dict, points: list[dict], out: Path) -> int:
+    """Average, analyse, plot and write every output of a study; print the BD lines."""
+    curves = average_curves(points)
+    rate_key = {s["name"]: "kbps" if s["kind"] == "video" else "bpp" for s in study["sources"]}
+    results = analyse(curves, rate_key)
+    out.mkdir(parents=True, exist_ok=True)
+    for res in results:
+        res["plot"] = f"rd_{_slug(res['source'])}_{res['codec']}.png"
+        plot_rd(curves, res, out / res["plot"])
+    study = {**study, "results": results, "curves": curves}
     write_csv(out / "points.csv", points)
     write_csv(out / "curves.csv", curves)
     write_text(out / "study.json", json.dumps({**study, "points": points}, indent=1) + "\n")
@@ -578,6 +584,39 @@ def run(args: argparse.Namespace) -> int:
                   f"crossover: {_cross_text(m['crossover'], res['rate_key'])} {unit}")
     print(f"wrote {out / 'summary.md'}, study.json, points.csv, curves.csv and {len(results)} plot(s)")
     return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Re-analyse the points of earlier runs together (e.g. one folder split over processes)."""
+    studies = []
+    for d in args.inputs:
+        f = Path(d) / "study.json" if Path(d).is_dir() else Path(d)
+        try:
+            studies.append(json.loads(f.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--merge: cannot read {f}: {exc}") from None
+    first = studies[0]
+    for st in studies[1:]:
+        if (st["pipelines"], st["scale"], st["ladders"]) != (first["pipelines"], first["scale"], first["ladders"]):
+            raise UserError("--merge: the runs differ in pipelines, scale or ladders")
+    sources: dict[str, dict] = {}
+    for st in studies:
+        for src in st["sources"]:
+            if src["name"] in sources and src["kind"] == "image":
+                sources[src["name"]]["items"] += src["items"]
+            else:
+                sources.setdefault(src["name"], dict(src))
+    points = [p for st in studies for p in st["points"]]
+    study = {k: first[k] for k in ("scale", "border", "pipelines", "ladders")}
+    study.update(title=args.title or first["title"], sources=list(sources.values()),
+                 command="\n".join(st["command"] for st in studies) + "\n" + _merge_command(args),
+                 hardware=first["hardware"] + f" (merged from {len(studies)} runs)")
+    return report(study, points, Path(args.out))
+
+
+def _merge_command(args) -> str:
+    parts = ["upsample", "codec-study", "--merge", *args.inputs, "--out", args.out]
+    return shlex.join(parts + (["--title", args.title] if args.title else []))
 
 
 def register(sub) -> None:
@@ -602,4 +641,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads and encoder threads (0: default)")
     p.add_argument("--title", default="", help="title of summary.md")
+    p.add_argument("--merge", action="store_true",
+                   help="IN are earlier --out folders (or their study.json): analyse their points "
+                        "together, e.g. a folder split over several processes or machines")
     p.set_defaults(func=run)
