@@ -44,3 +44,8 @@ if __name__ == "__main__":
     out = Path(__file__).with_name("sample.png")
     draw().save(out, optimize=True)
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
+    # the same picture inside the package: `--backend auto` checks bf16 against fp32 on it
+    probe = Path(__file__).resolve().parents[1] / "src" / "upsample" / "assets" / "probe.png"
+    probe.parent.mkdir(exist_ok=True)
+    draw().save(probe, optimize=True)
+    print(f"wrote {probe}")

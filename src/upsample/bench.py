@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .auto import PRECISIONS
 from .errors import UserError
 from .infer import half_upscaler
 from .upscaler import BACKENDS, BicubicUpscaler, Upscaler, check_device, load_upscaler
@@ -107,10 +108,29 @@ def network_macs(up: Upscaler, h: int, w: int) -> int:
     return counter.get_total_flops() // 2
 
 
+def frame_from_image(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """A real picture as the input frame: `path` resized (MATLAB bicubic) to cover `size` and
+    centre-cropped to it, float NCHW RGB in [0, 1]."""
+    from .degrade import imresize
+    from .imageio import read_rgb
+    w, h = size
+    img = torch.from_numpy(read_rgb(Path(path))).permute(2, 0, 1)[None].float() / 255.0
+    ih, iw = img.shape[-2:]
+    f = max(h / ih, w / iw)
+    if abs(f - 1) > 1e-9:
+        img = imresize(img, f).clamp(0, 1)
+    ih, iw = img.shape[-2:]
+    y, x = (ih - h) // 2, (iw - w) // 2
+    return img[..., y:y + h, x:x + w].contiguous()
+
+
 def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
           device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
-          scale: float | None = None, int8: list[str] = (), log=None) -> dict:
-    """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring)."""
+          scale: float | None = None, int8: list[str] = (), log=None, image: str | None = None,
+          precision: str = "auto", threads: int | None = None) -> dict:
+    """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring).
+    `image`: measure on this picture (resized and cropped to `size`) instead of random pixels,
+    so the differences are those a user sees."""
     backends = list(backends or BACKENDS)
     dev = check_device(device, "torch")
     w, h = size
@@ -120,7 +140,10 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     hdt = half_dtype(dev)
     if hdt is not None:
         peaks[str(hdt).replace("torch.", "")] = peak_gflops(dev, hdt)
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
+    if threads:
+        torch.set_num_threads(threads)
+    x = (frame_from_image(image, size) if image else
+         torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
 
     def measure(up: Upscaler, label: str, peak_key: str) -> tuple[dict, torch.Tensor]:
         say(f"running {label}")
@@ -133,7 +156,7 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         row["of_peak"] = row["gflops"] / peaks[peak_key] if macs and peak_key in peaks else None
         return row, out
 
-    eager = load_upscaler(model, scale=scale, backend="torch", device=device)
+    eager = load_upscaler(model, scale=scale, backend="torch", device=device, threads=threads)
     macs = network_macs(eager, h, w)
     ref_row, ref = measure(eager, "torch eager fp32", "fp32")
     rows = [ref_row]
@@ -151,11 +174,16 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
             label, key = f"torch {str(hdt).replace('torch.', '')}", str(hdt).replace("torch.", "")
         else:
             try:
-                up = load_upscaler(model, scale=scale, backend=backend, device=device)
+                up = load_upscaler(model, scale=scale, backend=backend, device=device,
+                                   precision=precision if backend == "auto" else "auto",
+                                   threads=threads, quiet=True)
             except UserError as exc:
                 rows.append({"backend": backend, "error": str(exc)})
                 continue
             label, key = f"{backend} fp32", "fp32"
+            if backend == "auto":  # what auto chose, e.g. "auto (openvino fp32)"
+                label = f"auto ({up.runtime} {up.precision})"
+                key = {"bf16": "bfloat16", "fp16": "float16"}.get(up.precision, up.precision)
         row, out = measure(up, label, key)
         row["max_abs_diff"] = (out - ref).abs().max().item()
         rows.append(row)
@@ -200,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     log = None if args.json else (lambda m: print(m, file=sys.stderr))
     report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
-                   warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log)
+                   warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
+                   image=args.image, precision=args.precision, threads=args.threads)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -211,6 +240,10 @@ def register(sub) -> None:
     p.add_argument("--scale", default=None, help="scale (bicubic and VDSR need one)")
     p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
     p.add_argument("--backend", default="all", choices=["all", *BACKENDS])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="precision of the auto row (auto: what `--backend auto` picks)")
+    p.add_argument("--image", default=None, help="a picture to measure on (resized/cropped to --size)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")

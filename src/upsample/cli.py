@@ -26,6 +26,7 @@ COMMANDS = [
     "upsample.registry",
     "upsample.checkpoint",
     "upsample.export",
+    "upsample.auto",
     "upsample.codec_study",
     "upsample.clips",
 ]

@@ -76,6 +76,52 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias
     return (gathered * w_t.reshape(view)).sum(dim=dim + 1)
 
 
+@lru_cache(maxsize=16)
+def phase_kernel(scale: int) -> tuple[int, np.ndarray]:
+    """imresize's upscaling by an integer factor as a filter bank: (first, W) with W of shape
+    (scale, K) such that out[scale * i + p] = sum_k W[p, k] * in[i + first + k], `in` mirrored
+    beyond its ends as imresize mirrors. Read off `contributions` at an interior pixel, where the
+    taps and weights repeat with period `scale`."""
+    n, i = 32, 16
+    idx, w = contributions(n, n * scale, float(scale), True)
+    rows = range(scale * i, scale * i + scale)
+    offsets = [idx[r] - i for r in rows]
+    first = int(min(o.min() for o in offsets))
+    k = int(max(o.max() for o in offsets)) - first + 1
+    bank = np.zeros((scale, k))
+    for p, r in enumerate(rows):
+        np.add.at(bank[p], offsets[p] - first, w[r])
+    return first, bank
+
+
+class BicubicUp(torch.nn.Module):
+    """`imresize(x, scale)` for an integer upscaling factor as fixed convolutions: the same
+    result (to float rounding) in a form that exports to ONNX with dynamic sizes and that
+    runtimes fuse. Needs H, W >= 3 (the mirror padding reaches 2-3 pixels)."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = int(scale)
+        first, bank = phase_kernel(self.scale)
+        self.left, self.right = -first, first + bank.shape[1] - 1
+        self.register_buffer("bank", torch.from_numpy(bank).float().view(self.scale, 1, -1, 1),
+                             persistent=False)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Upscale along H: x (M, 1, H, W) -> (M, 1, s H, W)."""
+        a, b = self.left, self.right
+        x = torch.cat([x[:, :, :a].flip(2), x, x[:, :, x.shape[2] - b:].flip(2)], 2)
+        y = torch.nn.functional.conv2d(x, self.bank.to(x.dtype))  # (M, s, H, W): one map a phase
+        m, s, h, w = y.shape
+        return y.permute(0, 2, 1, 3).reshape(m, 1, h * s, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = self._rows(x.reshape(n * c, 1, h, w))  # rows first, as MATLAB on equal scales
+        y = self._rows(y.transpose(2, 3)).transpose(2, 3)
+        return y.reshape(n, c, h * self.scale, w * self.scale)
+
+
 def output_size(in_size: int, scale: float) -> int:
     """MATLAB's output length for a scale factor: ceil(in * scale), guarded against fp noise."""
     return int(math.ceil(round(in_size * scale, 9)))
@@ -218,7 +264,6 @@ def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
     return x
 
 
-@lru_cache(maxsize=256)
 @lru_cache(maxsize=64)
 def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = True) -> torch.Tensor:
     """The (out_len, in_len) float64 matrix of imresize along one dimension (mirrored taps added)."""

@@ -22,6 +22,7 @@ from . import metrics
 from .degrade import imresize, quantize
 from .errors import UserError
 from .imageio import atomic_save, list_images, read_rgb
+from .infer import add_runtime_options
 from .upscaler import Upscaler, check_scale, load_upscaler
 
 
@@ -110,13 +111,16 @@ def lpips_distance(metric, out: np.ndarray, hr: np.ndarray, crop_border: int) ->
 
 def run(args: argparse.Namespace) -> int:
     scale = check_scale(args.scale)
+    # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for folder in args.data:  # fail fast, before loading a model
         list_images(folder)
     lpips_metric = None
     if args.lpips:  # unavailable without its two weight files: one line says which to pass
         from .lpips import load_lpips
         lpips_metric = load_lpips(args.lpips_weights, args.lpips_backbone)
-    upscaler = load_upscaler(args.model, scale=scale, backend=args.backend, device=args.device)
+    upscaler = load_upscaler(args.model, scale=scale, backend=args.backend, device=args.device,
+                             precision=args.precision, threads=args.threads)
     scale = upscaler.scale
     crop = args.crop if args.crop is not None else int(math.ceil(scale))
     if crop < 0:
@@ -163,6 +167,6 @@ def register(sub) -> None:
     p.add_argument("--lpips-backbone", metavar="FILE",
                    help="torchvision's ImageNet weights of that backbone (alexnet-owt-7be5be79.pth or "
                         "vgg16-397923af.pth); default: $UPSAMPLE_LPIPS_BACKBONE")
-    p.add_argument("--backend", default="torch", help="runtime: torch, onnxruntime or openvino")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    # fp32 by default: the numbers measure the model, not the machine's half-precision units
+    add_runtime_options(p, precision="fp32")
     p.set_defaults(func=run)

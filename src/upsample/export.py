@@ -116,20 +116,33 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached_onnx(model: nn.Module) -> Path:
-    """The float network as ONNX under the cache folder (exported once per weights hash)."""
+def _cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
+    """`model` (the float network, or a wrapper graph named by `key`) as ONNX under the cache
+    folder, exported once per weights hash."""
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         folder = Path(tempfile.mkdtemp(prefix="upsample-export-"))
-    path = folder / f"{model.upsample_spec.arch}-{weights_hash(model)}.onnx"
+    if key is None:
+        key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
+    path = folder / f"{key}.onnx"
     if not path.exists():
-        _atomic_write(onnx_bytes(model.cpu(), _example(model, False)), path)
+        net = model.cpu().eval()
+        _atomic_write(onnx_bytes(net, example if example is not None else _example(net, False)), path)
     return path
 
 
-def ort_session(source, device: torch.device):
+def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
+    """The OpenVINO IR (.xml) of `_cached_onnx(model, key, example)`, converted once."""
+    onnx_path = _cached_onnx(model, key, example)
+    xml = onnx_path.with_suffix(".xml")
+    if not xml.exists():
+        _save_openvino(onnx_path, xml, fp16=False)
+    return xml
+
+
+def ort_session(source, device: torch.device, threads: int | None = None):
     import onnxruntime as ort
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
@@ -138,27 +151,42 @@ def ort_session(source, device: torch.device):
         providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})] + providers
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
     return ort.InferenceSession(source, opts, providers=providers)
 
 
-def ov_compiled(path: Path):
+def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
+    """`path` compiled for the CPU in `precision` (f32 or bf16; f32 must be asked for, since on
+    CPUs with bf16 units OpenVINO would otherwise pick bf16). Compiled blobs are cached beside
+    the exports, so a second process starts without recompiling."""
     import openvino as ov
-    # f32 inference: on CPUs with bf16 support OpenVINO would otherwise pick bf16.
-    return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    core = ov.Core()
+    blobs = cache_dir() / "openvino"
+    try:
+        blobs.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(blobs)})
+    except (OSError, RuntimeError):
+        pass
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(str(path), "CPU", config)
 
 
-def file_session(path: Path, backend: str, device: torch.device):
+def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",
+                 threads: int | None = None):
     """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
-    OpenVINO .xml or .onnx for openvino)."""
+    OpenVINO .xml or .onnx for openvino; OpenVINO in `precision` f32 or bf16)."""
     if backend == "onnxruntime":
-        sess = ort_session(str(path), device)
+        sess = ort_session(str(path), device, threads)
 
         def run_ort(x: torch.Tensor) -> torch.Tensor:
             out = sess.run(None, {"input": x.detach().cpu().float().numpy()})[0]
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == "openvino":
-        compiled = ov_compiled(path)
+        compiled = ov_compiled(path, precision, threads)
 
         def run_ov(x: torch.Tensor) -> torch.Tensor:
             out = compiled(x.detach().cpu().float().numpy())[0]
@@ -167,15 +195,10 @@ def file_session(path: Path, backend: str, device: torch.device):
     raise UserError(f"unknown backend {backend!r}")
 
 
-def runtime_session(model: nn.Module, backend: str, device: torch.device):
-    """A callable float NCHW tensor -> tensor running `model` on onnxruntime or openvino."""
-    path = _cached_onnx(model)
-    if backend == "openvino":
-        xml = path.with_suffix(".xml")
-        if not xml.exists():
-            _save_openvino(path, xml, fp16=False)
-        path = xml
-    return file_session(path, backend, device)
+def runtime_session(model: nn.Module, backend: str, device: torch.device, threads: int | None = None):
+    """A callable float NCHW tensor -> tensor running `model` on onnxruntime or openvino (fp32)."""
+    path = cached_ir(model) if backend == "openvino" else _cached_onnx(model)
+    return file_session(path, backend, device, threads=threads)
 
 
 # ---------------------------------------------------------------------------- the command

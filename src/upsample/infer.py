@@ -34,7 +34,7 @@ from .degrade import imresize, output_size
 from .errors import UserError
 from .imageio import SAVE_FORMATS, Planes, is_image_path, list_images, planes_from_pil, planes_to_pil, \
     read_planes, save_planes, storable_path
-from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
+from .upscaler import BACKENDS, BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
 
 PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
 MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack, fragmentation)
@@ -152,9 +152,11 @@ def _peak_rss_of(fn) -> int:
 def receptive_radius(model: torch.nn.Module, channels: int = 3) -> float:
     """An upper bound of the network's receptive-field radius in input pixels: the sum over its
     convolutions of dilation * (kernel - 1) / 2, each divided by the resolution it runs at
-    (measured with hooks on a small meta-device forward). Infinite with global pooling."""
+    (measured with hooks on a forward of an 8x8 input on the CPU: microseconds, where the meta
+    device's first use imports torch's whole decomposition stack, seconds). Infinite with global
+    pooling."""
     total = 0.0
-    size = 32
+    size = 8
     hooks = []
 
     def hook(mod, inputs, _output):
@@ -174,10 +176,13 @@ def receptive_radius(model: torch.nn.Module, channels: int = 3) -> float:
                           torch.nn.AdaptiveMaxPool2d)):
             hooks.append(m.register_forward_hook(hook))
     try:
-        import copy
-        meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
+        p = next(model.parameters(), None)
+        net = model
+        if p is not None and (p.device.type != "cpu" or p.dtype != torch.float32):
+            import copy
+            net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
         with torch.no_grad():
-            meta(torch.zeros(1, channels, size, size, device="meta"))
+            net(torch.zeros(1, channels, size, size))
     finally:
         for h in hooks:
             h.remove()
@@ -518,20 +523,23 @@ class ImageUpscaler:
         return out[..., 0] if arr.ndim == 2 else out
 
 
-def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "torch",
+def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "auto",
          device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
          max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
-         alpha_mode: str = "bicubic") -> ImageUpscaler:
+         alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None
+         ) -> ImageUpscaler:
     """An `ImageUpscaler` for a model: "bicubic" (needs `scale`), a registered name such as
     "vapsr-x2", or a checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
     `max_memory`, e.g. "2GB", or half the free memory); `outscale`: final size factor (the model,
     then a bicubic resize)."""
-    up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale)
+    up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
+                       precision=precision, threads=threads)
     return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode)
 
 
-def make_upscaler(model: str | None, scale=None, *, backend: str = "torch", device: str = "cpu",
-                  half: bool = False, outscale=None) -> Upscaler:
+def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", device: str = "cpu",
+                  half: bool = False, outscale=None, precision: str = "auto",
+                  threads: int | None = None) -> Upscaler:
     """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)` at
     that scale; bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
     scale = check_scale(scale) if scale is not None else None
@@ -540,7 +548,10 @@ def make_upscaler(model: str | None, scale=None, *, backend: str = "torch", devi
         model = default_model(scale)
     if model == "bicubic" and scale is None:
         scale = 2.0
-    up = load_upscaler(model, scale=scale, backend=backend, device=device)
+    if half and backend == "auto":  # --half with auto: the half type of the device, unchecked
+        precision, half = ("fp16" if str(device).startswith("cuda") else "bf16"), False
+    up = load_upscaler(model, scale=scale, backend=backend, device=device, precision=precision,
+                       threads=threads)
     if half:
         up = half_upscaler(up)
     final = check_scale(outscale) if outscale is not None else up.scale
@@ -602,7 +613,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--tile must be >= 0, got {args.tile}")
     max_memory = parse_size(args.max_memory) if args.max_memory else None
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device,
-                       half=args.half, outscale=args.outscale)
+                       half=args.half, outscale=args.outscale, precision=args.precision,
+                       threads=args.threads)
     final = up.scale
     progress = sys.stderr.isatty()
     engine = ImageUpscaler(up, tile=args.tile, tile_pad=args.tile_pad, max_memory=max_memory,
@@ -670,15 +682,28 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
+    """--backend, --precision, --device, --threads: shared by image, video, eval and bench."""
+    from .auto import PRECISIONS
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (default: the fastest correct runtime here, see `upsample.auto`), "
+                        "torch, onnxruntime or openvino")
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help=f"for --backend auto (default {precision}): auto = bf16/fp16 where it stays "
+                        "within 1/255 of fp32; int8 needs an `upsample quantize` output as --model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options that pick and run the upscaler, shared by `image` and `video`."""
     p.add_argument("--model", default=None,
                    help="bicubic, a registered name or a checkpoint (default: the best shipped "
                         "model for --scale, else bicubic)")
     p.add_argument("--scale", default=None, help="model scale (default: the model's; 2 for bicubic and for the default model)")
-    p.add_argument("--backend", default="torch", help="torch, onnxruntime or openvino")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--half", action="store_true", help="half precision (torch: fp16 on CUDA, bf16 on CPU)")
+    add_runtime_options(p, precision="auto")
+    p.add_argument("--half", action="store_true",
+                   help="half precision without the auto check (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in input pixels (0: whole image; default: from --max-memory)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",

@@ -8,7 +8,9 @@ Y-channel models are wrapped: RGB -> YCbCr (BT.601, the coefficients of `metrics
 [0, 1] floats), the network on Y, Cb/Cr upscaled by `degrade.imresize`, back to RGB. Pre-upsampling
 models (VDSR) get the Y bicubic-upscaled by `imresize` first. The network itself runs on one of the
 backends: torch, onnxruntime or openvino (the latter two export it to ONNX on the fly, cached by a
-hash of its weights under the cache folder); the colour and resize edges always run in torch.
+hash of its weights under the cache folder), or auto (`auto.py`: the fastest correct runtime and
+precision for the machine, with the colour and resize edges inside the runtime's graph); on the
+other backends the colour and resize edges run in torch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.nn import functional as F
 from .degrade import imresize, output_size
 from .errors import UserError
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
 INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output
 
@@ -93,10 +95,14 @@ class ModelUpscaler(Upscaler):
         self.model, self.run_net = model, run_net
         self.spec = spec if spec is not None else model.upsample_spec
         self.scale, self.name, self.backend, self.device = float(scale), name, backend, device
+        self.run_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None  # the whole RGB -> RGB
+        self.precision, self.runtime = "fp32", backend  # what actually runs (auto picks them)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, torch.float32)
+        if self.run_rgb is not None:  # one graph with the edges fused (backend auto)
+            return self.run_rgb(x)
         ycc = None
         if self.spec.input == "y":
             ycc = rgb_to_ycbcr(x)
@@ -190,31 +196,56 @@ def check_device(device: str, backend: str) -> torch.device:
     return dev
 
 
-def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "torch",
-                  device: str = "cpu") -> Upscaler:
-    """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler."""
+def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto",
+                  device: str = "cpu", precision: str = "auto", threads: int | None = None,
+                  quiet: bool = False) -> Upscaler:
+    """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
+    `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32."""
+    from .auto import PRECISIONS
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in ("auto", "fp32") and backend != "auto":
+        raise UserError(f"--precision {precision} needs --backend auto (the {backend} backend runs fp32)")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     if spec == "bicubic":
         if scale is None:
             raise UserError("bicubic needs --scale")
-        if backend != "torch":
+        if backend not in ("torch", "auto"):
             raise UserError("bicubic runs on the torch backend only")
         return BicubicUpscaler(check_scale(scale), device)
-    dev = check_device(device, backend)
-    if Path(spec).suffix.lower() in INT8_SUFFIXES:  # written by `upsample quantize`
-        from .quantize import load_runner
-        run_net, net_spec, name = load_runner(Path(spec), backend, dev)
-        return ModelUpscaler(None, run_net, scale=model_scale(net_spec, scale, name), name=name,
-                             backend=backend, device=dev, spec=net_spec)
+    dev = check_device(device, "openvino" if backend == "auto" and device == "cpu" else backend)
+    is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
+    if precision == "int8" and not is_int8:
+        raise UserError(f"--precision int8 needs an int8 model: make one with `upsample quantize "
+                        f"{spec} --backend openvino --calib DIR -o {Path(spec).stem}-int8.xml` and pass that")
+    if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
+        from .quantize import BACKEND_OF, load_runner
+        runtime = BACKEND_OF.get(Path(spec).suffix.lower(), "onnxruntime") if backend == "auto" else backend
+        run_net, net_spec, name = load_runner(Path(spec), runtime, dev)
+        up = ModelUpscaler(None, run_net, scale=model_scale(net_spec, scale, name), name=name,
+                           backend=backend, device=dev, spec=net_spec)
+        up.precision, up.runtime = "int8", runtime
+        return up
     model, name = resolve_model(spec)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     s = model_scale(model.upsample_spec, scale, name)
+    if backend == "auto":
+        from . import auto
+        if dev.type == "cuda":
+            return auto.cuda_upscaler(model, name=name, scale=s, device=dev, precision=precision,
+                                      quiet=quiet)
+        return auto.cpu_upscaler(model, name=name, scale=s, precision=precision, threads=threads,
+                                 quiet=quiet)
     if backend == "torch":
         model = model.to(dev)
         run_net = model
     else:
         from . import export
-        run_net = export.runtime_session(model, backend, dev)
+        run_net = export.runtime_session(model, backend, dev, threads=threads)
     return ModelUpscaler(model, run_net, scale=s, name=name, backend=backend, device=dev)

@@ -469,7 +469,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     open_input(src).close()  # a clear error before a model is loaded
-    up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half)
+    up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
+                       precision=args.precision, threads=args.threads)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
     summary = upscale_video(src, dst, up, codec=args.codec, crf=args.crf, preset=args.preset,

@@ -1,0 +1,206 @@
+"""`--backend auto`: the fastest correct way to run a model on this machine, chosen once per model.
+
+CPU: the model runs in OpenVINO. For Y-channel models the whole RGB -> RGB pipeline (BT.601
+YCbCr, MATLAB-exact bicubic of the chroma and of VDSR's input as fixed convolutions
+(`degrade.BicubicUp`), the network, back to RGB) is one graph, so the runtime fuses the edges that
+would otherwise cost more than the network; the Y network alone is a second graph (video works on
+Y planes). Where the CPU has bf16 units, bf16 is used when its output stays within 1/255 of fp32
+on a real image (the packaged sample); the check runs once per weights and is remembered.
+CUDA: the network in fp16 (else bf16, else fp32: the same check) in channels_last, through
+`torch.compile` when it works here.
+int8: only when asked (`--precision int8`) and the model given is an `upsample quantize` output.
+
+Everything exported is cached under `export.cache_dir()` keyed by weights hash, graph and (in the
+file names and OpenVINO's compiled-blob cache) precision; `upsample cache clear` empties it.
+`--precision fp32` keeps the runtime and graph but not bf16/fp16 (what `eval` uses by default, so
+that its numbers do not depend on the machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import export
+from .degrade import BicubicUp
+from .errors import UserError
+from .upscaler import ModelUpscaler, rgb_to_ycbcr, ycbcr_to_rgb
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+TOLERANCE = 1.0 / 255.0  # largest difference from fp32 that a half precision may make
+PROBE = Path(__file__).resolve().parent / "assets" / "probe.png"
+NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class FusedRGB(nn.Module):
+    """RGB -> RGB for a Y-channel network at an integer scale, the same computation as
+    `ModelUpscaler.__call__` (to float rounding) in one exportable graph."""
+
+    def __init__(self, net: nn.Module, scale: int):
+        super().__init__()
+        self.net, self.up = net, BicubicUp(scale)
+        self.pre_upsample = net.upsample_spec.pre_upsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ycc = rgb_to_ycbcr(x)
+        y = ycc[:, :1]
+        out = self.net(self.up(y) if self.pre_upsample else y)
+        return ycbcr_to_rgb(torch.cat([out, self.up(ycc[:, 1:])], 1))
+
+
+def can_fuse(model: nn.Module, scale: float) -> bool:
+    spec = model.upsample_spec
+    return spec.input == "y" and spec.pad_multiple == 1 and float(scale).is_integer() and scale >= 1
+
+
+def probe_image(channels: int = 3, side: int = 96) -> torch.Tensor:
+    """A crop of the packaged sample photo-like image as float NCHW RGB in [0, 1]."""
+    from PIL import Image
+    with Image.open(PROBE) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    h, w = arr.shape[:2]
+    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    t = torch.from_numpy(np.ascontiguousarray(arr[y:y + side, x:x + side])).permute(2, 0, 1)[None]
+    return t if channels == 3 else rgb_to_ycbcr(t)[:, :1]
+
+
+def _checks_path(key: str) -> Path:
+    return export.cache_dir() / f"{key}.checks.json"
+
+
+def remembered_check(key: str, what: str, measure) -> tuple[float, bool]:
+    """(max |half - fp32| for `what` on the probe, whether it was measured now): read from the
+    cache, else measured and stored."""
+    path = _checks_path(key)
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        done = {}
+    fresh = what not in done
+    if fresh:
+        done[what] = float(measure())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export._atomic_write(json.dumps(done, indent=1).encode(), path)
+        except OSError:
+            pass  # an unwritable cache only costs the check next time
+    return done[what], fresh
+
+
+def _say(msg: str) -> None:
+    print(f"auto: {msg}", file=sys.stderr)
+
+
+def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
+                 threads: int | None = None, quiet: bool = False) -> ModelUpscaler:
+    """OpenVINO, bf16 where it holds (see the module docstring), the edges fused for Y models."""
+    from .bench import cpu_has_bf16
+    if precision == "fp16":
+        raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
+    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    net_xml = export.cached_ir(model)
+    fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
+    fused_xml = export.cached_ir(fused, key=f"{key}-rgb-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
+        if fused is not None else None
+    main_xml = fused_xml or net_xml
+    use = "f32"
+    if precision in ("auto", "bf16"):
+        if not cpu_has_bf16():
+            if precision == "bf16":
+                raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
+        else:
+            def measure():
+                x = probe_image(3 if fused is not None else model.upsample_spec.channels)
+                ref = export.ov_compiled(main_xml, "f32", threads)(x.numpy())[0]
+                got = export.ov_compiled(main_xml, "bf16", threads)(x.numpy())[0]
+                return np.abs(np.asarray(got) - np.asarray(ref)).max()
+            diff, fresh = remembered_check(key, f"openvino-bf16-x{scale:g}", measure)
+            if diff <= TOLERANCE or precision == "bf16":
+                use = "bf16"
+            elif fresh and not quiet:
+                _say(f"{name}: bf16 differs from fp32 by {diff * 255:.2f}/255 on the probe; using fp32")
+    run_net = export.file_session(net_xml, "openvino", torch.device("cpu"), precision=use, threads=threads)
+    up = ModelUpscaler(model, run_net, scale=scale, name=name, backend="auto", device=torch.device("cpu"))
+    if fused_xml is not None:
+        up.run_rgb = export.file_session(fused_xml, "openvino", torch.device("cpu"), precision=use,
+                                         threads=threads)
+    up.precision = "bf16" if use == "bf16" else "fp32"
+    up.runtime = "openvino"
+    return up
+
+
+def cuda_upscaler(model: nn.Module, *, name: str, scale: float, device: torch.device,
+                  precision: str = "auto", compile: bool = True, quiet: bool = False) -> ModelUpscaler:
+    """The network in fp16/bf16 (checked against fp32), channels_last, torch.compile."""
+    model = model.to(device).eval()
+    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    options = {"auto": [torch.float16, torch.bfloat16], "fp16": [torch.float16],
+               "bf16": [torch.bfloat16], "fp32": []}[precision]
+    x = probe_image(model.upsample_spec.channels).to(device)
+    with torch.no_grad():
+        ref = model(x)
+    chosen, net = torch.float32, model
+    for dtype in options:
+        half = copy.deepcopy(model).to(dtype)
+        half.upsample_spec = model.upsample_spec
+        with torch.no_grad():
+            diff, fresh = remembered_check(key, f"cuda-{NAMES[dtype]}",
+                                           lambda: (half(x.to(dtype)).float() - ref).abs().max().item())
+        if diff <= TOLERANCE or precision != "auto":
+            chosen, net = dtype, half
+            break
+        if fresh and not quiet:
+            _say(f"{name}: {NAMES[dtype]} differs from fp32 by {diff * 255:.2f}/255; not used")
+    net = net.to(memory_format=torch.channels_last)
+    fn = net
+    if compile:
+        try:
+            fn = torch.compile(net, dynamic=None)
+            with torch.no_grad():
+                fn(x.to(chosen).contiguous(memory_format=torch.channels_last))
+        except Exception as exc:  # no triton / compiler here: eager is still correct
+            if not quiet:
+                _say(f"torch.compile unavailable ({type(exc).__name__}); running eager")
+            fn = net
+
+    def run_net(t: torch.Tensor) -> torch.Tensor:
+        return fn(t.to(chosen).contiguous(memory_format=torch.channels_last)).float()
+
+    up = ModelUpscaler(net, run_net, scale=scale, name=name, backend="auto", device=device,
+                       spec=model.upsample_spec)
+    up.precision, up.runtime = NAMES[chosen], "torch.compile" if fn is not net else "torch"
+    return up
+
+
+# ------------------------------------------------------------------------- `upsample cache`
+
+def cache_files() -> list[Path]:
+    root = export.cache_dir()
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def run_cache(args) -> int:
+    import shutil
+    root = export.cache_dir()
+    files = cache_files()
+    size = sum(p.stat().st_size for p in files)
+    if args.action == "info":
+        print(f"{root}: {len(files)} files, {size / 1e6:.1f} MB (exports, OpenVINO compiled blobs, "
+              "precision checks; set UPSAMPLE_CACHE to move it)")
+        return 0
+    if root.is_dir():
+        shutil.rmtree(root)
+    print(f"cleared {root} ({len(files)} files, {size / 1e6:.1f} MB)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cache", help="the export cache of the auto and runtime backends: info or clear")
+    p.add_argument("action", choices=["info", "clear"])
+    p.set_defaults(func=run_cache)

@@ -1,0 +1,83 @@
+"""`--backend auto`: the exact bicubic as convolutions, the fused RGB graph, the cached choice."""
+
+import pytest
+import torch
+
+from upsample import auto, cli, export, registry
+from upsample.degrade import BicubicUp, imresize
+from upsample.errors import UserError
+from upsample.upscaler import ModelUpscaler, load_upscaler
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("hw", [(3, 5), (7, 9), (20, 33)])
+def test_bicubic_as_convolutions_equals_imresize(scale, hw):
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(scale))
+    want, got = imresize(x, float(scale)), BicubicUp(scale)(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name, scale", [("espcn-x3", 3), ("vdsr", 2)])
+def test_fused_graph_computes_what_the_torch_upscaler_does(name, scale):
+    torch.manual_seed(0)
+    kwargs = {"num_layers": 4} if name == "vdsr" else {}
+    net = registry.create_model(name, **kwargs).eval()
+    ref = ModelUpscaler(net, net, scale=scale, name=name, backend="torch", device=torch.device("cpu"))
+    x = torch.rand(1, 3, 17, 23)
+    with torch.no_grad():
+        assert (auto.FusedRGB(net, scale)(x) - ref(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["espcn-x2", "espcn-rgb-x2"])
+def test_auto_on_cpu_matches_eager_and_reuses_its_cache(name, capsys):
+    x = auto.probe_image(3, 40)
+    eager = load_upscaler(name, backend="torch")
+    up = load_upscaler(name, backend="auto")
+    assert up.backend == "auto" and up.runtime == "openvino" and up.precision in ("fp32", "bf16")
+    assert (up.run_rgb is not None) == (name == "espcn-x2")  # Y models: edges inside the graph
+    with torch.no_grad():
+        diff = (up(x).clamp(0, 1) - eager(x).clamp(0, 1)).abs().max().item()
+    assert diff <= auto.TOLERANCE
+    files = {p: p.stat().st_mtime_ns for p in auto.cache_files()}
+    assert any(p.suffix == ".xml" for p in files)
+    capsys.readouterr()
+    again = load_upscaler(name, backend="auto")  # a cache hit: nothing exported or checked again
+    assert {p: p.stat().st_mtime_ns for p in auto.cache_files() if p in files} == files
+    assert again.precision == up.precision and "auto:" not in capsys.readouterr().err
+
+
+def test_a_failed_half_check_is_remembered_and_falls_back_to_fp32(monkeypatch):
+    monkeypatch.setattr("upsample.bench.cpu_has_bf16", lambda: True)
+    net = registry.create_model("espcn-x2")
+    key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
+    export.cache_dir().mkdir(parents=True)
+    auto._checks_path(key).write_text('{"openvino-bf16-x2": 0.05}')  # as if bf16 had failed
+    up = auto.cpu_upscaler(net, name="t", scale=2.0)
+    assert up.precision == "fp32"
+    assert auto.remembered_check(key, "openvino-bf16-x2", lambda: 1 / 0) == (0.05, False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backend": "torch", "precision": "bf16"}, "needs --backend auto"),
+    ({"backend": "auto", "precision": "int8"}, "upsample quantize"),
+    ({"backend": "auto", "precision": "fp16"}, "for CUDA"),
+    ({"backend": "auto", "precision": "fp8"}, "unknown precision"),
+    ({"backend": "auto", "threads": 0}, "--threads"),
+])
+def test_bad_precision_requests_are_one_clear_error(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        load_upscaler("espcn-x2", **kwargs)
+
+
+def test_cache_info_and_clear(capsys):
+    load_upscaler("espcn-x2", backend="auto")
+    assert cli.main(["cache", "info"]) == 0
+    assert " files, " in capsys.readouterr().out and auto.cache_files()
+    assert cli.main(["cache", "clear"]) == 0
+    assert "cleared" in capsys.readouterr().out and not auto.cache_files()
