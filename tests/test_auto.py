@@ -81,3 +81,19 @@ def test_cache_info_and_clear(capsys):
     assert " files, " in capsys.readouterr().out and auto.cache_files()
     assert cli.main(["cache", "clear"]) == 0
     assert "cleared" in capsys.readouterr().out and not auto.cache_files()
+
+
+def test_the_cuda_path_picks_a_checked_half_type_and_remembers_its_layout():
+    """The CUDA logic, run on the CPU (bf16 there; compile off to keep it seconds)."""
+    net = registry.create_model("espcn-rgb-x2").eval()
+    ref = ModelUpscaler(net, net, scale=2, name="t", backend="torch", device=torch.device("cpu"))
+    x = auto.probe_image(3, 24)
+    with torch.no_grad():
+        want = ref(x)
+    up = auto.cuda_upscaler(net, name="t", scale=2, device=torch.device("cpu"), precision="bf16",
+                            compile=False)
+    assert up.precision == "bf16" and up.runtime == "torch"
+    assert (up(x) - want).abs().max() < 0.05
+    key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
+    done = __import__("json").loads(auto._checks_path(key).read_text())
+    assert set(done) == {"cuda-bf16", "cuda-bf16-layout"} and done["cuda-bf16-layout"] in (0, 1)
