@@ -145,9 +145,12 @@ def test_image_study_writes_every_output_and_merges(tmp_path, capsys):
         assert (outs[-1] / "rd_imgs_jpeg.png").exists() and (outs[-1] / "curves.csv").exists()
     assert "imgs jpeg b: BD-rate" in capsys.readouterr().out
     merged = tmp_path / "merged"
-    assert cli.main(["codec-study", "--merge", *map(str, outs), "--out", str(merged)]) == 0
+    assert cli.main(["codec-study", "--merge", *map(str, outs), "--out", str(merged),
+                     "--vs", "b:b"]) == 0
     study = json.loads((merged / "study.json").read_text())
     assert len(study["points"]) == 12 and study["sources"][0]["items"] == 2
+    assert abs(study["results"][0]["pairs"][0]["bd_rate_pchip"]) < 1e-9
+    assert "| b vs b |" in (merged / "summary.md").read_text()
     assert {c["n"] for c in study["curves"]} == {2}
 
 
@@ -158,6 +161,7 @@ def test_image_study_writes_every_output_and_merges(tmp_path, capsys):
     (["--codecs", "jpeg", "--pipeline", "bicubic"], "--pipeline expects [LABEL=]DOWN:UP"),
     (["--codecs", "jpeg", "--pipeline", "vdsr:bicubic"], "vdsr has no learned downscaler"),
     (["--codecs", "jpeg", "--pipeline", "bicubic:espcn-x3"], "x3 model"),
+    (["--codecs", "jpeg", "--vs", "a:b"], "--vs expects TEST:ANCHOR"),
 ])
 def test_bad_study_options_are_one_line(tmp_path, capsys, args, message):
     folder = tmp_path / "imgs"

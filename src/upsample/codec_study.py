@@ -264,9 +264,9 @@ def convex_hull(rows: list[dict], rate_key: str) -> list[dict]:
     return hull[:top + 1]
 
 
-def analyse(curves: list[dict], rate_key_of: dict[str, str]) -> list[dict]:
-    """Per (source, codec): BD metrics of each down-up pipeline against full, the hull and the
-    crossover of the best down-up pipeline."""
+def analyse(curves: list[dict], rate_key_of: dict[str, str], pairs: list[tuple[str, str]] = ()) -> list[dict]:
+    """Per (source, codec): BD metrics of each down-up pipeline against full, the hull, the
+    crossover of the best down-up pipeline, and BD metrics of each (test, anchor) in `pairs`."""
     results = []
     for src, codec in dict.fromkeys((c["source"], c["codec"]) for c in curves):
         rows = [c for c in curves if c["source"] == src and c["codec"] == codec]
@@ -283,7 +283,9 @@ def analyse(curves: list[dict], rate_key_of: dict[str, str]) -> list[dict]:
                         "dropped": sum(r["pipeline"] == lab for r in rows) - len(curve[lab][2])}
         downups = [curve[lab][:2] for lab in labels if lab != FULL]
         hull = convex_hull(rows, rk)
-        results.append({"source": src, "codec": codec, "rate_key": rk, "pipelines": per,
+        vs = [{"test": t, "anchor": a, **bd_metrics(curve[a][:2], curve[t][:2])}
+              for t, a in pairs if t in curve and a in curve]
+        results.append({"source": src, "codec": codec, "rate_key": rk, "pipelines": per, "pairs": vs,
                         "best_downup_crossover": crossover(anchor, downups) if downups else None,
                         "hull": [{"pipeline": h["pipeline"], "q": h["q"], rk: h[rk], "psnr": h["psnr"]}
                                  for h in hull]})
@@ -386,6 +388,17 @@ def summary_markdown(study: dict) -> str:
                          f"| {prange} | {rrange} | {_cross_text(m['crossover'], rk)} |")
         if len(res["pipelines"]) > 1:
             lines.append(f"| best down-up | | | | | | | {_cross_text(res['best_downup_crossover'], rk)} |")
+        if res.get("pairs"):
+            lines += ["", f"| test vs anchor (both down-up) | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP "
+                      f"| BD-PSNR Akima | PSNR range (BD-rate) | {unit} range (BD-PSNR) |",
+                      "|---|---:|---:|---:|---:|---|---|"]
+            for m in res["pairs"]:
+                pr, rr = m["psnr_range"], m["rate_range"]
+                lines.append(f"| {m['test']} vs {m['anchor']} | {_num(m['bd_rate_pchip'], '+.1f', '%')} "
+                             f"| {_num(m['bd_rate_akima'], '+.1f', '%')} | {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} "
+                             f"| {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
+                             f"| {f'{pr[0]:.2f}-{pr[1]:.2f} dB' if pr[0] < pr[1] else 'no overlap'} "
+                             f"| {f'{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}' if rr[0] < rr[1] else 'no overlap'} |")
         hull = ", ".join(f"{h['pipeline']} {setting} {h['q']} ({_fmt_rate(h[rk], rk)}, {h['psnr']:.2f})"
                          for h in res["hull"])
         lines += ["", f"Convex hull ({unit}, dB): {hull}", "",
@@ -440,6 +453,18 @@ def parse_pipeline(text: str) -> tuple[str, str, str]:
     return label, down, up
 
 
+def parse_pairs(items: list[str] | None, labels: list[str]) -> list[list[str]]:
+    """--vs TEST:ANCHOR items checked against the pipeline labels."""
+    pairs = []
+    for item in items or []:
+        test, sep, anchor = item.partition(":")
+        if not sep or test not in labels or anchor not in labels:
+            raise UserError(f"--vs expects TEST:ANCHOR with two pipeline labels of {', '.join(labels)}; "
+                            f"got {item!r}")
+        pairs.append([test, anchor])
+    return pairs
+
+
 def collect_sources(inputs: list[str], max_images: int) -> list[Source]:
     sources, names = [], set()
     for text in inputs:
@@ -472,6 +497,8 @@ def _command(args) -> str:
         parts += ["--pipeline", p]
     for lad in args.ladder or []:
         parts += ["--ladder", lad]
+    for v in args.vs or []:
+        parts += ["--vs", v]
     for flag in ("max_images", "max_frames", "threads"):
         if getattr(args, flag):
             parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -515,8 +542,11 @@ def run(args: argparse.Namespace) -> int:
     specs = [parse_pipeline(p) for p in (args.pipeline or ["bicubic:bicubic"])]
     if len({lab for lab, _, _ in specs}) != len(specs):
         raise UserError("--pipeline labels must differ; name them LABEL=DOWN:UP")
+    pairs = parse_pairs(args.vs, [lab for lab, _, _ in specs])
     if args.threads:
         torch.set_num_threads(args.threads)
+    # full fp32 on CUDA too (cuDNN convolutions default to TF32), as `upsample eval`
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     downs: dict[str, Downscaler] = {}
     pipelines = []
     for label, d, u in specs:
@@ -558,7 +588,8 @@ def run(args: argparse.Namespace) -> int:
              "scale": scale, "border": border, "sources": source_info,
              "pipelines": [{"label": lab, "down": d, "up": u,
                             "backend": args.backend if u != "bicubic" else "torch"} for lab, d, u in specs],
-             "ladders": ladders, "hardware": hardware_name(torch.device(args.device), torch.get_num_threads())}
+             "ladders": ladders, "hardware": hardware_name(torch.device(args.device), torch.get_num_threads()),
+             "pairs": pairs}
     return report(study, points, Path(args.out))
 
 
@@ -566,7 +597,7 @@ def report(study: dict, points: list[dict], out: Path) -> int:
     """Average, analyse, plot and write every output of a study; print the BD lines."""
     curves = average_curves(points)
     rate_key = {s["name"]: "kbps" if s["kind"] == "video" else "bpp" for s in study["sources"]}
-    results = analyse(curves, rate_key)
+    results = analyse(curves, rate_key, [tuple(x) for x in study.get("pairs", [])])
     out.mkdir(parents=True, exist_ok=True)
     for res in results:
         res["plot"] = f"rd_{_slug(res['source'])}_{res['codec']}.png"
@@ -596,9 +627,13 @@ def merge(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UserError(f"--merge: cannot read {f}: {exc}") from None
     first = studies[0]
-    for st in studies[1:]:
-        if (st["pipelines"], st["scale"], st["ladders"]) != (first["pipelines"], first["scale"], first["ladders"]):
-            raise UserError("--merge: the runs differ in pipelines, scale or ladders")
+    ladders: dict[str, list] = {}
+    for st in studies:
+        if (st["pipelines"], st["scale"]) != (first["pipelines"], first["scale"]):
+            raise UserError("--merge: the runs differ in pipelines or scale")
+        for name, lad in st["ladders"].items():
+            if ladders.setdefault(name, lad) != lad:
+                raise UserError(f"--merge: the runs differ in the {name} ladder")
     sources: dict[str, dict] = {}
     for st in studies:
         for src in st["sources"]:
@@ -607,8 +642,9 @@ def merge(args: argparse.Namespace) -> int:
             else:
                 sources.setdefault(src["name"], dict(src))
     points = [p for st in studies for p in st["points"]]
-    study = {k: first[k] for k in ("scale", "border", "pipelines", "ladders")}
-    study.update(title=args.title or first["title"], sources=list(sources.values()),
+    study = {k: first[k] for k in ("scale", "border", "pipelines")}
+    study.update(pairs=parse_pairs(args.vs, [p["label"] for p in first["pipelines"]]) or first.get("pairs", []))
+    study.update(ladders=ladders, title=args.title or first["title"], sources=list(sources.values()),
                  command="\n".join(st["command"] for st in studies) + "\n" + _merge_command(args),
                  hardware=first["hardware"] + f" (merged from {len(studies)} runs)")
     return report(study, points, Path(args.out))
@@ -616,6 +652,8 @@ def merge(args: argparse.Namespace) -> int:
 
 def _merge_command(args) -> str:
     parts = ["upsample", "codec-study", "--merge", *args.inputs, "--out", args.out]
+    for v in args.vs or []:
+        parts += ["--vs", v]
     return shlex.join(parts + (["--title", args.title] if args.title else []))
 
 
@@ -641,6 +679,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads and encoder threads (0: default)")
     p.add_argument("--title", default="", help="title of summary.md")
+    p.add_argument("--vs", action="append", metavar="TEST:ANCHOR",
+                   help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable), e.g. "
+                        "a learned downscaler against bicubic down with the same upscaler")
     p.add_argument("--merge", action="store_true",
                    help="IN are earlier --out folders (or their study.json): analyse their points "
                         "together, e.g. a folder split over several processes or machines")
