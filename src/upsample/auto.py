@@ -140,6 +140,8 @@ def cuda_upscaler(model: nn.Module, *, name: str, scale: float, device: torch.de
     """The network in fp16/bf16 (checked against fp32), channels_last, torch.compile."""
     model = model.to(device).eval()
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    if device.type == "cuda":  # frames and tiles repeat their sizes: let cuDNN pick its kernels
+        torch.backends.cudnn.benchmark = True
     options = {"auto": [torch.float16, torch.bfloat16], "fp16": [torch.float16],
                "bf16": [torch.bfloat16], "fp32": []}[precision]
     x = probe_image(model.upsample_spec.channels).to(device)
@@ -202,7 +204,8 @@ def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int,
     name = list(variants)[int(idx)] if int(idx) < len(variants) else "eager"
     fmt, make = variants[name]
     net.to(memory_format=fmt)
-    return fmt, built.get(name) or make()
+    fn = built.get(name)  # (not `or`: a compiled module's truth value calls len())
+    return fmt, fn if fn is not None else make()
 
 
 # ------------------------------------------------------------------------- `upsample cache`
