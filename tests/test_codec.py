@@ -112,6 +112,15 @@ def test_jpeg_proxy_tracks_real_jpeg_and_passes_gradients():
     jpeg_proxy(x, torch.tensor([50])).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
+    torch.manual_seed(0)
+    joint = create_model("joint-x2", rate_weight=1e-3).train()
+    out = joint(torch.rand(2, 1, 32, 32), hr=True)
+    assert joint.aux_loss is not None and joint.aux_loss.item() > 0  # the rate term for train
+    (out.mean() + joint.aux_loss).backward()
+    assert joint.down.tail.weight.grad.abs().sum() > 0
+    joint.eval()(torch.rand(1, 1, 16, 16), hr=True)
+    assert joint.aux_loss is None
+
 
 def test_make_clip_length_fps_and_a_video_study(tmp_path, capsys):
     src = tmp_path / "big.png"

@@ -588,6 +588,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                 with amp():
                     pred = net(target, hr=True) if hr_input else net(inp)
                 loss, parts = content(pred, target)
+                if hr_input and model.aux_loss is not None:  # a joint model's rate term
+                    loss = loss + model.aux_loss
                 lr = g_update(loss)
             else:
                 loss, parts, lr = gan_step(net, inp, target, lambda p: content(p, target),

@@ -57,12 +57,14 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def jpeg_proxy(y: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+def jpeg_proxy(y: torch.Tensor, quality: torch.Tensor, with_rate: bool = False):
     """Differentiable JPEG-like quantization of studio-range luma NCHW in [0, 1].
 
     `quality`: one JPEG quality per sample (N,). The luma goes to JPEG's full range, is cut into
     8x8 blocks from the top-left (padded by edge replication), DCT'd, quantized with the scaled IJG
-    table (straight-through rounding) and transformed back. Runs in float32."""
+    table (straight-through rounding) and transformed back. Runs in float32. With `with_rate` it
+    also returns a differentiable rate proxy: the mean over coefficients of log2(1 + |c / Q|),
+    roughly the bits per LR pixel that an entropy coder spends on them."""
     n, c, h, w = y.shape
     x = (y.float() * 255.0 - 16.0) * (255.0 / 219.0) - 128.0
     ph, pw = -h % 8, -w % 8
@@ -74,9 +76,13 @@ def jpeg_proxy(y: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     coef = d @ blocks @ d.T
     tables = torch.stack([torch.from_numpy(quant_table(float(q))) for q in quality.tolist()])
     tables = tables.to(x.device, torch.float32).view(n, 1, 1, 1, 8, 8)
-    coef = round_ste(coef / tables) * tables
+    scaled = coef / tables
+    coef = round_ste(scaled) * tables
     x = (d.T @ coef @ d).transpose(3, 4).reshape(n, c, hb * 8, wb * 8)[..., :h, :w]
-    return ((x + 128.0) * (219.0 / 255.0) + 16.0) / 255.0
+    out = ((x + 128.0) * (219.0 / 255.0) + 16.0) / 255.0
+    if with_rate:
+        return out, torch.log2(1.0 + scaled.abs()).mean()
+    return out
 
 
 class LearnedDownscaler(nn.Module):
@@ -116,13 +122,15 @@ class JointSR(nn.Module):
 
     def __init__(self, *, scale: int = 2, num_in_ch: int = 1, hr_feat: int = 16, down_feat: int = 32,
                  down_conv: int = 2, num_feat: int = 64, mid_feat: int = 32, q_min: int = 20,
-                 q_max: int = 95, clean_prob: float = 0.2):
+                 q_max: int = 95, clean_prob: float = 0.2, rate_weight: float = 0.0):
         super().__init__()
         if not 1 <= q_min <= q_max <= 100:
             raise ValueError(f"need 1 <= q_min <= q_max <= 100, got {q_min}, {q_max}")
         if not 0.0 <= clean_prob <= 1.0:
             raise ValueError(f"clean_prob must be in [0, 1], got {clean_prob}")
         self.scale, self.q_min, self.q_max, self.clean_prob = scale, q_min, q_max, clean_prob
+        self.rate_weight = rate_weight
+        self.aux_loss: torch.Tensor | None = None  # rate_weight x rate proxy of the last training pass
         self.down = LearnedDownscaler(scale=scale, num_in_ch=num_in_ch, hr_feat=hr_feat,
                                       num_feat=down_feat, num_conv=down_conv)
         self.up = ESPCN(scale=scale, num_in_ch=num_in_ch, num_feat=num_feat, mid_feat=mid_feat)
@@ -132,14 +140,20 @@ class JointSR(nn.Module):
         return self.down(hr).clamp(0.0, 1.0)
 
     def codec(self, lr: torch.Tensor) -> torch.Tensor:
-        """8-bit rounding, then (training only) the JPEG proxy at a random quality per sample."""
+        """8-bit rounding, then (training only) the JPEG proxy at a random quality per sample.
+        With rate_weight > 0, training also sets `aux_loss` (added to the loss by `upsample
+        train`): the rate proxy of every sample at its quality, so the downscaler learns LR
+        images that are cheap to code, not only ones that survive coding."""
+        self.aux_loss = None
         with torch.autocast(lr.device.type, enabled=False):
             lr = round_ste(lr.float() * 255.0) / 255.0
-            if not self.training or self.clean_prob >= 1.0:
+            if not self.training or (self.clean_prob >= 1.0 and not self.rate_weight):
                 return lr
             n = lr.shape[0]
             quality = torch.randint(self.q_min, self.q_max + 1, (n,))
-            coded = jpeg_proxy(lr, quality)
+            coded, rate = jpeg_proxy(lr, quality, with_rate=True)
+            if self.rate_weight:
+                self.aux_loss = self.rate_weight * rate
             keep = (torch.rand(n) < self.clean_prob).to(lr.device).view(n, 1, 1, 1)
             return torch.where(keep, lr, coded)
 
