@@ -280,3 +280,18 @@ def test_measuring_tiles_leaves_the_process_peak_memory_alone():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     infer.Tiler(BicubicUpscaler(2.0)).bytes_per_pixel(3, np.uint8)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >= before
+
+
+def test_outputs_get_the_usual_permissions_not_the_temp_files(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the renamed result follows the umask."""
+    import os
+    from PIL import Image
+    from upsample import cli
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(tmp_path / "a.png")
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"),
+                         "--model", "bicubic", "--scale", "2"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "a_x2.png").stat().st_mode & 0o777 == 0o644

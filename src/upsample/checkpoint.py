@@ -16,13 +16,11 @@ Loading is always strict: a mismatch is one UserError naming the missing/unexpec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import re
 import struct
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import nn
 
 from . import registry
 from .errors import UserError
+from .imageio import atomic_output
 
 FORMAT = "upsample"
 FORMAT_VERSION = "1"
@@ -64,25 +63,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, config: dict |
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path):
-    """Yield a temporary path beside `path`; on success it becomes `path` (os.replace) with the
-    usual permissions, on failure it is removed: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------- reading

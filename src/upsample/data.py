@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from . import degrade
 from .errors import UserError
-from .imageio import atomic_save, is_image_path, list_images, read_rgb
+from .imageio import atomic_output, atomic_save, is_image_path, list_images, read_rgb
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
               ".wmv", ".y4m"}
@@ -64,10 +63,8 @@ def write_file_list(paths: list[Path], out: Path) -> None:
     """Atomic write; entries relative to the list's folder so both can move together."""
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(os.path.relpath(Path(p).resolve(), out.parent.resolve()) + "\n" for p in paths)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(text)
 
 
 def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

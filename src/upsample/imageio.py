@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
@@ -68,19 +69,31 @@ def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Non
     atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **save_kwargs))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
+    """Yield a temporary path beside `path` (named .NAME.XXXX`suffix`); on success it becomes
+    `path` (os.replace) with the usual permissions, on failure it is removed: a crash or an
+    interrupt never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        yield Path(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path` (NAME.XXXX.EXT.part), then rename it."""
+    with atomic_output(path, suffix=Path(path).suffix + ".part") as tmp:
+        write(str(tmp))
 
 
 # --- Images as planes, for inference: colour + optional alpha, uint8 or uint16, any PIL mode in. ---

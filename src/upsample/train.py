@@ -37,7 +37,6 @@ import platform
 import random
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from tqdm import tqdm
 
 from . import checkpoint, config as config_mod, data, evaluate, registry
 from .errors import UserError
-from .imageio import read_rgb
+from .imageio import atomic_output, read_rgb
 from .losses import PerceptualLoss, make_loss, relativistic_loss
 from .upscaler import BicubicUpscaler, ModelUpscaler
 
@@ -162,17 +161,10 @@ def build_discriminator(cfg: config_mod.Config, patch: int, dev) -> dict:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def rng_states(device: torch.device) -> dict:

@@ -18,7 +18,6 @@ import argparse
 import os
 import queue
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from .degrade import imresize, output_size
 from .errors import UserError
+from .imageio import atomic_output
 from .infer import Tiler, add_model_options, make_upscaler, parse_size
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
@@ -164,7 +164,6 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
     """Upscale `src` into `dst` (see the module docstring). Returns a summary."""
     src, dst = Path(src), Path(dst)
     container = open_input(src)
-    tmp = None
     try:
         vin = container.streams.video[0]
         cc = vin.codec_context
@@ -190,30 +189,24 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
 
         first = first_frame(src, vin.index)
         suffix = dst.suffix or ".mp4"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".part" + suffix, dir=dst.parent)
-        os.close(fd)
-        try:
-            out = av.open(tmp, "w")
-        except (av.FFmpegError, ValueError) as exc:
-            raise UserError(f"cannot write {suffix} videos: {exc}") from None
-        try:
-            vout, copies = _open_streams(container, out, plan, first, codec, crf, preset)
-            summary = _pump(container, out, vout, copies, plan, start, duration, batch, progress)
-        except BaseException:
+        with atomic_output(dst, suffix=".part" + suffix) as tmp:  # the container goes by suffix
             try:
-                out.close()
-            except Exception:  # the first error is the one to report; the file goes anyway
-                pass
-            raise
-        out.close()
-        os.replace(tmp, dst)
-        tmp = None
+                out = av.open(str(tmp), "w")
+            except (av.FFmpegError, ValueError) as exc:
+                raise UserError(f"cannot write {suffix} videos: {exc}") from None
+            try:
+                vout, copies = _open_streams(container, out, plan, first, codec, crf, preset)
+                summary = _pump(container, out, vout, copies, plan, start, duration, batch, progress)
+            except BaseException:
+                try:
+                    out.close()
+                except Exception:  # the first error is the one to report; the file goes anyway
+                    pass
+                raise
+            out.close()  # flushes the encoders: its errors count
         return summary
     finally:
         container.close()
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
