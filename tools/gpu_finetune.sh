@@ -8,18 +8,9 @@
 # 96-px patches (5.5x the pixels of the paper's 41 px for about the same step time on a GPU that
 # the 41-px batches left idle), bf16 autocast, channels_last. Env: BUDGET, TAIL, OUT, RUNS, PY.
 set -u
-T0=$(date +%s)
 BUDGET=${BUDGET:-540}; PY=${PY:-python3}; OUT=${OUT:-/tmp/gpu-out}; R=${RUNS:-/tmp/gpu-runs}
-mkdir -p /tmp/upsample-stub && python3 -c "import av" 2>/dev/null || : > /tmp/upsample-stub/av.py
-export PYTHONPATH=${SRC:-$PWD/src}:/tmp/upsample-stub PYTHONUNBUFFERED=1 UPSAMPLE_CACHE=/tmp/upsample-cache
-el() { echo $(( $(date +%s) - T0 )); }
-say() { echo "[$(el)s] $*"; }
-if [ ! -e ../shared/datasets/train ]; then
-  mkdir -p ../shared/datasets
-  ln -sfn "$PWD/data/train" ../shared/datasets/train
-  ln -sfn "$PWD/data/benchmark" ../shared/datasets/benchmark
-fi
-mkdir -p "$R" "$OUT"; rm -rf "${R:?}"/*
+source "$(dirname "$0")/gpu_env.sh"
+export UPSAMPLE_CACHE=/tmp/upsample-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 UP="$PY -m upsample"
@@ -65,12 +56,12 @@ say "bench"
 for m in espcn-x2 vapsr-s-x2 vapsr-x2; do
   [ $(el) -lt $((BUDGET - 25)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m \
     --size 1920x1080 --device cuda --backend all --half --warmup 3 --runs 10 --json \
-    > "$OUT/bench-$m.json" 2>> "$OUT/bench.err"
+    > "$R/bench-$m.json" 2>> "$R/bench.err"
 done
 for run in vdsr-ft vdsr-p2x; do
   [ -d "$R/$run" ] || continue
   mv "$R/$run/last_state.pt" "$OUT/${run}_last_state.pt" 2>/dev/null
   tar -C "$R" -czf "$OUT/$run.tgz" "$run" "$run.log"
 done
-cp "$R"/cal-*.log "$OUT/" 2>/dev/null
+tar -C "$R" -czf "$OUT/bench-and-logs.tgz" $(cd "$R" && ls bench-* cal-*.log 2>/dev/null)  # <= 8 files come back
 say "done"

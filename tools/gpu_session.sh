@@ -12,22 +12,9 @@
 # is set from the time left. The steps actually run are in each run's config.toml.
 # Env: BUDGET (seconds for everything, default 560), DEV (cuda), PY (python3), OUT, RUNS.
 set -u
-T0=$(date +%s)
 BUDGET=${BUDGET:-560}; DEV=${DEV:-cuda}; PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu-out}; R=${RUNS:-/tmp/gpu-runs}
-# The GPU image has torch but not PyAV; training never decodes video, so an empty module lets
-# the CLI (which registers the video command) import.
-mkdir -p /tmp/upsample-stub && python3 -c "import av" 2>/dev/null || : > /tmp/upsample-stub/av.py
-export PYTHONPATH=$PWD/src:/tmp/upsample-stub PYTHONUNBUFFERED=1
-el() { echo $(( $(date +%s) - T0 )); }
-say() { echo "[$(el)s] $*"; }
-if [ ! -e ../shared/datasets/train ]; then
-  mkdir -p ../shared/datasets
-  ln -sfn "$PWD/data/train" ../shared/datasets/train
-  ln -sfn "$PWD/data/benchmark" ../shared/datasets/benchmark
-fi
-mkdir -p "$R" "$OUT"
-rm -rf "${R:?}"/*
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 UP="$PY -m upsample"
