@@ -355,6 +355,35 @@ def _num(v: float, fmt: str, unit: str = "") -> str:
     return "n/a" if v is None or not np.isfinite(v) else format(v, fmt) + unit
 
 
+def _bd_lines(res: dict, unit: str, rk: str) -> list[str]:
+    """The BD tables of one (source, codec) result: each pipeline vs full, then the --vs pairs."""
+    lines = [f"| pipeline vs full | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP | BD-PSNR Akima "
+             f"| PSNR range (BD-rate) | {unit} range (BD-PSNR) | crossover ({unit}) |",
+             "|---|---:|---:|---:|---:|---|---|---|"]
+    for lab, m in res["pipelines"].items():
+        pr = m["psnr_range"]
+        rr = m["rate_range"]
+        prange = f"{pr[0]:.2f}-{pr[1]:.2f} dB" if pr[0] < pr[1] else "no overlap"
+        rrange = f"{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}" if rr[0] < rr[1] else "no overlap"
+        lines.append(f"| {lab} | {_num(m['bd_rate_pchip'], '+.1f', '%')} | {_num(m['bd_rate_akima'], '+.1f', '%')} "
+                     f"| {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} | {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
+                     f"| {prange} | {rrange} | {_cross_text(m['crossover'], rk)} |")
+    if len(res["pipelines"]) > 1:
+        lines.append(f"| best down-up | | | | | | | {_cross_text(res['best_downup_crossover'], rk)} |")
+    if res.get("pairs"):
+        lines += ["", f"| test vs anchor (both down-up) | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP "
+                  f"| BD-PSNR Akima | PSNR range (BD-rate) | {unit} range (BD-PSNR) |",
+                  "|---|---:|---:|---:|---:|---|---|"]
+        for m in res["pairs"]:
+            pr, rr = m["psnr_range"], m["rate_range"]
+            lines.append(f"| {m['test']} vs {m['anchor']} | {_num(m['bd_rate_pchip'], '+.1f', '%')} "
+                         f"| {_num(m['bd_rate_akima'], '+.1f', '%')} | {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} "
+                         f"| {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
+                         f"| {f'{pr[0]:.2f}-{pr[1]:.2f} dB' if pr[0] < pr[1] else 'no overlap'} "
+                         f"| {f'{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}' if rr[0] < rr[1] else 'no overlap'} |")
+    return lines + [""]
+
+
 def summary_markdown(study: dict) -> str:
     lines = [f"# Codec study: {study['title']}", "", "```", study["command"], "```", "",
              f"Scale x{study['scale']:g}; Y-PSNR and SSIM at full resolution, {study['border']} px "
@@ -374,41 +403,19 @@ def summary_markdown(study: dict) -> str:
         src, codec, rk = res["source"], res["codec"], res["rate_key"]
         unit = "kbit/s" if rk == "kbps" else "bpp"
         setting = CODECS[codec].setting
-        lines += [f"## {src} / {codec}", "", f"![RD {src} {codec}]({res['plot']})", "",
-                  f"| pipeline vs full | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP | BD-PSNR Akima "
-                  f"| PSNR range (BD-rate) | {unit} range (BD-PSNR) | crossover ({unit}) |",
-                  "|---|---:|---:|---:|---:|---|---|---|"]
-        for lab, m in res["pipelines"].items():
-            pr = m["psnr_range"]
-            rr = m["rate_range"]
-            prange = f"{pr[0]:.2f}-{pr[1]:.2f} dB" if pr[0] < pr[1] else "no overlap"
-            rrange = f"{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}" if rr[0] < rr[1] else "no overlap"
-            lines.append(f"| {lab} | {_num(m['bd_rate_pchip'], '+.1f', '%')} | {_num(m['bd_rate_akima'], '+.1f', '%')} "
-                         f"| {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} | {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
-                         f"| {prange} | {rrange} | {_cross_text(m['crossover'], rk)} |")
-        if len(res["pipelines"]) > 1:
-            lines.append(f"| best down-up | | | | | | | {_cross_text(res['best_downup_crossover'], rk)} |")
-        if res.get("pairs"):
-            lines += ["", f"| test vs anchor (both down-up) | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP "
-                      f"| BD-PSNR Akima | PSNR range (BD-rate) | {unit} range (BD-PSNR) |",
-                      "|---|---:|---:|---:|---:|---|---|"]
-            for m in res["pairs"]:
-                pr, rr = m["psnr_range"], m["rate_range"]
-                lines.append(f"| {m['test']} vs {m['anchor']} | {_num(m['bd_rate_pchip'], '+.1f', '%')} "
-                             f"| {_num(m['bd_rate_akima'], '+.1f', '%')} | {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} "
-                             f"| {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
-                             f"| {f'{pr[0]:.2f}-{pr[1]:.2f} dB' if pr[0] < pr[1] else 'no overlap'} "
-                             f"| {f'{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}' if rr[0] < rr[1] else 'no overlap'} |")
-        hull = ", ".join(f"{h['pipeline']} {setting} {h['q']} ({_fmt_rate(h[rk], rk)}, {h['psnr']:.2f})"
-                         for h in res["hull"])
-        lines += ["", f"Convex hull ({unit}, dB): {hull}", "",
+        lines += [f"## {src} / {codec}", "", f"![RD {src} {codec}]({res['plot']})", ""]
+        points = [c for c in study["curves"] if c["source"] == src and c["codec"] == codec]
+        if sum(c["pipeline"] == FULL for c in points) >= 2:  # BD and hull need curves
+            hull = ", ".join(f"{h['pipeline']} {setting} {h['q']} ({_fmt_rate(h[rk], rk)}, {h['psnr']:.2f})"
+                             for h in res["hull"])
+            lines += _bd_lines(res, unit, rk) + [f"Convex hull ({unit}, dB): {hull}", ""]
+        lines += [
                   f"| pipeline | {setting} | {unit} | Y-PSNR | SSIM | down s | enc s | dec s | up s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for c in study["curves"]:
-            if c["source"] == src and c["codec"] == codec:
-                lines.append(f"| {c['pipeline']} | {c['q']} | {_fmt_rate(c[rk], rk)} | {c['psnr']:.2f} "
-                             f"| {c['ssim']:.4f} | {c['t_down']:.3f} | {c['t_enc']:.3f} "
-                             f"| {c['t_dec']:.3f} | {c['t_up']:.3f} |")
+        for c in points:
+            lines.append(f"| {c['pipeline']} | {c['q']} | {_fmt_rate(c[rk], rk)} | {c['psnr']:.2f} "
+                         f"| {c['ssim']:.4f} | {c['t_down']:.3f} | {c['t_enc']:.3f} "
+                         f"| {c['t_dec']:.3f} | {c['t_up']:.3f} |")
         lines.append("")
     lines.append("Times are seconds per image (per clip for video), averaged; " + study["hardware"])
     return "\n".join(lines) + "\n"
