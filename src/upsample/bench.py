@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -114,7 +115,7 @@ def frame_from_image(path: str, size: tuple[int, int]) -> torch.Tensor:
     from .degrade import imresize
     from .imageio import read_rgb
     w, h = size
-    img = torch.from_numpy(read_rgb(Path(path))).permute(2, 0, 1)[None].float() / 255.0
+    img = torch.from_numpy(np.array(read_rgb(Path(path)))).permute(2, 0, 1)[None].float() / 255.0
     ih, iw = img.shape[-2:]
     f = max(h / ih, w / iw)
     if abs(f - 1) > 1e-9:
