@@ -125,13 +125,25 @@ def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = 
                 use = "bf16"
             elif fresh and not quiet:
                 _say(f"{name}: bf16 differs from fp32 by {diff * 255:.2f}/255 on the probe; using fp32")
-    run_net = export.file_session(net_xml, "openvino", torch.device("cpu"), precision=use, threads=threads)
-    up = ModelUpscaler(model, run_net, scale=scale, name=name, backend="auto", device=torch.device("cpu"))
+    cpu = torch.device("cpu")
+    run_net = export.file_session(net_xml, "openvino", cpu, precision=use, threads=threads)
+    up = ModelUpscaler(model, run_net, scale=scale, name=name, backend="auto", device=cpu)
+    up.precision, up.runtime = ("bf16" if use == "bf16" else "fp32"), "openvino"
     if fused_xml is not None:
-        up.run_rgb = export.file_session(fused_xml, "openvino", torch.device("cpu"), precision=use,
-                                         threads=threads)
-    up.precision = "bf16" if use == "bf16" else "fp32"
-    up.runtime = "openvino"
+        run_rgb = export.file_session(fused_xml, "openvino", cpu, precision=use, threads=threads)
+
+        def fused_faster() -> int:
+            """1 when the fused graph beats network-in-runtime + edges-in-torch on a 320x180
+            frame here, else 0 (which wins depends on the CPU and the model's cost)."""
+            from .bench import time_runs
+            x = torch.rand(1, 3, 180, 320)
+            with torch.no_grad():
+                split = time_runs(lambda: up(x), cpu, 1, 3)[0]
+                whole = time_runs(lambda: run_rgb(x), cpu, 1, 3)[0]
+            return int(whole < split)
+
+        if remembered_check(key, f"openvino-{use}-x{scale:g}-fused", fused_faster)[0]:
+            up.run_rgb, up.runtime = run_rgb, "openvino, fused edges"
     return up
 
 
