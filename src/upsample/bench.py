@@ -188,6 +188,13 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         row, out = measure(up, label, key)
         row["max_abs_diff"] = (out - ref).abs().max().item()
         rows.append(row)
+    if half and dev.type == "cpu" and hdt is not None and not isinstance(eager, BicubicUpscaler) \
+            and {"auto", "openvino"} & set(backends):  # what bf16 in OpenVINO would give
+        up = load_upscaler(model, scale=scale, backend="auto", precision="bf16", threads=threads,
+                           quiet=True)
+        row, out = measure(up, f"{up.runtime} bf16 (forced)", "bfloat16")
+        row["max_abs_diff"] = (out - ref).abs().max().item()
+        rows.append(row)
     for path in int8:  # `upsample quantize` outputs of this model, on their own backends
         from .quantize import BACKEND_OF
         backend = BACKEND_OF.get(Path(path).suffix.lower(), "onnxruntime")  # load_upscaler checks it
