@@ -12,6 +12,25 @@ from upsample.upscaler import ModelUpscaler, load_upscaler
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+    # no bf16 OpenVINO graphs in the pytest process (see conftest.py); the CLI test below runs
+    # the real check in a child process
+    monkeypatch.setattr("upsample.bench.cpu_has_bf16", lambda: False)
+
+
+def test_image_with_auto_in_a_child_process_checks_once_then_hits_the_cache(tmp_path):
+    import subprocess
+    import sys
+    from PIL import Image
+    Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(tmp_path / "a.png")
+    env = {**__import__("os").environ, "UPSAMPLE_BACKEND": "auto"}
+    cmd = [sys.executable, "-m", "upsample", "image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"),
+           "--model", "espcn-x3", "--overwrite"]
+    for _ in range(2):
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    assert (tmp_path / "o" / "a_x3.png").is_file()
+    assert any(p.name.endswith(".checks.json") for p in auto.cache_files())
+    assert "auto:" not in run.stderr  # the second run read its choices from the cache
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

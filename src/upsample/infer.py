@@ -685,9 +685,9 @@ def run(args: argparse.Namespace) -> int:
 def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
     """--backend, --precision, --device, --threads: shared by image, video, eval and bench."""
     from .auto import PRECISIONS
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="auto (default: the fastest correct runtime here, see `upsample.auto`), "
-                        "torch, onnxruntime or openvino")
+    p.add_argument("--backend", default=os.environ.get("UPSAMPLE_BACKEND") or "auto", choices=BACKENDS,
+                   help="auto (default, or $UPSAMPLE_BACKEND: the fastest correct runtime here, see "
+                        "`upsample.auto`), torch, onnxruntime or openvino")
     p.add_argument("--precision", default=precision, choices=PRECISIONS,
                    help=f"for --backend auto (default {precision}): auto = bf16/fp16 where it stays "
                         "within 1/255 of fp32; int8 needs an `upsample quantize` output as --model")

@@ -1,0 +1,11 @@
+"""Test-session settings.
+
+The CLI's default backend is `auto` (OpenVINO on the CPU). OpenVINO brings its own TBB and oneDNN
+into the process, and a pytest worker that had compiled OpenVINO graphs (int8 in an earlier
+session) later crashed in a training test; so commands run by tests default to the torch backend
+($UPSAMPLE_BACKEND, as a user can set it too), and the tests of the runtimes ask for them by name.
+"""
+
+import os
+
+os.environ.setdefault("UPSAMPLE_BACKEND", "torch")
