@@ -70,7 +70,8 @@ def test_plain_state_dict_is_detected(name, tmp_path):
     assert meta["name"] == (None if get_spec(name).arch in SMALL else name)
     x = tiny_input(model)
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        # same weights, separately built modules: oneDNN may pick other kernels (~1e-7)
+        assert torch.allclose(model(x), loaded(x), atol=1e-6, rtol=0)
 
 
 def to_esrgan_original(state):

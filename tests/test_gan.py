@@ -17,6 +17,7 @@ from upsample.config import load_config
 from upsample.errors import UserError
 from upsample.losses import PerceptualLoss, relativistic_loss
 from upsample.registry import create_model
+from isolation import in_child_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -45,6 +46,7 @@ GAN_SETS = ("train.steps=6", "train.ckpt_every=2", "train.log_every=1", "val.eve
 
 
 @needs_t91
+@in_child_process
 def test_gan_training_logs_both_losses_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from test_train import _stop_at

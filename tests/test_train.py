@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from upsample import checkpoint, cli, data
+from isolation import in_child_process
 
 ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
@@ -53,6 +54,7 @@ RESUME_SETS = ("train.steps=12", "train.ckpt_every=4", "val.every=4", "train.ema
                "sched.name=cosine")
 
 
+@in_child_process
 def test_resume_after_sigterm_and_after_a_crash_is_exact(tmp_path, monkeypatch, capsys):
     assert _train(tmp_path / "a", sets=RESUME_SETS) == 0
     ref = _losses(tmp_path / "a")
