@@ -75,8 +75,8 @@ def _checks_path(key: str) -> Path:
 
 
 def remembered_check(key: str, what: str, measure) -> tuple[float, bool]:
-    """(max |half - fp32| for `what` on the probe, whether it was measured now): read from the
-    cache, else measured and stored."""
+    """(the value of `what` for the weights `key` - a difference from fp32, or which variant ran
+    fastest -, whether `measure()` made it now): read from the cache, else measured and stored."""
     path = _checks_path(key)
     try:
         done = json.loads(path.read_text())
@@ -104,33 +104,39 @@ def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = 
     if precision == "fp16":
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
-    net_xml = export.cached_ir(model)
+    net_xml = export.cached_ir(model, key=key)  # the key already holds the weights hash
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-rgb-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
     main_xml = fused_xml or net_xml
     use = "f32"
-    if precision in ("auto", "bf16"):
+    if precision == "bf16":  # asked for: no check
         if not cpu_has_bf16():
-            if precision == "bf16":
-                raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
-        else:
-            def measure():
-                x = probe_image(3 if fused is not None else model.upsample_spec.channels)
-                ref = export.ov_compiled(main_xml, "f32", threads)(x.numpy())[0]
-                got = export.ov_compiled(main_xml, "bf16", threads)(x.numpy())[0]
-                return np.abs(np.asarray(got) - np.asarray(ref)).max()
-            diff, fresh = remembered_check(key, f"openvino-bf16-x{scale:g}", measure)
-            if diff <= TOLERANCE or precision == "bf16":
-                use = "bf16"
-            elif fresh and not quiet:
-                _say(f"{name}: bf16 differs from fp32 by {diff * 255:.2f}/255 on the probe; using fp32")
+            raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
+        use = "bf16"
+    elif precision == "auto" and cpu_has_bf16():
+        def measure():
+            x = probe_image(3 if fused is not None else model.upsample_spec.channels)
+            ref = export.ov_compiled(main_xml, "f32", threads)(x.numpy())[0]
+            got = export.ov_compiled(main_xml, "bf16", threads)(x.numpy())[0]
+            return np.abs(np.asarray(got) - np.asarray(ref)).max()
+        diff, fresh = remembered_check(key, f"openvino-bf16-x{scale:g}", measure)
+        if diff <= TOLERANCE:
+            use = "bf16"
+        elif fresh and not quiet:
+            _say(f"{name}: bf16 differs from fp32 by {diff * 255:.2f}/255 on the probe; using fp32")
     cpu = torch.device("cpu")
     run_net = export.file_session(net_xml, "openvino", cpu, precision=use, threads=threads)
     up = ModelUpscaler(model, run_net, scale=scale, name=name, backend="auto", device=cpu)
     up.precision, up.runtime = ("bf16" if use == "bf16" else "fp32"), "openvino"
     if fused_xml is not None:
-        run_rgb = export.file_session(fused_xml, "openvino", cpu, precision=use, threads=threads)
+        compiled = {}
+
+        def run_rgb(t: torch.Tensor) -> torch.Tensor:  # compiled only if timed or chosen
+            if "run" not in compiled:
+                compiled["run"] = export.file_session(fused_xml, "openvino", cpu, precision=use,
+                                                      threads=threads)
+            return compiled["run"](t)
 
         def fused_faster() -> int:
             """1 when the fused graph beats network-in-runtime + edges-in-torch on a 320x180

@@ -198,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "openvino":  # weights first, the .xml (what loads) last
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)
-    size = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if args.backend == "openvino" else 0)
-    print(f"wrote {out} ({size / 1e6:.2f} MB, int8 {args.backend}); run it with "
+    print(f"wrote {out} ({export._size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
           f"`upsample eval --model {out} --backend {args.backend} ...`")
     return 0
 
