@@ -95,31 +95,46 @@ def phase_kernel(scale: int) -> tuple[int, np.ndarray]:
 
 
 class BicubicUp(torch.nn.Module):
-    """`imresize(x, scale)` for an integer upscaling factor as fixed convolutions: the same
-    result (to float rounding) in a form that exports to ONNX with dynamic sizes and that
-    runtimes fuse. Needs H, W >= 3 (the mirror padding reaches 2-3 pixels)."""
+    """`imresize(x, scale)` for an integer upscaling factor as one convolution and a pixel
+    shuffle: each of the scale^2 output phases is a fixed K x K filter (the outer product of two
+    rows of `phase_kernel`) on the mirrored input. The same result (to float rounding) in a form
+    that exports to ONNX with dynamic sizes and that runtimes run as one fast convolution.
 
-    def __init__(self, scale: int):
+    `mix` (C_out x C_in) and `bias` (C_out) fold a colour transform applied *before* the resize
+    into the same convolution (bicubic weights sum to one, so it commutes with an affine map of
+    the channels); without them each channel is resized on its own. Needs H, W >= 3 (the mirror
+    padding reaches 2-3 pixels)."""
+
+    def __init__(self, scale: int, mix: np.ndarray | None = None, bias: np.ndarray | None = None):
         super().__init__()
-        self.scale = int(scale)
-        first, bank = phase_kernel(self.scale)
+        self.scale = s = int(scale)
+        first, bank = phase_kernel(s)
         self.left, self.right = -first, first + bank.shape[1] - 1
-        self.register_buffer("bank", torch.from_numpy(bank).float().view(self.scale, 1, -1, 1),
-                             persistent=False)
+        taps = np.einsum("pk,ql->pqkl", bank, bank).reshape(s * s, 1, *bank.shape[1:] * 2)
+        if mix is None:
+            weight, b = taps, None
+        else:
+            mix = np.asarray(mix, dtype=np.float64)
+            weight = np.einsum("oi,pakl->opikl", mix, taps).reshape(-1, mix.shape[1], *taps.shape[2:])
+            b = np.repeat(np.zeros(mix.shape[0]) if bias is None else np.asarray(bias, np.float64), s * s)
+        self.register_buffer("weight", torch.from_numpy(weight).float(), persistent=False)
+        self.register_buffer("bias", None if b is None else torch.from_numpy(b).float(), persistent=False)
 
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """Upscale along H: x (M, 1, H, W) -> (M, 1, s H, W)."""
+    def _mirror(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         a, b = self.left, self.right
-        x = torch.cat([x[:, :, :a].flip(2), x, x[:, :, x.shape[2] - b:].flip(2)], 2)
-        y = torch.nn.functional.conv2d(x, self.bank.to(x.dtype))  # (M, s, H, W): one map a phase
-        m, s, h, w = y.shape
-        return y.permute(0, 2, 1, 3).reshape(m, 1, h * s, w)
+        n = x.shape[dim]
+        return torch.cat([x.narrow(dim, 0, a).flip(dim), x, x.narrow(dim, n - b, b).flip(dim)], dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        y = self._rows(x.reshape(n * c, 1, h, w))  # rows first, as MATLAB on equal scales
-        y = self._rows(y.transpose(2, 3)).transpose(2, 3)
-        return y.reshape(n, c, h * self.scale, w * self.scale)
+        per_channel = self.bias is None and self.weight.shape[1] == 1
+        if per_channel:
+            x = x.reshape(n * c, 1, h, w)
+        x = self._mirror(self._mirror(x, 2), 3)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = torch.nn.functional.pixel_shuffle(
+            torch.nn.functional.conv2d(x, self.weight.to(x.dtype), bias), self.scale)
+        return y.reshape(n, c, h * self.scale, w * self.scale) if per_channel else y
 
 
 def output_size(in_size: int, scale: float) -> int:

@@ -33,9 +33,9 @@ INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output
 
 # BT.601 "studio swing" YCbCr with R, G, B, Y, Cb, Cr all in [0, 1] (ITU-R BT.601 as in MATLAB's
 # rgb2ycbcr and `metrics.rgb_to_y`, divided by 255).
-_YCC = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
-_YCC_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
-_YCC_INV = np.linalg.inv(_YCC)
+YCC = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+YCC_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+YCC_INV = np.linalg.inv(YCC)
 
 
 def _mix(x: torch.Tensor, m: np.ndarray, offset: np.ndarray | None, sign: float) -> torch.Tensor:
@@ -51,12 +51,12 @@ def _mix(x: torch.Tensor, m: np.ndarray, offset: np.ndarray | None, sign: float)
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
     """NCHW RGB in [0, 1] -> YCbCr with Y in [16/255, 235/255] (BT.601)."""
-    return _mix(x, _YCC, _YCC_OFFSET, +1.0)
+    return _mix(x, YCC, YCC_OFFSET, +1.0)
 
 
 def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
     """Inverse of `rgb_to_ycbcr` (unclamped)."""
-    return _mix(x, _YCC_INV, _YCC_OFFSET, -1.0)
+    return _mix(x, YCC_INV, YCC_OFFSET, -1.0)
 
 
 class Upscaler:
