@@ -30,12 +30,11 @@ from torch import nn
 from . import export
 from .degrade import BicubicUp
 from .errors import UserError
+from .fastpath import FUSED_GRAPH
 from .upscaler import YCC, YCC_INV, YCC_OFFSET, ModelUpscaler, rgb_to_ycbcr
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 TOLERANCE = 1.0 / 255.0  # largest difference from fp32 that a half precision may make
 PROBE = Path(__file__).resolve().parent / "assets" / "probe.png"
-FUSED_GRAPH = "rgb2"  # in the cache key: bump when FusedRGB's graph changes
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .auto import PRECISIONS
 from .errors import UserError
 from .infer import half_upscaler
-from .upscaler import BACKENDS, BicubicUpscaler, Upscaler, check_device, load_upscaler
+from .options import BACKENDS, PRECISIONS
+from .upscaler import BicubicUpscaler, Upscaler, check_device, load_upscaler
 
 
 def parse_frame_size(text: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from . import metrics
 from .degrade import imresize, quantize
 from .errors import UserError
 from .imageio import atomic_save, list_images, read_rgb
-from .infer import add_runtime_options
+from .options import add_runtime_options
 from .upscaler import Upscaler, check_scale, load_upscaler
 
 

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from .checkpoint import atomic_output
 from .errors import UserError
+from .fastpath import cache_dir, ov_compiled  # noqa: F401 (torch-free; used here and by auto)
 from .upscaler import model_scale, resolve_model, rgb_to_ycbcr, ycbcr_to_rgb
 
 OPSET = 17
@@ -100,12 +101,6 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
 # ------------------------------------------------------------------------------- runtimes
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                    Path.home() / ".cache") / "upsample"
-    return Path(root) / "export"
-
-
 def weights_hash(model: nn.Module) -> str:
     spec = model.upsample_spec
     h = hashlib.sha256(json.dumps([spec.arch, spec.kwargs, torch.__version__, OPSET],
@@ -154,24 +149,6 @@ def ort_session(source, device: torch.device, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = int(threads)
     return ort.InferenceSession(source, opts, providers=providers)
-
-
-def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
-    """`path` compiled for the CPU in `precision` (f32 or bf16; f32 must be asked for, since on
-    CPUs with bf16 units OpenVINO would otherwise pick bf16). Compiled blobs are cached beside
-    the exports, so a second process starts without recompiling."""
-    import openvino as ov
-    core = ov.Core()
-    blobs = cache_dir() / "openvino"
-    try:
-        blobs.mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": str(blobs)})
-    except (OSError, RuntimeError):
-        pass
-    config = {"INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(str(path), "CPU", config)
 
 
 def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",

@@ -12,16 +12,12 @@ splits the tile and retries.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import re
 import sys
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,30 +28,18 @@ from tqdm import tqdm
 
 from .degrade import imresize, output_size
 from .errors import UserError
-from .imageio import SAVE_FORMATS, Planes, is_image_path, list_images, planes_from_pil, planes_to_pil, \
-    read_planes, save_planes, storable_path
-from .upscaler import BACKENDS, BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
+from .imageio import Planes, planes_from_pil, planes_to_pil
+from .options import MAX_DEFAULT_PAD, parse_size
+from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
 
 PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
 MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack, fragmentation)
-MAX_DEFAULT_PAD = 32  # the default pad: the receptive field of the network, at most this
 MIN_TILE = 16
 
 
 # ----------------------------------------------------------------------------------------------
 # Memory: budgets and measurement
 # ----------------------------------------------------------------------------------------------
-
-def parse_size(text: str | int | float) -> int:
-    """Bytes from "2GB", "1.5G", "512MiB", "800M", "100000"; decimal and binary units."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
-    if not m:
-        raise UserError(f"cannot read memory size {text!r}: write e.g. 2GB, 1.5G or 800MB")
-    base = 1024 if m.group(3) else 1000
-    return int(float(m.group(1)) * base ** " kmgt".index(m.group(2) or " "))
-
 
 def rss_bytes() -> int:
     """This process's resident memory now."""
@@ -560,170 +544,3 @@ def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", devic
     if abs(final - up.scale) > 1e-12:
         return ResizedUpscaler(up, final)
     return up
-
-
-# ----------------------------------------------------------------------------------------------
-# The CLI: upsample image IN... -o OUT
-# ----------------------------------------------------------------------------------------------
-
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(source file, path relative to the output folder) for files and folders (recursive)."""
-    jobs = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            images, skipped = list_images(p)
-            for s in skipped:
-                print(f"note: skipping non-image file {s}", file=sys.stderr)
-            if not images:
-                print(f"note: no images in {p}", file=sys.stderr)
-            jobs += [(f, f.relative_to(p)) for f in images]
-        elif p.is_file():
-            jobs.append((p, Path(p.name)))
-        else:
-            raise UserError(f"input not found: {p}")
-    if not jobs:
-        raise UserError("no input images")
-    return jobs
-
-
-def _scale_text(s: float) -> str:
-    return str(int(s)) if float(s).is_integer() else f"{s:g}"
-
-
-def output_path(out: Path, rel: Path, src: Path, suffix: str, ext: str, single_file: bool) -> Path:
-    e = src.suffix.lower().lstrip(".") if ext == "same" else ext
-    if e not in SAVE_FORMATS:
-        e = "png"
-    if single_file:
-        return out
-    return out / rel.parent / f"{rel.stem}{suffix}.{e}"
-
-
-def run(args: argparse.Namespace) -> int:
-    jobs = collect_inputs(args.inputs)
-    out = Path(args.output)
-    single = (len(jobs) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
-              and is_image_path(out) and not out.is_dir())
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.quality is not None and not 1 <= args.quality <= 100:
-        raise UserError(f"--quality must be in 1..100, got {args.quality}")
-    if args.tile is not None and args.tile < 0:
-        raise UserError(f"--tile must be >= 0, got {args.tile}")
-    max_memory = parse_size(args.max_memory) if args.max_memory else None
-    up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device,
-                       half=args.half, outscale=args.outscale, precision=args.precision,
-                       threads=args.threads)
-    final = up.scale
-    progress = sys.stderr.isatty()
-    engine = ImageUpscaler(up, tile=args.tile, tile_pad=args.tile_pad, max_memory=max_memory,
-                           alpha_mode=args.alpha_mode, jobs=args.jobs, progress=progress,
-                           verbose=True)
-    suffix = args.suffix if args.suffix is not None else f"_x{_scale_text(final)}"
-
-    todo, seen = [], {}
-    skipped = 0
-    for src, rel in jobs:
-        dst = output_path(out, rel, src, suffix, args.ext, single)
-        if dst.resolve() == src.resolve():
-            print(f"upsample image: error: {src}: the output would replace the input; "
-                  f"use another -o or --suffix", file=sys.stderr)
-            seen[dst] = src
-            continue
-        if dst in seen:
-            raise UserError(f"{src} and {seen[dst]} would both be written to {dst}")
-        seen[dst] = src
-        if dst.exists() and not args.overwrite:
-            print(f"note: {dst} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
-            skipped += 1
-            continue
-        todo.append((src, dst))
-    failed = len(jobs) - len(todo) - skipped
-    print(f"{up.name} x{_scale_text(final)}: {len(todo)} image(s) -> {out}", file=sys.stderr)
-
-    def one(item) -> tuple[bool, Path]:
-        """(written, path): the image saved, or not because its PNG fallback name exists."""
-        src, dst = item
-        planes = read_planes(src)
-        final = storable_path(planes.mode, dst)
-        if final != dst and final.exists() and not args.overwrite:
-            return False, final
-        result = engine.upscale_planes(planes, desc=src.name)
-        del planes
-        return True, save_planes(result, final, quality=args.quality)
-
-    bar = tqdm(total=len(todo), desc="images", unit="img", file=sys.stderr, disable=not progress)
-    written = 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for (src, dst), fut in zip(todo, [pool.submit(one, t) for t in todo]):
-            try:
-                saved, path = fut.result()
-            except UserError as exc:
-                tqdm.write(f"upsample image: error: {src}: {exc}", file=sys.stderr)
-                failed += 1
-            except (OSError, RuntimeError, ValueError, MemoryError) as exc:
-                tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                failed += 1
-            else:
-                if not saved:
-                    tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)",
-                               file=sys.stderr)
-                    skipped += 1
-                    bar.update(1)
-                    continue
-                written += 1
-                if path != dst:
-                    tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
-                tqdm.write(f"wrote {path}")
-            bar.update(1)
-    bar.close()
-    print(f"{written} written, {skipped} skipped, {failed} failed -> {out}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
-    """--backend, --precision, --device, --threads: shared by image, video, eval and bench."""
-    from .auto import PRECISIONS
-    p.add_argument("--backend", default=os.environ.get("UPSAMPLE_BACKEND") or "auto", choices=BACKENDS,
-                   help="auto (default, or $UPSAMPLE_BACKEND: the fastest correct runtime here, see "
-                        "`upsample.auto`), torch, onnxruntime or openvino")
-    p.add_argument("--precision", default=precision, choices=PRECISIONS,
-                   help=f"for --backend auto (default {precision}): auto = bf16/fp16 where it stays "
-                        "within 1/255 of fp32; int8 needs an `upsample quantize` output as --model")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """The options that pick and run the upscaler, shared by `image` and `video`."""
-    p.add_argument("--model", default=None,
-                   help="bicubic, a registered name or a checkpoint (default: the best shipped "
-                        "model for --scale, else bicubic)")
-    p.add_argument("--scale", default=None, help="model scale (default: the model's; 2 for bicubic and for the default model)")
-    add_runtime_options(p, precision="auto")
-    p.add_argument("--half", action="store_true",
-                   help="half precision without the auto check (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--tile", type=int, default=None,
-                   help="tile side in input pixels (0: whole image; default: from --max-memory)")
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
-
-
-def register(sub) -> None:
-    p = sub.add_parser("image", help="upscale image files or folders (tiled, any size)")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (keeps sub-folders), or a file name for one input file")
-    add_model_options(p)
-    p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize")
-    p.add_argument("--tile-pad", type=int, default=None,
-                   help=f"overlap of tiles in input pixels (default: receptive field, at most {MAX_DEFAULT_PAD})")
-    p.add_argument("--suffix", default=None, help="added to output names (default: _x<outscale>)")
-    p.add_argument("--ext", default="png", choices=["png", "jpg", "webp", "same"], help="output format")
-    p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default 95)")
-    p.add_argument("--alpha-mode", default="bicubic", choices=["bicubic", "model"],
-                   help="how to upscale transparency")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip)")
-    p.add_argument("--jobs", type=int, default=1, help="images processed at once")
-    p.set_defaults(func=run)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .fastpath import WEIGHTS_DIR  # the shipped weights (named there, torch-free)
 from .models.discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
 from .models.downscaler import JointSR
 from .models.espcn import ESPCN
@@ -37,7 +38,6 @@ ARCHS: dict[str, type[nn.Module]] = {
 DISCRIMINATORS = {"vgg_discriminator", "unet_discriminator_sn"}
 PRE_UPSAMPLE = {"vdsr"}  # archs whose forward takes the bicubic-upscaled image
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 MACS_INPUT = 256  # side of the input image the `macs` column is counted for
 
 

@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from .degrade import imresize, output_size
 from .errors import UserError
+from .options import BACKENDS, PRECISIONS
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
 INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output
 
@@ -201,7 +201,6 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
                   quiet: bool = False) -> Upscaler:
     """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
     `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32."""
-    from .auto import PRECISIONS
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
@@ -240,8 +239,11 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         if dev.type == "cuda":
             return auto.cuda_upscaler(model, name=name, scale=s, device=dev, precision=precision,
                                       quiet=quiet)
-        return auto.cpu_upscaler(model, name=name, scale=s, precision=precision, threads=threads,
-                                 quiet=quiet)
+        up = auto.cpu_upscaler(model, name=name, scale=s, precision=precision, threads=threads,
+                               quiet=quiet)
+        from . import registry
+        up.from_file = spec not in registry.list_models(None) or registry.weights_path(spec) is not None
+        return up
     if backend == "torch":
         model = model.to(dev)
         run_net = model

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from .degrade import imresize, output_size
 from .errors import UserError
 from .imageio import atomic_output
-from .infer import Tiler, add_model_options, make_upscaler, parse_size
+from .infer import Tiler, make_upscaler
+from .options import add_model_options, parse_size
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 COPY_TYPES = ("audio", "subtitle", "data")

@@ -1,0 +1,96 @@
+"""The cache-hit path of `upsample image`: same bytes as the full path, no torch, safe misses."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from upsample import cli, fastpath, infer
+from upsample.checkpoint import save_checkpoint
+from upsample.registry import create_model
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("upsample.bench.cpu_has_bf16", lambda: False)  # fp32 plans (see conftest)
+
+
+def _ckpt(tmp_path, name="espcn-x3", **kwargs):
+    torch.manual_seed(0)
+    path = tmp_path / f"{name}.safetensors"
+    save_checkpoint(create_model(name, **kwargs), path)
+    return path
+
+
+def _photo(path, mode="RGB", size=(30, 22)):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    Image.fromarray(arr[..., 0] if mode == "L" else arr, mode).save(path)
+    return path
+
+
+def _image(src, out, model, *extra):
+    return cli.main(["image", str(src), "-o", str(out), "--model", str(model), "--backend", "auto",
+                     "--overwrite", *extra])
+
+
+@pytest.mark.parametrize("name", ["espcn-x3", "espcn-rgb-x2"])  # a fused Y graph, an RGB network
+def test_second_call_runs_the_plan_without_torch_and_writes_the_same_bytes(tmp_path, monkeypatch, name):
+    ckpt, src = _ckpt(tmp_path, name), _photo(tmp_path / "a.png")
+    assert _image(src, tmp_path / "full", ckpt) == 0
+    full = next((tmp_path / "full").iterdir()).read_bytes()
+    assert list((fastpath.cache_dir() / "plans").glob("*.json"))
+
+    def no_torch_path(*a, **k):
+        raise AssertionError("the full path ran on a cache hit")
+    monkeypatch.setattr(infer, "make_upscaler", no_torch_path)
+    assert _image(src, tmp_path / "fast", ckpt) == 0
+    assert next((tmp_path / "fast").iterdir()).read_bytes() == full
+
+
+def test_a_plan_hit_in_a_fresh_process_imports_no_torch(tmp_path):
+    ckpt, src = _ckpt(tmp_path), _photo(tmp_path / "a.png")
+    assert _image(src, tmp_path / "o", ckpt) == 0
+    code = ("import sys; from upsample import cli; rc = cli.main(sys.argv[1:]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, "image", str(src), "-o", str(tmp_path / "o2"),
+                          "--model", str(ckpt), "--backend", "auto"],
+                         env={**os.environ}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("False")
+    assert (tmp_path / "o2" / "a_x3.png").read_bytes() == (tmp_path / "o" / "a_x3.png").read_bytes()
+
+
+def test_a_changed_checkpoint_or_other_options_miss_the_plan(tmp_path):
+    ckpt, src = _ckpt(tmp_path), _photo(tmp_path / "a.png")
+    assert _image(src, tmp_path / "o", ckpt) == 0
+    args = cli.build_parser("upsample.image_cmd").parse_args(
+        ["image", str(src), "-o", "x", "--model", str(ckpt), "--backend", "auto"])
+    assert fastpath.FastEngine.load(args) is not None
+    for extra in (["--threads", "1"], ["--tile", "64"], ["--backend", "torch"], ["--precision", "fp32"]):
+        other = cli.build_parser("upsample.image_cmd").parse_args(
+            ["image", str(src), "-o", "x", "--model", str(ckpt), "--backend", "auto", *extra])
+        assert fastpath.FastEngine.load(other) is None, extra
+    torch.manual_seed(1)
+    save_checkpoint(create_model("espcn-x3"), ckpt)  # new weights under the same name
+    os.utime(ckpt, ns=(1, 1))
+    assert fastpath.FastEngine.load(args) is None
+
+
+def test_images_the_plan_does_not_take_go_the_full_path(tmp_path):
+    ckpt = _ckpt(tmp_path)
+    rgb, rgba, gray = (_photo(tmp_path / f"{m}.png", m) for m in ("RGB", "RGBA", "L"))
+    assert _image(rgb, tmp_path / "o", ckpt) == 0
+    args = cli.build_parser("upsample.image_cmd").parse_args(
+        ["image", str(rgb), "-o", "x", "--model", str(ckpt), "--backend", "auto"])
+    engine = fastpath.FastEngine.load(args)
+    from upsample.imageio import read_planes
+    assert engine.upscale_planes(read_planes(rgba)) is None and engine.upscale_planes(read_planes(gray)) is None
+    assert _image(rgba, tmp_path / "o", ckpt) == 0 and _image(gray, tmp_path / "o", ckpt) == 0
+    assert Image.open(tmp_path / "o" / "RGBA_x3.png").mode == "RGBA"
+    assert Image.open(tmp_path / "o" / "L_x3.png").size == (90, 66)
