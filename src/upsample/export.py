@@ -32,6 +32,7 @@ from .fastpath import cache_dir, ov_compiled  # noqa: F401 (torch-free; used her
 from .upscaler import model_scale, resolve_model, rgb_to_ycbcr, ycbcr_to_rgb
 
 OPSET = 17
+GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
 FORMATS = ("onnx", "openvino")
 
 
@@ -103,7 +104,7 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
 
 def weights_hash(model: nn.Module) -> str:
     spec = model.upsample_spec
-    h = hashlib.sha256(json.dumps([spec.arch, spec.kwargs, torch.__version__, OPSET],
+    h = hashlib.sha256(json.dumps([spec.arch, spec.kwargs, torch.__version__, OPSET, GRAPHS],
                                   sort_keys=True).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())

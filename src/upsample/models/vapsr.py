@@ -13,6 +13,7 @@ dilated kernels (dense 3x3 convs reach several times the GFLOP/s there).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -46,7 +47,18 @@ class VAB(nn.Module):
 
     def forward(self, x):
         y = self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))) + x
+        if torch.onnx.is_in_onnx_export():
+            return self._norm_channels(y)
         return self.pixel_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+    def _norm_channels(self, y):
+        """`pixel_norm` written along dim 1: the same LayerNorm without the two transposes,
+        which cost OpenVINO a third of VapSR's time in layout reorders (x2 at 640x360, fp32,
+        2 threads: 3.0 -> 2.0 s). Exported graphs only; eager keeps torch's fused kernel."""
+        n = self.pixel_norm
+        d = y - y.mean(1, keepdim=True)
+        inv = 1 / torch.sqrt(d.pow(2).mean(1, keepdim=True) + n.eps)
+        return d * inv * n.weight.view(1, -1, 1, 1) + n.bias.view(1, -1, 1, 1)
 
 
 def upsampler(num_feat: int, num_out_ch: int, scale: int) -> nn.Sequential:
