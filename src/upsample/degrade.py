@@ -111,6 +111,7 @@ class BicubicUp(torch.nn.Module):
         first, bank = phase_kernel(s)
         self.left, self.right = -first, first + bank.shape[1] - 1
         taps = np.einsum("pk,ql->pqkl", bank, bank).reshape(s * s, 1, *bank.shape[1:] * 2)
+        self.per_channel = mix is None
         if mix is None:
             weight, b = taps, None
         else:
@@ -127,14 +128,13 @@ class BicubicUp(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        per_channel = self.bias is None and self.weight.shape[1] == 1
-        if per_channel:
+        if self.per_channel:
             x = x.reshape(n * c, 1, h, w)
         x = self._mirror(self._mirror(x, 2), 3)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         y = torch.nn.functional.pixel_shuffle(
             torch.nn.functional.conv2d(x, self.weight.to(x.dtype), bias), self.scale)
-        return y.reshape(n, c, h * self.scale, w * self.scale) if per_channel else y
+        return y.reshape(n, c, h * self.scale, w * self.scale) if self.per_channel else y
 
 
 def output_size(in_size: int, scale: float) -> int:

@@ -87,8 +87,8 @@ def plan_path(args) -> Path | None:
 
 def remember(args, up) -> None:
     """After the full path built `up` (an `Upscaler`): write the plan if one graph does it all."""
-    path, graph = plan_path(args), getattr(up, "graph", None)
-    if path is None or graph is None or not getattr(up, "from_file", False):
+    path, graph = plan_path(args), getattr(up, "graph", None)  # None too for non-model upscalers
+    if path is None or graph is None or not up.from_file:
         return  # not auto on the CPU, or an untrained model (nothing to stamp)
     spec = up.spec
     whole = up.run_rgb is not None or (spec.input == "rgb" and spec.pad_multiple == 1

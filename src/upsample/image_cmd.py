@@ -85,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
             return built[0]
 
     fast = fastpath.FastEngine.load(args)  # a cache hit: no torch unless an image needs it
-    name, final = (fast.name, fast.scale) if fast else (full_engine().up.name, full_engine().scale)
+    if fast:
+        name, final = fast.name, fast.scale
+    else:
+        engine = full_engine()
+        name, final = engine.up.name, engine.scale
     suffix = args.suffix if args.suffix is not None else f"_x{_scale_text(final)}"
 
     todo, seen = [], {}

@@ -97,6 +97,10 @@ class ModelUpscaler(Upscaler):
         self.scale, self.name, self.backend, self.device = float(scale), name, backend, device
         self.run_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None  # the whole RGB -> RGB
         self.precision, self.runtime = "fp32", backend  # what actually runs (auto picks them)
+        # set by `--backend auto` on the CPU, read by `fastpath.remember`: (the RGB -> RGB or
+        # network graph, its OpenVINO precision), and whether the weights came from a file
+        self.graph: tuple[Path, str] | None = None
+        self.from_file = False
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
