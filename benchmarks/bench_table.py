@@ -19,7 +19,8 @@ def main(paths: list[str]) -> None:
                   f"{255 * row['max_abs_diff']:.2f} |")
     r = json.load(open(paths[0]))
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_gflops"].items())
-    print(f"\n{r['device']}, {r['threads']} threads; peak GFLOP/s measured by bench (matmul): {peaks}")
+    cpu = f" ({r['cpu']})" if r.get("cpu") and r["device"] == "cpu" else ""
+    print(f"\n{r['device']}{cpu}, {r['threads']} threads; peak GFLOP/s measured by bench (matmul): {peaks}")
 
 
 if __name__ == "__main__":

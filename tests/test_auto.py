@@ -76,10 +76,12 @@ def test_a_failed_half_check_is_remembered_and_falls_back_to_fp32(monkeypatch):
     net = registry.create_model("espcn-x2")
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
     export.cache_dir().mkdir(parents=True)
-    auto._checks_path(key).write_text('{"openvino-bf16-x2": 0.05}')  # as if bf16 had failed
+    failed = {"openvino-bf16-x2-rgb2": 0.05, "openvino-bf16-body-x2-rgb2": 0.01}  # as if both had
+    auto._checks_path(key).write_text(__import__("json").dumps(failed))
     up = auto.cpu_upscaler(net, name="t", scale=2.0)
-    assert up.precision == "fp32"
-    assert auto.remembered_check(key, "openvino-bf16-x2", lambda: 1 / 0) == (0.05, False)
+    assert up.precision == "fp32" and up.graph[1] == "f32"
+    assert __import__("json").loads(auto._checks_path(key).read_text()) == failed  # nothing re-measured
+    assert auto.remembered_check(key, "openvino-bf16-body-x2-rgb2", lambda: 1 / 0) == (0.01, False)
 
 
 @pytest.mark.parametrize("kwargs, message", [

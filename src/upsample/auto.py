@@ -5,7 +5,9 @@ YCbCr, MATLAB-exact bicubic of the chroma and of VDSR's input as fixed convoluti
 (`degrade.BicubicUp`), the network, back to RGB) is one graph, so the runtime fuses the edges that
 would otherwise cost more than the network; the Y network alone is a second graph (video works on
 Y planes). Where the CPU has bf16 units, bf16 is used when its output stays within 1/255 of fp32
-on a real image (the packaged sample); the check runs once per weights and is remembered.
+on a real image (the packaged sample), else bf16 for the body with the image-facing ends in fp32
+(`fp32_ends`) when that stays within it, else fp32; the checks run once per weights and are
+remembered.
 CUDA: the network in fp16 (else bf16, else fp32: the same check) in channels_last, through
 `torch.compile` when it works here.
 int8: only when asked (`--precision int8`) and the model given is an `upsample quantize` output.
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import export
+from . import export, fp32_ends
 from .degrade import BicubicUp
 from .errors import UserError
 from .fastpath import FUSED_GRAPH
@@ -124,39 +126,52 @@ def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = 
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
     main_xml = fused_xml or net_xml
-    use = "f32"
+    use = "f32"  # or bf16 (every layer), or bf16-body (fp32 ends: see `fp32_ends`)
     if precision == "bf16":  # asked for: no check
         if not cpu_has_bf16():
             raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
         use = "bf16"
     elif precision == "auto" and cpu_has_bf16():
-        def measure():
-            x = probe_image(3 if fused is not None else model.upsample_spec.channels)
-            ref = export.ov_compiled(main_xml, "f32", threads)(x.numpy())[0]
-            got = export.ov_compiled(main_xml, "bf16", threads)(x.numpy())[0]
-            return np.abs(np.asarray(got) - np.asarray(ref)).max()
+        probe, ref = probe_image(3 if fused is not None else model.upsample_spec.channels), []
+
+        def measure(xml):
+            if not ref:
+                ref.append(np.asarray(export.ov_compiled(main_xml, "f32", threads)(probe.numpy())[0]))
+            got = np.asarray(export.ov_compiled(xml, "bf16", threads)(probe.numpy())[0])
+            return np.abs(got - ref[0]).max()
         graph = f"-{FUSED_GRAPH}" if fused is not None else ""
-        diff, fresh = remembered_check(key, f"openvino-bf16-x{scale:g}{graph}", measure)
-        if diff <= TOLERANCE:
-            use = "bf16"
-        elif fresh and not quiet:
-            _say(f"{name}: bf16 differs from fp32 by {diff * 255:.2f}/255 on the probe; using fp32")
+        said = []
+        for option in ("bf16", "bf16-body"):  # fastest first
+            xml = main_xml if option == "bf16" else fp32_ends.variant(main_xml)
+            diff, fresh = remembered_check(key, f"openvino-{option}-x{scale:g}{graph}", lambda: measure(xml))
+            if fresh:
+                said.append(f"{option} differs from fp32 by {diff * 255:.2f}/255")
+            if diff <= TOLERANCE:
+                use = option
+                break
+        if said and not quiet:
+            _say(f"{name} on the probe: {'; '.join(said)}; using {'fp32' if use == 'f32' else use}")
+    if use == "bf16-body":
+        net_xml, main_xml = fp32_ends.variant(net_xml), fp32_ends.variant(main_xml)
+        fused_xml = main_xml if fused_xml is not None else None
+    ov_precision = "f32" if use == "f32" else "bf16"
     cpu = torch.device("cpu")
     compiled = {}
 
     def run_net(t: torch.Tensor) -> torch.Tensor:  # compiled when first used (video's Y planes)
         if "net" not in compiled:
-            compiled["net"] = export.file_session(net_xml, "openvino", cpu, precision=use, threads=threads)
+            compiled["net"] = export.file_session(net_xml, "openvino", cpu, precision=ov_precision,
+                                                  threads=threads)
         return compiled["net"](t)
 
     up = ModelUpscaler(model, run_net, scale=scale, name=name, backend="auto", device=cpu)
-    up.precision, up.runtime = ("bf16" if use == "bf16" else "fp32"), "openvino"
+    up.precision, up.runtime = ("fp32" if use == "f32" else use), "openvino"
     if fused_xml is not None:
         # The fused graph is the faster one wherever it was timed (640x360, OpenVINO fp32, 2
         # threads: espcn-x3 120 vs 183 ms with the edges in torch, vdsr x3 12.8 vs 13.5 s).
-        fused_run = export.file_session(fused_xml, "openvino", cpu, precision=use, threads=threads)
+        fused_run = export.file_session(fused_xml, "openvino", cpu, precision=ov_precision, threads=threads)
         up.run_rgb, up.runtime = fused_run, "openvino, fused edges"
-    up.graph = (fused_xml if fused_xml is not None else net_xml, use)  # what `fastpath` reruns
+    up.graph = (main_xml, ov_precision)  # what `fastpath` reruns
     return up
 
 

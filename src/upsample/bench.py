@@ -59,6 +59,19 @@ def time_runs(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, 
     return statistics.median(times), out
 
 
+def cpu_name() -> str:
+    """The processor's model name (bench figures belong to it), else the platform's word."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -208,7 +221,8 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
             label, key = f"{backend} fp32", "fp32"
             if backend == "auto":  # what auto chose, e.g. "auto (openvino fp32)"
                 label = f"auto ({up.runtime} {up.precision})"
-                key = {"bf16": "bfloat16", "fp16": "float16"}.get(up.precision, up.precision)
+                key = {"bf16": "bfloat16", "bf16-body": "bfloat16", "fp16": "float16"}.get(up.precision,
+                                                                                   up.precision)
         entries.append((label, up, key))
     if half and dev.type == "cpu" and hdt is not None and not isinstance(eager, BicubicUpscaler) \
             and {"auto", "openvino"} & set(backends):  # what bf16 in OpenVINO would give
@@ -254,7 +268,8 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         if "ms_per_frame" in row:
             row["speedup"] = ref_row["ms_per_frame"] / row["ms_per_frame"]
     return {"model": eager.name, "scale": eager.scale, "size": f"{w}x{h}", "device": str(dev),
-            "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
+            "cpu": cpu_name(), "cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(),
+            "warmup": warmup, "runs": runs,
             "gmacs_per_frame": macs / 1e9, "peak_gflops": peaks, "rows": rows}
 
 

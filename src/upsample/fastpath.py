@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .imageio import Planes, atomic_output
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: auto may pick a bf16-body (fp32 ends) graph
 FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # the shipped weights
 MAX_OUT_PIXELS = 2_000_000  # larger outputs take the full path (its memory-bounded tiling)
