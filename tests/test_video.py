@@ -164,7 +164,45 @@ def test_bad_inputs_one_line_and_no_output(tmp_path, capsys):
     assert cli.main(["video", str(tmp_path / "ok.mp4"), "-o", str(tmp_path / "o.mp4"),
                      "--model", "bicubic", "--start", "30"]) == 2
     assert "no video frames" in capsys.readouterr().err
+    assert cli.main(["video", str(tmp_path / "ok.mp4"), "-o", str(tmp_path / "o.mp4"), "--batch", "0"]) == 2
+    assert "--batch must be auto" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_batch_auto_is_one_frame_on_the_cpu_and_a_number_is_kept(tmp_path, capsys):
+    src = tmp_path / "in.mp4"
+    make_clip(src, seconds=0.2, audio=False)
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "a.mp4"), "--model", "espcn-x2"]) == 0
+    assert "1 frame(s) per model call" in capsys.readouterr().out
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "b.mp4"), "--model", "espcn-x2",
+                     "--batch", "3"]) == 0
+    assert "3 frame(s) per model call" in capsys.readouterr().out
+
+
+def test_fastest_batch_takes_the_least_time_per_frame():
+    import time
+    calls = []
+
+    def run(n, fixed=0.02, per_frame=0.002):  # a device with a large cost per call
+        calls.append(n)
+        time.sleep(fixed + per_frame * n)
+    assert video.fastest_batch(run, (1, 2, 4, 8), repeats=1) == 8
+    assert calls == [1, 1, 2, 2, 4, 4, 8, 8]  # each warmed up once, then timed
+    assert video.fastest_batch(lambda n: time.sleep(0.01 * n + (0.05 if n > 1 else 0)), (1, 2)) == 1
+
+
+def test_frames_per_call_only_times_batches_that_fit(monkeypatch):
+    """The GPU branch, run on the CPU: with memory for two frames only 1 and 2 are timed."""
+    up = load_upscaler("espcn-rgb-x2", backend="torch")
+    tiler = video.Tiler(up)
+    assert video.frames_per_call(up, tiler, 24, 32, 3, np.uint8, (48, 64)) == 1  # the CPU: untimed
+    monkeypatch.setattr(tiler, "plan_tile", lambda h, w, c, d, batch=1, reserved=0: 0 if batch <= 2 else 64)
+    seen, real_call = [], type(up).__call__
+    monkeypatch.setattr(type(up), "__call__", lambda self, x: seen.append(x.shape[0]) or real_call(self, x))
+    assert video.frames_per_call(up, tiler, 24, 32, 3, np.uint8, (48, 64), timed=True) in (1, 2)
+    assert set(seen) == {1, 2}
+    monkeypatch.setattr(tiler, "plan_tile", lambda h, w, c, d, batch=1, reserved=0: 64)
+    assert video.frames_per_call(up, tiler, 24, 32, 3, np.uint8, (48, 64), timed=True) == 1
 
 
 def test_interrupt_leaves_no_output(tmp_path, monkeypatch):
