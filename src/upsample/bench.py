@@ -59,25 +59,25 @@ def time_runs(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, 
     return statistics.median(times), out
 
 
-def cpu_name() -> str:
-    """The processor's model name (bench figures belong to it), else the platform's word."""
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return f.read()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_name() -> str:
+    """The processor's model name (bench figures belong to it), else the platform's word."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     import platform
     return platform.processor() or platform.machine()
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -217,21 +217,12 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
 BATCHES = (1, 2, 4, 8)  # frames per model call that `frames_per_call` may time
 
 
-def fastest_batch(run, sizes=BATCHES, repeats: int = 2) -> int:
-    """The n among `sizes` for which `run(n)` (one model call on n frames) takes the least time
-    per frame: best of `repeats` timed calls after one warm-up each."""
-    import time
-    best, pick = float("inf"), sizes[0]
-    for n in sizes:
-        run(n)
-        t = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run(n)
-            t = min(t, time.perf_counter() - t0)
-        if t / n < best:
-            best, pick = t / n, n
-    return pick
+def fastest_batch(run, sizes=BATCHES, repeats: int = 2, device: torch.device = torch.device("cpu")) -> int:
+    """The n among `sizes` for which `run(n)` (one model call on n frames on `device`) takes the
+    least time per frame: `bench.time_runs`' median of `repeats` calls after one warm-up each."""
+    from .bench import time_runs
+    per_frame = {n: time_runs(lambda: run(n), device, 1, repeats)[0] / n for n in sizes}
+    return min(sizes, key=per_frame.get)
 
 
 def frames_per_call(net: Upscaler, tiler: Tiler, h: int, w: int, chans: int, dtype, out_hw,
@@ -247,13 +238,7 @@ def frames_per_call(net: Upscaler, tiler: Tiler, h: int, w: int, chans: int, dty
     if len(fits) <= 1:
         return 1
     frames = torch.rand(fits[-1], chans, h, w, generator=torch.Generator().manual_seed(0))
-
-    def run(n):
-        out = net(frames[:n])
-        if net.device.type == "cuda":
-            torch.cuda.synchronize(net.device)
-        return out
-    return fastest_batch(run, fits)
+    return fastest_batch(lambda n: net(frames[:n]), fits, device=net.device)
 
 
 @dataclass
