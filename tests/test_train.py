@@ -208,3 +208,31 @@ def test_init_from_a_checkpoint(tmp_path, capsys):
     assert _train(tmp_path / "c", "--init", str(tmp_path / "a" / "best.safetensors"),
                   sets=["model.name=espcn-x3", "data.patch_size=48", "train.steps=1"]) == 0
     assert "initialised 4/6 tensors" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_stops(tmp_path):
+    # Slurm, `kill -- -PGID` and a terminal signal every process of the group: the DataLoader
+    # workers must leave the signal to the main process, which finishes its step and saves.
+    import time
+    run = tmp_path / "w"
+    cmd = [sys.executable, "-m", "upsample", "train", TINY, "--run-dir", str(run), "--device", "cpu"]
+    for s in [*BASE, "data.workers=2", "train.steps=100000", "val.every=0", "train.ckpt_every=100000"]:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "metrics.jsonl").exists() and proc.poll() is None:
+            time.sleep(0.2)
+        while time.time() < deadline and len(_losses(run)) < 3 and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    state = torch.load(run / "last_state.pt", weights_only=False)
+    assert state["step"] >= 3

@@ -297,9 +297,13 @@ def hardware_name(dev: torch.device, threads: int) -> str:
     return f"{cpu} ({os.cpu_count()} cores), {threads or torch.get_num_threads()} torch thread(s)"
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which saves and stops cleanly."""
+def _leave_signals_to_main(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which saves and stops
+    cleanly: a terminal's Ctrl-C, `kill -- -PGID` and batch schedulers (Slurm) signal the whole
+    process group, and a worker that died of it made the main process fail without saving.
+    Workers still end with the main process (PyTorch's watchdog) and when it shuts them down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
@@ -424,7 +428,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                                     rank, world)
     loader = torch.utils.data.DataLoader(
         pairs, batch_sampler=sampler, collate_fn=data.as_batch, num_workers=cfg.data.workers,
-        pin_memory=dev.type == "cuda", worker_init_fn=_ignore_sigint,
+        pin_memory=dev.type == "cuda", worker_init_fn=_leave_signals_to_main,
         prefetch_factor=4 if cfg.data.workers else None)
 
     # ---------------------------------------------------------------- optimizer and friends
