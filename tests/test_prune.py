@@ -116,3 +116,5 @@ def test_train_init_from_a_pruned_checkpoint_trains_the_pruned_shape(tmp_path, c
     import tomllib
     saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     assert saved["model"]["kwargs"] == {"num_feat": 32, "mid_feat": 16}
+    # the resolved config says where the run started, so the run can be repeated from it alone
+    assert saved["train"]["init"] == str(pruned)

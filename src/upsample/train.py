@@ -711,8 +711,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.init and cfg.train.init and not Path(cfg.train.init).is_file():
             raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
                             "from): train that stage first, or pass --init CKPT")
-        if args.init or cfg.train.init:
-            note = adopt_init_widths(cfg, args.init or cfg.train.init)
+        if args.init:  # the resolved config records where the run started
+            cfg.train.init = args.init
+        if cfg.train.init:
+            note = adopt_init_widths(cfg, cfg.train.init)
             if note:
                 print(f"note: {note}", file=sys.stderr)
         text = config_mod.to_toml(cfg)
