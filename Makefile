@@ -23,9 +23,8 @@ clean:
 	rm -rf out
 
 # Retrain one shipped model from scratch and package it: make reproduce MODEL=espcn-x3
-# It trains the exact resolved config shipped beside the weights (else configs/MODEL.toml).
+# It trains the exact resolved config shipped beside the weights (else configs/MODEL.toml), after
+# the earlier stages its train.init names (runs/STAGE/... from configs/STAGE.toml): tools/reproduce.py.
 reproduce: $(STAMP)
 	@test -n "$(MODEL)" || (echo "usage: make reproduce MODEL=espcn-x3" >&2; exit 2)
-	$(VENV)/bin/upsample train $(or $(wildcard src/upsample/weights/$(MODEL).toml),configs/$(MODEL).toml) \
-		--run-dir runs/$(MODEL) --reset
-	$(VENV)/bin/python tools/ship.py $(MODEL) runs/$(MODEL)
+	$(VENV)/bin/python tools/reproduce.py $(MODEL)
