@@ -20,8 +20,13 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available(
 UP="$PY -m upsample"
 TRAIN_END=$((BUDGET - ${TAIL:-70}))   # leaves time for eval, bench and packing
 
-say "vapsr-x2: start, stops at ${TRAIN_END}s"
-timeout -s INT $((TRAIN_END - $(el))) $UP train configs/vapsr-x2.toml --run-dir "$R/vapsr-x2" --reset \
+# vapsr-x2 needs many sessions (~10 steps/s here against the recipe's 1M steps): each continues
+# the run kept in weights/wip/vapsr-x2 (git-tracked, ~6 MB) and leaves it in $OUT/wip-vapsr-x2;
+# copy that back over weights/wip/vapsr-x2 and commit it.
+WIP=weights/wip/vapsr-x2 VMODE=--reset
+if [ -f "$WIP/last_state.pt" ]; then cp -r "$WIP" "$R/vapsr-x2"; VMODE=--resume; fi
+say "vapsr-x2: ${VMODE#--}, stops at ${TRAIN_END}s"
+timeout -s INT $((TRAIN_END - $(el))) $UP train configs/vapsr-x2.toml --run-dir "$R/vapsr-x2" $VMODE \
   --device "$DEV" --set data.batch_size=64 --set data.workers=5 --set 'train.amp="bf16"' \
   --set val.every=${VAPSR_VAL:-2000} --set train.ckpt_every=${VAPSR_VAL:-2000} ${VAPSR_SET:-} \
   > "$R/vapsr-x2.log" 2>&1 &
@@ -66,6 +71,11 @@ for m in espcn-x2 vapsr-s-x2 vapsr-x2; do
     >> "$OUT/bench.txt" 2>> "$R/bench.err"
 done
 tail -n 3 "$R/bench.err"
+if [ -f "$R/vapsr-x2/last_state.pt" ]; then
+  mkdir -p "$OUT/wip-vapsr-x2"
+  cp "$R/vapsr-x2"/{config.toml,last_state.pt,last.safetensors,metrics.jsonl} "$OUT/wip-vapsr-x2/"
+  cp "$R/vapsr-x2/best.safetensors" "$OUT/wip-vapsr-x2/" 2>/dev/null
+fi
 for run in vdsr vapsr-x2; do  # resumable state apart: each file back must stay under 16 MB
   [ -d "$R/$run" ] || continue
   mv "$R/$run/last_state.pt" "$OUT/${run}_last_state.pt" 2>/dev/null
