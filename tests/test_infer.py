@@ -295,3 +295,62 @@ def test_outputs_get_the_usual_permissions_not_the_temp_files(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out" / "a_x2.png").stat().st_mode & 0o777 == 0o644
+
+
+class CountingUpscaler(BicubicUpscaler):
+    """Bicubic that records the batch size of every call (and can fail batches as out of memory)."""
+
+    def __init__(self, scale, fail_batches=False):
+        super().__init__(scale)
+        self.calls, self.fail_batches = [], fail_batches
+
+    def __call__(self, x):
+        if self.fail_batches and x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.calls.append(x.shape[0])
+        return super().__call__(x)
+
+
+@pytest.mark.parametrize("tile_batch", [None, 1, 3, 8])
+def test_tiles_of_one_shape_go_through_in_batches_with_the_same_result(tile_batch):
+    img = rgb(40, 50)  # 12px tiles: 4 x 5 regions, the last row and column narrower
+    ref = upsample.load("bicubic", 2, tile=0).upscale(img)
+    up = CountingUpscaler(2.0)
+    tiler = infer.Tiler(up, tile=12, tile_batch=tile_batch)
+    assert np.array_equal(tiler.upscale(img), ref)
+    regions = len(infer._split((0, 40, 0, 50), 12))
+    if tile_batch in (None, 1):  # auto on the CPU: one tile a call
+        assert up.calls == [1] * regions
+    else:
+        # interior tiles share a padded shape (6 of them here), edge ones come in fewer
+        assert sum(up.calls) == regions and 1 < max(up.calls) <= tile_batch
+        assert len(up.calls) < regions
+
+
+def test_tile_batch_timed_when_asked_picks_a_size_that_fits_and_keeps_the_result():
+    img = rgb(40, 50)
+    ref = upsample.load("bicubic", 2, tile=0).upscale(img)
+    up = CountingUpscaler(2.0)
+    tiler = infer.Tiler(up, tile=12)
+    tiler.time_batches = True  # what a GPU does: time 1/2/4/8 tiles a call once per tile shape
+    assert np.array_equal(tiler.upscale(img), ref)
+    assert tiler._batch_for and set(tiler._batch_for.values()) <= set(infer.BATCHES)
+
+
+def test_out_of_memory_in_a_batch_of_tiles_falls_back_to_one_tile_a_call(capsys):
+    img = rgb(40, 50)
+    ref = upsample.load("bicubic", 2, tile=0).upscale(img)
+    tiler = infer.Tiler(CountingUpscaler(2.0, fail_batches=True), tile=12, tile_batch=4)
+    assert np.array_equal(tiler.upscale(img), ref)
+    assert tiler.tile_batch == 1 and "one tile at a time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
+def test_bad_tile_batch_is_one_line(tmp_path, capsys, bad):
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb(20, 20)).save(src)
+    assert cli.main(["image", str(src), "--model", "bicubic", "--scale", "2", "--tile-batch", bad,
+                     "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tile-batch" in err
+    assert not (tmp_path / "out").exists()

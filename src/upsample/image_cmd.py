@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import fastpath
 from .errors import UserError
 from .imageio import SAVE_FORMATS, is_image_path, list_images, read_planes, save_planes, storable_path
-from .options import MAX_DEFAULT_PAD, add_model_options, parse_size
+from .options import MAX_DEFAULT_PAD, add_model_options, parse_count, parse_size
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
     if args.tile is not None and args.tile < 0:
         raise UserError(f"--tile must be >= 0, got {args.tile}")
+    tile_batch = parse_count(args.tile_batch, "--tile-batch")
     max_memory = parse_size(args.max_memory) if args.max_memory else None
     progress = sys.stderr.isatty()
     built, lock = [], threading.Lock()
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                 fastpath.remember(args, up)
                 built.append(ImageUpscaler(up, tile=args.tile, tile_pad=args.tile_pad,
                                            max_memory=max_memory, alpha_mode=args.alpha_mode,
-                                           jobs=args.jobs, progress=progress, verbose=True))
+                                           jobs=args.jobs, progress=progress, verbose=True,
+                                           tile_batch=tile_batch))
             return built[0]
 
     fast = fastpath.FastEngine.load(args)  # a cache hit: no torch unless an image needs it

@@ -251,6 +251,17 @@ def _is_oom(exc: BaseException) -> bool:
                                               or "can't allocate memory" in str(exc).lower())
 
 
+BATCHES = (1, 2, 4, 8)  # images (video frames, tiles) per model call that may be timed
+
+
+def fastest_batch(run, sizes=BATCHES, repeats: int = 2, device: torch.device = torch.device("cpu")) -> int:
+    """The n among `sizes` for which `run(n)` (one model call on n images on `device`) takes the
+    least time per image: `bench.time_runs`' median of `repeats` calls after one warm-up each."""
+    from .bench import time_runs
+    per_image = {n: time_runs(lambda: run(n), device, 1, repeats)[0] / n for n in sizes}
+    return min(sizes, key=per_image.get)
+
+
 def _split(region: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) cut into tiles of at most side x side, row by row."""
     y0, y1, x0, x1 = region
@@ -262,8 +273,16 @@ class Tiler:
     """Runs an upscaler over uint8/uint16 HxWxC arrays tile by tile (see the module docstring)."""
 
     def __init__(self, up: Upscaler, *, tile: int | None = None, pad: int | None = None,
-                 max_memory: int | None = None, jobs: int = 1, progress: bool = False):
+                 max_memory: int | None = None, jobs: int = 1, progress: bool = False,
+                 tile_batch: int | None = None):
         self.up, self.jobs, self.progress = up, max(1, jobs), progress
+        if tile_batch is not None and tile_batch < 1:
+            raise UserError(f"--tile-batch must be auto or a whole number >= 1, got {tile_batch}")
+        # Tiles of one shape per model call: given, or (None) 1 on the CPU - where OpenVINO and
+        # torch already spread one tile over every thread - and on a GPU the fastest per tile of
+        # BATCHES that fits, timed once per tile shape (`time_batches` overrides the device).
+        self.tile_batch, self.time_batches = tile_batch, up.device.type != "cpu"
+        self._batch_for: dict[tuple, int] = {}
         frac = Fraction(up.scale).limit_denominator(1000)
         if abs(float(frac) - up.scale) > 1e-9:
             raise UserError(f"scale {up.scale} is not a ratio of small integers; tiling needs one")
@@ -363,12 +382,7 @@ class Tiler:
         will still allocate (the output arrays) on the same device as the budget."""
         if self.tile is not None:
             return 0 if self.tile <= 0 or self.tile >= max(h, w) else self._round_down(self.tile)
-        cpu = self.up.device.type == "cpu"
-        if self.max_memory is not None:
-            budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.up.device))
-        else:
-            budget = free_memory(self.up.device) // 2
-        budget = budget // self.jobs - (reserved if cpu else 0)
+        budget = self._budget(reserved)
         bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY * batch
         if bpp * h * w <= budget:
             return 0
@@ -379,6 +393,41 @@ class Tiler:
                             f"({max(0, budget) / 1e6:.0f} MB for tiles, about {need / 1e6:.0f} MB "
                             f"needed): raise it, or lower --tile-pad")
         return self._round_down(min(side, max(h, w)))
+
+    def _budget(self, reserved: int = 0) -> int:
+        """Bytes the tiles of one job may use now (`reserved`: what the caller will still
+        allocate on the CPU)."""
+        cpu = self.up.device.type == "cpu"
+        if self.max_memory is not None:
+            budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.up.device))
+        else:
+            budget = free_memory(self.up.device) // 2
+        return budget // self.jobs - (reserved if cpu else 0)
+
+    def batch_for(self, shape: tuple, dtype: np.dtype, available: int, maxval: float) -> int:
+        """Tiles per model call for padded tiles of `shape` (N, H, W, C), `available` of them."""
+        if self.tile_batch is not None:
+            return min(self.tile_batch, available)
+        if not self.time_batches or available < 2:
+            return 1
+        n, h, w, c = shape
+        key = (shape, np.dtype(dtype).str)
+        if key not in self._batch_for:
+            bpp = self.bytes_per_pixel(c, dtype) * MEMORY_SAFETY * n * h * w
+            budget = self._budget()
+            fits = [b for b in BATCHES if b == 1 or b * bpp <= budget]
+            tiles = np.random.default_rng(0).integers(0, int(maxval) + 1, (fits[-1] * n, h, w, c))
+            tiles = tiles.astype(dtype)
+            try:
+                self._batch_for[key] = fastest_batch(lambda b: self._run(tiles[:b * n], maxval), fits,
+                                                     device=self.up.device)
+            except Exception as exc:  # the memory model was optimistic: one tile a call
+                if not _is_oom(exc):
+                    raise
+                if self.up.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self._batch_for[key] = 1
+        return min(self._batch_for[key], available)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -404,38 +453,69 @@ class Tiler:
         bar = tqdm(total=h * w, desc=desc or "tiles", unit="px", unit_scale=True, leave=False,
                    file=sys.stderr, disable=not self.progress or len(regions) < 2)
         while regions:
-            y0, y1, x0, x1 = regions.pop(0)
+            group = self._take_group(regions, batch, maxval)
             try:
-                self._region(batch, out, y0, y1, x0, x1, maxval)
-            except Exception as exc:  # out of memory: split this region and retry (tile halves)
-                if not _is_oom(exc) or max(y1 - y0, x1 - x0) <= max(MIN_TILE, self.align):
+                self._regions(batch, out, group, maxval)
+            except Exception as exc:  # out of memory: fewer tiles a call, then smaller tiles
+                if not _is_oom(exc):
                     raise
                 if self.up.device.type == "cuda":
                     torch.cuda.empty_cache()
+                if len(group) > 1:
+                    self.tile_batch = 1
+                    regions[:0] = group
+                    print("note: out of memory; retrying one tile at a time", file=sys.stderr)
+                    continue
+                y0, y1, x0, x1 = group[0]
+                if max(y1 - y0, x1 - x0) <= max(MIN_TILE, self.align):
+                    raise
                 half = self._round_down(max(y1 - y0, x1 - x0) // 2)
                 regions = [part for r in [(y0, y1, x0, x1), *regions] for part in _split(r, half)]
                 self.tile = half if self.tile is None or self.tile <= 0 else min(self.tile, half)
                 print(f"note: out of memory; retrying with {half}px tiles", file=sys.stderr)
                 continue
-            bar.update((y1 - y0) * (x1 - x0))
+            bar.update(sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in group))
         bar.close()
         return out if arr.ndim == 4 else out[0]
 
-    def _region(self, arr, out, y0, y1, x0, x1, maxval) -> None:
-        h, w = arr.shape[1:3]
-        py0, px0 = max(0, y0 - self.pad), max(0, x0 - self.pad)
-        py1, px1 = min(h, y1 + self.pad), min(w, x1 + self.pad)
-        y = self._run(np.ascontiguousarray(arr[:, py0:py1, px0:px1]), maxval)
-        oy0, oy1, ox0, ox1 = (self.out_index(y0, h), self.out_index(y1, h),
-                              self.out_index(x0, w), self.out_index(x1, w))
-        oy, ox = self.out_index(py0, h), self.out_index(px0, w)
-        y = y[:, :, oy0 - oy:oy1 - oy, ox0 - ox:ox1 - ox]
-        if y.shape[-2:] != (oy1 - oy0, ox1 - ox0):
-            raise RuntimeError(f"{self.up.name} gave {tuple(y.shape[-2:])} for a tile that needs "
-                               f"{(oy1 - oy0, ox1 - ox0)}: is the model's scale {self.up.scale}?")
-        q = y.float().clamp_(0, 1).mul_(maxval).round_()
-        q = q.to(torch.uint8 if out.dtype == np.uint8 else torch.int32).permute(0, 2, 3, 1).cpu().numpy()
-        out[:, oy0:oy1, ox0:ox1] = q
+    def _padded(self, region, h: int, w: int) -> tuple[int, int, int, int]:
+        y0, y1, x0, x1 = region
+        return max(0, y0 - self.pad), min(h, y1 + self.pad), max(0, x0 - self.pad), min(w, x1 + self.pad)
+
+    def _take_group(self, regions: list, arr: np.ndarray, maxval: float) -> list:
+        """The next region and up to `batch_for` - 1 more whose padded tiles have its shape
+        (interior tiles share one shape; the image's last row and column may not), taken out
+        of `regions`."""
+        n, h, w, c = arr.shape
+
+        def shape_of(region):
+            py0, py1, px0, px1 = self._padded(region, h, w)
+            return py1 - py0, px1 - px0
+        first = shape_of(regions[0])
+        same = [i for i, r in enumerate(regions) if shape_of(r) == first]
+        take = same[:self.batch_for((n, *first, c), arr.dtype, len(same), maxval)]
+        group = [regions[i] for i in take]
+        for i in reversed(take):
+            del regions[i]
+        return group
+
+    def _regions(self, arr, out, group, maxval) -> None:
+        """Upscale the regions of `group` (padded tiles of one shape) in one model call."""
+        n, h, w = arr.shape[:3]
+        pads = [self._padded(r, h, w) for r in group]
+        tiles = np.concatenate([arr[:, py0:py1, px0:px1] for py0, py1, px0, px1 in pads])
+        ys = self._run(np.ascontiguousarray(tiles), maxval)
+        for k, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(zip(group, pads)):
+            oy0, oy1, ox0, ox1 = (self.out_index(y0, h), self.out_index(y1, h),
+                                  self.out_index(x0, w), self.out_index(x1, w))
+            oy, ox = self.out_index(py0, h), self.out_index(px0, w)
+            y = ys[k * n:(k + 1) * n, :, oy0 - oy:oy1 - oy, ox0 - ox:ox1 - ox]
+            if y.shape[-2:] != (oy1 - oy0, ox1 - ox0):
+                raise RuntimeError(f"{self.up.name} gave {tuple(y.shape[-2:])} for a tile that "
+                                   f"needs {(oy1 - oy0, ox1 - ox0)}: is the model's scale {self.up.scale}?")
+            q = y.float().clamp_(0, 1).mul_(maxval).round_()
+            q = q.to(torch.uint8 if out.dtype == np.uint8 else torch.int32).permute(0, 2, 3, 1).cpu().numpy()
+            out[:, oy0:oy1, ox0:ox1] = q
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,12 +532,13 @@ class ImageUpscaler:
 
     def __init__(self, up: Upscaler, *, tile: int | None = None, tile_pad: int | None = None,
                  max_memory: int | str | None = None, alpha_mode: str = "bicubic", jobs: int = 1,
-                 progress: bool = False, verbose: bool = False):
+                 progress: bool = False, verbose: bool = False, tile_batch: int | None = None):
         if alpha_mode not in ("bicubic", "model"):
             raise UserError(f"alpha mode must be bicubic or model, got {alpha_mode!r}")
         self.up, self.verbose = up, verbose
         mem = None if max_memory is None else parse_size(max_memory)
-        self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress)
+        self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress,
+                           tile_batch=tile_batch)
         if alpha_mode == "bicubic" and not is_channel_agnostic(up):
             self.alpha_tiler = Tiler(BicubicUpscaler(up.scale, up.device), tile=tile, max_memory=mem,
                                      jobs=jobs, progress=progress)
@@ -510,15 +591,17 @@ class ImageUpscaler:
 def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "auto",
          device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
          max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
-         alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None
-         ) -> ImageUpscaler:
+         alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None,
+         tile_batch: int | None = None) -> ImageUpscaler:
     """An `ImageUpscaler` for a model: "bicubic" (needs `scale`), a registered name such as
     "vapsr-x2", or a checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
-    `max_memory`, e.g. "2GB", or half the free memory); `outscale`: final size factor (the model,
-    then a bicubic resize)."""
+    `max_memory`, e.g. "2GB", or half the free memory); `tile_batch`: tiles per model call (None:
+    1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
+    resize)."""
     up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
                        precision=precision, threads=threads)
-    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode)
+    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
+                         tile_batch=tile_batch)
 
 
 def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", device: str = "cpu",

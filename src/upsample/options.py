@@ -17,6 +17,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 MAX_DEFAULT_PAD = 32  # the default tile pad: the receptive field of the network, at most this
 
 
+def parse_count(text: str | int | None, flag: str) -> int | None:
+    """"auto" (or None) -> None, else a whole number >= 1 (`flag` names the option in the error)."""
+    if text is None or str(text) == "auto":
+        return None
+    if not str(text).isdigit() or int(text) < 1:
+        raise UserError(f"{flag} must be auto or a whole number >= 1, got {text}")
+    return int(text)
+
+
 def parse_size(text: str | int | float) -> int:
     """Bytes from "2GB", "1.5G", "512MiB", "800M", "100000"; decimal and binary units."""
     if isinstance(text, (int, float)):
@@ -54,3 +63,6 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="tile side in input pixels (0: whole image; default: from --max-memory)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
+    p.add_argument("--tile-batch", default="auto", metavar="N",
+                   help="tiles of one size per model call (auto: 1 on the CPU; on a GPU the fastest "
+                        "of 1/2/4/8 that fits, timed once per tile size)")

@@ -31,8 +31,8 @@ from tqdm import tqdm
 from .degrade import imresize, output_size
 from .errors import UserError
 from .imageio import atomic_output
-from .infer import Tiler, make_upscaler
-from .options import add_model_options, parse_size
+from .infer import BATCHES, Tiler, fastest_batch, make_upscaler
+from .options import add_model_options, parse_count, parse_size
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 COPY_TYPES = ("audio", "subtitle", "data")
@@ -161,9 +161,11 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
                   codec: str = "libx264", crf: int | None = None, preset: str | None = None,
                   pix_fmt: str | None = None, start: float | None = None,
                   duration: float | None = None, batch: int | None = 1, tile: int | None = None,
-                  max_memory: int | None = None, progress: bool = False) -> dict:
+                  max_memory: int | None = None, progress: bool = False,
+                  tile_batch: int | None = None) -> dict:
     """Upscale `src` into `dst` (see the module docstring). Returns a summary. `batch`: frames
-    per model call; None: `frames_per_call` picks it for the device."""
+    per model call; None: `frames_per_call` picks it for the device. `tile_batch`: tiles per
+    model call when frames are tiled (None: `Tiler` picks it)."""
     src, dst = Path(src), Path(dst)
     container = open_input(src)
     try:
@@ -182,7 +184,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         else:
             work, net = av.VideoFormat("rgb48le" if deep else "rgb24"), up
         bits = work.components[0].bits
-        tiler = Tiler(net, tile=tile, max_memory=max_memory, progress=False)
+        tiler = Tiler(net, tile=tile, max_memory=max_memory, progress=False, tile_batch=tile_batch)
         chans = 1 if y_model else 3
         dtype = np.uint16 if bits > 8 else np.uint8
         if batch is None:
@@ -212,17 +214,6 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         return summary
     finally:
         container.close()
-
-
-BATCHES = (1, 2, 4, 8)  # frames per model call that `frames_per_call` may time
-
-
-def fastest_batch(run, sizes=BATCHES, repeats: int = 2, device: torch.device = torch.device("cpu")) -> int:
-    """The n among `sizes` for which `run(n)` (one model call on n frames on `device`) takes the
-    least time per frame: `bench.time_runs`' median of `repeats` calls after one warm-up each."""
-    from .bench import time_runs
-    per_frame = {n: time_runs(lambda: run(n), device, 1, repeats)[0] / n for n in sizes}
-    return min(sizes, key=per_frame.get)
 
 
 def frames_per_call(net: Upscaler, tiler: Tiler, h: int, w: int, chans: int, dtype, out_hw,
@@ -491,9 +482,8 @@ def run(args: argparse.Namespace) -> int:
     start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration")
     if duration is not None and duration <= 0:
         raise UserError("--duration must be > 0")
-    batch = None if args.batch == "auto" else int(args.batch) if str(args.batch).isdigit() else 0
-    if batch is not None and batch < 1:
-        raise UserError(f"--batch must be auto or a whole number >= 1, got {args.batch}")
+    batch = parse_count(args.batch, "--batch")
+    tile_batch = parse_count(args.tile_batch, "--tile-batch")
     open_input(src).close()  # a clear error before a model is loaded
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
                        precision=args.precision, threads=args.threads)
@@ -501,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("video needs an integer scale")
     summary = upscale_video(src, dst, up, codec=args.codec, crf=args.crf, preset=args.preset,
                             pix_fmt=args.pix_fmt, start=start, duration=duration, batch=batch,
-                            tile=args.tile,
+                            tile=args.tile, tile_batch=tile_batch,
                             max_memory=parse_size(args.max_memory) if args.max_memory else None,
                             progress=sys.stderr.isatty())
     w, h = summary["size"]
