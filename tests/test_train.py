@@ -104,6 +104,11 @@ def test_run_dir_rules_finished_resume_and_outputs(tmp_path, capsys):
     # --resume may extend a finished run; --reset starts over
     assert _train(run, "--resume", sets=["train.steps=5"]) == 0
     assert [s for s, _ in _losses(run)] == [1, 2, 3, 4, 5]
+    # config.toml says what the run went on with: a plain --resume now finds it finished
+    import tomllib
+    assert tomllib.loads((run / "config.toml").read_text())["train"]["steps"] == 5
+    assert _train(run, "--resume") == 0
+    assert "is finished" in capsys.readouterr().err and len(_losses(run)) == 5
     assert _train(run, "--reset", sets=["train.steps=2"]) == 0
     assert [s for s, _ in _losses(run)] == [1, 2]
     assert _train(tmp_path / "none", "--resume") == 2

@@ -500,8 +500,13 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         run_dir.mkdir(parents=True, exist_ok=True)
         if reset:
             reset_run_dir(run_dir)
-        if not resuming:
-            (run_dir / "config.toml").write_text(config_text or config_mod.to_toml(cfg))
+        cfg_path = run_dir / "config.toml"
+        # a resumed run whose --set changed a value (e.g. train.steps) records it too, so that
+        # config.toml always says what the run continues with
+        if not resuming or config_mod.load_config(cfg_path, []) != cfg:
+            tmp = cfg_path.with_name(f"config.toml.{os.getpid()}.tmp")
+            tmp.write_text(config_text if config_text and not resuming else config_mod.to_toml(cfg))
+            os.replace(tmp, cfg_path)
         kept = []
         if resuming and (run_dir / "metrics.jsonl").exists():  # drop lines after the checkpoint
             for line in (run_dir / "metrics.jsonl").read_text().splitlines():
