@@ -492,8 +492,10 @@ class Tiler:
             py0, py1, px0, px1 = self._padded(region, h, w)
             return py1 - py0, px1 - px0
         first = shape_of(regions[0])
-        same = [i for i, r in enumerate(regions) if shape_of(r) == first]
-        take = same[:self.batch_for((n, *first, c), arr.dtype, len(same), maxval)]
+        limit = self.batch_for((n, *first, c), arr.dtype, len(regions), maxval)
+        if limit == 1:  # the CPU's case: no scan of the remaining regions per tile
+            return [regions.pop(0)]
+        take = [i for i, r in enumerate(regions) if shape_of(r) == first][:limit]
         group = [regions[i] for i in take]
         for i in reversed(take):
             del regions[i]
