@@ -308,9 +308,12 @@ def _leave_signals_to_main(_worker_id: int) -> None:
 
 def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
           device: str | None = None, init: str | None = None, config_text: str | None = None,
-          on_validate=None) -> int:
+          on_validate=None, max_minutes: float | None = None) -> int:
     """Train `cfg` in `run_dir`. `on_validate(step, val_psnr)` is called after each validation
-    (single process); when it returns True the run stops there (`upsample tune` prunes trials so)."""
+    (single process); when it returns True the run stops there (`upsample tune` prunes trials so).
+    `max_minutes`: a time-boxed chunk; the run saves and stops before that much wall time has
+    passed (counted from the call), to be continued with --resume."""
+    started = time.time()
     # ---------------------------------------------------------------- processes and device
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -551,7 +554,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             "world": world}, run_dir / "last_state.pt")
 
     # ---------------------------------------------------------------- signals
-    stop = {"signal": 0}
+    stop = {"signal": 0, "deadline": 0}
+    deadline = started + max_minutes * 60 if max_minutes else math.inf
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
@@ -577,7 +581,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     net.train()
     sync_every = 1 if dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
     finished, step, last_loss, last_terms = None, start, float("nan"), {}
-    t0 = t_log = time.time()
+    t0 = t_log = t_prev = time.time()
+    t_val = t_save = 0.0  # the last validation's and save's durations: the deadline's margin
     aside = aside_log = 0.0  # seconds spent validating and saving, left out of patches/s
     try:
         for inp, target in (loader if cfg.data.workers else one_thread_batches(loader)):
@@ -661,18 +666,27 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
                     if on_validate is not None and on_validate(step, box[0]):
                         finished = "stopped by the caller"
                 aside += time.time() - t_aside
+                t_val = time.time() - t_aside
 
             if step == steps:
                 finished = finished or "steps"
+            # the chunk ends while a step, a validation and a save still fit before the deadline
+            t_step = time.time()
+            margin = 2 * (t_step - t_prev) + (cfg.val.every and t_val) + 2 * t_save
+            t_prev = t_step
+            if t_step + margin >= deadline:
+                stop["deadline"] = 1
             if ddp and step % sync_every == 0:  # every rank stops at the same step
-                flag = torch.tensor([stop["signal"]], dtype=torch.int32, device=dev)
+                flag = torch.tensor([stop["signal"], stop["deadline"]], dtype=torch.int32, device=dev)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop["signal"] = int(flag.item())
-            halt = finished or (stop["signal"] and (not ddp or step % sync_every == 0))
+                stop["signal"], stop["deadline"] = (int(v) for v in flag.tolist())
+            halt = finished or ((stop["signal"] or stop["deadline"]) and (not ddp or step % sync_every == 0))
             if halt or step % cfg.train.ckpt_every == 0:
                 t_aside = time.time()
                 save(step, finished)
-                aside += time.time() - t_aside
+                t_save = time.time() - t_aside
+                aside += t_save
+                t_prev += t_save
             if halt:
                 break
     finally:
@@ -694,6 +708,10 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         log(f"stopped by {name} at step {step}/{steps}; saved {run_dir / 'last_state.pt'}; "
             f"continue with --resume")
         return 128 + stop["signal"]
+    if stop["deadline"] and not finished:
+        log(f"time limit ({max_minutes:g} min) at step {step}/{steps}; saved {run_dir / 'last_state.pt'}"
+            f" ({pps:.0f} patches/s); continue with --resume")
+        return 0
     if master:
         d_loss = f", D loss {last_terms['d_loss']:.4g}" if "d_loss" in last_terms else ""
         print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s), "
@@ -725,7 +743,7 @@ def run(args: argparse.Namespace) -> int:
         text = config_mod.to_toml(cfg)
     try:
         return train(cfg, run_dir, resume=args.resume, reset=args.reset, device=args.device,
-                     init=args.init or cfg.train.init, config_text=text)
+                     init=args.init or cfg.train.init, config_text=text, max_minutes=args.max_minutes)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -745,4 +763,17 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit; "
                    "default: train.init)")
+    p.add_argument("--max-minutes", type=positive_minutes, metavar="N",
+                   help="train a time-boxed chunk: save and stop before N minutes of wall time "
+                        "(continue with --resume; default: no limit)")
     p.set_defaults(func=run)
+
+
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
