@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from upsample import registry
-from upsample.config import load_config
+from upsample.models import registry
+from upsample.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -78,7 +78,7 @@ def bench_step(name: str, mode: str, seconds: float, device: str, batch: int | N
 
 def bench_data(name: str, seconds: float, batch: int | None) -> float:
     """Training pairs per second of `data.PairDataset` batches in this process."""
-    from upsample import data
+    from upsample.data import pairs as data
     lr_side, default_batch = RECIPES.get(name, (32, 16))
     batch = batch or default_batch
     spec = registry.get_spec(name)

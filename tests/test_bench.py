@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from upsample import bench, cli, registry
+from upsample.evaluation import bench
+from upsample import cli
+from upsample.models import registry
 from upsample.errors import UserError
-from upsample.upscaler import load_upscaler
+from upsample.inference.upscaler import load_upscaler
 
 
 def test_frame_size_parsing():

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 from upsample import cli
-from upsample.checkpoint import (interpolate_checkpoints, load_checkpoint, read_state,
-                                 save_checkpoint)
+from upsample.models.checkpoint import interpolate_checkpoints, load_checkpoint, read_state, save_checkpoint
 from upsample.errors import UserError
-from upsample.registry import create_model, full_kwargs, get_spec, list_models
+from upsample.models.registry import create_model, full_kwargs, get_spec, list_models
 
 # RRDBNet has 16.7M parameters: where a test only needs the structure, 2 blocks stand for 23.
 SMALL = {"rrdbnet": {"num_block": 2}}

@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from upsample import cli, codec_study
-from upsample.codec import (decode_image, encode_image, encode_video, get_codec, parse_ladder,
-                            read_frames)
-from upsample.downscale import Downscaler, load_downscaler
+from upsample import cli
+from upsample.studies import codec_study
+from upsample.studies.codec import decode_image, encode_image, encode_video, get_codec, parse_ladder, read_frames
+from upsample.inference.downscale import Downscaler, load_downscaler
 from upsample.errors import UserError
 from upsample.models.downscaler import jpeg_proxy
-from upsample.registry import create_model
-from upsample.upscaler import load_upscaler
+from upsample.models.registry import create_model
+from upsample.inference.upscaler import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from upsample import registry
-from upsample.config import Config, config_from_dict, load_config, overrides_to_table, parse_value, to_toml
+from upsample.models import registry
+from upsample.training.config import Config, config_from_dict, load_config, overrides_to_table, parse_value, to_toml
 from upsample.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))

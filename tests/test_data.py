@@ -8,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from upsample import cli, data, metrics
+from upsample import cli
+from upsample.data import pairs as data
+from upsample.evaluation import metrics
 from upsample.errors import UserError
-from upsample.evaluate import make_lr
+from upsample.evaluation.evaluate import make_lr
 
 
 def _noise_image(h, w, seed=0, mode="RGB"):

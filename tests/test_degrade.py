@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from upsample.degrade import contributions, cubic, imresize, imresize_np, output_size
+from upsample.data.degrade import contributions, cubic, imresize, imresize_np, output_size
 
 
 def test_keys_kernel_values():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from upsample import degrade
+from upsample.data import degrade
 
 
 def test_gaussian_kernel_normalised_and_symmetric():

@@ -9,15 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from upsample import cli, fastpath, infer
-from upsample.checkpoint import save_checkpoint
-from upsample.registry import create_model
+from upsample import cli
+from upsample.inference import fastpath, infer
+from upsample.models.checkpoint import save_checkpoint
+from upsample.models.registry import create_model
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("upsample.bench.cpu_has_bf16", lambda: False)  # fp32 plans (see conftest)
+    monkeypatch.setattr("upsample.evaluation.bench.cpu_has_bf16", lambda: False)  # fp32 plans (see conftest)
 
 
 def _ckpt(tmp_path, name="espcn-x3", **kwargs):
@@ -69,11 +70,11 @@ def test_a_plan_hit_in_a_fresh_process_imports_no_torch(tmp_path):
 def test_a_changed_checkpoint_or_other_options_miss_the_plan(tmp_path):
     ckpt, src = _ckpt(tmp_path), _photo(tmp_path / "a.png")
     assert _image(src, tmp_path / "o", ckpt) == 0
-    args = cli.build_parser("upsample.image_cmd").parse_args(
+    args = cli.build_parser("upsample.cli.image").parse_args(
         ["image", str(src), "-o", "x", "--model", str(ckpt), "--backend", "auto"])
     assert fastpath.FastEngine.load(args) is not None
     for extra in (["--threads", "1"], ["--tile", "64"], ["--backend", "torch"], ["--precision", "fp32"]):
-        other = cli.build_parser("upsample.image_cmd").parse_args(
+        other = cli.build_parser("upsample.cli.image").parse_args(
             ["image", str(src), "-o", "x", "--model", str(ckpt), "--backend", "auto", *extra])
         assert fastpath.FastEngine.load(other) is None, extra
     torch.manual_seed(1)
@@ -86,10 +87,10 @@ def test_images_the_plan_does_not_take_go_the_full_path(tmp_path):
     ckpt = _ckpt(tmp_path)
     rgb, rgba, gray = (_photo(tmp_path / f"{m}.png", m) for m in ("RGB", "RGBA", "L"))
     assert _image(rgb, tmp_path / "o", ckpt) == 0
-    args = cli.build_parser("upsample.image_cmd").parse_args(
+    args = cli.build_parser("upsample.cli.image").parse_args(
         ["image", str(rgb), "-o", "x", "--model", str(ckpt), "--backend", "auto"])
     engine = fastpath.FastEngine.load(args)
-    from upsample.imageio import read_planes
+    from upsample.media.imageio import read_planes
     assert engine.upscale_planes(read_planes(rgba)) is None and engine.upscale_planes(read_planes(gray)) is None
     assert _image(rgba, tmp_path / "o", ckpt) == 0 and _image(gray, tmp_path / "o", ckpt) == 0
     assert Image.open(tmp_path / "o" / "RGBA_x3.png").mode == "RGBA"

@@ -7,9 +7,10 @@ import pytest
 import torch
 from isolation import in_child_process
 
-from upsample import auto, export, fp32_ends, registry
-from upsample.bench import cpu_has_bf16
-from upsample.upscaler import load_upscaler
+from upsample.runtime import auto, export, fp32_ends
+from upsample.models import registry
+from upsample.evaluation.bench import cpu_has_bf16
+from upsample.inference.upscaler import load_upscaler
 
 
 @pytest.fixture(autouse=True)

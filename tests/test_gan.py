@@ -11,12 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from upsample import cli, data, degrade, features, lpips
-from upsample.checkpoint import load_checkpoint, read_state, save_checkpoint
-from upsample.config import load_config
+from upsample import cli
+from upsample.data import pairs as data, degrade
+from upsample.models import features
+from upsample.evaluation import lpips
+from upsample.models.checkpoint import load_checkpoint, read_state, save_checkpoint
+from upsample.training.config import load_config
 from upsample.errors import UserError
-from upsample.losses import PerceptualLoss, relativistic_loss
-from upsample.registry import create_model
+from upsample.training.losses import PerceptualLoss, relativistic_loss
+from upsample.models.registry import create_model
 from isolation import in_child_process
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,11 @@ import torch
 from PIL import Image, ImageCms
 
 import upsample
-from upsample import cli, infer, registry
-from upsample.degrade import imresize_np
-from upsample.upscaler import BicubicUpscaler, ModelUpscaler
+from upsample import cli
+from upsample.inference import infer
+from upsample.models import registry
+from upsample.data.degrade import imresize_np
+from upsample.inference.upscaler import BicubicUpscaler, ModelUpscaler
 
 RNG = np.random.default_rng(0)
 

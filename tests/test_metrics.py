@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from upsample import metrics
+from upsample.evaluation import metrics
 
 
 def test_y_of_primaries_and_gray():

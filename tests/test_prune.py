@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from upsample import checkpoint, cli, registry
-from upsample.prune import prune_model
+from upsample.models import checkpoint, registry
+from upsample import cli
+from upsample.training.prune import prune_model
 
 ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from upsample import checkpoint, cli, registry
-from upsample.upscaler import load_upscaler
+from upsample.models import checkpoint, registry
+from upsample import cli
+from upsample.inference.upscaler import load_upscaler
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_wrong_backend_foreign_file_and_bad_output_are_one_line(setup, tmp_path,
     one_line_error(["eval", "--model", str(out), "--backend", "openvino", "--scale", "2",
                     "--data", str(root / "test")], "run it with --backend onnxruntime")
     plain = tmp_path / "plain.onnx"
-    from upsample.export import _example, onnx_bytes
+    from upsample.runtime.export import _example, onnx_bytes
     plain.write_bytes(onnx_bytes(registry.create_model("espcn-x2"), _example(registry.create_model("espcn-x2"), False)))
     one_line_error(["eval", "--model", str(plain), "--backend", "onnxruntime", "--scale", "2",
                     "--data", str(root / "test")], "not written by `upsample quantize`")

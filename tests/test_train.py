@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from upsample import checkpoint, cli, data
+from upsample.models import checkpoint
+from upsample import cli
+from upsample.data import pairs as data
 from isolation import in_child_process
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from upsample import cli, config
+from upsample import cli
+from upsample.training import config
 
 ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
@@ -48,7 +49,7 @@ def test_two_trials_then_resume_to_three(tmp_path, capsys):
 def test_a_trial_behind_the_median_is_pruned(tmp_path, capsys, monkeypatch):
     import optuna
     # every trial reports the same PSNRs except the third, which is worse at the first check
-    from upsample import train as train_mod
+    from upsample.training import train as train_mod
     orig = train_mod.train
     calls = []
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from upsample import cli, infer, video
-from upsample.degrade import imresize
-from upsample.upscaler import load_upscaler
+from upsample import cli
+from upsample.inference import infer, video
+from upsample.data.degrade import imresize
+from upsample.inference.upscaler import load_upscaler
 
 W, H = 48, 32
 

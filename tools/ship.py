@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from upsample import registry
-from upsample.checkpoint import load_checkpoint, save_checkpoint
-from upsample.evaluate import evaluate_folders
-from upsample.train import hardware_name
-from upsample.upscaler import load_upscaler
+from upsample.models import registry
+from upsample.models.checkpoint import load_checkpoint, save_checkpoint
+from upsample.evaluation.evaluate import evaluate_folders
+from upsample.training.train import hardware_name
+from upsample.inference.upscaler import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "datasets" / "benchmark"

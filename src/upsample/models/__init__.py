@@ -1,2 +1,2 @@
 """Network architectures, one file each. Constructors are keyword-only; the registered variants
-(names, hyper-parameters) live in `upsample.registry`, not here."""
+(names, hyper-parameters) live in `upsample.models.registry`, not here."""

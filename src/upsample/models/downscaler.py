@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..degrade import imresize
+from ..data.degrade import imresize
 from .espcn import ESPCN
 
 # ITU-T T.81 Annex K.1: the luminance quantization table (quality 50).

@@ -1,0 +1,68 @@
+"""Command-line options shared by `image`, `video`, `eval` and `bench`, and the names they take.
+
+Torch-free on purpose: `upsample image` parses its arguments (and, on a cache hit, runs
+`fastpath`) without importing torch, whose import alone takes 1.5-2 s on the 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from ..errors import UserError
+
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+MAX_DEFAULT_PAD = 32  # the default tile pad: the receptive field of the network, at most this
+
+
+def parse_count(text: str | int | None, flag: str) -> int | None:
+    """"auto" (or None) -> None, else a whole number >= 1 (`flag` names the option in the error)."""
+    if text is None or str(text) == "auto":
+        return None
+    if not str(text).isdigit() or int(text) < 1:
+        raise UserError(f"{flag} must be auto or a whole number >= 1, got {text}")
+    return int(text)
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from "2GB", "1.5G", "512MiB", "800M", "100000"; decimal and binary units."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
+    if not m:
+        raise UserError(f"cannot read memory size {text!r}: write e.g. 2GB, 1.5G or 800MB")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " kmgt".index(m.group(2) or " "))
+
+
+
+def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
+    """--backend, --precision, --device, --threads: shared by image, video, eval and bench."""
+    p.add_argument("--backend", default=os.environ.get("UPSAMPLE_BACKEND") or "auto", choices=BACKENDS,
+                   help="auto (default, or $UPSAMPLE_BACKEND: the fastest correct runtime here, see "
+                        "`upsample.runtime.auto`), torch, onnxruntime or openvino")
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help=f"for --backend auto (default {precision}): auto = bf16/fp16 where it stays "
+                        "within 1/255 of fp32; int8 needs an `upsample quantize` output as --model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options that pick and run the upscaler, shared by `image` and `video`."""
+    p.add_argument("--model", default=None,
+                   help="bicubic, a registered name or a checkpoint (default: the best shipped "
+                        "model for --scale, else bicubic)")
+    p.add_argument("--scale", default=None, help="model scale (default: the model's; 2 for bicubic and for the default model)")
+    add_runtime_options(p, precision="auto")
+    p.add_argument("--half", action="store_true",
+                   help="half precision without the auto check (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side in input pixels (0: whole image; default: from --max-memory)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
+    p.add_argument("--tile-batch", default="auto", metavar="N",
+                   help="tiles of one size per model call (auto: 1 on the CPU; on a GPU the fastest "
+                        "of 1/2/4/8 that fits, timed once per tile size)")

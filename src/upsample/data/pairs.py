@@ -1,0 +1,635 @@
+"""Training data: `upsample data prepare|check|clean|split` and the on-the-fly training pairs.
+
+Tools
+  prepare  cut image folders and video files into square HR PNG crops (resumable, atomic writes)
+  check    report unreadable/truncated files, too-small images, grayscale/CMYK/alpha, duplicates
+  clean    the same, moving offenders into a quarantine folder (never deleting)
+  split    deterministic train/validation file lists, so validation never touches the benchmarks
+
+Training pairs (`PairDataset`): every random choice for the sample with global index k (crop,
+flips, degradation draws, which image) comes from a generator seeded with (seed, k), and the
+batch sampler (`StepBatchSampler`) derives k and the batch's scale from the step number. A run
+resumed at step s therefore sees exactly the batches of an uninterrupted run, whatever the number
+of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import degrade
+from ..errors import UserError
+from ..media.imageio import atomic_output, atomic_save, is_image_path, list_images, read_rgb
+
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+              ".wmv", ".y4m"}
+MANIFEST = ".prepare-done"
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTS
+
+
+# --- file lists and splits -------------------------------------------------------------------
+
+def read_file_list(path: str | os.PathLike) -> list[Path]:
+    """Paths from a list file, one a line; relative entries are relative to the list's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"file list not found: {p}")
+    out = []
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            q = Path(line)
+            out.append(q if q.is_absolute() else p.parent / q)
+    return out
+
+
+def write_file_list(paths: list[Path], out: Path) -> None:
+    """Atomic write; entries relative to the list's folder so both can move together."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(os.path.relpath(Path(p).resolve(), out.parent.resolve()) + "\n" for p in paths)
+    with atomic_output(out) as tmp:
+        tmp.write_text(text)
+
+
+def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): val = the round(n * fraction) keys (at least 1 when fraction > 0 and
+    n > 1) with the smallest sha1(seed:key). Adding files never moves an old file across."""
+    n = len(keys)
+    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+    order = sorted(range(n), key=lambda i: hashlib.sha1(f"{seed}:{keys[i]}".encode()).hexdigest())
+    val = sorted(order[:n_val])
+    chosen = set(val)
+    return [i for i in range(n) if i not in chosen], val
+
+
+def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
+    """(path, split key) of the images in folders (recursive) and .txt file lists."""
+    out = []
+    for src in sources:
+        p = Path(src)
+        if p.suffix.lower() == ".txt":
+            files = read_file_list(p)
+            missing = [f for f in files if not f.is_file()]
+            if missing:
+                raise UserError(f"{what}: {len(missing)} files in {p} are missing, e.g. {missing[0]}")
+            out += [(f, f"{p.stem}/{f.name}") for f in files if is_image_path(f)]
+        else:
+            if not p.exists():
+                raise UserError(f"{what}: folder not found: {p} (paths are relative to {Path.cwd()})")
+            images, _ = list_images(p)
+            if not images:
+                raise UserError(f"{what}: no images in {p}")
+            out += [(f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in images]
+    if not out:
+        raise UserError(f"{what}: no images in {', '.join(sources)}")
+    return out
+
+
+def check_not_benchmark(paths: list[Path], what: str) -> None:
+    for p in paths:
+        if "benchmark" in Path(os.path.abspath(p)).parts:
+            raise UserError(f"{what}: {p} is a benchmark image; benchmarks are for reporting only, "
+                            "validate on a split of the training data")
+
+
+def train_val_files(train: list[str], val_list: str, val_fraction: float, seed: int
+                    ) -> tuple[list[Path], list[Path]]:
+    """The training and validation images of a config's [data] section."""
+    items = collect_images(train, "data.train")
+    if val_list:
+        val = read_file_list(val_list)
+        if not val:
+            raise UserError(f"data.val_list: no files in {val_list}")
+        held = {os.path.realpath(v) for v in val}
+        tr = [p for p, _ in items if os.path.realpath(p) not in held]
+    else:
+        tr_idx, val_idx = hash_split([k for _, k in items], val_fraction, seed)
+        tr, val = [items[i][0] for i in tr_idx], [items[i][0] for i in val_idx]
+    check_not_benchmark(tr, "data.train")
+    check_not_benchmark(val, "validation")
+    if not tr:
+        raise UserError("data.train: no training images left after holding out validation")
+    return tr, val
+
+
+# --- training pairs --------------------------------------------------------------------------
+
+def rgb_to_y01(x: torch.Tensor) -> torch.Tensor:
+    """NCHW RGB in [0, 1] -> N1HW Y in [16/255, 235/255] (BT.601, as metrics.rgb_to_y / 255)."""
+    return (16.0 + 65.481 * x[:, 0:1] + 128.553 * x[:, 1:2] + 24.966 * x[:, 2:3]) / 255.0
+
+
+def uniforms(seed: int, keys, n: int) -> np.ndarray:
+    """(len(keys), n) uniform draws in [0, 1): a pure function of (seed, key, j), vectorised
+    (splitmix64 of a counter), so that each sample's random choices are fixed by its key."""
+    with np.errstate(over="ignore"):
+        k = np.asarray(keys, dtype=np.uint64)[:, None]
+        j = np.arange(n, dtype=np.uint64)[None, :]
+        x = _splitmix64(_splitmix64(np.uint64(seed) ^ (k * np.uint64(0xD1B54A32D192ED03))) + j)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def step_scale(seed: int, step: int, scales: list[int]) -> int:
+    """The scale of every sample of a batch (multi-scale training: one scale per batch)."""
+    if len(scales) == 1:
+        return scales[0]
+    return scales[int(np.random.default_rng([int(seed), int(step), 7]).integers(len(scales)))]
+
+
+class StepBatchSampler:
+    """Batches of (global sample index, scale) for steps start..total-1 of this rank.
+
+    Sample k = (step * world + rank) * batch + i: each rank draws distinct samples, a step's
+    samples are the same for any number of DataLoader workers, and resuming at `start` continues
+    the exact sequence. The effective batch is batch * world."""
+
+    def __init__(self, start: int, total: int, batch: int, scales: list[int], seed: int,
+                 rank: int = 0, world: int = 1):
+        self.start, self.total, self.batch = start, total, batch
+        self.scales, self.seed, self.rank, self.world = list(scales), seed, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            s = step_scale(self.seed, step, self.scales)
+            base = (step * self.world + self.rank) * self.batch
+            yield [(base + i, s) for i in range(self.batch)]
+
+
+@dataclass
+class PairSpec:
+    patch: int                    # HR patch side (the target size)
+    scales: list[int]
+    y_channel: bool
+    pre_upsample: bool            # input = imresize(LR) at HR size (VDSR)
+    flip: bool = True
+    rot90: bool = True
+    kind: str = "bicubic"
+    blur_sigma: tuple[float, float] = (1.0, 1.0)
+    noise_prob: float = 0.0
+    noise_sigma: tuple[float, float] = (1.0, 10.0)
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 95)
+    dropout_prob: float = 0.0
+    dropout_holes: tuple[int, int] = (1, 4)
+    dropout_size: tuple[int, int] = (2, 8)   # LR pixels
+
+    def core(self, s: int) -> int:
+        """HR side that is degraded: the patch, rounded up to a multiple of s for VDSR."""
+        return int(math.ceil(self.patch / s)) * s if self.pre_upsample else self.patch
+
+    def margin(self, s: int) -> int:
+        """LR pixels of real context kept around the patch while degrading, so that the patch's
+        LR equals a crop of the whole image's LR (the bicubic kernel reaches 2 LR pixels)."""
+        radius = 3.0 * self.blur_sigma[1] if self.kind == "gaussian" else 0.0
+        return max(3, int(math.ceil(radius / s)) + 1)
+
+
+def as_batch(batch):
+    """DataLoader collate_fn for datasets whose __getitems__ already returns a batch."""
+    return batch
+
+
+# Columns of `uniforms` per sample.
+# New draws get new columns at the end: column j of a sample does not depend on how many there are.
+(_Y, _X, _SIGMA, _NOISE, _NOISE_SIGMA, _NOISE_SEED, _JPEG, _QUALITY, _FLIP_W, _FLIP_H, _TRANSPOSE,
+ _DROPOUT, _DROPOUT_HOLES, _DROPOUT_SEED) = range(14)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(input, target) float pairs made on the fly from HR images; keys are (k, scale).
+
+    `__getitems__` (used by the DataLoader) makes a whole batch at once: the HR regions (patch plus
+    `margin` LR pixels of context) are cut from the image mirror-padded as MATLAB's imresize pads
+    it, so all regions have one size and go through one batched resize. A sample depends only on
+    (seed, k): its image, crop, degradation draws and flips."""
+
+    def __init__(self, files: list[Path], spec: PairSpec, *, seed: int, cache_mb: int = 4096,
+                 progress: bool = False):
+        self.spec, self.seed = spec, seed
+        for s in spec.scales:
+            if not spec.pre_upsample and spec.patch % s:
+                raise UserError(f"data.patch_size {spec.patch} is not a multiple of scale {s}")
+        need = max(spec.core(s) for s in spec.scales)
+        self.pad = max(spec.margin(s) * s for s in spec.scales)
+        sizes = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    sizes.append(im.size)
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise UserError(f"cannot read image {f}: {exc}; run `upsample data check`") from None
+        keep = [i for i, (w, h) in enumerate(sizes) if min(w, h) >= need]
+        self.skipped = len(files) - len(keep)
+        if not keep:
+            raise UserError(f"data.train: no image is at least {need}x{need} px (data.patch_size)")
+        self.files = [files[i] for i in keep]
+        p2 = 2 * self.pad
+        total_mb = sum((sizes[i][0] + p2) * (sizes[i][1] + p2) * 3 for i in keep) / 2 ** 20
+        self.cache: list[np.ndarray] | None = None
+        if total_mb <= cache_mb:  # decode each image once; forked workers share the pages
+            self.cache = [self._load(f) for f in tqdm(self.files, desc="decoding", leave=False,
+                                                      disable=not progress, file=sys.stderr)]
+        self._perm_epoch, self._perm = -1, None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, path: Path) -> np.ndarray:
+        """uint8 HWC RGB, mirror-padded by `self.pad` (symmetric, edge repeated, as imresize)."""
+        p = self.pad
+        return np.pad(read_rgb(path), ((p, p), (p, p), (0, 0)), mode="symmetric")
+
+    def image_index(self, k: int) -> int:
+        """Epoch e = k // n visits every image once, in a permutation seeded by (seed, e)."""
+        n = len(self.files)
+        epoch = k // n
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+            self._perm_epoch = epoch
+        return int(self._perm[k % n])
+
+    def image(self, i: int) -> np.ndarray:
+        return self.cache[i] if self.cache is not None else self._load(self.files[i])
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        inp, hr = self.__getitems__([key])
+        return inp[0], hr[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        scales = {int(s) for _, s in keys}
+        if len(scales) != 1:
+            raise ValueError(f"one scale per batch, got {sorted(scales)}")
+        return self.make_batch([int(k) for k, _ in keys], scales.pop())
+
+    def make_batch(self, ks: list[int], s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sp = self.spec
+        u = uniforms(self.seed, ks, 14)
+        core, m = sp.core(s), sp.margin(s)
+        side = core + 2 * m * s
+        regions = []
+        for i, k in enumerate(ks):
+            img = self.image(self.image_index(k))
+            h, w = img.shape[0] - 2 * self.pad, img.shape[1] - 2 * self.pad
+            y = self.pad - m * s + int(u[i, _Y] * (h - core + 1))
+            x = self.pad - m * s + int(u[i, _X] * (w - core + 1))
+            regions.append(img[y:y + side, x:x + side])
+        regions = torch.from_numpy(np.ascontiguousarray(np.stack(regions).transpose(0, 3, 1, 2)))
+        full = regions.double().div_(255.0)
+        if sp.kind == "gaussian":
+            lo, hi = sp.blur_sigma
+            lr = torch.cat([degrade.blur_subsample(full[i:i + 1], s, lo + (hi - lo) * u[i, _SIGMA])
+                            for i in range(len(ks))])
+        else:
+            lr = degrade.imresize(full, 1.0 / s)
+        for i in np.flatnonzero(u[:, _NOISE] < sp.noise_prob):
+            lo, hi = sp.noise_sigma
+            gen = torch.Generator().manual_seed(int(u[i, _NOISE_SEED] * 2 ** 53))
+            lr[i:i + 1] = degrade.add_noise(lr[i:i + 1], lo + (hi - lo) * u[i, _NOISE_SIGMA], gen)
+        lr = degrade.quantize(lr)
+        for i in np.flatnonzero(u[:, _JPEG] < sp.jpeg_prob):
+            lo, hi = sp.jpeg_quality
+            lr[i:i + 1] = degrade.jpeg(lr[i:i + 1], lo + int(u[i, _QUALITY] * (hi - lo + 1)))
+        n = core // s
+        lr = lr[..., m:m + n, m:m + n]
+        for i in np.flatnonzero(u[:, _DROPOUT] < sp.dropout_prob):
+            lo, hi = sp.dropout_holes
+            gen = torch.Generator().manual_seed(int(u[i, _DROPOUT_SEED] * 2 ** 53))
+            lr[i:i + 1] = degrade.coarse_dropout(lr[i:i + 1], lo + int(u[i, _DROPOUT_HOLES] * (hi - lo + 1)),
+                                                 sp.dropout_size, gen)
+        hr = regions[..., m * s:m * s + core, m * s:m * s + core].double() / 255.0
+        if sp.y_channel:  # per-pixel and linear: commutes with the flips and the upscale below
+            lr, hr = rgb_to_y01(lr), rgb_to_y01(hr)
+        lr, hr = lr.float(), hr.float()
+        for col, enabled, op in ((_FLIP_W, sp.flip, lambda t: t.flip(-1)),
+                                 (_FLIP_H, sp.flip, lambda t: t.flip(-2)),
+                                 (_TRANSPOSE, sp.rot90, lambda t: t.transpose(-1, -2))):
+            sel = torch.from_numpy(u[:, col] < 0.5) if enabled else None
+            if sel is not None and sel.any():
+                lr[sel], hr[sel] = op(lr[sel]), op(hr[sel])
+        inp = lr
+        if sp.pre_upsample:  # in float32 on Y, as the Upscaler does it at evaluation
+            inp = degrade.imresize(lr, float(s), size=(core, core))[..., :sp.patch, :sp.patch]
+            hr = hr[..., :sp.patch, :sp.patch]
+        return inp.contiguous(), hr.contiguous()
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+def crop_positions(length: int, size: int, stride: int, min_rest: int) -> list[int]:
+    """Top-left offsets along one side; a last crop flush with the edge covers a remainder of at
+    least `min_rest` pixels that the stride left uncovered."""
+    pos = list(range(0, length - size + 1, stride))
+    rest = length - (pos[-1] + size)
+    if rest > 0 and rest >= min_rest:
+        pos.append(length - size)
+    return pos
+
+
+def square_crops(img: np.ndarray, size: int, stride: int, min_rest: int) -> list[np.ndarray]:
+    h, w = img.shape[:2]
+    if min(h, w) < size:
+        return []
+    return [img[y:y + size, x:x + size] for y in crop_positions(h, size, stride, min_rest)
+            for x in crop_positions(w, size, stride, min_rest)]
+
+
+def source_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise UserError(f"source not found: {src}")
+    return sorted(p for p in src.rglob("*") if p.is_file() and (is_image_path(p) or is_video_path(p)))
+
+
+def video_frames(path: Path, every: int):
+    """(frame number, uint8 RGB HWC) of every `every`-th decoded frame (PyAV)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for n, frame in enumerate(container.decode(stream)):
+                if n % every == 0:
+                    yield n, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as exc:
+        raise UserError(f"cannot decode video {path}: {exc}") from None
+
+
+def _frames(path: Path, name: str, every: int):
+    """(output stem, uint8 RGB HWC) of an image file or of every `every`-th frame of a video."""
+    if is_video_path(path):
+        for n, arr in video_frames(path, every):
+            yield f"{name}_f{n:06d}", arr
+    else:
+        yield name, read_rgb(path)
+
+
+def _load_manifest(out: Path, params: str) -> set[str]:
+    path = out / MANIFEST
+    if not path.exists():
+        return set()
+    lines = path.read_text().splitlines()
+    if not lines or lines[0] != params:
+        raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
+                        "use the same options or another --out")
+    return {ln.rsplit("\t", 1)[0] for ln in lines[1:] if "\t" in ln}
+
+
+def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None = None,
+            min_rest: int = 0, every: int = 1, progress: bool = True) -> dict:
+    """Cut sources into size x size PNG crops in `out`; returns counts. Re-running skips the
+    sources listed in out/.prepare-done and any crop file that already exists."""
+    stride = stride or size
+    if size < 1 or stride < 1 or every < 1 or min_rest < 0:
+        raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
+    out_dir = Path(out)
+    todo = []
+    for src in sources:
+        root = Path(src).resolve()
+        todo += [(f, f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__"))
+                 for f in source_files(root)]
+    if not todo:
+        raise UserError(f"no images or videos in {', '.join(sources)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = f"# size={size} stride={stride} min_rest={min_rest} every={every}"
+    done = _load_manifest(out_dir, params)
+    if not (out_dir / MANIFEST).exists():
+        (out_dir / MANIFEST).write_text(params + "\n")
+    counts = {"sources": len(todo), "skipped_done": 0, "too_small": 0, "unreadable": 0,
+              "crops": 0, "written": 0}
+    bar = tqdm(todo, desc="prepare", unit="file", disable=not progress, file=sys.stderr)
+    for path, name in bar:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key in done:
+            counts["skipped_done"] += 1
+            continue
+        n_crops = 0
+        try:
+            for stem, arr in _frames(path, name, every):
+                crops = square_crops(arr, size, stride, min_rest)
+                if not crops:
+                    counts["too_small"] += 1
+                for i, crop in enumerate(crops):
+                    target = out_dir / f"{stem}_s{i:03d}.png"
+                    if not target.exists():
+                        atomic_save(Image.fromarray(np.ascontiguousarray(crop)), target, compress_level=4)
+                        counts["written"] += 1
+                    n_crops += 1
+        except UserError as exc:
+            tqdm.write(f"skipping: {exc}", file=sys.stderr)
+            counts["unreadable"] += 1
+            continue
+        counts["crops"] += n_crops
+        with open(out_dir / MANIFEST, "a") as f:
+            f.write(f"{key}\t{n_crops}\n")
+        bar.set_postfix(crops=counts["crops"])
+    return counts
+
+
+# --- check / clean ---------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    path: Path
+    kind: str      # unreadable, truncated, too-small, grayscale, cmyk, alpha, duplicate
+    detail: str
+
+
+PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
+
+
+def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
+    """Problems of one file and the hash of its decoded pixels (None when unreadable)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(path)
+            img.load()
+    except OSError as exc:
+        kind = "truncated" if "truncated" in str(exc).lower() else "unreadable"
+        return [Problem(path, kind, str(exc))], None
+    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        return [Problem(path, "unreadable", str(exc))], None
+    probs = []
+    w, h = img.size
+    if min(w, h) < min_size:
+        probs.append(Problem(path, "too-small", f"{w}x{h} < {min_size}"))
+    mode = img.mode
+    if mode == "CMYK":
+        probs.append(Problem(path, "cmyk", "CMYK colour"))
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            probs.append(Problem(path, "alpha", f"{mode} with transparent pixels"))
+    if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        probs.append(Problem(path, "grayscale", f"mode {mode}"))
+    elif mode in ("RGB", "RGBA", "P"):
+        rgb = np.asarray(img.convert("RGB"))
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+            probs.append(Problem(path, "grayscale", f"gray stored as {mode}"))
+    digest = hashlib.sha1(f"{mode}{img.size}".encode() + img.tobytes()).hexdigest()
+    return probs, digest
+
+
+def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool = True
+         ) -> tuple[list[Path], list[Problem]]:
+    images, _ = list_images(folder)
+    if exclude is not None:
+        ex = exclude.resolve()
+        images = [p for p in images if ex not in p.resolve().parents]
+    problems, seen = [], {}
+    for p in tqdm(images, desc="check", unit="img", disable=not progress, file=sys.stderr):
+        probs, digest = inspect_image(p, min_size)
+        problems += probs
+        if digest is not None:
+            if digest in seen:
+                problems.append(Problem(p, "duplicate", f"same pixels as {seen[digest]}"))
+            else:
+                seen[digest] = p
+    return images, problems
+
+
+def _summary(n: int, problems: list[Problem]) -> str:
+    files = len({p.path for p in problems})
+    by_kind = {k: sum(1 for p in problems if p.kind == k) for k in PROBLEM_KINDS}
+    parts = ", ".join(f"{v} {k}" for k, v in by_kind.items() if v)
+    return f"{n} images, {files} with problems" + (f" ({parts})" if parts else "")
+
+
+def _unique_target(path: Path) -> Path:
+    if not path.exists():
+        return path
+    i = 1
+    while path.with_name(f"{path.stem}.{i}{path.suffix}").exists():
+        i += 1
+    return path.with_name(f"{path.stem}.{i}{path.suffix}")
+
+
+def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progress: bool = True
+          ) -> tuple[int, list[Problem], list[tuple[Path, Path]]]:
+    """Move the files with problems (except kinds in `keep`) under `quarantine`, keeping their
+    relative paths; a log QUARANTINE.tsv there says why. Nothing is deleted."""
+    root, qdir = Path(folder), Path(quarantine)
+    n, problems = scan(folder, min_size, exclude=qdir, progress=progress)
+    moved = []
+    reasons: dict[Path, list[str]] = {}
+    for pr in problems:
+        if pr.kind not in keep:
+            reasons.setdefault(pr.path, []).append(f"{pr.kind}: {pr.detail}")
+    for path, why in reasons.items():
+        target = _unique_target(qdir / path.relative_to(root))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+        moved.append((path, target))
+        with open(qdir / "QUARANTINE.tsv", "a") as f:
+            f.write(f"{path}\t{target}\t{'; '.join(why)}\n")
+    return len(n), problems, moved
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+def run_prepare(args) -> int:
+    c = prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
+                every=args.every_n_frames, progress=sys.stderr.isatty())
+    print(f"{c['sources']} sources: {c['crops']} crops ({c['written']} written now) in {args.out}; "
+          f"{c['skipped_done']} already done, {c['too_small']} images smaller than {args.size}, "
+          f"{c['unreadable']} unreadable")
+    return 0
+
+
+def run_check(args) -> int:
+    images, problems = scan(args.dir, args.min_size, progress=sys.stderr.isatty())
+    for pr in problems:
+        print(f"{pr.path}: {pr.kind}: {pr.detail}")
+    print(_summary(len(images), problems))
+    return 1 if problems else 0
+
+
+def run_clean(args) -> int:
+    n, problems, moved = clean(args.dir, args.quarantine, min_size=args.min_size, keep=args.keep,
+                               progress=sys.stderr.isatty())
+    for src, dst in moved:
+        print(f"moved {src} -> {dst}")
+    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}")
+    return 0
+
+
+def run_split(args) -> int:
+    root = Path(args.dir)
+    images, _ = list_images(root)
+    if not images:
+        raise UserError(f"no images in {root}")
+    if not 0 < args.val < 1:
+        raise UserError(f"--val must be a fraction between 0 and 1, got {args.val}")
+    keys = [p.relative_to(root).as_posix() for p in images]
+    tr, val = hash_split(keys, args.val, args.seed)
+    out = Path(args.out) if args.out else root
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        raise UserError(f"cannot write to {out}; give --out DIR")
+    write_file_list([images[i] for i in tr], out / "train.txt")
+    write_file_list([images[i] for i in val], out / "val.txt")
+    print(f"{len(tr)} train, {len(val)} val images: {out / 'train.txt'}, {out / 'val.txt'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="prepare, check, clean and split training images")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    pp = dsub.add_parser("prepare", help="cut images and videos into square HR PNG crops")
+    pp.add_argument("src", nargs="+", help="image folders (recursive), image or video files")
+    pp.add_argument("--out", required=True, metavar="DIR")
+    pp.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
+    pp.add_argument("--stride", type=int, default=None, help="crop step (default: --size)")
+    pp.add_argument("--min-size", type=int, default=0, metavar="N",
+                    help="add a crop flush with the right/bottom edge when the stride leaves at "
+                         "least N pixels uncovered (default 0: cover every image completely)")
+    pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame")
+    pp.set_defaults(func=run_prepare)
+    pc = dsub.add_parser("check", help="report unreadable, small, odd-mode and duplicate images")
+    pc.add_argument("dir")
+    pc.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
+    pc.set_defaults(func=run_check)
+    pl = dsub.add_parser("clean", help="move the images `check` reports into a quarantine folder")
+    pl.add_argument("dir")
+    pl.add_argument("--quarantine", required=True, metavar="DIR2")
+    pl.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
+    pl.add_argument("--keep", action="append", default=[], choices=PROBLEM_KINDS,
+                    help="leave files with this kind of problem in place (repeatable)")
+    pl.set_defaults(func=run_clean)
+    ps = dsub.add_parser("split", help="deterministic train.txt / val.txt file lists")
+    ps.add_argument("dir")
+    ps.add_argument("--val", type=float, default=0.01, help="validation fraction (default 0.01)")
+    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--out", default=None, help="folder for train.txt and val.txt (default: DIR)")
+    ps.set_defaults(func=run_split)

@@ -1,0 +1,290 @@
+"""Image file edges: listing, reading to uint8 arrays, and atomic writing (temp name + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import UserError
+
+# Extensions Pillow can read that we treat as images when scanning folders.
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm",
+              ".gif", ".tga", ".avif", ".jxl", ".jp2", ".qoi"}
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[list[Path], list[Path]]:
+    """Image files under `folder` (sorted) and the non-image files that were skipped."""
+    root = Path(folder)
+    if not root.exists():
+        raise UserError(f"folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"not a folder: {root}")
+    files = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if p.is_file())
+    images = [p for p in files if is_image_path(p)]
+    skipped = [p for p in files if not is_image_path(p)]
+    return images, skipped
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image, turning every decoder failure into one UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"file not found: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read image {p}: {exc}; the file is corrupt or not an image") from None
+    return img
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """uint8 HWC RGB array of an image file (gray and palette images are expanded to RGB)."""
+    img = open_image(path)
+    if img.mode == "I;16" or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8))
+    return np.asarray(img.convert("RGB"))
+
+
+def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
+    """Save to a temporary file beside `path`, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    fmt = save_kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **save_kwargs))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
+    """Yield a temporary path beside `path` (named .NAME.XXXX`suffix`); on success it becomes
+    `path` (os.replace) with the usual permissions, on failure it is removed: a crash or an
+    interrupt never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path` (NAME.XXXX.EXT.part), then rename it."""
+    with atomic_output(path, suffix=Path(path).suffix + ".part") as tmp:
+        write(str(tmp))
+
+
+# --- Images as planes, for inference: colour + optional alpha, uint8 or uint16, any PIL mode in. ---
+
+# PIL modes read as 16-bit gray. "I" (32-bit int) is what some decoders give for 16-bit PNG/TIFF.
+_DEEP_GRAY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Output file formats by extension and the image modes each can store.
+SAVE_FORMATS = {
+    "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16", "RGB;16", "RGBA;16"}),
+    "jpg": ("JPEG", {"RGB", "L"}),
+    "jpeg": ("JPEG", {"RGB", "L"}),
+    "webp": ("WEBP", {"RGB", "RGBA", "L"}),
+}
+
+
+class Planes:
+    """An image split for processing: `color` HxWx3 (RGB) or HxWx1 (gray) and `alpha` HxWx1 or
+    None, both uint8 or both uint16; `info` carries the ICC profile and EXIF to write back."""
+
+    def __init__(self, color: np.ndarray, alpha: np.ndarray | None = None, info: dict | None = None):
+        if color.ndim != 3 or color.shape[2] not in (1, 3):
+            raise ValueError(f"color must be HxWx1 or HxWx3, got {color.shape}")
+        if color.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"color must be uint8 or uint16, got {color.dtype}")
+        if alpha is not None and (alpha.shape != color.shape[:2] + (1,) or alpha.dtype != color.dtype):
+            raise ValueError(f"alpha must be HxWx1 of the colour's dtype, got {alpha.shape} {alpha.dtype}")
+        self.color, self.alpha, self.info = color, alpha, dict(info or {})
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode these planes make: RGB, RGBA, L, LA or I;16 (16-bit gray)."""
+        gray, deep = self.color.shape[2] == 1, self.color.dtype == np.uint16
+        if deep and gray and self.alpha is None:
+            return "I;16"
+        if deep:
+            return "RGBA;16" if self.alpha is not None and not gray else "RGB;16" if not gray else "LA;16"
+        return ("L" if gray else "RGB") + ("A" if self.alpha is not None else "")
+
+
+def planes_from_pil(img: Image.Image) -> Planes:
+    """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), 1-bit -> L,
+    16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin."""
+    info = {k: img.info[k] for k in ("icc_profile",) if img.info.get(k)}
+    exif = img.getexif()
+    if len(exif):
+        info["exif"] = exif.tobytes()
+    mode = img.mode
+    if mode in _DEEP_GRAY:
+        arr = np.asarray(img)
+        if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
+            raise UserError(f"32-bit integer image with values outside 0..65535 is not supported")
+        return Planes(arr.astype(np.uint16)[..., None], None, info)
+    if mode == "F":
+        raise UserError("32-bit float images are not supported; save it as 16-bit PNG or TIFF")
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode in ("La",):
+        img = img.convert("LA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        has_alpha = "A" in mode or "a" in mode or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if img.mode in ("LA", "RGBA"):
+        return Planes(np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:]), info)
+    return Planes(np.ascontiguousarray(arr), None, info)
+
+
+def planes_to_pil(planes: Planes) -> Image.Image:
+    """The PIL image of `planes` (the inverse of `planes_from_pil` for the modes it makes)."""
+    mode = planes.mode
+    if mode.endswith(";16") and mode != "I;16":
+        raise UserError(f"16-bit {mode[:-3]} images cannot be written by Pillow; "
+                        "use numpy arrays through the Python API")
+    if mode == "I;16":
+        img = Image.fromarray(planes.color[..., 0])
+    else:
+        arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
+        img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, mode)
+    img.info.update(planes.info)
+    return img
+
+
+def read_planes(path: str | os.PathLike) -> Planes:
+    """An image file as planes, with its EXIF orientation applied (pixels turned upright).
+    16-bit RGB(A) PNGs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits."""
+    img = open_image(path)
+    if _is_deep_color_png(path):
+        return _read_deep_png(path, img)
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block: say so rather than guess the orientation
+        raise UserError(f"cannot apply the EXIF orientation of {path}: {exc}") from None
+    if upright is not img:
+        upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
+    return planes_from_pil(upright)
+
+
+def storable_path(mode: str, path: str | os.PathLike) -> Path:
+    """`path`, or the same name with .png when its format cannot hold an image of `mode`."""
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in SAVE_FORMATS:
+        raise UserError(f"cannot write .{ext} files: use png, jpg or webp")
+    return path if mode in SAVE_FORMATS[ext][1] else path.with_suffix(".png")
+
+
+def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None = None) -> Path:
+    """Write planes atomically; the format comes from the extension. A format that cannot hold the
+    image (alpha or 16-bit in JPEG, 16-bit in WebP) is replaced by PNG: returns the path written."""
+    path = storable_path(planes.mode, path)
+    fmt = SAVE_FORMATS[path.suffix.lower().lstrip(".")][0]
+    if planes.mode in ("RGB;16", "RGBA;16"):
+        _write_deep_png(planes, path)
+        return path
+    img = planes_to_pil(planes)
+    kwargs: dict = {"format": fmt}
+    if planes.info.get("icc_profile"):
+        kwargs["icc_profile"] = planes.info["icc_profile"]
+    if planes.info.get("exif") and fmt in ("PNG", "JPEG", "WEBP"):
+        kwargs["exif"] = planes.info["exif"]
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = 95 if quality is None else int(quality)
+    atomic_save(img, path, **kwargs)
+    return path
+
+
+# --- 16-bit RGB(A) PNG, through PyAV's PNG codec (Pillow reads and writes it only as 8-bit). ---
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_deep_color_png(path: str | os.PathLike) -> bool:
+    """A PNG whose header says 16 bits per sample, colour type RGB (2) or RGBA (6)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return (len(head) == 26 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
+            and head[24] == 16 and head[25] in (2, 6))
+
+
+def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
+    import av
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+    except (av.FFmpegError, StopIteration, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}; the file is corrupt") from None
+    has_alpha = frame.format.name.startswith("rgba")
+    arr = frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
+    info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
+    exif = img.getexif()
+    if exif.get(0x0112, 1) != 1:  # turn upright exactly as Pillow would: on an index image
+        h, w = arr.shape[:2]
+        index = Image.fromarray(np.arange(h * w, dtype=np.int32).reshape(h, w))
+        index.info["exif"] = exif.tobytes()
+        upright = ImageOps.exif_transpose(index)
+        arr = arr.reshape(h * w, -1)[np.asarray(upright)]
+        exif = upright.getexif()
+    if len(exif):
+        info["exif"] = exif.tobytes()
+    color = np.ascontiguousarray(arr[..., :3])
+    return Planes(color, np.ascontiguousarray(arr[..., 3:]) if has_alpha else None, info)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
+    """A 16-bit RGB or RGBA PNG, with the ICC profile (iCCP) and EXIF (eXIf) chunks kept."""
+    import av
+    arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
+    fmt = "rgb48" if planes.alpha is None else "rgba64"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt + "le")
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = arr.shape[1], arr.shape[0], fmt + "be"
+    data = b"".join(bytes(p) for p in [*codec.encode(frame.reformat(format=fmt + "be")),
+                                       *codec.encode(None)])
+    extra = b""
+    if planes.info.get("icc_profile"):
+        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(planes.info["icc_profile"]))
+    if planes.info.get("exif"):
+        exif = planes.info["exif"]
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # the chunks go right after IHDR
+    data = data[:ihdr_end] + extra + data[ihdr_end:]
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

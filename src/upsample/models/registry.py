@@ -1,0 +1,213 @@
+"""The model zoo: registered variants as data, `create_model`, introspection, `upsample models`.
+
+A variant is a name bound to an architecture and its constructor keywords. Every model built here
+carries `model.upsample_spec` (a `ModelSpec`), which says how to feed it: its scale (None for
+VDSR, which refines a bicubic-upscaled image at any scale), whether it takes "y" or "rgb", whether
+it expects the bicubic-upscaled image (`pre_upsample`), and whether it is a generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..inference.fastpath import WEIGHTS_DIR  # the shipped weights (named there, torch-free)
+from .discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
+from .downscaler import JointSR
+from .espcn import ESPCN
+from .rrdbnet import RRDBNet
+from .vapsr import VapSR
+from .vdsr import VDSR
+
+ARCHS: dict[str, type[nn.Module]] = {
+    "espcn": ESPCN,
+    "vdsr": VDSR,
+    "vapsr": VapSR,
+    "rrdbnet": RRDBNet,
+    "joint": JointSR,  # learned downscaler + ESPCN upscaler, trained through a codec proxy
+    "vgg_discriminator": VGGStyleDiscriminator,
+    "unet_discriminator_sn": UNetDiscriminatorSN,
+}
+DISCRIMINATORS = {"vgg_discriminator", "unet_discriminator_sn"}
+PRE_UPSAMPLE = {"vdsr"}  # archs whose forward takes the bicubic-upscaled image
+
+MACS_INPUT = 256  # side of the input image the `macs` column is counted for
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str | None  # registry name; None for a checkpoint that matches no variant
+    arch: str
+    kwargs: dict = field(default_factory=dict)
+    scale: int | None = None  # None: any scale (pre-upsampling models)
+    input: str = "rgb"  # "y" or "rgb"
+    pre_upsample: bool = False
+    kind: str = "generator"  # or "discriminator"
+
+    @property
+    def pad_multiple(self) -> int:
+        """H and W of the input must be multiples of this (RRDBNet x1/x2 pixel-unshuffle)."""
+        if self.arch == "rrdbnet":
+            return {1: 4, 2: 2}.get(self.scale, 1)
+        return 1
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.input == "y" else 3
+
+
+def spec_for(arch: str, kwargs: dict, name: str | None = None) -> ModelSpec:
+    """The spec of architecture `arch` built with `kwargs` (defaults filled from the constructor)."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    full = full_kwargs(arch, kwargs)
+    kind = "discriminator" if arch in DISCRIMINATORS else "generator"
+    scale = None if arch in PRE_UPSAMPLE or kind == "discriminator" else int(full["scale"])
+    return ModelSpec(name=name, arch=arch, kwargs=dict(kwargs), scale=scale,
+                     input="y" if full.get("num_in_ch", 3) == 1 else "rgb",
+                     pre_upsample=arch in PRE_UPSAMPLE, kind=kind)
+
+
+def _defaults(cls) -> dict:
+    import inspect
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def full_kwargs(arch: str, kwargs: dict) -> dict:
+    """`kwargs` with the constructor defaults filled in: equal dicts mean equal architectures."""
+    return {**_defaults(ARCHS[arch]), **kwargs}
+
+
+# The registered variants: name -> (arch, constructor keywords). Official hyper-parameters.
+_VAPSR = {"num_feat": 48, "num_block": 20, "d_atten": 64, "conv_groups": 1}
+_VAPSR_X4 = {**_VAPSR, "num_block": 21}
+_VAPSR_S = {"num_feat": 32, "num_block": 11, "d_atten": 64, "conv_groups": 2}
+_VARIANTS: dict[str, tuple[str, dict]] = {
+    **{f"espcn-x{s}": ("espcn", {"scale": s, "num_in_ch": 1}) for s in (2, 3, 4)},
+    **{f"espcn-rgb-x{s}": ("espcn", {"scale": s, "num_in_ch": 3}) for s in (2, 3, 4)},
+    "vdsr": ("vdsr", {"num_in_ch": 1, "num_feat": 64, "num_layers": 20}),
+    **{f"vapsr-x{s}": ("vapsr", {"scale": s, **(_VAPSR_X4 if s == 4 else _VAPSR)}) for s in (2, 3, 4)},
+    **{f"vapsr-s-x{s}": ("vapsr", {"scale": s, **_VAPSR_S}) for s in (2, 3, 4)},
+    **{f"vapsr-3x3-x{s}": ("vapsr", {"scale": s, **(_VAPSR_X4 if s == 4 else _VAPSR), "plain_3x3": True})
+       for s in (2, 3, 4)},
+    **{f"rrdbnet-x{s}": ("rrdbnet", {"scale": s, "num_feat": 64, "num_block": 23, "num_grow_ch": 32})
+       for s in (1, 2, 3, 4)},
+    "joint-x2": ("joint", {"scale": 2, "num_in_ch": 1}),  # forward = its upscaler; see models/downscaler.py
+    "esrgan-discriminator": ("vgg_discriminator", {"num_in_ch": 3, "num_feat": 64, "input_size": 128}),
+    "realesrgan-unet-discriminator": ("unet_discriminator_sn", {"num_in_ch": 3, "num_feat": 64}),
+}
+_REGISTRY: dict[str, ModelSpec] = {n: spec_for(a, kw, n) for n, (a, kw) in _VARIANTS.items()}
+
+
+def list_models(kind: str | None = "generator") -> list[str]:
+    """Registered names of that kind ("generator", "discriminator"; None for all), in zoo order."""
+    return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `upsample models` for the list"
+    raise UserError(f"unknown model {name!r}; {hint}")
+
+
+def build(arch: str, kwargs: dict, name: str | None = None) -> nn.Module:
+    """An architecture instance with `upsample_spec` set (the checkpoint loader's entry point)."""
+    spec = spec_for(arch, kwargs, name)
+    try:
+        model = ARCHS[arch](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"cannot build {arch} with {json.dumps(kwargs)}: {exc}") from None
+    model.upsample_spec = spec
+    return model
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """A fresh (randomly initialised) registered model; `overrides` change constructor keywords."""
+    spec = get_spec(name)
+    return build(spec.arch, {**spec.kwargs, **overrides}, name)
+
+
+def match_variant(arch: str, kwargs: dict) -> str | None:
+    """The registered name whose architecture and (default-filled) keywords equal these."""
+    full = full_kwargs(arch, kwargs)
+    for name, spec in _REGISTRY.items():
+        if spec.arch == arch and full_kwargs(arch, spec.kwargs) == full:
+            return name
+    return None
+
+
+def weights_path(name: str) -> Path | None:
+    """The shipped weights of a registered model, if the package has them."""
+    p = WEIGHTS_DIR / f"{name}.safetensors"
+    return p if p.is_file() else None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, size: int = MACS_INPUT) -> int:
+    """Multiply-accumulates of one forward pass on a 1 x C x size x size input (FlopCounterMode
+    flops / 2: convolutions and matrix products; element-wise work is not counted). The model
+    should be on the meta device, so counting allocates and computes nothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+    spec = model.upsample_spec
+    device = next(model.parameters()).device
+    x = torch.zeros(1, spec.channels, size, size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def describe(name: str) -> dict:
+    """One row of `upsample models`."""
+    with torch.device("meta"):
+        model = create_model(name)
+    spec = model.upsample_spec
+    weights = weights_path(name)
+    size = spec.kwargs.get("input_size", MACS_INPUT) if spec.kind == "discriminator" else MACS_INPUT
+    return {"name": name, "scale": spec.scale, "params": count_params(model),
+            "macs": count_macs(model, size), "input": spec.input,
+            "weights": str(weights) if weights else None}
+
+
+def _human(n: float) -> str:
+    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [describe(n) for n in list_models(None if args.all else "generator")]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'scale':>5}  {'params':>10}  {'macs':>8}  input  weights")
+    for r in rows:
+        scale = f"x{r['scale']}" if r["scale"] else ("any" if get_spec(r["name"]).pre_upsample else "-")
+        print(f"{r['name']:<{width}}  {scale:>5}  {r['params']:>10,}  {_human(r['macs']):>8}  "
+              f"{r['input']:<5}  {r['weights'] or '-'}")
+    print(f"macs: multiply-accumulates for one {MACS_INPUT}x{MACS_INPUT} input image (vdsr: its "
+          f"bicubic-upscaled input); models without shipped weights start untrained")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models: scale, parameters, MACs, weights")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--all", action="store_true", help="include the GAN discriminators")
+    p.set_defaults(func=run)
+

@@ -1,0 +1,262 @@
+"""ONNX / OpenVINO export (`upsample export`) and the onnxruntime / openvino runtime backends.
+
+The exported graph is the network itself, float NCHW in [0, 1] (Y or RGB as the model takes),
+with dynamic batch, height and width (TorchScript-based `torch.onnx.export`, opset 17: it needs no
+onnxscript). `--uint8-io` wraps it to take and return uint8 NHWC RGB: normalisation, YCbCr for
+Y-channel models, clamp and rounding happen inside the graph. Inside such a graph the chroma (and
+VDSR's input) is upscaled with the runtime's bicubic resize (Keys a = -0.75, no antialiasing),
+not MATLAB's imresize, so it is close to, not bit-equal with, `upsample eval`'s torch path.
+RRDBNet x1/x2 graphs need H and W to be multiples of 4/2 (the Upscaler pads; a bare graph cannot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models.checkpoint import atomic_output
+from ..errors import UserError
+from ..inference.fastpath import cache_dir, ov_compiled  # noqa: F401 (torch-free; used here and by auto)
+from ..inference.upscaler import model_scale, resolve_model, rgb_to_ycbcr, ycbcr_to_rgb
+
+OPSET = 17
+GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
+FORMATS = ("onnx", "openvino")
+
+
+class Uint8RGB(nn.Module):
+    """uint8 NHWC RGB -> network -> uint8 NHWC RGB, all inside one exportable graph."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net, self.spec, self.scale = net, net.upsample_spec, float(scale)
+
+    def _up(self, x):
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    def forward(self, x):
+        dtype = next(self.net.parameters()).dtype
+        rgb = x.permute(0, 3, 1, 2).to(dtype) / 255.0
+        ycc = rgb_to_ycbcr(rgb) if self.spec.input == "y" else None
+        inp = rgb if ycc is None else ycc[:, :1]
+        if self.spec.pre_upsample:
+            inp = self._up(inp)
+        out = self.net(inp)
+        if ycc is not None:
+            out = ycbcr_to_rgb(torch.cat([out, self._up(ycc[:, 1:])], 1))
+        return (out.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _example(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
+    spec = model.upsample_spec
+    g = torch.Generator().manual_seed(0)
+    if uint8_io:
+        return torch.randint(0, 256, (1, size, size, 3), generator=g, dtype=torch.uint8)
+    return torch.rand(1, spec.channels, size, size, generator=g)
+
+
+def onnx_bytes(module: nn.Module, example: torch.Tensor, *, opset: int = OPSET) -> bytes:
+    """The module as ONNX with dynamic batch/height/width on its input and output."""
+    f = io.BytesIO()
+    h = 1 if example.dtype == torch.uint8 else 2  # height axis: NHWC uint8 or NCHW float
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+        torch.onnx.export(module.eval(), (example,), f, dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch", h: "height", h + 1: "width"},
+                                        "output": {0: "batch", h: "out_height", h + 1: "out_width"}})
+    return f.getvalue()
+
+
+def _atomic_write(data: bytes, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
+    """ONNX file -> OpenVINO IR (.xml + .bin), written in a temp folder then renamed into place."""
+    import openvino as ov
+    ov_model = ov.convert_model(str(onnx_path))
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", dir=xml_path.parent))
+    try:
+        ov.save_model(ov_model, str(tmpdir / "model.xml"), compress_to_fp16=fp16)
+        os.replace(tmpdir / "model.bin", xml_path.with_suffix(".bin"))
+        os.replace(tmpdir / "model.xml", xml_path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------- runtimes
+
+
+def weights_hash(model: nn.Module) -> str:
+    spec = model.upsample_spec
+    h = hashlib.sha256(json.dumps([spec.arch, spec.kwargs, torch.__version__, OPSET, GRAPHS],
+                                  sort_keys=True).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
+    """`model` (the float network, or a wrapper graph named by `key`) as ONNX under the cache
+    folder, exported once per weights hash."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="upsample-export-"))
+    if key is None:
+        key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
+    path = folder / f"{key}.onnx"
+    if not path.exists():
+        net = model.cpu().eval()
+        _atomic_write(onnx_bytes(net, example if example is not None else _example(net, False)), path)
+    return path
+
+
+def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
+    """The OpenVINO IR (.xml) of `_cached_onnx(model, key, example)`, converted once."""
+    onnx_path = _cached_onnx(model, key, example)
+    xml = onnx_path.with_suffix(".xml")
+    if not xml.exists():
+        _save_openvino(onnx_path, xml, fp16=False)
+    return xml
+
+
+def ort_session(source, device: torch.device, threads: int | None = None):
+    import onnxruntime as ort
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError("onnxruntime here has no CUDA provider: use --device cpu or --backend torch")
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})] + providers
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(source, opts, providers=providers)
+
+
+def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",
+                 threads: int | None = None):
+    """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
+    OpenVINO .xml or .onnx for openvino; OpenVINO in `precision` f32 or bf16)."""
+    if backend == "onnxruntime":
+        sess = ort_session(str(path), device, threads)
+
+        def run_ort(x: torch.Tensor) -> torch.Tensor:
+            out = sess.run(None, {"input": x.detach().cpu().float().numpy()})[0]
+            return torch.from_numpy(out).to(x.device)
+        return run_ort
+    if backend == "openvino":
+        compiled = ov_compiled(path, precision, threads)
+
+        def run_ov(x: torch.Tensor) -> torch.Tensor:
+            out = compiled(x.detach().cpu().float().numpy())[0]
+            return torch.from_numpy(np.asarray(out)).to(x.device)
+        return run_ov
+    raise UserError(f"unknown backend {backend!r}")
+
+
+def runtime_session(model: nn.Module, backend: str, device: torch.device, threads: int | None = None):
+    """A callable float NCHW tensor -> tensor running `model` on onnxruntime or openvino (fp32)."""
+    path = cached_ir(model) if backend == "openvino" else _cached_onnx(model)
+    return file_session(path, backend, device, threads=threads)
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, uint8_io: bool = False,
+                 scale: float | None = None) -> float:
+    """Write `model` as ONNX or OpenVINO IR; returns the max abs difference of the exported
+    graph from PyTorch (fp32) on a random image (uint8 levels with uint8_io)."""
+    model = model.cpu().eval()
+    ref_module = Uint8RGB(model, scale) if uint8_io else model
+    example = _example(model, uint8_io, size=32)
+    with torch.no_grad():
+        ref = ref_module(example)
+    net = model
+    if fp16:
+        import copy
+        net = copy.deepcopy(model).half()
+        net.upsample_spec = model.upsample_spec
+    module = Uint8RGB(net, scale) if uint8_io else net
+    trace_in = example if uint8_io else example.to(next(net.parameters()).dtype)
+    data = onnx_bytes(module, trace_in)
+    feed = example.numpy() if uint8_io else trace_in.numpy()
+    if fmt == "onnx":
+        _atomic_write(data, out)
+        got = ort_session(str(out), torch.device("cpu")).run(None, {"input": feed})[0]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            onnx_path.write_bytes(data)
+            _save_openvino(onnx_path, out, fp16=fp16)
+        got = np.asarray(ov_compiled(out)(feed)[0])
+    diff = np.abs(got.astype(np.float64) - ref.numpy().astype(np.float64))
+    return float(diff.max())
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, name = resolve_model(args.model)
+    spec = model.upsample_spec
+    if spec.kind != "generator":
+        raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")
+    scale = None
+    if args.uint8_io:
+        scale = model_scale(model.upsample_spec, args.scale, name)
+    elif args.scale is not None:
+        model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
+    suffix = ".onnx" if args.format == "onnx" else ".xml"
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() != suffix:
+            raise UserError(f"--format {args.format} writes a {suffix} file, not {out.name}")
+    else:
+        stem = Path(name).stem if Path(name).suffix else name
+        tags = ("-fp16" if args.fp16 else "") + ("-uint8" if args.uint8_io else "")
+        out = Path(f"{stem}{'-x' + format(scale, 'g') if spec.scale is None and scale else ''}{tags}{suffix}")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; use --force to overwrite it")
+    diff = export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale)
+    io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
+               f"float NCHW {spec.input.upper()} in [0, 1]" + (" (bicubic-upscaled input)"
+                                                             if spec.pre_upsample else ""))
+    unit = " (uint8 levels)" if args.uint8_io else ""
+    print(f"wrote {out} ({_size(out) / 1e6:.2f} MB, {args.format}, "
+          f"{'fp16' if args.fp16 else 'fp32'}, {io_desc}, dynamic batch/height/width)")
+    print(f"parity vs PyTorch fp32 on a random 32x32 image: max abs diff {diff:.3g}{unit}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, with a parity check")
+    p.add_argument("model", help="a registered model name or a checkpoint file")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or openvino")
+    p.add_argument("-o", "--output", help="output file (.onnx, or .xml for openvino; .bin beside it)")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute")
+    p.add_argument("--uint8-io", action="store_true",
+                   help="take and return uint8 NHWC RGB (normalisation and rounding in the graph)")
+    p.add_argument("--scale", help="the scale (required for vdsr with --uint8-io; else only checked)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=run)

@@ -1,0 +1,137 @@
+"""`upsample make-clip IMAGE -o CLIP`: a short test clip of slow camera motion over a still image.
+
+No clips ship with the project, so the video codec study makes its material from large benchmark
+images (Urban100, B100): a window of --size moves over the image (pan), grows from the output
+size to the widest view the image allows or shrinks back (zoom), or both, with smooth (ease in,
+ease out) motion. Zoomed frames are resized with `degrade.imresize`. The clip is lossless
+(libx264rgb at qp 0, RGB kept bit for bit; FFV1 where that encoder is missing), so a codec study
+measures every codec against exactly these frames. Written under a temporary name, then renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.degrade import imresize, to_uint8
+from ..errors import UserError
+from ..media.imageio import atomic_write, read_rgb
+
+MOTIONS = ("pan", "zoom", "panzoom")
+
+
+def parse_wxh(text: str) -> tuple[int, int]:
+    """"512x288" -> (512, 288), both even and positive."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size expects WIDTHxHEIGHT such as 512x288, got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 2 or h % 2:
+        raise UserError(f"--size {text}: width and height must be positive and even (4:2:0 video)")
+    return w, h
+
+
+def _ease(t: float) -> float:
+    return t * t * (3.0 - 2.0 * t)
+
+
+def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> list[np.ndarray]:
+    """n uint8 RGB frames of size (w, h) moving over `img` (HWC uint8)."""
+    w, h = size
+    ih, iw = img.shape[:2]
+    if iw < w or ih < h:
+        raise UserError(f"the image is {iw}x{ih}, smaller than the clip's {w}x{h}: use a larger "
+                        "image (Urban100) or a smaller --size")
+    zmax = min(iw / w, ih / h)  # widest view with the clip's aspect
+    if motion in ("zoom", "panzoom") and zmax < 1.05:
+        raise UserError(f"the image ({iw}x{ih}) leaves no room to zoom at {w}x{h}: use pan or a "
+                        "smaller --size")
+    frames = []
+    for i in range(n):
+        t = _ease(i / max(n - 1, 1))
+        z = 1.0
+        if motion == "zoom":
+            z = zmax - (zmax - 1.0) * t           # zoom in: wide view -> native pixels
+        elif motion == "panzoom":
+            z = 1.0 + (min(zmax, 2.0) - 1.0) * math.sin(math.pi * t) * 0.5  # out and back in
+        bw, bh = min(iw, int(round(w * z))), min(ih, int(round(h * z)))
+        if motion == "zoom":
+            cx, cy = iw / 2.0, ih / 2.0
+        else:  # pan along the diagonal, top-left to bottom-right
+            cx = bw / 2.0 + (iw - bw) * t
+            cy = bh / 2.0 + (ih - bh) * (0.25 + 0.5 * t)
+        x0 = int(round(min(max(cx - bw / 2.0, 0), iw - bw)))
+        y0 = int(round(min(max(cy - bh / 2.0, 0), ih - bh)))
+        box = img[y0:y0 + bh, x0:x0 + bw]
+        if (bw, bh) != (w, h):
+            x = torch.from_numpy(np.ascontiguousarray(box)).permute(2, 0, 1)[None].double() / 255.0
+            box = to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
+        frames.append(np.ascontiguousarray(box))
+    return frames
+
+
+def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
+    """Write RGB frames losslessly; returns the encoder used."""
+    import av
+    if "libx264rgb" in av.codecs_available:
+        enc, fmt, opts = "libx264rgb", "rgb24", {"qp": "0", "preset": "veryfast"}
+    elif path.suffix.lower() == ".mkv":
+        enc, fmt, opts = "ffv1", "bgr0", {}
+    else:
+        raise UserError("no lossless RGB encoder (libx264rgb) here: write a .mkv (FFV1)")
+    h, w = frames[0].shape[:2]
+    container = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}[path.suffix.lower()]
+
+    def write(tmp: str) -> None:
+        with av.open(tmp, "w", format=container) as out:
+            stream = out.add_stream(enc, rate=fps, options=opts)
+            stream.width, stream.height, stream.pix_fmt = w, h, fmt
+            for i, f in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                if fmt != "rgb24":
+                    frame = frame.reformat(format=fmt)
+                frame.pts = i
+                for p in stream.encode(frame):
+                    out.mux(p)
+            for p in stream.encode():
+                out.mux(p)
+    atomic_write(path, write)
+    return enc
+
+
+def run(args: argparse.Namespace) -> int:
+    size = parse_wxh(args.size)
+    if not 0 < args.seconds <= 60:
+        raise UserError(f"--seconds must be in (0, 60], got {args.seconds}")
+    try:
+        fps = Fraction(args.fps).limit_denominator(1001)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--fps must be a number such as 25 or 30000/1001, got {args.fps!r}") from None
+    if not 0 < fps <= 240:
+        raise UserError(f"--fps must be in (0, 240], got {args.fps}")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".mkv", ".mp4", ".mov"):
+        raise UserError(f"-o {out}: use a .mkv, .mp4 or .mov file name")
+    n = int(round(args.seconds * fps))
+    frames = clip_frames(read_rgb(args.image), size, n, args.motion)
+    enc = write_lossless(frames, out, fps)
+    print(f"{out}: {n} frames of {size[0]}x{size[1]} at {float(fps):g} fps ({float(n / fps):.2f} s, "
+          f"{args.motion}), lossless {enc}, {out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("make-clip", help="make a short test clip (pan/zoom) from a large still image")
+    p.add_argument("image", help="source image, larger than --size (e.g. an Urban100 image)")
+    p.add_argument("-o", "--output", required=True, metavar="CLIP", help=".mkv, .mp4 or .mov file")
+    p.add_argument("--size", default="512x288", help="frame size WIDTHxHEIGHT, even (default 512x288)")
+    p.add_argument("--seconds", type=float, default=3.0, help="duration (default 3)")
+    p.add_argument("--fps", default="25", help="frame rate (default 25)")
+    p.add_argument("--motion", default="pan", choices=MOTIONS, help="camera motion (default pan)")
+    p.set_defaults(func=run)

@@ -1,0 +1,182 @@
+"""Real codecs for the codec study: encode and decode uint8 RGB images (Pillow) and frame
+sequences (PyAV's ffmpeg encoders), returning the encoded bytes so rates are real sizes.
+
+Image codecs (one quality setting per rate point, 1..100, higher = more bits):
+  jpeg  Pillow/libjpeg, 4:2:0, optimized Huffman tables
+  webp  Pillow/libwebp lossy, method 4
+  avif  Pillow's AVIF (libavif), 4:2:0, speed 6
+  png   lossless (one point: the no-codec reference)
+Video codecs (one CRF per rate point, lower = more bits), yuv420p, tuned for PSNR, in Matroska:
+  x264  libx264, preset medium        x265  libx265, preset medium
+  av1   libsvtav1 preset 8 (or libaom-av1 cpu-used 6 where the ffmpeg has it)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    kind: str                 # "image" or "video"
+    ladder: tuple[int, ...]   # default rate points, from the fewest bits to the most
+    setting: str              # what a rate point sets: "quality" or "crf"
+    encoder: str = ""         # the ffmpeg encoder (video)
+
+
+IMAGE_CODECS = {
+    "jpeg": Codec("jpeg", "image", (5, 10, 20, 35, 50, 70, 90), "quality"),
+    "webp": Codec("webp", "image", (5, 15, 30, 50, 70, 90), "quality"),
+    "avif": Codec("avif", "image", (5, 15, 30, 45, 60, 75, 90), "quality"),
+    "png": Codec("png", "image", (100,), "quality"),
+}
+VIDEO_CODECS = {
+    "x264": Codec("x264", "video", (43, 38, 33, 28, 23, 18), "crf", "libx264"),
+    "x265": Codec("x265", "video", (45, 40, 35, 30, 25, 20), "crf", "libx265"),
+    "av1": Codec("av1", "video", (60, 53, 46, 39, 32, 25), "crf", "libsvtav1"),
+}
+CODECS = {**IMAGE_CODECS, **VIDEO_CODECS}
+_PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF", "png": "PNG"}
+
+
+def _av1_encoder() -> str | None:
+    import av
+    for enc in ("libsvtav1", "libaom-av1", "librav1e"):
+        if enc in av.codecs_available:
+            return enc
+    return None
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called `name`, checked to be usable here; UserError otherwise."""
+    if name not in CODECS:
+        raise UserError(f"unknown codec {name!r}; use one of {', '.join(CODECS)}")
+    c = CODECS[name]
+    if c.kind == "image":
+        from PIL import features
+        feature = {"webp": "webp", "avif": "avif"}.get(name)
+        if feature and not features.check(feature):
+            raise UserError(f"this Pillow cannot write {name.upper()}: install a Pillow built with "
+                            f"{name} (or pillow-avif-plugin), or leave {name} out")
+        return c
+    import av
+    enc = _av1_encoder() if name == "av1" else c.encoder
+    if enc is None or enc not in av.codecs_available:
+        wanted = "libsvtav1, libaom-av1 or librav1e" if name == "av1" else c.encoder
+        raise UserError(f"PyAV's ffmpeg here has no {wanted} encoder: leave {name} out")
+    return Codec(c.name, c.kind, c.ladder, c.setting, enc)
+
+
+def parse_ladder(codec: Codec, text: str | None) -> tuple[int, ...]:
+    """"5,10,20" -> (5, 10, 20) checked for the codec's range; None -> the default ladder."""
+    if not text:
+        return codec.ladder
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--ladder {codec.name}={text}: expected integers like 10,30,50") from None
+    lo, hi = (1, 100) if codec.setting == "quality" else (0, 63 if codec.name == "av1" else 51)
+    bad = [v for v in values if not lo <= v <= hi]
+    if not values or bad:
+        raise UserError(f"--ladder {codec.name}: each {codec.setting} must be in {lo}..{hi}, got {text!r}")
+    return values
+
+
+# ------------------------------------------------------------------------------------- images
+
+def encode_image(codec: Codec, rgb: np.ndarray, q: int) -> bytes:
+    """uint8 HWC RGB -> the bytes of the encoded file."""
+    from PIL import Image
+    kwargs = {"jpeg": {"quality": q, "optimize": True, "subsampling": "4:2:0"},
+              "webp": {"quality": q, "method": 4},
+              "avif": {"quality": q, "speed": 6, "subsampling": "4:2:0"},
+              "png": {"compress_level": 9}}[codec.name]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, _PIL_FORMAT[codec.name], **kwargs)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------- video
+
+def _video_options(codec: Codec, q: int, threads: int) -> dict:
+    if codec.encoder == "libx264":
+        return {"crf": str(q), "preset": "medium", "tune": "psnr", "threads": str(threads)}
+    if codec.encoder == "libx265":
+        return {"crf": str(q), "preset": "medium", "tune": "psnr",
+                "x265-params": f"log-level=error:pools={threads}:frame-threads={threads}"}
+    if codec.encoder == "libsvtav1":
+        return {"crf": str(q), "preset": "8", "svtav1-params": f"lp={threads}:tune=1"}
+    if codec.encoder == "libaom-av1":
+        return {"crf": str(q), "cpu-used": "6", "row-mt": "1", "threads": str(threads)}
+    return {"qp": str(q)}  # librav1e
+
+
+def encode_video(codec: Codec, frames: list[np.ndarray], q: int, fps: Fraction,
+                 threads: int = 1) -> tuple[bytes, int]:
+    """uint8 HWC RGB frames (even H and W) -> (Matroska file bytes, video bitstream bytes)."""
+    import av
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:
+        raise UserError(f"frames of {w}x{h}: 4:2:0 video needs even sizes")
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
+    buf = io.BytesIO()
+    bitstream = 0
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream(codec.encoder, rate=fps, options=_video_options(codec, q, threads))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.thread_count = threads
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            frame.pts = i
+            for p in stream.encode(frame):
+                bitstream += p.size
+                out.mux(p)
+        for p in stream.encode():
+            bitstream += p.size
+            out.mux(p)
+    return buf.getvalue(), bitstream
+
+
+def decode_video(data: bytes) -> list[np.ndarray]:
+    import av
+    with av.open(io.BytesIO(data)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def read_frames(path, max_frames: int = 0) -> tuple[list[np.ndarray], Fraction]:
+    """A clip's frames as uint8 RGB arrays and its frame rate (UserError for a bad file)."""
+    from pathlib import Path
+
+    import av
+
+    from ..inference.video import open_input
+    container = open_input(Path(path))
+    try:
+        vin = container.streams.video[0]
+        fps = Fraction(vin.average_rate or vin.guessed_rate or 25)
+        frames = []
+        for f in container.decode(vin):
+            frames.append(f.to_ndarray(format="rgb24"))
+            if max_frames and len(frames) >= max_frames:
+                break
+    except av.FFmpegError as exc:
+        raise UserError(f"cannot decode {path}: {exc}") from None
+    finally:
+        container.close()
+    if not frames:
+        raise UserError(f"{path}: no decodable video frame")
+    return frames, fps

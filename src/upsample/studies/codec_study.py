@@ -1,0 +1,694 @@
+"""`upsample codec-study`: rate-distortion of ML upscaling inside image and video codecs.
+
+For every input (an image folder, or a video clip), codec and rate point it measures
+  full:     HR -> encode -> decode                                   (the anchor)
+  down-up:  HR -> downscale by s -> encode -> decode -> upscale by s  (one per --pipeline)
+where the downscaler is MATLAB bicubic or a learned one (`downscale.py`) and the upscaler is
+bicubic or any model on any backend (`upscaler.load_upscaler`). Measured per point: the real
+encoded size (bits per full-resolution pixel; kbit/s of the video bitstream for clips), Y-PSNR and
+SSIM at full resolution with the `eval` protocol (HR modcropped to the scale, `scale` pixels of
+border cut, `metrics.psnr/ssim` on uint8), and the down / encode / decode / upscale seconds.
+
+Per codec the points are averaged over the images (or frames) at each rate point, and each down-up
+curve is compared with the full-resolution one: BD-rate and BD-PSNR with the `bjontegaard`
+package (PCHIP, and Akima for comparison), integrated over the overlapping PSNR (rate) range only,
+which is reported; the convex hull of all pipelines' points (the best pipeline at each rate); and
+the crossover rate below which down-up is better, found where the PCHIP curves (PSNR over
+log-rate) cross. Output: points.csv (every image/clip point), curves.csv (averages), study.json
+(all of it), one RD plot per input and codec (rd_<input>_<codec>.png), summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..evaluation import metrics
+from .codec import CODECS, Codec, decode_image, decode_video, encode_image, encode_video, get_codec, parse_ladder, read_frames
+from ..data.pairs import is_video_path
+from ..inference.downscale import Downscaler, load_downscaler
+from ..errors import UserError
+from ..evaluation.evaluate import modcrop, to_tensor, to_uint8
+from ..media.imageio import atomic_write, list_images, read_rgb
+from ..inference.upscaler import Upscaler, check_scale, load_upscaler
+
+FULL = "full"  # the anchor pipeline's label
+
+
+@dataclass
+class Pipeline:
+    label: str
+    down: Downscaler
+    up: Upscaler
+
+
+@dataclass
+class Source:
+    """One input: an image folder (items = images) or a clip (one item of many frames)."""
+    name: str
+    kind: str               # "image" or "video"
+    paths: list[Path]
+    fps: float = 0.0
+
+
+# ------------------------------------------------------------------------------ measurement
+
+def quality(out: np.ndarray, ref: np.ndarray, border: int) -> tuple[float, float]:
+    """Y-PSNR and SSIM as `upsample eval` measures them."""
+    return (metrics.psnr(out, ref, crop_border=border, y_channel=True),
+            metrics.ssim(out, ref, crop_border=border, y_channel=True))
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
+def upscale_uint8(up: Upscaler, lr: np.ndarray) -> np.ndarray:
+    return to_uint8(up(to_tensor(lr, up.device)))
+
+
+def downscale_uint8(down: Downscaler, hr: np.ndarray) -> np.ndarray:
+    return to_uint8(down.lr(hr))
+
+
+def measure_image(hr: np.ndarray, codec: Codec, ladder, pipelines: list[Pipeline], scale: float,
+                  border: int) -> list[dict]:
+    """All points of one (modcropped) HR image for one codec."""
+    pixels = hr.shape[0] * hr.shape[1]
+    downs = {}  # one LR per downscaler, shared by the pipelines that use it
+    for p in pipelines:
+        if p.down not in downs:
+            downs[p.down] = _timed(downscale_uint8, p.down, hr)
+    points = []
+    for q in ladder:
+        data, t_enc = _timed(encode_image, codec, hr, q)
+        dec, t_dec = _timed(decode_image, data)
+        ps, ss = quality(dec, hr, border)
+        points.append({"pipeline": FULL, "q": q, "bytes": len(data), "pixels": pixels,
+                       "bpp": 8.0 * len(data) / pixels, "psnr": ps, "ssim": ss,
+                       "t_down": 0.0, "t_enc": t_enc, "t_dec": t_dec, "t_up": 0.0})
+        coded = {}
+        for p in pipelines:
+            lr, t_down = downs[p.down]
+            if p.down not in coded:
+                data, t_enc = _timed(encode_image, codec, lr, q)
+                coded[p.down] = (data, t_enc, *_timed(decode_image, data))
+            data, t_enc, dec, t_dec = coded[p.down]
+            out, t_up = _timed(upscale_uint8, p.up, dec)
+            if out.shape != hr.shape:
+                raise UserError(f"pipeline {p.label}: {p.up.name} made {out.shape[1]}x{out.shape[0]} "
+                                f"from {dec.shape[1]}x{dec.shape[0]}; is it a x{scale:g} model?")
+            ps, ss = quality(out, hr, border)
+            points.append({"pipeline": p.label, "q": q, "bytes": len(data), "pixels": pixels,
+                           "bpp": 8.0 * len(data) / pixels, "psnr": ps, "ssim": ss,
+                           "t_down": t_down, "t_enc": t_enc, "t_dec": t_dec, "t_up": t_up})
+    return points
+
+
+def _clip_point(label: str, q: int, outs, frames, nbytes: int, fps: float, border: int,
+                **times) -> dict:
+    if len(outs) != len(frames):
+        raise UserError(f"pipeline {label}: the decoder gave {len(outs)} frames for {len(frames)}")
+    qs = [quality(o, f, border) for o, f in zip(outs, frames)]
+    pixels = frames[0].shape[0] * frames[0].shape[1] * len(frames)
+    return {"pipeline": label, "q": q, "bytes": nbytes, "pixels": pixels,
+            "bpp": 8.0 * nbytes / pixels, "kbps": 8.0 * nbytes * fps / len(frames) / 1000.0,
+            "psnr": float(np.mean([a for a, _ in qs])), "ssim": float(np.mean([b for _, b in qs])),
+            **times}
+
+
+def measure_clip(frames: list[np.ndarray], fps: float, codec: Codec, ladder,
+                 pipelines: list[Pipeline], border: int, threads: int = 1) -> list[dict]:
+    """All points of one clip (frames modcropped) for one video codec: the rate is the video
+    bitstream's (packet bytes, container left out), PSNR/SSIM the means over the frames."""
+    downs = {}
+    for p in pipelines:
+        if p.down not in downs:
+            downs[p.down] = _timed(lambda d: [downscale_uint8(d, f) for f in frames], p.down)
+    sources = [(None, frames, 0.0)] + [(d, lr, t) for d, (lr, t) in downs.items()]
+    points = []
+    for q in ladder:
+        coded = {}
+        for down, src, t_down in sources:
+            (blob, nbytes), t_enc = _timed(encode_video, codec, src, q, fps, threads)
+            dec, t_dec = _timed(decode_video, blob)
+            coded[down] = (nbytes, dec, dict(t_down=t_down, t_enc=t_enc, t_dec=t_dec))
+        nbytes, dec, times = coded[None]
+        points.append(_clip_point(FULL, q, dec, frames, nbytes, fps, border, **times, t_up=0.0))
+        for p in pipelines:
+            nbytes, dec, times = coded[p.down]
+            outs, t_up = _timed(lambda: [upscale_uint8(p.up, f) for f in dec])
+            points.append(_clip_point(p.label, q, outs, frames, nbytes, fps, border, **times, t_up=t_up))
+    return points
+
+
+# ---------------------------------------------------------------------------------- analysis
+
+def average_curves(points: list[dict]) -> list[dict]:
+    """Mean of every field over the items of each (source, codec, pipeline, q)."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["source"], p["codec"], p["pipeline"], p["q"]), []).append(p)
+    curves = []
+    for (src, codec, pipe, q), ps in groups.items():
+        row = {"source": src, "codec": codec, "pipeline": pipe, "q": q, "n": len(ps)}
+        for k in ("bpp", "kbps", "psnr", "ssim", "t_down", "t_enc", "t_dec", "t_up"):
+            if k in ps[0]:
+                row[k] = float(np.mean([p[k] for p in ps]))
+        curves.append(row)
+    return curves
+
+
+def rd_curve(rows: list[dict], rate_key: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(rates, psnrs, rows) sorted by rate, keeping only points that raise both rate and PSNR
+    (the BD interpolators need strictly monotone curves)."""
+    rows = sorted(rows, key=lambda r: r[rate_key])
+    kept = []
+    for r in rows:
+        if not kept or (r[rate_key] > kept[-1][rate_key] and r["psnr"] > kept[-1]["psnr"]):
+            kept.append(r)
+    return (np.array([r[rate_key] for r in kept]), np.array([r["psnr"] for r in kept]), kept)
+
+
+def bd_metrics(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict:
+    """BD-rate (%) and BD-PSNR (dB) of `test` against `anchor`, PCHIP and Akima, over the
+    overlapping PSNR range (BD-rate) and log-rate range (BD-PSNR), which are returned too."""
+    import bjontegaard as bd
+    (ra, da), (rt, dt) = anchor, test
+    out = {"psnr_range": [max(da.min(), dt.min()), min(da.max(), dt.max())],
+           "rate_range": [max(ra.min(), rt.min()), min(ra.max(), rt.max())]}
+    for method in ("pchip", "akima"):
+        for key, fn, lo_hi in (("bd_rate", bd.bd_rate, out["psnr_range"]),
+                               ("bd_psnr", bd.bd_psnr, out["rate_range"])):
+            value = float("nan")
+            if len(ra) >= 2 and len(rt) >= 2 and lo_hi[0] < lo_hi[1]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value = float(fn(ra, da, rt, dt, method, require_matching_points=False,
+                                     min_overlap=0))
+            out[f"{key}_{method}"] = value
+    out["overlap"] = bool(out["psnr_range"][0] < out["psnr_range"][1])
+    return out
+
+
+def _pchip(rates: np.ndarray, psnrs: np.ndarray):
+    from scipy.interpolate import PchipInterpolator
+    if len(rates) < 2:
+        return None
+    return PchipInterpolator(np.log10(rates), psnrs, extrapolate=False)
+
+
+def crossover(anchor: tuple[np.ndarray, np.ndarray], tests: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Where the best of `tests` (their PCHIP PSNR over log-rate, maximum at each rate) crosses
+    the anchor, within the rates both cover: {"status", "rates": [crossings], "range": [lo, hi]}.
+    status: "below" (down-up wins below the crossing), "none-downup-wins" (wins over the whole
+    overlap), "none-full-wins" (never wins there), "no-overlap", or "mixed" (several crossings)."""
+    fa = _pchip(*anchor)
+    fts = [(_pchip(*t), t) for t in tests if len(t[0]) >= 2]
+    if fa is None or not fts:
+        return {"status": "no-overlap", "rates": [], "range": None}
+    lo = max(np.log10(anchor[0]).min(), min(np.log10(t[0]).min() for _, t in fts))
+    hi = min(np.log10(anchor[0]).max(), max(np.log10(t[0]).max() for _, t in fts))
+    if not lo < hi:
+        return {"status": "no-overlap", "rates": [], "range": None}
+    x = np.linspace(lo, hi, 4001)
+    best = np.nanmax(np.stack([f(x) for f, _ in fts]), axis=0)
+    d = best - fa(x)
+    ok = np.isfinite(d)
+    x, d = x[ok], d[ok]
+    rng = [float(10 ** x[0]), float(10 ** x[-1])]
+    sign = np.sign(d)
+    idx = np.flatnonzero(sign[:-1] * sign[1:] < 0)
+    rates = [float(10 ** (x[i] - d[i] * (x[i + 1] - x[i]) / (d[i + 1] - d[i]))) for i in idx]
+    if not rates:
+        status = "none-downup-wins" if d.mean() > 0 else "none-full-wins"
+    elif len(rates) == 1 and d[0] > 0:
+        status = "below"
+    else:
+        status = "mixed"
+    return {"status": status, "rates": rates, "range": rng}
+
+
+def convex_hull(rows: list[dict], rate_key: str) -> list[dict]:
+    """The upper convex hull of all points in (rate, PSNR), from the lowest rate up to the highest
+    PSNR: the best pipeline and rate point at each rate (rates between two hull points are
+    reached by switching between them)."""
+    pts = sorted(rows, key=lambda r: (r[rate_key], -r["psnr"]))
+    hull: list[dict] = []
+
+    def cross(o, a, b):
+        ox, ax, bx = (r[rate_key] for r in (o, a, b))
+        return (ax - ox) * (b["psnr"] - o["psnr"]) - (a["psnr"] - o["psnr"]) * (bx - ox)
+
+    for r in pts:
+        while len(hull) >= 2 and cross(hull[-2], hull[-1], r) >= 0:
+            hull.pop()
+        hull.append(r)
+    top = max(range(len(hull)), key=lambda i: hull[i]["psnr"])
+    return hull[:top + 1]
+
+
+def analyse(curves: list[dict], rate_key_of: dict[str, str], pairs: list[tuple[str, str]] = ()) -> list[dict]:
+    """Per (source, codec): BD metrics of each down-up pipeline against full, the hull, the
+    crossover of the best down-up pipeline, and BD metrics of each (test, anchor) in `pairs`."""
+    results = []
+    for src, codec in dict.fromkeys((c["source"], c["codec"]) for c in curves):
+        rows = [c for c in curves if c["source"] == src and c["codec"] == codec]
+        rk = rate_key_of[src]
+        labels = list(dict.fromkeys(r["pipeline"] for r in rows))
+        curve = {lab: rd_curve([r for r in rows if r["pipeline"] == lab], rk) for lab in labels}
+        anchor = curve[FULL][:2]
+        per = {}
+        for lab in labels:
+            if lab == FULL:
+                continue
+            per[lab] = {**bd_metrics(anchor, curve[lab][:2]),
+                        "crossover": crossover(anchor, [curve[lab][:2]]),
+                        "dropped": sum(r["pipeline"] == lab for r in rows) - len(curve[lab][2])}
+        downups = [curve[lab][:2] for lab in labels if lab != FULL]
+        hull = convex_hull(rows, rk)
+        vs = [{"test": t, "anchor": a, **bd_metrics(curve[a][:2], curve[t][:2])}
+              for t, a in pairs if t in curve and a in curve]
+        results.append({"source": src, "codec": codec, "rate_key": rk, "pipelines": per, "pairs": vs,
+                        "best_downup_crossover": crossover(anchor, downups) if downups else None,
+                        "hull": [{"pipeline": h["pipeline"], "q": h["q"], rk: h[rk], "psnr": h["psnr"]}
+                                 for h in hull]})
+    return results
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+def _rate_label(rk: str) -> str:
+    return "kbit/s (video bitstream)" if rk == "kbps" else "bits per pixel (full resolution)"
+
+
+def _fmt_rate(v: float, rk: str) -> str:
+    return f"{v:.0f}" if rk == "kbps" else f"{v:.3f}"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def plot_rd(curves: list[dict], result: dict, path: Path) -> None:
+    """PSNR and SSIM over rate (log axis) for every pipeline, the hull, the crossover."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    src, codec, rk = result["source"], result["codec"], result["rate_key"]
+    rows = [c for c in curves if c["source"] == src and c["codec"] == codec]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for lab in dict.fromkeys(r["pipeline"] for r in rows):
+        rs = sorted((r for r in rows if r["pipeline"] == lab), key=lambda r: r[rk])
+        style = dict(marker="o", lw=2.2, color="black") if lab == FULL else dict(marker="s", lw=1.5)
+        for ax, key in zip(axes, ("psnr", "ssim")):
+            ax.plot([r[rk] for r in rs], [r[key] for r in rs], label=lab, ms=4, **style)
+    hull = result["hull"]
+    axes[0].plot([h[rk] for h in hull], [h["psnr"] for h in hull], "--", color="gray", lw=1,
+                 label="convex hull")
+    cross = result.get("best_downup_crossover") or {}
+    for r in cross.get("rates", []):
+        axes[0].axvline(r, ls=":", color="red", lw=1)
+        axes[0].annotate(f"crossover {_fmt_rate(r, rk)}", (r, axes[0].get_ylim()[0]),
+                         rotation=90, va="bottom", ha="right", fontsize=8, color="red")
+    for ax, key in zip(axes, ("Y-PSNR (dB)", "SSIM (Y)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(_rate_label(rk))
+        ax.set_ylabel(key)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{src}: {codec}")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _cross_text(c: dict | None, rk: str) -> str:
+    if not c or c["status"] == "no-overlap":
+        return "no overlapping rates"
+    lo, hi = (_fmt_rate(v, rk) for v in c["range"])
+    if c["status"] == "none-downup-wins":
+        return f"none: down-up better over all of {lo}-{hi}"
+    if c["status"] == "none-full-wins":
+        return f"none: full resolution better over all of {lo}-{hi}"
+    rates = ", ".join(_fmt_rate(v, rk) for v in c["rates"])
+    return f"down-up better below {rates}" if c["status"] == "below" else f"crossings at {rates} (in {lo}-{hi})"
+
+
+def _num(v: float, fmt: str, unit: str = "") -> str:
+    return "n/a" if v is None or not np.isfinite(v) else format(v, fmt) + unit
+
+
+def _bd_lines(res: dict, unit: str, rk: str) -> list[str]:
+    """The BD tables of one (source, codec) result: each pipeline vs full, then the --vs pairs."""
+    lines = [f"| pipeline vs full | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP | BD-PSNR Akima "
+             f"| PSNR range (BD-rate) | {unit} range (BD-PSNR) | crossover ({unit}) |",
+             "|---|---:|---:|---:|---:|---|---|---|"]
+    for lab, m in res["pipelines"].items():
+        pr = m["psnr_range"]
+        rr = m["rate_range"]
+        prange = f"{pr[0]:.2f}-{pr[1]:.2f} dB" if pr[0] < pr[1] else "no overlap"
+        rrange = f"{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}" if rr[0] < rr[1] else "no overlap"
+        lines.append(f"| {lab} | {_num(m['bd_rate_pchip'], '+.1f', '%')} | {_num(m['bd_rate_akima'], '+.1f', '%')} "
+                     f"| {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} | {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
+                     f"| {prange} | {rrange} | {_cross_text(m['crossover'], rk)} |")
+    if len(res["pipelines"]) > 1:
+        lines.append(f"| best down-up | | | | | | | {_cross_text(res['best_downup_crossover'], rk)} |")
+    if res.get("pairs"):
+        lines += ["", f"| test vs anchor (both down-up) | BD-rate PCHIP | BD-rate Akima | BD-PSNR PCHIP "
+                  f"| BD-PSNR Akima | PSNR range (BD-rate) | {unit} range (BD-PSNR) |",
+                  "|---|---:|---:|---:|---:|---|---|"]
+        for m in res["pairs"]:
+            pr, rr = m["psnr_range"], m["rate_range"]
+            lines.append(f"| {m['test']} vs {m['anchor']} | {_num(m['bd_rate_pchip'], '+.1f', '%')} "
+                         f"| {_num(m['bd_rate_akima'], '+.1f', '%')} | {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} "
+                         f"| {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
+                         f"| {f'{pr[0]:.2f}-{pr[1]:.2f} dB' if pr[0] < pr[1] else 'no overlap'} "
+                         f"| {f'{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}' if rr[0] < rr[1] else 'no overlap'} |")
+    return lines + [""]
+
+
+def summary_markdown(study: dict) -> str:
+    lines = [f"# Codec study: {study['title']}", "", "```", study["command"], "```", "",
+             f"Scale x{study['scale']:g}; Y-PSNR and SSIM at full resolution, {study['border']} px "
+             "border cut, as `upsample eval`. Rates from the real encoded sizes: images in bits per "
+             "full-resolution pixel (file bytes), clips in kbit/s of the video bitstream. "
+             "BD-rate: negative = down-up needs fewer bits than full resolution for the same PSNR; "
+             "computed only over the PSNR range both curves cover (shown). BD-PSNR likewise over "
+             "the common rate range.", ""]
+    for s in study["sources"]:
+        desc = (f"{s['items']} images of {s['path']}" if s["kind"] == "image" else
+                f"clip {s['path']}: {s['frames']} frames of {s['size']} at {s['fps']:g} fps")
+        lines.append(f"- **{s['name']}**: {desc}")
+    lines.append("- pipelines: " + ", ".join(f"`{p['label']}` = {p['down']} down, {p['up']} up"
+                                            f" ({p['backend']})" for p in study["pipelines"]))
+    lines.append("")
+    for res in study["results"]:
+        src, codec, rk = res["source"], res["codec"], res["rate_key"]
+        unit = "kbit/s" if rk == "kbps" else "bpp"
+        setting = CODECS[codec].setting
+        lines += [f"## {src} / {codec}", "", f"![RD {src} {codec}]({res['plot']})", ""]
+        points = [c for c in study["curves"] if c["source"] == src and c["codec"] == codec]
+        if sum(c["pipeline"] == FULL for c in points) >= 2:  # BD and hull need curves
+            hull = ", ".join(f"{h['pipeline']} {setting} {h['q']} ({_fmt_rate(h[rk], rk)}, {h['psnr']:.2f})"
+                             for h in res["hull"])
+            lines += _bd_lines(res, unit, rk) + [f"Convex hull ({unit}, dB): {hull}", ""]
+        lines += [
+                  f"| pipeline | {setting} | {unit} | Y-PSNR | SSIM | down s | enc s | dec s | up s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in points:
+            lines.append(f"| {c['pipeline']} | {c['q']} | {_fmt_rate(c[rk], rk)} | {c['psnr']:.2f} "
+                         f"| {c['ssim']:.4f} | {c['t_down']:.3f} | {c['t_enc']:.3f} "
+                         f"| {c['t_dec']:.3f} | {c['t_up']:.3f} |")
+        lines.append("")
+    lines.append("Times are seconds per image (per clip for video), averaged; " + study["hardware"])
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+def _short(spec: str) -> str:
+    p = Path(spec)
+    if p.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt", ".onnx", ".xml"):
+        return p.parent.name if p.stem in ("best", "last") and p.parent.name else p.stem
+    return spec
+
+
+def parse_pipeline(text: str) -> tuple[str, str, str]:
+    """"[LABEL=]DOWN:UP" -> (label, down spec, up spec)."""
+    label, sep, rest = text.partition("=")
+    if not sep:
+        label, rest = "", text
+    parts = rest.split(":")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--pipeline expects [LABEL=]DOWN:UP such as bicubic:vdsr, got {text!r}")
+    down, up = parts
+    label = label or f"{_short(down)}>{_short(up)}"
+    if label == FULL:
+        raise UserError(f"--pipeline label {FULL!r} is the full-resolution anchor's; pick another")
+    return label, down, up
+
+
+def parse_pairs(items: list[str] | None, labels: list[str]) -> list[list[str]]:
+    """--vs TEST:ANCHOR items checked against the pipeline labels."""
+    pairs = []
+    for item in items or []:
+        test, sep, anchor = item.partition(":")
+        if not sep or test not in labels or anchor not in labels:
+            raise UserError(f"--vs expects TEST:ANCHOR with two pipeline labels of {', '.join(labels)}; "
+                            f"got {item!r}")
+        pairs.append([test, anchor])
+    return pairs
+
+
+def collect_sources(inputs: list[str], max_images: int) -> list[Source]:
+    sources, names = [], set()
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            images, _ = list_images(path)
+            if not images:
+                raise UserError(f"no images in {path}")
+            if max_images and len(images) > max_images:  # evenly spaced in name order
+                idx = np.unique(np.linspace(0, len(images) - 1, max_images).round().astype(int))
+                images = [images[i] for i in idx]
+            src = Source(path.resolve().name, "image", images)
+        elif path.is_file() and is_video_path(path):
+            src = Source(path.stem, "video", [path])
+        elif not path.exists():
+            raise UserError(f"input not found: {path}")
+        else:
+            raise UserError(f"{path} is neither an image folder nor a video clip")
+        while src.name in names:
+            src.name += "_"
+        names.add(src.name)
+        sources.append(src)
+    return sources
+
+
+def _command(args) -> str:
+    parts = ["upsample", "codec-study", *args.inputs, "--out", args.out, "--scale", f"{args.scale}",
+             "--codecs", *args.codecs]
+    for p in args.pipeline or []:
+        parts += ["--pipeline", p]
+    for lad in args.ladder or []:
+        parts += ["--ladder", lad]
+    for v in args.vs or []:
+        parts += ["--vs", v]
+    for flag in ("max_images", "max_frames", "threads"):
+        if getattr(args, flag):
+            parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.backend != "torch":
+        parts += ["--backend", args.backend]
+    if args.title:
+        parts += ["--title", args.title]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.merge:
+        return merge(args)
+    scale = check_scale(args.scale)
+    if scale <= 1:
+        raise UserError(f"--scale must be > 1 (the down-up factor), got {args.scale}")
+    if not args.codecs:
+        raise UserError("--codecs: name at least one codec: " + ", ".join(CODECS))
+    codecs = [get_codec(c) for c in dict.fromkeys(args.codecs)]
+    ladders = {}
+    for item in args.ladder or []:
+        name, sep, values = item.partition("=")
+        if not sep or name not in CODECS:
+            raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}")
+        ladders[name] = values
+    for name in ladders:
+        if name not in args.codecs:
+            raise UserError(f"--ladder {name}: {name} is not in --codecs")
+    ladders = {c.name: parse_ladder(c, ladders.get(c.name)) for c in codecs}
+    sources = collect_sources(args.inputs, args.max_images)
+    kinds = {s.kind for s in sources}
+    for c in codecs:
+        if c.kind not in kinds:
+            raise UserError(f"{c.name} is a{'n image' if c.kind == 'image' else ' video'} codec but no "
+                            f"{'image folder' if c.kind == 'image' else 'video clip'} was given")
+    for s in sources:
+        if not any(c.kind == s.kind for c in codecs):
+            want = "jpeg, webp, avif or png" if s.kind == "image" else "x264, x265 or av1"
+            raise UserError(f"{s.name} is a{'n image folder' if s.kind == 'image' else ' clip'}: "
+                            f"add a codec for it ({want})")
+    specs = [parse_pipeline(p) for p in (args.pipeline or ["bicubic:bicubic"])]
+    if len({lab for lab, _, _ in specs}) != len(specs):
+        raise UserError("--pipeline labels must differ; name them LABEL=DOWN:UP")
+    pairs = parse_pairs(args.vs, [lab for lab, _, _ in specs])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # full fp32 on CUDA too (cuDNN convolutions default to TF32), as `upsample eval`
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    downs: dict[str, Downscaler] = {}
+    pipelines = []
+    for label, d, u in specs:
+        if d not in downs:
+            downs[d] = load_downscaler(d, scale=scale, device=args.device)
+        up = load_upscaler(u, scale=scale, backend=args.backend if u != "bicubic" else "torch",
+                           device=args.device)
+        if abs(up.scale - scale) > 1e-9:
+            raise UserError(f"pipeline {label}: {u} upscales x{up.scale:g}, not x{scale:g}")
+        pipelines.append(Pipeline(label, downs[d], up))
+
+    from ..evaluation.evaluate import scale_period
+    period = scale_period(scale)[0]
+    border = int(math.ceil(scale))
+    points, source_info = [], []
+    for src in sources:
+        if src.kind == "image":
+            source_info.append({"name": src.name, "kind": "image", "items": len(src.paths),
+                                "path": str(Path(args.inputs[sources.index(src)]))})
+            for path in tqdm(src.paths, desc=src.name, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30):
+                hr = modcrop(read_rgb(path), scale)
+                for c in (c for c in codecs if c.kind == "image"):
+                    for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):
+                        points.append({"source": src.name, "item": path.name, "codec": c.name, **pt})
+            continue
+        frames, fps = read_frames(src.paths[0], args.max_frames)
+        m = 2 * period  # 4:2:0 needs even sizes at both resolutions
+        h, w = frames[0].shape[0] // m * m, frames[0].shape[1] // m * m
+        frames = [np.ascontiguousarray(f[:h, :w]) for f in frames]
+        source_info.append({"name": src.name, "kind": "video", "path": str(src.paths[0]),
+                            "frames": len(frames), "size": f"{w}x{h}", "fps": float(fps)})
+        for c in (c for c in codecs if c.kind == "video"):
+            print(f"{src.name}: {c.name} ({c.encoder}), {len(ladders[c.name])} rate points", file=sys.stderr)
+            for pt in measure_clip(frames, fps, c, ladders[c.name], pipelines, border, args.threads or 1):
+                points.append({"source": src.name, "item": src.paths[0].name, "codec": c.name, **pt})
+
+    from ..training.train import hardware_name
+    study = {"title": args.title or ", ".join(s["name"] for s in source_info), "command": _command(args),
+             "scale": scale, "border": border, "sources": source_info,
+             "pipelines": [{"label": lab, "down": d, "up": u,
+                            "backend": args.backend if u != "bicubic" else "torch"} for lab, d, u in specs],
+             "ladders": ladders, "hardware": hardware_name(torch.device(args.device), torch.get_num_threads()),
+             "pairs": pairs}
+    return report(study, points, Path(args.out))
+
+
+def report(study: dict, points: list[dict], out: Path) -> int:
+    """Average, analyse, plot and write every output of a study; print the BD lines."""
+    curves = average_curves(points)
+    rate_key = {s["name"]: "kbps" if s["kind"] == "video" else "bpp" for s in study["sources"]}
+    results = analyse(curves, rate_key, [tuple(x) for x in study.get("pairs", [])])
+    out.mkdir(parents=True, exist_ok=True)
+    for res in results:
+        res["plot"] = f"rd_{_slug(res['source'])}_{res['codec']}.png"
+        plot_rd(curves, res, out / res["plot"])
+    study = {**study, "results": results, "curves": curves}
+    write_csv(out / "points.csv", points)
+    write_csv(out / "curves.csv", curves)
+    write_text(out / "study.json", json.dumps({**study, "points": points}, indent=1) + "\n")
+    write_text(out / "summary.md", summary_markdown(study))
+    for res in results:
+        unit = "kbit/s" if res["rate_key"] == "kbps" else "bpp"
+        for lab, m in res["pipelines"].items():
+            print(f"{res['source']} {res['codec']} {lab}: BD-rate {_num(m['bd_rate_pchip'], '+.1f', '%')} "
+                  f"(akima {_num(m['bd_rate_akima'], '+.1f', '%')}), BD-PSNR {_num(m['bd_psnr_pchip'], '+.2f', ' dB')}; "
+                  f"crossover: {_cross_text(m['crossover'], res['rate_key'])} {unit}")
+    print(f"wrote {out / 'summary.md'}, study.json, points.csv, curves.csv and {len(results)} plot(s)")
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Re-analyse the points of earlier runs together (e.g. one folder split over processes)."""
+    studies = []
+    for d in args.inputs:
+        f = Path(d) / "study.json" if Path(d).is_dir() else Path(d)
+        try:
+            studies.append(json.loads(f.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--merge: cannot read {f}: {exc}") from None
+    first = studies[0]
+    ladders: dict[str, list] = {}
+    for st in studies:
+        if (st["pipelines"], st["scale"]) != (first["pipelines"], first["scale"]):
+            raise UserError("--merge: the runs differ in pipelines or scale")
+        for name, lad in st["ladders"].items():
+            if ladders.setdefault(name, lad) != lad:
+                raise UserError(f"--merge: the runs differ in the {name} ladder")
+    sources: dict[str, dict] = {}
+    for st in studies:
+        for src in st["sources"]:
+            if src["name"] in sources and src["kind"] == "image":
+                sources[src["name"]]["items"] += src["items"]
+            else:
+                sources.setdefault(src["name"], dict(src))
+    points = [p for st in studies for p in st["points"]]
+    study = {k: first[k] for k in ("scale", "border", "pipelines")}
+    study.update(pairs=parse_pairs(args.vs, [p["label"] for p in first["pipelines"]]) or first.get("pairs", []))
+    study.update(ladders=ladders, title=args.title or first["title"], sources=list(sources.values()),
+                 command="\n".join(st["command"] for st in studies) + "\n" + _merge_command(args),
+                 hardware=first["hardware"] + f" (merged from {len(studies)} runs)")
+    return report(study, points, Path(args.out))
+
+
+def _merge_command(args) -> str:
+    parts = ["upsample", "codec-study", "--merge", *args.inputs, "--out", args.out]
+    for v in args.vs or []:
+        parts += ["--vs", v]
+    return shlex.join(parts + (["--title", args.title] if args.title else []))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("codec-study", help="rate-distortion of down-up (ML upscaling) vs full resolution "
+                                           "in JPEG/WebP/AVIF and x264/x265/AV1, with BD-rate")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image folders and/or video clips")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for summary.md, CSV/JSON, plots")
+    p.add_argument("--codecs", nargs="+", default=[], metavar="CODEC",
+                   help=f"any of {', '.join(CODECS)} (image codecs for folders, video codecs for clips)")
+    p.add_argument("--pipeline", action="append", metavar="[LABEL=]DOWN:UP",
+                   help="a down-up pipeline (repeatable): DOWN = bicubic or a joint model "
+                        "(joint-x2, or a checkpoint of one); UP = bicubic, a model or a checkpoint "
+                        "(default: bicubic:bicubic)")
+    p.add_argument("--scale", default="2", help="down-up factor (default 2)")
+    p.add_argument("--ladder", action="append", metavar="CODEC=Q,Q,...",
+                   help="rate points of a codec: qualities (images) or CRFs (video); default: "
+                        + "; ".join(f"{c.name} {','.join(map(str, c.ladder))}" for c in CODECS.values()))
+    p.add_argument("--max-images", type=int, default=0, help="use N images per folder, evenly spaced")
+    p.add_argument("--max-frames", type=int, default=0, help="use the first N frames of each clip")
+    p.add_argument("--backend", default="torch", help="runtime of the model upscalers: torch, "
+                                                      "onnxruntime or openvino")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch threads and encoder threads (0: default)")
+    p.add_argument("--title", default="", help="title of summary.md")
+    p.add_argument("--vs", action="append", metavar="TEST:ANCHOR",
+                   help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable), e.g. "
+                        "a learned downscaler against bicubic down with the same upscaler")
+    p.add_argument("--merge", action="store_true",
+                   help="IN are earlier --out folders (or their study.json): analyse their points "
+                        "together, e.g. a folder split over several processes or machines")
+    p.set_defaults(func=run)

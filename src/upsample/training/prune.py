@@ -1,0 +1,159 @@
+"""`upsample prune`: structured filter pruning with torch-pruning.
+
+Whole filters (output channels) are removed from every prunable layer by the same ratio, ranked
+by their L1 (or L2) norm as in the VDSR reference pipeline. `--sparsity` is the fraction of the
+parameters removed (as "sparsity" means for weights): since a conv's weights scale with its input
+times its output width, removing a fraction r of every layer's filters removes about 1 - (1 - r)^2
+of the parameters, so sparsity 0.5 keeps ~71 % of the filters and halves params and MACs;
+`--filter-ratio` sets r directly instead; torch-pruning's dependency graph
+resizes every layer that reads them (the next conv, residual partners, norms). The layers that
+fix the model's interface (input and output convs, the pixel-shuffle head) keep their channels.
+Because every layer of a family shrinks by one ratio, the result is the same architecture with
+smaller widths: it saves as a normal checkpoint whose shape the loader recognises, so it loads,
+exports and runs everywhere a trained model does. Fine-tune it with `upsample train --init OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import checkpoint, registry
+from ..errors import UserError
+from ..inference.upscaler import resolve_model
+
+METHODS = ("l1", "l2", "group-l1", "random")
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """Convs whose output channels are part of the interface: the last conv of the network, any
+    conv that feeds a PixelShuffle (its channels are scale^2 x the image channels), and the convs
+    of an `upsampler` head, whose widths are fixed by the architecture rather than keywords."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    keep = [convs[-1]] if convs else []
+    keep += [m for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and n.startswith("upsampler") and m not in keep]
+    mods = list(model.modules())
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.PixelShuffle):
+            before = [c for c in mods[:i] if isinstance(c, nn.Conv2d)]
+            if before and before[-1] not in keep:
+                keep.append(before[-1])
+    return keep
+
+
+def prune_model(model: nn.Module, sparsity: float | None = 0.5, method: str = "l1", *,
+                filter_ratio: float | None = None, size: int = 32, seed: int = 0) -> nn.Module:
+    """Prune in place and return the model: `filter_ratio` of the filters of every prunable conv,
+    or, when it is None, the filter ratio that removes the fraction `sparsity` of the parameters
+    (the closest the integer widths allow)."""
+    for flag, value in (("--sparsity", sparsity), ("--filter-ratio", filter_ratio)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise UserError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+    if filter_ratio is None:
+        filter_ratio = ratio_for_sparsity(model, sparsity, method, size=size, seed=seed)
+    return _prune_filters(model, filter_ratio, method, size=size, seed=seed)
+
+
+def ratio_for_sparsity(model: nn.Module, sparsity: float, method: str, *, size: int, seed: int
+                       ) -> float:
+    """Bisect the per-layer filter ratio whose pruned copy keeps the parameter count nearest to
+    (1 - sparsity) x the original (parameters fall monotonically as the ratio grows)."""
+    total = registry.count_params(model)
+    target = (1.0 - sparsity) * total
+    lo, hi, best = 0.0, 1.0, (float("inf"), 1.0 - (1.0 - sparsity) ** 0.5)
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        kept = registry.count_params(_prune_filters(copy.deepcopy(model), mid, method, size=size,
+                                                    seed=seed))
+        best = min(best, (abs(kept - target), mid))
+        lo, hi = (mid, hi) if kept > target else (lo, mid)
+    return best[1]
+
+
+def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, seed: int) -> nn.Module:
+    import torch_pruning as tp
+
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    # l1 / l2: each filter's own norm (Li et al. 2017, the VDSR reference's ranking); group-l1:
+    # DepGraph's sum over every layer the channel touches (its readers' input slices too)
+    importance = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2, normalizer=None, group_reduction="first"),
+        "group-l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="mean"),
+        "random": tp.importance.RandomImportance}[method]()
+    example = torch.rand(1, model.upsample_spec.channels, size, size)
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            pruner = tp.pruner.MetaPruner(model, example, importance=importance,
+                                          pruning_ratio=ratio, ignored_layers=output_layers(model),
+                                          global_pruning=False)
+            pruner.step()
+        except Exception as exc:  # torch-pruning cannot trace some graphs (dense concatenations)
+            raise UserError(f"torch-pruning cannot prune this architecture's filters uniformly "
+                            f"({type(exc).__name__}: {exc})") from None
+    # widths changed: read the architecture's keywords back from the pruned tensors
+    arch, kwargs = checkpoint.detect_arch(model.state_dict(), "the pruned model")
+    model.upsample_spec = registry.spec_for(arch, kwargs, registry.match_variant(arch, kwargs))
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    model, name = resolve_model(args.model)
+    spec = model.upsample_spec
+    if spec.kind != "generator":
+        raise UserError(f"{args.model} is a {spec.kind}; prune an upscaler")
+    before_p, before_m = registry.count_params(model), registry.count_macs(model)
+    prune_model(model, args.sparsity, args.method, filter_ratio=args.filter_ratio)
+    after_p, after_m = registry.count_params(model), registry.count_macs(model)
+    if after_p == before_p:
+        raise UserError(f"{name}: nothing could be pruned at sparsity {args.sparsity}")
+    # the pruned net must be a normal model of its architecture: save, reload, compare outputs
+    tmp = out.with_name(out.name + ".part")
+    try:
+        checkpoint.save_checkpoint(model, tmp, extra={
+            "pruned_from": name, "method": args.method,
+            "sparsity": None if args.filter_ratio else args.sparsity, "filter_ratio": args.filter_ratio,
+            "params_removed": round(1 - after_p / before_p, 4)})
+        reloaded, meta = checkpoint.load_checkpoint(tmp)
+        x = torch.rand(1, spec.channels, 24, 24)
+        with torch.no_grad():
+            same = torch.allclose(reloaded.eval()(x), model(x), atol=1e-5)
+        if not same:
+            raise UserError(f"{name}: the pruned network does not rebuild as a {meta['arch']} "
+                            "from its checkpoint; this architecture cannot be pruned uniformly")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"params {before_p:,} -> {after_p:,} ({before_p / after_p:.2f}x fewer), "
+          f"MACs per 256x256 input {before_m / 1e9:.2f}G -> {after_m / 1e9:.2f}G "
+          f"({before_m / after_m:.2f}x fewer)")
+    print(f"wrote {out} ({meta['arch']} {meta['kwargs']}); fine-tune it with "
+          f"`upsample train CONFIG --init {out}`")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="remove filters (structured pruning) with torch-pruning",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--sparsity", type=float, default=0.5,
+                     help="fraction of the parameters removed (default 0.5); the same fraction of "
+                          "filters is taken from every layer to reach it")
+    how.add_argument("--filter-ratio", type=float, default=None,
+                     help="fraction of the filters removed from every layer (instead of --sparsity)")
+    p.add_argument("--method", default="l1", choices=METHODS, help="filter ranking (default: each filter's L1 norm)")
+    p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=run)
