@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from upsample.runtime import auto, export
+from upsample.runtime import auto, cache, export
 from upsample import cli
 from upsample.models import registry
 from upsample.data.degrade import BicubicUp, imresize
@@ -16,7 +16,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
     # no bf16 OpenVINO graphs in the pytest process (see conftest.py); the CLI test below runs
     # the real check in a child process
-    monkeypatch.setattr("upsample.evaluation.bench.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)
 
 
 def test_image_with_auto_in_a_child_process_checks_once_then_hits_the_cache(tmp_path):
@@ -74,10 +74,10 @@ def test_auto_on_cpu_matches_eager_and_reuses_its_cache(name, capsys):
 
 
 def test_a_failed_half_check_is_remembered_and_falls_back_to_fp32(monkeypatch):
-    monkeypatch.setattr("upsample.evaluation.bench.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: True)
     net = registry.create_model("espcn-x2")
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
-    export.cache_dir().mkdir(parents=True)
+    cache.cache_dir().mkdir(parents=True)
     failed = {"openvino-bf16-x2-rgb2": 0.05, "openvino-bf16-body-x2-rgb2": 0.01}  # as if both had
     auto._checks_path(key).write_text(__import__("json").dumps(failed))
     up = auto.cpu_upscaler(net, name="t", scale=2.0)

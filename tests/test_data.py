@@ -12,7 +12,7 @@ from upsample import cli
 from upsample.data import pairs as data
 from upsample.evaluation import metrics
 from upsample.errors import UserError
-from upsample.evaluation.evaluate import make_lr
+from upsample.data.degrade import make_lr
 
 
 def _noise_image(h, w, seed=0, mode="RGB"):

@@ -40,7 +40,7 @@ def max_diff(a, b):
 @pytest.mark.parametrize("name", list_models())
 def test_onnxruntime_parity_dynamic_shapes(name):
     model = model_for(name)
-    sess = export.ort_session(export.onnx_bytes(model, export._example(model, False)), torch.device("cpu"))
+    sess = export.ort_session(export.onnx_bytes(model, export.example_input(model, False)), torch.device("cpu"))
     # traced at 1x16x16; run at another batch and a non-square size
     x = torch.rand(2, model.upsample_spec.channels, 12, 20, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

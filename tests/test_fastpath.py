@@ -11,6 +11,7 @@ from PIL import Image
 
 from upsample import cli
 from upsample.inference import fastpath, infer
+from upsample.runtime import cache
 from upsample.models.checkpoint import save_checkpoint
 from upsample.models.registry import create_model
 
@@ -18,7 +19,7 @@ from upsample.models.registry import create_model
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("upsample.evaluation.bench.cpu_has_bf16", lambda: False)  # fp32 plans (see conftest)
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)  # fp32 plans (see conftest)
 
 
 def _ckpt(tmp_path, name="espcn-x3", **kwargs):
@@ -45,7 +46,7 @@ def test_second_call_runs_the_plan_without_torch_and_writes_the_same_bytes(tmp_p
     ckpt, src = _ckpt(tmp_path, name), _photo(tmp_path / "a.png")
     assert _image(src, tmp_path / "full", ckpt) == 0
     full = next((tmp_path / "full").iterdir()).read_bytes()
-    assert list((fastpath.cache_dir() / "plans").glob("*.json"))
+    assert list((cache.cache_dir() / "plans").glob("*.json"))
 
     def no_torch_path(*a, **k):
         raise AssertionError("the full path ran on a cache hit")

@@ -9,7 +9,7 @@ from isolation import in_child_process
 
 from upsample.runtime import auto, export, fp32_ends
 from upsample.models import registry
-from upsample.evaluation.bench import cpu_has_bf16
+from upsample.runtime.hardware import cpu_has_bf16
 from upsample.inference.upscaler import load_upscaler
 
 

@@ -91,8 +91,8 @@ def test_wrong_backend_foreign_file_and_bad_output_are_one_line(setup, tmp_path,
     one_line_error(["eval", "--model", str(out), "--backend", "openvino", "--scale", "2",
                     "--data", str(root / "test")], "run it with --backend onnxruntime")
     plain = tmp_path / "plain.onnx"
-    from upsample.runtime.export import _example, onnx_bytes
-    plain.write_bytes(onnx_bytes(registry.create_model("espcn-x2"), _example(registry.create_model("espcn-x2"), False)))
+    from upsample.runtime.export import example_input, onnx_bytes
+    plain.write_bytes(onnx_bytes(registry.create_model("espcn-x2"), example_input(registry.create_model("espcn-x2"), False)))
     one_line_error(["eval", "--model", str(plain), "--backend", "onnxruntime", "--scale", "2",
                     "--data", str(root / "test")], "not written by `upsample quantize`")
     one_line_error(["quantize", str(ckpt), "--backend", "onnxruntime", "--calib", str(root / "calib"),

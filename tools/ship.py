@@ -21,7 +21,7 @@ import torch
 from upsample.models import registry
 from upsample.models.checkpoint import load_checkpoint, save_checkpoint
 from upsample.evaluation.evaluate import evaluate_folders
-from upsample.training.train import hardware_name
+from upsample.runtime.hardware import hardware_name
 from upsample.inference.upscaler import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from ..inference import fastpath
 from ..errors import UserError
 from ..media.imageio import SAVE_FORMATS, is_image_path, list_images, read_planes, save_planes, storable_path
-from .options import MAX_DEFAULT_PAD, add_model_options, parse_count, parse_size
+from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_size
+from .options import add_model_options
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:

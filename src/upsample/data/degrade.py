@@ -14,10 +14,13 @@ proportional to the output (no dense in x out matrices) and any scale factor wor
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
 import torch
+
+from .colour import to_tensor
 
 
 def cubic(x: np.ndarray) -> np.ndarray:
@@ -287,3 +290,24 @@ def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = Tru
     np.add.at(m, (np.repeat(np.arange(out_len), idx.shape[1]), idx.reshape(-1)), w.reshape(-1))
     return torch.from_numpy(m)
 
+
+# --- The evaluation protocol's LR: modcrop, MATLAB bicubic down, rounded to uint8 -------------
+
+def scale_period(scale: float) -> tuple[int, int]:
+    """(p, q) with scale = p / q, so that HR sizes that are multiples of p give integer LR sizes."""
+    frac = Fraction(scale).limit_denominator(100)
+    return frac.numerator, frac.denominator
+
+
+def modcrop(img: np.ndarray, scale: float) -> np.ndarray:
+    p, _ = scale_period(scale)
+    h, w = img.shape[0] - img.shape[0] % p, img.shape[1] - img.shape[1] % p
+    return img[:h, :w]
+
+
+def make_lr(hr: np.ndarray, scale: float, device="cpu") -> torch.Tensor:
+    """The standard LR input: MATLAB bicubic downscale of the modcropped HR, rounded to uint8."""
+    p, q = scale_period(scale)
+    h, w = hr.shape[0] * q // p, hr.shape[1] * q // p
+    hr_t = to_tensor(hr, device, torch.float64)
+    return quantize(imresize(hr_t, 1.0 / scale, size=(h, w))).float()

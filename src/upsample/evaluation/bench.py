@@ -23,8 +23,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UserError
+from ..runtime.hardware import _sync, cpu_has_bf16, cpu_name, openvino_peak_gflops, peak_gflops
 from ..inference.infer import half_upscaler
-from ..cli.options import BACKENDS, PRECISIONS
+from ..runtime.kinds import BACKENDS, PRECISIONS
 from ..inference.upscaler import BicubicUpscaler, Upscaler, check_device, load_upscaler
 
 
@@ -37,91 +38,6 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise UserError(f"--size must be positive, got {text!r}")
     return w, h
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_runs(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, object]:
-    """Median seconds of `runs` calls after `warmup` calls, and the last result."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    _sync(device)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
-
-
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def cpu_name() -> str:
-    """The processor's model name (bench figures belong to it), else the platform's word."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    import platform
-    return platform.processor() or platform.machine()
-
-
-def cpu_has_bf16() -> bool:
-    flags = _cpuinfo()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 3,
-                seconds: float = 0.5) -> float:
-    """GFLOP/s of the fastest n x n x n matmul in `dtype` among at least `runs` and for at least
-    `seconds` (the machine's practical peak; fast units need many runs for a steady figure)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.rand(n, n, generator=g).to(device, dtype)
-    b = torch.rand(n, n, generator=g).to(device, dtype)
-    torch.mm(a, b)
-    _sync(device)
-    best, start, done = float("inf"), time.perf_counter(), 0
-    while done < runs or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-        done += 1
-    return 2 * n ** 3 / best / 1e9
-
-
-def openvino_peak_gflops(precision: str, threads: int | None, n: int = 2048, runs: int = 3,
-                         seconds: float = 0.5) -> float:
-    """The same matmul peak measured in OpenVINO (f32 or bf16): its kernels beat torch's on some
-    CPUs, and a peak that a row can exceed is no peak."""
-    import openvino as ov
-    from openvino import opset13 as ops
-    g = np.random.default_rng(0)
-    a = ops.parameter([n, n], np.float32)
-    b = ops.constant(g.random((n, n), dtype=np.float32))
-    config = {"INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = ov.Core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [a]), "CPU", config)
-    request, feed = compiled.create_infer_request(), {0: g.random((n, n), dtype=np.float32)}
-    request.infer(feed)
-    best, start, done = float("inf"), time.perf_counter(), 0
-    while done < runs or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        request.infer(feed)
-        best = min(best, time.perf_counter() - t)
-        done += 1
-    return 2 * n ** 3 / best / 1e9
 
 
 def half_dtype(device: torch.device) -> torch.dtype | None:

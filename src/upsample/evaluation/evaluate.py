@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,41 +18,12 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from ..data.degrade import imresize, quantize
+from ..data.colour import to_tensor, to_uint8
+from ..data.degrade import make_lr, modcrop
 from ..errors import UserError
 from ..media.imageio import atomic_save, list_images, read_rgb
 from ..cli.options import add_runtime_options
 from ..inference.upscaler import Upscaler, check_scale, load_upscaler
-
-
-def scale_period(scale: float) -> tuple[int, int]:
-    """(p, q) with scale = p / q, so that HR sizes that are multiples of p give integer LR sizes."""
-    frac = Fraction(scale).limit_denominator(100)
-    return frac.numerator, frac.denominator
-
-
-def modcrop(img: np.ndarray, scale: float) -> np.ndarray:
-    p, _ = scale_period(scale)
-    h, w = img.shape[0] - img.shape[0] % p, img.shape[1] - img.shape[1] % p
-    return img[:h, :w]
-
-
-def to_tensor(img: np.ndarray, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """uint8 HWC -> float NCHW in [0, 1]."""
-    return torch.from_numpy(np.array(img, copy=True)).to(device).permute(2, 0, 1)[None].to(dtype) / 255.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float NCHW (N = 1) in [0, 1] -> clamped, rounded uint8 HWC."""
-    return (x[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def make_lr(hr: np.ndarray, scale: float, device="cpu") -> torch.Tensor:
-    """The standard LR input: MATLAB bicubic downscale of the modcropped HR, rounded to uint8."""
-    p, q = scale_period(scale)
-    h, w = hr.shape[0] * q // p, hr.shape[1] * q // p
-    hr_t = to_tensor(hr, device, torch.float64)
-    return quantize(imresize(hr_t, 1.0 / scale, size=(h, w))).float()
 
 
 @torch.no_grad()

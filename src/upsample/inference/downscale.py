@@ -15,7 +15,8 @@ from torch import nn
 
 from ..data.degrade import imresize, quantize
 from ..errors import UserError
-from .upscaler import check_scale, rgb_to_ycbcr, ycbcr_to_rgb
+from .upscaler import check_scale
+from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 
 class Downscaler:
@@ -33,7 +34,7 @@ class Downscaler:
 
     def lr(self, hr: np.ndarray, device=None) -> torch.Tensor:
         """uint8 HWC HR -> float NCHW LR on the 8-bit grid (the LR a PNG or a codec receives)."""
-        from ..evaluation.evaluate import make_lr
+        from ..data.degrade import make_lr
         return make_lr(hr, self.scale, device or self.device)  # bit for bit `upsample eval`'s LR
 
 
@@ -58,7 +59,7 @@ class LearnedDownscaler(Downscaler):
         return ycbcr_to_rgb(torch.cat([y, chroma], 1))
 
     def lr(self, hr: np.ndarray, device=None) -> torch.Tensor:
-        from ..evaluation.evaluate import to_tensor
+        from ..data.colour import to_tensor
         return quantize(self(to_tensor(hr, self.device))).to(device or self.device)
 
 

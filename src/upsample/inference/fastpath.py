@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -27,35 +26,11 @@ import numpy as np
 
 from .. import __version__
 from ..media.imageio import Planes, atomic_output
+from ..models import WEIGHTS_DIR
+from ..runtime.cache import FUSED_GRAPH, cache_dir, ov_compiled
 
 PLAN_VERSION = 2  # 2: auto may pick a bf16-body (fp32 ends) graph
-FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # the shipped weights
 MAX_OUT_PIXELS = 2_000_000  # larger outputs take the full path (its memory-bounded tiling)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                    Path.home() / ".cache") / "upsample"
-    return Path(root) / "export"
-
-
-def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
-    """`path` compiled for the CPU in `precision` (f32 or bf16; f32 must be asked for, since on
-    CPUs with bf16 units OpenVINO would otherwise pick bf16). Compiled blobs are cached beside
-    the exports, so a second process starts without recompiling."""
-    import openvino as ov
-    core = ov.Core()
-    blobs = cache_dir() / "openvino"
-    try:
-        blobs.mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": str(blobs)})
-    except (OSError, RuntimeError):
-        pass
-    config = {"INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(str(path), "CPU", config)
 
 
 def _stamp(path: Path) -> list:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import Planes, planes_from_pil, planes_to_pil
-from ..cli.options import MAX_DEFAULT_PAD, parse_size
+from .sizes import MAX_DEFAULT_PAD, parse_size
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
 
 PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
@@ -257,7 +257,7 @@ BATCHES = (1, 2, 4, 8)  # images (video frames, tiles) per model call that may b
 def fastest_batch(run, sizes=BATCHES, repeats: int = 2, device: torch.device = torch.device("cpu")) -> int:
     """The n among `sizes` for which `run(n)` (one model call on n images on `device`) takes the
     least time per image: `bench.time_runs`' median of `repeats` calls after one warm-up each."""
-    from ..evaluation.bench import time_runs
+    from ..runtime.hardware import time_runs
     per_image = {n: time_runs(lambda: run(n), device, 1, repeats)[0] / n for n in sizes}
     return min(sizes, key=per_image.get)
 

@@ -32,7 +32,8 @@ from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import atomic_output
 from .infer import BATCHES, Tiler, fastest_batch, make_upscaler
-from ..cli.options import add_model_options, parse_count, parse_size
+from ..cli.options import add_model_options
+from .sizes import parse_count, parse_size
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 COPY_TYPES = ("audio", "subtitle", "data")

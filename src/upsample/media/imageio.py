@@ -90,6 +90,12 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """`data` as the whole content of `path`, written under a temporary name then renamed."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """`write(tmp)` to a temporary file beside `path` (NAME.XXXX.EXT.part), then rename it."""
     with atomic_output(path, suffix=Path(path).suffix + ".part") as tmp:

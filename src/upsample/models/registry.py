@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..inference.fastpath import WEIGHTS_DIR  # the shipped weights (named there, torch-free)
+from . import WEIGHTS_DIR
 from .discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
 from .downscaler import JointSR
 from .espcn import ESPCN

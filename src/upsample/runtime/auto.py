@@ -12,7 +12,7 @@ CUDA: the network in fp16 (else bf16, else fp32: the same check) in channels_las
 `torch.compile` when it works here.
 int8: only when asked (`--precision int8`) and the model given is an `upsample quantize` output.
 
-Everything exported is cached under `export.cache_dir()` keyed by weights hash, graph and (in the
+Everything exported is cached under `cache.cache_dir()` keyed by weights hash, graph and (in the
 file names and OpenVINO's compiled-blob cache) precision; `upsample cache clear` empties it.
 `--precision fp32` keeps the runtime and graph but not bf16/fp16 (what `eval` uses by default, so
 that its numbers do not depend on the machine).
@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import export, fp32_ends
+from . import cache, export, fp32_ends
+from .cache import FUSED_GRAPH
+from ..media.imageio import atomic_write_bytes
 from ..data.degrade import BicubicUp
 from ..errors import UserError
-from ..inference.fastpath import FUSED_GRAPH
-from ..inference.upscaler import YCC, YCC_INV, YCC_OFFSET, ModelUpscaler, rgb_to_ycbcr
+from ..data.colour import YCC, YCC_INV, YCC_OFFSET, rgb_to_ycbcr
+from ..inference.upscaler import ModelUpscaler
 
 TOLERANCE = 1.0 / 255.0  # largest difference from fp32 that a half precision may make
 PROBE = Path(__file__).resolve().parents[1] / "assets" / "probe.png"
@@ -88,7 +90,7 @@ def probe_image(channels: int = 3, side: int = 96) -> torch.Tensor:
 
 
 def _checks_path(key: str) -> Path:
-    return export.cache_dir() / f"{key}.checks.json"
+    return cache.cache_dir() / f"{key}.checks.json"
 
 
 def remembered_check(key: str, what: str, measure) -> tuple[float, bool]:
@@ -104,7 +106,7 @@ def remembered_check(key: str, what: str, measure) -> tuple[float, bool]:
         done[what] = float(measure())
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            export._atomic_write(json.dumps(done, indent=1).encode(), path)
+            atomic_write_bytes(path, json.dumps(done, indent=1).encode())
         except OSError:
             pass  # an unwritable cache only costs the check next time
     return done[what], fresh
@@ -117,7 +119,7 @@ def _say(msg: str) -> None:
 def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
                  threads: int | None = None, quiet: bool = False) -> ModelUpscaler:
     """OpenVINO, bf16 where it holds (see the module docstring), the edges fused for Y models."""
-    from ..evaluation.bench import cpu_has_bf16
+    from .hardware import cpu_has_bf16
     if precision == "fp16":
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
@@ -136,8 +138,8 @@ def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = 
 
         def measure(xml):
             if not ref:
-                ref.append(np.asarray(export.ov_compiled(main_xml, "f32", threads)(probe.numpy())[0]))
-            got = np.asarray(export.ov_compiled(xml, "bf16", threads)(probe.numpy())[0])
+                ref.append(np.asarray(cache.ov_compiled(main_xml, "f32", threads)(probe.numpy())[0]))
+            got = np.asarray(cache.ov_compiled(xml, "bf16", threads)(probe.numpy())[0])
             return np.abs(got - ref[0]).max()
         graph = f"-{FUSED_GRAPH}" if fused is not None else ""
         said = []
@@ -216,7 +218,7 @@ def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int,
     channels_last, whichever ran a 256x256 input fastest here (timed once per weights and
     remembered). On an H100 compile + channels_last made VapSR's depth-wise convolutions 1.7x
     slower than eager fp16, and gained nothing on ESPCN, so it must earn its place."""
-    from ..evaluation.bench import time_runs
+    from .hardware import time_runs
     x = torch.rand(1, channels, 256, 256, device=device, dtype=dtype)
     variants = {"eager": (torch.contiguous_format, lambda: net),
                 "channels_last": (torch.channels_last, lambda: net)}
@@ -251,13 +253,13 @@ def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int,
 # ------------------------------------------------------------------------- `upsample cache`
 
 def cache_files() -> list[Path]:
-    root = export.cache_dir()
+    root = cache.cache_dir()
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
 
 
 def run_cache(args) -> int:
     import shutil
-    root = export.cache_dir()
+    root = cache.cache_dir()
     files = cache_files()
     size = sum(p.stat().st_size for p in files)
     if args.action == "info":

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..models.checkpoint import atomic_output
+from ..media.imageio import atomic_write_bytes
 from ..errors import UserError
-from ..inference.fastpath import cache_dir, ov_compiled  # noqa: F401 (torch-free; used here and by auto)
-from ..inference.upscaler import model_scale, resolve_model, rgb_to_ycbcr, ycbcr_to_rgb
+from .cache import cache_dir, ov_compiled
+from ..inference.upscaler import model_scale, resolve_model
+from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 OPSET = 17
 GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
@@ -59,7 +60,7 @@ class Uint8RGB(nn.Module):
         return (out.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def _example(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
+def example_input(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
     spec = model.upsample_spec
     g = torch.Generator().manual_seed(0)
     if uint8_io:
@@ -78,11 +79,6 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, *, opset: int = OPSET) 
                           dynamic_axes={"input": {0: "batch", h: "height", h + 1: "width"},
                                         "output": {0: "batch", h: "out_height", h + 1: "out_width"}})
     return f.getvalue()
-
-
-def _atomic_write(data: bytes, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
@@ -125,7 +121,7 @@ def _cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor
     path = folder / f"{key}.onnx"
     if not path.exists():
         net = model.cpu().eval()
-        _atomic_write(onnx_bytes(net, example if example is not None else _example(net, False)), path)
+        atomic_write_bytes(path, onnx_bytes(net, example if example is not None else example_input(net, False)))
     return path
 
 
@@ -188,7 +184,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     graph from PyTorch (fp32) on a random image (uint8 levels with uint8_io)."""
     model = model.cpu().eval()
     ref_module = Uint8RGB(model, scale) if uint8_io else model
-    example = _example(model, uint8_io, size=32)
+    example = example_input(model, uint8_io, size=32)
     with torch.no_grad():
         ref = ref_module(example)
     net = model
@@ -201,7 +197,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     data = onnx_bytes(module, trace_in)
     feed = example.numpy() if uint8_io else trace_in.numpy()
     if fmt == "onnx":
-        _atomic_write(data, out)
+        atomic_write_bytes(out, data)
         got = ort_session(str(out), torch.device("cpu")).run(None, {"input": feed})[0]
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -213,7 +209,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     return float(diff.max())
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
     return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
 
 
@@ -243,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
                f"float NCHW {spec.input.upper()} in [0, 1]" + (" (bicubic-upscaled input)"
                                                              if spec.pre_upsample else ""))
     unit = " (uint8 levels)" if args.uint8_io else ""
-    print(f"wrote {out} ({_size(out) / 1e6:.2f} MB, {args.format}, "
+    print(f"wrote {out} ({file_size(out) / 1e6:.2f} MB, {args.format}, "
           f"{'fp16' if args.fp16 else 'fp32'}, {io_desc}, dynamic batch/height/width)")
     print(f"parity vs PyTorch fp32 on a random 32x32 image: max abs diff {diff:.3g}{unit}")
     return 0

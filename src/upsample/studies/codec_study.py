@@ -41,7 +41,8 @@ from .codec import CODECS, Codec, decode_image, decode_video, encode_image, enco
 from ..data.pairs import is_video_path
 from ..inference.downscale import Downscaler, load_downscaler
 from ..errors import UserError
-from ..evaluation.evaluate import modcrop, to_tensor, to_uint8
+from ..data.degrade import modcrop
+from ..data.colour import to_tensor, to_uint8
 from ..media.imageio import atomic_write, list_images, read_rgb
 from ..inference.upscaler import Upscaler, check_scale, load_upscaler
 
@@ -564,7 +565,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"pipeline {label}: {u} upscales x{up.scale:g}, not x{scale:g}")
         pipelines.append(Pipeline(label, downs[d], up))
 
-    from ..evaluation.evaluate import scale_period
+    from ..data.degrade import scale_period
     period = scale_period(scale)[0]
     border = int(math.ceil(scale))
     points, source_info = [], []
@@ -589,7 +590,7 @@ def run(args: argparse.Namespace) -> int:
             for pt in measure_clip(frames, fps, c, ladders[c.name], pipelines, border, args.threads or 1):
                 points.append({"source": src.name, "item": src.paths[0].name, "codec": c.name, **pt})
 
-    from ..training.train import hardware_name
+    from ..runtime.hardware import hardware_name
     study = {"title": args.title or ", ".join(s["name"] for s in source_info), "command": _command(args),
              "scale": scale, "border": border, "sources": source_info,
              "pipelines": [{"label": lab, "down": d, "up": u,

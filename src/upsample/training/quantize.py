@@ -33,7 +33,7 @@ META_KEY = "upsample"
 
 def calibration_inputs(model, scale: float, folder: str, *, samples: int, size: int) -> list[np.ndarray]:
     """Network inputs (float32 NCHW) made from centre crops of up to `samples` images."""
-    from ..evaluation.evaluate import make_lr, modcrop
+    from ..data.degrade import make_lr, modcrop
     from ..inference.upscaler import ModelUpscaler
 
     images, _ = list_images(folder)
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
         tmp = Path(tmp)
         onnx_path = tmp / "fp32.onnx"
-        onnx_path.write_bytes(export.onnx_bytes(model.cpu().eval(), export._example(model, False)))
+        onnx_path.write_bytes(export.onnx_bytes(model.cpu().eval(), export.example_input(model, False)))
         q = tmp / ("int8" + SUFFIX[args.backend])
         print(f"calibrating on {len(inputs)} crops of {args.calib} ({args.backend})", file=sys.stderr)
         try:
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "openvino":  # weights first, the .xml (what loads) last
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)
-    print(f"wrote {out} ({export._size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
+    print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
           f"`upsample eval --model {out} --backend {args.backend} ...`")
     return 0
 

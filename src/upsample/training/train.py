@@ -33,7 +33,6 @@ import copy
 import json
 import math
 import os
-import platform
 import random
 import signal
 import sys
@@ -51,6 +50,7 @@ from . import config as config_mod
 from ..data import pairs as data
 from ..evaluation import evaluate
 from ..errors import UserError
+from ..runtime.hardware import hardware_name
 from ..media.imageio import atomic_output, read_rgb
 from .losses import PerceptualLoss, make_loss, relativistic_loss
 from ..inference.upscaler import BicubicUpscaler, ModelUpscaler
@@ -283,21 +283,6 @@ def one_thread_batches(loader):
         finally:
             torch.set_num_threads(n)
         yield batch
-
-
-def hardware_name(dev: torch.device, threads: int) -> str:
-    """"NVIDIA H100 80GB HBM3" or "<cpu model> (N cores), T torch thread(s)"."""
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores), {threads or torch.get_num_threads()} torch thread(s)"
 
 
 def _leave_signals_to_main(_worker_id: int) -> None:

@@ -1,0 +1,32 @@
+"""Counts and memory sizes as users write them ("auto", "2GB"), and the default tile pad.
+
+Torch-free: the `image` command parses its options with these before torch is imported.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import UserError
+
+MAX_DEFAULT_PAD = 32  # the default tile pad: the receptive field of the network, at most this
+
+
+def parse_count(text: str | int | None, flag: str) -> int | None:
+    """"auto" (or None) -> None, else a whole number >= 1 (`flag` names the option in the error)."""
+    if text is None or str(text) == "auto":
+        return None
+    if not str(text).isdigit() or int(text) < 1:
+        raise UserError(f"{flag} must be auto or a whole number >= 1, got {text}")
+    return int(text)
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from "2GB", "1.5G", "512MiB", "800M", "100000"; decimal and binary units."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
+    if not m:
+        raise UserError(f"cannot read memory size {text!r}: write e.g. 2GB, 1.5G or 800MB")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " kmgt".index(m.group(2) or " "))

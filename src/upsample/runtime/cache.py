@@ -1,0 +1,35 @@
+"""Where exports, OpenVINO's compiled blobs and the precision checks are kept (`upsample cache`).
+
+Torch-free: the `image` fast path compiles its cached graph through here without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                    Path.home() / ".cache") / "upsample"
+    return Path(root) / "export"
+
+
+def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
+    """`path` compiled for the CPU in `precision` (f32 or bf16; f32 must be asked for, since on
+    CPUs with bf16 units OpenVINO would otherwise pick bf16). Compiled blobs are cached beside
+    the exports, so a second process starts without recompiling."""
+    import openvino as ov
+    core = ov.Core()
+    blobs = cache_dir() / "openvino"
+    try:
+        blobs.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(blobs)})
+    except (OSError, RuntimeError):
+        pass
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(str(path), "CPU", config)
