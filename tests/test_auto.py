@@ -8,7 +8,8 @@ from upsample import cli
 from upsample.models import registry
 from upsample.data.degrade import BicubicUp, imresize
 from upsample.errors import UserError
-from upsample.inference.upscaler import ModelUpscaler, load_upscaler
+from upsample.inference.upscaler import ModelUpscaler
+from upsample.inference.load import load_upscaler
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from upsample.runtime import hardware
 from upsample import cli
 from upsample.models import registry
 from upsample.errors import UserError
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 
 def test_frame_size_parsing():

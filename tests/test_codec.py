@@ -19,7 +19,7 @@ from upsample.inference.downscale import Downscaler, load_downscaler
 from upsample.errors import UserError
 from upsample.models.downscaler import jpeg_proxy
 from upsample.models.registry import create_model
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"

@@ -15,7 +15,7 @@ from upsample import cli
 from upsample.runtime import export
 from upsample.errors import UserError
 from upsample.models.registry import create_model, get_spec, list_models
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 # RRDBNet is exported with 2 RRDB blocks instead of 23: the graph has the same operators and
 # layout (unshuffle, dense blocks, nearest upsampling), and the full 16.7M-parameter export costs

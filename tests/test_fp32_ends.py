@@ -10,7 +10,7 @@ from isolation import in_child_process
 from upsample.runtime import auto, export, fp32_ends
 from upsample.models import registry
 from upsample.runtime.hardware import cpu_has_bf16
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ from upsample.evaluation import metrics
 from upsample.data.degrade import imresize
 from upsample.errors import UserError
 from upsample.models.registry import count_macs, count_params, create_model, get_spec, list_models
-from upsample.inference.upscaler import ModelUpscaler, load_upscaler
+from upsample.inference.upscaler import ModelUpscaler
+from upsample.inference.load import load_upscaler
 from upsample.data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 EXACT_PARAMS = {"espcn-x3": 22_729, "vapsr-x2": 329_236, "vapsr-x4": 342_220, "vapsr-s-x4": 154_956,

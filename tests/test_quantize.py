@@ -12,7 +12,7 @@ from PIL import Image
 
 from upsample.models import checkpoint, registry
 from upsample import cli
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from upsample import cli
 from upsample.inference import infer, video
 from upsample.data.degrade import imresize
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 W, H = 48, 32
 

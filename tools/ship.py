@@ -22,7 +22,7 @@ from upsample.models import registry
 from upsample.models.checkpoint import load_checkpoint, save_checkpoint
 from upsample.evaluation.evaluate import evaluate_folders
 from upsample.runtime.hardware import hardware_name
-from upsample.inference.upscaler import load_upscaler
+from upsample.inference.load import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "datasets" / "benchmark"

@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..runtime.hardware import _sync, cpu_has_bf16, cpu_name, openvino_peak_gflops, peak_gflops
 from ..inference.infer import half_upscaler
 from ..runtime.kinds import BACKENDS, PRECISIONS
-from ..inference.upscaler import BicubicUpscaler, Upscaler, check_device, load_upscaler
+from ..inference.upscaler import BicubicUpscaler, Upscaler
+from ..inference.load import check_device, load_upscaler
 
 
 def parse_frame_size(text: str) -> tuple[int, int]:
@@ -146,7 +147,7 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
                            quiet=True)
         entries.append((f"{up.runtime} bf16 (forced)", up, "bfloat16"))
     for path in int8:  # `upsample quantize` outputs of this model, on their own backends
-        from ..training.quantize import BACKEND_OF
+        from ..runtime.int8 import BACKEND_OF
         backend = BACKEND_OF.get(Path(path).suffix.lower(), "onnxruntime")  # load_upscaler checks it
         entries.append((f"{backend} int8",
                         load_upscaler(path, scale=eager.scale, backend=backend, device=device), "int8"))

@@ -23,7 +23,8 @@ from ..data.degrade import make_lr, modcrop
 from ..errors import UserError
 from ..media.imageio import atomic_save, list_images, read_rgb
 from ..cli.options import add_runtime_options
-from ..inference.upscaler import Upscaler, check_scale, load_upscaler
+from ..inference.upscaler import Upscaler
+from ..inference.load import check_scale, load_upscaler
 
 
 @torch.no_grad()

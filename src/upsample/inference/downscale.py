@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.degrade import imresize, quantize
 from ..errors import UserError
-from .upscaler import check_scale
+from .load import check_scale
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 
@@ -67,7 +67,7 @@ def load_downscaler(spec: str, *, scale: float, device: str = "cpu") -> Downscal
     """"bicubic" at `scale`, or a joint model (registered name or checkpoint) of that scale."""
     if spec == "bicubic":
         return Downscaler(scale, device)
-    from .upscaler import resolve_model
+    from .load import resolve_model
     model, name = resolve_model(spec)
     down = LearnedDownscaler(model, name, device)
     if abs(down.scale - check_scale(scale)) > 1e-9:

@@ -30,7 +30,8 @@ from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import Planes, planes_from_pil, planes_to_pil
 from .sizes import MAX_DEFAULT_PAD, parse_size
-from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler, check_scale, load_upscaler
+from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
+from .load import check_scale, load_upscaler
 
 PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
 MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack, fragmentation)

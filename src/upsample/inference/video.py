@@ -59,7 +59,7 @@ class YPlaneUpscaler(Upscaler):
             y = (16.0 + 219.0 * y) / 255.0
         if self.spec.pre_upsample:
             y = imresize(y, self.scale)
-        out = self.up._run_padded(y)
+        out = self.up.run_network(y)
         if self.full_range:
             out = (out * 255.0 - 16.0) / 219.0
         return out

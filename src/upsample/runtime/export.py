@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from ..media.imageio import atomic_write_bytes
 from ..errors import UserError
 from .cache import cache_dir, ov_compiled
-from ..inference.upscaler import model_scale, resolve_model
+from ..inference.load import model_scale, resolve_model
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 OPSET = 17

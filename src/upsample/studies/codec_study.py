@@ -44,7 +44,8 @@ from ..errors import UserError
 from ..data.degrade import modcrop
 from ..data.colour import to_tensor, to_uint8
 from ..media.imageio import atomic_write, list_images, read_rgb
-from ..inference.upscaler import Upscaler, check_scale, load_upscaler
+from ..inference.upscaler import Upscaler
+from ..inference.load import check_scale, load_upscaler
 
 FULL = "full"  # the anchor pipeline's label
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models import checkpoint, registry
 from ..errors import UserError
-from ..inference.upscaler import resolve_model
+from ..inference.load import resolve_model
 
 METHODS = ("l1", "l2", "group-l1", "random")
 

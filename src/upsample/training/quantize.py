@@ -13,7 +13,6 @@ its metadata: `upsample eval|image|video --model OUT --backend <that backend>` r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,13 +21,10 @@ import numpy as np
 import torch
 
 from ..runtime import export
-from ..models import registry
 from ..errors import UserError
 from ..media.imageio import list_images, read_rgb
+from ..runtime.int8 import SUFFIX, write_meta
 
-SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
-BACKEND_OF = {v: k for k, v in SUFFIX.items()}
-META_KEY = "upsample"
 
 
 def calibration_inputs(model, scale: float, folder: str, *, samples: int, size: int) -> list[np.ndarray]:
@@ -109,60 +105,8 @@ def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
     ov.save_model(q, str(out), compress_to_fp16=False)
 
 
-def _set_meta(path: Path, backend: str, meta: dict) -> None:
-    text = json.dumps(meta, sort_keys=True)
-    if backend == "onnxruntime":
-        import onnx
-        m = onnx.load(str(path))
-        del m.metadata_props[:]
-        onnx.helper.set_model_props(m, {META_KEY: text})
-        onnx.save(m, str(path))
-    else:
-        import openvino as ov
-        core = ov.Core()
-        m = core.read_model(str(path))
-        m.set_rt_info(text, META_KEY)
-        tmp = path.with_name("meta-" + path.name)
-        ov.save_model(m, str(tmp), compress_to_fp16=False)
-        tmp.replace(path)
-        tmp.with_suffix(".bin").replace(path.with_suffix(".bin"))
-
-
-def read_meta(path: Path) -> tuple[str, dict]:
-    """(backend, metadata) of an int8 file written by `upsample quantize`."""
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        if path.suffix.lower() == ".onnx":
-            import onnx
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            backend, text = "onnxruntime", props.get(META_KEY)
-        else:
-            import openvino as ov
-            m = ov.Core().read_model(str(path))
-            backend = "openvino"
-            text = m.get_rt_info([META_KEY]).astype(str) if m.has_rt_info([META_KEY]) else None
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable ONNX / OpenVINO model ({exc})") from None
-    if not text:
-        raise UserError(f"{path} was not written by `upsample quantize` (no {META_KEY} metadata); "
-                        "run a checkpoint or a registered model instead")
-    return backend, json.loads(text)
-
-
-def load_runner(path: Path, backend: str, device: torch.device):
-    """(run_net, spec, name) for an int8 file on its backend."""
-    file_backend, meta = read_meta(path)
-    if backend != file_backend:
-        raise UserError(f"{path} is an int8 {file_backend} model: run it with --backend {file_backend}")
-    spec = registry.spec_for(meta["arch"], meta["kwargs"], meta.get("name") or None)
-    return export.file_session(path, backend, device), spec, f"{meta.get('name') or meta['arch']} int8"
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..inference.upscaler import model_scale, resolve_model
+    from ..inference.load import model_scale, resolve_model
 
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
@@ -195,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UserError(f"--backend {args.backend} needs {exc.name}: pip install "
                             f"{'nncf' if args.backend == 'openvino' else 'onnxruntime'}") from None
-        _set_meta(q, args.backend, meta)
+        write_meta(q, args.backend, meta)
         if args.backend == "openvino":  # weights first, the .xml (what loads) last
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)

@@ -1,0 +1,141 @@
+"""Resolve what the user named (bicubic, a registered model, a checkpoint, an int8 file) and build
+the one `Upscaler` for it on the backend asked for: the runtimes give runners, this wraps them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..runtime.kinds import BACKENDS, PRECISIONS
+from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
+
+CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
+INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output
+
+
+def resolve_model(spec: str) -> tuple[nn.Module, str]:
+    """A registered name or a checkpoint path -> (torch model in eval mode, display name)."""
+    from ..models import checkpoint, registry
+    if spec in registry.list_models(None):
+        weights = registry.weights_path(spec)
+        if weights:
+            model, _ = checkpoint.load_checkpoint(weights)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the same untrained model every time, on every backend
+                model = registry.create_model(spec)
+            print(f"note: {spec} has no trained weights yet; using an untrained (random) model",
+                  file=sys.stderr)
+        return model.eval(), spec
+    path = Path(spec)
+    if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
+        model, _ = checkpoint.load_checkpoint(path)  # says "not found" for a missing path
+        return model.eval(), spec
+    try:
+        registry.get_spec(spec)
+    except UserError as exc:
+        raise UserError(f"{exc} (or 'bicubic', or a checkpoint file)") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_scale(scale) -> float:
+    """A scale factor from the user: a positive finite number."""
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise UserError(f"scale must be a positive number, got {scale!r}") from None
+    if not (s > 0 and s < float("inf")):
+        raise UserError(f"scale must be a positive number, got {scale!r}")
+    return s
+
+
+def model_scale(spec, scale, name: str) -> float:
+    """The scale to run a model of `spec` (its `upsample_spec`) at: its own, which a given `scale`
+    must match, or for a pre-upsampling model (VDSR) the given one."""
+    if spec.scale is None:
+        if scale is None:
+            raise UserError(f"{name} works at any scale: give one with --scale")
+        s = check_scale(scale)
+        if s < 1:
+            raise UserError(f"{name} upscales: --scale must be >= 1, got {scale}")
+        return s
+    if scale is not None and check_scale(scale) != spec.scale:
+        raise UserError(f"{name} is a x{spec.scale} model but --scale is {scale}: use --scale "
+                        f"{spec.scale}, or a x{scale} model")
+    return float(spec.scale)
+
+
+def check_device(device: str, backend: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}: use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r}: use cpu or cuda")
+    if dev.type == "cuda":
+        if backend == "openvino":
+            raise UserError("the openvino backend runs on the CPU here: use --device cpu")
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+    return dev
+
+
+def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto",
+                  device: str = "cpu", precision: str = "auto", threads: int | None = None,
+                  quiet: bool = False) -> Upscaler:
+    """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
+    `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in ("auto", "fp32") and backend != "auto":
+        raise UserError(f"--precision {precision} needs --backend auto (the {backend} backend runs fp32)")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if spec == "bicubic":
+        if scale is None:
+            raise UserError("bicubic needs --scale")
+        if backend not in ("torch", "auto"):
+            raise UserError("bicubic runs on the torch backend only")
+        return BicubicUpscaler(check_scale(scale), device)
+    dev = check_device(device, "openvino" if backend == "auto" and device == "cpu" else backend)
+    is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
+    if precision == "int8" and not is_int8:
+        raise UserError(f"--precision int8 needs an int8 model: make one with `upsample quantize "
+                        f"{spec} --backend openvino --calib DIR -o {Path(spec).stem}-int8.xml` and pass that")
+    if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
+        from ..runtime.int8 import BACKEND_OF, load_runner
+        runtime = BACKEND_OF.get(Path(spec).suffix.lower(), "onnxruntime") if backend == "auto" else backend
+        run_net, net_spec, name = load_runner(Path(spec), runtime, dev)
+        up = ModelUpscaler(None, run_net, scale=model_scale(net_spec, scale, name), name=name,
+                           backend=backend, device=dev, spec=net_spec)
+        up.precision, up.runtime = "int8", runtime
+        return up
+    model, name = resolve_model(spec)
+    if model.upsample_spec.kind != "generator":
+        raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
+    s = model_scale(model.upsample_spec, scale, name)
+    if backend == "auto":
+        from ..runtime import auto
+        if dev.type == "cuda":
+            return auto.cuda_upscaler(model, name=name, scale=s, device=dev, precision=precision,
+                                      quiet=quiet)
+        up = auto.cpu_upscaler(model, name=name, scale=s, precision=precision, threads=threads,
+                               quiet=quiet)
+        from ..models import registry
+        up.from_file = spec not in registry.list_models(None) or registry.weights_path(spec) is not None
+        return up
+    if backend == "torch":
+        model = model.to(dev)
+        run_net = model
+    else:
+        from ..runtime import export
+        run_net = export.runtime_session(model, backend, dev, threads=threads)
+    return ModelUpscaler(model, run_net, scale=s, name=name, backend=backend, device=dev)
