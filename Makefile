@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/upsample image assets/sample.png -o out/demo --scale 3 --overwrite
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -n 2 tests
 
 clean:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from upsample.runtime import auto, cache, export
+from upsample.runtime import auto, cache, checks, export
 from upsample import cli
 from upsample.models import registry
 from upsample.data.degrade import BicubicUp, imresize
@@ -32,7 +32,7 @@ def test_image_with_auto_in_a_child_process_checks_once_then_hits_the_cache(tmp_
         run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
     assert (tmp_path / "o" / "a_x3.png").is_file()
-    assert any(p.name.endswith(".checks.json") for p in auto.cache_files())
+    assert any(p.name.endswith(".checks.json") for p in cache.cache_files())
     assert "auto:" not in run.stderr  # the second run read its choices from the cache
 
 
@@ -58,19 +58,19 @@ def test_fused_graph_computes_what_the_torch_upscaler_does(name, scale):
 
 @pytest.mark.parametrize("name", ["espcn-x2", "espcn-rgb-x2"])
 def test_auto_on_cpu_matches_eager_and_reuses_its_cache(name, capsys):
-    x = auto.probe_image(3, 40)
+    x = checks.probe_image(3, 40)
     eager = load_upscaler(name, backend="torch")
     up = load_upscaler(name, backend="auto")
     assert up.backend == "auto" and up.runtime.startswith("openvino") and up.precision in ("fp32", "bf16")
     assert (up.run_rgb is not None) == (name == "espcn-x2")  # Y models: the edges in the graph
     with torch.no_grad():
         diff = (up(x).clamp(0, 1) - eager(x).clamp(0, 1)).abs().max().item()
-    assert diff <= auto.TOLERANCE
-    files = {p: p.stat().st_mtime_ns for p in auto.cache_files()}
+    assert diff <= checks.TOLERANCE
+    files = {p: p.stat().st_mtime_ns for p in cache.cache_files()}
     assert any(p.suffix == ".xml" for p in files)
     capsys.readouterr()
     again = load_upscaler(name, backend="auto")  # a cache hit: nothing exported or checked again
-    assert {p: p.stat().st_mtime_ns for p in auto.cache_files() if p in files} == files
+    assert {p: p.stat().st_mtime_ns for p in cache.cache_files() if p in files} == files
     assert again.precision == up.precision and "auto:" not in capsys.readouterr().err
 
 
@@ -80,11 +80,11 @@ def test_a_failed_half_check_is_remembered_and_falls_back_to_fp32(monkeypatch):
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
     cache.cache_dir().mkdir(parents=True)
     failed = {"openvino-bf16-x2-rgb2": 0.05, "openvino-bf16-body-x2-rgb2": 0.01}  # as if both had
-    auto._checks_path(key).write_text(__import__("json").dumps(failed))
-    up = auto.cpu_upscaler(net, name="t", scale=2.0)
+    checks.checks_path(key).write_text(__import__("json").dumps(failed))
+    up = auto.cpu_runner(net, name="t", scale=2.0)
     assert up.precision == "fp32" and up.graph[1] == "f32"
-    assert __import__("json").loads(auto._checks_path(key).read_text()) == failed  # nothing re-measured
-    assert auto.remembered_check(key, "openvino-bf16-body-x2-rgb2", lambda: 1 / 0) == (0.01, False)
+    assert __import__("json").loads(checks.checks_path(key).read_text()) == failed  # nothing re-measured
+    assert checks.remembered_check(key, "openvino-bf16-body-x2-rgb2", lambda: 1 / 0) == (0.01, False)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -102,22 +102,22 @@ def test_bad_precision_requests_are_one_clear_error(kwargs, message):
 def test_cache_info_and_clear(capsys):
     load_upscaler("espcn-x2", backend="auto")
     assert cli.main(["cache", "info"]) == 0
-    assert " files, " in capsys.readouterr().out and auto.cache_files()
+    assert " files, " in capsys.readouterr().out and cache.cache_files()
     assert cli.main(["cache", "clear"]) == 0
-    assert "cleared" in capsys.readouterr().out and not auto.cache_files()
+    assert "cleared" in capsys.readouterr().out and not cache.cache_files()
 
 
 def test_the_cuda_path_picks_a_checked_half_type_and_remembers_its_layout():
     """The CUDA logic, run on the CPU (bf16 there; compile off to keep it seconds)."""
     net = registry.create_model("espcn-rgb-x2").eval()
     ref = ModelUpscaler(net, net, scale=2, name="t", backend="torch", device=torch.device("cpu"))
-    x = auto.probe_image(3, 24)
+    x = checks.probe_image(3, 24)
     with torch.no_grad():
         want = ref(x)
-    up = auto.cuda_upscaler(net, name="t", scale=2, device=torch.device("cpu"), precision="bf16",
-                            compile=False)
+    runner = auto.cuda_runner(net, name="t", device=torch.device("cpu"), precision="bf16", compile=False)
+    up = ModelUpscaler.from_runner(runner, scale=2, name="t", backend="auto", device=torch.device("cpu"))
     assert up.precision == "bf16" and up.runtime == "torch"
     assert (up(x) - want).abs().max() < 0.05
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
-    done = __import__("json").loads(auto._checks_path(key).read_text())
+    done = __import__("json").loads(checks.checks_path(key).read_text())
     assert set(done) == {"cuda-bf16", "cuda-bf16-layout"} and done["cuda-bf16-layout"] in (0, 1)

@@ -14,6 +14,7 @@ from upsample import cli
 from upsample.models.checkpoint import interpolate_checkpoints, load_checkpoint, read_state, save_checkpoint
 from upsample.errors import UserError
 from upsample.models.registry import create_model, full_kwargs, get_spec, list_models
+from upsample.models import discriminator, downscaler, espcn, registry, rrdbnet, vapsr, vdsr
 
 # RRDBNet has 16.7M parameters: where a test only needs the structure, 2 blocks stand for 23.
 SMALL = {"rrdbnet": {"num_block": 2}}
@@ -71,6 +72,34 @@ def test_plain_state_dict_is_detected(name, tmp_path):
     with torch.no_grad():
         # same weights, separately built modules: oneDNN may pick other kernels (~1e-7)
         assert torch.allclose(model(x), loaded(x), atol=1e-6, rtol=0)
+
+
+# Each architecture file's own recogniser, and the architecture it answers for.
+ARCH_DETECTORS = {"espcn": espcn.detect, "vdsr": vdsr.detect, "vapsr": vapsr.detect,
+                  "rrdbnet": rrdbnet.detect, "joint": downscaler.detect,
+                  "vgg_discriminator": discriminator.detect_vgg_style,
+                  "unet_discriminator_sn": discriminator.detect_unet_sn}
+
+
+def meta_state(name):
+    with torch.device("meta"):  # detection reads names and shapes only: allocate nothing
+        return create_model(name).state_dict()
+
+
+@pytest.mark.parametrize("arch", list(ARCH_DETECTORS))
+def test_each_architecture_detects_its_own_state_dicts_only(arch):
+    detect = ARCH_DETECTORS[arch]
+    for name in list_models(None):
+        kwargs = detect(meta_state(name))
+        if get_spec(name).arch == arch:
+            assert kwargs is not None, name
+            assert full_kwargs(arch, kwargs) == full_kwargs(arch, get_spec(name).kwargs), name
+        else:
+            assert kwargs is None, name
+
+
+def test_detectors_cover_every_architecture():
+    assert dict(registry.DETECTORS) == ARCH_DETECTORS and set(ARCH_DETECTORS) == set(registry.ARCHS)
 
 
 def to_esrgan_original(state):

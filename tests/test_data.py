@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from upsample import cli
-from upsample.data import pairs as data
+from upsample.data import pairs as data, prepare as prep
 from upsample.evaluation import metrics
 from upsample.errors import UserError
 from upsample.data.degrade import make_lr
@@ -52,15 +52,15 @@ def test_prepare_crops_resumes_and_refuses_other_settings(tmp_path, capsys):
     assert "1 images smaller than 32" in capsys.readouterr().out
     # a second run redoes nothing; a removed crop of a finished source is not redone either
     (out / "src__a_s001.png").unlink()
-    counts = data.prepare([str(src)], str(out), size=32, progress=False)
+    counts = prep.prepare([str(src)], str(out), size=32, progress=False)
     assert counts["written"] == 0 and counts["skipped_done"] == 3
     # an interrupted source (not in the manifest) is redone, its existing crops kept
-    lines = (out / data.MANIFEST).read_text().splitlines()
-    (out / data.MANIFEST).write_text("\n".join(l for l in lines if "a.png" not in l) + "\n")
-    counts = data.prepare([str(src)], str(out), size=32, progress=False)
+    lines = (out / prep.MANIFEST).read_text().splitlines()
+    (out / prep.MANIFEST).write_text("\n".join(l for l in lines if "a.png" not in l) + "\n")
+    counts = prep.prepare([str(src)], str(out), size=32, progress=False)
     assert counts["written"] == 1 and counts["skipped_done"] == 2
     with pytest.raises(UserError, match="other settings"):
-        data.prepare([str(src)], str(out), size=16, progress=False)
+        prep.prepare([str(src)], str(out), size=16, progress=False)
     assert not list(out.glob("*.part"))
 
 
@@ -77,7 +77,7 @@ def test_prepare_video_every_k_frames(tmp_path):
         for pkt in st.encode():
             c.mux(pkt)
     out = tmp_path / "crops"
-    counts = data.prepare([str(video)], str(out), size=32, every=3, progress=False)
+    counts = prep.prepare([str(video)], str(out), size=32, every=3, progress=False)
     names = sorted(p.name for p in out.glob("*.png"))
     assert counts["crops"] == 6  # frames 0, 3, 6; two crops (x = 0, 16) each
     assert names[0] == "clip_f000000_s000.png" and names[-1] == "clip_f000006_s001.png"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from upsample import cli
-from upsample.runtime import export
+from upsample.runtime import export, sessions
 from upsample.errors import UserError
 from upsample.models.registry import create_model, get_spec, list_models
 from upsample.inference.load import load_upscaler
@@ -40,7 +40,7 @@ def max_diff(a, b):
 @pytest.mark.parametrize("name", list_models())
 def test_onnxruntime_parity_dynamic_shapes(name):
     model = model_for(name)
-    sess = export.ort_session(export.onnx_bytes(model, export.example_input(model, False)), torch.device("cpu"))
+    sess = sessions.ort_session(export.onnx_bytes(model, export.example_input(model, False)), torch.device("cpu"))
     # traced at 1x16x16; run at another batch and a non-square size
     x = torch.rand(2, model.upsample_spec.channels, 12, 20, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_onnxruntime_parity_dynamic_shapes(name):
 @pytest.mark.parametrize("name", ["espcn-x3", "espcn-rgb-x2", "vdsr", "vapsr-x2", "vapsr-3x3-x4", "vapsr-s-x3"])
 def test_openvino_backend_parity(name):
     model = model_for(name)
-    run = export.runtime_session(model, "openvino", torch.device("cpu"))
+    run = sessions.session_runner(model, "openvino", torch.device("cpu")).run
     x = torch.rand(1, model.upsample_spec.channels, 10, 14, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert max_diff(run(x), model(x)) <= 1e-3
@@ -61,15 +61,15 @@ def test_openvino_backend_parity(name):
 
 def test_backend_export_is_cached(tmp_path):
     model = model_for("espcn-x2")
-    export.runtime_session(model, "onnxruntime", torch.device("cpu"))
+    sessions.session_runner(model, "onnxruntime", torch.device("cpu")).run
     files = sorted((tmp_path / "cache").rglob("*.onnx"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    export.runtime_session(model, "onnxruntime", torch.device("cpu"))
+    sessions.session_runner(model, "onnxruntime", torch.device("cpu")).run
     assert files[0].stat().st_mtime_ns == stamp
     with torch.no_grad():
         model.first_part[0].bias.add_(1)
-    export.runtime_session(model, "onnxruntime", torch.device("cpu"))
+    sessions.session_runner(model, "onnxruntime", torch.device("cpu")).run
     assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 2  # new weights, new file
 
 
@@ -96,7 +96,7 @@ def test_export_uint8_io_and_fp16(tmp_path, capsys):
     out = tmp_path / "u.onnx"
     assert cli.main(["export", "espcn-x3", "--uint8-io", "-o", str(out)]) == 0
     assert parity_of(capsys.readouterr().out) <= 1  # one level: rounding of nearly equal floats
-    sess = export.ort_session(str(out), torch.device("cpu"))
+    sess = sessions.ort_session(str(out), torch.device("cpu"))
     assert sess.get_inputs()[0].type == "tensor(uint8)"
     assert sess.get_inputs()[0].shape == ["batch", "height", "width", 3]
     img = np.random.default_rng(0).integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from upsample import cli
-from upsample.inference import fastpath, infer
+from upsample.inference import api, fastpath
 from upsample.runtime import cache
 from upsample.models.checkpoint import save_checkpoint
 from upsample.models.registry import create_model
@@ -50,7 +50,7 @@ def test_second_call_runs_the_plan_without_torch_and_writes_the_same_bytes(tmp_p
 
     def no_torch_path(*a, **k):
         raise AssertionError("the full path ran on a cache hit")
-    monkeypatch.setattr(infer, "make_upscaler", no_torch_path)
+    monkeypatch.setattr(api, "make_upscaler", no_torch_path)
     assert _image(src, tmp_path / "fast", ckpt) == 0
     assert next((tmp_path / "fast").iterdir()).read_bytes() == full
 

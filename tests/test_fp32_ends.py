@@ -7,7 +7,7 @@ import pytest
 import torch
 from isolation import in_child_process
 
-from upsample.runtime import auto, export, fp32_ends
+from upsample.runtime import auto, cache, checks, export, fp32_ends
 from upsample.models import registry
 from upsample.runtime.hardware import cpu_has_bf16
 from upsample.inference.load import load_upscaler
@@ -63,14 +63,14 @@ def test_openvino_keeps_the_marked_layers_in_fp32_and_auto_picks_the_first_varia
     """On the shipped ESPCN the marked variant must differ from fp32 less than full bf16 does,
     and `--backend auto` must take the first variant within 1/255 and remember its checks."""
     up = load_upscaler("espcn-x3", backend="auto", quiet=True)
-    done = json.loads(next(p for p in auto.cache_files() if p.name.endswith(".checks.json")).read_text())
+    done = json.loads(next(p for p in cache.cache_files() if p.name.endswith(".checks.json")).read_text())
     bf16, body = done["openvino-bf16-x3-rgb2"], done.get("openvino-bf16-body-x3-rgb2")
-    if bf16 <= auto.TOLERANCE:  # this CPU's bf16 holds: nothing else tried
+    if bf16 <= checks.TOLERANCE:  # this CPU's bf16 holds: nothing else tried
         assert up.precision == "bf16" and body is None
         return
     assert body is not None and body < bf16 / 2
-    assert up.precision == ("bf16-body" if body <= auto.TOLERANCE else "fp32")
+    assert up.precision == ("bf16-body" if body <= checks.TOLERANCE else "fp32")
     fp32 = load_upscaler("espcn-x3", backend="auto", precision="fp32")
-    x = auto.probe_image(3)  # the crop the check measured on
+    x = checks.probe_image(3)  # the crop the check measured on
     with torch.no_grad():
-        assert (up(x) - fp32(x)).abs().max().item() <= max(auto.TOLERANCE, body) + 1e-6
+        assert (up(x) - fp32(x)).abs().max().item() <= max(checks.TOLERANCE, body) + 1e-6

@@ -11,7 +11,12 @@ from PIL import Image, ImageCms
 
 import upsample
 from upsample import cli
-from upsample.inference import infer
+from upsample.inference import tiling
+from upsample.inference.api import ImageUpscaler, default_model
+from upsample.inference.memory import PeakTensorMemory, receptive_radius, rss_bytes
+from upsample.inference.sizes import MAX_DEFAULT_PAD, parse_size
+from upsample.inference.tiler import BATCHES, Tiler
+from upsample.inference.wrappers import ResizedUpscaler
 from upsample.models import registry
 from upsample.data.degrade import imresize_np
 from upsample.inference.upscaler import BicubicUpscaler, ModelUpscaler
@@ -32,12 +37,69 @@ def random_model_upscaler(name: str, **overrides) -> ModelUpscaler:
 
 
 def test_parse_size():
-    assert infer.parse_size("2GB") == 2_000_000_000
-    assert infer.parse_size("1.5GiB") == int(1.5 * 1024 ** 3)
-    assert infer.parse_size("800m") == 800_000_000
-    assert infer.parse_size("1234") == 1234
+    assert parse_size("2GB") == 2_000_000_000
+    assert parse_size("1.5GiB") == int(1.5 * 1024 ** 3)
+    assert parse_size("800m") == 800_000_000
+    assert parse_size("1234") == 1234
     with pytest.raises(upsample.errors.UserError):
-        infer.parse_size("lots")
+        parse_size("lots")
+
+
+# --- tile geometry: plain integer maths, no model ------------------------------------------------
+
+def test_split_covers_the_region_once_row_by_row():
+    tiles = tiling.split((2, 12, 0, 7), 4)
+    assert tiles == [(2, 6, 0, 4), (2, 6, 4, 7), (6, 10, 0, 4), (6, 10, 4, 7), (10, 12, 0, 4), (10, 12, 4, 7)]
+    covered = np.zeros((12, 7), int)
+    for y0, y1, x0, x1 in tiles:
+        covered[y0:y1, x0:x1] += 1
+    assert (covered[2:] == 1).all() and (covered[:2] == 0).all()
+    assert sum(tiling.region_area(t) for t in tiles) == tiling.region_area((2, 12, 0, 7))
+    assert tiling.split((0, 5, 0, 5), 8) == [(0, 5, 0, 5)]  # a side longer than the region: one tile
+    assert tiling.split_all([(0, 4, 0, 4), (0, 2, 4, 6)], 2) == [
+        (0, 2, 0, 2), (0, 2, 2, 4), (2, 4, 0, 2), (2, 4, 2, 4), (0, 2, 4, 6)]
+
+
+def test_padding_reaches_into_neighbours_and_stops_at_the_border():
+    assert tiling.pad_region((4, 8, 4, 8), 3, 20, 30) == (1, 11, 1, 11)
+    assert tiling.pad_region((0, 8, 24, 30), 3, 20, 30) == (0, 11, 21, 30)  # corner: clipped
+    assert tiling.region_size(tiling.pad_region((0, 20, 0, 30), 5, 20, 30)) == (20, 30)
+
+
+def test_geometry_of_a_scale_aligns_tiles_to_whole_output_pixels():
+    g = tiling.TileGeometry.of(1.5)
+    assert (g.p, g.q, g.align) == (3, 2, 2)
+    assert tiling.TileGeometry.of(2.0, pad_multiple=2).align == 2
+    assert tiling.TileGeometry.of(1.5, pad_multiple=4).align == 4  # lcm of q and the multiple
+    assert tiling.TileGeometry.of(3.0, pad_multiple=2).align == 2
+    with pytest.raises(upsample.errors.UserError, match="ratio of small integers"):
+        tiling.TileGeometry.of(math.pi)
+    assert (g.round_up(5), g.round_down(5), g.round_down(1)) == (6, 4, 2)  # never an empty tile
+    assert (g.fixed_side(0, 30, 40), g.fixed_side(40, 30, 40), g.fixed_side(9, 30, 40)) == (0, 0, 8)
+
+
+def test_output_regions_tile_the_output_and_crops_match_them():
+    for scale, h, w in [(2.0, 37, 53), (1.5, 37, 53), (0.5, 37, 53), (3.0, 10, 7)]:
+        g = tiling.TileGeometry.of(scale)
+        oh, ow = math.ceil(round(h * scale, 9)), math.ceil(round(w * scale, 9))
+        covered = np.zeros((oh, ow), int)
+        for region in tiling.split((0, h, 0, w), g.round_down(8)):
+            oy0, oy1, ox0, ox1 = g.out_region(region, h, w)
+            covered[oy0:oy1, ox0:ox1] += 1
+            padded = tiling.pad_region(region, g.round_up(3), h, w)
+            cy0, cy1, cx0, cx1 = g.crop_in_tile(region, padded, h, w)
+            assert (cy1 - cy0, cx1 - cx0) == (oy1 - oy0, ox1 - ox0)
+            assert cy0 == oy0 - g.out_index(padded[0], h) and cx0 >= 0
+        assert (covered == 1).all(), scale  # every output pixel from exactly one tile
+    g = tiling.TileGeometry.of(1.5)
+    assert (g.out_index(4, 11), g.out_index(11, 11)) == (6, 17)  # the image's end: its output size
+
+
+def test_out_of_memory_halving_stops_at_the_smallest_tile():
+    g = tiling.TileGeometry.of(2.0)
+    assert g.half_side((0, 40, 0, 30)) == 20 and g.can_split((0, 40, 0, 30))
+    assert not g.can_split((0, tiling.MIN_TILE, 0, tiling.MIN_TILE))
+    assert tiling.TileGeometry.of(1.5, pad_multiple=32).half_side((0, 40, 0, 40)) == 32  # >= align
 
 
 def test_formats_round_trip_through_the_cli(tmp_path):
@@ -147,23 +209,23 @@ def test_bicubic_tiled_equals_untiled(scale):
 ])
 def test_model_tiled_equals_untiled(name, overrides):
     up = random_model_upscaler(name, **overrides)
-    pad = math.ceil(infer.receptive_radius(up.model, up.spec.channels))
+    pad = math.ceil(receptive_radius(up.model, up.spec.channels))
     img = rgb(24, 34)
-    whole = infer.ImageUpscaler(up, tile=0).upscale(img)
-    tiled_engine = infer.ImageUpscaler(up, tile=12, tile_pad=pad)
+    whole = ImageUpscaler(up, tile=0).upscale(img)
+    tiled_engine = ImageUpscaler(up, tile=12, tile_pad=pad)
     tiled = tiled_engine.upscale(img)
     s = up.spec.scale
     assert whole.shape == (24 * s, 34 * s, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
     # the default pad is that receptive field (capped), so the default tiling is exact too
-    assert tiled_engine.tiler.pad >= min(pad, infer.MAX_DEFAULT_PAD)
+    assert tiled_engine.tiler.pad >= min(pad, MAX_DEFAULT_PAD)
 
 
 def test_outscale_after_a_model_is_tiled_exactly():
-    up = infer.ResizedUpscaler(random_model_upscaler("espcn-rgb-x2"), 1.5)
+    up = ResizedUpscaler(random_model_upscaler("espcn-rgb-x2"), 1.5)
     img = rgb(24, 30)
-    whole = infer.ImageUpscaler(up, tile=0).upscale(img)
-    tiled = infer.ImageUpscaler(up, tile=8).upscale(img)
+    whole = ImageUpscaler(up, tile=0).upscale(img)
+    tiled = ImageUpscaler(up, tile=8).upscale(img)
     assert whole.shape == (36, 45, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
@@ -185,10 +247,10 @@ def test_gray_and_alpha_through_a_model_stay_single_channel():
     up = random_model_upscaler("espcn-rgb-x2")
     la = np.dstack([rgb()[..., 0], rgb()[..., 1]])
     for mode in ("bicubic", "model"):
-        out = infer.ImageUpscaler(up, tile=0, alpha_mode=mode).upscale(la)
+        out = ImageUpscaler(up, tile=0, alpha_mode=mode).upscale(la)
         assert out.shape == (40, 52, 2)
-    by_model = infer.ImageUpscaler(up, tile=0, alpha_mode="model").upscale(la)[..., 1]
-    by_bicubic = infer.ImageUpscaler(up, tile=0, alpha_mode="bicubic").upscale(la)[..., 1]
+    by_model = ImageUpscaler(up, tile=0, alpha_mode="model").upscale(la)[..., 1]
+    by_bicubic = ImageUpscaler(up, tile=0, alpha_mode="bicubic").upscale(la)[..., 1]
     assert np.abs(by_bicubic.astype(int) - imresize_np(la[..., 1], 2.0)).max() <= 1
     assert not np.array_equal(by_model, by_bicubic)
 
@@ -199,13 +261,13 @@ def test_tiles_bound_tensor_memory():
     img = rgb(192, 192)
     peaks = {}
     for tile in (0, 32):
-        tiler = infer.Tiler(BicubicUpscaler(2.0), tile=tile)
-        with infer.PeakTensorMemory() as tracker:
+        tiler = Tiler(BicubicUpscaler(2.0), tile=tile)
+        with PeakTensorMemory() as tracker:
             tiler.upscale(img)
         peaks[tile] = tracker.peak
     assert peaks[32] * 8 < peaks[0]
     # a budget gives a tile whose measured cost fits in it
-    tiler = infer.Tiler(BicubicUpscaler(2.0), max_memory=infer.rss_bytes() + 40_000_000)
+    tiler = Tiler(BicubicUpscaler(2.0), max_memory=rss_bytes() + 40_000_000)
     side = tiler.plan_tile(4000, 4000, 3, np.uint8)
     assert 0 < side < 4000
     assert tiler.bytes_per_pixel(3, np.uint8) * (side + 2 * tiler.pad) ** 2 <= 40_000_000
@@ -220,15 +282,15 @@ def test_out_of_memory_splits_the_tile_and_result_is_unchanged():
 
     img = rgb(40, 44)
     ref = upsample.load("bicubic", 2, tile=0).upscale(img)
-    tiler = infer.Tiler(Flaky(2.0), tile=0)
+    tiler = Tiler(Flaky(2.0), tile=0)
     assert np.array_equal(tiler.upscale(img), ref)
     assert 0 < tiler.tile < 40
 
 
 def test_default_model_falls_back_to_bicubic_without_weights(monkeypatch):
     monkeypatch.setattr(registry, "weights_path", lambda name: None)
-    assert infer.default_model(2) == "bicubic"
-    assert infer.default_model(1.5) == "bicubic"
+    assert default_model(2) == "bicubic"
+    assert default_model(1.5) == "bicubic"
 
 
 def test_default_model_is_the_shipped_one_with_the_best_psnr_at_that_scale(tmp_path, monkeypatch):
@@ -240,14 +302,14 @@ def test_default_model_is_the_shipped_one_with_the_best_psnr_at_that_scale(tmp_p
         (tmp_path / f"{name}.eval.json").write_text(json.dumps({"scales": {
             str(s): {"model": {"Set5": {"psnr": p}, "Set14": {"psnr": p - 2}}} for s, p in psnr_by_scale.items()}}))
     ship("espcn-x3", {3: 32.4})
-    assert [infer.default_model(s) for s in (2, 3, 4)] == ["bicubic", "espcn-x3", "bicubic"]
+    assert [default_model(s) for s in (2, 3, 4)] == ["bicubic", "espcn-x3", "bicubic"]
     ship("vdsr", {2: 37.1, 3: 33.3})  # scale-free: it serves the scales it was evaluated at
-    assert [infer.default_model(s) for s in (2, 3, 4)] == ["vdsr", "vdsr", "bicubic"]
+    assert [default_model(s) for s in (2, 3, 4)] == ["vdsr", "vdsr", "bicubic"]
     ship("espcn-x2", {2: 37.5})
-    assert infer.default_model(2) == "espcn-x2"
+    assert default_model(2) == "espcn-x2"
     (tmp_path / "espcn-x3.eval.json").unlink()  # weights without an evaluation are not a default
     ship("vdsr", {2: 37.1})
-    assert infer.default_model(3) == "bicubic"
+    assert default_model(3) == "bicubic"
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
@@ -280,7 +342,7 @@ def test_measuring_tiles_leaves_the_process_peak_memory_alone():
     spike = np.ones(300_000_000, np.uint8)
     del spike
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    infer.Tiler(BicubicUpscaler(2.0)).bytes_per_pixel(3, np.uint8)
+    Tiler(BicubicUpscaler(2.0)).bytes_per_pixel(3, np.uint8)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >= before
 
 
@@ -318,9 +380,9 @@ def test_tiles_of_one_shape_go_through_in_batches_with_the_same_result(tile_batc
     img = rgb(40, 50)  # 12px tiles: 4 x 5 regions, the last row and column narrower
     ref = upsample.load("bicubic", 2, tile=0).upscale(img)
     up = CountingUpscaler(2.0)
-    tiler = infer.Tiler(up, tile=12, tile_batch=tile_batch)
+    tiler = Tiler(up, tile=12, tile_batch=tile_batch)
     assert np.array_equal(tiler.upscale(img), ref)
-    regions = len(infer._split((0, 40, 0, 50), 12))
+    regions = len(tiling.split((0, 40, 0, 50), 12))
     if tile_batch in (None, 1):  # auto on the CPU: one tile a call
         assert up.calls == [1] * regions
     else:
@@ -333,16 +395,16 @@ def test_tile_batch_timed_when_asked_picks_a_size_that_fits_and_keeps_the_result
     img = rgb(40, 50)
     ref = upsample.load("bicubic", 2, tile=0).upscale(img)
     up = CountingUpscaler(2.0)
-    tiler = infer.Tiler(up, tile=12)
+    tiler = Tiler(up, tile=12)
     tiler.time_batches = True  # what a GPU does: time 1/2/4/8 tiles a call once per tile shape
     assert np.array_equal(tiler.upscale(img), ref)
-    assert tiler._batch_for and set(tiler._batch_for.values()) <= set(infer.BATCHES)
+    assert tiler._batch_for and set(tiler._batch_for.values()) <= set(BATCHES)
 
 
 def test_out_of_memory_in_a_batch_of_tiles_falls_back_to_one_tile_a_call(capsys):
     img = rgb(40, 50)
     ref = upsample.load("bicubic", 2, tile=0).upscale(img)
-    tiler = infer.Tiler(CountingUpscaler(2.0, fail_batches=True), tile=12, tile_batch=4)
+    tiler = Tiler(CountingUpscaler(2.0, fail_batches=True), tile=12, tile_batch=4)
     assert np.array_equal(tiler.upscale(img), ref)
     assert tiler.tile_batch == 1 and "one tile at a time" in capsys.readouterr().err
 

@@ -49,7 +49,7 @@ def test_two_trials_then_resume_to_three(tmp_path, capsys):
 def test_a_trial_behind_the_median_is_pruned(tmp_path, capsys, monkeypatch):
     import optuna
     # every trial reports the same PSNRs except the third, which is worse at the first check
-    from upsample.training import train as train_mod
+    from upsample.training import loop as train_mod
     orig = train_mod.train
     calls = []
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from upsample import cli
-from upsample.inference import infer, video
+from upsample.inference import video
+from upsample.inference.tiler import fastest_batch
 from upsample.data.degrade import imresize
 from upsample.inference.load import load_upscaler
 
@@ -187,9 +188,9 @@ def test_fastest_batch_takes_the_least_time_per_frame():
     def run(n, fixed=0.02, per_frame=0.002):  # a device with a large cost per call
         calls.append(n)
         time.sleep(fixed + per_frame * n)
-    assert infer.fastest_batch(run, (1, 2, 4, 8), repeats=1) == 8
+    assert fastest_batch(run, (1, 2, 4, 8), repeats=1) == 8
     assert calls == [1, 1, 2, 2, 4, 4, 8, 8]  # each warmed up once, then timed
-    assert infer.fastest_batch(lambda n: time.sleep(0.01 * n + (0.05 if n > 1 else 0)), (1, 2)) == 1
+    assert fastest_batch(lambda n: time.sleep(0.01 * n + (0.05 if n > 1 else 0)), (1, 2)) == 1
 
 
 def test_frames_per_call_only_times_batches_that_fit(monkeypatch):

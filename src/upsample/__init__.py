@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def load(spec: str = "bicubic", scale: float | None = None, **kwargs):
     """An image upscaler: `upsample.load("vapsr-x2").upscale(image)` for PIL images and uint8 /
-    uint16 numpy arrays. See `upsample.inference.infer.load` for the options (backend, device, tile ...)."""
-    from .inference.infer import load as _load
+    uint16 numpy arrays. See `upsample.inference.api.load` for the options (backend, device, tile ...)."""
+    from .inference.api import load as _load
     return _load(spec, scale, **kwargs)

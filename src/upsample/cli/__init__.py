@@ -8,27 +8,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import UserError
 
 # Modules that contribute sub-commands, in the order `upsample --help` lists them.
 COMMANDS = [
-    "upsample.evaluation.evaluate",
+    "upsample.cli.eval",
     "upsample.cli.image",
-    "upsample.inference.video",
-    "upsample.evaluation.bench",
-    "upsample.data.pairs",
-    "upsample.training.train",
-    "upsample.training.prune",
-    "upsample.training.tune",
-    "upsample.training.quantize",
-    "upsample.models.registry",
-    "upsample.models.checkpoint",
-    "upsample.runtime.export",
-    "upsample.runtime.auto",
-    "upsample.studies.codec_study",
-    "upsample.studies.clips",
+    "upsample.cli.video",
+    "upsample.cli.bench",
+    "upsample.cli.data",
+    "upsample.cli.train",
+    "upsample.cli.prune",
+    "upsample.cli.tune",
+    "upsample.cli.quantize",
+    "upsample.cli.models",
+    "upsample.cli.interpolate",
+    "upsample.cli.export",
+    "upsample.cli.cache",
+    "upsample.cli.codec_study",
+    "upsample.cli.make_clip",
 ]
 
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"upsample {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `upsample models | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

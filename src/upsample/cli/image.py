@@ -1,6 +1,6 @@
 """`upsample image IN... -o OUT`: the command, torch-free until a model has to be built.
 
-The upscaling itself is `infer.ImageUpscaler` (tiled, any image kind), or on a cache hit
+The upscaling itself is `api.ImageUpscaler` (tiled, any image kind), or on a cache hit
 `fastpath.FastEngine` (see there); both read and write through `imageio`, never overwrite
 without --overwrite, and write to a temporary name that is renamed when complete.
 """
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     built, lock = [], threading.Lock()
 
     def full_engine():
-        """The torch path (`infer.ImageUpscaler`), built once, when first needed."""
+        """The torch path (`api.ImageUpscaler`), built once, when first needed."""
         with lock:
             if not built:
-                from ..inference.infer import ImageUpscaler, make_upscaler
+                from ..inference.api import ImageUpscaler, make_upscaler
                 up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device,
                                    half=args.half, outscale=args.outscale, precision=args.precision,
                                    threads=args.threads)

@@ -10,11 +10,8 @@ largest absolute difference of its output from it.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UserError
 from ..runtime.hardware import _sync, cpu_has_bf16, cpu_name, openvino_peak_gflops, peak_gflops
-from ..inference.infer import half_upscaler
-from ..runtime.kinds import BACKENDS, PRECISIONS
+from ..inference.wrappers import half_upscaler
+from ..runtime.int8 import BACKEND_OF
+from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
 from ..inference.load import check_device, load_upscaler
 
@@ -79,79 +77,80 @@ def frame_from_image(path: str, size: tuple[int, int]) -> torch.Tensor:
     return img[..., y:y + h, x:x + w].contiguous()
 
 
-def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
-          device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
-          scale: float | None = None, int8: list[str] = (), log=None, image: str | None = None,
-          precision: str = "auto", threads: int | None = None) -> dict:
-    """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring).
-    `image`: measure on this picture (resized and cropped to `size`) instead of random pixels,
-    so the differences are those a user sees."""
-    backends = list(backends or BACKENDS)
-    dev = check_device(device, "torch")
-    w, h = size
-    say = log or (lambda msg: None)
-    if threads:
-        torch.set_num_threads(threads)
-    say(f"measuring peak: {2048}^3 matmul")
-    hdt = half_dtype(dev)
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: the key of a peak in the report."""
+    return str(dtype).replace("torch.", "")
 
-    def measure_peaks() -> dict:
-        found = {"fp32": peak_gflops(dev, torch.float32)}
-        if hdt is not None:
-            found[str(hdt).replace("torch.", "")] = peak_gflops(dev, hdt)
-        if dev.type == "cpu":  # the faster of torch's and OpenVINO's matmul
-            found["fp32"] = max(found["fp32"], openvino_peak_gflops("f32", threads))
-            if hdt == torch.bfloat16:
-                found["bfloat16"] = max(found["bfloat16"], openvino_peak_gflops("bf16", threads))
-        return found
 
-    peaks = measure_peaks()
-    x = (frame_from_image(image, size) if image else
-         torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
+def measure_peaks(dev: torch.device, hdt: torch.dtype | None, threads: int | None) -> dict:
+    """Peak matmul GFLOP/s per dtype name: fp32, and the device's half type if it has one."""
+    found = {"fp32": peak_gflops(dev, torch.float32)}
+    if hdt is not None:
+        found[dtype_name(hdt)] = peak_gflops(dev, hdt)
+    if dev.type == "cpu":  # the faster of torch's and OpenVINO's matmul
+        found["fp32"] = max(found["fp32"], openvino_peak_gflops("f32", threads))
+        if hdt == torch.bfloat16:
+            found["bfloat16"] = max(found["bfloat16"], openvino_peak_gflops("bf16", threads))
+    return found
 
-    entries = []  # (label, upscaler, peak key) of every row, eager fp32 first
 
-    eager = load_upscaler(model, scale=scale, backend="torch", device=device, threads=threads)
-    macs = network_macs(eager, h, w)
-    entries.append(("torch eager fp32", eager, "fp32"))
-    rows = []
+def half_torch_entry(model: str, *, scale, device: str, hdt: torch.dtype | None) -> tuple:
+    """(label, upscaler, peak key) of the --half row: torch in the device's half type."""
+    if hdt is None:
+        raise UserError("--half: this CPU has no bf16 units (fp16/bf16 would be emulated)")
+    up = half_upscaler(load_upscaler(model, scale=scale, backend=Backend.TORCH, device=device))
+    return f"torch {dtype_name(hdt)}", up, dtype_name(hdt)
+
+
+def runtime_entry(model: str, backend: str, *, scale, device: str, precision: str,
+                  threads: int | None) -> tuple:
+    """(label, upscaler, peak key) of the row of a runtime other than torch, or of auto."""
+    up = load_upscaler(model, scale=scale, backend=backend, device=device,
+                       precision=precision if backend == Backend.AUTO else Precision.AUTO,
+                       threads=threads, quiet=True)
+    if backend != Backend.AUTO:
+        return f"{backend} fp32", up, "fp32"
+    # what auto chose, e.g. "auto (openvino fp32)"; its peak is that of the dtype it runs in
+    key = {Precision.BF16: "bfloat16", "bf16-body": "bfloat16",
+           Precision.FP16: "float16"}.get(up.precision, up.precision)
+    return f"auto ({up.runtime} {up.precision})", up, key
+
+
+def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, device: str,
+                  dev: torch.device, hdt: torch.dtype | None, half: bool, precision: str,
+                  threads: int | None, int8) -> tuple[list[tuple], list[dict]]:
+    """The rows to time, as (label, upscaler, peak key), eager fp32 first; and the rows of the
+    runtimes that could not load, as {"backend", "error"}."""
+    entries, failed = [("torch eager fp32", eager, "fp32")], []
+    bicubic = isinstance(eager, BicubicUpscaler)  # plain torch: no runtime to export to, no half
     for backend in backends:
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}: use all or one of {', '.join(BACKENDS)}")
-        if isinstance(eager, BicubicUpscaler):
-            continue  # plain torch: no runtime to export to, nothing to run in half
-        if backend == "torch" and not half:
+        if bicubic or (backend == Backend.TORCH and not half):
             continue  # the reference row is the torch backend in fp32
-        if backend == "torch":
-            if hdt is None:
-                raise UserError("--half: this CPU has no bf16 units (fp16/bf16 would be emulated)")
-            up = half_upscaler(load_upscaler(model, scale=scale, backend="torch", device=device))
-            label, key = f"torch {str(hdt).replace('torch.', '')}", str(hdt).replace("torch.", "")
-        else:
-            try:
-                up = load_upscaler(model, scale=scale, backend=backend, device=device,
-                                   precision=precision if backend == "auto" else "auto",
-                                   threads=threads, quiet=True)
-            except UserError as exc:
-                rows.append({"backend": backend, "error": str(exc)})
-                continue
-            label, key = f"{backend} fp32", "fp32"
-            if backend == "auto":  # what auto chose, e.g. "auto (openvino fp32)"
-                label = f"auto ({up.runtime} {up.precision})"
-                key = {"bf16": "bfloat16", "bf16-body": "bfloat16", "fp16": "float16"}.get(up.precision,
-                                                                                   up.precision)
-        entries.append((label, up, key))
-    if half and dev.type == "cpu" and hdt is not None and not isinstance(eager, BicubicUpscaler) \
-            and {"auto", "openvino"} & set(backends):  # what bf16 in OpenVINO would give
-        up = load_upscaler(model, scale=scale, backend="auto", precision="bf16", threads=threads,
-                           quiet=True)
+        if backend == Backend.TORCH:
+            entries.append(half_torch_entry(model, scale=scale, device=device, hdt=hdt))
+            continue
+        try:  # a runtime missing here is a row saying why, not the end of the run
+            entries.append(runtime_entry(model, backend, scale=scale, device=device,
+                                         precision=precision, threads=threads))
+        except UserError as exc:
+            failed.append({"backend": backend, "error": str(exc)})
+    if half and dev.type == "cpu" and hdt is not None and not bicubic \
+            and {Backend.AUTO, Backend.OPENVINO} & set(backends):  # what bf16 in OpenVINO would give
+        up = load_upscaler(model, scale=scale, backend=Backend.AUTO, precision=Precision.BF16,
+                           threads=threads, quiet=True)
         entries.append((f"{up.runtime} bf16 (forced)", up, "bfloat16"))
     for path in int8:  # `upsample quantize` outputs of this model, on their own backends
-        from ..runtime.int8 import BACKEND_OF
-        backend = BACKEND_OF.get(Path(path).suffix.lower(), "onnxruntime")  # load_upscaler checks it
+        backend = BACKEND_OF.get(Path(path).suffix.lower(), Backend.ONNXRUNTIME)  # load_upscaler checks it
         entries.append((f"{backend} int8",
                         load_upscaler(path, scale=eager.scale, backend=backend, device=device), "int8"))
+    return entries, failed
 
+
+def time_entries(entries: list[tuple], x: torch.Tensor, dev: torch.device, *, warmup: int,
+                 runs: int, say) -> tuple[list[torch.Tensor], list[list[float]]]:
+    """Each entry's output on `x` (float, clamped) and its `runs` timings in seconds."""
     # Timed in rounds - every row once per round, in turn - so that a slow spell of the machine,
     # or threads still spinning after the previous row, costs every row alike.
     outs, times = [], [[] for _ in entries]
@@ -169,9 +168,14 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
                 up(x)
                 _sync(dev)
                 times[i].append(time.perf_counter() - t)
-    peaks = {k: max(v, measure_peaks()[k]) for k, v in peaks.items()} if runs > 1 else peaks  # best of two
+    return outs, times
+
+
+def timed_rows(entries: list[tuple], outs: list[torch.Tensor], times: list[list[float]], macs: int,
+               peaks: dict) -> list[dict]:
+    """One report row per timed entry: speed, GFLOP/s, share of peak, difference from the first."""
     ref = outs[0]
-    timed = []
+    rows = []
     for (label, _, key), out, ts in zip(entries, outs, times):
         sec = statistics.median(ts)
         oh, ow = out.shape[-2:]
@@ -179,11 +183,42 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
                "gflops": 2 * macs / sec / 1e9 if macs else None, "peak": key,
                "max_abs_diff": (out - ref).abs().max().item()}
         row["of_peak"] = row["gflops"] / peaks[key] if macs and key in peaks else None
-        timed.append(row)
-    ref_row, rows = timed[0], timed + rows
-    for row in rows:
-        if "ms_per_frame" in row:
-            row["speedup"] = ref_row["ms_per_frame"] / row["ms_per_frame"]
+        rows.append(row)
+    return rows
+
+
+def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
+          device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
+          scale: float | None = None, int8: list[str] = (), log=None, image: str | None = None,
+          precision: str = "auto", threads: int | None = None) -> dict:
+    """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring).
+    `image`: measure on this picture (resized and cropped to `size`) instead of random pixels,
+    so the differences are those a user sees."""
+    if runs < 1 or warmup < 0:
+        raise UserError("--runs must be >= 1 and --warmup >= 0")
+    backends = list(backends or BACKENDS)
+    dev = check_device(device, Backend.TORCH)
+    w, h = size
+    say = log or (lambda msg: None)
+    if threads:
+        torch.set_num_threads(threads)
+    say(f"measuring peak: {2048}^3 matmul")
+    hdt = half_dtype(dev)
+    peaks = measure_peaks(dev, hdt, threads)
+    x = (frame_from_image(image, size) if image else
+         torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
+    eager = load_upscaler(model, scale=scale, backend=Backend.TORCH, device=device, threads=threads)
+    macs = network_macs(eager, h, w)
+    entries, failed = bench_entries(model, eager, backends=backends, scale=scale, device=device,
+                                    dev=dev, hdt=hdt, half=half, precision=precision,
+                                    threads=threads, int8=int8)
+    outs, times = time_entries(entries, x, dev, warmup=warmup, runs=runs, say=say)
+    if runs > 1:  # best of two: the peak measured before the rows and after them
+        peaks = {k: max(v, measure_peaks(dev, hdt, threads)[k]) for k, v in peaks.items()}
+    timed = timed_rows(entries, outs, times, macs, peaks)
+    rows = timed + failed
+    for row in timed:
+        row["speedup"] = timed[0]["ms_per_frame"] / row["ms_per_frame"]
     return {"model": eager.name, "scale": eager.scale, "size": f"{w}x{h}", "device": str(dev),
             "cpu": cpu_name(), "cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(),
             "warmup": warmup, "runs": runs,
@@ -206,36 +241,3 @@ def format_report(r: dict) -> str:
         lines.append(f"{row['backend']:<22} {row['ms_per_frame']:>10.1f} {row['mpix_per_s']:>8.3f} "
                      f"{gf:>8} {pk:>8} {row['speedup']:>7.2f}x {row['max_abs_diff']:>10.2e}")
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    size = parse_frame_size(args.size)
-    if args.runs < 1 or args.warmup < 0:
-        raise UserError("--runs must be >= 1 and --warmup >= 0")
-    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
-    log = None if args.json else (lambda m: print(m, file=sys.stderr))
-    report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
-                   warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
-                   image=args.image, precision=args.precision, threads=args.threads)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
-    p.add_argument("--model", required=True, help="a registered name, a checkpoint, or bicubic")
-    p.add_argument("--scale", default=None, help="scale (bicubic and VDSR need one)")
-    p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
-    p.add_argument("--backend", default="all", choices=["all", *BACKENDS])
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="precision of the auto row (auto: what `--backend auto` picks)")
-    p.add_argument("--image", default=None, help="a picture to measure on (resized/cropped to --size)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    p.add_argument("--runs", type=int, default=3, help="timed runs (the median is reported)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--int8", action="append", default=[], metavar="FILE",
-                   help="also time this `upsample quantize` output of the model (repeatable)")
-    p.set_defaults(func=run)

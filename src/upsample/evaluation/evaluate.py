@@ -7,8 +7,6 @@ with `crop_border` pixels cut at each side.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -22,7 +20,6 @@ from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import make_lr, modcrop
 from ..errors import UserError
 from ..media.imageio import atomic_save, list_images, read_rgb
-from ..cli.options import add_runtime_options
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
 
@@ -80,64 +77,45 @@ def lpips_distance(metric, out: np.ndarray, hr: np.ndarray, crop_border: int) ->
     return float(metric(a, b)[0])
 
 
-def run(args: argparse.Namespace) -> int:
-    scale = check_scale(args.scale)
+def evaluate_model(model: str, folders: list[str], *, scale, crop: int | None = None,
+                   y_channel: bool = True, save_dir: str | None = None, lpips: bool = False,
+                   lpips_weights: str | None = None, lpips_backbone: str | None = None,
+                   backend: str = "auto", device: str = "cpu", precision: str = "fp32",
+                   threads: int | None = None, progress: bool = True) -> dict:
+    """The `eval` report of `model` on the HR `folders`: {"model", "scale", "y_channel",
+    "crop_border", "datasets"}; `crop` None = the scale rounded up."""
+    scale = check_scale(scale)
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    for folder in args.data:  # fail fast, before loading a model
+    for folder in folders:  # fail fast, before loading a model
         list_images(folder)
     lpips_metric = None
-    if args.lpips:  # unavailable without its two weight files: one line says which to pass
+    if lpips:  # unavailable without its two weight files: one line says which to pass
         from .lpips import load_lpips
-        lpips_metric = load_lpips(args.lpips_weights, args.lpips_backbone)
-    upscaler = load_upscaler(args.model, scale=scale, backend=args.backend, device=args.device,
-                             precision=args.precision, threads=args.threads)
+        lpips_metric = load_lpips(lpips_weights, lpips_backbone)
+    upscaler = load_upscaler(model, scale=scale, backend=backend, device=device,
+                             precision=precision, threads=threads)
     scale = upscaler.scale
-    crop = args.crop if args.crop is not None else int(math.ceil(scale))
+    crop = crop if crop is not None else int(math.ceil(scale))
     if crop < 0:
         raise UserError(f"--crop must be >= 0, got {crop}")
     if lpips_metric is not None:
         lpips_metric.to(upscaler.device)
-    datasets = evaluate_folders(upscaler, args.data, scale=scale, crop_border=crop,
-                                y_channel=not args.rgb, save_dir=args.save,
-                                progress=sys.stderr.isatty(), lpips=lpips_metric)
-    report = {"model": args.model, "scale": int(scale) if float(scale).is_integer() else scale,
-              "y_channel": not args.rgb, "crop_border": crop, "datasets": datasets}
-    if args.json == "-":
-        json.dump(report, sys.stdout, indent=2)
-        print()
-        return 0
+    datasets = evaluate_folders(upscaler, folders, scale=scale, crop_border=crop,
+                                y_channel=y_channel, save_dir=save_dir,
+                                progress=progress, lpips=lpips_metric)
+    return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
+            "y_channel": y_channel, "crop_border": crop, "datasets": datasets}
+
+
+def format_report(report: dict, lpips: bool = False) -> str:
+    """The `eval` report as a table, one row per dataset (an LPIPS column with `lpips`)."""
+    datasets = report["datasets"]
     width = max(8, *(len(k) for k in datasets))
-    print(f"model {args.model}  scale x{report['scale']}  "
-          f"{'Y' if not args.rgb else 'RGB'} channel, crop {crop}")
-    lp = lpips_metric is not None
-    print(f"{'dataset':<{width}}  {'n':>4}  {'PSNR':>7}  {'SSIM':>6}" + (f"  {'LPIPS':>6}" if lp else ""))
+    lines = [f"model {report['model']}  scale x{report['scale']}  "
+             f"{'Y' if report['y_channel'] else 'RGB'} channel, crop {report['crop_border']}",
+             f"{'dataset':<{width}}  {'n':>4}  {'PSNR':>7}  {'SSIM':>6}" + (f"  {'LPIPS':>6}" if lpips else "")]
     for k, v in datasets.items():
-        print(f"{k:<{width}}  {v['n']:>4}  {v['psnr']:>7.2f}  {v['ssim']:>6.4f}"
-              + (f"  {v['lpips']:>6.4f}" if lp else ""))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' protocol)")
-    p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
-    p.add_argument("--scale", required=True, help="upscaling factor (any positive number for bicubic)")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="HR image folders")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout only)")
-    p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel")
-    p.add_argument("--crop", type=int, default=None, help="border crop in pixels (default: the scale)")
-    p.add_argument("--save", metavar="DIR", help="also write the upscaled images here")
-    p.add_argument("--lpips", action="store_true",
-                   help="also LPIPS v0.1 on RGB (lower is better); needs the two files below")
-    p.add_argument("--lpips-weights", metavar="FILE",
-                   help="LPIPS linear weights, alex.pth or vgg.pth of the lpips package (weights/v0.1/); "
-                        "default: $UPSAMPLE_LPIPS_WEIGHTS")
-    p.add_argument("--lpips-backbone", metavar="FILE",
-                   help="torchvision's ImageNet weights of that backbone (alexnet-owt-7be5be79.pth or "
-                        "vgg16-397923af.pth); default: $UPSAMPLE_LPIPS_BACKBONE")
-    # fp32 by default: the numbers measure the model, not the machine's half-precision units
-    add_runtime_options(p, precision="fp32")
-    p.set_defaults(func=run)
+        lines.append(f"{k:<{width}}  {v['n']:>4}  {v['psnr']:>7.2f}  {v['ssim']:>6.4f}"
+                     + (f"  {v['lpips']:>6.4f}" if lpips else ""))
+    return "\n".join(lines)

@@ -28,6 +28,7 @@ from .. import __version__
 from ..media.imageio import Planes, atomic_output
 from ..models import WEIGHTS_DIR
 from ..runtime.cache import FUSED_GRAPH, cache_dir, ov_compiled
+from ..runtime.kinds import Backend, Precision
 
 PLAN_VERSION = 2  # 2: auto may pick a bf16-body (fp32 ends) graph
 MAX_OUT_PIXELS = 2_000_000  # larger outputs take the full path (its memory-bounded tiling)
@@ -49,8 +50,8 @@ def _sources(model: str | None) -> list[Path]:
 
 def plan_path(args) -> Path | None:
     """Where the plan for these `image` options lives; None where the fast path never applies."""
-    if (args.backend != "auto" or str(args.device) != "cpu" or args.half or args.outscale is not None
-            or args.tile is not None or args.max_memory is not None or args.precision == "int8"):
+    if (args.backend != Backend.AUTO or str(args.device) != "cpu" or args.half or args.outscale is not None
+            or args.tile is not None or args.max_memory is not None or args.precision == Precision.INT8):
         return None
     model = args.model
     if model is not None and Path(model).is_file():
@@ -62,7 +63,7 @@ def plan_path(args) -> Path | None:
 
 def remember(args, up) -> None:
     """After the full path built `up` (an `Upscaler`): write the plan if one graph does it all."""
-    path, graph = plan_path(args), getattr(up, "graph", None)  # None too for non-model upscalers
+    path, graph = plan_path(args), up.graph  # None for non-model upscalers
     if path is None or graph is None or not up.from_file:
         return  # not auto on the CPU, or an untrained model (nothing to stamp)
     spec = up.spec

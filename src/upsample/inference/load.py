@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..runtime.kinds import BACKENDS, PRECISIONS
+from ..runtime.kinds import BACKENDS, PRECISIONS, Backend, Precision
+from ..runtime.pytorch import torch_runner
+from ..runtime.runner import Runner
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
@@ -77,7 +79,7 @@ def check_device(device: str, backend: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported device {device!r}: use cpu or cuda")
     if dev.type == "cuda":
-        if backend == "openvino":
+        if backend == Backend.OPENVINO:
             raise UserError("the openvino backend runs on the CPU here: use --device cpu")
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
@@ -89,53 +91,63 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
                   quiet: bool = False) -> Upscaler:
     """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
     `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32."""
+    backend, precision = _check_options(backend, precision, threads)
+    if spec == "bicubic":
+        if scale is None:
+            raise UserError("bicubic needs --scale")
+        if backend not in (Backend.TORCH, Backend.AUTO):
+            raise UserError("bicubic runs on the torch backend only")
+        return BicubicUpscaler(check_scale(scale), device)
+    dev = check_device(device, Backend.OPENVINO if backend == Backend.AUTO and device == "cpu" else backend)
+    is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
+    if precision == Precision.INT8 and not is_int8:
+        raise UserError(f"--precision int8 needs an int8 model: make one with `upsample quantize "
+                        f"{spec} --backend openvino --calib DIR -o {Path(spec).stem}-int8.xml` and pass that")
+    if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
+        from ..runtime.int8 import BACKEND_OF, load_runner
+        runtime = BACKEND_OF.get(Path(spec).suffix.lower(), Backend.ONNXRUNTIME) \
+            if backend == Backend.AUTO else backend
+        runner, name = load_runner(Path(spec), runtime, dev)
+        return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
+                                         backend=backend, device=dev)
+    model, name = resolve_model(spec)
+    if model.upsample_spec.kind != "generator":
+        raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
+    s = model_scale(model.upsample_spec, scale, name)
+    runner = _runner(model, backend, dev, name=name, scale=s, precision=precision, threads=threads,
+                     quiet=quiet)
+    up = ModelUpscaler.from_runner(runner, scale=s, name=name, backend=backend, device=dev)
+    if backend == Backend.AUTO and dev.type == "cpu":  # a plan (`fastpath`) stamps the weights file
+        from ..models import registry
+        up.from_file = spec not in registry.list_models(None) or registry.weights_path(spec) is not None
+    return up
+
+
+def _check_options(backend: str, precision: str, threads: int | None) -> tuple[Backend, Precision]:
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision not in ("auto", "fp32") and backend != "auto":
+    backend, precision = Backend(backend), Precision(precision)
+    if precision not in (Precision.AUTO, Precision.FP32) and backend != Backend.AUTO:
         raise UserError(f"--precision {precision} needs --backend auto (the {backend} backend runs fp32)")
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    if spec == "bicubic":
-        if scale is None:
-            raise UserError("bicubic needs --scale")
-        if backend not in ("torch", "auto"):
-            raise UserError("bicubic runs on the torch backend only")
-        return BicubicUpscaler(check_scale(scale), device)
-    dev = check_device(device, "openvino" if backend == "auto" and device == "cpu" else backend)
-    is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
-    if precision == "int8" and not is_int8:
-        raise UserError(f"--precision int8 needs an int8 model: make one with `upsample quantize "
-                        f"{spec} --backend openvino --calib DIR -o {Path(spec).stem}-int8.xml` and pass that")
-    if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
-        from ..runtime.int8 import BACKEND_OF, load_runner
-        runtime = BACKEND_OF.get(Path(spec).suffix.lower(), "onnxruntime") if backend == "auto" else backend
-        run_net, net_spec, name = load_runner(Path(spec), runtime, dev)
-        up = ModelUpscaler(None, run_net, scale=model_scale(net_spec, scale, name), name=name,
-                           backend=backend, device=dev, spec=net_spec)
-        up.precision, up.runtime = "int8", runtime
-        return up
-    model, name = resolve_model(spec)
-    if model.upsample_spec.kind != "generator":
-        raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    s = model_scale(model.upsample_spec, scale, name)
-    if backend == "auto":
+    return backend, precision
+
+
+def _runner(model: nn.Module, backend: Backend, dev: torch.device, *, name: str, scale: float,
+            precision: Precision, threads: int | None, quiet: bool) -> Runner:
+    """The runtime asked for turns the model into a runner (auto: the fastest that holds here)."""
+    if backend == Backend.AUTO:
         from ..runtime import auto
         if dev.type == "cuda":
-            return auto.cuda_upscaler(model, name=name, scale=s, device=dev, precision=precision,
-                                      quiet=quiet)
-        up = auto.cpu_upscaler(model, name=name, scale=s, precision=precision, threads=threads,
+            return auto.cuda_runner(model, name=name, device=dev, precision=precision, quiet=quiet)
+        return auto.cpu_runner(model, name=name, scale=scale, precision=precision, threads=threads,
                                quiet=quiet)
-        from ..models import registry
-        up.from_file = spec not in registry.list_models(None) or registry.weights_path(spec) is not None
-        return up
-    if backend == "torch":
-        model = model.to(dev)
-        run_net = model
-    else:
-        from ..runtime import export
-        run_net = export.runtime_session(model, backend, dev, threads=threads)
-    return ModelUpscaler(model, run_net, scale=s, name=name, backend=backend, device=dev)
+    if backend == Backend.TORCH:
+        return torch_runner(model, dev)
+    from ..runtime.sessions import session_runner
+    return session_runner(model, backend, dev, threads=threads)

@@ -24,18 +24,29 @@ from torch.nn import functional as F
 
 from ..data.degrade import imresize, output_size
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..models.registry import ModelSpec
+from ..runtime.runner import Runner
 
 
 
 
 class Upscaler:
-    """Callable RGB -> RGB upscaler with a fixed `scale`."""
+    """Callable RGB -> RGB upscaler with a fixed `scale`. Every attribute a caller reads is
+    declared here, with the value a non-network upscaler (bicubic, a wrapper) has."""
 
     name: str = "upscaler"
     scale: float = 1.0
     device: torch.device = torch.device("cpu")
-    backend: str = "torch"
-    model: nn.Module | None = None  # the torch network, where there is one
+    backend: str = "torch"            # what was asked for (`--backend`)
+    runtime: str = "torch"            # what runs the network ("openvino, fused edges", ...)
+    precision: str = "fp32"           # its arithmetic: fp32, bf16, bf16-body, fp16, int8
+    model: nn.Module | None = None    # the torch network, where there is one
+    spec: ModelSpec | None = None     # how the network is fed, where there is one
+    inner: Upscaler | None = None     # the upscaler a wrapper (outscale, half) runs
+    channel_agnostic: bool = False    # works on any number of planes alike (e.g. bicubic)
+    run_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None  # RGB -> RGB in one graph
+    graph: tuple[Path, str] | None = None  # that OpenVINO graph and precision: `fastpath` reruns it
+    from_file: bool = False           # the weights came from a file (a plan can stamp it)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -46,6 +57,8 @@ class Upscaler:
 
 class BicubicUpscaler(Upscaler):
     """MATLAB-style bicubic interpolation: the reference every model is compared with."""
+
+    channel_agnostic = True
 
     def __init__(self, scale: float, device: str | torch.device = "cpu"):
         self.name, self.scale, self.device = "bicubic", float(scale), torch.device(device)
@@ -64,12 +77,16 @@ class ModelUpscaler(Upscaler):
         self.model, self.run_net = model, run_net
         self.spec = spec if spec is not None else model.upsample_spec
         self.scale, self.name, self.backend, self.device = float(scale), name, backend, device
-        self.run_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None  # the whole RGB -> RGB
-        self.precision, self.runtime = "fp32", backend  # what actually runs (auto picks them)
-        # set by `--backend auto` on the CPU, read by `fastpath.remember`: (the RGB -> RGB or
-        # network graph, its OpenVINO precision), and whether the weights came from a file
-        self.graph: tuple[Path, str] | None = None
-        self.from_file = False
+        self.runtime = backend
+
+    @classmethod
+    def from_runner(cls, runner: Runner, *, scale: float, name: str, backend: str,
+                    device: torch.device) -> ModelUpscaler:
+        up = cls(runner.model, runner.run, scale=scale, name=name, backend=backend, device=device,
+                 spec=runner.spec)
+        up.runtime, up.precision = runner.runtime, str(runner.precision)
+        up.run_rgb, up.graph = runner.run_rgb, runner.graph
+        return up
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

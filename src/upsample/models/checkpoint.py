@@ -8,16 +8,16 @@ Foreign files (.pth/.pt/...) are read with `torch.load(weights_only=True)`: Basi
 (`params_ema` preferred over `params`), `state_dict`/`model` wrappers, `module.`/`netG.` prefixes,
 original-ESRGAN (`model.N`, `RRDB_trunk`) names, the VapSR beta names and the common VDSR port are
 mapped to ours; the architecture and its keywords are then detected from tensor names and shapes.
-Loading is always strict: a mismatch is one UserError naming the missing/unexpected keys.
+Loading is always strict: a mismatch is one UserError naming the missing/unexpected keys. The
+foreign names and the shapes are each architecture's own knowledge (`rename_foreign`, `detect` in
+its file); registry.FOREIGN_RENAMERS and registry.DETECTORS list them in order of precedence.
 
-`upsample interpolate A B --alpha a`: parameter-wise (1 - a) A + a B of two such checkpoints.
+`interpolate_checkpoints` (the `upsample interpolate` command): parameter-wise (1 - a) A + a B.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import re
 import struct
@@ -147,142 +147,30 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in ("module.", "netG.", "generator."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    keys = set(state)
-    if "model.0.weight" in keys and any(k.startswith("model.1.sub.") for k in keys):
-        return _from_esrgan_sequential(state)
-    if any(k.startswith("RRDB_trunk.") for k in keys):
-        ren = [(r"^RRDB_trunk\.", "body."), (r"\.RDB(\d)\.", r".rdb\1."), (r"^trunk_conv\.", "conv_body."),
-               (r"^upconv(\d)\.", r"conv_up\1."), (r"^HRconv\.", "conv_hr.")]
-        return _rename(state, ren)
-    if any(".spatial_gating_unit." in k for k in keys):  # VapSR beta (vapsr_beta.py) names
-        ren = [(r"\.spatial_gating_unit\.conv0\.", ".atten_branch.depthwise."),
-               (r"\.spatial_gating_unit\.conv_spatial\.", ".atten_branch.depthwise_dilated."),
-               (r"\.spatial_gating_unit\.conv1\.", ".atten_branch.pointwise."),
-               (r"^(body\.\d+)\.norm\.", r"\1.pixel_norm.")]
-        return _rename(state, ren)
-    if "input.weight" in keys and any(k.startswith("residual_layer.") for k in keys):  # VDSR port
-        ren = [(r"^input\.", "conv_first."), (r"^residual_layer\.(\d+)\.conv\.", r"body.\1."),
-               (r"^output\.", "conv_last.")]
-        return _rename(state, ren)
+    for rename_foreign in registry.FOREIGN_RENAMERS:
+        renamed = rename_foreign(state)
+        if renamed is not None:
+            return renamed
     return state
-
-
-def _rename(state: dict, rules: list[tuple[str, str]]) -> dict:
-    out = {}
-    for k, v in state.items():
-        for pat, rep in rules:
-            k = re.sub(pat, rep, k)
-        out[k] = v
-    return out
-
-
-def _from_esrgan_sequential(state: dict) -> dict:
-    """Original ESRGAN (`model.0`, `model.1.sub.N.RDBj.convk.0`, `model.1.sub.<last>` = trunk conv,
-    then the upsampling/HR convs as `model.3`, `model.6`, `model.8`, `model.10` for x4)."""
-    out = {}
-    sub = re.compile(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$")
-    trunk = max((int(m.group(1)) for k in state if (m := sub.match(k))), default=-1) + 1
-    tail = sorted({int(m.group(1)) for k in state if (m := re.match(r"^model\.(\d+)\.", k))} - {0, 1})
-    tail_names = {}
-    if len(tail) >= 2:
-        ups = tail[:-2]
-        tail_names = {i: f"conv_up{n + 1}" for n, i in enumerate(ups)}
-        tail_names[tail[-2]], tail_names[tail[-1]] = "conv_hr", "conv_last"
-    for k, v in state.items():
-        if m := sub.match(k):
-            out[f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"] = v
-        elif m := re.match(rf"^model\.1\.sub\.{trunk}\.(weight|bias)$", k):
-            out[f"conv_body.{m.group(1)}"] = v
-        elif m := re.match(r"^model\.(\d+)\.(weight|bias)$", k):
-            i = int(m.group(1))
-            out[f"{'conv_first' if i == 0 else tail_names.get(i, f'model.{i}')}.{m.group(2)}"] = v
-        else:
-            out[k] = v
-    return out
 
 
 # ---------------------------------------------------------------- detection from tensors
 
 
-def _count(keys, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in keys if (m := rx.match(k))})
-
-
-def _shape(state, key) -> tuple:
-    return tuple(state[key].shape)
-
-
 def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, dict]:
-    """(arch, constructor keywords) from tensor names and shapes; UserError when nothing fits."""
-    keys = set(state)
-    try:
-        if {"conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"} <= keys:
-            feat, cin = _shape(state, "conv_first.weight")[:2]
-            cout = _shape(state, "conv_last.weight")[0]
-            factor = cin // cout if cin % cout == 0 else 0
-            if "conv_up2.weight" in keys:
-                scale = {1: 4, 4: 2, 16: 1}.get(factor)
-            else:
-                scale = 3 if factor == 1 else None
-            if scale is None:
-                raise UserError(f"{source}: RRDBNet with {cin} input and {cout} output channels "
-                                "matches no scale (1, 2, 3 or 4)")
-            return "rrdbnet", {"scale": scale, "num_in_ch": cin // factor, "num_out_ch": cout,
-                               "num_feat": feat, "num_block": _count(keys, r"^body\.(\d+)\.rdb1\."),
-                               "num_grow_ch": _shape(state, "body.0.rdb1.conv1.weight")[0]}
-        if {"conv_first.weight", "body.0.proj_1.weight", "body.0.atten_branch.depthwise.weight"} <= keys:
-            feat, cin = _shape(state, "conv_first.weight")[:2]
-            kwargs = {"num_in_ch": cin, "num_feat": feat, "num_block": _count(keys, r"^body\.(\d+)\.proj_1\."),
-                      "d_atten": _shape(state, "body.0.proj_1.weight")[0],
-                      "conv_groups": feat // _shape(state, "conv_body.weight")[1],
-                      "plain_3x3": _shape(state, "body.0.atten_branch.depthwise.weight")[-1] == 3}
-            if "upsampler.3.weight" in keys:  # x4: conv, shuffle, lrelu, conv(16 -> 4C), shuffle
-                kwargs.update(scale=4, num_out_ch=_shape(state, "upsampler.3.weight")[0] // 4)
-            elif "upsampler.2.weight" in keys:  # x2/x3: conv, lrelu, conv(56 -> s^2 C), shuffle
-                n = _shape(state, "upsampler.2.weight")[0]
-                scale = next((s for s in (2, 3) if n % (s * s) == 0 and n // (s * s) in (1, 3)), None)
-                if scale is None:
-                    raise UserError(f"{source}: VapSR upsampler with {n} output channels matches no scale")
-                kwargs.update(scale=scale, num_out_ch=n // (scale * scale))
-            else:
-                raise UserError(f"{source}: VapSR without a known upsampler (upsampler.2 or upsampler.3)")
-            return "vapsr", kwargs
-        if {"down.head.weight", "down.tail.weight", "up.first_part.0.weight"} <= keys:
-            hr_feat, cin = _shape(state, "down.head.weight")[:2]
-            n_up = _shape(state, "up.last_part.0.weight")[0]
-            n_conv = _count(keys, r"^down\.body\.(\d+)\.weight$")
-            return "joint", {"scale": math.isqrt(n_up // cin), "num_in_ch": cin, "hr_feat": hr_feat,
-                             "down_feat": _shape(state, "down.tail.weight")[1] if n_conv else 32,
-                             "down_conv": n_conv,
-                             "num_feat": _shape(state, "up.first_part.0.weight")[0],
-                             "mid_feat": _shape(state, "up.first_part.2.weight")[0]}
-        if {"first_part.0.weight", "first_part.2.weight", "last_part.0.weight"} <= keys:
-            feat, cin = _shape(state, "first_part.0.weight")[:2]
-            n = _shape(state, "last_part.0.weight")[0]
-            scale = math.isqrt(n // cin)
-            if scale * scale * cin != n:
-                raise UserError(f"{source}: ESPCN with {n} output channels for {cin} input channels "
-                                "is not a square scale")
-            return "espcn", {"scale": scale, "num_in_ch": cin, "num_feat": feat,
-                             "mid_feat": _shape(state, "first_part.2.weight")[0]}
-        if {"conv_first.weight", "body.0.weight", "conv_last.weight"} <= keys and \
-                len(_shape(state, "body.0.weight")) == 4:
-            feat, cin = _shape(state, "conv_first.weight")[:2]
-            return "vdsr", {"num_in_ch": cin, "num_feat": feat,
-                            "num_layers": _count(keys, r"^body\.(\d+)\.weight$") + 2,
-                            "bias": "conv_first.bias" in keys}
-        if {"conv0_0.weight", "linear1.weight", "linear2.weight"} <= keys:
-            feat, cin = _shape(state, "conv0_0.weight")[:2]
-            return "vgg_discriminator", {"num_in_ch": cin, "num_feat": feat,
-                                         "input_size": 256 if "conv5_0.weight" in keys else 128}
-        if {"conv0.weight", "conv1.weight_orig", "conv9.weight"} <= keys:
-            feat, cin = _shape(state, "conv0.weight")[:2]
-            return "unet_discriminator_sn", {"num_in_ch": cin, "num_feat": feat}
-    except (KeyError, IndexError, ZeroDivisionError) as exc:
-        raise UserError(f"{source}: tensor names look like a known architecture but {exc} "
-                        "does not fit it") from None
-    sample = ", ".join(sorted(keys)[:5])
+    """(arch, constructor keywords) from tensor names and shapes; UserError when nothing fits.
+    Each architecture in registry.DETECTORS is asked in turn; the first to recognise it wins."""
+    for arch, detect in registry.DETECTORS:
+        try:
+            kwargs = detect(state)
+        except UserError as exc:  # the names are this architecture's, the shapes fit none of it
+            raise UserError(f"{source}: {exc}") from None
+        except (KeyError, IndexError, ZeroDivisionError) as exc:
+            raise UserError(f"{source}: tensor names look like a known architecture but {exc} "
+                            "does not fit it") from None
+        if kwargs is not None:
+            return arch, kwargs
+    sample = ", ".join(sorted(state)[:5])
     raise UserError(f"{source}: cannot tell the architecture from its tensors ({sample}, ...); "
                     f"known: {', '.join(registry.ARCHS)}")
 
@@ -368,31 +256,3 @@ def interpolate_checkpoints(path_a, path_b, alpha: float, out, *, fp16: bool = F
     model_a.load_state_dict(interpolate_states(sa, sb, alpha))
     extra = {"interpolated": {"a": str(path_a), "b": str(path_b), "alpha": alpha}}
     return save_checkpoint(model_a, out, config=meta_a.get("config"), extra=extra, fp16=fp16)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        raise UserError(f"--alpha must be a number in [0, 1], got {args.alpha!r}") from None
-    if not 0 <= alpha <= 1:
-        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
-    out = Path(args.output)
-    if out.suffix.lower() != ".safetensors":
-        raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; use --force to overwrite it")
-    interpolate_checkpoints(args.a, args.b, alpha, out, fp16=args.fp16)
-    print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("interpolate", help="blend two checkpoints of one architecture parameter-wise")
-    p.add_argument("a", help="checkpoint A (alpha 0)")
-    p.add_argument("b", help="checkpoint B (alpha 1)")
-    p.add_argument("--alpha", required=True, help="weight of B: the result is (1-alpha)*A + alpha*B")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
-    p.add_argument("--fp16", action="store_true", help="store the result in float16")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.set_defaults(func=run)

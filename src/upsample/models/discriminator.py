@@ -8,9 +8,12 @@ per pixel.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
+
+from .state_keys import shape
 
 
 class VGGStyleDiscriminator(nn.Module):
@@ -83,3 +86,24 @@ class UNetDiscriminatorSN(nn.Module):
         if self.skip_connection:
             x6 = x6 + x0
         return self.conv9(act(self.conv8(act(self.conv7(x6)))))
+
+
+# ------------------------------------------------------------------ recognising state dicts
+
+
+def detect_vgg_style(state: dict[str, torch.Tensor]) -> dict | None:
+    """VGGStyleDiscriminator's constructor keywords when `state` is one, else None."""
+    keys = set(state)
+    if not {"conv0_0.weight", "linear1.weight", "linear2.weight"} <= keys:
+        return None
+    feat, cin = shape(state, "conv0_0.weight")[:2]
+    return {"num_in_ch": cin, "num_feat": feat, "input_size": 256 if "conv5_0.weight" in keys else 128}
+
+
+def detect_unet_sn(state: dict[str, torch.Tensor]) -> dict | None:
+    """UNetDiscriminatorSN's constructor keywords when `state` is one, else None."""
+    # `weight_orig`: spectral_norm keeps the raw weight under that name
+    if not {"conv0.weight", "conv1.weight_orig", "conv9.weight"} <= set(state):
+        return None
+    feat, cin = shape(state, "conv0.weight")[:2]
+    return {"num_in_ch": cin, "num_feat": feat}

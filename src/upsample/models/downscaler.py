@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from ..data.degrade import imresize
 from .espcn import ESPCN
+from .state_keys import count_indices, shape
 
 # ITU-T T.81 Annex K.1: the luminance quantization table (quality 50).
 JPEG_LUMA = np.array([
@@ -161,3 +162,21 @@ class JointSR(nn.Module):
         if hr:
             return self.up(self.codec(self.downscale(x)))
         return self.up(x)
+
+
+# ------------------------------------------------------------------ recognising state dicts
+
+
+def detect(state: dict[str, torch.Tensor]) -> dict | None:
+    """JointSR's constructor keywords when `state` is one, else None."""
+    keys = set(state)
+    if not {"down.head.weight", "down.tail.weight", "up.first_part.0.weight"} <= keys:
+        return None
+    hr_feat, cin = shape(state, "down.head.weight")[:2]
+    n_up = shape(state, "up.last_part.0.weight")[0]
+    n_conv = count_indices(keys, r"^down\.body\.(\d+)\.weight$")
+    return {"scale": math.isqrt(n_up // cin), "num_in_ch": cin, "hr_feat": hr_feat,
+            "down_feat": shape(state, "down.tail.weight")[1] if n_conv else 32,
+            "down_conv": n_conv,
+            "num_feat": shape(state, "up.first_part.0.weight")[0],
+            "mid_feat": shape(state, "up.first_part.2.weight")[0]}

@@ -8,7 +8,13 @@ PyTorch port (`first_part.0/2`, `last_part.0`) so its state dicts load unchanged
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
+
+from ..errors import UserError
+from .state_keys import shape
 
 
 class ESPCN(nn.Module):
@@ -23,3 +29,18 @@ class ESPCN(nn.Module):
 
     def forward(self, x):
         return self.last_part(self.first_part(x))
+
+
+def detect(state: dict[str, torch.Tensor]) -> dict | None:
+    """ESPCN's constructor keywords when `state` is one, else None. UserError when the output
+    channels are no square multiple of the input channels."""
+    if not {"first_part.0.weight", "first_part.2.weight", "last_part.0.weight"} <= set(state):
+        return None
+    feat, cin = shape(state, "first_part.0.weight")[:2]
+    n = shape(state, "last_part.0.weight")[0]
+    scale = math.isqrt(n // cin)
+    if scale * scale * cin != n:
+        raise UserError(f"ESPCN with {n} output channels for {cin} input channels "
+                        "is not a square scale")
+    return {"scale": scale, "num_in_ch": cin, "num_feat": feat,
+            "mid_feat": shape(state, "first_part.2.weight")[0]}

@@ -1,4 +1,4 @@
-"""The model zoo: registered variants as data, `create_model`, introspection, `upsample models`.
+"""The model zoo: registered variants as data, `create_model`, introspection (`upsample models`).
 
 A variant is a name bound to an architecture and its constructor keywords. Every model built here
 carries `model.upsample_spec` (a `ModelSpec`), which says how to feed it: its scale (None for
@@ -8,8 +8,8 @@ it expects the bicubic-upscaled image (`pre_upsample`), and whether it is a gene
 
 from __future__ import annotations
 
-import argparse
 import difflib
+from collections.abc import Callable
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from . import WEIGHTS_DIR
+from . import WEIGHTS_DIR, discriminator, downscaler, espcn, rrdbnet, vapsr, vdsr
 from .discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
 from .downscaler import JointSR
 from .espcn import ESPCN
@@ -36,6 +36,27 @@ ARCHS: dict[str, type[nn.Module]] = {
     "unet_discriminator_sn": UNetDiscriminatorSN,
 }
 DISCRIMINATORS = {"vgg_discriminator", "unet_discriminator_sn"}
+
+StateDict = dict[str, torch.Tensor]
+
+# How checkpoint.detect_arch recognises a bare state dict: each architecture's `detect` returns its
+# constructor keywords or None; the first that answers wins, so this order is the precedence.
+DETECTORS: list[tuple[str, Callable[[StateDict], dict | None]]] = [
+    ("rrdbnet", rrdbnet.detect),
+    ("vapsr", vapsr.detect),
+    ("joint", downscaler.detect),
+    ("espcn", espcn.detect),
+    ("vdsr", vdsr.detect),
+    ("vgg_discriminator", discriminator.detect_vgg_style),
+    ("unet_discriminator_sn", discriminator.detect_unet_sn),
+]
+# Other projects' parameter names for our architectures: each returns the state dict in our names,
+# or None when it is not in its layouts; the first that answers wins (checkpoint.normalize_keys).
+FOREIGN_RENAMERS: list[Callable[[StateDict], StateDict | None]] = [
+    rrdbnet.rename_foreign,  # original ESRGAN: `model.N` sequential, `RRDB_trunk`
+    vapsr.rename_foreign,    # VapSR beta
+    vdsr.rename_foreign,     # the common VDSR port
+]
 PRE_UPSAMPLE = {"vdsr"}  # archs whose forward takes the bicubic-upscaled image
 
 MACS_INPUT = 256  # side of the input image the `macs` column is counted for
@@ -180,34 +201,3 @@ def describe(name: str) -> dict:
     return {"name": name, "scale": spec.scale, "params": count_params(model),
             "macs": count_macs(model, size), "input": spec.input,
             "weights": str(weights) if weights else None}
-
-
-def _human(n: float) -> str:
-    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def run(args: argparse.Namespace) -> int:
-    rows = [describe(n) for n in list_models(None if args.all else "generator")]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  {'scale':>5}  {'params':>10}  {'macs':>8}  input  weights")
-    for r in rows:
-        scale = f"x{r['scale']}" if r["scale"] else ("any" if get_spec(r["name"]).pre_upsample else "-")
-        print(f"{r['name']:<{width}}  {scale:>5}  {r['params']:>10,}  {_human(r['macs']):>8}  "
-              f"{r['input']:<5}  {r['weights'] or '-'}")
-    print(f"macs: multiply-accumulates for one {MACS_INPUT}x{MACS_INPUT} input image (vdsr: its "
-          f"bicubic-upscaled input); models without shipped weights start untrained")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("models", help="list the registered models: scale, parameters, MACs, weights")
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.add_argument("--all", action="store_true", help="include the GAN discriminators")
-    p.set_defaults(func=run)
-

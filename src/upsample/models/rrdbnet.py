@@ -9,9 +9,14 @@ nearest x3 + conv_up1 and has no conv_up2.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..errors import UserError
+from .state_keys import count_indices, rename_keys, shape
 
 
 @torch.no_grad()
@@ -80,3 +85,69 @@ class RRDBNet(nn.Module):
             feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
             feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+# ------------------------------------------------------------------ recognising state dicts
+
+
+def detect(state: dict[str, torch.Tensor]) -> dict | None:
+    """RRDBNet's constructor keywords when `state` (our/BasicSR names) is one, else None.
+    UserError when the names fit but the channel counts match no scale."""
+    keys = set(state)
+    if not {"conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"} <= keys:
+        return None
+    feat, cin = shape(state, "conv_first.weight")[:2]
+    cout = shape(state, "conv_last.weight")[0]
+    # x2 / x1 pixel-unshuffle the input: conv_first sees 4x / 16x the image channels
+    factor = cin // cout if cin % cout == 0 else 0
+    if "conv_up2.weight" in keys:
+        scale = {1: 4, 4: 2, 16: 1}.get(factor)
+    else:
+        scale = 3 if factor == 1 else None
+    if scale is None:
+        raise UserError(f"RRDBNet with {cin} input and {cout} output channels "
+                        "matches no scale (1, 2, 3 or 4)")
+    return {"scale": scale, "num_in_ch": cin // factor, "num_out_ch": cout,
+            "num_feat": feat, "num_block": count_indices(keys, r"^body\.(\d+)\.rdb1\."),
+            "num_grow_ch": shape(state, "body.0.rdb1.conv1.weight")[0]}
+
+
+# The original ESRGAN repository's `RRDB_trunk` names (RRDBNet_arch.py) -> BasicSR's.
+_ESRGAN_TRUNK_RULES = [(r"^RRDB_trunk\.", "body."), (r"\.RDB(\d)\.", r".rdb\1."),
+                       (r"^trunk_conv\.", "conv_body."), (r"^upconv(\d)\.", r"conv_up\1."),
+                       (r"^HRconv\.", "conv_hr.")]
+
+
+def rename_foreign(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`state` in our names when it is in one of original ESRGAN's layouts, else None."""
+    keys = set(state)
+    if "model.0.weight" in keys and any(k.startswith("model.1.sub.") for k in keys):
+        return _from_esrgan_sequential(state)
+    if any(k.startswith("RRDB_trunk.") for k in keys):
+        return rename_keys(state, _ESRGAN_TRUNK_RULES)
+    return None
+
+
+def _from_esrgan_sequential(state: dict) -> dict:
+    """Original ESRGAN (`model.0`, `model.1.sub.N.RDBj.convk.0`, `model.1.sub.<last>` = trunk conv,
+    then the upsampling/HR convs as `model.3`, `model.6`, `model.8`, `model.10` for x4)."""
+    out = {}
+    sub = re.compile(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$")
+    trunk = max((int(m.group(1)) for k in state if (m := sub.match(k))), default=-1) + 1
+    tail = sorted({int(m.group(1)) for k in state if (m := re.match(r"^model\.(\d+)\.", k))} - {0, 1})
+    tail_names = {}
+    if len(tail) >= 2:
+        ups = tail[:-2]
+        tail_names = {i: f"conv_up{n + 1}" for n, i in enumerate(ups)}
+        tail_names[tail[-2]], tail_names[tail[-1]] = "conv_hr", "conv_last"
+    for k, v in state.items():
+        if m := sub.match(k):
+            out[f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"] = v
+        elif m := re.match(rf"^model\.1\.sub\.{trunk}\.(weight|bias)$", k):
+            out[f"conv_body.{m.group(1)}"] = v
+        elif m := re.match(r"^model\.(\d+)\.(weight|bias)$", k):
+            i = int(m.group(1))
+            out[f"{'conv_first' if i == 0 else tail_names.get(i, f'model.{i}')}.{m.group(2)}"] = v
+        else:
+            out[k] = v
+    return out

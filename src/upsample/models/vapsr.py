@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
+from .state_keys import count_indices, rename_keys, shape
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, plain_3x3: bool = False):
@@ -89,3 +92,44 @@ class VapSR(nn.Module):
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         return self.upsampler(feat)
+
+
+# ------------------------------------------------------------------ recognising state dicts
+
+
+def detect(state: dict[str, torch.Tensor]) -> dict | None:
+    """VapSR's constructor keywords when `state` is one, else None. UserError when the names
+    fit but the upsampler is missing or matches no scale."""
+    keys = set(state)
+    if not {"conv_first.weight", "body.0.proj_1.weight", "body.0.atten_branch.depthwise.weight"} <= keys:
+        return None
+    feat, cin = shape(state, "conv_first.weight")[:2]
+    kwargs = {"num_in_ch": cin, "num_feat": feat, "num_block": count_indices(keys, r"^body\.(\d+)\.proj_1\."),
+              "d_atten": shape(state, "body.0.proj_1.weight")[0],
+              "conv_groups": feat // shape(state, "conv_body.weight")[1],
+              "plain_3x3": shape(state, "body.0.atten_branch.depthwise.weight")[-1] == 3}
+    if "upsampler.3.weight" in keys:  # x4: conv, shuffle, lrelu, conv(16 -> 4C), shuffle
+        kwargs.update(scale=4, num_out_ch=shape(state, "upsampler.3.weight")[0] // 4)
+    elif "upsampler.2.weight" in keys:  # x2/x3: conv, lrelu, conv(56 -> s^2 C), shuffle
+        n = shape(state, "upsampler.2.weight")[0]
+        scale = next((s for s in (2, 3) if n % (s * s) == 0 and n // (s * s) in (1, 3)), None)
+        if scale is None:
+            raise UserError(f"VapSR upsampler with {n} output channels matches no scale")
+        kwargs.update(scale=scale, num_out_ch=n // (scale * scale))
+    else:
+        raise UserError("VapSR without a known upsampler (upsampler.2 or upsampler.3)")
+    return kwargs
+
+
+# The VapSR beta release (vapsr_beta.py) named the attention `spatial_gating_unit` and the norm `norm`.
+_BETA_RULES = [(r"\.spatial_gating_unit\.conv0\.", ".atten_branch.depthwise."),
+               (r"\.spatial_gating_unit\.conv_spatial\.", ".atten_branch.depthwise_dilated."),
+               (r"\.spatial_gating_unit\.conv1\.", ".atten_branch.pointwise."),
+               (r"^(body\.\d+)\.norm\.", r"\1.pixel_norm.")]
+
+
+def rename_foreign(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`state` in our names when it uses the VapSR beta names, else None."""
+    if any(".spatial_gating_unit." in k for k in state):
+        return rename_keys(state, _BETA_RULES)
+    return None

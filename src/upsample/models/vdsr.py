@@ -7,8 +7,11 @@ refines an image that was already upscaled by bicubic interpolation (the caller 
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .state_keys import count_indices, rename_keys, shape
 
 
 class VDSR(nn.Module):
@@ -32,3 +35,31 @@ class VDSR(nn.Module):
         for conv in self.body:
             feat = F.relu(conv(feat))
         return x + self.conv_last(feat)
+
+
+# ------------------------------------------------------------------ recognising state dicts
+
+
+def detect(state: dict[str, torch.Tensor]) -> dict | None:
+    """VDSR's constructor keywords when `state` is one, else None."""
+    keys = set(state)
+    # a 4-d body.0.weight: a conv layer (RRDBNet's and VapSR's body.0 are blocks, not convs)
+    if not ({"conv_first.weight", "body.0.weight", "conv_last.weight"} <= keys
+            and len(shape(state, "body.0.weight")) == 4):
+        return None
+    feat, cin = shape(state, "conv_first.weight")[:2]
+    return {"num_in_ch": cin, "num_feat": feat,
+            "num_layers": count_indices(keys, r"^body\.(\d+)\.weight$") + 2,
+            "bias": "conv_first.bias" in keys}
+
+
+# The common PyTorch port's names (`input`, `residual_layer.N.conv`, `output`).
+_PORT_RULES = [(r"^input\.", "conv_first."), (r"^residual_layer\.(\d+)\.conv\.", r"body.\1."),
+               (r"^output\.", "conv_last.")]
+
+
+def rename_foreign(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`state` in our names when it is in the common VDSR port's names, else None."""
+    if "input.weight" in state and any(k.startswith("residual_layer.") for k in state):
+        return rename_keys(state, _PORT_RULES)
+    return None

@@ -21,7 +21,6 @@ that its numbers do not depend on the machine).
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -31,14 +30,14 @@ from torch import nn
 
 from . import cache, export, fp32_ends
 from .cache import FUSED_GRAPH
-from ..media.imageio import atomic_write_bytes
 from ..data.degrade import BicubicUp
 from ..errors import UserError
-from ..data.colour import YCC, YCC_INV, YCC_OFFSET, rgb_to_ycbcr
-from ..inference.upscaler import ModelUpscaler
+from ..data.colour import YCC, YCC_INV, YCC_OFFSET
+from .checks import TOLERANCE, probe_image, remembered_check
+from .kinds import Backend, Precision
+from .runner import Runner
+from .sessions import file_session
 
-TOLERANCE = 1.0 / 255.0  # largest difference from fp32 that a half precision may make
-PROBE = Path(__file__).resolve().parents[1] / "assets" / "probe.png"
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -78,107 +77,79 @@ def can_fuse(model: nn.Module, scale: float) -> bool:
     return spec.input == "y" and spec.pad_multiple == 1 and float(scale).is_integer() and scale >= 1
 
 
-def probe_image(channels: int = 3, side: int = 96) -> torch.Tensor:
-    """A crop of the packaged sample photo-like image as float NCHW RGB in [0, 1]."""
-    from PIL import Image
-    with Image.open(PROBE) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    h, w = arr.shape[:2]
-    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    t = torch.from_numpy(np.ascontiguousarray(arr[y:y + side, x:x + side])).permute(2, 0, 1)[None]
-    return t if channels == 3 else rgb_to_ycbcr(t)[:, :1]
-
-
-def _checks_path(key: str) -> Path:
-    return cache.cache_dir() / f"{key}.checks.json"
-
-
-def remembered_check(key: str, what: str, measure) -> tuple[float, bool]:
-    """(the value of `what` for the weights `key` - a difference from fp32, or which variant ran
-    fastest -, whether `measure()` made it now): read from the cache, else measured and stored."""
-    path = _checks_path(key)
-    try:
-        done = json.loads(path.read_text())
-    except (OSError, ValueError):
-        done = {}
-    fresh = what not in done
-    if fresh:
-        done[what] = float(measure())
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps(done, indent=1).encode())
-        except OSError:
-            pass  # an unwritable cache only costs the check next time
-    return done[what], fresh
-
-
 def _say(msg: str) -> None:
     print(f"auto: {msg}", file=sys.stderr)
 
 
-def cpu_upscaler(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
-                 threads: int | None = None, quiet: bool = False) -> ModelUpscaler:
+def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
+               threads: int | None = None, quiet: bool = False) -> Runner:
     """OpenVINO, bf16 where it holds (see the module docstring), the edges fused for Y models."""
-    from .hardware import cpu_has_bf16
-    if precision == "fp16":
+    if precision == Precision.FP16:
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
     net_xml = export.cached_ir(model, key=key)  # the key already holds the weights hash
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
-    main_xml = fused_xml or net_xml
-    use = "f32"  # or bf16 (every layer), or bf16-body (fp32 ends: see `fp32_ends`)
-    if precision == "bf16":  # asked for: no check
-        if not cpu_has_bf16():
-            raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
-        use = "bf16"
-    elif precision == "auto" and cpu_has_bf16():
-        probe, ref = probe_image(3 if fused is not None else model.upsample_spec.channels), []
-
-        def measure(xml):
-            if not ref:
-                ref.append(np.asarray(cache.ov_compiled(main_xml, "f32", threads)(probe.numpy())[0]))
-            got = np.asarray(cache.ov_compiled(xml, "bf16", threads)(probe.numpy())[0])
-            return np.abs(got - ref[0]).max()
-        graph = f"-{FUSED_GRAPH}" if fused is not None else ""
-        said = []
-        for option in ("bf16", "bf16-body"):  # fastest first
-            xml = main_xml if option == "bf16" else fp32_ends.variant(main_xml)
-            diff, fresh = remembered_check(key, f"openvino-{option}-x{scale:g}{graph}", lambda: measure(xml))
-            if fresh:
-                said.append(f"{option} differs from fp32 by {diff * 255:.2f}/255")
-            if diff <= TOLERANCE:
-                use = option
-                break
-        if said and not quiet:
-            _say(f"{name} on the probe: {'; '.join(said)}; using {'fp32' if use == 'f32' else use}")
+    use = _cpu_precision(model, key, fused_xml or net_xml, fused is not None, name=name, scale=scale,
+                         precision=precision, threads=threads, quiet=quiet)
     if use == "bf16-body":
-        net_xml, main_xml = fp32_ends.variant(net_xml), fp32_ends.variant(main_xml)
-        fused_xml = main_xml if fused_xml is not None else None
+        net_xml = fp32_ends.variant(net_xml)
+        fused_xml = fp32_ends.variant(fused_xml) if fused_xml is not None else None
     ov_precision = "f32" if use == "f32" else "bf16"
-    cpu = torch.device("cpu")
-    compiled = {}
+    cpu, compiled = torch.device("cpu"), {}
 
     def run_net(t: torch.Tensor) -> torch.Tensor:  # compiled when first used (video's Y planes)
         if "net" not in compiled:
-            compiled["net"] = export.file_session(net_xml, "openvino", cpu, precision=ov_precision,
-                                                  threads=threads)
+            compiled["net"] = file_session(net_xml, Backend.OPENVINO, cpu, precision=ov_precision,
+                                           threads=threads)
         return compiled["net"](t)
 
-    up = ModelUpscaler(model, run_net, scale=scale, name=name, backend="auto", device=cpu)
-    up.precision, up.runtime = ("fp32" if use == "f32" else use), "openvino"
+    runner = Runner(run=run_net, spec=model.upsample_spec, runtime="openvino", model=model,
+                    precision="fp32" if use == "f32" else use, graph=(fused_xml or net_xml, ov_precision))
     if fused_xml is not None:
         # The fused graph is the faster one wherever it was timed (640x360, OpenVINO fp32, 2
         # threads: espcn-x3 120 vs 183 ms with the edges in torch, vdsr x3 12.8 vs 13.5 s).
-        fused_run = export.file_session(fused_xml, "openvino", cpu, precision=ov_precision, threads=threads)
-        up.run_rgb, up.runtime = fused_run, "openvino, fused edges"
-    up.graph = (main_xml, ov_precision)  # what `fastpath` reruns
-    return up
+        runner.run_rgb = file_session(fused_xml, Backend.OPENVINO, cpu, precision=ov_precision, threads=threads)
+        runner.runtime = "openvino, fused edges"
+    return runner
 
 
-def cuda_upscaler(model: nn.Module, *, name: str, scale: float, device: torch.device,
-                  precision: str = "auto", compile: bool = True, quiet: bool = False) -> ModelUpscaler:
+def _cpu_precision(model: nn.Module, key: str, main_xml: Path, fused: bool, *, name: str, scale: float,
+                   precision: str, threads: int | None, quiet: bool) -> str:
+    """OpenVINO's precision for `main_xml`: "f32", "bf16" (every layer) or "bf16-body" (fp32 ends,
+    see `fp32_ends`): the fastest whose output stays within TOLERANCE of fp32 on the probe."""
+    from .hardware import cpu_has_bf16
+    if precision == Precision.BF16:  # asked for: no check
+        if not cpu_has_bf16():
+            raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
+        return "bf16"
+    if precision != Precision.AUTO or not cpu_has_bf16():
+        return "f32"
+    probe, ref = probe_image(3 if fused else model.upsample_spec.channels), []
+
+    def measure(xml):
+        if not ref:
+            ref.append(np.asarray(cache.ov_compiled(main_xml, "f32", threads)(probe.numpy())[0]))
+        got = np.asarray(cache.ov_compiled(xml, "bf16", threads)(probe.numpy())[0])
+        return np.abs(got - ref[0]).max()
+    graph = f"-{FUSED_GRAPH}" if fused else ""
+    said, use = [], "f32"
+    for option in ("bf16", "bf16-body"):  # fastest first
+        xml = main_xml if option == "bf16" else fp32_ends.variant(main_xml)
+        diff, fresh = remembered_check(key, f"openvino-{option}-x{scale:g}{graph}", lambda: measure(xml))
+        if fresh:
+            said.append(f"{option} differs from fp32 by {diff * 255:.2f}/255")
+        if diff <= TOLERANCE:
+            use = option
+            break
+    if said and not quiet:
+        _say(f"{name} on the probe: {'; '.join(said)}; using {'fp32' if use == 'f32' else use}")
+    return use
+
+
+def cuda_runner(model: nn.Module, *, name: str, device: torch.device, precision: str = "auto",
+                compile: bool = True, quiet: bool = False) -> Runner:
     """The network in fp16/bf16 (checked against fp32), channels_last, torch.compile."""
     model = model.to(device).eval()
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
@@ -196,7 +167,7 @@ def cuda_upscaler(model: nn.Module, *, name: str, scale: float, device: torch.de
         with torch.no_grad():
             diff, fresh = remembered_check(key, f"cuda-{NAMES[dtype]}",
                                            lambda: (half(x.to(dtype)).float() - ref).abs().max().item())
-        if diff <= TOLERANCE or precision != "auto":
+        if diff <= TOLERANCE or precision != Precision.AUTO:
             chosen, net = dtype, half
             break
         if fresh and not quiet:
@@ -206,10 +177,8 @@ def cuda_upscaler(model: nn.Module, *, name: str, scale: float, device: torch.de
     def run_net(t: torch.Tensor) -> torch.Tensor:
         return fn(t.to(chosen).contiguous(memory_format=layout)).float()
 
-    up = ModelUpscaler(net, run_net, scale=scale, name=name, backend="auto", device=device,
-                       spec=model.upsample_spec)
-    up.precision, up.runtime = NAMES[chosen], "torch.compile" if fn is not net else "torch"
-    return up
+    return Runner(run=run_net, spec=model.upsample_spec, model=net, precision=NAMES[chosen],
+                  runtime="torch.compile" if fn is not net else "torch")
 
 
 def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int, device: torch.device,
@@ -252,27 +221,4 @@ def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int,
 
 # ------------------------------------------------------------------------- `upsample cache`
 
-def cache_files() -> list[Path]:
-    root = cache.cache_dir()
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
 
-
-def run_cache(args) -> int:
-    import shutil
-    root = cache.cache_dir()
-    files = cache_files()
-    size = sum(p.stat().st_size for p in files)
-    if args.action == "info":
-        print(f"{root}: {len(files)} files, {size / 1e6:.1f} MB (exports, OpenVINO compiled blobs, "
-              "precision checks; set UPSAMPLE_CACHE to move it)")
-        return 0
-    if root.is_dir():
-        shutil.rmtree(root)
-    print(f"cleared {root} ({len(files)} files, {size / 1e6:.1f} MB)")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("cache", help="the export cache of the auto and runtime backends: info or clear")
-    p.add_argument("action", choices=["info", "clear"])
-    p.set_defaults(func=run_cache)

@@ -33,3 +33,18 @@ def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return core.compile_model(str(path), "CPU", config)
+
+
+def cache_files() -> list[Path]:
+    root = cache_dir()
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def clear() -> tuple[Path, int, int]:
+    """Empty the cache; (its folder, files removed, bytes freed)."""
+    import shutil
+    root, files = cache_dir(), cache_files()
+    size = sum(p.stat().st_size for p in files)
+    if root.is_dir():
+        shutil.rmtree(root)
+    return root, len(files), size

@@ -11,7 +11,6 @@ RRDBNet x1/x2 graphs need H and W to be multiples of 4/2 (the Upscaler pads; a b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -27,14 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..media.imageio import atomic_write_bytes
-from ..errors import UserError
 from .cache import cache_dir, ov_compiled
-from ..inference.load import model_scale, resolve_model
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 OPSET = 17
 GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
 FORMATS = ("onnx", "openvino")
+SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}  # what each format writes (IR: a .bin beside)
 
 
 class Uint8RGB(nn.Module):
@@ -95,7 +93,7 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------- runtimes
+# ------------------------------------------------------------------------- the export cache
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -108,7 +106,7 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
+def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
     """`model` (the float network, or a wrapper graph named by `key`) as ONNX under the cache
     folder, exported once per weights hash."""
     folder = cache_dir()
@@ -126,56 +124,15 @@ def _cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor
 
 
 def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
-    """The OpenVINO IR (.xml) of `_cached_onnx(model, key, example)`, converted once."""
-    onnx_path = _cached_onnx(model, key, example)
+    """The OpenVINO IR (.xml) of `cached_onnx(model, key, example)`, converted once."""
+    onnx_path = cached_onnx(model, key, example)
     xml = onnx_path.with_suffix(".xml")
     if not xml.exists():
         _save_openvino(onnx_path, xml, fp16=False)
     return xml
 
 
-def ort_session(source, device: torch.device, threads: int | None = None):
-    import onnxruntime as ort
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise UserError("onnxruntime here has no CUDA provider: use --device cpu or --backend torch")
-        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})] + providers
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(source, opts, providers=providers)
-
-
-def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",
-                 threads: int | None = None):
-    """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
-    OpenVINO .xml or .onnx for openvino; OpenVINO in `precision` f32 or bf16)."""
-    if backend == "onnxruntime":
-        sess = ort_session(str(path), device, threads)
-
-        def run_ort(x: torch.Tensor) -> torch.Tensor:
-            out = sess.run(None, {"input": x.detach().cpu().float().numpy()})[0]
-            return torch.from_numpy(out).to(x.device)
-        return run_ort
-    if backend == "openvino":
-        compiled = ov_compiled(path, precision, threads)
-
-        def run_ov(x: torch.Tensor) -> torch.Tensor:
-            out = compiled(x.detach().cpu().float().numpy())[0]
-            return torch.from_numpy(np.asarray(out)).to(x.device)
-        return run_ov
-    raise UserError(f"unknown backend {backend!r}")
-
-
-def runtime_session(model: nn.Module, backend: str, device: torch.device, threads: int | None = None):
-    """A callable float NCHW tensor -> tensor running `model` on onnxruntime or openvino (fp32)."""
-    path = cached_ir(model) if backend == "openvino" else _cached_onnx(model)
-    return file_session(path, backend, device, threads=threads)
-
-
-# ---------------------------------------------------------------------------- the command
+# ------------------------------------------------------------------ `upsample export`'s files
 
 
 def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, uint8_io: bool = False,
@@ -198,7 +155,9 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     feed = example.numpy() if uint8_io else trace_in.numpy()
     if fmt == "onnx":
         atomic_write_bytes(out, data)
-        got = ort_session(str(out), torch.device("cpu")).run(None, {"input": feed})[0]
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": feed})[0]
     else:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "model.onnx"
@@ -209,50 +168,14 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     return float(diff.max())
 
 
+def default_output(name: str, spec, scale: float | None, fmt: str, *, fp16: bool, uint8_io: bool) -> Path:
+    """model[-xS][-fp16][-uint8].onnx|.xml in the current folder, named after the model."""
+    stem = Path(name).stem if Path(name).suffix else name
+    tags = ("-fp16" if fp16 else "") + ("-uint8" if uint8_io else "")
+    at_scale = f"-x{scale:g}" if spec.scale is None and scale else ""
+    return Path(f"{stem}{at_scale}{tags}{SUFFIX_OF[fmt]}")
+
+
 def file_size(path: Path) -> int:
     return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
 
-
-def run(args: argparse.Namespace) -> int:
-    model, name = resolve_model(args.model)
-    spec = model.upsample_spec
-    if spec.kind != "generator":
-        raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")
-    scale = None
-    if args.uint8_io:
-        scale = model_scale(model.upsample_spec, args.scale, name)
-    elif args.scale is not None:
-        model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
-    suffix = ".onnx" if args.format == "onnx" else ".xml"
-    if args.output:
-        out = Path(args.output)
-        if out.suffix.lower() != suffix:
-            raise UserError(f"--format {args.format} writes a {suffix} file, not {out.name}")
-    else:
-        stem = Path(name).stem if Path(name).suffix else name
-        tags = ("-fp16" if args.fp16 else "") + ("-uint8" if args.uint8_io else "")
-        out = Path(f"{stem}{'-x' + format(scale, 'g') if spec.scale is None and scale else ''}{tags}{suffix}")
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; use --force to overwrite it")
-    diff = export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale)
-    io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
-               f"float NCHW {spec.input.upper()} in [0, 1]" + (" (bicubic-upscaled input)"
-                                                             if spec.pre_upsample else ""))
-    unit = " (uint8 levels)" if args.uint8_io else ""
-    print(f"wrote {out} ({file_size(out) / 1e6:.2f} MB, {args.format}, "
-          f"{'fp16' if args.fp16 else 'fp32'}, {io_desc}, dynamic batch/height/width)")
-    print(f"parity vs PyTorch fp32 on a random 32x32 image: max abs diff {diff:.3g}{unit}")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, with a parity check")
-    p.add_argument("model", help="a registered model name or a checkpoint file")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or openvino")
-    p.add_argument("-o", "--output", help="output file (.onnx, or .xml for openvino; .bin beside it)")
-    p.add_argument("--fp16", action="store_true", help="float16 weights and compute")
-    p.add_argument("--uint8-io", action="store_true",
-                   help="take and return uint8 NHWC RGB (normalisation and rounding in the graph)")
-    p.add_argument("--scale", help="the scale (required for vdsr with --uint8-io; else only checked)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.set_defaults(func=run)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from . import export
+from .kinds import Backend, Precision
+from .runner import Runner
+from .sessions import file_session
 from ..errors import UserError
 from ..models import registry
 
@@ -22,7 +24,7 @@ META_KEY = "upsample"
 
 def write_meta(path: Path, backend: str, meta: dict) -> None:
     text = json.dumps(meta, sort_keys=True)
-    if backend == "onnxruntime":
+    if backend == Backend.ONNXRUNTIME:
         import onnx
         m = onnx.load(str(path))
         del m.metadata_props[:]
@@ -63,10 +65,12 @@ def read_meta(path: Path) -> tuple[str, dict]:
     return backend, json.loads(text)
 
 
-def load_runner(path: Path, backend: str, device: torch.device):
-    """(run_net, spec, name) for an int8 file on its backend."""
+def load_runner(path: Path, backend: Backend, device: torch.device) -> tuple[Runner, str]:
+    """(a runner, the model's display name) for an int8 file on the runtime it was made for."""
     file_backend, meta = read_meta(path)
     if backend != file_backend:
         raise UserError(f"{path} is an int8 {file_backend} model: run it with --backend {file_backend}")
     spec = registry.spec_for(meta["arch"], meta["kwargs"], meta.get("name") or None)
-    return export.file_session(path, backend, device), spec, f"{meta.get('name') or meta['arch']} int8"
+    runner = Runner(run=file_session(path, backend, device), spec=spec, runtime=str(backend),
+                    precision=Precision.INT8)
+    return runner, f"{meta.get('name') or meta['arch']} int8"

@@ -10,9 +10,7 @@ measures every codec against exactly these frames. Written under a temporary nam
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -105,33 +103,23 @@ def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
     return enc
 
 
-def run(args: argparse.Namespace) -> int:
-    size = parse_wxh(args.size)
-    if not 0 < args.seconds <= 60:
-        raise UserError(f"--seconds must be in (0, 60], got {args.seconds}")
+def make_clip(image: str, output: str, *, size: str = "512x288", seconds: float = 3.0,
+              fps: str = "25", motion: str = "pan") -> str:
+    """Write the clip of `motion` over `image` to `output`; returns one line saying what it wrote."""
+    wh = parse_wxh(size)
+    if not 0 < seconds <= 60:
+        raise UserError(f"--seconds must be in (0, 60], got {seconds}")
     try:
-        fps = Fraction(args.fps).limit_denominator(1001)
+        rate = Fraction(fps).limit_denominator(1001)
     except (ValueError, ZeroDivisionError):
-        raise UserError(f"--fps must be a number such as 25 or 30000/1001, got {args.fps!r}") from None
-    if not 0 < fps <= 240:
-        raise UserError(f"--fps must be in (0, 240], got {args.fps}")
-    out = Path(args.output)
+        raise UserError(f"--fps must be a number such as 25 or 30000/1001, got {fps!r}") from None
+    if not 0 < rate <= 240:
+        raise UserError(f"--fps must be in (0, 240], got {fps}")
+    out = Path(output)
     if out.suffix.lower() not in (".mkv", ".mp4", ".mov"):
         raise UserError(f"-o {out}: use a .mkv, .mp4 or .mov file name")
-    n = int(round(args.seconds * fps))
-    frames = clip_frames(read_rgb(args.image), size, n, args.motion)
-    enc = write_lossless(frames, out, fps)
-    print(f"{out}: {n} frames of {size[0]}x{size[1]} at {float(fps):g} fps ({float(n / fps):.2f} s, "
-          f"{args.motion}), lossless {enc}, {out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("make-clip", help="make a short test clip (pan/zoom) from a large still image")
-    p.add_argument("image", help="source image, larger than --size (e.g. an Urban100 image)")
-    p.add_argument("-o", "--output", required=True, metavar="CLIP", help=".mkv, .mp4 or .mov file")
-    p.add_argument("--size", default="512x288", help="frame size WIDTHxHEIGHT, even (default 512x288)")
-    p.add_argument("--seconds", type=float, default=3.0, help="duration (default 3)")
-    p.add_argument("--fps", default="25", help="frame rate (default 25)")
-    p.add_argument("--motion", default="pan", choices=MOTIONS, help="camera motion (default pan)")
-    p.set_defaults(func=run)
+    n = int(round(seconds * rate))
+    frames = clip_frames(read_rgb(image), wh, n, motion)
+    enc = write_lossless(frames, out, rate)
+    return (f"{out}: {n} frames of {wh[0]}x{wh[1]} at {float(rate):g} fps ({float(n / rate):.2f} s, "
+            f"{motion}), lossless {enc}, {out.stat().st_size / 1e6:.1f} MB")

@@ -20,9 +20,7 @@ log-rate) cross. Output: points.csv (every image/clip point), curves.csv (averag
 
 from __future__ import annotations
 
-import argparse
 import csv
-import io
 import json
 import math
 import shlex
@@ -38,14 +36,16 @@ from tqdm import tqdm
 
 from ..evaluation import metrics
 from .codec import CODECS, Codec, decode_image, decode_video, encode_image, encode_video, get_codec, parse_ladder, read_frames
-from ..data.pairs import is_video_path
+from ..data.prepare import is_video_path
 from ..inference.downscale import Downscaler, load_downscaler
 from ..errors import UserError
-from ..data.degrade import modcrop
+from ..data.degrade import modcrop, scale_period
 from ..data.colour import to_tensor, to_uint8
 from ..media.imageio import atomic_write, list_images, read_rgb
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
+from ..runtime.hardware import hardware_name
+from ..runtime.kinds import Backend
 
 FULL = "full"  # the anchor pipeline's label
 
@@ -437,7 +437,7 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-# -------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------- options
 
 def _short(spec: str) -> str:
     p = Path(spec)
@@ -498,45 +498,44 @@ def collect_sources(inputs: list[str], max_images: int) -> list[Source]:
     return sources
 
 
-def _command(args) -> str:
-    parts = ["upsample", "codec-study", *args.inputs, "--out", args.out, "--scale", f"{args.scale}",
-             "--codecs", *args.codecs]
-    for p in args.pipeline or []:
+def study_command(inputs: list[str], out: str, *, scale: str, codecs: list[str],
+                  pipelines: list[str] | None, ladders: list[str] | None, vs: list[str] | None,
+                  max_images: int, max_frames: int, threads: int, backend: str, title: str) -> str:
+    """The `upsample codec-study` command line of a run, recorded in its outputs."""
+    parts = ["upsample", "codec-study", *inputs, "--out", out, "--scale", f"{scale}",
+             "--codecs", *codecs]
+    for p in pipelines or []:
         parts += ["--pipeline", p]
-    for lad in args.ladder or []:
+    for lad in ladders or []:
         parts += ["--ladder", lad]
-    for v in args.vs or []:
+    for v in vs or []:
         parts += ["--vs", v]
-    for flag in ("max_images", "max_frames", "threads"):
-        if getattr(args, flag):
-            parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if args.backend != "torch":
-        parts += ["--backend", args.backend]
-    if args.title:
-        parts += ["--title", args.title]
+    for flag, value in (("max-images", max_images), ("max-frames", max_frames), ("threads", threads)):
+        if value:
+            parts += [f"--{flag}", str(value)]
+    if backend != Backend.TORCH:
+        parts += ["--backend", backend]
+    if title:
+        parts += ["--title", title]
     return shlex.join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.merge:
-        return merge(args)
-    scale = check_scale(args.scale)
-    if scale <= 1:
-        raise UserError(f"--scale must be > 1 (the down-up factor), got {args.scale}")
-    if not args.codecs:
-        raise UserError("--codecs: name at least one codec: " + ", ".join(CODECS))
-    codecs = [get_codec(c) for c in dict.fromkeys(args.codecs)]
+def parse_ladders(codecs: list[Codec], items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """--ladder CODEC=Q,Q,... items -> {codec name: rate points}, the default for the others."""
     ladders = {}
-    for item in args.ladder or []:
+    for item in items or []:
         name, sep, values = item.partition("=")
         if not sep or name not in CODECS:
             raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}")
         ladders[name] = values
     for name in ladders:
-        if name not in args.codecs:
+        if name not in [c.name for c in codecs]:
             raise UserError(f"--ladder {name}: {name} is not in --codecs")
-    ladders = {c.name: parse_ladder(c, ladders.get(c.name)) for c in codecs}
-    sources = collect_sources(args.inputs, args.max_images)
+    return {c.name: parse_ladder(c, ladders.get(c.name)) for c in codecs}
+
+
+def check_codecs_fit_sources(codecs: list[Codec], sources: list[Source]) -> None:
+    """Every codec has an input of its kind, and every input a codec of its kind."""
     kinds = {s.kind for s in sources}
     for c in codecs:
         if c.kind not in kinds:
@@ -547,62 +546,118 @@ def run(args: argparse.Namespace) -> int:
             want = "jpeg, webp, avif or png" if s.kind == "image" else "x264, x265 or av1"
             raise UserError(f"{s.name} is a{'n image folder' if s.kind == 'image' else ' clip'}: "
                             f"add a codec for it ({want})")
-    specs = [parse_pipeline(p) for p in (args.pipeline or ["bicubic:bicubic"])]
-    if len({lab for lab, _, _ in specs}) != len(specs):
-        raise UserError("--pipeline labels must differ; name them LABEL=DOWN:UP")
-    pairs = parse_pairs(args.vs, [lab for lab, _, _ in specs])
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # full fp32 on CUDA too (cuDNN convolutions default to TF32), as `upsample eval`
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def upscaler_backend(up_spec: str, backend: str) -> str:
+    """Bicubic runs on torch whatever --backend says (it has no other runtime)."""
+    return backend if up_spec != "bicubic" else Backend.TORCH
+
+
+def load_pipelines(specs: list[tuple[str, str, str]], scale: float, backend: str,
+                   device: str) -> list[Pipeline]:
+    """The (label, down, up) specs loaded; pipelines with one downscaler share it."""
     downs: dict[str, Downscaler] = {}
     pipelines = []
     for label, d, u in specs:
         if d not in downs:
-            downs[d] = load_downscaler(d, scale=scale, device=args.device)
-        up = load_upscaler(u, scale=scale, backend=args.backend if u != "bicubic" else "torch",
-                           device=args.device)
+            downs[d] = load_downscaler(d, scale=scale, device=device)
+        up = load_upscaler(u, scale=scale, backend=upscaler_backend(u, backend), device=device)
         if abs(up.scale - scale) > 1e-9:
             raise UserError(f"pipeline {label}: {u} upscales x{up.scale:g}, not x{scale:g}")
         pipelines.append(Pipeline(label, downs[d], up))
+    return pipelines
 
-    from ..data.degrade import scale_period
-    period = scale_period(scale)[0]
-    border = int(math.ceil(scale))
+
+def measure_image_source(src: Source, codecs: list[Codec], ladders: dict, pipelines: list[Pipeline],
+                         scale: float, border: int) -> list[dict]:
+    """The points of every image of a folder, for each image codec."""
+    points = []
+    for path in tqdm(src.paths, desc=src.name, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30):
+        hr = modcrop(read_rgb(path), scale)
+        for c in (c for c in codecs if c.kind == "image"):
+            for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):
+                points.append({"source": src.name, "item": path.name, "codec": c.name, **pt})
+    return points
+
+
+def measure_clip_source(src: Source, codecs: list[Codec], ladders: dict, pipelines: list[Pipeline],
+                        scale: float, border: int, max_frames: int,
+                        threads: int) -> tuple[list[dict], dict]:
+    """The points of a clip for each video codec, and the clip's entry of the study's sources."""
+    frames, fps = read_frames(src.paths[0], max_frames)
+    m = 2 * scale_period(scale)[0]  # 4:2:0 needs even sizes at both resolutions
+    h, w = frames[0].shape[0] // m * m, frames[0].shape[1] // m * m
+    frames = [np.ascontiguousarray(f[:h, :w]) for f in frames]
+    info = {"name": src.name, "kind": "video", "path": str(src.paths[0]),
+            "frames": len(frames), "size": f"{w}x{h}", "fps": float(fps)}
+    points = []
+    for c in (c for c in codecs if c.kind == "video"):
+        print(f"{src.name}: {c.name} ({c.encoder}), {len(ladders[c.name])} rate points", file=sys.stderr)
+        for pt in measure_clip(frames, fps, c, ladders[c.name], pipelines, border, threads or 1):
+            points.append({"source": src.name, "item": src.paths[0].name, "codec": c.name, **pt})
+    return points, info
+
+
+def measure_sources(sources: list[Source], inputs: list[str], codecs: list[Codec], ladders: dict,
+                    pipelines: list[Pipeline], scale: float, border: int, *, max_frames: int,
+                    threads: int) -> tuple[list[dict], list[dict]]:
+    """Every point of every source (`inputs` are the paths they came from, in order), and the
+    study's description of each source."""
     points, source_info = [], []
-    for src in sources:
+    for src, text in zip(sources, inputs):
         if src.kind == "image":
             source_info.append({"name": src.name, "kind": "image", "items": len(src.paths),
-                                "path": str(Path(args.inputs[sources.index(src)]))})
-            for path in tqdm(src.paths, desc=src.name, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30):
-                hr = modcrop(read_rgb(path), scale)
-                for c in (c for c in codecs if c.kind == "image"):
-                    for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):
-                        points.append({"source": src.name, "item": path.name, "codec": c.name, **pt})
-            continue
-        frames, fps = read_frames(src.paths[0], args.max_frames)
-        m = 2 * period  # 4:2:0 needs even sizes at both resolutions
-        h, w = frames[0].shape[0] // m * m, frames[0].shape[1] // m * m
-        frames = [np.ascontiguousarray(f[:h, :w]) for f in frames]
-        source_info.append({"name": src.name, "kind": "video", "path": str(src.paths[0]),
-                            "frames": len(frames), "size": f"{w}x{h}", "fps": float(fps)})
-        for c in (c for c in codecs if c.kind == "video"):
-            print(f"{src.name}: {c.name} ({c.encoder}), {len(ladders[c.name])} rate points", file=sys.stderr)
-            for pt in measure_clip(frames, fps, c, ladders[c.name], pipelines, border, args.threads or 1):
-                points.append({"source": src.name, "item": src.paths[0].name, "codec": c.name, **pt})
+                                "path": str(Path(text))})
+            points += measure_image_source(src, codecs, ladders, pipelines, scale, border)
+        else:
+            clip_points, info = measure_clip_source(src, codecs, ladders, pipelines, scale, border,
+                                                    max_frames, threads)
+            source_info.append(info)
+            points += clip_points
+    return points, source_info
 
-    from ..runtime.hardware import hardware_name
-    study = {"title": args.title or ", ".join(s["name"] for s in source_info), "command": _command(args),
-             "scale": scale, "border": border, "sources": source_info,
-             "pipelines": [{"label": lab, "down": d, "up": u,
-                            "backend": args.backend if u != "bicubic" else "torch"} for lab, d, u in specs],
-             "ladders": ladders, "hardware": hardware_name(torch.device(args.device), torch.get_num_threads()),
+
+def run_study(inputs: list[str], out: str, *, codecs: list[str], pipelines: list[str] | None = None,
+              scale: str = "2", ladders: list[str] | None = None, max_images: int = 0,
+              max_frames: int = 0, backend: str = "torch", device: str = "cpu", threads: int = 0,
+              title: str = "", vs: list[str] | None = None) -> list[dict]:
+    """Measure, analyse and write a study of `inputs` into `out` (the options are those of
+    `upsample codec-study`, as text); returns the analysis results (`analyse`)."""
+    factor = check_scale(scale)
+    if factor <= 1:
+        raise UserError(f"--scale must be > 1 (the down-up factor), got {scale}")
+    if not codecs:
+        raise UserError("--codecs: name at least one codec: " + ", ".join(CODECS))
+    used = [get_codec(c) for c in dict.fromkeys(codecs)]
+    rate_points = parse_ladders(used, ladders)
+    sources = collect_sources(inputs, max_images)
+    check_codecs_fit_sources(used, sources)
+    specs = [parse_pipeline(p) for p in (pipelines or ["bicubic:bicubic"])]
+    if len({lab for lab, _, _ in specs}) != len(specs):
+        raise UserError("--pipeline labels must differ; name them LABEL=DOWN:UP")
+    pairs = parse_pairs(vs, [lab for lab, _, _ in specs])
+    if threads:
+        torch.set_num_threads(threads)
+    # full fp32 on CUDA too (cuDNN convolutions default to TF32), as `upsample eval`
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    loaded = load_pipelines(specs, factor, backend, device)
+    border = int(math.ceil(factor))
+    points, source_info = measure_sources(sources, inputs, used, rate_points, loaded, factor, border,
+                                          max_frames=max_frames, threads=threads)
+    command = study_command(inputs, out, scale=scale, codecs=codecs, pipelines=pipelines,
+                            ladders=ladders, vs=vs, max_images=max_images, max_frames=max_frames,
+                            threads=threads, backend=backend, title=title)
+    study = {"title": title or ", ".join(s["name"] for s in source_info), "command": command,
+             "scale": factor, "border": border, "sources": source_info,
+             "pipelines": [{"label": lab, "down": d, "up": u, "backend": upscaler_backend(u, backend)}
+                           for lab, d, u in specs],
+             "ladders": rate_points, "hardware": hardware_name(torch.device(device), torch.get_num_threads()),
              "pairs": pairs}
-    return report(study, points, Path(args.out))
+    return report(study, points, Path(out))
 
 
-def report(study: dict, points: list[dict], out: Path) -> int:
-    """Average, analyse, plot and write every output of a study; print the BD lines."""
+def report(study: dict, points: list[dict], out: Path) -> list[dict]:
+    """Average, analyse, plot and write every output of a study; returns the analysis results."""
     curves = average_curves(points)
     rate_key = {s["name"]: "kbps" if s["kind"] == "video" else "bpp" for s in study["sources"]}
     results = analyse(curves, rate_key, [tuple(x) for x in study.get("pairs", [])])
@@ -615,20 +670,28 @@ def report(study: dict, points: list[dict], out: Path) -> int:
     write_csv(out / "curves.csv", curves)
     write_text(out / "study.json", json.dumps({**study, "points": points}, indent=1) + "\n")
     write_text(out / "summary.md", summary_markdown(study))
+    return results
+
+
+def bd_summary(results: list[dict], out: Path) -> str:
+    """The BD lines of each pipeline of each result, and what was written into `out`."""
+    lines = []
     for res in results:
         unit = "kbit/s" if res["rate_key"] == "kbps" else "bpp"
         for lab, m in res["pipelines"].items():
-            print(f"{res['source']} {res['codec']} {lab}: BD-rate {_num(m['bd_rate_pchip'], '+.1f', '%')} "
-                  f"(akima {_num(m['bd_rate_akima'], '+.1f', '%')}), BD-PSNR {_num(m['bd_psnr_pchip'], '+.2f', ' dB')}; "
-                  f"crossover: {_cross_text(m['crossover'], res['rate_key'])} {unit}")
-    print(f"wrote {out / 'summary.md'}, study.json, points.csv, curves.csv and {len(results)} plot(s)")
-    return 0
+            lines.append(f"{res['source']} {res['codec']} {lab}: BD-rate {_num(m['bd_rate_pchip'], '+.1f', '%')} "
+                         f"(akima {_num(m['bd_rate_akima'], '+.1f', '%')}), BD-PSNR {_num(m['bd_psnr_pchip'], '+.2f', ' dB')}; "
+                         f"crossover: {_cross_text(m['crossover'], res['rate_key'])} {unit}")
+    lines.append(f"wrote {out / 'summary.md'}, study.json, points.csv, curves.csv and {len(results)} plot(s)")
+    return "\n".join(lines)
 
 
-def merge(args: argparse.Namespace) -> int:
-    """Re-analyse the points of earlier runs together (e.g. one folder split over processes)."""
+def merge_studies(inputs: list[str], out: str, *, vs: list[str] | None = None,
+                  title: str = "") -> list[dict]:
+    """Re-analyse the points of earlier runs together (e.g. one folder split over processes):
+    `inputs` are their --out folders or study.json files; returns the analysis results."""
     studies = []
-    for d in args.inputs:
+    for d in inputs:
         f = Path(d) / "study.json" if Path(d).is_dir() else Path(d)
         try:
             studies.append(json.loads(f.read_text()))
@@ -651,46 +714,16 @@ def merge(args: argparse.Namespace) -> int:
                 sources.setdefault(src["name"], dict(src))
     points = [p for st in studies for p in st["points"]]
     study = {k: first[k] for k in ("scale", "border", "pipelines")}
-    study.update(pairs=parse_pairs(args.vs, [p["label"] for p in first["pipelines"]]) or first.get("pairs", []))
-    study.update(ladders=ladders, title=args.title or first["title"], sources=list(sources.values()),
-                 command="\n".join(st["command"] for st in studies) + "\n" + _merge_command(args),
+    study.update(pairs=parse_pairs(vs, [p["label"] for p in first["pipelines"]]) or first.get("pairs", []))
+    study.update(ladders=ladders, title=title or first["title"], sources=list(sources.values()),
+                 command="\n".join(st["command"] for st in studies) + "\n" + merge_command(inputs, out, vs, title),
                  hardware=first["hardware"] + f" (merged from {len(studies)} runs)")
-    return report(study, points, Path(args.out))
+    return report(study, points, Path(out))
 
 
-def _merge_command(args) -> str:
-    parts = ["upsample", "codec-study", "--merge", *args.inputs, "--out", args.out]
-    for v in args.vs or []:
+def merge_command(inputs: list[str], out: str, vs: list[str] | None, title: str) -> str:
+    """The `upsample codec-study --merge` command line, recorded in the merged outputs."""
+    parts = ["upsample", "codec-study", "--merge", *inputs, "--out", out]
+    for v in vs or []:
         parts += ["--vs", v]
-    return shlex.join(parts + (["--title", args.title] if args.title else []))
-
-
-def register(sub) -> None:
-    p = sub.add_parser("codec-study", help="rate-distortion of down-up (ML upscaling) vs full resolution "
-                                           "in JPEG/WebP/AVIF and x264/x265/AV1, with BD-rate")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image folders and/or video clips")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for summary.md, CSV/JSON, plots")
-    p.add_argument("--codecs", nargs="+", default=[], metavar="CODEC",
-                   help=f"any of {', '.join(CODECS)} (image codecs for folders, video codecs for clips)")
-    p.add_argument("--pipeline", action="append", metavar="[LABEL=]DOWN:UP",
-                   help="a down-up pipeline (repeatable): DOWN = bicubic or a joint model "
-                        "(joint-x2, or a checkpoint of one); UP = bicubic, a model or a checkpoint "
-                        "(default: bicubic:bicubic)")
-    p.add_argument("--scale", default="2", help="down-up factor (default 2)")
-    p.add_argument("--ladder", action="append", metavar="CODEC=Q,Q,...",
-                   help="rate points of a codec: qualities (images) or CRFs (video); default: "
-                        + "; ".join(f"{c.name} {','.join(map(str, c.ladder))}" for c in CODECS.values()))
-    p.add_argument("--max-images", type=int, default=0, help="use N images per folder, evenly spaced")
-    p.add_argument("--max-frames", type=int, default=0, help="use the first N frames of each clip")
-    p.add_argument("--backend", default="torch", help="runtime of the model upscalers: torch, "
-                                                      "onnxruntime or openvino")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads and encoder threads (0: default)")
-    p.add_argument("--title", default="", help="title of summary.md")
-    p.add_argument("--vs", action="append", metavar="TEST:ANCHOR",
-                   help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable), e.g. "
-                        "a learned downscaler against bicubic down with the same upscaler")
-    p.add_argument("--merge", action="store_true",
-                   help="IN are earlier --out folders (or their study.json): analyse their points "
-                        "together, e.g. a folder split over several processes or machines")
-    p.set_defaults(func=run)
+    return shlex.join(parts + (["--title", title] if title else []))

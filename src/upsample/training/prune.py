@@ -15,8 +15,8 @@ exports and runs everywhere a trained model does. Fine-tune it with `upsample tr
 
 from __future__ import annotations
 
-import argparse
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -105,25 +105,37 @@ def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, se
     return model
 
 
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
+@dataclass
+class Pruned:
+    """What `prune_checkpoint` wrote: sizes before and after, the output and its metadata."""
+    params: tuple[int, int]
+    macs: tuple[int, int]
+    path: Path
+    meta: dict
+
+
+def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, method: str,
+                     filter_ratio: float | None, overwrite: bool) -> Pruned:
+    """Prune `model_ref` (a registered name or a checkpoint) and save it to `output`, checked:
+    the saved file must rebuild the pruned network (same outputs) from its shape alone."""
+    out = Path(output)
+    if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
-    model, name = resolve_model(args.model)
+    model, name = resolve_model(model_ref)
     spec = model.upsample_spec
     if spec.kind != "generator":
-        raise UserError(f"{args.model} is a {spec.kind}; prune an upscaler")
+        raise UserError(f"{model_ref} is a {spec.kind}; prune an upscaler")
     before_p, before_m = registry.count_params(model), registry.count_macs(model)
-    prune_model(model, args.sparsity, args.method, filter_ratio=args.filter_ratio)
+    prune_model(model, sparsity, method, filter_ratio=filter_ratio)
     after_p, after_m = registry.count_params(model), registry.count_macs(model)
     if after_p == before_p:
-        raise UserError(f"{name}: nothing could be pruned at sparsity {args.sparsity}")
+        raise UserError(f"{name}: nothing could be pruned at sparsity {sparsity}")
     # the pruned net must be a normal model of its architecture: save, reload, compare outputs
     tmp = out.with_name(out.name + ".part")
     try:
         checkpoint.save_checkpoint(model, tmp, extra={
-            "pruned_from": name, "method": args.method,
-            "sparsity": None if args.filter_ratio else args.sparsity, "filter_ratio": args.filter_ratio,
+            "pruned_from": name, "method": method,
+            "sparsity": None if filter_ratio else sparsity, "filter_ratio": filter_ratio,
             "params_removed": round(1 - after_p / before_p, 4)})
         reloaded, meta = checkpoint.load_checkpoint(tmp)
         x = torch.rand(1, spec.channels, 24, 24)
@@ -135,25 +147,4 @@ def run(args: argparse.Namespace) -> int:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"params {before_p:,} -> {after_p:,} ({before_p / after_p:.2f}x fewer), "
-          f"MACs per 256x256 input {before_m / 1e9:.2f}G -> {after_m / 1e9:.2f}G "
-          f"({before_m / after_m:.2f}x fewer)")
-    print(f"wrote {out} ({meta['arch']} {meta['kwargs']}); fine-tune it with "
-          f"`upsample train CONFIG --init {out}`")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("prune", help="remove filters (structured pruning) with torch-pruning",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--sparsity", type=float, default=0.5,
-                     help="fraction of the parameters removed (default 0.5); the same fraction of "
-                          "filters is taken from every layer to reach it")
-    how.add_argument("--filter-ratio", type=float, default=None,
-                     help="fraction of the filters removed from every layer (instead of --sparsity)")
-    p.add_argument("--method", default="l1", choices=METHODS, help="filter ranking (default: each filter's L1 norm)")
-    p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.set_defaults(func=run)
+    return Pruned(params=(before_p, after_p), macs=(before_m, after_m), path=out, meta=meta)

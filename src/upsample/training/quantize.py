@@ -12,7 +12,6 @@ its metadata: `upsample eval|image|video --model OUT --backend <that backend>` r
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..runtime import export
 from ..errors import UserError
 from ..media.imageio import list_images, read_rgb
 from ..runtime.int8 import SUFFIX, write_meta
+from ..runtime.kinds import Backend
 
 
 
@@ -105,60 +105,31 @@ def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
     ov.save_model(q, str(out), compress_to_fp16=False)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..inference.load import model_scale, resolve_model
-
-    out = Path(args.output)
-    if out.suffix.lower() != SUFFIX[args.backend]:
-        raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    if args.samples < 1 or args.size < 8:
-        raise UserError("--samples must be >= 1 and --size >= 8")
-    model, name = resolve_model(args.model)
-    if model.upsample_spec.kind != "generator":
-        raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    scale = model_scale(model.upsample_spec, args.scale, name)
-    inputs = calibration_inputs(model, scale, args.calib, samples=args.samples, size=args.size)
+def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, samples: int,
+                   size: int, keep_edges: bool, source: str) -> int:
+    """Calibrate `model` at `scale` on `calib` and write the int8 graph to `out` (atomically: a
+    temporary folder beside it, renamed into place). Returns the number of calibration crops."""
+    inputs = calibration_inputs(model, scale, calib, samples=samples, size=size)
     spec = model.upsample_spec
-    meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": str(args.model),
-            "float_edges": args.keep_edges,
-            "calibration": {"folder": str(args.calib), "images": len(inputs), "lr_size": args.size,
-                            "scale": scale}}
+    meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": source,
+            "float_edges": keep_edges,
+            "calibration": {"folder": str(calib), "images": len(inputs), "lr_size": size, "scale": scale}}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
         tmp = Path(tmp)
         onnx_path = tmp / "fp32.onnx"
         onnx_path.write_bytes(export.onnx_bytes(model.cpu().eval(), export.example_input(model, False)))
-        q = tmp / ("int8" + SUFFIX[args.backend])
-        print(f"calibrating on {len(inputs)} crops of {args.calib} ({args.backend})", file=sys.stderr)
+        q = tmp / ("int8" + SUFFIX[backend])
+        print(f"calibrating on {len(inputs)} crops of {calib} ({backend})", file=sys.stderr)
         try:
-            keep = edge_convs(onnx_path) if args.keep_edges else []
-            (quantize_onnxruntime if args.backend == "onnxruntime" else quantize_openvino)(
-                onnx_path, q, inputs, keep)
+            keep = edge_convs(onnx_path) if keep_edges else []
+            quantize = quantize_onnxruntime if backend == Backend.ONNXRUNTIME else quantize_openvino
+            quantize(onnx_path, q, inputs, keep)
         except ImportError as exc:
-            raise UserError(f"--backend {args.backend} needs {exc.name}: pip install "
-                            f"{'nncf' if args.backend == 'openvino' else 'onnxruntime'}") from None
-        write_meta(q, args.backend, meta)
-        if args.backend == "openvino":  # weights first, the .xml (what loads) last
+            raise UserError(f"--backend {backend} needs {exc.name}: pip install "
+                            f"{'nncf' if backend == Backend.OPENVINO else 'onnxruntime'}") from None
+        write_meta(q, backend, meta)
+        if backend == Backend.OPENVINO:  # weights first, the .xml (what loads) last
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)
-    print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
-          f"`upsample eval --model {out} --backend {args.backend} ...`")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("quantize", help="static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
-    p.add_argument("--backend", required=True, choices=sorted(SUFFIX))
-    p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (training data, not benchmarks)")
-    p.add_argument("-o", "--output", required=True, help="int8 model: .onnx (onnxruntime) or .xml (openvino)")
-    p.add_argument("--scale", default=None, help="scale to calibrate at (VDSR; default: the model's)")
-    p.add_argument("--samples", type=int, default=32, help="calibration images (one centre crop each)")
-    p.add_argument("--size", type=int, default=64, help="LR crop size of each calibration sample")
-    p.add_argument("--all-layers", dest="keep_edges", action="store_false",
-                   help="quantize the first and last conv too (by default they stay float)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.set_defaults(func=run)
+    return len(inputs)

@@ -1,6 +1,6 @@
 """`upsample tune`: hyper-parameter search over a training recipe with Optuna.
 
-Each trial trains the recipe (`train.train`, the same loop as `upsample train`) with values drawn
+Each trial trains the recipe (`loop.train`, the same loop as `upsample train`) with values drawn
 by a TPE sampler from the config's [tune] ranges: lr, momentum (SGD), batch size, gradient clip,
 weight decay. Every validation reports the validation PSNR to the trial, and a median pruner stops
 trials that fall behind the median of earlier ones at the same step. The study lives in the
@@ -10,11 +10,11 @@ finished (completed or pruned). The best trial's full config is written as TOML.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
@@ -50,31 +50,70 @@ def best_val_psnr(run_dir: Path) -> float:
     return max(vals)
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Best:
+    """The study's best trial and where its full config was written."""
+    number: int
+    value: float
+    params: dict
+    path: Path
+
+
+def format_params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_name: str | None,
+         run_dir: str | None, out: str | None, device: str | None) -> Best | None:
+    """Run the study in `storage` until `trials` trials have finished, then write the best
+    trial's config as TOML. Returns the best trial, or None when Ctrl-C / SIGTERM stopped the
+    study (the same call continues it)."""
     import optuna
 
-    from .train import train
-
-    cfg = config_mod.load_config(args.config, args.overrides)
-    if args.trials < 1:
-        raise UserError(f"--trials must be >= 1, got {args.trials}")
-    study_name = args.study or Path(args.config).stem
-    root = Path(args.run_dir) if args.run_dir else Path("runs") / "tune" / study_name
-    out = Path(args.out) if args.out else root / "best.toml"
+    cfg = config_mod.load_config(config, overrides)
+    if trials < 1:
+        raise UserError(f"--trials must be >= 1, got {trials}")
+    study_name = study_name or Path(config).stem
+    root = Path(run_dir) if run_dir else Path("runs") / "tune" / study_name
+    out = Path(out) if out else root / "best.toml"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(
-            study_name=study_name, storage=args.storage, load_if_exists=True, direction="maximize",
+            study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=cfg.train.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     except Exception as exc:  # a bad URL, an unreachable or unwritable database
-        raise UserError(f"--storage {args.storage}: {exc}") from None
+        raise UserError(f"--storage {storage}: {exc}") from None
     done = [t for t in study.trials if t.state.name in FINISHED]
-    left = args.trials - len(done)
-    print(f"study {study_name!r} in {args.storage}: {len(done)} trial(s) finished, {max(left, 0)} to run",
+    left = trials - len(done)
+    print(f"study {study_name!r} in {storage}: {len(done)} trial(s) finished, {max(left, 0)} to run",
           file=sys.stderr)
+    if left > 0:
+        try:
+            study.optimize(objective(cfg, root, device), n_trials=left, catch=())
+        except KeyboardInterrupt:
+            return None
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        raise UserError(f"study {study_name!r}: no trial completed (all pruned or failed)")
+    best = study.best_trial
+    best_cfg = suggest(optuna.trial.FixedTrial(best.params), cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(f"# best of study {study_name!r} ({len(complete)} complete trials): trial "
+                   f"{best.number}, val PSNR {best.value:.3f} dB\n" + config_mod.to_toml(best_cfg))
+    os.replace(tmp, out)
+    return Best(number=best.number, value=best.value, params=best.params, path=out)
 
-    def objective(trial) -> float:
+
+def objective(cfg: config_mod.Config, root: Path, device: str | None):
+    """Optuna's objective: train one trial (`loop.train`) in root/trial-NNN, reporting each
+    validation's PSNR to the pruner; the trial's value is its best validation PSNR."""
+    import optuna
+
+    from . import loop  # the module, not `train`: tests replace loop.train
+
+    def run_trial(trial) -> float:
         c = suggest(trial, cfg)
         run_dir = root / f"trial-{trial.number:03d}"
         pruned = []
@@ -86,51 +125,16 @@ def run(args: argparse.Namespace) -> int:
                 return True
             return False
 
-        rc = train(c, run_dir, reset=run_dir.exists(), device=args.device,
-                   config_text=config_mod.to_toml(c), on_validate=on_validate)
+        rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
+                        config_text=config_mod.to_toml(c), on_validate=on_validate)
         if rc != 0:  # Ctrl-C / SIGTERM: stop the study; the trial is rerun next time
             raise KeyboardInterrupt
         value = best_val_psnr(run_dir)
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in trial.params.items())
         state = f"pruned at step {pruned[0]}" if pruned else "complete"
-        print(f"trial {trial.number}: {state}, best val PSNR {value:.3f} dB ({params})", file=sys.stderr)
+        print(f"trial {trial.number}: {state}, best val PSNR {value:.3f} dB "
+              f"({format_params(trial.params)})", file=sys.stderr)
         if pruned:
             raise optuna.TrialPruned()
         return value
 
-    if left > 0:
-        try:
-            study.optimize(objective, n_trials=left, catch=())
-        except KeyboardInterrupt:
-            print(f"interrupted; run the same command again to continue the study", file=sys.stderr)
-            return 130
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if not complete:
-        raise UserError(f"study {study_name!r}: no trial completed (all pruned or failed)")
-    best = study.best_trial
-    best_cfg = suggest(optuna.trial.FixedTrial(best.params), cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(f"# best of study {study_name!r} ({len(complete)} complete trials): trial "
-                   f"{best.number}, val PSNR {best.value:.3f} dB\n" + config_mod.to_toml(best_cfg))
-    os.replace(tmp, out)
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-    print(f"best: trial {best.number}, val PSNR {best.value:.3f} dB ({params}) -> {out}")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE + median pruning)",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("config", help="TOML recipe; its [tune] section gives the search ranges")
-    p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study")
-    p.add_argument("--storage", default="sqlite:///tune.db",
-                   help="Optuna storage URL; the study resumes from it (default: sqlite:///tune.db)")
-    p.add_argument("--study", help="study name (default: the config's file stem)")
-    p.add_argument("--run-dir", metavar="DIR", help="trial run dirs (default: runs/tune/<study>)")
-    p.add_argument("-o", "--out", help="best config TOML (default: <run dir>/best.toml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set tune.trial_steps=2000")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.set_defaults(func=run)
+    return run_trial

@@ -1,0 +1,41 @@
+"""`upsample bench`: the command line of `evaluation.bench.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..evaluation.bench import bench, format_report, parse_frame_size
+from ..runtime.kinds import BACKENDS, PRECISIONS
+
+
+def run(args: argparse.Namespace) -> int:
+    size = parse_frame_size(args.size)
+    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
+    log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
+    report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
+                   warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
+                   image=args.image, precision=args.precision, threads=args.threads)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
+    p.add_argument("--model", required=True, help="a registered name, a checkpoint, or bicubic")
+    p.add_argument("--scale", default=None, help="scale (bicubic and VDSR need one)")
+    p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
+    p.add_argument("--backend", default="all", choices=["all", *BACKENDS])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="precision of the auto row (auto: what `--backend auto` picks)")
+    p.add_argument("--image", default=None, help="a picture to measure on (resized/cropped to --size)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--runs", type=int, default=3, help="timed runs (the median is reported)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--int8", action="append", default=[], metavar="FILE",
+                   help="also time this `upsample quantize` output of the model (repeatable)")
+    p.set_defaults(func=run)

@@ -1,0 +1,80 @@
+"""`upsample data prepare|check|clean|split`: the training-image tools of data/prepare.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data import prepare
+from ..data.prepare import PROBLEM_KINDS, Problem
+
+
+def _summary(n: int, problems: list[Problem]) -> str:
+    files = len({p.path for p in problems})
+    by_kind = {k: sum(1 for p in problems if p.kind == k) for k in PROBLEM_KINDS}
+    parts = ", ".join(f"{v} {k}" for k, v in by_kind.items() if v)
+    return f"{n} images, {files} with problems" + (f" ({parts})" if parts else "")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
+                        every=args.every_n_frames, progress=sys.stderr.isatty())
+    print(f"{c['sources']} sources: {c['crops']} crops ({c['written']} written now) in {args.out}; "
+          f"{c['skipped_done']} already done, {c['too_small']} images smaller than {args.size}, "
+          f"{c['unreadable']} unreadable")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    images, problems = prepare.scan(args.dir, args.min_size, progress=sys.stderr.isatty())
+    for pr in problems:
+        print(f"{pr.path}: {pr.kind}: {pr.detail}")
+    print(_summary(len(images), problems))
+    return 1 if problems else 0  # non-zero: scripts can stop on a dirty folder
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    n, problems, moved = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
+                                       keep=args.keep, progress=sys.stderr.isatty())
+    for src, dst in moved:
+        print(f"moved {src} -> {dst}")
+    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    n_train, n_val, out = prepare.split(args.dir, args.val, args.seed, args.out)
+    print(f"{n_train} train, {n_val} val images: {out / 'train.txt'}, {out / 'val.txt'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="prepare, check, clean and split training images")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    pp = dsub.add_parser("prepare", help="cut images and videos into square HR PNG crops")
+    pp.add_argument("src", nargs="+", help="image folders (recursive), image or video files")
+    pp.add_argument("--out", required=True, metavar="DIR")
+    pp.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
+    pp.add_argument("--stride", type=int, default=None, help="crop step (default: --size)")
+    pp.add_argument("--min-size", type=int, default=0, metavar="N",
+                    help="add a crop flush with the right/bottom edge when the stride leaves at "
+                         "least N pixels uncovered (default 0: cover every image completely)")
+    pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame")
+    pp.set_defaults(func=run_prepare)
+    pc = dsub.add_parser("check", help="report unreadable, small, odd-mode and duplicate images")
+    pc.add_argument("dir")
+    pc.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
+    pc.set_defaults(func=run_check)
+    pl = dsub.add_parser("clean", help="move the images `check` reports into a quarantine folder")
+    pl.add_argument("dir")
+    pl.add_argument("--quarantine", required=True, metavar="DIR2")
+    pl.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
+    pl.add_argument("--keep", action="append", default=[], choices=PROBLEM_KINDS,
+                    help="leave files with this kind of problem in place (repeatable)")
+    pl.set_defaults(func=run_clean)
+    ps = dsub.add_parser("split", help="deterministic train.txt / val.txt file lists")
+    ps.add_argument("dir")
+    ps.add_argument("--val", type=float, default=0.01, help="validation fraction (default 0.01)")
+    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--out", default=None, help="folder for train.txt and val.txt (default: DIR)")
+    ps.set_defaults(func=run_split)

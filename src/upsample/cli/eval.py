@@ -1,0 +1,50 @@
+"""`upsample eval`: the command line of `evaluation.evaluate.evaluate_model`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .options import add_runtime_options
+from ..evaluation.evaluate import evaluate_model, format_report
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate_model(args.model, args.data, scale=args.scale, crop=args.crop,
+                            y_channel=not args.rgb, save_dir=args.save, lpips=args.lpips,
+                            lpips_weights=args.lpips_weights, lpips_backbone=args.lpips_backbone,
+                            backend=args.backend, device=args.device, precision=args.precision,
+                            threads=args.threads, progress=sys.stderr.isatty())
+    if args.json == "-":
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    print(format_report(report, lpips=args.lpips))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' protocol)")
+    p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
+    p.add_argument("--scale", required=True, help="upscaling factor (any positive number for bicubic)")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="HR image folders")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout only)")
+    p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel")
+    p.add_argument("--crop", type=int, default=None, help="border crop in pixels (default: the scale)")
+    p.add_argument("--save", metavar="DIR", help="also write the upscaled images here")
+    p.add_argument("--lpips", action="store_true",
+                   help="also LPIPS v0.1 on RGB (lower is better); needs the two files below")
+    p.add_argument("--lpips-weights", metavar="FILE",
+                   help="LPIPS linear weights, alex.pth or vgg.pth of the lpips package (weights/v0.1/); "
+                        "default: $UPSAMPLE_LPIPS_WEIGHTS")
+    p.add_argument("--lpips-backbone", metavar="FILE",
+                   help="torchvision's ImageNet weights of that backbone (alexnet-owt-7be5be79.pth or "
+                        "vgg16-397923af.pth); default: $UPSAMPLE_LPIPS_BACKBONE")
+    # fp32 by default: the numbers measure the model, not the machine's half-precision units
+    add_runtime_options(p, precision="fp32")
+    p.set_defaults(func=run)

@@ -1,0 +1,54 @@
+"""`upsample export`: a model as ONNX or OpenVINO IR, with a parity check against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from ..inference.load import model_scale, resolve_model
+from ..runtime import export
+
+
+def run(args: argparse.Namespace) -> int:
+    model, name = resolve_model(args.model)
+    spec = model.upsample_spec
+    if spec.kind != "generator":
+        raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")
+    scale = None
+    if args.uint8_io:
+        scale = model_scale(model.upsample_spec, args.scale, name)
+    elif args.scale is not None:
+        model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
+    suffix = export.SUFFIX_OF[args.format]
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() != suffix:
+            raise UserError(f"--format {args.format} writes a {suffix} file, not {out.name}")
+    else:
+        out = export.default_output(name, spec, scale, args.format, fp16=args.fp16, uint8_io=args.uint8_io)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale)
+    io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
+               f"float NCHW {spec.input.upper()} in [0, 1]" + (" (bicubic-upscaled input)"
+                                                             if spec.pre_upsample else ""))
+    unit = " (uint8 levels)" if args.uint8_io else ""
+    print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, {args.format}, "
+          f"{'fp16' if args.fp16 else 'fp32'}, {io_desc}, dynamic batch/height/width)")
+    print(f"parity vs PyTorch fp32 on a random 32x32 image: max abs diff {diff:.3g}{unit}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, with a parity check")
+    p.add_argument("model", help="a registered model name or a checkpoint file")
+    p.add_argument("--format", choices=export.FORMATS, default="onnx", help="onnx (default) or openvino")
+    p.add_argument("-o", "--output", help="output file (.onnx, or .xml for openvino; .bin beside it)")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute")
+    p.add_argument("--uint8-io", action="store_true",
+                   help="take and return uint8 NHWC RGB (normalisation and rounding in the graph)")
+    p.add_argument("--scale", help="the scale (required for vdsr with --uint8-io; else only checked)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # old spelling
+    p.set_defaults(func=run)

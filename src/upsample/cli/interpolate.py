@@ -1,0 +1,39 @@
+"""`upsample interpolate A B --alpha a -o OUT`: parameter-wise (1 - a) A + a B of two checkpoints
+of one architecture (checkpoint.interpolate_checkpoints)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from ..models.checkpoint import interpolate_checkpoints
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        alpha = float(args.alpha)
+    except ValueError:
+        raise UserError(f"--alpha must be a number in [0, 1], got {args.alpha!r}") from None
+    if not 0 <= alpha <= 1:
+        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    out = Path(args.output)
+    if out.suffix.lower() != ".safetensors":
+        raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    interpolate_checkpoints(args.a, args.b, alpha, out, fp16=args.fp16)
+    print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("interpolate", help="blend two checkpoints of one architecture parameter-wise")
+    p.add_argument("a", help="checkpoint A (alpha 0)")
+    p.add_argument("b", help="checkpoint B (alpha 1)")
+    p.add_argument("--alpha", required=True, help="weight of B: the result is (1-alpha)*A + alpha*B")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("--fp16", action="store_true", help="store the result in float16")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # old spelling
+    p.set_defaults(func=run)

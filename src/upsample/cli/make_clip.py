@@ -1,0 +1,25 @@
+"""`upsample make-clip IMAGE -o CLIP`: the command line of `studies.clips.make_clip`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..studies.clips import MOTIONS, make_clip
+
+
+def run(args: argparse.Namespace) -> int:
+    print(make_clip(args.image, args.output, size=args.size, seconds=args.seconds, fps=args.fps,
+                    motion=args.motion), file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("make-clip", help="make a short test clip (pan/zoom) from a large still image")
+    p.add_argument("image", help="source image, larger than --size (e.g. an Urban100 image)")
+    p.add_argument("-o", "--output", required=True, metavar="CLIP", help=".mkv, .mp4 or .mov file")
+    p.add_argument("--size", default="512x288", help="frame size WIDTHxHEIGHT, even (default 512x288)")
+    p.add_argument("--seconds", type=float, default=3.0, help="duration (default 3)")
+    p.add_argument("--fps", default="25", help="frame rate (default 25)")
+    p.add_argument("--motion", default="pan", choices=MOTIONS, help="camera motion (default pan)")
+    p.set_defaults(func=run)

@@ -1,0 +1,37 @@
+"""`upsample prune MODEL -o OUT`: the command line of `training.prune` (structured filter
+pruning with torch-pruning)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..training import prune
+
+
+def run(args: argparse.Namespace) -> int:
+    r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,
+                               filter_ratio=args.filter_ratio, overwrite=args.overwrite)
+    (before_p, after_p), (before_m, after_m) = r.params, r.macs
+    print(f"params {before_p:,} -> {after_p:,} ({before_p / after_p:.2f}x fewer), "
+          f"MACs per 256x256 input {before_m / 1e9:.2f}G -> {after_m / 1e9:.2f}G "
+          f"({before_m / after_m:.2f}x fewer)")
+    print(f"wrote {r.path} ({r.meta['arch']} {r.meta['kwargs']}); fine-tune it with "
+          f"`upsample train CONFIG --init {r.path}`")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="remove filters (structured pruning) with torch-pruning",
+                       description=prune.__doc__.splitlines()[0])
+    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--sparsity", type=float, default=0.5,
+                     help="fraction of the parameters removed (default 0.5); the same fraction of "
+                          "filters is taken from every layer to reach it")
+    how.add_argument("--filter-ratio", type=float, default=None,
+                     help="fraction of the filters removed from every layer (instead of --sparsity)")
+    p.add_argument("--method", default="l1", choices=prune.METHODS,
+                   help="filter ranking (default: each filter's L1 norm)")
+    p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=run)

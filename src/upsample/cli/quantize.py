@@ -1,0 +1,47 @@
+"""`upsample quantize`: static int8 post-training quantization for ONNX Runtime or OpenVINO."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from ..inference.load import model_scale, resolve_model
+from ..runtime import export
+from ..runtime.int8 import SUFFIX
+from ..training.quantize import __doc__ as quantize_doc, quantize_model
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.suffix.lower() != SUFFIX[args.backend]:
+        raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if args.samples < 1 or args.size < 8:
+        raise UserError("--samples must be >= 1 and --size >= 8")
+    model, name = resolve_model(args.model)
+    if model.upsample_spec.kind != "generator":
+        raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
+    scale = model_scale(model.upsample_spec, args.scale, name)
+    quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
+                   samples=args.samples, size=args.size, keep_edges=args.keep_edges, source=str(args.model))
+    print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
+          f"`upsample eval --model {out} --backend {args.backend} ...`")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quantize", help="static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
+                       description=quantize_doc)
+    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
+    p.add_argument("--backend", required=True, choices=sorted(SUFFIX))
+    p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (training data, not benchmarks)")
+    p.add_argument("-o", "--output", required=True, help="int8 model: .onnx (onnxruntime) or .xml (openvino)")
+    p.add_argument("--scale", default=None, help="scale to calibrate at (VDSR; default: the model's)")
+    p.add_argument("--samples", type=int, default=32, help="calibration images (one centre crop each)")
+    p.add_argument("--size", type=int, default=64, help="LR crop size of each calibration sample")
+    p.add_argument("--all-layers", dest="keep_edges", action="store_false",
+                   help="quantize the first and last conv too (by default they stay float)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=run)

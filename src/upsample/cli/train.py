@@ -1,0 +1,45 @@
+"""`upsample train CONFIG`: the command line of `training.loop` (what the run dir holds and how
+a run resumes: see there)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..training import loop
+
+
+def run(args: argparse.Namespace) -> int:
+    return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
+                                resume=args.resume, reset=args.reset, device=args.device,
+                                init=args.init, max_minutes=args.max_minutes)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a TOML recipe (configs/*.toml)",
+                       description="Train a registered model. Under torchrun it runs DDP; "
+                                   "data.batch_size is per process.")
+    p.add_argument("config", help="TOML recipe, e.g. configs/espcn-x3.toml")
+    p.add_argument("--run-dir", metavar="DIR", help="default: runs/<config stem>")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    g.add_argument("--reset", action="store_true", help="discard the run in --run-dir and start over")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit; "
+                   "default: train.init)")
+    p.add_argument("--max-minutes", type=positive_minutes, metavar="N",
+                   help="train a time-boxed chunk: save and stop before N minutes of wall time "
+                        "(continue with --resume; default: no limit)")
+    p.set_defaults(func=run)
+
+
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value

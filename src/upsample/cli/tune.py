@@ -1,0 +1,35 @@
+"""`upsample tune CONFIG`: the command line of `training.tune` (an Optuna study over a recipe)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..training import tune
+
+
+def run(args: argparse.Namespace) -> int:
+    best = tune.tune(args.config, overrides=args.overrides, trials=args.trials, storage=args.storage,
+                     study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device)
+    if best is None:
+        print("interrupted; run the same command again to continue the study", file=sys.stderr)
+        return 130
+    print(f"best: trial {best.number}, val PSNR {best.value:.3f} dB ({tune.format_params(best.params)})"
+          f" -> {best.path}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE + median pruning)",
+                       description=tune.__doc__.splitlines()[0])
+    p.add_argument("config", help="TOML recipe; its [tune] section gives the search ranges")
+    p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study")
+    p.add_argument("--storage", default="sqlite:///tune.db",
+                   help="Optuna storage URL; the study resumes from it (default: sqlite:///tune.db)")
+    p.add_argument("--study", help="study name (default: the config's file stem)")
+    p.add_argument("--run-dir", metavar="DIR", help="trial run dirs (default: runs/tune/<study>)")
+    p.add_argument("-o", "--out", help="best config TOML (default: <run dir>/best.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set tune.trial_steps=2000")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=run)

@@ -1,0 +1,267 @@
+"""Making training images: `upsample data prepare|check|clean|split` (cli/data.py) calls these.
+
+  prepare  cut image folders and video files into square HR PNG crops (resumable, atomic writes)
+  check    report unreadable/truncated files, too-small images, grayscale/CMYK/alpha, duplicates
+  clean    the same, moving offenders into a quarantine folder (never deleting)
+  split    deterministic train/validation file lists, so validation never touches the benchmarks
+
+The training pairs made from these images are in `pairs.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb
+from .pairs import hash_split, write_file_list
+
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+              ".wmv", ".y4m"}
+MANIFEST = ".prepare-done"
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTS
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+def crop_positions(length: int, size: int, stride: int, min_rest: int) -> list[int]:
+    """Top-left offsets along one side; a last crop flush with the edge covers a remainder of at
+    least `min_rest` pixels that the stride left uncovered."""
+    pos = list(range(0, length - size + 1, stride))
+    rest = length - (pos[-1] + size)
+    if rest > 0 and rest >= min_rest:
+        pos.append(length - size)
+    return pos
+
+
+def square_crops(img: np.ndarray, size: int, stride: int, min_rest: int) -> list[np.ndarray]:
+    h, w = img.shape[:2]
+    if min(h, w) < size:
+        return []
+    return [img[y:y + size, x:x + size] for y in crop_positions(h, size, stride, min_rest)
+            for x in crop_positions(w, size, stride, min_rest)]
+
+
+def source_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise UserError(f"source not found: {src}")
+    return sorted(p for p in src.rglob("*") if p.is_file() and (is_image_path(p) or is_video_path(p)))
+
+
+def video_frames(path: Path, every: int):
+    """(frame number, uint8 RGB HWC) of every `every`-th decoded frame (PyAV)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for n, frame in enumerate(container.decode(stream)):
+                if n % every == 0:
+                    yield n, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as exc:
+        raise UserError(f"cannot decode video {path}: {exc}") from None
+
+
+def _frames(path: Path, name: str, every: int):
+    """(output stem, uint8 RGB HWC) of an image file or of every `every`-th frame of a video."""
+    if is_video_path(path):
+        for n, arr in video_frames(path, every):
+            yield f"{name}_f{n:06d}", arr
+    else:
+        yield name, read_rgb(path)
+
+
+def _load_manifest(out: Path, params: str) -> set[str]:
+    path = out / MANIFEST
+    if not path.exists():
+        return set()
+    lines = path.read_text().splitlines()
+    if not lines or lines[0] != params:
+        raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
+                        "use the same options or another --out")
+    return {ln.rsplit("\t", 1)[0] for ln in lines[1:] if "\t" in ln}
+
+
+def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None = None,
+            min_rest: int = 0, every: int = 1, progress: bool = True) -> dict:
+    """Cut sources into size x size PNG crops in `out`; returns counts. Re-running skips the
+    sources listed in out/.prepare-done and any crop file that already exists."""
+    stride = stride or size
+    if size < 1 or stride < 1 or every < 1 or min_rest < 0:
+        raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
+    out_dir = Path(out)
+    todo = []
+    for src in sources:
+        root = Path(src).resolve()
+        todo += [(f, f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__"))
+                 for f in source_files(root)]
+    if not todo:
+        raise UserError(f"no images or videos in {', '.join(sources)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = f"# size={size} stride={stride} min_rest={min_rest} every={every}"
+    done = _load_manifest(out_dir, params)
+    if not (out_dir / MANIFEST).exists():
+        (out_dir / MANIFEST).write_text(params + "\n")
+    counts = {"sources": len(todo), "skipped_done": 0, "too_small": 0, "unreadable": 0,
+              "crops": 0, "written": 0}
+    bar = tqdm(todo, desc="prepare", unit="file", disable=not progress, file=sys.stderr)
+    for path, name in bar:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key in done:
+            counts["skipped_done"] += 1
+            continue
+        n_crops = 0
+        try:
+            for stem, arr in _frames(path, name, every):
+                crops = square_crops(arr, size, stride, min_rest)
+                if not crops:
+                    counts["too_small"] += 1
+                for i, crop in enumerate(crops):
+                    target = out_dir / f"{stem}_s{i:03d}.png"
+                    if not target.exists():
+                        atomic_save(Image.fromarray(np.ascontiguousarray(crop)), target, compress_level=4)
+                        counts["written"] += 1
+                    n_crops += 1
+        except UserError as exc:
+            tqdm.write(f"skipping: {exc}", file=sys.stderr)
+            counts["unreadable"] += 1
+            continue
+        counts["crops"] += n_crops
+        with open(out_dir / MANIFEST, "a") as f:
+            f.write(f"{key}\t{n_crops}\n")
+        bar.set_postfix(crops=counts["crops"])
+    return counts
+
+
+# --- check / clean ---------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    path: Path
+    kind: str      # unreadable, truncated, too-small, grayscale, cmyk, alpha, duplicate
+    detail: str
+
+
+PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
+
+
+def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
+    """Problems of one file and the hash of its decoded pixels (None when unreadable)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(path)
+            img.load()
+    except OSError as exc:
+        kind = "truncated" if "truncated" in str(exc).lower() else "unreadable"
+        return [Problem(path, kind, str(exc))], None
+    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        return [Problem(path, "unreadable", str(exc))], None
+    probs = []
+    w, h = img.size
+    if min(w, h) < min_size:
+        probs.append(Problem(path, "too-small", f"{w}x{h} < {min_size}"))
+    mode = img.mode
+    if mode == "CMYK":
+        probs.append(Problem(path, "cmyk", "CMYK colour"))
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            probs.append(Problem(path, "alpha", f"{mode} with transparent pixels"))
+    if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        probs.append(Problem(path, "grayscale", f"mode {mode}"))
+    elif mode in ("RGB", "RGBA", "P"):
+        rgb = np.asarray(img.convert("RGB"))
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+            probs.append(Problem(path, "grayscale", f"gray stored as {mode}"))
+    digest = hashlib.sha1(f"{mode}{img.size}".encode() + img.tobytes()).hexdigest()
+    return probs, digest
+
+
+def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool = True
+         ) -> tuple[list[Path], list[Problem]]:
+    images, _ = list_images(folder)
+    if exclude is not None:
+        ex = exclude.resolve()
+        images = [p for p in images if ex not in p.resolve().parents]
+    problems, seen = [], {}
+    for p in tqdm(images, desc="check", unit="img", disable=not progress, file=sys.stderr):
+        probs, digest = inspect_image(p, min_size)
+        problems += probs
+        if digest is not None:
+            if digest in seen:
+                problems.append(Problem(p, "duplicate", f"same pixels as {seen[digest]}"))
+            else:
+                seen[digest] = p
+    return images, problems
+
+
+def _unique_target(path: Path) -> Path:
+    if not path.exists():
+        return path
+    i = 1
+    while path.with_name(f"{path.stem}.{i}{path.suffix}").exists():
+        i += 1
+    return path.with_name(f"{path.stem}.{i}{path.suffix}")
+
+
+def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progress: bool = True
+          ) -> tuple[int, list[Problem], list[tuple[Path, Path]]]:
+    """Move the files with problems (except kinds in `keep`) under `quarantine`, keeping their
+    relative paths; a log QUARANTINE.tsv there says why. Nothing is deleted."""
+    root, qdir = Path(folder), Path(quarantine)
+    n, problems = scan(folder, min_size, exclude=qdir, progress=progress)
+    moved = []
+    reasons: dict[Path, list[str]] = {}
+    for pr in problems:
+        if pr.kind not in keep:
+            reasons.setdefault(pr.path, []).append(f"{pr.kind}: {pr.detail}")
+    for path, why in reasons.items():
+        target = _unique_target(qdir / path.relative_to(root))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+        moved.append((path, target))
+        with open(qdir / "QUARANTINE.tsv", "a") as f:
+            f.write(f"{path}\t{target}\t{'; '.join(why)}\n")
+    return len(n), problems, moved
+
+
+# --- split -----------------------------------------------------------------------------------
+
+def split(folder: str, val_fraction: float, seed: int, out: str | None = None) -> tuple[int, int, Path]:
+    """Write train.txt and val.txt (hash_split of the images under `folder`) into `out` (default:
+    the folder itself); returns (train count, val count, the lists' folder)."""
+    root = Path(folder)
+    images, _ = list_images(root)
+    if not images:
+        raise UserError(f"no images in {root}")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val must be a fraction between 0 and 1, got {val_fraction}")
+    keys = [p.relative_to(root).as_posix() for p in images]
+    tr, val = hash_split(keys, val_fraction, seed)
+    out_dir = Path(out) if out else root
+    if not os.access(out_dir if out_dir.exists() else out_dir.parent, os.W_OK):
+        raise UserError(f"cannot write to {out_dir}; give --out DIR")
+    write_file_list([images[i] for i in tr], out_dir / "train.txt")
+    write_file_list([images[i] for i in val], out_dir / "val.txt")
+    return len(tr), len(val), out_dir

@@ -1,0 +1,154 @@
+"""`upsample image` and the Python API: `upsample.load("vapsr-x2").upscale(image)`.
+
+`make_upscaler` builds the upscaler the options ask for (the default model for a scale, half
+precision, a final resize); `ImageUpscaler` runs it over any image kind through a `Tiler`: colour
+by the model, alpha by bicubic or the model, memory bounded by the tile size.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..data.degrade import output_size
+from ..errors import UserError
+from ..media.imageio import Planes, planes_from_pil, planes_to_pil
+from ..models import registry
+from .load import check_scale, load_upscaler
+from .sizes import parse_size
+from .tiler import Tiler, is_channel_agnostic
+from .upscaler import BicubicUpscaler, Upscaler
+from .wrappers import ResizedUpscaler, half_upscaler
+
+
+class ImageUpscaler:
+    """Upscales PIL images and numpy arrays with one upscaler: `upsample.load(...)` makes one.
+
+    `upscale(image)` takes a PIL image (any mode: RGB, RGBA, L, LA, P, 16-bit I;16 ...) or a numpy
+    array (uint8 or uint16; HxW gray, HxWx1, HxWx2 gray+alpha, HxWx3 RGB, HxWx4 RGBA) and returns
+    the same kind: PIL in PIL out (palette images come back RGB or RGBA), array in array out.
+    Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the model ("model")."""
+
+    def __init__(self, up: Upscaler, *, tile: int | None = None, tile_pad: int | None = None,
+                 max_memory: int | str | None = None, alpha_mode: str = "bicubic", jobs: int = 1,
+                 progress: bool = False, verbose: bool = False, tile_batch: int | None = None):
+        if alpha_mode not in ("bicubic", "model"):
+            raise UserError(f"alpha mode must be bicubic or model, got {alpha_mode!r}")
+        self.up, self.verbose = up, verbose
+        mem = None if max_memory is None else parse_size(max_memory)
+        self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress,
+                           tile_batch=tile_batch)
+        if alpha_mode == "bicubic" and not is_channel_agnostic(up):
+            self.alpha_tiler = Tiler(BicubicUpscaler(up.scale, up.device), tile=tile, max_memory=mem,
+                                     jobs=jobs, progress=progress)
+        else:
+            self.alpha_tiler = self.tiler
+
+    @property
+    def scale(self) -> float:
+        return self.up.scale
+
+    def upscale_planes(self, planes: Planes, desc: str = "") -> Planes:
+        c, a = planes.color, planes.alpha
+        oh, ow = output_size(c.shape[0], self.scale), output_size(c.shape[1], self.scale)
+        reserved = oh * ow * c.itemsize * (c.shape[2] + (1 if a is not None else 0))
+        tile = self.tiler.plan_tile(c.shape[0], c.shape[1], c.shape[2], c.dtype, reserved)
+        if tile and self.verbose:
+            tqdm.write(f"note: {desc or 'image'}: {c.shape[1]}x{c.shape[0]} in {tile}px tiles, "
+                       f"pad {self.tiler.pad}", file=sys.stderr)
+        color = self.tiler.upscale(c, tile=tile, desc=desc)
+        alpha = None
+        if a is not None:
+            if self.alpha_tiler is self.tiler:
+                atile = tile
+            else:
+                atile = self.alpha_tiler.plan_tile(a.shape[0], a.shape[1], 1, a.dtype, oh * ow * a.itemsize)
+            alpha = self.alpha_tiler.upscale(a, tile=atile, desc=desc)
+        return Planes(color, alpha, planes.info)
+
+    def upscale(self, image):
+        if isinstance(image, Image.Image):
+            return planes_to_pil(self.upscale_planes(planes_from_pil(image)))
+        if isinstance(image, np.ndarray):
+            return self._upscale_array(image)
+        raise TypeError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
+
+    def _upscale_array(self, arr: np.ndarray) -> np.ndarray:
+        if arr.dtype not in (np.uint8, np.uint16):
+            raise TypeError(f"arrays must be uint8 or uint16, got {arr.dtype}")
+        a3 = arr[..., None] if arr.ndim == 2 else arr
+        if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
+            raise TypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+        has_alpha = a3.shape[2] in (2, 4)
+        color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
+        alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
+        res = self.upscale_planes(Planes(color, alpha))
+        out = res.color if res.alpha is None else np.concatenate([res.color, res.alpha], 2)
+        return out[..., 0] if arr.ndim == 2 else out
+
+
+def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "auto",
+         device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
+         max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
+         alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None,
+         tile_batch: int | None = None) -> ImageUpscaler:
+    """An `ImageUpscaler` for a model: "bicubic" (needs `scale`), a registered name such as
+    "vapsr-x2", or a checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
+    `max_memory`, e.g. "2GB", or half the free memory); `tile_batch`: tiles per model call (None:
+    1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
+    resize)."""
+    up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
+                       precision=precision, threads=threads)
+    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
+                         tile_batch=tile_batch)
+
+
+def default_model(scale: float) -> str:
+    """The best shipped model for `scale`: among the registered generators with weights in the
+    package that serve it (their own scale, or any scale for VDSR), the one with the highest mean
+    benchmark PSNR at that scale in its shipped NAME.eval.json; else "bicubic"."""
+    if not float(scale).is_integer():
+        return "bicubic"
+    best, best_psnr = "bicubic", float("-inf")
+    for name in registry.list_models("generator"):
+        weights = registry.weights_path(name)
+        if not weights or registry.get_spec(name).scale not in (None, int(scale)):
+            continue
+        try:
+            report = json.loads(weights.with_suffix(".eval.json").read_text())
+            sets = report["scales"][str(int(scale))]["model"]
+            psnr = sum(v["psnr"] for v in sets.values()) / len(sets)
+        except (OSError, ValueError, KeyError, ZeroDivisionError):
+            continue  # shipped without an evaluation at this scale: not a default
+        if psnr > best_psnr:
+            best, best_psnr = name, psnr
+    return best
+
+
+def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", device: str = "cpu",
+                  half: bool = False, outscale=None, precision: str = "auto",
+                  threads: int | None = None) -> Upscaler:
+    """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)` at
+    that scale; bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
+    scale = check_scale(scale) if scale is not None else None
+    if model is None:  # the default model serves the scale asked, x2 if none was
+        scale = scale or 2.0
+        model = default_model(scale)
+    if model == "bicubic" and scale is None:
+        scale = 2.0
+    if half and backend == "auto":  # --half with auto: the half type of the device, unchecked
+        precision, half = ("fp16" if str(device).startswith("cuda") else "bf16"), False
+    up = load_upscaler(model, scale=scale, backend=backend, device=device, precision=precision,
+                       threads=threads)
+    if half:
+        up = half_upscaler(up)
+    final = check_scale(outscale) if outscale is not None else up.scale
+    if isinstance(up, BicubicUpscaler):
+        return BicubicUpscaler(final, up.device)
+    if abs(final - up.scale) > 1e-12:
+        return ResizedUpscaler(up, final)
+    return up

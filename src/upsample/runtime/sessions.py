@@ -1,0 +1,61 @@
+"""ONNX Runtime and OpenVINO sessions over exported graphs, as callables on float NCHW tensors.
+
+The graph files come from `export` (cached by weights hash) or from `upsample quantize`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .cache import ov_compiled
+from .export import cached_ir, cached_onnx
+from .kinds import Backend
+from .runner import Runner
+
+
+def ort_session(source, device: torch.device, threads: int | None = None):
+    import onnxruntime as ort
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError("onnxruntime here has no CUDA provider: use --device cpu or --backend torch")
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})] + providers
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(source, opts, providers=providers)
+
+
+def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",
+                 threads: int | None = None):
+    """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
+    OpenVINO .xml or .onnx for openvino; OpenVINO in `precision` f32 or bf16)."""
+    if backend == Backend.ONNXRUNTIME:
+        sess = ort_session(str(path), device, threads)
+
+        def run_ort(x: torch.Tensor) -> torch.Tensor:
+            out = sess.run(None, {"input": x.detach().cpu().float().numpy()})[0]
+            return torch.from_numpy(out).to(x.device)
+        return run_ort
+    if backend == Backend.OPENVINO:
+        compiled = ov_compiled(path, precision, threads)
+
+        def run_ov(x: torch.Tensor) -> torch.Tensor:
+            out = compiled(x.detach().cpu().float().numpy())[0]
+            return torch.from_numpy(np.asarray(out)).to(x.device)
+        return run_ov
+    raise UserError(f"unknown backend {backend!r}")
+
+
+def session_runner(model: nn.Module, backend: Backend, device: torch.device,
+                   threads: int | None = None) -> Runner:
+    """`model` exported (cached by weights hash) and run in fp32 on onnxruntime or openvino."""
+    path = cached_ir(model) if backend == Backend.OPENVINO else cached_onnx(model)
+    return Runner(run=file_session(path, backend, device, threads=threads), spec=model.upsample_spec,
+                  runtime=str(backend), model=model)

@@ -1,0 +1,506 @@
+"""`upsample train CONFIG`: train a registered model on HR images; one loop, top to bottom.
+
+The loop reads as nanoGPT's: build (processes, model, data, state), step, validate, checkpoint.
+It keeps the story; the pieces it calls live beside it: state.py (everything --resume restores,
+saved and loaded by one code path), gan.py (the adversarial step), optim.py (optimizers,
+schedulers, the clipped step), procs.py (device, DDP ranks, signals and the deadline),
+validation.py (PSNR/SSIM as `upsample eval` measures), rundir.py (the run dir's rules and rank
+0's files), recipe.py (the config a run resolves to, --init).
+
+Run directory (default runs/<config stem>):
+  config.toml        the resolved config (recipe + --set overrides); --resume reads it back
+  last.safetensors   the weights to evaluate (EMA weights when train.ema > 0), every ckpt_every steps
+  last_state.pt      everything to continue exactly: raw weights, optimizer, scheduler, GradScaler,
+                     EMA, RNG states of every rank, step, epoch, best PSNR, patience counter
+  best.safetensors   the weights with the best validation PSNR so far
+  metrics.jsonl      one JSON object per log / validation line
+  tb/                TensorBoard events: loss, lr, val PSNR/SSIM, sample images
+
+Exactness: the training samples of step s are a pure function of (seed, s) (see `data`), so a run
+stopped at a checkpoint and resumed reproduces an uninterrupted run step for step (bit for bit on
+CPU). Ctrl-C or SIGTERM finishes the current step, saves and exits (status 130 / 143); after a
+kill -9, `--resume` continues from the last checkpoint.
+
+Adversarial training (ESRGAN stage 2: a [gan] section and loss.adversarial_weight > 0): each step
+is one `gan_step`, the generator (weighted pixel + perceptual + relativistic average GAN loss,
+discriminator frozen), then the discriminator on the detached output; each has its own optimizer,
+scheduler and GradScaler, all in last_state.pt, so such a run resumes exactly too. The log adds
+the loss terms and the mean discriminator logits (d_real, d_fake); `train.init` / `--init` start
+the generator from the PSNR-oriented model.
+
+Multi-process: `torchrun --nproc-per-node N -m upsample train CONFIG` runs DDP (gloo on CPU, nccl
+on CUDA). Each rank draws its own samples; `data.batch_size` is per rank, so the effective batch
+is batch_size x world size. Only rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..data import pairs as data
+from ..errors import UserError
+from ..models import checkpoint, registry
+from ..runtime.hardware import hardware_name
+from . import config as config_mod
+from .gan import Discriminator, build_discriminator, gan_step
+from .losses import PerceptualLoss, make_loss
+from .optim import build_optimizer, build_scheduler, optimizer_step
+from .procs import Pace, Procs, Stop, set_torch_flags, start_processes
+from .recipe import init_from, resolve_config
+from .rundir import RunLog, check_run_dir
+from .state import EMA, Sampling, TrainState, read_state_file, write_state_file
+from .validation import load_val_images, validate
+
+
+def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, resume: bool,
+                    reset: bool, device: str | None, init: str | None,
+                    max_minutes: float | None) -> int:
+    """`upsample train`: resolve the config (the recipe, or a resumed run's own), then train."""
+    run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
+    cfg, text = resolve_config(config, overrides, run_dir=run_dir, resume=resume, init=init)
+    try:
+        return train(cfg, run_dir, resume=resume, reset=reset, device=device,
+                     init=init or cfg.train.init, config_text=text, max_minutes=max_minutes)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
+          device: str | None = None, init: str | None = None, config_text: str | None = None,
+          on_validate=None, max_minutes: float | None = None) -> int:
+    """Train `cfg` in `run_dir`. `on_validate(step, val_psnr)` is called after each validation
+    (single process); when it returns True the run stops there (`upsample tune` prunes trials so).
+    `max_minutes`: a time-boxed chunk; the run saves and stops before that much wall time has
+    passed (counted from the call), to be continued with --resume."""
+    stop = Stop(deadline=time.time() + max_minutes * 60 if max_minutes else math.inf)
+    # ---------------------------------------------------------------- build
+    procs = start_processes(device)
+    (cfg,) = procs.from_master(cfg)  # every rank trains with rank 0's config
+    amp_dtype = set_torch_flags(cfg, procs.dev)
+    resuming, saved = open_run(run_dir, resume=resume, reset=reset, procs=procs)
+    if saved and is_finished(saved, cfg):
+        procs.log(finished_note(saved, cfg, run_dir))
+        return 0
+    model, scales, perceptual, disc = build_model(cfg, procs, init=None if resuming else init)
+    pairs, val_images = build_data(cfg, model.upsample_spec, scales, procs)
+    state = build_state(cfg, model, disc, procs, amp_dtype,
+                        Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
+                                 seed=cfg.train.seed, rank=procs.rank, world=procs.world,
+                                 n_images=len(pairs)))
+    if saved:
+        state.load_state_dict(saved, run_dir=run_dir)
+    loader = build_loader(pairs, state.sampling.batch_sampler(state.step), cfg, procs.dev)
+    net = wrap_for_ranks(state, cfg, procs)
+    eval_model = state.ema.model if state.ema is not None else model
+    train_step = make_train_step(cfg, state, net, perceptual, amp_dtype)
+    run_log = RunLog(run_dir, cfg, resuming=resuming, reset=reset, start=state.step,
+                     config_text=config_text) if procs.master else None
+    steps, bar = cfg.train.steps, None
+    sync_every = 1 if procs.dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
+    last_loss, last_terms = float("nan"), {}
+    try:
+        stop.catch_signals()
+        announce(cfg, procs, state, run_log, n_images=len(pairs), val_images=val_images,
+                 scales=scales, amp_dtype=amp_dtype)
+        bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not procs.master,
+                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+        net.train()
+        pace = Pace(start=state.step)
+        # ------------------------------------------------------------ step
+        for inp, target in device_batches(loader, cfg, procs.dev):
+            loss, parts, lr, lr_d = train_step(inp, target)
+            state.step += 1
+            bar.update(1)
+            if state.step % cfg.train.log_every == 0 or state.step == steps:
+                last_loss, last_terms = log_step(loss, parts, lr=lr, lr_d=lr_d, cfg=cfg, procs=procs,
+                                                 state=state, pace=pace, run_log=run_log, bar=bar)
+            # -------------------------------------------------------- validate
+            if (cfg.val.every and state.step % cfg.val.every == 0) or state.step == steps:
+                t_aside = time.time()
+                state.finished = validation(cfg, procs, state, run_log, eval_model=eval_model,
+                                            val_images=val_images, run_dir=run_dir,
+                                            on_validate=on_validate)
+                pace.validated(since=t_aside)
+            if state.step == steps:
+                state.finished = state.finished or "steps"
+            # -------------------------------------------------------- checkpoint
+            if pace.past_deadline(stop.deadline, val_every=cfg.val.every):
+                stop.timed_out = 1  # a step, a validation and a save no longer fit before it
+            halt = stop.requested(procs, state.step, sync_every)  # every rank at the same step
+            halt = state.finished or halt
+            if halt or state.step % cfg.train.ckpt_every == 0:
+                t_aside = time.time()
+                save(state, cfg, procs, eval_model=eval_model, run_dir=run_dir)
+                pace.saved(since=t_aside)
+            if halt:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        stop.restore_signals()
+        if run_log is not None:
+            run_log.close()
+    return summarize(cfg, procs, state, stop, pace, last_loss=last_loss, last_terms=last_terms,
+                     run_dir=run_dir, max_minutes=max_minutes)
+
+
+# -------------------------------------------------------------------- build
+
+
+def open_run(run_dir: Path, *, resume: bool, reset: bool, procs: Procs) -> tuple[bool, dict | None]:
+    """(whether a run is resumed, its last_state.pt). Rank 0 decides and hands its decision and
+    the resume state to the others (no shared filesystem needed)."""
+    error, resuming, saved = None, False, None
+    if procs.master:
+        try:
+            resuming = check_run_dir(run_dir, resume, reset)
+            if resuming:
+                saved = read_state_file(run_dir)
+        except UserError as exc:
+            error = str(exc)
+    error, resuming, saved = procs.from_master(error, resuming, saved)
+    if error:
+        raise UserError(error)
+    return resuming, saved
+
+
+def is_finished(saved: dict, cfg: config_mod.Config) -> bool:
+    """A resumed run has nothing left to do: all its steps ran, or it stopped early and still
+    would (val.patience)."""
+    return saved["step"] >= cfg.train.steps or (saved.get("finished") == "early stop"
+                                                and bool(cfg.val.patience))
+
+
+def finished_note(saved: dict, cfg: config_mod.Config, run_dir: Path) -> str:
+    best = f"best val PSNR {saved['best_psnr']:.2f} dB at step {saved['best_step']}" \
+        if saved["best_step"] else "no validation"
+    return (f"run {run_dir} is finished ({saved.get('finished') or 'steps'} at step "
+            f"{saved['step']}/{cfg.train.steps}; {best}); nothing to do")
+
+
+def build_model(cfg: config_mod.Config, procs: Procs, *, init: str | None) -> tuple:
+    """(the model, its training scales, the perceptual loss or None, the discriminator or None).
+    Seeded first: the initial weights are a function of train.seed."""
+    torch.manual_seed(cfg.train.seed)
+    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    spec = model.upsample_spec
+    if spec.kind != "generator":
+        raise UserError(f"model.name: {cfg.model.name} is a {spec.kind}, not an upscaler")
+    scales = training_scales(cfg, spec)
+    if init:
+        procs.log(init_from(model, init))
+    perceptual, disc = None, None
+    if cfg.loss.perceptual.weight or cfg.gan.discriminator:
+        if spec.input != "rgb":
+            raise UserError(f"model.name: perceptual and adversarial losses need an RGB model; "
+                            f"{cfg.model.name} works on Y")
+    if cfg.loss.perceptual.weight:
+        pc = cfg.loss.perceptual
+        perceptual = PerceptualLoss(pc.network, pc.layer, pc.weights).to(procs.dev)
+    if cfg.gan.discriminator:
+        disc = build_discriminator(cfg, cfg.data.patch_size, procs.dev)
+    return model, scales, perceptual, disc
+
+
+def training_scales(cfg: config_mod.Config, spec) -> list:
+    if spec.scale is None:
+        if not cfg.model.scales:
+            raise UserError(f"model.scales: {cfg.model.name} works at any scale; list the scales "
+                            "to train on, e.g. [2, 3, 4]")
+        return list(cfg.model.scales)
+    if cfg.model.scales and cfg.model.scales != [spec.scale]:
+        raise UserError(f"model.scales: {cfg.model.name} is a x{spec.scale} model, got "
+                        f"{cfg.model.scales}")
+    return [spec.scale]
+
+
+def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tuple:
+    """(the training pairs, made on the fly from the training images; the validation images,
+    on rank 0 only, which validates)."""
+    train_files, val_files = data.train_val_files(cfg.data.train, cfg.data.val_list,
+                                                  cfg.data.val_fraction, cfg.train.seed)
+    if cfg.data.max_images:
+        train_files = train_files[:cfg.data.max_images]
+    d = cfg.degrade
+    pair_spec = data.PairSpec(
+        patch=cfg.data.patch_size, scales=scales, y_channel=spec.input == "y",
+        pre_upsample=spec.pre_upsample, flip=cfg.data.flip, rot90=cfg.data.rot90,
+        kind=d.kind, blur_sigma=tuple(d.blur_sigma), noise_prob=d.noise_prob,
+        noise_sigma=tuple(d.noise_sigma), jpeg_prob=d.jpeg_prob, jpeg_quality=tuple(d.jpeg_quality),
+        dropout_prob=d.dropout_prob, dropout_holes=tuple(d.dropout_holes),
+        dropout_size=tuple(d.dropout_size))
+    pairs = data.PairDataset(train_files, pair_spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
+                             progress=procs.master and sys.stderr.isatty())
+    if pairs.skipped:
+        procs.log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
+    val_images = load_val_images(val_files, cfg.val) if procs.master else []
+    return pairs, val_images
+
+
+def build_state(cfg: config_mod.Config, model: nn.Module, disc: Discriminator | None, procs: Procs,
+                amp_dtype, sampling: Sampling) -> TrainState:
+    """The model on its device with its optimizer, scheduler, GradScaler and EMA: a new run's
+    state, which `load_state_dict` turns into a resumed one."""
+    model.to(procs.dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg.optim, model.parameters())
+    return TrainState(
+        model=model, opt=opt, sched=build_scheduler(cfg.sched, opt, cfg.train.steps),
+        scaler=torch.amp.GradScaler(procs.dev.type, enabled=amp_dtype is torch.float16),
+        ema=EMA(model, cfg.train.ema) if cfg.train.ema else None, gan=disc, sampling=sampling,
+        device=procs.dev)
+
+
+def build_loader(pairs, sampler, cfg: config_mod.Config, dev) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        pairs, batch_sampler=sampler, collate_fn=data.as_batch, num_workers=cfg.data.workers,
+        pin_memory=dev.type == "cuda", worker_init_fn=_leave_signals_to_main,
+        prefetch_factor=4 if cfg.data.workers else None)
+
+
+def _leave_signals_to_main(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which saves and stops
+    cleanly: a terminal's Ctrl-C, `kill -- -PGID` and batch schedulers (Slurm) signal the whole
+    process group, and a worker that died of it made the main process fail without saving.
+    Workers still end with the main process (PyTorch's watchdog) and when it shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def wrap_for_ranks(state: TrainState, cfg: config_mod.Config, procs: Procs) -> nn.Module:
+    """The network the step runs: the model, under DDP in its wrapper, compiled when asked (the
+    discriminator gets its DDP wrapper too)."""
+    ids = [procs.dev] if procs.dev.type == "cuda" else None
+    net = nn.parallel.DistributedDataParallel(state.model, device_ids=ids) if procs.ddp else state.model
+    if cfg.train.compile:
+        net = torch.compile(net)
+    if state.gan is not None and procs.ddp:
+        state.gan.net = nn.parallel.DistributedDataParallel(state.gan.model, device_ids=ids)
+    return net
+
+
+def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: RunLog | None, *,
+             n_images: int, val_images: list, scales: list, amp_dtype) -> None:
+    """The run's first lines: what it trains and where, and the bicubic baseline of validation."""
+    start = state.step
+    procs.log(f"training {cfg.model.name} x{'/'.join(map(str, scales))} on {n_images} images "
+              f"({len(val_images)} for validation), {cfg.train.steps} steps of "
+              f"{cfg.data.batch_size}x{procs.world} patches of {cfg.data.patch_size}px, "
+              f"{procs.dev.type}{', ' + cfg.train.amp if amp_dtype else ''}"
+              f"{', resuming at step ' + str(start) if start else ''}")
+    if procs.master and not start:  # where the run trains: the shipped log summary quotes it
+        run_log.record({"step": 0, "hardware": hardware_name(procs.dev, cfg.train.threads),
+                        "world": procs.world, "torch": torch.__version__})
+    if procs.master and val_images:
+        base = validate(None, val_images, scales, procs.dev)
+        procs.log(f"validation baseline: bicubic PSNR {base['psnr']:.2f} dB, SSIM {base['ssim']:.4f}")
+        if not start:
+            run_log.record({"step": 0, "val_bicubic_psnr": base["psnr"], "val_bicubic_ssim": base["ssim"]})
+
+
+# -------------------------------------------------------------------- step
+
+
+def device_batches(loader, cfg: config_mod.Config, dev):
+    """(input, target) batches on `dev`; without workers, made here with one torch thread."""
+    for inp, target in (loader if cfg.data.workers else one_thread_batches(loader)):
+        inp = inp.to(dev, non_blocking=True)
+        target = target.to(dev, non_blocking=True)
+        if cfg.train.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        yield inp, target
+
+
+def one_thread_batches(loader):
+    """Batches made in this process with one torch thread: the data pipeline's many small ops
+    run several times faster than when they wait on a thread pool sized for the model."""
+    it = iter(loader)
+    while True:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        finally:
+            torch.set_num_threads(n)
+        yield batch
+
+
+def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, perceptual, amp_dtype):
+    """The step: forward, loss, backward and update (with the discriminator's, in a GAN run),
+    then EMA and scheduler. Returns step(inp, target) -> (loss, {term: 0-d tensor}, lr, lr_d),
+    lr_d None without a discriminator."""
+    model, disc, dev = state.model, state.gan, state.device
+    hr_input = getattr(model, "trains_on_hr", False)  # joint down+up: HR in, HR out
+    criterion = make_loss(cfg.loss.name, cfg.loss.eps)
+
+    def amp():
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def content(pred, target):
+        """pixel_weight x pixel loss (+ perceptual.weight x perceptual loss) and, when more than
+        the pixel loss is trained on, the terms to log."""
+        pixel = criterion(pred.float(), target)
+        loss = cfg.loss.pixel_weight * pixel
+        if perceptual is None and disc is None:
+            return loss, {}
+        terms = {"pixel": pixel.detach()}
+        if perceptual is not None:
+            with amp():
+                percep = perceptual(pred, target)
+            loss = loss + cfg.loss.perceptual.weight * percep
+            terms["perceptual"] = percep.detach()
+        return loss, terms
+
+    def g_update(loss):
+        state.opt.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        return optimizer_step(state.opt, state.scaler, model, cfg.optim)
+
+    def step(inp, target):
+        lr_d = None
+        if disc is None:
+            with amp():
+                pred = net(target, hr=True) if hr_input else net(inp)
+            loss, parts = content(pred, target)
+            if hr_input and model.aux_loss is not None:  # a joint model's rate term
+                loss = loss + model.aux_loss
+            lr = g_update(loss)
+        else:
+            loss, parts, lr = gan_step(net, inp, target, content=lambda p: content(p, target),
+                                       adv_weight=cfg.loss.adversarial_weight, g_update=g_update,
+                                       disc=disc, amp=amp)
+            lr_d = disc.opt.param_groups[0]["lr"]
+            if disc.sched is not None:
+                disc.sched.step()
+        if state.ema is not None:
+            state.ema.update(model)
+        if state.sched is not None and cfg.sched.name != "plateau":
+            state.sched.step()
+        return loss, parts, lr, lr_d
+
+    return step
+
+
+def log_step(loss, parts: dict, *, lr: float, lr_d: float | None, cfg: config_mod.Config,
+             procs: Procs, state: TrainState, pace: Pace, run_log: RunLog | None, bar) -> tuple:
+    """The loss and its terms (means over the ranks) with the lr to metrics.jsonl, TensorBoard
+    and the progress bar; returns (loss, terms) for the summary."""
+    loss_t = torch.stack([loss.detach().float(), *(v.float() for v in parts.values())])
+    if procs.ddp:
+        dist.all_reduce(loss_t)
+        loss_t /= procs.world
+    value, *terms = loss_t.tolist()
+    terms = dict(zip(parts, terms))
+    if lr_d is not None:
+        terms["lr_d"] = lr_d
+    if procs.master:
+        step = state.step
+        pps, elapsed = pace.since_log(step, cfg.train.log_every, cfg.data.batch_size * procs.world)
+        run_log.record({"step": step, "epoch": state.sampling.epoch(step), "loss": value, **terms,
+                        "lr": lr, "patches_per_s": round(pps, 1), "time": round(elapsed, 3)})
+        run_log.writer.add_scalar("train/loss", value, step)
+        for k, v in terms.items():
+            run_log.writer.add_scalar(f"train/{k}", v, step)
+        run_log.writer.add_scalar("train/lr", lr, step)
+        run_log.writer.add_scalar("train/patches_per_s", pps, step)
+        bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}", refresh=False)
+    return value, terms
+
+
+# -------------------------------------------------------------------- validate
+
+
+def validation(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: RunLog | None, *,
+               eval_model: nn.Module, val_images: list, run_dir: Path, on_validate) -> str | None:
+    """Rank 0 validates; every rank keeps the same best PSNR and patience count from it (and
+    steps a plateau scheduler on it). Returns why training ends here, or None."""
+    v = validate(eval_model, val_images, state.sampling.scales, procs.dev) \
+        if procs.master and val_images else None
+    (psnr,) = procs.from_master(v["psnr"] if v else None)
+    if psnr is None:
+        return None
+    improved = psnr > state.best_psnr
+    if improved:
+        state.best_psnr, state.best_step, state.bad_vals = psnr, state.step, 0
+    else:
+        state.bad_vals += 1
+    if procs.master:
+        report_validation(v, cfg, run_log, step=state.step, improved=improved,
+                          eval_model=eval_model, run_dir=run_dir)
+    if state.sched is not None and cfg.sched.name == "plateau":
+        state.sched.step(psnr)
+    finished = None
+    if cfg.val.patience and state.bad_vals >= cfg.val.patience:
+        finished = "early stop"
+    if on_validate is not None and on_validate(state.step, psnr):
+        finished = "stopped by the caller"
+    return finished
+
+
+def report_validation(v: dict, cfg: config_mod.Config, run_log: RunLog, *, step: int,
+                      improved: bool, eval_model: nn.Module, run_dir: Path) -> None:
+    """best.safetensors on a new best; the scores to metrics.jsonl, TensorBoard and stderr."""
+    if improved:
+        checkpoint.save_checkpoint(
+            eval_model, run_dir / "best.safetensors", config=config_mod.to_dict(cfg),
+            extra={"step": step, "val_psnr": v["psnr"], "val_ssim": v["ssim"]})
+    run_log.record({"step": step, "val_psnr": v["psnr"], "val_ssim": v["ssim"], "best": improved})
+    run_log.writer.add_scalar("val/psnr", v["psnr"], step)
+    run_log.writer.add_scalar("val/ssim", v["ssim"], step)
+    for i, img in enumerate(v["samples"][:cfg.val.samples]):
+        run_log.writer.add_image(f"val/sample{i}", img, step, dataformats="HWC")
+    tqdm.write(f"step {step}: val PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.4f}"
+               f"{' (best)' if improved else ''}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------- checkpoint
+
+
+def save(state: TrainState, cfg: config_mod.Config, procs: Procs, *, eval_model: nn.Module,
+         run_dir: Path) -> None:
+    """last.safetensors (weights to evaluate) then last_state.pt (what --resume reads)."""
+    sd = state.state_dict()  # on every rank: it gathers their RNG states
+    if not procs.master:
+        return
+    extra = {"step": state.step, "best_val_psnr": state.best_psnr if state.best_step else None}
+    checkpoint.save_checkpoint(eval_model, run_dir / "last.safetensors",
+                               config=config_mod.to_dict(cfg), extra=extra)
+    write_state_file(sd, run_dir)
+
+
+def summarize(cfg: config_mod.Config, procs: Procs, state: TrainState, stop: Stop, pace: Pace, *,
+              last_loss: float, last_terms: dict, run_dir: Path, max_minutes: float | None) -> int:
+    """The last line (why the run stopped and how it went) and the exit status: 128 + signal
+    when a signal stopped it, else 0."""
+    step, steps, finished = state.step, cfg.train.steps, state.finished
+    elapsed, pps = pace.overall(step, cfg.data.batch_size * procs.world)
+    if stop.signum and not finished:
+        name = signal.Signals(stop.signum).name
+        procs.log(f"stopped by {name} at step {step}/{steps}; saved {run_dir / 'last_state.pt'}; "
+                  f"continue with --resume")
+        return 128 + stop.signum
+    if stop.timed_out and not finished:
+        procs.log(f"time limit ({max_minutes:g} min) at step {step}/{steps}; saved "
+                  f"{run_dir / 'last_state.pt'} ({pps:.0f} patches/s); continue with --resume")
+        return 0
+    if procs.master:
+        best = f"best val PSNR {state.best_psnr:.2f} dB at step {state.best_step} -> " \
+               f"{run_dir / 'best.safetensors'}" if state.best_step else \
+               f"no validation; weights -> {run_dir / 'last.safetensors'}"
+        d_loss = f", D loss {last_terms['d_loss']:.4g}" if "d_loss" in last_terms else ""
+        print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s), "
+              f"loss {last_loss:.4g}{d_loss}; {best}")
+    return 0

@@ -1,0 +1,66 @@
+"""What a run trains: the config it resolves to (the recipe and --set, or a resumed run's own
+config.toml) and the weights it starts from (--init / train.init). Apart from the loop because
+it is decided once, before training, from the command line's view of the run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UserError
+from ..models import checkpoint, registry
+from . import config as config_mod
+
+WIDTH_KEYS = ("num_feat", "mid_feat", "d_atten", "num_grow_ch")  # what `upsample prune` shrinks
+
+
+def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
+                   init: str | None) -> tuple[config_mod.Config, str | None]:
+    """(config, the TOML to record in a new run dir, or None when a run is resumed)."""
+    if resume and (run_dir / "config.toml").exists():
+        # a run continues with its own resolved config; --set may still change it (e.g. steps)
+        cfg = config_mod.load_config(run_dir / "config.toml", overrides)
+        if Path(config).is_file() and config_mod.load_config(config, overrides) != cfg:
+            print(f"note: resuming with {run_dir / 'config.toml'}, which differs from "
+                  f"{config}; change values with --set", file=sys.stderr)
+        return cfg, None
+    cfg = config_mod.load_config(config, overrides)
+    if not init and cfg.train.init and not Path(cfg.train.init).is_file():
+        raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
+                        "from): train that stage first, or pass --init CKPT")
+    if init:  # the resolved config records where the run started
+        cfg.train.init = init
+    if cfg.train.init:
+        note = adopt_init_widths(cfg, cfg.train.init)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    return cfg, config_mod.to_toml(cfg)
+
+
+def adopt_init_widths(cfg: config_mod.Config, path: str) -> str | None:
+    """A pruned --init checkpoint is the config's architecture at smaller widths: train that
+    shape (recorded in model.kwargs, so the run dir and its checkpoints rebuild it)."""
+    _, meta = checkpoint.load_checkpoint(path)
+    spec = registry.get_spec(cfg.model.name)
+    if meta["arch"] != spec.arch:
+        return None
+    want = registry.full_kwargs(spec.arch, {**spec.kwargs, **cfg.model.kwargs})
+    have = registry.full_kwargs(meta["arch"], meta["kwargs"])
+    diff = {k: v for k, v in have.items() if want.get(k) != v}
+    if not diff or set(diff) - set(WIDTH_KEYS):
+        return None
+    cfg.model.kwargs = {**cfg.model.kwargs, **diff}
+    return f"--init {path} is {cfg.model.name} with {diff}: training that shape"
+
+
+def init_from(model: nn.Module, path: str) -> str:
+    """Copy the tensors of checkpoint `path` whose names and shapes fit `model` (--init)."""
+    src = checkpoint.load_checkpoint(path)[0].state_dict()
+    own = model.state_dict()
+    fit = {k: v for k, v in src.items() if k in own and v.shape == own[k].shape}
+    if not fit:
+        raise UserError(f"--init {path}: no tensor of it fits {model.upsample_spec.name}")
+    model.load_state_dict(fit, strict=False)
+    return f"initialised {len(fit)}/{len(own)} tensors from {path}"

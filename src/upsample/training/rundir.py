@@ -1,0 +1,88 @@
+"""The run directory: when it may be used (--resume / --reset) and rank 0's files in it
+(config.toml, metrics.jsonl, tb/); last_state.pt belongs to state.py, the .safetensors to loop.py.
+Kept apart from the loop so that these file rules read in one place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+from . import config as config_mod
+
+RUN_FILES = ("config.toml", "last.safetensors", "last_state.pt", "best.safetensors", "metrics.jsonl")
+
+
+def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
+    """True when there is a run to resume. Raises for a used run dir without --resume/--reset."""
+    used = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
+    if resume:
+        if not (run_dir / "last_state.pt").exists():
+            raise UserError(f"--resume: {run_dir} has no last_state.pt to resume from; start "
+                            "without --resume")
+        return True
+    if used and not reset:
+        raise UserError(f"run dir {run_dir} already holds a run: use --resume to continue it, "
+                        "--reset to start over, or --run-dir for a new one")
+    return False
+
+
+def reset_run_dir(run_dir: Path) -> None:
+    for f in RUN_FILES:
+        (run_dir / f).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+
+
+class RunLog:
+    """Rank 0's record of a run: config.toml (what the run trains with), metrics.jsonl (one JSON
+    object per log / validation line) and TensorBoard events in tb/. Opening it claims the run
+    dir: with `reset` it first clears the old run; a resumed run drops the lines logged after
+    its checkpoint at step `start`, which the resumed steps log again."""
+
+    def __init__(self, run_dir: Path, cfg: config_mod.Config, *, resuming: bool, reset: bool,
+                 start: int, config_text: str | None):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if reset:
+            reset_run_dir(run_dir)
+        write_config(run_dir, cfg, resuming=resuming, config_text=config_text)
+        keep_metrics_until(run_dir / "metrics.jsonl", start if resuming else None)
+        self.metrics = open(run_dir / "metrics.jsonl", "a")
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if resuming else None)
+
+    def record(self, obj: dict) -> None:
+        self.metrics.write(json.dumps(obj) + "\n")
+        self.metrics.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.metrics.close()
+
+
+def write_config(run_dir: Path, cfg: config_mod.Config, *, resuming: bool,
+                 config_text: str | None) -> None:
+    """config.toml: `config_text` (the recipe as resolved) for a new run. A resumed run whose
+    --set changed a value (e.g. train.steps) records it too, so that config.toml always says
+    what the run continues with."""
+    path = run_dir / "config.toml"
+    if not resuming or config_mod.load_config(path, []) != cfg:
+        tmp = path.with_name(f"config.toml.{os.getpid()}.tmp")
+        tmp.write_text(config_text if config_text and not resuming else config_mod.to_toml(cfg))
+        os.replace(tmp, path)
+
+
+def keep_metrics_until(path: Path, step: int | None) -> None:
+    """Keep the lines of metrics.jsonl up to `step` (None: none, a new run)."""
+    kept = []
+    if step is not None and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass
+    tmp = path.with_name(".metrics.jsonl.part")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

@@ -1,0 +1,164 @@
+"""What `--resume` needs, owned by one object: `TrainState.state_dict()` is what last_state.pt
+holds and `load_state_dict()` puts it back, so saving and resuming are one code path. EMA and the
+RNG helpers live here because the state is what carries them from one chunk of a run to the next.
+
+last_state.pt keys (kept as runs in progress wrote them): step, epoch, finished, model, optimizer,
+scheduler, scaler, ema, gan {model, opt, sched, scaler}, rng (one entry per rank), best_psnr,
+best_step, bad_vals, sampler {next_step, seed, batch, world, scales}, world.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import pairs as data
+from ..errors import UserError
+from ..media.imageio import atomic_output
+from .gan import Discriminator
+
+STATE_FILE = "last_state.pt"
+
+
+class EMA:
+    """Exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * w."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, w in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(w, 1.0 - self.decay)
+            else:
+                e.copy_(w)
+
+
+def rng_states(device: torch.device) -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def set_rng_states(st: dict, device: torch.device) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How this rank's batches are drawn (the batch sampler's arguments): samples are a pure
+    function of (seed, step, rank), so the step is all a resumed run needs to continue them."""
+    steps: int          # the run's length (a resume may extend it with --set train.steps=N)
+    batch_size: int     # per rank
+    scales: list
+    seed: int
+    rank: int
+    world: int
+    n_images: int       # training images: what an epoch is counted in
+
+    def epoch(self, step: int) -> int:
+        return step * self.batch_size * self.world // self.n_images
+
+    def batch_sampler(self, start: int) -> data.StepBatchSampler:
+        return data.StepBatchSampler(start, self.steps, self.batch_size, self.scales, self.seed,
+                                     self.rank, self.world)
+
+
+@dataclass
+class TrainState:
+    """Everything a run continues from: weights, optimizers, schedulers, GradScalers, EMA, the
+    discriminator (`gan`), RNG states of every rank, step, best PSNR and
+    patience counter, and the sampler position (`step`, with `sampling`)."""
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object | None
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    gan: Discriminator | None
+    sampling: Sampling
+    device: torch.device
+    step: int = 0
+    best_psnr: float = -math.inf
+    best_step: int = 0
+    bad_vals: int = 0           # validations in a row without a new best (val.patience)
+    finished: str | None = None  # why the run ended: "steps", "early stop", ...
+
+    def state_dict(self) -> dict:
+        """The contents of last_state.pt. Collective under DDP (it gathers every rank's RNG
+        states): every rank calls it, rank 0 writes it."""
+        s = self.sampling
+        return {
+            "step": self.step, "epoch": s.epoch(self.step), "finished": self.finished,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "scaler": self.scaler.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
+            "gan": {k: (getattr(self.gan, k).state_dict() if getattr(self.gan, k) is not None else None)
+                    for k in ("model", "opt", "sched", "scaler")} if self.gan else None,
+            "rng": all_rng_states(self.device, s.world), "best_psnr": self.best_psnr,
+            "best_step": self.best_step, "bad_vals": self.bad_vals,
+            "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
+                        "world": s.world, "scales": s.scales},
+            "world": s.world}
+
+    def load_state_dict(self, sd: dict, *, run_dir: Path) -> None:
+        """Continue from `sd` (a state_dict, possibly of a run with another world size: a rank
+        the saved run did not have takes rank 0's RNG states). `finished` is not restored: a
+        resumed run goes on until it finishes again."""
+        self.model.load_state_dict(sd["model"])
+        self.opt.load_state_dict(sd["optimizer"])
+        if self.sched is not None and sd.get("scheduler"):
+            self.sched.load_state_dict(sd["scheduler"])
+            if isinstance(self.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+                self.sched.T_max = self.sampling.steps  # extended with --set train.steps=N: decay to N
+        self.scaler.load_state_dict(sd["scaler"])
+        if self.ema is not None and sd.get("ema"):
+            self.ema.model.load_state_dict(sd["ema"])
+        self.best_psnr, self.best_step, self.bad_vals = sd["best_psnr"], sd["best_step"], sd["bad_vals"]
+        if self.gan is not None:
+            if not sd.get("gan"):
+                raise UserError(f"--resume: {run_dir} was not trained with a discriminator; start a "
+                                "new run with --init from its weights instead")
+            for key in ("model", "opt", "scaler"):
+                getattr(self.gan, key).load_state_dict(sd["gan"][key])
+            if self.gan.sched is not None and sd["gan"]["sched"]:
+                self.gan.sched.load_state_dict(sd["gan"]["sched"])
+        rngs, s = sd["rng"], self.sampling
+        set_rng_states(rngs[s.rank] if len(rngs) == s.world else rngs[0], self.device)
+        self.step = sd["step"]
+
+
+def all_rng_states(device: torch.device, world: int) -> list[dict]:
+    """The RNG states of every rank, in rank order (collective under DDP)."""
+    if world > 1:
+        rngs = [None] * world
+        dist.all_gather_object(rngs, rng_states(device))
+        return rngs
+    return [rng_states(device)]
+
+
+def read_state_file(run_dir: Path) -> dict:
+    return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def write_state_file(sd: dict, run_dir: Path) -> None:
+    """Atomically: a kill while saving leaves the previous last_state.pt."""
+    with atomic_output(run_dir / STATE_FILE) as tmp, open(tmp, "wb") as f:
+        torch.save(sd, f)
+        f.flush()
+        os.fsync(f.fileno())
