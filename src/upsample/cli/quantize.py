@@ -35,7 +35,7 @@ def register(sub) -> None:
     p = sub.add_parser("quantize", help="static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
                        description=quantize_doc)
     p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
-    p.add_argument("--backend", required=True, choices=sorted(SUFFIX))
+    p.add_argument("--backend", required=True, choices=sorted(str(b) for b in SUFFIX))
     p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (training data, not benchmarks)")
     p.add_argument("-o", "--output", required=True, help="int8 model: .onnx (onnxruntime) or .xml (openvino)")
     p.add_argument("--scale", default=None, help="scale to calibrate at (VDSR; default: the model's)")

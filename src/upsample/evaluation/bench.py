@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UserError
-from ..runtime.hardware import _sync, cpu_has_bf16, cpu_name, openvino_peak_gflops, peak_gflops
+from ..runtime.hardware import cpu_has_bf16, cpu_name, openvino_peak_gflops, peak_gflops, sync
 from ..inference.wrappers import half_upscaler
 from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
@@ -159,14 +159,14 @@ def time_entries(entries: list[tuple], x: torch.Tensor, dev: torch.device, *, wa
             say(f"warming up {label}")
             for _ in range(max(1, warmup)):
                 out = up(x)
-            _sync(dev)
+            sync(dev)
             outs.append(out.float().clamp(0, 1))  # differences as the saved image shows them
         for r in range(runs):
             say(f"round {r + 1} of {runs}")
             for i, (_, up, _) in enumerate(entries):
                 t = time.perf_counter()
                 up(x)
-                _sync(dev)
+                sync(dev)
                 times[i].append(time.perf_counter() - t)
     return outs, times
 

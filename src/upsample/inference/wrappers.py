@@ -10,6 +10,7 @@ import torch
 from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
+from ..runtime.kinds import Backend
 
 
 class ResizedUpscaler(Upscaler):
@@ -32,7 +33,7 @@ def half_upscaler(up: Upscaler) -> Upscaler:
     colour and resize edges stay float32. Bicubic is returned as is."""
     if isinstance(up, BicubicUpscaler):
         return up
-    if not isinstance(up, ModelUpscaler) or up.backend != "torch":
+    if not isinstance(up, ModelUpscaler) or up.backend != Backend.TORCH:
         raise UserError("--half works with the torch backend only")
     dtype = torch.float16 if up.device.type == "cuda" else torch.bfloat16
     net = up.model.to(dtype)
@@ -40,4 +41,4 @@ def half_upscaler(up: Upscaler) -> Upscaler:
     def run_net(x: torch.Tensor) -> torch.Tensor:
         return net(x.to(dtype)).float()
 
-    return ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend="torch", device=up.device)
+    return ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend=Backend.TORCH, device=up.device)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -25,12 +25,12 @@ def time_runs(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, 
     out = None
     for _ in range(warmup):
         out = fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
 
@@ -64,12 +64,12 @@ def peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: i
     a = torch.rand(n, n, generator=g).to(device, dtype)
     b = torch.rand(n, n, generator=g).to(device, dtype)
     torch.mm(a, b)
-    _sync(device)
+    sync(device)
     best, start, done = float("inf"), time.perf_counter(), 0
     while done < runs or time.perf_counter() - start < seconds:
         t = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t)
         done += 1
     return 2 * n ** 3 / best / 1e9

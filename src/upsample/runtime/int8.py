@@ -17,7 +17,7 @@ from .sessions import file_session
 from ..errors import UserError
 from ..models import registry
 
-SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
+SUFFIX = {Backend.ONNXRUNTIME: ".onnx", Backend.OPENVINO: ".xml"}
 BACKEND_OF = {v: k for k, v in SUFFIX.items()}
 META_KEY = "upsample"
 
@@ -49,11 +49,11 @@ def read_meta(path: Path) -> tuple[str, dict]:
         if path.suffix.lower() == ".onnx":
             import onnx
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            backend, text = "onnxruntime", props.get(META_KEY)
+            backend, text = Backend.ONNXRUNTIME, props.get(META_KEY)
         else:
             import openvino as ov
             m = ov.Core().read_model(str(path))
-            backend = "openvino"
+            backend = Backend.OPENVINO
             text = m.get_rt_info([META_KEY]).astype(str) if m.has_rt_info([META_KEY]) else None
     except UserError:
         raise

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from .runner import Runner
+from .kinds import Backend
 
 
 def torch_runner(model: nn.Module, device: torch.device) -> Runner:
     model = model.to(device)
-    return Runner(run=model, spec=model.upsample_spec, runtime="torch", model=model)
+    return Runner(run=model, spec=model.upsample_spec, runtime=Backend.TORCH, model=model)

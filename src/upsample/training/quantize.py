@@ -41,7 +41,7 @@ def calibration_inputs(model, scale: float, folder: str, *, samples: int, size: 
         seen.append(x.detach().cpu().float().numpy())
         return model(x)
 
-    up = ModelUpscaler(model, record, scale=scale, name="calibration", backend="torch",
+    up = ModelUpscaler(model, record, scale=scale, name="calibration", backend=Backend.TORCH,
                        device=torch.device("cpu"))
     hr_size = int(round(size * scale))
     for path in images:  # one centre crop per image big enough: equal shapes for histograms

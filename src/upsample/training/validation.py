@@ -13,6 +13,7 @@ from ..evaluation import evaluate
 from ..inference.upscaler import BicubicUpscaler, ModelUpscaler
 from ..media.imageio import read_rgb
 from . import config as config_mod
+from ..runtime.kinds import Backend
 
 
 def load_val_images(files: list, cfg: config_mod.ValConfig) -> list[np.ndarray]:
@@ -39,7 +40,7 @@ def validate(model: nn.Module | None, images: list[np.ndarray], scales: list[int
     psnrs, ssims, samples = [], [], []
     for s in scales:
         up = (BicubicUpscaler(s, device) if model is None else
-              ModelUpscaler(model, model, scale=s, name="validation", backend="torch", device=device))
+              ModelUpscaler(model, model, scale=s, name="validation", backend=Backend.TORCH, device=device))
         down = None
         if getattr(model, "trains_on_hr", False):  # a joint model makes its own LR
             from ..inference.downscale import LearnedDownscaler
