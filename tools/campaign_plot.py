@@ -1,0 +1,58 @@
+"""The zoo campaign's learning curves: validation PSNR (training split) against steps for every run
+under weights/wip/, as one PNG: `python tools/campaign_plot.py [OUT.png]` (default docs/campaign.png).
+
+Each run's metrics.jsonl holds its validation lines across all its chunks (a resumed chunk drops
+the lines after its checkpoint), and the bicubic baseline of the same images, drawn dashed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def curves(wip: Path = ROOT / "weights" / "wip") -> dict[str, dict]:
+    """run name -> {"steps": [...], "psnr": [...], "bicubic": float | None}."""
+    out = {}
+    for metrics in sorted(wip.glob("*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        vals = [r for r in rows if "val_psnr" in r]
+        base = next((r["val_bicubic_psnr"] for r in rows if "val_bicubic_psnr" in r), None)
+        if vals:
+            out[metrics.parent.name] = {"steps": [r["step"] for r in vals],
+                                        "psnr": [r["val_psnr"] for r in vals], "bicubic": base}
+    return out
+
+
+def plot(runs: dict[str, dict], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for i, (name, c) in enumerate(runs.items()):
+        line, = ax.plot(c["steps"], c["psnr"], marker=".", label=name)
+        if c["bicubic"] is not None:
+            ax.axhline(c["bicubic"], color=line.get_color(), ls="--", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation PSNR, Y (dB)")
+    ax.set_title("zoo campaign: validation PSNR (dashed: bicubic on the same images)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "campaign.png"
+    found = curves()
+    if not found:
+        sys.exit("campaign_plot: no run with validation lines under weights/wip/")
+    plot(found, target)
+    for name, c in found.items():
+        print(f"{name}: step {c['steps'][-1]}, val PSNR {c['psnr'][-1]:.2f} dB (best {max(c['psnr']):.2f}, "
+              f"bicubic {c['bicubic']:.2f})")
+    print(f"wrote {target}")
