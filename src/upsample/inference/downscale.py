@@ -1,6 +1,6 @@
 """Downscalers: the sender side of a down-up pipeline, HR RGB -> LR RGB.
 
-`load_downscaler(spec, scale)` resolves "bicubic" (MATLAB imresize, as `evaluate.make_lr`), a
+`load_downscaler(spec, scale)` resolves "bicubic" (MATLAB imresize, as `data.degrade.make_lr`), a
 registered joint model (`joint-x2`, see models/downscaler.py) or a checkpoint of one. A learned
 downscaler works on Y like its upscaler: RGB -> YCbCr (BT.601), the network on Y, Cb/Cr by
 `degrade.imresize`, back to RGB. `lr(hr, device)` returns the LR as an 8-bit image would hold it

@@ -112,7 +112,7 @@ class FastEngine:
         if planes.alpha is not None or c.shape[2] != 3 or h * w * s * s > MAX_OUT_PIXELS or min(h, w) < 3:
             return None
         maxval = np.float32(np.iinfo(c.dtype).max)
-        # the same float32 steps as `infer.Tiler` (divide, run, clamp, scale, round half to even)
+        # the same float32 steps as `tiler.Tiler` (divide, run, clamp, scale, round half to even)
         x = c.transpose(2, 0, 1)[None].astype(np.float32) / maxval
         try:
             with self._lock:

@@ -1,14 +1,14 @@
 """The one inference interface: `Upscaler`, called on float NCHW RGB in [0, 1].
 
-`load_upscaler(spec, scale=..., backend=..., device=...)` resolves a spec: "bicubic", a registered
-model name (shipped weights, or an untrained random init with a note), or a checkpoint path. Every
-upscaler takes RGB and returns RGB, unclamped; callers clamp and quantize at the edges.
+`inference.load.load_upscaler(spec, scale=..., backend=..., device=...)` builds one from a spec
+("bicubic", a registered model name, a checkpoint path) and a runtime's `Runner`. Every upscaler
+takes RGB and returns RGB, unclamped; callers clamp and quantize at the edges.
 
 Y-channel models are wrapped: RGB -> YCbCr (BT.601, the coefficients of `metrics.rgb_to_y`, as
 [0, 1] floats), the network on Y, Cb/Cr upscaled by `degrade.imresize`, back to RGB. Pre-upsampling
 models (VDSR) get the Y bicubic-upscaled by `imresize` first. The network itself runs on one of the
 backends: torch, onnxruntime or openvino (the latter two export it to ONNX on the fly, cached by a
-hash of its weights under the cache folder), or auto (`auto.py`: the fastest correct runtime and
+hash of its weights under the cache folder), or auto (`runtime.auto`: the fastest correct runtime and
 precision for the machine, with the colour and resize edges inside the runtime's graph); on the
 other backends the colour and resize edges run in torch.
 """

@@ -1,4 +1,5 @@
-"""`--backend auto`: the fastest correct way to run a model on this machine, chosen once per model.
+"""`--backend auto`: the fastest correct way to run a model on this machine, chosen once per model
+and returned as a `Runner` (`cpu_runner`, `cuda_runner`; `inference.load` wraps it).
 
 CPU: the model runs in OpenVINO. For Y-channel models the whole RGB -> RGB pipeline (BT.601
 YCbCr, MATLAB-exact bicubic of the chroma and of VDSR's input as fixed convolutions

@@ -16,7 +16,7 @@ Run directory (default runs/<config stem>):
   metrics.jsonl      one JSON object per log / validation line
   tb/                TensorBoard events: loss, lr, val PSNR/SSIM, sample images
 
-Exactness: the training samples of step s are a pure function of (seed, s) (see `data`), so a run
+Exactness: the training samples of step s are a pure function of (seed, s) (see `data.pairs`), so a run
 stopped at a checkpoint and resumed reproduces an uninterrupted run step for step (bit for bit on
 CPU). Ctrl-C or SIGTERM finishes the current step, saves and exits (status 130 / 143); after a
 kill -9, `--resume` continues from the last checkpoint.
