@@ -87,6 +87,28 @@ def test_resume_after_sigterm_and_after_a_crash_is_exact(tmp_path, monkeypatch, 
     assert all(torch.equal(a_w[k], b_w[k]) for k in a_w)
 
 
+def test_a_max_minutes_chunk_then_resume_continues_exactly(tmp_path, capsys):
+    """A time-boxed chunk stops at whatever step its deadline falls on, saves, exits 0; --resume
+    then continues to the same losses and weights as an uninterrupted run."""
+    chunked = ["train.steps=300", "train.log_every=1", "val.every=100", "train.ckpt_every=100"]
+    assert _train(tmp_path / "a", sets=chunked) == 0
+    assert _train(tmp_path / "b", "--max-minutes", "0.01", sets=chunked) == 0
+    assert "time limit (0.01 min)" in capsys.readouterr().err
+    stopped = torch.load(tmp_path / "b" / "last_state.pt", weights_only=False)
+    assert 1 <= stopped["step"] < 300 and stopped["finished"] is None
+    assert _train(tmp_path / "b", "--resume") == 0
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
+    a_w = checkpoint.load_checkpoint(tmp_path / "a" / "last.safetensors")[0].state_dict()
+    b_w = checkpoint.load_checkpoint(tmp_path / "b" / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a_w[k], b_w[k]) for k in a_w)
+
+
+def test_max_minutes_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _train(tmp_path / "c", "--max-minutes", "0")
+    assert "expected a positive number of minutes" in capsys.readouterr().err
+
+
 def test_run_dir_rules_finished_resume_and_outputs(tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(run, sets=["train.steps=3", "val.every=2"]) == 0
