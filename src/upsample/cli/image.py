@@ -25,9 +25,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
     if args.tile is not None and args.tile < 0:
         raise UserError(f"--tile must be >= 0, got {args.tile}")
+    tile_batch = parse_count(args.tile_batch, "--tile-batch")
+    max_memory = parse_size(args.max_memory) if args.max_memory else None
     progress = sys.stderr.isatty()
-    engines = batch.Engines(args, max_memory=parse_size(args.max_memory) if args.max_memory else None,
-                            tile_batch=parse_count(args.tile_batch, "--tile-batch"), progress=progress)
+    engines = batch.Engines(args, max_memory=max_memory, tile_batch=tile_batch, progress=progress)
     scale = batch.scale_text(engines.scale)
     todo, skipped, failed = batch.plan_outputs(
         jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext,

@@ -1,4 +1,5 @@
-"""Command-line options shared by `image`, `video`, `eval` and `bench`, and the names they take.
+"""Command-line options shared by `image`, `video`, `eval` and `bench` (the backend and
+precision names they take are `runtime.kinds`).
 
 Torch-free on purpose: `upsample image` parses its arguments (and, on a cache hit, runs
 `fastpath`) without importing torch, whose import alone takes 1.5-2 s on the 2-core CPU.

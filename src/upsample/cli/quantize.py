@@ -9,7 +9,7 @@ from ..errors import UserError
 from ..inference.load import model_scale, resolve_model
 from ..runtime import export
 from ..runtime.int8 import SUFFIX
-from ..training.quantize import __doc__ as quantize_doc, quantize_model
+from ..training import quantize
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     scale = model_scale(model.upsample_spec, args.scale, name)
-    quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
+    quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
                    samples=args.samples, size=args.size, keep_edges=args.keep_edges, source=str(args.model))
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
           f"`upsample eval --model {out} --backend {args.backend} ...`")
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
-                       description=quantize_doc)
+                       description=quantize.__doc__.splitlines()[0])
     p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
     p.add_argument("--backend", required=True, choices=sorted(str(b) for b in SUFFIX))
     p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (training data, not benchmarks)")

@@ -195,11 +195,11 @@ def imresize_np(img: np.ndarray, scale: float | None = None, *, size: tuple[int,
     out = out[0] if img.ndim == 2 else out.permute(1, 2, 0)
     res = out.numpy()
     if is_uint8:
-        return to_uint8(res)
+        return array_to_uint8(res)
     return res
 
 
-def to_uint8(img01: np.ndarray) -> np.ndarray:
+def array_to_uint8(img01: np.ndarray) -> np.ndarray:
     """[0, 1] float image -> uint8 with rounding, as a saved PNG would be."""
     return np.clip(np.round(np.asarray(img01) * 255.0), 0, 255).astype(np.uint8)
 
@@ -256,7 +256,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
     out = []
     for img in x:
-        arr = to_uint8(img.detach().cpu().permute(1, 2, 0).numpy())
+        arr = array_to_uint8(img.detach().cpu().permute(1, 2, 0).numpy())
         pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
         buf = io.BytesIO()
         pil.save(buf, format="JPEG", quality=int(quality))

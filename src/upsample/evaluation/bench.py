@@ -48,7 +48,7 @@ def half_dtype(device: torch.device) -> torch.dtype | None:
 
 def network_macs(up: Upscaler, h: int, w: int) -> int:
     """Multiply-accumulates of the upscaler's network for an h x w input frame (0 for bicubic)."""
-    model = getattr(up, "model", None)
+    model = up.model
     if model is None:
         return 0
     spec = up.spec

@@ -27,7 +27,7 @@ from ..inference.load import check_scale, load_upscaler
 @torch.no_grad()
 def evaluate_image(upscaler: Upscaler, hr: np.ndarray, scale: float, crop_border: int,
                    y_channel: bool, downscaler=None) -> tuple[float, float, np.ndarray]:
-    """`downscaler` (see `downscale.py`) makes the LR instead of `make_lr` (a learned one)."""
+    """`downscaler` (see `inference.downscale`) makes the LR instead of `make_lr` (a learned one)."""
     hr = modcrop(hr, scale)
     lr = make_lr(hr, scale, upscaler.device) if downscaler is None else downscaler.lr(hr, upscaler.device)
     sr = upscaler(lr)

@@ -28,8 +28,6 @@ from ..models.registry import ModelSpec
 from ..runtime.runner import Runner
 
 
-
-
 class Upscaler:
     """Callable RGB -> RGB upscaler with a fixed `scale`. Every attribute a caller reads is
     declared here, with the value a non-network upscaler (bicubic, a wrapper) has."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cache, export, fp32_ends
+from . import cache, export, fp32_ends, hardware
 from .cache import FUSED_GRAPH
 from ..data.degrade import BicubicUp
 from ..errors import UserError
@@ -120,12 +120,11 @@ def _cpu_precision(model: nn.Module, key: str, main_xml: Path, fused: bool, *, n
                    precision: str, threads: int | None, quiet: bool) -> str:
     """OpenVINO's precision for `main_xml`: "f32", "bf16" (every layer) or "bf16-body" (fp32 ends,
     see `fp32_ends`): the fastest whose output stays within TOLERANCE of fp32 on the probe."""
-    from .hardware import cpu_has_bf16
     if precision == Precision.BF16:  # asked for: no check
-        if not cpu_has_bf16():
+        if not hardware.cpu_has_bf16():
             raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
         return "bf16"
-    if precision != Precision.AUTO or not cpu_has_bf16():
+    if precision != Precision.AUTO or not hardware.cpu_has_bf16():
         return "f32"
     probe, ref = probe_image(3 if fused else model.upsample_spec.channels), []
 
@@ -188,7 +187,6 @@ def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int,
     channels_last, whichever ran a 256x256 input fastest here (timed once per weights and
     remembered). On an H100 compile + channels_last made VapSR's depth-wise convolutions 1.7x
     slower than eager fp16, and gained nothing on ESPCN, so it must earn its place."""
-    from .hardware import time_runs
     x = torch.rand(1, channels, 256, 256, device=device, dtype=dtype)
     variants = {"eager": (torch.contiguous_format, lambda: net),
                 "channels_last": (torch.channels_last, lambda: net)}
@@ -202,7 +200,7 @@ def _fastest_layout(net: nn.Module, key: str, dtype: torch.dtype, channels: int,
             fn = built[name] = make()
             net.to(memory_format=fmt)
             with torch.no_grad():
-                return time_runs(lambda: fn(x.contiguous(memory_format=fmt)), device, 2, 5)[0]
+                return hardware.time_runs(lambda: fn(x.contiguous(memory_format=fmt)), device, 2, 5)[0]
         except Exception as exc:  # no triton / C++ compiler here: the eager ones still work
             if not quiet:
                 _say(f"{name} unavailable ({type(exc).__name__}: {exc})"[:200])

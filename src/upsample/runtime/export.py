@@ -156,7 +156,9 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     if fmt == "onnx":
         atomic_write_bytes(out, data)
         import onnxruntime as ort
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only, as the runtime sessions
+        session = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
         got = session.run(None, {"input": feed})[0]
     else:
         with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.degrade import imresize, to_uint8
+from ..data.degrade import array_to_uint8, imresize
 from ..errors import UserError
 from ..media.imageio import atomic_write, read_rgb
 
@@ -69,7 +69,7 @@ def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> 
         box = img[y0:y0 + bh, x0:x0 + bw]
         if (bw, bh) != (w, h):
             x = torch.from_numpy(np.ascontiguousarray(box)).permute(2, 0, 1)[None].double() / 255.0
-            box = to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
+            box = array_to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
         frames.append(np.ascontiguousarray(box))
     return frames
 

@@ -163,7 +163,7 @@ def read_frames(path, max_frames: int = 0) -> tuple[list[np.ndarray], Fraction]:
 
     import av
 
-    from ..inference.video import open_input
+    from ..media.video import open_input
     container = open_input(Path(path))
     try:
         vin = container.streams.video[0]

@@ -3,8 +3,8 @@
 For every input (an image folder, or a video clip), codec and rate point it measures
   full:     HR -> encode -> decode                                   (the anchor)
   down-up:  HR -> downscale by s -> encode -> decode -> upscale by s  (one per --pipeline)
-where the downscaler is MATLAB bicubic or a learned one (`downscale.py`) and the upscaler is
-bicubic or any model on any backend (`upscaler.load_upscaler`). Measured per point: the real
+where the downscaler is MATLAB bicubic or a learned one (`inference.downscale`) and the upscaler is
+bicubic or any model on any backend (`inference.load.load_upscaler`). Measured per point: the real
 encoded size (bits per full-resolution pixel; kbit/s of the video bitstream for clips), Y-PSNR and
 SSIM at full resolution with the `eval` protocol (HR modcropped to the scale, `scale` pixels of
 border cut, `metrics.psnr/ssim` on uint8), and the down / encode / decode / upscale seconds.

@@ -66,7 +66,7 @@ class DegradeConfig:
 
 @dataclass
 class PerceptualConfig:
-    # L1 between features of a frozen ImageNet network (see upsample/features.py); weight 0 = off.
+    # L1 between features of a frozen ImageNet network (see upsample/models/features.py); weight 0 = off.
     weight: float = 0.0                # ESRGAN: 1
     network: str = "efficientnet-lite0"  # or vgg19 (ESRGAN's), which needs `weights`
     layer: str = ""                    # "" = the network's default: vgg19 conv5_4 (before its
