@@ -171,6 +171,25 @@ def test_bad_inputs_one_line_and_no_output(tmp_path, capsys):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_still_images_and_bad_output_locations_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    Image.new("RGB", (W, H), (200, 10, 10)).save(tmp_path / "still.png")
+    Image.new("RGB", (W, H)).save(tmp_path / "still.jpg")
+    make_clip(tmp_path / "ok.mp4", seconds=0.2, audio=False)
+    built = []
+    monkeypatch.setattr("upsample.cli.video.make_upscaler", lambda *a, **k: built.append(a))
+    for still in ("still.png", "still.jpg"):
+        assert cli.main(["video", str(tmp_path / still), "-o", str(tmp_path / "o.mp4")]) == 2
+        assert "is a still image, not a video: use `upsample image" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    cases = {"folder": "is a folder", "o.png": ".png is not a video container",
+             "o.xyz": ".xyz is not a video container", "noext": "has no extension"}
+    for out, message in cases.items():
+        assert cli.main(["video", str(tmp_path / "ok.mp4"), "-o", str(tmp_path / out)]) == 2
+        assert message in capsys.readouterr().err
+    assert not built and sorted(p.name for p in tmp_path.iterdir()) == ["folder", "ok.mp4", "still.jpg", "still.png"]
+
+
 def test_batch_auto_is_one_frame_on_the_cpu_and_a_number_is_kept(tmp_path, capsys):
     src = tmp_path / "in.mp4"
     make_clip(src, seconds=0.2, audio=False)

@@ -11,7 +11,7 @@ from ..inference.api import make_upscaler
 from ..inference.sizes import parse_count, parse_size
 from ..inference.upscaler import BicubicUpscaler
 from ..inference.video import upscale_video
-from ..media.video import open_input
+from ..media.video import check_is_video, check_output
 from .options import add_model_options
 
 
@@ -32,8 +32,7 @@ def _seconds(text: str | None, what: str) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
-    if dst.exists() and not args.overwrite:
-        raise UserError(f"{dst} exists; use --overwrite to replace it")
+    check_output(dst, overwrite=args.overwrite)
     if src.resolve() == dst.resolve():
         raise UserError("the output would replace the input; choose another -o")
     start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration")
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--duration must be > 0")
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
-    open_input(src).close()  # a clear error before a model is loaded
+    check_is_video(src)  # a clear error before a model is loaded
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
                        precision=args.precision, threads=args.threads)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():

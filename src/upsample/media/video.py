@@ -68,6 +68,51 @@ def open_input(path: Path):
     return container
 
 
+# FFmpeg's demuxers of single pictures: such an input is a still image, not a video
+STILL_IMAGE_FORMATS = {"image2", "image2pipe"}
+# picture formats FFmpeg could also "mux": never what a video output is meant to be
+IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pam",
+                    "tga", "dpx", "exr", "jxl", "avif", "heic", "ico", "sgi", "xbm", "xwd", "pcx"}
+
+
+def check_is_video(path: Path) -> None:
+    """A UserError for an input that is a still image (FFmpeg opens a PNG or JPEG as a one-frame
+    video): `upsample image` is the command for it."""
+    container = open_input(path)
+    try:
+        fmt = container.format.name
+    finally:
+        container.close()
+    if fmt in STILL_IMAGE_FORMATS or fmt.endswith("_pipe"):
+        raise UserError(f"{path} is a still image, not a video: use `upsample image {path} -o DIR`")
+
+
+def output_extensions() -> set[str]:
+    """File extensions of the containers FFmpeg here can write, less picture formats."""
+    exts = set()
+    for name in av.formats_available:
+        try:
+            exts |= {e.strip().lower() for e in av.ContainerFormat(name, "w").extensions}
+        except (ValueError, av.FFmpegError):
+            continue  # an input-only format
+    return exts - IMAGE_EXTENSIONS
+
+
+def check_output(dst: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an output that is a folder, has no known video container
+    extension, or exists (without `overwrite`)."""
+    if dst.is_dir():
+        raise UserError(f"-o {dst} is a folder; name the output video file, e.g. {dst / 'out.mp4'}")
+    ext = dst.suffix.lower().lstrip(".")
+    if not ext:
+        raise UserError(f"-o {dst} has no extension: name the container, e.g. {dst}.mp4 (or .mkv, .mov, .webm)")
+    if ext not in output_extensions():
+        raise UserError(f"-o {dst}: .{ext} is not a video container this FFmpeg writes; use .mp4, "
+                        ".mkv, .mov or .webm")
+    if dst.exists() and not overwrite:
+        raise UserError(f"{dst} exists; use --overwrite to replace it")
+
+
 def first_frame(path: Path, vin_index: int):
     """The first decoded frame (for its rotation and format), from a separate read."""
     with av.open(str(path)) as c:
