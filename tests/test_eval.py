@@ -54,6 +54,15 @@ def test_save_and_notes(tmp_path, capsys):
     assert r["datasets"]["d"]["n"] == 2 and 10 < r["datasets"]["d"]["psnr"] < 60
 
 
+def test_scale_defaults_to_the_models_own(tmp_path, capsys):
+    write_images(tmp_path / "d", size=(36, 24))
+    r = run_json(capsys, "--model", "espcn-x3", "--data", str(tmp_path / "d"))
+    assert r["scale"] == 3 and r["crop_border"] == 3
+    for model, message in (("bicubic", "bicubic needs --scale"), ("vdsr", "vdsr works at any scale")):
+        assert main(["eval", "--model", model, "--data", str(tmp_path / "d")]) == 2
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "scale0", "scaletext", "file"])
 def test_bad_input_one_line_nonzero(tmp_path, capsys, case):
     data = tmp_path / "d"

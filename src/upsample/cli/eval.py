@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' protocol)")
     p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
-    p.add_argument("--scale", required=True, help="upscaling factor (any positive number for bicubic)")
+    p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
+                   "and vdsr need it: any positive number for bicubic)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="HR image folders")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout only)")
     p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel")

@@ -77,14 +77,14 @@ def lpips_distance(metric, out: np.ndarray, hr: np.ndarray, crop_border: int) ->
     return float(metric(a, b)[0])
 
 
-def evaluate_model(model: str, folders: list[str], *, scale, crop: int | None = None,
+def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | None = None,
                    y_channel: bool = True, save_dir: str | None = None, lpips: bool = False,
                    lpips_weights: str | None = None, lpips_backbone: str | None = None,
                    backend: str = "auto", device: str = "cpu", precision: str = "fp32",
                    threads: int | None = None, progress: bool = True) -> dict:
     """The `eval` report of `model` on the HR `folders`: {"model", "scale", "y_channel",
-    "crop_border", "datasets"}; `crop` None = the scale rounded up."""
-    scale = check_scale(scale)
+    "crop_border", "datasets"}; `scale` None = the model's own, `crop` None = the scale rounded up."""
+    scale = check_scale(scale) if scale is not None else None
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for folder in folders:  # fail fast, before loading a model
