@@ -418,3 +418,10 @@ def test_bad_tile_batch_is_one_line(tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--tile-batch" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_api_default_model_is_the_clis():
+    from upsample.inference.api import default_model
+    for scale in (2, 3, 4):
+        assert upsample.load(scale=scale, backend="torch").up.name == default_model(scale) != "bicubic"
+    assert upsample.load(backend="torch").up.name == default_model(2)

@@ -7,8 +7,8 @@ uint8/uint16, fp16 and YCbCr conversions live only in thin wrappers at the edges
 __version__ = "0.1.0"
 
 
-def load(spec: str = "bicubic", scale: float | None = None, **kwargs):
-    """An image upscaler: `upsample.load("vapsr-x2").upscale(image)` for PIL images and uint8 /
-    uint16 numpy arrays. See `upsample.inference.api.load` for the options (backend, device, tile ...)."""
+def load(spec: str | None = None, scale: float | None = None, **kwargs):
+    """An image upscaler: `upsample.load("espcn-x3").upscale(image)` for PIL images and uint8 /
+    uint16 numpy arrays; `upsample.load(scale=4)` takes the best shipped model at x4, as the CLI. See `upsample.inference.api.load` for the options (backend, device, tile ...)."""
     from .inference.api import load as _load
     return _load(spec, scale, **kwargs)

@@ -91,13 +91,14 @@ class ImageUpscaler:
         return out[..., 0] if arr.ndim == 2 else out
 
 
-def load(spec: str = "bicubic", scale: float | None = None, *, backend: str = "auto",
+def load(spec: str | None = None, scale: float | None = None, *, backend: str = "auto",
          device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
          max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
          alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None,
          tile_batch: int | None = None) -> ImageUpscaler:
-    """An `ImageUpscaler` for a model: "bicubic" (needs `scale`), a registered name such as
-    "vapsr-x2", or a checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
+    """An `ImageUpscaler` for a model: None (the default, as the CLI's: the best shipped model for
+    `scale`, x2 when none is given), "bicubic", a registered name such as "espcn-x3", or a
+    checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
     `max_memory`, e.g. "2GB", or half the free memory); `tile_batch`: tiles per model call (None:
     1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
     resize)."""
