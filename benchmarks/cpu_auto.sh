@@ -10,7 +10,7 @@ IMAGE=${IMAGE:-../shared/datasets/benchmark/Urban100/img_004.webp}
 mkdir -p docs/bench
 while read -r model size extra; do
   echo "bench $model $size $extra" >&2
-  $UP bench --model "$model" --size "$size" $extra --backend all --half --warmup 1 --runs ${RUNS:-3} \
+  $UP bench --model "$model" --allow-untrained --size "$size" $extra --backend all --half --warmup 1 --runs ${RUNS:-3} \
     --image "$IMAGE" --json > "docs/bench/cpu-$model.json.part"
   mv "docs/bench/cpu-$model.json.part" "docs/bench/cpu-$model.json"
 done <<'LIST'

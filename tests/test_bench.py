@@ -60,3 +60,12 @@ def test_cli_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["size"] == "32x16" and report["rows"][0]["backend"] == "torch eager fp32"
     assert report["rows"][0]["gflops"] is None  # bicubic: no network MACs
+
+
+def test_an_untrained_model_is_timed_only_when_asked(monkeypatch):
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED")
+    with pytest.raises(UserError, match="espcn-rgb-x2 has no trained weights"):
+        bench.bench("espcn-rgb-x2", size=(40, 24), backends=["torch"], warmup=0, runs=1)
+    r = bench.bench("espcn-rgb-x2", size=(40, 24), backends=["torch"], warmup=0, runs=1,
+                    allow_untrained=True)
+    assert r["rows"][0]["ms_per_frame"] > 0

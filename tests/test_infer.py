@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageCms
 
 import upsample
+from upsample.errors import UserError
 from upsample import cli
 from upsample.inference import tiling
 from upsample.inference.api import ImageUpscaler, default_model
@@ -425,3 +426,21 @@ def test_the_api_default_model_is_the_clis():
     for scale in (2, 3, 4):
         assert upsample.load(scale=scale, backend="torch").up.name == default_model(scale) != "bicubic"
     assert upsample.load(backend="torch").up.name == default_model(2)
+
+
+def test_untrained_models_make_no_image_unless_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED")
+    Image.new("RGB", (12, 10), (90, 120, 30)).save(tmp_path / "a.png")
+    refusal = "vapsr-x2 has no trained weights: pass a trained checkpoint as --model FILE"
+    for cmd in (["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")],
+                ["eval", "--data", str(tmp_path)]):
+        assert cli.main([*cmd, "--model", "vapsr-x2"]) == 2
+        err = capsys.readouterr().err
+        assert refusal in err and "use a shipped model (espcn-x2, " in err and "--allow-untrained" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UserError, match=refusal):
+        upsample.load("vapsr-x2")
+    assert cli.main(["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model",
+                     "espcn-rgb-x2", "--allow-untrained"]) == 0
+    assert "no trained weights yet; using an untrained (random) model" in capsys.readouterr().err
+    assert upsample.load("espcn-x3").up.name == "espcn-x3"  # shipped: no flag needed

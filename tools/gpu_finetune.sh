@@ -54,7 +54,7 @@ for m in data/vdsr-start.safetensors data/vdsr-p2x.safetensors "$R/vdsr-ft/best.
 done
 say "bench"
 for m in espcn-x2 vapsr-s-x2 vapsr-x2; do
-  [ $(el) -lt $((BUDGET - 25)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m \
+  [ $(el) -lt $((BUDGET - 25)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m --allow-untrained \
     --size 1920x1080 --device cuda --backend all --half --warmup 3 --runs 10 --json \
     > "$R/bench-$m.json" 2>> "$R/bench.err"
 done

@@ -66,7 +66,7 @@ for m in vdsr:2 vdsr:3 vdsr:4 vapsr-x2:2; do
 done
 say "bench"
 for m in espcn-x2 vapsr-s-x2 vapsr-x2; do
-  [ $(el) -lt $((BUDGET - 20)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m \
+  [ $(el) -lt $((BUDGET - 20)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m --allow-untrained \
     --size 1920x1080 --device "$DEV" --backend torch --half --warmup 3 --runs 10 --json \
     >> "$OUT/bench.txt" 2>> "$R/bench.err"
 done

@@ -8,6 +8,7 @@ import sys
 
 from ..evaluation.bench import bench, format_report, parse_frame_size
 from ..runtime.kinds import BACKENDS, PRECISIONS
+from .options import add_untrained_option
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
     report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
                    warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
-                   image=args.image, precision=args.precision, threads=args.threads)
+                   image=args.image, precision=args.precision, threads=args.threads,
+                   allow_untrained=args.allow_untrained)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -32,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--image", default=None, help="a picture to measure on (resized/cropped to --size)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_untrained_option(p)
     p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--runs", type=int, default=3, help="timed runs (the median is reported)")

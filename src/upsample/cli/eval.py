@@ -16,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
                             y_channel=not args.rgb, save_dir=args.save, lpips=args.lpips,
                             lpips_weights=args.lpips_weights, lpips_backbone=args.lpips_backbone,
                             backend=args.backend, device=args.device, precision=args.precision,
-                            threads=args.threads, progress=sys.stderr.isatty())
+                            threads=args.threads, progress=sys.stderr.isatty(),
+                            allow_untrained=args.allow_untrained)
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()

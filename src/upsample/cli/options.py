@@ -23,6 +23,13 @@ def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
                         "within 1/255 of fp32; int8 needs an `upsample quantize` output as --model")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    add_untrained_option(p)
+
+
+def add_untrained_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="run a registered model that has no trained weights (random weights: for "
+                        "timing only; default: refused)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     check_is_video(src)  # a clear error before a model is loaded
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
-                       precision=args.precision, threads=args.threads)
+                       precision=args.precision, threads=args.threads,
+                       allow_untrained=args.allow_untrained)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
     summary = upscale_video(src, dst, up, codec=args.codec, crf=args.crf, preset=args.preset,

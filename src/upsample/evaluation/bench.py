@@ -25,7 +25,7 @@ from ..inference.wrappers import half_upscaler
 from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
-from ..inference.load import check_device, load_upscaler
+from ..inference.load import check_trained, check_device, load_upscaler
 
 
 def parse_frame_size(text: str) -> tuple[int, int]:
@@ -98,14 +98,14 @@ def half_torch_entry(model: str, *, scale, device: str, hdt: torch.dtype | None)
     """(label, upscaler, peak key) of the --half row: torch in the device's half type."""
     if hdt is None:
         raise UserError("--half: this CPU has no bf16 units (fp16/bf16 would be emulated)")
-    up = half_upscaler(load_upscaler(model, scale=scale, backend=Backend.TORCH, device=device))
+    up = half_upscaler(load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH, device=device))
     return f"torch {dtype_name(hdt)}", up, dtype_name(hdt)
 
 
 def runtime_entry(model: str, backend: str, *, scale, device: str, precision: str,
                   threads: int | None) -> tuple:
     """(label, upscaler, peak key) of the row of a runtime other than torch, or of auto."""
-    up = load_upscaler(model, scale=scale, backend=backend, device=device,
+    up = load_upscaler(model, allow_untrained=True, scale=scale, backend=backend, device=device,
                        precision=precision if backend == Backend.AUTO else Precision.AUTO,
                        threads=threads, quiet=True)
     if backend != Backend.AUTO:
@@ -138,7 +138,7 @@ def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, de
             failed.append({"backend": backend, "error": str(exc)})
     if half and dev.type == "cpu" and hdt is not None and not bicubic \
             and {Backend.AUTO, Backend.OPENVINO} & set(backends):  # what bf16 in OpenVINO would give
-        up = load_upscaler(model, scale=scale, backend=Backend.AUTO, precision=Precision.BF16,
+        up = load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.AUTO, precision=Precision.BF16,
                            threads=threads, quiet=True)
         entries.append((f"{up.runtime} bf16 (forced)", up, "bfloat16"))
     for path in int8:  # `upsample quantize` outputs of this model, on their own backends
@@ -190,12 +190,14 @@ def timed_rows(entries: list[tuple], outs: list[torch.Tensor], times: list[list[
 def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
           device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
           scale: float | None = None, int8: list[str] = (), log=None, image: str | None = None,
-          precision: str = "auto", threads: int | None = None) -> dict:
+          precision: str = "auto", threads: int | None = None, allow_untrained: bool = False) -> dict:
     """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring).
+    A registered model without trained weights is timed only with `allow_untrained`.
     `image`: measure on this picture (resized and cropped to `size`) instead of random pixels,
     so the differences are those a user sees."""
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
+    check_trained(model, allow_untrained)  # once: every row below loads the same model
     backends = list(backends or BACKENDS)
     dev = check_device(device, Backend.TORCH)
     w, h = size
@@ -207,7 +209,7 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     peaks = measure_peaks(dev, hdt, threads)
     x = (frame_from_image(image, size) if image else
          torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
-    eager = load_upscaler(model, scale=scale, backend=Backend.TORCH, device=device, threads=threads)
+    eager = load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH, device=device, threads=threads)
     macs = network_macs(eager, h, w)
     entries, failed = bench_entries(model, eager, backends=backends, scale=scale, device=device,
                                     dev=dev, hdt=hdt, half=half, precision=precision,

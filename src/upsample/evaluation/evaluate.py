@@ -81,7 +81,8 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
                    y_channel: bool = True, save_dir: str | None = None, lpips: bool = False,
                    lpips_weights: str | None = None, lpips_backbone: str | None = None,
                    backend: str = "auto", device: str = "cpu", precision: str = "fp32",
-                   threads: int | None = None, progress: bool = True) -> dict:
+                   threads: int | None = None, progress: bool = True,
+                   allow_untrained: bool = False) -> dict:
     """The `eval` report of `model` on the HR `folders`: {"model", "scale", "y_channel",
     "crop_border", "datasets"}; `scale` None = the model's own, `crop` None = the scale rounded up."""
     scale = check_scale(scale) if scale is not None else None
@@ -94,7 +95,7 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
         from .lpips import load_lpips
         lpips_metric = load_lpips(lpips_weights, lpips_backbone)
     upscaler = load_upscaler(model, scale=scale, backend=backend, device=device,
-                             precision=precision, threads=threads)
+                             precision=precision, threads=threads, allow_untrained=allow_untrained)
     scale = upscaler.scale
     crop = crop if crop is not None else int(math.ceil(scale))
     if crop < 0:

@@ -95,7 +95,7 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
          device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
          max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
          alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None,
-         tile_batch: int | None = None) -> ImageUpscaler:
+         tile_batch: int | None = None, allow_untrained: bool = False) -> ImageUpscaler:
     """An `ImageUpscaler` for a model: None (the default, as the CLI's: the best shipped model for
     `scale`, x2 when none is given), "bicubic", a registered name such as "espcn-x3", or a
     checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
@@ -103,7 +103,7 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
     1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
     resize)."""
     up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
-                       precision=precision, threads=threads)
+                       precision=precision, threads=threads, allow_untrained=allow_untrained)
     return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
                          tile_batch=tile_batch)
 
@@ -132,7 +132,7 @@ def default_model(scale: float) -> str:
 
 def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", device: str = "cpu",
                   half: bool = False, outscale=None, precision: str = "auto",
-                  threads: int | None = None) -> Upscaler:
+                  threads: int | None = None, allow_untrained: bool = False) -> Upscaler:
     """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)` at
     that scale; bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
     scale = check_scale(scale) if scale is not None else None
@@ -144,7 +144,7 @@ def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", devic
     if half and backend == "auto":  # --half with auto: the half type of the device, unchecked
         precision, half = ("fp16" if str(device).startswith("cuda") else "bf16"), False
     up = load_upscaler(model, scale=scale, backend=backend, device=device, precision=precision,
-                       threads=threads)
+                       threads=threads, allow_untrained=allow_untrained)
     if half:
         up = half_upscaler(up)
     final = check_scale(outscale) if outscale is not None else up.scale

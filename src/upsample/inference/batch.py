@@ -101,7 +101,8 @@ class Engines:
                 from .api import ImageUpscaler, make_upscaler
                 a = self.args
                 up = make_upscaler(a.model, a.scale, backend=a.backend, device=a.device, half=a.half,
-                                   outscale=a.outscale, precision=a.precision, threads=a.threads)
+                                   outscale=a.outscale, precision=a.precision, threads=a.threads,
+                                   allow_untrained=a.allow_untrained)
                 fastpath.remember(a, up)
                 self._full = ImageUpscaler(up, tile=a.tile, tile_pad=a.tile_pad, max_memory=self.max_memory,
                                            alpha_mode=a.alpha_mode, jobs=a.jobs, progress=self.progress,

@@ -3,6 +3,7 @@ the one `Upscaler` for it on the backend asked for: the runtimes give runners, t
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -86,11 +87,27 @@ def check_device(device: str, backend: str) -> torch.device:
     return dev
 
 
+def check_trained(spec: str, allow_untrained: bool = False) -> None:
+    """A registered model without trained weights makes no image unless asked (its output is
+    noise with the right shape): `allow_untrained` (`--allow-untrained`, or
+    $UPSAMPLE_ALLOW_UNTRAINED=1) lets timing runs use its random weights."""
+    from ..models import registry
+    if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
+        return
+    if spec not in registry.list_models(None) or registry.weights_path(spec) is not None:
+        return
+    shipped = [n for n in registry.list_models("generator") if registry.weights_path(n)]
+    raise UserError(f"{spec} has no trained weights: pass a trained checkpoint as --model FILE, "
+                    f"train one with `upsample train`, or use a shipped model ({', '.join(shipped)}); "
+                    "--allow-untrained runs its random weights, for timing only")
+
+
 def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto",
                   device: str = "cpu", precision: str = "auto", threads: int | None = None,
-                  quiet: bool = False) -> Upscaler:
+                  quiet: bool = False, allow_untrained: bool = False) -> Upscaler:
     """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
-    `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32."""
+    `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32.
+    A registered model without trained weights is refused unless `allow_untrained`."""
     backend, precision = _check_options(backend, precision, threads)
     if spec == "bicubic":
         if scale is None:
@@ -110,6 +127,7 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         runner, name = load_runner(Path(spec), runtime, dev)
         return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
                                          backend=backend, device=dev)
+    check_trained(spec, allow_untrained)
     model, name = resolve_model(spec)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
