@@ -146,3 +146,13 @@ def test_cli_unknown_model_one_line(tmp_path, capsys):
     assert cli.main(["eval", "--model", "espcn-x9", "--scale", "3", "--data", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "espcn-x" in err and "did you mean" in err
+
+
+def test_suggestions_name_shipped_models_first():
+    from upsample.errors import UserError
+    from upsample.models import registry
+    with pytest.raises(UserError) as exc:
+        registry.get_spec("espcn-rgb-x")
+    names = str(exc.value).split("did you mean ")[1].split("?")[0].split(", ")
+    shipped = [n for n in names if registry.weights_path(n)]
+    assert shipped and names[:len(shipped)] == shipped

@@ -137,6 +137,7 @@ def get_spec(name: str) -> ModelSpec:
     if name in _REGISTRY:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+    close.sort(key=lambda n: weights_path(n) is None)  # shipped (trained) ones first, else by likeness
     hint = f"did you mean {', '.join(close)}?" if close else "see `upsample models` for the list"
     raise UserError(f"unknown model {name!r}; {hint}")
 
