@@ -241,3 +241,13 @@ def test_interrupt_leaves_no_output(tmp_path, monkeypatch):
     monkeypatch.setattr(video, "_upscale_frames", interrupted)
     assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic"]) == 130
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_video_defaults_to_the_fastest_shipped_model_that_clearly_beats_bicubic():
+    from upsample.inference.api import default_model, make_upscaler, shipped_scores
+    for scale in (2, 3, 4):
+        fast = default_model(scale, fastest=True)
+        model_db, bicubic_db = shipped_scores(scale)[fast]
+        assert fast.startswith("espcn-") and model_db - bicubic_db >= 1.0
+        assert default_model(scale) == "vdsr"  # the best, for images
+        assert make_upscaler(None, scale, backend="torch", fastest_default=True).name == fast

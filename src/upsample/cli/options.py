@@ -32,11 +32,11 @@ def add_untrained_option(p: argparse.ArgumentParser) -> None:
                         "timing only; default: refused)")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best shipped model for "
+                      "--scale, else bicubic") -> None:
     """The options that pick and run the upscaler, shared by `image` and `video`."""
     p.add_argument("--model", default=None,
-                   help="bicubic, a registered name or a checkpoint (default: the best shipped "
-                        "model for --scale, else bicubic)")
+                   help=f"bicubic, a registered name or a checkpoint (default: {default})")
     p.add_argument("--scale", default=None, help="model scale (default: the model's; 2 for bicubic and for the default model)")
     add_runtime_options(p, precision="auto")
     p.add_argument("--half", action="store_true",

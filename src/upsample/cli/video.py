@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     check_is_video(src)  # a clear error before a model is loaded
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
                        precision=args.precision, threads=args.threads,
-                       allow_untrained=args.allow_untrained)
+                       allow_untrained=args.allow_untrained, fastest_default=True)
+    if args.model is None:
+        print(f"video: {up.name} x{up.scale:g} (the fastest shipped model at this scale; --model "
+              "picks another)", file=sys.stderr)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
     summary = upscale_video(src, dst, up, codec=args.codec, crf=args.crf, preset=args.preset,
@@ -62,7 +65,8 @@ def register(sub) -> None:
     p = sub.add_parser("video", help="upscale a video; audio, subtitles and data copied as they are")
     p.add_argument("input", metavar="IN", help="input video file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output video file (.mp4, .mkv ...)")
-    add_model_options(p)
+    add_model_options(p, default="the fastest shipped model for --scale that is at least 1 dB above "
+                      "bicubic on the benchmarks, else bicubic")
     p.add_argument("--codec", default="libx264", help="video encoder: libx264, libx265, libsvtav1 ...")
     p.add_argument("--crf", type=int, default=None, help="encoder quality (lower is better)")
     p.add_argument("--preset", default=None, help="encoder speed preset (e.g. medium, slow; svtav1: 0-13)")

@@ -108,37 +108,58 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
                          tile_batch=tile_batch)
 
 
-def default_model(scale: float) -> str:
-    """The best shipped model for `scale`: among the registered generators with weights in the
-    package that serve it (their own scale, or any scale for VDSR), the one with the highest mean
-    benchmark PSNR at that scale in its shipped NAME.eval.json; else "bicubic"."""
-    if not float(scale).is_integer():
-        return "bicubic"
-    best, best_psnr = "bicubic", float("-inf")
+CLEARLY_ABOVE_BICUBIC_DB = 1.0  # the fast default must gain at least this much (benchmark mean)
+
+
+def shipped_scores(scale: int) -> dict[str, tuple[float, float]]:
+    """name -> (mean benchmark PSNR of the model, of bicubic) at `scale`, for the shipped
+    generators that serve it (their own scale, or any for VDSR) and were evaluated there."""
+    scores = {}
     for name in registry.list_models("generator"):
         weights = registry.weights_path(name)
-        if not weights or registry.get_spec(name).scale not in (None, int(scale)):
+        if not weights or registry.get_spec(name).scale not in (None, scale):
             continue
         try:
-            report = json.loads(weights.with_suffix(".eval.json").read_text())
-            sets = report["scales"][str(int(scale))]["model"]
-            psnr = sum(v["psnr"] for v in sets.values()) / len(sets)
+            report = json.loads(weights.with_suffix(".eval.json").read_text())["scales"][str(scale)]
+            mean = {k: sum(v["psnr"] for v in report[k].values()) / len(report[k])
+                    for k in ("model", "bicubic")}
         except (OSError, ValueError, KeyError, ZeroDivisionError):
             continue  # shipped without an evaluation at this scale: not a default
-        if psnr > best_psnr:
-            best, best_psnr = name, psnr
-    return best
+        scores[name] = (mean["model"], mean["bicubic"])
+    return scores
+
+
+def macs_per_output_pixel(name: str) -> float:
+    """Network work per output pixel (pre-upsampling models run at the output size)."""
+    row = registry.describe(name)
+    side = registry.MACS_INPUT * (row["scale"] or 1)
+    return row["macs"] / side ** 2
+
+
+def default_model(scale: float, *, fastest: bool = False) -> str:
+    """The shipped model for `scale` (else "bicubic"): the one with the highest mean benchmark
+    PSNR in its NAME.eval.json, or with `fastest` (video: hours of frames) the one with the
+    least work per output pixel among those at least CLEARLY_ABOVE_BICUBIC_DB above bicubic."""
+    if not float(scale).is_integer():
+        return "bicubic"
+    scores = shipped_scores(int(scale))
+    if fastest:
+        clear = [n for n, (m, b) in scores.items() if m - b >= CLEARLY_ABOVE_BICUBIC_DB]
+        return min(clear, key=macs_per_output_pixel) if clear else "bicubic"
+    return max(scores, key=lambda n: scores[n][0]) if scores else "bicubic"
 
 
 def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", device: str = "cpu",
                   half: bool = False, outscale=None, precision: str = "auto",
-                  threads: int | None = None, allow_untrained: bool = False) -> Upscaler:
+                  threads: int | None = None, allow_untrained: bool = False,
+                  fastest_default: bool = False) -> Upscaler:
     """The upscaler for the CLI and the API: `model` None means `default_model(scale or 2)` at
-    that scale; bicubic defaults to x2; `half` and `outscale` (a final resize) applied."""
+    that scale (`fastest_default`: the fast one, as video takes); bicubic defaults to x2; `half`
+    and `outscale` (a final resize) applied."""
     scale = check_scale(scale) if scale is not None else None
     if model is None:  # the default model serves the scale asked, x2 if none was
         scale = scale or 2.0
-        model = default_model(scale)
+        model = default_model(scale, fastest=fastest_default)
     if model == "bicubic" and scale is None:
         scale = 2.0
     if half and backend == "auto":  # --half with auto: the half type of the device, unchecked
