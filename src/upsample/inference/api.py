@@ -111,9 +111,10 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
 CLEARLY_ABOVE_BICUBIC_DB = 1.0  # the fast default must gain at least this much (benchmark mean)
 
 
-def shipped_scores(scale: int) -> dict[str, tuple[float, float]]:
-    """name -> (mean benchmark PSNR of the model, of bicubic) at `scale`, for the shipped
-    generators that serve it (their own scale, or any for VDSR) and were evaluated there."""
+def shipped_scores(scale: int) -> dict[str, tuple[float, float | None]]:
+    """name -> (mean benchmark PSNR of the model, of bicubic where the evaluation has it) at
+    `scale`, for the shipped generators that serve it (their own scale, or any for VDSR) and
+    were evaluated there."""
     scores = {}
     for name in registry.list_models("generator"):
         weights = registry.weights_path(name)
@@ -122,10 +123,10 @@ def shipped_scores(scale: int) -> dict[str, tuple[float, float]]:
         try:
             report = json.loads(weights.with_suffix(".eval.json").read_text())["scales"][str(scale)]
             mean = {k: sum(v["psnr"] for v in report[k].values()) / len(report[k])
-                    for k in ("model", "bicubic")}
+                    for k in ("model", "bicubic") if k in report}
+            scores[name] = (mean["model"], mean.get("bicubic"))
         except (OSError, ValueError, KeyError, ZeroDivisionError):
             continue  # shipped without an evaluation at this scale: not a default
-        scores[name] = (mean["model"], mean["bicubic"])
     return scores
 
 
@@ -144,7 +145,7 @@ def default_model(scale: float, *, fastest: bool = False) -> str:
         return "bicubic"
     scores = shipped_scores(int(scale))
     if fastest:
-        clear = [n for n, (m, b) in scores.items() if m - b >= CLEARLY_ABOVE_BICUBIC_DB]
+        clear = [n for n, (m, b) in scores.items() if b is not None and m - b >= CLEARLY_ABOVE_BICUBIC_DB]
         return min(clear, key=macs_per_output_pixel) if clear else "bicubic"
     return max(scores, key=lambda n: scores[n][0]) if scores else "bicubic"
 
