@@ -175,7 +175,7 @@ def receptive_radius(model: torch.nn.Module, channels: int = 3) -> float:
 def default_pad(up: Upscaler) -> int:
     """Bicubic: its support (exact). A network: its receptive field, at most MAX_DEFAULT_PAD.
     A final resize (--outscale) adds its own support."""
-    inner = up.inner if up.inner is not None else up
+    inner = up.core
     resize = math.ceil(2 / min(1.0, up.scale)) + 2
     if isinstance(inner, BicubicUpscaler):
         return resize

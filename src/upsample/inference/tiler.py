@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..runtime.hardware import time_runs
 from .memory import MemoryPlanner, default_pad
 from .tiling import Region, TileGeometry, pad_region, region_area, region_size, split, split_all
-from .upscaler import BicubicUpscaler, Upscaler
+from .upscaler import Upscaler
 
 BATCHES = (1, 2, 4, 8)  # images (video frames, tiles) per model call that may be timed
 
@@ -43,8 +43,7 @@ def fastest_batch(run, sizes=BATCHES, repeats: int = 2, device: torch.device = t
 def is_channel_agnostic(up: Upscaler) -> bool:
     """True when the upscaler takes the channels it is given (bicubic, a Y-plane network), so
     gray and alpha need no expansion to RGB."""
-    inner = up.inner if up.inner is not None else up
-    return isinstance(inner, BicubicUpscaler) or inner.channel_agnostic
+    return up.core.channel_agnostic  # BicubicUpscaler declares it True
 
 
 class Tiler:
@@ -63,7 +62,7 @@ class Tiler:
         # BATCHES that fits, timed once per tile shape (`time_batches` overrides the device).
         self.tile_batch, self.time_batches = tile_batch, up.device.type != "cpu"
         self._batch_for: dict[tuple, int] = {}
-        spec = up.spec or (up.inner.spec if up.inner is not None else None)
+        spec = up.spec or up.core.spec
         self.geometry = TileGeometry.of(up.scale, spec.pad_multiple if spec is not None else 1)
         if pad is not None and pad < 0:
             raise UserError(f"--tile-pad must be >= 0, got {pad}")

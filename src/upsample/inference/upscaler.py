@@ -52,6 +52,11 @@ class Upscaler:
     def output_shape(self, h: int, w: int) -> tuple[int, int]:
         return output_size(h, self.scale), output_size(w, self.scale)
 
+    @property
+    def core(self) -> Upscaler:
+        """The upscaler whose network (or bicubic) does the work: a wrapper's inner one, else this."""
+        return self.inner if self.inner is not None else self
+
 
 class BicubicUpscaler(Upscaler):
     """MATLAB-style bicubic interpolation: the reference every model is compared with."""
