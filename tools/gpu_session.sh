@@ -1,85 +1,170 @@
 #!/usr/bin/env bash
-# One timed session on a lent GPU machine (the `device` tool gives ~10 minutes a call): trains
-# vapsr-x2 and vdsr side by side on the one GPU until a deadline, benches 1080p -> 4K, and leaves
-# the run dirs as tarballs in $OUT to bring back (then `python tools/ship.py MODEL RUN_DIR` here).
+# One GPU session (the `device` tool runs one command of at most 10 minutes): continues the run
+# kept in the repo (weights/wip/$RUN), trains to a deadline the trainer keeps (`upsample train
+# --resume --max-minutes N` saves before it), evaluates the weights on Set5 and Set14
+# (`upsample eval --json`) and leaves under $OUT what to bring back:
+#   $OUT/$RUN/               the run dir's files: copy them over weights/wip/$RUN and commit
+#   $OUT/eval-$RUN.json      Set5/Set14 PSNR/SSIM of $OUT/$RUN/last.safetensors
+#   $OUT/session-$RUN.log    what the trainer and the evaluator printed
+# At most 8 files, each under 16 MiB (the device's limits): checked before training (a resumed
+# run's files) and before anything is copied; the script fails, naming the file, when one is over.
 #
-#   data/train/{T91,BSD400,McMaster18} and data/benchmark/Set5 are the carried copies of
-#   ../shared/datasets (git-ignored); the configs' ../shared/... paths are linked to them.
+# Here, before the call:  RUN=vapsr-x2 tools/gpu_session.sh --prepare
+#   copies the run's training folders and the eval sets from ../shared/datasets into data/
+#   (git-ignored) and fails if the tree that travels would pass the device's 64 MiB.
+# The call:  run(command="bash tools/gpu_session.sh", carry=["data"], timeout_s=600)
+# A WIP folder without last_state.pt (or none) starts the run from $CONFIG. The CPU dry run in
+# the suite (tests/test_gpu_session.py) runs this script with DEV=cpu, a tiny recipe and copies.
 #
-# vapsr-x2 runs its recipe (lr constant until 70k steps, EMA 0.999), so stopping it at the deadline
-# with SIGINT (saved, resumable with --resume) costs nothing. vdsr uses a cosine decay that must
-# end on time: a short calibration beside the running vapsr measures its rate, and the step count
-# is set from the time left. The steps actually run are in each run's config.toml.
-# Env: BUDGET (seconds for everything, default 560), DEV (cuda), PY (python3), OUT, RUNS.
-set -u
-BUDGET=${BUDGET:-560}; DEV=${DEV:-cuda}; PY=${PY:-python3}
-OUT=${OUT:-/tmp/gpu-out}; R=${RUNS:-/tmp/gpu-runs}
-source "$(dirname "$0")/gpu_env.sh"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-UP="$PY -m upsample"
-TRAIN_END=$((BUDGET - ${TAIL:-70}))   # leaves time for eval, bench and packing
+# Env: RUN (vapsr-x2), WIP (weights/wip/$RUN), CONFIG (configs/$RUN.toml: a new run's recipe),
+#   TRAIN_DIRS (a new run only: training folders in place of the recipe's data.train, recorded in
+#   its config.toml), BUDGET (seconds for everything, 540), TAIL (seconds kept after training for
+#   eval and packing, 90), STARTUP (seconds of the trainer's start and exit, outside its own
+#   deadline, 15), DEV (cuda), PY (python3), SETS (more `upsample train` arguments, no
+#   spaces inside one; default on cuda: bf16 autocast, 8 loader workers), EVAL_SETS ("Set5
+#   Set14"), EVAL_ARGS (e.g. "--scale 2"), OUT, RUNS (scratch, emptied), DATA (data), SHARED
+#   (../shared/datasets: where --prepare copies from), FILE_LIMIT (bytes, 16 MiB), FILE_COUNT (8).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-vapsr-x2}; WIP=${WIP:-weights/wip/$RUN}; CONFIG=${CONFIG:-configs/$RUN.toml}
+BUDGET=${BUDGET:-540}; TAIL=${TAIL:-90}; STARTUP=${STARTUP:-15}; DEV=${DEV:-cuda}; PY=${PY:-python3}
+OUT=${OUT:-/tmp/gpu-out}; R=${RUNS:-/tmp/gpu-runs}; DATA=${DATA:-data}
+SHARED=${SHARED:-../shared/datasets}; EVAL_ROOT=../shared/datasets/benchmark
+FILE_LIMIT=${FILE_LIMIT:-$((16 * 1024 * 1024))}; FILE_COUNT=${FILE_COUNT:-8}
+TRAVEL_LIMIT=${TRAVEL_LIMIT:-$((64 * 1024 * 1024))}
+EVAL_SETS=${EVAL_SETS:-Set5 Set14}; TRAIN_DIRS=${TRAIN_DIRS:-}
+GPU_SETS='--set train.amp="bf16" --set data.workers=8'
+[ "$DEV" = cuda ] || GPU_SETS=
+read -ra SET_ARGS <<< "${SETS-$GPU_SETS}"
+read -ra EVAL_EXTRA <<< "${EVAL_ARGS:-}"
+RESUME=0; [ -f "$WIP/last_state.pt" ] && RESUME=1
+CFG_FILE=$CONFIG; [ $RESUME = 1 ] && CFG_FILE=$WIP/config.toml
 
-# vapsr-x2 needs many sessions (~10 steps/s here against the recipe's 1M steps): each continues
-# the run kept in weights/wip/vapsr-x2 (git-tracked, ~6 MB) and leaves it in $OUT/wip-vapsr-x2;
-# copy that back over weights/wip/vapsr-x2 and commit it.
-WIP=weights/wip/vapsr-x2 VMODE=--reset
-if [ -f "$WIP/last_state.pt" ]; then cp -r "$WIP" "$R/vapsr-x2"; VMODE=--resume; fi
-say "vapsr-x2: ${VMODE#--}, stops at ${TRAIN_END}s"
-timeout -s INT $((TRAIN_END - $(el))) $UP train configs/vapsr-x2.toml --run-dir "$R/vapsr-x2" $VMODE \
-  --device "$DEV" --set data.batch_size=64 --set data.workers=5 --set 'train.amp="bf16"' \
-  --set val.every=${VAPSR_VAL:-2000} --set train.ckpt_every=${VAPSR_VAL:-2000} ${VAPSR_SET:-} \
-  > "$R/vapsr-x2.log" 2>&1 &
-VP=$!
+train_dirs() {  # what the run trains on: TRAIN_DIRS (a new run) or its config's data.train
+  if [ -n "$TRAIN_DIRS" ]; then printf '%s\n' $TRAIN_DIRS; return; fi
+  "$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["data"]["train"]))' "$CFG_FILE"
+}
 
-VDSR_SET=(--set optim.name='"adam"' --set optim.lr=2e-4 --set optim.weight_decay=0.0
-          --set optim.clip=1.0 --set optim.clip_adjustable=false --set sched.name='"cosine"'
-          --set sched.eta_min=1e-6 --set 'train.amp="bf16"' --set train.channels_last=true
-          --set data.workers=5)
-say "vdsr: calibrating beside vapsr"
-timeout -s INT ${CAL:-30} $UP train configs/vdsr.toml --run-dir "$R/cal" --reset --device "$DEV" \
-  "${VDSR_SET[@]}" --set train.steps=1000000 --set train.log_every=${CAL_LOG:-50} --set val.every=0 \
-  > "$R/cal.log" 2>&1
-RATE=$($PY - "$R/cal/metrics.jsonl" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
-pps = [r["patches_per_s"] for r in rows[len(rows) // 2:]] or [0]  # after warm-up
-print(statistics.median(pps) / 64 or 50)
+step_of() {  # the step a checkpoint was saved at (its safetensors metadata; 0 when none)
+  [ -f "$1" ] || { echo 0; return; }
+  "$PY" - "$1" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+print(json.loads(header["__metadata__"].get("extra", "{}")).get("step", 0))
 PY
-)
-RATE=${RATE:-50}  # calibration failed: a cautious guess
-STEPS=$($PY -c "r=$RATE; t=$TRAIN_END-$(el)-25; print(max(1000, int(r*t*0.9)//1000*1000))")
-EVERY=$((STEPS / 10))
-say "vdsr: ${RATE} steps/s measured -> ${STEPS} steps"
-timeout -s INT $((TRAIN_END - $(el))) $UP train configs/vdsr.toml --run-dir "$R/vdsr" --reset \
-  --device "$DEV" "${VDSR_SET[@]}" --set train.steps=$STEPS --set val.every=$EVERY \
-  --set train.ckpt_every=$EVERY --set train.log_every=500 > "$R/vdsr.log" 2>&1
-say "vdsr: exit $?"
-wait $VP; say "vapsr-x2: exit $?"
-tail -n 3 "$R/vdsr.log" "$R/vapsr-x2.log"
+}
 
-B=../shared/datasets/benchmark/Set5
-for m in vdsr:2 vdsr:3 vdsr:4 vapsr-x2:2; do
-  run=${m%:*}; s=${m#*:}
-  [ -f "$R/$run/best.safetensors" ] && $UP eval --model "$R/$run/best.safetensors" --scale $s \
-    --data $B --device "$DEV" 2>&1 | tail -n 2
-done
-say "bench"
-for m in espcn-x2 vapsr-s-x2 vapsr-x2; do
-  [ $(el) -lt $((BUDGET - 20)) ] && timeout $((BUDGET - 15 - $(el))) $UP bench --model $m --allow-untrained \
-    --size 1920x1080 --device "$DEV" --backend torch --half --warmup 3 --runs 10 --json \
-    >> "$OUT/bench.txt" 2>> "$R/bench.err"
-done
-tail -n 3 "$R/bench.err"
-if [ -f "$R/vapsr-x2/last_state.pt" ]; then
-  mkdir -p "$OUT/wip-vapsr-x2"
-  cp "$R/vapsr-x2"/{config.toml,last_state.pt,last.safetensors,metrics.jsonl} "$OUT/wip-vapsr-x2/"
-  cp "$R/vapsr-x2/best.safetensors" "$OUT/wip-vapsr-x2/" 2>/dev/null
+check_limits() {  # the device returns at most FILE_COUNT files (with $OUT's), each under FILE_LIMIT bytes
+  local f size n=$(( $# + $(find "$OUT" -type f | wc -l) ))
+  [ "$n" -le "$FILE_COUNT" ] || die "$n files to return ($OUT holds $(( n - $# ))), the device \
+returns at most $FILE_COUNT"
+  check_sizes "$@"
+}
+
+check_sizes() {
+  local f size
+  for f in "$@"; do
+    size=$(stat -c %s "$f")
+    [ "$size" -lt "$FILE_LIMIT" ] || die "$f is $size bytes, not under the $FILE_LIMIT bytes the \
+device returns; nothing copied (a smaller model or batch state, or split the file)"
+  done
+}
+
+tree_bytes() {  # what travels to the device machine: tracked and unignored files, and $DATA
+  { if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+      git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null || true
+    else find . -path "./$DATA" -prune -o -type f -printf '%s\n'; fi
+    du -sb "$DATA" | cut -f1; } | awk '{s += $1} END {print s + 0}'
+}
+
+prepare() {  # here, before the call: copies of the run's data under $DATA, and the travel size
+  local dirs p dst total
+  dirs=$(train_dirs) || die "cannot read data.train from $CFG_FILE"
+  for p in $dirs $(printf "$EVAL_ROOT/%s\n" $EVAL_SETS); do
+    case $p in ../shared/datasets/*) ;; *) die "$p is not under ../shared/datasets: only those \
+travel (as copies under $DATA)" ;; esac
+    dst=$DATA/${p#../shared/datasets/}
+    [ -e "$SHARED/${p#../shared/datasets/}" ] || die "$SHARED/${p#../shared/datasets/} not found"
+    [ -e "$dst" ] || { mkdir -p "$(dirname "$dst")"; cp -r "$SHARED/${p#../shared/datasets/}" "$dst"; }
+  done
+  total=$(tree_bytes)
+  say "the tree that travels: $((total / 1048576)) MiB of the device's 64 MiB ($DATA carried)"
+  [ "$total" -lt "$TRAVEL_LIMIT" ] || die "over the 64 MiB the device takes: carry fewer training \
+folders (a new run: TRAIN_DIRS=...) or remove what is not needed from $DATA"
+}
+
+preflight() {  # everything a session needs, before the GPU minutes start to count
+  local dirs d s
+  if [ $RESUME = 1 ] && [ -n "$TRAIN_DIRS" ]; then
+    die "TRAIN_DIRS is for a new run; $WIP trains on what its config.toml names"
+  fi
+  [ -f "$CFG_FILE" ] || die "$CFG_FILE not found (RUN=$RUN: set CONFIG, or WIP to a run dir)"
+  dirs=$(train_dirs) || die "cannot read data.train from $CFG_FILE"
+  for d in $dirs; do [ -e "$d" ] || die "training data $d is missing: carry it (run \
+'tools/gpu_session.sh --prepare' here first, then carry [\"$DATA\"])"; done
+  for s in $EVAL_SETS; do [ -d "$EVAL_ROOT/$s" ] || die "eval set $EVAL_ROOT/$s is missing"; done
+  if [ $RESUME = 1 ]; then  # a state file too large to return would be trained in vain
+    check_sizes "$WIP"/last_state.pt $(find "$WIP" -maxdepth 1 -name '*.safetensors')
+  fi
+}
+
+if [ "${1:-}" = --prepare ]; then R=$(mktemp -d); OUT=$R/out; fi  # leaves the scratch folders be
+source tools/gpu_env.sh
+if [ "${1:-}" = --prepare ]; then prepare; exit 0; fi
+preflight
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+RD=$R/$RUN; LOG=$R/session-$RUN.log; FAIL=
+if [ $RESUME = 1 ]; then
+  cp -r "$WIP" "$RD"; MODE=(--resume)
+else
+  MODE=(--reset)
+  if [ -n "$TRAIN_DIRS" ]; then
+    MODE+=(--set "data.train=$("$PY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' $TRAIN_DIRS)")
+  fi
 fi
-for run in vdsr vapsr-x2; do  # resumable state apart: each file back must stay under 16 MB
-  [ -d "$R/$run" ] || continue
-  mv "$R/$run/last_state.pt" "$OUT/${run}_last_state.pt" 2>/dev/null
-  tar -C "$R" -czf "$OUT/$run.tgz" "$run" "$run.log"
+START=$(step_of "$RD/last.safetensors")
+TRAIN_S=$((BUDGET - TAIL - $(el)))  # the trainer's share; its deadline leaves out STARTUP
+MINUTES=$("$PY" -c "print(round(($TRAIN_S - $STARTUP) / 60, 3))")
+[ "$TRAIN_S" -gt "$STARTUP" ] || die "BUDGET=$BUDGET leaves ${TRAIN_S}s after TAIL=$TAIL, \
+not more than STARTUP=$STARTUP"
+say "$RUN: ${MODE[0]#--} at step $START on $DEV, --max-minutes $MINUTES"
+# The trainer saves and stops before its deadline; the timeout only backs it up (its SIGINT is
+# saved too: exit 124), and a trainer that ignores that is killed (137) with its last checkpoint.
+rc=0
+timeout -k 20 -s INT $((TRAIN_S + TAIL / 3)) "$PY" -m upsample train "$CFG_FILE" --run-dir "$RD" \
+  "${MODE[@]}" --device "$DEV" --max-minutes "$MINUTES" "${SET_ARGS[@]}" > "$LOG" 2>&1 || rc=$?
+tail -n 3 "$LOG"
+END=$(step_of "$RD/last.safetensors")
+say "$RUN: trainer exit $rc, step $START -> $END"
+case $rc in 0|124) ;; *) FAIL="training exited $rc (see $LOG)" ;; esac
+[ "$END" -gt "$START" ] || FAIL="${FAIL:-no step was saved} (step $START -> $END)"
+
+EVAL_DIRS=(); for s in $EVAL_SETS; do EVAL_DIRS+=("$EVAL_ROOT/$s"); done
+EVAL_JSON=$R/eval-$RUN.json
+if [ -f "$RD/last.safetensors" ]; then
+  rc=0
+  timeout $((BUDGET - 5 - $(el) > 20 ? BUDGET - 5 - $(el) : 20)) "$PY" -m upsample eval \
+    --model "$RD/last.safetensors" --data "${EVAL_DIRS[@]}" --device "$DEV" --backend torch \
+    "${EVAL_EXTRA[@]}" --json "$EVAL_JSON.tmp" >> "$LOG" 2>&1 || rc=$?
+  if [ $rc = 0 ]; then mv "$EVAL_JSON.tmp" "$EVAL_JSON"
+  else FAIL="${FAIL:+$FAIL; }eval exited $rc$([ $rc = 124 ] && echo ' (out of time)') (see $LOG)"; fi
+  tail -n $(( $(wc -w <<< "$EVAL_SETS") + 2 )) "$LOG"
+fi
+
+BACK=()  # the run dir's files when the run advanced, the eval JSON, the log
+if [ "$END" -gt "$START" ]; then
+  for f in config.toml last_state.pt last.safetensors best.safetensors metrics.jsonl; do
+    [ -f "$RD/$f" ] && BACK+=("$RD/$f")
+  done
+fi
+[ -f "$EVAL_JSON" ] && BACK+=("$EVAL_JSON")
+BACK+=("$LOG")
+check_limits "${BACK[@]}"
+mkdir -p "$OUT/$RUN"
+for f in "${BACK[@]}"; do
+  case $f in "$RD"/*) cp "$f" "$OUT/$RUN/" ;; *) cp "$f" "$OUT/" ;; esac
 done
-cp "$R/cal.log" "$OUT/" 2>/dev/null
-say "done"
+say "returned $(find "$OUT" -type f | wc -l) files: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')"
+[ -z "$FAIL" ] || die "$FAIL"
+say "done: copy $OUT/$RUN/* over $WIP/ and commit"
