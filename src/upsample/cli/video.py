@@ -7,12 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.api import make_upscaler
 from ..inference.sizes import parse_count, parse_size
-from ..inference.upscaler import BicubicUpscaler
-from ..inference.video import upscale_video
-from ..media.video import check_is_video, check_output
-from .options import add_model_options
+from .options import add_model_options, add_output_option, add_overwrite_option
 
 
 def _seconds(text: str | None, what: str) -> float | None:
@@ -31,6 +27,12 @@ def _seconds(text: str | None, what: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: `video --help` needs no torch, PyAV or OpenVINO
+    from ..inference.api import make_upscaler
+    from ..inference.upscaler import BicubicUpscaler
+    from ..inference.video import upscale_video
+    from ..media.video import check_is_video, check_output, choose_encoding, source_pix_fmt
+
     src, dst = Path(args.input), Path(args.output)
     check_output(dst, overwrite=args.overwrite)
     if src.resolve() == dst.resolve():
@@ -40,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--duration must be > 0")
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
-    check_is_video(src)  # a clear error before a model is loaded
+    check_is_video(src)  # clear errors before a model is loaded
+    codec, pix_fmt, notes = choose_encoding(dst, source_pix_fmt(src), args.codec, args.pix_fmt)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
                        precision=args.precision, threads=args.threads,
                        allow_untrained=args.allow_untrained, fastest_default=True)
@@ -49,32 +54,45 @@ def run(args: argparse.Namespace) -> int:
               "picks another)", file=sys.stderr)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
-    summary = upscale_video(src, dst, up, codec=args.codec, crf=args.crf, preset=args.preset,
-                            pix_fmt=args.pix_fmt, start=start, duration=duration, batch=batch,
+    summary = upscale_video(src, dst, up, codec=codec, crf=args.crf, preset=args.preset,
+                            pix_fmt=pix_fmt, start=start, duration=duration, batch=batch,
                             tile=args.tile, tile_batch=tile_batch,
                             max_memory=parse_size(args.max_memory) if args.max_memory else None,
-                            progress=sys.stderr.isatty())
+                            progress=True)
     w, h = summary["size"]
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "
-          f"({summary['codec']}, {summary['pix_fmt']}), {summary['copied_packets']} packets copied, "
+          f"({summary['codec']}, {summary['pix_fmt']}), {summary['copied_packets']} packets copied"
+          f"{', re-encoded ' + ' and '.join(summary['reencoded']) if summary['reencoded'] else ''}, "
           f"{summary['batch']} frame(s) per model call")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in summary["ms_per_frame"].items())
+    print(f"{summary['fps']:.2f} frames/s end to end; ms a frame (stages overlap): {stages}",
+          file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("video", help="upscale a video; audio, subtitles and data copied as they are")
     p.add_argument("input", metavar="IN", help="input video file")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output video file (.mp4, .mkv ...)")
+    add_output_option(p, help="output video file (.mp4, .mkv, .mov, .webm ...)")
     add_model_options(p, default="the fastest shipped model for --scale that is at least 1 dB above "
                       "bicubic on the benchmarks, else bicubic")
-    p.add_argument("--codec", default="libx264", help="video encoder: libx264, libx265, libsvtav1 ...")
-    p.add_argument("--crf", type=int, default=None, help="encoder quality (lower is better)")
-    p.add_argument("--preset", default=None, help="encoder speed preset (e.g. medium, slow; svtav1: 0-13)")
-    p.add_argument("--pix-fmt", default=None, help="output pixel format (default: the input's)")
-    p.add_argument("--start", default=None, help="clip start, seconds or [h:]m:s")
-    p.add_argument("--duration", default=None, help="clip length, seconds or [h:]m:s")
+    p.add_argument("--codec", default=None,
+                   help="video encoder (default: by container and depth: libx264 for 8-bit and "
+                        "libx265 Main 10 for 10-bit input in .mp4/.mkv/.mov; libvpx-vp9, or "
+                        "libsvtav1 for 10-bit, in .webm); libx264 on 10-bit input writes 8-bit")
+    p.add_argument("--crf", type=int, default=None,
+                   help="encoder quality, lower is better (default: the encoder's; VP9: 32)")
+    p.add_argument("--preset", default=None,
+                   help="encoder speed preset (default: the encoder's; x264/x265: e.g. veryfast, "
+                        "medium; svtav1: 0-13, default 10; libvpx: cpu-used 0-8, default 4)")
+    p.add_argument("--pix-fmt", default=None,
+                   help="output pixel format (default: the input's, or the nearest the encoder "
+                        "takes; 8-bit yuv420p for --codec libx264 on a 10-bit input)")
+    p.add_argument("--start", default=None, help="clip start, seconds or [h:]m:s (default: 0)")
+    p.add_argument("--duration", default=None,
+                   help="clip length, seconds or [h:]m:s (default: to the end)")
     p.add_argument("--batch", default="auto",
                    help="frames per model call (default auto: 1 on the CPU; on a GPU the fastest of "
                         "1/2/4/8 that fits, timed on the first call)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

@@ -6,6 +6,8 @@ No upscaling here (that is `inference.video`): only what decoding, encoding and 
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import threading
 from fractions import Fraction
@@ -15,6 +17,7 @@ import av
 import numpy as np
 
 from ..errors import UserError
+from .animation import image_frame_count
 
 COPY_TYPES = ("audio", "subtitle", "data")  # streams copied packet for packet
 COLOUR_TAGS = ("color_primaries", "color_trc", "colorspace", "color_range")
@@ -76,15 +79,37 @@ IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "ppm", "
 
 
 def check_is_video(path: Path) -> None:
-    """A UserError for an input that is a still image (FFmpeg opens a PNG or JPEG as a one-frame
-    video): `upsample image` is the command for it."""
-    container = open_input(path)
+    """A UserError for an input that is a still image (FFmpeg opens a PNG, JPEG or one-frame GIF
+    as a one-frame video: `upsample image` is the command for it) or an animation FFmpeg here
+    cannot decode frame by frame (animated WebP). Animated GIF and APNG are videos here."""
+    frames = image_frame_count(path)
+    if frames == 1:
+        raise UserError(f"{path} is a still image, not a video: use `upsample image {path} -o DIR`")
+    animated = UserError(f"{path} is an animation of {frames} frames that FFmpeg here cannot decode "
+                         "frame by frame; convert it to .gif or a video first")
+    try:
+        container = open_input(path)
+    except UserError:
+        if frames:
+            raise animated from None
+        raise
     try:
         fmt = container.format.name
     finally:
         container.close()
     if fmt in STILL_IMAGE_FORMATS or fmt.endswith("_pipe"):
+        if frames:
+            raise animated
         raise UserError(f"{path} is a still image, not a video: use `upsample image {path} -o DIR`")
+
+
+def source_pix_fmt(path: Path) -> str:
+    """The pixel format of a video file's first video stream."""
+    container = open_input(path)
+    try:
+        return container.streams.video[0].codec_context.format.name
+    finally:
+        container.close()
 
 
 def output_extensions() -> set[str]:
@@ -98,14 +123,21 @@ def output_extensions() -> set[str]:
     return exts - IMAGE_EXTENSIONS
 
 
+# containers whose encoders make palette pictures: refused (256 colours ruin an upscaled video)
+PALETTE_CONTAINERS = {"gif", "apng"}
+
+
 def check_output(dst: Path, *, overwrite: bool) -> None:
     """Refuse, before any work, an output that is a folder, has no known video container
-    extension, or exists (without `overwrite`)."""
+    extension, is an animated-picture format, or exists (without `overwrite`)."""
     if dst.is_dir():
         raise UserError(f"-o {dst} is a folder; name the output video file, e.g. {dst / 'out.mp4'}")
     ext = dst.suffix.lower().lstrip(".")
     if not ext:
         raise UserError(f"-o {dst} has no extension: name the container, e.g. {dst}.mp4 (or .mkv, .mov, .webm)")
+    if ext in PALETTE_CONTAINERS:
+        raise UserError(f"-o {dst}: .{ext} output is not supported (256-colour palette frames); write "
+                        ".mp4 or .webm (browsers loop a muted .webm/.mp4 like a GIF)")
     if ext not in output_extensions():
         raise UserError(f"-o {dst}: .{ext} is not a video container this FFmpeg writes; use .mp4, "
                         ".mkv, .mov or .webm")
@@ -122,8 +154,13 @@ def first_frame(path: Path, vin_index: int):
 
 
 def frame_rate(vin) -> Fraction:
-    """A video stream's frame rate (average, else guessed, else 25)."""
-    return vin.average_rate or vin.guessed_rate or Fraction(25)
+    """A video stream's frame rate: its average (frames over duration), else the guessed one,
+    else 25. A rate of 1000 or more is a clock (Matroska's 1/1000 time base, read as a rate when
+    a stream has no average), not a frame rate, and is passed over."""
+    for rate in (vin.average_rate, vin.guessed_rate, vin.base_rate):
+        if rate and 0 < rate < 1000:
+            return Fraction(rate)
+    return Fraction(25)
 
 
 def frame_count(container) -> int | None:
@@ -133,9 +170,10 @@ def frame_count(container) -> int | None:
                           if container.duration else None)
 
 
-def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str) -> str:
+def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: bool = False):
     """The pixel format to encode with `codec`: `pix_fmt` if it takes it, else `default_fmt` (the
-    input's) or the closest one it takes; a UserError for an unknown or non-video encoder."""
+    input's) or the closest one it takes; a UserError for an unknown or non-video encoder. With
+    `quiet`, (format, [note]) instead of printing the note."""
     try:
         enc = av.codec.Codec(codec, "w")
     except (av.FFmpegError, ValueError):
@@ -143,16 +181,117 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str) -> str:
     if enc.type != "video":
         raise UserError(f"{codec} is not a video encoder")
     formats = [f.name for f in (enc.video_formats or [])]
+    pick, notes = default_fmt, []
     if pix_fmt:
         if formats and pix_fmt not in formats:
             raise UserError(f"{codec} cannot encode {pix_fmt}; it takes {', '.join(formats)}")
-        return pix_fmt
-    if not formats or default_fmt in formats:
-        return default_fmt
-    deep = av.VideoFormat(default_fmt).components[0].bits > 8
-    pick = next((f for f in formats if (av.VideoFormat(f).components[0].bits > 8) == deep), formats[0])
-    print(f"note: {codec} cannot encode the input's {default_fmt}; using {pick}", file=sys.stderr)
+        pick = pix_fmt
+    elif formats and default_fmt not in formats:
+        deep = _bits(default_fmt) > 8
+        pick = next((f for f in formats if (_bits(f) > 8) == deep), formats[0])
+        notes.append(f"{codec} cannot encode the input's {default_fmt}; using {pick}")
+    if quiet:
+        return pick, notes
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return pick
+
+
+# ----------------------------------------------------------------------------------------------
+# Which encoder: by container and bit depth
+# ----------------------------------------------------------------------------------------------
+
+# muxer name -> the family whose players' codecs apply (mp4, mov, m4v and 3gp play alike)
+FAMILIES = {"mp4": "mp4", "mov": "mp4", "ipod": "mp4", "3gp": "mp4", "3g2": "mp4", "webm": "webm"}
+# video encoders to try by default, in order; 10-bit ones are those players decode in 10 bits
+# (HEVC Main 10, AV1, VP9 profile 2), never 10-bit H.264 (High 10: few players decode it)
+VIDEO_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libvpx"),
+                  None: ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "mpeg4")}
+DEEP_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1"), None: ("libx265", "libsvtav1", "libvpx-vp9")}
+# audio codecs the players of a family decode (copied as they are); others are re-encoded
+PLAYABLE_AUDIO = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac"}, "webm": {"opus", "vorbis"}}
+AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus", None: "aac"}
+# the text subtitle format each family holds (other text subtitles are converted to it)
+TEXT_SUBTITLES = {"mp4": "mov_text", "webm": "webvtt", None: "subrip"}
+
+
+def muxer_name(dst: Path) -> str:
+    """The FFmpeg muxer `dst`'s extension names (mp4, mov, webm, matroska ...); no file made."""
+    try:
+        probe = av.open(str(dst), "w")  # the file itself is only opened by start_encoding
+    except (av.FFmpegError, ValueError) as exc:
+        raise UserError(f"cannot write {dst.suffix} videos: {exc}") from None
+    name = probe.format.name
+    probe.close()
+    return name
+
+
+def container_takes(muxer: str, codec: str) -> bool:
+    """Whether the `muxer` container can hold what `codec` encodes (FFmpeg's own table)."""
+    probe = av.open(io.BytesIO(), "w", format=muxer)
+    try:
+        probe.add_stream(codec)
+        return True
+    except (av.FFmpegError, ValueError):
+        return False
+    finally:
+        probe.close()
+
+
+def _bits(pix_fmt: str) -> int:
+    return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+
+
+def _deep_formats(codec: str) -> list[str]:
+    """The planar YUV formats of more than 8 bits that `codec` encodes ([] for an unknown one)."""
+    try:
+        formats = av.codec.Codec(codec, "w").video_formats or []
+    except (av.FFmpegError, ValueError):
+        return []
+    return [f.name for f in formats if is_planar_yuv(f) and f.components[0].bits > 8]
+
+
+def _default_codec(muxer: str, deep: bool, dst: Path) -> tuple[str, list[str]]:
+    """The first encoder of the container's list that exists here and the container takes (one
+    keeping more than 8 bits for a `deep` input, where there is one); notes on what gave way."""
+    family = FAMILIES.get(muxer)
+    key = family if family in VIDEO_ENCODERS else None
+    usable = [c for c in VIDEO_ENCODERS[key] if c in av.codecs_available and container_takes(muxer, c)]
+    if deep:
+        keeps = [c for c in DEEP_ENCODERS[key] if c in usable and _deep_formats(c)]
+        if keeps:
+            return keeps[0], []
+    if not usable:
+        raise UserError(f"-o {dst}: this FFmpeg has no video encoder that the {muxer} container "
+                        "takes; use .mp4, .mkv, .mov or .webm")
+    notes = [f"no encoder here writes more than 8 bits into {dst.suffix} in a codec players "
+             f"decode: the 10-bit input is written as 8-bit {usable[0]}"] if deep else []
+    return usable[0], notes
+
+
+def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
+                    pix_fmt: str | None = None) -> tuple[str, str, list[str]]:
+    """The encoder and pixel format for writing a `src_fmt` video into `dst`, and notes for the
+    user. `codec` None: by container (WebM: VP9; others: H.264) and depth (a 10-bit input:
+    HEVC Main 10, or AV1 for WebM). A `codec` the container cannot hold is a UserError;
+    libx264 on a 10-bit input writes 8-bit yuv420p unless `pix_fmt` asks otherwise."""
+    muxer = muxer_name(dst)
+    deep = _bits(pix_fmt or src_fmt) > 8
+    notes: list[str] = []
+    if codec is None:
+        codec, notes = _default_codec(muxer, deep, dst)
+    else:
+        check_encoder(codec, pix_fmt, src_fmt, quiet=True)  # unknown encoders first
+        if not container_takes(muxer, codec):
+            pick, _ = _default_codec(muxer, False, dst)
+            raise UserError(f"-o {dst}: the {muxer} container cannot hold {codec} video; use "
+                            f"--codec {pick} (or leave --codec out)")
+        if deep and pix_fmt is None and codec in ("libx264", "h264"):
+            pix_fmt = "yuv420p"
+            notes.append(f"{codec} writes the 10-bit input as 8-bit yuv420p (10-bit H.264 plays in "
+                         "few players; leave --codec out for 10-bit HEVC)")
+    fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
+    return codec, fmt, notes + fmt_note
 
 
 def open_output(path: Path, suffix: str):
@@ -172,11 +311,35 @@ def close_after_error(out) -> None:
         pass
 
 
+# encoder options that keep a default run quiet and quick; --crf/--preset override their keys
+ENCODER_DEFAULTS = {"libx265": {"x265-params": "log-level=error"},
+                    "libvpx-vp9": {"row-mt": "1", "cpu-used": "4", "b": "0", "crf": "32"},
+                    "libvpx": {"cpu-used": "4", "b": "1M"},  # VP8 has no pure constant quality
+                    "libsvtav1": {"preset": "10"}}
+PRESET_OPTION = {"libvpx-vp9": "cpu-used", "libvpx": "cpu-used"}  # libvpx: speed 0-8 as --preset
+HEVC_ENCODERS = ("libx265", "hevc")
+
+
+def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict:
+    """The options `codec` is opened with: `ENCODER_DEFAULTS`, then --crf and --preset."""
+    options = dict(ENCODER_DEFAULTS.get(codec, {}))
+    if crf is not None:
+        options["crf"] = str(crf)
+    if preset is not None:
+        options[PRESET_OPTION.get(codec, "preset")] = str(preset)
+    return options
+
+
 def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
                      crf: int | None, preset: str | None):
     """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
     metadata and rotation (of its `first` frame), `size` (h, w) and `pix_fmt`."""
     oh, ow = size
+    if codec in HEVC_ENCODERS and min(ow, oh) < 64:  # x265 4.2 corrupts memory below a CTU
+        raise UserError(f"libx265 cannot encode frames under 64 pixels a side (output {ow}x{oh}); "
+                        "use --codec libx264")
+    if codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs its whole configuration by default
     vout = out.add_stream(codec, rate=frame_rate(vin))
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
     vout.time_base = vin.time_base
@@ -184,45 +347,149 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     copy_colour_tags(vin.codec_context, vout.codec_context)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
-    options = {}
-    if crf is not None:
-        options["crf"] = str(crf)
-    if preset is not None:
-        options["preset"] = str(preset)
-    vout.codec_context.options = options
-    for key in ("language", "title", "handler_name"):
-        if key in vin.metadata:
+    vout.codec_context.options = encoder_options(codec, crf, preset)
+    if codec in HEVC_ENCODERS and FAMILIES.get(out.format.name) == "mp4":
+        vout.codec_context.codec_tag = "hvc1"  # Apple's players take HEVC in MP4 only as hvc1
+    for key in ("language", "title", "handler_name", "timecode"):  # MOV/MP4 make a tmcd track
+        if key in vin.metadata:                                       # of the timecode tag
             vout.metadata[key] = vin.metadata[key]
     if getattr(first, "rotation", 0):
         vout.set_display_rotation(first.rotation)
     return vout
 
 
-def add_copied_streams(container, out, skip: int) -> dict:
-    """{input stream index: output stream} for each audio, subtitle and data stream (but `skip`)
-    that the output container can hold; a note for each other one."""
-    copies = {}
+def _first_packet(path: str, index: int):
+    """The first non-empty packet of stream `index` of the file at `path` (None: it has none)."""
+    with av.open(path) as c:
+        for packet in c.demux(c.streams[index]):
+            if packet.size:
+                return packet
+    return None
+
+
+def _copy_works(muxer: str, stream, packet=None) -> bool:
+    """Whether a `muxer` file with `stream` copied into it (and `packet` muxed into that) writes
+    its header and trailer: FFmpeg's table accepts some tracks that its muxers then refuse (a
+    MOV timecode track copied as data fails the trailer with EINVAL)."""
+    probe = av.open(io.BytesIO(), "w", format=muxer)
+    try:
+        copied = probe.add_stream_from_template(stream)
+        probe.start_encoding()
+        if packet is not None:
+            packet.stream = copied
+            probe.mux(packet)
+        probe.close()
+        return True
+    except (av.FFmpegError, ValueError):
+        close_after_error(probe)
+        return False
+
+
+def _copyable(container, out, s) -> bool:
+    """Whether the stream `s` can be copied as it is into `out`: audio its players decode, any
+    subtitle it holds, a data track that it writes with its first packet (a timecode track never
+    is: a copied one fails MOV's trailer; the timecode tag carries it instead)."""
+    muxer, family = out.format.name, FAMILIES.get(out.format.name)
+    name = s.codec_context.name if s.codec_context else None
+    if s.type == "audio" and family in PLAYABLE_AUDIO and name not in PLAYABLE_AUDIO[family]:
+        return False
+    if s.type == "data":
+        return _copy_works(muxer, s, _first_packet(container.name, s.index))
+    return _copy_works(muxer, s)
+
+
+def add_audio_encoder(out, s):
+    """An output stream re-encoding the audio stream `s` with the family's encoder (AAC for MP4,
+    Opus for WebM) at its sample rate (or 48 kHz, where the encoder takes no other) and layout."""
+    codec = AUDIO_ENCODERS.get(FAMILIES.get(out.format.name), AUDIO_ENCODERS[None])
+    rates = av.codec.Codec(codec, "w").audio_rates
+    rate = s.codec_context.sample_rate if not rates or s.codec_context.sample_rate in rates else 48000
+    aout = out.add_stream(codec, rate=rate)
+    aout.layout = s.codec_context.layout
+    for key in ("language", "title"):
+        if key in s.metadata:
+            aout.metadata[key] = s.metadata[key]
+    return aout
+
+
+def add_subtitle_encoder(out, s):
+    """An output stream converting the text subtitle stream `s` to the family's text format
+    (MP4: mov_text, WebM: WebVTT, others: SubRip), or None where `s` is a picture subtitle or
+    the container holds no text subtitles."""
+    target = TEXT_SUBTITLES.get(FAMILIES.get(out.format.name), TEXT_SUBTITLES[None])
+    props = av.codec.Codec(s.codec_context.name, "r").properties
+    if not props & av.codec.codec.Properties.TEXT_SUB.value or not container_takes(out.format.name, target):
+        return None
+    s.codec_context.open()  # makes its ASS header, which the encoder starts from
+    sout = out.add_stream(target)
+    sout.codec_context.subtitle_header = s.codec_context.subtitle_header
+    if "language" in s.metadata:
+        sout.metadata["language"] = s.metadata["language"]
+    return sout
+
+
+def _converted_stream(out, s):
+    """A re-encoded stream for `s` (audio, text subtitles) that `out` cannot take as it is."""
+    if s.codec_context is None:
+        return None
+    if s.type == "audio":
+        return add_audio_encoder(out, s)
+    return add_subtitle_encoder(out, s) if s.type == "subtitle" else None
+
+
+def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
+    """({input stream index: output stream} copied packet for packet, {index: output stream}
+    re-encoded) for the audio, subtitle and data streams (but `skip`): audio the container's
+    players decode is copied, other audio re-encoded (`add_audio_encoder`), text subtitles the
+    container cannot hold converted (`add_subtitle_encoder`); other streams that it cannot hold
+    are dropped with a note."""
+    copies, encodes = {}, {}
+    suffix = Path(out.name).suffix
     for s in container.streams:
         if s.index == skip:
             continue
+        name = s.codec_context.name if s.codec_context else "?"
         if s.type not in COPY_TYPES:
             print(f"note: stream #{s.index} ({s.type}) is not copied", file=sys.stderr)
             continue
-        try:
+        if s.type == "data" and "timecode" in s.metadata:  # see `_copyable`
+            if FAMILIES.get(out.format.name) != "mp4":  # there the muxer writes a tmcd track anew
+                out.metadata["timecode"] = s.metadata["timecode"]
+            print(f"note: timecode track #{s.index} kept as the timecode {s.metadata['timecode']}",
+                  file=sys.stderr)
+        elif _copyable(container, out, s):
             copies[s.index] = out.add_stream_from_template(s)
-        except (av.FFmpegError, ValueError) as exc:
-            print(f"note: stream #{s.index} ({s.type}, {s.codec_context.name if s.codec_context else '?'}) "
-                  f"cannot go into {Path(out.name).suffix}: dropped ({exc})", file=sys.stderr)
-    return copies
+        elif (converted := _converted_stream(out, s)) is not None:
+            encodes[s.index] = converted
+            print(f"note: {s.type} stream #{s.index} ({name}) re-encoded as "
+                  f"{converted.codec_context.name} for {suffix}", file=sys.stderr)
+        else:
+            print(f"note: stream #{s.index} ({s.type}, {name}) cannot go into {suffix}: dropped",
+                  file=sys.stderr)
+    return copies, encodes
+
+
+OWN_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer's own
 
 
 def start_output(container, out) -> None:
-    """Copy the input's container metadata (but its encoder tag) and write the header."""
+    """Copy the input's container metadata (but the muxer's own tags) and write the header."""
     try:
-        out.metadata.update({k: v for k, v in container.metadata.items() if k != "encoder"})
+        out.metadata.update({k: v for k, v in container.metadata.items() if k.lower() not in OWN_TAGS})
         out.start_encoding()
+    except (av.FFmpegError, ValueError) as exc:  # strerror: not the temporary file's name
+        raise UserError(f"cannot write this video as {Path(out.name).suffix}: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
+def finish_output(out, dst: Path) -> None:
+    """Flush the encoders and write the trailer; a failure is a UserError naming `dst` (not the
+    temporary file written)."""
+    try:
+        out.close()
     except (av.FFmpegError, ValueError) as exc:
-        raise UserError(f"cannot write this video: {exc}") from None
+        raise UserError(f"writing {dst} failed at its end: {getattr(exc, 'strerror', None) or exc}; "
+                        "try .mkv, which holds the most kinds of streams") from None
 
 
 def remux(out, packet, stream, shift: int, lock: threading.Lock) -> None:

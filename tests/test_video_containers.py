@@ -1,0 +1,275 @@
+"""`upsample video` across containers: clips like a phone's (VFR MP4), an iPhone's (HEVC 10-bit
+MOV), the web's (WebM VP8/Vorbis) and a Matroska file with subtitles, each written as .mp4, .mkv
+and .webm and read back with PyAV; animated pictures; progress without a terminal (tiny, seconds)."""
+
+from __future__ import annotations
+
+import io
+import types
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from upsample import cli
+from upsample.inference import video
+from upsample.media.animation import image_frame_count, is_animated_image
+from upsample.media.video import frame_rate
+
+ASS_HEADER = (b"[Script Info]\nScriptType: v4.00+\n\n[Events]\nFormat: Layer, Start, End, Style, "
+              b"Name, MarginL, MarginR, MarginV, Effect, Text\n")
+HAS_X265 = "libx265" in av.codecs_available
+
+
+def write_clip(path, *, vcodec="libx264", pix_fmt="yuv420p", size=(48, 32), acodec="aac",
+               pts=None, fps=25, subtitles=False, timecode=None):
+    """A clip of a moving bar (12 frames unless `pts` says), a tone in `acodec` as long as the
+    video, a subtitle line and a timecode (MOV writes it as a tmcd data track)."""
+    w, h = size
+    pts = list(pts or range(12))
+    c = av.open(str(path), "w")
+    v = c.add_stream(vcodec, rate=fps)
+    v.width, v.height, v.pix_fmt = w, h, pix_fmt
+    if vcodec == "libx265":
+        v.codec_context.options = {"x265-params": "log-level=error"}
+    if timecode:
+        v.metadata["timecode"] = timecode
+    a = c.add_stream(acodec, rate=48000) if acodec else None
+    if a is not None:
+        a.layout = "stereo"
+        a.codec_context.options = {"strict": "-2"}  # FFmpeg's own Vorbis encoder is experimental
+    s = c.add_stream("subrip") if subtitles else None
+    if s is not None:
+        s.codec_context.subtitle_header = ASS_HEADER
+    for i, p in enumerate(pts):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., 1] = np.linspace(0, 255, w, dtype=np.uint8)[None]
+        img[:, (i * 3) % w] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = p, Fraction(1, fps)
+        c.mux(v.encode(frame))
+    c.mux(v.encode())
+    if a is not None:
+        n = a.codec_context.frame_size or 1024
+        for k in range(int((pts[-1] + 1) / fps * 48000) // n):
+            t = (np.arange(n) + k * n) / 48000
+            tone = np.tile((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), (2, 1))
+            f = av.AudioFrame.from_ndarray(tone, format="fltp", layout="stereo")
+            f.sample_rate, f.pts, f.time_base = 48000, k * n, Fraction(1, 48000)
+            c.mux(a.encode(f))
+        c.mux(a.encode())
+    if s is not None:
+        pk = av.Packet(b"an upscaled line")
+        pk.pts, pk.duration, pk.time_base, pk.stream = 0, 400, Fraction(1, 1000), s
+        c.mux(pk)
+    c.close()
+
+
+CLIPS = {  # name: (file name, write_clip arguments)
+    "phone-vfr": ("phone.mp4", dict(pts=[0, 1, 3, 4, 7, 8, 9, 13, 14, 20, 21, 25])),
+    "hevc10": ("iphone.mov", dict(vcodec="libx265", pix_fmt="yuv420p10le", size=(64, 64),
+                                  timecode="01:02:03:04")),
+    "webm-vorbis": ("web.webm", dict(vcodec="libvpx", acodec="vorbis")),
+    "mkv-subs": ("subs.mkv", dict(subtitles=True)),
+}
+PLAYABLE_AUDIO = {".mp4": {"aac"}, ".mov": {"aac"}, ".webm": {"opus", "vorbis"}}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    made = {}
+    for name, (file, kwargs) in CLIPS.items():
+        if kwargs.get("vcodec") == "libx265" and not HAS_X265:
+            continue
+        write_clip(folder / file, **kwargs)
+        made[name] = folder / file
+    return made
+
+
+def read_back(path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = list(c.decode(video=0))
+        meta = {"codec": v.codec_context.name, "fmt": frames[0].format.name,
+                "size": (frames[0].width, frames[0].height), "times": [f.time for f in frames],
+                "audio": c.streams.audio[0].codec_context.name if c.streams.audio else None,
+                "subtitles": len(c.streams.subtitles), "data": len(c.streams.data),
+                "timecode": {k.lower(): val for k, val in v.metadata.items()}.get("timecode")}
+    with av.open(str(path)) as c:
+        meta["audio_packets"] = [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
+    if meta["subtitles"]:
+        with av.open(str(path)) as c:
+            cues = [p for p in c.demux(subtitles=0) if p.size]
+            skip = 2 if c.streams.subtitles[0].codec_context.name == "mov_text" else 0  # its length
+            meta["subtitle_cues"] = [bytes(p)[skip:].decode() for p in cues]
+            meta["subtitle_times"] = [(float(p.pts * p.time_base), float(p.duration * p.time_base)) for p in cues]
+    return meta
+
+
+def bits(fmt: str) -> int:
+    return av.VideoFormat(fmt).components[0].bits
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv", ".webm", ".mov"])
+@pytest.mark.parametrize("kind", list(CLIPS))
+def test_each_clip_to_each_container_plays_and_keeps_frames_time_audio_and_depth(clips, kind, ext, tmp_path):
+    if kind not in clips:
+        pytest.skip("this PyAV has no libx265 to make the HEVC clip with")
+    src, dst = clips[kind], tmp_path / f"out{ext}"
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2"]) == 0
+    a, b = read_back(src), read_back(dst)
+    assert len(b["times"]) == len(a["times"]) == 12
+    assert b["size"] == (2 * a["size"][0], 2 * a["size"][1])
+    # timing kept; Matroska moves all streams by the AAC priming (21 ms) to start at 0
+    assert b["times"][0] == pytest.approx(a["times"][0], abs=0.025)
+    rel = lambda t: [x - t[0] for x in t]  # noqa: E731
+    assert rel(b["times"]) == pytest.approx(rel(a["times"]), abs=2e-3)
+    assert bits(b["fmt"]) == bits(a["fmt"])  # depth kept
+    assert not (bits(b["fmt"]) > 8 and b["codec"] == "h264")  # never 10-bit H.264 by default
+    if ext == ".webm":
+        assert b["codec"] in ("vp9", "libdav1d", "av1", "libaom-av1")
+    assert b["audio"] is not None and len(b["audio_packets"]) > 10
+    if ext in PLAYABLE_AUDIO:
+        assert b["audio"] in PLAYABLE_AUDIO[ext]
+    if b["audio"] == a["audio"]:  # copied: bit for bit
+        assert b["audio_packets"] == a["audio_packets"]
+    assert b["subtitles"] == a["subtitles"]  # SubRip copied into .mkv, converted for .mp4/.webm
+    if a["subtitles"]:
+        assert b["subtitle_cues"] == ["an upscaled line"]
+        assert b["subtitle_times"] == [pytest.approx((0.0, 0.4), abs=0.025)]
+    assert b["timecode"] == a["timecode"]  # a MOV timecode track: rewritten, never copied
+    if kind == "hevc10":
+        assert (a["data"], a["timecode"]) == (1, "01:02:03:04")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]  # no temp left
+
+
+@pytest.mark.skipif(not HAS_X265, reason="this PyAV has no libx265")
+def test_ten_bit_input_gets_hevc_main10_and_libx264_on_request_is_8_bit(clips, tmp_path, capsys):
+    src = clips["hevc10"]
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "a.mp4"), "--model", "bicubic"]) == 0
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.name, cc.profile, cc.format.name, cc.codec_tag) == ("hevc", "Main 10", "yuv420p10le", "hvc1")
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "b.mp4"), "--model", "bicubic",
+                     "--codec", "libx264"]) == 0
+    assert "writes the 10-bit input as 8-bit yuv420p" in capsys.readouterr().err
+    b = read_back(tmp_path / "b.mp4")
+    assert (b["codec"], b["fmt"]) == ("h264", "yuv420p")
+
+
+def test_wrong_codec_for_the_container_and_gif_output_are_refused_before_any_work(clips, tmp_path,
+                                                                                  capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr("upsample.cli.video.make_upscaler", lambda *a, **k: built.append(a))
+    src = clips["phone-vfr"]
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.webm"), "--codec", "libx264"]) == 2
+    assert "webm container cannot hold libx264 video; use --codec libvpx-vp9" in capsys.readouterr().err
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.gif")]) == 2
+    assert ".gif output is not supported" in capsys.readouterr().err
+    assert not built and list(tmp_path.iterdir()) == []
+
+
+def test_hevc_is_refused_for_frames_it_cannot_encode(tmp_path, capsys):
+    src = tmp_path / "tiny10.mkv"
+    write_clip(src, pix_fmt="yuv420p10le", size=(24, 16), acodec=None)
+    if not HAS_X265:
+        pytest.skip("this PyAV has no libx265")
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mkv"), "--model", "bicubic"]) == 2
+    assert "libx265 cannot encode frames under 64 pixels" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_animated_pictures_are_upscaled_frame_by_frame_and_stills_refused(tmp_path, capsys):
+    frames = [Image.fromarray(np.full((16, 24, 3), 40 * i, np.uint8)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:],
+                   duration=[100, 200, 100, 50, 100], loop=0)
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "still.gif")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    assert [image_frame_count(tmp_path / n) for n in ("anim.gif", "still.gif", "notes.txt")] == [5, 1, None]
+    assert is_animated_image(tmp_path / "anim.webp") and not is_animated_image(tmp_path / "still.gif")
+    assert cli.main(["video", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "a.mp4"), "--model", "bicubic"]) == 0
+    out = read_back(tmp_path / "a.mp4")
+    assert out["times"] == pytest.approx([0.0, 0.1, 0.3, 0.4, 0.45], abs=1e-3) and out["size"] == (48, 32)
+    assert cli.main(["video", str(tmp_path / "still.gif"), "-o", str(tmp_path / "b.mp4")]) == 2
+    assert "is a still image, not a video" in capsys.readouterr().err
+    # FFmpeg 8.1 reads an animated WebP as one undecodable picture: refused, not cut to a frame
+    code = cli.main(["video", str(tmp_path / "anim.webp"), "-o", str(tmp_path / "c.mp4"), "--model", "bicubic"])
+    if code == 2:
+        assert "is an animation of 5 frames that FFmpeg here cannot decode" in capsys.readouterr().err
+    else:
+        assert code == 0 and len(read_back(tmp_path / "c.mp4")["times"]) == 5
+        (tmp_path / "c.mp4").unlink()
+    assert not (tmp_path / "b.mp4").exists() and not (tmp_path / "c.mp4").exists()
+
+
+def test_frame_rate_is_the_average_never_the_matroska_clock():
+    stream = lambda avg, guessed, base: types.SimpleNamespace(  # noqa: E731
+        average_rate=avg, guessed_rate=guessed, base_rate=base, time_base=Fraction(1, 1000))
+    assert frame_rate(stream(Fraction(30000, 1001), Fraction(1000), Fraction(1000))) == Fraction(30000, 1001)
+    assert frame_rate(stream(None, Fraction(1000), Fraction(24))) == 24
+    assert frame_rate(stream(None, None, Fraction(1000))) == 25
+
+
+def test_progress_without_a_terminal_is_one_line_per_refresh(monkeypatch):
+    monkeypatch.setattr(video, "LINE_INTERVAL", 0)
+    log = io.StringIO()
+    bar = video.progress_bar(10, True, stream=log)
+    for _ in range(10):
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) >= 3
+    assert lines[-1].startswith("frames 10/10 (100%)") and all("ETA" in line for line in lines)
+    quiet = io.StringIO()
+    video.progress_bar(10, False, stream=quiet).close()
+    assert quiet.getvalue() == ""
+
+
+def test_a_long_run_gets_one_estimate_line_and_a_short_one_none():
+    now = [0.0]
+    log = io.StringIO()
+    estimate = video.RunEstimate(3000, clock=lambda: now[0], stream=log)
+    for done in range(1, 8):
+        now[0] += 0.5  # 0.5 s a frame: 3000 frames take 25 min
+        estimate.update(done)
+    assert log.getvalue().count("\n") == 1 and "estimate: 2996 more frames x 0.50 s/frame = 24:58" in log.getvalue()
+    short = io.StringIO()
+    estimate = video.RunEstimate(100, clock=lambda: now[0], stream=short)
+    for done in range(1, 8):
+        now[0] += 0.5
+        estimate.update(done)
+    assert short.getvalue() == ""
+
+
+def test_reencoded_audio_follows_the_clip_window(tmp_path):
+    src, dst = tmp_path / "long.mp4", tmp_path / "window.webm"
+    write_clip(src, pts=list(range(100)))  # 4 s
+    assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic", "--start", "1",
+                     "--duration", "2"]) == 0
+    with av.open(str(dst)) as c:
+        assert c.streams.audio[0].codec_context.name == "opus"
+        times = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size]
+    assert -0.03 < min(times) < 0.03 and 1.9 < max(times) < 2.05
+    assert len(read_back(dst)["times"]) == 50
+
+
+def test_an_mpeg_video_stream_is_no_still_image_although_pillow_identifies_it(tmp_path):
+    src = tmp_path / "raw.m2v"
+    write_clip(src, vcodec="mpeg2video", acodec=None)
+    with Image.open(src) as im:
+        assert im.format == "MPEG" and image_frame_count(src) is None
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mkv"), "--model", "bicubic"]) == 0
+    assert len(read_back(tmp_path / "o.mkv")["times"]) == 12
+
+
+def test_mp4_subtitles_come_back_into_matroska_as_subrip(clips, tmp_path):
+    mp4, mkv = tmp_path / "a.mp4", tmp_path / "b.mkv"
+    assert cli.main(["video", str(clips["mkv-subs"]), "-o", str(mp4), "--model", "bicubic"]) == 0
+    assert cli.main(["video", str(mp4), "-o", str(mkv), "--model", "bicubic", "--scale", "1"]) == 0
+    with av.open(str(mkv)) as c:
+        assert c.streams.subtitles[0].codec_context.name in ("subrip", "srt")
+    assert read_back(mkv)["subtitle_cues"] == ["an upscaled line"]
