@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scipy.ndimage import gaussian_filter
+
 from upsample.cli import main
+from upsample.data.colour import to_uint8
+from upsample.evaluation import evaluate
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmark"
 needs_bench = pytest.mark.skipif(not (BENCH / "Set5").is_dir(), reason="needs ../shared/datasets/benchmark")
@@ -49,7 +53,8 @@ def test_save_and_notes(tmp_path, capsys):
                  "--json", str(tmp_path / "r.json")]) == 0
     cap = capsys.readouterr()
     assert "skipping non-image file" in cap.err and "readme.txt" in cap.err
-    assert sorted(p.name for p in (tmp_path / "o" / "d").iterdir()) == ["im0.png", "im1.png"]
+    assert sorted(p.name for p in (tmp_path / "o" / "d").iterdir()) == ["im0.png", "im0_sbs.png",
+                                                                        "im1.png", "im1_sbs.png"]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["datasets"]["d"]["n"] == 2 and 10 < r["datasets"]["d"]["psnr"] < 60
 
@@ -84,3 +89,87 @@ def test_bad_input_one_line_nonzero(tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("upsample eval: error:")
     if case == "corrupt":
         assert "broken.png" in err[0]
+
+
+# ------------------------------------------------------------------ catid's protocol and options
+
+
+def pil_bicubic_expected(folder: Path, scale=2, border=4) -> tuple[float, float]:
+    """catid's evaluate.py for plain bicubic, written out with Pillow and numpy alone: LR =
+    Image.resize((W // s, H // s), BICUBIC), back up to (W, H) the same way, RGB on [0, 1] with
+    `border` cut; SSIM as scikit-image's defaults (7x7 mean, sample covariance, per channel,
+    averaged over the windows that fit)."""
+    psnrs, ssims = [], []
+    for path in sorted(folder.iterdir()):
+        hr = Image.open(path).convert("RGB")
+        w, h = hr.width // scale * scale, hr.height // scale * scale
+        hr = hr.crop((0, 0, w, h))
+        up = hr.resize((w // scale, h // scale), Image.BICUBIC).resize((w, h), Image.BICUBIC)
+        a, b = (np.asarray(im, np.float64)[border:-border, border:-border] / 255 for im in (hr, up))
+        psnrs.append(10 * np.log10(1 / np.mean((a - b) ** 2)))
+        per_channel = []
+        for c in range(3):
+            wa, wb = (np.lib.stride_tricks.sliding_window_view(x[..., c], (7, 7)) for x in (a, b))
+            ma, mb = wa.mean((-1, -2)), wb.mean((-1, -2))
+            va, vb = wa.var((-1, -2), ddof=1), wb.var((-1, -2), ddof=1)
+            cov = ((wa - ma[..., None, None]) * (wb - mb[..., None, None])).sum((-1, -2)) / 48
+            c1, c2 = 0.01 ** 2, 0.03 ** 2
+            m = (2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+            per_channel.append(m.mean())
+        ssims.append(np.mean(per_channel))
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def check_catid_bicubic(capsys, folder: Path):
+    r = run_json(capsys, "--protocol", "catid", "--model", "bicubic", "--scale", "2", "--data", str(folder))
+    assert r["protocol"] == "catid" and not r["y_channel"] and r["crop_border"] == 4
+    d = r["datasets"][folder.name]
+    psnr, ssim = pil_bicubic_expected(folder)
+    assert abs(d["psnr"] - psnr) < 1e-9 and abs(d["ssim"] - ssim) < 1e-9
+    assert (d["bicubic_psnr"], d["bicubic_ssim"]) == (d["psnr"], d["ssim"])  # the baseline is the model
+
+
+@needs_bench
+def test_catid_protocol_bicubic_on_set5_is_pil_bicubic(capsys):
+    check_catid_bicubic(capsys, BENCH / "Set5")
+
+
+def test_catid_protocol_bicubic_on_odd_sizes(tmp_path, capsys):
+    write_images(tmp_path / "d", n=2, size=(31, 26))  # an odd height: cut to 30
+    check_catid_bicubic(capsys, tmp_path / "d")
+
+
+def test_per_image_rows_and_montages(tmp_path, capsys):
+    write_images(tmp_path / "d", n=2, size=(30, 24))
+    r = run_json(capsys, "--protocol", "catid", "--model", "espcn-rgb-x2", "--data", str(tmp_path / "d"),
+                 "--per-image", "--save", str(tmp_path / "o"))
+    d = r["datasets"]["d"]
+    assert [row["image"] for row in d["images"]] == ["im0.png", "im1.png"]
+    assert d["psnr"] == pytest.approx(np.mean([row["psnr"] for row in d["images"]]))
+    assert all(set(row) == {"image", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim"} for row in d["images"])
+    sbs = np.asarray(Image.open(tmp_path / "o" / "d" / "im0_sbs.png"))
+    hr = np.asarray(Image.open(tmp_path / "d" / "im0.png"))
+    model = np.asarray(Image.open(tmp_path / "o" / "d" / "im0.png"))
+    top = sbs.shape[0] - 30  # the label strip
+    assert sbs.shape == (30 + top, 4 * 24, 3) and top > 0
+    assert np.array_equal(sbs[top:, :24], hr) and np.array_equal(sbs[top:, 24:48], model)
+    lr = np.asarray(Image.fromarray(hr).resize((12, 15), Image.BICUBIC))
+    assert np.array_equal(sbs[top:top + 15, 72:84], lr) and not sbs[top + 15:, 72:].any()
+
+
+def test_gaussian_degrade_for_eval(tmp_path, capsys):
+    write_images(tmp_path / "d", n=1, size=(32, 32))
+    hr = np.asarray(Image.open(tmp_path / "d" / "im0.png"))
+    lr = evaluate.make_input(hr, 2, evaluate.PROTOCOLS["papers"], evaluate.Degrade("gaussian", 1.5), "cpu")
+    # the same LR from scipy: Gaussian of radius 3 sigma, mirrored borders, every 2nd pixel from 0
+    want = gaussian_filter(hr / 255.0, sigma=(1.5, 1.5, 0), mode="mirror", truncate=3.0)[::2, ::2]
+    assert np.array_equal(to_uint8(lr), np.round(np.clip(want, 0, 1) * 255).astype(np.uint8))
+    base = run_json(capsys, "--scale", "2", "--data", str(tmp_path / "d"))
+    blur = run_json(capsys, "--scale", "2", "--data", str(tmp_path / "d"), "--degrade", "gaussian", "--sigma", "1.5")
+    assert blur["degrade"] == {"kind": "gaussian", "sigma": 1.5}
+    assert blur["datasets"]["d"]["psnr"] < base["datasets"]["d"]["psnr"]  # blurred LR: less to recover
+    for extra, says in ((["--degrade", "gaussian"], "needs --sigma"), (["--sigma", "1"], "--sigma is the blur"),
+                        (["--degrade", "gaussian", "--sigma", "40"], "--sigma 40")):
+        assert main(["eval", "--scale", "2", "--data", str(tmp_path / "d"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err

@@ -18,7 +18,9 @@ from upsample.inference.load import load_upscaler
 from upsample.data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 EXACT_PARAMS = {"espcn-x3": 22_729, "vapsr-x2": 329_236, "vapsr-x4": 342_220, "vapsr-s-x4": 154_956,
-                "rrdbnet-x4": 16_697_987}
+                "rrdbnet-x4": 16_697_987,
+                # catid's: conv_first 1,792 + 20 x 35,808 + conv_body 36,928 + upsampler 38,372
+                "vapsr-catid-x2": 793_252}
 
 
 def meta_model(name, **overrides):
@@ -54,13 +56,21 @@ def test_vdsr_and_vapsr_x3_param_counts():
 def test_vapsr_variants_structure():
     small = create_model("vapsr-s-x4")
     assert small.conv_body.groups == 2 and len(small.body) == 11
-    plain = create_model("vapsr-3x3-x2")
+    plain = create_model("vapsr-dense3x3-x2")
     att = plain.body[0].atten_branch
     assert att.depthwise.kernel_size == (3, 3) and att.depthwise_dilated.dilation == (1, 1)
     assert att.depthwise.groups == 1 and att.depthwise_dilated.groups == 1  # dense, not depth-wise
     official = create_model("vapsr-x2").body[0].atten_branch
     assert official.depthwise.kernel_size == (5, 5) and official.depthwise_dilated.dilation == (3, 3)
     assert "body.19.atten_branch.depthwise_dilated.weight" in create_model("vapsr-x2").state_dict()
+
+
+def test_old_dense_names_are_aliases():
+    assert get_spec("vapsr-3x3-x2") == get_spec("vapsr-dense3x3-x2")
+    assert create_model("vapsr-3x3-x4").upsample_spec.name == "vapsr-dense3x3-x4"
+    assert "vapsr-3x3-x2" not in list_models() and "vapsr-3x3-x2" in list_models(aliases=True)
+    assert not create_model("vapsr-dense3x3-x2").signed_io  # the catid variant is another model
+    assert create_model("vapsr-catid-x2").body[0].proj_1.kernel_size == (3, 3)
 
 
 def test_macs_match_hand_count_for_espcn():
@@ -89,9 +99,10 @@ def test_discriminators_registered_apart():
 def test_models_command_json(capsys):
     assert cli.main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == list_models()
+    assert [r["name"] for r in rows] == list_models(aliases=True)
+    assert {r["name"]: r.get("alias_of") for r in rows}["vapsr-3x3-x2"] == "vapsr-dense3x3-x2"
     for r in rows:
-        assert set(r) == {"name", "scale", "params", "macs", "input", "weights"}
+        assert set(r) - {"alias_of"} == {"name", "scale", "params", "macs", "input", "weights"}
         assert r["input"] in ("y", "rgb") and isinstance(r["macs"], int) and r["macs"] > 0
         assert r["weights"] is None or r["weights"].endswith(f"{r['name']}.safetensors")
     by_name = {r["name"]: r for r in rows}

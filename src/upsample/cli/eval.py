@@ -8,12 +8,20 @@ import sys
 from pathlib import Path
 
 from .options import add_runtime_options
-from ..evaluation.evaluate import evaluate_model, format_report
+
+# Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
+# against evaluation.evaluate's PROTOCOLS and DEGRADES.
+PROTOCOL_NAMES = ("papers", "catid")
+DEGRADES = ("bicubic", "gaussian")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation.evaluate import evaluate_model, format_report
+
     report = evaluate_model(args.model, args.data, scale=args.scale, crop=args.crop,
-                            y_channel=not args.rgb, save_dir=args.save, lpips=args.lpips,
+                            y_channel=False if args.rgb else None, protocol=args.protocol,
+                            degrade=args.degrade, sigma=args.sigma, save_dir=args.save,
+                            per_image=args.per_image, lpips=args.lpips,
                             lpips_weights=args.lpips_weights, lpips_backbone=args.lpips_backbone,
                             backend=args.backend, device=args.device, precision=args.precision,
                             threads=args.threads, progress=sys.stderr.isatty(),
@@ -30,15 +38,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' protocol)")
+    p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' or catid's protocol)")
     p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
     p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
                    "and vdsr need it: any positive number for bicubic)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="HR image folders")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout only)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout only; default: print the table only)")
+    p.add_argument("--protocol", choices=PROTOCOL_NAMES, default="papers",
+                   help="papers (default): modcrop, MATLAB bicubic LR, Y channel, crop = scale, Gaussian "
+                        "SSIM; catid: his evaluate.py - Pillow bicubic LR (W // s, H // s), RGB in "
+                        "[0, 1], crop 4, scikit-image SSIM, and a Pillow-bicubic baseline beside the model")
+    p.add_argument("--degrade", choices=DEGRADES, default="bicubic",
+                   help="how the LR is made: the protocol's bicubic (default) or gaussian (blur of "
+                        "--sigma, then every s-th pixel)")
+    p.add_argument("--sigma", type=float, default=None, help="--degrade gaussian: the blur in HR pixels (default: none; required with gaussian)")
     p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel")
-    p.add_argument("--crop", type=int, default=None, help="border crop in pixels (default: the scale)")
-    p.add_argument("--save", metavar="DIR", help="also write the upscaled images here")
+    p.add_argument("--crop", type=int, default=None,
+                   help="border crop in pixels (default: the scale; catid: 4)")
+    p.add_argument("--per-image", action="store_true", help="also one row per image in the JSON")
+    p.add_argument("--save", metavar="DIR", help="(default: none) also write the upscaled images here, and beside each "
+                   "a side-by-side montage NAME_sbs.png (original | model | bicubic | input)")
     p.add_argument("--lpips", action="store_true",
                    help="also LPIPS v0.1 on RGB (lower is better); needs the two files below")
     p.add_argument("--lpips-weights", metavar="FILE",

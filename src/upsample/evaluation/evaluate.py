@@ -1,72 +1,207 @@
-"""`upsample eval`: PSNR/SSIM on benchmark folders with the papers' protocol.
+"""`upsample eval`: PSNR/SSIM on benchmark folders under a named protocol.
 
-Per HR image: modcrop to a multiple of the scale, LR = MATLAB bicubic downscale rounded to uint8
-(as the standard LR PNGs are), upscale, clamp and round to uint8, then measure on Y (or RGB)
-with `crop_border` pixels cut at each side.
+`papers` (the default): per HR image, modcrop to a multiple of the scale, LR = MATLAB bicubic
+downscale rounded to uint8 (as the standard LR PNGs are), upscale, clamp and round to uint8, then
+measure on Y (or RGB) with `crop_border` (default: the scale) pixels cut at each side; SSIM with
+Wang et al.'s 11x11 Gaussian window.
+
+`catid` (his evaluate.py, `upsampling` repository): LR = Pillow's `Image.resize(BICUBIC)` of the
+whole HR to (W // s, H // s), no modcrop; PSNR and SSIM on RGB in [0, 1] with 4 pixels cut at
+each side; SSIM = scikit-image's `structural_similarity` defaults, mean over channels; beside
+the model, the bicubic baseline: Pillow's bicubic upscale of the same LR (`--model bicubic` is that
+baseline). Where a side is not a multiple of the scale his script stops (the model's output is
+smaller than the HR); here the HR is cut at the bottom/right to s * (side // s) instead, which
+changes nothing on images whose sides are multiples of s (all of Set5 and Urban100 at x2).
+
+`degrade` gaussian (`--degrade gaussian --sigma S`, either protocol): LR = Gaussian blur of sigma
+S HR pixels, then every s-th pixel (`data.degrade.blur_subsample`, as training's gaussian kind),
+rounded to uint8. (catid's --gaussian used scipy's gaussian_filter with sigma s / 6, which also
+blurs across the colour axis; this blur keeps the channels apart.)
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from . import metrics
+from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
-from ..data.degrade import make_lr, modcrop
+from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize
 from ..errors import UserError
 from ..media.imageio import atomic_save, list_images, read_rgb
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
 
 
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    y_channel: bool          # the default channel: Y (BT.601) or RGB
+    crop: int | None         # border cut at each side; None = the scale rounded up
+    ssim_window: str         # metrics.ssim's window
+    pil: bool                # Pillow bicubic, no modcrop, and a bicubic baseline in the report
+
+
+PROTOCOLS = {"papers": Protocol("papers", True, None, "gaussian", False),
+             "catid": Protocol("catid", False, 4, "uniform", True)}
+DEGRADES = ("bicubic", "gaussian")
+
+
+@dataclass(frozen=True)
+class Degrade:
+    kind: str = "bicubic"    # the protocol's bicubic downscale, or "gaussian" (blur + subsample)
+    sigma: float | None = None  # gaussian: the blur's sigma in HR pixels
+
+
+def check_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown protocol {name!r}: use one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def check_degrade(kind: str, sigma: float | None, protocol: Protocol, scale: float) -> Degrade:
+    """The LR degradation asked for, or UserError saying what does not fit."""
+    if kind not in DEGRADES:
+        raise UserError(f"unknown --degrade {kind!r}: use one of {', '.join(DEGRADES)}")
+    if kind == "bicubic":
+        if sigma is not None:
+            raise UserError("--sigma is the blur of --degrade gaussian: add that, or leave --sigma out")
+        return Degrade()
+    if sigma is None or not sigma > 0:
+        raise UserError("--degrade gaussian needs --sigma S > 0 (the blur in HR pixels; catid's "
+                        "evaluate.py used scale / 6)")
+    if not float(scale).is_integer():
+        raise UserError(f"--degrade gaussian subsamples every s-th pixel: the scale must be an integer, not {scale}")
+    return Degrade("gaussian", float(sigma))
+
+
+# ------------------------------------------------------------------------------ one image
+
+
+def hr_for(hr: np.ndarray, scale: float, protocol: Protocol) -> np.ndarray:
+    """The HR that is measured: modcropped (papers), or cut to s * (side // s) (catid)."""
+    if not protocol.pil:
+        return modcrop(hr, scale)
+    s = int(scale)
+    return hr[:hr.shape[0] // s * s, :hr.shape[1] // s * s]
+
+
+def make_input(hr: np.ndarray, scale: float, protocol: Protocol, degrade: Degrade, device) -> torch.Tensor:
+    """The LR input (float NCHW in [0, 1] on the 8-bit grid) of the measured HR `hr`."""
+    if degrade.kind == "gaussian":
+        try:
+            return quantize(blur_subsample(to_tensor(hr, device, torch.float64), int(scale), degrade.sigma)).float()
+        except ValueError as exc:  # a blur wider than the image
+            raise UserError(f"--sigma {degrade.sigma}: {exc}") from None
+    if not protocol.pil:
+        return make_lr(hr, scale, device)
+    s = int(scale)
+    lr = Image.fromarray(hr).resize((hr.shape[1] // s, hr.shape[0] // s), Image.BICUBIC)
+    return to_tensor(np.asarray(lr), device)
+
+
+def bicubic_up(lr: torch.Tensor, size: tuple[int, int], protocol: Protocol) -> np.ndarray:
+    """The bicubic baseline of the protocol: uint8 HWC of `size` (H, W) from the LR (papers:
+    MATLAB's imresize, as `--model bicubic` there; catid: Pillow's)."""
+    if not protocol.pil:
+        return to_uint8(imresize(lr, size=size))
+    img = Image.fromarray(to_uint8(lr)).resize((size[1], size[0]), Image.BICUBIC)
+    return np.asarray(img)
+
+
+def measure(out: np.ndarray, hr: np.ndarray, crop: int, y_channel: bool, protocol: Protocol) -> dict:
+    return {"psnr": metrics.psnr(out, hr, crop_border=crop, y_channel=y_channel),
+            "ssim": metrics.ssim(out, hr, crop_border=crop, y_channel=y_channel, window=protocol.ssim_window)}
+
+
 @torch.no_grad()
-def evaluate_image(upscaler: Upscaler, hr: np.ndarray, scale: float, crop_border: int,
-                   y_channel: bool, downscaler=None) -> tuple[float, float, np.ndarray]:
-    """`downscaler` (see `inference.downscale`) makes the LR instead of `make_lr` (a learned one)."""
-    hr = modcrop(hr, scale)
-    lr = make_lr(hr, scale, upscaler.device) if downscaler is None else downscaler.lr(hr, upscaler.device)
+def upscale_checked(upscaler: Upscaler, lr: torch.Tensor, hr: np.ndarray, scale: float) -> np.ndarray:
     sr = upscaler(lr)
     if sr.shape[-2:] != hr.shape[:2]:
         raise UserError(f"{upscaler.name} produced {tuple(sr.shape[-2:])} for an HR of "
                         f"{hr.shape[:2]}: is --scale {scale} the model's scale?")
-    out = to_uint8(sr)
-    return (metrics.psnr(out, hr, crop_border=crop_border, y_channel=y_channel),
-            metrics.ssim(out, hr, crop_border=crop_border, y_channel=y_channel), out)
+    return to_uint8(sr)
 
 
-def evaluate_folders(upscaler: Upscaler, folders: list[str], *, scale: float, crop_border: int,
-                     y_channel: bool = True, save_dir: str | None = None, progress: bool = True,
-                     lpips=None) -> dict:
-    """{dataset name: {"psnr", "ssim", "n"}} averaged over each folder's images; with `lpips` (an
-    `lpips.LPIPS`) also "lpips": on RGB, with the same border crop."""
-    results = {}
-    for folder in folders:
-        images, skipped = list_images(folder)
-        for s in skipped:
-            print(f"note: skipping non-image file {s}", file=sys.stderr)
-        if not images:
-            raise UserError(f"no images in {folder}")
-        name = Path(folder).resolve().name
-        psnrs, ssims, lpipses = [], [], []
-        for path in tqdm(images, desc=name, disable=not progress, leave=False, file=sys.stderr):
-            hr = read_rgb(path)
-            p, s, out = evaluate_image(upscaler, hr, scale, crop_border, y_channel)
-            psnrs.append(p)
-            ssims.append(s)
-            if lpips is not None:
-                lpipses.append(lpips_distance(lpips, out, modcrop(hr, scale), crop_border))
-            if save_dir:
-                from PIL import Image
-                atomic_save(Image.fromarray(out), Path(save_dir) / name / (path.stem + ".png"))
-        results[name] = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "n": len(images)}
-        if lpipses:
-            results[name]["lpips"] = float(np.mean(lpipses))
-    return results
+@torch.no_grad()
+def evaluate_image(upscaler: Upscaler, hr: np.ndarray, scale: float, crop_border: int,
+                   y_channel: bool, downscaler=None) -> tuple[float, float, np.ndarray]:
+    """The papers' protocol on one HR image: (PSNR, SSIM, output). `downscaler` (see
+    `inference.downscale`) makes the LR instead of `make_lr` (a learned one)."""
+    hr = modcrop(hr, scale)
+    lr = make_lr(hr, scale, upscaler.device) if downscaler is None else downscaler.lr(hr, upscaler.device)
+    out = upscale_checked(upscaler, lr, hr, scale)
+    m = measure(out, hr, crop_border, y_channel, PROTOCOLS["papers"])
+    return m["psnr"], m["ssim"], out
+
+
+@dataclass
+class Run:
+    """What one `eval` measures with, shared by every image."""
+    upscaler: Upscaler | None  # None: the protocol's own bicubic baseline is the model
+    scale: float
+    crop: int
+    y_channel: bool
+    protocol: Protocol
+    degrade: Degrade
+    device: torch.device
+    lpips: object = None       # an `lpips.LPIPS`, or None
+    montage: bool = False      # make the montage panels (`--save`)
+
+    def image(self, hr: np.ndarray) -> tuple[dict, list[tuple[str, np.ndarray]]]:
+        """One HR image's numbers (with the baseline's where the protocol reports it) and the
+        montage panels (original, model, bicubic, input)."""
+        hr = hr_for(hr, self.scale, self.protocol)
+        if min(hr.shape[:2]) < self.scale:  # e.g. a 2x2 image at x3: its LR would be empty
+            raise UserError(f"an HR image is {hr.shape[1]}x{hr.shape[0]} after the crop to the scale, "
+                            f"smaller than x{self.scale:g} needs: remove such tiny images from --data")
+        lr = make_input(hr, self.scale, self.protocol, self.degrade, self.device)
+        need_base = self.protocol.pil or self.montage or self.upscaler is None
+        base = bicubic_up(lr, hr.shape[:2], self.protocol) if need_base else None
+        out = base if self.upscaler is None else upscale_checked(self.upscaler, lr, hr, self.scale)
+        row = measure(out, hr, self.crop, self.y_channel, self.protocol)
+        if self.protocol.pil:
+            b = measure(base, hr, self.crop, self.y_channel, self.protocol)
+            row.update(bicubic_psnr=b["psnr"], bicubic_ssim=b["ssim"])
+        if self.lpips is not None:
+            row["lpips"] = lpips_distance(self.lpips, out, hr, self.crop)
+        if not self.montage:
+            return row, [("model", out)]
+        input_panel = np.zeros_like(hr)
+        small = to_uint8(lr)
+        input_panel[:small.shape[0], :small.shape[1]] = small
+        name = "bicubic" if self.upscaler is None else Path(self.upscaler.name).name
+        return row, [("original", hr), (name, out), ("bicubic", base), ("input", input_panel)]
+
+
+def evaluate_folder(run: Run, folder: str, *, save_dir: str | None, per_image: bool, progress: bool) -> dict:
+    """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder."""
+    images, skipped = list_images(folder)
+    for s in skipped:
+        print(f"note: skipping non-image file {s}", file=sys.stderr)
+    if not images:
+        raise UserError(f"no images in {folder}")
+    name = Path(folder).resolve().name
+    rows = []
+    for path in tqdm(images, desc=name, disable=not progress, leave=False, file=sys.stderr):
+        row, panels = run.image(read_rgb(path))
+        rows.append({"image": path.name, **row})
+        if save_dir:
+            atomic_save(Image.fromarray(panels[1][1]), Path(save_dir) / name / (path.stem + ".png"))
+            atomic_save(side_by_side(panels), Path(save_dir) / name / (path.stem + "_sbs.png"))
+    result = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
+    result["n"] = len(images)
+    if per_image:
+        result["images"] = rows
+    return result
 
 
 @torch.no_grad()
@@ -78,13 +213,15 @@ def lpips_distance(metric, out: np.ndarray, hr: np.ndarray, crop_border: int) ->
 
 
 def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | None = None,
-                   y_channel: bool = True, save_dir: str | None = None, lpips: bool = False,
-                   lpips_weights: str | None = None, lpips_backbone: str | None = None,
+                   y_channel: bool | None = None, protocol: str = "papers", degrade: str = "bicubic",
+                   sigma: float | None = None, save_dir: str | None = None, per_image: bool = False,
+                   lpips: bool = False, lpips_weights: str | None = None, lpips_backbone: str | None = None,
                    backend: str = "auto", device: str = "cpu", precision: str = "fp32",
-                   threads: int | None = None, progress: bool = True,
-                   allow_untrained: bool = False) -> dict:
-    """The `eval` report of `model` on the HR `folders`: {"model", "scale", "y_channel",
-    "crop_border", "datasets"}; `scale` None = the model's own, `crop` None = the scale rounded up."""
+                   threads: int | None = None, progress: bool = True, allow_untrained: bool = False) -> dict:
+    """The `eval` report of `model` on the HR `folders`: {"model", "scale", "protocol", "degrade",
+    "y_channel", "crop_border", "datasets"}; `scale` None = the model's own; `y_channel` and
+    `crop` None = the protocol's (papers: Y, the scale rounded up; catid: RGB, 4)."""
+    proto = check_protocol(protocol)
     scale = check_scale(scale) if scale is not None else None
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -94,29 +231,56 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     if lpips:  # unavailable without its two weight files: one line says which to pass
         from .lpips import load_lpips
         lpips_metric = load_lpips(lpips_weights, lpips_backbone)
-    upscaler = load_upscaler(model, scale=scale, backend=backend, device=device,
-                             precision=precision, threads=threads, allow_untrained=allow_untrained)
-    scale = upscaler.scale
-    crop = crop if crop is not None else int(math.ceil(scale))
+    upscaler = _upscaler(model, scale, proto, backend=backend, device=device, precision=precision,
+                         threads=threads, allow_untrained=allow_untrained)
+    scale = upscaler.scale if upscaler is not None else scale
+    if proto.pil and not float(scale).is_integer():
+        raise UserError(f"the catid protocol downscales to (W // s, H // s): the scale must be an integer, not {scale}")
+    run = Run(upscaler, scale, _crop(crop, proto, scale), proto.y_channel if y_channel is None else y_channel,
+              proto, check_degrade(degrade, sigma, proto, scale),
+              upscaler.device if upscaler is not None else torch.device("cpu"), montage=bool(save_dir))
+    if lpips_metric is not None:
+        run.lpips = lpips_metric.to(run.device)
+    datasets = {Path(f).resolve().name: evaluate_folder(run, f, save_dir=save_dir, per_image=per_image,
+                                                        progress=progress) for f in folders}
+    return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
+            "protocol": proto.name, "degrade": run.degrade.kind if run.degrade.sigma is None else
+            {"kind": run.degrade.kind, "sigma": run.degrade.sigma},
+            "y_channel": run.y_channel, "crop_border": run.crop, "datasets": datasets}
+
+
+def _upscaler(model: str, scale, proto: Protocol, **runtime) -> Upscaler | None:
+    """The upscaler of `model`; None for bicubic under a protocol with its own (Pillow's)."""
+    if model == "bicubic" and proto.pil:
+        if scale is None:
+            raise UserError("bicubic needs --scale")
+        if runtime["backend"] not in ("torch", "auto"):
+            raise UserError("bicubic runs on the torch backend only")
+        return None
+    return load_upscaler(model, scale=scale, **runtime)
+
+
+def _crop(crop: int | None, proto: Protocol, scale: float) -> int:
+    crop = crop if crop is not None else proto.crop if proto.crop is not None else int(math.ceil(scale))
     if crop < 0:
         raise UserError(f"--crop must be >= 0, got {crop}")
-    if lpips_metric is not None:
-        lpips_metric.to(upscaler.device)
-    datasets = evaluate_folders(upscaler, folders, scale=scale, crop_border=crop,
-                                y_channel=y_channel, save_dir=save_dir,
-                                progress=progress, lpips=lpips_metric)
-    return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
-            "y_channel": y_channel, "crop_border": crop, "datasets": datasets}
+    return crop
 
 
 def format_report(report: dict, lpips: bool = False) -> str:
-    """The `eval` report as a table, one row per dataset (an LPIPS column with `lpips`)."""
+    """The `eval` report as a table, one row per dataset (an LPIPS column with `lpips`, the
+    bicubic baseline's columns where the protocol reports it)."""
     datasets = report["datasets"]
     width = max(8, *(len(k) for k in datasets))
-    lines = [f"model {report['model']}  scale x{report['scale']}  "
-             f"{'Y' if report['y_channel'] else 'RGB'} channel, crop {report['crop_border']}",
-             f"{'dataset':<{width}}  {'n':>4}  {'PSNR':>7}  {'SSIM':>6}" + (f"  {'LPIPS':>6}" if lpips else "")]
+    base = any("bicubic_psnr" in v for v in datasets.values())
+    degrade = report.get("degrade", "bicubic")
+    lr = "" if degrade == "bicubic" else f", LR gaussian sigma {degrade['sigma']}"
+    lines = [f"model {report['model']}  scale x{report['scale']}  protocol {report.get('protocol', 'papers')}  "
+             f"{'Y' if report['y_channel'] else 'RGB'} channel, crop {report['crop_border']}{lr}",
+             f"{'dataset':<{width}}  {'n':>4}  {'PSNR':>7}  {'SSIM':>6}" + (f"  {'LPIPS':>6}" if lpips else "")
+             + ("  bicubic PSNR / SSIM" if base else "")]
     for k, v in datasets.items():
         lines.append(f"{k:<{width}}  {v['n']:>4}  {v['psnr']:>7.2f}  {v['ssim']:>6.4f}"
-                     + (f"  {v['lpips']:>6.4f}" if lpips else ""))
+                     + (f"  {v['lpips']:>6.4f}" if lpips else "")
+                     + (f"  {v['bicubic_psnr']:>12.2f} / {v['bicubic_ssim']:.4f}" if base else ""))
     return "\n".join(lines)

@@ -5,7 +5,10 @@ metric is taken on the Y of BT.601 YCbCr in the 16-235 range,
     Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255,   R, G, B in [0, 1],
 in float64 on the 0-255 scale, after cropping `crop_border` pixels at each side.
 SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 'valid' filtering;
-for RGB the mean over channels.
+for RGB the mean over channels. `window="uniform"` is scikit-image's `structural_similarity`
+with its defaults instead (the SSIM of catid's evaluate.py): a 7x7 mean filter, the sample
+covariance (N / (N - 1)), and the map averaged away from a 3 pixel border - which is the 'valid'
+7x7 filtering here.
 """
 
 from __future__ import annotations
@@ -62,16 +65,24 @@ def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     return sum(g[j] * rows[:, j:j + w] for j in range(k))
 
 
-def ssim(img1: np.ndarray, img2: np.ndarray, *, crop_border: int = 0, y_channel: bool = True) -> float:
-    """Mean SSIM (mean over channels for RGB)."""
+WINDOWS = ("gaussian", "uniform")
+
+
+def ssim(img1: np.ndarray, img2: np.ndarray, *, crop_border: int = 0, y_channel: bool = True,
+         window: str = "gaussian") -> float:
+    """Mean SSIM (mean over channels for RGB); `window` "gaussian" (Wang et al.) or "uniform"
+    (scikit-image's defaults), see the module docstring."""
     a, b = _prepare(img1, img2, crop_border, y_channel)
-    if min(a.shape[:2]) < 11:
-        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {a.shape[:2]}")
+    if window not in WINDOWS:
+        raise ValueError(f"unknown SSIM window {window!r}; known: {', '.join(WINDOWS)}")
+    g = _gaussian_window() if window == "gaussian" else np.full(7, 1 / 7)
+    if min(a.shape[:2]) < len(g):
+        raise ValueError(f"SSIM needs at least {len(g)}x{len(g)} pixels after cropping, got {a.shape[:2]}")
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    g = _gaussian_window()
+    cov = 1.0 if window == "gaussian" else 49 / 48  # scikit-image: unbiased (sample) covariance
     mu1, mu2 = _filter_valid(a, g), _filter_valid(b, g)
-    s11 = _filter_valid(a * a, g) - mu1 ** 2
-    s22 = _filter_valid(b * b, g) - mu2 ** 2
-    s12 = _filter_valid(a * b, g) - mu1 * mu2
+    s11 = cov * (_filter_valid(a * a, g) - mu1 ** 2)
+    s22 = cov * (_filter_valid(b * b, g) - mu2 ** 2)
+    s12 = cov * (_filter_valid(a * b, g) - mu1 * mu2)
     ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 ** 2 + mu2 ** 2 + c1) * (s11 + s22 + c2))
     return float(ssim_map.mean(axis=(0, 1)).mean())

@@ -1,5 +1,6 @@
-"""Resolve what the user named (bicubic, a registered model, a checkpoint, an int8 file) and build
-the one `Upscaler` for it on the backend asked for: the runtimes give runners, this wraps them."""
+"""Resolve what the user named (bicubic, a registered model or an alias, a checkpoint, an int8
+file, another project's ONNX graph) and build the one `Upscaler` for it on the backend asked for:
+the runtimes give runners, this wraps them."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from ..runtime.runner import Runner
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
-INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output
+INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output; an .onnx without its metadata
+# is another project's graph (runtime.foreign_onnx)
 
 
 def resolve_model(spec: str) -> tuple[nn.Module, str]:
     """A registered name or a checkpoint path -> (torch model in eval mode, display name)."""
     from ..models import checkpoint, registry
-    if spec in registry.list_models(None):
+    if registry.is_registered(spec):
         weights = registry.weights_path(spec)
         if weights:
             model, _ = checkpoint.load_checkpoint(weights)
@@ -94,7 +96,7 @@ def check_trained(spec: str, allow_untrained: bool = False) -> None:
     from ..models import registry
     if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
         return
-    if spec not in registry.list_models(None) or registry.weights_path(spec) is not None:
+    if not registry.is_registered(spec) or registry.weights_path(spec) is not None:
         return
     shipped = [n for n in registry.list_models("generator") if registry.weights_path(n)]
     raise UserError(f"{spec} has no trained weights: pass a trained checkpoint as --model FILE, "
@@ -115,9 +117,17 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         if backend not in (Backend.TORCH, Backend.AUTO):
             raise UserError("bicubic runs on the torch backend only")
         return BicubicUpscaler(check_scale(scale), device)
+    from ..runtime.sessions import openvino_device
+    ov_device = openvino_device(device)  # "GPU", "NPU", "AUTO" ...: OpenVINO's; tensors stay on the CPU
+    if ov_device is not None and backend not in (Backend.AUTO, Backend.OPENVINO):
+        raise UserError(f"--device {device} is an OpenVINO device: use --backend auto or openvino")
+    device = "cpu" if ov_device is not None else device
     dev = check_device(device, Backend.OPENVINO if backend == Backend.AUTO and device == "cpu" else backend)
+    from ..runtime import foreign_onnx
+    if foreign_onnx.is_foreign(Path(spec)):
+        return _foreign_upscaler(Path(spec), scale, backend, precision, dev, threads)
     is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
-    if precision == Precision.INT8 and not is_int8:
+    if precision == Precision.INT8 and not is_int8 and backend != Backend.AUTO:  # auto: its cached int8
         raise UserError(f"--precision int8 needs an int8 model: make one with `upsample quantize "
                         f"{spec} --backend openvino --calib DIR -o {Path(spec).stem}-int8.xml` and pass that")
     if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
@@ -133,12 +143,23 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     s = model_scale(model.upsample_spec, scale, name)
     runner = _runner(model, backend, dev, name=name, scale=s, precision=precision, threads=threads,
-                     quiet=quiet)
+                     quiet=quiet, ov_device=ov_device or "CPU")
     up = ModelUpscaler.from_runner(runner, scale=s, name=name, backend=backend, device=dev)
     if backend == Backend.AUTO and dev.type == "cpu":  # a plan (`fastpath`) stamps the weights file
         from ..models import registry
-        up.from_file = spec not in registry.list_models(None) or registry.weights_path(spec) is not None
+        up.from_file = not registry.is_registered(spec) or registry.weights_path(spec) is not None
     return up
+
+
+def _foreign_upscaler(path: Path, scale, backend: Backend, precision: Precision, dev: torch.device,
+                      threads: int | None) -> Upscaler:
+    """Another project's image-to-image ONNX graph, run as it is (auto: on onnxruntime)."""
+    from ..runtime.foreign_onnx import foreign_runner
+    if precision not in (Precision.AUTO, Precision.FP32):
+        raise UserError(f"{path} runs in the precision it was exported in: leave --precision out")
+    runner, name = foreign_runner(path, backend, dev, threads)
+    return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
+                                     backend=backend, device=dev)
 
 
 def _check_options(backend: str, precision: str, threads: int | None) -> tuple[Backend, Precision]:
@@ -157,15 +178,15 @@ def _check_options(backend: str, precision: str, threads: int | None) -> tuple[B
 
 
 def _runner(model: nn.Module, backend: Backend, dev: torch.device, *, name: str, scale: float,
-            precision: Precision, threads: int | None, quiet: bool) -> Runner:
+            precision: Precision, threads: int | None, quiet: bool, ov_device: str = "CPU") -> Runner:
     """The runtime asked for turns the model into a runner (auto: the fastest that holds here)."""
     if backend == Backend.AUTO:
         from ..runtime import auto
         if dev.type == "cuda":
             return auto.cuda_runner(model, name=name, device=dev, precision=precision, quiet=quiet)
         return auto.cpu_runner(model, name=name, scale=scale, precision=precision, threads=threads,
-                               quiet=quiet)
+                               quiet=quiet, device=ov_device)
     if backend == Backend.TORCH:
         return torch_runner(model, dev)
     from ..runtime.sessions import session_runner
-    return session_runner(model, backend, dev, threads=threads)
+    return session_runner(model, backend, dev, threads=threads, ov_device=ov_device)

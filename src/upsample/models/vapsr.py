@@ -6,9 +6,18 @@ code/vapsr.py) so its checkpoints load: `conv_first`, `body.N` = VAB blocks (`pr
 its input, `proj_2`, residual, `pixel_norm` = LayerNorm over channels), `conv_body` (grouped for
 VapSR-S), a global residual and `upsampler.N`.
 
-`plain_3x3=True` is the 3x3-conv variant: both depth-wise kernels of the attention (5x5 and
-5x5 dilated) become plain dense 3x3 convolutions, for runtimes that lack fast depth-wise or
-dilated kernels (dense 3x3 convs reach several times the GFLOP/s there).
+Two variants beside the official one:
+- `plain_3x3=True` (`vapsr-dense3x3-*`, ours): both depth-wise kernels of the attention (5x5 and
+  5x5 dilated) become plain dense 3x3 convolutions, for runtimes that lack fast depth-wise or
+  dilated kernels (dense 3x3 convs reach several times the GFLOP/s there).
+- catid's (`vapsr-catid-*`, his `upsampling` repository, upsampling_net.py): `proj_kernel=3`
+  makes each block's `proj_1` a 3x3 convolution (padding 1) instead of 1x1, and `signed_io=True`
+  is his in-network normalisation: he feeds uint8 RGB and computes `x / 127.5 - 1`, and the
+  network's output is RGB in [-1, 1]. Here the tensors stay in [0, 1] at the model's edge (the
+  tensor contract): the input is mapped by 2x - 1 (= 255x / 127.5 - 1) and the output by
+  (y + 1) / 2, so his weights give his pixels (his uint8 output `y * 127.5 + 128`, truncated, is
+  the rounding of 255 (y + 1) / 2 that every caller applies). His checkpoints hold VapSR's names;
+  `detect` tells them from the official ones by proj_1's kernel.
 """
 
 from __future__ import annotations
@@ -40,9 +49,9 @@ class Attention(nn.Module):
 class VAB(nn.Module):
     """Vast-receptive-field attention block."""
 
-    def __init__(self, d_model: int, d_atten: int, plain_3x3: bool = False):
+    def __init__(self, d_model: int, d_atten: int, plain_3x3: bool = False, proj_kernel: int = 1):
         super().__init__()
-        self.proj_1 = nn.Conv2d(d_model, d_atten, 1)
+        self.proj_1 = nn.Conv2d(d_model, d_atten, proj_kernel, padding=proj_kernel // 2)
         self.activation = nn.GELU()
         self.atten_branch = Attention(d_atten, plain_3x3)
         self.proj_2 = nn.Conv2d(d_atten, d_model, 1)
@@ -78,20 +87,26 @@ def upsampler(num_feat: int, num_out_ch: int, scale: int) -> nn.Sequential:
 
 class VapSR(nn.Module):
     def __init__(self, *, scale: int = 4, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48,
-                 num_block: int = 21, d_atten: int = 64, conv_groups: int = 1, plain_3x3: bool = False):
+                 num_block: int = 21, d_atten: int = 64, conv_groups: int = 1, plain_3x3: bool = False,
+                 proj_kernel: int = 1, signed_io: bool = False):
         super().__init__()
         if scale not in (2, 3, 4):
             raise ValueError(f"VapSR supports scales 2, 3 and 4, got {scale}")
-        self.scale = scale
+        if proj_kernel not in (1, 3):
+            raise ValueError(f"proj_kernel must be 1 (VapSR) or 3 (catid's variant), got {proj_kernel}")
+        self.scale, self.signed_io = scale, signed_io
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(VAB(num_feat, d_atten, plain_3x3) for _ in range(num_block)))
+        self.body = nn.Sequential(*(VAB(num_feat, d_atten, plain_3x3, proj_kernel) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1, groups=conv_groups)
         self.upsampler = upsampler(num_feat, num_out_ch, scale)
 
     def forward(self, x):
+        if self.signed_io:  # catid's network sees [-1, 1]; the contract's edge is [0, 1]
+            x = x * 2 - 1
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
-        return self.upsampler(feat)
+        out = self.upsampler(feat)
+        return (out + 1) / 2 if self.signed_io else out
 
 
 # ------------------------------------------------------------------ recognising state dicts
@@ -99,7 +114,8 @@ class VapSR(nn.Module):
 
 def detect(state: dict[str, torch.Tensor]) -> dict | None:
     """VapSR's constructor keywords when `state` is one, else None. UserError when the names
-    fit but the upsampler is missing or matches no scale."""
+    fit but the upsampler is missing or matches no scale. A 3x3 `proj_1` is catid's variant,
+    which always comes with his [-1, 1] normalisation inside the network."""
     keys = set(state)
     if not {"conv_first.weight", "body.0.proj_1.weight", "body.0.atten_branch.depthwise.weight"} <= keys:
         return None
@@ -108,6 +124,9 @@ def detect(state: dict[str, torch.Tensor]) -> dict | None:
               "d_atten": shape(state, "body.0.proj_1.weight")[0],
               "conv_groups": feat // shape(state, "conv_body.weight")[1],
               "plain_3x3": shape(state, "body.0.atten_branch.depthwise.weight")[-1] == 3}
+    proj_kernel = shape(state, "body.0.proj_1.weight")[-1]
+    if proj_kernel != 1:
+        kwargs.update(proj_kernel=proj_kernel, signed_io=True)
     if "upsampler.3.weight" in keys:  # x4: conv, shuffle, lrelu, conv(16 -> 4C), shuffle
         kwargs.update(scale=4, num_out_ch=shape(state, "upsampler.3.weight")[0] // 4)
     elif "upsampler.2.weight" in keys:  # x2/x3: conv, lrelu, conv(56 -> s^2 C), shuffle
