@@ -126,7 +126,7 @@ def test_export_refusals(tmp_path):
 
 
 def cli_run(argv):
-    args = cli.build_parser().parse_args(argv)
+    args = cli.build_parser(cli.COMMANDS[argv[0]]).parse_args(argv)
     return args.func(args)
 
 
@@ -150,3 +150,40 @@ def test_upscaler_backends_agree_on_y_model():
     outs = [load_upscaler("espcn-x2", scale=2, backend=b)(x) for b in ("torch", "onnxruntime", "openvino")]
     assert outs[0].shape == (1, 3, 18, 22)
     assert max_diff(outs[1], outs[0]) <= 1e-4 and max_diff(outs[2], outs[0]) <= 1e-3
+
+
+@pytest.mark.parametrize("name", ["espcn-x3", "vdsr"])
+def test_uint8_export_matches_upsample_image(tmp_path, name):
+    """The --uint8-io file computes what `upsample image` writes (same colour path): within one
+    level (the rounding of floats a few ulp apart), where the old graph's chroma differed by 15."""
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, (6, 5, 3)), np.ones((4, 4, 1)))  # strong chroma edges
+    pic = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pic).save(tmp_path / "in.png")
+    scale = ["--scale", "3"] if name == "vdsr" else []
+    assert cli.main(["export", name, "--uint8-io", *scale, "-o", str(tmp_path / "m.onnx")]) == 0
+    assert cli.main(["image", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", name,
+                     *scale, "--backend", "torch"]) == 0
+    want = np.asarray(Image.open(tmp_path / "out.png"))
+    got = sessions.ort_session(str(tmp_path / "m.onnx"), torch.device("cpu")).run(None, {"input": pic[None]})[0][0]
+    assert got.shape == want.shape
+    assert max_diff(got, want) <= 1
+
+
+def test_export_writes_its_io_contract(tmp_path):
+    assert cli.main(["export", "espcn-x2", "-o", str(tmp_path / "y.onnx")]) == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "y.onnx")).metadata_props}
+    contract = json.loads(props[export.CONTRACT_KEY])
+    assert contract["input_name"] == "input" and contract["scale"] == 2
+    assert "BT.601" in contract["colour"] and "clamped" in contract["output"]
+    sess = sessions.ort_session(str(tmp_path / "y.onnx"), torch.device("cpu"))
+    wild = np.random.default_rng(0).normal(0.5, 3, (1, 1, 8, 8)).astype(np.float32)  # far outside [0, 1]
+    res = sess.run(None, {"input": wild})[0]
+    assert res.min() >= 0 and res.max() <= 1  # the clamp is in the graph
+
+    import openvino as ov
+    assert cli.main(["export", "vdsr", "--scale", "3", "--uint8-io", "--format", "openvino",
+                     "-o", str(tmp_path / "v.xml")]) == 0
+    ir = ov.Core().read_model(str(tmp_path / "v.xml"))
+    contract = json.loads(ir.get_rt_info([export.CONTRACT_KEY]).astype(str))
+    assert contract["model"] == "vdsr" and contract["scale"] == 3 and "uint8 NHWC" in contract["input"]

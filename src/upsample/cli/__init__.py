@@ -2,6 +2,12 @@
 
 Each module in COMMANDS defines `register(subparsers)`, which adds its sub-command and sets
 `func` on it; `func(args)` returns the exit code. UserError becomes one line on stderr.
+
+Start-up: only the module of the command named is imported (`upsample models` imports no other
+command's code); `upsample --help` and an unknown command import none, the list comes from
+SUMMARIES (`tests/test_startup.py` checks it against what each module registers). The command
+modules import torch only inside `run`, so that text (help, `models`, errors in the arguments)
+appears in a fraction of a second instead of after the 1.5-2 s import of torch.
 """
 
 from __future__ import annotations
@@ -13,45 +19,93 @@ import sys
 
 from ..errors import UserError
 
-# Modules that contribute sub-commands, in the order `upsample --help` lists them.
-COMMANDS = [
-    "upsample.cli.eval",
-    "upsample.cli.image",
-    "upsample.cli.video",
-    "upsample.cli.bench",
-    "upsample.cli.data",
-    "upsample.cli.train",
-    "upsample.cli.prune",
-    "upsample.cli.tune",
-    "upsample.cli.quantize",
-    "upsample.cli.models",
-    "upsample.cli.interpolate",
-    "upsample.cli.export",
-    "upsample.cli.cache",
-    "upsample.cli.codec_study",
-    "upsample.cli.make_clip",
-]
+# The sub-commands, in the order `upsample --help` lists them: name -> module.
+COMMANDS = {
+    "eval": "upsample.cli.eval",
+    "image": "upsample.cli.image",
+    "video": "upsample.cli.video",
+    "bench": "upsample.cli.bench",
+    "data": "upsample.cli.data",
+    "train": "upsample.cli.train",
+    "prune": "upsample.cli.prune",
+    "tune": "upsample.cli.tune",
+    "quantize": "upsample.cli.quantize",
+    "models": "upsample.cli.models",
+    "interpolate": "upsample.cli.interpolate",
+    "export": "upsample.cli.export",
+    "cache": "upsample.cli.cache",
+    "codec-study": "upsample.cli.codec_study",
+    "make-clip": "upsample.cli.make_clip",
+}
+# The one-line help each module registers (what `upsample --help` shows without importing them).
+SUMMARIES = {
+    "eval": "PSNR/SSIM of a model on HR image folders (papers' or catid's protocol)",
+    "image": "upscale image files or folders (tiled, any size)",
+    "video": "upscale a video; audio, subtitles and data copied as they are",
+    "bench": "speed per backend: ms/frame, MP/s, GFLOP/s and share of peak",
+    "data": "prepare, check, clean and split training images",
+    "train": "train a model from a TOML recipe (configs/*.toml)",
+    "prune": "remove filters (structured pruning) with torch-pruning",
+    "tune": "search training hyper-parameters with Optuna (TPE + median pruning)",
+    "quantize": "static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
+    "models": "list the registered models: scale, parameters, MACs, weights",
+    "interpolate": "blend two checkpoints of one architecture parameter-wise",
+    "export": "export a model to ONNX or OpenVINO IR, with a parity check",
+    "cache": "the export cache of the auto and runtime backends: info or clear",
+    "codec-study": "rate-distortion of down-up (ML upscaling) vs full resolution in JPEG/WebP/AVIF "
+                   "and x264/x265/AV1, with BD-rate",
+    "make-clip": "make a short test clip (pan/zoom) from a large still image",
+}
 
 
-# Sub-commands whose module imports no torch: when one is named, only it is registered, so that a
-# cache hit (`fastpath`) starts without the 1.5-2 s import of torch that the others' modules cost.
-LIGHT = {"image": "upsample.cli.image"}
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends every option with its default, unless its text already states it; options
+    whose default is "off" (None, False, an empty list) say what they do instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS, [])
+                or not action.option_strings or action.required):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with `DefaultsFormatter` and one-line errors; sub-command parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """One line, as every other user error (the usage is one `--help` away)."""
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="upsample", description="Image and video super-resolution: train, evaluate, upscale.")
+    """The parser with every command registered, or (`only`: a module of COMMANDS) with that
+    one registered and the others listed by name and summary only (nothing imported)."""
+    parser = Parser(prog="upsample", description="Image and video super-resolution: train, evaluate, upscale.")
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"upsample {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in [only] if only else COMMANDS:
-        importlib.import_module(name).register(sub)
+    for name, module in COMMANDS.items():
+        if only is None or only == module:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
     return parser
+
+
+def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
+    """The named command's module registered, or (help, --version, a typo) none of them."""
+    name = argv[0] if argv else None
+    return build_parser(COMMANDS.get(name, "") if name is not None else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(LIGHT.get(argv[0]) if argv else None)
+    parser = _parser_for(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..studies.codec import CODECS
-from ..studies.codec_study import bd_summary, merge_studies, run_study
+from .options import add_output_option
+
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..studies.codec_study import bd_summary, merge_studies, run_study
     if args.merge:
         results = merge_studies(args.inputs, args.out, vs=args.vs, title=args.title)
     else:
@@ -22,12 +23,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from ..studies.codec import CODECS  # numpy only: no torch
     p = sub.add_parser("codec-study", help="rate-distortion of down-up (ML upscaling) vs full resolution "
                                            "in JPEG/WebP/AVIF and x264/x265/AV1, with BD-rate")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image folders and/or video clips")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for summary.md, CSV/JSON, plots")
+    add_output_option(p, dest="out", metavar="DIR", help="folder for summary.md, CSV/JSON, plots")
     p.add_argument("--codecs", nargs="+", default=[], metavar="CODEC",
-                   help=f"any of {', '.join(CODECS)} (image codecs for folders, video codecs for clips)")
+                   help=f"any of {', '.join(CODECS)} (image codecs for folders, video codecs for clips; "
+                        "default: none, only the pipelines' own points)")
     p.add_argument("--pipeline", action="append", metavar="[LABEL=]DOWN:UP",
                    help="a down-up pipeline (repeatable): DOWN = bicubic or a joint model "
                         "(joint-x2, or a checkpoint of one); UP = bicubic, a model or a checkpoint "
@@ -36,15 +39,15 @@ def register(sub) -> None:
     p.add_argument("--ladder", action="append", metavar="CODEC=Q,Q,...",
                    help="rate points of a codec: qualities (images) or CRFs (video); default: "
                         + "; ".join(f"{c.name} {','.join(map(str, c.ladder))}" for c in CODECS.values()))
-    p.add_argument("--max-images", type=int, default=0, help="use N images per folder, evenly spaced")
-    p.add_argument("--max-frames", type=int, default=0, help="use the first N frames of each clip")
+    p.add_argument("--max-images", type=int, default=0, help="use N images per folder, evenly spaced (default 0: all)")
+    p.add_argument("--max-frames", type=int, default=0, help="use the first N frames of each clip (default 0: all)")
     p.add_argument("--backend", default="torch", help="runtime of the model upscalers: torch, "
-                                                      "onnxruntime or openvino")
+                                                      "onnxruntime or openvino (default torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads and encoder threads (0: default)")
-    p.add_argument("--title", default="", help="title of summary.md")
+    p.add_argument("--title", default="", help="title of summary.md (default: none)")
     p.add_argument("--vs", action="append", metavar="TEST:ANCHOR",
-                   help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable), e.g. "
+                   help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable; default: none), e.g. "
                         "a learned downscaler against bicubic down with the same upscaler")
     p.add_argument("--merge", action="store_true",
                    help="IN are earlier --out folders (or their study.json): analyse their points "

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import prepare
-from ..data.prepare import PROBLEM_KINDS, Problem
+from .options import add_output_option
+
+# data.prepare.PROBLEM_KINDS (a test checks it), here so that `data --help` needs no torch
+PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
 
 
-def _summary(n: int, problems: list[Problem]) -> str:
+def _summary(n: int, problems: list) -> str:
     files = len({p.path for p in problems})
     by_kind = {k: sum(1 for p in problems if p.kind == k) for k in PROBLEM_KINDS}
     parts = ", ".join(f"{v} {k}" for k, v in by_kind.items() if v)
@@ -17,6 +19,7 @@ def _summary(n: int, problems: list[Problem]) -> str:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from ..data import prepare
     c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
                         every=args.every_n_frames, progress=sys.stderr.isatty())
     print(f"{c['sources']} sources: {c['crops']} crops ({c['written']} written now) in {args.out}; "
@@ -26,6 +29,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from ..data import prepare
     images, problems = prepare.scan(args.dir, args.min_size, progress=sys.stderr.isatty())
     for pr in problems:
         print(f"{pr.path}: {pr.kind}: {pr.detail}")
@@ -34,6 +38,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_clean(args: argparse.Namespace) -> int:
+    from ..data import prepare
     n, problems, moved = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
                                        keep=args.keep, progress=sys.stderr.isatty())
     for src, dst in moved:
@@ -43,6 +48,7 @@ def run_clean(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    from ..data import prepare
     n_train, n_val, out = prepare.split(args.dir, args.val, args.seed, args.out)
     print(f"{n_train} train, {n_val} val images: {out / 'train.txt'}, {out / 'val.txt'}")
     return 0
@@ -53,13 +59,13 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     pp = dsub.add_parser("prepare", help="cut images and videos into square HR PNG crops")
     pp.add_argument("src", nargs="+", help="image folders (recursive), image or video files")
-    pp.add_argument("--out", required=True, metavar="DIR")
+    add_output_option(pp, dest="out", metavar="DIR", help="folder for the crops")
     pp.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
     pp.add_argument("--stride", type=int, default=None, help="crop step (default: --size)")
     pp.add_argument("--min-size", type=int, default=0, metavar="N",
                     help="add a crop flush with the right/bottom edge when the stride leaves at "
                          "least N pixels uncovered (default 0: cover every image completely)")
-    pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame")
+    pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame (default 1)")
     pp.set_defaults(func=run_prepare)
     pc = dsub.add_parser("check", help="report unreadable, small, odd-mode and duplicate images")
     pc.add_argument("dir")
@@ -70,11 +76,12 @@ def register(sub) -> None:
     pl.add_argument("--quarantine", required=True, metavar="DIR2")
     pl.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
     pl.add_argument("--keep", action="append", default=[], choices=PROBLEM_KINDS,
-                    help="leave files with this kind of problem in place (repeatable)")
+                    help="leave files with this kind of problem in place (repeatable; default: move all)")
     pl.set_defaults(func=run_clean)
     ps = dsub.add_parser("split", help="deterministic train.txt / val.txt file lists")
     ps.add_argument("dir")
     ps.add_argument("--val", type=float, default=0.01, help="validation fraction (default 0.01)")
-    ps.add_argument("--seed", type=int, default=0)
-    ps.add_argument("--out", default=None, help="folder for train.txt and val.txt (default: DIR)")
+    ps.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    add_output_option(ps, dest="out", metavar="DIR", required=False,
+                      help="folder for train.txt and val.txt (default: DIR)")
     ps.set_defaults(func=run_split)

@@ -6,11 +6,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.load import model_scale, resolve_model
-from ..runtime import export
+from .options import add_output_option, add_overwrite_option
+
+FORMATS = ("onnx", "openvino")  # runtime.export.FORMATS, SUFFIX_OF (a test checks them): no torch for --help
+SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.load import model_scale, resolve_model
+    from ..runtime import export
     model, name = resolve_model(args.model)
     spec = model.upsample_spec
     if spec.kind != "generator":
@@ -29,13 +33,15 @@ def run(args: argparse.Namespace) -> int:
         out = export.default_output(name, spec, scale, args.format, fp16=args.fp16, uint8_io=args.uint8_io)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
-    diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale)
+    diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale,
+                               name=name)
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
-               f"float NCHW {spec.input.upper()} in [0, 1]" + (" (bicubic-upscaled input)"
-                                                             if spec.pre_upsample else ""))
+               f"float NCHW {spec.input.upper()} in [0, 1], output clamped" +
+               (" (bicubic-upscaled input)" if spec.pre_upsample else ""))
     unit = " (uint8 levels)" if args.uint8_io else ""
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, {args.format}, "
-          f"{'fp16' if args.fp16 else 'fp32'}, {io_desc}, dynamic batch/height/width)")
+          f"{'fp16' if args.fp16 else 'fp32'}, {io_desc}, dynamic batch/height/width; "
+          f"I/O contract in its metadata, key {export.CONTRACT_KEY!r})")
     print(f"parity vs PyTorch fp32 on a random 32x32 image: max abs diff {diff:.3g}{unit}")
     return 0
 
@@ -43,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, with a parity check")
     p.add_argument("model", help="a registered model name or a checkpoint file")
-    p.add_argument("--format", choices=export.FORMATS, default="onnx", help="onnx (default) or openvino")
-    p.add_argument("-o", "--output", help="output file (.onnx, or .xml for openvino; .bin beside it)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or openvino")
+    add_output_option(p, required=False,
+                      help="output file (.onnx, or .xml for openvino; .bin beside it; default: "
+                        "<model>[-xS][-fp16][-uint8].onnx|.xml here)")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute")
     p.add_argument("--uint8-io", action="store_true",
                    help="take and return uint8 NHWC RGB (normalisation and rounding in the graph)")
-    p.add_argument("--scale", help="the scale (required for vdsr with --uint8-io; else only checked)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--scale", help="the scale (required for vdsr with --uint8-io; else only checked; "
+                                    "default: the model's)")
+    add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

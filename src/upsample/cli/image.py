@@ -8,25 +8,25 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..errors import UserError
-from ..inference import batch
 from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_size
-from .options import add_model_options
+from .options import add_model_options, add_output_option, add_overwrite_option, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
+    # numpy, Pillow and tqdm here, not at the top: `image --help` needs none of them
+    from tqdm import tqdm
+    from ..inference import batch
+    from ..media.imageio import set_max_pixels
     jobs = batch.collect_inputs(args.inputs)
     out = Path(args.output)
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
-    if args.tile is not None and args.tile < 0:
-        raise UserError(f"--tile must be >= 0, got {args.tile}")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     max_memory = parse_size(args.max_memory) if args.max_memory else None
+    if args.max_pixels is not None:
+        set_max_pixels(_pixels(args.max_pixels))
+    batch.check_output_location(args.inputs, jobs, out)  # before a model loads
     progress = sys.stderr.isatty()
     engines = batch.Engines(args, max_memory=max_memory, tile_batch=tile_batch, progress=progress)
     scale = batch.scale_text(engines.scale)
@@ -36,40 +36,74 @@ def run(args: argparse.Namespace) -> int:
     print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}", file=sys.stderr)
     bar = tqdm(total=len(todo), desc="images", unit="img", file=sys.stderr, disable=not progress)
     written = 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(engines.upscale_file, src, dst, overwrite=args.overwrite,
-                               quality=args.quality) for src, dst in todo]
-        for (src, dst), fut in zip(todo, futures):
-            try:
-                saved, path = fut.result()
-            except UserError as exc:
-                tqdm.write(f"upsample image: error: {src}: {exc}", file=sys.stderr)
-                failed += 1
-            except (OSError, RuntimeError, ValueError, MemoryError) as exc:
-                tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                failed += 1
-            else:
-                if saved:
-                    written += 1
-                    if path != dst:
-                        tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
-                    tqdm.write(f"wrote {path}")
-                else:
-                    tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
-                    skipped += 1
-            bar.update(1)
+    for src, dst, result in _outcomes(engines, todo, args):
+        saved, path = _report(src, dst, result)
+        failed += path is None
+        written += bool(saved)
+        skipped += path is not None and not saved
+        bar.update(1)
     bar.close()
     print(f"{written} written, {skipped} skipped, {failed} failed -> {out}", file=sys.stderr)
-    return 1 if failed else 0
+    if failed:
+        return 2 if not written and not skipped else 1  # nothing done: as any user error
+    return 0
+
+
+def _pixels(text: str) -> int:
+    """--max-pixels: a count as "500M", "1.2G" or "40000000" (0: no limit)."""
+    try:
+        return parse_size(text)
+    except UserError:
+        raise UserError(f"--max-pixels must be a number of pixels, e.g. 500M, or 0 for no limit; "
+                        f"got {text!r}") from None
+
+
+def _outcomes(engines: batch.Engines, todo: list, args: argparse.Namespace):
+    """(source, destination, a call that returns upscale_file's result or raises) in order. One
+    job runs in this thread, so that Ctrl-C stops the image being written (its temporary file
+    goes); with more, Ctrl-C cancels the images not started."""
+    def one(src, dst):
+        return engines.upscale_file(src, dst, overwrite=args.overwrite, quality=args.quality)
+    if args.jobs == 1:
+        for src, dst in todo:
+            yield src, dst, (lambda s=src, d=dst: one(s, d))
+        return
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    try:
+        futures = [pool.submit(one, src, dst) for src, dst in todo]
+        for (src, dst), fut in zip(todo, futures):
+            yield src, dst, fut.result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
+    """Run `result()` and say what happened in one line: (written, path; None when it failed)."""
+    from tqdm import tqdm
+    try:
+        saved, path = result()
+    except UserError as exc:  # one line per file, and the batch goes on
+        where = "" if str(src) in str(exc) else f"{src}: "
+        tqdm.write(f"upsample image: error: {where}{exc}", file=sys.stderr)
+        return False, None
+    except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+        tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False, None
+    if not saved:
+        tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
+        return False, path
+    if path != dst:
+        tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
+    tqdm.write(f"wrote {path}")
+    return True, path
 
 
 def register(sub) -> None:
     p = sub.add_parser("image", help="upscale image files or folders (tiled, any size)")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (keeps sub-folders), or a file name for one input file")
+    add_output_option(p, help="output folder (keeps sub-folders), or a file name for one input file")
     add_model_options(p)
-    p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize")
+    p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize (default: the model's scale)")
     p.add_argument("--tile-pad", type=int, default=None,
                    help=f"overlap of tiles in input pixels (default: receptive field, at most {MAX_DEFAULT_PAD})")
     p.add_argument("--suffix", default=None, help="added to output names (default: _x<outscale>)")
@@ -77,6 +111,9 @@ def register(sub) -> None:
     p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default 95)")
     p.add_argument("--alpha-mode", default="bicubic", choices=["bicubic", "model"],
                    help="how to upscale transparency")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip)")
-    p.add_argument("--jobs", type=int, default=1, help="images processed at once")
+    add_overwrite_option(p, help="replace existing outputs (default: skip them)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="images processed at once")
+    p.add_argument("--max-pixels", default=None, metavar="N",
+                   help="largest image read, in pixels, e.g. 500M (0: no limit; default: Pillow's "
+                        "decompression-bomb guard, 179M)")
     p.set_defaults(func=run)

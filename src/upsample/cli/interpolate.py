@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..models.checkpoint import interpolate_checkpoints
+from .options import add_output_option, add_overwrite_option
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    from ..models.checkpoint import interpolate_checkpoints
     interpolate_checkpoints(args.a, args.b, alpha, out, fp16=args.fp16)
     print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")
     return 0
@@ -32,8 +33,7 @@ def register(sub) -> None:
     p.add_argument("a", help="checkpoint A (alpha 0)")
     p.add_argument("b", help="checkpoint B (alpha 1)")
     p.add_argument("--alpha", required=True, help="weight of B: the result is (1-alpha)*A + alpha*B")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    add_output_option(p, help="output .safetensors file")
     p.add_argument("--fp16", action="store_true", help="store the result in float16")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # old spelling
+    add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

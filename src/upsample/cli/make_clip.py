@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..studies.clips import MOTIONS, make_clip
+from .options import add_output_option
+
+
+MOTIONS = ("pan", "zoom", "panzoom")  # studies.clips.MOTIONS (a test checks it): no torch for --help
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..studies.clips import make_clip
     print(make_clip(args.image, args.output, size=args.size, seconds=args.seconds, fps=args.fps,
                     motion=args.motion), file=sys.stderr)
     return 0
@@ -17,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("make-clip", help="make a short test clip (pan/zoom) from a large still image")
     p.add_argument("image", help="source image, larger than --size (e.g. an Urban100 image)")
-    p.add_argument("-o", "--output", required=True, metavar="CLIP", help=".mkv, .mp4 or .mov file")
+    add_output_option(p, metavar="CLIP", help=".mkv, .mp4 or .mov file")
     p.add_argument("--size", default="512x288", help="frame size WIDTHxHEIGHT, even (default 512x288)")
     p.add_argument("--seconds", type=float, default=3.0, help="duration (default 3)")
     p.add_argument("--fps", default="25", help="frame rate (default 25)")

@@ -1,11 +1,12 @@
-"""`upsample models`: the registered models as a table or JSON (rows from registry.describe)."""
+"""`upsample models`: the registered models as a table or JSON (rows of `models.table`, the
+registry's `describe()` written down, so that the list prints without importing torch)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..models import registry
+from ..models import table
 
 
 def _human(n: float) -> str:
@@ -16,7 +17,7 @@ def _human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = [registry.describe(n) for n in registry.list_models(None if args.all else "generator")]
+    rows = [table.describe(n) for n in table.names(None if args.all else "generator", aliases=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -24,12 +25,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':<{width}}  {'scale':>5}  {'params':>10}  {'macs':>8}  input  weights")
     for r in rows:
         scale = f"x{r['scale']}" if r["scale"] else (
-            "any" if registry.get_spec(r["name"]).pre_upsample else "-")
+            "any" if table.row(r["name"]).pre_upsample else "-")
+        weights = r["weights"] or (f"(alias of {r['alias_of']})" if "alias_of" in r else "-")
         print(f"{r['name']:<{width}}  {scale:>5}  {r['params']:>10,}  {_human(r['macs']):>8}  "
-              f"{r['input']:<5}  {r['weights'] or '-'}")
-    size = registry.MACS_INPUT
+              f"{r['input']:<5}  {weights}")
+    size = table.MACS_INPUT
     print(f"macs: multiply-accumulates for one {size}x{size} input image (vdsr: its "
-          f"bicubic-upscaled input); models without shipped weights start untrained")
+          f"bicubic-upscaled input); models without weights are refused for inference until trained "
+          f"(`upsample train`; --allow-untrained runs them for timing)")
     return 0
 
 

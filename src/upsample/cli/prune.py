@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..training import prune
+from .options import add_output_option, add_overwrite_option
+
+
+# training.prune.METHODS (a test checks it), here so that `prune --help` needs no torch
+METHODS = ("l1", "l2", "group-l1", "random")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import prune
     r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,
                                filter_ratio=args.filter_ratio, overwrite=args.overwrite)
     (before_p, after_p), (before_m, after_m) = r.params, r.macs
@@ -22,16 +27,17 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("prune", help="remove filters (structured pruning) with torch-pruning",
-                       description=prune.__doc__.splitlines()[0])
+                       description="Structured filter pruning of a trained model with torch-pruning.")
     p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--sparsity", type=float, default=0.5,
                      help="fraction of the parameters removed (default 0.5); the same fraction of "
                           "filters is taken from every layer to reach it")
     how.add_argument("--filter-ratio", type=float, default=None,
-                     help="fraction of the filters removed from every layer (instead of --sparsity)")
-    p.add_argument("--method", default="l1", choices=prune.METHODS,
+                     help="fraction of the filters removed from every layer (instead of --sparsity; "
+                          "default: --sparsity decides)")
+    p.add_argument("--method", default="l1", choices=METHODS,
                    help="filter ranking (default: each filter's L1 norm)")
-    p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_output_option(p, help="pruned checkpoint (.safetensors)")
+    add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.load import model_scale, resolve_model
-from ..runtime import export
-from ..runtime.int8 import SUFFIX
-from ..training import quantize
+from .options import add_output_option, add_overwrite_option
+
+# runtime.int8.SUFFIX by backend name (a test checks it), so that `quantize --help` needs no torch
+SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.load import model_scale, resolve_model
+    from ..runtime import export
+    from ..training import quantize
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
         raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
@@ -33,15 +36,15 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
-                       description=quantize.__doc__.splitlines()[0])
+                       description="Static int8 post-training quantization for ONNX Runtime or OpenVINO.")
     p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
-    p.add_argument("--backend", required=True, choices=sorted(str(b) for b in SUFFIX))
+    p.add_argument("--backend", required=True, choices=sorted(SUFFIX), help="the runtime the int8 model is for")
     p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (training data, not benchmarks)")
-    p.add_argument("-o", "--output", required=True, help="int8 model: .onnx (onnxruntime) or .xml (openvino)")
+    add_output_option(p, help="int8 model: .onnx (onnxruntime) or .xml (openvino)")
     p.add_argument("--scale", default=None, help="scale to calibrate at (VDSR; default: the model's)")
-    p.add_argument("--samples", type=int, default=32, help="calibration images (one centre crop each)")
-    p.add_argument("--size", type=int, default=64, help="LR crop size of each calibration sample")
+    p.add_argument("--samples", type=int, default=32, help="calibration images (one centre crop each; default 32)")
+    p.add_argument("--size", type=int, default=64, help="LR crop size of each calibration sample (default 64)")
     p.add_argument("--all-layers", dest="keep_edges", action="store_false",
                    help="quantize the first and last conv too (by default they stay float)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..training import loop
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import loop
     return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
                                 resume=args.resume, reset=args.reset, device=args.device,
                                 init=args.init, max_minutes=args.max_minutes)
@@ -25,7 +25,7 @@ def register(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     g.add_argument("--reset", action="store_true", help="discard the run in --run-dir and start over")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit; "
                    "default: train.init)")

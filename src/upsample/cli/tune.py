@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..training import tune
+from .options import add_output_option
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,13 +24,14 @@ def register(sub) -> None:
     p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE + median pruning)",
                        description=tune.__doc__.splitlines()[0])
     p.add_argument("config", help="TOML recipe; its [tune] section gives the search ranges")
-    p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study")
+    p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study (default 10)")
     p.add_argument("--storage", default="sqlite:///tune.db",
                    help="Optuna storage URL; the study resumes from it (default: sqlite:///tune.db)")
     p.add_argument("--study", help="study name (default: the config's file stem)")
     p.add_argument("--run-dir", metavar="DIR", help="trial run dirs (default: runs/tune/<study>)")
-    p.add_argument("-o", "--out", help="best config TOML (default: <run dir>/best.toml)")
+    add_output_option(p, dest="out", metavar="TOML", required=False,
+                      help="best config TOML (default: <run dir>/best.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set tune.trial_steps=2000")
+                   help="override a config value, e.g. --set tune.trial_steps=2000 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)

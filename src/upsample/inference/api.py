@@ -17,12 +17,15 @@ from tqdm import tqdm
 from ..data.degrade import output_size
 from ..errors import UserError
 from ..media.imageio import Planes, planes_from_pil, planes_to_pil
-from ..models import registry
+from ..models import registry, table
 from .load import check_scale, load_upscaler
 from .sizes import parse_size
 from .tiler import Tiler, is_channel_agnostic
 from .upscaler import BicubicUpscaler, Upscaler
 from .wrappers import ResizedUpscaler, half_upscaler
+
+
+STRIP_BYTES = 64_000_000  # output of one band of `upscale_planes_in_strips`
 
 
 class ImageUpscaler:
@@ -69,6 +72,23 @@ class ImageUpscaler:
                 atile = self.alpha_tiler.plan_tile(a.shape[0], a.shape[1], 1, a.dtype, oh * ow * a.itemsize)
             alpha = self.alpha_tiler.upscale(a, tile=atile, desc=desc)
         return Planes(color, alpha, planes.info)
+
+    def upscale_planes_in_strips(self, planes: Planes, write, desc: str = "") -> None:
+        """Upscale colour planes (no alpha) band by band, giving `write` the output rows in
+        order (`imageio.png_strips`): memory is the input, the tiles and one band of output
+        (at most STRIP_BYTES), whatever the output size."""
+        if planes.alpha is not None:
+            raise ValueError("planes with alpha are upscaled whole (upscale_planes)")
+        c = planes.color
+        h, w, ch = c.shape
+        row_bytes = output_size(w, self.scale) * ch * c.itemsize * max(1.0, self.scale)
+        band = max(1, min(h, int(STRIP_BYTES // row_bytes)))
+        reserved = 2 * int(band * row_bytes)  # a band's output, and its filtered copy in the writer
+        tile = self.tiler.plan_tile(min(h, band + 2 * self.tiler.pad), w, ch, c.dtype, reserved)
+        if self.verbose:
+            tqdm.write(f"note: {desc or 'image'}: {w}x{h} in bands of {band} rows"
+                       + (f", {tile}px tiles" if tile else "") + ", written as it goes", file=sys.stderr)
+        self.tiler.upscale_rows(c, write, tile=tile, band=band, desc=desc)
 
     def upscale(self, image):
         if isinstance(image, Image.Image):
@@ -132,7 +152,7 @@ def shipped_scores(scale: int) -> dict[str, tuple[float, float | None]]:
 
 def macs_per_output_pixel(name: str) -> float:
     """Network work per output pixel (pre-upsampling models run at the output size)."""
-    row = registry.describe(name)
+    row = table.describe(name)  # the registry's numbers, written down: no model is built
     side = registry.MACS_INPUT * (row["scale"] or 1)
     return row["macs"] / side ** 2
 

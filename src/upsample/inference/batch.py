@@ -8,13 +8,21 @@ written under a temporary name renamed when complete (`imageio.save_planes`).
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from ..errors import UserError
-from ..media.imageio import SAVE_FORMATS, is_image_path, list_images, read_planes, save_planes, storable_path
+from ..media.imageio import (PNG_STRIP_MODES, SAVE_FORMATS, is_image_path, list_images, png_strips, read_planes,
+                             save_planes, storable_path)
 from . import fastpath
+
+
+# Outputs larger than this are written in strips when their format allows (PNG without alpha):
+# the image is then upscaled band by band and never held whole (`ImageUpscaler.upscale_planes_in_strips`).
+STREAM_BYTES = 64_000_000
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -55,6 +63,52 @@ def is_single_file(inputs: list[str], jobs: list, out: Path) -> bool:
     """One input file and an -o that names an image file: write exactly there."""
     return (len(jobs) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
             and is_image_path(out) and not out.is_dir())
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, out: Path) -> None:
+    """A UserError unless files can be created in `folder` or (not there yet) in the folder it
+    would be made in: a real probe file, since permission bits say nothing of read-only mounts,
+    ACLs or root."""
+    base = _existing_ancestor(folder)
+    if not base.is_dir():
+        raise UserError(f"-o {out}: {base} is a file, so no folder can be made under it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".upsample-probe-", dir=base)
+    except OSError as exc:
+        raise UserError(f"-o {out}: cannot write in {base} ({exc.strerror or exc}); choose another "
+                        "output folder") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_location(inputs: list[str], jobs: list, out: Path) -> None:
+    """Before any model loads: the output is a writable folder, or (one input file) a file of a
+    format we write. An -o ending in .png/.jpg/.jpeg/.webp names a file; another picture
+    extension (.tif, .bmp ...) is refused, as no writer is chosen for it; anything else is a
+    folder, made if missing."""
+    ext = out.suffix.lower().lstrip(".")
+    names_file = is_image_path(out) and not out.is_dir()
+    if names_file and ext not in SAVE_FORMATS:
+        raise UserError(f"-o {out}: .{ext} files are not written; name a .png, .jpg or .webp file, "
+                        "or a folder")
+    if names_file and not is_single_file(inputs, jobs, out):
+        raise UserError(f"-o {out} names one image file, but {len(jobs)} images need a folder")
+    if names_file:
+        if out.resolve() == jobs[0][0].resolve():
+            raise UserError(f"-o {out} is the input itself; inputs are never overwritten: name another file")
+        _check_writable(out.parent, out)
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is an existing file, and the outputs need a folder: name a folder "
+                        "(or, for one input, an image file to write)")
+    _check_writable(out, out)
 
 
 def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: str, single: bool,
@@ -116,8 +170,27 @@ class Engines:
         final = storable_path(planes.mode, dst)
         if final != dst and final.exists() and not overwrite:
             return False, final
+        h, w = planes.color.shape[:2]
+        out_bytes = int(planes.color.nbytes * self.scale ** 2)  # about: for the choice of the writer
+        if final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES and out_bytes > STREAM_BYTES:
+            full = self.full()
+            oh, ow = full.up.output_shape(h, w)
+            with png_strips(final, ow, oh, planes.mode, planes.info) as png:
+                full.upscale_planes_in_strips(planes, png.write, desc=src.name)
+            return True, final
+        self._check_whole_output(src, final, out_bytes, planes)
         result = self.fast.upscale_planes(planes) if self.fast else None
         if result is None:  # not a plan hit, or an image the fast path does not take
             result = self.full().upscale_planes(planes, desc=src.name)
         del planes
         return True, save_planes(result, final, quality=quality)
+
+    def _check_whole_output(self, src: Path, final: Path, out_bytes: int, planes) -> None:
+        """A UserError when an output written whole (JPEG, WebP, PNG with alpha: Pillow encodes
+        from the whole image, RGB at 4 bytes a pixel) cannot fit in --max-memory."""
+        pil_bytes = out_bytes // planes.color.shape[2] * (4 if planes.color.shape[2] == 3 else 1)
+        need = out_bytes + pil_bytes + planes.color.nbytes
+        if self.max_memory is not None and need > self.max_memory:
+            raise UserError(f"{src}: its {final.suffix} output is encoded whole, about {need / 1e9:.1f} GB "
+                            f"at once, over --max-memory {self.max_memory / 1e9:.1f} GB; write .png "
+                            "(written in strips, without alpha) or raise --max-memory")

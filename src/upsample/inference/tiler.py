@@ -157,6 +157,25 @@ class Tiler:
         bar.close()
         return out if arr.ndim == 4 else out[0]
 
+    def upscale_rows(self, arr: np.ndarray, write, *, tile: int, band: int, desc: str = "",
+                     maxval: float | None = None) -> None:
+        """Upscale an HxWxC uint array in horizontal bands of `band` input rows, each run with
+        `pad` rows of its neighbours as context (as tiles are), and hand each band's output rows
+        to `write` in order: the whole output never exists at once (`png_strips` writes it)."""
+        h = arr.shape[0]
+        band, g = self.geometry.round_down(band), self.geometry
+        bar = tqdm(total=h, desc=desc or "rows", unit="row", file=sys.stderr, leave=False,
+                   disable=not self.progress)
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            py0, py1 = max(0, y0 - self.pad), min(h, y1 + self.pad)
+            out = self.upscale(arr[py0:py1], tile=tile, maxval=maxval)
+            base = g.out_index(py0, h)
+            write(out[g.out_index(y0, h) - base:g.out_index(y1, h) - base])
+            del out
+            bar.update(y1 - y0)
+        bar.close()
+
     def _retry_smaller(self, exc: BaseException, group: list[Region],
                        regions: list[Region]) -> list[Region]:
         """After an out-of-memory error on `group`: the regions to do, smaller calls first. A

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import struct
 import tempfile
 import warnings
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
+from .animation import ANIMATION_FORMATS
 
 # Extensions Pillow can read that we treat as images when scanning folders.
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm",
@@ -38,8 +41,30 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[l
     return images, skipped
 
 
+def max_pixels() -> int | None:
+    """The largest image (pixels) read: Pillow's decompression-bomb limit (2 x MAX_IMAGE_PIXELS,
+    179 Mpx unless changed), None when lifted."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def set_max_pixels(pixels: int | None) -> None:
+    """Read images of up to `pixels` (None or 0: any size). Pillow's limit is process-wide: only
+    the command line (`--max-pixels`) changes it, at the user's word."""
+    Image.MAX_IMAGE_PIXELS = pixels // 2 if pixels else None
+
+
+def _too_large(p: Path, exc: Exception) -> UserError:
+    numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
+    size = f" ({numbers[0] / 1e6:.0f} Mpx)" if numbers else ""
+    limit = max_pixels()
+    return UserError(f"{p} is too large{size}: over the {limit / 1e6:.0f} Mpx limit that guards against "
+                     "decompression bombs; if you trust the file, raise it with --max-pixels (e.g. "
+                     f"--max-pixels {math.ceil((numbers[0] if numbers else 2 * limit) / 1e6)}M, or 0 for none)")
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image, turning every decoder failure into one UserError."""
+    """Open and fully decode an image, turning every decoder failure into one UserError. An
+    animation (GIF, APNG, WebP of several frames) is refused: its first frame is not the file."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"file not found: {p}")
@@ -47,7 +72,14 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(p)
+            if img.format in ANIMATION_FORMATS and getattr(img, "is_animated", False):
+                how = ("convert it to .gif or a video, then use `upsample video`" if img.format == "WEBP"
+                       else f"upscale it with `upsample video {p} -o OUT.mp4`")  # FFmpeg: no animated WebP
+                raise UserError(f"{p} is an animation of {img.n_frames} frames, and `upsample image` "
+                                f"writes one picture: {how}")
             img.load()
+    except Image.DecompressionBombError as exc:
+        raise _too_large(p, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UserError(f"cannot read image {p}: {exc}; the file is corrupt or not an image") from None
     return img
@@ -153,7 +185,7 @@ def planes_from_pil(img: Image.Image) -> Planes:
             raise UserError(f"32-bit integer image with values outside 0..65535 is not supported")
         return Planes(arr.astype(np.uint16)[..., None], None, info)
     if mode == "F":
-        raise UserError("32-bit float images are not supported; save it as 16-bit PNG or TIFF")
+        return Planes(_float_to_uint16(np.asarray(img))[..., None], None, info)
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
         img = img.convert("RGBA" if has_alpha else "RGB")
@@ -170,6 +202,16 @@ def planes_from_pil(img: Image.Image) -> Planes:
     if img.mode in ("LA", "RGBA"):
         return Planes(np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:]), info)
     return Planes(np.ascontiguousarray(arr), None, info)
+
+
+def _float_to_uint16(arr: np.ndarray) -> np.ndarray:
+    """A 32-bit float gray image (TIFF mode F) with values in [0, 1] as 16-bit gray; other
+    ranges (HDR, depth maps) have no one meaning as brightness, so they are refused."""
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= 1):
+        raise UserError(f"32-bit float image with values in [{lo:g}, {hi:g}]: only [0, 1] is read "
+                        "(as 16-bit gray); scale it to [0, 1] or save it as 16-bit PNG/TIFF")
+    return np.round(arr.astype(np.float64) * 65535).astype(np.uint16)
 
 
 def planes_to_pil(planes: Planes) -> Image.Image:
@@ -294,3 +336,85 @@ def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
     ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # the chunks go right after IHDR
     data = data[:ihdr_end] + extra + data[ihdr_end:]
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+# --- PNG written in strips: the output of a large image never has to be in memory at once. ---
+# Pillow encodes a PNG from a whole image (and holds RGB at 4 bytes a pixel), so a 20k x 20k
+# result would need 1.2 GB as an array plus 1.6 GB as a PIL image. The format itself streams:
+# rows are filtered and deflated one after another into IDAT chunks, which zlib does here.
+
+PNG_STRIP_MODES = {"L": (0, 1), "RGB": (2, 3), "I;16": (0, 1), "RGB;16": (2, 3)}  # colour type, channels
+_IDAT_BYTES = 1 << 20
+
+
+def _paeth_rows(rows: np.ndarray, prev: np.ndarray, bpp: int) -> bytes:
+    """PNG filter 4 (Paeth) of `rows` (n x stride raw bytes) below `prev` (the raw row above,
+    zeros at the top), each row led by its filter byte. All inputs of the predictor are raw
+    bytes, so whole rows go at once."""
+    up = np.concatenate([prev[None], rows[:-1]]).astype(np.int16)
+    raw = rows.astype(np.int16)
+    left, upleft = np.zeros_like(raw), np.zeros_like(raw)
+    left[:, bpp:], upleft[:, bpp:] = raw[:, :-bpp], up[:, :-bpp]
+    p = left + up - upleft
+    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    filtered = (raw - pred).astype(np.uint8)  # modulo 256, as the format wants
+    return np.concatenate([np.full((len(rows), 1), 4, np.uint8), filtered], 1).tobytes()
+
+
+class PngStripWriter:
+    """`write(rows)` takes the next rows (n x W x C, uint8, or uint16 for the ;16 modes) of a
+    `mode` image of `width` x `height`; the file is complete (renamed into place by the caller's
+    `atomic_output`) once all rows are in and `close()` ran. ICC profile and EXIF are kept."""
+
+    def __init__(self, f, width: int, height: int, mode: str, info: dict | None = None, level: int = 6):
+        colour_type, self.channels = PNG_STRIP_MODES[mode]
+        self.deep = mode.endswith("16")
+        self.f, self.width, self.height, self.done = f, width, height, 0
+        self.bpp = self.channels * (2 if self.deep else 1)
+        self.prev = np.zeros(width * self.bpp, np.uint8)
+        self.zip, self.pending = zlib.compressobj(level), bytearray()
+        f.write(PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16 if self.deep else 8,
+                                                                colour_type, 0, 0, 0)))
+        info = info or {}
+        if info.get("icc_profile"):
+            f.write(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(info["icc_profile"])))
+        if info.get("exif"):
+            exif = info["exif"]
+            f.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+
+    def write(self, rows: np.ndarray, chunk_rows: int = 64) -> None:
+        if rows.shape[1:] != (self.width, self.channels) or self.done + len(rows) > self.height:
+            raise ValueError(f"rows of shape {rows.shape} do not continue a {self.width}x{self.height} image")
+        if not len(rows):
+            return
+        flat = rows.astype(">u2" if self.deep else np.uint8, copy=False).reshape(len(rows), -1)
+        flat = flat.view(np.uint8).reshape(len(rows), -1)
+        for i in range(0, len(flat), chunk_rows):
+            part = flat[i:i + chunk_rows]
+            self.pending += self.zip.compress(_paeth_rows(part, self.prev, self.bpp))
+            self.prev = part[-1].copy()
+            self._flush(_IDAT_BYTES)
+        self.done += len(rows)
+
+    def _flush(self, at_least: int) -> None:
+        if len(self.pending) >= at_least:
+            self.f.write(_png_chunk(b"IDAT", bytes(self.pending)))
+            self.pending.clear()
+
+    def close(self) -> None:
+        if self.done != self.height:
+            raise ValueError(f"{self.done} of {self.height} rows written")
+        self.pending += self.zip.flush()
+        self._flush(1)
+        self.f.write(_png_chunk(b"IEND", b""))
+
+
+@contextlib.contextmanager
+def png_strips(path: str | os.PathLike, width: int, height: int, mode: str, info: dict | None = None):
+    """A `PngStripWriter` for `path`, written under a temporary name and renamed when every row
+    is in (an error or an interrupt leaves no file)."""
+    with atomic_output(path, suffix=".png.part") as tmp, open(tmp, "wb") as f:
+        writer = PngStripWriter(f, width, height, mode, info)
+        yield writer
+        writer.close()

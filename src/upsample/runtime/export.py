@@ -1,12 +1,15 @@
 """ONNX / OpenVINO export (`upsample export`) and the onnxruntime / openvino runtime backends.
 
-The exported graph is the network itself, float NCHW in [0, 1] (Y or RGB as the model takes),
-with dynamic batch, height and width (TorchScript-based `torch.onnx.export`, opset 17: it needs no
-onnxscript). `--uint8-io` wraps it to take and return uint8 NHWC RGB: normalisation, YCbCr for
-Y-channel models, clamp and rounding happen inside the graph. Inside such a graph the chroma (and
-VDSR's input) is upscaled with the runtime's bicubic resize (Keys a = -0.75, no antialiasing),
-not MATLAB's imresize, so it is close to, not bit-equal with, `upsample eval`'s torch path.
+The exported file (`export_model`) is the network, float NCHW in [0, 1] (Y or RGB as the model
+takes), its output clamped to [0, 1], with dynamic batch, height and width (TorchScript-based
+`torch.onnx.export`, opset 17: it needs no onnxscript). `--uint8-io` wraps it to take and return
+uint8 NHWC RGB with the colour path of `upsample image`: normalisation, BT.601 YCbCr for
+Y-channel models, MATLAB-exact bicubic (`degrade.BicubicUp`) of the chroma and of VDSR's input,
+clamp and rounding, all inside the graph. The file says how to feed it (`io_contract`): ONNX
+metadata_props and OpenVINO rt_info under the key `upsample`, one JSON object.
 RRDBNet x1/x2 graphs need H and W to be multiples of 4/2 (the Upscaler pads; a bare graph cannot).
+The runtime backends' cached graphs (`cached_onnx`) are the bare network: clamping is the
+caller's there, as for every `Upscaler`.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..data.degrade import BicubicUp
+from ..errors import UserError
 from ..media.imageio import atomic_write_bytes
 from .cache import cache_dir, ov_compiled
-from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 OPSET = 17
 GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
@@ -35,27 +39,68 @@ FORMATS = ("onnx", "openvino")
 SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}  # what each format writes (IR: a .bin beside)
 
 
+class Clamped(nn.Module):
+    """The network with its output clamped to [0, 1] (what a user of the file gets)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.upsample_spec = net, net.upsample_spec
+
+    def forward(self, x):
+        return self.net(x).clamp(0, 1)
+
+
 class Uint8RGB(nn.Module):
-    """uint8 NHWC RGB -> network -> uint8 NHWC RGB, all inside one exportable graph."""
+    """uint8 NHWC RGB -> network -> uint8 NHWC RGB, all inside one exportable graph, computed as
+    `ModelUpscaler` and `Tiler` do for `upsample image` (BT.601 YCbCr, MATLAB-exact bicubic of
+    the chroma and of VDSR's input, clamp, x255, round half to even)."""
 
     def __init__(self, net: nn.Module, scale: float):
         super().__init__()
         self.net, self.spec, self.scale = net, net.upsample_spec, float(scale)
+        needs_resize = self.spec.input == "y" or self.spec.pre_upsample
+        if needs_resize and not self.scale.is_integer():
+            raise UserError(f"--uint8-io needs an integer scale for a {self.spec.input.upper()} model "
+                            f"(its chroma is resized in the graph), got {scale:g}")
+        self.resize = BicubicUp(int(self.scale)) if needs_resize else None
 
     def _up(self, x):
-        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return self.resize(x.float()).to(x.dtype)
 
     def forward(self, x):
         dtype = next(self.net.parameters()).dtype
-        rgb = x.permute(0, 3, 1, 2).to(dtype) / 255.0
+        rgb = x.permute(0, 3, 1, 2).float() / 255.0
         ycc = rgb_to_ycbcr(rgb) if self.spec.input == "y" else None
         inp = rgb if ycc is None else ycc[:, :1]
         if self.spec.pre_upsample:
             inp = self._up(inp)
-        out = self.net(inp)
+        out = self.net(inp.to(dtype)).float()
         if ycc is not None:
             out = ycbcr_to_rgb(torch.cat([out, self._up(ycc[:, 1:])], 1))
         return (out.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: bool) -> dict:
+    """How to feed the exported file and read its result: written into its metadata."""
+    s = scale if scale is not None else spec.scale
+    out_hw = f"H*{s:g}, W*{s:g}" if s else "H*scale, W*scale"
+    if uint8_io:
+        io = {"input": "uint8 NHWC (N, H, W, 3) RGB, 0..255 (sRGB as stored in the image file)",
+              "output": f"uint8 NHWC (N, {out_hw}, 3) RGB, clamped and rounded",
+              "colour": "inside the graph: BT.601 studio-range YCbCr and MATLAB-exact bicubic chroma"
+                        if spec.input == "y" else "RGB throughout"}
+    else:
+        dtype = "float16" if fp16 else "float32"
+        chans = "1, Y" if spec.input == "y" else "3, RGB"
+        io = {"input": f"{dtype} NCHW (N, {chans.split(',')[0]}, H, W) {chans.split(', ')[1]} in [0, 1]",
+              "output": f"{dtype} NCHW (N, {chans.split(',')[0]}, {out_hw}) clamped to [0, 1]",
+              "colour": ("Y of BT.601 studio-range YCbCr: Y = (16 + 65.481 R + 128.553 G + 24.966 B) "
+                         "/ 255 for R, G, B in [0, 1], so Y is in [16/255, 235/255]; upscale Cb, Cr "
+                         "by bicubic and convert back" if spec.input == "y" else "RGB")}
+        if spec.pre_upsample:
+            io["input"] += ", bicubic-upscaled (MATLAB imresize) to the output size first"
+    return {"model": name, "scale": s, "input_name": "input", "output_name": "output", **io,
+            "dynamic": "batch, height and width"}
 
 
 def example_input(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
@@ -79,10 +124,28 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, *, opset: int = OPSET) 
     return f.getvalue()
 
 
-def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
-    """ONNX file -> OpenVINO IR (.xml + .bin), written in a temp folder then renamed into place."""
+CONTRACT_KEY = "upsample"  # the metadata key of `io_contract` (ONNX metadata_props, OpenVINO rt_info)
+
+
+def with_metadata(data: bytes, contract: dict) -> bytes:
+    """ONNX bytes with `contract` as metadata_props: `upsample` (all of it, JSON) and one
+    readable `upsample.<field>` entry per field."""
+    import onnx
+    graph = onnx.load_from_string(data)
+    for key, value in [(CONTRACT_KEY, json.dumps(contract)),
+                       *((f"{CONTRACT_KEY}.{k}", str(v)) for k, v in contract.items())]:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    return graph.SerializeToString()
+
+
+def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict | None = None) -> None:
+    """ONNX file -> OpenVINO IR (.xml + .bin), written in a temp folder then renamed into place;
+    `contract` goes into the IR's rt_info under CONTRACT_KEY (JSON)."""
     import openvino as ov
     ov_model = ov.convert_model(str(onnx_path))
+    if contract is not None:
+        ov_model.set_rt_info(json.dumps(contract), [CONTRACT_KEY])
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", dir=xml_path.parent))
     try:
@@ -98,7 +161,8 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool) -> None:
 
 def weights_hash(model: nn.Module) -> str:
     spec = model.upsample_spec
-    h = hashlib.sha256(json.dumps([spec.arch, spec.kwargs, torch.__version__, OPSET, GRAPHS],
+    inside = [spec.colorspace] if spec.colorspace != "rgb" else []  # rgb keys stay as they were
+    h = hashlib.sha256(json.dumps([spec.arch, spec.kwargs, torch.__version__, OPSET, GRAPHS, *inside],
                                   sort_keys=True).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
@@ -136,11 +200,12 @@ def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | 
 
 
 def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, uint8_io: bool = False,
-                 scale: float | None = None) -> float:
-    """Write `model` as ONNX or OpenVINO IR; returns the max abs difference of the exported
-    graph from PyTorch (fp32) on a random image (uint8 levels with uint8_io)."""
+                 scale: float | None = None, name: str | None = None) -> float:
+    """Write `model` as ONNX or OpenVINO IR, its I/O contract in the metadata; returns the max
+    abs difference of the exported graph from PyTorch (fp32) on a random image (uint8 levels
+    with uint8_io)."""
     model = model.cpu().eval()
-    ref_module = Uint8RGB(model, scale) if uint8_io else model
+    ref_module = Uint8RGB(model, scale) if uint8_io else Clamped(model)
     example = example_input(model, uint8_io, size=32)
     with torch.no_grad():
         ref = ref_module(example)
@@ -149,9 +214,11 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
         import copy
         net = copy.deepcopy(model).half()
         net.upsample_spec = model.upsample_spec
-    module = Uint8RGB(net, scale) if uint8_io else net
+    module = Uint8RGB(net, scale) if uint8_io else Clamped(net)
     trace_in = example if uint8_io else example.to(next(net.parameters()).dtype)
-    data = onnx_bytes(module, trace_in)
+    contract = io_contract(model.upsample_spec, name or model.upsample_spec.name or "checkpoint", scale,
+                           uint8_io=uint8_io, fp16=fp16)
+    data = with_metadata(onnx_bytes(module, trace_in), contract)
     feed = example.numpy() if uint8_io else trace_in.numpy()
     if fmt == "onnx":
         atomic_write_bytes(out, data)
@@ -164,7 +231,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             onnx_path.write_bytes(data)
-            _save_openvino(onnx_path, out, fp16=fp16)
+            _save_openvino(onnx_path, out, fp16=fp16, contract=contract)
         got = np.asarray(ov_compiled(out)(feed)[0])
     diff = np.abs(got.astype(np.float64) - ref.numpy().astype(np.float64))
     return float(diff.max())

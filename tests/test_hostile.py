@@ -1,0 +1,545 @@
+"""A hostile-input corpus: broken, odd and malicious files and options, given to the commands a
+user runs. Every refusal is exit 2 with one `error:` line on stderr, no traceback, and no output
+file left behind; every odd-but-valid input (CMYK, 1-bit, 16-bit, float) is upscaled. A pickle
+that would run code when loaded must not run it.
+
+Each case is one in-process `upsample.cli.main([...])` call on tiny files made in tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import zlib
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isolation import in_child_process
+from upsample import cli
+from upsample.media import imageio
+
+RNG = np.random.default_rng(0)
+
+
+def rgb(h=12, w=16):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def tiny_clip(path: Path, frames: int = 4, audio: bool = False, video: bool = True) -> Path:
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=10) if video else None
+        if vs is not None:
+            vs.width, vs.height, vs.pix_fmt = 32, 16, "yuv420p"
+        aus = c.add_stream("pcm_s16le", rate=8000) if audio else None
+        for i in range(frames):
+            if vs is not None:
+                frame = av.VideoFrame.from_ndarray(rgb(16, 32), format="rgb24")
+                c.mux(vs.encode(frame))
+            if aus is not None:
+                samples = np.zeros((1, 800), np.int16)
+                af = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+                af.sample_rate, af.pts = 8000, i * 800
+                c.mux(aus.encode(af))
+        for s in (vs, aus):
+            if s is not None:
+                c.mux(s.encode(None))
+    return path
+
+
+# ----------------------------------------------------------------------------- the inputs
+
+def _png(tmp: Path, name="in.png", arr=None) -> Path:
+    Image.fromarray(rgb() if arr is None else arr).save(tmp / name)
+    return tmp / name
+
+
+def _truncated(tmp, ext):
+    src = _png(tmp, "whole.png") if ext == "png" else tmp / "whole.jpg"
+    if ext != "png":
+        Image.fromarray(rgb(64, 64)).save(src, quality=90)
+    data = src.read_bytes()
+    src.unlink()
+    (tmp / f"cut.{ext}").write_bytes(data[:len(data) // 2])
+    return tmp / f"cut.{ext}"
+
+
+def _huge_header(tmp):
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    data = (imageio.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + png_chunk(b"IEND", b""))
+    (tmp / "huge.png").write_bytes(data)
+    return tmp / "huge.png"
+
+
+def _bad_crc(tmp):
+    data = bytearray(_png(tmp, "crc.png").read_bytes())
+    data[29] ^= 0xFF  # inside IHDR's CRC
+    (tmp / "crc.png").write_bytes(bytes(data))
+    return tmp / "crc.png"
+
+
+def _animated(tmp, ext):
+    frames = [Image.fromarray(rgb()) for _ in range(3)]
+    frames[0].save(tmp / f"anim.{ext}", save_all=True, append_images=frames[1:], duration=100)
+    return tmp / f"anim.{ext}"
+
+
+def _float_tiff(tmp, hi):
+    Image.fromarray((RNG.random((10, 12)) * hi).astype(np.float32)).save(tmp / "f.tif")
+    return tmp / "f.tif"
+
+
+def _int32_negative(tmp):
+    Image.fromarray(RNG.integers(-500, 500, (10, 12)).astype(np.int32), "I").save(tmp / "neg.tif")
+    return tmp / "neg.tif"
+
+
+def _write(tmp, name, data: bytes):
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+
+BAD_IMAGES = {
+    "truncated png": lambda t: _truncated(t, "png"),
+    "truncated jpeg": lambda t: _truncated(t, "jpg"),
+    "zero-byte png": lambda t: _write(t, "z.png", b""),
+    "zero-byte jpeg": lambda t: _write(t, "z.jpg", b""),
+    "zero-byte webp": lambda t: _write(t, "z.webp", b""),
+    "zero-byte tiff": lambda t: _write(t, "z.tif", b""),
+    "text named .png": lambda t: _write(t, "t.png", b"hello, not an image\n"),
+    "random bytes .bmp": lambda t: _write(t, "r.bmp", RNG.bytes(300)),
+    "png signature then garbage": lambda t: _write(t, "g.png", imageio.PNG_SIGNATURE + b"garbage" * 9),
+    "png with a broken crc": _bad_crc,
+    "header claims 40000x40000": _huge_header,
+    "animated gif": lambda t: _animated(t, "gif"),
+    "animated png": lambda t: _animated(t, "png"),
+    "animated webp": lambda t: _animated(t, "webp"),
+    "float tiff outside [0, 1]": lambda t: _float_tiff(t, 7.5),
+    "32-bit int with negatives": _int32_negative,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_refused(tmp_path, capsys, case):
+    src = BAD_IMAGES[case](tmp_path)
+    out = tmp_path / "out"
+    rc = cli.main(["image", str(src), "-o", str(out), "--model", "bicubic"])
+    assert_refused(rc, capsys, out)
+
+
+def assert_refused(rc, capsys, *gone: Path, text: str | None = None):
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err and "Error:" not in err.replace("error:", "")
+    if text is not None:
+        assert text in errors[0], errors[0]
+    for path in gone:
+        left = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path] if path.exists() else []
+        assert not left, left
+    return errors[0]
+
+
+def _cmyk(tmp):
+    Image.fromarray(rgb()).convert("CMYK").save(tmp / "c.jpg")
+    return tmp / "c.jpg"
+
+
+def _one_bit(tmp):
+    Image.fromarray((RNG.random((12, 16)) > 0.5).astype(np.uint8) * 255).convert("1").save(tmp / "b.png")
+    return tmp / "b.png"
+
+
+def _gray16(tmp):
+    Image.fromarray(RNG.integers(0, 65536, (12, 16)).astype(np.uint16)).save(tmp / "g16.png")
+    return tmp / "g16.png"
+
+
+def _wrong_ext(tmp):
+    data = _png(tmp, "x.png").read_bytes()
+    (tmp / "x.png").unlink()
+    return _write(tmp, "x.jpg", data)
+
+
+def _one_pixel(tmp):
+    return _png(tmp, "one.png", rgb(1, 1))
+
+
+def _still_gif(tmp):
+    Image.fromarray(rgb()).convert("P").save(tmp / "still.gif")
+    return tmp / "still.gif"
+
+
+# odd but valid: (make, output mode, output size for x2)
+ODD_IMAGES = {
+    "cmyk jpeg": (_cmyk, "RGB", (32, 24)),
+    "1-bit png": (_one_bit, "L", (32, 24)),
+    "16-bit gray png": (_gray16, "I;16", (32, 24)),
+    "float tiff in [0, 1]": (lambda t: _float_tiff(t, 1.0), "I;16", (24, 20)),
+    "png named .jpg": (_wrong_ext, "RGB", (32, 24)),
+    "one pixel": (_one_pixel, "RGB", (2, 2)),
+    "one-frame gif": (_still_gif, "RGB", (32, 24)),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_IMAGES))
+def test_odd_image_upscaled(tmp_path, capsys, case):
+    make, mode, size = ODD_IMAGES[case]
+    src = make(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["image", str(src), "-o", str(out), "--model", "bicubic"]) == 0, capsys.readouterr().err
+    (written,) = out.iterdir()
+    img = Image.open(written)
+    assert img.size == size and img.mode in (mode, "I;16B", "I") and written.suffix == ".png"
+
+
+def test_batch_goes_on_past_a_bomb(tmp_path, capsys):
+    """Over the pixel limit: one line for that file, the others are written; --max-pixels lifts it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder, "a.png")
+    Image.fromarray(rgb(40, 40)).save(folder / "big.png")
+    _png(folder, "c.png")
+    imageio.set_max_pixels(1000)  # 40x40 = 1600 pixels is "too large" now
+    try:
+        rc = cli.main(["image", str(folder), "-o", str(tmp_path / "out"), "--model", "bicubic"])
+        err = capsys.readouterr().err
+        assert rc == 1 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "c_x2.png"]
+        assert [line for line in err.splitlines() if "error:" in line] == [
+            line for line in err.splitlines() if "big.png is too large" in line and "--max-pixels" in line]
+        assert cli.main(["image", str(folder / "big.png"), "-o", str(tmp_path / "big.png"),
+                         "--model", "bicubic", "--max-pixels", "2000"]) == 0
+    finally:
+        imageio.set_max_pixels(178_956_970)
+    assert Image.open(tmp_path / "big.png").size == (80, 80)
+
+
+# ------------------------------------------------------------------ output locations (image)
+
+def _existing_file(tmp):
+    (tmp / "taken").write_text("mine")
+    return tmp / "taken"
+
+
+OUTPUTS = {
+    # name: (inputs made, -o given, a word of the message)
+    "existing file for a folder input": ("folder", _existing_file, "existing file"),
+    "tif file": ("one", lambda t: t / "out.tif", ".tif files are not written"),
+    "bmp file": ("one", lambda t: t / "out.bmp", ".bmp files are not written"),
+    "one file for two images": ("two", lambda t: t / "out.png", "need a folder"),
+    "the input itself": ("one", lambda t: t / "in.png", "the input itself"),
+    "under a file": ("one", lambda t: _existing_file(t) / "sub" / "x.png", "is a file"),
+    "folder under a file": ("folder", lambda t: _existing_file(t) / "sub", "is a file"),
+    "unwritable /proc": ("one", lambda t: Path("/proc/upsample-test/out"), "cannot write"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUTS))
+def test_output_location_refused_before_model_loads(tmp_path, capsys, monkeypatch, case):
+    kind, make_out, words = OUTPUTS[case]
+    src = _png(tmp_path)
+    inputs = {"one": [src], "two": [src, _png(tmp_path, "b.png")]}.get(kind)
+    if kind == "folder":
+        (tmp_path / "folder").mkdir()
+        _png(tmp_path / "folder", "f.png")
+        inputs = [tmp_path / "folder"]
+    out = make_out(tmp_path)
+    before = out.read_bytes() if out.is_file() else None
+    from upsample.inference import batch
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was built before the output was checked")
+    monkeypatch.setattr(batch.Engines, "full", no_model)
+    rc = cli.main(["image", *map(str, inputs), "-o", str(out), "--model", "vdsr"])
+    assert_refused(rc, capsys, text=words)
+    assert (out.read_bytes() if out.is_file() else None) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        {"in.png", "b.png", "folder", "taken"} & {p.name for p in tmp_path.iterdir()})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_refused(tmp_path, capsys):
+    src = _png(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert_refused(cli.main(["image", str(src), "-o", str(ro), "--model", "bicubic"]), capsys, ro,
+                       text="cannot write")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_missing_parents_are_made(tmp_path):
+    src = _png(tmp_path)
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "a" / "b" / "up.png"), "--model", "bicubic"]) == 0
+    assert Image.open(tmp_path / "a" / "b" / "up.png").size == (32, 24)
+
+
+# ----------------------------------------------------------------------------- options
+
+OPTIONS = {
+    "--tile 0": ["--tile", "0"],
+    "--tile -8": ["--tile", "-8"],
+    "--tile x": ["--tile", "x"],
+    "--threads 0": ["--threads", "0"],
+    "--jobs 0": ["--jobs", "0"],
+    "--quality 0": ["--quality", "0"],
+    "--quality 101": ["--quality", "101"],
+    "--max-memory lots": ["--max-memory", "lots"],
+    "--max-pixels many": ["--max-pixels", "many"],
+    "--tile-batch 0": ["--tile-batch", "0"],
+    "--scale 0": ["--scale", "0"],
+    "--scale abc": ["--scale", "abc"],
+    "--scale inf": ["--scale", "inf"],
+    "--outscale -1": ["--outscale", "-1"],
+    "--tile-pad -1": ["--tile-pad", "-1"],
+    "--backend cuda-magic": ["--backend", "cuda-magic"],
+    "--ext tif": ["--ext", "tif"],
+    "unknown model": ["--model", "espcn-x9"],
+    "unknown flag": ["--frobnicate"],
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIONS))
+def test_bad_option_refused(tmp_path, capsys, case):
+    src = _png(tmp_path)
+    out = tmp_path / "out"
+    argv = ["image", str(src), "-o", str(out), *OPTIONS[case]]
+    if "--model" not in argv:
+        argv += ["--model", "bicubic"]
+    assert_refused(cli.main(argv) if "--frobnicate" not in argv and case.split()[0] not in (
+        "--tile", "--threads", "--jobs", "--backend", "--ext") else _parse_exit(argv), capsys, out)
+
+
+def _parse_exit(argv) -> int:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    return exc.value.code
+
+
+def test_untrained_model_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED", raising=False)
+    src = _png(tmp_path)
+    assert_refused(cli.main(["image", str(src), "-o", str(tmp_path / "o"), "--model", "vapsr-x2"]),
+                   capsys, tmp_path / "o", text="vapsr-x2")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class RunsCode:
+    """Unpickling this would call `open(marker, "w")`: a stand-in for any code a file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _evil_pickle(tmp):
+    path = tmp / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": RunsCode(tmp / "PWNED")}, f)
+    return path
+
+
+def _torch_evil(tmp):
+    path = tmp / "evil2.pth"
+    torch.save({"params": RunsCode(tmp / "PWNED")}, path)
+    return path
+
+
+def _state(tmp, name, obj):
+    torch.save(obj, tmp / name)
+    return tmp / name
+
+
+def _safetensors(tmp, tensors):
+    from safetensors.torch import save_file
+    save_file(tensors, str(tmp / "w.safetensors"))
+    return tmp / "w.safetensors"
+
+
+CHECKPOINTS = {
+    "pickle that runs code": _evil_pickle,
+    "torch.save of code": _torch_evil,
+    "random bytes .pt": lambda t: _write(t, "r.pt", RNG.bytes(500)),
+    "random bytes .pth": lambda t: _write(t, "r.pth", RNG.bytes(64)),
+    "random bytes .safetensors": lambda t: _write(t, "r.safetensors", RNG.bytes(500)),
+    "zero-byte .safetensors": lambda t: _write(t, "z.safetensors", b""),
+    "zero-byte .pt": lambda t: _write(t, "z.pt", b""),
+    "empty dict": lambda t: _state(t, "empty.pt", {}),
+    "a list": lambda t: _state(t, "list.pt", [1, 2, 3]),
+    "unknown architecture": lambda t: _state(t, "arch.pt", {"foo.weight": torch.zeros(3, 3)}),
+    "espcn keys, wrong shapes": lambda t: _safetensors(t, {"first_part.0.weight": torch.zeros(2, 2)}),
+    "missing checkpoint": lambda t: t / "nowhere.safetensors",
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINTS))
+def test_bad_checkpoint_refused(tmp_path, capsys, case):
+    ckpt = CHECKPOINTS[case](tmp_path)
+    src = _png(tmp_path)
+    out = tmp_path / "out"
+    rc = cli.main(["image", str(src), "-o", str(out), "--model", str(ckpt)])
+    assert_refused(rc, capsys, out)
+    assert not (tmp_path / "PWNED").exists()  # the pickle's code never ran
+
+
+# ----------------------------------------------------------------------------- configs
+
+BASE = '[model]\nname = "espcn-x2"\n\n[data]\ntrain = ["{data}"]\n\n[train]\nsteps = 10\n'
+CONFIGS = {
+    "unknown key": BASE + "colour = 3\n",
+    "unknown section": BASE + "\n[optimiser]\nlr = 1\n",
+    "wrong type": BASE.replace("steps = 10", 'steps = "ten"'),
+    "negative steps": BASE.replace("steps = 10", "steps = -5"),
+    "unknown model": BASE.replace("espcn-x2", "espcn-x9"),
+    "not toml": "[model\nname = ",
+    "empty data": BASE.replace('["{data}"]', "[]"),
+}
+
+
+@pytest.mark.parametrize("case", [*CONFIGS, "missing file"])
+def test_bad_config_refused(tmp_path, capsys, case):
+    (tmp_path / "imgs").mkdir()
+    _png(tmp_path / "imgs", "a.png", rgb(64, 64))
+    cfg = tmp_path / "c.toml"
+    if case != "missing file":
+        cfg.write_text(CONFIGS[case].replace("{data}", str(tmp_path / "imgs")))
+    run = tmp_path / "run"
+    assert_refused(cli.main(["train", str(cfg), "--run-dir", str(run), "--device", "cpu"]), capsys, run)
+
+
+@pytest.mark.parametrize("override", ["optim.lr", "optim.lr=abc", "nosuch.key=1"])
+def test_bad_override_refused(tmp_path, capsys, override):
+    (tmp_path / "imgs").mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BASE.replace("{data}", str(tmp_path / "imgs")))
+    run = tmp_path / "run"
+    assert_refused(cli.main(["train", str(cfg), "--run-dir", str(run), "--set", override]), capsys, run)
+
+
+# ----------------------------------------------------------------------------- videos
+
+VIDEOS = {
+    "zero-byte mp4": lambda t: _write(t, "z.mp4", b""),
+    "random bytes mkv": lambda t: _write(t, "r.mkv", RNG.bytes(2000)),
+    "truncated mkv": lambda t: _write(t, "cut.mkv", tiny_clip(t / "w.mkv").read_bytes()[:300]),
+    "audio only": lambda t: tiny_clip(t / "a.mkv", audio=True, video=False),
+    "still image": lambda t: _png(t),
+    "missing file": lambda t: t / "nowhere.mp4",
+}
+
+
+@pytest.mark.parametrize("case", list(VIDEOS))
+def test_bad_video_refused(tmp_path, capsys, case):
+    src = VIDEOS[case](tmp_path)
+    out = tmp_path / "out.mp4"
+    assert_refused(cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]), capsys, out)
+    assert not list(tmp_path.glob(".out*"))
+
+
+VIDEO_OUTPUTS = {
+    "a folder": lambda t: t,
+    "no extension": lambda t: t / "out",
+    "a gif": lambda t: t / "out.gif",
+    "a picture format": lambda t: t / "out.png",
+}
+
+
+@pytest.mark.parametrize("case", list(VIDEO_OUTPUTS))
+def test_bad_video_output_refused(tmp_path, capsys, case):
+    src = tiny_clip(tmp_path / "in.mkv")
+    out = VIDEO_OUTPUTS[case](tmp_path)
+    assert_refused(cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]), capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv"]
+
+
+# ------------------------------------------------------------------- other commands' outputs
+
+def test_export_and_interpolate_outputs_refused(tmp_path, capsys):
+    taken = _existing_file(tmp_path)
+    assert_refused(cli.main(["export", "espcn-x2", "-o", str(tmp_path / "m.xml")]), capsys,
+                   tmp_path / "m.xml", text="writes a .onnx file")
+    (tmp_path / "m.onnx").write_bytes(b"mine")
+    assert_refused(cli.main(["export", "espcn-x2", "-o", str(tmp_path / "m.onnx")]), capsys, text="exists")
+    assert (tmp_path / "m.onnx").read_bytes() == b"mine"
+    assert_refused(cli.main(["interpolate", str(taken), str(taken), "--alpha", "0.5", "-o",
+                             str(tmp_path / "i.pt")]), capsys, tmp_path / "i.pt", text="safetensors")
+    assert_refused(cli.main(["interpolate", str(taken), str(taken), "--alpha", "2", "-o",
+                             str(tmp_path / "i.safetensors")]), capsys, tmp_path / "i.safetensors")
+
+
+# ----------------------------------------------------------------------------- signals
+
+@in_child_process
+def test_sigint_mid_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a large image is being written in strips: exit 130, no file, no temp file."""
+    from upsample.inference import api, batch
+    monkeypatch.setattr(batch, "STREAM_BYTES", 1000)
+    monkeypatch.setattr(api, "STRIP_BYTES", 4000)  # many bands
+    real_write = imageio.PngStripWriter.write
+
+    def write_then_interrupt(self, rows, *a, **k):
+        real_write(self, rows, *a, **k)
+        if self.done >= 8:  # some rows are on disk, in the temporary file
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(imageio.PngStripWriter, "write", write_then_interrupt)
+    src = _png(tmp_path, "in.png", rgb(40, 48))
+    out = tmp_path / "out"
+    assert cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--jobs", "1"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+
+
+# ----------------------------------------------------------------------------- eval
+
+EVAL_DATA = {
+    "image smaller than the scale": lambda t: _png(t, "tiny.png", rgb(2, 2)),
+    "no images": lambda t: _write(t, "notes.txt", b"hi"),
+    "corrupt image": lambda t: _write(t, "bad.png", imageio.PNG_SIGNATURE + b"x" * 40),
+}
+
+
+@pytest.mark.parametrize("case", [*EVAL_DATA, "missing folder"])
+def test_bad_eval_data_refused(tmp_path, capsys, case):
+    data = tmp_path / "data"
+    if case != "missing folder":
+        data.mkdir()
+        EVAL_DATA[case](data)
+    assert_refused(cli.main(["eval", "--model", "espcn-x3", "--data", str(data)]), capsys)
+
+
+def test_whole_output_over_max_memory_refused(tmp_path, capsys):
+    """A JPEG is encoded from the whole image: past --max-memory it is refused, not swapped."""
+    src = _png(tmp_path, "in.png", rgb(200, 200))
+    out = tmp_path / "out"
+    line = assert_refused(cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--ext", "jpg",
+                                    "--max-memory", "1MB"]), capsys, out, text="encoded whole")
+    assert "--max-memory" in line and ".png" in line
+
+
+def test_large_png_written_in_strips_equals_whole(tmp_path, monkeypatch):
+    """The band-by-band writer gives the pixels of the whole-image path (bicubic: exactly)."""
+    from upsample.inference import api, batch
+    src = _png(tmp_path, "in.png", rgb(45, 38))
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "whole.png"), "--model", "bicubic"]) == 0
+    monkeypatch.setattr(batch, "STREAM_BYTES", 1000)
+    monkeypatch.setattr(api, "STRIP_BYTES", 3000)  # bands of a few rows
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "strips.png"), "--model", "bicubic"]) == 0
+    whole, strips = (np.asarray(Image.open(tmp_path / n)) for n in ("whole.png", "strips.png"))
+    assert strips.shape == (90, 76, 3) and np.array_equal(whole, strips)
