@@ -7,7 +7,8 @@ JSON (e.g. an eval summary). Written atomically (temp file + os.replace), option
 Foreign files (.pth/.pt/...) are read with `torch.load(weights_only=True)`: BasicSR
 (`params_ema` preferred over `params`), `state_dict`/`model` wrappers, `module.`/`netG.` prefixes,
 original-ESRGAN (`model.N`, `RRDB_trunk`) names, the VapSR beta names and the common VDSR port are
-mapped to ours; the architecture and its keywords are then detected from tensor names and shapes.
+mapped to ours; the architecture and its keywords are then detected from tensor names and shapes
+(catid's VapSR variant, in VapSR's names, by its 3x3 `proj_1`: see models/vapsr.py).
 Loading is always strict: a mismatch is one UserError naming the missing/unexpected keys. The
 foreign names and the shapes are each architecture's own knowledge (`rename_foreign`, `detect` in
 its file); registry.FOREIGN_RENAMERS and registry.DETECTORS list them in order of precedence.
@@ -56,6 +57,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, config: dict |
             "kwargs": json.dumps(spec.kwargs, sort_keys=True), "name": spec.name or "",
             "scale": json.dumps(spec.scale), "input": spec.input, "kind": spec.kind,
             "dtype": "float16" if fp16 else "float32"}
+    if spec.colorspace != "rgb":  # absent = rgb, so older files and readers stay as they were
+        meta["colorspace"] = spec.colorspace
     if config is not None:
         meta["config"] = json.dumps(config, default=str)
     if extra is not None:
@@ -207,7 +210,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             meta = {"source": FORMAT, "arch": arch, "kwargs": kwargs, "name": raw.get("name") or None,
                     "config": json.loads(raw["config"]) if raw.get("config") else None,
                     "extra": json.loads(raw["extra"]) if raw.get("extra") else None,
-                    "dtype": raw.get("dtype", "float32")}
+                    "dtype": raw.get("dtype", "float32"), "colorspace": raw.get("colorspace", "rgb")}
         except (KeyError, ValueError) as exc:
             raise UserError(f"{path}: damaged upsample metadata ({exc})") from None
     else:
@@ -215,8 +218,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         arch, kwargs = detect_arch(tensors, str(path))
         meta = {"source": "detected", "arch": arch, "kwargs": kwargs,
                 "name": registry.match_variant(arch, kwargs), "config": None, "extra": None,
-                "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
-    model = registry.build(arch, kwargs, meta["name"])
+                "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+                "colorspace": "rgb"}
+    model = registry.build(arch, kwargs, meta["name"], colorspace=meta["colorspace"])
     load_state_strict(model, tensors, str(path))
     spec = model.upsample_spec
     meta.update(scale=spec.scale, input=spec.input, kind=spec.kind)

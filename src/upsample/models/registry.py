@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import WEIGHTS_DIR, discriminator, downscaler, espcn, rrdbnet, vapsr, vdsr
+from .colorspace import attach as attach_colorspace
 from .discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
 from .downscaler import JointSR
 from .espcn import ESPCN
@@ -71,6 +72,7 @@ class ModelSpec:
     input: str = "rgb"  # "y" or "rgb"
     pre_upsample: bool = False
     kind: str = "generator"  # or "discriminator"
+    colorspace: str = "rgb"  # what the layers compute in (models/colorspace.py); I/O stays RGB
 
     @property
     def pad_multiple(self) -> int:
@@ -111,14 +113,20 @@ def full_kwargs(arch: str, kwargs: dict) -> dict:
 _VAPSR = {"num_feat": 48, "num_block": 20, "d_atten": 64, "conv_groups": 1}
 _VAPSR_X4 = {**_VAPSR, "num_block": 21}
 _VAPSR_S = {"num_feat": 32, "num_block": 11, "d_atten": 64, "conv_groups": 2}
+# catid's released x2 model (his `upsampling` repository, create_vapsr2x): 64 features, 20 blocks,
+# attention width 48, proj_1 3x3, [-1, 1] inside the network (see models/vapsr.py).
+_VAPSR_CATID = {"num_feat": 64, "num_block": 20, "d_atten": 48, "conv_groups": 1, "proj_kernel": 3,
+                "signed_io": True}
 _VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"espcn-x{s}": ("espcn", {"scale": s, "num_in_ch": 1}) for s in (2, 3, 4)},
     **{f"espcn-rgb-x{s}": ("espcn", {"scale": s, "num_in_ch": 3}) for s in (2, 3, 4)},
     "vdsr": ("vdsr", {"num_in_ch": 1, "num_feat": 64, "num_layers": 20}),
     **{f"vapsr-x{s}": ("vapsr", {"scale": s, **(_VAPSR_X4 if s == 4 else _VAPSR)}) for s in (2, 3, 4)},
     **{f"vapsr-s-x{s}": ("vapsr", {"scale": s, **_VAPSR_S}) for s in (2, 3, 4)},
-    **{f"vapsr-3x3-x{s}": ("vapsr", {"scale": s, **(_VAPSR_X4 if s == 4 else _VAPSR), "plain_3x3": True})
+    # ours: dense 3x3 convs in the attention instead of the depth-wise 5x5 ones (not catid's variant)
+    **{f"vapsr-dense3x3-x{s}": ("vapsr", {"scale": s, **(_VAPSR_X4 if s == 4 else _VAPSR), "plain_3x3": True})
        for s in (2, 3, 4)},
+    **{f"vapsr-catid-x{s}": ("vapsr", {"scale": s, **_VAPSR_CATID}) for s in (2, 3)},
     **{f"rrdbnet-x{s}": ("rrdbnet", {"scale": s, "num_feat": 64, "num_block": 23, "num_grow_ch": 32})
        for s in (1, 2, 3, 4)},
     "joint-x2": ("joint", {"scale": 2, "num_in_ch": 1}),  # forward = its upscaler; see models/downscaler.py
@@ -126,14 +134,25 @@ _VARIANTS: dict[str, tuple[str, dict]] = {
     "realesrgan-unet-discriminator": ("unet_discriminator_sn", {"num_in_ch": 3, "num_feat": 64}),
 }
 _REGISTRY: dict[str, ModelSpec] = {n: spec_for(a, kw, n) for n, (a, kw) in _VARIANTS.items()}
+# Old names that still resolve: `vapsr-3x3-*` was the dense-attention variant's first name, which
+# read as catid's "3x3 variant" (his is vapsr-catid-*). An alias builds and reports its target.
+ALIASES: dict[str, str] = {f"vapsr-3x3-x{s}": f"vapsr-dense3x3-x{s}" for s in (2, 3, 4)}
 
 
-def list_models(kind: str | None = "generator") -> list[str]:
-    """Registered names of that kind ("generator", "discriminator"; None for all), in zoo order."""
-    return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
+def list_models(kind: str | None = "generator", *, aliases: bool = False) -> list[str]:
+    """Registered names of that kind ("generator", "discriminator"; None for all), in zoo order;
+    with `aliases` the old names (ALIASES) after them."""
+    names = [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
+    return names + [a for a, n in ALIASES.items() if n in names] if aliases else names
+
+
+def is_registered(name: str) -> bool:
+    """A registered name or an alias of one."""
+    return name in _REGISTRY or name in ALIASES
 
 
 def get_spec(name: str) -> ModelSpec:
+    name = ALIASES.get(name, name)
     if name in _REGISTRY:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
@@ -142,21 +161,22 @@ def get_spec(name: str) -> ModelSpec:
     raise UserError(f"unknown model {name!r}; {hint}")
 
 
-def build(arch: str, kwargs: dict, name: str | None = None) -> nn.Module:
-    """An architecture instance with `upsample_spec` set (the checkpoint loader's entry point)."""
+def build(arch: str, kwargs: dict, name: str | None = None, *, colorspace: str = "rgb") -> nn.Module:
+    """An architecture instance with `upsample_spec` set (the checkpoint loader's entry point),
+    converting to and from `colorspace` inside."""
     spec = spec_for(arch, kwargs, name)
     try:
         model = ARCHS[arch](**kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"cannot build {arch} with {json.dumps(kwargs)}: {exc}") from None
     model.upsample_spec = spec
-    return model
+    return attach_colorspace(model, colorspace)
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def create_model(name: str, *, colorspace: str = "rgb", **overrides) -> nn.Module:
     """A fresh (randomly initialised) registered model; `overrides` change constructor keywords."""
     spec = get_spec(name)
-    return build(spec.arch, {**spec.kwargs, **overrides}, name)
+    return build(spec.arch, {**spec.kwargs, **overrides}, spec.name, colorspace=colorspace)
 
 
 def match_variant(arch: str, kwargs: dict) -> str | None:
@@ -169,8 +189,8 @@ def match_variant(arch: str, kwargs: dict) -> str | None:
 
 
 def weights_path(name: str) -> Path | None:
-    """The shipped weights of a registered model, if the package has them."""
-    p = WEIGHTS_DIR / f"{name}.safetensors"
+    """The shipped weights of a registered model (or of an alias's target), if the package has them."""
+    p = WEIGHTS_DIR / f"{ALIASES.get(name, name)}.safetensors"
     return p if p.is_file() else None
 
 
@@ -199,6 +219,7 @@ def describe(name: str) -> dict:
     spec = model.upsample_spec
     weights = weights_path(name)
     size = spec.kwargs.get("input_size", MACS_INPUT) if spec.kind == "discriminator" else MACS_INPUT
-    return {"name": name, "scale": spec.scale, "params": count_params(model),
-            "macs": count_macs(model, size), "input": spec.input,
-            "weights": str(weights) if weights else None}
+    row = {"name": name, "scale": spec.scale, "params": count_params(model),
+           "macs": count_macs(model, size), "input": spec.input,
+           "weights": str(weights) if weights else None}
+    return {**row, "alias_of": ALIASES[name]} if name in ALIASES else row

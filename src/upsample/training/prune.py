@@ -16,7 +16,7 @@ exports and runs everywhere a trained model does. Fine-tune it with `upsample tr
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -101,7 +101,8 @@ def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, se
                             f"({type(exc).__name__}: {exc})") from None
     # widths changed: read the architecture's keywords back from the pruned tensors
     arch, kwargs = checkpoint.detect_arch(model.state_dict(), "the pruned model")
-    model.upsample_spec = registry.spec_for(arch, kwargs, registry.match_variant(arch, kwargs))
+    model.upsample_spec = replace(registry.spec_for(arch, kwargs, registry.match_variant(arch, kwargs)),
+                                  colorspace=model.upsample_spec.colorspace)  # its hooks stay
     return model
 
 

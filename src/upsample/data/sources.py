@@ -1,0 +1,122 @@
+"""Where a run's training images come from: `data.train`'s folders, .txt file lists and video
+files, split into training and validation images, and the seeded `data.max_images` subset.
+
+A video file is decoded once (PyAV, `prepare.video_frames`: every `data.video_every`-th frame)
+into a frame cache, one PNG per frame in `$UPSAMPLE_CACHE/video-frames/<name>-<key>/` (else
+`~/.cache/upsample/video-frames`: the videos may lie on read-only media). The key is the video's
+resolved path, size, mtime and K, so a changed video is decoded again; the frame list
+`frames.txt` is written last, so an interrupted decode is redone, never half used. From then on
+its frames are training images like any other file: whatever reads files (PairDataset, the
+store) reads them, and the validation split holds out single frames by hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..media.imageio import atomic_output, atomic_save
+from .pairs import collect_images, train_val_files
+from .prepare import is_video_path, video_frames
+
+FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
+
+
+def frames_root() -> Path:
+    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                    Path.home() / ".cache") / "upsample"
+    return Path(root) / "video-frames"
+
+
+def frame_folder(video: Path, every: int, root: Path) -> Path:
+    """The cache folder of `video`'s every `every`-th frame: a changed file gets a new one."""
+    st = video.stat()
+    stamp = f"{os.path.realpath(video)}|{st.st_size}|{st.st_mtime_ns}|{every}"
+    return root / f"{video.stem}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}"
+
+
+def cached_frames(folder: Path) -> list[Path] | None:
+    """The frames of a complete cache folder, else None."""
+    try:
+        names = (folder / FRAME_LIST).read_text().split()
+    except OSError:
+        return None
+    files = [folder / n for n in names]
+    return files if names and all(f.is_file() for f in files) else None
+
+
+def video_frame_files(video: Path, every: int, root: Path | None = None, *,
+                      progress: bool = False) -> list[Path]:
+    """PNG files of every `every`-th frame of `video`, decoded now unless the cache has them."""
+    folder = frame_folder(video, every, Path(root) if root else frames_root())
+    files = cached_frames(folder)
+    if files is not None:
+        return files
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for n, frame in tqdm(video_frames(video, every), desc=f"decoding {video.name}", unit="frame",
+                             leave=False, disable=not progress, file=sys.stderr):
+            names.append(f"f{n:06d}.png")
+            # compress_level 1: these are a cache, read back many times and written once
+            atomic_save(Image.fromarray(np.ascontiguousarray(frame)), folder / names[-1], compress_level=1)
+        if not names:
+            raise UserError(f"data.train: {video} has no video frames to train on")
+        with atomic_output(folder / FRAME_LIST) as tmp:
+            tmp.write_text("".join(n + "\n" for n in names))
+    except OSError as exc:
+        raise UserError(f"cannot write video frames to {folder}: {exc.strerror}; set UPSAMPLE_CACHE "
+                        "to a writable folder") from None
+    return [folder / n for n in names]
+
+
+def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | None = None,
+                    progress: bool = False) -> list[tuple[Path, str]]:
+    """(image file, split key) of every training image of `data.train`, in its order: the
+    images of folders and .txt lists (`pairs.collect_images`) and the frames of video files."""
+    if video_every < 1:
+        raise UserError(f"data.video_every must be >= 1 (every K-th frame), got {video_every}")
+    out = []
+    for src in train:
+        p = Path(src)
+        if not is_video_path(p):
+            out += collect_images([src], "data.train")
+        elif not p.is_file():
+            raise UserError(f"data.train: video not found: {p} (paths are relative to {Path.cwd()})")
+        else:
+            out += [(f, f"{p.name}/{f.name}") for f in
+                    video_frame_files(p, video_every, frames, progress=progress)]
+    return out
+
+
+def seeded_subset(items: list[tuple[Path, str]], n: int, seed: int) -> list[tuple[Path, str]]:
+    """`n` of `items` (all when n is 0 or more than there are), in their order: those whose keys
+    have the smallest sha1(seed:key), a random sample fixed by the seed that, like hash_split,
+    changes only by the new images that rank into it when images are added."""
+    if not n or n >= len(items):
+        return list(items)
+    rank = sorted(range(len(items)),
+                  key=lambda i: hashlib.sha1(f"{seed}:subset:{items[i][1]}".encode()).hexdigest())
+    chosen = set(rank[:n])
+    return [it for i, it in enumerate(items) if i in chosen]
+
+
+def training_images(train: list[str], *, val_list: str = "", val_fraction: float = 0.05,
+                    seed: int = 0, video_every: int = 1, max_images: int = 0,
+                    frames: Path | None = None, progress: bool = False
+                    ) -> tuple[list[Path], list[Path]]:
+    """(training image files, validation image files) of a config's [data] section: sources
+    listed, validation held out (data.val_list, else the data.val_fraction hash split), then at
+    most `max_images` training images, a sample seeded by `seed` (the run's train.seed)."""
+    items = collect_sources(train, video_every=video_every, frames=frames, progress=progress)
+    tr, val = train_val_files(train, val_list, val_fraction, seed, items=items)
+    keys = dict(items)
+    picked = seeded_subset([(f, keys[f]) for f in tr], max_images, seed)
+    return [f for f, _ in picked], val
