@@ -1,5 +1,7 @@
 """`--backend auto`: the exact bicubic as convolutions, the fused RGB graph, the cached choice."""
 
+import json
+
 import pytest
 import torch
 
@@ -65,7 +67,7 @@ def test_auto_on_cpu_matches_eager_and_reuses_its_cache(name, capsys):
     assert (up.run_rgb is not None) == (name == "espcn-x2")  # Y models: the edges in the graph
     with torch.no_grad():
         diff = (up(x).clamp(0, 1) - eager(x).clamp(0, 1)).abs().max().item()
-    assert diff <= checks.TOLERANCE
+    assert diff <= 1e-4  # fp32 (no bf16 in this process): the same picture
     files = {p: p.stat().st_mtime_ns for p in cache.cache_files()}
     assert any(p.suffix == ".xml" for p in files)
     capsys.readouterr()
@@ -74,22 +76,56 @@ def test_auto_on_cpu_matches_eager_and_reuses_its_cache(name, capsys):
     assert again.precision == up.precision and "auto:" not in capsys.readouterr().err
 
 
-def test_a_failed_half_check_is_remembered_and_falls_back_to_fp32(monkeypatch):
+FAILED = {"db_change": -0.05, "vs_fp32_db": 48.0, "fp32_db": 30.0}
+PASSED = {"db_change": -0.004, "vs_fp32_db": 57.0, "fp32_db": 30.0}
+
+
+def test_a_failed_gate_is_remembered_and_falls_back_to_fp32(monkeypatch):
     monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: True)
     net = registry.create_model("espcn-x2")
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
     cache.cache_dir().mkdir(parents=True)
-    failed = {"openvino-bf16-x2-rgb2": 0.05, "openvino-bf16-body-x2-rgb2": 0.01}  # as if both had
-    checks.checks_path(key).write_text(__import__("json").dumps(failed))
+    failed = {f"openvino-bf16-x2-rgb2-{checks.GATE}": FAILED,  # as if both had been measured
+              f"openvino-bf16-body-x2-rgb2-{checks.GATE}": {**FAILED, "db_change": 0.03, "vs_fp32_db": 55.0}}
+    checks.checks_path(key).write_text(json.dumps(failed))
     up = auto.cpu_runner(net, name="t", scale=2.0)
     assert up.precision == "fp32" and up.graph[1] == "f32"
-    assert __import__("json").loads(checks.checks_path(key).read_text()) == failed  # nothing re-measured
-    assert checks.remembered_check(key, "openvino-bf16-body-x2-rgb2", lambda: 1 / 0) == (0.01, False)
+    assert json.loads(checks.checks_path(key).read_text()) == failed  # nothing re-measured
+    name = f"openvino-bf16-body-x2-rgb2-{checks.GATE}"
+    assert checks.remembered_check(key, name, lambda: 1 / 0) == (failed[name], False)
+
+
+def test_the_gate_takes_the_first_graph_that_passes_and_says_what_each_costs(monkeypatch, capsys):
+    """The decision both ways, with the measurements given (no bf16 graph runs in this process):
+    all-bf16 fails, bf16 with fp32 ends passes and is taken; the printed line is plain words."""
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: True)
+    measured = []
+
+    def measure(self, option, xml):
+        measured.append(option)
+        return {"bf16": FAILED, "bf16-body": PASSED}[option]
+    monkeypatch.setattr(auto._Gate, "measure", measure)
+    net = registry.create_model("espcn-rgb-x2")  # an RGB model: one graph
+    key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
+    net_xml = export.cached_ir(net, key=key)
+    use, xml = auto._cpu_choice(net, key, net_xml, None, name="espcn-rgb-x2", scale=2.0, precision="auto",
+                                threads=None, quiet=False)
+    assert use == "bf16-body" and xml.name.endswith(f"-fp32ends{auto.fp32_ends.VERSION}.xml")
+    err = capsys.readouterr().err
+    assert "runs bf16 with the first and last layers in fp32" in err
+    assert "0.004 dB lower" in err and "0.050 dB lower" in err and "48.0 dB from the fp32 picture" in err
+    assert measured == ["bf16", "bf16-body"]
+    again = auto._cpu_choice(net, key, net_xml, None, name="espcn-rgb-x2", scale=2.0, precision="auto",
+                             threads=None, quiet=False)
+    assert again == (use, xml) and measured == ["bf16", "bf16-body"] and not capsys.readouterr().err
+    assert set(auto.remembered_results(net, 2.0)) == {"bf16", "bf16-body"}
+    assert auto._cpu_choice(net, key, net_xml, None, name="t", scale=2.0, precision="fp32",
+                            threads=None, quiet=False)[0] == "f32"  # --precision fp32: exact
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "torch", "precision": "bf16"}, "needs --backend auto"),
-    ({"backend": "auto", "precision": "int8"}, "upsample quantize"),
+    ({"backend": "auto", "precision": "int8"}, "no int8 model of espcn-x2 x2 in the cache.*upsample quantize"),
     ({"backend": "auto", "precision": "fp16"}, "for CUDA"),
     ({"backend": "auto", "precision": "fp8"}, "unknown precision"),
     ({"backend": "auto", "threads": 0}, "--threads"),
@@ -119,5 +155,11 @@ def test_the_cuda_path_picks_a_checked_half_type_and_remembers_its_layout():
     assert up.precision == "bf16" and up.runtime == "torch"
     assert (up(x) - want).abs().max() < 0.05
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
-    done = __import__("json").loads(checks.checks_path(key).read_text())
-    assert set(done) == {"cuda-bf16", "cuda-bf16-layout"} and done["cuda-bf16-layout"] in (0, 1)
+    done = json.loads(checks.checks_path(key).read_text())
+    assert set(done) == {"cuda-bf16-layout"} and done["cuda-bf16-layout"] in (0, 1)  # asked for: no gate
+    # auto: fp16 then bf16, each through the gate
+    runner = auto.cuda_runner(net, name="t", device=torch.device("cpu"), precision="auto", compile=False)
+    done = json.loads(checks.checks_path(key).read_text())
+    gated = {k: v for k, v in done.items() if k.endswith(checks.GATE)}
+    assert set(gated) <= {f"cuda-fp16-x2-{checks.GATE}", f"cuda-bf16-x2-{checks.GATE}"} and gated
+    assert (runner.precision != "fp32") == any(checks.passes(v) for v in gated.values())

@@ -69,3 +69,24 @@ def test_an_untrained_model_is_timed_only_when_asked(monkeypatch):
     r = bench.bench("espcn-rgb-x2", size=(40, 24), backends=["torch"], warmup=0, runs=1,
                     allow_untrained=True)
     assert r["rows"][0]["ms_per_frame"] > 0
+
+
+def test_the_auto_row_says_which_graph_the_gate_chose_and_what_it_costs(monkeypatch, tmp_path):
+    """The gate's remembered results for the weights, in the JSON row and in plain words."""
+    from upsample.runtime import auto, checks, export
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)  # no bf16 graph here
+    up = load_upscaler("espcn-rgb-x2", backend="auto")  # fp32 in this process: nothing measured
+    assert bench.auto_choice(up) is None and bench.auto_choice(load_upscaler("espcn-rgb-x2", backend="torch")) is None
+    key = f"espcn-{export.weights_hash(up.model)}"
+    failed = {"db_change": -0.031, "vs_fp32_db": 52.0, "fp32_db": 30.0}
+    checks.remembered_check(key, f"openvino-bf16-x2-{checks.GATE}", lambda: failed)
+    choice = bench.auto_choice(up)
+    assert choice["graph"] == "fp32 (exact)" and choice["gate"] == {"bf16": failed}
+    assert "runs fp32 (exact); not used" in choice["in_words"] and "0.031 dB lower" in choice["in_words"]
+    row = {"backend": "auto (openvino fp32)", "ms_per_frame": 1.0, "mpix_per_s": 1.0, "gflops": None,
+           "of_peak": None, "speedup": 2.0, "max_abs_diff": 0.0, "choice": choice}
+    text = bench.format_report({"model": "m", "scale": 2, "size": "8x8", "device": "cpu", "threads": 2,
+                                "gmacs_per_frame": 0.0, "peak_gflops": {"fp32": 1.0}, "runs": 1,
+                                "warmup": 0, "rows": [row]})
+    assert text.splitlines()[-1] == f"auto: {choice['in_words']}"

@@ -13,6 +13,7 @@ from PIL import Image
 from upsample.models import checkpoint, registry
 from upsample import cli
 from upsample.inference.load import load_upscaler
+from isolation import in_child_process
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +91,8 @@ def test_wrong_backend_foreign_file_and_bad_output_are_one_line(setup, tmp_path,
 
     one_line_error(["eval", "--model", str(out), "--backend", "openvino", "--scale", "2",
                     "--data", str(root / "test")], "run it with --backend onnxruntime")
-    plain = tmp_path / "plain.onnx"
-    from upsample.runtime.export import example_input, onnx_bytes
-    plain.write_bytes(onnx_bytes(registry.create_model("espcn-x2"), example_input(registry.create_model("espcn-x2"), False)))
-    one_line_error(["eval", "--model", str(plain), "--backend", "onnxruntime", "--scale", "2",
-                    "--data", str(root / "test")], "not written by `upsample quantize`")
+    # (an .onnx without our metadata is no longer refused: it runs as another project's graph,
+    # `runtime.foreign_onnx`)
     one_line_error(["quantize", str(ckpt), "--backend", "onnxruntime", "--calib", str(root / "calib"),
                     "-o", str(out)], "exists; pass --overwrite")
     one_line_error(["quantize", str(ckpt), "--backend", "openvino", "--calib", str(root / "calib"),
@@ -106,3 +104,33 @@ def test_wrong_backend_foreign_file_and_bad_output_are_one_line(setup, tmp_path,
                     "-o", str(tmp_path / "y.onnx")], "no images found")
     one_line_error(["quantize", "vdsr", "--backend", "onnxruntime", "--calib", str(root / "calib"),
                     "-o", str(tmp_path / "z.onnx")], "give one with --scale")
+
+
+@in_child_process
+def test_auto_makes_a_cached_int8_model_once_and_lets_it_compete_under_the_gate(setup, monkeypatch, capsys):
+    """`bench --calib DIR` quantizes into the cache (first/last convs float); `--backend auto`
+    then measures it on the probe set like any other graph and takes it only if it passes."""
+    from upsample.runtime import auto, cache, checks, export, int8
+    root, ckpt = setup
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(root / "cache"))
+    (root / "calib-big").mkdir()
+    for i in range(2):  # auto calibrates on 64x64 LR crops: 128x128 at x2
+        Image.open(root / "calib" / f"{i}.png").resize((160, 160), Image.BICUBIC).save(root / "calib-big" / f"{i}.png")
+    args = ["bench", "--model", str(ckpt), "--backend", "auto", "--precision", "fp32", "--calib",
+            str(root / "calib-big"), "--size", "32x24", "--runs", "1", "--warmup", "0", "--json"]
+    assert cli.main(args) == 0
+    model, _ = checkpoint.load_checkpoint(ckpt)
+    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    made = int8.find_cached(key, 2.0)
+    assert made is not None and int8.read_meta(made)[1]["float_edges"] is True
+    stamp = made.stat().st_mtime_ns
+    assert cli.main(args) == 0 and made.stat().st_mtime_ns == stamp  # made once
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)  # int8 alone competes
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_int8_dot", lambda: True)
+    capsys.readouterr()
+    up = load_upscaler(str(ckpt), backend="auto")
+    result = next(v for k, v in json.loads(checks.checks_path(key).read_text()).items() if "int8" in k)
+    assert up.precision == ("int8" if checks.passes(result) else "fp32")
+    assert "int8 with the first and last layers float (PSNR" in capsys.readouterr().err
+    assert load_upscaler(str(ckpt), backend="auto", precision="int8").precision == "int8"
+    assert auto.remembered_results(model, 2.0) == {"int8": result} and cache.cache_files()

@@ -25,7 +25,9 @@ from ..inference.wrappers import half_upscaler
 from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
-from ..inference.load import check_trained, check_device, load_upscaler
+from ..inference.load import check_trained, check_device, load_upscaler, model_scale, resolve_model
+from ..runtime import auto, export, int8 as int8_files
+from ..runtime.sessions import openvino_device
 
 
 def parse_frame_size(text: str) -> tuple[int, int]:
@@ -111,9 +113,31 @@ def runtime_entry(model: str, backend: str, *, scale, device: str, precision: st
     if backend != Backend.AUTO:
         return f"{backend} fp32", up, "fp32"
     # what auto chose, e.g. "auto (openvino fp32)"; its peak is that of the dtype it runs in
-    key = {Precision.BF16: "bfloat16", "bf16-body": "bfloat16",
-           Precision.FP16: "float16"}.get(up.precision, up.precision)
+    key = {Precision.BF16: "bfloat16", "bf16-body": "bfloat16", Precision.FP16: "float16",
+           Precision.FP32: "fp32"}.get(up.precision, up.precision)
     return f"auto ({up.runtime} {up.precision})", up, key
+
+
+def auto_choice(up: Upscaler) -> dict | None:
+    """What `--backend auto`'s quality gate measured for this upscaler's weights on the CPU and
+    which graph it took, in words and as numbers (None where it measured nothing)."""
+    if up.model is None or up.device.type != "cpu":
+        return None
+    results = auto.remembered_results(up.model, up.scale)
+    if not results:
+        return None
+    use = {"fp32": "f32"}.get(up.precision, up.precision)
+    return {"graph": auto.LABELS.get(use, use), "gate": results,
+            "in_words": auto.decision_in_words(up.name, up.scale, use, results)}
+
+
+def make_cached_int8(model: str, scale, calib: str) -> None:
+    """`--calib DIR`: the int8 model `--backend auto` lets compete, made once into the cache."""
+    spec_model, name = resolve_model(model)
+    s = model_scale(spec_model.upsample_spec, scale, name)
+    key = f"{spec_model.upsample_spec.arch}-{export.weights_hash(spec_model)}"
+    if int8_files.find_cached(key, s) is None:
+        int8_files.quantize_to_cache(spec_model, key, s, calib)
 
 
 def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, device: str,
@@ -190,16 +214,20 @@ def timed_rows(entries: list[tuple], outs: list[torch.Tensor], times: list[list[
 def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str] | None = None,
           device: str = "cpu", half: bool = False, warmup: int = 1, runs: int = 3,
           scale: float | None = None, int8: list[str] = (), log=None, image: str | None = None,
-          precision: str = "auto", threads: int | None = None, allow_untrained: bool = False) -> dict:
+          precision: str = "auto", threads: int | None = None, allow_untrained: bool = False,
+          calib: str | None = None) -> dict:
     """Benchmark `model` on each backend against PyTorch eager fp32 (see the module docstring).
     A registered model without trained weights is timed only with `allow_untrained`.
     `image`: measure on this picture (resized and cropped to `size`) instead of random pixels,
-    so the differences are those a user sees."""
+    so the differences are those a user sees. `calib`: make the cached int8 model that the auto
+    row lets compete (once; see `runtime.int8`). `device` may be an OpenVINO device (GPU, NPU,
+    AUTO): the runtime rows run there, the eager reference on the CPU."""
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
     check_trained(model, allow_untrained)  # once: every row below loads the same model
     backends = list(backends or BACKENDS)
-    dev = check_device(device, Backend.TORCH)
+    torch_device = "cpu" if openvino_device(device) is not None else device
+    dev = check_device(torch_device, Backend.TORCH)
     w, h = size
     say = log or (lambda msg: None)
     if threads:
@@ -209,7 +237,10 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     peaks = measure_peaks(dev, hdt, threads)
     x = (frame_from_image(image, size) if image else
          torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
-    eager = load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH, device=device, threads=threads)
+    eager = load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH, device=torch_device,
+                          threads=threads)
+    if calib:
+        make_cached_int8(model, scale, calib)
     macs = network_macs(eager, h, w)
     entries, failed = bench_entries(model, eager, backends=backends, scale=scale, device=device,
                                     dev=dev, hdt=hdt, half=half, precision=precision,
@@ -219,8 +250,10 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         peaks = {k: max(v, measure_peaks(dev, hdt, threads)[k]) for k, v in peaks.items()}
     timed = timed_rows(entries, outs, times, macs, peaks)
     rows = timed + failed
-    for row in timed:
+    for row, (label, up, _) in zip(timed, entries):
         row["speedup"] = timed[0]["ms_per_frame"] / row["ms_per_frame"]
+        if label.startswith("auto ") and (choice := auto_choice(up)) is not None:
+            row["choice"] = choice
     return {"model": eager.name, "scale": eager.scale, "size": f"{w}x{h}", "device": str(dev),
             "cpu": cpu_name(), "cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(),
             "warmup": warmup, "runs": runs,
@@ -242,4 +275,5 @@ def format_report(r: dict) -> str:
         pk = f"{100 * row['of_peak']:.1f}%" if row["of_peak"] is not None else "-"
         lines.append(f"{row['backend']:<22} {row['ms_per_frame']:>10.1f} {row['mpix_per_s']:>8.3f} "
                      f"{gf:>8} {pk:>8} {row['speedup']:>7.2f}x {row['max_abs_diff']:>10.2e}")
+    lines += [f"auto: {row['choice']['in_words']}" for row in r["rows"] if "choice" in row]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from ..models import WEIGHTS_DIR
 from ..runtime.cache import FUSED_GRAPH, cache_dir, ov_compiled
 from ..runtime.kinds import Backend, Precision
 
-PLAN_VERSION = 2  # 2: auto may pick a bf16-body (fp32 ends) graph
+PLAN_VERSION = 3  # 2: auto may pick a bf16-body (fp32 ends) graph; 3: auto chooses by the PSNR gate
 MAX_OUT_PIXELS = 2_000_000  # larger outputs take the full path (its memory-bounded tiling)
 
 

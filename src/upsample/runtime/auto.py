@@ -1,27 +1,32 @@
-"""`--backend auto`: the fastest correct way to run a model on this machine, chosen once per model
-and returned as a `Runner` (`cpu_runner`, `cuda_runner`; `inference.load` wraps it).
+"""`--backend auto`: the fastest way to run a model on this machine whose picture is as good as
+fp32's, chosen once per model and returned as a `Runner` (`cpu_runner`, `cuda_runner`;
+`inference.load` wraps it).
 
 CPU: the model runs in OpenVINO. For Y-channel models the whole RGB -> RGB pipeline (BT.601
 YCbCr, MATLAB-exact bicubic of the chroma and of VDSR's input as fixed convolutions
 (`degrade.BicubicUp`), the network, back to RGB) is one graph, so the runtime fuses the edges that
 would otherwise cost more than the network; the Y network alone is a second graph (video works on
-Y planes). Where the CPU has bf16 units, bf16 is used when its output stays within 1/255 of fp32
-on a real image (the packaged sample), else bf16 for the body with the image-facing ends in fp32
-(`fp32_ends`) when that stays within it, else fp32; the checks run once per weights and are
-remembered.
-CUDA: the network in fp16 (else bf16, else fp32: the same check) in channels_last, through
+Y planes). The candidates, fastest first: bf16 in every layer and, for a dense model with a cached
+int8 IR on a CPU with int8 dot-product units, that int8 network (`int8`), then bf16 with the
+image-facing ends in fp32 (`fp32_ends`); the first that passes the quality gate (`checks`: within
+0.02 dB of fp32's Y-PSNR on the shipped probe pictures, >= 50 dB from fp32's picture) is used,
+else fp32. The gate runs once per weights and is remembered; its verdict is printed in words
+the first time (`upsample bench` prints it every time). `--device GPU|NPU|AUTO` runs the same
+graphs on that OpenVINO device in its own precision (no gate: the bf16 variants are the CPU's).
+CUDA: the network in fp16 (else bf16, else fp32: the same gate) in channels_last, through
 `torch.compile` when it works here.
-int8: only when asked (`--precision int8`) and the model given is an `upsample quantize` output.
+int8 also when asked (`--precision int8`: the cached int8 IR, or an `upsample quantize` output).
 
 Everything exported is cached under `cache.cache_dir()` keyed by weights hash, graph and (in the
 file names and OpenVINO's compiled-blob cache) precision; `upsample cache clear` empties it.
-`--precision fp32` keeps the runtime and graph but not bf16/fp16 (what `eval` uses by default, so
-that its numbers do not depend on the machine).
+`--precision fp32` keeps the runtime and graph but not bf16/fp16/int8 (what `eval` uses by
+default, so that its numbers do not depend on the machine).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -29,12 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cache, export, fp32_ends, hardware
+from . import cache, export, fp32_ends, hardware, int8
 from .cache import FUSED_GRAPH
 from ..data.degrade import BicubicUp
 from ..errors import UserError
 from ..data.colour import YCC, YCC_INV, YCC_OFFSET
-from .checks import TOLERANCE, probe_image, remembered_check
+from .checks import (DB_LIMIT, GATE, MIN_PSNR_VS_FP32, checks_path, in_words, passes, probe_set, quality,
+                     reference, remembered_check)
 from .kinds import Backend, Precision
 from .runner import Runner
 from .sessions import file_session
@@ -82,9 +88,16 @@ def _say(msg: str) -> None:
     print(f"auto: {msg}", file=sys.stderr)
 
 
+# What each graph is, in the words `auto` and `upsample bench` print.
+LABELS = {"bf16": "bf16 in every layer", "bf16-body": "bf16 with the first and last layers in fp32",
+          "int8": "int8 with the first and last layers float", "f32": "fp32 (exact)",
+          "fp16": "fp16", "device": "the device's own precision"}
+
+
 def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
-               threads: int | None = None, quiet: bool = False) -> Runner:
-    """OpenVINO, bf16 where it holds (see the module docstring), the edges fused for Y models."""
+               threads: int | None = None, quiet: bool = False, device: str = "CPU") -> Runner:
+    """OpenVINO on `device` (CPU unless asked), the edges fused for Y models, on the CPU in the
+    fastest graph that passes the quality gate (see the module docstring)."""
     if precision == Precision.FP16:
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
@@ -92,92 +105,197 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
-    use = _cpu_precision(model, key, fused_xml or net_xml, fused is not None, name=name, scale=scale,
-                         precision=precision, threads=threads, quiet=quiet)
+    if device != "CPU":  # GPU / NPU / AUTO: their own precision, no CPU bf16 variants
+        use, chosen = "device", fused_xml or net_xml
+    else:
+        use, chosen = _cpu_choice(model, key, net_xml, fused_xml, name=name, scale=scale,
+                                  precision=precision, threads=threads, quiet=quiet)
+    if use == "int8":  # the int8 network with the colour edges in torch
+        return Runner(run=file_session(chosen, Backend.OPENVINO, torch.device("cpu"), threads=threads),
+                      spec=model.upsample_spec, runtime="openvino", model=model, precision=Precision.INT8)
     if use == "bf16-body":
         net_xml = fp32_ends.variant(net_xml)
         fused_xml = fp32_ends.variant(fused_xml) if fused_xml is not None else None
-    ov_precision = "f32" if use == "f32" else "bf16"
+    ov_precision = "bf16" if use in ("bf16", "bf16-body") else "f32"
     cpu, compiled = torch.device("cpu"), {}
+
+    def session(xml):
+        return file_session(xml, Backend.OPENVINO, cpu, precision=ov_precision, threads=threads,
+                            ov_device=device)
 
     def run_net(t: torch.Tensor) -> torch.Tensor:  # compiled when first used (video's Y planes)
         if "net" not in compiled:
-            compiled["net"] = file_session(net_xml, Backend.OPENVINO, cpu, precision=ov_precision,
-                                           threads=threads)
+            compiled["net"] = session(net_xml)
         return compiled["net"](t)
 
-    runner = Runner(run=run_net, spec=model.upsample_spec, runtime="openvino", model=model,
-                    precision="fp32" if use == "f32" else use, graph=(fused_xml or net_xml, ov_precision))
+    runner = Runner(run=run_net, spec=model.upsample_spec, runtime="openvino" if device == "CPU" else f"openvino {device}",
+                    model=model, precision={"f32": "fp32"}.get(use, use),
+                    graph=(fused_xml or net_xml, ov_precision) if device == "CPU" else None)
     if fused_xml is not None:
         # The fused graph is the faster one wherever it was timed (640x360, OpenVINO fp32, 2
         # threads: espcn-x3 120 vs 183 ms with the edges in torch, vdsr x3 12.8 vs 13.5 s).
-        runner.run_rgb = file_session(fused_xml, Backend.OPENVINO, cpu, precision=ov_precision, threads=threads)
-        runner.runtime = "openvino, fused edges"
+        runner.run_rgb = session(fused_xml)
+        runner.runtime += ", fused edges"
     return runner
 
 
-def _cpu_precision(model: nn.Module, key: str, main_xml: Path, fused: bool, *, name: str, scale: float,
-                   precision: str, threads: int | None, quiet: bool) -> str:
-    """OpenVINO's precision for `main_xml`: "f32", "bf16" (every layer) or "bf16-body" (fp32 ends,
-    see `fp32_ends`): the fastest whose output stays within TOLERANCE of fp32 on the probe."""
+def _check_name(option: str, scale: float, fused: bool, xml: Path) -> str:
+    """The name a gate result is remembered under (the int8 file's stamp in it: a new one is
+    measured again)."""
+    graph = f"-{FUSED_GRAPH}" if fused and option != "int8" else ""
+    if option == "int8":
+        st = xml.stat()
+        option = f"int8-{st.st_size}-{st.st_mtime_ns}"
+    return f"openvino-{option}-x{scale:g}{graph}-{GATE}"
+
+
+def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float) -> list[tuple[str, Path]]:
+    """The graphs that may replace fp32 here, fastest first: all-bf16 and bf16 with fp32 ends
+    where the CPU has bf16 units, and between them the cached int8 IR of a dense model where it
+    has int8 dot-product units (on this Zen 5 all-bf16 was the faster of the two on VDSR)."""
+    found = []
+    if hardware.cpu_has_bf16():
+        found.append(("bf16", main_xml))
+    cached = int8.find_cached(key, scale)
+    if cached is not None and hardware.cpu_has_int8_dot() and int8.is_dense(model):
+        found.append(("int8", cached))
+    if hardware.cpu_has_bf16():
+        found.append(("bf16-body", fp32_ends.variant(main_xml)))
+    return found
+
+
+def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | None, *, name: str,
+                scale: float, precision: str, threads: int | None, quiet: bool) -> tuple[str, Path]:
+    """(which graph, its file): "f32", "bf16" (every layer), "bf16-body" (fp32 ends, see
+    `fp32_ends`) or "int8" - the first candidate that passes the gate on the probe set."""
+    main_xml = fused_xml or net_xml
     if precision == Precision.BF16:  # asked for: no check
         if not hardware.cpu_has_bf16():
             raise UserError("--precision bf16: this CPU has no bf16 units; use fp32 or auto")
-        return "bf16"
-    if precision != Precision.AUTO or not hardware.cpu_has_bf16():
-        return "f32"
-    probe, ref = probe_image(3 if fused else model.upsample_spec.channels), []
-
-    def measure(xml):
-        if not ref:
-            ref.append(np.asarray(cache.ov_compiled(main_xml, "f32", threads)(probe.numpy())[0]))
-        got = np.asarray(cache.ov_compiled(xml, "bf16", threads)(probe.numpy())[0])
-        return np.abs(got - ref[0]).max()
-    graph = f"-{FUSED_GRAPH}" if fused else ""
-    said, use = [], "f32"
-    for option in ("bf16", "bf16-body"):  # fastest first
-        xml = main_xml if option == "bf16" else fp32_ends.variant(main_xml)
-        diff, fresh = remembered_check(key, f"openvino-{option}-x{scale:g}{graph}", lambda: measure(xml))
-        if fresh:
-            said.append(f"{option} differs from fp32 by {diff * 255:.2f}/255")
-        if diff <= TOLERANCE:
-            use = option
+        return "bf16", main_xml
+    if precision == Precision.INT8:
+        cached = int8.find_cached(key, scale)
+        if cached is None:
+            raise UserError(f"--precision int8: no int8 model of {name} x{scale:g} in the cache; make it "
+                            f"once with `upsample bench --model {name} --calib DIR` (training images), or "
+                            "pass an `upsample quantize` output as --model")
+        return "int8", cached
+    if precision != Precision.AUTO:
+        return "f32", main_xml
+    gate, results, use, said = _Gate(model, scale, net_xml, fused_xml, threads), {}, ("f32", main_xml), False
+    for option, xml in _cpu_candidates(model, key, main_xml, scale):
+        result, fresh = remembered_check(key, _check_name(option, scale, fused_xml is not None, xml),
+                                         lambda: gate.measure(option, xml))
+        results[option], said = result, said or fresh
+        if passes(result):
+            use = (option, xml)
             break
     if said and not quiet:
-        _say(f"{name} on the probe: {'; '.join(said)}; using {'fp32' if use == 'f32' else use}")
+        _say(decision_in_words(name, scale, use[0], results))
     return use
+
+
+class _Gate:
+    """The probe set as the inputs of one kind of graph (the fused RGB one, or the network alone
+    for int8) and the fp32 graph's results on it, made when first needed."""
+
+    def __init__(self, model: nn.Module, scale: float, net_xml: Path, fused_xml: Path | None,
+                 threads: int | None):
+        self.spec, self.scale, self.threads = model.upsample_spec, scale, threads
+        self.net_xml, self.fused_xml, self.made = net_xml, fused_xml, {}
+
+    def _run(self, xml: Path, precision: str):
+        compiled = cache.ov_compiled(xml, precision, self.threads)
+        return lambda x: compiled(x.numpy())[0]
+
+    def _probes(self, on_net: bool):
+        if on_net not in self.made:
+            xml = self.net_xml if on_net or self.fused_xml is None else self.fused_xml
+            whole = xml == self.fused_xml
+            probes = probe_set(self.scale, channels=3 if whole else self.spec.channels,
+                               pre_upsample=self.spec.pre_upsample and not whole,
+                               pad_multiple=self.spec.pad_multiple)
+            self.made[on_net] = probes, reference(self._run(xml, "f32"), probes)
+        return self.made[on_net]
+
+    def measure(self, option: str, xml: Path) -> dict:
+        probes, ref = self._probes(option == "int8")
+        # int8 keeps its float layers in f32; the bf16 graphs ask for bf16
+        return quality(self._run(xml, "f32" if option == "int8" else "bf16"), probes, ref)
+
+
+def decision_in_words(name: str, scale: float, use: str, results: dict) -> str:
+    """The gate's choice and what each graph it measured costs, for the terminal."""
+    text = f"{name} x{scale:g} runs {LABELS[use]}"
+    if use in results:
+        text += f" ({in_words(results[use])})"
+    rejected = [f"{LABELS[o]} ({in_words(r)})" for o, r in results.items() if o != use]
+    if rejected:
+        text += (f"; not used (the limits are {DB_LIMIT:g} dB of PSNR and {MIN_PSNR_VS_FP32:g} dB from "
+                 f"the fp32 picture): " + "; ".join(rejected))
+    return text
+
+
+def remembered_results(model: nn.Module, scale: float) -> dict:
+    """The gate results remembered for `model` at `scale` on this CPU, by graph (nothing measured)."""
+    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    try:
+        done = json.loads(checks_path(key).read_text())
+    except (OSError, ValueError):
+        return {}
+    found, cached = {}, int8.find_cached(key, scale)
+    for option in ("bf16", "int8", "bf16-body"):
+        if option == "int8" and cached is None:
+            continue
+        name = _check_name(option, scale, can_fuse(model, scale), cached or Path("-"))
+        if isinstance(done.get(name), dict):
+            found[option] = done[name]
+    return found
 
 
 def cuda_runner(model: nn.Module, *, name: str, device: torch.device, precision: str = "auto",
                 compile: bool = True, quiet: bool = False) -> Runner:
-    """The network in fp16/bf16 (checked against fp32), channels_last, torch.compile."""
+    """The network in fp16/bf16 where it passes the quality gate, channels_last, torch.compile."""
     model = model.to(device).eval()
-    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    spec = model.upsample_spec
+    key = f"{spec.arch}-{export.weights_hash(model)}"
     if device.type == "cuda":  # frames and tiles repeat their sizes: let cuDNN pick its kernels
         torch.backends.cudnn.benchmark = True
     options = {"auto": [torch.float16, torch.bfloat16], "fp16": [torch.float16],
                "bf16": [torch.bfloat16], "fp32": []}[precision]
-    x = probe_image(model.upsample_spec.channels).to(device)
-    with torch.no_grad():
-        ref = model(x)
+    scale = spec.scale or 2  # a pre-upsampling net is the same at every scale: probed at x2
+    probes = probe_set(scale, channels=spec.channels, pre_upsample=spec.pre_upsample,
+                       pad_multiple=spec.pad_multiple)
+    made, results, said = [], {}, False
+
+    def fp32_ref():
+        if not made:
+            with torch.no_grad():
+                made.append(reference(lambda x: model(x.to(device)).cpu(), probes))
+        return made[0]
+
     chosen, net = torch.float32, model
     for dtype in options:
         half = copy.deepcopy(model).to(dtype)
-        half.upsample_spec = model.upsample_spec
-        with torch.no_grad():
-            diff, fresh = remembered_check(key, f"cuda-{NAMES[dtype]}",
-                                           lambda: (half(x.to(dtype)).float() - ref).abs().max().item())
-        if diff <= TOLERANCE or precision != Precision.AUTO:
+        half.upsample_spec = spec
+        if precision != Precision.AUTO:  # asked for: no check
             chosen, net = dtype, half
             break
-        if fresh and not quiet:
-            _say(f"{name}: {NAMES[dtype]} differs from fp32 by {diff * 255:.2f}/255; not used")
-    layout, fn = _fastest_layout(net, key, chosen, model.upsample_spec.channels, device, compile, quiet)
+        with torch.no_grad():
+            result, fresh = remembered_check(key, f"cuda-{NAMES[dtype]}-x{scale:g}-{GATE}", lambda: quality(
+                lambda x: half(x.to(device, dtype)).float().cpu(), probes, fp32_ref()))
+        results[NAMES[dtype]], said = result, said or fresh
+        if passes(result):
+            chosen, net = dtype, half
+            break
+    if said and not quiet:
+        _say(decision_in_words(name, scale, {"fp32": "f32"}.get(NAMES[chosen], NAMES[chosen]), results))
+    layout, fn = _fastest_layout(net, key, chosen, spec.channels, device, compile, quiet)
 
     def run_net(t: torch.Tensor) -> torch.Tensor:
         return fn(t.to(chosen).contiguous(memory_format=layout)).float()
 
-    return Runner(run=run_net, spec=model.upsample_spec, model=net, precision=NAMES[chosen],
+    return Runner(run=run_net, spec=spec, model=net, precision=NAMES[chosen],
                   runtime="torch.compile" if fn is not net else "torch")
 
 

@@ -17,10 +17,12 @@ def cache_dir() -> Path:
     return Path(root) / "export"
 
 
-def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
-    """`path` compiled for the CPU in `precision` (f32 or bf16; f32 must be asked for, since on
-    CPUs with bf16 units OpenVINO would otherwise pick bf16). Compiled blobs are cached beside
-    the exports, so a second process starts without recompiling."""
+def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None, device: str = "CPU"):
+    """`path` compiled for an OpenVINO `device` (CPU, GPU, NPU, AUTO ...). On the CPU in
+    `precision` (f32 or bf16; f32 must be asked for, since on CPUs with bf16 units OpenVINO would
+    otherwise pick bf16) with `threads`; other devices run their own default precision (f16 on
+    Intel GPUs and NPUs). Compiled blobs are cached beside the exports, so a second process
+    starts without recompiling."""
     import openvino as ov
     core = ov.Core()
     blobs = cache_dir() / "openvino"
@@ -29,10 +31,21 @@ def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None):
         core.set_property({"CACHE_DIR": str(blobs)})
     except (OSError, RuntimeError):
         pass
-    config = {"INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(str(path), "CPU", config)
+    config = {}
+    if device == "CPU":
+        config["INFERENCE_PRECISION_HINT"] = precision
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(str(path), device, config)
+
+
+def openvino_devices() -> list[str]:
+    """The devices OpenVINO finds here ("CPU", "GPU", "GPU.1", "NPU" ...); [] without OpenVINO."""
+    try:
+        import openvino as ov
+        return list(ov.Core().available_devices)
+    except (ImportError, RuntimeError):
+        return []
 
 
 def cache_files() -> list[Path]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .cache import ov_compiled
+from .cache import openvino_devices, ov_compiled
 from .export import cached_ir, cached_onnx
 from .kinds import Backend
 from .runner import Runner
@@ -33,9 +33,10 @@ def ort_session(source, device: torch.device, threads: int | None = None):
 
 
 def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",
-                 threads: int | None = None):
+                 threads: int | None = None, ov_device: str = "CPU"):
     """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
-    OpenVINO .xml or .onnx for openvino; OpenVINO in `precision` f32 or bf16)."""
+    OpenVINO .xml or .onnx for openvino; OpenVINO on `ov_device`, on the CPU in `precision` f32
+    or bf16)."""
     if backend == Backend.ONNXRUNTIME:
         sess = ort_session(str(path), device, threads)
 
@@ -44,7 +45,7 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == Backend.OPENVINO:
-        compiled = ov_compiled(path, precision, threads)
+        compiled = ov_compiled(path, precision, threads, ov_device)
 
         def run_ov(x: torch.Tensor) -> torch.Tensor:
             out = compiled(x.detach().cpu().float().numpy())[0]
@@ -54,8 +55,30 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
 
 
 def session_runner(model: nn.Module, backend: Backend, device: torch.device,
-                   threads: int | None = None) -> Runner:
-    """`model` exported (cached by weights hash) and run in fp32 on onnxruntime or openvino."""
+                   threads: int | None = None, ov_device: str = "CPU") -> Runner:
+    """`model` exported (cached by weights hash) and run in fp32 on onnxruntime or openvino
+    (OpenVINO on `ov_device`: there in the device's own precision unless it is the CPU)."""
     path = cached_ir(model) if backend == Backend.OPENVINO else cached_onnx(model)
-    return Runner(run=file_session(path, backend, device, threads=threads), spec=model.upsample_spec,
-                  runtime=str(backend), model=model)
+    runtime = str(backend) if ov_device == "CPU" else f"{backend} {ov_device}"
+    return Runner(run=file_session(path, backend, device, threads=threads, ov_device=ov_device),
+                  spec=model.upsample_spec, runtime=runtime, model=model)
+
+
+VIRTUAL = ("AUTO", "MULTI", "HETERO")  # OpenVINO's devices made of the others ("AUTO:GPU,CPU")
+
+
+def openvino_device(name: str) -> str | None:
+    """`--device` as an OpenVINO device name - "CPU", "GPU", "GPU.1", "NPU", "AUTO",
+    "AUTO:GPU,CPU", as OpenVINO reports them - or None for torch's "cpu" / "cuda[:N]". A device
+    this machine lacks is one line listing the ones it has."""
+    if name == "cpu" or name.split(":")[0] == "cuda":
+        return None
+    have = openvino_devices()
+    plugin, _, targets = name.partition(":")
+    parts = [d for d in targets.split(",") if d] if plugin in VIRTUAL else [name]
+    if all(d in have or any(h.split(".")[0] == d for h in have) for d in parts) and (have or parts):
+        return name
+    torch_ones = "cpu, cuda" if torch.cuda.is_available() else "cpu"
+    raise UserError(f"--device {name}: not on this machine; it has {torch_ones} (torch) and "
+                    f"{', '.join([*have, *VIRTUAL]) if have else 'no OpenVINO device'} (OpenVINO, "
+                    "--backend auto or openvino)")

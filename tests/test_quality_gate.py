@@ -1,0 +1,106 @@
+"""The quality gate of `--backend auto` (`runtime.checks`) on the shipped probe set, and
+`--device` names for OpenVINO. Candidates here are torch runners (no bf16 OpenVINO graph runs in
+the pytest process, see conftest.py): the fp32 network itself, one a rounding step away, and
+deliberately broken ones."""
+
+import pytest
+import torch
+
+from upsample import cli
+from upsample.errors import UserError
+from upsample.models import registry
+from upsample.runtime import checks, sessions
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+
+
+def smooth_espcn():
+    """An espcn-x2 whose output is close to a bicubic-like picture: random weights, scaled down,
+    plus the input's pixel repeated (so its PSNR against HR is that of a real, if poor, upscaler)."""
+    torch.manual_seed(0)
+    net = registry.create_model("espcn-x2").eval()
+
+    def run(x):
+        with torch.no_grad():
+            return (0.05 * net(x) + torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")).clamp(0, 1)
+    return run
+
+
+def test_probe_set_is_small_natural_and_shaped_for_each_graph():
+    files = sorted(checks.PROBE_DIR.glob("*.png"))
+    assert len(files) >= 3 and sum(f.stat().st_size for f in files) < 200_000
+    rgb = checks.probe_set(3)
+    assert [p.x.shape[1] for p in rgb] == [3] * len(files) and all(p.hr.shape[0] == 3 * p.x.shape[2] for p in rgb)
+    vdsr = checks.probe_set(2.5, channels=1, pre_upsample=True)
+    assert all(p.x.shape[1] == 1 and tuple(p.x.shape[2:]) == p.hr.shape[:2] for p in vdsr)
+    assert all(p.x.shape[2] % 4 == 0 for p in checks.probe_set(2, pad_multiple=2))
+
+
+def test_the_fp32_graph_and_a_rounding_step_pass():
+    run, probes = smooth_espcn(), checks.probe_set(2, channels=1)
+    ref = checks.reference(run, probes)
+    assert 15 < ref[0][0] < 45  # a real PSNR against the HR
+    same = checks.quality(run, probes, ref)
+    assert same == {"db_change": 0.0, "vs_fp32_db": checks.IDENTICAL_DB, "fp32_db": same["fp32_db"]}
+    assert checks.passes(same) and "identical to the fp32 picture" in checks.in_words(same)
+    near = checks.quality(lambda x: (run(x) + 1e-4).clamp(0, 1), probes, ref)  # bf16-sized
+    assert checks.passes(near) and near["vs_fp32_db"] > 50
+
+
+@pytest.mark.parametrize("broken, why", [
+    (lambda y: (y + 3 / 255 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1),
+     "noise"),
+    (lambda y: y * 1e6, "overflow"),
+    (lambda y: y + float("nan"), "NaN"),
+    (lambda y: torch.where(torch.rand(y.shape, generator=torch.Generator().manual_seed(1)) < 1e-3, 1.0, y),
+     "a few saturated pixels"),
+])
+def test_a_broken_graph_fails(broken, why):
+    run, probes = smooth_espcn(), checks.probe_set(2, channels=1)
+    ref = checks.reference(run, probes)
+    result = checks.quality(lambda x: broken(run(x)), probes, ref)
+    assert not checks.passes(result), (why, result)
+
+
+def test_results_are_remembered_per_weights_as_numbers(tmp_path):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"db_change": -0.01, "vs_fp32_db": 55.0, "fp32_db": 30.0}
+    first = checks.remembered_check("k", f"x-{checks.GATE}", measure)
+    again = checks.remembered_check("k", f"x-{checks.GATE}", measure)
+    assert first == (measure(), True) and again == (first[0], False) and len(calls) == 2
+    assert "0.010 dB lower than fp32" in checks.in_words(first[0])
+
+
+def test_openvino_devices_are_accepted_and_a_missing_one_is_one_line_listing_them(tmp_path, capsys):
+    assert sessions.openvino_device("cpu") is None and sessions.openvino_device("cuda:0") is None
+    have = sessions.openvino_devices()
+    assert "CPU" in have and sessions.openvino_device("CPU") == "CPU"
+    assert sessions.openvino_device("AUTO") == "AUTO" and sessions.openvino_device("AUTO:CPU") == "AUTO:CPU"
+    missing = next(d for d in ("NPU", "GPU") if d not in have)
+    with pytest.raises(UserError, match=f"--device {missing}: not on this machine; it has cpu.*CPU"):
+        sessions.openvino_device(missing)
+    with pytest.raises(UserError, match="not on this machine"):
+        sessions.openvino_device(f"AUTO:{missing},CPU")
+    from PIL import Image
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    assert cli.main(["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "espcn-x2",
+                     "--backend", "auto", "--device", missing]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CPU" in err[0] and "AUTO" in err[0], err
+
+
+def test_the_openvino_cpu_device_by_name_runs_as_the_cpu_does():
+    from upsample.inference.load import load_upscaler
+    x = torch.rand(1, 3, 12, 10)
+    by_name = load_upscaler("espcn-rgb-x2", backend="openvino", device="CPU")
+    plain = load_upscaler("espcn-rgb-x2", backend="openvino")
+    with torch.no_grad():
+        assert torch.equal(by_name(x), plain(x)) and by_name.runtime == "openvino"
+    with pytest.raises(UserError, match="OpenVINO device: use --backend auto or openvino"):
+        load_upscaler("espcn-rgb-x2", backend="torch", device="CPU")
