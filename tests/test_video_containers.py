@@ -15,6 +15,7 @@ from PIL import Image
 
 from upsample import cli
 from upsample.inference import video
+from upsample.media import progress
 from upsample.media.animation import image_frame_count, is_animated_image
 from upsample.media.video import frame_rate
 
@@ -215,9 +216,9 @@ def test_frame_rate_is_the_average_never_the_matroska_clock():
 
 
 def test_progress_without_a_terminal_is_one_line_per_refresh(monkeypatch):
-    monkeypatch.setattr(video, "LINE_INTERVAL", 0)
+    monkeypatch.setattr(progress, "LINE_INTERVAL", 0)
     log = io.StringIO()
-    bar = video.progress_bar(10, True, stream=log)
+    bar = progress.progress_bar(10, True, desc="frames", unit=" frames", stream=log)
     for _ in range(10):
         bar.update(1)
     bar.close()
@@ -225,7 +226,7 @@ def test_progress_without_a_terminal_is_one_line_per_refresh(monkeypatch):
     assert "\r" not in log.getvalue() and len(lines) >= 3
     assert lines[-1].startswith("frames 10/10 (100%)") and all("ETA" in line for line in lines)
     quiet = io.StringIO()
-    video.progress_bar(10, False, stream=quiet).close()
+    progress.progress_bar(10, False, desc="frames", unit=" frames", stream=quiet).close()
     assert quiet.getvalue() == ""
 
 

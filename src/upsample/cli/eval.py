@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
                             per_image=args.per_image, lpips=args.lpips,
                             lpips_weights=args.lpips_weights, lpips_backbone=args.lpips_backbone,
                             backend=args.backend, device=args.device, precision=args.precision,
-                            threads=args.threads, progress=sys.stderr.isatty(),
+                            threads=args.threads, progress=True,
                             allow_untrained=args.allow_untrained)
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)

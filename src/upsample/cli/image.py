@@ -15,9 +15,9 @@ from .options import add_model_options, add_output_option, add_overwrite_option,
 
 def run(args: argparse.Namespace) -> int:
     # numpy, Pillow and tqdm here, not at the top: `image --help` needs none of them
-    from tqdm import tqdm
     from ..inference import batch
     from ..media.imageio import set_max_pixels
+    from ..media.progress import progress_bar
     jobs = batch.collect_inputs(args.inputs)
     out = Path(args.output)
     if args.quality is not None and not 1 <= args.quality <= 100:
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext,
         single=batch.is_single_file(args.inputs, jobs, out), overwrite=args.overwrite)
     print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}", file=sys.stderr)
-    bar = tqdm(total=len(todo), desc="images", unit="img", file=sys.stderr, disable=not progress)
+    bar = progress_bar(len(todo), True, desc="images", unit=" img")
     written = 0
     for src, dst, result in _outcomes(engines, todo, args):
         saved, path = _report(src, dst, result)

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from . import metrics
 from .montage import side_by_side
@@ -37,6 +36,7 @@ from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize
 from ..errors import UserError
 from ..media.imageio import atomic_save, list_images, read_rgb
+from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
 
@@ -191,12 +191,15 @@ def evaluate_folder(run: Run, folder: str, *, save_dir: str | None, per_image: b
         raise UserError(f"no images in {folder}")
     name = Path(folder).resolve().name
     rows = []
-    for path in tqdm(images, desc=name, disable=not progress, leave=False, file=sys.stderr):
+    bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
+    for path in images:
         row, panels = run.image(read_rgb(path))
+        bar.update(1)
         rows.append({"image": path.name, **row})
         if save_dir:
             atomic_save(Image.fromarray(panels[1][1]), Path(save_dir) / name / (path.stem + ".png"))
             atomic_save(side_by_side(panels), Path(save_dir) / name / (path.stem + "_sbs.png"))
+    bar.close()
     result = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
     result["n"] = len(images)
     if per_image:

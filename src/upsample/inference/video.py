@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import atomic_output
+from ..media.progress import progress_bar
 from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props,
                            choose_encoding, close_after_error, finish_output, first_frame,
                            frame_count, frame_rate, is_planar_yuv, open_input, open_output,
@@ -264,40 +265,7 @@ class _Pipeline:
             raise exc
 
 
-LINE_INTERVAL = 5.0  # seconds between progress lines when stderr is no terminal
 LONG_RUN = 180.0  # a run expected to take longer gets a one-line estimate up front
-
-
-class _Lines:
-    """A text stream for tqdm that turns its redraws ("\\r" + status) into whole lines, for a
-    stderr that is no terminal (a pipe, a log file): one line per refresh."""
-
-    def __init__(self, stream):
-        self.stream, self.last = stream, None
-
-    def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip()
-        count = line.split(",")[0]  # "frames 12/200 (6%)": tqdm's close redraws the last count
-        if line and count != self.last:
-            self.stream.write(line + "\n")
-            self.last = count
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
-def progress_bar(total: int | None, enabled: bool, stream=None) -> tqdm:
-    """A bar on a terminal; elsewhere a line every `LINE_INTERVAL` s (done/total, fps, ETA)."""
-    stream = stream or sys.stderr
-    if not enabled or stream.isatty():
-        return tqdm(total=total, desc="frames", unit=" frames", file=stream, disable=not enabled)
-    fmt = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}" if total
-           else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed")
-    return tqdm(total=total, desc="frames", unit=" frames", file=_Lines(stream), bar_format=fmt,
-                mininterval=LINE_INTERVAL, delay=LINE_INTERVAL)
 
 
 class RunEstimate:
@@ -453,7 +421,7 @@ class _Stages:
     def run(self, progress: bool) -> None:
         """All three stages to the end of the input or the window; the first error raised."""
         total = self.window.frames(frame_count(self.container), self.rate)
-        bar = progress_bar(total, progress)
+        bar = progress_bar(total, progress, desc="frames", unit=" frames")
         estimate = RunEstimate(total if progress else None)
         threads = [self.pipe.thread(self.read), self.pipe.thread(self.write)]
         try:

@@ -1,0 +1,45 @@
+"""Progress that reaches the user also when stderr is no terminal (a pipe, a log file, CI): on a
+terminal a tqdm bar; elsewhere one whole line every `LINE_INTERVAL` seconds (done/total, rate,
+ETA), instead of tqdm's carriage-return redraws or nothing at all."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+LINE_INTERVAL = 5.0  # seconds between progress lines when stderr is no terminal
+
+
+class _Lines:
+    """A text stream for tqdm that turns its redraws ("\\r" + status) into whole lines: one line
+    per refresh, and not the same count twice (tqdm's close redraws the last one)."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, None
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        count = line.split(",")[0]  # "frames 12/200 (6%)"
+        if line and count != self.last:
+            self.stream.write(line + "\n")
+            self.last = count
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def progress_bar(total: int | None, enabled: bool, *, desc: str, unit: str, stream=None,
+                 leave: bool = True) -> tqdm:
+    """A bar on a terminal; elsewhere a line every `LINE_INTERVAL` s, the first after that long
+    (so short runs stay quiet); nothing when not `enabled`."""
+    stream = stream or sys.stderr
+    if not enabled or stream.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=not enabled, leave=leave)
+    fmt = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}" if total
+           else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed")
+    return tqdm(total=total, desc=desc, unit=unit, file=_Lines(stream), bar_format=fmt,
+                mininterval=LINE_INTERVAL, delay=LINE_INTERVAL)
