@@ -7,7 +7,10 @@
 Each row times full optimizer steps (forward, L1 loss, backward, Adam) on random batches of the
 recipe's patch and batch size, after 2 warm-up steps, for `--seconds` and at least 3 steps; the
 ratio is against fp32 of the same model. On a shared CPU, compare rows of one run only.
-`--data` times `data.PairDataset` batches (crop, MATLAB bicubic LR, augment) on ../shared T91.
+`--data` times the batches of both pipelines in this process on ../shared T91 (crop, MATLAB
+bicubic LR, augment): `data.PairDataset` (data.pipeline = "workers") and
+`data.device_batches.DeviceBatches` (data.pipeline = "device", here on the CPU). The whole
+trainer against a reference loop is `upsample bench --train MODEL`.
 """
 
 from __future__ import annotations
@@ -76,20 +79,24 @@ def bench_step(name: str, mode: str, seconds: float, device: str, batch: int | N
     return n * batch / (time.perf_counter() - t0)
 
 
-def bench_data(name: str, seconds: float, batch: int | None) -> float:
-    """Training pairs per second of `data.PairDataset` batches in this process."""
+def bench_data(name: str, seconds: float, batch: int | None, pipeline: str) -> float:
+    """Training pairs per second of one pipeline's batches in this process."""
     from upsample.data import pairs as data
+    from upsample.data.device_batches import DeviceBatches
+    from upsample.data.store import open_store
     lr_side, default_batch = RECIPES.get(name, (32, 16))
     batch = batch or default_batch
     spec = registry.get_spec(name)
     scales = [spec.scale] if spec.scale else [2, 3, 4]
     files = [p for p, _ in data.collect_images(["../shared/datasets/train/T91"], "T91")]
     patch = lr_side * (spec.scale or 1)
-    ds = data.PairDataset(files, data.PairSpec(patch=patch, scales=scales, y_channel=spec.input == "y",
-                                               pre_upsample=spec.pre_upsample), seed=0)
+    pair_spec = data.PairSpec(patch=patch, scales=scales, y_channel=spec.input == "y",
+                              pre_upsample=spec.pre_upsample)
+    ds = data.PairDataset(files, pair_spec, seed=0) if pipeline == "workers" else \
+        DeviceBatches(open_store(files)[0], pair_spec, seed=0, device="cpu")
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 3:
-        ds.__getitems__([(n * batch + i, scales[n % len(scales)]) for i in range(batch)])
+        ds.make_batch([n * batch + i for i in range(batch)], scales[n % len(scales)])
         n += 1
     return n * batch / (time.perf_counter() - t0)
 
@@ -103,7 +110,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="override the recipe batch")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--data", action="store_true", help="also time the data pipeline (1 process)")
+    ap.add_argument("--data", action="store_true", help="also time both data pipelines (1 process)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,9 +130,10 @@ def main() -> None:
                   f"{pps:>10.{0 if pps >= 100 else 1}f} {ratio:>8}", flush=True)
         if args.data:
             side, batch = RECIPES.get(name, (32, 16))
-            pps = bench_data(name, args.seconds, args.batch)
-            print(f"{name:<12} {'data':<8} {side:>8} {args.batch or batch:>5} {pps:>10.0f} "
-                  f"{'pairs/s':>8}", flush=True)
+            for pipeline in ("workers", "device"):
+                pps = bench_data(name, args.seconds, args.batch, pipeline)
+                print(f"{name:<12} {pipeline:<8} {side:>8} {args.batch or batch:>5} {pps:>10.0f} "
+                      f"{'pairs/s':>8}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,12 @@ session) later crashed in a training test; so commands run by tests default to t
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("UPSAMPLE_BACKEND", "torch")
 # Most tests run registered models that have no trained weights (their shapes and runtimes are
 # what is tested); the refusal a user gets is tested with this unset (tests/test_infer.py).
 os.environ.setdefault("UPSAMPLE_ALLOW_UNTRAINED", "1")
+# Exports, start-up plans, training stores and video-frame caches of the tests go to one folder of
+# their own (kept between runs for speed), never into the user's ~/.cache/upsample.
+os.environ.setdefault("UPSAMPLE_CACHE", os.path.join(tempfile.gettempdir(), f"upsample-tests-cache-{os.getuid()}"))

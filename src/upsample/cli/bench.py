@@ -6,26 +6,39 @@ import argparse
 import json
 import sys
 
+from ..errors import UserError
 from ..evaluation.bench import bench, format_report, parse_frame_size
 from ..runtime.kinds import BACKENDS, PRECISIONS
+from ..training.bench import bench_train, format_train_report
 from .options import add_untrained_option
 
 
 def run(args: argparse.Namespace) -> int:
+    log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
+    if args.train:
+        report = bench_train(args.train, seconds=args.seconds, device=args.device,
+                             threads=args.threads, log=log)
+        print(json.dumps(report, indent=2) if args.json else format_train_report(report))
+        return 0
+    if not args.model:
+        raise UserError("bench: give --model MODEL (or --train MODEL to time training)")
     size = parse_frame_size(args.size)
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
-    log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
     report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
                    warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
                    image=args.image, precision=args.precision, threads=args.threads,
-                   allow_untrained=args.allow_untrained)
+                   allow_untrained=args.allow_untrained, calib=args.calib)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
-    p.add_argument("--model", required=True, help="a registered name, a checkpoint, or bicubic")
+    p.add_argument("--model", default=None, help="a registered name, a checkpoint, or bicubic")
+    p.add_argument("--train", default=None, metavar="MODEL",
+                   help="time training instead: our trainer vs a plain reference loop on MODEL's "
+                        "recipe (configs/MODEL.toml, or a recipe file)")
+    p.add_argument("--seconds", type=float, default=4.0, help="--train: timed seconds per loop")
     p.add_argument("--scale", default=None, help="scale (bicubic and VDSR need one)")
     p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
     p.add_argument("--backend", default="all", choices=["all", *BACKENDS])
@@ -33,7 +46,10 @@ def register(sub) -> None:
                    help="precision of the auto row (auto: what `--backend auto` picks)")
     p.add_argument("--image", default=None, help="a picture to measure on (resized/cropped to --size)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, or an OpenVINO device (CPU, GPU, NPU, AUTO)")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="make (once, into the cache) the int8 model that the auto row lets compete, "
+                        "calibrated on these training images")
     add_untrained_option(p)
     p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")

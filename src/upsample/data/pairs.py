@@ -93,10 +93,11 @@ def check_not_benchmark(paths: list[Path], what: str) -> None:
                             "validate on a split of the training data")
 
 
-def train_val_files(train: list[str], val_list: str, val_fraction: float, seed: int
-                    ) -> tuple[list[Path], list[Path]]:
-    """The training and validation images of a config's [data] section."""
-    items = collect_images(train, "data.train")
+def train_val_files(train: list[str], val_list: str, val_fraction: float, seed: int,
+                    items: list[tuple[Path, str]] | None = None) -> tuple[list[Path], list[Path]]:
+    """The training and validation images of a config's [data] section (of `items`, the
+    (file, split key) list when given: sources.training_images lists videos' frames too)."""
+    items = collect_images(train, "data.train") if items is None else items
     if val_list:
         val = read_file_list(val_list)
         if not val:

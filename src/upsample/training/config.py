@@ -29,12 +29,16 @@ class ModelConfig:
     # Scales to train on. Empty: the model's own scale. Scale-free nets (VDSR) need a list and
     # train multi-scale: each batch draws one scale, validation averages over all of them.
     scales: list[int] = field(default_factory=list)
+    # What the layers compute in: "rgb", "ycbcr" (BT.601) or "oklab"; the model converts its
+    # RGB input and output itself (models/colorspace.py). RGB models only.
+    colorspace: str = "rgb"
 
 
 @dataclass
 class DataConfig:
-    # Training images: folders (searched recursively, any Pillow format) or .txt file lists
-    # written by `upsample data split`. Relative paths are relative to the current directory.
+    # Training images: folders (searched recursively, any Pillow format), .txt file lists
+    # written by `upsample data split`, or video files (their frames: data/sources.py).
+    # Relative paths are relative to the current directory.
     train: list[str] = field(default_factory=lambda: ["../shared/datasets/train/T91"])
     val_list: str = ""                 # validation file list; overrides val_fraction
     val_fraction: float = 0.05         # else hold out this fraction of the training images
@@ -42,9 +46,17 @@ class DataConfig:
     batch_size: int = 16               # per process (effective = batch_size x world size)
     workers: int = 0                   # DataLoader worker processes
     cache_mb: int = 4096               # decode all images once into memory if they fit
-    max_images: int = 0                # use at most this many training images (0 = all)
+    max_images: int = 0                # at most this many training images: a sample seeded by
+    #                                    train.seed, not the first N (0 = all)
+    video_every: int = 1               # video files in `train`: every K-th frame (decoded once, cached)
     flip: bool = True                  # random horizontal/vertical flips
     rot90: bool = True                 # random 90-degree rotations
+    # Where training pairs are made. "device": whole batches on the training device from a uint8
+    # store of the decoded images (data/device_batches.py; bicubic or Gaussian LR, flips); "workers":
+    # PairDataset in DataLoader workers (needed for JPEG, noise and dropout); "auto": device unless
+    # the recipe needs the workers. Both make the same samples for a seed.
+    pipeline: str = "auto"
+    store_dir: str = ""                # where the device pipeline's store lives ("" = the cache)
 
 
 @dataclass
@@ -137,9 +149,13 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10                # metrics.jsonl / TensorBoard loss interval
     ckpt_every: int = 500              # last.safetensors + last_state.pt interval
-    amp: str = "none"                  # none, bf16 (CPU or CUDA) or fp16 (CUDA, GradScaler)
-    channels_last: bool = False
-    compile: bool = False              # torch.compile the model
+    # auto: bf16 autocast and channels_last (each that is "auto") chosen by timing a few steps of
+    # a throwaway copy of the model at the start; the choice is kept in last_state.pt for --resume.
+    amp: str = "none"                  # none, bf16 (CPU or CUDA), fp16 (CUDA, GradScaler) or auto
+    channels_last: bool | str = False  # true, false or "auto"
+    compile: bool | str = False        # torch.compile the forward + loss (its backward with it);
+    #                                    "auto": on CUDA, kept when the timed steps are faster
+    accumulate: int = 1                # split each batch into this many micro-batches, one update
     ema: float = 0.0                   # EMA decay of the weights (0 = off); validated/saved
     threads: int = 0                   # torch.set_num_threads (0 = torch's default)
     deterministic: bool = False        # torch.use_deterministic_algorithms
@@ -178,7 +194,10 @@ CHOICES = {
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.clip_type": ("norm", "value"),
     "sched.name": ("none", "step", "multistep", "cosine", "plateau"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("none", "bf16", "fp16", "auto"),
+    "train.channels_last": (True, False, "auto"),
+    "train.compile": (True, False, "auto"),
+    "data.pipeline": ("auto", "device", "workers"),
     "loss.perceptual.network": ("efficientnet-lite0", "vgg19"),
     "gan.optim.name": ("sgd", "adam", "adamw"),
     "gan.optim.clip_type": ("norm", "value"),
@@ -186,7 +205,7 @@ CHOICES = {
 }
 RANGES = ("degrade.blur_sigma", "degrade.noise_sigma", "degrade.jpeg_quality", "degrade.dropout_holes",
           "degrade.dropout_size")
-POSITIVE = ("data.patch_size", "data.batch_size", "train.steps", "train.log_every",
+POSITIVE = ("data.patch_size", "data.batch_size", "train.accumulate", "train.steps", "train.log_every",
             "train.ckpt_every", "optim.lr", "gan.optim.lr")
 NON_NEGATIVE = ("data.workers", "data.cache_mb", "data.max_images", "val.every", "val.max_images",
                 "val.crop", "val.patience", "val.samples", "train.threads", "optim.clip",
@@ -262,10 +281,16 @@ def _validate(cfg: Config) -> None:
                             f"got {lo_hi!r}")
     if any(b <= 0 for b in cfg.tune.batch_size) or cfg.tune.trial_steps < 0:
         raise UserError("config: tune.batch_size choices and tune.trial_steps must be positive")
+    if cfg.data.batch_size % cfg.train.accumulate:
+        raise UserError(f"config: data.batch_size {cfg.data.batch_size} is not a multiple of "
+                        f"train.accumulate {cfg.train.accumulate}")
     if not cfg.data.train:
         raise UserError("config: data.train is empty; list training image folders or file lists")
     if min(cfg.degrade.dropout_holes) < 1 or min(cfg.degrade.dropout_size) < 1:
         raise UserError("config: degrade.dropout_holes and degrade.dropout_size must be >= 1")
+    if cfg.gan.discriminator and cfg.train.accumulate > 1:
+        raise UserError("config: train.accumulate > 1 is not supported with a discriminator; "
+                        "set train.accumulate = 1 or lower data.batch_size")
     if bool(cfg.gan.discriminator) != (cfg.loss.adversarial_weight > 0):
         raise UserError("config: adversarial training needs both gan.discriminator (e.g. "
                         "\"esrgan-discriminator\") and loss.adversarial_weight > 0 (e.g. 0.005); "

@@ -46,17 +46,19 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..data import pairs as data
+from ..data import pairs as data, sources
 from ..errors import UserError
 from ..models import checkpoint, registry
 from ..runtime.hardware import hardware_name
 from . import config as config_mod
+from .batches import batches_on_device, build_pairs
 from .gan import Discriminator, build_discriminator, gan_step
 from .losses import PerceptualLoss, make_loss
 from .optim import build_optimizer, build_scheduler, optimizer_step
 from .procs import Pace, Procs, Stop, set_torch_flags, start_processes
 from .recipe import init_from, resolve_config
 from .rundir import RunLog, check_run_dir
+from .speed import CompiledOrEager, StepModes, candidates, choose_modes, resumed_modes
 from .state import EMA, Sampling, TrainState, read_state_file, write_state_file
 from .validation import load_val_images, validate
 
@@ -86,23 +88,24 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     # ---------------------------------------------------------------- build
     procs = start_processes(device)
     (cfg,) = procs.from_master(cfg)  # every rank trains with rank 0's config
-    amp_dtype = set_torch_flags(cfg, procs.dev)
+    set_torch_flags(cfg, procs.dev)
     resuming, saved = open_run(run_dir, resume=resume, reset=reset, procs=procs)
     if saved and is_finished(saved, cfg):
         procs.log(finished_note(saved, cfg, run_dir))
         return 0
     model, scales, perceptual, disc = build_model(cfg, procs, init=None if resuming else init)
     pairs, val_images = build_data(cfg, model.upsample_spec, scales, procs)
-    state = build_state(cfg, model, disc, procs, amp_dtype,
-                        Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
-                                 seed=cfg.train.seed, rank=procs.rank, world=procs.world,
-                                 n_images=len(pairs)))
+    sampling = Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
+                        seed=cfg.train.seed, rank=procs.rank, world=procs.world, n_images=len(pairs))
+    modes = step_modes(cfg, model, pairs, sampling, procs, saved)
+    state = build_state(cfg, model, disc, procs, modes, sampling)
     if saved:
         state.load_state_dict(saved, run_dir=run_dir)
-    loader = build_loader(pairs, state.sampling.batch_sampler(state.step), cfg, procs.dev)
+    batches = batches_on_device(pairs, state.sampling.batch_sampler(state.step), cfg, procs.dev,
+                                modes.channels_last)
     net = wrap_for_ranks(state, cfg, procs)
     eval_model = state.ema.model if state.ema is not None else model
-    train_step = make_train_step(cfg, state, net, perceptual, amp_dtype)
+    train_step = make_train_step(cfg, state, net, perceptual, modes)
     run_log = RunLog(run_dir, cfg, resuming=resuming, reset=reset, start=state.step,
                      config_text=config_text) if procs.master else None
     steps, bar = cfg.train.steps, None
@@ -111,13 +114,13 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     try:
         stop.catch_signals()
         announce(cfg, procs, state, run_log, n_images=len(pairs), val_images=val_images,
-                 scales=scales, amp_dtype=amp_dtype)
+                 scales=scales, modes=modes)
         bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not procs.master,
                    file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
         net.train()
         pace = Pace(start=state.step)
         # ------------------------------------------------------------ step
-        for inp, target in device_batches(loader, cfg, procs.dev):
+        for inp, target in batches:
             loss, parts, lr, lr_d = train_step(inp, target)
             state.step += 1
             bar.update(1)
@@ -192,7 +195,7 @@ def build_model(cfg: config_mod.Config, procs: Procs, *, init: str | None) -> tu
     """(the model, its training scales, the perceptual loss or None, the discriminator or None).
     Seeded first: the initial weights are a function of train.seed."""
     torch.manual_seed(cfg.train.seed)
-    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     spec = model.upsample_spec
     if spec.kind != "generator":
         raise UserError(f"model.name: {cfg.model.name} is a {spec.kind}, not an upscaler")
@@ -224,80 +227,86 @@ def training_scales(cfg: config_mod.Config, spec) -> list:
     return [spec.scale]
 
 
-def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tuple:
-    """(the training pairs, made on the fly from the training images; the validation images,
-    on rank 0 only, which validates)."""
-    train_files, val_files = data.train_val_files(cfg.data.train, cfg.data.val_list,
-                                                  cfg.data.val_fraction, cfg.train.seed)
-    if cfg.data.max_images:
-        train_files = train_files[:cfg.data.max_images]
+def pair_spec(cfg: config_mod.Config, spec, scales: list) -> data.PairSpec:
+    """What a training pair is: the recipe's patch, augmentation and degradation for `spec`."""
     d = cfg.degrade
-    pair_spec = data.PairSpec(
+    return data.PairSpec(
         patch=cfg.data.patch_size, scales=scales, y_channel=spec.input == "y",
         pre_upsample=spec.pre_upsample, flip=cfg.data.flip, rot90=cfg.data.rot90,
         kind=d.kind, blur_sigma=tuple(d.blur_sigma), noise_prob=d.noise_prob,
         noise_sigma=tuple(d.noise_sigma), jpeg_prob=d.jpeg_prob, jpeg_quality=tuple(d.jpeg_quality),
         dropout_prob=d.dropout_prob, dropout_holes=tuple(d.dropout_holes),
         dropout_size=tuple(d.dropout_size))
-    pairs = data.PairDataset(train_files, pair_spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
-                             progress=procs.master and sys.stderr.isatty())
+
+
+def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tuple:
+    """(the training pairs, made on the fly from the training images; the validation images,
+    on rank 0 only, which validates)."""
+    train_files, val_files = sources.training_images(
+        cfg.data.train, val_list=cfg.data.val_list, val_fraction=cfg.data.val_fraction,
+        seed=cfg.train.seed, video_every=cfg.data.video_every, max_images=cfg.data.max_images,
+        progress=procs.master and sys.stderr.isatty())
+    pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
+                        progress=procs.master and sys.stderr.isatty(), log=procs.log)
     if pairs.skipped:
         procs.log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
     val_images = load_val_images(val_files, cfg.val) if procs.master else []
     return pairs, val_images
 
 
+def step_modes(cfg: config_mod.Config, model: nn.Module, pairs, sampling: Sampling, procs: Procs,
+               saved: dict | None) -> StepModes:
+    """How the step computes: what the run being resumed chose, else the recipe's settings with
+    "auto" ones decided by timing (rank 0 times, every rank takes its choice)."""
+    if saved and saved.get("modes"):
+        return resumed_modes(cfg.train, saved["modes"])
+    if len(candidates(cfg.train, procs.dev)) == 1:
+        return candidates(cfg.train, procs.dev)[0]
+    modes = None
+    if procs.master:
+        keys = next(iter(sampling.batch_sampler(0)))
+        sample = pairs.make_batch([k for k, _ in keys[:cfg.data.batch_size // cfg.train.accumulate]],
+                                  keys[0][1])
+        modes = choose_modes(cfg, model, sample, procs.dev, log=procs.log)
+    (modes,) = procs.from_master(modes)
+    return modes
+
+
 def build_state(cfg: config_mod.Config, model: nn.Module, disc: Discriminator | None, procs: Procs,
-                amp_dtype, sampling: Sampling) -> TrainState:
+                modes: StepModes, sampling: Sampling) -> TrainState:
     """The model on its device with its optimizer, scheduler, GradScaler and EMA: a new run's
     state, which `load_state_dict` turns into a resumed one."""
     model.to(procs.dev)
-    if cfg.train.channels_last:
+    if modes.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg.optim, model.parameters())
     return TrainState(
         model=model, opt=opt, sched=build_scheduler(cfg.sched, opt, cfg.train.steps),
-        scaler=torch.amp.GradScaler(procs.dev.type, enabled=amp_dtype is torch.float16),
+        scaler=torch.amp.GradScaler(procs.dev.type, enabled=modes.amp_dtype is torch.float16),
         ema=EMA(model, cfg.train.ema) if cfg.train.ema else None, gan=disc, sampling=sampling,
-        device=procs.dev)
-
-
-def build_loader(pairs, sampler, cfg: config_mod.Config, dev) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        pairs, batch_sampler=sampler, collate_fn=data.as_batch, num_workers=cfg.data.workers,
-        pin_memory=dev.type == "cuda", worker_init_fn=_leave_signals_to_main,
-        prefetch_factor=4 if cfg.data.workers else None)
-
-
-def _leave_signals_to_main(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which saves and stops
-    cleanly: a terminal's Ctrl-C, `kill -- -PGID` and batch schedulers (Slurm) signal the whole
-    process group, and a worker that died of it made the main process fail without saving.
-    Workers still end with the main process (PyTorch's watchdog) and when it shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        device=procs.dev, modes=modes)
 
 
 def wrap_for_ranks(state: TrainState, cfg: config_mod.Config, procs: Procs) -> nn.Module:
-    """The network the step runs: the model, under DDP in its wrapper, compiled when asked (the
-    discriminator gets its DDP wrapper too)."""
+    """The network the step runs: the model, under DDP in its wrapper (the discriminator gets
+    its DDP wrapper too). Compiling is the step's (make_train_step)."""
     ids = [procs.dev] if procs.dev.type == "cuda" else None
-    net = nn.parallel.DistributedDataParallel(state.model, device_ids=ids) if procs.ddp else state.model
-    if cfg.train.compile:
-        net = torch.compile(net)
+    ddp = procs.engine.wrap if procs.engine is not None else (  # accelerate launch: its wrapper
+        lambda m: nn.parallel.DistributedDataParallel(m, device_ids=ids))
+    net = ddp(state.model) if procs.ddp else state.model
     if state.gan is not None and procs.ddp:
-        state.gan.net = nn.parallel.DistributedDataParallel(state.gan.model, device_ids=ids)
+        state.gan.net = ddp(state.gan.model)
     return net
 
 
 def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: RunLog | None, *,
-             n_images: int, val_images: list, scales: list, amp_dtype) -> None:
+             n_images: int, val_images: list, scales: list, modes: StepModes) -> None:
     """The run's first lines: what it trains and where, and the bicubic baseline of validation."""
     start = state.step
     procs.log(f"training {cfg.model.name} x{'/'.join(map(str, scales))} on {n_images} images "
               f"({len(val_images)} for validation), {cfg.train.steps} steps of "
               f"{cfg.data.batch_size}x{procs.world} patches of {cfg.data.patch_size}px, "
-              f"{procs.dev.type}{', ' + cfg.train.amp if amp_dtype else ''}"
+              f"{procs.dev.type}, {modes.label()}"
               f"{', resuming at step ' + str(start) if start else ''}")
     if procs.master and not start:  # where the run trains: the shipped log summary quotes it
         run_log.record({"step": 0, "hardware": hardware_name(procs.dev, cfg.train.threads),
@@ -312,37 +321,12 @@ def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: R
 # -------------------------------------------------------------------- step
 
 
-def device_batches(loader, cfg: config_mod.Config, dev):
-    """(input, target) batches on `dev`; without workers, made here with one torch thread."""
-    for inp, target in (loader if cfg.data.workers else one_thread_batches(loader)):
-        inp = inp.to(dev, non_blocking=True)
-        target = target.to(dev, non_blocking=True)
-        if cfg.train.channels_last:
-            inp = inp.contiguous(memory_format=torch.channels_last)
-        yield inp, target
-
-
-def one_thread_batches(loader):
-    """Batches made in this process with one torch thread: the data pipeline's many small ops
-    run several times faster than when they wait on a thread pool sized for the model."""
-    it = iter(loader)
-    while True:
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        finally:
-            torch.set_num_threads(n)
-        yield batch
-
-
-def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, perceptual, amp_dtype):
-    """The step: forward, loss, backward and update (with the discriminator's, in a GAN run),
-    then EMA and scheduler. Returns step(inp, target) -> (loss, {term: 0-d tensor}, lr, lr_d),
-    lr_d None without a discriminator."""
-    model, disc, dev = state.model, state.gan, state.device
+def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, perceptual,
+                    modes: StepModes):
+    """The step: forward + loss (compiled when `modes.compile`), backward over `train.accumulate`
+    micro-batches, update (and the discriminator's in a GAN run), EMA, scheduler. Returns
+    step(inp, target) -> (loss, {term: 0-d tensor}, lr, lr_d); nothing in it waits on the device."""
+    model, disc, dev, amp_dtype = state.model, state.gan, state.device, modes.amp_dtype
     hr_input = getattr(model, "trains_on_hr", False)  # joint down+up: HR in, HR out
     criterion = make_loss(cfg.loss.name, cfg.loss.eps)
 
@@ -364,6 +348,16 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
             terms["perceptual"] = percep.detach()
         return loss, terms
 
+    def forward_loss(inp, target):
+        with amp():
+            pred = net(target, hr=True) if hr_input else net(inp)
+        loss, parts = content(pred, target)
+        if hr_input and model.aux_loss is not None:  # a joint model's rate term
+            loss = loss + model.aux_loss
+        return loss, parts
+
+    forward = CompiledOrEager(forward_loss) if modes.compile else forward_loss
+
     def g_update(loss):
         state.opt.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
@@ -372,12 +366,8 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
     def step(inp, target):
         lr_d = None
         if disc is None:
-            with amp():
-                pred = net(target, hr=True) if hr_input else net(inp)
-            loss, parts = content(pred, target)
-            if hr_input and model.aux_loss is not None:  # a joint model's rate term
-                loss = loss + model.aux_loss
-            lr = g_update(loss)
+            loss, parts = accumulated_backward(forward, inp, target, cfg.train.accumulate, state)
+            lr = optimizer_step(state.opt, state.scaler, model, cfg.optim)
         else:
             loss, parts, lr = gan_step(net, inp, target, content=lambda p: content(p, target),
                                        adv_weight=cfg.loss.adversarial_weight, g_update=g_update,
@@ -392,6 +382,25 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
         return loss, parts, lr, lr_d
 
     return step
+
+
+def accumulated_backward(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int,
+                         state: TrainState) -> tuple[torch.Tensor, dict]:
+    """The gradients of the batch's mean loss, from `k` micro-batches of it (the whole batch
+    when k = 1, for batches that do not fit at once); returns the batch's loss and terms."""
+    state.opt.zero_grad(set_to_none=True)
+    if k == 1:
+        loss, parts = forward_loss(inp, target)
+        state.scaler.scale(loss).backward()
+        return loss.detach(), parts
+    total, terms = 0.0, {}
+    for x, y in zip(inp.chunk(k), target.chunk(k)):
+        loss, parts = forward_loss(x, y)
+        loss = loss / k
+        state.scaler.scale(loss).backward()
+        total = total + loss.detach()
+        terms = {n: terms.get(n, 0.0) + v / k for n, v in parts.items()}
+    return total, terms
 
 
 def log_step(loss, parts: dict, *, lr: float, lr_d: float | None, cfg: config_mod.Config,

@@ -10,11 +10,13 @@ from . import config as config_mod
 
 
 def build_optimizer(cfg: config_mod.OptimConfig, params) -> torch.optim.Optimizer:
+    """Adam/AdamW fused (one kernel for all parameters, on CPU and CUDA), SGD multi-tensor
+    (foreach): the update is a few kernels, not one per parameter tensor."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, foreach=True)
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True)
 
 
 def build_scheduler(cfg: config_mod.SchedConfig, opt, steps: int):

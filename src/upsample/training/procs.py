@@ -1,7 +1,7 @@
 """The processes a run spans and when they stop: the device and DDP ranks (rank 0 decides,
-validates and writes), Ctrl-C / SIGTERM, and the --max-minutes deadline with the wall-clock
-bookkeeping that sizes it. Apart from the loop because each piece must take the same collective
-steps on every rank, which reads best in one place."""
+validates and writes; torchrun's, or an engine's: engines.py), Ctrl-C / SIGTERM, and the
+--max-minutes deadline with the wall-clock bookkeeping that sizes it. Apart from the loop because
+each piece must take the same collective steps on every rank, which reads best in one place."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from . import config as config_mod
+from .engines import AccelerateEngine, from_launcher
 
 
 @dataclass(frozen=True)
 class Procs:
-    """This process's place in the run: rank `rank` of `world`, training on `dev`."""
+    """This process's place in the run: rank `rank` of `world`, training on `dev`; `engine` is
+    the launcher's engine that started the processes and wraps the networks (engines.py), None
+    under torchrun or in a plain start (DDP of torch itself)."""
     rank: int
     world: int
     dev: torch.device
+    engine: AccelerateEngine | None = None
 
     @property
     def ddp(self) -> bool:
@@ -47,7 +51,11 @@ class Procs:
 
 def start_processes(device: str | None) -> Procs:
     """This process's rank and device (torchrun's environment; cuda when available unless
-    `device` says); joins the DDP process group when there are several ranks."""
+    `device` says); joins the DDP process group when there are several ranks. Under `accelerate
+    launch` its engine decides all three."""
+    engine = from_launcher(device)
+    if engine is not None:
+        return Procs(rank=engine.rank, world=engine.world, dev=engine.device, engine=engine)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -78,7 +86,8 @@ def set_torch_flags(cfg: config_mod.Config, dev: torch.device):
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    amp_dtype = {"none": None, "auto": None, "bf16": torch.bfloat16,  # auto: training/speed.py
+                 "fp16": torch.float16}[cfg.train.amp]
     if amp_dtype is torch.float16 and dev.type != "cuda":
         raise UserError("train.amp = fp16 needs CUDA; use bf16 on the CPU")
     return amp_dtype

@@ -4,7 +4,12 @@ RNG helpers live here because the state is what carries them from one chunk of a
 
 last_state.pt keys (kept as runs in progress wrote them): step, epoch, finished, model, optimizer,
 scheduler, scaler, ema, gan {model, opt, sched, scaler}, rng (one entry per rank), best_psnr,
-best_step, bad_vals, sampler {next_step, seed, batch, world, scales}, world.
+best_step, bad_vals, sampler {next_step, seed, batch, world, scales}, world, modes (how the step
+computes: amp, channels_last, compile; a resumed run keeps them, see speed.py).
+
+The training pairs hold no RNG state: every draw is a function of (seed, sample index) and the
+sample indices of the sampler's step (both pipelines, see data/pairs.py and data/device_batches.py),
+so `step` is all they need to continue exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..data import pairs as data
 from ..errors import UserError
 from ..media.imageio import atomic_output
 from .gan import Discriminator
+from .speed import StepModes
 
 STATE_FILE = "last_state.pt"
 
@@ -98,6 +104,7 @@ class TrainState:
     best_step: int = 0
     bad_vals: int = 0           # validations in a row without a new best (val.patience)
     finished: str | None = None  # why the run ended: "steps", "early stop", ...
+    modes: StepModes = StepModes()  # how the step computes (chosen once, kept by --resume)
 
     def state_dict(self) -> dict:
         """The contents of last_state.pt. Collective under DDP (it gathers every rank's RNG
@@ -114,7 +121,7 @@ class TrainState:
             "best_step": self.best_step, "bad_vals": self.bad_vals,
             "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
                         "world": s.world, "scales": s.scales},
-            "world": s.world}
+            "world": s.world, "modes": self.modes.to_dict()}
 
     def load_state_dict(self, sd: dict, *, run_dir: Path) -> None:
         """Continue from `sd` (a state_dict, possibly of a run with another world size: a rank

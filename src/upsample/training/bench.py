@@ -1,0 +1,212 @@
+"""`upsample bench --train MODEL`: training throughput of our trainer against a plain reference
+loop, same model, recipe patch and batch, in one run.
+
+- ours: the trainer's own pieces (training/loop.py, batches.py, speed.py): batches made on the
+  device from the image store, the step in the modes `auto` picks by timing (bf16 autocast,
+  channels_last), fused/foreach optimizer, the loss read once at the end.
+- reference: what BasicSR-style trainers do: a DataLoader (the recipe's workers) of per-sample
+  random crops of HR and its offline MATLAB-bicubic LR, numpy flips/transposes, and an eager fp32
+  step with the default optimizer implementation, the loss read every step.
+
+Both run with the recipe's `train.threads` (unless `threads` is given) and are timed for
+`seconds` (at least 3 steps) after 2 warm-up steps. GFLOP/s = forward MACs of
+a patch x 2 (FLOPs per MAC) x 3 (forward + backward, which costs about twice the forward) x
+patches/s; "of peak" is against the machine's matmul peak measured in the same run
+(`evaluation.bench.measure_peaks`): bf16's where the hardware has bf16 units, else fp32's.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..data import sources
+from ..data.degrade import imresize_np
+from ..data.pairs import rgb_to_y01
+from ..errors import UserError
+from ..evaluation.bench import half_dtype, measure_peaks
+from ..media.imageio import read_rgb
+from ..models import registry
+from ..runtime.hardware import cpu_name, sync
+from . import config as config_mod
+from . import loop
+from .batches import batches_on_device, build_pairs
+from .losses import make_loss
+from .procs import Procs
+from .state import Sampling
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+def find_recipe(target: str) -> Path:
+    """A recipe file, or the recipe in configs/ named after the model (configs/NAME.toml)."""
+    for p in (Path(target), Path("configs") / f"{target}.toml", CONFIGS / f"{target}.toml"):
+        if p.is_file():
+            return p
+    raise UserError(f"bench --train: no recipe for {target!r}; give a recipe file (configs/*.toml) "
+                    "or a model with one in configs/")
+
+
+def forward_macs(model: torch.nn.Module, shape: tuple) -> int:
+    meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.zeros(*shape, device="meta"))
+    return counter.get_total_flops() // 2
+
+
+def timed_steps(step, dev: torch.device, seconds: float, batch: int) -> float:
+    """Patches/s of `step()` (which returns the loss tensor) after 2 warm-up steps."""
+    for _ in range(2):
+        loss = step()
+    float(loss)
+    sync(dev)
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        loss = step()
+        n += 1
+    float(loss)  # the one read of the loss (it waits for the device)
+    sync(dev)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def time_ours(cfg: config_mod.Config, files: list[Path], dev: torch.device, seconds: float, log) -> tuple:
+    """(patches/s, the step's modes) of the trainer's own pipeline and step."""
+    torch.manual_seed(cfg.train.seed)
+    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    scales = loop.training_scales(cfg, model.upsample_spec)
+    procs = Procs(rank=0, world=1, dev=dev)
+    pairs = build_pairs(cfg, files, loop.pair_spec(cfg, model.upsample_spec, scales), dev,
+                        progress=False, log=log)
+    sampling = Sampling(steps=10 ** 9, batch_size=cfg.data.batch_size, scales=scales,
+                        seed=cfg.train.seed, rank=0, world=1, n_images=len(pairs))
+    modes = loop.step_modes(cfg, model, pairs, sampling, procs, None)
+    state = loop.build_state(cfg, model, None, procs, modes, sampling)
+    train_step = loop.make_train_step(cfg, state, model, None, modes)
+    model.train()
+    batches = batches_on_device(pairs, sampling.batch_sampler(0), cfg, dev, modes.channels_last)
+    return timed_steps(lambda: train_step(*next(batches))[0], dev, seconds, cfg.data.batch_size), modes
+
+
+class ReferencePairs(torch.utils.data.Dataset):
+    """BasicSR's paired dataset: each HR image and its LR made offline (MATLAB bicubic; VDSR's
+    input upscaled back to HR size), and per sample a random aligned crop, random flips and
+    transpose in numpy, then float tensors."""
+
+    def __init__(self, files: list[Path], *, patch: int, scale: int, y: bool, pre_upsample: bool):
+        self.patch, self.scale, self.pre = patch, scale, pre_upsample
+        self.pairs = []
+        for f in files:
+            hr = read_rgb(f)
+            hr = hr[:hr.shape[0] // scale * scale, :hr.shape[1] // scale * scale]
+            if min(hr.shape[:2]) < patch:
+                continue
+            lr = imresize_np(hr, 1 / scale)
+            if pre_upsample:
+                lr = imresize_np(lr, float(scale), size=hr.shape[:2])
+            self.pairs.append(tuple(self._channels(a, y) for a in (lr, hr)))
+
+    @staticmethod
+    def _channels(img: np.ndarray, y: bool) -> np.ndarray:
+        t = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].double() / 255
+        return (rgb_to_y01(t) if y else t)[0].float().numpy()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng()
+        lr, hr = self.pairs[i % len(self.pairs)]
+        s = 1 if self.pre else self.scale
+        lp = self.patch // s
+        y, x = rng.integers(0, lr.shape[1] - lp + 1), rng.integers(0, lr.shape[2] - lp + 1)
+        lr = lr[:, y:y + lp, x:x + lp]
+        hr = hr[:, y * s:y * s + self.patch, x * s:x * s + self.patch]
+        if rng.random() < 0.5:
+            lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
+        if rng.random() < 0.5:
+            lr, hr = lr[:, ::-1], hr[:, ::-1]
+        if rng.random() < 0.5:
+            lr, hr = lr.transpose(0, 2, 1), hr.transpose(0, 2, 1)
+        return torch.from_numpy(lr.copy()), torch.from_numpy(hr.copy())
+
+
+def time_reference(cfg: config_mod.Config, files: list[Path], dev: torch.device, seconds: float) -> float:
+    torch.manual_seed(cfg.train.seed)
+    model = registry.create_model(cfg.model.name, **cfg.model.kwargs).to(dev).train()
+    spec = model.upsample_spec
+    scale = spec.scale or loop.training_scales(cfg, spec)[0]
+    patch = cfg.data.patch_size if spec.pre_upsample else cfg.data.patch_size // scale * scale
+    ds = ReferencePairs(files, patch=patch, scale=scale, y=spec.input == "y", pre_upsample=spec.pre_upsample)
+    loader = iter(torch.utils.data.DataLoader(
+        ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers,
+        sampler=torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10 ** 9),
+        drop_last=True, pin_memory=dev.type == "cuda"))
+    o = cfg.optim
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay) \
+        if o.name == "sgd" else torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas))
+    criterion = make_loss(cfg.loss.name, cfg.loss.eps)
+
+    def step():
+        lr, hr = (t.to(dev) for t in next(loader))
+        loss = criterion(model(lr), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # as the reference logs it: every step
+        return loss.detach()
+    return timed_steps(step, dev, seconds, cfg.data.batch_size)
+
+
+def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threads: int | None = None,
+                max_images: int = 32, log=None) -> dict:
+    """Our trainer and the reference loop on `target`'s recipe (a model name or recipe file):
+    patches/s, GFLOP/s and share of the measured matmul peak of each, and ours / reference."""
+    log = log or (lambda _m: None)
+    recipe = find_recipe(target)
+    cfg = config_mod.load_config(recipe, ["train.amp=auto", "train.channels_last=auto"])
+    dev = torch.device(device)
+    threads = threads or cfg.train.threads  # the recipe's threads, as the trainer sets them
+    if threads:
+        torch.set_num_threads(threads)
+    files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
+                                       val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+                                       video_every=cfg.data.video_every, max_images=max_images)
+    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    spec = model.upsample_spec
+    side = cfg.data.patch_size if spec.pre_upsample else cfg.data.patch_size // (spec.scale or 1)
+    macs = forward_macs(model, (1, spec.channels, side, side))
+    hdt = half_dtype(dev)
+    log("measuring peak: 2048^3 matmul")
+    peaks = measure_peaks(dev, hdt, threads)
+    peak_key = "bfloat16" if "bfloat16" in peaks else "fp32"
+    log(f"timing our trainer ({recipe}, {len(files)} images)")
+    ours, modes = time_ours(cfg, files, dev, seconds, log)
+    log("timing the reference loop")
+    ref = time_reference(cfg, files, dev, seconds)
+    rows = [{"loop": f"ours ({modes.label()}, device batches)", "patches_per_s": ours},
+            {"loop": f"reference (fp32 eager, DataLoader x{cfg.data.workers})", "patches_per_s": ref}]
+    for row in rows:
+        row["gflops"] = row["patches_per_s"] * macs * 2 * 3 / 1e9
+        row["of_peak"] = row["gflops"] / peaks[peak_key]
+    return {"model": cfg.model.name, "recipe": str(recipe), "device": device if dev.type == "cuda"
+            else f"{cpu_name()}, {torch.get_num_threads()} threads", "patch": cfg.data.patch_size,
+            "input_side": side, "batch": cfg.data.batch_size, "gmacs_per_patch": macs / 1e9,
+            "peak_gflops": peaks, "peak_key": peak_key, "rows": rows, "speedup": ours / ref}
+
+
+def format_train_report(r: dict) -> str:
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_gflops"].items())
+    lines = [f"{r['model']} training ({r['recipe']}): input {r['input_side']} px, batch {r['batch']}, "
+             f"{r['gmacs_per_patch']:.3f} GMAC/patch forward; {r['device']}; peak GFLOP/s (matmul): {peaks}",
+             f"{'loop':<44} {'patches/s':>10} {'GFLOP/s':>8} {'of ' + r['peak_key'] + ' peak':>16}"]
+    for row in r["rows"]:
+        lines.append(f"{row['loop']:<44} {row['patches_per_s']:>10.1f} {row['gflops']:>8.0f} "
+                     f"{100 * row['of_peak']:>15.1f}%")
+    lines.append(f"ours / reference: {r['speedup']:.2f}x")
+    return "\n".join(lines)

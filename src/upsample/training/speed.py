@@ -1,0 +1,142 @@
+"""How the step computes: autocast dtype, memory layout and torch.compile (`StepModes`), with
+"auto" settings decided by timing, as `--backend auto` decides inference by measuring.
+
+`choose_modes` times a few optimizer steps of a throwaway copy of the model (its own optimizer,
+the run's batch shape) in every candidate mode, interleaved so that a busy spell of a shared
+machine hits them all, and keeps the fastest (the least time of a step in each mode). The run's
+own weights and optimizer are untouched, and the choice is stored in last_state.pt
+(`TrainState.modes`): a resumed run computes as the run it continues, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..runtime.hardware import cpu_has_bf16, sync
+from . import config as config_mod
+from .losses import make_loss
+from .optim import build_optimizer
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StepModes:
+    amp: str = "none"            # none, bf16 or fp16
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.amp]
+
+    def label(self) -> str:
+        parts = [self.amp if self.amp != "none" else "fp32"]
+        parts += ["channels_last"] * self.channels_last + ["compiled"] * self.compile
+        return "+".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def has_fast_bf16(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def candidates(cfg: config_mod.TrainConfig, dev: torch.device) -> list[StepModes]:
+    """The modes "auto" settings leave open (explicit settings are kept as they are). compile
+    = auto compiles on CUDA, where fusing the many small kernels pays; on the CPU the step is
+    oneDNN convolutions either way and compiling costs minutes."""
+    amps = [cfg.amp] if cfg.amp != "auto" else ["none", "bf16"] if has_fast_bf16(dev) else ["none"]
+    layouts = [bool(cfg.channels_last)] if cfg.channels_last != "auto" else [False, True]
+    compiled = cfg.compile if cfg.compile != "auto" else dev.type == "cuda"
+    return [StepModes(amp=a, channels_last=c, compile=bool(compiled)) for a in amps for c in layouts]
+
+
+def resumed_modes(cfg: config_mod.TrainConfig, saved: dict) -> StepModes:
+    """A resumed run's modes: the run's own choice for the settings that are "auto", the
+    config's for the explicit ones (a --set on resume is honoured)."""
+    def pick(key, value):
+        return saved[key] if value == "auto" else value
+    return StepModes(amp=pick("amp", cfg.amp), channels_last=bool(pick("channels_last", cfg.channels_last)),
+                     compile=bool(pick("compile", cfg.compile)))
+
+
+def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor],
+                 dev: torch.device, *, rounds: int = 3, seconds: float = 3.0, log=None) -> StepModes:
+    """The fastest of `candidates` for `model` on batches shaped like `sample` (input, target):
+    at least `rounds` rounds of one step per mode, and more (up to 30) until `seconds` passed;
+    after the first round a mode 1.5x slower than the best so far is not timed again."""
+    cands = candidates(cfg.train, dev)
+    if len(cands) == 1:
+        return cands[0]
+    steps = {m: mode_step(cfg, model, sample, dev, m) for m in cands}
+    for step in steps.values():
+        step()  # warm-up: allocator, oneDNN primitive caches
+    best = {m: float("inf") for m in cands}
+    start, done = time.perf_counter(), 0
+    while done < rounds or (time.perf_counter() - start < seconds and done < 30):
+        done += 1
+        for m, step in steps.items():
+            if done > 1 and best[m] > 1.5 * min(best.values()):
+                continue  # far behind after a round: not worth more of the run's time
+            sync(dev)
+            t = time.perf_counter()
+            step()
+            sync(dev)
+            best[m] = min(best[m], time.perf_counter() - t)
+    chosen = min(cands, key=best.get)
+    if log is not None:
+        n = sample[0].shape[0]
+        log("step modes (patches/s): " + ", ".join(
+            f"{m.label()} {n / best[m]:.1f}" for m in cands) + f"; training with {chosen.label()}")
+    return chosen
+
+
+def mode_step(cfg: config_mod.Config, model: nn.Module, sample, dev: torch.device, modes: StepModes):
+    """One optimizer step of a copy of `model` in `modes` (eager: compiling is decided apart)."""
+    net = copy.deepcopy(model).to(dev).train()
+    inp, target = (t.to(dev) for t in sample)
+    if modes.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg.optim, net.parameters())
+    criterion = make_loss(cfg.loss.name, cfg.loss.eps)
+    dtype = modes.amp_dtype
+
+    def step():
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pred = net(inp)
+        loss = criterion(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+class CompiledOrEager:
+    """`torch.compile(fn)`, falling back to `fn` when compiling fails on the first call (no
+    C++ compiler, an unsupported op): the run goes on eager and says so once."""
+
+    def __init__(self, fn):
+        self.eager, self.compiled, self.first = fn, torch.compile(fn), True
+
+    def __call__(self, *args):
+        if not self.first:
+            return (self.compiled or self.eager)(*args)
+        self.first = False
+        try:
+            return self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: train eager instead
+            print(f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]});"
+                  " training eager", file=sys.stderr)
+            self.compiled = None
+            return self.eager(*args)
