@@ -164,7 +164,7 @@ def test_ten_bit_input_gets_hevc_main10_and_libx264_on_request_is_8_bit(clips, t
 def test_wrong_codec_for_the_container_and_gif_output_are_refused_before_any_work(clips, tmp_path,
                                                                                   capsys, monkeypatch):
     built = []
-    monkeypatch.setattr("upsample.cli.video.make_upscaler", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("upsample.inference.api.make_upscaler", lambda *a, **k: built.append(a))
     src = clips["phone-vfr"]
     assert cli.main(["video", str(src), "-o", str(tmp_path / "o.webm"), "--codec", "libx264"]) == 2
     assert "webm container cannot hold libx264 video; use --codec libvpx-vp9" in capsys.readouterr().err
