@@ -13,9 +13,8 @@ import pytest
 
 from upsample import cli
 
-# The commands whose module is torch-free at import (bench imports its engines at module level:
-# not yet).
-LIGHT_HELP = ["eval", "video", "image", "data", "train", "prune", "tune", "quantize", "models", "interpolate", "export",
+# The commands whose module is torch-free at import (all of them).
+LIGHT_HELP = ["bench", "eval", "video", "image", "data", "train", "prune", "tune", "quantize", "models", "interpolate", "export",
               "cache", "codec-study", "make-clip"]
 
 PROBE = """

@@ -7,13 +7,15 @@ import json
 import sys
 
 from ..errors import UserError
-from ..evaluation.bench import bench, format_report, parse_frame_size
 from ..runtime.kinds import BACKENDS, PRECISIONS
-from ..training.bench import bench_train, format_train_report
-from .options import add_untrained_option
+from .options import add_untrained_option, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: `bench --help` needs no torch
+    from ..evaluation.bench import bench, format_report, parse_frame_size
+    from ..training.bench import bench_train, format_train_report
+
     log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
     if args.train:
         report = bench_train(args.train, seconds=args.seconds, device=args.device,
@@ -34,27 +36,29 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
-    p.add_argument("--model", default=None, help="a registered name, a checkpoint, or bicubic")
+    p.add_argument("--model", default=None,
+                   help="a registered name, a checkpoint, or bicubic (no default: required unless --train)")
     p.add_argument("--train", default=None, metavar="MODEL",
                    help="time training instead: our trainer vs a plain reference loop on MODEL's "
-                        "recipe (configs/MODEL.toml, or a recipe file)")
+                        "recipe (configs/MODEL.toml, or a recipe file; default: time inference)")
     p.add_argument("--seconds", type=float, default=4.0, help="--train: timed seconds per loop")
-    p.add_argument("--scale", default=None, help="scale (bicubic and VDSR need one)")
+    p.add_argument("--scale", default=None, help="scale (default: the model's own; bicubic and VDSR need one)")
     p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
-    p.add_argument("--backend", default="all", choices=["all", *BACKENDS])
+    p.add_argument("--backend", default="all", choices=["all", *BACKENDS], help="the backends to time")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="precision of the auto row (auto: what `--backend auto` picks)")
-    p.add_argument("--image", default=None, help="a picture to measure on (resized/cropped to --size)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--image", default=None,
+                   help="a picture to measure on, resized/cropped to --size (default: random pixels)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda, or an OpenVINO device (CPU, GPU, NPU, AUTO)")
     p.add_argument("--calib", default=None, metavar="DIR",
-                   help="make (once, into the cache) the int8 model that the auto row lets compete, "
+                   help="(default: none) make (once, into the cache) the int8 model that the auto row lets compete, "
                         "calibrated on these training images")
     add_untrained_option(p)
     p.add_argument("--half", action="store_true", help="also torch in fp16 (CUDA) / bf16 (CPU)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    p.add_argument("--runs", type=int, default=3, help="timed runs (the median is reported)")
+    p.add_argument("--runs", type=positive_int, default=3, help="timed runs (the median is reported)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--int8", action="append", default=[], metavar="FILE",
-                   help="also time this `upsample quantize` output of the model (repeatable)")
+                   help="also time this `upsample quantize` output of the model (repeatable; default: none)")
     p.set_defaults(func=run)
