@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..media.cache import cache_root
 from ..media.imageio import atomic_output, atomic_save
 from .pairs import collect_images, train_val_files
 from .prepare import is_video_path, video_frames
@@ -30,9 +31,7 @@ FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written l
 
 
 def frames_root() -> Path:
-    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                    Path.home() / ".cache") / "upsample"
-    return Path(root) / "video-frames"
+    return cache_root() / "video-frames"
 
 
 def frame_folder(video: Path, every: int, root: Path) -> Path:

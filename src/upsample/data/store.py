@@ -22,15 +22,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..media.cache import cache_root
 from ..media.imageio import atomic_output, read_rgb
 
 FORMAT = 1  # bump when the layout of the pixels or the index changes
 
 
 def default_root() -> Path:
-    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                    Path.home() / ".cache") / "upsample"
-    return Path(root) / "train-store"
+    return cache_root() / "train-store"
 
 
 def file_stamps(files: list[Path]) -> list[list]:

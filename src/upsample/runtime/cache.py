@@ -5,16 +5,15 @@ Torch-free: the `image` fast path compiles its cached graph through here without
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ..media.cache import cache_root
 
 FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("UPSAMPLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                    Path.home() / ".cache") / "upsample"
-    return Path(root) / "export"
+    return cache_root() / "export"
 
 
 def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None, device: str = "CPU"):
