@@ -199,3 +199,12 @@ def test_bench_train_times_ours_and_the_reference_loop(tmp_path, monkeypatch, ca
     assert r["speedup"] == pytest.approx(r["rows"][0]["patches_per_s"] / r["rows"][1]["patches_per_s"])
     assert cli.main(["bench"]) == 2 and "--model" in capsys.readouterr().err
     assert cli.main(["bench", "--train", "no-such-model"]) == 2
+
+
+def test_a_patch_that_is_no_multiple_of_the_scale_is_refused_by_both_pipelines(tmp_path):
+    files = _images(tmp_path, [(64, 64)])
+    store = open_store(files, tmp_path / "s")[0]
+    for make in (lambda spec: DeviceBatches(store, spec, seed=0, device="cpu"),
+                 lambda spec: data.PairDataset(files, spec, seed=0)):
+        with pytest.raises(UserError, match="patch_size 25 is not a multiple of scale 3"):
+            make(_spec(patch=25))

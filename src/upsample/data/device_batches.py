@@ -71,6 +71,7 @@ class DeviceBatches:
         why = unsupported(spec)
         if why:
             raise ValueError(f"the device pipeline does not make {why}")
+        spec.check_patch()
         self.spec, self.seed, self.device = spec, seed, torch.device(device)
         self.dtype = dtype or torch.float32
         need = max(spec.core(s) for s in spec.scales)

@@ -189,6 +189,12 @@ class PairSpec:
         """HR side that is degraded: the patch, rounded up to a multiple of s for VDSR."""
         return int(math.ceil(self.patch / s)) * s if self.pre_upsample else self.patch
 
+    def check_patch(self) -> None:
+        """The HR patch must split into whole LR pixels at every scale (VDSR's input is HR-sized)."""
+        for s in self.scales:
+            if not self.pre_upsample and self.patch % s:
+                raise UserError(f"data.patch_size {self.patch} is not a multiple of scale {s}")
+
     def margin(self, s: int) -> int:
         """LR pixels of real context kept around the patch while degrading, so that the patch's
         LR equals a crop of the whole image's LR (the bicubic kernel reaches 2 LR pixels)."""
@@ -218,9 +224,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(self, files: list[Path], spec: PairSpec, *, seed: int, cache_mb: int = 4096,
                  progress: bool = False):
         self.spec, self.seed = spec, seed
-        for s in spec.scales:
-            if not spec.pre_upsample and spec.patch % s:
-                raise UserError(f"data.patch_size {spec.patch} is not a multiple of scale {s}")
+        spec.check_patch()
         need = max(spec.core(s) for s in spec.scales)
         self.pad = max(spec.margin(s) * s for s in spec.scales)
         sizes = []

@@ -78,7 +78,7 @@ def timed_steps(step, dev: torch.device, seconds: float, batch: int) -> float:
 def time_ours(cfg: config_mod.Config, files: list[Path], dev: torch.device, seconds: float, log) -> tuple:
     """(patches/s, the step's modes) of the trainer's own pipeline and step."""
     torch.manual_seed(cfg.train.seed)
-    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     scales = loop.training_scales(cfg, model.upsample_spec)
     procs = Procs(rank=0, world=1, dev=dev)
     pairs = build_pairs(cfg, files, loop.pair_spec(cfg, model.upsample_spec, scales), dev,
@@ -138,7 +138,7 @@ class ReferencePairs(torch.utils.data.Dataset):
 
 def time_reference(cfg: config_mod.Config, files: list[Path], dev: torch.device, seconds: float) -> float:
     torch.manual_seed(cfg.train.seed)
-    model = registry.create_model(cfg.model.name, **cfg.model.kwargs).to(dev).train()
+    model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs).to(dev).train()
     spec = model.upsample_spec
     scale = spec.scale or loop.training_scales(cfg, spec)[0]
     patch = cfg.data.patch_size if spec.pre_upsample else cfg.data.patch_size // scale * scale
@@ -177,7 +177,7 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
     files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
                                        val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
                                        video_every=cfg.data.video_every, max_images=max_images)
-    model = registry.create_model(cfg.model.name, **cfg.model.kwargs)
+    model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     spec = model.upsample_spec
     side = cfg.data.patch_size if spec.pre_upsample else cfg.data.patch_size // (spec.scale or 1)
     macs = forward_macs(model, (1, spec.channels, side, side))

@@ -357,6 +357,8 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
         return loss, parts
 
     forward = CompiledOrEager(forward_loss) if modes.compile else forward_loss
+    # the GAN step calls the network itself, not `forward`: compile it there too
+    generator = CompiledOrEager(net) if modes.compile and disc is not None else net
 
     def g_update(loss):
         state.opt.zero_grad(set_to_none=True)
@@ -369,7 +371,7 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
             loss, parts = accumulated_backward(forward, inp, target, cfg.train.accumulate, state)
             lr = optimizer_step(state.opt, state.scaler, model, cfg.optim)
         else:
-            loss, parts, lr = gan_step(net, inp, target, content=lambda p: content(p, target),
+            loss, parts, lr = gan_step(generator, inp, target, content=lambda p: content(p, target),
                                        adv_weight=cfg.loss.adversarial_weight, g_update=g_update,
                                        disc=disc, amp=amp)
             lr_d = disc.opt.param_groups[0]["lr"]
