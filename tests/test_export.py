@@ -187,3 +187,16 @@ def test_export_writes_its_io_contract(tmp_path):
     ir = ov.Core().read_model(str(tmp_path / "v.xml"))
     contract = json.loads(ir.get_rt_info([export.CONTRACT_KEY]).astype(str))
     assert contract["model"] == "vdsr" and contract["scale"] == 3 and "uint8 NHWC" in contract["input"]
+
+
+def test_our_pre_upsampled_vdsr_export_runs_back_at_the_scale_asked(tmp_path):
+    """A float export of VDSR takes HR-sized input: read back through --model file.onnx it must
+    not be probed as a x1 graph (its contract says so), and it matches the torch model."""
+    import upsample
+    out = tmp_path / "vdsr.onnx"
+    assert cli.main(["export", "vdsr", "--format", "onnx", "-o", str(out)]) == 0
+    img = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    got = np.asarray(upsample.load(str(out), scale=3, backend="onnxruntime").upscale(img))
+    want = np.asarray(upsample.load("vdsr", scale=3, backend="torch").upscale(img))
+    diff = np.abs(got.astype(int) - want)
+    assert got.shape == (60, 72, 3) and (diff > 1).mean() < 1e-3 and diff.mean() < 0.01

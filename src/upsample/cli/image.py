@@ -58,7 +58,7 @@ def _pixels(text: str) -> int:
                         f"got {text!r}") from None
 
 
-def _outcomes(engines: batch.Engines, todo: list, args: argparse.Namespace):
+def _outcomes(engines: "batch.Engines", todo: list, args: argparse.Namespace):
     """(source, destination, a call that returns upscale_file's result or raises) in order. One
     job runs in this thread, so that Ctrl-C stops the image being written (its temporary file
     goes); with more, Ctrl-C cancels the images not started."""

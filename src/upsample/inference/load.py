@@ -127,9 +127,12 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
     if foreign_onnx.is_foreign(Path(spec)):
         return _foreign_upscaler(Path(spec), scale, backend, precision, dev, threads)
     is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
-    if precision == Precision.INT8 and not is_int8 and backend != Backend.AUTO:  # auto: its cached int8
-        raise UserError(f"--precision int8 needs an int8 model: make one with `upsample quantize "
-                        f"{spec} --backend openvino --calib DIR -o {Path(spec).stem}-int8.xml` and pass that")
+    # int8 without an int8 file: only auto on the CPU has one (its cached model, `bench --calib`)
+    cpu_auto = backend == Backend.AUTO and dev.type == "cpu" and ov_device in (None, "CPU")
+    if precision == Precision.INT8 and not is_int8 and not cpu_auto:
+        raise UserError(f"--precision int8 runs on the CPU with --backend auto, or with an int8 model: "
+                        f"make one with `upsample quantize {spec} --backend openvino --calib DIR -o "
+                        f"{Path(spec).stem}-int8.xml` and pass that")
     if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
         from ..runtime.int8 import BACKEND_OF, load_runner
         runtime = BACKEND_OF.get(Path(spec).suffix.lower(), Backend.ONNXRUNTIME) \

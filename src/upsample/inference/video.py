@@ -328,6 +328,7 @@ class _Stages:
             index = packet.stream.index
             if index == self.vin.index:
                 if not self.read_video(packet):
+                    self.flush_reencoded()
                     return
                 continue
             when = float(packet.pts * packet.time_base) if packet.pts is not None else None
@@ -377,6 +378,16 @@ class _Stages:
                 packets += stream.encode(None)
         with self.mux_lock:
             self.out.mux(packets)
+
+    def flush_reencoded(self) -> None:
+        """The audio encoders' buffered tail, when reading stops at the window's end before the
+        demuxer's final empty packets (which flush them otherwise) arrive."""
+        if self.pipe.stop.is_set():
+            return
+        for stream in self.encodes.values():
+            if stream.type == "audio":
+                with self.mux_lock:
+                    self.out.mux(stream.encode(None))
 
     def write(self) -> None:
         """Thread 2: encode and mux the upscaled frames of `encode_q`; flush the encoder."""

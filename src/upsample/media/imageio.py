@@ -182,7 +182,7 @@ def planes_from_pil(img: Image.Image) -> Planes:
     if mode in _DEEP_GRAY:
         arr = np.asarray(img)
         if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
-            raise UserError(f"32-bit integer image with values outside 0..65535 is not supported")
+            raise UserError("32-bit integer image with values outside 0..65535 is not supported")
         return Planes(arr.astype(np.uint16)[..., None], None, info)
     if mode == "F":
         return Planes(_float_to_uint16(np.asarray(img))[..., None], None, info)

@@ -99,8 +99,10 @@ def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: b
                          "by bicubic and convert back" if spec.input == "y" else "RGB")}
         if spec.pre_upsample:
             io["input"] += ", bicubic-upscaled (MATLAB imresize) to the output size first"
-    return {"model": name, "scale": s, "input_name": "input", "output_name": "output", **io,
-            "dynamic": "batch, height and width"}
+    # a reader (runtime/foreign_onnx.py among them) needs both to feed a pre-upsampled (VDSR) graph
+    pre_upsampled = bool(spec.pre_upsample and not uint8_io)
+    return {"model": name, "scale": s, "pre_upsampled_input": pre_upsampled, "input_name": "input",
+            "output_name": "output", **io, "dynamic": "batch, height and width"}
 
 
 def example_input(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:

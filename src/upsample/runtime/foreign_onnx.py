@@ -92,6 +92,16 @@ def read_ports(path: Path) -> tuple[Port, Port]:
     return src, dst
 
 
+def export_contract(path: Path) -> dict:
+    """The I/O contract `upsample export` wrote into the file's metadata ({} for other graphs)."""
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        return json.loads(props.get(META_KEY) or "{}")
+    except ValueError:
+        return {}
+
+
 def is_foreign(path: Path) -> bool:
     """An existing .onnx file that is not an int8 model of `upsample quantize` (whose metadata
     names the architecture): another project's graph, or an `upsample export` (whose metadata
@@ -181,8 +191,13 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device,
     """(a runner, its display name) for an image-to-image ONNX graph from another project."""
     src, dst = read_ports(path)
     run = _session(path, backend, device, threads)
-    scale = probe_scale(path, run, src, dst)
-    spec = ModelSpec(name=None, arch=ARCH, scale=scale, input="y" if src.channels == 1 else "rgb")
+    contract = export_contract(path)
+    if contract.get("pre_upsampled_input"):  # our VDSR export: its input is already at output size
+        spec = ModelSpec(name=None, arch=ARCH, scale=contract["scale"], pre_upsample=True,
+                         input="y" if src.channels == 1 else "rgb")
+    else:
+        spec = ModelSpec(name=None, arch=ARCH, scale=probe_scale(path, run, src, dst),
+                         input="y" if src.channels == 1 else "rgb")
     runtime = Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME
     runner = Runner(run=_runner_fn(path, run, src, dst), spec=spec,
                     runtime=f"{runtime}, {src.describe()} -> {dst.describe()}")
