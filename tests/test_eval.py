@@ -173,3 +173,15 @@ def test_gaussian_degrade_for_eval(tmp_path, capsys):
         assert main(["eval", "--scale", "2", "--data", str(tmp_path / "d"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
+
+
+def test_json_alone_prints_json_and_json_file_writes_it_whole(tmp_path, capsys):
+    data = tmp_path / "hr"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / "a.png")
+    assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(data), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    out = tmp_path / "r" / "eval.json"
+    assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(data), "--json", str(out)]) == 0
+    assert "PSNR" in capsys.readouterr().out and json.loads(out.read_text()) == printed
+    assert [p.name for p in out.parent.iterdir()] == ["eval.json"]  # no temporary file left

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .options import add_runtime_options
 
@@ -32,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_report(report, lpips=args.lpips))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        from ..media.imageio import atomic_output
+        with atomic_output(args.json, suffix=".part.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -43,7 +43,10 @@ def register(sub) -> None:
     p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
                    "and vdsr need it: any positive number for bicubic)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="HR image folders")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout only; default: print the table only)")
+    p.add_argument("--json", metavar="FILE", nargs="?", const="-",
+                   help="--json alone: print the results as JSON instead of the table (as bench and "
+                        "models do); --json FILE: print the table and write the JSON to FILE "
+                        "(default: the table only)")
     p.add_argument("--protocol", choices=PROTOCOL_NAMES, default="papers",
                    help="papers (default): modcrop, MATLAB bicubic LR, Y channel, crop = scale, Gaussian "
                         "SSIM; catid: his evaluate.py - Pillow bicubic LR (W // s, H // s), RGB in "
