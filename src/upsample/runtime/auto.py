@@ -26,6 +26,7 @@ default, so that its numbers do not depend on the machine).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 from pathlib import Path
@@ -264,14 +265,17 @@ def cuda_runner(model: nn.Module, *, name: str, device: torch.device, precision:
     options = {"auto": [torch.float16, torch.bfloat16], "fp16": [torch.float16],
                "bf16": [torch.bfloat16], "fp32": []}[precision]
     scale = spec.scale or 2  # a pre-upsampling net is the same at every scale: probed at x2
-    probes = probe_set(scale, channels=spec.channels, pre_upsample=spec.pre_upsample,
-                       pad_multiple=spec.pad_multiple)
     made, results, said = [], {}, False
+
+    @functools.cache
+    def probes():  # made only when a verdict is not remembered yet (fp32, asked-for or cached: never)
+        return probe_set(scale, channels=spec.channels, pre_upsample=spec.pre_upsample,
+                         pad_multiple=spec.pad_multiple)
 
     def fp32_ref():
         if not made:
             with torch.no_grad():
-                made.append(reference(lambda x: model(x.to(device)).cpu(), probes))
+                made.append(reference(lambda x: model(x.to(device)).cpu(), probes()))
         return made[0]
 
     chosen, net = torch.float32, model
@@ -283,7 +287,7 @@ def cuda_runner(model: nn.Module, *, name: str, device: torch.device, precision:
             break
         with torch.no_grad():
             result, fresh = remembered_check(key, f"cuda-{NAMES[dtype]}-x{scale:g}-{GATE}", lambda: quality(
-                lambda x: half(x.to(device, dtype)).float().cpu(), probes, fp32_ref()))
+                lambda x: half(x.to(device, dtype)).float().cpu(), probes(), fp32_ref()))
         results[NAMES[dtype]], said = result, said or fresh
         if passes(result):
             chosen, net = dtype, half
