@@ -103,8 +103,16 @@ def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
     return build_parser(COMMANDS.get(name, "") if name is not None else "")
 
 
+def without_launcher_rank(argv: list[str]) -> list[str]:
+    """`argv` less the `--local_rank=N` the deepspeed launcher puts before the command (unless
+    started with --no_local_rank); the trainer reads LOCAL_RANK from the environment instead."""
+    if argv and argv[0].startswith("--local_rank="):
+        return argv[1:]
+    return argv[2:] if argv[:1] == ["--local_rank"] else argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = without_launcher_rank(sys.argv[1:] if argv is None else list(argv))
     parser = _parser_for(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

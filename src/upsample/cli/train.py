@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model from a TOML recipe (configs/*.toml)",
                        description="Train a registered model. Under torchrun it runs DDP; "
-                                   "data.batch_size is per process.")
+                                   "data.batch_size is per process. Also under accelerate launch "
+                                   "and deepspeed --module (its [deepspeed] section).")
     p.add_argument("config", help="TOML recipe, e.g. configs/espcn-x3.toml")
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/<config stem>")
     g = p.add_mutually_exclusive_group()

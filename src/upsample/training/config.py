@@ -176,6 +176,20 @@ class TuneConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    # Read when the `deepspeed` launcher starts the run (training/engines.py); torchrun and
+    # accelerate runs do not use it.
+    zero_stage: int = 0                # 0: data parallel; 1: optimizer state partitioned over ranks
+    # fp32, or DeepSpeed's own 16-bit training, bf16 or fp16 (fp16: CUDA): the network in 16
+    # bits, fp32 master weights in its optimizer, which EMA, validation and checkpoints use.
+    # train.amp stays "none" with them (autocast of an fp32 network is train.amp's job).
+    precision: str = "fp32"
+    # A DeepSpeed JSON file instead of the two keys above (its zero_optimization, bf16, fp16,
+    # communication settings); batch sizes, clipping, optimizer and scheduler stay the recipe's.
+    config: str = ""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -187,6 +201,7 @@ class Config:
     val: ValConfig = field(default_factory=ValConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 
 CHOICES = {
@@ -199,6 +214,8 @@ CHOICES = {
     "train.channels_last": (True, False, "auto"),
     "train.compile": (True, False, "auto"),
     "data.pipeline": ("auto", "device", "workers"),
+    "deepspeed.zero_stage": (0, 1),
+    "deepspeed.precision": ("fp32", "bf16", "fp16"),
     "loss.perceptual.network": ("efficientnet-lite0", "vgg19"),
     "gan.optim.name": ("sgd", "adam", "adamw"),
     "gan.optim.clip_type": ("norm", "value"),

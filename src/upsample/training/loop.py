@@ -52,6 +52,7 @@ from ..models import checkpoint, registry
 from ..runtime.hardware import hardware_name
 from . import config as config_mod
 from .batches import batches_on_device, build_pairs
+from .engines import DeepSpeedEngine
 from .gan import Discriminator, build_discriminator, gan_step
 from .losses import PerceptualLoss, make_loss
 from .optim import build_optimizer, build_scheduler, optimizer_step
@@ -88,6 +89,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     # ---------------------------------------------------------------- build
     procs = start_processes(device)
     (cfg,) = procs.from_master(cfg)  # every rank trains with rank 0's config
+    if procs.engine is not None:
+        cfg = procs.engine.check(cfg)  # what the launcher's engine decides of it, or refuses
     set_torch_flags(cfg, procs.dev)
     resuming, saved = open_run(run_dir, resume=resume, reset=reset, procs=procs)
     if saved and is_finished(saved, cfg):
@@ -104,7 +107,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     batches = batches_on_device(pairs, state.sampling.batch_sampler(state.step), cfg, procs.dev,
                                 modes.channels_last)
     net = wrap_for_ranks(state, cfg, procs)
-    eval_model = state.ema.model if state.ema is not None else model
+    if state.deepspeed is not None and saved:
+        state.deepspeed.load(run_dir, saved.get("deepspeed"))
     train_step = make_train_step(cfg, state, net, perceptual, modes)
     run_log = RunLog(run_dir, cfg, resuming=resuming, reset=reset, start=state.step,
                      config_text=config_text) if procs.master else None
@@ -130,7 +134,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             # -------------------------------------------------------- validate
             if (cfg.val.every and state.step % cfg.val.every == 0) or state.step == steps:
                 t_aside = time.time()
-                state.finished = validation(cfg, procs, state, run_log, eval_model=eval_model,
+                state.finished = validation(cfg, procs, state, run_log, eval_model=to_evaluate(state),
                                             val_images=val_images, run_dir=run_dir,
                                             on_validate=on_validate)
                 pace.validated(since=t_aside)
@@ -143,7 +147,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             halt = state.finished or halt
             if halt or state.step % cfg.train.ckpt_every == 0:
                 t_aside = time.time()
-                save(state, cfg, procs, eval_model=eval_model, run_dir=run_dir)
+                save(state, cfg, procs, eval_model=to_evaluate(state), run_dir=run_dir)
                 pace.saved(since=t_aside)
             if halt:
                 break
@@ -284,12 +288,15 @@ def build_state(cfg: config_mod.Config, model: nn.Module, disc: Discriminator | 
         model=model, opt=opt, sched=build_scheduler(cfg.sched, opt, cfg.train.steps),
         scaler=torch.amp.GradScaler(procs.dev.type, enabled=modes.amp_dtype is torch.float16),
         ema=EMA(model, cfg.train.ema) if cfg.train.ema else None, gan=disc, sampling=sampling,
-        device=procs.dev, modes=modes)
+        device=procs.dev, modes=modes,
+        deepspeed=procs.engine if isinstance(procs.engine, DeepSpeedEngine) else None)
 
 
 def wrap_for_ranks(state: TrainState, cfg: config_mod.Config, procs: Procs) -> nn.Module:
     """The network the step runs: the model, under DDP in its wrapper (the discriminator gets
-    its DDP wrapper too). Compiling is the step's (make_train_step)."""
+    its DDP wrapper too), or DeepSpeed's engine. Compiling is the step's (make_train_step)."""
+    if state.deepspeed is not None:
+        return state.deepspeed.wrap(state.model, state.opt)
     ids = [procs.dev] if procs.dev.type == "cuda" else None
     ddp = procs.engine.wrap if procs.engine is not None else (  # accelerate launch: its wrapper
         lambda m: nn.parallel.DistributedDataParallel(m, device_ids=ids))
@@ -307,6 +314,7 @@ def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: R
               f"({len(val_images)} for validation), {cfg.train.steps} steps of "
               f"{cfg.data.batch_size}x{procs.world} patches of {cfg.data.patch_size}px, "
               f"{procs.dev.type}, {modes.label()}"
+              f"{', ' + procs.engine.describe() if procs.engine is not None else ''}"
               f"{', resuming at step ' + str(start) if start else ''}")
     if procs.master and not start:  # where the run trains: the shipped log summary quotes it
         run_log.record({"step": 0, "hardware": hardware_name(procs.dev, cfg.train.threads),
@@ -327,6 +335,7 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
     micro-batches, update (and the discriminator's in a GAN run), EMA, scheduler. Returns
     step(inp, target) -> (loss, {term: 0-d tensor}, lr, lr_d); nothing in it waits on the device."""
     model, disc, dev, amp_dtype = state.model, state.gan, state.device, modes.amp_dtype
+    in_dtype = state.deepspeed.input_dtype if state.deepspeed is not None else None  # its 16-bit net
     hr_input = getattr(model, "trains_on_hr", False)  # joint down+up: HR in, HR out
     criterion = make_loss(cfg.loss.name, cfg.loss.eps)
 
@@ -349,8 +358,11 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
         return loss, terms
 
     def forward_loss(inp, target):
+        x = target if hr_input else inp  # a joint down+up model trains on HR alone
+        if in_dtype is not None:
+            x = x.to(in_dtype)
         with amp():
-            pred = net(target, hr=True) if hr_input else net(inp)
+            pred = net(x, hr=True) if hr_input else net(x)
         loss, parts = content(pred, target)
         if hr_input and model.aux_loss is not None:  # a joint model's rate term
             loss = loss + model.aux_loss
@@ -367,7 +379,9 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
 
     def step(inp, target):
         lr_d = None
-        if disc is None:
+        if state.deepspeed is not None:
+            loss, parts, lr = deepspeed_step(forward, inp, target, cfg.train.accumulate, state)
+        elif disc is None:
             loss, parts = accumulated_backward(forward, inp, target, cfg.train.accumulate, state)
             lr = optimizer_step(state.opt, state.scaler, model, cfg.optim)
         else:
@@ -378,7 +392,7 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
             if disc.sched is not None:
                 disc.sched.step()
         if state.ema is not None:
-            state.ema.update(model)
+            state.ema.update(state.weights())
         if state.sched is not None and cfg.sched.name != "plateau":
             state.sched.step()
         return loss, parts, lr, lr_d
@@ -403,6 +417,20 @@ def accumulated_backward(forward_loss, inp: torch.Tensor, target: torch.Tensor, 
         total = total + loss.detach()
         terms = {n: terms.get(n, 0.0) + v / k for n, v in parts.items()}
     return total, terms
+
+
+def deepspeed_step(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int,
+                   state: TrainState) -> tuple[torch.Tensor, dict, float]:
+    """The step under DeepSpeed, one backward and engine step per micro-batch (the engine divides
+    the loss by `k` and updates at the k-th); returns the batch's loss, terms and the lr used."""
+    lr = state.opt.param_groups[0]["lr"]
+    total, terms = 0.0, {}
+    for x, y in zip(inp.chunk(k), target.chunk(k)):
+        loss, parts = forward_loss(x, y)
+        state.deepspeed.backward_step(loss)
+        total = total + loss.detach() / k
+        terms = {n: terms.get(n, 0.0) + v / k for n, v in parts.items()}
+    return total, terms, lr
 
 
 def log_step(loss, parts: dict, *, lr: float, lr_d: float | None, cfg: config_mod.Config,
@@ -480,16 +508,28 @@ def report_validation(v: dict, cfg: config_mod.Config, run_log: RunLog, *, step:
 # -------------------------------------------------------------------- checkpoint
 
 
+def to_evaluate(state: TrainState) -> nn.Module:
+    """The network validation scores and checkpoints hold: the EMA copy, or the trained network
+    in fp32 (collective under DeepSpeed's 16-bit modes: an fp32 copy of its master weights)."""
+    if state.ema is not None:
+        return state.ema.model
+    return state.deepspeed.eval_model(state.model) if state.deepspeed is not None else state.model
+
+
 def save(state: TrainState, cfg: config_mod.Config, procs: Procs, *, eval_model: nn.Module,
          run_dir: Path) -> None:
-    """last.safetensors (weights to evaluate) then last_state.pt (what --resume reads)."""
+    """last.safetensors (weights to evaluate) then last_state.pt (what --resume reads); under
+    DeepSpeed its checkpoint first, which last_state.pt then names."""
+    if state.deepspeed is not None:
+        state.deepspeed.save(run_dir, state.step)
     sd = state.state_dict()  # on every rank: it gathers their RNG states
-    if not procs.master:
-        return
-    extra = {"step": state.step, "best_val_psnr": state.best_psnr if state.best_step else None}
-    checkpoint.save_checkpoint(eval_model, run_dir / "last.safetensors",
-                               config=config_mod.to_dict(cfg), extra=extra)
-    write_state_file(sd, run_dir)
+    if procs.master:
+        extra = {"step": state.step, "best_val_psnr": state.best_psnr if state.best_step else None}
+        checkpoint.save_checkpoint(eval_model, run_dir / "last.safetensors",
+                                   config=config_mod.to_dict(cfg), extra=extra)
+        write_state_file(sd, run_dir)
+    if state.deepspeed is not None:
+        state.deepspeed.drop_older(run_dir)
 
 
 def summarize(cfg: config_mod.Config, procs: Procs, state: TrainState, stop: Stop, pace: Pace, *,

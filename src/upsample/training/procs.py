@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from . import config as config_mod
-from .engines import AccelerateEngine, from_launcher
+from .engines import AccelerateEngine, DeepSpeedEngine, from_launcher
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Procs:
     rank: int
     world: int
     dev: torch.device
-    engine: AccelerateEngine | None = None
+    engine: AccelerateEngine | DeepSpeedEngine | None = None
 
     @property
     def ddp(self) -> bool:

@@ -5,7 +5,9 @@ RNG helpers live here because the state is what carries them from one chunk of a
 last_state.pt keys (kept as runs in progress wrote them): step, epoch, finished, model, optimizer,
 scheduler, scaler, ema, gan {model, opt, sched, scaler}, rng (one entry per rank), best_psnr,
 best_step, bad_vals, sampler {next_step, seed, batch, world, scales}, world, modes (how the step
-computes: amp, channels_last, compile; a resumed run keeps them, see speed.py).
+computes: amp, channels_last, compile; a resumed run keeps them, see speed.py), deepspeed (under
+the deepspeed launcher: the tag of its checkpoint in <run dir>/deepspeed, which holds the optimizer
+shards instead of `optimizer`, its ZeRO stage, precision and world size; engines.py).
 
 The training pairs hold no RNG state: every draw is a function of (seed, sample index) and the
 sample indices of the sampler's step (both pipelines, see data/pairs.py and data/device_batches.py),
@@ -29,6 +31,7 @@ from torch import nn
 from ..data import pairs as data
 from ..errors import UserError
 from ..media.imageio import atomic_output
+from .engines import DeepSpeedEngine
 from .gan import Discriminator
 from .speed import StepModes
 
@@ -43,8 +46,9 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, w in zip(self.model.state_dict().values(), model.state_dict().values()):
+    def update(self, weights: dict) -> None:
+        """One step towards `weights` (the trained network's state dict, fp32)."""
+        for e, w in zip(self.model.state_dict().values(), weights.values()):
             if e.dtype.is_floating_point:
                 e.lerp_(w, 1.0 - self.decay)
             else:
@@ -105,6 +109,11 @@ class TrainState:
     bad_vals: int = 0           # validations in a row without a new best (val.patience)
     finished: str | None = None  # why the run ended: "steps", "early stop", ...
     modes: StepModes = StepModes()  # how the step computes (chosen once, kept by --resume)
+    deepspeed: DeepSpeedEngine | None = None  # the optimizer and weights are in its hands
+
+    def weights(self) -> dict:
+        """The trained network's fp32 state dict (collective under DeepSpeed's 16-bit modes)."""
+        return self.deepspeed.fp32_weights(self.model) if self.deepspeed else self.model.state_dict()
 
     def state_dict(self) -> dict:
         """The contents of last_state.pt. Collective under DDP (it gathers every rank's RNG
@@ -112,7 +121,8 @@ class TrainState:
         s = self.sampling
         return {
             "step": self.step, "epoch": s.epoch(self.step), "finished": self.finished,
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "model": self.weights(),
+            "optimizer": None if self.deepspeed else self.opt.state_dict(),
             "scheduler": self.sched.state_dict() if self.sched is not None else None,
             "scaler": self.scaler.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
             "gan": {k: (getattr(self.gan, k).state_dict() if getattr(self.gan, k) is not None else None)
@@ -121,14 +131,19 @@ class TrainState:
             "best_step": self.best_step, "bad_vals": self.bad_vals,
             "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
                         "world": s.world, "scales": s.scales},
-            "world": s.world, "modes": self.modes.to_dict()}
+            "world": s.world, "modes": self.modes.to_dict(),
+            "deepspeed": self.deepspeed.saved if self.deepspeed else None}
 
     def load_state_dict(self, sd: dict, *, run_dir: Path) -> None:
         """Continue from `sd` (a state_dict, possibly of a run with another world size: a rank
         the saved run did not have takes rank 0's RNG states). `finished` is not restored: a
         resumed run goes on until it finishes again."""
+        if sd.get("deepspeed") and not self.deepspeed:
+            raise UserError(f"--resume: {run_dir} was trained under deepspeed; resume it with the "
+                            "deepspeed launcher, or start a new run with --init")
         self.model.load_state_dict(sd["model"])
-        self.opt.load_state_dict(sd["optimizer"])
+        if not self.deepspeed:  # else its checkpoint (DeepSpeedEngine.load, once it wraps the model)
+            self.opt.load_state_dict(sd["optimizer"])
         if self.sched is not None and sd.get("scheduler"):
             self.sched.load_state_dict(sd["scheduler"])
             if isinstance(self.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
