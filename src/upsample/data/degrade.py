@@ -7,8 +7,9 @@ MATLAB's algorithm, per dimension (imresize.m, `contributions`):
   `scale`; taps are left = floor(u - width / 2) + 0..P-1 with P = ceil(width) + 2; weights are
   normalised to sum 1; out-of-range taps are mirrored (symmetric padding, edge repeated);
   all-zero tap columns are dropped. The dimension with the smaller scale goes first (rows on ties).
-The weights are computed in float64 and applied as a gather + weighted sum, so memory stays
-proportional to the output (no dense in x out matrices) and any scale factor works.
+The weights (`bicubic`, torch-free, with the same resize on numpy arrays) are computed in float64
+and applied as a dense matrix product, or for long dimensions as a gather + weighted sum, so
+memory stays proportional to the output and any scale factor works.
 """
 
 from __future__ import annotations
@@ -20,45 +21,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+# The kernel itself is torch-free, in `bicubic`; its names stay importable from here.
+from .bicubic import DENSE_LIMIT, contributions, cubic, output_size, passes, resize_weights  # noqa: F401
 from .colour import to_tensor
 
 
-def cubic(x: np.ndarray) -> np.ndarray:
-    """Keys cubic convolution kernel with a = -0.5 (MATLAB's `cubic`)."""
-    ax = np.abs(x)
-    ax2, ax3 = ax * ax, ax * ax * ax
-    return ((1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1)
-            + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2)))
-
-
-@lru_cache(maxsize=256)
-def contributions(in_len: int, out_len: int, scale: float, antialias: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Tap indices (0-based, mirrored into range) and float64 weights, each (out_len, P)."""
-    kernel_width = 4.0
-    if scale < 1 and antialias:
-        kernel_width /= scale
-    x = np.arange(1, out_len + 1, dtype=np.float64)
-    u = x / scale + 0.5 * (1.0 - 1.0 / scale)
-    left = np.floor(u - kernel_width / 2.0)
-    taps = int(math.ceil(kernel_width)) + 2
-    idx = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based like MATLAB
-    dist = u[:, None] - idx
-    if scale < 1 and antialias:
-        weights = scale * cubic(dist * scale)
-    else:
-        weights = cubic(dist)
-    weights = weights / weights.sum(axis=1, keepdims=True)
-    # Symmetric (mirror) boundary: aux = [1..n, n..1], index = aux[(idx - 1) mod 2n].
-    aux = np.concatenate([np.arange(in_len), np.arange(in_len)[::-1]])
-    idx0 = aux[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
-    keep = np.any(weights != 0, axis=0)
-    return np.ascontiguousarray(idx0[:, keep]), np.ascontiguousarray(weights[:, keep])
-
-
-# Up to this many (out x in) weights per dimension a dense matrix product (BLAS) is used; it is
-# several times faster than the gather form, which keeps memory proportional to the output.
-_DENSE_LIMIT = 1 << 22
+# `_resize_dim` reads it here, so that a test can force the gather form for small sizes.
+_DENSE_LIMIT = DENSE_LIMIT
 
 
 def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
@@ -140,11 +109,6 @@ class BicubicUp(torch.nn.Module):
         return y.reshape(n, c, h * self.scale, w * self.scale) if self.per_channel else y
 
 
-def output_size(in_size: int, scale: float) -> int:
-    """MATLAB's output length for a scale factor: ceil(in * scale), guarded against fp noise."""
-    return int(math.ceil(round(in_size * scale, 9)))
-
-
 def imresize(x: torch.Tensor, scale: float | tuple[float, float] | None = None, *,
              size: tuple[int, int] | None = None, antialias: bool = True) -> torch.Tensor:
     """MATLAB-compatible bicubic resize of a float tensor (..., H, W), e.g. NCHW, on any device.
@@ -157,27 +121,8 @@ def imresize(x: torch.Tensor, scale: float | tuple[float, float] | None = None, 
         raise TypeError("imresize expects a floating-point tensor; convert uint8 at the edges")
     if x.dim() < 2:
         raise ValueError("imresize expects a tensor of shape (..., H, W)")
-    in_h, in_w = x.shape[-2], x.shape[-1]
-    if scale is None and size is None:
-        raise ValueError("imresize needs scale or size")
-    if scale is not None:
-        sy, sx = (scale, scale) if isinstance(scale, (int, float)) else scale
-        if sy <= 0 or sx <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-    if size is None:
-        size = (output_size(in_h, sy), output_size(in_w, sx))
-    elif scale is None:
-        sy, sx = size[0] / in_h, size[1] / in_w
-    out_h, out_w = int(size[0]), int(size[1])
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"output size must be positive, got {out_h}x{out_w}")
-    hdim, wdim = x.dim() - 2, x.dim() - 1
-    # MATLAB resizes the dimension with the smaller scale first; rows first on ties.
-    steps = [(hdim, out_h, sy), (wdim, out_w, sx)]
-    if sx < sy:
-        steps.reverse()
-    for dim, out_len, s in steps:
-        x = _resize_dim(x, dim, out_len, s, antialias)
+    for axis, out_len, s in passes(x.shape[-2], x.shape[-1], scale, size):
+        x = _resize_dim(x, x.dim() + axis, out_len, s, antialias)
     return x
 
 
@@ -284,11 +229,8 @@ def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
 
 @lru_cache(maxsize=64)
 def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = True) -> torch.Tensor:
-    """The (out_len, in_len) float64 matrix of imresize along one dimension (mirrored taps added)."""
-    idx, w = contributions(in_len, out_len, float(scale), antialias)
-    m = np.zeros((out_len, in_len), dtype=np.float64)
-    np.add.at(m, (np.repeat(np.arange(out_len), idx.shape[1]), idx.reshape(-1)), w.reshape(-1))
-    return torch.from_numpy(m)
+    """`bicubic.resize_weights` as a float64 tensor."""
+    return torch.tensor(resize_weights(in_len, out_len, scale, antialias))
 
 
 # --- The evaluation protocol's LR: modcrop, MATLAB bicubic down, rounded to uint8 -------------
