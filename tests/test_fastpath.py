@@ -96,3 +96,56 @@ def test_images_the_plan_does_not_take_go_the_full_path(tmp_path):
     assert _image(rgba, tmp_path / "o", ckpt) == 0 and _image(gray, tmp_path / "o", ckpt) == 0
     assert Image.open(tmp_path / "o" / "RGBA_x3.png").mode == "RGBA"
     assert Image.open(tmp_path / "o" / "L_x3.png").size == (90, 66)
+
+
+def _planes_file(path, mode, dtype, size=(31, 23)):
+    """A random image of `mode` (RGB, L, RGBA, LA) in uint8 or uint16, written by our own writer."""
+    from upsample.media.imageio import Planes, save_planes
+    rng = np.random.default_rng(1)
+    top = np.iinfo(dtype).max
+    color = rng.integers(0, top + 1, (size[1], size[0], 1 if mode[0] == "L" else 3)).astype(dtype)
+    alpha = rng.integers(0, top + 1, (size[1], size[0], 1)).astype(dtype) if mode.endswith("A") else None
+    return save_planes(Planes(color, alpha), path)
+
+
+@pytest.mark.parametrize("scale", ["3", "2", "2.5", "4"])
+@pytest.mark.parametrize("mode,dtype", [("RGB", np.uint8), ("L", np.uint8), ("RGBA", np.uint8),
+                                        ("LA", np.uint8), ("RGB", np.uint16), ("L", np.uint16),
+                                        ("RGBA", np.uint16)])
+def test_bicubic_runs_without_torch_and_writes_the_torch_paths_bytes(tmp_path, monkeypatch, scale, mode, dtype):
+    """The numpy bicubic gives the bytes of the full path's torch `imresize`."""
+    src = _planes_file(tmp_path / f"a.{mode}.png", mode, dtype)
+    with monkeypatch.context() as m:
+        m.setattr(fastpath.BicubicEngine, "load", classmethod(lambda cls, args: None))
+        assert _image(src, tmp_path / "full", "bicubic", "--scale", scale) == 0
+    monkeypatch.setattr(api, "make_upscaler", lambda *a, **k: pytest.fail("bicubic took the full path"))
+    assert _image(src, tmp_path / "fast", "bicubic", "--scale", scale) == 0
+    (full,), (fast,) = (list((tmp_path / d).iterdir()) for d in ("full", "fast"))
+    assert fast.name == full.name and fast.read_bytes() == full.read_bytes()
+
+
+def test_bicubic_in_a_fresh_process_imports_no_torch_on_its_first_call(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    code = ("import sys; from upsample import cli; rc = cli.main(sys.argv[1:]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, "image", str(src), "-o", str(tmp_path / "o"),
+                          "--model", "bicubic", "--scale", "3", "--backend", "auto"],
+                         env={**os.environ}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("False")
+    assert not (cache.cache_dir() / "plans").exists()  # nothing cached: there is nothing to cache
+    assert Image.open(tmp_path / "o" / "a_x3.png").size == (90, 66)
+
+
+def test_bicubic_options_and_images_the_numpy_path_does_not_take(tmp_path):
+    def engine(*extra):
+        args = cli.build_parser("upsample.cli.image").parse_args(
+            ["image", "a.png", "-o", "x", "--model", "bicubic", "--backend", "auto", *extra])
+        return fastpath.load(args)
+    assert isinstance(engine(), fastpath.BicubicEngine) and engine().scale == 2.0  # bicubic's default
+    for extra in (["--threads", "1"], ["--tile", "64"], ["--backend", "torch"], ["--outscale", "3"],
+                  ["--scale", "0.5"], ["--scale", "x"], ["--half"]):
+        assert engine(*extra) is None, extra
+    from upsample.media.imageio import Planes
+    big = Planes(np.zeros((1000, 1000, 3), np.uint8))  # 3000 x 3000 out: over MAX_OUT_PIXELS
+    assert engine("--scale", "3").upscale_planes(big) is None

@@ -142,7 +142,7 @@ class Engines:
     def __init__(self, args, *, max_memory: int | None, tile_batch: int | None, progress: bool):
         self.args, self.max_memory, self.tile_batch, self.progress = args, max_memory, tile_batch, progress
         self._full, self._lock = None, threading.Lock()
-        self.fast = fastpath.FastEngine.load(args)  # a cache hit: no torch unless an image needs it
+        self.fast = fastpath.load(args)  # bicubic, or a cache hit: no torch unless an image needs it
         if self.fast:
             self.name, self.scale = self.fast.name, self.fast.scale
         else:

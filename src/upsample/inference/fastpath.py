@@ -13,6 +13,11 @@ The plan is only used where the full path runs the image in one piece: 8- or 16-
 alpha, at most `MAX_OUT_PIXELS` out, no `--tile`/`--max-memory`/`--outscale`/`--half`. Anything
 else (gray, alpha, larger images, a changed weights file, a newer package) takes the full path,
 which also rewrites the plan. Torch-free: this module imports numpy, PIL and OpenVINO only.
+
+`--model bicubic` needs no plan: `BicubicEngine` runs MATLAB's imresize in numpy
+(`data.bicubic`, the weights and passes of the full path's torch `imresize`) from the first call,
+on RGB, gray and alpha planes alike, 8 or 16 bits, as the full path's `BicubicUpscaler` does;
+the same bytes but for the rare last-bit difference of two BLAS libraries (see `data.bicubic`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..data.bicubic import imresize_array, output_size
 from ..media.imageio import Planes, atomic_output
 from ..models import WEIGHTS_DIR
 from ..runtime.cache import FUSED_GRAPH, cache_dir, ov_compiled
@@ -48,10 +54,16 @@ def _sources(model: str | None) -> list[Path]:
     return files
 
 
+def _fast_options(args) -> bool:
+    """Whether these `image` options are ones the full path runs whole images with on the CPU."""
+    return not (args.backend != Backend.AUTO or str(args.device) != "cpu" or args.half
+                or args.outscale is not None or args.tile is not None or args.max_memory is not None
+                or args.precision == Precision.INT8)
+
+
 def plan_path(args) -> Path | None:
     """Where the plan for these `image` options lives; None where the fast path never applies."""
-    if (args.backend != Backend.AUTO or str(args.device) != "cpu" or args.half or args.outscale is not None
-            or args.tile is not None or args.max_memory is not None or args.precision == Precision.INT8):
+    if not _fast_options(args):
         return None
     model = args.model
     if model is not None and Path(model).is_file():
@@ -111,9 +123,7 @@ class FastEngine:
         h, w = c.shape[:2]
         if planes.alpha is not None or c.shape[2] != 3 or h * w * s * s > MAX_OUT_PIXELS or min(h, w) < 3:
             return None
-        maxval = np.float32(np.iinfo(c.dtype).max)
-        # the same float32 steps as `tiler.Tiler` (divide, run, clamp, scale, round half to even)
-        x = c.transpose(2, 0, 1)[None].astype(np.float32) / maxval
+        x = _to_float(c)[None]
         try:
             with self._lock:
                 if self._compiled is None:
@@ -125,5 +135,54 @@ class FastEngine:
             return None  # e.g. a damaged cache file: the full path rebuilds what it needs
         if y.shape != (1, 3, h * s, w * s):
             return None
-        q = np.round(np.clip(y, 0, 1) * maxval).astype(c.dtype)
-        return Planes(np.ascontiguousarray(q[0].transpose(1, 2, 0)), None, planes.info)
+        return Planes(_to_uint(y[0], c.dtype), None, planes.info)
+
+
+# The same float32 steps as `tiler.Tiler`: divide by the dtype's maximum, run, clamp, scale back,
+# round half to even; so an engine here writes the bytes the full path writes.
+def _to_float(c: np.ndarray) -> np.ndarray:
+    """HxWxC uint8/uint16 -> CxHxW float32 in [0, 1]."""
+    return c.transpose(2, 0, 1).astype(np.float32) / np.float32(np.iinfo(c.dtype).max)
+
+
+def _to_uint(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """CxHxW float -> HxWxC of `dtype`, clamped to its range."""
+    maxval = np.float32(np.iinfo(dtype).max)
+    q = np.round(np.clip(y, 0, 1) * maxval).astype(dtype)
+    return np.ascontiguousarray(q.transpose(1, 2, 0))
+
+
+class BicubicEngine:
+    """`--model bicubic` without torch (see the module docstring); `upscale_planes` returns None
+    for an image the full path would not run whole, which then takes it."""
+
+    name = "bicubic"
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    @classmethod
+    def load(cls, args) -> BicubicEngine | None:
+        """The engine for these options, if they ask for bicubic upscaling on the CPU; None for
+        anything else, including a scale the full path will refuse with its own message."""
+        if args.model != "bicubic" or not _fast_options(args) or args.threads is not None:
+            return None  # --threads: the full path sets torch's thread count; numpy's is its own
+        try:
+            scale = 2.0 if args.scale is None else float(args.scale)  # make_upscaler's default
+        except ValueError:
+            return None
+        # scale >= 1: a downscale's wider kernel sums more taps, in an order numpy and torch may not share
+        return cls(scale) if 1 <= scale < float("inf") else None
+
+    def upscale_planes(self, planes: Planes, desc: str = "") -> Planes | None:
+        h, w = planes.color.shape[:2]
+        if output_size(h, self.scale) * output_size(w, self.scale) > MAX_OUT_PIXELS:
+            return None
+        color, alpha = (None if p is None else _to_uint(imresize_array(_to_float(p), self.scale), p.dtype)
+                        for p in (planes.color, planes.alpha))
+        return Planes(color, alpha, planes.info)
+
+
+def load(args) -> BicubicEngine | FastEngine | None:
+    """The torch-free engine for these `image` options, if there is one."""
+    return BicubicEngine.load(args) or FastEngine.load(args)
