@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -113,6 +114,9 @@ class DeepSpeedEngine:
         on_cpu = device == "cpu" or not torch.cuda.is_available()
         if on_cpu:  # before DeepSpeed picks its accelerator (CUDA whenever torch sees one)
             os.environ["DS_ACCELERATOR"] = "cpu"
+        venv_bin = os.path.dirname(sys.executable)  # the `ninja` package's binary, for DeepSpeed's op build
+        if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
+            os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
         try:
             import deepspeed
         except ImportError:
