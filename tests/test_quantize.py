@@ -47,6 +47,12 @@ def test_int8_model_runs_in_eval_image_and_bench(setup, tmp_path, capsys, backen
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "int8" in proc.stdout and out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantize-")]
+    if backend == "openvino":  # also where `--backend auto` finds its int8 candidate
+        from upsample.runtime import int8, quantize
+        cached = int8.find_cached(quantize.model_key(checkpoint.load_checkpoint(ckpt)[0]), 2.0)
+        assert cached is not None and "copied to" in proc.stdout
+        assert cached.read_bytes() == out.read_bytes()
+        assert cached.with_suffix(".bin").read_bytes() == out.with_suffix(".bin").read_bytes()
 
     def cli_run(*args):  # OpenVINO int8 graphs run in this process make a later test's
         # training segfault (openvino 2026.4 + torch 2.13), so every int8 run is a child process
@@ -134,3 +140,48 @@ def test_auto_makes_a_cached_int8_model_once_and_lets_it_compete_under_the_gate(
     assert "int8 with the first and last layers float (PSNR" in capsys.readouterr().err
     assert load_upscaler(str(ckpt), backend="auto", precision="int8").precision == "int8"
     assert auto.remembered_results(model, 2.0) == {"int8": result} and cache.cache_files()
+
+
+@pytest.mark.parametrize("name, scale, size", [("vdsr", 3.0, 20), ("espcn-rgb-x2", 2.0, 16),
+                                                ("rrdbnet-x2", 2.0, 15), ("joint-x2", 2.0, 16)])
+def test_calibration_inputs_are_what_the_upscaler_feeds_the_network(setup, name, scale, size):
+    """One calibration for `upsample quantize` and auto's cached int8 model, computed without
+    `inference` (runtime may not import it): it must equal what `ModelUpscaler` gives the network
+    for the same crops (Y, pre-upsampling, padding to the network's multiple)."""
+    from upsample.data.degrade import make_lr, modcrop
+    from upsample.inference.upscaler import ModelUpscaler
+    from upsample.media.imageio import list_images, read_rgb
+    from upsample.runtime.kinds import Backend
+    from upsample.runtime.quantize import calibration_inputs
+    root, _ = setup
+    model = registry.create_model(name)
+    seen = []
+
+    def record(x):  # the network's input; a blank output of the right shape for the edges
+        seen.append(x.numpy())
+        s = 1 if model.upsample_spec.pre_upsample else int(scale)
+        return torch.zeros(1, model.upsample_spec.channels, x.shape[2] * s, x.shape[3] * s)
+
+    up = ModelUpscaler(model, record, scale=scale, name=name, backend=Backend.TORCH, device=torch.device("cpu"))
+    side = int(round(size * scale))
+    for path in list_images(str(root / "calib"))[0][:3]:
+        hr = read_rgb(path)
+        top, left = (hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2
+        up(make_lr(modcrop(hr[top:top + side, left:left + side], scale), scale))
+    made = calibration_inputs(model, scale, str(root / "calib"), samples=3, size=size)
+    assert len(made) == len(seen) == 3
+    for a, b in zip(made, seen):
+        assert a.shape == b.shape and a.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_calibration_folder_errors_are_one_line(setup, tmp_path):
+    from upsample.errors import UserError
+    from upsample.runtime.quantize import calibration_inputs
+    root, _ = setup
+    model = registry.create_model("espcn-x2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images found"):
+        calibration_inputs(model, 2.0, str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="use smaller --size"):
+        calibration_inputs(model, 2.0, str(root / "calib"), size=40)  # 80x80 crops of 64x64 images

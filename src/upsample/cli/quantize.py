@@ -14,8 +14,7 @@ SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.load import model_scale, resolve_model
-    from ..runtime import export
-    from ..training import quantize
+    from ..runtime import export, quantize
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
         raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
@@ -28,9 +27,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     scale = model_scale(model.upsample_spec, args.scale, name)
     quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
-                   samples=args.samples, size=args.size, keep_edges=args.keep_edges, source=str(args.model))
+                            samples=args.samples, size=args.size, keep_edges=args.keep_edges,
+                            source=str(args.model))
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
           f"`upsample eval --model {out} --backend {args.backend} ...`")
+    if args.backend == "openvino" and args.keep_edges:  # what auto's int8 candidate is
+        cached = quantize.copy_to_cache(model, scale, out)
+        print(f"copied to {cached}: `--backend auto` lets it compete under the quality gate")
     return 0
 
 

@@ -26,7 +26,7 @@ from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
 from ..inference.load import check_trained, check_device, load_upscaler, model_scale, resolve_model
-from ..runtime import auto, export, int8 as int8_files
+from ..runtime import auto, int8 as int8_files, quantize
 from ..runtime.sessions import openvino_device
 
 
@@ -135,9 +135,8 @@ def make_cached_int8(model: str, scale, calib: str) -> None:
     """`--calib DIR`: the int8 model `--backend auto` lets compete, made once into the cache."""
     spec_model, name = resolve_model(model)
     s = model_scale(spec_model.upsample_spec, scale, name)
-    key = f"{spec_model.upsample_spec.arch}-{export.weights_hash(spec_model)}"
-    if int8_files.find_cached(key, s) is None:
-        int8_files.quantize_to_cache(spec_model, key, s, calib)
+    if int8_files.find_cached(quantize.model_key(spec_model), s) is None:
+        quantize.quantize_to_cache(spec_model, s, calib)
 
 
 def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, device: str,

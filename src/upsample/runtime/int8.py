@@ -3,20 +3,16 @@ and the int8 IR of a model kept in the cache, which `--backend auto` lets compet
 
 An int8 file is an ONNX (ONNX Runtime QDQ) or OpenVINO IR (NNCF) graph with the model's name,
 architecture and scale in its metadata, so it runs with no other file beside it. The cached one
-(`cached_path`: the weights hash and scale in its name) is made once by `quantize_to_cache` -
-OpenVINO NNCF, the first and last convolutions left float, calibrated on the `--calib` images as
-the network sees them - or is an `upsample quantize --backend openvino` output copied there.
+(`cached_path`: the weights hash and scale in its name) is made by `quantize.quantize_to_cache`
+(`upsample bench --calib DIR`) or is an `upsample quantize --backend openvino` output copied
+there; both are `quantize.quantize_model`'s: NNCF, the first and last convolutions left float.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -100,61 +96,3 @@ def is_dense(model: nn.Module) -> bool:
     """Only full convolutions (no depth-wise ones, as VapSR has): where int8 kernels pay off."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     return bool(convs) and all(m.groups == 1 for m in convs)
-
-
-def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: int = 32,
-                       size: int = 64) -> list[np.ndarray]:
-    """The network's inputs (float32 NCHW) for centre crops of up to `samples` images of
-    `folder`: LR by MATLAB bicubic, then Y (bicubic-upscaled for VDSR) as inference feeds it."""
-    from ..data.colour import rgb_to_ycbcr
-    from ..data.degrade import imresize, make_lr
-    from ..media.imageio import list_images, read_rgb
-    spec, hr_side = model.upsample_spec, int(round(size * scale))
-    found = []
-    for path in list_images(folder)[0]:
-        hr = read_rgb(path)
-        if min(hr.shape[:2]) < hr_side:
-            continue
-        top, left = (hr.shape[0] - hr_side) // 2, (hr.shape[1] - hr_side) // 2
-        x = make_lr(np.ascontiguousarray(hr[top:top + hr_side, left:left + hr_side]), scale)
-        if spec.input == "y":
-            x = rgb_to_ycbcr(x)[:, :1]
-        if spec.pre_upsample:
-            x = imresize(x, size=(hr_side, hr_side))
-        found.append(x.numpy())
-        if len(found) == samples:
-            break
-    if not found:
-        raise UserError(f"--calib {folder}: no image of at least {hr_side}x{hr_side} pixels")
-    return found
-
-
-def quantize_to_cache(model: nn.Module, key: str, scale: float, calib: str, *, samples: int = 32,
-                      size: int = 64) -> Path:
-    """Make the cached int8 IR of `model` (see the module docstring) once; its path."""
-    from . import export
-    import nncf
-    import openvino as ov
-    inputs = calibration_inputs(model, scale, calib, samples=samples, size=size)
-    out = cached_path(key, scale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"int8: calibrating {key} x{scale:g} on {len(inputs)} crops of {calib}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp:
-        onnx_path = Path(tmp) / "fp32.onnx"
-        onnx_path.write_bytes(export.onnx_bytes(model.cpu().eval(), export.example_input(model, False)))
-        net = ov.convert_model(str(onnx_path))
-        convs = [op.get_friendly_name() for op in net.get_ordered_ops() if op.get_type_name() == "Convolution"]
-        # the image-facing layers stay float: their rounding is what costs PSNR (see fp32_ends)
-        keep = nncf.IgnoredScope(names=sorted({convs[0], convs[-1]}) if convs else [])
-        q = nncf.quantize(net, nncf.Dataset(inputs), subset_size=len(inputs), ignored_scope=keep)
-        spec = model.upsample_spec
-        q.set_rt_info(json.dumps({"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "",
-                                  "source": key, "float_edges": True, "calibration": {
-                                      "folder": str(calib), "images": len(inputs), "lr_size": size,
-                                      "scale": scale}}, sort_keys=True), META_KEY)
-        tmp_xml = Path(tmp) / "int8.xml"
-        ov.save_model(q, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_xml.with_suffix(".bin"), out.with_suffix(".bin"))
-        os.replace(tmp_xml, out)  # the .xml last: its presence says the pair is whole
-    return out
-

@@ -1,62 +1,69 @@
-"""`upsample quantize`: static int8 post-training quantization for ONNX Runtime or OpenVINO.
+"""Static int8 post-training quantization, for ONNX Runtime or OpenVINO: `upsample quantize`
+writes its file with `quantize_model`, and `--backend auto`'s cached int8 IR (`int8.cached_path`,
+which `upsample bench --calib DIR` asks for) is made by the same code (`quantize_to_cache`).
 
 The float network is exported to ONNX as for the runtime backends, then quantized with the
 runtime's own tool: ONNX Runtime's `quantize_static` (QDQ format, per-channel int8 weights,
-uint8 activations, 99.999th-percentile ranges) or OpenVINO's NNCF (`nncf.quantize`). Calibration inputs are the network's
-real inputs: centre crops of the `--calib` images, downscaled with the project's bicubic and fed
-through the same Upscaler edges as inference (Y channel, VDSR's pre-upsampling), so the ranges
-are those the network will see. The int8 file keeps the model's name, architecture and scale in
-its metadata: `upsample eval|image|video --model OUT --backend <that backend>` run it, and
-`upsample bench --model MODEL --int8 OUT` times it beside the fp32 model.
+uint8 activations, 99.999th-percentile ranges) or OpenVINO's NNCF (`quantize_openvino`).
+Calibration inputs are the network's real inputs: centre crops of the `--calib` images,
+downscaled with the project's bicubic and brought to the network as `ModelUpscaler` does (Y
+channel, VDSR's pre-upsampling, padding), so the ranges are those the network will see. The int8
+file keeps the model's name, architecture and scale in its metadata: `upsample eval|image|video
+--model OUT --backend <that backend>` run it, and `upsample bench --model MODEL --int8 OUT` times
+it beside the fp32 model. An OpenVINO one with float edges is also copied into the cache, where
+`--backend auto` lets it compete under the quality gate.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ..runtime import export
+from . import export
+from .int8 import SUFFIX, cached_path, write_meta
+from .kinds import Backend
 from ..errors import UserError
-from ..media.imageio import list_images, read_rgb
-from ..runtime.int8 import SUFFIX, write_meta
-from ..runtime.kinds import Backend
 
 
-
-def calibration_inputs(model, scale: float, folder: str, *, samples: int, size: int) -> list[np.ndarray]:
-    """Network inputs (float32 NCHW) made from centre crops of up to `samples` images."""
-    from ..data.degrade import make_lr, modcrop
-    from ..inference.upscaler import ModelUpscaler
-
+def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: int = 32,
+                       size: int = 64) -> list[np.ndarray]:
+    """The network's inputs (float32 NCHW) for centre crops of up to `samples` images of
+    `folder`, LR side `size`: what `ModelUpscaler` feeds the network (Y for Y models, bicubic-
+    upscaled for pre-upsampling ones, padded to the network's multiple), without its import."""
+    from ..data.colour import rgb_to_ycbcr
+    from ..data.degrade import imresize, make_lr, modcrop
+    from ..media.imageio import list_images, read_rgb
     images, _ = list_images(folder)
     if not images:
         raise UserError(f"--calib {folder}: no images found")
-    seen: list[np.ndarray] = []
-
-    def record(x: torch.Tensor) -> torch.Tensor:
-        seen.append(x.detach().cpu().float().numpy())
-        return model(x)
-
-    up = ModelUpscaler(model, record, scale=scale, name="calibration", backend=Backend.TORCH,
-                       device=torch.device("cpu"))
-    hr_size = int(round(size * scale))
+    spec, hr_side, found = model.upsample_spec, int(round(size * scale)), []
     for path in images:  # one centre crop per image big enough: equal shapes for histograms
         hr = read_rgb(path)
-        if min(hr.shape[:2]) < hr_size:
+        if min(hr.shape[:2]) < hr_side:
             continue
-        top, left = (hr.shape[0] - hr_size) // 2, (hr.shape[1] - hr_size) // 2
-        with torch.no_grad():
-            up(make_lr(modcrop(hr[top:top + hr_size, left:left + hr_size], scale), scale))
-        if len(seen) == samples:
+        top, left = (hr.shape[0] - hr_side) // 2, (hr.shape[1] - hr_side) // 2
+        x = make_lr(modcrop(np.ascontiguousarray(hr[top:top + hr_side, left:left + hr_side]), scale), scale)
+        if spec.input == "y":
+            x = rgb_to_ycbcr(x)[:, :1]
+        if spec.pre_upsample:
+            x = imresize(x, scale)
+        h, w = x.shape[-2:]
+        if -h % spec.pad_multiple or -w % spec.pad_multiple:
+            x = F.pad(x, (0, -w % spec.pad_multiple, 0, -h % spec.pad_multiple), mode="reflect")
+        found.append(x.numpy())
+        if len(found) == samples:
             break
-    if not seen:
-        raise UserError(f"--calib {folder}: no image is at least {hr_size}x{hr_size} (--size {size} "
+    if not found:
+        raise UserError(f"--calib {folder}: no image is at least {hr_side}x{hr_side} (--size {size} "
                         f"at x{scale:g}); use smaller --size")
-    return seen
+    return found
 
 
 def edge_convs(onnx_path: Path) -> list[str]:
@@ -105,8 +112,8 @@ def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
     ov.save_model(q, str(out), compress_to_fp16=False)
 
 
-def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, samples: int,
-                   size: int, keep_edges: bool, source: str) -> int:
+def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, samples: int = 32,
+                   size: int = 64, keep_edges: bool = True, source: str) -> int:
     """Calibrate `model` at `scale` on `calib` and write the int8 graph to `out` (atomically: a
     temporary folder beside it, renamed into place). Returns the number of calibration crops."""
     inputs = calibration_inputs(model, scale, calib, samples=samples, size=size)
@@ -120,7 +127,7 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
         onnx_path = tmp / "fp32.onnx"
         onnx_path.write_bytes(export.onnx_bytes(model.cpu().eval(), export.example_input(model, False)))
         q = tmp / ("int8" + SUFFIX[backend])
-        print(f"calibrating on {len(inputs)} crops of {calib} ({backend})", file=sys.stderr)
+        print(f"int8: calibrating on {len(inputs)} crops of {calib} ({backend})", file=sys.stderr)
         try:
             keep = edge_convs(onnx_path) if keep_edges else []
             quantize = quantize_onnxruntime if backend == Backend.ONNXRUNTIME else quantize_openvino
@@ -133,3 +140,33 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)
     return len(inputs)
+
+
+def model_key(model: nn.Module) -> str:
+    """The weights' name in the cache (as `auto` keys its exports and gate results)."""
+    return f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+
+
+def quantize_to_cache(model: nn.Module, scale: float, calib: str, *, samples: int = 32,
+                      size: int = 64) -> Path:
+    """Make the int8 IR `--backend auto` lets compete (OpenVINO, first and last convolutions
+    float) in the cache; its path."""
+    key = model_key(model)
+    out = cached_path(key, scale)
+    quantize_model(model, scale=scale, backend=Backend.OPENVINO, calib=calib, out=out, samples=samples,
+                   size=size, keep_edges=True, source=key)
+    return out
+
+
+def copy_to_cache(model: nn.Module, scale: float, path: Path) -> Path:
+    """An `upsample quantize --backend openvino` output (float edges) copied to where `--backend
+    auto` finds it: it replaces one made before, and the gate measures it (its stamp is new)."""
+    out = cached_path(model_key(model), scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp:
+        tmp_xml = Path(tmp) / out.name
+        shutil.copyfile(path.with_suffix(".bin"), tmp_xml.with_suffix(".bin"))
+        shutil.copyfile(path, tmp_xml)
+        tmp_xml.with_suffix(".bin").replace(out.with_suffix(".bin"))
+        tmp_xml.replace(out)  # the .xml last: its presence says the pair is whole
+    return out
