@@ -62,9 +62,11 @@ def _too_large(p: Path, exc: Exception) -> UserError:
                      f"--max-pixels {math.ceil((numbers[0] if numbers else 2 * limit) / 1e6)}M, or 0 for none)")
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     """Open and fully decode an image, turning every decoder failure into one UserError. An
-    animation (GIF, APNG, WebP of several frames) is refused: its first frame is not the file."""
+    animation (GIF, APNG, WebP of several frames) is refused: its first frame is not the file.
+    `decode=False`: the same checks (size limit, animation) on the header only, pixels unread
+    (`streamed` decodes a large file in bands instead)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"file not found: {p}")
@@ -77,7 +79,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                        else f"upscale it with `upsample video {p} -o OUT.mp4`")  # FFmpeg: no animated WebP
                 raise UserError(f"{p} is an animation of {img.n_frames} frames, and `upsample image` "
                                 f"writes one picture: {how}")
-            img.load()
+            if decode:
+                img.load()
     except Image.DecompressionBombError as exc:
         raise _too_large(p, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
