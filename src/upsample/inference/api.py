@@ -76,7 +76,8 @@ class ImageUpscaler:
     def upscale_planes_in_strips(self, planes: Planes, write, desc: str = "") -> None:
         """Upscale colour planes (no alpha) band by band, giving `write` the output rows in
         order (`imageio.png_strips`): memory is the input, the tiles and one band of output
-        (at most STRIP_BYTES), whatever the output size."""
+        (at most STRIP_BYTES), whatever the output size. The colour may be rows decoded as the
+        bands need them (`streamed.StreamedRows`): then not even the input is whole."""
         if planes.alpha is not None:
             raise ValueError("planes with alpha are upscaled whole (upscale_planes)")
         c = planes.color
@@ -84,10 +85,14 @@ class ImageUpscaler:
         row_bytes = output_size(w, self.scale) * ch * c.itemsize * max(1.0, self.scale)
         band = max(1, min(h, int(STRIP_BYTES // row_bytes)))
         reserved = 2 * int(band * row_bytes)  # a band's output, and its filtered copy in the writer
+        if not isinstance(c, np.ndarray):  # rows decoded as needed: a band, the last, their join
+            reserved += 3 * min(h, band + 2 * self.tiler.pad) * w * ch * c.itemsize
         tile = self.tiler.plan_tile(min(h, band + 2 * self.tiler.pad), w, ch, c.dtype, reserved)
         if self.verbose:
             tqdm.write(f"note: {desc or 'image'}: {w}x{h} in bands of {band} rows"
-                       + (f", {tile}px tiles" if tile else "") + ", written as it goes", file=sys.stderr)
+                       + (f", {tile}px tiles" if tile else "")
+                       + (", written" if isinstance(c, np.ndarray) else ", read and written") + " as it goes",
+                       file=sys.stderr)
         self.tiler.upscale_rows(c, write, tile=tile, band=band, desc=desc)
 
     def upscale(self, image):

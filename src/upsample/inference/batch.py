@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
+from ..media import streamed
 from ..media.imageio import (PNG_STRIP_MODES, SAVE_FORMATS, is_image_path, list_images, png_strips, read_planes,
                              save_planes, storable_path)
 from . import fastpath
@@ -23,6 +24,11 @@ from . import fastpath
 # Outputs larger than this are written in strips when their format allows (PNG without alpha):
 # the image is then upscaled band by band and never held whole (`ImageUpscaler.upscale_planes_in_strips`).
 STREAM_BYTES = 64_000_000
+# An input whose whole decode (Pillow's image and the array made from it) would take more than
+# this share of the memory budget (--max-memory, else half the free memory) is decoded in bands
+# of rows too, where its format allows (`media.streamed`: PNG, JPEG): the tiles, one output band
+# and the model share the rest.
+WHOLE_DECODE_SHARE = 0.25
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -166,7 +172,7 @@ class Engines:
     def upscale_file(self, src: Path, dst: Path, *, overwrite: bool, quality: int | None) -> tuple[bool, Path]:
         """(written, path): the image saved (as PNG where `dst`'s format cannot hold it), or not
         because that PNG name exists already."""
-        planes = read_planes(src)
+        planes = self._streamed_planes(src, dst) or read_planes(src)
         final = storable_path(planes.mode, dst)
         if final != dst and final.exists() and not overwrite:
             return False, final
@@ -184,6 +190,25 @@ class Engines:
             result = self.full().upscale_planes(planes, desc=src.name)
         del planes
         return True, save_planes(result, final, quality=quality)
+
+    def _streamed_planes(self, src: Path, dst: Path):
+        """Planes whose rows are decoded as the bands need them (`streamed.open_rows`), for an
+        input whose output goes to PNG in strips and whose whole decode would not fit the memory
+        budget; else None (`read_planes` decodes it whole, as for every other picture)."""
+        head = streamed.probe(src)
+        if (head is None or int(head.decoded_bytes * self.scale ** 2) <= STREAM_BYTES
+                or storable_path(head.mode, dst).suffix.lower() != ".png"):
+            return None  # the output is written whole (or small): so is the input decoded
+        if self.max_memory is not None:
+            budget = self.max_memory
+        else:  # the memory planner's default, of the host's memory, where decoding happens
+            import torch  # the strips need it anyway
+
+            from .memory import free_memory
+            budget = free_memory(torch.device("cpu")) // 2
+        if head.whole_decode_bytes <= WHOLE_DECODE_SHARE * budget / max(1, self.args.jobs):
+            return None  # images of --jobs share the budget, as their tiles do
+        return streamed.open_rows(head)
 
     def _check_whole_output(self, src: Path, final: Path, out_bytes: int, planes) -> None:
         """A UserError when an output written whole (JPEG, WebP, PNG with alpha: Pillow encodes

@@ -161,7 +161,9 @@ class Tiler:
                      maxval: float | None = None) -> None:
         """Upscale an HxWxC uint array in horizontal bands of `band` input rows, each run with
         `pad` rows of its neighbours as context (as tiles are), and hand each band's output rows
-        to `write` in order: the whole output never exists at once (`png_strips` writes it)."""
+        to `write` in order: the whole output never exists at once (`png_strips` writes it).
+        `arr` may be any object with `shape` whose row slices, asked in order, are arrays
+        (`streamed.StreamedRows`: the input is not whole either)."""
         h = arr.shape[0]
         band, g = self.geometry.round_down(band), self.geometry
         bar = tqdm(total=h, desc=desc or "rows", unit="row", file=sys.stderr, leave=False,
