@@ -125,6 +125,7 @@ def test_auto_makes_a_cached_int8_model_once_and_lets_it_compete_under_the_gate(
     args = ["bench", "--model", str(ckpt), "--backend", "auto", "--precision", "fp32", "--calib",
             str(root / "calib-big"), "--size", "32x24", "--runs", "1", "--warmup", "0", "--json"]
     assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["rows"]  # NNCF's log and progress not on stdout
     model, _ = checkpoint.load_checkpoint(ckpt)
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
     made = int8.find_cached(key, 2.0)

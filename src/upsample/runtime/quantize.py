@@ -16,6 +16,7 @@ it beside the fp32 model. An OpenVINO one with float edges is also copied into t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -100,6 +101,13 @@ def quantize_onnxruntime(onnx_path: Path, out: Path, inputs: list[np.ndarray],
 
 def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
                       keep_float: list[str] = ()) -> None:
+    # NNCF logs and draws its progress on stdout, where `bench --json` and `quantize` print
+    # their results: on stderr instead (its log handler takes the stdout of its import)
+    with contextlib.redirect_stdout(sys.stderr):
+        _nncf_int8(onnx_path, out, inputs, keep_float)
+
+
+def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float: list[str]) -> None:
     """NNCF with SmoothQuant on the convolutions (alpha 0.25) and min-max activation ranges.
     vdsr x2 on the probe set (calibrated on 32 BSD400 crops): NNCF's defaults moved Y-PSNR by
     0.085 dB and the picture to 50.9 dB from fp32; SmoothQuant (per-channel activation spread
