@@ -104,3 +104,44 @@ def test_the_openvino_cpu_device_by_name_runs_as_the_cpu_does():
         assert torch.equal(by_name(x), plain(x)) and by_name.runtime == "openvino"
     with pytest.raises(UserError, match="OpenVINO device: use --backend auto or openvino"):
         load_upscaler("espcn-rgb-x2", backend="torch", device="CPU")
+
+
+@pytest.mark.parametrize("backend, precision, hint", [
+    ("openvino", "auto", "f32"),  # the openvino backend runs fp32, on any device
+    ("auto", "fp32", "f32"),      # eval's default: exact on a GPU too
+    ("auto", "auto", None),       # auto: the device's own precision (f16 on Intel GPUs)
+])
+def test_an_openvino_device_gets_the_precision_asked_for(backend, precision, hint, monkeypatch):
+    """No GPU here: OpenVINO's compile is intercepted, told a GPU exists, and runs on the CPU."""
+    import openvino as ov
+
+    from upsample.inference.load import load_upscaler
+    from upsample.runtime import cache
+    seen, real = [], ov.Core.compile_model
+
+    def compile_model(self, model, device=None, config=None):
+        seen.append((device, dict(config or {})))
+        return real(self, model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    monkeypatch.setattr(ov.Core, "compile_model", compile_model)
+    monkeypatch.setattr(sessions, "openvino_devices", lambda: ["CPU", "GPU"])
+    monkeypatch.setattr(cache, "openvino_devices", lambda: ["CPU", "GPU"], raising=False)
+    up = load_upscaler("espcn-rgb-x2", backend=backend, device="GPU", precision=precision)
+    with torch.no_grad():
+        up(torch.rand(1, 3, 12, 10))
+    gpu = [config for device, config in seen if device == "GPU"]
+    assert gpu and all(config.get("INFERENCE_PRECISION_HINT") == hint for config in gpu), seen
+
+
+def test_a_device_that_cannot_run_the_precision_is_one_line(monkeypatch, tmp_path):
+    import openvino as ov
+
+    from upsample.runtime import cache
+
+    def compile_model(self, model, device=None, config=None):
+        raise RuntimeError("Exception from src/inference/src/core.cpp: Unsupported property "
+                           "INFERENCE_PRECISION_HINT by NPU plugin\nmore lines")
+    monkeypatch.setattr(ov.Core, "compile_model", compile_model)
+    xml = tmp_path / "m.xml"
+    with pytest.raises(UserError, match=r"--device NPU cannot run f32 \(Exception from .*NPU plugin\); "
+                                        r"use --backend auto --precision auto"):
+        cache.ov_compiled(xml, "f32", device="NPU")

@@ -106,7 +106,7 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
-    if device != "CPU":  # GPU / NPU / AUTO: their own precision, no CPU bf16 variants
+    if device != "CPU":  # GPU / NPU / AUTO: no CPU bf16 variants to choose from
         use, chosen = "device", fused_xml or net_xml
     else:
         use, chosen = _cpu_choice(model, key, net_xml, fused_xml, name=name, scale=scale,
@@ -118,6 +118,8 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
         net_xml = fp32_ends.variant(net_xml)
         fused_xml = fp32_ends.variant(fused_xml) if fused_xml is not None else None
     ov_precision = "bf16" if use in ("bf16", "bf16-body") else "f32"
+    if use == "device":  # GPU / NPU / AUTO: fp32 when asked for (eval's default), else their own
+        ov_precision = "f32" if precision == Precision.FP32 else None
     cpu, compiled = torch.device("cpu"), {}
 
     def session(xml):
@@ -130,7 +132,7 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
         return compiled["net"](t)
 
     runner = Runner(run=run_net, spec=model.upsample_spec, runtime="openvino" if device == "CPU" else f"openvino {device}",
-                    model=model, precision={"f32": "fp32"}.get(use, use),
+                    model=model, precision="fp32" if ov_precision == "f32" else use,
                     graph=(fused_xml or net_xml, ov_precision) if device == "CPU" else None)
     if fused_xml is not None:
         # The fused graph is the faster one wherever it was timed (640x360, OpenVINO fp32, 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
 from ..media.cache import cache_root
 
 FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
@@ -16,12 +17,12 @@ def cache_dir() -> Path:
     return cache_root() / "export"
 
 
-def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None, device: str = "CPU"):
-    """`path` compiled for an OpenVINO `device` (CPU, GPU, NPU, AUTO ...). On the CPU in
-    `precision` (f32 or bf16; f32 must be asked for, since on CPUs with bf16 units OpenVINO would
-    otherwise pick bf16) with `threads`; other devices run their own default precision (f16 on
-    Intel GPUs and NPUs). Compiled blobs are cached beside the exports, so a second process
-    starts without recompiling."""
+def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None = None, device: str = "CPU"):
+    """`path` compiled for an OpenVINO `device` (CPU, GPU, NPU, AUTO ...) in `precision` (f32 or
+    bf16; f32 must be asked for, since OpenVINO would otherwise pick bf16 on CPUs with bf16 units
+    and f16 on Intel GPUs and NPUs), None: the device's own default (not on the CPU); `threads`
+    on the CPU. A device that cannot run the precision asked is one line. Compiled blobs are
+    cached beside the exports, so a second process starts without recompiling."""
     import openvino as ov
     core = ov.Core()
     blobs = cache_dir() / "openvino"
@@ -30,12 +31,18 @@ def ov_compiled(path: Path, precision: str = "f32", threads: int | None = None, 
         core.set_property({"CACHE_DIR": str(blobs)})
     except (OSError, RuntimeError):
         pass
-    config = {}
-    if device == "CPU":
-        config["INFERENCE_PRECISION_HINT"] = precision
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(str(path), device, config)
+    config = {"INFERENCE_PRECISION_HINT": precision or "f32"} if device == "CPU" else \
+        {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    if device == "CPU" and threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(str(path), device, config)
+    except RuntimeError as exc:
+        if device == "CPU" or not precision:
+            raise
+        first = (str(exc).strip().splitlines() or ["?"])[0]
+        raise UserError(f"--device {device} cannot run {precision} ({first}); use --backend auto "
+                        "--precision auto for the device's own precision, or --device CPU") from None
 
 
 def openvino_devices() -> list[str]:

@@ -32,11 +32,11 @@ def ort_session(source, device: torch.device, threads: int | None = None):
     return ort.InferenceSession(source, opts, providers=providers)
 
 
-def file_session(path: Path, backend: str, device: torch.device, *, precision: str = "f32",
+def file_session(path: Path, backend: str, device: torch.device, *, precision: str | None = "f32",
                  threads: int | None = None, ov_device: str = "CPU"):
     """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
-    OpenVINO .xml or .onnx for openvino; OpenVINO on `ov_device`, on the CPU in `precision` f32
-    or bf16)."""
+    OpenVINO .xml or .onnx for openvino; OpenVINO on `ov_device` in `precision` f32 or bf16, or
+    None: a GPU's or NPU's own)."""
     if backend == Backend.ONNXRUNTIME:
         sess = ort_session(str(path), device, threads)
 
@@ -57,7 +57,7 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
 def session_runner(model: nn.Module, backend: Backend, device: torch.device,
                    threads: int | None = None, ov_device: str = "CPU") -> Runner:
     """`model` exported (cached by weights hash) and run in fp32 on onnxruntime or openvino
-    (OpenVINO on `ov_device`: there in the device's own precision unless it is the CPU)."""
+    (OpenVINO on `ov_device`, asked for f32 there too)."""
     path = cached_ir(model) if backend == Backend.OPENVINO else cached_onnx(model)
     runtime = str(backend) if ov_device == "CPU" else f"{backend} {ov_device}"
     return Runner(run=file_session(path, backend, device, threads=threads, ov_device=ov_device),
