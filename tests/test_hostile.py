@@ -497,7 +497,9 @@ def test_sigint_mid_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     def write_then_interrupt(self, rows, *a, **k):
         real_write(self, rows, *a, **k)
         if self.done >= 8:  # some rows are on disk, in the temporary file
-            os.kill(os.getpid(), signal.SIGINT)
+            # to this thread, as a terminal's Ctrl-C reaches a one-thread process: os.kill may wake
+            # one of libvips' or OpenMP's threads instead, and the main thread see it only later
+            signal.raise_signal(signal.SIGINT)
     monkeypatch.setattr(imageio.PngStripWriter, "write", write_then_interrupt)
     src = _png(tmp_path, "in.png", rgb(40, 48))
     out = tmp_path / "out"
