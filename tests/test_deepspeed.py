@@ -118,7 +118,7 @@ def deepspeed_env(monkeypatch):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (['deepspeed.precision="bf16"', 'train.amp="bf16"'],
+    (['deepspeed.zero_stage=1', 'deepspeed.precision="bf16"', 'train.amp="bf16"'],
      'the network is already bf16 under DeepSpeed; set train.amp = "none"'),
     (['deepspeed.precision="fp16"'], "deepspeed fp16 needs CUDA; use bf16 on the CPU"),
     (["optim.clip=1.0", 'optim.clip_type="value"'], 'set optim.clip_type = "norm"'),
@@ -128,6 +128,7 @@ def deepspeed_env(monkeypatch):
     (['deepspeed.config="{json}"', "deepspeed.zero_stage=1"], "not also deepspeed.zero_stage"),
     (['deepspeed.config="{json}"'], "its 'optimizer' is the recipe's [optim] here; remove it"),
     (['deepspeed.config="{missing}"'], "cannot read it as JSON"),
+    (['deepspeed.precision="bf16"'], "deepspeed bf16 with ZeRO stage 0 is not supported here"),
 ])
 def test_settings_it_cannot_run_are_one_line(sets, message, tmp_path, deepspeed_env, capsys):
     from upsample import cli
@@ -140,6 +141,36 @@ def test_settings_it_cannot_run_are_one_line(sets, message, tmp_path, deepspeed_
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "error:" in err[-1] and "Traceback" not in "".join(err)
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"bf16": {"enabled": "auto"}}, 'bf16 must be an object whose "enabled" is true or false'),
+    ({"bf16": True}, 'bf16 must be an object whose "enabled" is true or false'),
+    ({"zero_optimization": {"stage": "one"}}, 'zero_optimization must be an object with an integer "stage"'),
+    ({"zero_optimization": 1}, 'zero_optimization must be an object with an integer "stage"'),
+    ({"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}, "fp16": {"enabled": True}},
+     "enables both bf16 and fp16"),
+    ({"zero_optimization": {"stage": 0}, "fp16": {"enabled": True}}, "fp16 needs CUDA"),
+])
+def test_malformed_json_settings_are_one_line(table, message, tmp_path, deepspeed_env, capsys):
+    from upsample import cli
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps(table))
+    args = ["train", TINY, "--run-dir", str(tmp_path / "r"), "--device", "cpu",
+            "--set", f"deepspeed.config={json.dumps(str(ds_json))}"]
+    for s in SETS:
+        args += ["--set", s]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "error:" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_reset_removes_the_deepspeed_checkpoints(tmp_path):
+    from upsample.training import rundir
+    (tmp_path / "deepspeed" / "step4").mkdir(parents=True)
+    (tmp_path / "last_state.pt").write_bytes(b"x")
+    rundir.reset_run_dir(tmp_path)
+    assert not (tmp_path / "deepspeed").exists() and not (tmp_path / "last_state.pt").exists()
 
 
 def test_json_settings_are_read_and_batch_keys_must_agree(tmp_path, deepspeed_env, capsys):

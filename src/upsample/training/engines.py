@@ -154,6 +154,11 @@ class DeepSpeedEngine:
         self.settings = self._settings(cfg)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise UserError("deepspeed fp16 needs CUDA; use bf16 on the CPU")
+        if self.zero_stage == 0 and self.precision != "fp32":
+            # ZeRO-0 16-bit is DeepSpeed's FP16_UnfusedOptimizer: gradients summed in 16 bits and
+            # fp32 masters that safe_get_full_fp32_param cannot read (EMA/saves would be rounded)
+            raise UserError(f"deepspeed {self.precision} with ZeRO stage 0 is not supported here; use "
+                            "ZeRO stage 1 (deepspeed.zero_stage = 1), or fp32 with train.amp = \"bf16\"")
         if self.input_dtype is not None and cfg.train.amp not in ("none", "auto"):
             raise UserError(f"train.amp = {cfg.train.amp!r} and deepspeed {self.precision}: the network is "
                             f"already {self.precision} under DeepSpeed; set train.amp = \"none\"")
@@ -168,13 +173,10 @@ class DeepSpeedEngine:
         table = read_deepspeed_json(ds) if ds.config else {
             "zero_optimization": {"stage": ds.zero_stage},
             "bf16": {"enabled": ds.precision == "bf16"}, "fp16": {"enabled": ds.precision == "fp16"}}
-        self.zero_stage = int(table.get("zero_optimization", {}).get("stage", 0))
+        self.zero_stage, self.precision = zero_stage_of(table), precision_of(table)
         if self.zero_stage not in (0, 1):
             raise UserError(f"deepspeed ZeRO stage {self.zero_stage}: use 0 or 1 (the models here "
                             "are small; stages 2 and 3 shard what fits on one device anyway)")
-        half = [k for k in ("bf16", "fp16") if table.get(k, table.get("bfloat16" if k == "bf16" else k,
-                                                                       {})).get("enabled")]
-        self.precision = half[0] if half else "fp32"
         micro = cfg.data.batch_size // cfg.train.accumulate
         ours = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": cfg.train.accumulate,
                 "train_batch_size": cfg.data.batch_size * self.world, "gradient_clipping": cfg.optim.clip}
@@ -252,6 +254,33 @@ class DeepSpeedEngine:
             raise UserError(f"--resume: DeepSpeed checkpoint {run_dir / self.DIR / saved['tag']} "
                             "is missing; every rank needs the run dir (a shared filesystem)")
         self.tag, self.saved = saved["tag"], saved
+
+
+def zero_stage_of(table: dict) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 where it says none)."""
+    zero = table.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if isinstance(stage, bool) or not isinstance(stage, int):
+        raise UserError(f"deepspeed.config: zero_optimization must be an object with an integer "
+                        f"\"stage\", got {json.dumps(zero)}")
+    return stage
+
+
+def precision_of(table: dict) -> str:
+    """"bf16", "fp16" or "fp32": what a DeepSpeed config's bf16 (or bfloat16) / fp16 sections enable."""
+    enabled = []
+    for name, keys in (("bf16", ("bf16", "bfloat16")), ("fp16", ("fp16",))):
+        for key in (k for k in keys if k in table):
+            section = table[key]
+            flag = section.get("enabled", False) if isinstance(section, dict) else None
+            if not isinstance(flag, bool):  # e.g. "auto", the Hugging Face Trainer's placeholder
+                raise UserError(f"deepspeed.config: {key} must be an object whose \"enabled\" is true "
+                                f"or false, got {json.dumps(section)}")
+            if flag:
+                enabled.append(name)
+    if len(set(enabled)) > 1:
+        raise UserError("deepspeed.config enables both bf16 and fp16: keep one")
+    return enabled[0] if enabled else "fp32"
 
 
 def read_deepspeed_json(ds: config_mod.DeepSpeedConfig) -> dict:

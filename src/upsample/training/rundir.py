@@ -32,7 +32,8 @@ def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
 def reset_run_dir(run_dir: Path) -> None:
     for f in RUN_FILES:
         (run_dir / f).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    for folder in ("tb", "deepspeed"):  # TensorBoard's events; DeepSpeed's checkpoints (engines.py)
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
 class RunLog:
