@@ -144,8 +144,19 @@ def test_bicubic_options_and_images_the_numpy_path_does_not_take(tmp_path):
         return fastpath.load(args)
     assert isinstance(engine(), fastpath.BicubicEngine) and engine().scale == 2.0  # bicubic's default
     for extra in (["--threads", "1"], ["--tile", "64"], ["--backend", "torch"], ["--outscale", "3"],
-                  ["--scale", "0.5"], ["--scale", "x"], ["--half"]):
+                  ["--scale", "0.5"], ["--scale", "x"], ["--scale", "1.2345"], ["--half"]):
         assert engine(*extra) is None, extra
     from upsample.media.imageio import Planes
     big = Planes(np.zeros((1000, 1000, 3), np.uint8))  # 3000 x 3000 out: over MAX_OUT_PIXELS
     assert engine("--scale", "3").upscale_planes(big) is None
+
+
+def test_bicubic_scale_the_tiling_refuses_is_refused_on_every_path(tmp_path, capsys):
+    """A scale that is not a ratio of small integers: one line and no file, with or without
+    --threads (which takes the full path), whatever the image size."""
+    src = _photo(tmp_path / "a.png")
+    for extra in ([], ["--threads", "1"]):
+        out = tmp_path / f"o{len(extra)}"
+        assert _image(src, out, "bicubic", "--scale", "1.2345", *extra) == 2
+        assert "not a ratio of small integers" in capsys.readouterr().err
+        assert not out.exists() or not any(out.iterdir())

@@ -145,3 +145,14 @@ def test_a_device_that_cannot_run_the_precision_is_one_line(monkeypatch, tmp_pat
     with pytest.raises(UserError, match=r"--device NPU cannot run f32 \(Exception from .*NPU plugin\); "
                                         r"use --backend auto --precision auto"):
         cache.ov_compiled(xml, "f32", device="NPU")
+
+
+def test_bf16_asked_for_an_openvino_gpu_is_one_line(monkeypatch):
+    """--precision bf16 names the CPU's units: on a GPU it was silently the device's own (f16)."""
+    from upsample.inference.load import load_upscaler
+    from upsample.runtime import cache
+    monkeypatch.setattr(sessions, "openvino_devices", lambda: ["CPU", "GPU"])
+    monkeypatch.setattr(cache, "openvino_devices", lambda: ["CPU", "GPU"], raising=False)
+    with pytest.raises(UserError, match="--precision bf16 is for the CPU's bf16 units; on the OpenVINO "
+                                        "device GPU use --precision fp32"):
+        load_upscaler("espcn-rgb-x2", backend="auto", device="GPU", precision="bf16")

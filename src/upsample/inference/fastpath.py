@@ -31,10 +31,12 @@ import numpy as np
 
 from .. import __version__
 from ..data.bicubic import imresize_array, output_size
+from ..errors import UserError
 from ..media.imageio import Planes, atomic_output
 from ..models import WEIGHTS_DIR
 from ..runtime.cache import FUSED_GRAPH, cache_dir, ov_compiled
 from ..runtime.kinds import Backend, Precision
+from .tiling import TileGeometry
 
 PLAN_VERSION = 3  # 2: auto may pick a bf16-body (fp32 ends) graph; 3: auto chooses by the PSNR gate
 MAX_OUT_PIXELS = 2_000_000  # larger outputs take the full path (its memory-bounded tiling)
@@ -172,7 +174,13 @@ class BicubicEngine:
         except ValueError:
             return None
         # scale >= 1: a downscale's wider kernel sums more taps, in an order numpy and torch may not share
-        return cls(scale) if 1 <= scale < float("inf") else None
+        if not 1 <= scale < float("inf"):
+            return None
+        try:  # a scale the full path's tiling refuses (not a ratio of small integers) is refused
+            TileGeometry.of(scale)  # there, whatever the image size or --threads
+        except UserError:
+            return None
+        return cls(scale)
 
     def upscale_planes(self, planes: Planes, desc: str = "") -> Planes | None:
         h, w = planes.color.shape[:2]

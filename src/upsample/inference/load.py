@@ -126,6 +126,9 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
     from ..runtime import foreign_onnx
     if foreign_onnx.is_foreign(Path(spec)):
         return _foreign_upscaler(Path(spec), scale, backend, precision, dev, threads)
+    if precision == Precision.BF16 and ov_device not in (None, "CPU"):
+        raise UserError(f"--precision bf16 is for the CPU's bf16 units; on the OpenVINO device {ov_device} "
+                        "use --precision fp32 (exact) or auto (the device's own precision)")
     is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
     # int8 without an int8 file: only auto on the CPU has one (its cached model, `bench --calib`)
     cpu_auto = backend == Backend.AUTO and dev.type == "cpu" and ov_device in (None, "CPU")

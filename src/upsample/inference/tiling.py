@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..data.degrade import output_size
+from ..data.bicubic import output_size  # torch-free: fastpath checks scales with TileGeometry
 from ..errors import UserError
 
 Region = tuple[int, int, int, int]  # (y0, y1, x0, x1)
