@@ -68,6 +68,7 @@ PICTURES = {
                                               icc_profile=b"not a real profile, kept as bytes"), True),
     "rgb jpeg": (lambda t: _save(t, "a.jpg", Image.fromarray(rgb()), quality=90), True),
     "gray jpeg": (lambda t: _save(t, "a.jpg", Image.fromarray(rgb()[..., 0])), True),
+    "progressive jpeg": (lambda t: _save(t, "a.jpg", Image.fromarray(rgb()), progressive=True), True),
     "jpeg turned by exif": (lambda t: _save(t, "a.jpg", Image.fromarray(rgb()), exif=_exif(6)), False),
     "interlaced png": (_interlaced, False),
     "png with exif after the pixels": (_exif_after_idat, False),
@@ -101,6 +102,16 @@ def test_streamed_output_equals_pillow_path(tmp_path, strips, case):
     assert cli.main([*args, "-o", str(tmp_path / "streamed.png"), *FORCE]) == 0
     assert any(strips) == streams, strips
     assert (tmp_path / "pillow.png").read_bytes() == (tmp_path / "streamed.png").read_bytes()
+
+
+def test_progressive_jpeg_counts_what_its_decoder_holds(tmp_path):
+    """libjpeg keeps every coefficient of a progressive JPEG (2 bytes a sample) while its rows are
+    read: the memory plan reserves it; a baseline JPEG holds none."""
+    img = Image.fromarray(rgb())
+    progressive = streamed.probe(_save(tmp_path, "p.jpg", img, progressive=True))
+    baseline = streamed.probe(_save(tmp_path, "b.jpg", img))
+    assert progressive.held_bytes == 2 * 40 * 48 * 3 and baseline.held_bytes == 0
+    assert streamed.open_rows(progressive).color.held_bytes == progressive.held_bytes
 
 
 def test_picture_that_fits_is_read_by_pillow(tmp_path, strips):

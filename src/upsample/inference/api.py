@@ -85,8 +85,9 @@ class ImageUpscaler:
         row_bytes = output_size(w, self.scale) * ch * c.itemsize * max(1.0, self.scale)
         band = max(1, min(h, int(STRIP_BYTES // row_bytes)))
         reserved = 2 * int(band * row_bytes)  # a band's output, and its filtered copy in the writer
-        if not isinstance(c, np.ndarray):  # rows decoded as needed: a band, the last, their join
-            reserved += 3 * min(h, band + 2 * self.tiler.pad) * w * ch * c.itemsize
+        if not isinstance(c, np.ndarray):  # rows decoded as needed: a band, the last, their join,
+            reserved += 3 * min(h, band + 2 * self.tiler.pad) * w * ch * c.itemsize  # and what the
+            reserved += c.held_bytes  # decoder holds whole (a progressive JPEG's coefficients)
         tile = self.tiler.plan_tile(min(h, band + 2 * self.tiler.pad), w, ch, c.dtype, reserved)
         if self.verbose:
             tqdm.write(f"note: {desc or 'image'}: {w}x{h} in bands of {band} rows"

@@ -1,5 +1,6 @@
 """Large PNG and JPEG inputs decoded in bands of rows (libvips), so a picture too large for the
-memory plan never exists whole in memory.
+memory plan never exists whole in memory (as pixels: a progressive JPEG's decoder still holds
+every DCT coefficient, 2 bytes a sample, which `Header.held_bytes` counts into the plan).
 
 Pillow decodes a file whole (RGB at 4 bytes a pixel) and the array made from it is another copy:
 a 20000 x 20000 RGB PNG is 2.8 GB before any upscaling. libvips (`pyvips`, its library shipped by
@@ -39,6 +40,13 @@ class Header:
     channels: int
     dtype: np.dtype
     info: dict
+    progressive: bool = False  # a progressive JPEG
+
+    @property
+    def held_bytes(self) -> int:
+        """What the decoder itself keeps for the whole picture while the rows are read: a
+        progressive JPEG's coefficients (at most 2 bytes for each of 3 samples a pixel, 4:4:4)."""
+        return 2 * self.width * self.height * self.channels if self.progressive else 0
 
     @property
     def decoded_bytes(self) -> int:
@@ -86,8 +94,9 @@ def _header_of(path: Path, img: Image.Image) -> Header | None:
     info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
     if len(exif):
         info["exif"] = exif.tobytes()
+    progressive = img.format == "JPEG" and bool(img.info.get("progressive") or img.info.get("progression"))
     return Header(path, img.format, img.width, img.height, channels,
-                  np.dtype(np.uint16 if deep else np.uint8), info)
+                  np.dtype(np.uint16 if deep else np.uint8), info, progressive)
 
 
 def _png_has_trailing_chunks(path: Path) -> bool:
@@ -122,7 +131,7 @@ class StreamedRows:
         self.path, self.dtype = header.path, header.dtype
         self.shape = (header.height, header.width, header.channels)
         self.itemsize = self.dtype.itemsize
-        self.nbytes = header.decoded_bytes
+        self.nbytes, self.held_bytes = header.decoded_bytes, header.held_bytes
         self._kept, self._kept_at = self._empty(), 0  # the last slice returned, from row _kept_at
 
     def _empty(self) -> np.ndarray:
