@@ -167,3 +167,27 @@ def test_suggestions_name_shipped_models_first():
     names = str(exc.value).split("did you mean ")[1].split("?")[0].split(", ")
     shipped = [n for n in names if registry.weights_path(n)]
     assert shipped and names[:len(shipped)] == shipped
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_vapsr_depthwise_backward_equals_torchs(dilation):
+    """VapSR's depth-wise convolutions in channels_last CPU training take their input gradient
+    from the turned kernel (`vapsr._DepthwiseSame`): the same output and gradients as torch's."""
+    from upsample.models.vapsr import depthwise
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 5, padding=2 * dilation, dilation=dilation, groups=16)
+    x = torch.randn(2, 16, 13, 11).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(2, 16, 13, 11)
+    out = depthwise(conv, x)
+    assert out.grad_fn is not None and "DepthwiseSame" in type(out.grad_fn).__name__
+    out.backward(g)
+    ours = [x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()]
+    x.grad = None
+    conv.zero_grad()
+    ref = conv(x)
+    ref.backward(g)
+    assert torch.equal(out, ref)
+    for a, b in zip(ours, [x.grad, conv.weight.grad, conv.bias.grad]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # inference and export: torch's own convolution
+        assert depthwise(conv, x).grad_fn is None
