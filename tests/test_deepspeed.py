@@ -188,3 +188,14 @@ def test_json_settings_are_read_and_batch_keys_must_agree(tmp_path, deepspeed_en
     assert cli.main([*args, "--set", "train.steps=2"]) == 0
     assert "deepspeed ZeRO-1 bf16" in capsys.readouterr().err
     assert torch.load(tmp_path / "r" / "last_state.pt", weights_only=False)["deepspeed"]["tag"] == "step2"
+
+
+def test_config_values_are_read_as_deepspeed_reads_them():
+    from upsample.training.engines import precision_of, zero_stage_of
+    assert [zero_stage_of(t) for t in ({}, {"zero_optimization": {}}, {"zero_optimization": {"stage": "1"}},
+                                       {"zero_optimization": {"stage": 1.0}})] == [0, 0, 1, 1]
+    assert precision_of({"fp16": {"enabled": 1}}) == "fp16"
+    assert precision_of({"bf16": {"enabled": True, "immediate_grad_update": False}}) == "bf16"
+    # "bfloat16" counts only where "bf16" is absent, as in DeepSpeed
+    assert precision_of({"bf16": {"enabled": False}, "bfloat16": {"enabled": True}}) == "fp32"
+    assert precision_of({"bfloat16": {"enabled": True}, "fp16": {"enabled": False, "loss_scale": 0}}) == "bf16"

@@ -157,8 +157,8 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
             raise UserError(f"--backend {backend} needs {exc.name}: pip install "
                             f"{'nncf' if backend == Backend.OPENVINO else 'onnxruntime'}") from None
         write_meta(q, backend, meta)
-        if backend == Backend.OPENVINO:  # weights first, the .xml (what loads) last; an old
-            out.unlink(missing_ok=True)  # .xml goes first, so it never pairs with the new .bin
+        if backend == Backend.OPENVINO:  # weights first, the .xml (what loads) last; an old .xml
+            out.unlink(missing_ok=True)  # goes first: only a reader already past it can mismatch
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)
     return len(inputs)
@@ -189,7 +189,7 @@ def copy_to_cache(model: nn.Module, scale: float, path: Path) -> Path:
         tmp_xml = Path(tmp) / out.name
         shutil.copyfile(path.with_suffix(".bin"), tmp_xml.with_suffix(".bin"))
         shutil.copyfile(path, tmp_xml)
-        out.unlink(missing_ok=True)  # an old .xml never pairs with the new .bin
+        out.unlink(missing_ok=True)  # an old .xml goes first: only a reader already past it can mismatch
         tmp_xml.with_suffix(".bin").replace(out.with_suffix(".bin"))
         tmp_xml.replace(out)  # the .xml last: its presence says the pair is whole
     return out

@@ -182,7 +182,8 @@ class DeepSpeedConfig:
     zero_stage: int = 0                # 0: data parallel; 1: optimizer state partitioned over ranks
     # fp32, or DeepSpeed's own 16-bit training, bf16 or fp16 (fp16: CUDA): the network in 16
     # bits, fp32 master weights in its optimizer, which EMA, validation and checkpoints use.
-    # train.amp stays "none" with them (autocast of an fp32 network is train.amp's job).
+    # train.amp stays "none" with them (autocast of an fp32 network is train.amp's job). The
+    # 16-bit modes need zero_stage = 1 (stage 0's 16-bit optimizer sums gradients in 16 bits).
     precision: str = "fp32"
     # A DeepSpeed JSON file instead of the two keys above (its zero_optimization, bf16, fp16,
     # communication settings); batch sizes, clipping, optimizer and scheduler stay the recipe's.

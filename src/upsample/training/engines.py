@@ -158,7 +158,8 @@ class DeepSpeedEngine:
             # ZeRO-0 16-bit is DeepSpeed's FP16_UnfusedOptimizer: gradients summed in 16 bits and
             # fp32 masters that safe_get_full_fp32_param cannot read (EMA/saves would be rounded)
             raise UserError(f"deepspeed {self.precision} with ZeRO stage 0 is not supported here; use "
-                            "ZeRO stage 1 (deepspeed.zero_stage = 1), or fp32 with train.amp = \"bf16\"")
+                            "ZeRO stage 1 (deepspeed.zero_stage = 1), or fp32 with train.amp = \"bf16\" "
+                            "(a run saved so continues only as a new run: --init its last.safetensors)")
         if self.input_dtype is not None and cfg.train.amp not in ("none", "auto"):
             raise UserError(f"train.amp = {cfg.train.amp!r} and deepspeed {self.precision}: the network is "
                             f"already {self.precision} under DeepSpeed; set train.amp = \"none\"")
@@ -260,24 +261,31 @@ def zero_stage_of(table: dict) -> int:
     """The ZeRO stage a DeepSpeed config asks for (0 where it says none)."""
     zero = table.get("zero_optimization", {})
     stage = zero.get("stage", 0) if isinstance(zero, dict) else None
-    if isinstance(stage, bool) or not isinstance(stage, int):
-        raise UserError(f"deepspeed.config: zero_optimization must be an object with an integer "
-                        f"\"stage\", got {json.dumps(zero)}")
-    return stage
+    try:  # DeepSpeed reads "1" and 1.0 as stage 1 too
+        if not isinstance(stage, bool) and float(stage) == int(float(stage)):
+            return int(float(stage))
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"deepspeed.config: zero_optimization must be an object with an integer "
+                    f"\"stage\", got {json.dumps(zero)}")
 
 
 def precision_of(table: dict) -> str:
     """"bf16", "fp16" or "fp32": what a DeepSpeed config's bf16 (or bfloat16) / fp16 sections enable."""
     enabled = []
-    for name, keys in (("bf16", ("bf16", "bfloat16")), ("fp16", ("fp16",))):
-        for key in (k for k in keys if k in table):
-            section = table[key]
-            flag = section.get("enabled", False) if isinstance(section, dict) else None
-            if not isinstance(flag, bool):  # e.g. "auto", the Hugging Face Trainer's placeholder
-                raise UserError(f"deepspeed.config: {key} must be an object whose \"enabled\" is true "
-                                f"or false, got {json.dumps(section)}")
-            if flag:
-                enabled.append(name)
+    # "bfloat16" is read only where "bf16" is absent, as DeepSpeed reads it
+    for name, key in (("bf16", "bf16" if "bf16" in table else "bfloat16"), ("fp16", "fp16")):
+        if key not in table:
+            continue
+        section = table[key]
+        flag = section.get("enabled", False) if isinstance(section, dict) else None
+        if flag in (0, 1):  # true/false, or 0/1 as DeepSpeed also takes them
+            flag = bool(flag)
+        if not isinstance(flag, bool):  # e.g. "auto", the Hugging Face Trainer's placeholder
+            raise UserError(f"deepspeed.config: {key} must be an object whose \"enabled\" is true "
+                            f"or false, got {json.dumps(section)}")
+        if flag:
+            enabled.append(name)
     if len(set(enabled)) > 1:
         raise UserError("deepspeed.config enables both bf16 and fp16: keep one")
     return enabled[0] if enabled else "fp32"
