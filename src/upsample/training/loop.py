@@ -400,23 +400,28 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
     return step
 
 
-def accumulated_backward(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int,
-                         state: TrainState) -> tuple[torch.Tensor, dict]:
-    """The gradients of the batch's mean loss, from `k` micro-batches of it (the whole batch
-    when k = 1, for batches that do not fit at once); returns the batch's loss and terms."""
-    state.opt.zero_grad(set_to_none=True)
+def micro_batches(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int,
+                  backward) -> tuple[torch.Tensor, dict]:
+    """`forward_loss` on `k` micro-batches of the batch (the whole batch when k = 1, for batches
+    that do not fit at once), `backward(loss)` after each; returns the batch's loss and terms."""
     if k == 1:
         loss, parts = forward_loss(inp, target)
-        state.scaler.scale(loss).backward()
+        backward(loss)
         return loss.detach(), parts
     total, terms = 0.0, {}
     for x, y in zip(inp.chunk(k), target.chunk(k)):
         loss, parts = forward_loss(x, y)
-        loss = loss / k
-        state.scaler.scale(loss).backward()
-        total = total + loss.detach()
+        backward(loss)
+        total = total + loss.detach() / k
         terms = {n: terms.get(n, 0.0) + v / k for n, v in parts.items()}
     return total, terms
+
+
+def accumulated_backward(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int,
+                         state: TrainState) -> tuple[torch.Tensor, dict]:
+    """The gradients of the batch's mean loss, summed over its `k` micro-batches."""
+    state.opt.zero_grad(set_to_none=True)
+    return micro_batches(forward_loss, inp, target, k, lambda loss: state.scaler.scale(loss / k).backward())
 
 
 def deepspeed_step(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int,
@@ -424,13 +429,7 @@ def deepspeed_step(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int
     """The step under DeepSpeed, one backward and engine step per micro-batch (the engine divides
     the loss by `k` and updates at the k-th); returns the batch's loss, terms and the lr used."""
     lr = state.opt.param_groups[0]["lr"]
-    total, terms = 0.0, {}
-    for x, y in zip(inp.chunk(k), target.chunk(k)):
-        loss, parts = forward_loss(x, y)
-        state.deepspeed.backward_step(loss)
-        total = total + loss.detach() / k
-        terms = {n: terms.get(n, 0.0) + v / k for n, v in parts.items()}
-    return total, terms, lr
+    return (*micro_batches(forward_loss, inp, target, k, state.deepspeed.backward_step), lr)
 
 
 def log_step(loss, parts: dict, *, lr: float, lr_d: float | None, cfg: config_mod.Config,
