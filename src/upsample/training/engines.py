@@ -39,6 +39,16 @@ ACCELERATE_MARK = "ACCELERATE_MIXED_PRECISION"
 DEEPSPEED_MARKS = ("CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE")
 
 
+def runs_on_cpu(device: str | None) -> bool:
+    """Whether a launcher's processes train on the CPU for `--device` (None: CUDA where torch
+    sees a GPU); one line for a device neither launcher takes."""
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+    return device == "cpu" or not torch.cuda.is_available()
+
+
 class AccelerateEngine:
     """The processes and the network wrapping of Accelerate (`Accelerator`)."""
 
@@ -53,12 +63,8 @@ class AccelerateEngine:
         if dynamo != "no":
             raise UserError(f"accelerate launch --dynamo_backend {dynamo}: the trainer compiles with "
                             "train.compile (--set train.compile=true); launch with --dynamo_backend no")
-        if device not in (None, "cpu", "cuda"):
-            raise UserError(f"--device must be cpu or cuda, got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+        on_cpu = runs_on_cpu(device)
         from accelerate import Accelerator
-        on_cpu = device == "cpu" or not torch.cuda.is_available()
         self.accelerator = Accelerator(cpu=on_cpu, mixed_precision="no")
 
     @property
@@ -107,11 +113,7 @@ class DeepSpeedEngine:
     DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
     def __init__(self, device: str | None):
-        if device not in (None, "cpu", "cuda"):
-            raise UserError(f"--device must be cpu or cuda, got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
-        on_cpu = device == "cpu" or not torch.cuda.is_available()
+        on_cpu = runs_on_cpu(device)
         if on_cpu:  # before DeepSpeed picks its accelerator (CUDA whenever torch sees one)
             os.environ["DS_ACCELERATOR"] = "cpu"
         venv_bin = os.path.dirname(sys.executable)  # the `ninja` package's binary, for DeepSpeed's op build
