@@ -174,13 +174,19 @@ class Planes:
         return ("L" if gray else "RGB") + ("A" if self.alpha is not None else "")
 
 
+def kept_info(img: Image.Image, exif: Image.Exif) -> dict:
+    """What an output keeps of its source's metadata (`save_planes` writes it back): the ICC
+    profile, and `exif` (the source's EXIF, as read or as turned upright) where it holds tags."""
+    info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
+    if len(exif):
+        info["exif"] = exif.tobytes()
+    return info
+
+
 def planes_from_pil(img: Image.Image) -> Planes:
     """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), 1-bit -> L,
     16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin."""
-    info = {k: img.info[k] for k in ("icc_profile",) if img.info.get(k)}
-    exif = img.getexif()
-    if len(exif):
-        info["exif"] = exif.tobytes()
+    info = kept_info(img, img.getexif())
     mode = img.mode
     if mode in _DEEP_GRAY:
         arr = np.asarray(img)
@@ -301,7 +307,6 @@ def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
         raise UserError(f"cannot read image {path}: {exc}; the file is corrupt") from None
     has_alpha = frame.format.name.startswith("rgba")
     arr = frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
-    info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
     exif = img.getexif()
     if exif.get(0x0112, 1) != 1:  # turn upright exactly as Pillow would: on an index image
         h, w = arr.shape[:2]
@@ -310,10 +315,8 @@ def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
         upright = ImageOps.exif_transpose(index)
         arr = arr.reshape(h * w, -1)[np.asarray(upright)]
         exif = upright.getexif()
-    if len(exif):
-        info["exif"] = exif.tobytes()
     color = np.ascontiguousarray(arr[..., :3])
-    return Planes(color, np.ascontiguousarray(arr[..., 3:]) if has_alpha else None, info)
+    return Planes(color, np.ascontiguousarray(arr[..., 3:]) if has_alpha else None, kept_info(img, exif))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .imageio import PNG_SIGNATURE, Planes, _DEEP_GRAY, _is_deep_color_png, open_image
+from .imageio import PNG_SIGNATURE, Planes, _DEEP_GRAY, _is_deep_color_png, kept_info, open_image
 
 # Pillow modes read as they are (or expanded as `planes_from_pil` expands them), by format.
 _MODES = {"PNG": {"RGB", "L", "P", "1", *_DEEP_GRAY}, "JPEG": {"RGB", "L"}}
@@ -91,9 +91,7 @@ def _header_of(path: Path, img: Image.Image) -> Header | None:
         return None  # turned upright by exif_transpose: the whole picture at once
     deep = img.mode in _DEEP_GRAY or _is_deep_color_png(path)
     channels = 1 if img.mode in ("L", "1", *_DEEP_GRAY) else 3
-    info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
-    if len(exif):
-        info["exif"] = exif.tobytes()
+    info = kept_info(img, exif)
     progressive = img.format == "JPEG" and bool(img.info.get("progressive") or img.info.get("progression"))
     return Header(path, img.format, img.width, img.height, channels,
                   np.dtype(np.uint16 if deep else np.uint8), info, progressive)
