@@ -31,8 +31,8 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
         core.set_property({"CACHE_DIR": str(blobs)})
     except (OSError, RuntimeError):
         pass
-    config = {"INFERENCE_PRECISION_HINT": precision or "f32"} if device == "CPU" else \
-        {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    precision = precision or ("f32" if device == "CPU" else None)  # None: a GPU's or NPU's own
+    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     if device == "CPU" and threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
