@@ -151,6 +151,23 @@ def test_auto_modes_are_timed_and_explicit_ones_kept_on_resume():
     assert speed.resumed_modes(explicit, saved) == speed.StepModes("none", False, False)
 
 
+def test_compile_auto_on_the_cpu_offers_compiled_depthwise_grads_for_vapsr_only():
+    cfg = config_mod.config_from_dict({}, ["train.amp=none", "train.channels_last=auto", "train.compile=auto"])
+    cpu = torch.device("cpu")
+    vapsr = registry.create_model("vapsr-s-x2")
+    assert speed.candidates(cfg.train, cpu, vapsr) == [
+        speed.StepModes(), speed.StepModes(channels_last=True),
+        speed.StepModes(channels_last=True, compiled_grads=True)]
+    assert not any(c.compiled_grads for c in speed.candidates(cfg.train, cpu, registry.create_model("espcn-x2")))
+    assert not any(c.compile for c in speed.candidates(cfg.train, cpu, vapsr))  # the step stays eager
+    eager = config_mod.config_from_dict({}, ["train.channels_last=auto"]).train  # compile = false
+    assert not any(c.compiled_grads for c in speed.candidates(eager, cpu, vapsr))
+    saved = {"amp": "none", "channels_last": True, "compile": False, "compiled_grads": True}
+    assert speed.resumed_modes(cfg.train, saved).compiled_grads
+    assert not speed.resumed_modes(eager, saved).compiled_grads  # compile = false on resume: honoured
+    assert not speed.resumed_modes(cfg.train, {k: v for k, v in saved.items() if k != "compiled_grads"}).compiled_grads
+
+
 def test_accumulated_micro_batches_give_the_whole_batch_s_gradient():
     torch.manual_seed(0)
     model = registry.create_model("espcn-x2")
@@ -178,7 +195,7 @@ def test_the_state_file_records_the_modes(tmp_path):
                        ema=None, gan=None, sampling=sampling, device=torch.device("cpu"),
                        modes=speed.StepModes("bf16", True, False))
     assert json.loads(json.dumps(state.state_dict()["modes"])) == \
-        {"amp": "bf16", "channels_last": True, "compile": False}
+        {"amp": "bf16", "channels_last": True, "compile": False, "compiled_grads": False}
 
 
 T91 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "train" / "T91"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -191,3 +192,70 @@ def test_vapsr_depthwise_backward_equals_torchs(dilation):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # inference and export: torch's own convolution
         assert depthwise(conv, x).grad_fn is None
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_vapsr_depthwise_under_bf16_autocast_equals_torchs(dilation):
+    """Under CPU bf16 autocast the depth-wise convolution also goes through `_DepthwiseSame`:
+    the same bf16 output as autocast's own convolution, gradients in fp32 close to it."""
+    from upsample.models.vapsr import depthwise
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 5, padding=2 * dilation, dilation=dilation, groups=16)
+    x = torch.randn(2, 16, 13, 11).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(2, 16, 13, 11)
+    results = []
+    for ours in (True, False):
+        x.grad = None
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = depthwise(conv, x) if ours else conv(x)
+        assert ("DepthwiseSame" in type(out.grad_fn).__name__) == ours and out.dtype == torch.bfloat16
+        out.float().backward(g)
+        results.append([out.detach().float(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()])
+    assert conv.weight.grad.dtype == torch.float32
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_tap_weight_grads_equal_onednn_s(dtype, dilation):
+    """The per-tap form the trainer compiles gives oneDNN's weight and bias gradients (summed
+    in fp32, returned in the weight's dtype); `depthwise_weight_grads` puts it in the backward."""
+    from upsample.models import vapsr
+    torch.manual_seed(0)
+    x, grad = (torch.randn(3, 8, 12, 10).to(dtype).contiguous(memory_format=torch.channels_last) for _ in "ab")
+    weight, pad, dil = torch.randn(8, 1, 5, 5), (2 * dilation, 2 * dilation), (dilation, dilation)
+    taps = vapsr.tap_weight_grads(grad, x, weight, pad, dil)
+    native = vapsr.native_weight_grads(grad, x, weight, pad, dil)
+    assert all(t.dtype == torch.float32 for t in taps + native)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    for a, b in zip(taps, native):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return vapsr.tap_weight_grads(*args)
+
+    conv = torch.nn.Conv2d(8, 8, 5, padding=pad, dilation=dil, groups=8)
+    with vapsr.depthwise_weight_grads(counted):
+        vapsr.depthwise(conv, x.float().requires_grad_()).sum().backward()
+    assert calls == [1] and vapsr._weight_grads is vapsr.native_weight_grads
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None, reason="no C++ compiler")
+def test_compiled_tap_weight_grads_equal_onednn_s():
+    """What `train.compile = "auto"` uses on the CPU: the compiled kernel, for both of VapSR's
+    layer shapes (plain and dilated), against oneDNN's gradients."""
+    from upsample.models import vapsr
+    from upsample.training import speed
+    torch.manual_seed(0)
+    x, grad = (torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last) for _ in "ab")
+    kernel = speed._compiled_tap_grads()
+    for dilation in (1, 3):
+        weight, pad, dil = torch.randn(8, 1, 5, 5), (2 * dilation, 2 * dilation), (dilation, dilation)
+        for a, b in zip(kernel(grad, x, weight, pad, dil), vapsr.native_weight_grads(grad, x, weight, pad, dil)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    assert kernel.compiled is not None  # it compiled (no fallback)

@@ -22,6 +22,8 @@ Two variants beside the official one:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,42 +32,92 @@ from ..errors import UserError
 from .state_keys import count_indices, rename_keys, shape
 
 
+def native_weight_grads(grad, x, weight, padding, dilation):
+    """oneDNN's weight and bias gradients of a depth-wise convolution (groups = channels), in
+    the dtype of `weight`."""
+    groups = x.shape[1]
+    _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad, x, weight.to(x.dtype), [groups], [1, 1], list(padding), list(dilation), False, [0, 0],
+        groups, [False, True, True])
+    return grad_w.to(weight.dtype), grad_b.to(weight.dtype)
+
+
+def tap_weight_grads(grad, x, weight, padding, dilation):
+    """The same gradients as `native_weight_grads`, written as one product-sum per kernel tap
+    (summed in fp32) for `torch.compile` to turn into a single loop over the two tensors:
+    oneDNN's own kernel for them took 30 ms (fp32) and 45 ms (bf16) a layer on batch 32 x 64
+    channels x 48 px, channels_last, 2 Zen 5 threads; the generated one 10-11 ms. Eager this
+    form is slower still: compile it or use the native one."""
+    (kh, kw), (h, w) = weight.shape[-2:], grad.shape[-2:]
+    (ph, pw), (dh, dw) = padding, dilation
+    grad, padded = grad.float(), F.pad(x, (pw, pw, ph, ph)).float()
+    taps = [(grad * padded[:, :, i * dh:i * dh + h, j * dw:j * dw + w]).sum((0, 2, 3))
+            for i in range(kh) for j in range(kw)]
+    return torch.stack(taps, 1).view(weight.shape).to(weight.dtype), grad.sum((0, 2, 3)).to(weight.dtype)
+
+
+_weight_grads = native_weight_grads  # what `_DepthwiseSame` uses; see `depthwise_weight_grads`
+
+
+@contextlib.contextmanager
+def depthwise_weight_grads(fn):
+    """Within it, `_DepthwiseSame`'s backward computes the weight and bias gradients with `fn`
+    (same arguments as `native_weight_grads`): the trainer passes a compiled `tap_weight_grads`
+    where timing the first steps found it faster (training/speed.py)."""
+    global _weight_grads
+    before, _weight_grads = _weight_grads, fn
+    try:
+        yield
+    finally:
+        _weight_grads = before
+
+
+def has_depthwise(model: nn.Module) -> bool:
+    """Whether `model` has VapSR's depth-wise attention convolutions (which `_DepthwiseSame` runs)."""
+    return any(isinstance(m, Attention) and not m.plain_3x3 for m in model.modules())
+
+
 class _DepthwiseSame(torch.autograd.Function):
-    """A depth-wise, stride-1, 'same'-padded convolution whose input gradient is that same
-    convolution of the output gradient with the kernel turned by 180 degrees: on a CPU in
-    channels_last, oneDNN's own backward of VapSR's two depth-wise convolutions took most of a
-    training step (`upsample bench --train vapsr-x2`, batch 32 x 48 px, 2 Zen 5 threads: 7.1 ->
-    11.7 patches/s in one A/B run; the weight and bias gradients stay oneDNN's)."""
+    """A depth-wise, stride-1, 'same'-padded convolution computed in the dtype of `x` (fp32 or
+    bf16), whose input gradient is that same convolution of the output gradient with the kernel
+    turned by 180 degrees: on a CPU in channels_last, oneDNN's own backward of VapSR's two
+    depth-wise convolutions took most of a training step (`upsample bench --train vapsr-x2`,
+    batch 32 x 48 px, 2 Zen 5 threads: fp32 7.1 -> 11.7 patches/s in one A/B run). The weight
+    and bias gradients are `_weight_grads`', in the parameters' dtype."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation = padding, dilation
-        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
+        return F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), padding=padding, dilation=dilation,
+                        groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        pad, dil, groups = ctx.padding, ctx.dilation, x.shape[1]
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_x = F.conv2d(grad, weight.flip(2, 3), padding=pad, dilation=dil, groups=groups)
-        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, x, weight, [groups], [1, 1], list(pad), list(dil), False, [0, 0], groups, [False, True, True])
+        pad, dil = ctx.padding, ctx.dilation
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        grad_x = F.conv2d(grad, weight.flip(2, 3).to(x.dtype), padding=pad, dilation=dil, groups=x.shape[1])
+        grad_w, grad_b = _weight_grads(grad, x, weight, pad, dil)
         return grad_x, grad_w, grad_b, None, None
 
 
 def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`conv(x)` for a depth-wise 'same' convolution, through `_DepthwiseSame` where its
-    backward is the slow one (fp32 channels_last training on the CPU), else as it is."""
+    backward is the slow one (channels_last training on the CPU, fp32 or bf16 autocast), else
+    as it is."""
     same = (conv.groups == conv.in_channels == conv.out_channels == x.shape[1] and conv.stride == (1, 1)
             and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
             and all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size)))
     hooked = conv._forward_hooks or conv._forward_pre_hooks  # those run only through conv(x)
+    amp = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if amp else x.dtype  # what conv(x) would compute in
     if (same and not hooked and conv.bias is not None and torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
             and x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_scripting()
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()):
-        return _DepthwiseSame.apply(x, conv.weight, conv.bias, conv.padding, conv.dilation)
+        with torch.autocast("cpu", enabled=False):
+            return _DepthwiseSame.apply(x.to(dtype), conv.weight, conv.bias, conv.padding, conv.dilation)
     return conv(x)
 
 

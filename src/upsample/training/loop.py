@@ -59,7 +59,7 @@ from .optim import build_optimizer, build_scheduler, optimizer_step
 from .procs import Pace, Procs, Stop, set_torch_flags, start_processes
 from .recipe import init_from, resolve_config
 from .rundir import RunLog, check_run_dir
-from .speed import CompiledOrEager, StepModes, candidates, choose_modes, resumed_modes
+from .speed import CompiledOrEager, StepModes, candidates, choose_modes, kernels_for, resumed_modes
 from .state import EMA, Sampling, TrainState, read_state_file, write_state_file
 from .validation import load_val_images, validate
 
@@ -264,8 +264,8 @@ def step_modes(cfg: config_mod.Config, model: nn.Module, pairs, sampling: Sampli
     "auto" ones decided by timing (rank 0 times, every rank takes its choice)."""
     if saved and saved.get("modes"):
         return resumed_modes(cfg.train, saved["modes"])
-    if len(candidates(cfg.train, procs.dev)) == 1:
-        return candidates(cfg.train, procs.dev)[0]
+    if len(candidates(cfg.train, procs.dev, model)) == 1:
+        return candidates(cfg.train, procs.dev, model)[0]
     modes = None
     if procs.master:
         keys = next(iter(sampling.batch_sampler(0)))
@@ -378,19 +378,20 @@ def make_train_step(cfg: config_mod.Config, state: TrainState, net: nn.Module, p
         return optimizer_step(state.opt, state.scaler, model, cfg.optim)
 
     def step(inp, target):
-        lr_d = None
-        if state.deepspeed is not None:
-            loss, parts, lr = deepspeed_step(forward, inp, target, cfg.train.accumulate, state)
-        elif disc is None:
-            loss, parts = accumulated_backward(forward, inp, target, cfg.train.accumulate, state)
-            lr = optimizer_step(state.opt, state.scaler, model, cfg.optim)
-        else:
-            loss, parts, lr = gan_step(generator, inp, target, content=lambda p: content(p, target),
-                                       adv_weight=cfg.loss.adversarial_weight, g_update=g_update,
-                                       disc=disc, amp=amp)
-            lr_d = disc.opt.param_groups[0]["lr"]
-            if disc.sched is not None:
-                disc.sched.step()
+        with kernels_for(modes):  # VapSR's depth-wise weight gradients compiled, where chosen
+            lr_d = None
+            if state.deepspeed is not None:
+                loss, parts, lr = deepspeed_step(forward, inp, target, cfg.train.accumulate, state)
+            elif disc is None:
+                loss, parts = accumulated_backward(forward, inp, target, cfg.train.accumulate, state)
+                lr = optimizer_step(state.opt, state.scaler, model, cfg.optim)
+            else:
+                loss, parts, lr = gan_step(generator, inp, target, content=lambda p: content(p, target),
+                                           adv_weight=cfg.loss.adversarial_weight, g_update=g_update,
+                                           disc=disc, amp=amp)
+                lr_d = disc.opt.param_groups[0]["lr"]
+                if disc.sched is not None:
+                    disc.sched.step()
         if state.ema is not None:
             state.ema.update(state.weights())
         if state.sched is not None and cfg.sched.name != "plateau":

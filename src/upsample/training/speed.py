@@ -10,7 +10,9 @@ own weights and optimizer are untouched, and the choice is stored in last_state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..models import vapsr
 from ..runtime.hardware import cpu_has_bf16, sync
 from . import config as config_mod
 from .losses import make_loss
@@ -31,6 +34,7 @@ class StepModes:
     amp: str = "none"            # none, bf16 or fp16
     channels_last: bool = False
     compile: bool = False
+    compiled_grads: bool = False  # VapSR's depth-wise weight gradients by a compiled kernel (CPU)
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -39,6 +43,7 @@ class StepModes:
     def label(self) -> str:
         parts = [self.amp if self.amp != "none" else "fp32"]
         parts += ["channels_last"] * self.channels_last + ["compiled"] * self.compile
+        parts += ["compiled depth-wise grads"] * self.compiled_grads
         return "+".join(parts)
 
     def to_dict(self) -> dict:
@@ -51,14 +56,19 @@ def has_fast_bf16(dev: torch.device) -> bool:
     return cpu_has_bf16()
 
 
-def candidates(cfg: config_mod.TrainConfig, dev: torch.device) -> list[StepModes]:
+def candidates(cfg: config_mod.TrainConfig, dev: torch.device, model: nn.Module | None = None) -> list[StepModes]:
     """The modes "auto" settings leave open (explicit settings are kept as they are). compile
-    = auto compiles on CUDA, where fusing the many small kernels pays; on the CPU the step is
-    oneDNN convolutions either way and compiling costs minutes."""
+    = auto compiles the forward + loss on CUDA, where fusing the many small kernels pays; on the
+    CPU the step is oneDNN convolutions either way and compiling it costs minutes, so there
+    "auto" offers one thing more: channels_last with VapSR's depth-wise weight gradients from a
+    compiled kernel (`models.vapsr.tap_weight_grads`), for a model that has them."""
     amps = [cfg.amp] if cfg.amp != "auto" else ["none", "bf16"] if has_fast_bf16(dev) else ["none"]
     layouts = [bool(cfg.channels_last)] if cfg.channels_last != "auto" else [False, True]
     compiled = cfg.compile if cfg.compile != "auto" else dev.type == "cuda"
-    return [StepModes(amp=a, channels_last=c, compile=bool(compiled)) for a in amps for c in layouts]
+    found = [StepModes(amp=a, channels_last=c, compile=bool(compiled)) for a in amps for c in layouts]
+    if cfg.compile == "auto" and dev.type == "cpu" and model is not None and vapsr.has_depthwise(model):
+        found += [StepModes(amp=m.amp, channels_last=True, compiled_grads=True) for m in found if m.channels_last]
+    return found
 
 
 def resumed_modes(cfg: config_mod.TrainConfig, saved: dict) -> StepModes:
@@ -67,7 +77,21 @@ def resumed_modes(cfg: config_mod.TrainConfig, saved: dict) -> StepModes:
     def pick(key, value):
         return saved[key] if value == "auto" else value
     return StepModes(amp=pick("amp", cfg.amp), channels_last=bool(pick("channels_last", cfg.channels_last)),
-                     compile=bool(pick("compile", cfg.compile)))
+                     compile=bool(pick("compile", cfg.compile)),
+                     compiled_grads=cfg.compile == "auto" and bool(saved.get("compiled_grads", False)))
+
+
+@functools.cache
+def _compiled_tap_grads() -> CompiledOrEager:
+    return CompiledOrEager(vapsr.tap_weight_grads, eager=vapsr.native_weight_grads, dynamic=False)
+
+
+def kernels_for(modes: StepModes):
+    """The context a step of `modes` runs in: VapSR's depth-wise weight gradients compiled (one
+    compiled function for the process, specialised per layer shape) or oneDNN's."""
+    if modes.compiled_grads:
+        return vapsr.depthwise_weight_grads(_compiled_tap_grads())
+    return contextlib.nullcontext()
 
 
 def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor],
@@ -75,7 +99,7 @@ def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.T
     """The fastest of `candidates` for `model` on batches shaped like `sample` (input, target):
     at least `rounds` rounds of one step per mode, and more (up to 30) until `seconds` passed;
     after the first round a mode 1.5x slower than the best so far is not timed again."""
-    cands = candidates(cfg.train, dev)
+    cands = candidates(cfg.train, dev, model)
     if len(cands) == 1:
         return cands[0]
     steps = {m: mode_step(cfg, model, sample, dev, m) for m in cands}
@@ -113,21 +137,23 @@ def mode_step(cfg: config_mod.Config, model: nn.Module, sample, dev: torch.devic
     dtype = modes.amp_dtype
 
     def step():
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            pred = net(inp)
-        loss = criterion(pred.float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with kernels_for(modes):
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                pred = net(inp)
+            loss = criterion(pred.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return step
 
 
 class CompiledOrEager:
-    """`torch.compile(fn)`, falling back to `fn` when compiling fails on the first call (no
-    C++ compiler, an unsupported op): the run goes on eager and says so once."""
+    """`torch.compile(fn, **options)`, falling back to `eager` (default `fn`) when compiling
+    fails on the first call (no C++ compiler, an unsupported op): the run goes on eager and
+    says so once."""
 
-    def __init__(self, fn):
-        self.eager, self.compiled, self.first = fn, torch.compile(fn), True
+    def __init__(self, fn, *, eager=None, **options):
+        self.eager, self.compiled, self.first = eager or fn, torch.compile(fn, **options), True
 
     def __call__(self, *args):
         if not self.first:
