@@ -144,7 +144,7 @@ def test_auto_modes_are_timed_and_explicit_ones_kept_on_resume():
     lines = []
     chosen = speed.choose_modes(cfg, model, sample, torch.device("cpu"), rounds=1, seconds=0,
                                 log=lines.append)
-    assert chosen in cands and "training with" in lines[0]
+    assert chosen in cands and "timing the step in" in lines[0] and "training with" in lines[-1]
     saved = {"amp": "bf16", "channels_last": True, "compile": False}
     assert speed.resumed_modes(cfg.train, saved) == speed.StepModes("bf16", True, False)
     explicit = config_mod.config_from_dict({}, ["train.amp=none"]).train

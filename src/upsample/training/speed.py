@@ -102,6 +102,9 @@ def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.T
     cands = candidates(cfg.train, dev, model)
     if len(cands) == 1:
         return cands[0]
+    if log is not None:  # the first steps may compile for a while: say what is going on
+        log(f"timing the step in {len(cands)} modes" + (
+            " (compiling the depth-wise gradient kernel first, ~15 s)" if any(m.compiled_grads for m in cands) else ""))
     steps = {m: mode_step(cfg, model, sample, dev, m) for m in cands}
     for step in steps.values():
         step()  # warm-up: allocator, oneDNN primitive caches
