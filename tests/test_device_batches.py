@@ -16,7 +16,7 @@ from upsample.data.degrade import imresize_np
 from upsample.data.device_batches import DeviceBatches
 from upsample.data.store import open_store
 from upsample.errors import UserError
-from upsample.models import registry
+from upsample.models import registry, vapsr as vapsr_mod
 from upsample.training import batches, config as config_mod, speed
 from upsample.training.loop import accumulated_backward
 from upsample.training.state import Sampling, TrainState
@@ -164,8 +164,43 @@ def test_compile_auto_on_the_cpu_offers_compiled_depthwise_grads_for_vapsr_only(
     assert not any(c.compiled_grads for c in speed.candidates(eager, cpu, vapsr))
     saved = {"amp": "none", "channels_last": True, "compile": False, "compiled_grads": True}
     assert speed.resumed_modes(cfg.train, saved).compiled_grads
+    assert not speed.resumed_modes(cfg.train, {**saved, "channels_last": False}).compiled_grads
+    cuda = speed.candidates(cfg.train, torch.device("cuda"), vapsr)  # (no GPU needed to list them)
+    assert not any(c.compile or c.compiled_grads for c in cuda)  # VapSR stays eager on CUDA
+    assert all(c.compile for c in speed.candidates(cfg.train, torch.device("cuda"), registry.create_model("espcn-x2")))
     assert not speed.resumed_modes(eager, saved).compiled_grads  # compile = false on resume: honoured
     assert not speed.resumed_modes(cfg.train, {k: v for k, v in saved.items() if k != "compiled_grads"}).compiled_grads
+
+
+def test_compiled_or_eager_falls_back_for_good_when_a_compile_fails(capsys):
+    compiles = []
+
+    def second_compile_fails(gm, inputs):  # a torch.compile backend: the first graph works
+        compiles.append(len(compiles))
+        if len(compiles) > 1:
+            raise RuntimeError("no compiler")
+        return gm.forward
+
+    fn = speed.CompiledOrEager(lambda x: x * 2, eager=lambda x: x * 2 + 100, backend=second_compile_fails,
+                               dynamic=False, recompile_limit=4)
+    assert fn(torch.ones(2)).tolist() == [2, 2] and fn.works
+    assert fn(torch.ones(3)).tolist() == [102] * 3 and not fn.works  # a new shape: compiled again, failed
+    assert fn(torch.ones(2)).tolist() == [102, 102] and len(compiles) == 2
+    assert capsys.readouterr().err.count("torch.compile failed") == 1
+
+
+def test_a_depthwise_kernel_that_did_not_compile_is_not_chosen(monkeypatch):
+    def fails(gm, inputs):
+        raise RuntimeError("no compiler")
+
+    kernel = speed.CompiledOrEager(vapsr_mod.tap_weight_grads, eager=vapsr_mod.native_weight_grads, backend=fails)
+    monkeypatch.setattr(speed, "_compiled_tap_grads", lambda: kernel)
+    cfg = config_mod.config_from_dict({}, ["train.amp=none", "train.channels_last=true", "train.compile=auto"])
+    model = registry.create_model("vapsr-s-x2")
+    sample = (torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16))
+    assert len(speed.candidates(cfg.train, torch.device("cpu"), model)) == 2
+    chosen = speed.choose_modes(cfg, model, sample, torch.device("cpu"), rounds=1, seconds=0)
+    assert not kernel.works and chosen == speed.StepModes(channels_last=True)
 
 
 def test_accumulated_micro_batches_give_the_whole_batch_s_gradient():

@@ -21,7 +21,7 @@
 #   its config.toml), BUDGET (seconds for everything, 540), TAIL (seconds kept after training for
 #   eval and packing, 90), STARTUP (seconds of the trainer's start and exit, outside its own
 #   deadline, 15), DEV (cuda), PY (python3), SETS (more `upsample train` arguments, no
-#   spaces inside one; default on cuda: bf16 autocast, eager, 8 loader workers), EVAL_SETS ("Set5
+#   spaces inside one; default on cuda: bf16 autocast, 8 loader workers), EVAL_SETS ("Set5
 #   Set14"), EVAL_ARGS (e.g. "--scale 2"), OUT, RUNS (scratch, emptied), DATA (data), SHARED
 #   (../shared/datasets: where --prepare copies from), FILE_LIMIT (bytes, 16 MiB), FILE_COUNT (8).
 set -euo pipefail
@@ -33,7 +33,7 @@ SHARED=${SHARED:-../shared/datasets}; EVAL_ROOT=../shared/datasets/benchmark
 FILE_LIMIT=${FILE_LIMIT:-$((16 * 1024 * 1024))}; FILE_COUNT=${FILE_COUNT:-8}
 TRAVEL_LIMIT=${TRAVEL_LIMIT:-$((64 * 1024 * 1024))}
 EVAL_SETS=${EVAL_SETS:-Set5 Set14}; TRAIN_DIRS=${TRAIN_DIRS:-}
-GPU_SETS='--set train.amp="bf16" --set train.compile=false --set data.workers=8'
+GPU_SETS='--set train.amp="bf16" --set data.workers=8'
 [ "$DEV" = cuda ] || GPU_SETS=
 read -ra SET_ARGS <<< "${SETS-$GPU_SETS}"
 read -ra EVAL_EXTRA <<< "${EVAL_ARGS:-}"

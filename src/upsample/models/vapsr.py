@@ -110,7 +110,7 @@ def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
             and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
             and all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size)))
     hooked = conv._forward_hooks or conv._forward_pre_hooks  # those run only through conv(x)
-    amp = torch.is_autocast_enabled("cpu")
+    amp = torch.is_autocast_enabled("cpu") and x.dtype == torch.float32  # autocast casts fp32 only
     dtype = torch.get_autocast_dtype("cpu") if amp else x.dtype  # what conv(x) would compute in
     if (same and not hooked and conv.bias is not None and torch.is_grad_enabled()
             and x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)

@@ -64,9 +64,11 @@ def candidates(cfg: config_mod.TrainConfig, dev: torch.device, model: nn.Module 
     compiled kernel (`models.vapsr.tap_weight_grads`), for a model that has them."""
     amps = [cfg.amp] if cfg.amp != "auto" else ["none", "bf16"] if has_fast_bf16(dev) else ["none"]
     layouts = [bool(cfg.channels_last)] if cfg.channels_last != "auto" else [False, True]
-    compiled = cfg.compile if cfg.compile != "auto" else dev.type == "cuda"
+    depthwise = model is not None and vapsr.has_depthwise(model)
+    # CUDA "auto" leaves VapSR eager: on an H100, compile + channels_last made it slower (README)
+    compiled = cfg.compile if cfg.compile != "auto" else dev.type == "cuda" and not depthwise
     found = [StepModes(amp=a, channels_last=c, compile=bool(compiled)) for a in amps for c in layouts]
-    if cfg.compile == "auto" and dev.type == "cpu" and model is not None and vapsr.has_depthwise(model):
+    if cfg.compile == "auto" and dev.type == "cpu" and depthwise:
         found += [StepModes(amp=m.amp, channels_last=True, compiled_grads=True) for m in found if m.channels_last]
     return found
 
@@ -76,14 +78,17 @@ def resumed_modes(cfg: config_mod.TrainConfig, saved: dict) -> StepModes:
     config's for the explicit ones (a --set on resume is honoured)."""
     def pick(key, value):
         return saved[key] if value == "auto" else value
-    return StepModes(amp=pick("amp", cfg.amp), channels_last=bool(pick("channels_last", cfg.channels_last)),
-                     compile=bool(pick("compile", cfg.compile)),
-                     compiled_grads=cfg.compile == "auto" and bool(saved.get("compiled_grads", False)))
+    channels_last = bool(pick("channels_last", cfg.channels_last))
+    return StepModes(amp=pick("amp", cfg.amp), channels_last=channels_last, compile=bool(pick("compile", cfg.compile)),
+                     compiled_grads=cfg.compile == "auto" and channels_last and bool(saved.get("compiled_grads", False)))
 
 
 @functools.cache
 def _compiled_tap_grads() -> CompiledOrEager:
-    return CompiledOrEager(vapsr.tap_weight_grads, eager=vapsr.native_weight_grads, dynamic=False)
+    # one kernel per layer shape, dtype and batch: more than torch's default of 8 recompiles
+    # (then it would run the slow uncompiled form) in a process that tries several batch sizes
+    return CompiledOrEager(vapsr.tap_weight_grads, eager=vapsr.native_weight_grads, dynamic=False,
+                           recompile_limit=64)
 
 
 def kernels_for(modes: StepModes):
@@ -107,7 +112,11 @@ def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.T
             " (compiling the depth-wise gradient kernel first, ~15 s)" if any(m.compiled_grads for m in cands) else ""))
     steps = {m: mode_step(cfg, model, sample, dev, m) for m in cands}
     for step in steps.values():
-        step()  # warm-up: allocator, oneDNN primitive caches
+        step()  # warm-up: allocator, oneDNN primitive caches, the compiled kernel
+    if any(m.compiled_grads for m in cands) and not _compiled_tap_grads().works:
+        # it ran oneDNN's gradients: not a mode a resumed run could reproduce where compiling works
+        cands = [m for m in cands if not m.compiled_grads]
+        steps = {m: steps[m] for m in cands}
     best = {m: float("inf") for m in cands}
     start, done = time.perf_counter(), 0
     while done < rounds or (time.perf_counter() - start < seconds and done < 30):
@@ -151,19 +160,27 @@ def mode_step(cfg: config_mod.Config, model: nn.Module, sample, dev: torch.devic
 
 
 class CompiledOrEager:
-    """`torch.compile(fn, **options)`, falling back to `eager` (default `fn`) when compiling
-    fails on the first call (no C++ compiler, an unsupported op): the run goes on eager and
-    says so once."""
+    """`torch.compile(fn, **options)`, falling back to `eager` (default `fn`) for good when a
+    call fails in compiling (no C++ compiler, an unsupported op, a shape it cannot take): the
+    run goes on eager and says so once. `recompile_limit`: how many specialisations torch may
+    make of it (its own limit otherwise)."""
 
-    def __init__(self, fn, *, eager=None, **options):
-        self.eager, self.compiled, self.first = eager or fn, torch.compile(fn, **options), True
+    def __init__(self, fn, *, eager=None, recompile_limit: int | None = None, **options):
+        self.eager, self.compiled = eager or fn, torch.compile(fn, **options)
+        self.limit = recompile_limit
+
+    @property
+    def works(self) -> bool:
+        return self.compiled is not None
 
     def __call__(self, *args):
-        if not self.first:
-            return (self.compiled or self.eager)(*args)
-        self.first = False
+        if self.compiled is None:
+            return self.eager(*args)
         try:
-            return self.compiled(*args)
+            if self.limit is None:
+                return self.compiled(*args)
+            with torch._dynamo.config.patch(recompile_limit=self.limit):
+                return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: train eager instead
             print(f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]});"
                   " training eager", file=sys.stderr)
