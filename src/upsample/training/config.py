@@ -154,9 +154,9 @@ class TrainConfig:
     amp: str = "none"                  # none, bf16 (CPU or CUDA), fp16 (CUDA, GradScaler) or auto
     channels_last: bool | str = False  # true, false or "auto"
     compile: bool | str = False        # torch.compile the forward + loss (its backward with it);
-    #                                    "auto": compiled on CUDA; on the CPU (where that measured
-    #                                    slower) eager, with VapSR's depth-wise weight gradients
-    #                                    compiled where timing the first steps finds it faster
+    #                                    "auto": compiled on CUDA (VapSR: eager); on the CPU (where
+    #                                    that measured slower) eager, with VapSR's depth-wise weight
+    #                                    gradients compiled where timing the first steps finds it faster
     accumulate: int = 1                # split each batch into this many micro-batches, one update
     ema: float = 0.0                   # EMA decay of the weights (0 = off); validated/saved
     threads: int = 0                   # torch.set_num_threads (0 = torch's default)
