@@ -205,6 +205,18 @@ def test_odd_image_upscaled(tmp_path, capsys, case):
     assert img.size == size and img.mode in (mode, "I;16B", "I") and written.suffix == ".png"
 
 
+@pytest.mark.parametrize("model", ["espcn-x2", "vdsr"])
+def test_a_one_pixel_side_takes_the_unfused_path_under_auto(tmp_path, capsys, model):
+    """The fused RGB graph's bicubic mirrors 2 pixels at each border: a 1-pixel image or row is
+    upscaled by the unfused path (it failed with OpenVINO's multi-line error before)."""
+    for name, size, out_size in (("one.png", (1, 1), (2, 2)), ("row.png", (1, 7), (14, 2))):
+        src = _png(tmp_path, name, rgb(*size))
+        out = tmp_path / f"out-{name}"
+        args = ["image", str(src), "-o", str(out), "--model", model, "--scale", "2", "--backend", "auto"]
+        assert cli.main(args) == 0, capsys.readouterr().err
+        assert Image.open(out).size == out_size
+
+
 def test_batch_goes_on_past_a_bomb(tmp_path, capsys):
     """Over the pixel limit: one line for that file, the others are written; --max-pixels lifts it."""
     folder = tmp_path / "in"

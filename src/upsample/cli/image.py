@@ -87,7 +87,8 @@ def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
         tqdm.write(f"upsample image: error: {where}{exc}", file=sys.stderr)
         return False, None
     except (OSError, RuntimeError, ValueError, MemoryError) as exc:
-        tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split())  # one line: a runtime's message may span several
+        tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {text[:400]}", file=sys.stderr)
         return False, None
     if not saved:
         tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)", file=sys.stderr)

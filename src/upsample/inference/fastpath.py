@@ -34,7 +34,7 @@ from ..data.bicubic import imresize_array, output_size
 from ..errors import UserError
 from ..media.imageio import Planes, atomic_output
 from ..models import WEIGHTS_DIR
-from ..runtime.cache import FUSED_GRAPH, cache_dir, ov_compiled
+from ..runtime.cache import FUSED_GRAPH, FUSED_MIN_SIDE, cache_dir, ov_compiled
 from ..runtime.kinds import Backend, Precision
 from .tiling import TileGeometry
 
@@ -123,7 +123,7 @@ class FastEngine:
         c = planes.color
         s = int(self.scale)
         h, w = c.shape[:2]
-        if planes.alpha is not None or c.shape[2] != 3 or h * w * s * s > MAX_OUT_PIXELS or min(h, w) < 3:
+        if planes.alpha is not None or c.shape[2] != 3 or h * w * s * s > MAX_OUT_PIXELS or min(h, w) < FUSED_MIN_SIDE:
             return None
         x = _to_float(c)[None]
         try:

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..data.degrade import imresize, output_size
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..models.registry import ModelSpec
+from ..runtime.cache import FUSED_MIN_SIDE
 from ..runtime.runner import Runner
 
 
@@ -94,7 +95,7 @@ class ModelUpscaler(Upscaler):
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, torch.float32)
-        if self.run_rgb is not None:  # one graph with the edges fused (backend auto)
+        if self.run_rgb is not None and min(x.shape[-2:]) >= FUSED_MIN_SIDE:  # one graph, edges fused (auto)
             return self.run_rgb(x)
         ycc = None
         if self.spec.input == "y":

@@ -11,6 +11,9 @@ from ..errors import UserError
 from ..media.cache import cache_root
 
 FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
+# The fused graph's bicubic (`degrade.BicubicUp`) mirrors 2 pixels at each border, which a
+# one-pixel side cannot give: a picture with a side under this takes the unfused path.
+FUSED_MIN_SIDE = 3
 
 
 def cache_dir() -> Path:
