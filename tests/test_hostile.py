@@ -436,6 +436,22 @@ def test_bad_config_refused(tmp_path, capsys, case):
     assert_refused(cli.main(["train", str(cfg), "--run-dir", str(run), "--device", "cpu"]), capsys, run)
 
 
+@pytest.mark.parametrize("val_fraction", [0.0, 0.5])
+def test_an_unreadable_training_image_is_named_with_the_way_out(tmp_path, capsys, val_fraction):
+    """In the training part or the validation part: one line naming the file and `upsample data
+    check|clean`; no run dir is left."""
+    (tmp_path / "imgs").mkdir()
+    for name in "ab":
+        _png(tmp_path / "imgs", f"{name}.png", rgb(128, 128))
+    _write(tmp_path / "imgs", "corrupt.png", b"\x89PNG\r\n\x1a\nxxxx")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BASE.replace("{data}", str(tmp_path / "imgs")))
+    run = tmp_path / "run"
+    line = assert_refused(cli.main(["train", str(cfg), "--run-dir", str(run), "--device", "cpu", "--set",
+                                    f"data.val_fraction={val_fraction}", "--set", "val.every=0"]), capsys, run)
+    assert "corrupt.png" in line and "upsample data check" in line
+
+
 @pytest.mark.parametrize("override", ["optim.lr", "optim.lr=abc", "nosuch.key=1"])
 def test_bad_override_refused(tmp_path, capsys, override):
     (tmp_path / "imgs").mkdir()

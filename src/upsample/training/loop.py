@@ -245,16 +245,23 @@ def pair_spec(cfg: config_mod.Config, spec, scales: list) -> data.PairSpec:
 
 def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tuple:
     """(the training pairs, made on the fly from the training images; the validation images,
-    on rank 0 only, which validates)."""
+    on rank 0 only, which validates). An image that cannot be read stops the run, naming it and
+    the commands that find and move aside every such file."""
     train_files, val_files = sources.training_images(
         cfg.data.train, val_list=cfg.data.val_list, val_fraction=cfg.data.val_fraction,
         seed=cfg.train.seed, video_every=cfg.data.video_every, max_images=cfg.data.max_images,
         progress=procs.master and sys.stderr.isatty())
-    pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
-                        progress=procs.master and sys.stderr.isatty(), log=procs.log)
+    try:
+        pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
+                            progress=procs.master and sys.stderr.isatty(), log=procs.log)
+        val_images = load_val_images(val_files, cfg.val) if procs.master else []
+    except UserError as exc:
+        if not str(exc).startswith("cannot read image"):
+            raise
+        raise UserError(f"{exc}; `upsample data check FOLDER` lists the unreadable files of a folder, "
+                        "`upsample data clean FOLDER` moves them aside") from None
     if pairs.skipped:
         procs.log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
-    val_images = load_val_images(val_files, cfg.val) if procs.master else []
     return pairs, val_images
 
 
