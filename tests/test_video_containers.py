@@ -161,6 +161,22 @@ def test_ten_bit_input_gets_hevc_main10_and_libx264_on_request_is_8_bit(clips, t
     assert (b["codec"], b["fmt"]) == ("h264", "yuv420p")
 
 
+@pytest.mark.parametrize("src_fmt, out_fmt", [("yuv422p", "yuv420p"), ("yuvj444p", "yuvj420p")])
+def test_4_2_2_and_4_4_4_inputs_are_delivered_in_4_2_0_unless_asked(tmp_path, capsys, src_fmt, out_fmt):
+    """H.264 in 4:2:2 / 4:4:4 (High 4:2:2, High 4:4:4) plays in few players: the default output
+    is 4:2:0 of the same depth and range, with a note; --pix-fmt keeps the input's."""
+    src = tmp_path / "cam.mkv"
+    write_clip(src, pix_fmt=src_fmt, size=(32, 16), acodec=None)
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "a.mp4"), "--model", "bicubic"]) == 0
+    assert f"the input's {src_fmt} is written as {out_fmt}" in capsys.readouterr().err
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.name, cc.format.name, cc.profile) == ("h264", out_fmt, "High")
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "b.mp4"), "--model", "bicubic",
+                     "--pix-fmt", src_fmt]) == 0
+    assert read_back(tmp_path / "b.mp4")["fmt"] == src_fmt
+
+
 def test_wrong_codec_for_the_container_and_gif_output_are_refused_before_any_work(clips, tmp_path,
                                                                                   capsys, monkeypatch):
     built = []

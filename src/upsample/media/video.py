@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import threading
 from fractions import Fraction
@@ -269,12 +270,34 @@ def _default_codec(muxer: str, deep: bool, dst: Path) -> tuple[str, list[str]]:
     return usable[0], notes
 
 
+# Encoders of the formats people deliver in: their 4:2:2 / 4:4:4 profiles are what browsers,
+# QuickTime, phones and hardware decoders lack, so by default they get 4:2:0 (`_delivery_format`).
+DELIVERY_ENCODERS = ("libx264", "h264", "libx265", "hevc", "libvpx-vp9", "libvpx", "libsvtav1")
+
+
+def _delivery_format(codec: str, src_fmt: str) -> str | None:
+    """The 4:2:0 format of `src_fmt`'s depth and range (yuv422p10le -> yuv420p10le, yuvj444p ->
+    yuvj420p) where `codec` is a delivery encoder that takes it and `src_fmt` is planar YUV with
+    more chroma than that; else None."""
+    m = re.fullmatch(r"yuv(j?)(a?)(4[0-9][0-9])p(\d*(?:le|be)?)", src_fmt)
+    if codec not in DELIVERY_ENCODERS or not m or m.group(3) == "420":
+        return None
+    try:
+        takes = [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
+    except (av.FFmpegError, ValueError):
+        return None
+    # with its alpha plane where the encoder keeps one (VP9), else without
+    names = [f"yuv{m.group(1)}{alpha}420p{m.group(4)}" for alpha in dict.fromkeys([m.group(2), ""])]
+    return next((n for n in names if n in takes), None)
+
+
 def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
                     pix_fmt: str | None = None) -> tuple[str, str, list[str]]:
     """The encoder and pixel format for writing a `src_fmt` video into `dst`, and notes for the
     user. `codec` None: by container (WebM: VP9; others: H.264) and depth (a 10-bit input:
     HEVC Main 10, or AV1 for WebM). A `codec` the container cannot hold is a UserError;
-    libx264 on a 10-bit input writes 8-bit yuv420p unless `pix_fmt` asks otherwise."""
+    libx264 on a 10-bit input writes 8-bit yuv420p, and a delivery encoder (H.264, HEVC, VP9,
+    AV1) writes a 4:2:2 or 4:4:4 input as 4:2:0 of its depth, unless `pix_fmt` asks otherwise."""
     muxer = muxer_name(dst)
     deep = _bits(pix_fmt or src_fmt) > 8
     notes: list[str] = []
@@ -290,6 +313,10 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
             pix_fmt = "yuv420p"
             notes.append(f"{codec} writes the 10-bit input as 8-bit yuv420p (10-bit H.264 plays in "
                          "few players; leave --codec out for 10-bit HEVC)")
+    if pix_fmt is None and (sub := _delivery_format(codec, src_fmt)) is not None:
+        pix_fmt = sub
+        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:2:2 or 4:4:4 chroma plays "
+                     f"in few players (browsers, QuickTime, phones); --pix-fmt {src_fmt} keeps it")
     fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
     return codec, fmt, notes + fmt_note
 
