@@ -103,7 +103,7 @@ def test_export_uint8_io_and_fp16(tmp_path, capsys):
     res = sess.run(None, {"input": img})[0]
     assert res.dtype == np.uint8 and res.shape == (2, 30, 36, 3)
 
-    assert cli.main(["export", "vapsr-x2", "--fp16", "-o", str(tmp_path / "h.onnx")]) == 0
+    assert cli.main(["export", "vapsr-x2", "--fp16", "--allow-untrained", "-o", str(tmp_path / "h.onnx")]) == 0
     assert parity_of(capsys.readouterr().out) <= 1e-2
     graph = onnx.load(str(tmp_path / "h.onnx"))
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
@@ -111,7 +111,7 @@ def test_export_uint8_io_and_fp16(tmp_path, capsys):
 
 def test_export_command_openvino(tmp_path, capsys):
     out = tmp_path / "v.xml"
-    assert cli.main(["export", "vapsr-s-x4", "--format", "openvino", "-o", str(out)]) == 0
+    assert cli.main(["export", "vapsr-s-x4", "--format", "openvino", "--allow-untrained", "-o", str(out)]) == 0
     assert parity_of(capsys.readouterr().out) <= 1e-3
     assert out.exists() and out.with_suffix(".bin").stat().st_size > 154_956 * 3  # fp32, not fp16
 

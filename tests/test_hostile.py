@@ -573,3 +573,81 @@ def test_large_png_written_in_strips_equals_whole(tmp_path, monkeypatch):
     assert cli.main(["image", str(src), "-o", str(tmp_path / "strips.png"), "--model", "bicubic"]) == 0
     whole, strips = (np.asarray(Image.open(tmp_path / n)) for n in ("whole.png", "strips.png"))
     assert strips.shape == (90, 76, 3) and np.array_equal(whole, strips)
+
+
+# ------------------------------------------------------- outputs of the model-file commands
+
+
+def test_untrained_models_are_not_exported_quantized_or_pruned_unless_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED", raising=False)
+    for args in (["export", "vapsr-x2", "-o", str(tmp_path / "v.onnx")],
+                 ["quantize", "vapsr-x2", "--backend", "onnxruntime", "--calib", str(tmp_path), "-o",
+                  str(tmp_path / "q.onnx")],
+                 ["prune", "vapsr-x2", "--sparsity", "0.5", "-o", str(tmp_path / "p.safetensors")]):
+        assert "no trained weights" in assert_refused(cli.main(args), capsys)
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main(["export", "vapsr-s-x2", "--allow-untrained", "-o", str(tmp_path / "v.onnx")]) == 0
+
+
+MODEL_FILE_OUTPUTS = {  # name: (arguments with {t} for the folder, a word of the message)
+    "an OpenVINO .bin beside": (["export", "espcn-x2", "--format", "openvino", "-o", "{t}/m.xml"], "m.bin exists"),
+    "a folder": (["export", "espcn-x2", "-o", "{t}/d.onnx", "--overwrite"], "is a folder"),
+    "prune onto its input": (["prune", "{t}/in.safetensors", "--sparsity", "0.5", "-o", "{t}/in.safetensors",
+                              "--overwrite"], "the input itself"),
+    "prune to .onnx": (["prune", "espcn-x2", "--sparsity", "0.5", "-o", "{t}/p.onnx"], "*.safetensors"),
+    "interpolate onto an input": (["interpolate", "{t}/in.safetensors", "{t}/in.safetensors", "--alpha", "0.5",
+                                   "-o", "{t}/in.safetensors", "--overwrite"], "the input itself"),
+    "make-clip over a file": (["make-clip", "{t}/in.png", "-o", "{t}/taken.mp4", "--size", "16x8"], "exists"),
+    "make-clip of no frames": (["make-clip", "{t}/in.png", "-o", "{t}/c.mp4", "--size", "16x8", "--seconds",
+                                "0.01", "--fps", "10"], "at least 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_FILE_OUTPUTS))
+def test_model_file_outputs_never_replace_what_is_there(tmp_path, capsys, case):
+    from upsample.models import registry
+    from upsample.models.checkpoint import save_checkpoint
+    args, words = MODEL_FILE_OUTPUTS[case]
+    (tmp_path / "m.bin").write_bytes(b"someone's weights")
+    (tmp_path / "taken.mp4").write_bytes(b"someone's clip")
+    (tmp_path / "d.onnx").mkdir()
+    _png(tmp_path, "in.png", rgb(32, 48))
+    save_checkpoint(registry.create_model("espcn-x2"), tmp_path / "in.safetensors")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    rc = cli.main([a.replace("{t}", str(tmp_path)) for a in args])
+    assert words in assert_refused(rc, capsys)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_a_file_system_error_is_one_line(tmp_path, capsys):
+    """Where the output cannot be written (here: under /proc), one line and exit 1, no traceback."""
+    rc = cli.main(["export", "espcn-x2", "-o", "/proc/upsample-test/m.onnx"])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "error:" in err and "/proc/upsample-test" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--scale", "1000"], "at most 32"),
+    (["--suffix", "/../../escape"], "without /"),
+])
+def test_image_refuses_scales_it_cannot_hold_and_suffixes_that_leave_the_folder(tmp_path, capsys, args, words):
+    src = _png(tmp_path, "a.png")
+    rc = cli.main(["image", str(src), "-o", str(tmp_path / "out"), "--model", "bicubic", *args])
+    err = capsys.readouterr().err
+    assert rc != 0 and words in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_tiny_outscale_gives_a_pixel_not_a_crash(tmp_path, capsys):
+    src = _png(tmp_path, "a.png")
+    out = tmp_path / "o.png"
+    assert cli.main(["image", str(src), "-o", str(out), "--model", "espcn-x2", "--outscale", "0.01"]) == 0
+    assert Image.open(out).size == (1, 1)
+
+
+def test_an_unknown_pix_fmt_is_one_line(tmp_path, capsys):
+    src = tiny_clip(tmp_path / "c.mkv")
+    assert "not a pixel format" in assert_refused(
+        cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic", "--pix-fmt", "nosuch"]),
+        capsys, tmp_path / "o.mp4")

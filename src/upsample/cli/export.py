@@ -6,15 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option
+from .options import add_output_option, add_overwrite_option, add_untrained_option
 
 FORMATS = ("onnx", "openvino")  # runtime.export.FORMATS, SUFFIX_OF (a test checks them): no torch for --help
 SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.load import model_scale, resolve_model
+    from ..inference.load import check_trained, model_scale, resolve_model
     from ..runtime import export
+    check_trained(args.model, args.allow_untrained)
     model, name = resolve_model(args.model)
     spec = model.upsample_spec
     if spec.kind != "generator":
@@ -31,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--format {args.format} writes a {suffix} file, not {out.name}")
     else:
         out = export.default_output(name, spec, scale, args.format, fp16=args.fp16, uint8_io=args.uint8_io)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    from ..media.imageio import check_new_file
+    check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
+                   companions=[out.with_suffix(".bin")] if args.format == "openvino" else [])
     diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale,
                                name=name)
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
@@ -59,4 +61,5 @@ def register(sub) -> None:
     p.add_argument("--scale", help="the scale (required for vdsr with --uint8-io; else only checked; "
                                     "default: the model's)")
     add_overwrite_option(p, help="replace an existing output (default: refuse)")
+    add_untrained_option(p)
     p.set_defaults(func=run)

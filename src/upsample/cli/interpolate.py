@@ -20,8 +20,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    from ..media.imageio import check_new_file
+    check_new_file(out, overwrite=args.overwrite, inputs=[args.a, args.b])
     from ..models.checkpoint import interpolate_checkpoints
     interpolate_checkpoints(args.a, args.b, alpha, out, fp16=args.fp16)
     print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_output_option
+from .options import add_output_option, add_overwrite_option
 
 
 MOTIONS = ("pan", "zoom", "panzoom")  # studies.clips.MOTIONS (a test checks it): no torch for --help
@@ -14,7 +14,7 @@ MOTIONS = ("pan", "zoom", "panzoom")  # studies.clips.MOTIONS (a test checks it)
 def run(args: argparse.Namespace) -> int:
     from ..studies.clips import make_clip
     print(make_clip(args.image, args.output, size=args.size, seconds=args.seconds, fps=args.fps,
-                    motion=args.motion), file=sys.stderr)
+                    motion=args.motion, overwrite=args.overwrite), file=sys.stderr)
     return 0
 
 
@@ -26,4 +26,5 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="duration (default 3)")
     p.add_argument("--fps", default="25", help="frame rate (default 25)")
     p.add_argument("--motion", default="pan", choices=MOTIONS, help="camera motion (default pan)")
+    add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

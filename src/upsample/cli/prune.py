@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_output_option, add_overwrite_option
+from .options import add_output_option, add_overwrite_option, add_untrained_option
 
 
 # training.prune.METHODS (a test checks it), here so that `prune --help` needs no torch
@@ -13,7 +13,9 @@ METHODS = ("l1", "l2", "group-l1", "random")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.load import check_trained
     from ..training import prune
+    check_trained(args.model, args.allow_untrained)
     r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,
                                filter_ratio=args.filter_ratio, overwrite=args.overwrite)
     (before_p, after_p), (before_m, after_m) = r.params, r.macs
@@ -40,4 +42,5 @@ def register(sub) -> None:
                    help="filter ranking (default: each filter's L1 norm)")
     add_output_option(p, help="pruned checkpoint (.safetensors)")
     add_overwrite_option(p, help="replace an existing output (default: refuse)")
+    add_untrained_option(p)
     p.set_defaults(func=run)

@@ -6,22 +6,24 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option
+from .options import add_output_option, add_overwrite_option, add_untrained_option
 
 # runtime.int8.SUFFIX by backend name (a test checks it), so that `quantize --help` needs no torch
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.load import model_scale, resolve_model
+    from ..inference.load import check_trained, model_scale, resolve_model
     from ..runtime import export, quantize
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
         raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    from ..media.imageio import check_new_file
+    check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
+                   companions=[out.with_suffix(".bin")] if args.backend == "openvino" else [])
     if args.samples < 1 or args.size < 8:
         raise UserError("--samples must be >= 1 and --size >= 8")
+    check_trained(args.model, args.allow_untrained)
     model, name = resolve_model(args.model)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
@@ -50,4 +52,5 @@ def register(sub) -> None:
     p.add_argument("--all-layers", dest="keep_edges", action="store_false",
                    help="quantize the first and last conv too (by default they stay float)")
     add_overwrite_option(p, help="replace an existing output (default: refuse)")
+    add_untrained_option(p)
     p.set_defaults(func=run)

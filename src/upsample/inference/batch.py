@@ -122,17 +122,20 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
     """(the (source, destination) pairs to write, how many are skipped because their output
     exists, how many refused because the output would replace the input). Two inputs that
     would write one file stop everything before any work."""
+    if any(sep in suffix for sep in ("/", "\\")):
+        raise UserError(f"--suffix {suffix!r}: a suffix is part of a file name, without / or \\; "
+                        "name the folder with -o")
     todo, seen, skipped, refused = [], {}, 0, 0
     for src, rel in jobs:
         dst = output_path(out, rel, src, suffix, ext, single)
         if dst.resolve() == src.resolve():
             print(f"upsample image: error: {src}: the output would replace the input; "
                   f"use another -o or --suffix", file=sys.stderr)
-            seen[dst], refused = src, refused + 1
+            seen[dst.resolve()], refused = src, refused + 1
             continue
-        if dst in seen:
-            raise UserError(f"{src} and {seen[dst]} would both be written to {dst}")
-        seen[dst] = src
+        if dst.resolve() in seen:
+            raise UserError(f"{src} and {seen[dst.resolve()]} would both be written to {dst}")
+        seen[dst.resolve()] = src
         if dst.exists() and not overwrite:
             print(f"note: {dst} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
             skipped += 1

@@ -47,14 +47,22 @@ def resolve_model(spec: str) -> tuple[nn.Module, str]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# The largest factor taken: its memory probes (96 px tiles, `memory.PROBE`) stay ~0.1 GB of
+# output there, where x1000 asked for tens of GB before any tile was planned.
+MAX_SCALE = 32
+
+
 def check_scale(scale) -> float:
-    """A scale factor from the user: a positive finite number."""
+    """A scale factor from the user: a positive finite number, at most MAX_SCALE."""
     try:
         s = float(scale)
     except (TypeError, ValueError):
         raise UserError(f"scale must be a positive number, got {scale!r}") from None
     if not (s > 0 and s < float("inf")):
         raise UserError(f"scale must be a positive number, got {scale!r}")
+    if s > MAX_SCALE:
+        raise UserError(f"scale {s:g} is over the {MAX_SCALE}x this tool upscales by; use a factor of at "
+                        f"most {MAX_SCALE} (a larger one in steps: run the output again)")
     return s
 
 

@@ -217,7 +217,8 @@ class MemoryPlanner:
         with self._lock:
             if key in self._bpp:
                 return self._bpp[key]
-            sides = (self.geometry.round_up(PROBE_SMALL), self.geometry.round_up(PROBE))
+            small = self.geometry.round_up(PROBE_SMALL)  # two different sides, even where the
+            sides = (small, self.geometry.round_up(max(PROBE, small + 1)))  # geometry's step is large
             (px0, _, _), (px1, tracked, grown) = [self._measure(s, channels, dtype) for s in sides]
             bpp = max(tracked / px1, grown / (px1 - px0))
             self._bpp[key] = bpp

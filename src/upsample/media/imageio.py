@@ -97,6 +97,19 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def check_new_file(out: Path, *, overwrite: bool, inputs=(), companions=()) -> None:
+    """Refuse, before any work, an output file that is a folder, is one of the `inputs` (never
+    replaced, not even with --overwrite), or exists - it or a `companions` file written with it
+    (an OpenVINO .xml's .bin) - without `overwrite`."""
+    if out.is_dir():
+        raise UserError(f"-o {out} is a folder; name the output file")
+    if any(Path(i).exists() and out.exists() and os.path.samefile(out, i) for i in inputs):
+        raise UserError(f"-o {out} is the input itself; name a new file (inputs are never replaced)")
+    taken = [p for p in (out, *companions) if p.exists()]
+    if taken and not overwrite:
+        raise UserError(f"{taken[0]} exists; pass --overwrite to replace it")
+
+
 def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
     """Save to a temporary file beside `path`, then rename: a crash never leaves a half file."""
     path = Path(path)

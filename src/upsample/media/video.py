@@ -171,6 +171,15 @@ def frame_count(container) -> int | None:
                           if container.duration else None)
 
 
+def check_pix_fmt(pix_fmt: str) -> None:
+    """A UserError unless `pix_fmt` names a pixel format FFmpeg knows."""
+    try:
+        av.VideoFormat(pix_fmt)
+    except ValueError:
+        raise UserError(f"--pix-fmt {pix_fmt}: not a pixel format; e.g. yuv420p, yuv420p10le, yuv444p "
+                        "(`ffmpeg -pix_fmts` lists them)") from None
+
+
 def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: bool = False):
     """The pixel format to encode with `codec`: `pix_fmt` if it takes it, else `default_fmt` (the
     input's) or the closest one it takes; a UserError for an unknown or non-video encoder. With
@@ -184,6 +193,7 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
     formats = [f.name for f in (enc.video_formats or [])]
     pick, notes = default_fmt, []
     if pix_fmt:
+        check_pix_fmt(pix_fmt)
         if formats and pix_fmt not in formats:
             raise UserError(f"{codec} cannot encode {pix_fmt}; it takes {', '.join(formats)}")
         pick = pix_fmt
@@ -299,6 +309,8 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
     libx264 on a 10-bit input writes 8-bit yuv420p, and a delivery encoder (H.264, HEVC, VP9,
     AV1) writes a 4:2:2 or 4:4:4 input as 4:2:0 of its depth, unless `pix_fmt` asks otherwise."""
     muxer = muxer_name(dst)
+    if pix_fmt:
+        check_pix_fmt(pix_fmt)
     deep = _bits(pix_fmt or src_fmt) > 8
     notes: list[str] = []
     if codec is None:

@@ -19,7 +19,7 @@ import torch
 
 from ..data.degrade import array_to_uint8, imresize
 from ..errors import UserError
-from ..media.imageio import atomic_write, read_rgb
+from ..media.imageio import atomic_write, check_new_file, read_rgb
 
 MOTIONS = ("pan", "zoom", "panzoom")
 
@@ -104,8 +104,9 @@ def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
 
 
 def make_clip(image: str, output: str, *, size: str = "512x288", seconds: float = 3.0,
-              fps: str = "25", motion: str = "pan") -> str:
-    """Write the clip of `motion` over `image` to `output`; returns one line saying what it wrote."""
+              fps: str = "25", motion: str = "pan", overwrite: bool = False) -> str:
+    """Write the clip of `motion` over `image` to `output` (an existing one only with
+    `overwrite`); returns one line saying what it wrote."""
     wh = parse_wxh(size)
     if not 0 < seconds <= 60:
         raise UserError(f"--seconds must be in (0, 60], got {seconds}")
@@ -118,7 +119,10 @@ def make_clip(image: str, output: str, *, size: str = "512x288", seconds: float 
     out = Path(output)
     if out.suffix.lower() not in (".mkv", ".mp4", ".mov"):
         raise UserError(f"-o {out}: use a .mkv, .mp4 or .mov file name")
+    check_new_file(out, overwrite=overwrite, inputs=[image])
     n = int(round(seconds * rate))
+    if n < 2:
+        raise UserError(f"--seconds {seconds:g} at {float(rate):g} fps is {n} frame(s); a clip needs at least 2")
     frames = clip_frames(read_rgb(image), wh, n, motion)
     enc = write_lossless(frames, out, rate)
     return (f"{out}: {n} frames of {wh[0]}x{wh[1]} at {float(rate):g} fps ({float(n / rate):.2f} s, "

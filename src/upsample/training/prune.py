@@ -25,6 +25,7 @@ from torch import nn
 from ..models import checkpoint, registry
 from ..errors import UserError
 from ..inference.load import resolve_model
+from ..media.imageio import check_new_file
 
 METHODS = ("l1", "l2", "group-l1", "random")
 
@@ -120,8 +121,9 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
     """Prune `model_ref` (a registered name or a checkpoint) and save it to `output`, checked:
     the saved file must rebuild the pruned network (same outputs) from its shape alone."""
     out = Path(output)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if out.suffix.lower() != ".safetensors":
+        raise UserError(f"the pruned model is a safetensors checkpoint: name it *.safetensors, not {out.name}")
+    check_new_file(out, overwrite=overwrite, inputs=[model_ref])
     model, name = resolve_model(model_ref)
     spec = model.upsample_spec
     if spec.kind != "generator":
