@@ -651,3 +651,33 @@ def test_an_unknown_pix_fmt_is_one_line(tmp_path, capsys):
     assert "not a pixel format" in assert_refused(
         cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic", "--pix-fmt", "nosuch"]),
         capsys, tmp_path / "o.mp4")
+
+
+def test_data_commands_never_lose_or_mix_files(tmp_path, capsys):
+    """prepare: crops of two same-named folders would share names (refused), crops written
+    inside a source are not cut again, --stride 0 refused; split: another split over existing
+    lists needs --overwrite (the same one is a no-op); clean: a quarantine inside the folder
+    refused; check: a negative --min-size refused."""
+    for sub in ("x", "y"):
+        (tmp_path / sub / "imgs").mkdir(parents=True)
+        _png(tmp_path / sub / "imgs", "a.png", rgb(40, 40))
+    x = tmp_path / "x" / "imgs"
+    assert "same names" in assert_refused(cli.main(["data", "prepare", str(x), str(tmp_path / "y" / "imgs"),
+                                                    "-o", str(tmp_path / "o"), "--size", "16"]), capsys)
+    counts = []
+    for _ in range(2):
+        assert cli.main(["data", "prepare", str(x), "-o", str(x / "crops"), "--size", "16"]) == 0
+        counts.append(len(list((x / "crops").glob("*.png"))))
+    assert counts == [9, 9]  # 40 px in 16 px crops at 0, 16, 24: 3 x 3, made once
+    assert "--stride" in assert_refused(cli.main(["data", "prepare", str(x), "-o", str(tmp_path / "o2"),
+                                                  "--size", "16", "--stride", "0"]), capsys)
+    capsys.readouterr()
+    assert cli.main(["data", "split", str(x), "--val", "0.5"]) == 0
+    lists = {p: p.read_text() for p in (x / "train.txt", x / "val.txt")}
+    assert cli.main(["data", "split", str(x), "--val", "0.5"]) == 0  # the same split: fine
+    assert "--overwrite" in assert_refused(cli.main(["data", "split", str(x), "--val", "0.5", "--seed", "7"]), capsys)
+    assert {p: p.read_text() for p in lists} == lists
+    assert cli.main(["data", "split", str(x), "--val", "0.5", "--seed", "7", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert "inside" in assert_refused(cli.main(["data", "clean", str(x), "--quarantine", str(x / "q")]), capsys)
+    assert "--min-size" in assert_refused(cli.main(["data", "check", str(x), "--min-size", "-1"]), capsys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_output_option
+from .options import add_output_option, add_overwrite_option
 
 # data.prepare.PROBLEM_KINDS (a test checks it), here so that `data --help` needs no torch
 PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
@@ -28,8 +28,15 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_min_size(n: int) -> None:
+    if n < 1:
+        from ..errors import UserError
+        raise UserError(f"--min-size must be >= 1 pixel, got {n}")
+
+
 def run_check(args: argparse.Namespace) -> int:
     from ..data import prepare
+    _check_min_size(args.min_size)
     images, problems = prepare.scan(args.dir, args.min_size, progress=sys.stderr.isatty())
     for pr in problems:
         print(f"{pr.path}: {pr.kind}: {pr.detail}")
@@ -39,6 +46,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_clean(args: argparse.Namespace) -> int:
     from ..data import prepare
+    _check_min_size(args.min_size)
     n, problems, moved = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
                                        keep=args.keep, progress=sys.stderr.isatty())
     for src, dst in moved:
@@ -49,7 +57,7 @@ def run_clean(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from ..data import prepare
-    n_train, n_val, out = prepare.split(args.dir, args.val, args.seed, args.out)
+    n_train, n_val, out = prepare.split(args.dir, args.val, args.seed, args.out, overwrite=args.overwrite)
     print(f"{n_train} train, {n_val} val images: {out / 'train.txt'}, {out / 'val.txt'}")
     return 0
 
@@ -84,4 +92,5 @@ def register(sub) -> None:
     ps.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     add_output_option(ps, dest="out", metavar="DIR", required=False,
                       help="folder for train.txt and val.txt (default: DIR)")
+    add_overwrite_option(ps, help="replace train.txt / val.txt that hold another split (default: refuse)")
     ps.set_defaults(func=run_split)

@@ -44,10 +44,15 @@ def read_file_list(path: str | os.PathLike) -> list[Path]:
     return out
 
 
+def file_list_text(paths: list[Path], out: Path) -> str:
+    """A file list as written to `out`: entries relative to its folder, one a line."""
+    return "".join(os.path.relpath(Path(p).resolve(), out.parent.resolve()) + "\n" for p in paths)
+
+
 def write_file_list(paths: list[Path], out: Path) -> None:
     """Atomic write; entries relative to the list's folder so both can move together."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(os.path.relpath(Path(p).resolve(), out.parent.resolve()) + "\n" for p in paths)
+    text = file_list_text(paths, out)
     with atomic_output(out) as tmp:
         tmp.write_text(text)
 

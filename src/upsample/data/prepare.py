@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb
-from .pairs import hash_split, write_file_list
+from .pairs import file_list_text, hash_split, write_file_list
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
               ".wmv", ".y4m"}
@@ -96,7 +96,7 @@ def _load_manifest(out: Path, params: str) -> set[str]:
     lines = path.read_text().splitlines()
     if not lines or lines[0] != params:
         raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
-                        "use the same options or another --out")
+                        "use the same options or another -o folder")
     return {ln.rsplit("\t", 1)[0] for ln in lines[1:] if "\t" in ln}
 
 
@@ -104,15 +104,22 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             min_rest: int = 0, every: int = 1, progress: bool = True) -> dict:
     """Cut sources into size x size PNG crops in `out`; returns counts. Re-running skips the
     sources listed in out/.prepare-done and any crop file that already exists."""
-    stride = stride or size
+    stride = size if stride is None else stride
     if size < 1 or stride < 1 or every < 1 or min_rest < 0:
         raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
     out_dir = Path(out)
-    todo = []
+    todo, made_here, named = [], out_dir.resolve(), {}
     for src in sources:
         root = Path(src).resolve()
-        todo += [(f, f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__"))
-                 for f in source_files(root)]
+        for f in source_files(root):
+            if made_here in f.parents:  # -o inside a source: its crops are not sources
+                continue
+            name = f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__")
+            if name in named and named[name] != f:
+                raise UserError(f"{named[name]} and {f} would make crops of the same names ({name}_s000.png "
+                                "...): prepare folders of different names, or into different -o folders")
+            named[name] = f
+            todo.append((f, name))
     if not todo:
         raise UserError(f"no images or videos in {', '.join(sources)}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +237,9 @@ def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progr
     """Move the files with problems (except kinds in `keep`) under `quarantine`, keeping their
     relative paths; a log QUARANTINE.tsv there says why. Nothing is deleted."""
     root, qdir = Path(folder), Path(quarantine)
+    if qdir.resolve() == root.resolve() or root.resolve() in qdir.resolve().parents:
+        raise UserError(f"--quarantine {qdir} is inside {root}: `check`, `split` and training would still "
+                        "find the files there; name a folder outside it")
     n, problems = scan(folder, min_size, exclude=qdir, progress=progress)
     moved = []
     reasons: dict[Path, list[str]] = {}
@@ -248,9 +258,11 @@ def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progr
 
 # --- split -----------------------------------------------------------------------------------
 
-def split(folder: str, val_fraction: float, seed: int, out: str | None = None) -> tuple[int, int, Path]:
+def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *,
+          overwrite: bool = False) -> tuple[int, int, Path]:
     """Write train.txt and val.txt (hash_split of the images under `folder`) into `out` (default:
-    the folder itself); returns (train count, val count, the lists' folder)."""
+    the folder itself); returns (train count, val count, the lists' folder). Lists already
+    there with other contents are replaced only with `overwrite`."""
     root = Path(folder)
     images, _ = list_images(root)
     if not images:
@@ -262,6 +274,10 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None) -
     out_dir = Path(out) if out else root
     if not os.access(out_dir if out_dir.exists() else out_dir.parent, os.W_OK):
         raise UserError(f"cannot write to {out_dir}; give --out DIR")
-    write_file_list([images[i] for i in tr], out_dir / "train.txt")
-    write_file_list([images[i] for i in val], out_dir / "val.txt")
+    lists = {out_dir / "train.txt": [images[i] for i in tr], out_dir / "val.txt": [images[i] for i in val]}
+    for path, files in lists.items():
+        if path.is_dir() or (path.exists() and not overwrite and path.read_text() != file_list_text(files, path)):
+            raise UserError(f"{path} exists with other contents; pass --overwrite to replace it, or -o DIR")
+    for path, files in lists.items():
+        write_file_list(files, path)
     return len(tr), len(val), out_dir
