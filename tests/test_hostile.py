@@ -681,3 +681,16 @@ def test_data_commands_never_lose_or_mix_files(tmp_path, capsys):
     capsys.readouterr()
     assert "inside" in assert_refused(cli.main(["data", "clean", str(x), "--quarantine", str(x / "q")]), capsys)
     assert "--min-size" in assert_refused(cli.main(["data", "check", str(x), "--min-size", "-1"]), capsys)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--crf", "999"], "takes 0 (best) to 51"),
+    (["--start", "1:99"], "under 60"),
+    (["--duration", "0"], "must be > 0"),
+    (["--max-memory", "0"], "no memory"),
+])
+def test_video_numbers_out_of_range_are_one_line(tmp_path, capsys, args, words):
+    src = tiny_clip(tmp_path / "c.mkv")
+    out = tmp_path / "o.mp4"
+    rc = cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", *args])
+    assert words in assert_refused(rc, capsys, out)

@@ -74,6 +74,10 @@ def test_int8_model_runs_in_eval_image_and_bench(setup, tmp_path, capsys, backen
                               "--size", "32x24", "--runs", "1", "--warmup", "0", "--json"))["rows"]
     assert [r["backend"] for r in rows] == ["torch eager fp32", f"{backend} fp32", f"{backend} int8"]
     assert all(r["speedup"] > 0 for r in rows)
+    other = subprocess.run([sys.executable, "-m", "upsample", "bench", "--model", "vdsr", "--scale", "2", "--int8", str(out),
+                            "--size", "32x24", "--runs", "1", "--backend", backend], capture_output=True, text=True,
+                           timeout=300)  # another model's int8 file: refused, not timed as if it were this one
+    assert other.returncode == 2 and "not vdsr" in other.stderr and "Traceback" not in other.stderr
     if backend == "onnxruntime":  # the Python API on the int8 file
         int8, fp32 = load_upscaler(str(out), backend=backend), load_upscaler(str(ckpt), backend=backend)
         assert int8.scale == 2 and int8.spec.input == "y" and int8.model is None

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_size
+from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
 from .options import add_model_options, add_output_option, add_overwrite_option, positive_int
 
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
-    max_memory = parse_size(args.max_memory) if args.max_memory else None
+    max_memory = parse_memory(args.max_memory) if args.max_memory is not None else None
     if args.max_pixels is not None:
         set_max_pixels(_pixels(args.max_pixels))
     batch.check_output_location(args.inputs, jobs, out)  # before a model loads

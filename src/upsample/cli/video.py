@@ -7,23 +7,37 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.sizes import parse_count, parse_size
+from ..inference.sizes import parse_count, parse_memory
 from .options import add_model_options, add_output_option, add_overwrite_option
 
 
-def _seconds(text: str | None, what: str) -> float | None:
-    """Seconds from "12.5", "1:30" or "0:01:30.5"."""
+def _seconds(text: str | None, what: str, *, positive: bool = False) -> float | None:
+    """Seconds from "12.5", "1:30" or "0:01:30.5" (minutes and seconds after a colon under 60)."""
     if text is None:
         return None
+    parts = str(text).split(":")
     try:
-        value = 0.0
-        for part in str(text).split(":"):
-            value = value * 60 + float(part)
+        numbers = [float(p) for p in parts]
     except ValueError:
-        raise UserError(f"{what} must be seconds or [h:]m:s, got {text!r}") from None
-    if value < 0:
-        raise UserError(f"{what} must be >= 0, got {text!r}")
+        numbers = []
+    if not numbers or len(numbers) > 3 or any(not 0 <= n < 60 for n in numbers[1:]) or numbers[0] < 0:
+        raise UserError(f"{what} must be seconds or [h:]m:s (minutes and seconds under 60), got {text!r}")
+    value = 0.0
+    for n in numbers:
+        value = value * 60 + n
+    if positive and value <= 0:
+        raise UserError(f"{what} must be > 0, got {text!r}")
     return value
+
+
+# the constant-quality scales of the encoders (libx264/libx265 0-51; VP9 and SVT-AV1 0-63)
+CRF_RANGE = {"libx264": 51, "h264": 51, "libx265": 51, "hevc": 51}
+
+
+def _check_crf(crf: int | None, codec: str) -> None:
+    top = CRF_RANGE.get(codec, 63)
+    if crf is not None and not 0 <= crf <= top:
+        raise UserError(f"--crf {crf}: {codec} takes 0 (best) to {top}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,13 +51,12 @@ def run(args: argparse.Namespace) -> int:
     check_output(dst, overwrite=args.overwrite)
     if src.resolve() == dst.resolve():
         raise UserError("the output would replace the input; choose another -o")
-    start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration")
-    if duration is not None and duration <= 0:
-        raise UserError("--duration must be > 0")
+    start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration", positive=True)
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     check_is_video(src)  # clear errors before a model is loaded
     codec, pix_fmt, notes = choose_encoding(dst, source_pix_fmt(src), args.codec, args.pix_fmt)
+    _check_crf(args.crf, codec)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
@@ -57,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     summary = upscale_video(src, dst, up, codec=codec, crf=args.crf, preset=args.preset,
                             pix_fmt=pix_fmt, start=start, duration=duration, batch=batch,
                             tile=args.tile, tile_batch=tile_batch,
-                            max_memory=parse_size(args.max_memory) if args.max_memory else None,
+                            max_memory=parse_memory(args.max_memory) if args.max_memory is not None else None,
                             progress=True)
     w, h = summary["size"]
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "

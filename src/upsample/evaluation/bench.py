@@ -166,8 +166,11 @@ def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, de
         entries.append((f"{up.runtime} bf16 (forced)", up, "bfloat16"))
     for path in int8:  # `upsample quantize` outputs of this model, on their own backends
         backend = BACKEND_OF.get(Path(path).suffix.lower(), Backend.ONNXRUNTIME)  # load_upscaler checks it
-        entries.append((f"{backend} int8",
-                        load_upscaler(path, scale=eager.scale, backend=backend, device=device), "int8"))
+        up = load_upscaler(path, scale=eager.scale, backend=backend, device=device)
+        if not bicubic and (up.spec.arch, up.spec.kwargs) != (eager.spec.arch, eager.spec.kwargs):
+            raise UserError(f"--int8 {path} is a quantized {up.spec.arch} {up.spec.kwargs}, not {model} "
+                            f"({eager.spec.arch} {eager.spec.kwargs}): quantize this model with `upsample quantize`")
+        entries.append((f"{backend} int8", up, "int8"))
     return entries, failed
 
 

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..media.imageio import Planes, planes_from_pil, planes_to_pil
 from ..models import registry, table
 from .load import check_scale, load_upscaler
-from .sizes import parse_size
+from .sizes import parse_memory
 from .tiler import Tiler, is_channel_agnostic
 from .upscaler import BicubicUpscaler, Upscaler
 from .wrappers import ResizedUpscaler, half_upscaler
@@ -42,7 +42,7 @@ class ImageUpscaler:
         if alpha_mode not in ("bicubic", "model"):
             raise UserError(f"alpha mode must be bicubic or model, got {alpha_mode!r}")
         self.up, self.verbose = up, verbose
-        mem = None if max_memory is None else parse_size(max_memory)
+        mem = None if max_memory is None else parse_memory(max_memory)
         self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress,
                            tile_batch=tile_batch)
         if alpha_mode == "bicubic" and not is_channel_agnostic(up):

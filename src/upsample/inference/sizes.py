@@ -30,3 +30,11 @@ def parse_size(text: str | int | float) -> int:
         raise UserError(f"cannot read memory size {text!r}: write e.g. 2GB, 1.5G or 800MB")
     base = 1024 if m.group(3) else 1000
     return int(float(m.group(1)) * base ** " kmgt".index(m.group(2) or " "))
+
+
+def parse_memory(text: str | int | float) -> int:
+    """--max-memory: bytes as `parse_size` reads them, more than none."""
+    n = parse_size(text)
+    if n <= 0:
+        raise UserError(f"--max-memory {text}: no memory to work in; give a size such as 2GB")
+    return n

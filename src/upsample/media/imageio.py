@@ -53,11 +53,15 @@ def set_max_pixels(pixels: int | None) -> None:
     Image.MAX_IMAGE_PIXELS = pixels // 2 if pixels else None
 
 
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.0f} Mpx" if n >= 1e6 else f"{n:,} pixels"
+
+
 def _too_large(p: Path, exc: Exception) -> UserError:
     numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
-    size = f" ({numbers[0] / 1e6:.0f} Mpx)" if numbers else ""
+    size = f" ({_megapixels(numbers[0])})" if numbers else ""
     limit = max_pixels()
-    return UserError(f"{p} is too large{size}: over the {limit / 1e6:.0f} Mpx limit that guards against "
+    return UserError(f"{p} is too large{size}: over the {_megapixels(limit)} limit that guards against "
                      "decompression bombs; if you trust the file, raise it with --max-pixels (e.g. "
                      f"--max-pixels {math.ceil((numbers[0] if numbers else 2 * limit) / 1e6)}M, or 0 for none)")
 

@@ -68,7 +68,7 @@ def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> 
         y0 = int(round(min(max(cy - bh / 2.0, 0), ih - bh)))
         box = img[y0:y0 + bh, x0:x0 + bw]
         if (bw, bh) != (w, h):
-            x = torch.from_numpy(np.ascontiguousarray(box)).permute(2, 0, 1)[None].double() / 255.0
+            x = torch.from_numpy(np.array(box)).permute(2, 0, 1)[None].double() / 255.0
             box = array_to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
         frames.append(np.ascontiguousarray(box))
     return frames
