@@ -57,6 +57,9 @@ def square_crops(img: np.ndarray, size: int, stride: int, min_rest: int) -> list
 
 def source_files(src: Path) -> list[Path]:
     if src.is_file():
+        if not (is_image_path(src) or is_video_path(src)):
+            raise UserError(f"{src} is neither an image nor a video (by its extension); give image or "
+                            "video files, or folders of them")
         return [src]
     if not src.is_dir():
         raise UserError(f"source not found: {src}")
