@@ -694,3 +694,32 @@ def test_video_numbers_out_of_range_are_one_line(tmp_path, capsys, args, words):
     out = tmp_path / "o.mp4"
     rc = cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", *args])
     assert words in assert_refused(rc, capsys, out)
+
+
+def test_no_output_replaces_an_input_or_feeds_the_next_run(tmp_path, capsys):
+    """image: x.png's output x_x2.png is not written over an input x_x2.png (even with
+    --overwrite), and an -o folder inside the input folder is not read as input on a rerun;
+    eval: --save never writes into a --data folder nor over earlier pictures without
+    --overwrite, and --json never replaces a file that is not JSON."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder, "x.png")
+    kept = _png(folder, "x_x2.png", rgb(5, 7)).read_bytes()
+    assert cli.main(["image", str(folder), "-o", str(folder), "--model", "bicubic", "--overwrite"]) == 1
+    assert (folder / "x_x2.png").read_bytes() == kept and "would replace an input" in capsys.readouterr().err
+    for _ in range(2):
+        cli.main(["image", str(folder), "-o", str(folder / "out"), "--model", "bicubic"])
+    assert sorted(p.name for p in (folder / "out").iterdir()) == ["x_x2.png", "x_x2_x2.png"]
+    data = tmp_path / "set"
+    data.mkdir()
+    _png(data, "a.png", rgb(24, 24))
+    before = (data / "a.png").read_bytes()
+    base = ["eval", "--model", "bicubic", "--scale", "2", "--data", str(data)]
+    capsys.readouterr()
+    assert "data folder" in assert_refused(cli.main([*base, "--save", str(tmp_path)]), capsys)
+    assert "not JSON" in assert_refused(cli.main([*base, "--json", str(data / "a.png")]), capsys)
+    assert (data / "a.png").read_bytes() == before
+    assert cli.main([*base, "--save", str(tmp_path / "sv")]) == 0
+    capsys.readouterr()
+    assert "--overwrite" in assert_refused(cli.main([*base, "--save", str(tmp_path / "sv")]), capsys)
+    assert cli.main([*base, "--save", str(tmp_path / "sv"), "--overwrite"]) == 0

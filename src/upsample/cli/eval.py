@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from .options import add_runtime_options
+from ..errors import UserError
+from .options import add_overwrite_option, add_runtime_options
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -14,9 +15,31 @@ PROTOCOL_NAMES = ("papers", "catid")
 DEGRADES = ("bicubic", "gaussian")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --json names a JSON file (not a folder, not an existing file of another
+    kind - an input picture, a recipe); --save writes no picture into a --data folder, and
+    replaces pictures saved before only with --overwrite."""
+    from pathlib import Path
+    if args.json and args.json != "-":
+        out = Path(args.json)
+        if out.is_dir() or (out.exists() and out.suffix.lower() != ".json"):
+            raise UserError(f"--json {out}: {'a folder' if out.is_dir() else 'an existing file that is not JSON'}; "
+                            "name a .json file")
+    if args.save:
+        for folder in args.data:
+            target = (Path(args.save) / Path(folder).resolve().name).resolve()
+            data = Path(folder).resolve()
+            if target == data or data in target.parents or target in data.parents:
+                raise UserError(f"--save {args.save} would write into the data folder {folder}; name another folder")
+            if target.is_dir() and any(target.iterdir()) and not args.overwrite:
+                raise UserError(f"{target} holds pictures saved before; pass --overwrite to replace them, "
+                                "or name another --save folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model, format_report
 
+    _check_outputs(args)
     report = evaluate_model(args.model, args.data, scale=args.scale, crop=args.crop,
                             y_channel=False if args.rgb else None, protocol=args.protocol,
                             degrade=args.degrade, sigma=args.sigma, save_dir=args.save,
@@ -59,6 +82,7 @@ def register(sub) -> None:
     p.add_argument("--crop", type=int, default=None,
                    help="border crop in pixels (default: the scale; catid: 4)")
     p.add_argument("--per-image", action="store_true", help="also one row per image in the JSON")
+    add_overwrite_option(p, help="--save: replace pictures saved before (default: refuse)")
     p.add_argument("--save", metavar="DIR", help="(default: none) also write the upscaled images here, and beside each "
                    "a side-by-side montage NAME_sbs.png (original | model | bicubic | input)")
     p.add_argument("--lpips", action="store_true",

@@ -18,8 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import batch
     from ..media.imageio import set_max_pixels
     from ..media.progress import progress_bar
-    jobs = batch.collect_inputs(args.inputs)
     out = Path(args.output)
+    jobs = batch.collect_inputs(args.inputs, out)
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")

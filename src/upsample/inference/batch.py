@@ -31,13 +31,16 @@ STREAM_BYTES = 64_000_000
 WHOLE_DECODE_SHARE = 0.25
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(source file, path relative to the output folder) for files and folders (recursive)."""
-    jobs = []
+def collect_inputs(inputs: list[str], out: Path | None = None) -> list[tuple[Path, Path]]:
+    """(source file, path relative to the output folder) for files and folders (recursive); an
+    output folder `out` inside an input folder is not read (its pictures are a run's results)."""
+    jobs, made = [], out.resolve() if out is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             images, skipped = list_images(p)
+            if made is not None and made != p.resolve():
+                images = [f for f in images if made not in f.resolve().parents]
             for s in skipped:
                 print(f"note: skipping non-image file {s}", file=sys.stderr)
             if not images:
@@ -126,10 +129,11 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
         raise UserError(f"--suffix {suffix!r}: a suffix is part of a file name, without / or \\; "
                         "name the folder with -o")
     todo, seen, skipped, refused = [], {}, 0, 0
+    sources = {s.resolve() for s, _ in jobs}
     for src, rel in jobs:
         dst = output_path(out, rel, src, suffix, ext, single)
-        if dst.resolve() == src.resolve():
-            print(f"upsample image: error: {src}: the output would replace the input; "
+        if dst.resolve() in sources:  # this input, or another one (x.png's x_x2.png beside it)
+            print(f"upsample image: error: {src}: its output {dst.name} would replace an input; "
                   f"use another -o or --suffix", file=sys.stderr)
             seen[dst.resolve()], refused = src, refused + 1
             continue
