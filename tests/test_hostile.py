@@ -723,3 +723,22 @@ def test_no_output_replaces_an_input_or_feeds_the_next_run(tmp_path, capsys):
     capsys.readouterr()
     assert "--overwrite" in assert_refused(cli.main([*base, "--save", str(tmp_path / "sv")]), capsys)
     assert cli.main([*base, "--save", str(tmp_path / "sv"), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.betas=[0.9]", "optim.betas"), ("optim.lr=inf", "optim.lr"), ("sched.gamma=nan", "sched.gamma"),
+    ("sched.step_size=0", "sched.step_size"), ("train.seed=-1", "train.seed"), ("val.crop=3", "val.crop"),
+    ("degrade.noise_prob=2", "degrade.noise_prob"),
+])
+def test_numbers_torch_cannot_take_are_refused_before_a_run_dir(tmp_path, capsys, override, words):
+    run = tmp_path / "run"
+    rc = cli.main(["train", "configs/tiny.toml", "--run-dir", str(run), "--set", override])
+    assert words in assert_refused(rc, capsys, run)
+    assert not run.exists()
+
+
+def test_eval_of_an_image_too_small_for_ssim_is_one_line(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    _png(tmp_path / "d", "a.png", rgb(12, 12))
+    rc = cli.main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(tmp_path / "d")])
+    assert "SSIM needs" in assert_refused(rc, capsys)

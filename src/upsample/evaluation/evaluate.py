@@ -118,6 +118,11 @@ def bicubic_up(lr: torch.Tensor, size: tuple[int, int], protocol: Protocol) -> n
 
 
 def measure(out: np.ndarray, hr: np.ndarray, crop: int, y_channel: bool, protocol: Protocol) -> dict:
+    side = metrics.SSIM_SIDE[protocol.ssim_window]
+    if min(hr.shape[:2]) - 2 * crop < side:  # SSIM's window must fit in what the crop leaves
+        raise UserError(f"an HR image is {hr.shape[1]}x{hr.shape[0]}: after the {crop}-pixel border crop "
+                        f"it is under the {side}x{side} pixels SSIM needs; "
+                        "remove such small images from --data (or lower --crop)")
     return {"psnr": metrics.psnr(out, hr, crop_border=crop, y_channel=y_channel),
             "ssim": metrics.ssim(out, hr, crop_border=crop, y_channel=y_channel, window=protocol.ssim_window)}
 

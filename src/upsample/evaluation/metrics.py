@@ -51,6 +51,9 @@ def psnr(img1: np.ndarray, img2: np.ndarray, *, crop_border: int = 0, y_channel:
     return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
 
 
+SSIM_SIDE = {"gaussian": 11, "uniform": 7}  # the windows' sides: the least an image must keep
+
+
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     g = np.exp(-(x ** 2) / (2 * sigma ** 2))
@@ -75,7 +78,7 @@ def ssim(img1: np.ndarray, img2: np.ndarray, *, crop_border: int = 0, y_channel:
     a, b = _prepare(img1, img2, crop_border, y_channel)
     if window not in WINDOWS:
         raise ValueError(f"unknown SSIM window {window!r}; known: {', '.join(WINDOWS)}")
-    g = _gaussian_window() if window == "gaussian" else np.full(7, 1 / 7)
+    g = _gaussian_window() if window == "gaussian" else np.full(SSIM_SIDE[window], 1 / SSIM_SIDE[window])
     if min(a.shape[:2]) < len(g):
         raise ValueError(f"SSIM needs at least {len(g)}x{len(g)} pixels after cropping, got {a.shape[:2]}")
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

@@ -315,9 +315,35 @@ def _validate(cfg: Config) -> None:
         raise UserError("config: adversarial training needs both gan.discriminator (e.g. "
                         "\"esrgan-discriminator\") and loss.adversarial_weight > 0 (e.g. 0.005); "
                         f"got {cfg.gan.discriminator!r} and {cfg.loss.adversarial_weight}")
+    _validate_numbers(cfg)
     if not cfg.loss.pixel_weight and not cfg.loss.perceptual.weight and not cfg.loss.adversarial_weight:
         raise UserError("config: loss.pixel_weight, loss.perceptual.weight and "
                         "loss.adversarial_weight are all 0: nothing to train on")
+
+
+def _validate_numbers(cfg: Config) -> None:
+    """The optimizer's, scheduler's and sampler's numbers in the ranges torch takes (each was a
+    traceback, a NaN run or a run climbing the loss before)."""
+    o, sc = cfg.optim, cfg.sched
+    if not math.isfinite(o.lr) or o.lr <= 0:
+        raise UserError(f"config: optim.lr must be a finite number > 0, got {o.lr!r}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise UserError(f"config: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {o.betas!r}")
+    if not 0 <= o.momentum < 1 or not math.isfinite(o.weight_decay) or not math.isfinite(o.clip):
+        raise UserError(f"config: optim.momentum must be in [0, 1) and optim.weight_decay / optim.clip "
+                        f"finite; got {o.momentum!r}, {o.weight_decay!r}, {o.clip!r}")
+    if not (0 < sc.gamma <= 1 and 0 < sc.factor < 1 and sc.step_size >= 1 and sc.eta_min >= 0):
+        raise UserError("config: sched.gamma must be in (0, 1], sched.factor in (0, 1), sched.step_size "
+                        f">= 1, sched.eta_min >= 0; got {sc.gamma!r}, {sc.factor!r}, {sc.step_size!r}, {sc.eta_min!r}")
+    if any(m < 1 for m in sc.milestones):
+        raise UserError(f"config: sched.milestones must be steps >= 1, got {sc.milestones!r}")
+    if not 0 <= cfg.train.seed < 2 ** 32:
+        raise UserError(f"config: train.seed must be in [0, 2^32), got {cfg.train.seed!r}")
+    for key in ("noise_prob", "jpeg_prob", "dropout_prob"):
+        if not 0 <= getattr(cfg.degrade, key) <= 1:
+            raise UserError(f"config: degrade.{key} is a probability in [0, 1], got {getattr(cfg.degrade, key)!r}")
+    if 0 < cfg.val.crop < 11:
+        raise UserError(f"config: val.crop must be 0 (whole images) or >= 11 px (SSIM's window), got {cfg.val.crop}")
 
 
 def get_key(cfg, dotted: str):
