@@ -36,7 +36,7 @@ def test_two_trials_then_resume_to_three(tmp_path, capsys):
     assert first.startswith("# best of study 'tiny'")
     assert 1e-3 <= cfg.optim.lr <= 1e-1 and cfg.data.batch_size in (2, 4)
     assert 0.1 <= cfg.optim.clip <= 1.0 and 0.8 <= cfg.optim.momentum <= 0.99
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["best.toml", "trial-000", "trial-001"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["STUDY", "best.toml", "trial-000", "trial-001"]
 
     # the same command with more trials continues the study from its storage
     assert _tune(tmp_path, 3) == 0
@@ -44,6 +44,14 @@ def test_two_trials_then_resume_to_three(tmp_path, capsys):
     assert "2 trial(s) finished, 1 to run" in err and "trial 2:" in err and "trial 0:" not in err
     assert _tune(tmp_path, 3) == 0
     assert "3 trial(s) finished, 0 to run" in capsys.readouterr().err
+    # another study into these trial dirs, or the best config over the recipe: refused
+    assert _tune(tmp_path, 1, "--study", "other") == 2
+    assert "holds the trials of study 'tiny'" in capsys.readouterr().err
+    recipe = tmp_path / "r.toml"
+    recipe.write_text((ROOT / "configs" / "tiny.toml").read_text())
+    assert cli.main(["tune", str(recipe), "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's2.db'}",
+                     "--run-dir", str(tmp_path / "runs2"), "-o", str(recipe)]) == 2
+    assert "the recipe itself" in capsys.readouterr().err
 
 
 def test_a_trial_behind_the_median_is_pruned(tmp_path, capsys, monkeypatch):

@@ -63,6 +63,27 @@ def format_params(params: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+STUDY_FILE = "STUDY"  # in a tune run dir: the study (name, storage) whose trials it holds
+
+
+def claim_run_dir(root: Path, study: str) -> None:
+    """`root` for this study's trials: new, empty, or already this study's; a folder that holds
+    another study's trials (trial-000 ... would be replaced) or other files is refused."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--run-dir {root} is a file; name a folder for the trials")
+    mark = root / STUDY_FILE
+    if mark.exists():
+        if mark.read_text().strip() != study:
+            name, where = mark.read_text().strip().split("\t", 1) if "\t" in mark.read_text() else ("?", "?")
+            raise UserError(f"--run-dir {root} holds the trials of study {name!r} ({where}); name another "
+                            "--run-dir for this one")
+        return
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"--run-dir {root} is not empty and holds no study; name a new or empty folder")
+    root.mkdir(parents=True, exist_ok=True)
+    mark.write_text(study + "\n")
+
+
 def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_name: str | None,
          run_dir: str | None, out: str | None, device: str | None) -> Best | None:
     """Run the study in `storage` until `trials` trials have finished, then write the best
@@ -76,6 +97,9 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     study_name = study_name or Path(config).stem
     root = Path(run_dir) if run_dir else Path("runs") / "tune" / study_name
     out = Path(out) if out else root / "best.toml"
+    if out.exists() and out.resolve() == Path(config).resolve():
+        raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
+    claim_run_dir(root, f"{study_name}\t{storage}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(
