@@ -21,7 +21,11 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
     """(config, the TOML to record in a new run dir, or None when a run is resumed)."""
     if resume and (run_dir / "config.toml").exists():
         # a run continues with its own resolved config; --set may still change it (e.g. steps)
+        if init:
+            raise UserError("--init starts a new run from those weights; a resumed run continues its own "
+                            "(drop --init, or start anew with --reset or another --run-dir)")
         cfg = config_mod.load_config(run_dir / "config.toml", overrides)
+        check_resumable(config_mod.load_config(run_dir / "config.toml", []), cfg)
         if Path(config).is_file() and config_mod.load_config(config, overrides) != cfg:
             print(f"note: resuming with {run_dir / 'config.toml'}, which differs from "
                   f"{config}; change values with --set", file=sys.stderr)
@@ -37,6 +41,29 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
         if note:
             print(f"note: {note}", file=sys.stderr)
     return cfg, config_mod.to_toml(cfg)
+
+
+# What --set may change when a run resumes: its length, logging, validation and speed. Everything
+# else (model, data, optimizer, schedule, seed, losses) is in the saved state or decides it.
+RESUMABLE = ("train.steps", "train.log_every", "train.ckpt_every", "train.threads", "train.amp",
+             "train.channels_last", "train.compile", "val.", "data.workers", "data.cache_mb", "data.store_dir")
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def check_resumable(saved: config_mod.Config, cfg: config_mod.Config) -> None:
+    """A UserError when `cfg` (the run's config with --set) changes what a resumed run keeps."""
+    before, after = _flat(config_mod.to_dict(saved)), _flat(config_mod.to_dict(cfg))
+    changed = [k for k in after if before.get(k) != after[k]
+               and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
+    if changed:
+        raise UserError(f"--resume --set {changed[0]}: a resumed run keeps its {changed[0].split('.')[0]} "
+                        f"settings (was {before.get(changed[0])!r}); start a new run to change it (--reset, "
+                        "or another --run-dir with --init of its weights)")
 
 
 def adopt_init_widths(cfg: config_mod.Config, path: str) -> str | None:
