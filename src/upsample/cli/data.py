@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UserError
 from .options import add_output_option, add_overwrite_option
 
 # data.prepare.PROBLEM_KINDS (a test checks it), here so that `data --help` needs no torch
@@ -30,7 +31,6 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def _check_min_size(n: int) -> None:
     if n < 1:
-        from ..errors import UserError
         raise UserError(f"--min-size must be >= 1 pixel, got {n}")
 
 

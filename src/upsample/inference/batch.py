@@ -39,7 +39,7 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> list[tuple[Pat
         p = Path(item)
         if p.is_dir():
             images, skipped = list_images(p)
-            if made is not None and made != p.resolve():
+            if made is not None and p.resolve() in made.parents:  # -o inside this folder: skip it
                 images = [f for f in images if made not in f.resolve().parents]
             for s in skipped:
                 print(f"note: skipping non-image file {s}", file=sys.stderr)
@@ -132,14 +132,15 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
     sources = {s.resolve() for s, _ in jobs}
     for src, rel in jobs:
         dst = output_path(out, rel, src, suffix, ext, single)
-        if dst.resolve() in sources:  # this input, or another one (x.png's x_x2.png beside it)
+        where = dst.resolve()
+        if where in sources:  # this input, or another one (x.png's x_x2.png beside it)
             print(f"upsample image: error: {src}: its output {dst.name} would replace an input; "
                   f"use another -o or --suffix", file=sys.stderr)
-            seen[dst.resolve()], refused = src, refused + 1
+            seen[where], refused = src, refused + 1
             continue
-        if dst.resolve() in seen:
-            raise UserError(f"{src} and {seen[dst.resolve()]} would both be written to {dst}")
-        seen[dst.resolve()] = src
+        if where in seen:
+            raise UserError(f"{src} and {seen[where]} would both be written to {dst}")
+        seen[where] = src
         if dst.exists() and not overwrite:
             print(f"note: {dst} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
             skipped += 1

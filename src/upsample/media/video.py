@@ -192,8 +192,7 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
         raise UserError(f"{codec} is not a video encoder")
     formats = [f.name for f in (enc.video_formats or [])]
     pick, notes = default_fmt, []
-    if pix_fmt:
-        check_pix_fmt(pix_fmt)
+    if pix_fmt:  # a known format: `choose_encoding`, which calls this, checked it first
         if formats and pix_fmt not in formats:
             raise UserError(f"{codec} cannot encode {pix_fmt}; it takes {', '.join(formats)}")
         pick = pix_fmt

@@ -73,8 +73,9 @@ def claim_run_dir(root: Path, study: str) -> None:
         raise UserError(f"--run-dir {root} is a file; name a folder for the trials")
     mark = root / STUDY_FILE
     if mark.exists():
-        if mark.read_text().strip() != study:
-            name, where = mark.read_text().strip().split("\t", 1) if "\t" in mark.read_text() else ("?", "?")
+        held = mark.read_text().strip()
+        if held != study:
+            name, _, where = held.partition("\t")
             raise UserError(f"--run-dir {root} holds the trials of study {name!r} ({where}); name another "
                             "--run-dir for this one")
         return
