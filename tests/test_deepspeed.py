@@ -34,10 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _deepspeed(n: int, *, local_rank_arg: bool = False) -> list:
+def _deepspeed(n: int, *, local_rank_arg: bool = False, port: int | None = None) -> list:
     """The deepspeed launcher; with `local_rank_arg` it passes `--local_rank=N` before the command."""
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(n),
-            "--master_port", str(_free_port()), *["--no_local_rank"] * (not local_rank_arg),
+            "--master_port", str(port or _free_port()), *["--no_local_rank"] * (not local_rank_arg),
             "--module", "upsample"]
 
 
@@ -68,8 +68,10 @@ def _needs_deepspeed():
 
 
 def test_zero1_bf16_two_cpu_processes_train_resume_exactly(tmp_path):
-    run, whole = tmp_path / "chunks", tmp_path / "whole"
-    first = _train(_deepspeed(2), run, *BF16_ZERO1, steps=4)
+    run, whole, port = tmp_path / "chunks", tmp_path / "whole", _free_port()
+    first = _train(_deepspeed(2, port=port), run, *BF16_ZERO1, steps=4)
+    # DeepSpeed's CPU all-reduce buffers (67 MB of RAM each) are not left in /dev/shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     assert "deepspeed ZeRO-1 bf16" in first.stderr and "4x2 patches" in first.stderr
     assert first.stdout.count("steps: step 4/4") == 1 and first.stderr.count("validation baseline") == 1
     second = _train(_deepspeed(2), run, *BF16_ZERO1, steps=6)
