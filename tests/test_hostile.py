@@ -759,3 +759,23 @@ def test_resume_refuses_set_values_the_saved_state_fixes(tmp_path, capsys):
         assert "a resumed run keeps" in assert_refused(rc, capsys)
     assert (run / "config.toml").read_text() == saved
     assert cli.main(["train", "configs/tiny.toml", "--run-dir", str(run), "--resume", "--set", "train.steps=3"]) == 0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bench", "--train", "espcn-x3", "--seconds", "0"], "--seconds must be a positive"),
+    (["bench", "--train", "espcn-x3", "--seconds", "nan"], "--seconds must be a positive"),
+    (["bench", "--train", "espcn-x3", "--device", "tpu"], "--device must be cpu or cuda"),
+    pytest.param(["bench", "--train", "espcn-x3", "--device", "cuda"], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+    pytest.param(["tune", "TINY", "--trials", "1", "--device", "cuda"], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+])
+def test_training_commands_check_device_and_seconds_first(tmp_path, capsys, args, words):
+    """Before any data is read or any study or run dir made: one line (a tune trial's failure
+    used to print optuna's traceback; bench --train on cuda ended in torch's)."""
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
+    argv = [tiny if a == "TINY" else a for a in args]
+    if argv[0] == "tune":
+        argv += ["--run-dir", str(tmp_path / "runs"), "--storage", f"sqlite:///{tmp_path / 'tune.db'}"]
+    assert words in assert_refused(cli.main(argv), capsys, tmp_path / "runs")
+    assert not (tmp_path / "tune.db").exists()

@@ -37,7 +37,7 @@ from . import config as config_mod
 from . import loop
 from .batches import batches_on_device, build_pairs
 from .losses import make_loss
-from .procs import Procs
+from .procs import Procs, training_device
 from .state import Sampling
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -168,9 +168,11 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
     """Our trainer and the reference loop on `target`'s recipe (a model name or recipe file):
     patches/s, GFLOP/s and share of the measured matmul peak of each, and ours / reference."""
     log = log or (lambda _m: None)
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"--seconds must be a positive number of seconds, got {seconds:g}")
+    dev = training_device(device)
     recipe = find_recipe(target)
     cfg = config_mod.load_config(recipe, ["train.amp=auto", "train.channels_last=auto"])
-    dev = torch.device(device)
     threads = threads or cfg.train.threads  # the recipe's threads, as the trainer sets them
     if threads:
         torch.set_num_threads(threads)

@@ -49,6 +49,20 @@ class Procs:
         return box
 
 
+def training_device(device: str | None) -> torch.device:
+    """`--device` for training (cuda when available if not given); one line for a device this
+    machine's torch cannot train on."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+    return dev
+
+
 def start_processes(device: str | None) -> Procs:
     """This process's rank and device (torchrun's environment; cuda when available unless
     `device` says); joins the DDP process group when there are several ranks. Under `accelerate
@@ -59,15 +73,8 @@ def start_processes(device: str | None) -> Procs:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    dev = training_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
         if world > 1 or dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else 0)
         torch.cuda.set_device(dev)

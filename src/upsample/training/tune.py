@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from ..errors import UserError
+from .procs import training_device
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -93,6 +94,7 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     import optuna
 
     cfg = config_mod.load_config(config, overrides)
+    training_device(device)  # before a study exists: a trial's error is one line, not a failed trial
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
     study_name = study_name or Path(config).stem
@@ -101,7 +103,8 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     if out.exists() and out.resolve() == Path(config).resolve():
         raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
     claim_run_dir(root, f"{study_name}\t{storage}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: optuna logs a failed trial's traceback as a warning; ours re-raises it as one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
