@@ -51,7 +51,7 @@ SUMMARIES = {
     "models": "list the registered models: scale, parameters, MACs, weights",
     "interpolate": "blend two checkpoints of one architecture parameter-wise",
     "export": "export a model to ONNX or OpenVINO IR, with a parity check",
-    "cache": "the export cache of the auto and runtime backends: info or clear",
+    "cache": "what the cache holds (exports, decoded training images, video frames): info or clear",
     "codec-study": "rate-distortion of down-up (ML upscaling) vs full resolution in JPEG/WebP/AVIF "
                    "and x264/x265/AV1, with BD-rate",
     "make-clip": "make a short test clip (pan/zoom) from a large still image",

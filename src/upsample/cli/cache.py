@@ -1,23 +1,34 @@
-"""`upsample cache info|clear`: the exports, compiled blobs and precision checks of the runtimes."""
+"""`upsample cache info|clear [PART ...]`: what the cache folder holds, and emptying it: the
+runtimes' exports, compiled blobs and precision checks, the decoded training images and the
+frames sampled from training videos. Everything in it is remade when needed."""
 
 from __future__ import annotations
 
-from ..runtime import cache
+from ..errors import UserError
+from ..media.cache import PARTS, cache_root, clear_part, part_dir, part_files
 
 
 def run(args) -> int:
+    parts = args.parts or list(PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UserError(f"no cache part {unknown[0]!r}: the parts are {', '.join(PARTS)}")
     if args.action == "info":
-        files = cache.cache_files()
-        size = sum(p.stat().st_size for p in files)
-        print(f"{cache.cache_dir()}: {len(files)} files, {size / 1e6:.1f} MB (exports, OpenVINO compiled "
-              "blobs, precision checks; set UPSAMPLE_CACHE to move it)")
+        print(f"{cache_root()} (set UPSAMPLE_CACHE to move it):")
+        for part in parts:
+            files = part_files(part)
+            size = sum(p.stat().st_size for p in files)
+            print(f"  {part}: {len(files)} files, {size / 1e6:.1f} MB ({PARTS[part]})")
         return 0
-    root, n, size = cache.clear()
-    print(f"cleared {root} ({n} files, {size / 1e6:.1f} MB)")
+    for part in parts:
+        n, size = clear_part(part)
+        print(f"cleared {part_dir(part)} ({n} files, {size / 1e6:.1f} MB)")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cache", help="the export cache of the auto and runtime backends: info or clear")
+    p = sub.add_parser("cache", help="what the cache holds (exports, decoded training images, video frames): info or clear")
     p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("parts", nargs="*", metavar="PART",
+                   help=f"only these parts: {', '.join(PARTS)} (default: all)")
     p.set_defaults(func=run)

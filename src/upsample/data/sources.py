@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..media.cache import cache_root
+from ..media.cache import part_dir
 from ..media.imageio import atomic_output, atomic_save
 from .pairs import collect_images, train_val_files
 from .prepare import is_video_path, video_frames
@@ -31,7 +31,7 @@ FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written l
 
 
 def frames_root() -> Path:
-    return cache_root() / "video-frames"
+    return part_dir("video-frames")
 
 
 def frame_folder(video: Path, every: int, root: Path) -> Path:

@@ -22,14 +22,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..media.cache import cache_root
+from ..media.cache import part_dir
 from ..media.imageio import atomic_output, read_rgb
 
 FORMAT = 1  # bump when the layout of the pixels or the index changes
 
 
 def default_root() -> Path:
-    return cache_root() / "train-store"
+    return part_dir("train-store")
 
 
 def file_stamps(files: list[Path]) -> list[list]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..media.cache import cache_root
+from ..media.cache import part_dir, part_files
 
 FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
 # The fused graph's bicubic (`degrade.BicubicUp`) mirrors 2 pixels at each border, which a
@@ -17,7 +17,7 @@ FUSED_MIN_SIDE = 3
 
 
 def cache_dir() -> Path:
-    return cache_root() / "export"
+    return part_dir("export")
 
 
 def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None = None, device: str = "CPU"):
@@ -58,15 +58,4 @@ def openvino_devices() -> list[str]:
 
 
 def cache_files() -> list[Path]:
-    root = cache_dir()
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-
-
-def clear() -> tuple[Path, int, int]:
-    """Empty the cache; (its folder, files removed, bytes freed)."""
-    import shutil
-    root, files = cache_dir(), cache_files()
-    size = sum(p.stat().st_size for p in files)
-    if root.is_dir():
-        shutil.rmtree(root)
-    return root, len(files), size
+    return part_files("export")
