@@ -136,7 +136,7 @@ def test_run_dir_rules_finished_resume_and_outputs(tmp_path, capsys):
     assert _train(run, "--reset", sets=["train.steps=2"]) == 0
     assert [s for s, _ in _losses(run)] == [1, 2]
     assert _train(tmp_path / "none", "--resume") == 2
-    assert "no last_state.pt" in capsys.readouterr().err
+    assert "holds no run to resume" in capsys.readouterr().err
 
 
 def test_early_stop_after_patience(tmp_path, capsys):
@@ -265,3 +265,19 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_stops(
     assert "Traceback" not in err
     state = torch.load(run / "last_state.pt", weights_only=False)
     assert state["step"] >= 3
+
+
+def test_a_run_that_died_before_its_first_checkpoint_names_one_way_on(tmp_path, capsys):
+    """Killed before last_state.pt (the OOM killer, a power cut): with or without --resume the
+    same line (it used to say "use --resume" and then "start without --resume"); --reset works."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    (run / "metrics.jsonl").write_text("")
+    for extra in ([], ["--resume"]):
+        assert _train(run, *extra, sets=["train.steps=1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "stopped before its first checkpoint" in err and "--reset" in err
+    assert _train(run, "--reset", sets=["train.steps=1"]) == 0
+    assert _train(tmp_path / "new", "--resume", sets=["train.steps=1"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err

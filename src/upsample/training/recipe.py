@@ -19,7 +19,7 @@ WIDTH_KEYS = ("num_feat", "mid_feat", "d_atten", "num_grow_ch")  # what `upsampl
 def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
                    init: str | None) -> tuple[config_mod.Config, str | None]:
     """(config, the TOML to record in a new run dir, or None when a run is resumed)."""
-    if resume and (run_dir / "config.toml").exists():
+    if resume and (run_dir / "last_state.pt").exists():  # else check_run_dir says why not
         # a run continues with its own resolved config; --set may still change it (e.g. steps)
         if init:
             raise UserError("--init starts a new run from those weights; a resumed run continues its own "

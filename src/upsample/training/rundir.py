@@ -18,14 +18,17 @@ RUN_FILES = ("config.toml", "last.safetensors", "last_state.pt", "best.safetenso
 def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
     """True when there is a run to resume. Raises for a used run dir without --resume/--reset."""
     used = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
-    if resume:
-        if not (run_dir / "last_state.pt").exists():
-            raise UserError(f"--resume: {run_dir} has no last_state.pt to resume from; start "
-                            "without --resume")
+    saved = (run_dir / "last_state.pt").exists()
+    if resume and saved:
         return True
-    if used and not reset:
+    if used and not reset:  # with or without --resume: the one way on for this run dir
+        if not saved:
+            raise UserError(f"run dir {run_dir} holds a run that stopped before its first checkpoint "
+                            "(no last_state.pt): --reset to start it over, or --run-dir for a new one")
         raise UserError(f"run dir {run_dir} already holds a run: use --resume to continue it, "
                         "--reset to start over, or --run-dir for a new one")
+    if resume and not reset:
+        raise UserError(f"--resume: {run_dir} holds no run to resume; start without --resume")
     return False
 
 
