@@ -466,3 +466,17 @@ def test_png_strips_round_trip(tmp_path, mode):
         with png_strips(tmp_path / "short.png", 17, 23, mode) as png:
             png.write(arr[:5])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"tile": -1}, "tile="), ({"tile_pad": -2}, "tile_pad="), ({"tile_batch": 0}, "tile_batch="),
+    ({"max_memory": "0"}, "max_memory="), ({"threads": 0}, "threads="),
+])
+def test_api_refuses_bad_keywords_naming_them(kwargs, words):
+    with pytest.raises(UserError, match=words):
+        upsample.load("bicubic", 2, **kwargs)
+
+
+def test_api_tile_zero_means_whole_images():
+    up = upsample.load("bicubic", 2, tile=0)
+    assert up.upscale(np.zeros((9, 7, 3), np.uint8)).shape == (18, 14, 3)

@@ -186,7 +186,7 @@ def _check_options(backend: str, precision: str, threads: int | None) -> tuple[B
         raise UserError(f"--precision {precision} needs --backend auto (the {backend} backend runs fp32)")
     if threads is not None:
         if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
+            raise UserError(f"threads (--threads, threads=) must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     return backend, precision
 

@@ -36,5 +36,5 @@ def parse_memory(text: str | int | float) -> int:
     """--max-memory: bytes as `parse_size` reads them, more than none."""
     n = parse_size(text)
     if n <= 0:
-        raise UserError(f"--max-memory {text}: no memory to work in; give a size such as 2GB")
+        raise UserError(f"a memory limit (--max-memory, max_memory=) of {text}: no memory to work in; give a size such as 2GB")
     return n

@@ -56,7 +56,7 @@ class Tiler:
                  tile_batch: int | None = None):
         self.up, self.jobs, self.progress = up, max(1, jobs), progress
         if tile_batch is not None and tile_batch < 1:
-            raise UserError(f"--tile-batch must be auto or a whole number >= 1, got {tile_batch}")
+            raise UserError(f"tiles per model call (--tile-batch, tile_batch=) must be auto or a whole number >= 1, got {tile_batch}")
         # Tiles of one shape per model call: given, or (None) 1 on the CPU - where OpenVINO and
         # torch already spread one tile over every thread - and on a GPU the fastest per tile of
         # BATCHES that fits, timed once per tile shape (`time_batches` overrides the device).
@@ -65,7 +65,10 @@ class Tiler:
         spec = up.spec or up.core.spec
         self.geometry = TileGeometry.of(up.scale, spec.pad_multiple if spec is not None else 1)
         if pad is not None and pad < 0:
-            raise UserError(f"--tile-pad must be >= 0, got {pad}")
+            raise UserError(f"the tile overlap (--tile-pad, tile_pad=) must be >= 0, got {pad}")
+        if tile is not None and tile < 0:
+            raise UserError(f"the tile side (--tile, tile=) must be a whole number of pixels >= 1, "
+                            f"or 0 for whole images; got {tile}")
         self.tile = tile
         self.pad = self.geometry.round_up(default_pad(up) if pad is None else int(pad))
         self.memory = MemoryPlanner(self._run, up.device, self.geometry, self.pad,
