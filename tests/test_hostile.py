@@ -779,3 +779,11 @@ def test_training_commands_check_device_and_seconds_first(tmp_path, capsys, args
         argv += ["--run-dir", str(tmp_path / "runs"), "--storage", f"sqlite:///{tmp_path / 'tune.db'}"]
     assert words in assert_refused(cli.main(argv), capsys, tmp_path / "runs")
     assert not (tmp_path / "tune.db").exists()
+
+
+def test_a_pix_fmt_the_default_encoder_cannot_take_says_it_was_the_default(tmp_path, capsys):
+    src = tiny_clip(tmp_path / "c.mkv")
+    out = tmp_path / "o.mp4"
+    rc = cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--pix-fmt", "rgb48le"])
+    line = assert_refused(rc, capsys, out)
+    assert "cannot encode rgb48le" in line and "is the default encoder for .mp4" in line and "--codec" in line

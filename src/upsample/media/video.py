@@ -312,7 +312,8 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
         check_pix_fmt(pix_fmt)
     deep = _bits(pix_fmt or src_fmt) > 8
     notes: list[str] = []
-    if codec is None:
+    chosen = codec is None
+    if chosen:
         codec, notes = _default_codec(muxer, deep, dst)
     else:
         check_encoder(codec, pix_fmt, src_fmt, quiet=True)  # unknown encoders first
@@ -328,7 +329,13 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
         pix_fmt = sub
         notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:2:2 or 4:4:4 chroma plays "
                      f"in few players (browsers, QuickTime, phones); --pix-fmt {src_fmt} keeps it")
-    fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
+    try:
+        fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
+    except UserError as exc:
+        if not chosen:
+            raise
+        raise UserError(f"{exc} ({codec} is the default encoder for {dst.suffix or muxer} files: "
+                        "name one that takes it with --codec)") from None
     return codec, fmt, notes + fmt_note
 
 
