@@ -281,3 +281,20 @@ def test_a_run_that_died_before_its_first_checkpoint_names_one_way_on(tmp_path, 
     assert _train(run, "--reset", sets=["train.steps=1"]) == 0
     assert _train(tmp_path / "new", "--resume", sets=["train.steps=1"]) == 2
     assert "holds no run to resume" in capsys.readouterr().err
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_the_run_dir(tmp_path, capsys):
+    """The OOM killer would end the run with no message; the floor of its activations says so first."""
+    run = tmp_path / "run"
+    assert _train(run, sets=["data.batch_size=100000000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "of activations for the backward pass" in err
+    assert "use data.batch_size <=" in err and not run.exists()
+
+
+def test_saved_activations_are_counted_per_patch():
+    from upsample.models import registry
+    from upsample.training.fits import saved_bytes_per_patch
+    net = registry.create_model("vdsr", num_layers=3)  # conv+relu, conv+relu, conv: 64 channels
+    got = saved_bytes_per_patch(net, (1, 10, 10))
+    assert 4 * 64 * 100 * 3 <= got <= 4 * 64 * 100 * 6  # a few 64-channel maps of 10x10 fp32

@@ -53,6 +53,7 @@ from ..runtime.hardware import hardware_name
 from . import config as config_mod
 from .batches import batches_on_device, build_pairs
 from .engines import DeepSpeedEngine
+from .fits import check_batch_fits
 from .gan import Discriminator, build_discriminator, gan_step
 from .losses import PerceptualLoss, make_loss
 from .optim import build_optimizer, build_scheduler, optimizer_step
@@ -97,6 +98,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         procs.log(finished_note(saved, cfg, run_dir))
         return 0
     model, scales, perceptual, disc = build_model(cfg, procs, init=None if resuming else init)
+    check_batch_fits(networks_in_a_step(cfg, model, scales, perceptual, disc), cfg.data.batch_size, procs.dev)
     pairs, val_images = build_data(cfg, model.upsample_spec, scales, procs)
     sampling = Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
                         seed=cfg.train.seed, rank=procs.rank, world=procs.world, n_images=len(pairs))
@@ -217,6 +219,15 @@ def build_model(cfg: config_mod.Config, procs: Procs, *, init: str | None) -> tu
     if cfg.gan.discriminator:
         disc = build_discriminator(cfg, cfg.data.patch_size, procs.dev)
     return model, scales, perceptual, disc
+
+
+def networks_in_a_step(cfg: config_mod.Config, model: nn.Module, scales: list, perceptual, disc) -> list:
+    """(network, input shape of one patch) of each network a training step runs backward through."""
+    spec, hr = model.upsample_spec, cfg.data.patch_size
+    side = hr if spec.pre_upsample else hr // int(min(scales))
+    found = [(model, (spec.channels, side, side))]
+    found += [(net, (3, hr, hr)) for net in (perceptual, disc and disc.model) if net is not None]
+    return found
 
 
 def training_scales(cfg: config_mod.Config, spec) -> list:

@@ -1,0 +1,63 @@
+"""Whether a training batch fits in memory, checked before the first step.
+
+On the CPU a batch too large for the machine is not an error torch can report: the kernel's OOM
+killer ends the process mid-step with no message (`--set data.batch_size=100000` did). So before
+any step, the activations the networks keep for the backward pass are counted for one patch on
+the meta device (no memory, no compute) and, times the batch, compared with what the OS says is
+available. The count is a floor - the backward pass and the optimizer need more - so a batch is
+refused only when even that does not fit, never on a guess.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..inference.memory import free_memory
+
+
+def saved_bytes_per_patch(net: nn.Module, shape: tuple[int, int, int]) -> int | None:
+    """Bytes of the tensors autograd saves for one (C, H, W) input of `net` (the difference of
+    batches of 2 and 1, so weights saved once per call do not count); None where the network
+    does not run on the meta device."""
+    meta = copy.deepcopy(net).to(device="meta")
+    meta.train()
+    counts = []
+    for n in (1, 2):
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                meta(torch.zeros(n, *shape, device="meta", requires_grad=True))
+        except (RuntimeError, NotImplementedError, TypeError):
+            return None
+        counts.append(total)
+    return max(0, counts[1] - counts[0])
+
+
+def check_batch_fits(nets: list[tuple[nn.Module, tuple[int, int, int]]], batch: int,
+                     device: torch.device) -> None:
+    """A UserError naming the batch size that fits when `batch` patches through `nets` (each with
+    its input shape) would keep more activations than the memory available to this rank (the
+    machine's share of each of the ranks a launcher started on it)."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    counted = [saved_bytes_per_patch(net, shape) for net, shape in nets]
+    per_patch = sum(c for c in counted if c)
+    if not per_patch:
+        return
+    available = free_memory(device) // max(1, ranks_here)
+    if per_patch * batch <= available:
+        return
+    fits = max(1, available // per_patch)
+    raise UserError(f"data.batch_size = {batch} keeps at least {per_patch * batch / 1e9:.1f} GB of "
+                    f"activations for the backward pass ({per_patch / 1e6:.1f} MB a patch), more than "
+                    f"the {available / 1e9:.1f} GB available on {device.type}; use data.batch_size <= "
+                    f"{fits // 2 or 1} (half of what would just fit, for the backward pass and the optimizer)")
