@@ -177,6 +177,33 @@ def test_4_2_2_and_4_4_4_inputs_are_delivered_in_4_2_0_unless_asked(tmp_path, ca
     assert read_back(tmp_path / "b.mp4")["fmt"] == src_fmt
 
 
+@pytest.mark.parametrize("model", ["bicubic", "espcn-x2"])  # an RGB path and the Y-plane path
+@pytest.mark.parametrize("src_codec, src_fmt", [("png", "rgba"), ("qtrle", "rgb24"), ("png", "gray")])
+def test_rgb_and_gray_sources_are_written_as_tagged_bt709_yuv(tmp_path, model, src_codec, src_fmt):
+    """A screen capture or an animation export (PNG / QuickTime RLE in MOV) has no YUV matrix:
+    its tags copied made a YUV stream labelled RGB (matrix 0; players show G, B, R) that libvpx
+    refused outright. It is converted to, and tagged as, BT.709 limited range; colours hold."""
+    src = tmp_path / "screen.mov"
+    colour = (200, 40, 90) if src_fmt != "gray" else (120, 120, 120)
+    with av.open(str(src), "w") as c:
+        v = c.add_stream(src_codec, rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, src_fmt
+        for _ in range(3):
+            img = np.zeros((16, 32, 4), np.uint8)
+            img[..., :3], img[..., 3] = colour, 255
+            c.mux(v.encode(av.VideoFrame.from_ndarray(img, format="rgba").reformat(format=src_fmt)))
+        c.mux(v.encode())
+    for ext in (".mp4", ".webm"):
+        out = tmp_path / f"o{ext}"
+        assert cli.main(["video", str(src), "-o", str(out), "--model", model]) == 0
+        with av.open(str(out)) as c:
+            cc = c.streams.video[0].codec_context
+            assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (1, 1, 1, 1)
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert len(frames) == 3
+        assert np.abs(frames[0][8:24, 16:48].astype(int) - colour).max() <= 4
+
+
 def test_wrong_codec_for_the_container_and_gif_output_are_refused_before_any_work(clips, tmp_path,
                                                                                   capsys, monkeypatch):
     built = []

@@ -35,8 +35,8 @@ from ..errors import UserError
 from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
 from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props,
-                           choose_encoding, close_after_error, finish_output, first_frame,
-                           frame_count, frame_rate, is_planar_yuv, open_input, open_output,
+                           choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
+                           frame_count, frame_rate, is_planar_yuv, is_yuv, open_input, open_output,
                            plane_view, remux, start_output)
 from .tiler import BATCHES, Tiler, fastest_batch
 from .upscaler import ModelUpscaler, Upscaler
@@ -113,7 +113,8 @@ def _plan(up: Upscaler, cc, out_fmt: str, *, batch: int | None, tile: int | None
     deep = max(fmt.components[0].bits, cc.format.components[0].bits) > 8
     if y_model:  # planar YUV to work in; the encoder converts it to out_fmt if that differs
         work = fmt if is_planar_yuv(fmt) else av.VideoFormat("yuv420p10le" if deep else "yuv420p")
-        full = work.name.startswith("yuvj") or cc.color_range == 2
+        # an RGB or gray source comes in as `RGB_AS_YUV`: limited range
+        full = work.name.startswith("yuvj") or (cc.color_range == 2 and is_yuv(cc.format.name))
         net = YPlaneUpscaler(up, full_range=full)
     else:
         work, net = av.VideoFormat("rgb48le" if deep else "rgb24"), up
@@ -482,7 +483,8 @@ def _upscale_yuv(group, plan: _Plan) -> list:
     oh, ow = plan.size
     work, bits = plan.work, plan.bits
     dtype = np.uint16 if bits > 8 else np.uint8
-    frames = [f if f.format.name == work.name else f.reformat(format=work.name) for f in group]
+    frames = [f if f.format.name == work.name else f.reformat(format=work.name) if is_yuv(f.format.name)
+              else f.reformat(format=work.name, **_conversion(f, work.name)) for f in group]
     luma = np.stack([plane_view(f.planes[0], dtype) for f in frames])[..., None]
     # 8-bit units: 10-bit luma 940 (white) is 235 * 4
     y_up = plan.tiler.upscale(luma, tile=plan.tile, maxval=255.0 * 2 ** (bits - 8))
@@ -503,6 +505,12 @@ def _upscale_rgb(group, plan: _Plan) -> list:
     results = []
     for k, f in enumerate(group):
         o = av.VideoFrame.from_ndarray(up[k], format=work.name)
-        results.append(o.reformat(format=plan.out_fmt, dst_colorspace=f.colorspace,
-                                  dst_color_range=f.color_range or None))
+        results.append(o.reformat(format=plan.out_fmt, **_conversion(f, plan.out_fmt)))
     return results
+
+
+def _conversion(f: av.VideoFrame, out_fmt: str) -> dict:
+    """libswscale's target matrix and range for pictures of frame `f` made into `out_fmt`: those
+    the output is tagged with (`media.video.colour_tags`)."""
+    tags = colour_tags(f, out_fmt)
+    return {"dst_colorspace": tags["colorspace"], "dst_color_range": tags["color_range"] or None}

@@ -35,12 +35,34 @@ def plane_view(plane, dtype) -> np.ndarray:
     return a.reshape(plane.height, plane.line_size // a.itemsize)[:, :plane.width]
 
 
+# How an RGB, palette or gray picture is written as YUV: BT.709 matrix, primaries and transfer
+# (sRGB's primaries are BT.709's), limited range - what players assume of HD video
+RGB_AS_YUV = {"color_primaries": 1, "color_trc": 1, "colorspace": 1, "color_range": 1}
+YUV_PREFIXES = ("yuv", "nv", "p01", "p21", "p41", "y21", "uyvy", "yuyv", "yvyu", "ayuv", "vuy", "xv3", "v30")
+
+
+def is_yuv(fmt_name: str) -> bool:
+    return fmt_name.startswith(YUV_PREFIXES)
+
+
+def colour_tags(src, out_fmt: str) -> dict:
+    """The colour tags of `out_fmt` pictures made from `src` (a frame or codec context): its
+    own, except that an RGB, palette or gray source written as YUV is converted to, and tagged
+    as, `RGB_AS_YUV`: its own tags (matrix 0, "RGB") on YUV would have players show YUV planes as
+    G, B and R, and libvpx refuses such frames."""
+    fmt = getattr(src, "format", None)
+    if fmt is not None and not is_yuv(fmt.name) and is_yuv(out_fmt):
+        return dict(RGB_AS_YUV)
+    return {attr: getattr(src, attr, None) for attr in COLOUR_TAGS}
+
+
 def copy_colour_tags(src, dst) -> None:
     """The colour primaries, transfer, matrix and range of `src` onto `dst` (frames or codec
-    contexts), those that `dst` takes."""
-    for attr in COLOUR_TAGS:
+    contexts; see `colour_tags`), those that `dst` takes."""
+    fmt = getattr(dst, "format", None)
+    for attr, value in colour_tags(src, fmt.name if fmt is not None else "").items():
         try:
-            setattr(dst, attr, getattr(src, attr))
+            setattr(dst, attr, value)
         except (AttributeError, ValueError, TypeError):
             pass
 
@@ -287,16 +309,20 @@ DELIVERY_ENCODERS = ("libx264", "h264", "libx265", "hevc", "libvpx-vp9", "libvpx
 def _delivery_format(codec: str, src_fmt: str) -> str | None:
     """The 4:2:0 format of `src_fmt`'s depth and range (yuv422p10le -> yuv420p10le, yuvj444p ->
     yuvj420p) where `codec` is a delivery encoder that takes it and `src_fmt` is planar YUV with
-    more chroma than that; else None."""
+    more chroma than that; gray (4:0:0, which few decoders play either) as 4:2:0 of its depth;
+    else None."""
     m = re.fullmatch(r"yuv(j?)(a?)(4[0-9][0-9])p(\d*(?:le|be)?)", src_fmt)
-    if codec not in DELIVERY_ENCODERS or not m or m.group(3) == "420":
+    gray = re.fullmatch(r"gray(\d*)(le|be)?", src_fmt)
+    if codec not in DELIVERY_ENCODERS or not (gray or m) or (m and m.group(3) == "420"):
         return None
     try:
         takes = [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
     except (av.FFmpegError, ValueError):
         return None
-    # with its alpha plane where the encoder keeps one (VP9), else without
-    names = [f"yuv{m.group(1)}{alpha}420p{m.group(4)}" for alpha in dict.fromkeys([m.group(2), ""])]
+    if gray:
+        names = ["yuv420p" if int(gray.group(1) or 8) <= 8 else "yuv420p10le", "yuv420p"]
+    else:  # with its alpha plane where the encoder keeps one (VP9), else without
+        names = [f"yuv{m.group(1)}{alpha}420p{m.group(4)}" for alpha in dict.fromkeys([m.group(2), ""])]
     return next((n for n in names if n in takes), None)
 
 
@@ -306,7 +332,7 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
     user. `codec` None: by container (WebM: VP9; others: H.264) and depth (a 10-bit input:
     HEVC Main 10, or AV1 for WebM). A `codec` the container cannot hold is a UserError;
     libx264 on a 10-bit input writes 8-bit yuv420p, and a delivery encoder (H.264, HEVC, VP9,
-    AV1) writes a 4:2:2 or 4:4:4 input as 4:2:0 of its depth, unless `pix_fmt` asks otherwise."""
+    AV1) writes a gray, 4:2:2 or 4:4:4 input as 4:2:0 of its depth, unless `pix_fmt` asks otherwise."""
     muxer = muxer_name(dst)
     if pix_fmt:
         check_pix_fmt(pix_fmt)
@@ -327,7 +353,7 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
                          "few players; leave --codec out for 10-bit HEVC)")
     if pix_fmt is None and (sub := _delivery_format(codec, src_fmt)) is not None:
         pix_fmt = sub
-        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:2:2 or 4:4:4 chroma plays "
+        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:0:0, 4:2:2 or 4:4:4 plays "
                      f"in few players (browsers, QuickTime, phones); --pix-fmt {src_fmt} keeps it")
     try:
         fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
