@@ -480,3 +480,38 @@ def test_api_refuses_bad_keywords_naming_them(kwargs, words):
 def test_api_tile_zero_means_whole_images():
     up = upsample.load("bicubic", 2, tile=0)
     assert up.upscale(np.zeros((9, 7, 3), np.uint8)).shape == (18, 14, 3)
+
+
+def test_jobs_share_an_openvino_model_without_a_busy_request(tmp_path, capsys):
+    """`image --jobs 2` under the default backend: the images' threads each run the one compiled
+    graph (a CompiledModel's own call shares one infer request: "Infer Request is busy")."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 48, 3), dtype=np.uint8)).save(src / f"p{i}.png")
+    rc = cli.main(["image", str(src), "-o", str(tmp_path / "out"), "--model", "espcn-x2", "--jobs", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 8
+
+
+def test_per_thread_runs_requests_concurrently():
+    import threading
+    import openvino as ov
+    from upsample.runtime.cache import per_thread
+    model = ov.convert_model(torch.nn.Conv2d(3, 3, 3, padding=1), example_input=torch.rand(1, 3, 8, 8))
+    run = per_thread(ov.Core().compile_model(model, "CPU"))
+    x, errors = np.random.rand(1, 3, 64, 64).astype(np.float32), []
+
+    def work():
+        try:
+            for _ in range(30):
+                assert np.asarray(run(x)).shape == (1, 3, 64, 64)
+        except Exception as exc:  # noqa: BLE001 - any failure of a thread fails the test
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

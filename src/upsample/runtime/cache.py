@@ -5,6 +5,7 @@ Torch-free: the `image` fast path compiles its cached graph through here without
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from ..errors import UserError
@@ -46,6 +47,20 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
         first = (str(exc).strip().splitlines() or ["?"])[0]
         raise UserError(f"--device {device} cannot run {precision} ({first}); use --backend auto "
                         "--precision auto for the device's own precision, or --device CPU") from None
+
+
+def per_thread(compiled):
+    """`compiled` (an OpenVINO CompiledModel) as a callable numpy input -> first output that runs
+    on an infer request of the calling thread: the CompiledModel's own call shares one request,
+    which a second thread finds busy ("Infer Request is busy" under `image --jobs 2`)."""
+    local = threading.local()
+
+    def run(x):
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        return request.infer({0: x})[0]
+    return run
 
 
 def openvino_devices() -> list[str]:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..models.registry import ModelSpec
-from .cache import ov_compiled
+from .cache import ov_compiled, per_thread
 from .int8 import META_KEY
 from .kinds import Backend
 from .runner import Runner
@@ -141,10 +141,10 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
                         "--backend onnxruntime, openvino or auto")
     if backend == Backend.OPENVINO:
         try:  # f32 asked for: on CPUs with bf16 units OpenVINO would otherwise pick bf16
-            compiled = ov_compiled(path, "f32", threads)
+            compiled = per_thread(ov_compiled(path, "f32", threads))
         except RuntimeError as exc:  # OpenVINO's error for a graph it cannot read or compile
             raise UserError(f"{path}: OpenVINO cannot compile it ({str(exc).splitlines()[0]})") from None
-        return lambda a: np.asarray(compiled(a)[0])
+        return lambda a: np.asarray(compiled(a))
     try:
         sess = ort_session(str(path), device, threads)
     except UserError:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .cache import openvino_devices, ov_compiled
+from .cache import openvino_devices, ov_compiled, per_thread
 from .export import cached_ir, cached_onnx
 from .kinds import Backend
 from .runner import Runner
@@ -45,10 +45,10 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == Backend.OPENVINO:
-        compiled = ov_compiled(path, precision, threads, ov_device)
+        compiled = per_thread(ov_compiled(path, precision, threads, ov_device))
 
         def run_ov(x: torch.Tensor) -> torch.Tensor:
-            out = compiled(x.detach().cpu().float().numpy())[0]
+            out = compiled(x.detach().cpu().float().numpy())
             return torch.from_numpy(np.asarray(out)).to(x.device)
         return run_ov
     raise UserError(f"unknown backend {backend!r}")
