@@ -62,9 +62,10 @@ def write_clip(path, *, vcodec="libx264", pix_fmt="yuv420p", size=(48, 32), acod
             c.mux(a.encode(f))
         c.mux(a.encode())
     if s is not None:
-        pk = av.Packet(b"an upscaled line")
-        pk.pts, pk.duration, pk.time_base, pk.stream = 0, 400, Fraction(1, 1000), s
-        c.mux(pk)
+        for text, start, length in ((b"an upscaled line", 0, 200), (b"a second line", 300, 100)):
+            pk = av.Packet(text)  # a gap between: MP4's mov_text fills it with an empty cue
+            pk.pts, pk.duration, pk.time_base, pk.stream = start, length, Fraction(1, 1000), s
+            c.mux(pk)
     c.close()
 
 
@@ -103,8 +104,8 @@ def read_back(path) -> dict:
         meta["audio_packets"] = [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
     if meta["subtitles"]:
         with av.open(str(path)) as c:
-            cues = [p for p in c.demux(subtitles=0) if p.size]
             skip = 2 if c.streams.subtitles[0].codec_context.name == "mov_text" else 0  # its length
+            cues = [p for p in c.demux(subtitles=0) if p.size > skip]  # not mov_text's empty gap cues
             meta["subtitle_cues"] = [bytes(p)[skip:].decode() for p in cues]
             meta["subtitle_times"] = [(float(p.pts * p.time_base), float(p.duration * p.time_base)) for p in cues]
     return meta
@@ -139,8 +140,8 @@ def test_each_clip_to_each_container_plays_and_keeps_frames_time_audio_and_depth
         assert b["audio_packets"] == a["audio_packets"]
     assert b["subtitles"] == a["subtitles"]  # SubRip copied into .mkv, converted for .mp4/.webm
     if a["subtitles"]:
-        assert b["subtitle_cues"] == ["an upscaled line"]
-        assert b["subtitle_times"] == [pytest.approx((0.0, 0.4), abs=0.025)]
+        assert b["subtitle_cues"] == ["an upscaled line", "a second line"]
+        assert b["subtitle_times"] == [pytest.approx((0.0, 0.2), abs=0.025), pytest.approx((0.3, 0.1), abs=0.025)]
     assert b["timecode"] == a["timecode"]  # a MOV timecode track: rewritten, never copied
     if kind == "hevc10":
         assert (a["data"], a["timecode"]) == (1, "01:02:03:04")
@@ -316,4 +317,4 @@ def test_mp4_subtitles_come_back_into_matroska_as_subrip(clips, tmp_path):
     assert cli.main(["video", str(mp4), "-o", str(mkv), "--model", "bicubic", "--scale", "1"]) == 0
     with av.open(str(mkv)) as c:
         assert c.streams.subtitles[0].codec_context.name in ("subrip", "srt")
-    assert read_back(mkv)["subtitle_cues"] == ["an upscaled line"]
+    assert read_back(mkv)["subtitle_cues"] == ["an upscaled line", "a second line"]

@@ -363,9 +363,10 @@ class _Stages:
         back by `shift`: audio (an empty packet flushes the decoder, and then the encoder) or
         a text subtitle (one cue a packet, its timing the packet's)."""
         if stream.type == "subtitle":
-            if not packet.size:
+            decoded = packet.stream.codec_context.decode2(packet) if packet.size else None
+            if decoded is None:  # MP4's empty cues between lines (2 bytes) decode to nothing
                 return
-            cue = stream.codec_context.encode_subtitle(packet.stream.codec_context.decode2(packet))
+            cue = stream.codec_context.encode_subtitle(decoded)
             cue.pts = cue.dts = packet.pts - shift if packet.pts is not None else None
             cue.duration, cue.time_base, cue.stream = packet.duration, packet.time_base, stream
             packets = [cue]
