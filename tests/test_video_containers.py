@@ -39,11 +39,12 @@ def write_clip(path, *, vcodec="libx264", pix_fmt="yuv420p", size=(48, 32), acod
         v.metadata["timecode"] = timecode
     a = c.add_stream(acodec, rate=48000) if acodec else None
     if a is not None:
-        a.layout = "stereo"
+        a.layout, a.metadata["language"] = "stereo", "fra"
         a.codec_context.options = {"strict": "-2"}  # FFmpeg's own Vorbis encoder is experimental
     s = c.add_stream("subrip") if subtitles else None
     if s is not None:
         s.codec_context.subtitle_header = ASS_HEADER
+        s.metadata["language"] = "deu"
     for i, p in enumerate(pts):
         img = np.zeros((h, w, 3), np.uint8)
         img[..., 1] = np.linspace(0, 255, w, dtype=np.uint8)[None]
@@ -99,6 +100,7 @@ def read_back(path) -> dict:
                 "size": (frames[0].width, frames[0].height), "times": [f.time for f in frames],
                 "audio": c.streams.audio[0].codec_context.name if c.streams.audio else None,
                 "subtitles": len(c.streams.subtitles), "data": len(c.streams.data),
+                "languages": [s.metadata.get("language") for s in c.streams if s.type in ("audio", "subtitle")],
                 "timecode": {k.lower(): val for k, val in v.metadata.items()}.get("timecode")}
     with av.open(str(path)) as c:
         meta["audio_packets"] = [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
@@ -139,6 +141,8 @@ def test_each_clip_to_each_container_plays_and_keeps_frames_time_audio_and_depth
     if b["audio"] == a["audio"]:  # copied: bit for bit
         assert b["audio_packets"] == a["audio_packets"]
     assert b["subtitles"] == a["subtitles"]  # SubRip copied into .mkv, converted for .mp4/.webm
+    # copied or converted, a track keeps its language (a QuickTime text track's reads back as none)
+    assert b["languages"] == a["languages"] or (ext == ".mov" and b["languages"][0] == a["languages"][0])
     if a["subtitles"]:
         assert b["subtitle_cues"] == ["an upscaled line", "a second line"]
         assert b["subtitle_times"] == [pytest.approx((0.0, 0.2), abs=0.025), pytest.approx((0.3, 0.1), abs=0.025)]

@@ -529,15 +529,31 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
             print(f"note: timecode track #{s.index} kept as the timecode {s.metadata['timecode']}",
                   file=sys.stderr)
         elif _copyable(container, out, s):
-            copies[s.index] = out.add_stream_from_template(s)
+            copies[s.index] = _keep_tags(s, out.add_stream_from_template(s))
         elif (converted := _converted_stream(out, s)) is not None:
-            encodes[s.index] = converted
+            encodes[s.index] = _keep_tags(s, converted)
             print(f"note: {s.type} stream #{s.index} ({name}) re-encoded as "
                   f"{converted.codec_context.name} for {suffix}", file=sys.stderr)
         else:
             print(f"note: stream #{s.index} ({s.type}, {name}) cannot go into {suffix}: dropped",
                   file=sys.stderr)
     return copies, encodes
+
+
+STREAM_TAGS = ("language", "title", "handler_name")  # what says which track is which
+
+
+def _keep_tags(src, dst):
+    """`dst` with `src`'s language and title (the English and the French audio stay so named)
+    and its disposition (default, forced, hearing impaired ...); returns `dst`."""
+    for key in STREAM_TAGS:
+        if key in src.metadata:
+            dst.metadata[key] = src.metadata[key]
+    try:
+        dst.disposition = src.disposition
+    except (AttributeError, ValueError, TypeError):
+        pass
+    return dst
 
 
 OWN_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer's own
