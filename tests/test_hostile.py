@@ -182,6 +182,21 @@ def _still_gif(tmp):
     return tmp / "still.gif"
 
 
+def _colour_key(tmp, mode):
+    arr = np.maximum(rgb(), 1) if mode == "RGB" else np.maximum(rgb()[..., 0], 1)  # no key by chance
+    arr[:6] = (255, 0, 255) if mode == "RGB" else 0
+    img = Image.fromarray(arr)
+    img.save(tmp / "key.png", transparency=(255, 0, 255) if mode == "RGB" else 0)
+    return tmp / "key.png"
+
+
+def _lab_tiff(tmp):
+    from PIL import ImageCms
+    to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    ImageCms.applyTransform(Image.fromarray(rgb()), to_lab).save(tmp / "lab.tif")
+    return tmp / "lab.tif"
+
+
 # odd but valid: (make, output mode, output size for x2)
 ODD_IMAGES = {
     "cmyk jpeg": (_cmyk, "RGB", (32, 24)),
@@ -191,6 +206,9 @@ ODD_IMAGES = {
     "png named .jpg": (_wrong_ext, "RGB", (32, 24)),
     "one pixel": (_one_pixel, "RGB", (2, 2)),
     "one-frame gif": (_still_gif, "RGB", (32, 24)),
+    "rgb png with a colour key": (lambda t: _colour_key(t, "RGB"), "RGBA", (32, 24)),
+    "gray png with a colour key": (lambda t: _colour_key(t, "L"), "LA", (32, 24)),
+    "lab tiff": (_lab_tiff, "RGB", (32, 24)),
 }
 
 
@@ -203,6 +221,24 @@ def test_odd_image_upscaled(tmp_path, capsys, case):
     (written,) = out.iterdir()
     img = Image.open(written)
     assert img.size == size and img.mode in (mode, "I;16B", "I") and written.suffix == ".png"
+    if "colour key" in case:  # the keyed rows are transparent, the rest opaque
+        alpha = np.asarray(img)[..., -1]
+        assert alpha[:8].max() == 0 and alpha[16:].min() == 255
+
+
+def test_an_icc_profile_of_another_colour_space_is_not_attached_to_rgb_pixels(tmp_path, capsys):
+    """A CMYK JPEG's profile describes CMYK: on the RGB output colour-managed readers fail."""
+    from PIL import ImageCms
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]  # the header's colour space is what matters here
+    src = tmp_path / "c.jpg"
+    Image.fromarray(rgb()).convert("CMYK").save(src, icc_profile=cmyk)
+    rgb_src = tmp_path / "r.jpg"
+    Image.fromarray(rgb()).save(rgb_src, icc_profile=srgb)
+    for path in (src, rgb_src):
+        assert cli.main(["image", str(path), "-o", str(tmp_path / "out"), "--model", "bicubic"]) == 0
+    assert "icc_profile" not in Image.open(tmp_path / "out" / "c_x2.png").info
+    assert Image.open(tmp_path / "out" / "r_x2.png").info["icc_profile"] == srgb
 
 
 @pytest.mark.parametrize("model", ["espcn-x2", "vdsr"])

@@ -456,6 +456,8 @@ def test_png_strips_round_trip(tmp_path, mode):
     arr = rng.integers(0, 65536 if deep else 256, (23, 17, channels)).astype(np.uint16 if deep else np.uint8)
     arr[:9] //= 5  # some structure for the filter
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    if channels == 1:  # a gray picture's profile is a gray one (its header says so)
+        icc = icc[:16] + b"GRAY" + icc[20:]
     with png_strips(tmp_path / "s.png", 17, 23, mode, {"icc_profile": icc}) as png:
         png.write(arr[:10])
         png.write(arr[10:10])

@@ -193,15 +193,20 @@ class Planes:
 
 def kept_info(img: Image.Image, exif: Image.Exif) -> dict:
     """What an output keeps of its source's metadata (`save_planes` writes it back): the ICC
-    profile, and `exif` (the source's EXIF, as read or as turned upright) where it holds tags."""
-    info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
+    profile where it describes the output's pixels (RGB, or gray for gray ones: a CMYK or Lab
+    profile on the RGB output breaks colour-managed readers), and `exif` (the source's EXIF, as
+    read or as turned upright) where it holds tags."""
+    icc = img.info.get("icc_profile") or b""
+    space = b"GRAY" if Image.getmodebase(img.mode) == "L" else b"RGB "  # the header's colour space
+    info = {"icc_profile": icc} if icc[16:20] == space else {}
     if len(exif):
         info["exif"] = exif.tobytes()
     return info
 
 
 def planes_from_pil(img: Image.Image) -> Planes:
-    """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), 1-bit -> L,
+    """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), a colour
+    key (PNG tRNS on gray or RGB) -> alpha, 1-bit -> L,
     16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin."""
     info = kept_info(img, img.getexif())
     mode = img.mode
@@ -219,8 +224,10 @@ def planes_from_pil(img: Image.Image) -> Planes:
         img = img.convert("L")
     elif mode in ("La",):
         img = img.convert("LA")
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        has_alpha = "A" in mode or "a" in mode or "transparency" in img.info
+    elif mode in ("L", "RGB") and "transparency" in img.info:  # a PNG colour key (tRNS): alpha
+        img = img.convert("LA" if mode == "L" else "RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):  # CMYK, LAB, YCbCr, HSV, RGBa, RGBX ...
+        has_alpha = mode in ("RGBa", "LA", "La", "PA") or "transparency" in img.info  # LAB's A is a colour
         img = img.convert("RGBA" if has_alpha else "RGB")
     arr = np.asarray(img)
     if arr.ndim == 2:

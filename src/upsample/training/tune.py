@@ -19,7 +19,6 @@ from pathlib import Path
 
 from . import config as config_mod
 from ..errors import UserError
-from .procs import training_device
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -93,6 +92,7 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     study (the same call continues it)."""
     import optuna
 
+    from .procs import training_device  # torch: not for `tune --help`
     cfg = config_mod.load_config(config, overrides)
     training_device(device)  # before a study exists: a trial's error is one line, not a failed trial
     if trials < 1:
