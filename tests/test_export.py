@@ -200,3 +200,16 @@ def test_our_pre_upsampled_vdsr_export_runs_back_at_the_scale_asked(tmp_path):
     want = np.asarray(upsample.load("vdsr", scale=3, backend="torch").upscale(img))
     diff = np.abs(got.astype(int) - want)
     assert got.shape == (60, 72, 3) and (diff > 1).mean() < 1e-3 and diff.mean() < 0.01
+
+
+def test_an_exported_openvino_graph_given_as_model_is_one_line(tmp_path, capsys):
+    """It carries the export's I/O contract, not an int8 model's architecture (a KeyError
+    traceback before); the line names the ONNX export that --model runs."""
+    out = tmp_path / "e.xml"
+    assert cli.main(["export", "espcn-x2", "--format", "openvino", "-o", str(out)]) == 0
+    assert "INFERENCE_PRECISION_HINT" in capsys.readouterr().err
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    rc = cli.main(["image", str(img), "-o", str(tmp_path / "o.png"), "--model", str(out), "--backend", "openvino"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "`upsample export espcn-x2 --format onnx`" in err and "Traceback" not in err

@@ -68,7 +68,12 @@ def read_meta(path: Path) -> tuple[str, dict]:
     if not text:
         raise UserError(f"{path} was not written by `upsample quantize` (no {META_KEY} metadata); "
                         "run a checkpoint or a registered model instead")
-    return backend, json.loads(text)
+    meta = json.loads(text)
+    if "arch" not in meta:  # `upsample export`'s I/O contract: a graph, not an int8 model
+        raise UserError(f"{path} is an `upsample export` OpenVINO graph: --model runs its ONNX export "
+                        f"(`upsample export {meta.get('model', 'MODEL')} --format onnx`) or the model "
+                        "itself (registered name or checkpoint)")
+    return backend, meta
 
 
 def load_runner(path: Path, backend: Backend, device: torch.device) -> tuple[Runner, str]:
