@@ -34,6 +34,17 @@ MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack
 # Measuring memory
 # ----------------------------------------------------------------------------------------------
 
+def return_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim), so that resident memory
+    counts what is held, not what earlier images freed: with --max-memory a folder's second
+    large image was refused for the first one's freed buffers."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: resident memory errs on the safe side
+
+
 def rss_bytes() -> int:
     """This process's resident memory now."""
     try:
@@ -248,6 +259,8 @@ class MemoryPlanner:
         allocate on the CPU)."""
         cpu = self.device.type == "cpu"
         if self.max_memory is not None:
+            if cpu:
+                return_free_heap()
             budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.device))
         else:
             budget = free_memory(self.device) // 2
@@ -263,8 +276,12 @@ class MemoryPlanner:
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
         if side < MIN_TILE:
             need = bpp * (MIN_TILE + 2 * self.pad) ** 2
+            if budget <= 0:
+                raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: the model, this image and "
+                                f"its output already take it all ({(reserved + rss_bytes()) / 1e6:.0f} MB); "
+                                "raise it")
             raise UserError(f"--max-memory leaves too little for even a {MIN_TILE}px tile "
-                            f"({max(0, budget) / 1e6:.0f} MB for tiles, about {need / 1e6:.0f} MB "
+                            f"({budget / 1e6:.1f} MB for tiles, about {need / 1e6:.1f} MB "
                             f"needed): raise it, or lower --tile-pad")
         return self.geometry.round_down(min(side, max(h, w)))
 
