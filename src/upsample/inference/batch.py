@@ -124,16 +124,23 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
                  overwrite: bool) -> tuple[list[tuple[Path, Path]], int, int]:
     """(the (source, destination) pairs to write, how many are skipped because their output
     exists, how many refused because the output would replace the input). Two inputs that
-    would write one file stop everything before any work."""
+    would write one file stop everything before any work. With -o the input folder, an input
+    named as another's output (x_x2.png beside x.png) is an earlier run's output: not read, and
+    kept (x.png skipped, or refused with --overwrite)."""
     if any(sep in suffix for sep in ("/", "\\")):
         raise UserError(f"--suffix {suffix!r}: a suffix is part of a file name, without / or \\; "
                         "name the folder with -o")
     todo, seen, skipped, refused = [], {}, 0, 0
-    sources = {s.resolve() for s, _ in jobs}
-    for src, rel in jobs:
-        dst = output_path(out, rel, src, suffix, ext, single)
-        where = dst.resolve()
-        if where in sources:  # this input, or another one (x.png's x_x2.png beside it)
+    planned = [(src, src.resolve(), dst, dst.resolve())
+               for src, dst in ((s, output_path(out, rel, s, suffix, ext, single)) for s, rel in jobs)]
+    sources = {here for _, here, _, _ in planned}
+    output_of = {where: src for src, here, _, where in planned if where in sources and where != here}
+    for src, here, dst, where in planned:
+        if here in output_of:
+            print(f"note: {src} has the output name of {output_of[here].name}: not read as an input",
+                  file=sys.stderr)
+            continue
+        if where in sources and (overwrite or where == here):
             print(f"upsample image: error: {src}: its output {dst.name} would replace an input; "
                   f"use another -o or --suffix", file=sys.stderr)
             seen[where], refused = src, refused + 1
