@@ -827,3 +827,27 @@ def test_a_pix_fmt_the_default_encoder_cannot_take_says_it_was_the_default(tmp_p
     rc = cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--pix-fmt", "rgb48le"])
     line = assert_refused(rc, capsys, out)
     assert "cannot encode rgb48le" in line and "is the default encoder for .mp4" in line and "--codec" in line
+
+
+def test_eval_keeps_same_named_datasets_and_images_apart(tmp_path, capsys):
+    """Two --data folders called Set5, and a/x.png beside b/x.png: every one its own row and
+    its own --save picture; --json's folder and --per-image's need of --json are checked first."""
+    for folder, (h, w) in (("one/Set5", (24, 24)), ("two/Set5", (24, 32)), ("rec/a", (24, 24)), ("rec/b", (32, 24))):
+        (tmp_path / folder).mkdir(parents=True)
+        _png(tmp_path / folder, "x.png", rgb(h, w))
+    base = ["eval", "--model", "bicubic", "--scale", "2"]
+    report = tmp_path / "r.json"
+    assert cli.main([*base, "--data", str(tmp_path / "one/Set5"), str(tmp_path / "two/Set5"),
+                     str(tmp_path / "rec"), "--json", str(report), "--per-image", "--save", str(tmp_path / "sv")]) == 0
+    import json
+    sets = json.loads(report.read_text())["datasets"]
+    assert sorted(sets) == ["one/Set5", "rec", "two/Set5"]
+    assert [r["image"] for r in sets["rec"]["images"]] == ["a/x.png", "b/x.png"]
+    saved = sorted(p.relative_to(tmp_path / "sv").as_posix() for p in (tmp_path / "sv").rglob("x.png"))
+    assert saved == ["one/Set5/x.png", "rec/a/x.png", "rec/b/x.png", "two/Set5/x.png"]
+    capsys.readouterr()
+    assert "use it with --json" in assert_refused(cli.main([*base, "--data", str(tmp_path / "rec"), "--per-image"]), capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "--json" in assert_refused(cli.main([*base, "--data", str(tmp_path / "rec"), "--json",
+                                                str(blocker / "r.json")]), capsys)

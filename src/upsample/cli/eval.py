@@ -20,14 +20,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
     kind - an input picture, a recipe); --save writes no picture into a --data folder, and
     replaces pictures saved before only with --overwrite."""
     from pathlib import Path
+    from ..inference.batch import check_writable
     if args.json and args.json != "-":
         out = Path(args.json)
         if out.is_dir() or (out.exists() and out.suffix.lower() != ".json"):
             raise UserError(f"--json {out}: {'a folder' if out.is_dir() else 'an existing file that is not JSON'}; "
                             "name a .json file")
+        check_writable(out.parent, out, "--json")  # not after an hour of evaluation
+    if args.per_image and not args.json:
+        raise UserError("--per-image adds one row per image to the JSON: use it with --json (FILE)")
     if args.save:
-        for folder in args.data:
-            target = (Path(args.save) / Path(folder).resolve().name).resolve()
+        from ..evaluation.evaluate import dataset_names
+        for folder, name in zip(args.data, dataset_names(args.data)):
+            target = (Path(args.save) / name).resolve()
             data = Path(folder).resolve()
             if target == data or data in target.parents or target in data.parents:
                 raise UserError(f"--save {args.save} would write into the data folder {folder}; name another folder")

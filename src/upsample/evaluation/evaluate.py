@@ -187,23 +187,38 @@ class Run:
         return row, [("original", hr), (name, out), ("bicubic", base), ("input", input_panel)]
 
 
-def evaluate_folder(run: Run, folder: str, *, save_dir: str | None, per_image: bool, progress: bool) -> dict:
+def dataset_names(folders: list[str]) -> list[str]:
+    """Each folder's name in the report (and under --save): its own name, or where two share it
+    (two Set5 folders) as much of its path as tells them apart."""
+    paths, names = [Path(f).resolve() for f in folders], []
+    for i, p in enumerate(paths):
+        others = [q for j, q in enumerate(paths) if j != i]
+        depth = next((d for d in range(1, len(p.parts)) if all(q.parts[-d:] != p.parts[-d:] for q in others)),
+                     len(p.parts))
+        names.append("/".join(p.parts[-depth:]))
+    if len(set(names)) < len(names):
+        raise UserError("--data names the same folder twice")
+    return names
+
+
+def evaluate_folder(run: Run, folder: str, *, name: str, save_dir: str | None, per_image: bool,
+                    progress: bool) -> dict:
     """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder."""
     images, skipped = list_images(folder)
     for s in skipped:
         print(f"note: skipping non-image file {s}", file=sys.stderr)
     if not images:
         raise UserError(f"no images in {folder}")
-    name = Path(folder).resolve().name
     rows = []
     bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
     for path in images:
         row, panels = run.image(read_rgb(path))
         bar.update(1)
-        rows.append({"image": path.name, **row})
+        rel = path.relative_to(folder)  # sub-folders kept: a/x.png and b/x.png are two images
+        rows.append({"image": rel.as_posix(), **row})
         if save_dir:
-            atomic_save(Image.fromarray(panels[1][1]), Path(save_dir) / name / (path.stem + ".png"))
-            atomic_save(side_by_side(panels), Path(save_dir) / name / (path.stem + "_sbs.png"))
+            atomic_save(Image.fromarray(panels[1][1]), Path(save_dir) / name / rel.with_suffix(".png"))
+            atomic_save(side_by_side(panels), Path(save_dir) / name / rel.with_name(rel.stem + "_sbs.png"))
     bar.close()
     result = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
     result["n"] = len(images)
@@ -249,8 +264,8 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
               upscaler.device if upscaler is not None else torch.device("cpu"), montage=bool(save_dir))
     if lpips_metric is not None:
         run.lpips = lpips_metric.to(run.device)
-    datasets = {Path(f).resolve().name: evaluate_folder(run, f, save_dir=save_dir, per_image=per_image,
-                                                        progress=progress) for f in folders}
+    datasets = {name: evaluate_folder(run, f, name=name, save_dir=save_dir, per_image=per_image,
+                                      progress=progress) for f, name in zip(folders, dataset_names(folders))}
     return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
             "protocol": proto.name, "degrade": run.degrade.kind if run.degrade.sigma is None else
             {"kind": run.degrade.kind, "sigma": run.degrade.sigma},

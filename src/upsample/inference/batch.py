@@ -81,18 +81,18 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def _check_writable(folder: Path, out: Path) -> None:
+def check_writable(folder: Path, out: Path, option: str = "-o") -> None:
     """A UserError unless files can be created in `folder` or (not there yet) in the folder it
     would be made in: a real probe file, since permission bits say nothing of read-only mounts,
-    ACLs or root."""
+    ACLs, root or /proc."""
     base = _existing_ancestor(folder)
     if not base.is_dir():
-        raise UserError(f"-o {out}: {base} is a file, so no folder can be made under it")
+        raise UserError(f"{option} {out}: {base} is a file, so no folder can be made under it")
     try:
         fd, probe = tempfile.mkstemp(prefix=".upsample-probe-", dir=base)
     except OSError as exc:
-        raise UserError(f"-o {out}: cannot write in {base} ({exc.strerror or exc}); choose another "
-                        "output folder") from None
+        raise UserError(f"{option} {out}: cannot write in {base} ({exc.strerror or exc}); choose another "
+                        "place") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -112,12 +112,12 @@ def check_output_location(inputs: list[str], jobs: list, out: Path) -> None:
     if names_file:
         if out.resolve() == jobs[0][0].resolve():
             raise UserError(f"-o {out} is the input itself; inputs are never overwritten: name another file")
-        _check_writable(out.parent, out)
+        check_writable(out.parent, out)
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is an existing file, and the outputs need a folder: name a folder "
                         "(or, for one input, an image file to write)")
-    _check_writable(out, out)
+    check_writable(out, out)
 
 
 def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: str, single: bool,
