@@ -259,3 +259,16 @@ def test_uniforms_are_keyed_and_uniform():
     assert np.array_equal(data.uniforms(3, [7, 19999], 4), u[[7, 19999]])
     assert not np.array_equal(data.uniforms(4, [7], 4), u[[7]])
     assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03
+
+
+def test_prepare_and_check_report_progress_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """stderr to a file or a pipe (capsys here): lines, as image and eval give (nothing before)."""
+    monkeypatch.setattr("upsample.media.progress.LINE_INTERVAL", 0.0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    assert cli.main(["data", "prepare", str(src), "-o", str(tmp_path / "out"), "--size", "48"]) == 0
+    assert "prepare 3/3 (100%)" in capsys.readouterr().err
+    cli.main(["data", "check", str(src)])
+    assert "check 3/3 (100%)" in capsys.readouterr().err

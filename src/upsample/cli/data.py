@@ -22,7 +22,7 @@ def _summary(n: int, problems: list) -> str:
 def run_prepare(args: argparse.Namespace) -> int:
     from ..data import prepare
     c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
-                        every=args.every_n_frames, progress=sys.stderr.isatty())
+                        every=args.every_n_frames, progress=True)
     print(f"{c['sources']} sources: {c['crops']} crops ({c['written']} written now) in {args.out}; "
           f"{c['skipped_done']} already done, {c['too_small']} images smaller than {args.size}, "
           f"{c['unreadable']} unreadable")
@@ -37,7 +37,7 @@ def _check_min_size(n: int) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from ..data import prepare
     _check_min_size(args.min_size)
-    images, problems = prepare.scan(args.dir, args.min_size, progress=sys.stderr.isatty())
+    images, problems = prepare.scan(args.dir, args.min_size, progress=True)
     for pr in problems:
         print(f"{pr.path}: {pr.kind}: {pr.detail}")
     print(_summary(len(images), problems))
@@ -48,7 +48,7 @@ def run_clean(args: argparse.Namespace) -> int:
     from ..data import prepare
     _check_min_size(args.min_size)
     n, problems, moved = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
-                                       keep=args.keep, progress=sys.stderr.isatty())
+                                       keep=args.keep, progress=True)
     for src, dst in moved:
         print(f"moved {src} -> {dst}")
     print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb
+from ..media.progress import progress_bar, track
 from .pairs import file_list_text, hash_split, write_file_list
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
@@ -132,8 +133,9 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
         (out_dir / MANIFEST).write_text(params + "\n")
     counts = {"sources": len(todo), "skipped_done": 0, "too_small": 0, "unreadable": 0,
               "crops": 0, "written": 0}
-    bar = tqdm(todo, desc="prepare", unit="file", disable=not progress, file=sys.stderr)
-    for path, name in bar:
+    bar = progress_bar(len(todo), progress, desc="prepare", unit=" file")
+    for path, name in todo:
+        bar.update(1)  # started: the files already done are passed over as quickly
         st = path.stat()
         key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key in done:
@@ -158,7 +160,8 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
         counts["crops"] += n_crops
         with open(out_dir / MANIFEST, "a") as f:
             f.write(f"{key}\t{n_crops}\n")
-        bar.set_postfix(crops=counts["crops"])
+        bar.set_postfix(crops=counts["crops"], refresh=False)
+    bar.close()
     return counts
 
 
@@ -215,7 +218,7 @@ def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool
         ex = exclude.resolve()
         images = [p for p in images if ex not in p.resolve().parents]
     problems, seen = [], {}
-    for p in tqdm(images, desc="check", unit="img", disable=not progress, file=sys.stderr):
+    for p in track(images, progress, desc="check", unit=" img"):
         probs, digest = inspect_image(p, min_size)
         problems += probs
         if digest is not None:

@@ -43,3 +43,14 @@ def progress_bar(total: int | None, enabled: bool, *, desc: str, unit: str, stre
            else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed")
     return tqdm(total=total, desc=desc, unit=unit, file=_Lines(stream), bar_format=fmt,
                 mininterval=LINE_INTERVAL, delay=LINE_INTERVAL)
+
+
+def track(items: list, enabled: bool, *, desc: str, unit: str):
+    """`items` one by one, counted on a `progress_bar` (lines when stderr is no terminal)."""
+    bar = progress_bar(len(items), enabled, desc=desc, unit=unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
