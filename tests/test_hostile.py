@@ -851,3 +851,18 @@ def test_eval_keeps_same_named_datasets_and_images_apart(tmp_path, capsys):
     blocker.write_text("")
     assert "--json" in assert_refused(cli.main([*base, "--data", str(tmp_path / "rec"), "--json",
                                                 str(blocker / "r.json")]), capsys)
+
+
+def test_model_messages_say_what_to_do(tmp_path, capsys):
+    """bicubic has no network to export; a --scale mismatch names the scale as given; the
+    trainer's resume state points at the weights beside it."""
+    assert "no network" in assert_refused(cli.main(["export", "bicubic", "-o", str(tmp_path / "b.onnx")]), capsys)
+    src = _png(tmp_path, "a.png", rgb(24, 24))
+    line = assert_refused(cli.main(["image", str(src), "-o", str(tmp_path / "o.png"), "--model", "espcn-x2",
+                                    "--scale", "3"]), capsys)
+    assert "or a x3 model" in line
+    state = tmp_path / "run" / "last_state.pt"
+    state.parent.mkdir()
+    torch.save({"step": 1, "run_dir": Path("run")}, state)  # more than tensors, as the real one
+    line = assert_refused(cli.main(["image", str(src), "-o", str(tmp_path / "o.png"), "--model", str(state)]), capsys)
+    assert "best.safetensors" in line

@@ -432,7 +432,7 @@ def test_the_api_default_model_is_the_clis():
 def test_untrained_models_make_no_image_unless_asked(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED")
     Image.new("RGB", (12, 10), (90, 120, 30)).save(tmp_path / "a.png")
-    refusal = "vapsr-x2 has no trained weights: pass a trained checkpoint as --model FILE"
+    refusal = "vapsr-x2 has no trained weights: give a trained checkpoint file instead"
     for cmd in (["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")],
                 ["eval", "--data", str(tmp_path)]):
         assert cli.main([*cmd, "--model", "vapsr-x2"]) == 2

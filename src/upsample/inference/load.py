@@ -25,6 +25,8 @@ INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output; an .onnx withou
 def resolve_model(spec: str) -> tuple[nn.Module, str]:
     """A registered name or a checkpoint path -> (torch model in eval mode, display name)."""
     from ..models import checkpoint, registry
+    if spec == "bicubic":  # the commands that resolve a network (export, quantize, prune ...)
+        raise UserError("bicubic is MATLAB's resize, with no network to work on; name a model")
     if registry.is_registered(spec):
         weights = registry.weights_path(spec)
         if weights:
@@ -78,7 +80,7 @@ def model_scale(spec, scale, name: str) -> float:
         return s
     if scale is not None and check_scale(scale) != spec.scale:
         raise UserError(f"{name} is a x{spec.scale} model but --scale is {scale}: use --scale "
-                        f"{spec.scale}, or a x{scale} model")
+                        f"{spec.scale}, or a x{check_scale(scale):g} model")
     return float(spec.scale)
 
 
@@ -107,7 +109,7 @@ def check_trained(spec: str, allow_untrained: bool = False) -> None:
     if not registry.is_registered(spec) or registry.weights_path(spec) is not None:
         return
     shipped = [n for n in registry.list_models("generator") if registry.weights_path(n)]
-    raise UserError(f"{spec} has no trained weights: pass a trained checkpoint as --model FILE, "
+    raise UserError(f"{spec} has no trained weights: give a trained checkpoint file instead, "
                     f"train one with `upsample train`, or use a shipped model ({', '.join(shipped)}); "
                     "--allow-untrained runs its random weights, for timing only")
 

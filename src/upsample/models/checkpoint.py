@@ -111,6 +111,9 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         text = str(exc)
         refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed|\.?\n|$)", text)
         if refused:
+            if path.name == "last_state.pt":  # the trainer's resume state: its weights lie beside it
+                raise UserError(f"{path} is a training run's resume state; use the weights beside it: "
+                                f"{path.with_name('best.safetensors')} or {path.with_name('last.safetensors')}") from None
             raise UserError(f"cannot read {path}: it holds more than tensors ({refused.group(1)}) and "
                             "unpickling it could run code; re-save it as a plain state dict") from None
         reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
