@@ -322,3 +322,16 @@ def test_mp4_subtitles_come_back_into_matroska_as_subrip(clips, tmp_path):
     with av.open(str(mkv)) as c:
         assert c.streams.subtitles[0].codec_context.name in ("subrip", "srt")
     assert read_back(mkv)["subtitle_cues"] == ["an upscaled line", "a second line"]
+
+
+def test_an_odd_output_side_that_h264_cannot_take_is_one_line(tmp_path, capsys):
+    """321x241 x3 is 963x723: x264's 4:2:0 needs even sides ('Generic error in an external
+    library' before); VP9 takes it."""
+    src = tmp_path / "odd.mkv"
+    write_clip(src, vcodec="libvpx-vp9", size=(21, 15), acodec=None)
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic", "--scale", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot encode 63x45 frames in yuv420p" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*part*"))
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.webm"), "--model", "bicubic", "--scale", "3"]) == 0
+    assert read_back(tmp_path / "o.webm")["size"] == (63, 45)

@@ -401,11 +401,24 @@ def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict:
     return options
 
 
+EVEN_SIDE_ENCODERS = ("libx264", "h264", "libx265", "hevc")  # refuse an odd side of halved chroma
+
+
+def _chroma_halved(pix_fmt: str) -> tuple[bool, bool]:
+    """Whether `pix_fmt`'s chroma has half the width, and half the height, of its luma."""
+    planes = av.VideoFormat(pix_fmt, 2, 2).components
+    return (planes[1].width == 1, planes[1].height == 1) if len(planes) >= 3 else (False, False)
+
+
 def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
                      crf: int | None, preset: str | None):
     """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
     metadata and rotation (of its `first` frame), `size` (h, w) and `pix_fmt`."""
     oh, ow = size
+    half_w, half_h = _chroma_halved(pix_fmt)
+    if codec in EVEN_SIDE_ENCODERS and ((half_w and ow % 2) or (half_h and oh % 2)):
+        raise UserError(f"{codec} cannot encode {ow}x{oh} frames in {pix_fmt} (its chroma needs even sides); "
+                        "write .webm (VP9 takes any size) or pass --pix-fmt yuv444p")
     if codec in HEVC_ENCODERS and min(ow, oh) < 64:  # x265 4.2 corrupts memory below a CTU
         raise UserError(f"libx265 cannot encode frames under 64 pixels a side (output {ow}x{oh}); "
                         "use --codec libx264")
