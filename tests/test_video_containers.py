@@ -335,3 +335,13 @@ def test_an_odd_output_side_that_h264_cannot_take_is_one_line(tmp_path, capsys):
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*part*"))
     assert cli.main(["video", str(src), "-o", str(tmp_path / "o.webm"), "--model", "bicubic", "--scale", "3"]) == 0
     assert read_back(tmp_path / "o.webm")["size"] == (63, 45)
+
+
+def test_pcm_audio_stays_pcm_in_mov_and_becomes_aac_in_mp4(tmp_path):
+    src = tmp_path / "cam.mov"
+    write_clip(src, acodec="pcm_s16le", size=(32, 16))
+    for ext, codec in ((".mov", "pcm_s16le"), (".mp4", "aac")):
+        out = tmp_path / f"o{ext}"
+        assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]) == 0
+        assert read_back(out)["audio"] == codec
+    assert read_back(tmp_path / "o.mov")["audio_packets"] == read_back(src)["audio_packets"]  # copied

@@ -475,7 +475,8 @@ def _copyable(container, out, s) -> bool:
     is: a copied one fails MOV's trailer; the timecode tag carries it instead)."""
     muxer, family = out.format.name, FAMILIES.get(out.format.name)
     name = s.codec_context.name if s.codec_context else None
-    if s.type == "audio" and family in PLAYABLE_AUDIO and name not in PLAYABLE_AUDIO[family]:
+    mov_pcm = muxer == "mov" and (name or "").startswith("pcm_")  # QuickTime's own: kept lossless
+    if s.type == "audio" and family in PLAYABLE_AUDIO and name not in PLAYABLE_AUDIO[family] and not mov_pcm:
         return False
     if s.type == "data":
         return _copy_works(muxer, s, _first_packet(container.name, s.index))
