@@ -345,3 +345,28 @@ def test_pcm_audio_stays_pcm_in_mov_and_becomes_aac_in_mp4(tmp_path):
         assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]) == 0
         assert read_back(out)["audio"] == codec
     assert read_back(tmp_path / "o.mov")["audio_packets"] == read_back(src)["audio_packets"]  # copied
+
+
+def test_trims_of_mpeg_ts_count_from_its_first_frame_and_keep_every_frame(tmp_path):
+    """MPEG-TS starts late (FFmpeg's mux delay, a broadcast's clock) and has no index:
+    --start/--duration count from the file's start (nothing was found before), and every frame
+    of the window is kept (a seek lost 21 of 24)."""
+    src = tmp_path / "cam.ts"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+        v.codec_context.options = {"g": "24", "keyint_min": "24", "sc_threshold": "0"}
+        for i in range(96):
+            img = np.zeros((16, 32, 3), np.uint8)
+            img[:, i % 32] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = 48 + i, Fraction(1, 24)  # from 2 s, as a cut of a broadcast
+            c.mux(v.encode(frame))
+        c.mux(v.encode())
+    with av.open(str(src)) as c:
+        assert c.start_time / 1e6 > 1.9  # the offset this test is about
+    for args, frames in ((["--start", "1.2", "--duration", "1"], 24), (["--duration", "1"], 24),
+                         (["--start", "3.5"], 12)):
+        out = tmp_path / "o.mp4"
+        assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--overwrite", *args]) == 0
+        assert len(read_back(out)["times"]) == frames, args

@@ -156,7 +156,8 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
                 vout = add_video_stream(out, vin, codec, plan.size, plan.out_fmt, first, crf, preset)
                 copies, encodes = add_copied_streams(container, out, skip=vin.index)
                 start_output(container, out)
-                window = ClipWindow(start, duration)
+                origin = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
+                window = ClipWindow(start, duration, origin=max(0.0, origin))
                 summary = _pump(container, out, vout, (copies, encodes), plan, window, batch, progress)
             except BaseException:
                 close_after_error(out)
@@ -175,13 +176,15 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
 @dataclass(frozen=True)
 class ClipWindow:
     """The part of the input to upscale, in seconds: from `start` (None: the beginning) for
-    `duration` (None: to the end). Output timestamps start at `start`'s."""
+    `duration` (None: to the end), counted from `origin`, the file's first timestamp (MPEG-TS
+    files start at 1.4 s or hours in). Output timestamps start at `start`'s."""
     start: float | None = None
     duration: float | None = None
+    origin: float = 0.0
 
     @property
     def t0(self) -> float:
-        return float(self.start or 0.0)
+        return self.origin + float(self.start or 0.0)
 
     @property
     def t1(self) -> float | None:
@@ -207,7 +210,7 @@ class ClipWindow:
         if self.duration is not None:
             return int(round(self.duration * float(rate)))
         if self.start and available:
-            return max(0, available - int(round(self.t0 * float(rate))))
+            return max(0, available - int(round(self.start * float(rate))))
         return available
 
 
@@ -309,8 +312,10 @@ class _Stages:
         self.plan, self.window, self.batch = plan, window, batch
         self.vin = container.streams.video[0]
         self.rate = frame_rate(self.vin)
-        if window.start:
-            container.seek(int(window.start / self.vin.time_base), stream=self.vin, backward=True)
+        # MPEG-TS/PS have no index: a seek there lands after the key frame the window needs
+        # (3 frames of 24 were left); those are read from the start, frames before the window dropped
+        if window.start and container.format.name not in ("mpegts", "mpeg"):
+            container.seek(int(window.t0 / self.vin.time_base), stream=self.vin, backward=True)
         self.streams = [self.vin] + [container.streams[i] for i in (*self.copies, *self.encodes)]
         self.shift = {s.index: window.shift(s.time_base) for s in self.streams}
         self.pipe = _Pipeline()
