@@ -272,3 +272,22 @@ def test_prepare_and_check_report_progress_without_a_terminal(tmp_path, capsys, 
     assert "prepare 3/3 (100%)" in capsys.readouterr().err
     cli.main(["data", "check", str(src)])
     assert "check 3/3 (100%)" in capsys.readouterr().err
+
+
+def test_prepare_reruns_count_what_is_there_and_tidy_a_killed_run(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, side in enumerate((96, 96, 40)):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    args = ["data", "prepare", str(src), str(src / "0.png"), "-o", str(out), "--size", "48"]
+    assert cli.main(args) == 0  # 0.png named twice: cut once
+    first = capsys.readouterr().out
+    assert "3 sources: 8 crops (8 written now)" in first and "1 images smaller than 48" in first
+    (out / ".src__0_s000.png.abcd1234.png.part").write_bytes(b"half a crop")  # as a kill leaves it
+    assert cli.main(args) == 0
+    again = capsys.readouterr().out
+    assert "3 sources: 8 crops (0 written now)" in again and "3 already done, 1 images smaller" in again
+    assert not list(out.glob(".*.part"))
+    assert cli.main(["data", "prepare", str(src), "-o", str(src)]) == 2
+    assert "is the source folder itself" in capsys.readouterr().err

@@ -93,15 +93,27 @@ def _frames(path: Path, name: str, every: int):
         yield name, read_rgb(path)
 
 
-def _load_manifest(out: Path, params: str) -> set[str]:
+def _load_manifest(out: Path, params: str) -> dict[str, int]:
+    """{source key: crops made} of the sources done in an earlier run into `out`."""
     path = out / MANIFEST
     if not path.exists():
-        return set()
+        return {}
     lines = path.read_text().splitlines()
     if not lines or lines[0] != params:
         raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
                         "use the same options or another -o folder")
-    return {ln.rsplit("\t", 1)[0] for ln in lines[1:] if "\t" in ln}
+    done = {}
+    for line in lines[1:]:
+        key, _, n = line.rpartition("\t")
+        if key:
+            done[key] = int(n) if n.isdigit() else 0
+    return done
+
+
+def _drop_stale_parts(out_dir: Path) -> None:
+    """Crops half-written by a run that was killed (`atomic_save`'s .NAME.XXXX.png.part files)."""
+    for stale in out_dir.glob(".*.png.part"):
+        stale.unlink(missing_ok=True)
 
 
 def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None = None,
@@ -112,21 +124,27 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
     if size < 1 or stride < 1 or every < 1 or min_rest < 0:
         raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
     out_dir = Path(out)
-    todo, made_here, named = [], out_dir.resolve(), {}
+    todo, made_here, named, taken = [], out_dir.resolve(), {}, set()
     for src in sources:
         root = Path(src).resolve()
         for f in source_files(root):
             if made_here in f.parents:  # -o inside a source: its crops are not sources
                 continue
             name = f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__")
-            if name in named and named[name] != f:
+            if f in taken:  # one file named twice (a folder and a file in it): cut once
+                continue
+            if name in named:
                 raise UserError(f"{named[name]} and {f} would make crops of the same names ({name}_s000.png "
                                 "...): prepare folders of different names, or into different -o folders")
             named[name] = f
+            taken.add(f)
             todo.append((f, name))
     if not todo:
-        raise UserError(f"no images or videos in {', '.join(sources)}")
+        inside = any(made_here == Path(src).resolve() for src in sources)
+        raise UserError(f"-o {out} is the source folder itself: name another folder for the crops" if inside
+                        else f"no images or videos in {', '.join(sources)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _drop_stale_parts(out_dir)
     params = f"# size={size} stride={stride} min_rest={min_rest} every={every}"
     done = _load_manifest(out_dir, params)
     if not (out_dir / MANIFEST).exists():
@@ -138,8 +156,10 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
         bar.update(1)  # started: the files already done are passed over as quickly
         st = path.stat()
         key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if key in done:
+        if key in done:  # its crops (or that it had none) counted as before
             counts["skipped_done"] += 1
+            counts["crops"] += done[key]
+            counts["too_small"] += done[key] == 0
             continue
         n_crops = 0
         try:
