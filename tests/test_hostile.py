@@ -866,3 +866,19 @@ def test_model_messages_say_what_to_do(tmp_path, capsys):
     torch.save({"step": 1, "run_dir": Path("run")}, state)  # more than tensors, as the real one
     line = assert_refused(cli.main(["image", str(src), "-o", str(tmp_path / "o.png"), "--model", str(state)]), capsys)
     assert "best.safetensors" in line
+
+
+def test_a_16_bit_rgb_tiff_keeps_16_bits(tmp_path, capsys):
+    """Pillow opens it as 8-bit RGB; PyAV decodes its 16 bits, as for 16-bit PNG."""
+    import av
+    deep = RNG.integers(0, 65536, (12, 16, 3), dtype=np.uint16)
+    src = tmp_path / "d.tif"
+    with av.open(str(src), "w", format="image2") as c:
+        s = c.add_stream("tiff", rate=1)
+        s.width, s.height, s.pix_fmt = 16, 12, "rgb48le"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(deep, format="rgb48le")))
+        c.mux(s.encode())
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "o.png"), "--model", "bicubic", "--scale", "1"]) == 0
+    with av.open(str(tmp_path / "o.png")) as c:
+        out = next(c.decode(video=0)).to_ndarray(format="rgb48le")
+    assert np.abs(out.astype(int) - deep).max() <= 1

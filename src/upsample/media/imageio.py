@@ -7,6 +7,7 @@ import math
 import os
 import re
 import struct
+import sys
 import tempfile
 import warnings
 import zlib
@@ -264,10 +265,16 @@ def planes_to_pil(planes: Planes) -> Image.Image:
 
 def read_planes(path: str | os.PathLike) -> Planes:
     """An image file as planes, with its EXIF orientation applied (pixels turned upright).
-    16-bit RGB(A) PNGs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits."""
+    16-bit RGB(A) PNGs and TIFFs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits."""
     img = open_image(path)
     if _is_deep_color_png(path):
         return _read_deep_png(path, img)
+    if _is_deep_color_tiff(img):
+        try:
+            return _read_deep_png(path, img)
+        except UserError:  # a TIFF layout FFmpeg does not decode: Pillow's 8 bits, said so
+            print(f"note: {path}: 16-bit RGB TIFF read as 8-bit (FFmpeg cannot decode this layout)",
+                  file=sys.stderr)
     try:
         upright = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block: say so rather than guess the orientation
@@ -320,6 +327,14 @@ def _is_deep_color_png(path: str | os.PathLike) -> bool:
         return False
     return (len(head) == 26 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
             and head[24] == 16 and head[25] in (2, 6))
+
+
+def _is_deep_color_tiff(img: Image.Image) -> bool:
+    """A TIFF of 16-bit RGB(A) samples (Pillow opens it as 8-bit RGB)."""
+    if img.format != "TIFF" or img.mode not in ("RGB", "RGBA"):
+        return False
+    bits = img.tag_v2.get(258, (8,))  # BitsPerSample
+    return (bits if isinstance(bits, tuple) else (bits,))[0] == 16
 
 
 def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
