@@ -370,3 +370,16 @@ def test_trims_of_mpeg_ts_count_from_its_first_frame_and_keep_every_frame(tmp_pa
         out = tmp_path / "o.mp4"
         assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--overwrite", *args]) == 0
         assert len(read_back(out)["times"]) == frames, args
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv", ".webm"])
+def test_a_gifs_last_frame_is_held_as_long_as_it_says(tmp_path, ext):
+    """Delays 100/500/1000 ms: 1.6 s of video (the closing hold was cut to the average frame)."""
+    frames = [Image.fromarray(np.full((16, 24, 3), v, np.uint8)) for v in (0, 120, 240)]
+    src = tmp_path / "a.gif"
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=[100, 500, 1000], loop=0)
+    out = tmp_path / f"o{ext}"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]) == 0
+    with av.open(str(out)) as c:
+        assert c.duration / 1e6 == pytest.approx(1.6, abs=0.02)
+        assert [round(f.time, 2) for f in c.decode(video=0)] == [0.0, 0.1, 0.6]

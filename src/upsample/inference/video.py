@@ -324,6 +324,7 @@ class _Stages:
         self.mux_lock = threading.Lock()
         self.frames_out = self.packets_copied = self.frames_decoded = 0
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
+        self.durations: dict[int, int] = {}  # pts -> duration of the frames sent to the encoder
 
     def read(self) -> None:
         """Thread 1: demux; decode the video's frames of the window onto `frames_q`; remux the
@@ -404,15 +405,24 @@ class _Stages:
                 break
             for frame in item:
                 t = time.perf_counter()
+                if frame.duration:
+                    self.durations[frame.pts] = frame.duration
                 packets = self.vout.encode(frame)
                 self.busy["encode"] += time.perf_counter() - t
-                with self.mux_lock:
-                    self.out.mux(packets)
+                self.mux_video(packets)
                 self.frames_out += 1
         if not self.pipe.stop.is_set():
-            packets = self.vout.encode(None)
-            with self.mux_lock:
-                self.out.mux(packets)
+            self.mux_video(self.vout.encode(None))
+
+    def mux_video(self, packets) -> None:
+        """Mux encoded packets with their frames' durations: encoders drop them, and the muxer
+        then guesses the last frame's from the average rate (a GIF's closing 1 s hold became 0.36 s)."""
+        for packet in packets:
+            duration = self.durations.pop(packet.pts, None)
+            if duration:
+                packet.duration = duration
+        with self.mux_lock:
+            self.out.mux(packets)
 
     def upscale(self, bar, estimate: RunEstimate) -> None:
         """The calling thread: batches of decoded frames from `frames_q`, upscaled onto `encode_q`."""
