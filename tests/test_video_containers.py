@@ -383,3 +383,15 @@ def test_a_gifs_last_frame_is_held_as_long_as_it_says(tmp_path, ext):
     with av.open(str(out)) as c:
         assert c.duration / 1e6 == pytest.approx(1.6, abs=0.02)
         assert [round(f.time, 2) for f in c.decode(video=0)] == [0.0, 0.1, 0.6]
+
+
+def test_a_transparent_input_says_its_alpha_is_not_kept(tmp_path, capsys):
+    src = tmp_path / "logo.mov"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("png", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "rgba"
+        for _ in range(2):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.zeros((16, 32, 4), np.uint8), format="rgba")))
+        c.mux(v.encode())
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
+    assert "transparency (alpha) is not kept" in capsys.readouterr().err

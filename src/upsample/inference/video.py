@@ -144,6 +144,8 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
     try:
         vin = container.streams.video[0]
         codec, out_fmt, notes = choose_encoding(dst, vin.codec_context.format.name, codec, pix_fmt)
+        if vin.metadata.get("alpha_mode") == "1" or any(c.is_alpha for c in vin.codec_context.format.components):
+            notes.append("the input's transparency (alpha) is not kept: video output here is opaque")
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         plan, batch = _plan(up, vin.codec_context, out_fmt, batch=batch, tile=tile,
