@@ -395,3 +395,12 @@ def test_a_transparent_input_says_its_alpha_is_not_kept(tmp_path, capsys):
         c.mux(v.encode())
     assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
     assert "transparency (alpha) is not kept" in capsys.readouterr().err
+
+
+def test_a_subtitle_on_screen_at_start_is_kept_from_there(clips, tmp_path):
+    """--start 0.1 falls inside the first cue (0-0.2 s): it stays, shortened (it was dropped)."""
+    out = tmp_path / "o.mkv"
+    assert cli.main(["video", str(clips["mkv-subs"]), "-o", str(out), "--model", "bicubic", "--start", "0.1"]) == 0
+    back = read_back(out)
+    assert back["subtitle_cues"] == ["an upscaled line", "a second line"]
+    assert back["subtitle_times"] == [pytest.approx((0.0, 0.1), abs=0.01), pytest.approx((0.2, 0.1), abs=0.01)]

@@ -341,6 +341,8 @@ class _Stages:
                     return
                 continue
             when = float(packet.pts * packet.time_base) if packet.pts is not None else None
+            if packet.stream.type == "subtitle" and packet.size:
+                when = self.clip_cue(packet, when)
             if packet.size and not self.window.contains(when):
                 continue
             if index in self.encodes:
@@ -349,6 +351,21 @@ class _Stages:
                 remux(self.out, packet, self.copies[index], self.shift[index], self.mux_lock)
                 self.packets_copied += 1
         self.pipe.put(self.frames_q, _END)
+
+    def clip_cue(self, packet, when: float | None) -> float | None:
+        """A subtitle on screen when the window starts is kept from the window's start (it was
+        dropped); returns the cue's start time after that."""
+        t0 = self.window.t0
+        if not self.window.start or when is None or not packet.duration or when >= t0:
+            return when
+        cut = int(round((t0 - when) / packet.time_base))
+        if cut >= packet.duration:
+            return when  # over before the window: left out as before
+        packet.pts += cut
+        if packet.dts is not None:
+            packet.dts += cut
+        packet.duration -= cut
+        return float(packet.pts * packet.time_base)
 
     def read_video(self, packet) -> bool:
         """The frames of a video packet in the window onto `frames_q`; False: stop reading."""
