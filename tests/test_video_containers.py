@@ -404,3 +404,22 @@ def test_a_subtitle_on_screen_at_start_is_kept_from_there(clips, tmp_path):
     back = read_back(out)
     assert back["subtitle_cues"] == ["an upscaled line", "a second line"]
     assert back["subtitle_times"] == [pytest.approx((0.0, 0.1), abs=0.01), pytest.approx((0.2, 0.1), abs=0.01)]
+
+
+def test_matroska_attachments_are_kept_in_matroska(tmp_path, capsys):
+    """The fonts an ASS subtitle track needs travel as attachments (they were dropped)."""
+    src = tmp_path / "anime.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+        c.add_attachment(name="font.ttf", mimetype="application/x-truetype-font", data=b"\x00\x01fontdata")
+        for _ in range(3):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.zeros((16, 32, 3), np.uint8), format="rgb24")))
+        c.mux(v.encode())
+    out = tmp_path / "o.mkv"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]) == 0
+    with av.open(str(out)) as c:
+        (att,) = [s for s in c.streams if s.type == "attachment"]
+        assert att.metadata["filename"] == "font.ttf" and att.data == b"\x00\x01fontdata"
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
+    assert "(attachment) is not copied" in capsys.readouterr().err

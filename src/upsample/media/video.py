@@ -534,6 +534,11 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
         if s.index == skip:
             continue
         name = s.codec_context.name if s.codec_context else "?"
+        if s.type == "attachment" and out.format.name == "matroska" and s.metadata.get("filename"):
+            # fonts for ASS subtitles and the like: only Matroska holds attachments
+            out.add_attachment(name=s.metadata["filename"], data=s.data,
+                               mimetype=s.mimetype or s.metadata.get("mimetype") or "application/octet-stream")
+            continue
         if s.type not in COPY_TYPES:
             print(f"note: stream #{s.index} ({s.type}) is not copied", file=sys.stderr)
             continue
