@@ -213,3 +213,10 @@ def test_an_exported_openvino_graph_given_as_model_is_one_line(tmp_path, capsys)
     rc = cli.main(["image", str(img), "-o", str(tmp_path / "o.png"), "--model", str(out), "--backend", "openvino"])
     err = capsys.readouterr().err
     assert rc == 2 and "`upsample export espcn-x2 --format onnx`" in err and "Traceback" not in err
+
+
+def test_uint8_export_of_a_y_model_declares_three_output_channels(tmp_path):
+    out = tmp_path / "e.onnx"
+    assert cli.main(["export", "espcn-x2", "--uint8-io", "-o", str(out)]) == 0
+    dims = onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", "out_height", "out_width", 3]

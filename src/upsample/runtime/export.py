@@ -123,7 +123,20 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, *, opset: int = OPSET) 
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch", h: "height", h + 1: "width"},
                                         "output": {0: "batch", h: "out_height", h + 1: "out_width"}})
-    return f.getvalue()
+    return _fixed_channels(f.getvalue(), channel_axis=1 if h == 2 else 3)
+
+
+def _fixed_channels(data: bytes, channel_axis: int) -> bytes:
+    """The graph with its input's channel count written on its output's channel axis, where
+    the exporter left that axis unnamed (a Y model's uint8 RGB output, built by a transpose)."""
+    import onnx
+    graph = onnx.load_from_string(data)
+    src = graph.graph.input[0].type.tensor_type.shape.dim[channel_axis]
+    dst = graph.graph.output[0].type.tensor_type.shape.dim[channel_axis]
+    if dst.HasField("dim_value") or not src.HasField("dim_value"):
+        return data
+    dst.dim_value = src.dim_value  # image to image: the channels in are the channels out
+    return graph.SerializeToString()
 
 
 CONTRACT_KEY = "upsample"  # the metadata key of `io_contract` (ONNX metadata_props, OpenVINO rt_info)
