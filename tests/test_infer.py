@@ -518,3 +518,15 @@ def test_per_thread_runs_requests_concurrently():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_dense_resize_weights_are_cached_by_bytes_and_can_be_dropped():
+    """64 cached matrices of up to 32 MB each kept gigabytes; --max-memory counted them as held."""
+    from upsample.data import bicubic, degrade
+    degrade.drop_resize_caches()
+    for n in range(1000, 1400, 10):  # 40 sizes of ~2000 x 1000 float64 weights: 16 MB each
+        degrade.resize_matrix(n, 2 * n, 2.0)
+    assert 0 < bicubic.weights_cache.currsize <= bicubic.WEIGHTS_CACHE_BYTES
+    assert degrade.resize_matrix(1390, 2780, 2.0) is degrade.resize_matrix(1390, 2780, 2.0)  # still a cache
+    degrade.drop_resize_caches()
+    assert bicubic.weights_cache.currsize == 0

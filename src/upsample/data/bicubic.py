@@ -16,9 +16,11 @@ sums more taps than torch adds one by one, so there the two differ more often.
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 
 import numpy as np
+from cachetools import LRUCache, cached
 
 # Up to this many (out x in) weights per dimension a dense matrix product (BLAS) is used; it is
 # several times faster than the gather form, which keeps memory proportional to the output.
@@ -58,7 +60,14 @@ def contributions(in_len: int, out_len: int, scale: float, antialias: bool = Tru
     return np.ascontiguousarray(idx0[:, keep]), np.ascontiguousarray(weights[:, keep])
 
 
-@lru_cache(maxsize=64)
+# Dense weight matrices take up to 32 MB each (DENSE_LIMIT float64 weights): the cache keeps the
+# latest up to this many bytes, not a count - 64 of them kept gigabytes of a folder of odd sizes,
+# and --max-memory saw them as held. `degrade.drop_resize_caches` empties it.
+WEIGHTS_CACHE_BYTES = 128 << 20
+weights_cache = LRUCache(maxsize=WEIGHTS_CACHE_BYTES, getsizeof=lambda m: m.nbytes)
+
+
+@cached(weights_cache, lock=threading.Lock())
 def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> np.ndarray:
     """The (out_len, in_len) float64 matrix of imresize along one dimension (mirrored taps added)."""
     idx, w = contributions(in_len, out_len, float(scale), antialias)

@@ -15,14 +15,17 @@ memory stays proportional to the output and any scale factor works.
 from __future__ import annotations
 
 import math
+import threading
 from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
 import torch
+from cachetools import LRUCache, cached
 
 # The kernel itself is torch-free, in `bicubic`; its names stay importable from here.
-from .bicubic import DENSE_LIMIT, contributions, cubic, output_size, passes, resize_weights  # noqa: F401
+from .bicubic import (DENSE_LIMIT, WEIGHTS_CACHE_BYTES, contributions, cubic, output_size, passes,  # noqa: F401
+                      resize_weights, weights_cache)
 from .colour import to_tensor
 
 
@@ -227,10 +230,20 @@ def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
     return x
 
 
-@lru_cache(maxsize=64)
+_matrix_cache = LRUCache(maxsize=WEIGHTS_CACHE_BYTES, getsizeof=lambda t: t.numel() * t.element_size())
+
+
+@cached(_matrix_cache, lock=threading.Lock())
 def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = True) -> torch.Tensor:
-    """`bicubic.resize_weights` as a float64 tensor."""
+    """`bicubic.resize_weights` as a float64 tensor (its own copy: the cached array is read-only)."""
     return torch.tensor(resize_weights(in_len, out_len, scale, antialias))
+
+
+def drop_resize_caches() -> None:
+    """Empty the caches of dense resize weights (remade when next needed): what a memory budget
+    should not count as held."""
+    _matrix_cache.clear()
+    weights_cache.clear()
 
 
 # --- The evaluation protocol's LR: modcrop, MATLAB bicubic down, rounded to uint8 -------------

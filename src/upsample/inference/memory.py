@@ -21,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..data.degrade import drop_resize_caches
 from ..errors import UserError
 from .sizes import MAX_DEFAULT_PAD
 from .tiling import MIN_TILE, TileGeometry
@@ -259,7 +260,8 @@ class MemoryPlanner:
         allocate on the CPU)."""
         cpu = self.device.type == "cpu"
         if self.max_memory is not None:
-            if cpu:
+            if cpu:  # what earlier images left behind that is not held: not counted against this one
+                drop_resize_caches()
                 return_free_heap()
             budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.device))
         else:
