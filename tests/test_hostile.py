@@ -741,7 +741,7 @@ def test_no_output_replaces_an_input_or_feeds_the_next_run(tmp_path, capsys):
     folder.mkdir()
     _png(folder, "x.png")
     kept = _png(folder, "x_x2.png", rgb(5, 7)).read_bytes()
-    assert cli.main(["image", str(folder), "-o", str(folder), "--model", "bicubic", "--overwrite"]) == 2
+    assert cli.main(["image", str(folder), "-o", str(folder), "--model", "bicubic", "--overwrite"]) == 1
     assert (folder / "x_x2.png").read_bytes() == kept and "would replace an input" in capsys.readouterr().err
     # a rerun into the input folder: x_x2.png is x.png's earlier output, neither input nor replaced
     assert cli.main(["image", str(folder), "-o", str(folder), "--model", "bicubic"]) == 0

@@ -298,3 +298,24 @@ def test_saved_activations_are_counted_per_patch():
     net = registry.create_model("vdsr", num_layers=3)  # conv+relu, conv+relu, conv: 64 channels
     got = saved_bytes_per_patch(net, (1, 10, 10))
     assert 4 * 64 * 100 * 3 <= got <= 4 * 64 * 100 * 6  # a few 64-channel maps of 10x10 fp32
+
+
+def test_the_batch_check_counts_a_micro_batch_in_its_precision(monkeypatch):
+    """train.accumulate splits the batch and bf16 halves what is kept: neither is refused for
+    the fp32 count of the whole batch."""
+    from upsample.models import registry
+    from upsample.training import fits
+    net = registry.create_model("vdsr", num_layers=3)
+    per_patch = fits.saved_bytes_per_patch(net, (1, 10, 10))
+    monkeypatch.setattr(fits, "free_memory", lambda device: per_patch * 10)
+    cpu = torch.device("cpu")
+    fits.check_batch_fits([(net, (1, 10, 10))], 40, 4, cpu, half=False)  # 10 a micro-batch: fits
+    fits.check_batch_fits([(net, (1, 10, 10))], 20, 1, cpu, half=True)  # 20 in 16 bits: fits
+    from upsample.errors import UserError
+    with pytest.raises(UserError, match="raise train.accumulate"):
+        fits.check_batch_fits([(net, (1, 10, 10))], 20, 1, cpu, half=False)
+
+
+def test_dataset_names_are_relative_and_tell_folders_apart():
+    from upsample.evaluation.evaluate import dataset_names
+    assert dataset_names(["/Set5", "/data/Set5", "/data/Set14"]) == ["Set5", "data/Set5", "Set14"]

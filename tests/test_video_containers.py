@@ -423,3 +423,11 @@ def test_matroska_attachments_are_kept_in_matroska(tmp_path, capsys):
         assert att.metadata["filename"] == "font.ttf" and att.data == b"\x00\x01fontdata"
     assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
     assert "(attachment) is not copied" in capsys.readouterr().err
+
+
+def test_an_opaque_gif_gets_no_transparency_note(tmp_path, capsys):
+    """FFmpeg decodes every GIF as BGRA: the note is for pictures that really have see-through pixels."""
+    frames = [Image.fromarray(np.full((16, 24, 3), v, np.uint8)) for v in (0, 200)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
+    assert cli.main(["video", str(tmp_path / "a.gif"), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
+    assert "transparency" not in capsys.readouterr().err

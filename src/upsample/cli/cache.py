@@ -9,7 +9,8 @@ from ..media.cache import PARTS, cache_root, clear_part, part_dir, part_files
 
 
 def run(args) -> int:
-    parts = args.parts or list(PARTS)
+    # clear alone empties the exports only: a training run may be reading the other parts
+    parts = list(PARTS) if args.parts == ["all"] else args.parts or (list(PARTS) if args.action == "info" else ["export"])
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"no cache part {unknown[0]!r}: the parts are {', '.join(PARTS)}")
@@ -30,5 +31,5 @@ def register(sub) -> None:
     p = sub.add_parser("cache", help="what the cache holds (exports, decoded training images, video frames): info or clear")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("parts", nargs="*", metavar="PART",
-                   help=f"only these parts: {', '.join(PARTS)} (default: all)")
+                   help=f"these parts: {', '.join(PARTS)}, or all (default: all for info, export for clear)")
     p.set_defaults(func=run)

@@ -25,7 +25,7 @@ from cachetools import LRUCache, cached
 
 # The kernel itself is torch-free, in `bicubic`; its names stay importable from here.
 from .bicubic import (DENSE_LIMIT, WEIGHTS_CACHE_BYTES, contributions, cubic, output_size, passes,  # noqa: F401
-                      resize_weights, weights_cache)
+                      resize_weights)
 from .colour import to_tensor
 
 
@@ -242,8 +242,8 @@ def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = Tru
 def drop_resize_caches() -> None:
     """Empty the caches of dense resize weights (remade when next needed): what a memory budget
     should not count as held."""
-    _matrix_cache.clear()
-    weights_cache.clear()
+    resize_matrix.cache_clear()  # under the caches' locks: --jobs threads may be filling them
+    resize_weights.cache_clear()
 
 
 # --- The evaluation protocol's LR: modcrop, MATLAB bicubic down, rounded to uint8 -------------

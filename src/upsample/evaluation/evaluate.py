@@ -190,12 +190,12 @@ class Run:
 def dataset_names(folders: list[str]) -> list[str]:
     """Each folder's name in the report (and under --save): its own name, or where two share it
     (two Set5 folders) as much of its path as tells them apart."""
-    paths, names = [Path(f).resolve() for f in folders], []
-    for i, p in enumerate(paths):
-        others = [q for j, q in enumerate(paths) if j != i]
-        depth = next((d for d in range(1, len(p.parts)) if all(q.parts[-d:] != p.parts[-d:] for q in others)),
-                     len(p.parts))
-        names.append("/".join(p.parts[-depth:]))
+    parts = [Path(f).resolve().parts[1:] for f in folders]  # without the root: names stay relative
+    names = []
+    for i, p in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i]
+        depth = next((d for d in range(1, len(p) + 1) if all(q[-d:] != p[-d:] for q in others)), len(p))
+        names.append("/".join(p[-depth:]))
     if len(set(names)) < len(names):
         raise UserError("--data names the same folder twice")
     return names

@@ -136,9 +136,10 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
     sources = {here for _, here, _, _ in planned}
     output_of = {where: src for src, here, _, where in planned if where in sources and where != here}
     for src, here, dst, where in planned:
-        if here in output_of:
+        if here in output_of:  # counted with the skipped
             print(f"note: {src} has the output name of {output_of[here].name}: not read as an input",
                   file=sys.stderr)
+            skipped += 1
             continue
         if where in sources and (overwrite or where == here):
             print(f"upsample image: error: {src}: its output {dst.name} would replace an input; "

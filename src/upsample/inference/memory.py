@@ -278,7 +278,7 @@ class MemoryPlanner:
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
         if side < MIN_TILE:
             need = bpp * (MIN_TILE + 2 * self.pad) ** 2
-            if budget <= 0:
+            if budget <= 0 and self.max_memory is not None and self.device.type == "cpu":
                 raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: the model, this image and "
                                 f"its output already take it all ({(reserved + rss_bytes()) / 1e6:.0f} MB); "
                                 "raise it")

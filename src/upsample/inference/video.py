@@ -144,13 +144,13 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
     try:
         vin = container.streams.video[0]
         codec, out_fmt, notes = choose_encoding(dst, vin.codec_context.format.name, codec, pix_fmt)
-        if vin.metadata.get("alpha_mode") == "1" or any(c.is_alpha for c in vin.codec_context.format.components):
+        first = first_frame(src, vin.index)
+        if vin.metadata.get("alpha_mode") == "1" or _transparent(first):
             notes.append("the input's transparency (alpha) is not kept: video output here is opaque")
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         plan, batch = _plan(up, vin.codec_context, out_fmt, batch=batch, tile=tile,
                             max_memory=max_memory, tile_batch=tile_batch)
-        first = first_frame(src, vin.index)
         suffix = dst.suffix or ".mp4"
         with atomic_output(dst, suffix=".part" + suffix) as tmp:  # the container goes by suffix
             out = open_output(tmp, suffix)
@@ -174,6 +174,17 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
 # ----------------------------------------------------------------------------------------------
 # The --start/--duration window
 # ----------------------------------------------------------------------------------------------
+
+TS_SEEK_MARGIN = 10.0  # seconds: longer than the key frame interval of broadcast and camera TS
+
+
+def _transparent(frame) -> bool:
+    """Whether the first frame has an alpha plane that is not all opaque (FFmpeg's GIF decoder
+    gives BGRA for every GIF; VP9's alpha comes as the stream's alpha_mode instead)."""
+    if frame is None or not any(c.is_alpha for c in frame.format.components):
+        return False
+    return int(frame.to_ndarray(format="rgba")[..., 3].min()) < 255
+
 
 @dataclass(frozen=True)
 class ClipWindow:
@@ -314,10 +325,13 @@ class _Stages:
         self.plan, self.window, self.batch = plan, window, batch
         self.vin = container.streams.video[0]
         self.rate = frame_rate(self.vin)
-        # MPEG-TS/PS have no index: a seek there lands after the key frame the window needs
-        # (3 frames of 24 were left); those are read from the start, frames before the window dropped
-        if window.start and container.format.name not in ("mpegts", "mpeg"):
-            container.seek(int(window.t0 / self.vin.time_base), stream=self.vin, backward=True)
+        # MPEG-TS/PS have no index: a seek there lands after the key frame the window needs (3
+        # frames of 24 were left), so it goes TS_SEEK_MARGIN earlier (or not at all near the
+        # start) and the frames before the window are dropped as they are decoded
+        unindexed = container.format.name in ("mpegts", "mpeg")
+        target = window.t0 - TS_SEEK_MARGIN if unindexed else window.t0
+        if window.start and target > window.origin:
+            container.seek(int(target / self.vin.time_base), stream=self.vin, backward=True)
         self.streams = [self.vin] + [container.streams[i] for i in (*self.copies, *self.encodes)]
         self.shift = {s.index: window.shift(s.time_base) for s in self.streams}
         self.pipe = _Pipeline()
@@ -353,8 +367,9 @@ class _Stages:
         self.pipe.put(self.frames_q, _END)
 
     def clip_cue(self, packet, when: float | None) -> float | None:
-        """A subtitle on screen when the window starts is kept from the window's start (it was
-        dropped); returns the cue's start time after that."""
+        """A subtitle read while on screen at the window's start is kept from that start (it was
+        dropped; one that began before the key frame the seek lands on is not read at all);
+        returns the cue's start time after that."""
         t0 = self.window.t0
         if not self.window.start or when is None or not packet.duration or when >= t0:
             return when

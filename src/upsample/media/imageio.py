@@ -344,7 +344,7 @@ def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
             frame = next(container.decode(video=0))
     except (av.FFmpegError, StopIteration, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}; the file is corrupt") from None
-    has_alpha = frame.format.name.startswith("rgba")
+    has_alpha = any(c.is_alpha for c in frame.format.components)  # rgba64, planar gbrap16 ...
     arr = frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
     exif = img.getexif()
     if exif.get(0x0112, 1) != 1:  # turn upright exactly as Pillow would: on an index image

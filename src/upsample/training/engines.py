@@ -271,7 +271,7 @@ def release_shm_buffer(rank: int) -> None:
     if port is None:
         return
     dist.barrier()
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_{port}_{rank}"
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{port}_{rank}"
     try:
         os.unlink(Path("/dev/shm") / name)
     except OSError:

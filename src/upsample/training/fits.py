@@ -43,21 +43,24 @@ def saved_bytes_per_patch(net: nn.Module, shape: tuple[int, int, int]) -> int | 
     return max(0, counts[1] - counts[0])
 
 
-def check_batch_fits(nets: list[tuple[nn.Module, tuple[int, int, int]]], batch: int,
-                     device: torch.device) -> None:
-    """A UserError naming the batch size that fits when `batch` patches through `nets` (each with
-    its input shape) would keep more activations than the memory available to this rank (the
-    machine's share of each of the ranks a launcher started on it)."""
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+def check_batch_fits(nets: list[tuple[nn.Module, tuple[int, int, int]]], batch: int, accumulate: int,
+                     device: torch.device, half: bool) -> None:
+    """A UserError naming the batch size that fits when a micro-batch (`batch` / `accumulate`
+    patches) through `nets` (each with its input shape) would keep more activations than the
+    memory available to this rank: on the CPU the machine's share of each rank a launcher started
+    on it. `half`: mixed precision may keep them in 16 bits, half the fp32 count."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1")
     counted = [saved_bytes_per_patch(net, shape) for net, shape in nets]
-    per_patch = sum(c for c in counted if c)
+    per_patch = sum(c for c in counted if c) // (2 if half else 1)
+    micro = batch // max(1, accumulate)
     if not per_patch:
         return
-    available = free_memory(device) // max(1, ranks_here)
-    if per_patch * batch <= available:
+    available = free_memory(device) // (max(1, ranks_here) if device.type == "cpu" else 1)
+    if per_patch * micro <= available:
         return
-    fits = max(1, available // per_patch)
-    raise UserError(f"data.batch_size = {batch} keeps at least {per_patch * batch / 1e9:.1f} GB of "
-                    f"activations for the backward pass ({per_patch / 1e6:.1f} MB a patch), more than "
-                    f"the {available / 1e9:.1f} GB available on {device.type}; use data.batch_size <= "
-                    f"{fits // 2 or 1} (half of what would just fit, for the backward pass and the optimizer)")
+    fits = max(1, available // per_patch) * max(1, accumulate)
+    raise UserError(f"data.batch_size = {batch} keeps at least {per_patch * micro / 1e9:.1f} GB of activations "
+                    f"for the backward pass of each of its {accumulate} micro-batch(es) ({per_patch / 1e6:.1f} "
+                    f"MB a patch), more than the {available / 1e9:.1f} GB available on {device.type}; use "
+                    f"data.batch_size <= {fits // 2 or 1} (half of what would just fit, for the backward pass "
+                    "and the optimizer), or raise train.accumulate")

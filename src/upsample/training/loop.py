@@ -98,7 +98,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         procs.log(finished_note(saved, cfg, run_dir))
         return 0
     model, scales, perceptual, disc = build_model(cfg, procs, init=None if resuming else init)
-    check_batch_fits(networks_in_a_step(cfg, model, scales, perceptual, disc), cfg.data.batch_size, procs.dev)
+    check_batch_fits(networks_in_a_step(cfg, model, scales, perceptual, disc), cfg.data.batch_size,
+                     cfg.train.accumulate, procs.dev, half=cfg.train.amp != "none")
     pairs, val_images = build_data(cfg, model.upsample_spec, scales, procs)
     sampling = Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
                         seed=cfg.train.seed, rank=procs.rank, world=procs.world, n_images=len(pairs))
@@ -226,7 +227,8 @@ def networks_in_a_step(cfg: config_mod.Config, model: nn.Module, scales: list, p
     spec, hr = model.upsample_spec, cfg.data.patch_size
     side = hr if spec.pre_upsample else hr // int(min(scales))
     found = [(model, (spec.channels, side, side))]
-    found += [(net, (3, hr, hr)) for net in (perceptual, disc and disc.model) if net is not None]
+    found += [(net, (3, hr, hr)) for net in (perceptual and perceptual.features, disc and disc.model)
+              if net is not None]
     return found
 
 
