@@ -116,23 +116,16 @@ def _drop_stale_parts(out_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None = None,
-            min_rest: int = 0, every: int = 1, progress: bool = True) -> dict:
-    """Cut sources into size x size PNG crops in `out`; returns counts. Re-running skips the
-    sources listed in out/.prepare-done and any crop file that already exists."""
-    stride = size if stride is None else stride
-    if size < 1 or stride < 1 or every < 1 or min_rest < 0:
-        raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
-    out_dir = Path(out)
+def _sources_to_cut(sources: list[str], out_dir: Path) -> list[tuple[Path, str]]:
+    """(file, crop name stem) of every picture and video under `sources`, each once, none of
+    them under `out_dir`; a UserError where two would make crops of one name or none is found."""
     todo, made_here, named, taken = [], out_dir.resolve(), {}, set()
     for src in sources:
         root = Path(src).resolve()
         for f in source_files(root):
-            if made_here in f.parents:  # -o inside a source: its crops are not sources
+            if made_here in f.parents or f in taken:  # -o inside a source; one file named twice
                 continue
             name = f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__")
-            if f in taken:  # one file named twice (a folder and a file in it): cut once
-                continue
             if name in named:
                 raise UserError(f"{named[name]} and {f} would make crops of the same names ({name}_s000.png "
                                 "...): prepare folders of different names, or into different -o folders")
@@ -141,8 +134,20 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             todo.append((f, name))
     if not todo:
         inside = any(made_here == Path(src).resolve() for src in sources)
-        raise UserError(f"-o {out} is the source folder itself: name another folder for the crops" if inside
+        raise UserError(f"-o {out_dir} is the source folder itself: name another folder for the crops" if inside
                         else f"no images or videos in {', '.join(sources)}")
+    return todo
+
+
+def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None = None,
+            min_rest: int = 0, every: int = 1, progress: bool = True) -> dict:
+    """Cut sources into size x size PNG crops in `out`; returns counts. Re-running skips the
+    sources listed in out/.prepare-done and any crop file that already exists."""
+    stride = size if stride is None else stride
+    if size < 1 or stride < 1 or every < 1 or min_rest < 0:
+        raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
+    out_dir = Path(out)
+    todo = _sources_to_cut(sources, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _drop_stale_parts(out_dir)
     params = f"# size={size} stride={stride} min_rest={min_rest} every={every}"
