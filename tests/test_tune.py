@@ -97,3 +97,17 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, sets, message):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_bad_storage_claims_no_run_dir_and_a_resumed_study_draws_new_values(tmp_path, capsys):
+    from upsample.errors import UserError
+    from upsample.training import tune
+    with pytest.raises(UserError, match="--storage"):
+        tune.open_study("s", "bogus://x", 0)
+    storage = f"sqlite:///{tmp_path / 't.db'}"
+    first = tune.open_study("s", storage, 0)
+    first.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    again = tune.open_study("s", storage, 0)  # as a resumed `upsample tune` opens it
+    again.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    xs = [t.params["x"] for t in again.trials]
+    assert len(xs) == 4 and len(set(xs)) == 4

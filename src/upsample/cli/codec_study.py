@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_output_option
-
+from ..errors import UserError
+from .options import add_output_option, count_or_all
 
 
 def run(args: argparse.Namespace) -> int:
     from ..studies.codec_study import bd_summary, merge_studies, run_study
+    out = Path(args.out).resolve()
+    for item in args.inputs:  # its summary, tables and plots would be read as pictures next time
+        folder = Path(item).resolve()
+        if folder.is_dir() and (out == folder or folder in out.parents):
+            raise UserError(f"-o {args.out} lies in the input folder {item}: name a folder outside it")
+    if not args.merge:
+        from ..inference.load import check_device
+        check_device(args.device, args.backend)
     if args.merge:
         results = merge_studies(args.inputs, args.out, vs=args.vs, title=args.title)
     else:
@@ -39,12 +47,12 @@ def register(sub) -> None:
     p.add_argument("--ladder", action="append", metavar="CODEC=Q,Q,...",
                    help="rate points of a codec: qualities (images) or CRFs (video); default: "
                         + "; ".join(f"{c.name} {','.join(map(str, c.ladder))}" for c in CODECS.values()))
-    p.add_argument("--max-images", type=int, default=0, help="use N images per folder, evenly spaced (default 0: all)")
-    p.add_argument("--max-frames", type=int, default=0, help="use the first N frames of each clip (default 0: all)")
+    p.add_argument("--max-images", type=count_or_all, default=0, help="use N images per folder, evenly spaced (default 0: all)")
+    p.add_argument("--max-frames", type=count_or_all, default=0, help="use the first N frames of each clip (default 0: all)")
     p.add_argument("--backend", default="torch", help="runtime of the model upscalers: torch, "
                                                       "onnxruntime or openvino (default torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads and encoder threads (0: default)")
+    p.add_argument("--threads", type=count_or_all, default=0, help="torch threads and encoder threads (0: default)")
     p.add_argument("--title", default="", help="title of summary.md (default: none)")
     p.add_argument("--vs", action="append", metavar="TEST:ANCHOR",
                    help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable; default: none), e.g. "

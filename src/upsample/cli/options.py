@@ -13,6 +13,17 @@ import os
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
+def count_or_all(text: str) -> int:
+    """An argparse type: a whole number >= 0, where 0 means all (refused while parsing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (refused while parsing, before any model loads)."""
     try:

@@ -85,6 +85,25 @@ def claim_run_dir(root: Path, study: str) -> None:
     mark.write_text(study + "\n")
 
 
+def open_study(name: str, storage: str, seed: int):
+    """The study `name` in `storage` (made if new), its sampler seeded past the trials it holds:
+    a resumed study draws new values (seeded alike, it drew the first trials' again)."""
+    import optuna
+    try:
+        held = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        held = 0
+    except Exception as exc:  # a bad URL, an unreachable or unwritable database
+        raise UserError(f"--storage {storage}: {exc}") from None
+    try:
+        return optuna.create_study(
+            study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed + held),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    except Exception as exc:
+        raise UserError(f"--storage {storage}: {exc}") from None
+
+
 def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_name: str | None,
          run_dir: str | None, out: str | None, device: str | None) -> Best | None:
     """Run the study in `storage` until `trials` trials have finished, then write the best
@@ -102,16 +121,10 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     out = Path(out) if out else root / "best.toml"
     if out.exists() and out.resolve() == Path(config).resolve():
         raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
-    claim_run_dir(root, f"{study_name}\t{storage}")
     # ERROR: optuna logs a failed trial's traceback as a warning; ours re-raises it as one line
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        study = optuna.create_study(
-            study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=cfg.train.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    except Exception as exc:  # a bad URL, an unreachable or unwritable database
-        raise UserError(f"--storage {storage}: {exc}") from None
+    study = open_study(study_name, storage, cfg.train.seed)  # before the run dir is claimed for it
+    claim_run_dir(root, f"{study_name}\t{storage}")
     done = [t for t in study.trials if t.state.name in FINISHED]
     left = trials - len(done)
     print(f"study {study_name!r} in {storage}: {len(done)} trial(s) finished, {max(left, 0)} to run",
