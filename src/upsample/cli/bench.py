@@ -17,8 +17,12 @@ def run(args: argparse.Namespace) -> int:
     from ..training.bench import bench_train, format_train_report
 
     log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
+    if args.train and args.model:
+        raise UserError("bench: --train MODEL times training, --model MODEL inference; give one of them")
+    if args.seconds is not None and not args.train:
+        raise UserError("--seconds is the time of each loop of --train; inference takes --runs and --warmup")
     if args.train:
-        report = bench_train(args.train, seconds=args.seconds, device=args.device,
+        report = bench_train(args.train, seconds=4.0 if args.seconds is None else args.seconds, device=args.device,
                              threads=args.threads, log=log)
         print(json.dumps(report, indent=2) if args.json else format_train_report(report))
         return 0
@@ -41,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--train", default=None, metavar="MODEL",
                    help="time training instead: our trainer vs a plain reference loop on MODEL's "
                         "recipe (configs/MODEL.toml, or a recipe file; default: time inference)")
-    p.add_argument("--seconds", type=float, default=4.0, help="--train: timed seconds per loop")
+    p.add_argument("--seconds", type=float, default=None, help="--train: timed seconds per loop (default 4)")
     p.add_argument("--scale", default=None, help="scale (default: the model's own; bicubic and VDSR need one)")
     p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
     p.add_argument("--backend", default="all", choices=["all", *BACKENDS], help="the backends to time")
