@@ -119,3 +119,10 @@ def test_train_init_from_a_pruned_checkpoint_trains_the_pruned_shape(tmp_path, c
     assert saved["model"]["kwargs"] == {"num_feat": 32, "mid_feat": 16}
     # the resolved config says where the run started, so the run can be repeated from it alone
     assert saved["train"]["init"] == str(pruned)
+
+
+def test_rrdbnet_is_refused_at_once(tmp_path, capsys):
+    """torch-pruning ran 75 s on RRDBNet's dense blocks and then failed with a TypeError."""
+    out = tmp_path / "p.safetensors"
+    assert cli.main(["prune", "rrdbnet-x4", "--allow-untrained", "--filter-ratio", "0.25", "-o", str(out)]) == 2
+    assert "dense blocks" in capsys.readouterr().err and not out.exists()

@@ -28,6 +28,9 @@ from ..inference.load import resolve_model
 from ..media.imageio import check_new_file
 
 METHODS = ("l1", "l2", "group-l1", "random")
+# architectures whose filters torch-pruning cannot take by one ratio, and why
+CANNOT_SHRINK = {"rrdbnet": "RRDBNet's dense blocks feed every layer the concatenation of all earlier "
+                            "ones, which torch-pruning cannot shrink by one ratio"}
 
 
 def output_layers(model: nn.Module) -> list[nn.Module]:
@@ -128,6 +131,8 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
     spec = model.upsample_spec
     if spec.kind != "generator":
         raise UserError(f"{model_ref} is a {spec.kind}; prune an upscaler")
+    if spec.arch in CANNOT_SHRINK:  # refused at once: torch-pruning took 75 s to fail on it
+        raise UserError(f"{name}: {CANNOT_SHRINK[spec.arch]}; prune ESPCN, VDSR or VapSR models")
     before_p, before_m = registry.count_params(model), registry.count_macs(model)
     prune_model(model, sparsity, method, filter_ratio=filter_ratio)
     after_p, after_m = registry.count_params(model), registry.count_macs(model)
