@@ -46,6 +46,13 @@ def return_free_heap() -> None:
         pass  # not glibc: resident memory errs on the safe side
 
 
+def release_unheld() -> None:
+    """Let go of what earlier images left that nothing holds (cached resize weights, free heap
+    pages), so that resident memory counts only what this image's budget must respect."""
+    drop_resize_caches()
+    return_free_heap()
+
+
 def rss_bytes() -> int:
     """This process's resident memory now."""
     try:
@@ -260,9 +267,8 @@ class MemoryPlanner:
         allocate on the CPU)."""
         cpu = self.device.type == "cpu"
         if self.max_memory is not None:
-            if cpu:  # what earlier images left behind that is not held: not counted against this one
-                drop_resize_caches()
-                return_free_heap()
+            if cpu:
+                release_unheld()
             budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.device))
         else:
             budget = free_memory(self.device) // 2
