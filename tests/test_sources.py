@@ -65,7 +65,8 @@ def test_bad_video_sources_are_one_line_errors(tmp_path):
         sources.collect_sources([str(tmp_path / "missing.mp4")], frames=tmp_path)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(2000))
-    with pytest.raises(UserError, match="cannot decode video"):
+    # random bytes: FFmpeg mostly finds no format, now and then one without a video stream
+    with pytest.raises(UserError, match="cannot decode video|no video stream"):
         sources.collect_sources([str(bad)], frames=tmp_path / "cache")
     with pytest.raises(UserError, match="data.video_every must be >= 1"):
         sources.collect_sources([str(bad)], video_every=0, frames=tmp_path)
