@@ -113,8 +113,8 @@ def _plan(up: Upscaler, cc, out_fmt: str, *, batch: int | None, tile: int | None
     deep = max(fmt.components[0].bits, cc.format.components[0].bits) > 8
     if y_model:  # planar YUV to work in; the encoder converts it to out_fmt if that differs
         work = fmt if is_planar_yuv(fmt) else av.VideoFormat("yuv420p10le" if deep else "yuv420p")
-        # an RGB or gray source comes in as `RGB_AS_YUV`: limited range
-        full = work.name.startswith("yuvj") or (cc.color_range == 2 and is_yuv(cc.format.name))
+        # the range the frames are converted to (`colour_tags`: an RGB or gray source's is limited)
+        full = work.name.startswith("yuvj") or colour_tags(cc, work.name)["color_range"] == 2
         net = YPlaneUpscaler(up, full_range=full)
     else:
         work, net = av.VideoFormat("rgb48le" if deep else "rgb24"), up
