@@ -268,10 +268,10 @@ def read_planes(path: str | os.PathLike) -> Planes:
     16-bit RGB(A) PNGs and TIFFs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits."""
     img = open_image(path)
     if _is_deep_color_png(path):
-        return _read_deep_png(path, img)
+        return _read_deep_color(path, img)
     if _is_deep_color_tiff(img):
         try:
-            return _read_deep_png(path, img)
+            return _read_deep_color(path, img)
         except UserError:  # a TIFF layout FFmpeg does not decode: Pillow's 8 bits, said so
             print(f"note: {path}: 16-bit RGB TIFF read as 8-bit (FFmpeg cannot decode this layout)",
                   file=sys.stderr)
@@ -337,7 +337,7 @@ def _is_deep_color_tiff(img: Image.Image) -> bool:
     return (bits if isinstance(bits, tuple) else (bits,))[0] == 16
 
 
-def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
+def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
     import av
     try:
         with av.open(str(path)) as container:
