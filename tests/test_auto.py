@@ -47,15 +47,17 @@ def test_bicubic_as_convolutions_equals_imresize(scale, hw):
     assert (got - want).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("name, scale", [("espcn-x3", 3), ("vdsr", 2)])
+@pytest.mark.parametrize("name, scale", [("espcn-x3", 3), ("espcn-x2", 2), ("vdsr", 2)])
 def test_fused_graph_computes_what_the_torch_upscaler_does(name, scale):
     torch.manual_seed(0)
     kwargs = {"num_layers": 4} if name == "vdsr" else {}
     net = registry.create_model(name, **kwargs).eval()
     ref = ModelUpscaler(net, net, scale=scale, name=name, backend="torch", device=torch.device("cpu"))
     x = torch.rand(1, 3, 17, 23)
+    fused = auto.FusedRGB(net, scale)
+    assert fused.in_phases == name.startswith("espcn")  # sub-pixel: the colour added before the shuffle
     with torch.no_grad():
-        assert (auto.FusedRGB(net, scale)(x) - ref(x)).abs().max() < 1e-5
+        assert (fused(x) - ref(x)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("name", ["espcn-x2", "espcn-rgb-x2"])
@@ -85,13 +87,15 @@ def test_a_failed_gate_is_remembered_and_falls_back_to_fp32(monkeypatch):
     net = registry.create_model("espcn-x2")
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
     cache.cache_dir().mkdir(parents=True)
-    failed = {f"openvino-bf16-x2-rgb2-{checks.GATE}": FAILED,  # as if both had been measured
-              f"openvino-bf16-body-x2-rgb2-{checks.GATE}": {**FAILED, "db_change": 0.03, "vs_fp32_db": 55.0}}
+    graph = cache.FUSED_GRAPH
+    failed = {f"openvino-bf16-x2-{graph}-{checks.GATE}": FAILED,  # as if all had been measured
+              f"openvino-bf16-tail-x2-{graph}-{checks.GATE}": {**FAILED, "db_change": -0.025},
+              f"openvino-bf16-body-x2-{graph}-{checks.GATE}": {**FAILED, "db_change": 0.03, "vs_fp32_db": 55.0}}
     checks.checks_path(key).write_text(json.dumps(failed))
     up = auto.cpu_runner(net, name="t", scale=2.0)
     assert up.precision == "fp32" and up.graph[1] == "f32"
     assert json.loads(checks.checks_path(key).read_text()) == failed  # nothing re-measured
-    name = f"openvino-bf16-body-x2-rgb2-{checks.GATE}"
+    name = f"openvino-bf16-body-x2-{graph}-{checks.GATE}"
     assert checks.remembered_check(key, name, lambda: 1 / 0) == (failed[name], False)
 
 
@@ -103,7 +107,7 @@ def test_the_gate_takes_the_first_graph_that_passes_and_says_what_each_costs(mon
 
     def measure(self, option, xml):
         measured.append(option)
-        return {"bf16": FAILED, "bf16-body": PASSED}[option]
+        return {"bf16": FAILED, "bf16-tail": {**FAILED, "db_change": -0.021}, "bf16-body": PASSED}[option]
     monkeypatch.setattr(auto._Gate, "measure", measure)
     net = registry.create_model("espcn-rgb-x2")  # an RGB model: one graph
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
@@ -114,11 +118,13 @@ def test_the_gate_takes_the_first_graph_that_passes_and_says_what_each_costs(mon
     err = capsys.readouterr().err
     assert "runs bf16 with the first and last layers in fp32" in err
     assert "0.004 dB lower" in err and "0.050 dB lower" in err and "48.0 dB from the fp32 picture" in err
-    assert measured == ["bf16", "bf16-body"]
+    assert "bf16 with the last layer in fp32 (PSNR 0.021 dB lower" in err
+    assert measured == ["bf16", "bf16-tail", "bf16-body"]
     again = auto._cpu_choice(net, key, net_xml, None, name="espcn-rgb-x2", scale=2.0, precision="auto",
                              threads=None, quiet=False)
-    assert again == (use, xml) and measured == ["bf16", "bf16-body"] and not capsys.readouterr().err
-    assert set(auto.remembered_results(net, 2.0)) == {"bf16", "bf16-body"}
+    assert again == (use, xml) and measured == ["bf16", "bf16-tail", "bf16-body"]
+    assert not capsys.readouterr().err
+    assert set(auto.remembered_results(net, 2.0)) == {"bf16", "bf16-tail", "bf16-body"}
     assert auto._cpu_choice(net, key, net_xml, None, name="t", scale=2.0, precision="fp32",
                             threads=None, quiet=False)[0] == "f32"  # --precision fp32: exact
 
@@ -163,3 +169,30 @@ def test_the_cuda_path_picks_a_checked_half_type_and_remembers_its_layout():
     gated = {k: v for k, v in done.items() if k.endswith(checks.GATE)}
     assert set(gated) <= {f"cuda-fp16-x2-{checks.GATE}", f"cuda-bf16-x2-{checks.GATE}"} and gated
     assert (runner.precision != "fp32") == any(checks.passes(v) for v in gated.values())
+
+
+def test_the_y_network_alone_is_gated_on_its_own_when_first_run(monkeypatch, capsys):
+    """A Y model's fused RGB graph and its network alone (video's graph) are different graphs:
+    the second is measured when first run, and runs the candidate that passed for it."""
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: True)
+    measured = []
+
+    def measure(self, option, xml):
+        fused = cache.FUSED_GRAPH in xml.name
+        measured.append((option, fused))
+        return PASSED if option == ("bf16-tail" if fused else "bf16") else FAILED
+    monkeypatch.setattr(auto._Gate, "measure", measure)
+    compiled = []
+    monkeypatch.setattr(auto, "file_session", lambda xml, *a, precision=None, **k: compiled.append((xml, precision)) or (lambda t: t))
+    net = registry.create_model("espcn-x3")
+    runner = auto.cpu_runner(net, name="espcn-x3", scale=3.0)
+    assert runner.precision == "bf16-tail" and measured == [("bf16", True), ("bf16-tail", True)]
+    assert compiled[-1][0].name.endswith(f"{cache.FUSED_GRAPH}-x3-fp32tail{auto.fp32_ends.VERSION}.xml")
+    assert "espcn-x3 x3 runs bf16 with the last layer in fp32" in capsys.readouterr().err
+    runner.run(torch.zeros(1, 1, 8, 8))
+    assert measured[2:] == [("bf16", False)]  # measured now, once
+    assert compiled[-1] == (auto.network_graph(net, f"espcn-{export.weights_hash(net)}"), "bf16")
+    assert compiled[-1][0].name.endswith(f"-{auto.PHASES_GRAPH}.xml")  # the clamped sub-pixel graph
+    assert "espcn-x3 x3 (its Y network alone, as video and tiles run it) runs bf16 in every layer" in capsys.readouterr().err
+    runner.run(torch.zeros(1, 1, 8, 8))
+    assert len(measured) == 3

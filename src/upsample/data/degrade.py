@@ -101,14 +101,19 @@ class BicubicUp(torch.nn.Module):
         n = x.shape[dim]
         return torch.cat([x.narrow(dim, 0, a).flip(dim), x, x.narrow(dim, n - b, b).flip(dim)], dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def phases(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before the pixel shuffle: (N, C_out * scale^2, H, W), the scale^2 phases of
+        each output channel in turn (with `mix`; without it, of each input plane)."""
         n, c, h, w = x.shape
         if self.per_channel:
             x = x.reshape(n * c, 1, h, w)
         x = self._mirror(self._mirror(x, 2), 3)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        y = torch.nn.functional.pixel_shuffle(
-            torch.nn.functional.conv2d(x, self.weight.to(x.dtype), bias), self.scale)
+        return torch.nn.functional.conv2d(x, self.weight.to(x.dtype), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = torch.nn.functional.pixel_shuffle(self.phases(x), self.scale)
         return y.reshape(n, c, h * self.scale, w * self.scale) if self.per_channel else y
 
 

@@ -30,6 +30,11 @@ class ESPCN(nn.Module):
     def forward(self, x):
         return self.last_part(self.first_part(x))
 
+    def phases(self, x):
+        """The output before the pixel shuffle, (N, C * scale^2, H, W): a graph that adds to the
+        picture (`runtime.auto.FusedRGB`'s chroma) can add there, at low resolution."""
+        return self.last_part[0](self.first_part(x))
+
 
 def detect(state: dict[str, torch.Tensor]) -> dict | None:
     """ESPCN's constructor keywords when `state` is one, else None. UserError when the output

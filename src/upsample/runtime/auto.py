@@ -6,11 +6,11 @@ CPU: the model runs in OpenVINO. For Y-channel models the whole RGB -> RGB pipel
 YCbCr, MATLAB-exact bicubic of the chroma and of VDSR's input as fixed convolutions
 (`degrade.BicubicUp`), the network, back to RGB) is one graph, so the runtime fuses the edges that
 would otherwise cost more than the network; the Y network alone is a second graph (video works on
-Y planes). The candidates, fastest first: bf16 in every layer and, for a dense model with a cached
+Y planes), chosen by the same gate on its own when first run. The candidates, fastest first: bf16 in every layer and, for a dense model with a cached
 int8 IR on a CPU with int8 dot-product units, that int8 network (`int8`), then bf16 with the
-image-facing ends in fp32 (`fp32_ends`); the first that passes the quality gate (`checks`: within
-0.02 dB of fp32's Y-PSNR on the shipped probe pictures, >= 50 dB from fp32's picture) is used,
-else fp32. The gate runs once per weights and is remembered; its verdict is printed in words
+network's last layer in fp32, then with both image-facing ends in fp32 (`fp32_ends`); the first
+that passes the quality gate (`checks`: within 0.02 dB of fp32's Y-PSNR on the shipped probe
+pictures, >= 50 dB from fp32's picture) is used, else fp32. The gate runs once per weights and is remembered; its verdict is printed in words
 the first time (`upsample bench` prints it every time). `--device GPU|NPU|AUTO` runs the same
 graphs on that OpenVINO device in its own precision (no gate: the bf16 variants are the CPU's).
 CUDA: the network in fp16 (else bf16, else fp32: the same gate) in channels_last, through
@@ -44,9 +44,13 @@ from .checks import (DB_LIMIT, GATE, MIN_PSNR_VS_FP32, checks_path, in_words, pa
                      reference, remembered_check)
 from .kinds import Backend, Precision
 from .runner import Runner
-from .sessions import file_session
+from .sessions import file_session, parallel_session
 
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+PHASE_LIMIT = 1e4  # far outside any picture's values (see `FusedRGB.forward`)
+PHASES_GRAPH = "phases1"  # `ClampedPhases`' graph version, in its cache names
 
 
 class FusedRGB(nn.Module):
@@ -57,7 +61,12 @@ class FusedRGB(nn.Module):
     because bicubic upscaling is linear and keeps constants. So the chroma path is one
     convolution on the LR RGB (`BicubicUp` with the colour map folded in), the Y input one 1x1
     convolution (or, for VDSR, a `BicubicUp` with the map folded in), and the end a multiply-add;
-    element-wise colour maths on full-size planes (10-15 ms each at 1080p here) is gone."""
+    element-wise colour maths on full-size planes (10-15 ms each at 1080p here) is gone.
+
+    A sub-pixel network (one with `phases`: its output before the pixel shuffle, as ESPCN) adds
+    there instead, at low resolution: each colour's chroma phases plus the network's, then one
+    pixel shuffle - no full-size add (ESPCN x3 at 640x360, OpenVINO bf16: 44 vs 54 ms, and
+    0.016 dB from fp32 on the probes as before)."""
 
     def __init__(self, net: nn.Module, scale: int):
         super().__init__()
@@ -75,9 +84,39 @@ class FusedRGB(nn.Module):
         self.chroma = BicubicUp(scale, mix=minv[:, 1:] @ m[1:], bias=-a * o[0])
         assert np.ptp(a) < 1e-9  # BT.601: R, G and B all take 255/219 of Y
         self.a = float(a[0])  # a scalar: a one-channel multiply before the broadcast add
+        self.scale = scale
+        self.in_phases = hasattr(net, "phases") and getattr(net, "scale", None) == scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.chroma(x) + self.net(self.to_y(x)) * self.a
+        if not self.in_phases:
+            return self.chroma(x) + self.net(self.to_y(x)) * self.a
+        # The clamp changes no value: it is an f32 step OpenVINO fuses into the last convolution,
+        # which then writes f32 instead of rounding the picture's Y to bf16 (0.013 dB on the probes)
+        y = (self.net.phases(self.to_y(x)) * self.a).clamp(-PHASE_LIMIT, PHASE_LIMIT)  # (N, s^2, H, W)
+        rgb = self.chroma.phases(x).unflatten(1, (3, -1)) + y.unsqueeze(1)  # (N, 3, s^2, H, W)
+        return torch.nn.functional.pixel_shuffle(rgb.flatten(1, 2), self.scale)
+
+
+class ClampedPhases(nn.Module):
+    """A sub-pixel network (one with `phases`) as its own graph, with `FusedRGB`'s no-op clamp
+    before the pixel shuffle: without it OpenVINO rounds the last convolution's output - the
+    picture - to bf16 (0.029 dB of ESPCN x3's Y-PSNR, simulated; 0.021 measured on the probes)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phases = self.net.phases(x).clamp(-PHASE_LIMIT, PHASE_LIMIT)
+        return torch.nn.functional.pixel_shuffle(phases, self.net.scale)
+
+
+def network_graph(model: nn.Module, key: str) -> Path:
+    """The IR of the network alone (video's Y planes, tiles; RGB models' only graph)."""
+    if not hasattr(model, "phases"):
+        return export.cached_ir(model, key=key)  # the key already holds the weights hash
+    example = torch.rand(1, model.upsample_spec.channels, 16, 16)
+    return export.cached_ir(ClampedPhases(model), key=f"{key}-{PHASES_GRAPH}", example=example)
 
 
 def can_fuse(model: nn.Module, scale: float) -> bool:
@@ -91,6 +130,7 @@ def _say(msg: str) -> None:
 
 # What each graph is, in the words `auto` and `upsample bench` print.
 LABELS = {"bf16": "bf16 in every layer", "bf16-body": "bf16 with the first and last layers in fp32",
+          "bf16-tail": "bf16 with the last layer in fp32",
           "int8": "int8 with the first and last layers float", "f32": "fp32 (exact)",
           "fp16": "fp16", "device": "the device's own precision"}
 
@@ -102,7 +142,7 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
     if precision == Precision.FP16:
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
-    net_xml = export.cached_ir(model, key=key)  # the key already holds the weights hash
+    net_xml = network_graph(model, key)
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
@@ -114,38 +154,58 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
     if use == "int8":  # the int8 network with the colour edges in torch
         return Runner(run=file_session(chosen, Backend.OPENVINO, torch.device("cpu"), threads=threads),
                       spec=model.upsample_spec, runtime="openvino", model=model, precision=Precision.INT8)
-    if use == "bf16-body":
-        net_xml = fp32_ends.variant(net_xml)
-        fused_xml = fp32_ends.variant(fused_xml) if fused_xml is not None else None
-    ov_precision = "bf16" if use in ("bf16", "bf16-body") else "f32"
-    if use == "device":  # GPU / NPU / AUTO: fp32 when asked for (eval's default), else their own
-        ov_precision = "f32" if precision == Precision.FP32 else None
+    ov_precision = _ov_precision(use, precision)
     cpu, compiled = torch.device("cpu"), {}
 
-    def session(xml):
+    def session(xml, ov_precision=ov_precision):
         return file_session(xml, Backend.OPENVINO, cpu, precision=ov_precision, threads=threads,
                             ov_device=device)
 
+    @functools.cache
+    def net_graph() -> tuple[Path, str | None]:
+        """The network alone's graph and precision: of a fused model, a graph of its own, gated
+        on its own (Y probes) when first needed."""
+        if fused_xml is None or device != "CPU":
+            return (net_xml if fused_xml is not None else chosen), ov_precision
+        net_use, net_file = _cpu_choice(model, key, net_xml, None, name=name, scale=scale,
+                                        precision=precision, threads=threads, quiet=quiet,
+                                        what=" (its Y network alone, as video and tiles run it)")
+        return net_file, _ov_precision(net_use, precision)
+
     def run_net(t: torch.Tensor) -> torch.Tensor:  # compiled when first used (video's Y planes)
         if "net" not in compiled:
-            compiled["net"] = session(net_xml)
+            compiled["net"] = session(*net_graph())
         return compiled["net"](t)
+
+    @functools.cache
+    def parallel():
+        xml, ov_prec = net_graph()
+        return parallel_session(xml, precision=ov_prec, threads=threads, ov_device=device)
 
     runner = Runner(run=run_net, spec=model.upsample_spec, runtime="openvino" if device == "CPU" else f"openvino {device}",
                     model=model, precision="fp32" if ov_precision == "f32" else use,
-                    graph=(fused_xml or net_xml, ov_precision) if device == "CPU" else None)
+                    graph=(chosen, ov_precision) if device == "CPU" else None, parallel=parallel)
     if fused_xml is not None:
         # The fused graph is the faster one wherever it was timed (640x360, OpenVINO fp32, 2
         # threads: espcn-x3 120 vs 183 ms with the edges in torch, vdsr x3 12.8 vs 13.5 s).
-        runner.run_rgb = session(fused_xml)
+        runner.run_rgb = session(chosen)
         runner.runtime += ", fused edges"
     return runner
 
 
-def _check_name(option: str, scale: float, fused: bool, xml: Path) -> str:
-    """The name a gate result is remembered under (the int8 file's stamp in it: a new one is
-    measured again)."""
-    graph = f"-{FUSED_GRAPH}" if fused and option != "int8" else ""
+def _ov_precision(use: str, asked: str) -> str | None:
+    """The OpenVINO inference precision a choice of `_cpu_choice` (or "device") runs in."""
+    if use == "device":  # GPU / NPU / AUTO: fp32 when asked for (eval's default), else their own
+        return "f32" if asked == Precision.FP32 else None
+    return "bf16" if use in ("bf16", "bf16-body", "bf16-tail") else "f32"  # int8: its float layers f32
+
+
+def _check_name(option: str, scale: float, model: nn.Module, fused: bool, xml: Path) -> str:
+    """The name a gate result is remembered under: the graph's version in it (the fused one's,
+    or that of a sub-pixel network's own graph), and the int8 file's stamp (a new one is measured
+    again)."""
+    graph = FUSED_GRAPH if fused else PHASES_GRAPH if hasattr(model, "phases") else ""
+    graph = f"-{graph}" if graph and option != "int8" else ""
     if option == "int8":
         st = xml.stat()
         option = f"int8-{st.st_size}-{st.st_mtime_ns}"
@@ -153,9 +213,10 @@ def _check_name(option: str, scale: float, fused: bool, xml: Path) -> str:
 
 
 def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float) -> list[tuple[str, Path]]:
-    """The graphs that may replace fp32 here, fastest first: all-bf16 and bf16 with fp32 ends
-    where the CPU has bf16 units, and between them the cached int8 IR of a dense model where it
-    has int8 dot-product units (on this Zen 5 all-bf16 was the faster of the two on VDSR)."""
+    """The graphs that may replace fp32 here, fastest first: where the CPU has bf16 units,
+    all-bf16, bf16 with the last layer in fp32 and bf16 with fp32 ends (each only where it marks
+    a layer), and after all-bf16 the cached int8 IR of a dense model where the CPU has int8
+    dot-product units (on this Zen 5 all-bf16 was the faster of the two on VDSR)."""
     found = []
     if hardware.cpu_has_bf16():
         found.append(("bf16", main_xml))
@@ -163,14 +224,17 @@ def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float) ->
     if cached is not None and hardware.cpu_has_int8_dot() and int8.is_dense(model):
         found.append(("int8", cached))
     if hardware.cpu_has_bf16():
-        found.append(("bf16-body", fp32_ends.variant(main_xml)))
-    return found
+        found += [(option, fp32_ends.variant(main_xml, tail=option == "bf16-tail"))
+                  for option in ("bf16-tail", "bf16-body")]
+    return [(option, xml) for option, xml in found if option == "bf16" or xml != main_xml]
 
 
 def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | None, *, name: str,
-                scale: float, precision: str, threads: int | None, quiet: bool) -> tuple[str, Path]:
-    """(which graph, its file): "f32", "bf16" (every layer), "bf16-body" (fp32 ends, see
-    `fp32_ends`) or "int8" - the first candidate that passes the gate on the probe set."""
+                scale: float, precision: str, threads: int | None, quiet: bool,
+                what: str = "") -> tuple[str, Path]:
+    """(which graph, its file): "f32", "bf16" (every layer), "bf16-tail" (the last layer in
+    fp32), "bf16-body" (fp32 ends; both `fp32_ends`) or "int8" - the first candidate that passes
+    the gate on the probe set."""
     main_xml = fused_xml or net_xml
     if precision == Precision.BF16:  # asked for: no check
         if not hardware.cpu_has_bf16():
@@ -187,14 +251,14 @@ def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | Non
         return "f32", main_xml
     gate, results, use, said = _Gate(model, scale, net_xml, fused_xml, threads), {}, ("f32", main_xml), False
     for option, xml in _cpu_candidates(model, key, main_xml, scale):
-        result, fresh = remembered_check(key, _check_name(option, scale, fused_xml is not None, xml),
+        result, fresh = remembered_check(key, _check_name(option, scale, model, fused_xml is not None, xml),
                                          lambda: gate.measure(option, xml))
         results[option], said = result, said or fresh
         if passes(result):
             use = (option, xml)
             break
     if said and not quiet:
-        _say(decision_in_words(name, scale, use[0], results))
+        _say(decision_in_words(name, scale, use[0], results, what))
     return use
 
 
@@ -227,9 +291,9 @@ class _Gate:
         return quality(self._run(xml, "f32" if option == "int8" else "bf16"), probes, ref)
 
 
-def decision_in_words(name: str, scale: float, use: str, results: dict) -> str:
+def decision_in_words(name: str, scale: float, use: str, results: dict, what: str = "") -> str:
     """The gate's choice and what each graph it measured costs, for the terminal."""
-    text = f"{name} x{scale:g} runs {LABELS[use]}"
+    text = f"{name} x{scale:g}{what} runs {LABELS[use]}"
     if use in results:
         text += f" ({in_words(results[use])})"
     rejected = [f"{LABELS[o]} ({in_words(r)})" for o, r in results.items() if o != use]
@@ -247,10 +311,10 @@ def remembered_results(model: nn.Module, scale: float) -> dict:
     except (OSError, ValueError):
         return {}
     found, cached = {}, int8.find_cached(key, scale)
-    for option in ("bf16", "int8", "bf16-body"):
+    for option in ("bf16", "int8", "bf16-tail", "bf16-body"):
         if option == "int8" and cached is None:
             continue
-        name = _check_name(option, scale, can_fuse(model, scale), cached or Path("-"))
+        name = _check_name(option, scale, model, can_fuse(model, scale), cached or Path("-"))
         if isinstance(done.get(name), dict):
             found[option] = done[name]
     return found

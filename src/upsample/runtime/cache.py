@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..media.cache import part_dir, part_files
 
-FUSED_GRAPH = "rgb2"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
+FUSED_GRAPH = "rgb4"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
 # The fused graph's bicubic (`degrade.BicubicUp`) mirrors 2 pixels at each border, which a
 # one-pixel side cannot give: a picture with a side under this takes the unfused path.
 FUSED_MIN_SIDE = 3
@@ -21,12 +21,15 @@ def cache_dir() -> Path:
     return part_dir("export")
 
 
-def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None = None, device: str = "CPU"):
+def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None = None, device: str = "CPU",
+                throughput: bool = False):
     """`path` compiled for an OpenVINO `device` (CPU, GPU, NPU, AUTO ...) in `precision` (f32 or
     bf16; f32 must be asked for, since OpenVINO would otherwise pick bf16 on CPUs with bf16 units
     and f16 on Intel GPUs and NPUs), None: the device's own default (not on the CPU); `threads`
-    on the CPU. A device that cannot run the precision asked is one line. Compiled blobs are
-    cached beside the exports, so a second process starts without recompiling."""
+    on the CPU; `throughput`: OpenVINO's THROUGHPUT hint (several streams, one input each at a
+    time) instead of its default LATENCY (one input over all threads). A device that cannot run
+    the precision asked is one line. Compiled blobs are cached beside the exports, so a second
+    process starts without recompiling."""
     import openvino as ov
     core = ov.Core()
     blobs = cache_dir() / "openvino"
@@ -39,6 +42,8 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
     config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     if device == "CPU" and threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if throughput:
+        config["PERFORMANCE_HINT"] = "THROUGHPUT"
     try:
         return core.compile_model(str(path), device, config)
     except RuntimeError as exc:

@@ -6,6 +6,7 @@ The graph files come from `export` (cached by weights hash) or from `upsample qu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,6 +53,21 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
             return torch.from_numpy(np.asarray(out)).to(x.device)
         return run_ov
     raise UserError(f"unknown backend {backend!r}")
+
+
+def parallel_session(path: Path, *, precision: str | None, threads: int | None = None,
+                     ov_device: str = "CPU") -> tuple[Callable, int]:
+    """The OpenVINO graph in `path` compiled with the THROUGHPUT hint: (a callable as
+    `file_session`'s, safe to call from several threads at once, each on its own stream; how many
+    threads keep it busy - OpenVINO's optimal number of requests). On 2 cores: 2 streams of one
+    thread each, which ran espcn-x3's video frames 20 % faster than one frame over both threads."""
+    compiled = ov_compiled(path, precision, threads, ov_device, throughput=True)
+    requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    run = per_thread(compiled)
+
+    def run_ov(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(run(x.detach().cpu().float().numpy()))).to(x.device)
+    return run_ov, requests
 
 
 def session_runner(model: nn.Module, backend: Backend, device: torch.device,
