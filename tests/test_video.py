@@ -249,3 +249,24 @@ def test_video_defaults_to_the_fastest_shipped_model_that_clearly_beats_bicubic(
         assert fast.startswith("espcn-") and model_db - bicubic_db >= 1.0
         assert default_model(scale) == "vdsr"  # the best, for images
         assert make_upscaler(None, scale, backend="torch", fastest_default=True).name == fast
+
+
+def test_frames_side_by_side_make_the_same_video_with_torch_on_one_thread(tmp_path, monkeypatch):
+    """Where the runtime serves several threads at once (OpenVINO streams), frames are upscaled
+    side by side: the same frames in the same order as one at a time; torch's glue around the
+    network runs on one thread meanwhile (its spinning threads took the runtime's cores)."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, seconds=0.4, audio=False)
+    seen, real = [], video._upscale_frames
+    monkeypatch.setattr(video, "_upscale_frames", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    threads, runs = torch.get_num_threads(), {}
+    for side in (False, True):
+        up = load_upscaler("espcn-x2", quiet=True)
+        if not side:
+            up.parallel = None  # a runtime without streams: one frame at a time
+        summary = video.upscale_video(src, tmp_path / f"{side}.mkv", up, crf=0)
+        runs[side] = summary["workers"], [f.to_ndarray(format="yuv420p") for f in info(tmp_path / f"{side}.mkv")[1]]
+    assert runs[False][0] == 1 and runs[True][0] == up.side_by_side()[1]
+    assert len(runs[True][1]) == len(runs[False][1]) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(runs[False][1], runs[True][1]))
+    assert set(seen) == {1} and torch.get_num_threads() == threads

@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
                             max_memory=parse_memory(args.max_memory) if args.max_memory is not None else None,
                             progress=True)
     w, h = summary["size"]
+    side = f", {summary['workers']} frames side by side" if summary.get("workers", 1) > 1 else ""
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "
           f"({summary['codec']}, {summary['pix_fmt']}), {summary['copied_packets']} packets copied"
           f"{', re-encoded ' + ' and '.join(summary['reencoded']) if summary['reencoded'] else ''}, "
-          f"{summary['batch']} frame(s) per model call")
+          f"{summary['batch']} frame(s) per model call{side}")
     stages = ", ".join(f"{k} {v:.1f}" for k, v in summary["ms_per_frame"].items())
     print(f"{summary['fps']:.2f} frames/s end to end; ms a frame (stages overlap): {stages}",
           file=sys.stderr)

@@ -15,6 +15,7 @@ other backends the colour and resize edges run in torch.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +39,7 @@ class Upscaler:
     device: torch.device = torch.device("cpu")
     backend: str = "torch"            # what was asked for (`--backend`)
     runtime: str = "torch"            # what runs the network ("openvino, fused edges", ...)
-    precision: str = "fp32"           # its arithmetic: fp32, bf16, bf16-body, fp16, int8
+    precision: str = "fp32"           # its arithmetic: fp32, bf16, bf16-tail, bf16-body, fp16, int8
     model: nn.Module | None = None    # the torch network, where there is one
     spec: ModelSpec | None = None     # how the network is fed, where there is one
     inner: Upscaler | None = None     # the upscaler a wrapper (outscale, half) runs
@@ -46,6 +47,7 @@ class Upscaler:
     run_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None  # RGB -> RGB in one graph
     graph: tuple[Path, str] | None = None  # that OpenVINO graph and precision: `fastpath` reruns it
     from_file: bool = False           # the weights came from a file (a plan can stamp it)
+    parallel: Callable | None = None  # the runner's network for several threads (`Runner.parallel`)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -89,8 +91,18 @@ class ModelUpscaler(Upscaler):
         up = cls(runner.model, runner.run, scale=scale, name=name, backend=backend, device=device,
                  spec=runner.spec)
         up.runtime, up.precision = runner.runtime, str(runner.precision)
-        up.run_rgb, up.graph = runner.run_rgb, runner.graph
+        up.run_rgb, up.graph, up.parallel = runner.run_rgb, runner.graph, runner.parallel
         return up
+
+    def side_by_side(self) -> tuple[ModelUpscaler, int]:
+        """A twin of this upscaler whose network serves several threads at once, and how many
+        threads keep it busy; (itself, 1) where its runtime has no such form."""
+        if self.parallel is None:
+            return self, 1
+        run, threads = self.parallel()
+        twin = copy.copy(self)
+        twin.run_net, twin.run_rgb, twin.parallel = run, None, None
+        return twin, threads
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
