@@ -174,11 +174,16 @@ def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, de
     return entries, failed
 
 
+SETTLE_S = 0.05  # the rest before each timed call (see `time_entries`)
+
+
 def time_entries(entries: list[tuple], x: torch.Tensor, dev: torch.device, *, warmup: int,
                  runs: int, say) -> tuple[list[torch.Tensor], list[list[float]]]:
     """Each entry's output on `x` (float, clamped) and its `runs` timings in seconds."""
-    # Timed in rounds - every row once per round, in turn - so that a slow spell of the machine,
-    # or threads still spinning after the previous row, costs every row alike.
+    # Timed in rounds - every row once per round, in turn - so that a slow spell of the machine
+    # costs every row alike; each call starts after a short rest, as from an idle machine: the
+    # previous row's threads (torch's OpenMP, OpenVINO's TBB) spin for a few ms after it ends,
+    # which cost the next row 2-8 ms of espcn-x3's ~45 at 640x360 here.
     outs, times = [], [[] for _ in entries]
     with torch.no_grad():
         for label, up, _ in entries:
@@ -190,6 +195,7 @@ def time_entries(entries: list[tuple], x: torch.Tensor, dev: torch.device, *, wa
         for r in range(runs):
             say(f"round {r + 1} of {runs}")
             for i, (_, up, _) in enumerate(entries):
+                time.sleep(SETTLE_S)
                 t = time.perf_counter()
                 up(x)
                 sync(dev)
