@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,7 +82,7 @@ def test_the_auto_row_says_which_graph_the_gate_chose_and_what_it_costs(monkeypa
     assert bench.auto_choice(up) is None and bench.auto_choice(load_upscaler("espcn-rgb-x2", backend="torch")) is None
     key = f"espcn-{export.weights_hash(up.model)}"
     failed = {"db_change": -0.031, "vs_fp32_db": 52.0, "fp32_db": 30.0}
-    checks.remembered_check(key, f"openvino-bf16-x2-{checks.GATE}", lambda: failed)
+    checks.remembered_check(key, auto._check_name("bf16", 2.0, up.model, False, Path("-")), lambda: failed)
     choice = bench.auto_choice(up)
     assert choice["graph"] == "fp32 (exact)" and choice["gate"] == {"bf16": failed}
     assert "runs fp32 (exact); not used" in choice["in_words"] and "0.031 dB lower" in choice["in_words"]
