@@ -170,6 +170,26 @@ def test_16_bit_rgb_png_keeps_16_bits(tmp_path):
     assert np.abs(got - ref).max() <= 1.0
 
 
+def test_16_bit_gray_with_alpha_png_keeps_16_bits_and_stays_gray(tmp_path):
+    """Pillow reads a 16-bit gray + alpha PNG as 8-bit RGBA; the image command keeps one gray
+    plane and the alpha, both in 16 bits, and writes them back as such (colour type 4)."""
+    import av
+    from upsample.media.imageio import png_strips
+    gray, alpha = (RNG.random((20, 26, 2)) * 65535).astype(np.uint16).transpose(2, 0, 1)
+    with png_strips(tmp_path / "la16.png", 26, 20, "LA;16") as png:
+        png.write(np.stack([gray, alpha], 2))
+    assert Image.open(tmp_path / "la16.png").mode == "RGBA"  # what Pillow alone would give
+    assert cli.main(["image", str(tmp_path / "la16.png"), "-o", str(tmp_path / "out"),
+                     "--model", "bicubic"]) == 0
+    written = tmp_path / "out" / "la16_x2.png"
+    assert written.read_bytes()[24:26] == bytes([16, 4])  # 16 bits, gray + alpha
+    with av.open(str(written)) as c:
+        out = next(c.decode(video=0)).to_ndarray(format="rgba64le").astype(np.float64)
+    for got, plane in ((out[..., 0], gray), (out[..., 3], alpha)):
+        ref = np.clip(imresize_np(plane.astype(np.float64) / 65535, 2.0), 0, 1) * 65535
+        assert got.shape == (40, 52) and np.abs(got - ref).max() <= 1.0
+
+
 def test_corrupt_file_reported_others_written_no_overwrite(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()

@@ -161,7 +161,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 _DEEP_GRAY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Output file formats by extension and the image modes each can store.
 SAVE_FORMATS = {
-    "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16", "RGB;16", "RGBA;16"}),
+    "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16", "LA;16", "RGB;16", "RGBA;16"}),
     "jpg": ("JPEG", {"RGB", "L"}),
     "jpeg": ("JPEG", {"RGB", "L"}),
     "webp": ("WEBP", {"RGB", "RGBA", "L"}),
@@ -301,6 +301,11 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
     if planes.mode in ("RGB;16", "RGBA;16"):
         _write_deep_png(planes, path)
         return path
+    if planes.mode == "LA;16":  # FFmpeg's PNG encoder takes it, PyAV cannot make the frame
+        h, w = planes.color.shape[:2]
+        with png_strips(path, w, h, planes.mode, planes.info) as png:
+            png.write(np.concatenate([planes.color, planes.alpha], 2))
+        return path
     img = planes_to_pil(planes)
     kwargs: dict = {"format": fmt}
     if planes.info.get("icc_profile"):
@@ -313,20 +318,21 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
     return path
 
 
-# --- 16-bit RGB(A) PNG, through PyAV's PNG codec (Pillow reads and writes it only as 8-bit). ---
+# --- 16-bit RGB(A) and gray + alpha PNG, through PyAV's PNG codec (Pillow reads and writes them
+# only as 8-bit: gray + alpha as RGBA). ---
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _is_deep_color_png(path: str | os.PathLike) -> bool:
-    """A PNG whose header says 16 bits per sample, colour type RGB (2) or RGBA (6)."""
+    """A PNG whose header says 16 bits per sample, colour type RGB (2), gray + alpha (4) or RGBA (6)."""
     try:
         with open(path, "rb") as f:
             head = f.read(26)
     except OSError:
         return False
     return (len(head) == 26 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
-            and head[24] == 16 and head[25] in (2, 6))
+            and head[24] == 16 and head[25] in (2, 4, 6))
 
 
 def _is_deep_color_tiff(img: Image.Image) -> bool:
@@ -344,7 +350,8 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
             frame = next(container.decode(video=0))
     except (av.FFmpegError, StopIteration, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}; the file is corrupt") from None
-    has_alpha = any(c.is_alpha for c in frame.format.components)  # rgba64, planar gbrap16 ...
+    has_alpha = any(c.is_alpha for c in frame.format.components)  # rgba64, planar gbrap16, ya16 ...
+    gray = frame.format.name.startswith(("ya", "gray"))  # replicated exactly into R, G and B
     arr = frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
     exif = img.getexif()
     if exif.get(0x0112, 1) != 1:  # turn upright exactly as Pillow would: on an index image
@@ -354,7 +361,7 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
         upright = ImageOps.exif_transpose(index)
         arr = arr.reshape(h * w, -1)[np.asarray(upright)]
         exif = upright.getexif()
-    color = np.ascontiguousarray(arr[..., :3])
+    color = np.ascontiguousarray(arr[..., :1] if gray else arr[..., :3])
     return Planes(color, np.ascontiguousarray(arr[..., 3:]) if has_alpha else None, kept_info(img, exif))
 
 
@@ -389,6 +396,7 @@ def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
 # rows are filtered and deflated one after another into IDAT chunks, which zlib does here.
 
 PNG_STRIP_MODES = {"L": (0, 1), "RGB": (2, 3), "I;16": (0, 1), "RGB;16": (2, 3)}  # colour type, channels
+_PNG_WRITER_MODES = {**PNG_STRIP_MODES, "LA;16": (4, 2)}  # and whole 16-bit gray + alpha images
 _IDAT_BYTES = 1 << 20
 
 
@@ -413,7 +421,7 @@ class PngStripWriter:
     `atomic_output`) once all rows are in and `close()` ran. ICC profile and EXIF are kept."""
 
     def __init__(self, f, width: int, height: int, mode: str, info: dict | None = None, level: int = 6):
-        colour_type, self.channels = PNG_STRIP_MODES[mode]
+        colour_type, self.channels = _PNG_WRITER_MODES[mode]
         self.deep = mode.endswith("16")
         self.f, self.width, self.height, self.done = f, width, height, 0
         self.bpp = self.channels * (2 if self.deep else 1)
