@@ -191,6 +191,9 @@ def test_empty_folder_and_missing_input_are_one_line(tmp_path, capsys):
     Image.fromarray(synthetic(40, 40)).save(small)
     assert cli.main(["make-clip", str(small), "-o", str(tmp_path / "c.mkv"), "--size", "64x48"]) == 2
     assert "smaller than the clip" in capsys.readouterr().err
+    # exactly the clip's size: a pan would not move (a still clip, said nowhere before)
+    assert cli.main(["make-clip", str(small), "-o", str(tmp_path / "c.mkv"), "--size", "40x40"]) == 2
+    assert "would not move" in capsys.readouterr().err and not (tmp_path / "c.mkv").exists()
 
 
 def test_ladder_parsing():

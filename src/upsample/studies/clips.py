@@ -46,6 +46,9 @@ def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> 
     if iw < w or ih < h:
         raise UserError(f"the image is {iw}x{ih}, smaller than the clip's {w}x{h}: use a larger "
                         "image (Urban100) or a smaller --size")
+    if motion == "pan" and (iw, ih) == (w, h):
+        raise UserError(f"the image is exactly {w}x{h}, the clip's size: a pan over it would not "
+                        "move; use a larger image or a smaller --size")
     zmax = min(iw / w, ih / h)  # widest view with the clip's aspect
     if motion in ("zoom", "panzoom") and zmax < 1.05:
         raise UserError(f"the image ({iw}x{ih}) leaves no room to zoom at {w}x{h}: use pan or a "
