@@ -500,6 +500,18 @@ def test_api_refuses_bad_keywords_naming_them(kwargs, words):
         upsample.load("bicubic", 2, **kwargs)
 
 
+@pytest.mark.parametrize("args, kwargs, words", [
+    (("vapsr-x2",), {}, "allow_untrained=True runs its random weights"),
+    (("espcn-x3", 2.5), {}, "but scale is 2.5: use scale=3"),
+    (("espcn-x3",), {"backend": "torch", "precision": "bf16"}, "precision='bf16' needs backend='auto'"),
+])
+def test_api_errors_name_its_keywords_not_the_clis_options(args, kwargs, words, monkeypatch):
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED")  # the suite's default: refuse as a user's run
+    with pytest.raises(UserError) as caught:
+        upsample.load(*args, **kwargs)
+    assert words in str(caught.value) and "--" not in str(caught.value)
+
+
 def test_api_tile_zero_means_whole_images():
     up = upsample.load("bicubic", 2, tile=0)
     assert up.upscale(np.zeros((9, 7, 3), np.uint8)).shape == (18, 14, 3)

@@ -8,6 +8,7 @@ by the model, alpha by bicubic or the model, memory bounded by the tile size.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -128,10 +129,26 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
     `max_memory`, e.g. "2GB", or half the free memory); `tile_batch`: tiles per model call (None:
     1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
     resize)."""
-    up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
-                       precision=precision, threads=threads, allow_untrained=allow_untrained)
+    try:
+        up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
+                           precision=precision, threads=threads, allow_untrained=allow_untrained)
+    except UserError as exc:  # said in the CLI's words (shared with it): in this call's
+        raise UserError(in_keywords(str(exc))) from None
     return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
                          tile_batch=tile_batch)
+
+
+_SWITCHES = re.compile(r"--(allow-untrained|half)\b")
+_VALUED = re.compile(r"--(scale|backend|precision|device|threads|outscale|tile|max-memory|tile-batch) (?!is\b)([^\s,;:]+)")
+_NAMED = re.compile(r"--([a-z][a-z-]*)")
+
+
+def in_keywords(message: str) -> str:
+    """A message naming the CLI's options ("--scale 3", "--allow-untrained") in `load`'s keywords
+    ("scale=3", "allow_untrained=True")."""
+    message = _SWITCHES.sub(lambda m: f"{m[1].replace('-', '_')}=True", message)
+    message = _VALUED.sub(lambda m: f"{m[1].replace('-', '_')}={m[2] if m[2][0].isdigit() else repr(m[2])}", message)
+    return _NAMED.sub(lambda m: m[1].replace("-", "_"), message)
 
 
 CLEARLY_ABOVE_BICUBIC_DB = 1.0  # the fast default must gain at least this much (benchmark mean)
