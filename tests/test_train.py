@@ -319,3 +319,18 @@ def test_the_batch_check_counts_a_micro_batch_in_its_precision(monkeypatch):
 def test_dataset_names_are_relative_and_tell_folders_apart():
     from upsample.evaluation.evaluate import dataset_names
     assert dataset_names(["/Set5", "/data/Set5", "/data/Set14"]) == ["Set5", "data/Set5", "Set14"]
+
+
+def test_training_progress_is_whole_lines_with_the_loss_when_stderr_is_a_log():
+    """A log file gets one line per interval (step, rate, ETA, loss), not tqdm's redraws."""
+    import io
+    from upsample.media.progress import progress_bar
+    log = io.StringIO()
+    bar = progress_bar(100, True, desc="train", unit="step", stream=log, initial=40, interval=0.0)
+    for _ in range(3):
+        bar.update(1)
+        bar.set_postfix(loss="0.0012", refresh=False)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert lines and "\r" not in log.getvalue()
+    assert lines[-1].startswith("train 43/100 (43%)") and lines[-1].endswith("loss=0.0012")

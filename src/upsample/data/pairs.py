@@ -14,17 +14,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from . import degrade
 from ..errors import UserError
+from ..media.progress import track
 from ..media.imageio import atomic_output, is_image_path, list_images, read_rgb
 
 
@@ -248,8 +247,7 @@ class PairDataset(torch.utils.data.Dataset):
         total_mb = sum((sizes[i][0] + p2) * (sizes[i][1] + p2) * 3 for i in keep) / 2 ** 20
         self.cache: list[np.ndarray] | None = None
         if total_mb <= cache_mb:  # decode each image once; forked workers share the pages
-            self.cache = [self._load(f) for f in tqdm(self.files, desc="decoding", leave=False,
-                                                      disable=not progress, file=sys.stderr)]
+            self.cache = [self._load(f) for f in track(self.files, progress, desc="decoding", unit="image")]
         self._perm_epoch, self._perm = -1, None
 
     def __len__(self) -> int:

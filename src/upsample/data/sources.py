@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..errors import UserError
+from ..media.progress import track
 from ..media.cache import part_dir
 from ..media.imageio import atomic_output, atomic_save
 from .pairs import collect_images, train_val_files
@@ -61,8 +60,8 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
     try:
         folder.mkdir(parents=True, exist_ok=True)
         names = []
-        for n, frame in tqdm(video_frames(video, every), desc=f"decoding {video.name}", unit="frame",
-                             leave=False, disable=not progress, file=sys.stderr):
+        for n, frame in track(video_frames(video, every), progress, desc=f"decoding {video.name}",
+                              unit="frame"):
             names.append(f"f{n:06d}.png")
             # compress_level 1: these are a cache, read back many times and written once
             atomic_save(Image.fromarray(np.ascontiguousarray(frame)), folder / names[-1], compress_level=1)

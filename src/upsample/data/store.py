@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import UserError
+from ..media.progress import track
 from ..media.cache import part_dir
 from ..media.imageio import atomic_output, read_rgb
 
@@ -107,8 +106,7 @@ def build_store(files: list[Path], stamps: list[list], index_path: Path, pixels_
     stays that of one image."""
     offsets, shapes, total = [], [], 0
     with atomic_output(pixels_path) as tmp, open(tmp, "wb") as out:
-        for f in tqdm(files, desc="decoding training images", leave=False, disable=not progress,
-                      file=sys.stderr):
+        for f in track(files, progress, desc="decoding training images", unit="image"):
             try:
                 img = np.ascontiguousarray(read_rgb(f))
             except (OSError, SyntaxError, ValueError) as exc:

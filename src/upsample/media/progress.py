@@ -33,21 +33,25 @@ class _Lines:
 
 
 def progress_bar(total: int | None, enabled: bool, *, desc: str, unit: str, stream=None,
-                 leave: bool = True) -> tqdm:
-    """A bar on a terminal; elsewhere a line every `LINE_INTERVAL` s, the first after that long
-    (so short runs stay quiet); nothing when not `enabled`."""
+                 leave: bool = True, initial: int = 0, interval: float | None = None) -> tqdm:
+    """A bar on a terminal; elsewhere a line every `interval` s (`LINE_INTERVAL` by default), the
+    first after that long (so short runs stay quiet), with the bar's postfix (e.g. a loss);
+    nothing when not `enabled`. `initial`: the count already done (a resumed run)."""
     stream = stream or sys.stderr
     if not enabled or stream.isatty():
-        return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=not enabled, leave=leave)
-    fmt = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}" if total
-           else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed")
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=not enabled, leave=leave,
+                    initial=initial, dynamic_ncols=True)
+    interval = LINE_INTERVAL if interval is None else interval
+    fmt = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}{postfix}" if total
+           else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed{postfix}")
     return tqdm(total=total, desc=desc, unit=unit, file=_Lines(stream), bar_format=fmt,
-                mininterval=LINE_INTERVAL, delay=LINE_INTERVAL)
+                mininterval=interval, delay=interval, initial=initial)
 
 
-def track(items: list, enabled: bool, *, desc: str, unit: str):
-    """`items` one by one, counted on a `progress_bar` (lines when stderr is no terminal)."""
-    bar = progress_bar(len(items), enabled, desc=desc, unit=unit)
+def track(items, enabled: bool, *, desc: str, unit: str):
+    """`items` (a list, or any iterable: then no total) one by one, counted on a `progress_bar`
+    (lines when stderr is no terminal)."""
+    bar = progress_bar(len(items) if hasattr(items, "__len__") else None, enabled, desc=desc, unit=unit)
     try:
         for item in items:
             yield item

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..evaluation import metrics
 from .codec import CODECS, Codec, decode_image, decode_video, encode_image, encode_video, get_codec, parse_ladder, read_frames
@@ -41,6 +40,7 @@ from ..inference.downscale import Downscaler, load_downscaler
 from ..errors import UserError
 from ..data.degrade import modcrop, scale_period
 from ..data.colour import to_tensor, to_uint8
+from ..media.progress import track
 from ..media.imageio import atomic_write, list_images, read_rgb
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
@@ -572,7 +572,7 @@ def measure_image_source(src: Source, codecs: list[Codec], ladders: dict, pipeli
                          scale: float, border: int) -> list[dict]:
     """The points of every image of a folder, for each image codec."""
     points = []
-    for path in tqdm(src.paths, desc=src.name, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30):
+    for path in track(src.paths, True, desc=src.name, unit="image"):
         hr = modcrop(read_rgb(path), scale)
         for c in (c for c in codecs if c.kind == "image"):
             for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from ..data import pairs as data, sources
 from ..errors import UserError
+from ..media.progress import progress_bar
 from ..models import checkpoint, registry
 from ..runtime.hardware import hardware_name
 from . import config as config_mod
@@ -63,6 +64,8 @@ from .rundir import RunLog, check_run_dir
 from .speed import CompiledOrEager, StepModes, candidates, choose_modes, kernels_for, resumed_modes
 from .state import EMA, Sampling, TrainState, read_state_file, write_state_file
 from .validation import load_val_images, validate
+
+TRAIN_LINE_INTERVAL = 30.0  # seconds between progress lines when stderr is no terminal (a log)
 
 
 def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, resume: bool,
@@ -122,8 +125,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         stop.catch_signals()
         announce(cfg, procs, state, run_log, n_images=len(pairs), val_images=val_images,
                  scales=scales, modes=modes)
-        bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not procs.master,
-                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+        bar = progress_bar(steps, procs.master, desc="train", unit="step", initial=state.step,
+                           interval=TRAIN_LINE_INTERVAL)
         net.train()
         pace = Pace(start=state.step)
         # ------------------------------------------------------------ step
@@ -263,10 +266,10 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
     train_files, val_files = sources.training_images(
         cfg.data.train, val_list=cfg.data.val_list, val_fraction=cfg.data.val_fraction,
         seed=cfg.train.seed, video_every=cfg.data.video_every, max_images=cfg.data.max_images,
-        progress=procs.master and sys.stderr.isatty())
+        progress=procs.master)
     try:
         pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
-                            progress=procs.master and sys.stderr.isatty(), log=procs.log)
+                            progress=procs.master, log=procs.log)
         val_images = load_val_images(val_files, cfg.val) if procs.master else []
     except UserError as exc:
         if not str(exc).startswith("cannot read image"):
