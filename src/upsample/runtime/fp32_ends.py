@@ -16,10 +16,10 @@ into a copy of the IR, since the Python API has no setter for it. What follows t
 convolution stays f32 anyway: the CPU plugin keeps a graph's tail in its original precision.
 
 A second, lighter variant (`tail=True`) keeps only the network's last convolutions (those of more
-than 4 input channels among the last) in fp32: where a graph
-adds to the network's output before its tail (`auto.FusedRGB` in the sub-pixel phases), OpenVINO
-rounds that output to bf16 - 0.013 dB of ESPCN x3's PSNR on the probe set - and the last
-convolution in fp32 costs less time than the whole graph's fp32 ends.
+than 4 input channels among the last) in fp32: where a graph adds to the network's output before
+its tail, OpenVINO rounds that output to bf16 (0.013 dB of ESPCN x3's PSNR on the probe set, in
+`auto.FusedRGB`'s sub-pixel form before its no-op clamp), and the last convolution in fp32 costs
+less time than the whole graph's fp32 ends.
 """
 
 from __future__ import annotations
