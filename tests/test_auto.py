@@ -107,7 +107,8 @@ def test_the_gate_takes_the_first_graph_that_passes_and_says_what_each_costs(mon
 
     def measure(self, option, xml):
         measured.append(option)
-        return {"bf16": FAILED, "bf16-tail": {**FAILED, "db_change": -0.021}, "bf16-body": PASSED}[option]
+        return {"bf16": FAILED, "bf16-split": {**FAILED, "vs_fp32_db": 49.0}, "bf16-tail": {**FAILED, "db_change": -0.021},
+                "bf16-body": PASSED}[option]
     monkeypatch.setattr(auto._Gate, "measure", measure)
     net = registry.create_model("espcn-rgb-x2")  # an RGB model: one graph
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
@@ -119,12 +120,13 @@ def test_the_gate_takes_the_first_graph_that_passes_and_says_what_each_costs(mon
     assert "runs bf16 with the first and last layers in fp32" in err
     assert "0.004 dB lower" in err and "0.050 dB lower" in err and "48.0 dB from the fp32 picture" in err
     assert "bf16 with the last layer in fp32 (PSNR 0.021 dB lower" in err
-    assert measured == ["bf16", "bf16-tail", "bf16-body"]
+    assert "bf16 with the input split in two bf16 parts (PSNR 0.050 dB lower" in err
+    assert measured == ["bf16", "bf16-split", "bf16-tail", "bf16-body"]
     again = auto._cpu_choice(net, key, net_xml, None, name="espcn-rgb-x2", scale=2.0, precision="auto",
                              threads=None, quiet=False)
-    assert again == (use, xml) and measured == ["bf16", "bf16-tail", "bf16-body"]
+    assert again == (use, xml) and measured == ["bf16", "bf16-split", "bf16-tail", "bf16-body"]
     assert not capsys.readouterr().err
-    assert set(auto.remembered_results(net, 2.0)) == {"bf16", "bf16-tail", "bf16-body"}
+    assert set(auto.remembered_results(net, 2.0)) == {"bf16", "bf16-split", "bf16-tail", "bf16-body"}
     assert auto._cpu_choice(net, key, net_xml, None, name="t", scale=2.0, precision="fp32",
                             threads=None, quiet=False)[0] == "f32"  # --precision fp32: exact
 
@@ -196,3 +198,21 @@ def test_the_y_network_alone_is_gated_on_its_own_when_first_run(monkeypatch, cap
     assert "espcn-x3 x3 (its Y network alone, as video and tiles run it) runs bf16 in every layer" in capsys.readouterr().err
     runner.run(torch.zeros(1, 1, 8, 8))
     assert len(measured) == 3
+
+
+@pytest.mark.parametrize("name", ["espcn-x2", "espcn-rgb-x2", "vdsr", "vapsr-x2"])
+def test_the_split_input_graph_computes_what_the_network_does(name):
+    """`SplitInput` feeds the first convolution bf16(x) and x - bf16(x) with its weights twice:
+    in fp32 the same network; where the first convolution does not take the picture, no split."""
+    torch.manual_seed(0)
+    kwargs = {"num_layers": 4} if name == "vdsr" else {}
+    net = registry.create_model(name, **kwargs).eval()
+    split = auto.split_input(net)
+    assert isinstance(split.get_submodule(next(n for n, m in split.named_modules()
+                                                if isinstance(m, (torch.nn.Conv2d, auto.SplitInput)))), auto.SplitInput)
+    x = torch.rand(1, net.upsample_spec.channels, 11, 13)
+    with torch.no_grad():
+        assert (split(x) - net(x)).abs().max() < 1e-5
+    reflecting = registry.create_model("espcn-x2")
+    reflecting.first_part[0] = torch.nn.Conv2d(1, 64, 5, padding=2, padding_mode="reflect")
+    assert auto.split_input(reflecting) is None  # SplitInput pads with zeros

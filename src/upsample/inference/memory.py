@@ -238,6 +238,9 @@ class MemoryPlanner:
                 return self._bpp[key]
             small = self.geometry.round_up(PROBE_SMALL)  # two different sides, even where the
             sides = (small, self.geometry.round_up(max(PROBE, small + 1)))  # geometry's step is large
+            # one run first, untracked: what a runtime does once (compiling; exporting a graph,
+            # which torch traces and the tracker's dispatch mode would see) is no tile's memory
+            self.run_tile(np.zeros((1, small, small, channels), dtype), float(np.iinfo(dtype).max))
             (px0, _, _), (px1, tracked, grown) = [self._measure(s, channels, dtype) for s in sides]
             bpp = max(tracked / px1, grown / (px1 - px0))
             self._bpp[key] = bpp

@@ -39,7 +39,7 @@ class Upscaler:
     device: torch.device = torch.device("cpu")
     backend: str = "torch"            # what was asked for (`--backend`)
     runtime: str = "torch"            # what runs the network ("openvino, fused edges", ...)
-    precision: str = "fp32"           # its arithmetic: fp32, bf16, bf16-tail, bf16-body, fp16, int8
+    precision: str = "fp32"           # its arithmetic: fp32, bf16, bf16-split, bf16-tail, bf16-body, fp16, int8
     model: nn.Module | None = None    # the torch network, where there is one
     spec: ModelSpec | None = None     # how the network is fed, where there is one
     inner: Upscaler | None = None     # the upscaler a wrapper (outscale, half) runs

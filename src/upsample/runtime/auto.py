@@ -31,6 +31,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 PHASE_LIMIT = 1e4  # far outside any picture's values (see `FusedRGB.forward`)
 PHASES_GRAPH = "phases1"  # `ClampedPhases`' graph version, in its cache names
+SPLIT_GRAPH = "split1"  # `SplitInput`'s graph version, in its cache and check names
 
 
 class FusedRGB(nn.Module):
@@ -112,6 +114,37 @@ class ClampedPhases(nn.Module):
         return torch.nn.functional.pixel_shuffle(phases, self.net.scale)
 
 
+class SplitInput(nn.Module):
+    """An image-facing convolution fed its input in two parts that bf16 holds exactly, hi =
+    bf16(x) and lo = x - hi, with its weights twice: the same sum in fp32, and under bf16 the
+    input is no longer rounded to 8 significant bits (OpenVINO computes the split in f32 from the
+    graph's f32 input). That rounding cost espcn-x2's Y network 0.068 of its 0.085 dB (simulated);
+    split, it measured +0.010 dB on the probes, in 76 ms at 640x360 where the fp32 ends took 86."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hi = x.to(torch.bfloat16).to(x.dtype)
+        c = self.conv
+        return torch.nn.functional.conv2d(torch.cat([hi, x - hi], 1), torch.cat([c.weight, c.weight], 1),
+                                          c.bias, c.stride, c.padding, c.dilation)
+
+
+def split_input(model: nn.Module) -> nn.Module | None:
+    """A copy of `model` whose first convolution, where it takes the picture itself (the
+    model's channels, zero padding, no groups), is a `SplitInput`; None elsewhere."""
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    if conv is None or conv.in_channels != model.upsample_spec.channels or conv.groups != 1 \
+            or conv.padding_mode != "zeros":
+        return None
+    twin = copy.deepcopy(model)
+    parent, _, attr = name.rpartition(".")
+    setattr(twin.get_submodule(parent) if parent else twin, attr, SplitInput(twin.get_submodule(name)))
+    return twin
+
+
 def network_graph(model: nn.Module, key: str) -> Path:
     """The IR of the network alone (video's Y planes, tiles; RGB models' only graph)."""
     if not hasattr(model, "phases"):
@@ -132,6 +165,7 @@ def _say(msg: str) -> None:
 # What each graph is, in the words `auto` and `upsample bench` print.
 LABELS = {"bf16": "bf16 in every layer", "bf16-body": "bf16 with the first and last layers in fp32",
           "bf16-tail": "bf16 with the last layer in fp32",
+          "bf16-split": "bf16 with the input split in two bf16 parts",
           "int8": "int8 with the first and last layers float", "f32": "fp32 (exact)",
           "fp16": "fp16", "device": "the device's own precision"}
 
@@ -198,7 +232,7 @@ def _ov_precision(use: str, asked: str) -> str | None:
     """The OpenVINO inference precision a choice of `_cpu_choice` (or "device") runs in."""
     if use == "device":  # GPU / NPU / AUTO: fp32 when asked for (eval's default), else their own
         return "f32" if asked == Precision.FP32 else None
-    return "bf16" if use in ("bf16", "bf16-body", "bf16-tail") else "f32"  # int8: its float layers f32
+    return "bf16" if use in ("bf16", "bf16-split", "bf16-body", "bf16-tail") else "f32"  # int8: its float layers f32
 
 
 def _check_name(option: str, scale: float, model: nn.Module, fused: bool, xml: Path) -> str:
@@ -207,20 +241,26 @@ def _check_name(option: str, scale: float, model: nn.Module, fused: bool, xml: P
     again)."""
     graph = FUSED_GRAPH if fused else PHASES_GRAPH if hasattr(model, "phases") else ""
     graph = f"-{graph}" if graph and option != "int8" else ""
+    if option == "bf16-split":
+        option = f"bf16-{SPLIT_GRAPH}"
     if option == "int8":
         st = xml.stat()
         option = f"int8-{st.st_size}-{st.st_mtime_ns}"
     return f"openvino-{option}-x{scale:g}{graph}-{GATE}"
 
 
-def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float) -> list[tuple[str, Path]]:
+def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float,
+                    fused: bool) -> list[tuple[str, Path | Callable[[], Path | None]]]:
     """The graphs that may replace fp32 here, fastest first: where the CPU has bf16 units,
-    all-bf16, bf16 with the last layer in fp32 and bf16 with fp32 ends (each only where it marks
-    a layer), and after all-bf16 the cached int8 IR of a dense model where the CPU has int8
-    dot-product units (on this Zen 5 all-bf16 was the faster of the two on VDSR)."""
+    all-bf16, for the network alone its graph with the input split (`SplitInput`: exported when
+    first measured), bf16 with the last layer in fp32 and bf16 with fp32 ends (each only where
+    it marks a layer), and after the all-bf16 ones the cached int8 IR of a dense model where the
+    CPU has int8 dot-product units (on this Zen 5 all-bf16 was the faster of the two on VDSR)."""
     found = []
     if hardware.cpu_has_bf16():
         found.append(("bf16", main_xml))
+        if not fused:
+            found.append(("bf16-split", lambda: split_graph(model, key)))
     cached = int8.find_cached(key, scale)
     if cached is not None and hardware.cpu_has_int8_dot() and int8.is_dense(model):
         found.append(("int8", cached))
@@ -228,6 +268,12 @@ def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float) ->
         found += [(option, fp32_ends.variant(main_xml, tail=option == "bf16-tail"))
                   for option in ("bf16-tail", "bf16-body")]
     return [(option, xml) for option, xml in found if option == "bf16" or xml != main_xml]
+
+
+def split_graph(model: nn.Module, key: str) -> Path | None:
+    """The network alone with its input split (`SplitInput`), None where it has no such input."""
+    split = split_input(model)
+    return network_graph(split, f"{key}-{SPLIT_GRAPH}") if split is not None else None
 
 
 def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | None, *, name: str,
@@ -251,7 +297,10 @@ def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | Non
     if precision != Precision.AUTO:
         return "f32", main_xml
     gate, results, use, said = _Gate(model, scale, net_xml, fused_xml, threads), {}, ("f32", main_xml), False
-    for option, xml in _cpu_candidates(model, key, main_xml, scale):
+    for option, xml in _cpu_candidates(model, key, main_xml, scale, fused_xml is not None):
+        xml = xml() if callable(xml) else xml
+        if xml is None:
+            continue
         result, fresh = remembered_check(key, _check_name(option, scale, model, fused_xml is not None, xml),
                                          lambda: gate.measure(option, xml))
         results[option], said = result, said or fresh
@@ -312,7 +361,7 @@ def remembered_results(model: nn.Module, scale: float) -> dict:
     except (OSError, ValueError):
         return {}
     found, cached = {}, int8.find_cached(key, scale)
-    for option in ("bf16", "int8", "bf16-tail", "bf16-body"):
+    for option in ("bf16", "bf16-split", "int8", "bf16-tail", "bf16-body"):
         if option == "int8" and cached is None:
             continue
         name = _check_name(option, scale, model, can_fuse(model, scale), cached or Path("-"))
