@@ -6,14 +6,15 @@ CPU: the model runs in OpenVINO. For Y-channel models the whole RGB -> RGB pipel
 MATLAB-exact bicubic of the chroma and of VDSR's input as fixed convolutions (`degrade.BicubicUp`),
 the network, back to RGB) is one graph, so the runtime fuses the edges that would otherwise cost
 more than the network; the Y network alone is a second graph (video works on Y planes), chosen by
-the same gate on its own when first run. The candidates, fastest first: bf16 in every layer and,
-for a dense model with a cached int8 IR on a CPU with int8 dot-product units, that int8 network
-(`int8`), then bf16 with the network's last layer in fp32, then with both image-facing ends in fp32
-(`fp32_ends`); the first that passes the quality gate (`checks`: within 0.02 dB of fp32's Y-PSNR on
-the shipped probe pictures, >= 50 dB from fp32's picture) is used, else fp32. The gate runs once
-per weights and is remembered; its verdict is printed in words the first time (`upsample bench`
-prints it every time). `--device GPU|NPU|AUTO` runs the same graphs on that OpenVINO device in its
-own precision (no gate: the bf16 variants are the CPU's).
+the same gate on its own when first run. The candidates, fastest first: bf16 in every layer (for
+the network alone also with its input split in two bf16 parts, `SplitInput`) and, for a dense model
+with a cached int8 IR on a CPU with int8 dot-product units, that int8 network (`int8`), then bf16
+with the network's last layer in fp32, then with both image-facing ends in fp32 (`fp32_ends`); the
+first that passes the quality gate (`checks`: within 0.02 dB of fp32's Y-PSNR on the shipped probe
+pictures, >= 50 dB from fp32's picture) is used, else fp32. The gate runs once per weights and is
+remembered; its verdict is printed in words the first time (`upsample bench` prints it every time).
+`--device GPU|NPU|AUTO` runs the same graphs on that OpenVINO device in its own precision (no gate:
+the bf16 variants are the CPU's).
 CUDA: the network in fp16 (else bf16, else fp32: the same gate) in channels_last, through
 `torch.compile` when it works here.
 int8 also when asked (`--precision int8`: the cached int8 IR, or an `upsample quantize` output).
