@@ -1,6 +1,7 @@
 """`--backend auto`: the exact bicubic as convolutions, the fused RGB graph, the cached choice."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,15 +88,18 @@ def test_a_failed_gate_is_remembered_and_falls_back_to_fp32(monkeypatch):
     net = registry.create_model("espcn-x2")
     key = f"{net.upsample_spec.arch}-{export.weights_hash(net)}"
     cache.cache_dir().mkdir(parents=True)
-    graph = cache.FUSED_GRAPH
-    failed = {f"openvino-bf16-x2-{graph}-{checks.GATE}": FAILED,  # as if all had been measured
-              f"openvino-bf16-tail-x2-{graph}-{checks.GATE}": {**FAILED, "db_change": -0.025},
-              f"openvino-bf16-body-x2-{graph}-{checks.GATE}": {**FAILED, "db_change": 0.03, "vs_fp32_db": 55.0}}
+    def name_of(option):
+        return auto._check_name(option, 2.0, net, True, Path("-"))
+    assert name_of("bf16") == f"openvino-bf16-x2-{cache.FUSED_GRAPH}-{checks.GATE}"
+    assert name_of("bf16-body") == f"openvino-bf16-body{auto.fp32_ends.VERSION}-x2-{cache.FUSED_GRAPH}-{checks.GATE}"
+    failed = {name_of("bf16"): FAILED,  # as if all had been measured
+              name_of("bf16-tail"): {**FAILED, "db_change": -0.025},
+              name_of("bf16-body"): {**FAILED, "db_change": 0.03, "vs_fp32_db": 55.0}}
     checks.checks_path(key).write_text(json.dumps(failed))
     up = auto.cpu_runner(net, name="t", scale=2.0)
     assert up.precision == "fp32" and up.graph[1] == "f32"
     assert json.loads(checks.checks_path(key).read_text()) == failed  # nothing re-measured
-    name = f"openvino-bf16-body-x2-{graph}-{checks.GATE}"
+    name = name_of("bf16-body")
     assert checks.remembered_check(key, name, lambda: 1 / 0) == (failed[name], False)
 
 
@@ -195,7 +199,7 @@ def test_the_y_network_alone_is_gated_on_its_own_when_first_run(monkeypatch, cap
     assert measured[2:] == [("bf16", False)]  # measured now, once
     assert compiled[-1] == (auto.network_graph(net, f"espcn-{export.weights_hash(net)}"), "bf16")
     assert compiled[-1][0].name.endswith(f"-{auto.PHASES_GRAPH}.xml")  # the clamped sub-pixel graph
-    assert "espcn-x3 x3 (its Y network alone, as video and tiles run it) runs bf16 in every layer" in capsys.readouterr().err
+    assert "espcn-x3 x3 (its Y network alone, as video runs it) runs bf16 in every layer" in capsys.readouterr().err
     runner.run(torch.zeros(1, 1, 8, 8))
     assert len(measured) == 3
 

@@ -1,6 +1,7 @@
 """`fp32_ends`: which layers of an IR stay fp32 under bf16, and that OpenVINO keeps them so."""
 
 import json
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -90,7 +91,7 @@ def test_openvino_keeps_the_marked_layers_in_fp32_and_auto_takes_the_first_graph
     up = load_upscaler("espcn-x2", backend="auto", quiet=True)
     done = json.loads(next(p for p in cache.cache_files() if p.name.endswith(".checks.json")).read_text())
     order = ["bf16", "bf16-tail", "bf16-body"]
-    found = {o: done.get(f"openvino-{o}-x2-{cache.FUSED_GRAPH}-{checks.GATE}") for o in order}
+    found = {o: done.get(auto._check_name(o, 2.0, up.model, True, Path("-"))) for o in order}
     measured = [o for o in order if found[o] is not None]
     assert measured == order[:len(measured)] and measured  # in order, none skipped
     *failed, last = measured

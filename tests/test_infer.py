@@ -188,6 +188,14 @@ def test_16_bit_gray_with_alpha_png_keeps_16_bits_and_stays_gray(tmp_path):
     for got, plane in ((out[..., 0], gray), (out[..., 3], alpha)):
         ref = np.clip(imresize_np(plane.astype(np.float64) / 65535, 2.0), 0, 1) * 65535
         assert got.shape == (40, 52) and np.abs(got - ref).max() <= 1.0
+    # an RGB profile does not describe gray pixels (Pillow, reading RGBA, would have kept it)
+    from PIL import ImageCms
+    from upsample.media.imageio import read_planes
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    with png_strips(tmp_path / "icc.png", 26, 20, "LA;16", {"icc_profile": srgb}) as png:
+        png.write(np.stack([gray, alpha], 2))
+    assert Image.open(tmp_path / "icc.png").info.get("icc_profile") == srgb
+    assert "icc_profile" not in read_planes(tmp_path / "icc.png").info
 
 
 def test_corrupt_file_reported_others_written_no_overwrite(tmp_path, capsys):
@@ -562,3 +570,12 @@ def test_dense_resize_weights_are_cached_by_bytes_and_can_be_dropped():
     assert degrade.resize_matrix(1390, 2780, 2.0) is degrade.resize_matrix(1390, 2780, 2.0)  # still a cache
     degrade.drop_resize_caches()
     assert bicubic.weights_cache.currsize == 0
+
+
+def test_api_keywords_leave_commands_and_paths_alone():
+    from upsample.inference.api import in_keywords
+    assert in_keywords("make it with `upsample bench --model m --calib DIR`, or pass it as --model") == \
+        "make it with `upsample bench --model m --calib DIR`, or pass it as spec"
+    assert in_keywords("cannot read /data/my--tile.pth (use --backend auto)") == \
+        "cannot read /data/my--tile.pth (use backend='auto')"
+    assert in_keywords("--device cuda:1: none here; use --device cpu.") == "device='cuda:1': none here; use device='cpu'."

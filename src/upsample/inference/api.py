@@ -138,17 +138,25 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
                          tile_batch=tile_batch)
 
 
-_SWITCHES = re.compile(r"--(allow-untrained|half)\b")
-_VALUED = re.compile(r"--(scale|backend|precision|device|threads|outscale|tile|max-memory|tile-batch) (?!is\b)([^\s,;:]+)")
-_NAMED = re.compile(r"--([a-z][a-z-]*)")
+_SWITCHES = {"allow-untrained", "half"}  # flags that take no value: keyword=True
+_VALUED = {"scale", "backend", "precision", "device", "threads", "outscale", "tile", "max-memory", "tile-batch"}
+_KEYWORD = {"model": "spec"}  # `load`'s names where they differ from the CLI's
+_FLAG = re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)(?: (?!is\b|of\b|or\b)([\w.:+-]*\w))?")
 
 
 def in_keywords(message: str) -> str:
     """A message naming the CLI's options ("--scale 3", "--allow-untrained") in `load`'s keywords
-    ("scale=3", "allow_untrained=True")."""
-    message = _SWITCHES.sub(lambda m: f"{m[1].replace('-', '_')}=True", message)
-    message = _VALUED.sub(lambda m: f"{m[1].replace('-', '_')}={m[2] if m[2][0].isdigit() else repr(m[2])}", message)
-    return _NAMED.sub(lambda m: m[1].replace("-", "_"), message)
+    ("scale=3", "allow_untrained=True"); text in backticks (a command to run) is left as it is."""
+    def keyword(m: re.Match) -> str:
+        flag, value = m[1], m[2]
+        name = _KEYWORD.get(flag, flag.replace("-", "_"))
+        if flag in _SWITCHES:
+            return f"{name}=True" + (f" {value}" if value else "")
+        if flag in _VALUED and value:
+            return f"{name}={value if value[0].isdigit() else repr(value)}"
+        return name + (f" {value}" if value else "")
+    parts = message.split("`")
+    return "`".join(part if i % 2 else _FLAG.sub(keyword, part) for i, part in enumerate(parts))
 
 
 CLEARLY_ABOVE_BICUBIC_DB = 1.0  # the fast default must gain at least this much (benchmark mean)

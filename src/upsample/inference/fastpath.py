@@ -34,7 +34,8 @@ from ..data.bicubic import imresize_array, output_size
 from ..errors import UserError
 from ..media.imageio import Planes, atomic_output
 from ..models import WEIGHTS_DIR
-from ..runtime.cache import FUSED_GRAPH, FUSED_MIN_SIDE, cache_dir, ov_compiled
+from ..runtime import fp32_ends
+from ..runtime.cache import FUSED_GRAPH, FUSED_MIN_SIDE, PHASES_GRAPH, SPLIT_GRAPH, cache_dir, ov_compiled
 from ..runtime.kinds import Backend, Precision
 from .tiling import TileGeometry
 
@@ -70,8 +71,8 @@ def plan_path(args) -> Path | None:
     model = args.model
     if model is not None and Path(model).is_file():
         model = str(Path(model).resolve())
-    ident = json.dumps([PLAN_VERSION, __version__, FUSED_GRAPH, model, args.scale, args.precision,
-                        args.threads])
+    graphs = [FUSED_GRAPH, PHASES_GRAPH, SPLIT_GRAPH, fp32_ends.VERSION]  # a new graph: a new plan
+    ident = json.dumps([PLAN_VERSION, __version__, *graphs, model, args.scale, args.precision, args.threads])
     return cache_dir() / "plans" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
 
 

@@ -193,9 +193,8 @@ def _glue_threads(up: Upscaler):
     """One torch thread for the glue (conversions, clamps) around a network that runs outside
     torch on the CPU: torch's OpenMP threads spin after each small op, and took the cores the
     runtime and the encoder needed (espcn-x3, 640x360 -> 1080p on 2 cores: 16.6 -> 20.4 frames/s)."""
-    core = up.core
-    outside = up.device.type == "cpu" and isinstance(core, ModelUpscaler) and \
-        str(core.runtime).startswith(("openvino", "onnxruntime"))
+    outside = up.device.type == "cpu" and isinstance(up, ModelUpscaler) and \
+        str(up.runtime).startswith(("openvino", "onnxruntime"))  # a wrapper's resize is torch's work
     threads = torch.get_num_threads()
     if outside:
         torch.set_num_threads(1)
@@ -369,8 +368,8 @@ class _Stages:
         self.streams = [self.vin] + [container.streams[i] for i in (*self.copies, *self.encodes)]
         self.shift = {s.index: window.shift(s.time_base) for s in self.streams}
         self.pipe = _Pipeline()
-        self.frames_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
-        self.encode_q: queue.Queue = queue.Queue(maxsize=2)
+        self.frames_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch * plan.workers))
+        self.encode_q: queue.Queue = queue.Queue(maxsize=max(2, plan.workers))
         self.mux_lock = threading.Lock()
         self.frames_out = self.packets_copied = self.frames_decoded = 0
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked

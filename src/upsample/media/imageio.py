@@ -192,13 +192,14 @@ class Planes:
         return ("L" if gray else "RGB") + ("A" if self.alpha is not None else "")
 
 
-def kept_info(img: Image.Image, exif: Image.Exif) -> dict:
+def kept_info(img: Image.Image, exif: Image.Exif, gray: bool | None = None) -> dict:
     """What an output keeps of its source's metadata (`save_planes` writes it back): the ICC
-    profile where it describes the output's pixels (RGB, or gray for gray ones: a CMYK or Lab
-    profile on the RGB output breaks colour-managed readers), and `exif` (the source's EXIF, as
-    read or as turned upright) where it holds tags."""
+    profile where it describes the output's pixels (RGB, or gray for gray ones - `gray`, else
+    `img`'s mode, says which: a CMYK or Lab profile on the RGB output breaks colour-managed
+    readers), and `exif` (the source's EXIF, as read or as turned upright) where it holds tags."""
     icc = img.info.get("icc_profile") or b""
-    space = b"GRAY" if Image.getmodebase(img.mode) == "L" else b"RGB "  # the header's colour space
+    gray = Image.getmodebase(img.mode) == "L" if gray is None else gray
+    space = b"GRAY" if gray else b"RGB "  # the header's colour space
     info = {"icc_profile": icc} if icc[16:20] == space else {}
     if len(exif):
         info["exif"] = exif.tobytes()
@@ -362,7 +363,8 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
         arr = arr.reshape(h * w, -1)[np.asarray(upright)]
         exif = upright.getexif()
     color = np.ascontiguousarray(arr[..., :1] if gray else arr[..., :3])
-    return Planes(color, np.ascontiguousarray(arr[..., 3:]) if has_alpha else None, kept_info(img, exif))
+    alpha = np.ascontiguousarray(arr[..., 3:]) if has_alpha else None
+    return Planes(color, alpha, kept_info(img, exif, gray=gray))  # Pillow has gray + alpha as RGBA
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

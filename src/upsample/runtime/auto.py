@@ -31,6 +31,7 @@ import copy
 import functools
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from . import cache, export, fp32_ends, hardware, int8
-from .cache import FUSED_GRAPH
+from .cache import FUSED_GRAPH, PHASES_GRAPH, SPLIT_GRAPH
 from ..data.degrade import BicubicUp
 from ..errors import UserError
 from ..data.colour import YCC, YCC_INV, YCC_OFFSET
@@ -53,8 +54,6 @@ NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 PHASE_LIMIT = 1e4  # far outside any picture's values (see `FusedRGB.forward`)
-PHASES_GRAPH = "phases1"  # `ClampedPhases`' graph version, in its cache names
-SPLIT_GRAPH = "split1"  # `SplitInput`'s graph version, in its cache and check names
 
 
 class FusedRGB(nn.Module):
@@ -147,7 +146,7 @@ def split_input(model: nn.Module) -> nn.Module | None:
 
 
 def network_graph(model: nn.Module, key: str) -> Path:
-    """The IR of the network alone (video's Y planes, tiles; RGB models' only graph)."""
+    """The IR of the network alone (video's Y planes; RGB models' only graph)."""
     if not hasattr(model, "phases"):
         return export.cached_ir(model, key=key)  # the key already holds the weights hash
     example = torch.rand(1, model.upsample_spec.channels, 16, 16)
@@ -197,6 +196,8 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
         return file_session(xml, Backend.OPENVINO, cpu, precision=ov_precision, threads=threads,
                             ov_device=device)
 
+    once = threading.RLock()  # first calls from several threads (video's workers, --jobs): one gate
+
     @functools.cache
     def net_graph() -> tuple[Path, str | None]:
         """The network alone's graph and precision: of a fused model, a graph of its own, gated
@@ -205,18 +206,22 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
             return (net_xml if fused_xml is not None else chosen), ov_precision
         net_use, net_file = _cpu_choice(model, key, net_xml, None, name=name, scale=scale,
                                         precision=precision, threads=threads, quiet=quiet,
-                                        what=" (its Y network alone, as video and tiles run it)")
+                                        what=" (its Y network alone, as video runs it)")
         return net_file, _ov_precision(net_use, precision)
 
     def run_net(t: torch.Tensor) -> torch.Tensor:  # compiled when first used (video's Y planes)
         if "net" not in compiled:
-            compiled["net"] = session(*net_graph())
+            with once:
+                if "net" not in compiled:
+                    compiled["net"] = session(*net_graph())
         return compiled["net"](t)
 
-    @functools.cache
     def parallel():
-        xml, ov_prec = net_graph()
-        return parallel_session(xml, precision=ov_prec, threads=threads, ov_device=device)
+        with once:
+            if "parallel" not in compiled:
+                xml, ov_prec = net_graph()
+                compiled["parallel"] = parallel_session(xml, precision=ov_prec, threads=threads, ov_device=device)
+        return compiled["parallel"]
 
     runner = Runner(run=run_net, spec=model.upsample_spec, runtime="openvino" if device == "CPU" else f"openvino {device}",
                     model=model, precision="fp32" if ov_precision == "f32" else use,
@@ -244,6 +249,8 @@ def _check_name(option: str, scale: float, model: nn.Module, fused: bool, xml: P
     graph = f"-{graph}" if graph and option != "int8" else ""
     if option == "bf16-split":
         option = f"bf16-{SPLIT_GRAPH}"
+    elif option in ("bf16-tail", "bf16-body"):  # the layers marked: fp32_ends' rule
+        option = f"{option}{fp32_ends.VERSION}"
     if option == "int8":
         st = xml.stat()
         option = f"int8-{st.st_size}-{st.st_mtime_ns}"

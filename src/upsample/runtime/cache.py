@@ -12,6 +12,8 @@ from ..errors import UserError
 from ..media.cache import part_dir, part_files
 
 FUSED_GRAPH = "rgb4"  # `auto.FusedRGB`'s graph version, in its cache names: bump when it changes
+PHASES_GRAPH = "phases1"  # `auto.ClampedPhases`' graph version, in its cache names
+SPLIT_GRAPH = "split1"  # `auto.SplitInput`'s graph version, in its cache and check names
 # The fused graph's bicubic (`degrade.BicubicUp`) mirrors 2 pixels at each border, which a
 # one-pixel side cannot give: a picture with a side under this takes the unfused path.
 FUSED_MIN_SIDE = 3
