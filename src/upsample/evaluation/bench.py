@@ -113,8 +113,8 @@ def runtime_entry(model: str, backend: str, *, scale, device: str, precision: st
     if backend != Backend.AUTO:
         return f"{backend} fp32", up, "fp32"
     # what auto chose, e.g. "auto (openvino fp32)"; its peak is that of the dtype it runs in
-    key = {Precision.BF16: "bfloat16", "bf16-body": "bfloat16", "bf16-tail": "bfloat16", "bf16-split": "bfloat16",
-           Precision.FP16: "float16", Precision.FP32: "fp32"}.get(up.precision, up.precision)
+    key = "bfloat16" if up.precision in auto.BF16_GRAPHS else \
+        {Precision.FP16: "float16", Precision.FP32: "fp32"}.get(up.precision, up.precision)
     return f"auto ({up.runtime} {up.precision})", up, key
 
 

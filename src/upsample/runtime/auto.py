@@ -162,6 +162,9 @@ def _say(msg: str) -> None:
     print(f"auto: {msg}", file=sys.stderr)
 
 
+# The CPU graphs that run in OpenVINO's bf16 (some of their layers marked to stay fp32).
+BF16_GRAPHS = ("bf16", "bf16-split", "bf16-tail", "bf16-body")
+
 # What each graph is, in the words `auto` and `upsample bench` print.
 LABELS = {"bf16": "bf16 in every layer", "bf16-body": "bf16 with the first and last layers in fp32",
           "bf16-tail": "bf16 with the last layer in fp32",
@@ -238,7 +241,7 @@ def _ov_precision(use: str, asked: str) -> str | None:
     """The OpenVINO inference precision a choice of `_cpu_choice` (or "device") runs in."""
     if use == "device":  # GPU / NPU / AUTO: fp32 when asked for (eval's default), else their own
         return "f32" if asked == Precision.FP32 else None
-    return "bf16" if use in ("bf16", "bf16-split", "bf16-body", "bf16-tail") else "f32"  # int8: its float layers f32
+    return "bf16" if use in BF16_GRAPHS else "f32"  # int8: its float layers f32
 
 
 def _check_name(option: str, scale: float, model: nn.Module, fused: bool, xml: Path) -> str:

@@ -46,13 +46,15 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == Backend.OPENVINO:
-        compiled = per_thread(ov_compiled(path, precision, threads, ov_device))
-
-        def run_ov(x: torch.Tensor) -> torch.Tensor:
-            out = compiled(x.detach().cpu().float().numpy())
-            return torch.from_numpy(np.asarray(out)).to(x.device)
-        return run_ov
+        return _on_tensors(per_thread(ov_compiled(path, precision, threads, ov_device)))
     raise UserError(f"unknown backend {backend!r}")
+
+
+def _on_tensors(run):
+    """`run` (an OpenVINO call, numpy in -> out) as a float NCHW tensor -> tensor callable."""
+    def run_ov(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(run(x.detach().cpu().float().numpy()))).to(x.device)
+    return run_ov
 
 
 def parallel_session(path: Path, *, precision: str | None, threads: int | None = None,
@@ -63,11 +65,7 @@ def parallel_session(path: Path, *, precision: str | None, threads: int | None =
     thread each, which ran espcn-x3's video frames 20 % faster than one frame over both threads."""
     compiled = ov_compiled(path, precision, threads, ov_device, throughput=True)
     requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-    run = per_thread(compiled)
-
-    def run_ov(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(run(x.detach().cpu().float().numpy()))).to(x.device)
-    return run_ov, requests
+    return _on_tensors(per_thread(compiled)), requests
 
 
 def session_runner(model: nn.Module, backend: Backend, device: torch.device,
