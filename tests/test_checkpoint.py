@@ -250,3 +250,19 @@ def test_interpolate(tmp_path, capsys):
     assert cli.main(["interpolate", str(pa), str(pa), "--alpha", "1.5", "-o", str(tmp_path / "q.safetensors")]) == 2
     assert cli.main(["interpolate", str(pa), str(pa), "--alpha", "0", "-o", str(tmp_path / "i0.safetensors")]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_interpolate_takes_a_shipped_models_name(tmp_path, capsys):
+    from upsample.models import registry
+    shipped, _ = load_checkpoint(registry.weights_path("espcn-x3"))
+    mine = save_checkpoint(small_model("espcn-x3", seed=3), tmp_path / "mine.safetensors")
+    out = tmp_path / "half.safetensors"
+    assert cli.main(["interpolate", "espcn-x3", str(mine), "--alpha", "0.5", "-o", str(out)]) == 0
+    blend, _ = load_checkpoint(out)
+    torch.testing.assert_close(blend.first_part[0].weight,
+                               0.5 * shipped.first_part[0].weight.float() + 0.5 * load_checkpoint(mine)[0].first_part[0].weight)
+    capsys.readouterr()
+    untrained = next(n for n in registry.list_models() if registry.weights_path(n) is None)
+    assert cli.main(["interpolate", untrained, str(mine), "--alpha", "0.5", "-o", str(tmp_path / "v.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert f"{untrained} has no trained weights" in err and len(err.strip().splitlines()) == 1

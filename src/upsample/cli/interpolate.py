@@ -1,5 +1,5 @@
 """`upsample interpolate A B --alpha a -o OUT`: parameter-wise (1 - a) A + a B of two checkpoints
-of one architecture (checkpoint.interpolate_checkpoints)."""
+of one architecture (checkpoint.interpolate_checkpoints); A or B may be a shipped model's name."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ from pathlib import Path
 
 from ..errors import UserError
 from .options import add_output_option, add_overwrite_option
+
+
+def checkpoint_file(arg: str) -> str:
+    """A checkpoint path as given, or a registered name's shipped weights file."""
+    from ..models import registry
+    if Path(arg).exists() or not registry.is_registered(arg):
+        return arg
+    weights = registry.weights_path(arg)
+    if weights is None:
+        raise UserError(f"{arg} has no trained weights to blend; give a checkpoint file of it "
+                        "(`upsample train` writes one)")
+    return str(weights)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,17 +33,18 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
     from ..media.imageio import check_new_file
-    check_new_file(out, overwrite=args.overwrite, inputs=[args.a, args.b])
+    a, b = checkpoint_file(args.a), checkpoint_file(args.b)
+    check_new_file(out, overwrite=args.overwrite, inputs=[a, b])
     from ..models.checkpoint import interpolate_checkpoints
-    interpolate_checkpoints(args.a, args.b, alpha, out, fp16=args.fp16)
+    interpolate_checkpoints(a, b, alpha, out, fp16=args.fp16)
     print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("interpolate", help="blend two checkpoints of one architecture parameter-wise")
-    p.add_argument("a", help="checkpoint A (alpha 0)")
-    p.add_argument("b", help="checkpoint B (alpha 1)")
+    p.add_argument("a", help="checkpoint A (alpha 0), or a shipped model's name")
+    p.add_argument("b", help="checkpoint B (alpha 1), or a shipped model's name")
     p.add_argument("--alpha", required=True, help="weight of B: the result is (1-alpha)*A + alpha*B")
     add_output_option(p, help="output .safetensors file")
     p.add_argument("--fp16", action="store_true", help="store the result in float16")
