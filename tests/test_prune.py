@@ -126,3 +126,13 @@ def test_rrdbnet_is_refused_at_once(tmp_path, capsys):
     out = tmp_path / "p.safetensors"
     assert cli.main(["prune", "rrdbnet-x4", "--allow-untrained", "--filter-ratio", "0.25", "-o", str(out)]) == 2
     assert "dense blocks" in capsys.readouterr().err and not out.exists()
+
+
+def test_joint_model_prunes_its_upscaler_by_the_sparsity_and_keeps_its_downscaler(tmp_path, capsys):
+    joint, espcn = _trained_like("joint-x2", tmp_path / "j.safetensors"), _trained_like("espcn-x2", tmp_path / "e.safetensors")
+    for src in (joint, espcn):
+        assert cli.main(["prune", str(src), "--sparsity", "0.5", "-o", str(src.with_suffix(".p.safetensors"))]) == 0
+    (_, pj), (_, pe) = (checkpoint.load_checkpoint(p.with_suffix(".p.safetensors")) for p in (joint, espcn))
+    assert (pj["kwargs"]["num_feat"], pj["kwargs"]["mid_feat"]) == (pe["kwargs"]["num_feat"], pe["kwargs"]["mid_feat"])
+    assert pe["kwargs"]["num_feat"] >= 40 and abs(pj["extra"]["params_removed"] - 0.5) < 0.02
+    assert (pj["kwargs"]["hr_feat"], pj["kwargs"]["down_feat"]) == (16, 32)  # the downscaler as it was

@@ -5,7 +5,8 @@ by their L1 (or L2) norm as in the VDSR reference pipeline. `--sparsity` is the 
 parameters removed (as "sparsity" means for weights): since a conv's weights scale with its input
 times its output width, removing a fraction r of every layer's filters removes about 1 - (1 - r)^2
 of the parameters, so sparsity 0.5 keeps ~71 % of the filters and halves params and MACs;
-`--filter-ratio` sets r directly instead; torch-pruning's dependency graph
+`--filter-ratio` sets r directly instead (parameters count where the model's forward runs: a
+joint model's training-only downscaler is neither pruned nor counted); torch-pruning's dependency graph
 resizes every layer that reads them (the next conv, residual partners, norms). The layers that
 fix the model's interface (input and output convs, the pixel-shuffle head) keep their channels.
 Because every layer of a family shrinks by one ratio, the result is the same architecture with
@@ -67,16 +68,33 @@ def ratio_for_sparsity(model: nn.Module, sparsity: float, method: str, *, size: 
                        ) -> float:
     """Bisect the per-layer filter ratio whose pruned copy keeps the parameter count nearest to
     (1 - sparsity) x the original (parameters fall monotonically as the ratio grows)."""
-    total = registry.count_params(model)
+    example = torch.rand(1, model.upsample_spec.channels, size, size)
+    total = forward_params(model, example)
     target = (1.0 - sparsity) * total
     lo, hi, best = 0.0, 1.0, (float("inf"), 1.0 - (1.0 - sparsity) ** 0.5)
     for _ in range(12):
         mid = (lo + hi) / 2
-        kept = registry.count_params(_prune_filters(copy.deepcopy(model), mid, method, size=size,
-                                                    seed=seed))
+        kept = forward_params(_prune_filters(copy.deepcopy(model), mid, method, size=size, seed=seed),
+                              example)
         best = min(best, (abs(kept - target), mid))
         lo, hi = (mid, hi) if kept > target else (lo, mid)
     return best[1]
+
+
+def forward_params(model: nn.Module, example: torch.Tensor) -> int:
+    """Parameters of the layers `model(example)` runs: what torch-pruning traces and can shrink
+    (joint-x2's forward is its upscaler; its downscaler, used only in training, is not pruned and
+    must not count, or the upscaler alone would be cut to reach the whole model's sparsity)."""
+    ran: set[nn.Module] = set()
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(mod)) for m in model.modules()
+             if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(p.numel() for m in ran for p in m.parameters(recurse=False))
 
 
 def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, seed: int) -> nn.Module:
@@ -112,7 +130,8 @@ def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, se
 
 @dataclass
 class Pruned:
-    """What `prune_checkpoint` wrote: sizes before and after, the output and its metadata."""
+    """What `prune_checkpoint` wrote: sizes before and after (of the network inference runs), the
+    output and its metadata."""
     params: tuple[int, int]
     macs: tuple[int, int]
     path: Path
@@ -133,9 +152,10 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
         raise UserError(f"{model_ref} is a {spec.kind}; prune an upscaler")
     if spec.arch in CANNOT_SHRINK:  # refused at once: torch-pruning took 75 s to fail on it
         raise UserError(f"{name}: {CANNOT_SHRINK[spec.arch]}; prune ESPCN, VDSR or VapSR models")
-    before_p, before_m = registry.count_params(model), registry.count_macs(model)
+    example = torch.rand(1, spec.channels, 32, 32)
+    before_p, before_m = forward_params(model, example), registry.count_macs(model)
     prune_model(model, sparsity, method, filter_ratio=filter_ratio)
-    after_p, after_m = registry.count_params(model), registry.count_macs(model)
+    after_p, after_m = forward_params(model, example), registry.count_macs(model)
     if after_p == before_p:
         raise UserError(f"{name}: nothing could be pruned at sparsity {sparsity}")
     # the pruned net must be a normal model of its architecture: save, reload, compare outputs
