@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -579,3 +581,36 @@ def test_api_keywords_leave_commands_and_paths_alone():
     assert in_keywords("cannot read /data/my--tile.pth (use --backend auto)") == \
         "cannot read /data/my--tile.pth (use backend='auto')"
     assert in_keywords("--device cuda:1: none here; use --device cpu.") == "device='cuda:1': none here; use device='cpu'."
+
+
+def test_png_colour_chunks_are_kept(tmp_path):
+    """gAMA, cHRM and sRGB say how viewers show a PNG: the upscaled PNG carries them, 8- and 16-bit."""
+    import av
+    from PIL.PngImagePlugin import PngInfo
+    chrm = (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+    tagged = PngInfo()
+    tagged.add(b"gAMA", struct.pack(">I", 100000))  # linear light: shown far brighter than sRGB
+    tagged.add(b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in chrm)))
+    base = RNG.integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    Image.fromarray(base).save(tmp_path / "lin.png", pnginfo=tagged)
+    Image.fromarray(base).save(tmp_path / "srgb.png", pnginfo=_chunks(PngInfo(), b"sRGB", b"\x01"))
+    deep = av.VideoFrame.from_ndarray((RNG.random((20, 26, 3)) * 65535).astype(np.uint16), format="rgb48le")
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = 26, 20, "rgb48be"
+    data = b"".join(bytes(p) for p in [*codec.encode(deep.reformat(format="rgb48be")), *codec.encode(None)])
+    gama = struct.pack(">I", 4) + b"gAMA" + struct.pack(">I", 100000)
+    gama += struct.pack(">I", zlib.crc32(b"gAMA" + struct.pack(">I", 100000)))
+    (tmp_path / "lin48.png").write_bytes(data[:33] + gama + data[33:])
+    for name in ("lin", "srgb", "lin48"):
+        assert cli.main(["image", str(tmp_path / f"{name}.png"), "-o", str(tmp_path / "out"),
+                         "--model", "bicubic"]) == 0
+    lin = Image.open(tmp_path / "out" / "lin_x2.png")
+    assert lin.info["gamma"] == 1.0 and lin.info["chromaticity"] == chrm
+    assert Image.open(tmp_path / "out" / "srgb_x2.png").info["srgb"] == 1
+    assert Image.open(tmp_path / "out" / "lin48_x2.png").info["gamma"] == 1.0
+    assert Image.open(tmp_path / "out" / "lin48_x2.png").size == (52, 40)
+
+
+def _chunks(info, kind, body):
+    info.add(kind, body)
+    return info

@@ -196,14 +196,38 @@ def kept_info(img: Image.Image, exif: Image.Exif, gray: bool | None = None) -> d
     """What an output keeps of its source's metadata (`save_planes` writes it back): the ICC
     profile where it describes the output's pixels (RGB, or gray for gray ones - `gray`, else
     `img`'s mode, says which: a CMYK or Lab profile on the RGB output breaks colour-managed
-    readers), and `exif` (the source's EXIF, as read or as turned upright) where it holds tags."""
+    readers), `exif` (the source's EXIF, as read or as turned upright) where it holds tags, and a
+    PNG's gAMA, cHRM and sRGB (`PNG_COLOUR_KEYS`)."""
     icc = img.info.get("icc_profile") or b""
     gray = Image.getmodebase(img.mode) == "L" if gray is None else gray
     space = b"GRAY" if gray else b"RGB "  # the header's colour space
     info = {"icc_profile": icc} if icc[16:20] == space else {}
     if len(exif):
         info["exif"] = exif.tobytes()
+    # a PNG's own colour description (how viewers show it; PNG outputs write it back)
+    info.update({k: img.info[k] for k in PNG_COLOUR_KEYS if k in img.info})
     return info
+
+
+PNG_COLOUR_KEYS = ("gamma", "chromaticity", "srgb")  # Pillow's names for gAMA, cHRM and sRGB
+
+
+def png_metadata_chunks(info: dict) -> list[tuple[bytes, bytes]]:
+    """The (type, body) chunks that carry `kept_info`'s metadata in a PNG: gAMA, cHRM, then
+    iCCP or sRGB (the format allows one of them), then eXIf."""
+    chunks = []
+    if info.get("gamma"):
+        chunks.append((b"gAMA", struct.pack(">I", round(info["gamma"] * 100000))))
+    if info.get("chromaticity") and len(info["chromaticity"]) == 8:
+        chunks.append((b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in info["chromaticity"]))))
+    if info.get("icc_profile"):
+        chunks.append((b"iCCP", b"icc\x00\x00" + zlib.compress(info["icc_profile"])))
+    elif info.get("srgb") is not None:
+        chunks.append((b"sRGB", bytes([int(info["srgb"])])))
+    if info.get("exif"):
+        exif = info["exif"]
+        chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    return chunks
 
 
 def planes_from_pil(img: Image.Image) -> Planes:
@@ -313,6 +337,11 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
         kwargs["icc_profile"] = planes.info["icc_profile"]
     if planes.info.get("exif") and fmt in ("PNG", "JPEG", "WEBP"):
         kwargs["exif"] = planes.info["exif"]
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+        kwargs["pnginfo"] = PngInfo()
+        for kind, body in png_metadata_chunks({k: planes.info.get(k) for k in PNG_COLOUR_KEYS}):
+            kwargs["pnginfo"].add(kind, body)
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = 95 if quality is None else int(quality)
     atomic_save(img, path, **kwargs)
@@ -372,7 +401,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 
 def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
-    """A 16-bit RGB or RGBA PNG, with the ICC profile (iCCP) and EXIF (eXIf) chunks kept."""
+    """A 16-bit RGB or RGBA PNG, with the ICC profile, EXIF and colour chunks kept."""
     import av
     arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
     fmt = "rgb48" if planes.alpha is None else "rgba64"
@@ -381,12 +410,7 @@ def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
     codec.width, codec.height, codec.pix_fmt = arr.shape[1], arr.shape[0], fmt + "be"
     data = b"".join(bytes(p) for p in [*codec.encode(frame.reformat(format=fmt + "be")),
                                        *codec.encode(None)])
-    extra = b""
-    if planes.info.get("icc_profile"):
-        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(planes.info["icc_profile"]))
-    if planes.info.get("exif"):
-        exif = planes.info["exif"]
-        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    extra = b"".join(_png_chunk(*c) for c in png_metadata_chunks(planes.info))
     ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # the chunks go right after IHDR
     data = data[:ihdr_end] + extra + data[ihdr_end:]
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
@@ -420,7 +444,8 @@ def _paeth_rows(rows: np.ndarray, prev: np.ndarray, bpp: int) -> bytes:
 class PngStripWriter:
     """`write(rows)` takes the next rows (n x W x C, uint8, or uint16 for the ;16 modes) of a
     `mode` image of `width` x `height`; the file is complete (renamed into place by the caller's
-    `atomic_output`) once all rows are in and `close()` ran. ICC profile and EXIF are kept."""
+    `atomic_output`) once all rows are in and `close()` ran. ICC profile, EXIF and the PNG colour
+    chunks (gAMA, cHRM, sRGB) are kept."""
 
     def __init__(self, f, width: int, height: int, mode: str, info: dict | None = None, level: int = 6):
         colour_type, self.channels = _PNG_WRITER_MODES[mode]
@@ -431,12 +456,8 @@ class PngStripWriter:
         self.zip, self.pending = zlib.compressobj(level), bytearray()
         f.write(PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16 if self.deep else 8,
                                                                 colour_type, 0, 0, 0)))
-        info = info or {}
-        if info.get("icc_profile"):
-            f.write(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(info["icc_profile"])))
-        if info.get("exif"):
-            exif = info["exif"]
-            f.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+        for chunk in png_metadata_chunks(info or {}):
+            f.write(_png_chunk(*chunk))
 
     def write(self, rows: np.ndarray, chunk_rows: int = 64) -> None:
         if rows.shape[1:] != (self.width, self.channels) or self.done + len(rows) > self.height:
