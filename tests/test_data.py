@@ -285,9 +285,10 @@ def test_prepare_reruns_count_what_is_there_and_tidy_a_killed_run(tmp_path, caps
     first = capsys.readouterr().out
     assert "3 sources: 8 crops (8 written now)" in first and "1 images smaller than 48" in first
     (out / ".src__0_s000.png.abcd1234.png.part").write_bytes(b"half a crop")  # as a kill leaves it
+    (out / ".notes.png.part").write_bytes(b"someone else's")  # not a crop's name: left alone
     assert cli.main(args) == 0
     again = capsys.readouterr().out
     assert "3 sources: 8 crops (0 written now)" in again and "3 already done, 1 images smaller" in again
-    assert not list(out.glob(".*.part"))
+    assert [p.name for p in out.glob(".*.part")] == [".notes.png.part"]
     assert cli.main(["data", "prepare", str(src), "-o", str(src)]) == 2
     assert "is the source folder itself" in capsys.readouterr().err

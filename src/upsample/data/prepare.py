@@ -111,8 +111,12 @@ def _load_manifest(out: Path, params: str) -> dict[str, int]:
 
 
 def _drop_stale_parts(out_dir: Path) -> None:
-    """Crops half-written by a run that was killed (`atomic_save`'s .NAME.XXXX.png.part files)."""
-    for stale in out_dir.glob(".*.png.part"):
+    """Crops half-written by a run into `out_dir` that was killed (`atomic_save`'s
+    .NAME_sNNN.png.XXXX.png.part files); only in a folder an earlier run made (its manifest),
+    and only files named as its crops are."""
+    if not (out_dir / MANIFEST).exists():
+        return
+    for stale in out_dir.glob(".*_s[0-9][0-9][0-9]*.png.*.png.part"):
         stale.unlink(missing_ok=True)
 
 
