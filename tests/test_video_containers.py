@@ -431,3 +431,28 @@ def test_an_opaque_gif_gets_no_transparency_note(tmp_path, capsys):
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
     assert cli.main(["video", str(tmp_path / "a.gif"), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
     assert "transparency" not in capsys.readouterr().err
+
+
+def test_a_subtitle_that_began_before_the_seek_point_is_kept(tmp_path):
+    """--start 1.2 seeks to the key frame at 0.8 s; the cue shown from 0.1 to 1.9 s lies before
+    it in the file, and is still kept, from the window's start (it was not read at all)."""
+    src = tmp_path / "film.mkv"
+    with av.open(str(src), "w", options={"cluster_time_limit": "100"}) as c:  # a cluster a key frame
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+        v.codec_context.options = {"x264-params": "keyint=10:min-keyint=10:scenecut=0"}
+        s = c.add_stream("subrip")
+        s.codec_context.subtitle_header = ASS_HEADER
+        for text, start, length in ((b"a long line", 100, 1800), (b"a late line", 1950, 50)):
+            pk = av.Packet(text)
+            pk.pts, pk.duration, pk.time_base, pk.stream = start, length, Fraction(1, 1000), s
+            c.mux(pk)
+        for i in range(50):
+            img = np.full((16, 32, 3), i * 5, np.uint8)
+            c.mux(v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        c.mux(v.encode())
+    out = tmp_path / "o.mkv"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--start", "1.2"]) == 0
+    back = read_back(out)
+    assert back["subtitle_cues"] == ["a long line", "a late line"]
+    assert back["subtitle_times"] == [pytest.approx((0.0, 0.7), abs=0.01), pytest.approx((0.75, 0.05), abs=0.01)]

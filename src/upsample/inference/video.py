@@ -347,6 +347,11 @@ class RunEstimate:
                        "file; a faster --model or --duration shortens it)", file=self.stream)
 
 
+# how far past a time a muxer may have written packets of that time (Matroska and MP4 interleave
+# within a second or so; FFmpeg's default max_interleave_delta is 10 s)
+INTERLEAVE_SLACK = 10.0
+
+
 class _Stages:
     """The decode, upscale and encode stages of one video, and what they share: the queues,
     the muxer's lock (the reader remuxes packets while the writer muxes frames) and counts."""
@@ -379,31 +384,55 @@ class _Stages:
     def read(self) -> None:
         """Thread 1: demux; decode the video's frames of the window onto `frames_q`; remux the
         packets of the copied streams; re-encode those of the re-encoded ones."""
+        early = self.read_early_cues()
         for packet in self.container.demux(self.streams):
             if self.pipe.stop.is_set():
                 return
-            index = packet.stream.index
-            if index == self.vin.index:
+            if packet.stream.index == self.vin.index:
                 if not self.read_video(packet):
                     self.flush_reencoded()
                     return
                 continue
             when = float(packet.pts * packet.time_base) if packet.pts is not None else None
             if packet.stream.type == "subtitle" and packet.size:
+                if early and when is not None and when < self.window.t0:
+                    continue  # `read_early_cues` passed it on
                 when = self.clip_cue(packet, when)
-            if packet.size and not self.window.contains(when):
-                continue
-            if index in self.encodes:
-                self.reencode(packet, self.encodes[index], self.shift[index])
-            elif packet.size:
-                remux(self.out, packet, self.copies[index], self.shift[index], self.mux_lock)
-                self.packets_copied += 1
+            self.pass_on(packet, when)
         self.pipe.put(self.frames_q, _END)
+
+    def pass_on(self, packet, when: float | None) -> None:
+        """A packet of a copied or re-encoded stream into the output, if it falls in the window."""
+        if packet.size and not self.window.contains(when):
+            return
+        index = packet.stream.index
+        if index in self.encodes:
+            self.reencode(packet, self.encodes[index], self.shift[index])
+        elif packet.size:
+            remux(self.out, packet, self.copies[index], self.shift[index], self.mux_lock)
+            self.packets_copied += 1
+
+    def read_early_cues(self) -> bool:
+        """With --start: pass on the subtitles that began before the window and are on screen at
+        its start, read from the file's beginning in a second demuxer - the seek lands on a key
+        frame, after which such a cue may lie in the file. True when it ran (the main reading
+        then leaves cues that began before the window to it)."""
+        subtitles = [s.index for s in self.streams if s.type == "subtitle"]
+        if not (self.window.start and subtitles):
+            return False
+        t0 = self.window.t0
+        with av.open(self.container.name) as again:
+            for packet in again.demux():
+                when = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                if when is not None and when > t0 + INTERLEAVE_SLACK:
+                    break  # muxers interleave by time: every cue that began before t0 is read
+                if packet.stream.index in subtitles and packet.size and when is not None and when < t0:
+                    self.pass_on(packet, self.clip_cue(packet, when))
+        return True
 
     def clip_cue(self, packet, when: float | None) -> float | None:
         """A subtitle read while on screen at the window's start is kept from that start (it was
-        dropped; one that began before the key frame the seek lands on is not read at all);
-        returns the cue's start time after that."""
+        dropped); returns the cue's start time after that."""
         t0 = self.window.t0
         if not self.window.start or when is None or not packet.duration or when >= t0:
             return when
