@@ -456,3 +456,50 @@ def test_a_subtitle_that_began_before_the_seek_point_is_kept(tmp_path):
     back = read_back(out)
     assert back["subtitle_cues"] == ["a long line", "a late line"]
     assert back["subtitle_times"] == [pytest.approx((0.0, 0.7), abs=0.01), pytest.approx((0.75, 0.05), abs=0.01)]
+
+
+def _clip_with_audio(path, acodec, layout, rate=48000, vcodec="mpeg4"):
+    """A 1 s clip of `vcodec` video and `acodec` audio in `layout` (an AVI's PCM reads back as
+    "2 channels", without a layout)."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream(vcodec, rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+        a = c.add_stream(acodec, rate=rate)
+        a.layout = layout
+        if "fltp" in [f.name for f in a.codec_context.codec.audio_formats]:
+            a.format = "fltp"
+        for i in range(10):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.full((16, 32, 3), i * 20, np.uint8), format="rgb24")))
+        c.mux(v.encode())
+        n, fmt = a.codec_context.frame_size or 1024, a.codec_context.format.name
+        channels = av.AudioLayout(layout).nb_channels
+        for k in range(rate // n):
+            tone = np.sin(2 * np.pi * 440 * (np.arange(n) + k * n) / rate) * 0.3
+            planes = np.tile(tone, (channels, 1))
+            if fmt == "s16":
+                data = (planes.T.reshape(1, -1) * 32767).astype(np.int16)
+            else:
+                data = planes.astype(np.float32)
+            f = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+            f.sample_rate, f.pts, f.time_base = rate, k * n, Fraction(1, rate)
+            c.mux(a.encode(f))
+        c.mux(a.encode())
+    return path
+
+
+@pytest.mark.parametrize("src_name, acodec, layout, out_name, want", [
+    ("camera.avi", "pcm_s16le", "stereo", "o.mp4", ("aac", "stereo")),  # PCM of no layout
+    ("film.mkv", "ac3", "5.1(side)", "o.webm", ("opus", "5.1")),  # Opus takes 5.1, not 5.1(side)
+    ("song.mp4", "mp3", "stereo", "o.mp4", ("mp3", "stereo")),  # MP4 plays MP3: copied
+])
+def test_audio_the_container_cannot_take_is_reencoded_in_a_layout_its_encoder_takes(
+        tmp_path, src_name, acodec, layout, out_name, want):
+    if acodec == "mp3" and "libmp3lame" not in av.codecs_available:
+        pytest.skip("no MP3 encoder in this FFmpeg")
+    src = _clip_with_audio(tmp_path / src_name, "libmp3lame" if acodec == "mp3" else acodec, layout)
+    out = tmp_path / out_name
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        assert (a.codec_context.codec.canonical_name, a.codec_context.layout.name) == want
+        assert sum(f.samples for f in c.decode(audio=0)) >= 40000  # the whole second decodes

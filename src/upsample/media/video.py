@@ -474,7 +474,7 @@ def _copyable(container, out, s) -> bool:
     subtitle it holds, a data track that it writes with its first packet (a timecode track never
     is: a copied one fails MOV's trailer; the timecode tag carries it instead)."""
     muxer, family = out.format.name, FAMILIES.get(out.format.name)
-    name = s.codec_context.name if s.codec_context else None
+    name = s.codec_context.codec.canonical_name if s.codec_context else None  # mp3, not its decoder mp3float
     mov_pcm = muxer == "mov" and (name or "").startswith("pcm_")  # QuickTime's own: kept lossless
     if s.type == "audio" and family in PLAYABLE_AUDIO and name not in PLAYABLE_AUDIO[family] and not mov_pcm:
         return False
@@ -490,11 +490,37 @@ def add_audio_encoder(out, s):
     rates = av.codec.Codec(codec, "w").audio_rates
     rate = s.codec_context.sample_rate if not rates or s.codec_context.sample_rate in rates else 48000
     aout = out.add_stream(codec, rate=rate)
-    aout.layout = s.codec_context.layout
+    aout.layout = encoder_layout(codec, rate, s.codec_context.layout)
     for key in ("language", "title"):
         if key in s.metadata:
             aout.metadata[key] = s.metadata[key]
     return aout
+
+
+# FFmpeg's usual layouts by channel count: a source's unnamed "N channels" (PCM in AVI or
+# Matroska) is taken as the first, and an encoder that refuses a layout gets the next that it opens
+# with (Opus takes 5.1 but not AC-3's 5.1(side))
+LAYOUTS_BY_CHANNELS = {1: ["mono"], 2: ["stereo"], 3: ["2.1", "3.0"], 4: ["quad", "4.0"],
+                       5: ["5.0", "5.0(side)"], 6: ["5.1", "5.1(side)"], 7: ["6.1", "6.1(back)"],
+                       8: ["7.1", "7.1(wide)"]}
+
+
+def encoder_layout(codec: str, rate: int, layout) -> str:
+    """The channel layout to encode `layout`'s audio in with `codec`: its own where the encoder
+    opens with it, else the first of the usual layouts of as many channels that does, else
+    stereo (the encoder's resampler remixes the frames into it)."""
+    n = layout.nb_channels
+    tries = [layout.name] if layout.name != f"{n} channels" else []
+    for name in [*tries, *LAYOUTS_BY_CHANNELS.get(n, []), "stereo"]:
+        probe = av.CodecContext.create(codec, "w")
+        probe.sample_rate, probe.layout = rate, name
+        probe.format = av.codec.Codec(codec, "w").audio_formats[0]
+        try:
+            probe.open()
+            return name
+        except (av.FFmpegError, ValueError):
+            continue
+    return "stereo"
 
 
 def add_subtitle_encoder(out, s):
@@ -533,7 +559,7 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
     for s in container.streams:
         if s.index == skip:
             continue
-        name = s.codec_context.name if s.codec_context else "?"
+        name = s.codec_context.codec.canonical_name if s.codec_context else "?"
         if s.type == "attachment" and out.format.name == "matroska" and s.metadata.get("filename"):
             # fonts for ASS subtitles and the like: only Matroska holds attachments
             out.add_attachment(name=s.metadata["filename"], data=s.data,
