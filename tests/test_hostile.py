@@ -724,6 +724,11 @@ def test_data_commands_never_lose_or_mix_files(tmp_path, capsys):
     (["--start", "1:99"], "under 60"),
     (["--duration", "0"], "must be > 0"),
     (["--max-memory", "0"], "no memory"),
+    (["--start", "nan"], "must be seconds"),
+    (["--duration", "inf"], "must be seconds"),
+    (["--preset", "foo"], "libx264 takes ultrafast"),
+    (["--codec", "mpeg4", "--crf", "30"], "mpeg4 has no constant-quality scale"),
+    (["--codec", "mpeg4", "--preset", "fast"], "mpeg4 has no speed presets"),
 ])
 def test_video_numbers_out_of_range_are_one_line(tmp_path, capsys, args, words):
     src = tiny_clip(tmp_path / "c.mkv")

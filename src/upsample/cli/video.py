@@ -20,7 +20,8 @@ def _seconds(text: str | None, what: str, *, positive: bool = False) -> float | 
         numbers = [float(p) for p in parts]
     except ValueError:
         numbers = []
-    if not numbers or len(numbers) > 3 or any(not 0 <= n < 60 for n in numbers[1:]) or numbers[0] < 0:
+    if not numbers or len(numbers) > 3 or any(not 0 <= n < 60 for n in numbers[1:]) \
+            or not 0 <= numbers[0] < float("inf"):  # also nan
         raise UserError(f"{what} must be seconds or [h:]m:s (minutes and seconds under 60), got {text!r}")
     value = 0.0
     for n in numbers:
@@ -30,14 +31,40 @@ def _seconds(text: str | None, what: str, *, positive: bool = False) -> float | 
     return value
 
 
-# the constant-quality scales of the encoders (libx264/libx265 0-51; VP9 and SVT-AV1 0-63)
-CRF_RANGE = {"libx264": 51, "h264": 51, "libx265": 51, "hevc": 51}
+# the constant-quality scales of the encoders that have one (x264/x265 0-51; VP8/9, AV1 0-63)
+CRF_RANGE = {"libx264": 51, "h264": 51, "libx265": 51, "hevc": 51, "libvpx-vp9": 63, "libvpx": 63,
+             "libsvtav1": 63, "libaom-av1": 63}
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+# --preset: x264/x265 by name; SVT-AV1's preset and libvpx's cpu-used by number (lowest, highest)
+PRESET_NUMBERS = {"libsvtav1": (0, 13), "libvpx-vp9": (0, 8), "libvpx": (0, 8)}
 
 
 def _check_crf(crf: int | None, codec: str) -> None:
-    top = CRF_RANGE.get(codec, 63)
-    if crf is not None and not 0 <= crf <= top:
-        raise UserError(f"--crf {crf}: {codec} takes 0 (best) to {top}")
+    if crf is None:
+        return
+    if codec not in CRF_RANGE:
+        raise UserError(f"--crf: {codec} has no constant-quality scale; leave --crf out, or use "
+                        "--codec libx264, libx265, libvpx-vp9 or libsvtav1")
+    if not 0 <= crf <= CRF_RANGE[codec]:
+        raise UserError(f"--crf {crf}: {codec} takes 0 (best) to {CRF_RANGE[codec]}")
+
+
+def _check_preset(preset: str | None, codec: str) -> None:
+    """A --preset the encoder takes, said before a model is loaded (the encoder refused a bad
+    one only when opened: "Invalid argument")."""
+    if preset is None:
+        return
+    if codec in ("libx264", "h264", "libx265", "hevc"):
+        if preset not in X26X_PRESETS:
+            raise UserError(f"--preset {preset}: {codec} takes {', '.join(X26X_PRESETS)}")
+    elif codec in PRESET_NUMBERS:
+        low, high = PRESET_NUMBERS[codec]
+        if not (preset.lstrip("-").isdigit() and low <= int(preset) <= high):
+            raise UserError(f"--preset {preset}: {codec} takes a number from {low} (slowest, best) "
+                            f"to {high} (fastest)")
+    else:
+        raise UserError(f"--preset: {codec} has no speed presets; leave --preset out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,15 +75,16 @@ def run(args: argparse.Namespace) -> int:
     from ..media.video import check_is_video, check_output, choose_encoding, source_pix_fmt
 
     src, dst = Path(args.input), Path(args.output)
-    check_output(dst, overwrite=args.overwrite)
     if src.resolve() == dst.resolve():
         raise UserError("the output would replace the input; choose another -o")
+    check_output(dst, overwrite=args.overwrite)
     start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration", positive=True)
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     check_is_video(src)  # clear errors before a model is loaded
     codec, pix_fmt, notes = choose_encoding(dst, source_pix_fmt(src), args.codec, args.pix_fmt)
     _check_crf(args.crf, codec)
+    _check_preset(args.preset, codec)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
