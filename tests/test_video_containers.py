@@ -503,3 +503,34 @@ def test_audio_the_container_cannot_take_is_reencoded_in_a_layout_its_encoder_ta
         a = c.streams.audio[0]
         assert (a.codec_context.codec.canonical_name, a.codec_context.layout.name) == want
         assert sum(f.samples for f in c.decode(audio=0)) >= 40000  # the whole second decodes
+
+
+def _tiny(path, vcodec, pix_fmt, frames=3, options=None, metadata=None, rate=10):
+    with av.open(str(path), "w") as c:
+        v = c.add_stream(vcodec, rate=rate)
+        v.width, v.height, v.pix_fmt = 64, 64, pix_fmt
+        v.codec_context.options = options or {}
+        v.metadata.update(metadata or {})
+        for i in range(frames):
+            rgb = np.full((64, 64, 3), 40 * i, np.uint8)
+            c.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
+        c.mux(v.encode())
+    return path
+
+
+def test_notes_for_what_the_output_does_not_keep_and_12_bit_written_as_10(tmp_path, capsys):
+    """VP9 alpha (WebM's ALPHA_MODE tag) and interlacing get a note; a 12-bit 4:4:4 source is
+    written as HEVC Main 10 4:2:0, which players decode (Main 12 hardly any)."""
+    if "libvpx-vp9" in av.codecs_available:
+        webm = _tiny(tmp_path / "a.webm", "libvpx-vp9", "yuva420p", metadata={"alpha_mode": "1"})
+        assert cli.main(["video", str(webm), "-o", str(tmp_path / "a.mp4"), "--model", "bicubic"]) == 0
+        assert "transparency (alpha) is not kept" in capsys.readouterr().err
+    ts = _tiny(tmp_path / "i.mkv", "mpeg2video", "yuv420p", options={"flags": "+ildct+ilme"}, rate=25)
+    assert cli.main(["video", str(ts), "-o", str(tmp_path / "i.mp4"), "--model", "bicubic"]) == 0
+    assert "the input is interlaced" in capsys.readouterr().err
+    if HAS_X265:
+        deep = _tiny(tmp_path / "d.mkv", "ffv1", "yuv444p12le")
+        assert cli.main(["video", str(deep), "-o", str(tmp_path / "d.mp4"), "--model", "bicubic"]) == 0
+        assert "yuv444p12le is written as yuv420p10le" in capsys.readouterr().err
+        with av.open(str(tmp_path / "d.mp4")) as c:
+            assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"

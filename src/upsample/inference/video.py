@@ -161,8 +161,12 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         vin = container.streams.video[0]
         codec, out_fmt, notes = choose_encoding(dst, vin.codec_context.format.name, codec, pix_fmt)
         first = first_frame(src, vin.index)
-        if vin.metadata.get("alpha_mode") == "1" or _transparent(first):
+        alpha_mode = {k.lower(): v for k, v in vin.metadata.items()}.get("alpha_mode")  # WebM: ALPHA_MODE
+        if alpha_mode == "1" or _transparent(first):
             notes.append("the input's transparency (alpha) is not kept: video output here is opaque")
+        if getattr(first, "interlaced_frame", False):
+            notes.append("the input is interlaced: each frame's two fields are upscaled as one picture, "
+                         "which enlarges their combing; deinterlace it first (e.g. ffmpeg -vf bwdif)")
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         plan, batch = _plan(up, vin.codec_context, out_fmt, batch=batch, tile=tile,

@@ -307,22 +307,26 @@ DELIVERY_ENCODERS = ("libx264", "h264", "libx265", "hevc", "libvpx-vp9", "libvpx
 
 
 def _delivery_format(codec: str, src_fmt: str) -> str | None:
-    """The 4:2:0 format of `src_fmt`'s depth and range (yuv422p10le -> yuv420p10le, yuvj444p ->
-    yuvj420p) where `codec` is a delivery encoder that takes it and `src_fmt` is planar YUV with
-    more chroma than that; gray (4:0:0, which few decoders play either) as 4:2:0 of its depth;
-    else None."""
-    m = re.fullmatch(r"yuv(j?)(a?)(4[0-9][0-9])p(\d*(?:le|be)?)", src_fmt)
+    """For a delivery encoder, the 4:2:0 format of `src_fmt`'s depth (at most 10 bits) and range
+    (yuv422p10le -> yuv420p10le, yuvj444p -> yuvj420p, yuv444p12le -> yuv420p10le) where that
+    differs from `src_fmt` and `codec` takes it; gray (4:0:0, which few decoders play either) as
+    4:2:0 of its depth; else None. Players decode 8 and 10 bits (HEVC Main 10, VP9 profile 2,
+    AV1 Main), 12 hardly anywhere."""
+    m = re.fullmatch(r"yuv(j?)(a?)(4[0-9][0-9])p(\d*)(le|be)?", src_fmt)
     gray = re.fullmatch(r"gray(\d*)(le|be)?", src_fmt)
-    if codec not in DELIVERY_ENCODERS or not (gray or m) or (m and m.group(3) == "420"):
+    if codec not in DELIVERY_ENCODERS or not (gray or m):
+        return None
+    depth = "" if _bits(src_fmt) <= 8 else "10le"
+    if gray:
+        names = [f"yuv420p{depth}", "yuv420p"]
+    else:  # with its alpha plane where the encoder keeps one (VP9), else without
+        names = [f"yuv{m.group(1)}{alpha}420p{depth}" for alpha in dict.fromkeys([m.group(2), ""])]
+    if names[0] == src_fmt:
         return None
     try:
         takes = [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
     except (av.FFmpegError, ValueError):
         return None
-    if gray:
-        names = ["yuv420p" if int(gray.group(1) or 8) <= 8 else "yuv420p10le", "yuv420p"]
-    else:  # with its alpha plane where the encoder keeps one (VP9), else without
-        names = [f"yuv{m.group(1)}{alpha}420p{m.group(4)}" for alpha in dict.fromkeys([m.group(2), ""])]
     return next((n for n in names if n in takes), None)
 
 
@@ -353,8 +357,10 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
                          "few players; leave --codec out for 10-bit HEVC)")
     if pix_fmt is None and (sub := _delivery_format(codec, src_fmt)) is not None:
         pix_fmt = sub
-        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:0:0, 4:2:2 or 4:4:4 plays "
-                     f"in few players (browsers, QuickTime, phones); --pix-fmt {src_fmt} keeps it")
+        keeps = src_fmt in [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
+        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:0:0, 4:2:2, 4:4:4 or over "
+                     "10 bits plays in few players (browsers, QuickTime, phones)"
+                     + (f"; --pix-fmt {src_fmt} keeps it" if keeps else ""))
     try:
         fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
     except UserError as exc:
