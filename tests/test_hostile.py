@@ -572,6 +572,31 @@ def test_sigint_mid_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
 
 
+@in_child_process
+def test_sigterm_is_handled_as_ctrl_c_by_the_console_command(tmp_path, capsys, monkeypatch):
+    """`kill`, `timeout` and `docker stop` send SIGTERM: the console command takes it as Ctrl-C
+    (the temporary output removed), exit 143; the handler is the console command's only."""
+    import signal
+    from upsample.inference import api, batch
+    monkeypatch.setattr(batch, "STREAM_BYTES", 1000)
+    monkeypatch.setattr(api, "STRIP_BYTES", 4000)
+    real_write = imageio.PngStripWriter.write
+
+    def write_then_terminate(self, rows, *a, **k):
+        real_write(self, rows, *a, **k)
+        if self.done >= 8:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what the signal would run here
+    monkeypatch.setattr(imageio.PngStripWriter, "write", write_then_terminate)
+    src = _png(tmp_path, "in.png", rgb(40, 48))
+    out = tmp_path / "out"
+    monkeypatch.setattr("sys.argv", ["upsample", "image", str(src), "-o", str(out), "--model", "bicubic", "--jobs", "1"])
+    assert cli.main() == 143
+    assert "terminated" in capsys.readouterr().err
+    assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert cli.main(["models", "--json"]) == 0 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 # ----------------------------------------------------------------------------- eval
 
 EVAL_DATA = {

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from ..errors import UserError
 
@@ -111,7 +113,18 @@ def without_launcher_rank(argv: list[str]) -> list[str]:
     return argv[2:] if argv[:1] == ["--local_rank"] else argv
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop, a scheduler ending a job), handled as Ctrl-C is:
+    the output being written is removed, not left half-written (training saves, on its own)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():  # the console command
+        signal.signal(signal.SIGTERM, _raise_terminated)
     argv = without_launcher_rank(sys.argv[1:] if argv is None else list(argv))
     parser = _parser_for(argv)
     args = parser.parse_args(argv)
@@ -123,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"upsample {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"upsample {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"upsample {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # `upsample models | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
