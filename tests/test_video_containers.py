@@ -366,10 +366,13 @@ def test_trims_of_mpeg_ts_count_from_its_first_frame_and_keep_every_frame(tmp_pa
     with av.open(str(src)) as c:
         assert c.start_time / 1e6 > 1.9  # the offset this test is about
     for args, frames in ((["--start", "1.2", "--duration", "1"], 24), (["--duration", "1"], 24),
-                         (["--start", "3.5"], 12)):
+                         (["--start", "3.5"], 12), ([], 96)):
         out = tmp_path / "o.mp4"
         assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--overwrite", *args]) == 0
-        assert len(read_back(out)["times"]) == frames, args
+        times = read_back(out)["times"]
+        assert len(times) == frames and times[0] == pytest.approx(0, abs=0.05), args  # from 0, as FFmpeg
+        with av.open(str(out)) as c:
+            assert c.duration / 1e6 == pytest.approx(frames / 24, abs=0.1)  # no empty lead-in
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".mkv", ".webm"])

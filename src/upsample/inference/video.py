@@ -227,7 +227,8 @@ def _transparent(frame) -> bool:
 class ClipWindow:
     """The part of the input to upscale, in seconds: from `start` (None: the beginning) for
     `duration` (None: to the end), counted from `origin`, the file's first timestamp (MPEG-TS
-    files start at 1.4 s or hours in). Output timestamps start at `start`'s."""
+    files start at 1.4 s or hours in). Output timestamps start at 0 there (as FFmpeg's do: an MP4
+    of a broadcast's cut began with hours of empty edit)."""
     start: float | None = None
     duration: float | None = None
     origin: float = 0.0
@@ -253,7 +254,7 @@ class ClipWindow:
 
     def shift(self, time_base) -> int:
         """What comes off timestamps in `time_base` units so that the window starts at 0."""
-        return int(round(self.t0 / time_base)) if self.start else 0
+        return int(round(self.t0 / time_base))
 
     def frames(self, available: int | None, rate) -> int | None:
         """The frames of the window, of `available` in the whole input at `rate` (None: unknown)."""
