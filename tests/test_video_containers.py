@@ -515,7 +515,7 @@ def _tiny(path, vcodec, pix_fmt, frames=3, options=None, metadata=None, rate=10)
         v.codec_context.options = options or {}
         v.metadata.update(metadata or {})
         for i in range(frames):
-            rgb = np.full((64, 64, 3), 40 * i, np.uint8)
+            rgb = np.full((64, 64, 3), 40 * i % 256, np.uint8)
             c.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
         c.mux(v.encode())
     return path
@@ -537,3 +537,26 @@ def test_notes_for_what_the_output_does_not_keep_and_12_bit_written_as_10(tmp_pa
         assert "yuv444p12le is written as yuv420p10le" in capsys.readouterr().err
         with av.open(str(tmp_path / "d.mp4")) as c:
             assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+
+
+def test_damaged_packets_are_skipped_with_a_note(tmp_path, capsys):
+    """A broken download: a few packets of random bytes. FFmpeg goes on past them, so does this
+    (the whole run failed on the first)."""
+    clean = _tiny(tmp_path / "clean.mkv", "libx264", "yuv420p", frames=40, options={"g": "10"})
+    src = tmp_path / "broken.mkv"
+    rng = np.random.default_rng(1)
+    with av.open(str(clean)) as c, av.open(str(src), "w") as out:
+        s = out.add_stream_from_template(c.streams.video[0])
+        for i, packet in enumerate(c.demux(video=0)):
+            if not packet.size:
+                continue
+            if i in (3, 4, 15) and not packet.is_keyframe:
+                broken = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                broken.pts, broken.dts, broken.time_base = packet.pts, packet.dts, packet.time_base
+                packet = broken
+            packet.stream = s
+            out.mux(packet)
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
+    err = capsys.readouterr().err
+    assert "damaged packet(s) of the input" in err
+    assert len(read_back(tmp_path / "o.mp4")["times"]) >= 30

@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
                             tile=args.tile, tile_batch=tile_batch,
                             max_memory=parse_memory(args.max_memory) if args.max_memory is not None else None,
                             progress=True)
+    if summary["damaged_packets"]:
+        print(f"note: {summary['damaged_packets']} damaged packet(s) of the input could not be decoded "
+              "or copied and were skipped (their frames or sound are missing)", file=sys.stderr)
     w, h = summary["size"]
     side = f", {summary['workers']} frames side by side" if summary.get("workers", 1) > 1 else ""
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "

@@ -316,7 +316,8 @@ class _Pipeline:
         if self.errors:
             exc = self.errors[0]
             if isinstance(exc, av.FFmpegError):
-                raise UserError(f"video processing failed: {exc}") from exc
+                # strerror: the temporary output's name in the message would mislead
+                raise UserError(f"video processing failed: {getattr(exc, 'strerror', None) or exc}") from exc
             raise exc
 
 
@@ -382,6 +383,7 @@ class _Stages:
         self.encode_q: queue.Queue = queue.Queue(maxsize=max(2, plan.workers))
         self.mux_lock = threading.Lock()
         self.frames_out = self.packets_copied = self.frames_decoded = 0
+        self.damaged = 0  # packets skipped because FFmpeg could not decode or mux them
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
         self.busy_lock = threading.Lock()  # side-by-side upscaling adds to it from several threads
         self.durations: dict[int, int] = {}  # pts -> duration of the frames sent to the encoder
@@ -411,11 +413,14 @@ class _Stages:
         if packet.size and not self.window.contains(when):
             return
         index = packet.stream.index
-        if index in self.encodes:
-            self.reencode(packet, self.encodes[index], self.shift[index])
-        elif packet.size:
-            remux(self.out, packet, self.copies[index], self.shift[index], self.mux_lock)
-            self.packets_copied += 1
+        try:
+            if index in self.encodes:
+                self.reencode(packet, self.encodes[index], self.shift[index])
+            elif packet.size:
+                remux(self.out, packet, self.copies[index], self.shift[index], self.mux_lock)
+                self.packets_copied += 1
+        except av.InvalidDataError:  # a damaged packet (a broken download, a TS with errors):
+            self.damaged += 1        # skipped, as FFmpeg goes on past it
 
     def read_early_cues(self) -> bool:
         """With --start: pass on the subtitles that began before the window and are on screen at
@@ -453,7 +458,11 @@ class _Stages:
     def read_video(self, packet) -> bool:
         """The frames of a video packet in the window onto `frames_q`; False: stop reading."""
         t = time.perf_counter()
-        frames = packet.decode()
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError:  # damaged: its frame is missing, the next key frame decodes
+            frames = []
+            self.damaged += 1
         self.busy["decode"] += time.perf_counter() - t
         for frame in frames:
             if frame.pts is None:  # raw streams: number the frames
@@ -602,7 +611,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
             "size": (vout.width, vout.height), "rate": stages.rate, "codec": vout.codec_context.name,
             "pix_fmt": plan.out_fmt, "reencoded": [f"{s.type} as {s.codec_context.name}" for s in stages.encodes.values()],
             "fps": stages.frames_out / wall if wall else None,  # end to end, stages overlapping
-            "workers": plan.workers,
+            "workers": plan.workers, "damaged_packets": stages.damaged,
             "ms_per_frame": {k: 1000 * v / stages.frames_out for k, v in stages.busy.items()}}
 
 
