@@ -560,3 +560,30 @@ def test_damaged_packets_are_skipped_with_a_note(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "damaged packet(s) of the input" in err
     assert len(read_back(tmp_path / "o.mp4")["times"]) >= 30
+
+
+@pytest.mark.parametrize("name, codec, want_video, want_audio", [
+    ("o.avi", None, "h264", "aac"),  # a constant rate of 25/s (1/12800 from MP4 made 600/s)
+    ("o.mpg", None, "mpeg2video", "mp2"),  # DVD's codecs; AAC was re-encoded as AAC, then refused
+    ("o.ogv", None, None, "opus"),
+    ("o.h264", None, "h264", None),  # an elementary stream: the audio dropped, said (a traceback)
+    ("o.y4m", None, "rawvideo", None),
+    ("o.mp4", "mpeg2video", "mpeg2video", "aac"),  # --codec: its time base was refused
+    ("o.avi", "mjpeg", "mjpeg", "aac"),  # limited range was refused
+])
+def test_every_container_offered_is_written_with_codecs_it_takes(tmp_path, capsys, name, codec, want_video, want_audio):
+    src = tmp_path / "in.mp4"
+    write_clip(src)
+    out = tmp_path / name
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", *(["--codec", codec] if codec else [])]) == 0
+    err = capsys.readouterr().err
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert want_video is None or v.codec_context.codec.canonical_name == want_video
+        assert len(list(c.decode(video=0))) == 12
+        if name.endswith(".avi"):
+            assert v.average_rate == 25
+        audio = [a.codec_context.codec.canonical_name for a in c.streams.audio]
+    assert audio == ([want_audio] if want_audio else [])
+    if want_audio is None:
+        assert "cannot go into" in err

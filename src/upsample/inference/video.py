@@ -384,6 +384,7 @@ class _Stages:
         self.mux_lock = threading.Lock()
         self.frames_out = self.packets_copied = self.frames_decoded = 0
         self.damaged = 0  # packets skipped because FFmpeg could not decode or mux them
+        self.last_slot = -1  # `onto_frame_slots`
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
         self.busy_lock = threading.Lock()  # side-by-side upscaling adds to it from several threads
         self.durations: dict[int, int] = {}  # pts -> duration of the frames sent to the encoder
@@ -516,6 +517,7 @@ class _Stages:
                 break
             for frame in item:
                 t = time.perf_counter()
+                self.onto_frame_slots(frame)
                 if frame.duration:
                     self.durations[frame.pts] = frame.duration
                 packets = self.vout.encode(frame)
@@ -524,6 +526,15 @@ class _Stages:
                 self.frames_out += 1
         if not self.pipe.stop.is_set():
             self.mux_video(self.vout.encode(None))
+
+    def onto_frame_slots(self, frame) -> None:
+        """Where the encoder counts in frames (`media.video.CFR_MUXERS` / `CFR_ENCODERS`: time base
+        1/fps, not the input's), `frame`'s time in that count: its nearest slot, after the last."""
+        slots = self.vout.codec_context.time_base
+        if slots == self.vin.time_base or frame.pts is None:
+            return
+        slot = max(self.last_slot + 1, int(round(frame.time / slots)))
+        frame.pts, frame.time_base, frame.duration, self.last_slot = slot, slots, 1, slot
 
     def mux_video(self, packets) -> None:
         """Mux encoded packets with their frames' durations: encoders drop them, and the muxer

@@ -6,6 +6,7 @@ No upscaling here (that is `inference.video`): only what decoding, encoding and 
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -234,15 +235,19 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
 # ----------------------------------------------------------------------------------------------
 
 # muxer name -> the family whose players' codecs apply (mp4, mov, m4v and 3gp play alike)
-FAMILIES = {"mp4": "mp4", "mov": "mp4", "ipod": "mp4", "3gp": "mp4", "3g2": "mp4", "webm": "webm"}
+FAMILIES = {"mp4": "mp4", "mov": "mp4", "ipod": "mp4", "3gp": "mp4", "3g2": "mp4", "webm": "webm",
+            "mpeg": "mpeg", "vob": "mpeg", "dvd": "mpeg", "svcd": "mpeg", "vcd": "mpeg"}  # .mpg: DVD's
 # video encoders to try by default, in order; 10-bit ones are those players decode in 10 bits
 # (HEVC Main 10, AV1, VP9 profile 2), never 10-bit H.264 (High 10: few players decode it)
-VIDEO_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libvpx"),
-                  None: ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "mpeg4")}
-DEEP_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1"), None: ("libx265", "libsvtav1", "libvpx-vp9")}
+VIDEO_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libvpx"), "mpeg": ("mpeg2video",),
+                  None: ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "mpeg4",
+                         "mpeg2video", "libtheora", "libvpx", "wrapped_avframe")}  # MXF, Ogg, Y4M
+DEEP_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1"), "mpeg": (), None: ("libx265", "libsvtav1", "libvpx-vp9")}
 # audio codecs the players of a family decode (copied as they are); others are re-encoded
 PLAYABLE_AUDIO = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac"}, "webm": {"opus", "vorbis"}}
-AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus", None: "aac"}
+AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus", "mpeg": "mp2", None: "aac"}
+# where the family's encoder does not go in (MPEG-PS, Ogg, MXF ...): the first of these that does
+OTHER_AUDIO_ENCODERS = ("mp2", "ac3", "libopus", "libvorbis", "flac", "pcm_s16le")
 # the text subtitle format each family holds (other text subtitles are converted to it)
 TEXT_SUBTITLES = {"mp4": "mov_text", "webm": "webvtt", None: "subrip"}
 
@@ -258,16 +263,29 @@ def muxer_name(dst: Path) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=None)
 def container_takes(muxer: str, codec: str) -> bool:
-    """Whether the `muxer` container can hold what `codec` encodes (FFmpeg's own table)."""
+    """Whether the `muxer` container can hold what `codec` encodes: FFmpeg's table, and for an
+    audio or video encoder a header written with a stream of it (Ogg, MPEG-PS, MXF and Y4M
+    accept any codec in the table and refuse most at the header)."""
     probe = av.open(io.BytesIO(), "w", format=muxer)
     try:
-        probe.add_stream(codec)
+        stream = probe.add_stream(codec)
+        kind = av.codec.Codec(codec, "w").type
+        if kind == "video":
+            stream.width = stream.height = 64
+            stream.pix_fmt = (av.codec.Codec(codec, "w").video_formats or [av.VideoFormat("yuv420p")])[0].name
+            stream.codec_context.time_base = Fraction(1, 25)
+            stream.codec_context.options = {"strict": "-1"}  # a rate or range a muxer takes is checked later
+        elif kind == "audio":
+            stream.layout, stream.rate = "stereo", 48000
+        if kind in ("video", "audio"):
+            probe.start_encoding()
         return True
     except (av.FFmpegError, ValueError):
         return False
     finally:
-        probe.close()
+        close_after_error(probe)
 
 
 def _bits(pix_fmt: str) -> int:
@@ -288,17 +306,20 @@ def _default_codec(muxer: str, deep: bool, dst: Path) -> tuple[str, list[str]]:
     keeping more than 8 bits for a `deep` input, where there is one); notes on what gave way."""
     family = FAMILIES.get(muxer)
     key = family if family in VIDEO_ENCODERS else None
-    usable = [c for c in VIDEO_ENCODERS[key] if c in av.codecs_available and container_takes(muxer, c)]
+
+    def usable(codecs):  # lazily: each probe opens an encoder
+        return (c for c in codecs if c in av.codecs_available and container_takes(muxer, c))
     if deep:
-        keeps = [c for c in DEEP_ENCODERS[key] if c in usable and _deep_formats(c)]
+        keeps = next((c for c in usable(DEEP_ENCODERS[key]) if _deep_formats(c)), None)
         if keeps:
-            return keeps[0], []
-    if not usable:
+            return keeps, []
+    first = next(usable(VIDEO_ENCODERS[key]), None)
+    if first is None:
         raise UserError(f"-o {dst}: this FFmpeg has no video encoder that the {muxer} container "
                         "takes; use .mp4, .mkv, .mov or .webm")
     notes = [f"no encoder here writes more than 8 bits into {dst.suffix} in a codec players "
-             f"decode: the 10-bit input is written as 8-bit {usable[0]}"] if deep else []
-    return usable[0], notes
+             f"decode: the 10-bit input is written as 8-bit {first}"] if deep else []
+    return first, notes
 
 
 # Encoders of the formats people deliver in: their 4:2:2 / 4:4:4 profiles are what browsers,
@@ -392,7 +413,14 @@ def close_after_error(out) -> None:
 ENCODER_DEFAULTS = {"libx265": {"x265-params": "log-level=error"},
                     "libvpx-vp9": {"row-mt": "1", "cpu-used": "4", "b": "0", "crf": "32"},
                     "libvpx": {"cpu-used": "4", "b": "1M"},  # VP8 has no pure constant quality
-                    "libsvtav1": {"preset": "10"}}
+                    "libsvtav1": {"preset": "10"},
+                    # MPEG-2 at a rate outside its table, MJPEG in limited range: "unofficial"
+                    "mpeg2video": {"strict": "-1"}, "mjpeg": {"strict": "-1"}}
+# containers that store frames at a constant rate (AVI's stream rate is 1 / the time base), and
+# encoders that code the rate: their time base is 1/fps, not the input's (1/12800 from MP4 made
+# an AVI of 600 frames/s)
+CFR_MUXERS = {"avi", "mpeg", "vob", "dvd", "svcd", "vcd", "yuv4mpegpipe", "mxf", "mxf_d10", "ogg", "ogv"}
+CFR_ENCODERS = {"mpeg1video", "mpeg2video", "libtheora"}
 PRESET_OPTION = {"libvpx-vp9": "cpu-used", "libvpx": "cpu-used"}  # libvpx: speed 0-8 as --preset
 HEVC_ENCODERS = ("libx265", "hevc")
 
@@ -430,10 +458,11 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
                         "use --codec libx264")
     if codec == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs its whole configuration by default
-    vout = out.add_stream(codec, rate=frame_rate(vin))
+    rate = frame_rate(vin)
+    vout = out.add_stream(codec, rate=rate)
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
-    vout.time_base = vin.time_base
-    vout.codec_context.time_base = vin.time_base
+    time_base = 1 / rate if out.format.name in CFR_MUXERS or codec in CFR_ENCODERS else vin.time_base
+    vout.time_base = vout.codec_context.time_base = time_base
     copy_colour_tags(vin.codec_context, vout.codec_context)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
@@ -491,8 +520,13 @@ def _copyable(container, out, s) -> bool:
 
 def add_audio_encoder(out, s):
     """An output stream re-encoding the audio stream `s` with the family's encoder (AAC for MP4,
-    Opus for WebM) at its sample rate (or 48 kHz, where the encoder takes no other) and layout."""
-    codec = AUDIO_ENCODERS.get(FAMILIES.get(out.format.name), AUDIO_ENCODERS[None])
+    Opus for WebM; else the first of `OTHER_AUDIO_ENCODERS` that the container takes) at its sample
+    rate (or 48 kHz, where the encoder takes no other) and layout; None where no encoder fits."""
+    first = AUDIO_ENCODERS.get(FAMILIES.get(out.format.name), AUDIO_ENCODERS[None])
+    codec = next((c for c in (first, *OTHER_AUDIO_ENCODERS)
+                  if c in av.codecs_available and container_takes(out.format.name, c)), None)
+    if codec is None:
+        return None
     rates = av.codec.Codec(codec, "w").audio_rates
     rate = s.codec_context.sample_rate if not rates or s.codec_context.sample_rate in rates else 48000
     aout = out.add_stream(codec, rate=rate)
