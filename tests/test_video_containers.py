@@ -587,3 +587,23 @@ def test_every_container_offered_is_written_with_codecs_it_takes(tmp_path, capsy
     assert audio == ([want_audio] if want_audio else [])
     if want_audio is None:
         assert "cannot go into" in err
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+def test_chapters_are_kept_and_cut_to_the_window(tmp_path, ext):
+    src = tmp_path / "film.mkv"
+    write_clip(src, acodec=None, pts=range(50))
+    with av.open(str(src)) as c, av.open(str(tmp_path / "ch.mkv"), "w") as out:
+        s = out.add_stream_from_template(c.streams.video[0])
+        out.set_chapters([{"id": 1, "start": 0, "end": 1000, "time_base": Fraction(1, 1000), "metadata": {"title": "Intro"}},
+                          {"id": 2, "start": 1000, "end": 2000, "time_base": Fraction(1, 1000), "metadata": {"title": "Main"}}])
+        for p in c.demux(video=0):
+            if p.size:
+                p.stream = s
+                out.mux(p)
+    out = tmp_path / f"o{ext}"
+    assert cli.main(["video", str(tmp_path / "ch.mkv"), "-o", str(out), "--model", "bicubic", "--start", "0.6"]) == 0
+    with av.open(str(out)) as c:
+        got = [(ch["metadata"]["title"], float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]))
+               for ch in c.chapters()]
+    assert got == [("Intro", 0.0, pytest.approx(0.4)), ("Main", pytest.approx(0.4), pytest.approx(1.4))]

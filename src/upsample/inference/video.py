@@ -37,7 +37,7 @@ from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
-from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props,
+from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props, copy_chapters,
                            choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
                            frame_count, frame_rate, is_planar_yuv, is_yuv, open_input, open_output,
                            plane_view, remux, start_output)
@@ -177,9 +177,10 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
             try:
                 vout = add_video_stream(out, vin, codec, plan.size, plan.out_fmt, first, crf, preset)
                 copies, encodes = add_copied_streams(container, out, skip=vin.index)
-                start_output(container, out)
                 origin = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
                 window = ClipWindow(start, duration, origin=max(0.0, origin))
+                copy_chapters(container, out, window.t0, window.t1)
+                start_output(container, out)
                 with _glue_threads(up):
                     summary = _pump(container, out, vout, (copies, encodes), plan, window, batch, progress)
             except BaseException:

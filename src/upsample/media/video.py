@@ -654,6 +654,22 @@ def start_output(container, out) -> None:
                         f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
+def copy_chapters(container, out, t0: float = 0.0, t1: float | None = None) -> int:
+    """The input's chapters that overlap [t0, t1) into `out` (before its header), cut to that
+    window and moved back by t0; returns how many."""
+    kept = []
+    for ch in container.chapters():
+        tb = ch["time_base"]
+        start, end = float(ch["start"] * tb), float(ch["end"] * tb)
+        if end <= t0 or (t1 is not None and start >= t1):
+            continue
+        start, end = max(start, t0) - t0, (min(end, t1) if t1 is not None else end) - t0
+        kept.append({**ch, "id": len(kept) + 1, "start": int(round(start / tb)), "end": int(round(end / tb))})
+    if kept:
+        out.set_chapters(kept)
+    return len(kept)
+
+
 def finish_output(out, dst: Path) -> None:
     """Flush the encoders and write the trailer; a failure is a UserError naming `dst` (not the
     temporary file written)."""
