@@ -607,3 +607,29 @@ def test_chapters_are_kept_and_cut_to_the_window(tmp_path, ext):
         got = [(ch["metadata"]["title"], float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]))
                for ch in c.chapters()]
     assert got == [("Intro", 0.0, pytest.approx(0.4)), ("Main", pytest.approx(0.4), pytest.approx(1.4))]
+
+
+def test_the_rgb_path_keeps_a_flat_colour(tmp_path):
+    """RGB models (and bicubic) see RGB frames: 8-bit BT.709 Y/U/V 180/100/160 came back as
+    178/100/161 (libswscale's fast rounding); lossless out, it now comes back as it went in."""
+    src = tmp_path / "flat.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        v.codec_context.colorspace, v.codec_context.color_range = 1, 1  # BT.709, limited
+        for _ in range(2):
+            f = av.VideoFrame(32, 32, "yuv420p")
+            for plane, value in zip(f.planes, (180, 100, 160)):
+                _plane(plane)[:] = value
+            f.colorspace, f.color_range = 1, 1
+            c.mux(v.encode(f))
+        c.mux(v.encode())
+    out = tmp_path / "o.mkv"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2", "--codec", "ffv1"]) == 0
+    with av.open(str(out)) as c:
+        f = next(c.decode(video=0))
+        assert [round(float(_plane(p).mean()), 2) for p in f.planes] == [180, 100, 160]
+
+
+def _plane(p):
+    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]

@@ -663,13 +663,21 @@ def _upscale_rgb(group, plan: _Plan) -> list:
     """The RGB model on rgb24/rgb48 frames, converted back to `plan.out_fmt` with each input
     frame's colour matrix and range."""
     work = plan.work
-    rgb = np.stack([f.to_ndarray(format=work.name) for f in group])
+    rgb = np.stack([f.reformat(format=work.name, src_color_range=f.color_range or None,
+                               interpolation=EXACT_SWS).to_ndarray() for f in group])
     up = plan.tiler.upscale(rgb, tile=plan.tile)
     results = []
     for k, f in enumerate(group):
         o = av.VideoFrame.from_ndarray(up[k], format=work.name)
-        results.append(o.reformat(format=plan.out_fmt, **_conversion(f, plan.out_fmt)))
+        results.append(o.reformat(format=plan.out_fmt, interpolation=EXACT_SWS, **_conversion(f, plan.out_fmt)))
     return results
+
+
+# libswscale's YUV <-> RGB with exact rounding and full-resolution chroma: its default (fast
+# rounding, chroma by halves) took 8-bit BT.709 Y 180 to 178 through RGB; and the frame's own
+# range (a full-range phone video was read as limited: its contrast stretched)
+EXACT_SWS = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
+             | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
 
 
 def _conversion(f: av.VideoFrame, out_fmt: str) -> dict:
