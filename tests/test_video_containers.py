@@ -633,3 +633,30 @@ def test_the_rgb_path_keeps_a_flat_colour(tmp_path):
 
 def _plane(p):
     return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+
+
+@pytest.mark.skipif(not HAS_X265, reason="no libx265 in this FFmpeg")
+def test_hdr10_mastering_display_and_light_level_are_kept(tmp_path):
+    """HDR TVs tone-map by the mastering display's light: it was lost (the PQ / BT.2020 tags kept)."""
+    src = tmp_path / "hdr.mkv"
+    params = ("log-level=error:hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)"
+              "WP(15635,16450)L(10000000,1):max-cll=1000,400")
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx265", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p10le"
+        cc = v.codec_context
+        cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 9, 16, 9, 1
+        cc.options = {"x265-params": params}
+        for i in range(3):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * i, np.uint8), format="rgb24")
+                           .reformat(format="yuv420p10le")))
+        c.mux(v.encode())
+
+    def hdr(path):
+        with av.open(str(path)) as c:
+            f = next(c.decode(video=0))
+            return {sd.type.name: bytes(sd) for sd in f.side_data if sd.type.name != "SEI_UNREGISTERED"}
+    assert set(hdr(src)) == {"MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL"}
+    out = tmp_path / "o.mp4"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    assert hdr(out) == hdr(src)

@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import re
+import struct
 import sys
 import threading
 from fractions import Fraction
@@ -276,7 +277,8 @@ def container_takes(muxer: str, codec: str) -> bool:
             stream.width = stream.height = 64
             stream.pix_fmt = (av.codec.Codec(codec, "w").video_formats or [av.VideoFormat("yuv420p")])[0].name
             stream.codec_context.time_base = Fraction(1, 25)
-            stream.codec_context.options = {"strict": "-1"}  # a rate or range a muxer takes is checked later
+            # quiet, as when encoding; a rate or range the encoder takes is checked later
+            stream.codec_context.options = {**ENCODER_DEFAULTS.get(codec, {}), "strict": "-1"}
         elif kind == "audio":
             stream.layout, stream.rate = "stereo", 48000
         if kind in ("video", "audio"):
@@ -435,6 +437,37 @@ def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict:
     return options
 
 
+def hdr10_metadata(frame) -> tuple[str, str] | None:
+    """(mastering display, content light level) of `frame`'s HDR10 static metadata in x265's
+    syntax, "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)" (chromaticity in 1/50000, luminance in
+    1/10000 cd/m2) and "MaxCLL,MaxFALL" ("" where absent); None where it carries none."""
+    display = light = ""
+    for sd in getattr(frame, "side_data", None) or []:
+        kind = sd.type.name
+        if kind == "MASTERING_DISPLAY_METADATA" and len(bytes(sd)) >= 88:
+            v = struct.unpack("<22i", bytes(sd)[:88])  # AVMasteringDisplayMetadata: rationals R, G, B, WP, min, max
+            q = [v[2 * i] / v[2 * i + 1] if v[2 * i + 1] else 0.0 for i in range(10)]
+            if v[20] and v[21]:  # has_primaries, has_luminance
+                c = [round(x * 50000) for x in q[:8]]
+                display = (f"G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})WP({c[6]},{c[7]})"
+                           f"L({round(q[9] * 10000)},{round(q[8] * 10000)})")
+        elif kind == "CONTENT_LIGHT_LEVEL" and len(bytes(sd)) >= 8:
+            light = "{},{}".format(*struct.unpack("<2I", bytes(sd)[:8]))
+    return (display, light) if display or light else None
+
+
+def with_hdr10(codec: str, options: dict, frame) -> dict:
+    """`options` with the HDR10 metadata of `frame` passed to x265 (it was lost: the output said
+    PQ / BT.2020 but not the mastering display's light, which HDR TVs tone-map by)."""
+    meta = hdr10_metadata(frame)
+    if meta is None or codec not in HEVC_ENCODERS:
+        return options
+    display, light = meta
+    extra = ["hdr10=1"] + ([f"master-display={display}"] if display else []) + ([f"max-cll={light}"] if light else [])
+    params = [p for p in options.get("x265-params", "").split(":") if p]
+    return {**options, "x265-params": ":".join(params + extra)}
+
+
 EVEN_SIDE_ENCODERS = ("libx264", "h264", "libx265", "hevc")  # refuse an odd side of halved chroma
 
 
@@ -466,7 +499,7 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     copy_colour_tags(vin.codec_context, vout.codec_context)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
-    vout.codec_context.options = encoder_options(codec, crf, preset)
+    vout.codec_context.options = with_hdr10(codec, encoder_options(codec, crf, preset), first)
     if codec in HEVC_ENCODERS and FAMILIES.get(out.format.name) == "mp4":
         vout.codec_context.codec_tag = "hvc1"  # Apple's players take HEVC in MP4 only as hvc1
     for key in ("language", "title", "handler_name", "timecode"):  # MOV/MP4 make a tmcd track
