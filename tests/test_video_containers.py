@@ -660,3 +660,29 @@ def test_hdr10_mastering_display_and_light_level_are_kept(tmp_path):
     out = tmp_path / "o.mp4"
     assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
     assert hdr(out) == hdr(src)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_a_cover_picture_is_kept_and_never_taken_for_the_video(tmp_path, ext):
+    """An MP4's cover art is a video stream of one picture, larger than the video here: the video
+    is the stream upscaled (FFmpeg's choice), the cover copied (Matroska: as its attachment)."""
+    src = tmp_path / "song.mp4"
+    with av.open(str(src), "w") as c:
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width = cover.height = 96
+        cover.pix_fmt, cover.disposition = "yuvj420p", av.stream.Disposition.attached_pic
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+        picture = list(cover.encode(av.VideoFrame.from_ndarray(np.full((96, 96, 3), 200, np.uint8), format="rgb24")
+                                    .reformat(format="yuvj420p"))) + list(cover.encode())
+        for i in range(10):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.full((16, 32, 3), i * 20, np.uint8), format="rgb24")))
+        c.mux(v.encode())
+        c.mux(picture)
+    out = tmp_path / f"o{ext}"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    with av.open(str(out)) as c:
+        video, cover = sorted(c.streams.video, key=lambda s: bool(s.disposition & av.stream.Disposition.attached_pic))
+        assert (video.codec_context.width, video.codec_context.height) == (64, 32)
+        assert len(list(c.decode(video))) == 10
+        assert cover.disposition & av.stream.Disposition.attached_pic and cover.codec_context.width == 96

@@ -71,11 +71,13 @@ def video_frames(path: Path, every: int):
     """(frame number, uint8 RGB HWC) of every `every`-th decoded frame (PyAV)."""
     import av
 
+    from ..media.video import main_video_stream
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise UserError(f"{path}: no video stream")
-            stream = container.streams.video[0]
+            stream = main_video_stream(container)
             stream.thread_type = "AUTO"
             for n, frame in enumerate(container.decode(stream)):
                 if n % every == 0:

@@ -39,7 +39,8 @@ from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
 from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props, copy_chapters,
                            choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
-                           frame_count, frame_rate, is_planar_yuv, is_yuv, open_input, open_output,
+                           frame_count, frame_rate, is_cover_art, is_planar_yuv, is_yuv, main_video_stream,
+                           open_input, open_output,
                            plane_view, remux, start_output)
 from .tiler import BATCHES, Tiler, fastest_batch
 from .upscaler import ModelUpscaler, Upscaler
@@ -158,7 +159,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
     src, dst = Path(src), Path(dst)
     container = open_input(src)
     try:
-        vin = container.streams.video[0]
+        vin = main_video_stream(container)
         codec, out_fmt, notes = choose_encoding(dst, vin.codec_context.format.name, codec, pix_fmt)
         first = first_frame(src, vin.index)
         alpha_mode = {k.lower(): v for k, v in vin.metadata.items()}.get("alpha_mode")  # WebM: ALPHA_MODE
@@ -368,7 +369,7 @@ class _Stages:
         self.container, self.out, self.vout = container, out, vout
         self.copies, self.encodes = streams
         self.plan, self.window, self.batch = plan, window, batch
-        self.vin = container.streams.video[0]
+        self.vin = main_video_stream(container)
         self.rate = frame_rate(self.vin)
         # MPEG-TS/PS have no index: a seek there lands after the key frame the window needs (3
         # frames of 24 were left), so it goes TS_SEEK_MARGIN earlier (or not at all near the
@@ -412,14 +413,15 @@ class _Stages:
 
     def pass_on(self, packet, when: float | None) -> None:
         """A packet of a copied or re-encoded stream into the output, if it falls in the window."""
-        if packet.size and not self.window.contains(when):
+        cover = is_cover_art(packet.stream)  # one packet, at 0, whatever the window
+        if packet.size and not self.window.contains(when) and not cover:
             return
         index = packet.stream.index
         try:
             if index in self.encodes:
                 self.reencode(packet, self.encodes[index], self.shift[index])
             elif packet.size:
-                remux(self.out, packet, self.copies[index], self.shift[index], self.mux_lock)
+                remux(self.out, packet, self.copies[index], 0 if cover else self.shift[index], self.mux_lock)
                 self.packets_copied += 1
         except av.InvalidDataError:  # a damaged packet (a broken download, a TS with errors):
             self.damaged += 1        # skipped, as FFmpeg goes on past it

@@ -77,6 +77,22 @@ def carry_frame_props(src: av.VideoFrame, dst: av.VideoFrame, shift: int) -> Non
     copy_colour_tags(src, dst)
 
 
+def main_video_stream(container):
+    """The video stream FFmpeg's command line takes: not a picture attached as cover art (an
+    MP4's covr, often stream 0), the largest, the default-flagged one on a tie of sizes."""
+    def score(s):
+        if s.disposition & av.stream.Disposition.attached_pic:
+            return 0
+        area = (s.codec_context.width * s.codec_context.height) if s.codec_context else 0
+        return 1 + area + 5_000_000 * bool(s.disposition & av.stream.Disposition.default)
+    return max(container.streams.video, key=score)  # the first of equals
+
+
+def is_cover_art(stream) -> bool:
+    """A picture attached to the file (an MP4's covr): copied as it is where the output holds it."""
+    return stream.type == "video" and bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
 def open_input(path: Path):
     """The container of a video file with a decodable video stream, else a UserError."""
     if not path.exists():
@@ -88,7 +104,7 @@ def open_input(path: Path):
     if not container.streams.video:
         container.close()
         raise UserError(f"{path} has no video stream")
-    vin = container.streams.video[0]
+    vin = main_video_stream(container)
     if vin.codec_context is None or vin.codec_context.format is None or not vin.codec_context.width:
         name = vin.codec_context.name if vin.codec_context is not None else "unknown"
         container.close()
@@ -129,10 +145,10 @@ def check_is_video(path: Path) -> None:
 
 
 def source_pix_fmt(path: Path) -> str:
-    """The pixel format of a video file's first video stream."""
+    """The pixel format of a video file's main video stream."""
     container = open_input(path)
     try:
-        return container.streams.video[0].codec_context.format.name
+        return main_video_stream(container).codec_context.format.name
     finally:
         container.close()
 
@@ -189,8 +205,8 @@ def frame_rate(vin) -> Fraction:
 
 
 def frame_count(container) -> int | None:
-    """The frames of the first video stream, from the header or the duration (None: unknown)."""
-    vin = container.streams.video[0]
+    """The frames of the main video stream, from the header or the duration (None: unknown)."""
+    vin = main_video_stream(container)
     return vin.frames or (int(float(container.duration / av.time_base) * float(frame_rate(vin)))
                           if container.duration else None)
 
@@ -638,7 +654,10 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
             out.add_attachment(name=s.metadata["filename"], data=s.data,
                                mimetype=s.mimetype or s.metadata.get("mimetype") or "application/octet-stream")
             continue
-        if s.type not in COPY_TYPES:
+        if is_cover_art(s) and FAMILIES.get(out.format.name) != "mp4":
+            _cover_as_attachment(container, out, s)
+            continue
+        if s.type not in COPY_TYPES and not is_cover_art(s):
             print(f"note: stream #{s.index} ({s.type}) is not copied", file=sys.stderr)
             continue
         if s.type == "data" and "timecode" in s.metadata:  # see `_copyable`
@@ -656,6 +675,21 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
             print(f"note: stream #{s.index} ({s.type}, {name}) cannot go into {suffix}: dropped",
                   file=sys.stderr)
     return copies, encodes
+
+
+COVER_TYPES = {"mjpeg": ("cover.jpg", "image/jpeg"), "png": ("cover.png", "image/png")}
+
+
+def _cover_as_attachment(container, out, s) -> None:
+    """A cover picture where the output keeps covers as attachments (Matroska, as FFmpeg writes
+    them); elsewhere it is dropped with a note (MP4 copies it as its cover stream)."""
+    kind = COVER_TYPES.get(s.codec_context.codec.canonical_name if s.codec_context else "")
+    packet = _first_packet(container.name, s.index) if kind else None
+    if out.format.name == "matroska" and packet is not None:
+        out.add_attachment(name=kind[0], mimetype=kind[1], data=bytes(packet))
+    else:
+        print(f"note: the cover picture (stream #{s.index}) cannot go into {Path(out.name).suffix}: dropped",
+              file=sys.stderr)
 
 
 STREAM_TAGS = ("language", "title", "handler_name")  # what says which track is which

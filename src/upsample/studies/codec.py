@@ -163,10 +163,10 @@ def read_frames(path, max_frames: int = 0) -> tuple[list[np.ndarray], Fraction]:
 
     import av
 
-    from ..media.video import open_input
+    from ..media.video import main_video_stream, open_input
     container = open_input(Path(path))
     try:
-        vin = container.streams.video[0]
+        vin = main_video_stream(container)
         fps = Fraction(vin.average_rate or vin.guessed_rate or 25)
         frames = []
         for f in container.decode(vin):
