@@ -684,5 +684,6 @@ def test_a_cover_picture_is_kept_and_never_taken_for_the_video(tmp_path, ext):
     with av.open(str(out)) as c:
         video, cover = sorted(c.streams.video, key=lambda s: bool(s.disposition & av.stream.Disposition.attached_pic))
         assert (video.codec_context.width, video.codec_context.height) == (64, 32)
+        assert video.disposition & av.stream.Disposition.default  # as the input's (lost in Matroska)
         assert len(list(c.decode(video))) == 10
         assert cover.disposition & av.stream.Disposition.attached_pic and cover.codec_context.width == 96

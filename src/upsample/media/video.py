@@ -523,6 +523,10 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
             vout.metadata[key] = vin.metadata[key]
     if getattr(first, "rotation", 0):
         vout.set_display_rotation(first.rotation)
+    try:
+        vout.disposition = vin.disposition & ~av.stream.Disposition.attached_pic  # default, forced ...
+    except (AttributeError, ValueError, TypeError):
+        pass
     return vout
 
 
