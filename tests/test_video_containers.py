@@ -687,3 +687,17 @@ def test_a_cover_picture_is_kept_and_never_taken_for_the_video(tmp_path, ext):
         assert video.disposition & av.stream.Disposition.default  # as the input's (lost in Matroska)
         assert len(list(c.decode(video))) == 10
         assert cover.disposition & av.stream.Disposition.attached_pic and cover.codec_context.width == 96
+
+
+def test_start_before_a_late_picture_keeps_the_sound_from_there(tmp_path):
+    """Sound from 0 s, picture from 0.5 s: --start 0.2 keeps the sound from 0.2 s (the seek to a
+    video key frame landed at 0.5 s and the sound between was lost)."""
+    src = tmp_path / "late.mp4"
+    write_clip(src, pts=range(5, 17), fps=10)
+    out = tmp_path / "o.mp4"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--start", "0.2"]) == 0
+    with av.open(str(out)) as c:
+        sound = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size]
+    with av.open(str(out)) as c:
+        picture = [f.time for f in c.decode(video=0)]
+    assert sound[0] < 0.05 and picture[0] == pytest.approx(0.3, abs=0.02)

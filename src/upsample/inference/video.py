@@ -376,7 +376,10 @@ class _Stages:
         # start) and the frames before the window are dropped as they are decoded
         unindexed = container.format.name in ("mpegts", "mpeg")
         target = window.t0 - TS_SEEK_MARGIN if unindexed else window.t0
-        if window.start and target > window.origin:
+        # a seek lands on a video key frame: before the video's first, that would skip the sound
+        # of a file whose picture starts late, so it reads from the beginning instead
+        video_from = float(self.vin.start_time * self.vin.time_base) if self.vin.start_time is not None else 0.0
+        if window.start and target > max(window.origin, video_from):
             container.seek(int(target / self.vin.time_base), stream=self.vin, backward=True)
         self.streams = [self.vin] + [container.streams[i] for i in (*self.copies, *self.encodes)]
         self.shift = {s.index: window.shift(s.time_base) for s in self.streams}
