@@ -701,3 +701,20 @@ def test_start_before_a_late_picture_keeps_the_sound_from_there(tmp_path):
     with av.open(str(out)) as c:
         picture = [f.time for f in c.decode(video=0)]
     assert sound[0] < 0.05 and picture[0] == pytest.approx(0.3, abs=0.02)
+
+
+def test_a_cut_moves_picture_and_sound_by_the_same_time(tmp_path):
+    """AVI counts video in frames (1/25 s): --start 0.5 is 12.5 of them. Each stream rounded the
+    cut in its own time base, and the picture came out 20 ms late against the sound."""
+    src = tmp_path / "cam.avi"
+    write_clip(src, vcodec="mpeg4", acodec="mp2", pts=range(25), fps=25)
+    out = tmp_path / "o.mkv"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--start", "0.5"]) == 0
+
+    def first_after(path, cut):
+        with av.open(str(path)) as c:
+            sound = min(float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size and p.pts * p.time_base >= cut)
+        with av.open(str(path)) as c:
+            picture = min(f.time for f in c.decode(video=0) if f.time >= cut)
+        return picture - sound
+    assert first_after(out, 0) == pytest.approx(first_after(src, 0.5), abs=0.002)

@@ -382,7 +382,10 @@ class _Stages:
         if window.start and target > max(window.origin, video_from):
             container.seek(int(target / self.vin.time_base), stream=self.vin, backward=True)
         self.streams = [self.vin] + [container.streams[i] for i in (*self.copies, *self.encodes)]
-        self.shift = {s.index: window.shift(s.time_base) for s in self.streams}
+        # every stream moves back by the video's shift, which its time base holds exactly (each
+        # rounding t0 in its own put a 1/25 s video 20 ms behind its sound)
+        lead = window.shift(self.vin.time_base) * self.vin.time_base
+        self.shift = {s.index: int(round(lead / s.time_base)) for s in self.streams}
         self.pipe = _Pipeline()
         self.frames_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch * plan.workers))
         self.encode_q: queue.Queue = queue.Queue(maxsize=max(2, plan.workers))
