@@ -160,3 +160,43 @@ def test_bicubic_scale_the_tiling_refuses_is_refused_on_every_path(tmp_path, cap
         assert _image(src, out, "bicubic", "--scale", "1.2345", *extra) == 2
         assert "not a ratio of small integers" in capsys.readouterr().err
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_plan_runs_one_infer_request_a_thread_from_several_threads(tmp_path):
+    """`image --jobs 2` feeds the engine from two threads: each keeps one request (a fresh request
+    per image from two threads hung for good in OpenVINO's input copy), with the same bytes."""
+    import threading
+    ckpt = _ckpt(tmp_path)
+    rgb = _photo(tmp_path / "p.png")
+    assert _image(rgb, tmp_path / "o", ckpt) == 0
+    args = cli.build_parser("upsample.cli.image").parse_args(
+        ["image", str(rgb), "-o", "x", "--model", str(ckpt), "--backend", "auto"])
+    engine = fastpath.FastEngine.load(args)
+    from upsample.media.imageio import read_planes
+    planes = read_planes(rgb)
+    made = []
+    real = fastpath.per_thread
+
+    def counting(compiled):
+        real_create = compiled.create_infer_request
+        class Counted:
+            def __getattr__(self, name):
+                return getattr(compiled, name)
+
+            def create_infer_request(self):
+                made.append(threading.get_ident())
+                return real_create()
+        return real(Counted())
+    fastpath.per_thread = counting
+    try:
+        results = []
+        threads = [threading.Thread(target=lambda: results.extend(engine.upscale_planes(planes).color
+                                                                  for _ in range(3))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        fastpath.per_thread = real
+    assert len(results) == 6 and all(np.array_equal(r, results[0]) for r in results)
+    assert len(made) == len(set(made)) == 2
