@@ -614,3 +614,30 @@ def test_png_colour_chunks_are_kept(tmp_path):
 def _chunks(info, kind, body):
     info.add(kind, body)
     return info
+
+
+def _tiled_tiff16(path, rgb):
+    """A baseline TIFF of 16-bit RGB in one 16x16 tile, uncompressed (`rgb`: 16x16x3 uint16)."""
+    data = rgb.astype("<u2").tobytes()
+    entries = [(256, 3, 1, 16), (257, 3, 1, 16), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+               (277, 3, 1, 3), (284, 3, 1, 1), (322, 3, 1, 16), (323, 3, 1, 16), (324, 4, 1, None),
+               (325, 4, 1, len(data))]
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
+    for tag, kind, count, value in entries:
+        value = bits_at if tag == 258 else bits_at + 6 if tag == 324 else value
+        single_short = kind == 3 and tag != 258
+        out += struct.pack("<HHI", tag, kind, count) + struct.pack("<HH" if single_short else "<I",
+                                                                    *((value, 0) if single_short else (value,)))
+    path.write_bytes(bytes(out + struct.pack("<I3H", 0, 16, 16, 16) + data))
+
+
+def test_a_tiled_16_bit_tiff_is_never_read_as_black(tmp_path, capsys):
+    """FFmpeg decodes a tiled TIFF as zeros without an error: its reading is checked against
+    Pillow's 8 bits, and Pillow's is used, said so (the output was black, exit 0)."""
+    from upsample.media.imageio import read_planes
+    rgb = (RNG.random((16, 16, 3)) * 65535).astype(np.uint16)
+    _tiled_tiff16(tmp_path / "t.tif", rgb)
+    planes = read_planes(tmp_path / "t.tif")
+    assert "read as 8-bit" in capsys.readouterr().err
+    assert planes.color.dtype == np.uint8 and np.array_equal(planes.color, (rgb >> 8).astype(np.uint8))

@@ -296,7 +296,7 @@ def read_planes(path: str | os.PathLike) -> Planes:
         return _read_deep_color(path, img)
     if _is_deep_color_tiff(img):
         try:
-            return _read_deep_color(path, img)
+            return _checked_against_pillow(_read_deep_color(path, img), img, path)
         except UserError:  # a TIFF layout FFmpeg does not decode: Pillow's 8 bits, said so
             print(f"note: {path}: 16-bit RGB TIFF read as 8-bit (FFmpeg cannot decode this layout)",
                   file=sys.stderr)
@@ -371,6 +371,17 @@ def _is_deep_color_tiff(img: Image.Image) -> bool:
         return False
     bits = img.tag_v2.get(258, (8,))  # BitsPerSample
     return (bits if isinstance(bits, tuple) else (bits,))[0] == 16
+
+
+def _checked_against_pillow(planes: Planes, img: Image.Image, path) -> Planes:
+    """`planes` as FFmpeg decoded a 16-bit TIFF, if their high bytes are Pillow's 8-bit reading;
+    else a UserError (FFmpeg decodes a tiled TIFF as zeros, without an error)."""
+    eight = np.asarray(ImageOps.exif_transpose(img).convert("RGBA" if planes.alpha is not None else "RGB"))
+    deep = planes.color if planes.color.shape[2] == 3 else np.repeat(planes.color, 3, 2)
+    deep = deep if planes.alpha is None else np.concatenate([deep, planes.alpha], 2)
+    if deep.shape != eight.shape or np.abs((deep >> 8).astype(np.int16) - eight).mean() > 1:
+        raise UserError(f"{path}: FFmpeg's 16-bit reading differs from Pillow's")
+    return planes
 
 
 def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
