@@ -912,3 +912,28 @@ def test_a_16_bit_rgb_tiff_keeps_16_bits(tmp_path, capsys):
     with av.open(str(tmp_path / "o.png")) as c:
         out = next(c.decode(video=0)).to_ndarray(format="rgb48le")
     assert np.abs(out.astype(int) - deep).max() <= 1
+
+
+def test_habits_and_slips_from_other_tools(tmp_path, capsys):
+    """An empty path (an unset variable) is refused, not read as the current folder; Real-ESRGAN's
+    --tile 0 means whole images; an --outscale under 1/32 is refused (1e-9 asked for 90 GB);
+    hidden files in a folder (macOS's ._name.jpg) are left out; gray + alpha goes into WebP."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src, "a.png")
+    (src / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    la = Image.fromarray(np.dstack([rgb()[..., 0], rgb()[..., 1]]), "LA")
+    la.save(src / "la.png")
+    out = tmp_path / "out"
+    for args in (["image", "", "-o", str(out)], ["image", str(src), "-o", ""]):
+        with pytest.raises(SystemExit) as stop:  # argparse's refusal: one line, exit 2
+            cli.main(args)
+        assert stop.value.code == 2 and "an empty path" in capsys.readouterr().err
+    assert not out.exists()
+    line = assert_refused(cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--outscale", "1e-9"]),
+                          capsys, out)
+    assert "--outscale 1e-09 is under the 1/32" in line
+    assert cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2", "--tile", "0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "la_x2.png"]
+    assert cli.main(["image", str(src / "la.png"), "-o", str(tmp_path / "la.webp"), "--model", "bicubic"]) == 0
+    assert Image.open(tmp_path / "la.webp").mode == "RGBA"

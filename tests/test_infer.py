@@ -272,6 +272,10 @@ def test_array_and_pil_api_keep_their_kind():
     assert out.dtype == np.uint16 and out.shape == (40, 52, 3) and out.max() > 255
     pil = eng.upscale(Image.fromarray(rgb()).convert("P"))
     assert isinstance(pil, Image.Image) and pil.mode == "RGB" and pil.size == (52, 40)
+    assert np.array_equal(eng.upscale(deep.astype(">u2")), out)  # big-endian: the same values
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint16)):
+        with pytest.raises(ValueError, match="the image is empty"):
+            eng.upscale(empty)
 
 
 def test_gray_and_alpha_through_a_model_stay_single_channel():

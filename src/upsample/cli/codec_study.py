@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, count_or_all
+from .options import add_output_option, count_or_all, path_text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def register(sub) -> None:
     from ..studies.codec import CODECS  # numpy only: no torch
     p = sub.add_parser("codec-study", help="rate-distortion of down-up (ML upscaling) vs full resolution "
                                            "in JPEG/WebP/AVIF and x264/x265/AV1, with BD-rate")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image folders and/or video clips")
+    p.add_argument("inputs", nargs="+", metavar="IN", type=path_text, help="image folders and/or video clips")
     add_output_option(p, dest="out", metavar="DIR", help="folder for summary.md, CSV/JSON, plots")
     p.add_argument("--codecs", nargs="+", default=[], metavar="CODEC",
                    help=f"any of {', '.join(CODECS)} (image codecs for folders, video codecs for clips; "

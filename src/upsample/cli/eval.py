@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import UserError
-from .options import add_overwrite_option, add_runtime_options
+from .options import add_overwrite_option, add_runtime_options, path_text
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -70,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
     p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
                    "and vdsr need it: any positive number for bicubic)")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="HR image folders")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", type=path_text, help="HR image folders")
     p.add_argument("--json", metavar="FILE", nargs="?", const="-",
                    help="--json alone: print the results as JSON instead of the table (as bench and "
                         "models do); --json FILE: print the table and write the JSON to FILE "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
-from .options import add_model_options, add_output_option, add_overwrite_option, positive_int
+from .options import add_model_options, add_output_option, add_overwrite_option, path_text, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
 
 def register(sub) -> None:
     p = sub.add_parser("image", help="upscale image files or folders (tiled, any size)")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    p.add_argument("inputs", nargs="+", metavar="IN", type=path_text, help="image files or folders (recursive)")
     add_output_option(p, help="output folder (keeps sub-folders), or a file name for one input file")
     add_model_options(p)
     p.add_argument("--outscale", default=None, help="final size factor: the model, then a bicubic resize (default: the model's scale)")

@@ -66,9 +66,9 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
     add_runtime_options(p, precision="auto")
     p.add_argument("--half", action="store_true",
                    help="half precision without the auto check (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--tile", type=positive_int, default=None, metavar="PX",
-                   help="tile side in input pixels (default: from --max-memory; whole images "
-                        "where they fit)")
+    p.add_argument("--tile", type=count_or_all, default=None, metavar="PX",
+                   help="tile side in input pixels; 0: whole images, as Real-ESRGAN's --tile 0 "
+                        "(default: from --max-memory; whole images where they fit)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
     p.add_argument("--tile-batch", default="auto", metavar="N",
@@ -76,12 +76,20 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
                         "of 1/2/4/8 that fits, timed once per tile size)")
 
 
+def path_text(text: str) -> str:
+    """An argparse type: a path that is not empty ("" - an unset shell variable - meant the
+    current folder: a whole tree read, or outputs written where the command ran)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?); name a file or folder")
+    return text
+
+
 def add_output_option(p: argparse.ArgumentParser, *, help: str, required: bool = True,
                       metavar: str = "OUT", dest: str = "output", default=None) -> None:
     """-o/--output, the one spelling of "where the result goes" (--out: a hidden old spelling)."""
     g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("-o", "--output", dest=dest, metavar=metavar, default=default, help=help)
-    g.add_argument("--out", dest=dest, metavar=metavar, default=default, help=argparse.SUPPRESS)
+    g.add_argument("-o", "--output", dest=dest, metavar=metavar, default=default, help=help, type=path_text)
+    g.add_argument("--out", dest=dest, metavar=metavar, default=default, help=argparse.SUPPRESS, type=path_text)
 
 
 def add_overwrite_option(p: argparse.ArgumentParser, help: str = "replace existing outputs "

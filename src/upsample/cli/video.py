@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inference.sizes import parse_count, parse_memory
-from .options import add_model_options, add_output_option, add_overwrite_option
+from .options import add_model_options, add_output_option, add_overwrite_option, path_text
 
 
 def _seconds(text: str | None, what: str, *, positive: bool = False) -> float | None:
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("video", help="upscale a video; audio, subtitles and data copied as they are")
-    p.add_argument("input", metavar="IN", help="input video file")
+    p.add_argument("input", metavar="IN", type=path_text, help="input video file")
     add_output_option(p, help="output video file (.mp4, .mkv, .mov, .webm ...)")
     add_model_options(p, default="the fastest shipped model for --scale that is at least 1 dB above "
                       "bicubic on the benchmarks, else bicubic")

@@ -105,11 +105,15 @@ class ImageUpscaler:
         raise TypeError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
 
     def _upscale_array(self, arr: np.ndarray) -> np.ndarray:
+        if arr.dtype.kind == "u" and arr.dtype.itemsize == 2 and not arr.dtype.isnative:
+            arr = arr.astype(np.uint16)  # big-endian 16-bit (from a FITS or a raw file): the same values
         if arr.dtype not in (np.uint8, np.uint16):
             raise TypeError(f"arrays must be uint8 or uint16, got {arr.dtype}")
         a3 = arr[..., None] if arr.ndim == 2 else arr
         if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
             raise TypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+        if not a3.shape[0] or not a3.shape[1]:
+            raise ValueError(f"the image is empty (shape {arr.shape}): nothing to upscale")
         has_alpha = a3.shape[2] in (2, 4)
         color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
         alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
@@ -220,7 +224,7 @@ def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", devic
                        threads=threads, allow_untrained=allow_untrained)
     if half:
         up = half_upscaler(up)
-    final = check_scale(outscale) if outscale is not None else up.scale
+    final = check_scale(outscale, "--outscale") if outscale is not None else up.scale
     if isinstance(up, BicubicUpscaler):
         return BicubicUpscaler(final, up.device)
     if abs(final - up.scale) > 1e-12:

@@ -54,17 +54,21 @@ def resolve_model(spec: str) -> tuple[nn.Module, str]:
 MAX_SCALE = 32
 
 
-def check_scale(scale) -> float:
-    """A scale factor from the user: a positive finite number, at most MAX_SCALE."""
+def check_scale(scale, what: str = "scale") -> float:
+    """A scale factor from the user (`what` names the option): a positive finite number from
+    1/MAX_SCALE to MAX_SCALE (a smaller one, 1e-9, asked bicubic for a 90 GB kernel)."""
     try:
         s = float(scale)
     except (TypeError, ValueError):
-        raise UserError(f"scale must be a positive number, got {scale!r}") from None
+        raise UserError(f"{what} must be a positive number, got {scale!r}") from None
     if not (s > 0 and s < float("inf")):
-        raise UserError(f"scale must be a positive number, got {scale!r}")
+        raise UserError(f"{what} must be a positive number, got {scale!r}")
     if s > MAX_SCALE:
-        raise UserError(f"scale {s:g} is over the {MAX_SCALE}x this tool upscales by; use a factor of at "
+        raise UserError(f"{what} {s:g} is over the {MAX_SCALE}x this tool upscales by; use a factor of at "
                         f"most {MAX_SCALE} (a larger one in steps: run the output again)")
+    if s < 1 / MAX_SCALE:
+        raise UserError(f"{what} {s:g} is under the 1/{MAX_SCALE} this tool resizes by; use a factor of at "
+                        f"least {1 / MAX_SCALE:g}")
     return s
 
 

@@ -30,13 +30,17 @@ def is_image_path(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[list[Path], list[Path]]:
-    """Image files under `folder` (sorted) and the non-image files that were skipped."""
+    """Image files under `folder` (sorted) and the non-image files that were skipped. Hidden
+    files and folders (a leading dot: macOS's ._photo.jpg resource forks, .git, .thumbnails) are
+    left out, as shell globs leave them."""
     root = Path(folder)
     if not root.exists():
         raise UserError(f"folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"not a folder: {root}")
-    files = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if p.is_file())
+    found = root.rglob("*") if recursive else root.iterdir()
+    files = sorted(p for p in found if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     images = [p for p in files if is_image_path(p)]
     skipped = [p for p in files if not is_image_path(p)]
     return images, skipped
@@ -164,7 +168,7 @@ SAVE_FORMATS = {
     "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16", "LA;16", "RGB;16", "RGBA;16"}),
     "jpg": ("JPEG", {"RGB", "L"}),
     "jpeg": ("JPEG", {"RGB", "L"}),
-    "webp": ("WEBP", {"RGB", "RGBA", "L"}),
+    "webp": ("WEBP", {"RGB", "RGBA", "L", "LA"}),  # LA as RGBA (WebP has no gray)
 }
 
 
