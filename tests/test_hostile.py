@@ -937,3 +937,15 @@ def test_habits_and_slips_from_other_tools(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "la_x2.png"]
     assert cli.main(["image", str(src / "la.png"), "-o", str(tmp_path / "la.webp"), "--model", "bicubic"]) == 0
     assert Image.open(tmp_path / "la.webp").mode == "RGBA"
+
+
+def test_a_multi_page_tiff_says_which_page_and_an_unreadable_file_says_why(tmp_path, capsys):
+    pages = [Image.fromarray(rgb()), Image.fromarray(rgb()[::-1].copy())]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    assert cli.main(["image", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "o"), "--model", "bicubic"]) == 0
+    assert "holds 2 pages; the first is upscaled" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root reads any file
+        locked = _png(tmp_path, "locked.png")
+        locked.chmod(0)
+        rc = cli.main(["image", str(locked), "-o", str(tmp_path / "o2"), "--model", "bicubic"])
+        assert rc != 0 and "permission denied" in capsys.readouterr().err

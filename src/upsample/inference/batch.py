@@ -147,7 +147,8 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
             seen[where], refused = src, refused + 1
             continue
         if where in seen:
-            raise UserError(f"{src} and {seen[where]} would both be written to {dst}")
+            raise UserError(f"{src} and {seen[where]} would both be written to {dst}: rename one, or "
+                            "upscale them into different -o folders")
         seen[where] = src
         if dst.exists() and not overwrite:
             print(f"note: {dst} exists, skipped (use --overwrite to replace it)", file=sys.stderr)

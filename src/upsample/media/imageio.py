@@ -89,9 +89,13 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
                 raise UserError(f"{p} is an animation of {img.n_frames} frames, and `upsample image` "
                                 f"writes one picture: {how}")
             if decode:
+                if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+                    print(f"note: {p} holds {img.n_frames} pages; the first is upscaled", file=sys.stderr)
                 img.load()
     except Image.DecompressionBombError as exc:
         raise _too_large(p, exc) from None
+    except PermissionError:
+        raise UserError(f"cannot read image {p}: permission denied (check the file's owner and mode)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UserError(f"cannot read image {p}: {exc}; the file is corrupt or not an image") from None
     return img
