@@ -645,3 +645,12 @@ def test_a_tiled_16_bit_tiff_is_never_read_as_black(tmp_path, capsys):
     planes = read_planes(tmp_path / "t.tif")
     assert "read as 8-bit" in capsys.readouterr().err
     assert planes.color.dtype == np.uint8 and np.array_equal(planes.color, (rgb >> 8).astype(np.uint8))
+
+
+def test_a_16_bit_ppm_keeps_16_bits(tmp_path):
+    """Pillow reads a 16-bit PPM as 8 bits, silently; it is decoded with FFmpeg instead."""
+    deep = (RNG.random((12, 16, 3)) * 65535).astype(">u2")
+    (tmp_path / "p.ppm").write_bytes(b"P6\n# a scanner's comment\n16 12\n65535\n" + deep.tobytes())
+    from upsample.media.imageio import read_planes
+    planes = read_planes(tmp_path / "p.ppm")
+    assert planes.color.dtype == np.uint16 and np.array_equal(planes.color, deep.astype(np.uint16))

@@ -302,11 +302,11 @@ def read_planes(path: str | os.PathLike) -> Planes:
     img = open_image(path)
     if _is_deep_color_png(path):
         return _read_deep_color(path, img)
-    if _is_deep_color_tiff(img):
+    if _is_deep_color_tiff(img) or _is_deep_color_ppm(path, img):
         try:
             return _checked_against_pillow(_read_deep_color(path, img), img, path)
-        except UserError:  # a TIFF layout FFmpeg does not decode: Pillow's 8 bits, said so
-            print(f"note: {path}: 16-bit RGB TIFF read as 8-bit (FFmpeg cannot decode this layout)",
+        except UserError:  # a layout FFmpeg does not decode: Pillow's 8 bits, said so
+            print(f"note: {path}: 16-bit RGB {img.format} read as 8-bit (FFmpeg cannot decode this layout)",
                   file=sys.stderr)
     try:
         upright = ImageOps.exif_transpose(img)
@@ -379,6 +379,15 @@ def _is_deep_color_tiff(img: Image.Image) -> bool:
         return False
     bits = img.tag_v2.get(258, (8,))  # BitsPerSample
     return (bits if isinstance(bits, tuple) else (bits,))[0] == 16
+
+
+def _is_deep_color_ppm(path, img: Image.Image) -> bool:
+    """A binary PPM of more than 8 bits a sample (Pillow opens it as 8-bit RGB)."""
+    if img.format != "PPM" or img.mode != "RGB":
+        return False
+    with open(path, "rb") as f:
+        head = re.sub(rb"#[^\n]*", b" ", f.read(512)).split()  # P6 width height maxval
+    return len(head) >= 4 and head[0] == b"P6" and head[3].isdigit() and int(head[3]) > 255
 
 
 def _checked_against_pillow(planes: Planes, img: Image.Image, path) -> Planes:
