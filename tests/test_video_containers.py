@@ -718,3 +718,17 @@ def test_a_cut_moves_picture_and_sound_by_the_same_time(tmp_path):
             picture = min(f.time for f in c.decode(video=0) if f.time >= cut)
         return picture - sound
     assert first_after(out, 0) == pytest.approx(first_after(src, 0.5), abs=0.002)
+
+
+def test_a_matroska_film_at_23_976_keeps_its_frame_grid(tmp_path):
+    """Matroska's clock counts milliseconds: 23.976 fps there steps 42, 41, 42 ms. The MP4 had
+    those steps; now every frame is on the 1001/24000 s grid."""
+    src = tmp_path / "film.mkv"
+    write_clip(src, vcodec="libx264", acodec=None, pts=range(24), fps=Fraction(24000, 1001))
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].time_base == Fraction(1, 1000)
+    out = tmp_path / "o.mp4"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic"]) == 0
+    times = read_back(out)["times"]
+    steps = {round((b - a) * 24000, 6) for a, b in zip(times, times[1:])}
+    assert len(times) == 24 and steps == {1001}

@@ -537,13 +537,23 @@ class _Stages:
             self.mux_video(self.vout.encode(None))
 
     def onto_frame_slots(self, frame) -> None:
-        """Where the encoder counts in frames (`media.video.CFR_MUXERS` / `CFR_ENCODERS`: time base
-        1/fps, not the input's), `frame`'s time in that count: its nearest slot, after the last."""
-        slots = self.vout.codec_context.time_base
-        if slots == self.vin.time_base or frame.pts is None:
+        """`frame`'s time in the encoder's time base where it is not the input's
+        (`media.video.output_time_base`): where that counts frames (1/fps), its nearest slot after
+        the last; else (a finer clock) the frame grid's time where the frame is within 0.6 ms of
+        it (a millisecond clock's rounding), its own time otherwise (variable frame rates)."""
+        base = self.vout.codec_context.time_base
+        if base == self.vin.time_base or frame.pts is None:
             return
-        slot = max(self.last_slot + 1, int(round(frame.time / slots)))
-        frame.pts, frame.time_base, frame.duration, self.last_slot = slot, slots, 1, slot
+        if base == 1 / self.rate:
+            slot = max(self.last_slot + 1, int(round(frame.time / base)))
+            frame.pts, frame.time_base, frame.duration, self.last_slot = slot, base, 1, slot
+            return
+        def snapped(t):
+            on_grid = round(t * self.rate) / self.rate
+            return on_grid if abs(on_grid - t) < 0.0006 else t
+        duration = snapped(frame.duration * frame.time_base) if frame.duration else 0
+        frame.pts, frame.time_base = int(round(snapped(frame.time) / base)), base
+        frame.duration = int(round(duration / base))
 
     def mux_video(self, packets) -> None:
         """Mux encoded packets with their frames' durations: encoders drop them, and the muxer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import re
 import struct
@@ -493,6 +494,18 @@ def _chroma_halved(pix_fmt: str) -> tuple[bool, bool]:
     return (planes[1].width == 1, planes[1].height == 1) if len(planes) >= 3 else (False, False)
 
 
+def output_time_base(muxer: str, codec: str, vin, rate: Fraction) -> Fraction:
+    """The encoder's time base: 1/fps where the container or codec counts frames; for a
+    millisecond clock (Matroska, WebM) at a fractional rate such as 24000/1001, 1/24000, which
+    holds both the frame grid and every millisecond (the output's clock had 41/42 ms steps and
+    read 23.988 fps); else the input's."""
+    if muxer in CFR_MUXERS or codec in CFR_ENCODERS:
+        return 1 / rate
+    if vin.time_base == Fraction(1, 1000) and rate.denominator != 1:
+        return Fraction(1, math.lcm(1000, rate.numerator))
+    return vin.time_base
+
+
 def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
                      crf: int | None, preset: str | None):
     """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
@@ -510,8 +523,7 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     rate = frame_rate(vin)
     vout = out.add_stream(codec, rate=rate)
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
-    time_base = 1 / rate if out.format.name in CFR_MUXERS or codec in CFR_ENCODERS else vin.time_base
-    vout.time_base = vout.codec_context.time_base = time_base
+    vout.time_base = vout.codec_context.time_base = output_time_base(out.format.name, codec, vin, rate)
     copy_colour_tags(vin.codec_context, vout.codec_context)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
