@@ -338,7 +338,6 @@ def test_missing_parents_are_made(tmp_path):
 # ----------------------------------------------------------------------------- options
 
 OPTIONS = {
-    "--tile 0": ["--tile", "0"],
     "--tile -8": ["--tile", "-8"],
     "--tile x": ["--tile", "x"],
     "--threads 0": ["--threads", "0"],
@@ -916,7 +915,7 @@ def test_a_16_bit_rgb_tiff_keeps_16_bits(tmp_path, capsys):
 
 def test_habits_and_slips_from_other_tools(tmp_path, capsys):
     """An empty path (an unset variable) is refused, not read as the current folder; Real-ESRGAN's
-    --tile 0 means whole images; an --outscale under 1/32 is refused (1e-9 asked for 90 GB);
+    --tile 0 means whole images; an --outscale under 0.001 is refused (1e-9 asked for 90 GB);
     hidden files in a folder (macOS's ._name.jpg) are left out; gray + alpha goes into WebP."""
     src = tmp_path / "in"
     src.mkdir()
@@ -932,7 +931,7 @@ def test_habits_and_slips_from_other_tools(tmp_path, capsys):
     assert not out.exists()
     line = assert_refused(cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--outscale", "1e-9"]),
                           capsys, out)
-    assert "--outscale 1e-09 is under the 1/32" in line
+    assert "--outscale 1e-09 is under the 0.001" in line
     assert cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2", "--tile", "0"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "la_x2.png"]
     assert cli.main(["image", str(src / "la.png"), "-o", str(tmp_path / "la.webp"), "--model", "bicubic"]) == 0

@@ -141,6 +141,6 @@ def test_old_spellings_still_parse():
 
 def test_errors_in_arguments_are_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["image", "x.png", "-o", "y", "--tile", "0"])
+        cli.main(["image", "x.png", "-o", "y", "--tile", "-1"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--tile" in err and "--help" in err

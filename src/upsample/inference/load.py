@@ -52,11 +52,12 @@ def resolve_model(spec: str) -> tuple[nn.Module, str]:
 # The largest factor taken: its memory probes (96 px tiles, `memory.PROBE`) stay ~0.1 GB of
 # output there, where x1000 asked for tens of GB before any tile was planned.
 MAX_SCALE = 32
+MIN_SCALE = 0.001  # a final --outscale down to one pixel of a 1000-pixel image
 
 
 def check_scale(scale, what: str = "scale") -> float:
     """A scale factor from the user (`what` names the option): a positive finite number from
-    1/MAX_SCALE to MAX_SCALE (a smaller one, 1e-9, asked bicubic for a 90 GB kernel)."""
+    MIN_SCALE to MAX_SCALE (a smaller one, 1e-9, asked bicubic for a 90 GB kernel)."""
     try:
         s = float(scale)
     except (TypeError, ValueError):
@@ -66,9 +67,9 @@ def check_scale(scale, what: str = "scale") -> float:
     if s > MAX_SCALE:
         raise UserError(f"{what} {s:g} is over the {MAX_SCALE}x this tool upscales by; use a factor of at "
                         f"most {MAX_SCALE} (a larger one in steps: run the output again)")
-    if s < 1 / MAX_SCALE:
-        raise UserError(f"{what} {s:g} is under the 1/{MAX_SCALE} this tool resizes by; use a factor of at "
-                        f"least {1 / MAX_SCALE:g}")
+    if s < MIN_SCALE:
+        raise UserError(f"{what} {s:g} is under the {MIN_SCALE:g} this tool resizes by; use a factor of at "
+                        f"least {MIN_SCALE:g}")
     return s
 
 
