@@ -233,6 +233,13 @@ class Engines:
         pil_bytes = out_bytes // planes.color.shape[2] * (4 if planes.color.shape[2] == 3 else 1)
         need = out_bytes + pil_bytes + planes.color.nbytes
         if self.max_memory is not None and need > self.max_memory:
-            raise UserError(f"{src}: its {final.suffix} output is encoded whole, about {need / 1e9:.1f} GB "
-                            f"at once, over --max-memory {self.max_memory / 1e9:.1f} GB; write .png "
-                            "(written in strips, without alpha) or raise --max-memory")
+            strips = final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES
+            how = ("raise --max-memory (PNGs are written in strips from 64 MB of output)" if strips
+                   else "write .png (written in strips, without alpha) or raise --max-memory")
+            raise UserError(f"{src}: its {final.suffix} output is encoded whole, about {_size(need)} "
+                            f"at once, over --max-memory {_size(self.max_memory)}; {how}")
+
+
+def _size(n: int) -> str:
+    """Bytes in words a reader compares: 1.2 GB, 35.0 MB, 12 KB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
