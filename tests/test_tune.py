@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
 pytestmark = pytest.mark.skipif(not T91.is_dir(), reason="needs ../shared/datasets/train/T91")
 SETS = [f"data.train=[{json.dumps(str(T91))}]", "data.max_images=4", "data.batch_size=4",
-        "val.max_images=1", "val.crop=48", "train.steps=6", "val.every=3",
+        "val.max_images=1", "val.crop=48", "train.steps=6", "val.every=3", "tune.trial_steps=4",
         "optim.name=sgd", "tune.lr=[1e-3, 1e-1]", "tune.batch_size=[2, 4]", "tune.clip=[0.1, 1.0]"]
 
 
@@ -35,6 +35,7 @@ def test_two_trials_then_resume_to_three(tmp_path, capsys):
     first = best.read_text().splitlines()[0]
     assert first.startswith("# best of study 'tiny'")
     assert 1e-3 <= cfg.optim.lr <= 1e-1 and cfg.data.batch_size in (2, 4)
+    assert cfg.train.steps == 6  # the recipe's length: trials ran tune.trial_steps (it said 4)
     assert 0.1 <= cfg.optim.clip <= 1.0 and 0.8 <= cfg.optim.momentum <= 0.99
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["STUDY", "best.toml", "trial-000", "trial-001"]
 

@@ -12,9 +12,10 @@ from .options import add_output_option
 def run(args: argparse.Namespace) -> int:
     best = tune.tune(args.config, overrides=args.overrides, trials=args.trials, storage=args.storage,
                      study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device)
-    if best is None:
-        print("interrupted; run the same command again to continue the study", file=sys.stderr)
-        return 130
+    if isinstance(best, int):  # stopped: Ctrl-C 130, SIGTERM 143
+        print("interrupted; run the same command again to continue the study (the stopped trial "
+              "runs again from its start)", file=sys.stderr)
+        return best
     print(f"best: trial {best.number}, val PSNR {best.value:.3f} dB ({tune.format_params(best.params)})"
           f" -> {best.path}")
     return 0

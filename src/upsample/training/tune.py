@@ -23,6 +23,14 @@ from ..errors import UserError
 FINISHED = ("COMPLETE", "PRUNED")
 
 
+class TrialStopped(KeyboardInterrupt):
+    """A trial stopped by Ctrl-C (status 130) or SIGTERM (143): the study stops with it."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
 def suggest(trial, cfg: config_mod.Config) -> config_mod.Config:
     """A copy of `cfg` with the [tune] ranges drawn for this trial."""
     t, c = cfg.tune, copy.deepcopy(cfg)
@@ -105,10 +113,11 @@ def open_study(name: str, storage: str, seed: int):
 
 
 def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_name: str | None,
-         run_dir: str | None, out: str | None, device: str | None) -> Best | None:
+         run_dir: str | None, out: str | None, device: str | None) -> Best | int:
     """Run the study in `storage` until `trials` trials have finished, then write the best
-    trial's config as TOML. Returns the best trial, or None when Ctrl-C / SIGTERM stopped the
-    study (the same call continues it)."""
+    trial's config as TOML (the recipe's own train.steps, not a trial's). Returns the best trial,
+    or the exit status (130 Ctrl-C, 143 SIGTERM) when a stop ended the study (the same call
+    continues it)."""
     import optuna
 
     from .procs import training_device  # torch: not for `tune --help`
@@ -132,13 +141,16 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     if left > 0:
         try:
             study.optimize(objective(cfg, root, device), n_trials=left, catch=())
+        except TrialStopped as stop:
+            return stop.status
         except KeyboardInterrupt:
-            return None
+            return 130
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise UserError(f"study {study_name!r}: no trial completed (all pruned or failed)")
     best = study.best_trial
     best_cfg = suggest(optuna.trial.FixedTrial(best.params), cfg)
+    best_cfg.train.steps = cfg.train.steps  # the recipe's length, not a trial's (tune.trial_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(f"# best of study {study_name!r} ({len(complete)} complete trials): trial "
@@ -169,7 +181,7 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
         rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
                         config_text=config_mod.to_toml(c), on_validate=on_validate)
         if rc != 0:  # Ctrl-C / SIGTERM: stop the study; the trial is rerun next time
-            raise KeyboardInterrupt
+            raise TrialStopped(rc)
         value = best_val_psnr(run_dir)
         state = f"pruned at step {pruned[0]}" if pruned else "complete"
         print(f"trial {trial.number}: {state}, best val PSNR {value:.3f} dB "
