@@ -59,6 +59,16 @@ def test_save_and_notes(tmp_path, capsys):
     assert r["datasets"]["d"]["n"] == 2 and 10 < r["datasets"]["d"]["psnr"] < 60
 
 
+def test_save_refuses_two_images_of_one_saved_name(tmp_path, capsys):
+    """x.png and x.jpg would both be saved as x.png: refused before a model loads (the second
+    replaced the first, silently)."""
+    write_images(tmp_path / "d", n=1)
+    Image.open(tmp_path / "d" / "im0.png").save(tmp_path / "d" / "im0.jpg")
+    assert main(["eval", "--scale", "2", "--data", str(tmp_path / "d"), "--save", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--save would write" in err and "im0.png" in err and not (tmp_path / "o").exists()
+
+
 def test_scale_defaults_to_the_models_own(tmp_path, capsys):
     write_images(tmp_path / "d", size=(36, 24))
     r = run_json(capsys, "--model", "espcn-x3", "--data", str(tmp_path / "d"))

@@ -227,6 +227,20 @@ def evaluate_folder(run: Run, folder: str, *, name: str, save_dir: str | None, p
     return result
 
 
+def check_saved_names(folder: str, images: list[Path]) -> None:
+    """A UserError where two images of `folder` would be saved (`--save`) under one name: x.png
+    and x.jpg both as x.png, or x.png's montage x_sbs.png and an image x_sbs.png (the second
+    replaced the first, silently)."""
+    taken: dict[Path, Path] = {}
+    for path in images:
+        rel = path.relative_to(folder)
+        for name in (rel.with_suffix(".png"), rel.with_name(rel.stem + "_sbs.png")):
+            if name in taken:
+                raise UserError(f"--save would write {taken[name]} and {path} to one file, {name}: "
+                                "rename one of them, or leave out --save")
+            taken[name] = path
+
+
 @torch.no_grad()
 def lpips_distance(metric, out: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
     """LPIPS between two uint8 RGB images of one size, `crop_border` pixels cut at each side."""
@@ -249,7 +263,9 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for folder in folders:  # fail fast, before loading a model
-        list_images(folder)
+        images, _ = list_images(folder)
+        if save_dir:
+            check_saved_names(folder, images)
     lpips_metric = None
     if lpips:  # unavailable without its two weight files: one line says which to pass
         from .lpips import load_lpips
