@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from upsample.models import checkpoint
+from upsample.errors import UserError
+from upsample.models import checkpoint, registry
 from upsample import cli
 from upsample.data import pairs as data
 from isolation import in_child_process
@@ -237,6 +238,15 @@ def test_init_from_a_checkpoint(tmp_path, capsys):
     assert _train(tmp_path / "c", "--init", str(tmp_path / "a" / "best.safetensors"),
                   sets=["model.name=espcn-x3", "data.patch_size=48", "train.steps=1"]) == 0
     assert "initialised 4/6 tensors" in capsys.readouterr().err
+    # another architecture, or the recipe's at other widths (one tensor in many fit): refused
+    assert _train(tmp_path / "d", "--init", str(tmp_path / "a" / "best.safetensors"),
+                  sets=["model.name=vdsr", "model.scales=[2]", "train.steps=1"]) == 2
+    assert "is a espcn checkpoint; this recipe trains vdsr" in capsys.readouterr().err
+    shallow = tmp_path / "shallow.safetensors"
+    checkpoint.save_checkpoint(registry.create_model("vdsr", num_layers=4), shallow)
+    from upsample.training.recipe import init_from
+    with pytest.raises(UserError, match="fits 8 of the 40 tensors of vdsr"):
+        init_from(registry.create_model("vdsr"), str(shallow))
 
 
 def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_stops(tmp_path):

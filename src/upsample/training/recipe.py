@@ -83,11 +83,19 @@ def adopt_init_widths(cfg: config_mod.Config, path: str) -> str | None:
 
 
 def init_from(model: nn.Module, path: str) -> str:
-    """Copy the tensors of checkpoint `path` whose names and shapes fit `model` (--init)."""
-    src = checkpoint.load_checkpoint(path)[0].state_dict()
-    own = model.state_dict()
+    """Copy the tensors of checkpoint `path` whose names and shapes fit `model` (--init): of the
+    same architecture, and at least half of the model's (an x2 model into x4 leaves out its
+    upsampler; a model of other widths fit 1 tensor of 702, a run from random weights)."""
+    source, meta = checkpoint.load_checkpoint(path)
+    spec = model.upsample_spec
+    if meta["arch"] != spec.arch:
+        raise UserError(f"--init {path} is a {meta['arch']} checkpoint; this recipe trains {spec.arch} "
+                        f"({spec.name}): give a checkpoint of {spec.arch}")
+    src, own = source.state_dict(), model.state_dict()
     fit = {k: v for k, v in src.items() if k in own and v.shape == own[k].shape}
-    if not fit:
-        raise UserError(f"--init {path}: no tensor of it fits {model.upsample_spec.name}")
+    if 2 * len(fit) < len(own):
+        raise UserError(f"--init {path} fits {len(fit)} of the {len(own)} tensors of {spec.name} (its "
+                        f"{meta['arch']} {meta['kwargs']} and the recipe's model differ): set the recipe's "
+                        "model.kwargs to the checkpoint's, or give a checkpoint of the recipe's shape")
     model.load_state_dict(fit, strict=False)
     return f"initialised {len(fit)}/{len(own)} tensors from {path}"
