@@ -111,6 +111,9 @@ def test_max_minutes_must_be_positive(tmp_path, capsys):
 
 
 def test_run_dir_rules_finished_resume_and_outputs(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert _train(tmp_path / "afile", sets=["train.steps=1"]) == 2
+    assert "--run-dir" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
     run = tmp_path / "run"
     assert _train(run, sets=["train.steps=3", "val.every=2"]) == 0
     out = capsys.readouterr()

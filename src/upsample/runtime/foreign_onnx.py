@@ -152,7 +152,14 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
     except Exception as exc:  # onnxruntime's own error types for graphs it cannot take
         raise UserError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
     name = sess.get_inputs()[0].name
-    return lambda a: sess.run(None, {name: a})[0]
+
+    def run(a):
+        try:
+            return sess.run(None, {name: a})[0]
+        except Exception as exc:  # onnxruntime's own error types: a size the graph cannot take
+            raise UserError(f"{path} cannot run an input of shape {tuple(a.shape)} "
+                            f"({str(exc).splitlines()[0][:160]})") from None
+    return run
 
 
 def _runner_fn(path: Path, run, src: Port, dst: Port):

@@ -17,6 +17,8 @@ RUN_FILES = ("config.toml", "last.safetensors", "last_state.pt", "best.safetenso
 
 def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
     """True when there is a run to resume. Raises for a used run dir without --resume/--reset."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file; name a folder for the run")
     used = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
     saved = (run_dir / "last_state.pt").exists()
     if resume and saved:
