@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -347,3 +348,15 @@ def test_training_progress_is_whole_lines_with_the_loss_when_stderr_is_a_log():
     lines = log.getvalue().splitlines()
     assert lines and "\r" not in log.getvalue()
     assert lines[-1].startswith("train 43/100 (43%)") and lines[-1].endswith("loss=0.0012")
+
+
+def test_a_validation_image_too_small_to_measure_is_named_before_the_run_dir(tmp_path, capsys):
+    from PIL import Image
+    small = tmp_path / "v12.png"
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(small)
+    (tmp_path / "val.txt").write_text(f"{small}\n")
+    run = tmp_path / "run"
+    assert _train(run, sets=["train.steps=2", f"data.val_list={json.dumps(str(tmp_path / 'val.txt'))}"]) == 2
+    err = capsys.readouterr().err
+    assert f"validation image {small} is 12x12" in err and "data.val_list" in err and "--data" not in err
+    assert not run.exists()

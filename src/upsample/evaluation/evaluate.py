@@ -212,7 +212,10 @@ def evaluate_folder(run: Run, folder: str, *, name: str, save_dir: str | None, p
     rows = []
     bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
     for path in images:
-        row, panels = run.image(read_rgb(path))
+        try:
+            row, panels = run.image(read_rgb(path))
+        except UserError as exc:  # too small for the scale or SSIM: which image
+            raise UserError(f"{path}: {exc}") from None
         bar.update(1)
         rel = path.relative_to(folder)  # sub-folders kept: a/x.png and b/x.png are two images
         rows.append({"image": rel.as_posix(), **row})

@@ -270,7 +270,7 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
     try:
         pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
                             progress=procs.master, log=procs.log)
-        val_images = load_val_images(val_files, cfg.val) if procs.master else []
+        val_images = load_val_images(val_files, cfg.val, scales) if procs.master else []
     except UserError as exc:
         if not str(exc).startswith("cannot read image"):
             raise
