@@ -108,3 +108,22 @@ def test_max_images_is_a_seeded_sample_not_the_first_n(tmp_path):
     assert pick(1)[0] != first             # another seed, another sample
     assert pick(0)[1] == val               # validation is not sampled
     assert pick(0, n=100)[0] == everything
+
+
+def test_recipe_slips_a_basicsr_user_makes(tmp_path):
+    """A folder named twice counts its images once; a folder for data.val_list says what a list
+    is; a cosine's eta_min above the lr is refused (the lr climbed); hidden files are not cut."""
+    from upsample.data.pairs import read_file_list
+    from upsample.training import config as config_mod
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), i, np.uint8)).save(d / f"{i}.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "._0.png")  # a macOS resource fork's name
+    assert len(sources.collect_sources([str(d), str(d) + "/"])) == 3
+    with pytest.raises(UserError, match="is a folder: a file list is a .txt"):
+        read_file_list(d)
+    with pytest.raises(UserError, match="sched.eta_min"):
+        config_mod.load_config(Path(__file__).parents[1] / "configs" / "tiny.toml",
+                               ["sched.name=cosine", "optim.lr=1e-3", "sched.eta_min=1"])
+    assert [p.name for p in prepare.source_files(d)] == ["0.png", "1.png", "2.png"]

@@ -32,6 +32,9 @@ from ..media.imageio import atomic_output, is_image_path, list_images, read_rgb
 def read_file_list(path: str | os.PathLike) -> list[Path]:
     """Paths from a list file, one a line; relative entries are relative to the list's folder."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a folder: a file list is a .txt of image paths, one a line "
+                        "(`upsample data split FOLDER` writes them)")
     if not p.is_file():
         raise UserError(f"file list not found: {p}")
     out = []

@@ -64,7 +64,8 @@ def source_files(src: Path) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise UserError(f"source not found: {src}")
-    return sorted(p for p in src.rglob("*") if p.is_file() and (is_image_path(p) or is_video_path(p)))
+    return sorted(p for p in src.rglob("*") if p.is_file() and (is_image_path(p) or is_video_path(p))
+                  and not any(part.startswith(".") for part in p.relative_to(src).parts))  # as list_images
 
 
 def video_frames(path: Path, every: int):

@@ -91,7 +91,8 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
         else:
             out += [(f, f"{p.name}/{f.name}") for f in
                     video_frame_files(p, video_every, frames, progress=progress)]
-    return out
+    seen: set[Path] = set()  # a folder named twice (d and d/, or inside another): each file once
+    return [(f, key) for f, key in out if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def seeded_subset(items: list[tuple[Path, str]], n: int, seed: int) -> list[tuple[Path, str]]:

@@ -335,6 +335,9 @@ def _validate_numbers(cfg: Config) -> None:
     if not (0 < sc.gamma <= 1 and 0 < sc.factor < 1 and sc.step_size >= 1 and sc.eta_min >= 0):
         raise UserError("config: sched.gamma must be in (0, 1], sched.factor in (0, 1), sched.step_size "
                         f">= 1, sched.eta_min >= 0; got {sc.gamma!r}, {sc.factor!r}, {sc.step_size!r}, {sc.eta_min!r}")
+    if sc.name == "cosine" and sc.eta_min > o.lr:
+        raise UserError(f"config: sched.eta_min ({sc.eta_min!r}) is the cosine's final lr: it must not be "
+                        f"above optim.lr ({o.lr!r}), or the lr climbs")
     if any(m < 1 for m in sc.milestones):
         raise UserError(f"config: sched.milestones must be steps >= 1, got {sc.milestones!r}")
     if not 0 <= cfg.train.seed < 2 ** 32:
