@@ -69,6 +69,12 @@ def test_save_refuses_two_images_of_one_saved_name(tmp_path, capsys):
     assert "--save would write" in err and "im0.png" in err and not (tmp_path / "o").exists()
 
 
+def test_bicubic_at_x1_is_refused(tmp_path, capsys):
+    write_images(tmp_path / "d", n=1)
+    assert main(["eval", "--model", "bicubic", "--scale", "1", "--data", str(tmp_path / "d")]) == 2
+    assert "nothing to measure" in capsys.readouterr().err  # it reported 338 dB
+
+
 def test_scale_defaults_to_the_models_own(tmp_path, capsys):
     write_images(tmp_path / "d", size=(36, 24))
     r = run_json(capsys, "--model", "espcn-x3", "--data", str(tmp_path / "d"))

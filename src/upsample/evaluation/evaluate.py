@@ -276,6 +276,8 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     upscaler = _upscaler(model, scale, proto, backend=backend, device=device, precision=precision,
                          threads=threads, allow_untrained=allow_untrained)
     scale = upscaler.scale if upscaler is not None else scale
+    if model == "bicubic" and scale == 1:
+        raise UserError("bicubic at x1 gives the HR images back: nothing to measure; name a --scale above 1")
     if proto.pil and not float(scale).is_integer():
         raise UserError(f"the catid protocol downscales to (W // s, H // s): the scale must be an integer, not {scale}")
     run = Run(upscaler, scale, _crop(crop, proto, scale), proto.y_channel if y_channel is None else y_channel,
