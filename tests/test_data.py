@@ -292,3 +292,9 @@ def test_prepare_reruns_count_what_is_there_and_tidy_a_killed_run(tmp_path, caps
     assert [p.name for p in out.glob(".*.part")] == [".notes.png.part"]
     assert cli.main(["data", "prepare", str(src), "-o", str(src)]) == 2
     assert "is the source folder itself" in capsys.readouterr().err
+
+
+def test_data_check_of_a_folder_without_images_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["data", "check", str(tmp_path / "empty")]) == 2  # it said "0 images", exit 0
+    assert "no images in" in capsys.readouterr().err
