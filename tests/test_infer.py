@@ -654,3 +654,15 @@ def test_a_16_bit_ppm_keeps_16_bits(tmp_path):
     from upsample.media.imageio import read_planes
     planes = read_planes(tmp_path / "p.ppm")
     assert planes.color.dtype == np.uint16 and np.array_equal(planes.color, deep.astype(np.uint16))
+
+
+def test_a_16_bit_gray_png_with_a_transparent_value_keeps_it_as_alpha(tmp_path):
+    """tRNS on a 16-bit gray PNG names the clear gray: it becomes a 16-bit alpha (it was lost)."""
+    from upsample.media.imageio import read_planes
+    gray = (RNG.random((20, 26)) * 65535).astype(np.uint16)
+    gray[:5] = 1234
+    Image.fromarray(gray).save(tmp_path / "g.png", transparency=1234)
+    planes = read_planes(tmp_path / "g.png")
+    assert planes.mode == "LA;16" and (planes.alpha[..., 0] == 0).sum() == (gray == 1234).sum()
+    assert cli.main(["image", str(tmp_path / "g.png"), "-o", str(tmp_path / "o"), "--model", "bicubic"]) == 0
+    assert (tmp_path / "o" / "g_x2.png").read_bytes()[24:26] == bytes([16, 4])  # 16-bit gray + alpha

@@ -248,7 +248,10 @@ def planes_from_pil(img: Image.Image) -> Planes:
         arr = np.asarray(img)
         if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
             raise UserError("32-bit integer image with values outside 0..65535 is not supported")
-        return Planes(arr.astype(np.uint16)[..., None], None, info)
+        key = img.info.get("transparency")  # a 16-bit PNG's tRNS: the gray value that is clear
+        alpha = (np.where(arr == key, 0, 65535).astype(np.uint16)[..., None]
+                 if isinstance(key, int) else None)
+        return Planes(arr.astype(np.uint16)[..., None], alpha, info)
     if mode == "F":
         return Planes(_float_to_uint16(np.asarray(img))[..., None], None, info)
     if mode in ("P", "PA"):
