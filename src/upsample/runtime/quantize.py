@@ -95,16 +95,18 @@ def quantize_onnxruntime(onnx_path: Path, out: Path, inputs: list[np.ndarray],
 
     pre = onnx_path.with_name("pre.onnx")
     quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=list(keep_float),
-                    # a Conv's output feeds its activation (Tanh, ReLU) at full range; quantized
-                    # there with one scale for all channels ESPCN x2 lost 1.35 dB of Set5 (36.40 ->
-                    # 35.05; 36.34 without, as OpenVINO's NNCF gives)
-                    extra_options={"OpTypesToExcludeOutputQuantization": ["Conv"]},
-                    # 99.999th-percentile ranges: min/max ranges are stretched by rare outliers
-                    # (VDSR Set5 x2: -0.12 dB with MinMax, -0.08 with percentile)
-                    calibrate_method=CalibrationMethod.Percentile)
+    # its calibration prints "Collecting tensor data ..." on stdout, where results go: stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        quantize_static(
+            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float),
+            # a Conv's output feeds its activation (Tanh, ReLU) at full range; quantized there with
+            # one scale for all channels ESPCN x2 lost 1.35 dB of Set5 (36.40 -> 35.05; 36.34
+            # without, as OpenVINO's NNCF gives)
+            extra_options={"OpTypesToExcludeOutputQuantization": ["Conv"]},
+            # 99.999th-percentile ranges: min/max ranges are stretched by rare outliers (VDSR Set5
+            # x2: -0.12 dB with MinMax, -0.08 with percentile)
+            calibrate_method=CalibrationMethod.Percentile)
 
 
 def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
