@@ -117,9 +117,14 @@ def bicubic_up(lr: torch.Tensor, size: tuple[int, int], protocol: Protocol) -> n
     return np.asarray(img)
 
 
+def ssim_fits(hw: tuple[int, ...], crop: int, protocol: Protocol = PROTOCOLS["papers"]) -> bool:
+    """Whether SSIM's window fits in what the `crop`-pixel border crop leaves of an (H, W) image."""
+    return min(hw[:2]) - 2 * crop >= metrics.SSIM_SIDE[protocol.ssim_window]
+
+
 def measure(out: np.ndarray, hr: np.ndarray, crop: int, y_channel: bool, protocol: Protocol) -> dict:
     side = metrics.SSIM_SIDE[protocol.ssim_window]
-    if min(hr.shape[:2]) - 2 * crop < side:  # SSIM's window must fit in what the crop leaves
+    if not ssim_fits(hr.shape, crop, protocol):
         raise UserError(f"an HR image is {hr.shape[1]}x{hr.shape[0]}: after the {crop}-pixel border crop "
                         f"it is under the {side}x{side} pixels SSIM needs; "
                         "remove such small images from --data (or lower --crop)")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..data.degrade import modcrop
 from ..evaluation import evaluate, metrics
 from ..inference.upscaler import BicubicUpscaler, ModelUpscaler
 from ..media.imageio import read_rgb
@@ -19,18 +20,20 @@ from ..runtime.kinds import Backend
 
 def load_val_images(files: list, cfg: config_mod.ValConfig, scales=()) -> list[np.ndarray]:
     """The first val.max_images (0: all) of `files`, centre-cropped to val.crop (0: whole); a
-    UserError naming an image too small to be measured at the largest of `scales` (found
-    before the run dir is claimed, not at the first validation)."""
+    UserError naming an image too small to be measured at one of `scales` (found before the run
+    dir is claimed, not at the first validation)."""
     files = files[:cfg.max_images] if cfg.max_images else files
     images = [center_crop(read_rgb(f), cfg.crop) for f in files]
-    border = int(math.ceil(max(scales, default=1)))
-    need = metrics.SSIM_SIDE["gaussian"] + 2 * border  # SSIM's window inside the border crop
     for f, img in zip(files, images):
-        if min(img.shape[:2]) < need:
-            h, w = img.shape[:2]
-            raise UserError(f"validation image {f} is {w}x{h}{' after val.crop' if cfg.crop else ''}: under "
-                            f"the {need}x{need} pixels measuring it at x{border} needs; leave it out of the "
-                            "validation images (data.val_list, or the data.val_fraction split) or raise val.crop")
+        for s in scales:  # as `validate` measures it: modcrop, then a border of the scale
+            border = int(math.ceil(s))
+            if not evaluate.ssim_fits(modcrop(img, s).shape, border):
+                h, w = img.shape[:2]
+                raise UserError(
+                    f"validation image {f} is {w}x{h}{' after val.crop' if cfg.crop else ''}: too small to "
+                    f"measure at x{s} (SSIM's {metrics.SSIM_SIDE['gaussian']}-pixel window inside a {border}-pixel "
+                    "border); leave it out of the validation images (data.val_list, or the data.val_fraction "
+                    "split) or raise val.crop")
     return images
 
 
