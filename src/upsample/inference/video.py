@@ -360,6 +360,11 @@ class RunEstimate:
 INTERLEAVE_SLACK = 10.0
 
 
+def _packet_time(packet) -> float | None:
+    """A demuxed packet's presentation time in seconds (None: it has none)."""
+    return float(packet.pts * packet.time_base) if packet.pts is not None else None
+
+
 class _Stages:
     """The decode, upscale and encode stages of one video, and what they share: the queues,
     the muxer's lock (the reader remuxes packets while the writer muxes frames) and counts."""
@@ -409,7 +414,7 @@ class _Stages:
                     self.flush_reencoded()
                     return
                 continue
-            when = float(packet.pts * packet.time_base) if packet.pts is not None else None
+            when = _packet_time(packet)
             if packet.stream.type == "subtitle" and packet.size:
                 if early and when is not None and when < self.window.t0:
                     continue  # `read_early_cues` passed it on
@@ -443,7 +448,7 @@ class _Stages:
         t0 = self.window.t0
         with av.open(self.container.name) as again:
             for packet in again.demux():
-                when = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                when = _packet_time(packet)
                 if when is not None and when > t0 + INTERLEAVE_SLACK:
                     break  # muxers interleave by time: every cue that began before t0 is read
                 if packet.stream.index in subtitles and packet.size and when is not None and when < t0:

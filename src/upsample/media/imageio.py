@@ -29,6 +29,12 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether `path`, under the folder `root`, is hidden there: it or a folder between them
+    starts with a dot (macOS's ._photo.jpg, .git, .thumbnails), as shell globs skip them."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[list[Path], list[Path]]:
     """Image files under `folder` (sorted) and the non-image files that were skipped. Hidden
     files and folders (a leading dot: macOS's ._photo.jpg resource forks, .git, .thumbnails) are
@@ -39,8 +45,7 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[l
     if not root.is_dir():
         raise UserError(f"not a folder: {root}")
     found = root.rglob("*") if recursive else root.iterdir()
-    files = sorted(p for p in found if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(p for p in found if p.is_file() and not is_hidden(p, root))
     images = [p for p in files if is_image_path(p)]
     skipped = [p for p in files if not is_image_path(p)]
     return images, skipped
@@ -394,8 +399,8 @@ def _is_deep_color_ppm(path, img: Image.Image) -> bool:
 
 
 def _checked_against_pillow(planes: Planes, img: Image.Image, path) -> Planes:
-    """`planes` as FFmpeg decoded a 16-bit TIFF, if their high bytes are Pillow's 8-bit reading;
-    else a UserError (FFmpeg decodes a tiled TIFF as zeros, without an error)."""
+    """`planes` as FFmpeg decoded a 16-bit TIFF or PPM, if their high bytes are Pillow's 8-bit
+    reading; else a UserError (FFmpeg decodes a tiled TIFF as zeros, without an error)."""
     eight = np.asarray(ImageOps.exif_transpose(img).convert("RGBA" if planes.alpha is not None else "RGB"))
     deep = planes.color if planes.color.shape[2] == 3 else np.repeat(planes.color, 3, 2)
     deep = deep if planes.alpha is None else np.concatenate([deep, planes.alpha], 2)

@@ -82,7 +82,7 @@ def main_video_stream(container):
     """The video stream FFmpeg's command line takes: not a picture attached as cover art (an
     MP4's covr, often stream 0), the largest, the default-flagged one on a tie of sizes."""
     def score(s):
-        if s.disposition & av.stream.Disposition.attached_pic:
+        if is_cover_art(s):
             return 0
         area = (s.codec_context.width * s.codec_context.height) if s.codec_context else 0
         return 1 + area + 5_000_000 * bool(s.disposition & av.stream.Disposition.default)
@@ -292,7 +292,7 @@ def container_takes(muxer: str, codec: str) -> bool:
         kind = av.codec.Codec(codec, "w").type
         if kind == "video":
             stream.width = stream.height = 64
-            stream.pix_fmt = (av.codec.Codec(codec, "w").video_formats or [av.VideoFormat("yuv420p")])[0].name
+            stream.pix_fmt = (_encoder_formats(codec) or ["yuv420p"])[0]
             stream.codec_context.time_base = Fraction(1, 25)
             # quiet, as when encoding; a rate or range the encoder takes is checked later
             stream.codec_context.options = {**ENCODER_DEFAULTS.get(codec, {}), "strict": "-1"}
@@ -311,12 +311,18 @@ def _bits(pix_fmt: str) -> int:
     return max(c.bits for c in av.VideoFormat(pix_fmt).components)
 
 
-def _deep_formats(codec: str) -> list[str]:
-    """The planar YUV formats of more than 8 bits that `codec` encodes ([] for an unknown one)."""
+def _encoder_formats(codec: str) -> list[str]:
+    """The pixel formats the video encoder `codec` takes ([] for an unknown one, or one that
+    does not say)."""
     try:
-        formats = av.codec.Codec(codec, "w").video_formats or []
+        return [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
     except (av.FFmpegError, ValueError):
         return []
+
+
+def _deep_formats(codec: str) -> list[str]:
+    """The planar YUV formats of more than 8 bits that `codec` encodes ([] for an unknown one)."""
+    formats = [av.VideoFormat(name) for name in _encoder_formats(codec)]
     return [f.name for f in formats if is_planar_yuv(f) and f.components[0].bits > 8]
 
 
@@ -363,10 +369,7 @@ def _delivery_format(codec: str, src_fmt: str) -> str | None:
         names = [f"yuv{m.group(1)}{alpha}420p{depth}" for alpha in dict.fromkeys([m.group(2), ""])]
     if names[0] == src_fmt:
         return None
-    try:
-        takes = [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
-    except (av.FFmpegError, ValueError):
-        return None
+    takes = _encoder_formats(codec)
     return next((n for n in names if n in takes), None)
 
 
@@ -397,7 +400,7 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
                          "few players; leave --codec out for 10-bit HEVC)")
     if pix_fmt is None and (sub := _delivery_format(codec, src_fmt)) is not None:
         pix_fmt = sub
-        keeps = src_fmt in [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
+        keeps = src_fmt in _encoder_formats(codec)
         notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:0:0, 4:2:2, 4:4:4 or over "
                      "10 bits plays in few players (browsers, QuickTime, phones)"
                      + (f"; --pix-fmt {src_fmt} keeps it" if keeps else ""))
@@ -737,9 +740,9 @@ def start_output(container, out) -> None:
                         f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
-def copy_chapters(container, out, t0: float = 0.0, t1: float | None = None) -> int:
+def copy_chapters(container, out, t0: float = 0.0, t1: float | None = None) -> None:
     """The input's chapters that overlap [t0, t1) into `out` (before its header), cut to that
-    window and moved back by t0; returns how many."""
+    window and moved back by t0."""
     kept = []
     for ch in container.chapters():
         tb = ch["time_base"]
@@ -750,7 +753,6 @@ def copy_chapters(container, out, t0: float = 0.0, t1: float | None = None) -> i
         kept.append({**ch, "id": len(kept) + 1, "start": int(round(start / tb)), "end": int(round(end / tb))})
     if kept:
         out.set_chapters(kept)
-    return len(kept)
 
 
 def finish_output(out, dst: Path) -> None:
