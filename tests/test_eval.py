@@ -52,7 +52,7 @@ def test_save_and_notes(tmp_path, capsys):
     assert main(["eval", "--scale", "2", "--data", str(tmp_path / "d"), "--save", str(tmp_path / "o"),
                  "--json", str(tmp_path / "r.json")]) == 0
     cap = capsys.readouterr()
-    assert "skipping non-image file" in cap.err and "readme.txt" in cap.err
+    assert "(not an image file)" in cap.err and "readme.txt" in cap.err
     assert sorted(p.name for p in (tmp_path / "o" / "d").iterdir()) == ["im0.png", "im0_sbs.png",
                                                                         "im1.png", "im1_sbs.png"]
     r = json.loads((tmp_path / "r.json").read_text())

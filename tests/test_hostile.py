@@ -948,3 +948,37 @@ def test_a_multi_page_tiff_says_which_page_and_an_unreadable_file_says_why(tmp_p
         locked.chmod(0)
         rc = cli.main(["image", str(locked), "-o", str(tmp_path / "o2"), "--model", "bicubic"])
         assert rc != 0 and "permission denied" in capsys.readouterr().err
+
+
+def test_folders_of_links_are_read_and_unreadable_ones_refused(tmp_path, capsys, monkeypatch):
+    """A dataset made of linked folders is read (pathlib's rglob skipped them), a link back up
+    the tree is read once, a broken link is named as such, and a folder that cannot be read is
+    one error instead of a silent gap in the data."""
+    real = tmp_path / "real"
+    real.mkdir()
+    _png(real, "r.png")
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    _png(src / "sub", "s.png")
+    (src / "linked").symlink_to(real, target_is_directory=True)
+    (src / "sub" / "up").symlink_to(src, target_is_directory=True)  # a loop
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    images, skipped = imageio.list_images(src)
+    assert [p.relative_to(src).as_posix() for p in images] == ["linked/r.png", "sub/s.png"]
+    assert skipped == [src / "gone.png"] and imageio.skip_reason(skipped[0]) == "a broken link"
+    from upsample.data.prepare import source_files
+    assert source_files(src) == images  # `data prepare` reads the linked folder too
+    out = tmp_path / "out"
+    assert cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    assert "gone.png (a broken link)" in capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/r_x2.png", "sub/s_x2.png"]
+    real_iterdir = Path.iterdir
+
+    def locked(self):
+        if self.name == "sub":
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+    monkeypatch.setattr(Path, "iterdir", locked)
+    line = assert_refused(cli.main(["image", str(src), "-o", str(tmp_path / "out2"), "--model", "bicubic"]),
+                          capsys, tmp_path / "out2")
+    assert "cannot read the folder" in line and "sub (Permission denied)" in line

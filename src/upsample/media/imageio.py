@@ -36,19 +36,52 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 
 def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[list[Path], list[Path]]:
-    """Image files under `folder` (sorted) and the non-image files that were skipped. Hidden
-    files and folders (a leading dot: macOS's ._photo.jpg resource forks, .git, .thumbnails) are
-    left out, as shell globs leave them."""
+    """Image files under `folder` (sorted) and the other files that were skipped (a broken link
+    among them: `skip_reason` says which). Hidden files and folders (a leading dot: macOS's
+    ._photo.jpg resource forks, .git, .thumbnails) are left out, as shell globs leave them.
+    Linked folders are followed (a dataset is often a folder of links), each real folder once; a
+    folder that cannot be read is an error, not a silent gap in the data."""
     root = Path(folder)
     if not root.exists():
         raise UserError(f"folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"not a folder: {root}")
-    found = root.rglob("*") if recursive else root.iterdir()
-    files = sorted(p for p in found if p.is_file() and not is_hidden(p, root))
-    images = [p for p in files if is_image_path(p)]
-    skipped = [p for p in files if not is_image_path(p)]
+    entries = walk_files(root) if recursive else [p for p in _read_folder(root) if not p.is_dir()]
+    files = sorted(p for p in entries if not is_hidden(p, root))
+    images = [p for p in files if p.is_file() and is_image_path(p)]
+    skipped = [p for p in files if not (p.is_file() and is_image_path(p))]
     return images, skipped
+
+
+def _read_folder(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot read the folder {folder} ({exc.strerror or exc}); fix its permissions "
+                        "or move it out of the input") from None
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every non-folder entry under `root`, following linked folders, each real folder once."""
+    files, seen, todo = [], set(), [root]
+    while todo:
+        folder = todo.pop()
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            continue
+        seen.add(real)
+        for entry in _read_folder(folder):
+            if entry.name.startswith("."):
+                continue
+            (todo if entry.is_dir() else files).append(entry)
+    return files
+
+
+def skip_reason(path: Path) -> str:
+    """Why `list_images` skipped `path`, for the note that names it."""
+    if path.is_symlink() and not path.exists():
+        return "a broken link"
+    return "not an image file" if path.is_file() else "not a regular file"
 
 
 def max_pixels() -> int | None:
