@@ -982,3 +982,11 @@ def test_folders_of_links_are_read_and_unreadable_ones_refused(tmp_path, capsys,
     line = assert_refused(cli.main(["image", str(src), "-o", str(tmp_path / "out2"), "--model", "bicubic"]),
                           capsys, tmp_path / "out2")
     assert "cannot read the folder" in line and "sub (Permission denied)" in line
+
+
+def test_a_file_name_with_a_newline_stays_one_error_line(tmp_path, capsys):
+    """A name holding a line break is written escaped, so the error is still the one line that
+    scripts grep for."""
+    missing = tmp_path / "two\nlines.png"
+    line = assert_refused(cli.main(["image", str(missing), "-o", str(tmp_path / "o.png")]), capsys)
+    assert "two\\nlines.png" in line
