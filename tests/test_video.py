@@ -18,7 +18,7 @@ W, H = 48, 32
 
 
 def make_clip(path, *, seconds=5.0, fps=25, audio=True, pix_fmt="yuv420p", pts=None, crf=None,
-              rotation=None, bt709=False):
+              rotation=None, bt709=False, aspect=None):
     """A clip made here with PyAV: a moving bar over gradients, and a 440 Hz AAC tone."""
     c = av.open(str(path), "w")
     v = c.add_stream("libx264", rate=fps)
@@ -27,6 +27,8 @@ def make_clip(path, *, seconds=5.0, fps=25, audio=True, pix_fmt="yuv420p", pts=N
         v.codec_context.options = {"crf": str(crf)}
     if rotation is not None:
         v.set_display_rotation(rotation)
+    if aspect is not None:
+        v.codec_context.sample_aspect_ratio = aspect
     if bt709:
         v.codec_context.color_primaries = v.codec_context.color_trc = v.codec_context.colorspace = 1
     a = c.add_stream("aac", rate=48000) if audio else None
@@ -140,6 +142,20 @@ def test_rotation_and_colour_tags_are_kept(tmp_path):
         cc = c.streams.video[0].codec_context
         assert (cc.color_primaries, cc.color_trc, cc.colorspace) == (1, 1, 1)
         assert next(c.decode(video=0)).rotation == 90
+
+
+def test_pixel_aspect_is_kept_or_its_loss_said(tmp_path, capsys):
+    """Anamorphic input (DVD-style 8:9 pixels) keeps its aspect in MP4 and with H.264 in
+    Matroska; VP9 in WebM cannot carry it through PyAV, and says so."""
+    src = tmp_path / "dvd.mp4"
+    make_clip(src, seconds=0.2, audio=False, aspect=fractions.Fraction(8, 9))
+    for name, codec, kept in (("o.mp4", "libvpx-vp9", True), ("o.mkv", "libx264", True), ("o.webm", None, False)):
+        dst = tmp_path / name
+        assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic"]
+                        + (["--codec", codec] if codec else [])) == 0
+        with av.open(str(dst)) as c:
+            assert (c.streams.video[0].sample_aspect_ratio == fractions.Fraction(8, 9)) == kept, name
+        assert ("pixels are not square (aspect 8:9)" in capsys.readouterr().err) != kept, name
 
 
 def test_bad_inputs_one_line_and_no_output(tmp_path, capsys):

@@ -509,6 +509,19 @@ def output_time_base(muxer: str, codec: str, vin, rate: Fraction) -> Fraction:
     return vin.time_base
 
 
+# encoders that write the pixel aspect into the bitstream, where a Matroska reader finds it
+ASPECT_IN_BITSTREAM = ("libx264", "h264", "libx265", "hevc", "mpeg4", "mpeg2video")
+
+
+def _note_lost_aspect(muxer: str, codec: str, sar: Fraction) -> None:
+    """Say so where the output's pixels lose their non-square shape: FFmpeg's Matroska writer
+    takes the aspect only from the stream, which PyAV cannot set (MP4 takes the encoder's)."""
+    if sar != 1 and muxer in ("matroska", "webm") and codec not in ASPECT_IN_BITSTREAM:
+        print(f"note: the input's pixels are not square (aspect {sar.numerator}:{sar.denominator}); {codec} "
+              f"in {muxer} cannot keep that here, so players show them square; write .mp4, or use "
+              "--codec libx264 or libx265 in .mkv, to keep it", file=sys.stderr)
+
+
 def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
                      crf: int | None, preset: str | None):
     """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
@@ -530,6 +543,7 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     copy_colour_tags(vin.codec_context, vout.codec_context)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
+        _note_lost_aspect(out.format.name, codec, vin.sample_aspect_ratio)
     vout.codec_context.options = with_hdr10(codec, encoder_options(codec, crf, preset), first)
     if codec in HEVC_ENCODERS and FAMILIES.get(out.format.name) == "mp4":
         vout.codec_context.codec_tag = "hvc1"  # Apple's players take HEVC in MP4 only as hvc1
