@@ -508,15 +508,18 @@ def test_audio_the_container_cannot_take_is_reencoded_in_a_layout_its_encoder_ta
         assert sum(f.samples for f in c.decode(audio=0)) >= 40000  # the whole second decodes
 
 
-def _tiny(path, vcodec, pix_fmt, frames=3, options=None, metadata=None, rate=10):
+def _tiny(path, vcodec, pix_fmt, frames=3, options=None, metadata=None, rate=10, transparent=False):
     with av.open(str(path), "w") as c:
         v = c.add_stream(vcodec, rate=rate)
         v.width, v.height, v.pix_fmt = 64, 64, pix_fmt
         v.codec_context.options = options or {}
         v.metadata.update(metadata or {})
         for i in range(frames):
-            rgb = np.full((64, 64, 3), 40 * i % 256, np.uint8)
-            c.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
+            rgba = np.full((64, 64, 4), 40 * i % 256, np.uint8)
+            rgba[..., 3] = 255
+            if transparent:
+                rgba[:, :32, 3] = 0
+            c.mux(v.encode(av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)))
         c.mux(v.encode())
     return path
 
@@ -525,7 +528,7 @@ def test_notes_for_what_the_output_does_not_keep_and_12_bit_written_as_10(tmp_pa
     """VP9 alpha (WebM's ALPHA_MODE tag) and interlacing get a note; a 12-bit 4:4:4 source is
     written as HEVC Main 10 4:2:0, which players decode (Main 12 hardly any)."""
     if "libvpx-vp9" in av.codecs_available:
-        webm = _tiny(tmp_path / "a.webm", "libvpx-vp9", "yuva420p", metadata={"alpha_mode": "1"})
+        webm = _tiny(tmp_path / "a.webm", "libvpx-vp9", "yuva420p", transparent=True)
         assert cli.main(["video", str(webm), "-o", str(tmp_path / "a.mp4"), "--model", "bicubic"]) == 0
         assert "transparency (alpha) is not kept" in capsys.readouterr().err
     ts = _tiny(tmp_path / "i.mkv", "mpeg2video", "yuv420p", options={"flags": "+ildct+ilme"}, rate=25)
@@ -537,6 +540,46 @@ def test_notes_for_what_the_output_does_not_keep_and_12_bit_written_as_10(tmp_pa
         assert "yuv444p12le is written as yuv420p10le" in capsys.readouterr().err
         with av.open(str(tmp_path / "d.mp4")) as c:
             assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+
+
+def _alpha_planes(path):
+    """The alpha of each frame of `path`, decoded as the pipeline decodes it (libvpx for VP9)."""
+    from upsample.media.video import video_decoder
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        dec = video_decoder(v)
+        return [f.to_ndarray(format="rgba")[..., 3] for p in c.demux(v) for f in dec.decode(p)]
+
+
+@pytest.mark.parametrize("src_codec, src_fmt, out, codec, model", [
+    ("libvpx-vp9", "yuva420p", "o.webm", None, "espcn-x2"),      # WebM alpha, network on Y
+    ("libvpx-vp9", "yuva420p", "o.mkv", "libvpx-vp9", "bicubic"),  # the RGB path
+    ("prores_ks", "yuva444p10le", "o.mov", "prores_ks", "espcn-x2"),  # ProRes 4444
+    ("png", "rgba", "o.webm", None, "bicubic"),                   # PNG in MOV
+])
+def test_transparency_is_kept_where_the_output_can_hold_it(tmp_path, src_codec, src_fmt, out, codec, model):
+    """An alpha channel goes through (upscaled by libswscale's bicubic) where the encoder and
+    container keep one: its left half transparent, its right half opaque, at twice the size."""
+    ext = ".webm" if src_codec == "libvpx-vp9" else ".mov"
+    src = _tiny(tmp_path / f"in{ext}", src_codec, src_fmt, transparent=True)
+    assert cli.main(["video", str(src), "-o", str(tmp_path / out), "--model", model, "--scale", "2"]
+                    + (["--codec", codec] if codec else [])) == 0
+    planes = _alpha_planes(tmp_path / out)
+    assert len(planes) == 3 and planes[0].shape == (128, 128)
+    for a in planes:
+        assert a[:, :56].max() <= 2 and a[:, 72:].min() >= 253
+
+
+def test_alpha_dropped_where_the_encoder_cannot_keep_it(tmp_path, capsys):
+    """ProRes 4444 into .mov with the default encoder: HEVC (x265 takes yuva formats, but MOV
+    cannot hold its alpha layer: the run failed), opaque, with a note saying how to keep it."""
+    if not HAS_X265:
+        pytest.skip("no libx265 here")
+    src = _tiny(tmp_path / "in.mov", "prores_ks", "yuva444p10le", transparent=True)
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mov"), "--model", "bicubic", "--scale", "2"]) == 0
+    assert "--codec prores_ks (ProRes 4444) keeps it" in capsys.readouterr().err
+    with av.open(str(tmp_path / "o.mov")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
 
 
 def test_damaged_packets_are_skipped_with_a_note(tmp_path, capsys):

@@ -39,9 +39,9 @@ from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
 from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props, copy_chapters,
                            choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
-                           frame_count, frame_rate, is_cover_art, is_planar_yuv, is_yuv, main_video_stream,
-                           open_input, open_output,
-                           plane_view, remux, start_output)
+                           frame_count, frame_rate, has_alpha, is_cover_art, is_planar_yuv, is_yuv,
+                           keep_alpha_hint, main_video_stream, muxer_name, open_input, open_output,
+                           plane_view, remux, start_output, stream_pix_fmt, video_decoder)
 from .tiler import BATCHES, Tiler, fastest_batch
 from .upscaler import ModelUpscaler, Upscaler
 
@@ -108,6 +108,10 @@ def frames_per_call(net: Upscaler, tiler: Tiler, h: int, w: int, chans: int, dty
     return fastest_batch(lambda n: net(frames[:n]), fits, device=net.device)
 
 
+# the RGB formats frames are upscaled in: (more than 8 bits, with alpha) -> format
+RGB_WORK = {(False, False): "rgb24", (True, False): "rgb48le", (False, True): "rgba", (True, True): "rgba64le"}
+
+
 def _plan(up: Upscaler, cc, out_fmt: str, *, batch: int | None, tile: int | None,
           max_memory: int | None, tile_batch: int | None) -> tuple[_Plan, int]:
     """The plan for frames of the codec context `cc` encoded as `out_fmt`, and the frames per
@@ -118,12 +122,13 @@ def _plan(up: Upscaler, cc, out_fmt: str, *, batch: int | None, tile: int | None
     y_model = isinstance(up, ModelUpscaler) and up.spec.input == "y"
     fmt = av.VideoFormat(out_fmt)
     deep = max(fmt.components[0].bits, cc.format.components[0].bits) > 8
+    alpha = "a" if has_alpha(out_fmt) else ""
     if y_model:  # planar YUV to work in; the encoder converts it to out_fmt if that differs
-        work = fmt if is_planar_yuv(fmt) else av.VideoFormat("yuv420p10le" if deep else "yuv420p")
+        work = fmt if is_planar_yuv(fmt) else av.VideoFormat(f"yuv{alpha}420p10le" if deep else f"yuv{alpha}420p")
         # the range the frames are converted to (`colour_tags`: an RGB or gray source's is limited)
         full = work.name.startswith("yuvj") or colour_tags(cc, work.name)["color_range"] == 2
     else:
-        work, full = av.VideoFormat("rgb48le" if deep else "rgb24"), False
+        work, full = av.VideoFormat(RGB_WORK[deep, bool(alpha)]), False
 
     def frame_net(u: Upscaler) -> Upscaler:
         return YPlaneUpscaler(u, full_range=full) if y_model else u
@@ -160,11 +165,11 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
     container = open_input(src)
     try:
         vin = main_video_stream(container)
-        codec, out_fmt, notes = choose_encoding(dst, vin.codec_context.format.name, codec, pix_fmt)
+        codec, out_fmt, notes = choose_encoding(dst, stream_pix_fmt(vin), codec, pix_fmt)
         first = first_frame(src, vin.index)
-        alpha_mode = {k.lower(): v for k, v in vin.metadata.items()}.get("alpha_mode")  # WebM: ALPHA_MODE
-        if alpha_mode == "1" or _transparent(first):
-            notes.append("the input's transparency (alpha) is not kept: video output here is opaque")
+        if _transparent(first) and not has_alpha(out_fmt):
+            notes.append(f"the input's transparency (alpha) is not kept: {codec} {out_fmt} is opaque; "
+                         f"{keep_alpha_hint(muxer_name(dst))}")
         if getattr(first, "interlaced_frame", False):
             notes.append("the input is interlaced: each frame's two fields are upscaled as one picture, "
                          "which enlarges their combing; deinterlace it first (e.g. ffmpeg -vf bwdif)")
@@ -375,6 +380,7 @@ class _Stages:
         self.copies, self.encodes = streams
         self.plan, self.window, self.batch = plan, window, batch
         self.vin = main_video_stream(container)
+        self.decoder = video_decoder(self.vin)
         self.rate = frame_rate(self.vin)
         # MPEG-TS/PS have no index: a seek there lands after the key frame the window needs (3
         # frames of 24 were left), so it goes TS_SEEK_MARGIN earlier (or not at all near the
@@ -474,7 +480,7 @@ class _Stages:
         """The frames of a video packet in the window onto `frames_q`; False: stop reading."""
         t = time.perf_counter()
         try:
-            frames = packet.decode()
+            frames = self.decoder.decode(packet)
         except av.InvalidDataError:  # damaged: its frame is missing, the next key frame decodes
             frames = []
             self.damaged += 1
@@ -688,12 +694,21 @@ def _upscale_rgb(group, plan: _Plan) -> list:
     work = plan.work
     rgb = np.stack([f.reformat(format=work.name, src_color_range=f.color_range or None,
                                interpolation=EXACT_SWS).to_ndarray() for f in group])
-    up = plan.tiler.upscale(rgb, tile=plan.tile)
+    up = plan.tiler.upscale(rgb[..., :3], tile=plan.tile)
+    if rgb.shape[-1] == 4:  # the alpha plane by libswscale's bicubic, as the YUV path's chroma
+        up = np.concatenate([up, _resized_planes(rgb[..., 3], plan.size)[..., None]], axis=-1)
     results = []
     for k, f in enumerate(group):
         o = av.VideoFrame.from_ndarray(up[k], format=work.name)
         results.append(o.reformat(format=plan.out_fmt, interpolation=EXACT_SWS, **_conversion(f, plan.out_fmt)))
     return results
+
+
+def _resized_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) uint8/uint16 planes resized to `size` (h, w) by libswscale's bicubic."""
+    gray = "gray" if planes.dtype == np.uint8 else "gray16le"
+    return np.stack([av.VideoFrame.from_ndarray(p, format=gray).reformat(
+        width=size[1], height=size[0], interpolation="BICUBIC").to_ndarray() for p in planes])
 
 
 # libswscale's YUV <-> RGB with exact rounding and full-resolution chroma: its default (fast

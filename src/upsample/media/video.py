@@ -28,8 +28,49 @@ COLOUR_TAGS = ("color_primaries", "color_trc", "colorspace", "color_range")
 
 
 def is_planar_yuv(fmt: av.VideoFormat) -> bool:
-    return (fmt.name.startswith("yuv") and len(fmt.components) == 3
-            and sorted(c.plane for c in fmt.components) == [0, 1, 2])
+    """Y, U, V (and A) each in a plane of its own: yuv420p, yuva444p10le."""
+    return (fmt.name.startswith("yuv") and len(fmt.components) in (3, 4)
+            and sorted(c.plane for c in fmt.components) == list(range(len(fmt.components))))
+
+
+def has_alpha(pix_fmt: str) -> bool:
+    return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
+
+
+# encoders whose alpha the containers that take them keep (WebM/Matroska: VP8/VP9's alpha
+# beside each frame; MOV: ProRes 4444, PNG, QuickTime Animation): x265 takes yuva formats too,
+# but no container here writes its alpha layer
+ALPHA_ENCODERS = ("libvpx-vp9", "libvpx", "prores_ks", "png", "qtrle", "ffv1", "utvideo")
+# FFmpeg's VP8/VP9 decoders drop the alpha that WebM keeps beside each frame; libvpx's decode it
+ALPHA_DECODERS = {"vp9": "libvpx-vp9", "vp8": "libvpx"}
+
+
+def keep_alpha_hint(muxer: str) -> str:
+    """How to keep an input's alpha in a `muxer` output, for the note that says it was not."""
+    return {"webm": "--codec libvpx-vp9 keeps it", "mov": "--codec prores_ks (ProRes 4444) keeps it",
+            "matroska": "--codec libvpx-vp9 or prores_ks keeps it"}.get(
+        muxer, "write .webm, or .mov with --codec prores_ks, to keep it")
+
+
+def _alpha_decoder_name(vin) -> str | None:
+    """libvpx's decoder for a VP8/VP9 stream that has an alpha channel (WebM's ALPHA_MODE 1)."""
+    mode = {k.lower(): v for k, v in vin.metadata.items()}.get("alpha_mode")
+    name = ALPHA_DECODERS.get(vin.codec_context.name)
+    return name if mode == "1" and name in av.codecs_available else None
+
+
+def video_decoder(vin):
+    """What decodes the packets of the video stream `vin` (`.decode(packet)`): its own codec
+    context, or a libvpx decoder where that is what gives the stream's alpha."""
+    name = _alpha_decoder_name(vin)
+    return vin.codec_context if name is None else av.CodecContext.create(name, "r")
+
+
+def stream_pix_fmt(vin) -> str:
+    """The pixel format the frames of `vin` decode to (`video_decoder`'s: VP9 with alpha gives
+    yuva420p)."""
+    fmt = vin.codec_context.format.name
+    return "yuva420p" if _alpha_decoder_name(vin) and fmt == "yuv420p" else fmt
 
 
 def plane_view(plane, dtype) -> np.ndarray:
@@ -37,6 +78,10 @@ def plane_view(plane, dtype) -> np.ndarray:
     a = np.frombuffer(plane, dtype)
     return a.reshape(plane.height, plane.line_size // a.itemsize)[:, :plane.width]
 
+
+# SVT-AV1 logs its whole configuration to stderr by default, also when a container is probed
+# for what it takes (`container_takes` opens the encoder): errors only, unless the user says
+os.environ.setdefault("SVT_LOG", "1")
 
 # How an RGB, palette or gray picture is written as YUV: BT.709 matrix, primaries and transfer
 # (sRGB's primaries are BT.709's), limited range - what players assume of HD video
@@ -149,7 +194,7 @@ def source_pix_fmt(path: Path) -> str:
     """The pixel format of a video file's main video stream."""
     container = open_input(path)
     try:
-        return main_video_stream(container).codec_context.format.name
+        return stream_pix_fmt(main_video_stream(container))
     finally:
         container.close()
 
@@ -190,8 +235,10 @@ def check_output(dst: Path, *, overwrite: bool) -> None:
 def first_frame(path: Path, vin_index: int):
     """The first decoded frame (for its rotation and format), from a separate read."""
     with av.open(str(path)) as c:
-        for frame in c.decode(c.streams[vin_index]):
-            return frame
+        decoder = video_decoder(c.streams[vin_index])
+        for packet in c.demux(c.streams[vin_index]):
+            for frame in decoder.decode(packet):
+                return frame
     raise UserError(f"{path}: the video stream has no decodable frame")
 
 
@@ -237,10 +284,12 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
         if formats and pix_fmt not in formats:
             raise UserError(f"{codec} cannot encode {pix_fmt}; it takes {', '.join(formats)}")
         pick = pix_fmt
-    elif formats and default_fmt not in formats:
-        deep = _bits(default_fmt) > 8
-        pick = next((f for f in formats if (_bits(f) > 8) == deep), formats[0])
-        notes.append(f"{codec} cannot encode the input's {default_fmt}; using {pick}")
+    elif formats and default_fmt not in _formats_kept(codec, formats):
+        kept = _formats_kept(codec, formats) or formats
+        deep, alpha = _bits(default_fmt) > 8, has_alpha(default_fmt)
+        pick = min(kept, key=lambda f: ((_bits(f) > 8) != deep, has_alpha(f) != alpha))  # first of the best
+        if _without_alpha(default_fmt) != pick:
+            notes.append(f"{codec} cannot encode the input's {default_fmt}; using {pick}")
     if quiet:
         return pick, notes
     for note in notes:
@@ -307,6 +356,17 @@ def container_takes(muxer: str, codec: str) -> bool:
         close_after_error(probe)
 
 
+def _formats_kept(codec: str, formats: list[str]) -> list[str]:
+    """Those of `formats` (the encoder's) whose every plane reaches the file: an alpha plane
+    only where `codec` is one of `ALPHA_ENCODERS`."""
+    return formats if codec in ALPHA_ENCODERS else [f for f in formats if not has_alpha(f)]
+
+
+def _without_alpha(pix_fmt: str) -> str:
+    """yuva420p -> yuv420p (what dropping the alpha plane leaves, needing no note)."""
+    return re.sub(r"^yuva", "yuv", pix_fmt)
+
+
 def _bits(pix_fmt: str) -> int:
     return max(c.bits for c in av.VideoFormat(pix_fmt).components)
 
@@ -366,8 +426,9 @@ def _delivery_format(codec: str, src_fmt: str) -> str | None:
     if gray:
         names = [f"yuv420p{depth}", "yuv420p"]
     else:  # with its alpha plane where the encoder keeps one (VP9), else without
-        names = [f"yuv{m.group(1)}{alpha}420p{depth}" for alpha in dict.fromkeys([m.group(2), ""])]
-    if names[0] == src_fmt:
+        alphas = [m.group(2), ""] if codec in ALPHA_ENCODERS else [""]
+        names = [f"yuv{m.group(1)}{alpha}420p{depth}" for alpha in dict.fromkeys(alphas)]
+    if names[0] in (src_fmt, _without_alpha(src_fmt)):  # as it is, or its alpha dropped (noted)
         return None
     takes = _encoder_formats(codec)
     return next((n for n in names if n in takes), None)
@@ -534,8 +595,6 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     if codec in HEVC_ENCODERS and min(ow, oh) < 64:  # x265 4.2 corrupts memory below a CTU
         raise UserError(f"libx265 cannot encode frames under 64 pixels a side (output {ow}x{oh}); "
                         "use --codec libx264")
-    if codec == "libsvtav1":
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs its whole configuration by default
     rate = frame_rate(vin)
     vout = out.add_stream(codec, rate=rate)
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
