@@ -61,10 +61,11 @@ def test_fp16_storage(tmp_path):
 
 @pytest.mark.parametrize("name", list_models())
 def test_plain_state_dict_is_detected(name, tmp_path):
-    """A bare state dict (no metadata) rebuilds the same architecture and output."""
+    """A bare state dict (no metadata) rebuilds the same architecture and output (our RRDBNet x3
+    has ESRGAN x2's tensors: the scale asked for tells them apart)."""
     model = small_model(name)
     torch.save(model.state_dict(), tmp_path / "m.pth")
-    loaded, meta = load_checkpoint(tmp_path / "m.pth")
+    loaded, meta = load_checkpoint(tmp_path / "m.pth", scale=3 if name == "rrdbnet-x3" else None)
     assert meta["source"] == "detected" and meta["arch"] == get_spec(name).arch
     assert full_kwargs(meta["arch"], meta["kwargs"]) == full_kwargs(meta["arch"], model.upsample_spec.kwargs)
     assert meta["name"] == (None if get_spec(name).arch in SMALL else name)
@@ -91,6 +92,8 @@ def test_each_architecture_detects_its_own_state_dicts_only(arch):
     detect = ARCH_DETECTORS[arch]
     for name in list_models(None):
         kwargs = detect(meta_state(name))
+        if name == "rrdbnet-x3" and arch == "rrdbnet":  # ESRGAN x2's tensors: its scale is read from metadata or asked
+            kwargs = rrdbnet.at_scale(kwargs, 3)
         if get_spec(name).arch == arch:
             assert kwargs is not None, name
             assert full_kwargs(arch, kwargs) == full_kwargs(arch, get_spec(name).kwargs), name
@@ -131,6 +134,37 @@ def test_foreign_rrdbnet_esrgan_and_basicsr(tmp_path):
             model, meta = load_checkpoint(tmp_path / f)
             assert meta["kwargs"]["num_block"] == 2 and meta["scale"] == 4, f
             assert torch.equal(model(x), want), f
+
+
+def test_one_upsampling_conv_is_esrgans_x2_and_our_x3_keeps_its_scale(tmp_path):
+    """ESRGAN's and BSRGAN's x2 files have one nearest x2 + conv (BSRGAN's RRDB_trunk names here):
+    read as x2, run as their forward does (they were read as x3: 3x the size, the wrong net).
+    `--scale 3` reads such tensors as our x3; a bare x3 model saved keeps x3."""
+    torch.manual_seed(5)
+    net = rrdbnet.RRDBNet(scale=2, unshuffle_input=False, num_block=2).eval()
+    names = [(r"^body\.", "RRDB_trunk."), (r"\.rdb(\d)\.", r".RDB\1."), (r"^conv_body\.", "trunk_conv."),
+             (r"^conv_up1\.", "upconv1."), (r"^conv_hr\.", "HRconv.")]
+    bsrgan = {}
+    for k, v in net.state_dict().items():
+        for a, b in names:
+            k = re.sub(a, b, k)
+        bsrgan[k] = v
+    assert "conv_up2.weight" not in net.state_dict()
+    torch.save(bsrgan, tmp_path / "BSRGANx2.pth")
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():  # BSRGAN's forward at sf=2
+        lrelu = torch.nn.functional.leaky_relu
+        feat = net.conv_first(x)
+        feat = feat + net.conv_body(net.body(feat))
+        feat = lrelu(net.conv_up1(torch.nn.functional.interpolate(feat, scale_factor=2.0)), 0.2)
+        want = net.conv_last(lrelu(net.conv_hr(feat), 0.2))
+        model, meta = load_checkpoint(tmp_path / "BSRGANx2.pth")
+        assert meta["scale"] == 2 and torch.allclose(model(x), want, atol=1e-6)
+        model3, meta3 = load_checkpoint(tmp_path / "BSRGANx2.pth", scale=3)
+        assert meta3["scale"] == 3 and model3(x).shape[-2:] == (30, 36)
+    assert get_spec("rrdbnet-x2").pad_multiple == 2 and model.upsample_spec.pad_multiple == 1
+    save_checkpoint(rrdbnet.RRDBNet(scale=3, num_block=2), tmp_path / "bare3.safetensors")
+    assert load_checkpoint(tmp_path / "bare3.safetensors")[1]["scale"] == 3
 
 
 def test_foreign_vapsr_beta_and_vdsr_port_names(tmp_path):

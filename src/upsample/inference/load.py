@@ -22,8 +22,9 @@ INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output; an .onnx withou
 # is another project's graph (runtime.foreign_onnx)
 
 
-def resolve_model(spec: str) -> tuple[nn.Module, str]:
-    """A registered name or a checkpoint path -> (torch model in eval mode, display name)."""
+def resolve_model(spec: str, scale: float | None = None) -> tuple[nn.Module, str]:
+    """A registered name or a checkpoint path -> (torch model in eval mode, display name). `scale`
+    (the one asked for) reads a checkpoint whose tensors do not tell it (`detect_arch`)."""
     from ..models import checkpoint, registry
     if spec == "bicubic":  # the commands that resolve a network (export, quantize, prune ...)
         raise UserError("bicubic is MATLAB's resize, with no network to work on; name a model")
@@ -40,7 +41,8 @@ def resolve_model(spec: str) -> tuple[nn.Module, str]:
         return model.eval(), spec
     path = Path(spec)
     if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
-        model, _ = checkpoint.load_checkpoint(path)  # says "not found" for a missing path
+        asked = int(scale) if isinstance(scale, (int, float)) and float(scale).is_integer() else None
+        model, _ = checkpoint.load_checkpoint(path, scale=asked)  # says "not found" for a missing path
         return model.eval(), spec
     try:
         registry.get_spec(spec)
@@ -159,7 +161,7 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
                                          backend=backend, device=dev)
     check_trained(spec, allow_untrained)
-    model, name = resolve_model(spec)
+    model, name = resolve_model(spec, scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     s = model_scale(model.upsample_spec, scale, name)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import registry
+from . import registry, rrdbnet
 from ..errors import UserError
 from ..media.imageio import atomic_output
 
@@ -49,7 +49,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, config: dict |
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     spec = getattr(model, "upsample_spec", None)
     if spec is None:  # a bare architecture instance: recover its keywords from its tensors
-        arch, kwargs = detect_arch(state, str(path))
+        arch, kwargs = detect_arch(state, str(path), scale=getattr(model, "scale", None))
         spec = registry.spec_for(arch, kwargs, registry.match_variant(arch, kwargs))
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -163,9 +163,12 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- detection from tensors
 
 
-def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, dict]:
+def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint", *,
+                scale: int | None = None) -> tuple[str, dict]:
     """(arch, constructor keywords) from tensor names and shapes; UserError when nothing fits.
-    Each architecture in registry.DETECTORS is asked in turn; the first to recognise it wins."""
+    Each architecture in registry.DETECTORS is asked in turn; the first to recognise it wins.
+    `scale`: the model's, where known, for the one layout whose tensors do not tell it (RRDBNet
+    with one upsampling conv: ESRGAN's x2 or our x3)."""
     for arch, detect in registry.DETECTORS:
         try:
             kwargs = detect(state)
@@ -175,7 +178,7 @@ def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint") -> t
             raise UserError(f"{source}: tensor names look like a known architecture but {exc} "
                             "does not fit it") from None
         if kwargs is not None:
-            return arch, kwargs
+            return arch, (rrdbnet.at_scale(kwargs, scale) if arch == "rrdbnet" else kwargs)
     sample = ", ".join(sorted(state)[:5])
     raise UserError(f"{source}: cannot tell the architecture from its tensors ({sample}, ...); "
                     f"known: {', '.join(registry.ARCHS)}")
@@ -203,9 +206,10 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
 
 
-def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu"
-                    ) -> tuple[nn.Module, dict]:
-    """(model in eval mode on `device`, meta dict) from our safetensors or a foreign state dict."""
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    scale: int | None = None) -> tuple[nn.Module, dict]:
+    """(model in eval mode on `device`, meta dict) from our safetensors or a foreign state dict;
+    `scale`, where the caller knows it, for a foreign one whose tensors do not tell (`detect_arch`)."""
     tensors, raw = read_state(path)
     if raw.get("format") == FORMAT:
         try:
@@ -218,7 +222,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             raise UserError(f"{path}: damaged upsample metadata ({exc})") from None
     else:
         tensors = normalize_keys(tensors)
-        arch, kwargs = detect_arch(tensors, str(path))
+        arch, kwargs = detect_arch(tensors, str(path), scale=scale)
         meta = {"source": "detected", "arch": arch, "kwargs": kwargs,
                 "name": registry.match_variant(arch, kwargs), "config": None, "extra": None,
                 "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),

@@ -77,7 +77,7 @@ class ModelSpec:
     @property
     def pad_multiple(self) -> int:
         """H and W of the input must be multiples of this (RRDBNet x1/x2 pixel-unshuffle)."""
-        if self.arch == "rrdbnet":
+        if self.arch == "rrdbnet" and self.kwargs.get("unshuffle_input", True):
             return {1: 4, 2: 2}.get(self.scale, 1)
         return 1
 

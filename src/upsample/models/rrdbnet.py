@@ -4,7 +4,8 @@ conv_first -> 23 RRDB blocks (3 residual dense blocks each: 5 convs, growth 32, 
 residuals scaled by 0.2) -> conv_body, global residual -> nearest x2 + conv_up1 -> nearest x2 +
 conv_up2 -> conv_hr -> conv_last. As in Real-ESRGAN, scale 2 and 1 first pixel-unshuffle the input
 by 2 and 4 (so H and W must be multiples of 2 or 4), then run the x4 network. Scale 3 uses one
-nearest x3 + conv_up1 and has no conv_up2.
+nearest x3 + conv_up1 and has no conv_up2. With `unshuffle_input=False`, scale 2 and 1 take the
+original ESRGAN's (and BSRGAN's) layout instead: one nearest x2 + conv_up1, or no upsampling.
 """
 
 from __future__ import annotations
@@ -58,18 +59,19 @@ class RRDB(nn.Module):
 
 class RRDBNet(nn.Module):
     def __init__(self, *, scale: int = 4, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
-                 num_block: int = 23, num_grow_ch: int = 32):
+                 num_block: int = 23, num_grow_ch: int = 32, unshuffle_input: bool = True):
         super().__init__()
         if scale not in (1, 2, 3, 4):
             raise ValueError(f"RRDBNet supports scales 1, 2, 3 and 4, got {scale}")
         self.scale = scale
-        self.unshuffle = {1: 4, 2: 2}.get(scale, 1)
+        self.unshuffle = {1: 4, 2: 2}.get(scale, 1) if unshuffle_input else 1
+        # the nearest-neighbour factor before each conv_upN
+        self.steps = {4: (2, 2), 3: (3,)}.get(scale, (2, 2) if unshuffle_input else (2,) * (scale // 2))
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle ** 2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        if scale != 3:
-            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        for n in range(len(self.steps)):
+            setattr(self, f"conv_up{n + 1}", nn.Conv2d(num_feat, num_feat, 3, 1, 1))
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.2, inplace=True)
@@ -79,11 +81,9 @@ class RRDBNet(nn.Module):
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
-        if self.scale == 3:
-            feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=3, mode="nearest")))
-        else:
-            feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-            feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        for n, step in enumerate(self.steps):
+            conv = getattr(self, f"conv_up{n + 1}")
+            feat = self.lrelu(conv(F.interpolate(feat, scale_factor=step, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
 
@@ -100,16 +100,28 @@ def detect(state: dict[str, torch.Tensor]) -> dict | None:
     cout = shape(state, "conv_last.weight")[0]
     # x2 / x1 pixel-unshuffle the input: conv_first sees 4x / 16x the image channels
     factor = cin // cout if cin % cout == 0 else 0
+    plain = {}
     if "conv_up2.weight" in keys:
         scale = {1: 4, 4: 2, 16: 1}.get(factor)
+    elif factor == 1:  # one nearest x2 + conv (or none) as ESRGAN's and BSRGAN's x2 (x1) files:
+        # an x3 of this layout is told apart by the metadata of our files only
+        scale, plain = (2 if "conv_up1.weight" in keys else 1), {"unshuffle_input": False}
     else:
-        scale = 3 if factor == 1 else None
+        scale = None
     if scale is None:
         raise UserError(f"RRDBNet with {cin} input and {cout} output channels "
                         "matches no scale (1, 2, 3 or 4)")
     return {"scale": scale, "num_in_ch": cin // factor, "num_out_ch": cout,
             "num_feat": feat, "num_block": count_indices(keys, r"^body\.(\d+)\.rdb1\."),
-            "num_grow_ch": shape(state, "body.0.rdb1.conv1.weight")[0]}
+            "num_grow_ch": shape(state, "body.0.rdb1.conv1.weight")[0], **plain}
+
+
+def at_scale(kwargs: dict, scale: int | None) -> dict:
+    """`detect`'s keywords read at `scale` where the tensors cannot tell: one upsampling conv is
+    ESRGAN's x2 (nearest x2) or our x3 (nearest x3); else `kwargs` as they are."""
+    if scale == 3 and kwargs.get("scale") == 2 and kwargs.get("unshuffle_input") is False:
+        return {**{k: v for k, v in kwargs.items() if k != "unshuffle_input"}, "scale": 3}
+    return kwargs
 
 
 # The original ESRGAN repository's `RRDB_trunk` names (RRDBNet_arch.py) -> BasicSR's.

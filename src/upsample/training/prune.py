@@ -122,7 +122,8 @@ def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, se
             raise UserError(f"torch-pruning cannot prune this architecture's filters uniformly "
                             f"({type(exc).__name__}: {exc})") from None
     # widths changed: read the architecture's keywords back from the pruned tensors
-    arch, kwargs = checkpoint.detect_arch(model.state_dict(), "the pruned model")
+    arch, kwargs = checkpoint.detect_arch(model.state_dict(), "the pruned model",
+                                          scale=model.upsample_spec.scale)
     model.upsample_spec = replace(registry.spec_for(arch, kwargs, registry.match_variant(arch, kwargs)),
                                   colorspace=model.upsample_spec.colorspace)  # its hooks stay
     return model
