@@ -64,6 +64,8 @@ class Tiler:
         self._batch_for: dict[tuple, int] = {}
         spec = up.spec or up.core.spec
         self.geometry = TileGeometry.of(up.scale, spec.pad_multiple if spec is not None else 1)
+        # a graph of one fixed input size runs whole images (of that size; others are refused)
+        self.fixed_size = spec.fixed_size if spec is not None else None
         if pad is not None and pad < 0:
             raise UserError(f"the tile overlap (--tile-pad, tile_pad=) must be >= 0, got {pad}")
         if tile is not None and tile < 0:
@@ -99,6 +101,8 @@ class Tiler:
         will still allocate (the output arrays) on the same device as the budget."""
         if self.tile is not None:
             return self.geometry.fixed_side(self.tile, h, w)
+        if self.fixed_size is not None:
+            return 0
         return self.memory.tile_side(h, w, channels, dtype, reserved, batch)
 
     def batch_for(self, shape: tuple, dtype: np.dtype, available: int, maxval: float) -> int:

@@ -73,6 +73,7 @@ class ModelSpec:
     pre_upsample: bool = False
     kind: str = "generator"  # or "discriminator"
     colorspace: str = "rgb"  # what the layers compute in (models/colorspace.py); I/O stays RGB
+    fixed_size: tuple | None = None  # (H, W) of the one input size a foreign graph takes (None: any)
 
     @property
     def pad_multiple(self) -> int:

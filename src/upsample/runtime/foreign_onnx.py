@@ -204,7 +204,8 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device,
                          input="y" if src.channels == 1 else "rgb")
     else:
         spec = ModelSpec(name=None, arch=ARCH, scale=probe_scale(path, run, src, dst),
-                         input="y" if src.channels == 1 else "rgb")
+                         input="y" if src.channels == 1 else "rgb",
+                         fixed_size=tuple(src.size) if any(src.size) else None)
     runtime = Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME
     runner = Runner(run=_runner_fn(path, run, src, dst), spec=spec,
                     runtime=f"{runtime}, {src.describe()} -> {dst.describe()}")
