@@ -210,6 +210,29 @@ def test_our_pre_upsampled_vdsr_export_runs_back_at_the_scale_asked(tmp_path):
     assert got.shape == (60, 72, 3) and (diff > 1).mean() < 1e-3 and diff.mean() < 0.01
 
 
+@pytest.mark.parametrize("uint8_io", [False, True])
+def test_an_rrdbnet_x2_export_runs_back_on_odd_sizes(tmp_path, uint8_io):
+    """Its pixel-unshuffle needs even sides: the contract says so (`input_multiple`) and, read
+    back through --model file.onnx, the image is padded as for the checkpoint (it failed in the
+    graph's Reshape); VDSR's float export says its output is its input's size."""
+    from upsample.models.checkpoint import save_checkpoint
+    save_checkpoint(model_for("rrdbnet-x2"), tmp_path / "r.safetensors")
+    out = tmp_path / "r.onnx"
+    assert cli.main(["export", str(tmp_path / "r.safetensors"), "-o", str(out)]
+                    + (["--uint8-io"] if uint8_io else [])) == 0
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    contract = json.loads(props[export.CONTRACT_KEY])
+    assert contract["input_multiple"] == 2 and "multiples of 2" in contract["input"]
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (13, 11, 3), np.uint8)).save(tmp_path / "odd.png")
+    for model, name in ((out, "graph"), (tmp_path / "r.safetensors", "ckpt")):
+        assert cli.main(["image", str(tmp_path / "odd.png"), "-o", str(tmp_path / f"{name}.png"), "--model",
+                         str(model), "--backend", "onnxruntime" if name == "graph" else "torch"]) == 0
+    got, want = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("graph", "ckpt"))
+    assert got.shape == (26, 22, 3) and max_diff(got, want) <= 1
+    assert export.io_contract(get_spec("vdsr"), "vdsr", 3, uint8_io=False, fp16=False)["output"].startswith(
+        "float32 NCHW (N, 1, H, W): the input's size")
+
+
 def test_an_exported_openvino_graph_given_as_model_is_one_line(tmp_path, capsys):
     """It carries the export's I/O contract, not an int8 model's architecture (a KeyError
     traceback before); the line names the ONNX export that --model runs."""

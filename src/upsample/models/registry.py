@@ -74,13 +74,14 @@ class ModelSpec:
     kind: str = "generator"  # or "discriminator"
     colorspace: str = "rgb"  # what the layers compute in (models/colorspace.py); I/O stays RGB
     fixed_size: tuple | None = None  # (H, W) of the one input size a foreign graph takes (None: any)
+    input_multiple: int = 1  # an exported graph's: H and W must be multiples of it (its metadata)
 
     @property
     def pad_multiple(self) -> int:
         """H and W of the input must be multiples of this (RRDBNet x1/x2 pixel-unshuffle)."""
         if self.arch == "rrdbnet" and self.kwargs.get("unshuffle_input", True):
             return {1: 4, 2: 2}.get(self.scale, 1)
-        return 1
+        return self.input_multiple
 
     @property
     def channels(self) -> int:

@@ -7,7 +7,8 @@ uint8 NHWC RGB with the colour path of `upsample image`: normalisation, BT.601 Y
 Y-channel models, MATLAB-exact bicubic (`degrade.BicubicUp`) of the chroma and of VDSR's input,
 clamp and rounding, all inside the graph. The file says how to feed it (`io_contract`): ONNX
 metadata_props and OpenVINO rt_info under the key `upsample`, one JSON object.
-RRDBNet x1/x2 graphs need H and W to be multiples of 4/2 (the Upscaler pads; a bare graph cannot).
+RRDBNet x1/x2 graphs need H and W to be multiples of 4/2 (the Upscaler pads; a bare graph cannot):
+the contract says so (`input_multiple`), and `--model file.onnx` pads as for the checkpoint.
 The runtime backends' cached graphs (`cached_onnx`) are the bare network: clamping is the
 caller's there, as for every `Upscaler`.
 """
@@ -99,10 +100,14 @@ def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: b
                          "by bicubic and convert back" if spec.input == "y" else "RGB")}
         if spec.pre_upsample:
             io["input"] += ", bicubic-upscaled (MATLAB imresize) to the output size first"
+            io["output"] = f"{dtype} NCHW (N, 1, H, W): the input's size, clamped to [0, 1]"
+    multiple = spec.pad_multiple
+    if multiple > 1:  # RRDBNet x1/x2 pixel-unshuffle: pad the input (reflect), crop the output
+        io["input"] += f"; H and W multiples of {multiple}"
     # a reader (runtime/foreign_onnx.py among them) needs both to feed a pre-upsampled (VDSR) graph
     pre_upsampled = bool(spec.pre_upsample and not uint8_io)
     return {"model": name, "scale": s, "pre_upsampled_input": pre_upsampled, "input_name": "input",
-            "output_name": "output", **io, "dynamic": "batch, height and width"}
+            "output_name": "output", **io, "dynamic": "batch, height and width", "input_multiple": multiple}
 
 
 def example_input(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:

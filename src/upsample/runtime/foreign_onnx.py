@@ -175,9 +175,10 @@ def _runner_fn(path: Path, run, src: Port, dst: Port):
     return run_net
 
 
-def probe_scale(path: Path, run, src: Port, dst: Port) -> int:
-    """The graph's integer scale from one run on a probe of the input's fixed or a small size."""
-    h, w = (d or PROBE_SIDE for d in src.size)
+def probe_scale(path: Path, run, src: Port, dst: Port, multiple: int = 1) -> int:
+    """The graph's integer scale from one run on a probe of the input's fixed or a small size
+    (a multiple of `multiple`)."""
+    h, w = (d or -(-PROBE_SIDE // multiple) * multiple for d in src.size)
     probe = torch.rand(1, src.channels, h, w, generator=torch.Generator().manual_seed(0))
     try:
         out = _runner_fn(path, run, src, dst)(probe)
@@ -203,8 +204,10 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device,
         spec = ModelSpec(name=None, arch=ARCH, scale=contract["scale"], pre_upsample=True,
                          input="y" if src.channels == 1 else "rgb")
     else:
-        spec = ModelSpec(name=None, arch=ARCH, scale=probe_scale(path, run, src, dst),
-                         input="y" if src.channels == 1 else "rgb",
+        multiple = contract.get("input_multiple", 1)  # our RRDBNet x1/x2 exports: 4 / 2
+        multiple = multiple if isinstance(multiple, int) and multiple > 0 else 1
+        spec = ModelSpec(name=None, arch=ARCH, scale=probe_scale(path, run, src, dst, multiple),
+                         input="y" if src.channels == 1 else "rgb", input_multiple=multiple,
                          fixed_size=tuple(src.size) if any(src.size) else None)
     runtime = Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME
     runner = Runner(run=_runner_fn(path, run, src, dst), spec=spec,
