@@ -300,3 +300,12 @@ def test_interpolate_takes_a_shipped_models_name(tmp_path, capsys):
     assert cli.main(["interpolate", untrained, str(mine), "--alpha", "0.5", "-o", str(tmp_path / "v.safetensors")]) == 2
     err = capsys.readouterr().err
     assert f"{untrained} has no trained weights" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_of_other_channel_counts_is_refused_at_load(tmp_path):
+    """An RGBA (4-channel) ESRGAN loaded, then failed at its first tile with a traceback."""
+    torch.manual_seed(0)
+    rgba = create_model("rrdbnet-x4", num_block=1, num_in_ch=4, num_out_ch=4)
+    torch.save({"params_ema": rgba.state_dict()}, tmp_path / "rgba.pth")
+    with pytest.raises(UserError, match="4 input and 4 output channels; upsample runs models of 1"):
+        load_checkpoint(tmp_path / "rgba.pth")

@@ -227,11 +227,25 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
                 "name": registry.match_variant(arch, kwargs), "config": None, "extra": None,
                 "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
                 "colorspace": "rgb"}
+    _check_channels(arch, kwargs, path)
     model = registry.build(arch, kwargs, meta["name"], colorspace=meta["colorspace"])
     load_state_strict(model, tensors, str(path))
     spec = model.upsample_spec
     meta.update(scale=spec.scale, input=spec.input, kind=spec.kind)
     return model.to(device).eval(), meta
+
+
+def _check_channels(arch: str, kwargs: dict, path) -> None:
+    """A UserError for an upscaler of other than 1 (Y) or 3 (RGB) channels in and the same out
+    (an RGBA ESRGAN loaded, then failed at its first tile with a traceback)."""
+    if arch in registry.DISCRIMINATORS:
+        return
+    full = registry.full_kwargs(arch, kwargs)
+    cin = full.get("num_in_ch", 3)
+    cout = full.get("num_out_ch", cin)
+    if cin not in (1, 3) or cout != cin:
+        raise UserError(f"{path}: a model of {cin} input and {cout} output channels; upsample runs "
+                        "models of 1 (Y) or 3 (RGB) channels in and out (alpha is upscaled beside them)")
 
 
 # ---------------------------------------------------------------------------- interpolation
