@@ -32,6 +32,8 @@ def test_macs_match_the_registry_count_and_scale_with_pixels():
     assert bench.network_macs(up, 64, 64) == registry.count_macs(meta, 64)
     assert bench.network_macs(up, 64, 128) == 2 * bench.network_macs(up, 64, 64)
     assert bench.network_macs(load_upscaler("bicubic", scale=2), 64, 64) == 0
+    rrdb = load_upscaler("rrdbnet-x2", allow_untrained=True, backend="torch")  # unshuffles by 2
+    assert bench.network_macs(rrdb, 15, 15) == bench.network_macs(rrdb, 16, 16)  # padded, as it runs
 
 
 def test_peak_matmul_is_a_positive_rate():

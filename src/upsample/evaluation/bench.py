@@ -56,6 +56,8 @@ def network_macs(up: Upscaler, h: int, w: int) -> int:
     spec = up.spec
     if spec.pre_upsample:
         h, w = round(h * up.scale), round(w * up.scale)
+    m = spec.pad_multiple  # the frame as the network gets it: padded to the multiple it takes
+    h, w = -(-h // m) * m, -(-w // m) * m
     meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
