@@ -3,6 +3,7 @@
 Runs the tiny recipe (configs/tiny.toml) on a few T91 images, for a handful of steps each."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -159,6 +160,10 @@ def test_early_stop_after_patience(tmp_path, capsys):
     ("wrong type", ["data.batch_size=\"big\""], "data.batch_size must be int"),
     ("missing dir", ["data.train=[\"/nonexistent/images\"]"], "data.train: folder not found"),
     ("empty dir", None, "data.train: no images in"),
+    ("no blur", ["degrade.kind=\"gaussian\"", "degrade.blur_sigma=[0.0, 0.0]"], "degrade.blur_sigma must be > 0"),
+    ("jpeg 150", ["degrade.jpeg_quality=[0, 150]"], "degrade.jpeg_quality must be within [1, 100]"),
+    ("noise < 0", ["degrade.noise_sigma=[-5.0, -1.0]"], "degrade.noise_sigma must be >= 0"),
+    ("compile 1", ["train.compile=1"], "train.compile must be one of"),
 ])
 def test_bad_configs_give_one_line(tmp_path, capsys, name, sets, err):
     if sets is None:
@@ -168,6 +173,30 @@ def test_bad_configs_give_one_line(tmp_path, capsys, name, sets, err):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and err in lines[0] and lines[0].startswith("upsample train: error:")
     assert not (tmp_path / "run" / "config.toml").exists()
+
+
+def test_a_diverging_run_stops_before_saving_nan_weights(tmp_path, capsys, monkeypatch):
+    """Weights that go NaN at step 6 (an optimizer step made to diverge): the run stops there in
+    one line (it trained on NaN to its end and saved them); what it saved before is finite."""
+    from upsample.training import loop
+    calls = []
+
+    def diverging(opt, scaler, model, cfg):
+        lr = optimizer.optimizer_step(opt, scaler, model, cfg)
+        calls.append(1)
+        if len(calls) == 6:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return lr
+    from upsample.training import optim as optimizer
+    monkeypatch.setattr(loop, "optimizer_step", diverging)
+    run = tmp_path / "run"
+    rc = _train(run, sets=["train.steps=40", "train.ckpt_every=1", "train.log_every=4", "val.every=0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "diverged: the weights are not finite (NaN or inf) at step 6" in err, err
+    saved = torch.load(run / "last_state.pt", weights_only=False)
+    assert saved["step"] == 5 and all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert [r["step"] for r in _records(run) if "loss" in r] == [4]
 
 
 def test_bad_toml_file_gives_one_line(tmp_path, capsys):

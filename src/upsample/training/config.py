@@ -276,8 +276,8 @@ def _fill(obj, table: dict, prefix: str):
 def _validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         value = get_key(cfg, key)
-        if value not in choices:
-            raise UserError(f"config: {key} must be one of {', '.join(choices)}; got {value!r}")
+        if not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
+            raise UserError(f"config: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
     for key in RANGES:
         lo_hi = get_key(cfg, key)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
@@ -306,8 +306,7 @@ def _validate(cfg: Config) -> None:
                         f"train.accumulate {cfg.train.accumulate}")
     if not cfg.data.train:
         raise UserError("config: data.train is empty; list training image folders or file lists")
-    if min(cfg.degrade.dropout_holes) < 1 or min(cfg.degrade.dropout_size) < 1:
-        raise UserError("config: degrade.dropout_holes and degrade.dropout_size must be >= 1")
+    _validate_degrade(cfg.degrade)
     if cfg.gan.discriminator and cfg.train.accumulate > 1:
         raise UserError("config: train.accumulate > 1 is not supported with a discriminator; "
                         "set train.accumulate = 1 or lower data.batch_size")
@@ -319,6 +318,19 @@ def _validate(cfg: Config) -> None:
     if not cfg.loss.pixel_weight and not cfg.loss.perceptual.weight and not cfg.loss.adversarial_weight:
         raise UserError("config: loss.pixel_weight, loss.perceptual.weight and "
                         "loss.adversarial_weight are all 0: nothing to train on")
+
+
+def _validate_degrade(d: DegradeConfig) -> None:
+    """The degradation ranges where they mean something (a blur of sigma 0 divided by zero: the
+    run trained on NaN to its end)."""
+    if min(d.dropout_holes) < 1 or min(d.dropout_size) < 1:
+        raise UserError("config: degrade.dropout_holes and degrade.dropout_size must be >= 1")
+    if not all(math.isfinite(v) and v > 0 for v in d.blur_sigma):
+        raise UserError(f"config: degrade.blur_sigma must be > 0 (Gaussian widths in HR pixels), got {d.blur_sigma!r}")
+    if not all(math.isfinite(v) and v >= 0 for v in d.noise_sigma):
+        raise UserError(f"config: degrade.noise_sigma must be >= 0 (0-255 units), got {d.noise_sigma!r}")
+    if not all(1 <= q <= 100 for q in d.jpeg_quality):
+        raise UserError(f"config: degrade.jpeg_quality must be within [1, 100], got {d.jpeg_quality!r}")
 
 
 def _validate_numbers(cfg: Config) -> None:

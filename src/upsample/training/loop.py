@@ -135,6 +135,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             state.step += 1
             bar.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == steps:
+                check_finite(state, procs)
                 last_loss, last_terms = log_step(loss, parts, lr=lr, lr_d=lr_d, cfg=cfg, procs=procs,
                                                  state=state, pace=pace, run_log=run_log, bar=bar)
             # -------------------------------------------------------- validate
@@ -153,6 +154,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
             halt = state.finished or halt
             if halt or state.step % cfg.train.ckpt_every == 0:
                 t_aside = time.time()
+                check_finite(state, procs)  # never a checkpoint of NaN weights
                 save(state, cfg, procs, eval_model=to_evaluate(state), run_dir=run_dir)
                 pace.saved(since=t_aside)
             if halt:
@@ -454,6 +456,20 @@ def deepspeed_step(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int
     the loss by `k` and updates at the k-th); returns the batch's loss, terms and the lr used."""
     lr = state.opt.param_groups[0]["lr"]
     return (*micro_batches(forward_loss, inp, target, k, state.deepspeed.backward_step), lr)
+
+
+def check_finite(state: TrainState, procs: Procs) -> None:
+    """Stop a run whose weights are no longer finite (it diverged: it went on to its end on NaN,
+    and saved them), before they are logged as progress or saved; every rank stops together.
+    The weights, not the loss: fp16 AMP skips a step of overflowing loss and goes on."""
+    finite = torch.stack([torch.isfinite(p).all() for p in state.model.parameters()]).all()
+    bad = (~finite).to(torch.int32).reshape(1)
+    if procs.ddp:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        raise UserError(f"training diverged: the weights are not finite (NaN or inf) at step {state.step}; "
+                        "the checkpoints saved before are kept. Lower optim.lr, set optim.clip (e.g. 0.1), "
+                        "or use train.amp = \"none\", then --resume (with --set) or --reset")
 
 
 def log_step(loss, parts: dict, *, lr: float, lr_d: float | None, cfg: config_mod.Config,

@@ -5,6 +5,7 @@ Kept apart from the loop so that these file rules read in one place."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -59,6 +60,8 @@ class RunLog:
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if resuming else None)
 
     def record(self, obj: dict) -> None:
+        # a NaN or inf (an fp16 step that overflowed) as null: JSON has no NaN, and readers refuse it
+        obj = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in obj.items()}
         self.metrics.write(json.dumps(obj) + "\n")
         self.metrics.flush()
 
