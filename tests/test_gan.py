@@ -80,6 +80,22 @@ def test_gan_training_logs_both_losses_and_resumes_exactly(tmp_path, monkeypatch
     da, db = (torch.load(d / "last_state.pt", weights_only=False)["gan"]["model"]
               for d in (tmp_path / "a", tmp_path / "b"))
     assert all(torch.equal(da[k], db[k]) for k in da)
+    # TensorBoard keeps the checkpoint's step 4 across the resume (purge_step was 4: lost)
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "b" / "tb")).Reload().Scalars("train/loss")]
+    assert sorted(set(steps)) == list(range(1, 7))
+
+
+@needs_t91
+def test_extending_a_gan_run_extends_both_cosines(tmp_path):
+    """--resume --set train.steps=8 of a 4-step run: the discriminator's cosine decays to step 8
+    too (it kept its old end, and its lr climbed back to the base after it)."""
+    cosine = ["train.log_every=1", "val.every=0", "sched.name=\"cosine\"", "sched.eta_min=1e-6",
+              "gan.sched.name=\"cosine\"", "gan.sched.eta_min=1e-6"]
+    assert _train(tmp_path / "c", sets=["train.steps=4", *cosine]) == 0
+    assert _train(tmp_path / "c", "--resume", sets=["train.steps=8", *cosine]) == 0
+    log = _log(tmp_path / "c")
+    after = [r["lr_d"] for r in log if r["step"] > 4]
+    assert after == sorted(after, reverse=True) and after == pytest.approx([r["lr"] for r in log if r["step"] > 4])
 
 
 @needs_t91

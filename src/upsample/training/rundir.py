@@ -57,7 +57,8 @@ class RunLog:
         keep_metrics_until(run_dir / "metrics.jsonl", start if resuming else None)
         self.metrics = open(run_dir / "metrics.jsonl", "a")
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if resuming else None)
+        # resuming: events past the checkpoint (a killed run wrote them) go; its own step stays
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if resuming else None)
 
     def record(self, obj: dict) -> None:
         # a NaN or inf (an fp16 step that overflowed) as null: JSON has no NaN, and readers refuse it

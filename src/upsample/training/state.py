@@ -134,6 +134,14 @@ class TrainState:
             "world": s.world, "modes": self.modes.to_dict(),
             "deepspeed": self.deepspeed.saved if self.deepspeed else None}
 
+    def _load_schedule(self, sched, saved: dict) -> None:
+        """A scheduler's saved state; a cosine then decays to this run's steps (extended with --set
+        train.steps=N: the generator's and the discriminator's alike, or the latter's lr climbed
+        back past its old end)."""
+        sched.load_state_dict(saved)
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = self.sampling.steps
+
     def load_state_dict(self, sd: dict, *, run_dir: Path) -> None:
         """Continue from `sd` (a state_dict, possibly of a run with another world size: a rank
         the saved run did not have takes rank 0's RNG states). `finished` is not restored: a
@@ -145,9 +153,7 @@ class TrainState:
         if not self.deepspeed:  # else its checkpoint (DeepSpeedEngine.load, once it wraps the model)
             self.opt.load_state_dict(sd["optimizer"])
         if self.sched is not None and sd.get("scheduler"):
-            self.sched.load_state_dict(sd["scheduler"])
-            if isinstance(self.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-                self.sched.T_max = self.sampling.steps  # extended with --set train.steps=N: decay to N
+            self._load_schedule(self.sched, sd["scheduler"])
         self.scaler.load_state_dict(sd["scaler"])
         if self.ema is not None and sd.get("ema"):
             self.ema.model.load_state_dict(sd["ema"])
@@ -159,7 +165,7 @@ class TrainState:
             for key in ("model", "opt", "scaler"):
                 getattr(self.gan, key).load_state_dict(sd["gan"][key])
             if self.gan.sched is not None and sd["gan"]["sched"]:
-                self.gan.sched.load_state_dict(sd["gan"]["sched"])
+                self._load_schedule(self.gan.sched, sd["gan"]["sched"])
         rngs, s = sd["rng"], self.sampling
         set_rng_states(rngs[s.rank] if len(rngs) == s.world else rngs[0], self.device)
         self.step = sd["step"]
