@@ -87,6 +87,8 @@ def test_a_trial_behind_the_median_is_pruned(tmp_path, capsys, monkeypatch):
     (["--trials", "0"], [], "--trials must be >= 1"),
     ([], ["tune.lr=[1e-2, 1e-4]"], "tune.lr must be"),
     (["--storage", "nosuchdb://x"], [], "--storage nosuchdb://x"),
+    ([], ["tune.lr=[1e-6, 1e-3]"], "a trial with lr=1e-06, momentum=0.8, batch_size=2, clip=0.1 would be refused"),
+    ([], ["data.val_fraction=0.0"], "tune ranks trials by validation PSNR"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, extra, sets, message):
     args = ["tune", str(ROOT / "configs" / "tiny.toml"), "--device", "cpu",
@@ -112,3 +114,44 @@ def test_a_bad_storage_claims_no_run_dir_and_a_resumed_study_draws_new_values(tm
     again.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     xs = [t.params["x"] for t in again.trials]
     assert len(xs) == 4 and len(set(xs)) == 4
+
+
+def _fake_trials(monkeypatch, results):
+    """loop.train replaced: call k returns results[k] (an exit status) after one validation."""
+    from upsample.training import loop as train_mod
+    calls = []
+
+    def fake_train(cfg, run_dir, **kw):
+        calls.append(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 3, "val_psnr": 20.0 + len(calls)}) + "\n")
+        kw["on_validate"](3, 20.0 + len(calls))
+        return results[len(calls) - 1]
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    return calls
+
+
+def test_a_stopped_trial_runs_again_with_its_values(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in trial 0, then the same command: trial 1 has trial 0's values (Optuna marked it
+    failed and the next call drew new ones, while the message said it would run again)."""
+    import optuna
+    calls = _fake_trials(monkeypatch, [130, 0, 0])
+    assert _tune(tmp_path, 2) == 130
+    assert "runs again from its start" in capsys.readouterr().err
+    assert _tune(tmp_path, 2) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"] and study.trials[1].params == study.trials[0].params
+    assert calls[0].optim.lr == calls[1].optim.lr != calls[2].optim.lr
+
+
+def test_o_does_not_replace_a_file_it_did_not_write(tmp_path, capsys, monkeypatch):
+    _fake_trials(monkeypatch, [0, 0, 0])
+    mine = tmp_path / "mine.toml"
+    mine.write_text("# my notes\n")
+    assert _tune(tmp_path, 1, "-o", str(mine)) == 2
+    assert "is not this study's best config; use --overwrite" in capsys.readouterr().err
+    assert mine.read_text() == "# my notes\n"
+    assert _tune(tmp_path, 1, "-o", str(mine), "--overwrite") == 0
+    assert _tune(tmp_path, 2, "-o", str(mine)) == 0  # its own best.toml: replaced as the study goes on
+    assert mine.read_text().startswith("# best of study 'tiny' (2 complete trials)")

@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from ..training import tune
-from .options import add_output_option
+from .options import add_output_option, add_overwrite_option
 
 
 def run(args: argparse.Namespace) -> int:
     best = tune.tune(args.config, overrides=args.overrides, trials=args.trials, storage=args.storage,
-                     study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device)
+                     study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device,
+                     overwrite=args.overwrite)
     if isinstance(best, int):  # stopped: Ctrl-C 130, SIGTERM 143
         print("interrupted; run the same command again to continue the study (the stopped trial "
               "runs again from its start)", file=sys.stderr)
@@ -31,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--study", help="study name (default: the config's file stem)")
     p.add_argument("--run-dir", metavar="DIR", help="trial run dirs (default: runs/tune/<study>)")
     add_output_option(p, dest="out", metavar="TOML", required=False,
-                      help="best config TOML (default: <run dir>/best.toml)")
+                      help="best config TOML (default: <run dir>/best.toml); a file there that an "
+                           "earlier call of this study did not write is refused without --overwrite")
+    add_overwrite_option(p, help="replace an existing -o file (default: refuse)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set tune.trial_steps=2000 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

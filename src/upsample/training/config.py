@@ -273,7 +273,8 @@ def _fill(obj, table: dict, prefix: str):
             setattr(obj, key, _check_value(full, value, tp))
 
 
-def _validate(cfg: Config) -> None:
+def validate(cfg: Config) -> None:
+    """A UserError naming the first key whose value `upsample train` cannot run with."""
     for key, choices in CHOICES.items():
         value = get_key(cfg, key)
         if not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
@@ -404,7 +405,7 @@ def _merge(base: dict, extra: dict) -> dict:
 def config_from_dict(table: dict, overrides: list[str] | None = None) -> Config:
     cfg = Config()
     _fill(cfg, _merge(table, overrides_to_table(overrides or [])), "")
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 

@@ -11,6 +11,7 @@ finished (completed or pruned). The best trial's full config is written as TOML.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import sys
@@ -50,6 +51,36 @@ def suggest(trial, cfg: config_mod.Config) -> config_mod.Config:
     return c
 
 
+def check_search_space(cfg: config_mod.Config) -> None:
+    """Every trial's config is one `upsample train` takes: the recipe checked at each corner of
+    the [tune] ranges (a trial ran lr 5e-6 under eta_min 1e-4, its lr climbing, and best.toml was
+    then refused by `train`); and trials are ranked by validation, so there must be some."""
+    import optuna
+    if not cfg.data.val_list and cfg.data.val_fraction == 0:
+        raise UserError("tune ranks trials by validation PSNR: set data.val_fraction > 0 or data.val_list")
+    t = cfg.tune
+    ends = {"lr": t.lr, "momentum": t.momentum if cfg.optim.name == "sgd" else [],
+            "batch_size": t.batch_size, "clip": t.clip, "weight_decay": t.weight_decay}
+    ends = {k: list(dict.fromkeys(v)) for k, v in ends.items() if v}  # a range's ends, or the choices
+    for values in itertools.product(*ends.values()):
+        params = dict(zip(ends, values))
+        try:
+            config_mod.validate(suggest(optuna.trial.FixedTrial(params), cfg))
+        except UserError as exc:
+            raise UserError(f"tune: a trial with {format_params(params)} would be refused by `upsample "
+                            f"train` ({str(exc).removeprefix('config: ')}); narrow the [tune] ranges") from None
+
+
+def requeue_stopped(study) -> None:
+    """A trial stopped by Ctrl-C or SIGTERM runs again, with its values, from its start (Optuna
+    marks it failed; the next call drew new values)."""
+    import optuna
+    trials = study.trials
+    waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+    if trials and trials[-1].user_attrs.get("stopped") and not waiting:
+        study.enqueue_trial(trials[-1].params)
+
+
 def best_val_psnr(run_dir: Path) -> float:
     vals = [json.loads(line).get("val_psnr") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     vals = [v for v in vals if v is not None]
@@ -69,6 +100,18 @@ class Best:
 
 def format_params(params: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+BEST_HEADER = "# best of study {!r}"  # best.toml's first line: -o replaces only such a file
+
+
+def _written_by(path: Path, study_name: str) -> bool:
+    """Whether `path` is the best config an earlier call of this study wrote."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith(BEST_HEADER.format(study_name) + " (")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 STUDY_FILE = "STUDY"  # in a tune run dir: the study (name, storage) whose trials it holds
@@ -113,7 +156,7 @@ def open_study(name: str, storage: str, seed: int):
 
 
 def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_name: str | None,
-         run_dir: str | None, out: str | None, device: str | None) -> Best | int:
+         run_dir: str | None, out: str | None, device: str | None, overwrite: bool = False) -> Best | int:
     """Run the study in `storage` until `trials` trials have finished, then write the best
     trial's config as TOML (the recipe's own train.steps, not a trial's). Returns the best trial,
     or the exit status (130 Ctrl-C, 143 SIGTERM) when a stop ended the study (the same call
@@ -127,9 +170,14 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
         raise UserError(f"--trials must be >= 1, got {trials}")
     study_name = study_name or Path(config).stem
     root = Path(run_dir) if run_dir else Path("runs") / "tune" / study_name
-    out = Path(out) if out else root / "best.toml"
+    given, out = out is not None, Path(out) if out else root / "best.toml"
     if out.exists() and out.resolve() == Path(config).resolve():
         raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
+    # (the default, in the run dir, is guarded by `claim_run_dir`)
+    if given and out.exists() and not overwrite and not _written_by(out, study_name):
+        raise UserError(f"-o {out} exists and is not this study's best config; use --overwrite to "
+                        "replace it, or name another file")
+    check_search_space(cfg)
     # ERROR: optuna logs a failed trial's traceback as a warning; ours re-raises it as one line
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(study_name, storage, cfg.train.seed)  # before the run dir is claimed for it
@@ -139,6 +187,7 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     print(f"study {study_name!r} in {storage}: {len(done)} trial(s) finished, {max(left, 0)} to run",
           file=sys.stderr)
     if left > 0:
+        requeue_stopped(study)
         try:
             study.optimize(objective(cfg, root, device), n_trials=left, catch=())
         except TrialStopped as stop:
@@ -153,7 +202,7 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     best_cfg.train.steps = cfg.train.steps  # the recipe's length, not a trial's (tune.trial_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    tmp.write_text(f"# best of study {study_name!r} ({len(complete)} complete trials): trial "
+    tmp.write_text(f"{BEST_HEADER.format(study_name)} ({len(complete)} complete trials): trial "
                    f"{best.number}, val PSNR {best.value:.3f} dB\n" + config_mod.to_toml(best_cfg))
     os.replace(tmp, out)
     return Best(number=best.number, value=best.value, params=best.params, path=out)
@@ -181,6 +230,7 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
         rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
                         config_text=config_mod.to_toml(c), on_validate=on_validate)
         if rc != 0:  # Ctrl-C / SIGTERM: stop the study; the trial is rerun next time
+            trial.set_user_attr("stopped", True)  # `requeue_stopped`
             raise TrialStopped(rc)
         value = best_val_psnr(run_dir)
         state = f"pruned at step {pruned[0]}" if pruned else "complete"
