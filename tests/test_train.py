@@ -153,6 +153,10 @@ def test_early_stop_after_patience(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("early stop: step 3/20")
     assert torch.load(run / "last_state.pt", weights_only=False)["finished"] == "early stop"
     assert _train(run, "--resume") == 0 and "is finished" in capsys.readouterr().err
+    # a larger patience continues it (only val.patience=0 did)
+    assert _train(run, "--resume", sets=["train.steps=20", "val.every=1", "val.patience=4",
+                                         "optim.lr=1e-12", "sched.name=none"]) == 0
+    assert capsys.readouterr().out.startswith("early stop: step 5/20")
 
 
 @pytest.mark.parametrize("name,sets,err", [

@@ -191,9 +191,9 @@ def open_run(run_dir: Path, *, resume: bool, reset: bool, procs: Procs) -> tuple
 
 def is_finished(saved: dict, cfg: config_mod.Config) -> bool:
     """A resumed run has nothing left to do: all its steps ran, or it stopped early and still
-    would (val.patience)."""
+    would: val.patience (perhaps raised with --set) is not above its validations without a gain."""
     return saved["step"] >= cfg.train.steps or (saved.get("finished") == "early stop"
-                                                and bool(cfg.val.patience))
+                                                and 0 < cfg.val.patience <= saved["bad_vals"])
 
 
 def finished_note(saved: dict, cfg: config_mod.Config, run_dir: Path) -> str:
