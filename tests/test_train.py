@@ -168,6 +168,7 @@ def test_early_stop_after_patience(tmp_path, capsys):
     ("jpeg 150", ["degrade.jpeg_quality=[0, 150]"], "degrade.jpeg_quality must be within [1, 100]"),
     ("noise < 0", ["degrade.noise_sigma=[-5.0, -1.0]"], "degrade.noise_sigma must be >= 0"),
     ("compile 1", ["train.compile=1"], "train.compile must be one of"),
+    ("zero width", ["model.kwargs={num_feat=0}"], "num_feat must be >= 1"),
 ])
 def test_bad_configs_give_one_line(tmp_path, capsys, name, sets, err):
     if sets is None:
