@@ -60,6 +60,22 @@ def test_video_frames_are_decoded_once_into_the_cache(tmp_path, monkeypatch):
     assert again[0][0].parent != files[0].parent and len(again) == 4
 
 
+def test_a_folder_gives_its_images_and_its_videos_frames(tmp_path):
+    """As `data prepare` takes it: a folder of videos (and images) in data.train ("no images in"
+    a folder of videos before)."""
+    clips = tmp_path / "clips"
+    (clips / "more").mkdir(parents=True)
+    _video(clips / "a.mp4", frames=4)
+    _video(clips / "more" / "b.mkv", frames=4)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(clips / "still.png")
+    items = sources.collect_sources([str(clips)], video_every=2, frames=tmp_path / "cache")
+    assert [k for _, k in items] == ["clips/still.png", "clips/a.mp4/f000000.png", "clips/a.mp4/f000002.png",
+                                     "clips/more/b.mkv/f000000.png", "clips/more/b.mkv/f000002.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images or videos in"):
+        sources.collect_sources([str(tmp_path / "empty")], frames=tmp_path / "cache")
+
+
 def test_bad_video_sources_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="video not found"):
         sources.collect_sources([str(tmp_path / "missing.mp4")], frames=tmp_path)
@@ -108,6 +124,11 @@ def test_max_images_is_a_seeded_sample_not_the_first_n(tmp_path):
     assert pick(1)[0] != first             # another seed, another sample
     assert pick(0)[1] == val               # validation is not sampled
     assert pick(0, n=100)[0] == everything
+    # the split follows train.seed unless data.split_seed fixes it (a seed sweep's one validation set)
+    assert pick(1, n=0)[1] != val and pick(1, n=0, split_seed=0)[1] == val
+    from upsample.training import config
+    cfg = config.load_config(TINY, [f"data.split_seed={7}"])
+    assert config.split_seed(cfg) == 7 and config.split_seed(config.load_config(TINY)) == 0
 
 
 def test_recipe_slips_a_basicsr_user_makes(tmp_path):

@@ -163,7 +163,7 @@ def test_early_stop_after_patience(tmp_path, capsys):
     ("unknown key", ["optim.learning_rate=1"], "unknown key 'optim.learning_rate'"),
     ("wrong type", ["data.batch_size=\"big\""], "data.batch_size must be int"),
     ("missing dir", ["data.train=[\"/nonexistent/images\"]"], "data.train: folder not found"),
-    ("empty dir", None, "data.train: no images in"),
+    ("empty dir", None, "data.train: no images or videos in"),
     ("no blur", ["degrade.kind=\"gaussian\"", "degrade.blur_sigma=[0.0, 0.0]"], "degrade.blur_sigma must be > 0"),
     ("jpeg 150", ["degrade.jpeg_quality=[0, 150]"], "degrade.jpeg_quality must be within [1, 100]"),
     ("noise < 0", ["degrade.noise_sigma=[-5.0, -1.0]"], "degrade.noise_sigma must be >= 0"),

@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import part_dir
-from ..media.imageio import atomic_output, atomic_save
+from ..media.imageio import atomic_output, atomic_save, list_images
 from .pairs import collect_images, train_val_files
 from .prepare import is_video_path, video_frames
 
@@ -84,7 +84,9 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
     out = []
     for src in train:
         p = Path(src)
-        if not is_video_path(p):
+        if p.is_dir():
+            out += _folder_sources(p, video_every, frames, progress)
+        elif not is_video_path(p):
             out += collect_images([src], "data.train")
         elif not p.is_file():
             raise UserError(f"data.train: video not found: {p} (paths are relative to {Path.cwd()})")
@@ -93,6 +95,21 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
                     video_frame_files(p, video_every, frames, progress=progress)]
     seen: set[Path] = set()  # a folder named twice (d and d/, or inside another): each file once
     return [(f, key) for f, key in out if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def _folder_sources(folder: Path, video_every: int, frames: Path | None, progress: bool
+                    ) -> list[tuple[Path, str]]:
+    """(file, split key) of a folder's images and its videos' frames (recursive), as `data
+    prepare` takes a folder of both (the videos were left out: "no images in" a folder of them)."""
+    images, others = list_images(folder)
+    videos = [f for f in others if is_video_path(f) and f.is_file()]
+    if not images and not videos:
+        raise UserError(f"data.train: no images or videos in {folder}")
+    out = [(f, f"{folder.name}/{f.relative_to(folder).as_posix()}") for f in images]
+    for video in videos:
+        key = f"{folder.name}/{video.relative_to(folder).as_posix()}"
+        out += [(f, f"{key}/{f.name}") for f in video_frame_files(video, video_every, frames, progress=progress)]
+    return out
 
 
 def seeded_subset(items: list[tuple[Path, str]], n: int, seed: int) -> list[tuple[Path, str]]:
@@ -109,13 +126,15 @@ def seeded_subset(items: list[tuple[Path, str]], n: int, seed: int) -> list[tupl
 
 def training_images(train: list[str], *, val_list: str = "", val_fraction: float = 0.05,
                     seed: int = 0, video_every: int = 1, max_images: int = 0,
-                    frames: Path | None = None, progress: bool = False
+                    frames: Path | None = None, progress: bool = False, split_seed: int | None = None
                     ) -> tuple[list[Path], list[Path]]:
     """(training image files, validation image files) of a config's [data] section: sources
     listed, validation held out (data.val_list, else the data.val_fraction hash split), then at
-    most `max_images` training images, a sample seeded by `seed` (the run's train.seed)."""
+    most `max_images` training images, a sample seeded by `seed` (the run's train.seed). The
+    split's hash takes `split_seed` where given, else `seed`."""
     items = collect_sources(train, video_every=video_every, frames=frames, progress=progress)
-    tr, val = train_val_files(train, val_list, val_fraction, seed, items=items)
+    tr, val = train_val_files(train, val_list, val_fraction, seed if split_seed is None else split_seed,
+                              items=items)
     keys = dict(items)
     picked = seeded_subset([(f, keys[f]) for f in tr], max_images, seed)
     return [f for f, _ in picked], val

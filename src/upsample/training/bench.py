@@ -178,7 +178,8 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
         torch.set_num_threads(threads)
     files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
                                        val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-                                       video_every=cfg.data.video_every, max_images=max_images)
+                                       video_every=cfg.data.video_every, max_images=max_images,
+                                       split_seed=config_mod.split_seed(cfg))
     model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     spec = model.upsample_spec
     side = cfg.data.patch_size if spec.pre_upsample else cfg.data.patch_size // (spec.scale or 1)

@@ -42,6 +42,9 @@ class DataConfig:
     train: list[str] = field(default_factory=lambda: ["../shared/datasets/train/T91"])
     val_list: str = ""                 # validation file list; overrides val_fraction
     val_fraction: float = 0.05         # else hold out this fraction of the training images
+    # the seed of val_fraction's hash split; -1: train.seed (so each seed holds out other images:
+    # fix it, e.g. 0, to compare a seed sweep's validation PSNRs on one validation set)
+    split_seed: int = -1
     patch_size: int = 96               # HR patch side (LR side = patch_size / scale)
     batch_size: int = 16               # per process (effective = batch_size x world size)
     workers: int = 0                   # DataLoader worker processes
@@ -355,11 +358,18 @@ def _validate_numbers(cfg: Config) -> None:
         raise UserError(f"config: sched.milestones must be steps >= 1, got {sc.milestones!r}")
     if not 0 <= cfg.train.seed < 2 ** 32:
         raise UserError(f"config: train.seed must be in [0, 2^32), got {cfg.train.seed!r}")
+    if not -1 <= cfg.data.split_seed < 2 ** 32:
+        raise UserError(f"config: data.split_seed must be -1 (train.seed) or in [0, 2^32), got {cfg.data.split_seed!r}")
     for key in ("noise_prob", "jpeg_prob", "dropout_prob"):
         if not 0 <= getattr(cfg.degrade, key) <= 1:
             raise UserError(f"config: degrade.{key} is a probability in [0, 1], got {getattr(cfg.degrade, key)!r}")
     if 0 < cfg.val.crop < 11:
         raise UserError(f"config: val.crop must be 0 (whole images) or >= 11 px (SSIM's window), got {cfg.val.crop}")
+
+
+def split_seed(cfg: Config) -> int:
+    """The seed of the validation split's hash: data.split_seed, or train.seed where it is -1."""
+    return cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed
 
 
 def get_key(cfg, dotted: str):

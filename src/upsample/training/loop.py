@@ -268,7 +268,7 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
     train_files, val_files = sources.training_images(
         cfg.data.train, val_list=cfg.data.val_list, val_fraction=cfg.data.val_fraction,
         seed=cfg.train.seed, video_every=cfg.data.video_every, max_images=cfg.data.max_images,
-        progress=procs.master)
+        progress=procs.master, split_seed=config_mod.split_seed(cfg))
     try:
         pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
                             progress=procs.master, log=procs.log)
