@@ -394,3 +394,20 @@ def test_a_validation_image_too_small_to_measure_is_named_before_the_run_dir(tmp
     err = capsys.readouterr().err
     assert f"validation image {small} is 12x12" in err and "data.val_list" in err and "--data" not in err
     assert not run.exists()
+
+
+def test_a_run_dir_in_use_is_refused_before_a_file_changes(tmp_path, capsys):
+    """Another `upsample train` holds the run dir (its lock): --reset is refused in one line and
+    the dir is left as it was (two runs wrote one dir into a mix of both)."""
+    from upsample.training.rundir import hold_run_dir
+    run = tmp_path / "run"
+    assert _train(run, sets=["train.steps=2", "val.every=0"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    held = hold_run_dir(run)  # as the other process holds it
+    try:
+        assert _train(run, "--reset", sets=["train.steps=2", "val.every=0"]) == 2
+        assert "is in use by another `upsample train`" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    finally:
+        held.release()
+    assert _train(run, "--reset", sets=["train.steps=2", "val.every=0"]) == 0  # free again

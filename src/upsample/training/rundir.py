@@ -35,6 +35,22 @@ def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
     return False
 
 
+LOCK_FILE = ".lock"  # held by the `upsample train` writing the run dir (filelock: freed at exit)
+
+
+def hold_run_dir(run_dir: Path):
+    """The run dir's lock, taken for this run: a second `upsample train` on it (another --reset,
+    --resume) is refused before it changes a file; two wrote one dir into a mix of both runs."""
+    import filelock
+    lock = filelock.FileLock(str(run_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise UserError(f"run dir {run_dir} is in use by another `upsample train` (it holds "
+                        f"{run_dir / LOCK_FILE}); wait for it to end, or name another --run-dir") from None
+    return lock
+
+
 def reset_run_dir(run_dir: Path) -> None:
     for f in RUN_FILES:
         (run_dir / f).unlink(missing_ok=True)
@@ -51,14 +67,19 @@ class RunLog:
     def __init__(self, run_dir: Path, cfg: config_mod.Config, *, resuming: bool, reset: bool,
                  start: int, config_text: str | None):
         run_dir.mkdir(parents=True, exist_ok=True)
-        if reset:
-            reset_run_dir(run_dir)
-        write_config(run_dir, cfg, resuming=resuming, config_text=config_text)
-        keep_metrics_until(run_dir / "metrics.jsonl", start if resuming else None)
-        self.metrics = open(run_dir / "metrics.jsonl", "a")
-        from torch.utils.tensorboard import SummaryWriter
-        # resuming: events past the checkpoint (a killed run wrote them) go; its own step stays
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if resuming else None)
+        self.lock = hold_run_dir(run_dir)
+        try:
+            if reset:
+                reset_run_dir(run_dir)
+            write_config(run_dir, cfg, resuming=resuming, config_text=config_text)
+            keep_metrics_until(run_dir / "metrics.jsonl", start if resuming else None)
+            self.metrics = open(run_dir / "metrics.jsonl", "a")
+            from torch.utils.tensorboard import SummaryWriter
+            # resuming: events past the checkpoint (a killed run wrote them) go; its own step stays
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if resuming else None)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def record(self, obj: dict) -> None:
         # a NaN or inf (an fp16 step that overflowed) as null: JSON has no NaN, and readers refuse it
@@ -69,6 +90,7 @@ class RunLog:
     def close(self) -> None:
         self.writer.close()
         self.metrics.close()
+        self.lock.release()
 
 
 def write_config(run_dir: Path, cfg: config_mod.Config, *, resuming: bool,
