@@ -44,8 +44,8 @@ def test_accelerate_two_cpu_processes_train_resume_and_match_torchrun(tmp_path):
     first = _launch(ACCELERATE, run, steps=4)
     assert first.stdout.count("steps: step 4/4") == 1  # one summary: only rank 0 prints/writes
     assert "4x2 patches" in first.stderr and first.stderr.count("validation baseline") == 1
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
-        "best.safetensors", "config.toml", "last.safetensors", "last_state.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [  # .lock: the run dir's (rundir.py)
+        ".lock", "best.safetensors", "config.toml", "last.safetensors", "last_state.pt", "metrics.jsonl"]
     state = torch.load(run / "last_state.pt", weights_only=False)
     assert state["world"] == 2 and len(state["rng"]) == 2 and state["step"] == 4
     second = _launch(ACCELERATE, run, "--resume", steps=6)

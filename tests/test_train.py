@@ -246,8 +246,8 @@ def test_torchrun_two_processes(tmp_path):
     state = torch.load(run / "last_state.pt", weights_only=False)
     assert state["world"] == 2 and len(state["rng"]) == 2 and state["step"] == 6
     assert [s for s, _ in _losses(run)] == list(range(1, 7))
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
-        "best.safetensors", "config.toml", "last.safetensors", "last_state.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [  # .lock: the run dir's (rundir.py)
+        ".lock", "best.safetensors", "config.toml", "last.safetensors", "last_state.pt", "metrics.jsonl"]
     checkpoint.load_checkpoint(run / "best.safetensors")
 
 
