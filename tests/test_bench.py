@@ -94,3 +94,37 @@ def test_the_auto_row_says_which_graph_the_gate_chose_and_what_it_costs(monkeypa
                                 "gmacs_per_frame": 0.0, "peak_gflops": {"fp32": 1.0}, "runs": 1,
                                 "warmup": 0, "rows": [row]})
     assert text.splitlines()[-1] == f"auto: {choice['in_words']}"
+
+
+def test_another_projects_onnx_graph_is_timed_without_the_eager_row(tmp_path):
+    """bench on a foreign .onnx built its eager torch reference first and failed with "the torch
+    backend cannot run", even with --backend onnxruntime: it now times the graph's rows alone."""
+    import shutil
+
+    from upsample.runtime import export
+    graph = tmp_path / "graph.onnx"
+    shutil.copy(export.cached_onnx(registry.create_model("espcn-rgb-x2")), graph)
+    r = bench.bench(str(graph), size=(16, 12), backends=["torch", "onnxruntime"], warmup=0, runs=1)
+    (row,) = r["rows"]
+    assert row["backend"] == "onnxruntime fp32" and row["ms_per_frame"] > 0
+    assert row["speedup"] is None and row["max_abs_diff"] is None and "no torch eager fp32 row" in r["note"]
+    text = bench.format_report(r)
+    assert f"note: {r['note']}" in text and "unavailable" not in text
+    with pytest.raises(UserError, match="use --backend onnxruntime, openvino, auto or all"):
+        bench.bench(str(graph), size=(16, 12), backends=["torch"], warmup=0, runs=1)
+    with pytest.raises(UserError, match="which --half needs: leave it out"):
+        bench.bench(str(graph), size=(16, 12), backends=["onnxruntime"], half=True, warmup=0, runs=1)
+
+
+def test_an_int8_file_as_the_model_says_how_to_time_it(tmp_path):
+    """bench --model q.xml built its eager torch reference from the int8 file and said "run it with
+    --backend openvino" even when given: the advice is now the command that times it."""
+    import shutil
+
+    from upsample.runtime import export, int8
+    net = registry.create_model("espcn-rgb-x2")
+    shutil.copy(export.cached_onnx(net), tmp_path / "q.onnx")  # a float graph labelled as int8
+    meta = {"arch": net.upsample_spec.arch, "kwargs": net.upsample_spec.kwargs, "name": "espcn-rgb-x2"}
+    int8.write_meta(tmp_path / "q.onnx", "onnxruntime", meta)
+    with pytest.raises(UserError, match=r"`upsample bench --model espcn-rgb-x2 --int8 .*q\.onnx`"):
+        bench.bench(str(tmp_path / "q.onnx"), size=(16, 12), backends=["onnxruntime"], warmup=0, runs=1)

@@ -274,7 +274,7 @@ def test_array_and_pil_api_keep_their_kind():
     assert isinstance(pil, Image.Image) and pil.mode == "RGB" and pil.size == (52, 40)
     assert np.array_equal(eng.upscale(deep.astype(">u2")), out)  # big-endian: the same values
     for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint16)):
-        with pytest.raises(ValueError, match="the image is empty"):
+        with pytest.raises(UserError, match="the image is empty"):
             eng.upscale(empty)
 
 
@@ -666,3 +666,40 @@ def test_a_16_bit_gray_png_with_a_transparent_value_keeps_it_as_alpha(tmp_path):
     assert planes.mode == "LA;16" and (planes.alpha[..., 0] == 0).sum() == (gray == 1234).sum()
     assert cli.main(["image", str(tmp_path / "g.png"), "-o", str(tmp_path / "o"), "--model", "bicubic"]) == 0
     assert (tmp_path / "o" / "g_x2.png").read_bytes()[24:26] == bytes([16, 4])  # 16-bit gray + alpha
+
+
+def test_pil_float_and_int_images_come_back_in_their_mode_and_scale():
+    """Mode F in [0, 1] came back as I;16 in 0..65535 (its scale silently changed), mode I as
+    I;16, and a 0x0 PIL image raised an internal ValueError."""
+    eng = upsample.load("bicubic", 2)
+    gray = (RNG.random((9, 11)) * 65535).astype(np.uint16)
+    as_16bit = eng.upscale(gray)
+    floats = eng.upscale(Image.fromarray(gray.astype(np.float32) / 65535, "F"))
+    assert floats.mode == "F" and floats.size == (22, 18)
+    assert np.abs(np.asarray(floats) - as_16bit / 65535).max() < 1e-6  # [0, 1], computed in 16 bits
+    ints = eng.upscale(Image.fromarray(gray.astype(np.int32), "I"))
+    assert ints.mode == "I" and np.array_equal(np.asarray(ints), as_16bit)
+    for empty in (Image.new("RGB", (0, 0)), Image.new("F", (0, 4))):
+        with pytest.raises(UserError, match=r"the image is empty \(\d+x\d+\): nothing to upscale"):
+            eng.upscale(empty)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"outscale": 0}, "^outscale must be a positive number, got 0$"),
+    ({"spec": "vdsr"}, r"^vdsr works at any scale: give one with scale \(e.g. scale=2\)$"),
+    ({"threads": 0}, r"^the number of threads \(threads=\) must be >= 1, got 0$"),
+    ({"tile": "64"}, "^tile must be a whole number"),
+    ({"tile_batch": 1.5}, "^tile_batch must be a whole number"),
+    ({"device": 0}, "^device must be a name"),
+])
+def test_api_errors_name_its_keywords_in_plain_words(kwargs, message):
+    """The CLI's option names rewritten as `load`'s keywords: "--outscale must" became
+    "outscale='must'", "--threads," lost its meaning, and tile="64" was a bare TypeError."""
+    with pytest.raises(UserError, match=message):
+        upsample.load(**{"spec": "espcn-rgb-x2", **kwargs}).upscale(np.zeros((8, 8, 3), np.uint8))
+    from upsample.inference.api import in_keywords
+    assert in_keywords("leave --precision out; use --precision int8 or --device GPU.") == \
+        "leave precision out; use precision='int8' or device='GPU'."
+    assert in_keywords("the tile side (--tile, tile=) must be >= 0") == "the tile side (tile=) must be >= 0"
+    with pytest.raises(UserError, match="upscale takes a PIL image or a numpy array"):
+        upsample.load("bicubic", 2).upscale("photo.png")

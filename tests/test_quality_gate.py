@@ -106,16 +106,11 @@ def test_the_openvino_cpu_device_by_name_runs_as_the_cpu_does():
         load_upscaler("espcn-rgb-x2", backend="torch", device="CPU")
 
 
-@pytest.mark.parametrize("backend, precision, hint", [
-    ("openvino", "auto", "f32"),  # the openvino backend runs fp32, on any device
-    ("auto", "fp32", "f32"),      # eval's default: exact on a GPU too
-    ("auto", "auto", None),       # auto: the device's own precision (f16 on Intel GPUs)
-])
-def test_an_openvino_device_gets_the_precision_asked_for(backend, precision, hint, monkeypatch):
-    """No GPU here: OpenVINO's compile is intercepted, told a GPU exists, and runs on the CPU."""
+def _fake_gpu(monkeypatch) -> list:
+    """OpenVINO told a GPU exists; its compile intercepted (run on the CPU, fp32), each call's
+    (device, config) recorded in the list returned."""
     import openvino as ov
 
-    from upsample.inference.load import load_upscaler
     from upsample.runtime import cache
     seen, real = [], ov.Core.compile_model
 
@@ -125,6 +120,18 @@ def test_an_openvino_device_gets_the_precision_asked_for(backend, precision, hin
     monkeypatch.setattr(ov.Core, "compile_model", compile_model)
     monkeypatch.setattr(sessions, "openvino_devices", lambda: ["CPU", "GPU"])
     monkeypatch.setattr(cache, "openvino_devices", lambda: ["CPU", "GPU"], raising=False)
+    return seen
+
+
+@pytest.mark.parametrize("backend, precision, hint", [
+    ("openvino", "auto", "f32"),  # the openvino backend runs fp32, on any device
+    ("auto", "fp32", "f32"),      # eval's default: exact on a GPU too
+    ("auto", "auto", None),       # auto: the device's own precision (f16 on Intel GPUs)
+])
+def test_an_openvino_device_gets_the_precision_asked_for(backend, precision, hint, monkeypatch):
+    """No GPU here: OpenVINO's compile is intercepted, told a GPU exists, and runs on the CPU."""
+    from upsample.inference.load import load_upscaler
+    seen = _fake_gpu(monkeypatch)
     up = load_upscaler("espcn-rgb-x2", backend=backend, device="GPU", precision=precision)
     with torch.no_grad():
         up(torch.rand(1, 3, 12, 10))
@@ -156,3 +163,70 @@ def test_bf16_asked_for_an_openvino_gpu_is_one_line(monkeypatch):
     with pytest.raises(UserError, match="--precision bf16 is for the CPU's bf16 units; on the OpenVINO "
                                         "device GPU use --precision fp32"):
         load_upscaler("espcn-rgb-x2", backend="auto", device="GPU", precision="bf16")
+
+
+def _graph_files(tmp_path):
+    """espcn-rgb-x2 as another project's .onnx graph (no `arch` in its metadata) and as an
+    `upsample quantize`-style OpenVINO file (a float graph with the int8 files' metadata: what
+    is run where is tested, not int8 arithmetic, which is not run in this process)."""
+    import shutil
+
+    from upsample.runtime import export, int8
+    net = registry.create_model("espcn-rgb-x2")
+    graph = tmp_path / "graph.onnx"
+    shutil.copy(export.cached_onnx(net), graph)
+    xml = export.cached_ir(net)
+    shutil.copy(xml, tmp_path / "q.xml")
+    shutil.copy(xml.with_suffix(".bin"), tmp_path / "q.bin")
+    spec = net.upsample_spec
+    int8.write_meta(tmp_path / "q.xml", "openvino", {"arch": spec.arch, "kwargs": spec.kwargs, "name": "espcn-rgb-x2"})
+    return graph, tmp_path / "q.xml"
+
+
+@pytest.mark.parametrize("backend, hint", [("openvino", "f32"), ("auto", None)])
+def test_graph_files_run_on_the_openvino_device_asked(backend, hint, tmp_path, monkeypatch):
+    """--device GPU was dropped for another project's .onnx and for int8 files: they compiled for
+    the CPU. OpenVINO's compile is intercepted (no GPU here); the precision follows our models'
+    rule (f32 under --backend openvino, else the device's own)."""
+    from upsample.inference.load import load_upscaler
+    seen = _fake_gpu(monkeypatch)
+    for path in _graph_files(tmp_path):
+        seen.clear()
+        up = load_upscaler(str(path), backend=backend, device="GPU")
+        with torch.no_grad():
+            assert up(torch.rand(1, 3, 12, 10)).shape == (1, 3, 24, 20)
+        assert seen and all(d == "GPU" and c.get("INFERENCE_PRECISION_HINT") == hint for d, c in seen), (path, seen)
+        assert up.runtime.startswith("openvino GPU"), up.runtime
+
+
+def test_a_virtual_device_that_can_only_pick_the_cpu_is_the_cpu_under_the_gate(monkeypatch):
+    """--device AUTO (AUTO:CPU, MULTI:CPU, HETERO:CPU) skipped the quality gate although OpenVINO
+    could only pick the CPU, where it ran every layer in bf16 unchecked."""
+    from upsample.inference.load import load_upscaler
+    from upsample.runtime import cache
+    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)  # no bf16 graph runs here
+    for have, cpu_only in ((["CPU"], ["AUTO", "AUTO:CPU", "MULTI:CPU", "HETERO:CPU", "CPU"]),
+                           (["CPU", "GPU"], ["AUTO:CPU", "MULTI:CPU"])):
+        monkeypatch.setattr(sessions, "openvino_devices", lambda: have)
+        monkeypatch.setattr(cache, "openvino_devices", lambda: have, raising=False)
+        for device in cpu_only:
+            up = load_upscaler("espcn-rgb-x2", backend="auto", device=device)
+            assert (up.runtime, up.precision) == ("openvino", "fp32") and up.graph is not None, (device, up.runtime)
+    up = load_upscaler("espcn-rgb-x2", backend="auto", device="AUTO")  # compiled when first run
+    assert (up.runtime, up.precision) == ("openvino AUTO", "device")
+    for device in ("AUTO", "AUTO:GPU,CPU", "MULTI:GPU,CPU", "GPU"):  # another device may be picked
+        assert not sessions.on_cpu_only(device), device
+
+
+def test_multi_and_hetero_without_their_devices_are_one_line(tmp_path, capsys):
+    """OpenVINO cannot compile MULTI or HETERO without the devices named: it was a traceback."""
+    for name in ("MULTI", "HETERO", "MULTI:", "AUTO:"):
+        with pytest.raises(UserError, match=f"--device {name} needs the devices it spreads over: name them, "
+                                            f"e.g. {name.rstrip(':')}:CPU"):
+            sessions.openvino_device(name)
+    from PIL import Image
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    assert cli.main(["image", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "espcn-x2",
+                     "--backend", "auto", "--device", "HETERO"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HETERO:CPU" in err[0], err

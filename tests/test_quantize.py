@@ -190,3 +190,44 @@ def test_calibration_folder_errors_are_one_line(setup, tmp_path):
         calibration_inputs(model, 2.0, str(tmp_path / "empty"))
     with pytest.raises(UserError, match="use smaller --size"):
         calibration_inputs(model, 2.0, str(root / "calib"), size=40)  # 80x80 crops of 64x64 images
+
+
+def _labelled_int8_files(tmp_path):
+    """espcn-rgb-x2's float graphs with the metadata of `upsample quantize` outputs (.xml and
+    .onnx): which precision and device they are given is tested, not int8 arithmetic, which
+    is not run in this process (see `cli_run` above)."""
+    import shutil
+
+    from upsample.runtime import export, int8
+    net = registry.create_model("espcn-rgb-x2")
+    spec = net.upsample_spec
+    meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": "espcn-rgb-x2"}
+    xml = export.cached_ir(net)
+    shutil.copy(xml, tmp_path / "q.xml")
+    shutil.copy(xml.with_suffix(".bin"), tmp_path / "q.bin")
+    shutil.copy(export.cached_onnx(net), tmp_path / "q.onnx")
+    int8.write_meta(tmp_path / "q.xml", "openvino", meta)
+    int8.write_meta(tmp_path / "q.onnx", "onnxruntime", meta)
+    return tmp_path / "q.xml", tmp_path / "q.onnx"
+
+
+def test_a_precision_other_than_int8_for_an_int8_file_is_one_line(tmp_path, monkeypatch):
+    """upsample.load("q.xml", precision="bf16" / "fp16") ran int8 without a word; fp32, eval's
+    default, runs the file in its own int8."""
+    from upsample.errors import UserError
+    from upsample.runtime import cache, sessions
+    xml, onnx = _labelled_int8_files(tmp_path)
+    for path in (xml, onnx):
+        for precision in ("bf16", "fp16"):
+            with pytest.raises(UserError, match=f"is an int8 model and runs only in int8: leave --precision out "
+                                                f"or give --precision int8 \\(for {precision}, run the model"):
+                load_upscaler(str(path), backend="auto", precision=precision)
+        assert load_upscaler(str(path), backend="auto", precision="int8").precision == "int8"
+        # fp32 is eval's default and a float backend's one mode: the file runs in its int8
+        backend = "openvino" if path == xml else "onnxruntime"
+        for b in (backend, "auto"):
+            assert load_upscaler(str(path), backend=b, precision="fp32").precision == "int8"
+    monkeypatch.setattr(sessions, "openvino_devices", lambda: ["CPU", "GPU"])
+    monkeypatch.setattr(cache, "openvino_devices", lambda: ["CPU", "GPU"], raising=False)
+    with pytest.raises(UserError, match="int8 onnxruntime model, which runs on no OpenVINO device"):
+        load_upscaler(str(onnx), backend="auto", device="GPU")  # it ran on the CPU, --device unsaid

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
     p.add_argument("--model", default=None,
-                   help="a registered name, a checkpoint, or bicubic (no default: required unless --train)")
+                   help="a registered name, a checkpoint, bicubic, or another project's ONNX graph (timed without the "
+                        "eager torch row; no default: required unless --train)")
     p.add_argument("--train", default=None, metavar="MODEL",
                    help="time training instead: our trainer vs a plain reference loop on MODEL's "
                         "recipe (configs/MODEL.toml, or a recipe file; default: time inference)")

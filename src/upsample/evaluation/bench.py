@@ -5,7 +5,8 @@ second, achieved GFLOP/s (2 x the network's multiply-accumulates at that size, c
 FlopCounterMode on the meta device: convolutions and matrix products), and that as a fraction of
 this machine's peak measured in the same run (a large fp32 matmul; bf16 / fp16 where the hardware
 has it). PyTorch eager fp32 is the reference row: every row gives its speed-up over it and the
-largest absolute difference of its output from it.
+largest absolute difference of its output from it. Another project's ONNX graph has no torch
+module, so no reference row: its rows give speed alone, and the report says why.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
 from ..inference.load import check_trained, check_device, load_upscaler, model_scale, resolve_model
 from ..runtime import auto, int8 as int8_files, quantize
+from ..runtime.foreign_onnx import is_foreign
 from ..runtime.sessions import openvino_device
 
 
@@ -117,7 +119,8 @@ def runtime_entry(model: str, backend: str, *, scale, device: str, precision: st
     # what auto chose, e.g. "auto (openvino fp32)"; its peak is that of the dtype it runs in
     key = "bfloat16" if up.precision in auto.BF16_GRAPHS else \
         {Precision.FP16: "float16", Precision.FP32: "fp32"}.get(up.precision, up.precision)
-    return f"auto ({up.runtime} {up.precision})", up, key
+    runtime = up.runtime if up.model is not None else up.runtime.split(",")[0]  # a graph's I/O left out
+    return f"auto ({runtime} {up.precision})", up, key
 
 
 def auto_choice(up: Upscaler) -> dict | None:
@@ -141,12 +144,27 @@ def make_cached_int8(model: str, scale, calib: str) -> None:
         quantize.quantize_to_cache(spec_model, s, calib)
 
 
-def bench_entries(model: str, eager: Upscaler, *, backends: list[str], scale, device: str,
+NO_REFERENCE = ("{model} is an ONNX graph with no torch model behind it: no torch eager fp32 row to "
+                "compare with, so no speed-up or max|diff| (speed alone)")
+
+
+def refuse_torch_only_options(model: str, *, half: bool, int8, calib: str | None) -> None:
+    """Another project's ONNX graph (no torch module) has nothing for --half (torch in half
+    precision), --calib (to quantize) or --int8 (a quantized twin to compare with)."""
+    asked = [flag for flag, on in (("--half", half), ("--int8", bool(int8)), ("--calib", bool(calib))) if on]
+    if asked:
+        need, them = ("needs", "it") if len(asked) == 1 else ("need", "them")
+        raise UserError(f"{model} is an ONNX graph with no torch model behind it, which {' and '.join(asked)} "
+                        f"{need}: leave {them} out to time the graph")
+
+
+def bench_entries(model: str, eager: Upscaler | None, *, backends: list[str], scale, device: str,
                   dev: torch.device, hdt: torch.dtype | None, half: bool, precision: str,
                   threads: int | None, int8) -> tuple[list[tuple], list[dict]]:
-    """The rows to time, as (label, upscaler, peak key), eager fp32 first; and the rows of the
-    runtimes that could not load, as {"backend", "error"}."""
-    entries, failed = [("torch eager fp32", eager, "fp32")], []
+    """The rows to time, as (label, upscaler, peak key), eager fp32 first (none for another
+    project's ONNX graph: `eager` None); and the rows of the runtimes that could not load, as
+    {"backend", "error"}."""
+    entries, failed = ([("torch eager fp32", eager, "fp32")] if eager is not None else []), []
     bicubic = isinstance(eager, BicubicUpscaler)  # plain torch: no runtime to export to, no half
     for backend in backends:
         if backend not in BACKENDS:
@@ -206,16 +224,17 @@ def time_entries(entries: list[tuple], x: torch.Tensor, dev: torch.device, *, wa
 
 
 def timed_rows(entries: list[tuple], outs: list[torch.Tensor], times: list[list[float]], macs: int,
-               peaks: dict) -> list[dict]:
-    """One report row per timed entry: speed, GFLOP/s, share of peak, difference from the first."""
-    ref = outs[0]
-    rows = []
+               peaks: dict, reference: bool = True) -> list[dict]:
+    """One report row per timed entry: speed, GFLOP/s, share of peak, and (with a `reference`
+    row first) speed-up over it and difference from it; None where there is none."""
+    rows, first = [], statistics.median(times[0])
     for (label, _, key), out, ts in zip(entries, outs, times):
         sec = statistics.median(ts)
         oh, ow = out.shape[-2:]
         row = {"backend": label, "ms_per_frame": sec * 1e3, "mpix_per_s": oh * ow / sec / 1e6,
                "gflops": 2 * macs / sec / 1e9 if macs else None, "peak": key,
-               "max_abs_diff": (out - ref).abs().max().item()}
+               "max_abs_diff": (out - outs[0]).abs().max().item() if reference else None,
+               "speedup": first / sec if reference else None}
         row["of_peak"] = row["gflops"] / peaks[key] if macs and key in peaks else None
         rows.append(row)
     return rows
@@ -235,6 +254,13 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
     check_trained(model, allow_untrained)  # once: every row below loads the same model
+    graph = is_foreign(Path(model))  # another project's ONNX graph: no torch reference row
+    if graph:
+        refuse_torch_only_options(model, half=half, int8=int8, calib=calib)
+    elif Path(model).suffix.lower() in BACKEND_OF and Path(model).is_file():  # int8: no torch model either
+        made_from = int8_files.read_meta(Path(model))[1].get("name") or "MODEL"
+        raise UserError(f"{model} is an int8 file of `upsample quantize`: time it beside the model it was made "
+                        f"from, `upsample bench --model {made_from} --int8 {model}`")
     backends = list(backends or BACKENDS)
     torch_device = "cpu" if openvino_device(device) is not None else device
     dev = check_device(torch_device, Backend.TORCH)
@@ -245,29 +271,35 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     hdt = half_dtype(dev)
     x = (frame_from_image(image, size) if image else
          torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
-    eager = load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH, device=torch_device,
-                          threads=threads)
+    eager = None if graph else load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH,
+                                             device=torch_device, threads=threads)
     if calib:
         make_cached_int8(model, scale, calib)
-    macs = network_macs(eager, h, w)
+    macs = network_macs(eager, h, w) if eager is not None else 0
     entries, failed = bench_entries(model, eager, backends=backends, scale=scale, device=device,
                                     dev=dev, hdt=hdt, half=half, precision=precision,
                                     threads=threads, int8=int8)
+    if not entries:  # a graph asked on torch alone, or on runtimes that all failed here
+        raise UserError(failed[0]["error"] if failed else f"{model} is an ONNX graph, which the torch "
+                        "backend cannot run: use --backend onnxruntime, openvino, auto or all")
     say(f"measuring peak: {2048}^3 matmul")  # after the rows are loaded: their errors come first
     peaks = measure_peaks(dev, hdt, threads)
     outs, times = time_entries(entries, x, dev, warmup=warmup, runs=runs, say=say)
     if runs > 1:  # best of two: the peak measured before the rows and after them
         peaks = {k: max(v, measure_peaks(dev, hdt, threads)[k]) for k, v in peaks.items()}
-    timed = timed_rows(entries, outs, times, macs, peaks)
+    timed = timed_rows(entries, outs, times, macs, peaks, reference=eager is not None)
     rows = timed + failed
     for row, (label, up, _) in zip(timed, entries):
-        row["speedup"] = timed[0]["ms_per_frame"] / row["ms_per_frame"]
         if label.startswith("auto ") and (choice := auto_choice(up)) is not None:
             row["choice"] = choice
-    return {"model": eager.name, "scale": eager.scale, "size": f"{w}x{h}", "device": str(dev),
-            "cpu": cpu_name(), "cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(),
-            "warmup": warmup, "runs": runs,
-            "gmacs_per_frame": macs / 1e9, "peak_gflops": peaks, "rows": rows}
+    named = entries[0][1]
+    report = {"model": named.name, "scale": named.scale, "size": f"{w}x{h}", "device": str(dev),
+              "cpu": cpu_name(), "cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(),
+              "warmup": warmup, "runs": runs,
+              "gmacs_per_frame": macs / 1e9, "peak_gflops": peaks, "rows": rows}
+    if eager is None:
+        report["note"] = NO_REFERENCE.format(model=model)
+    return report
 
 
 def format_report(r: dict) -> str:
@@ -283,7 +315,10 @@ def format_report(r: dict) -> str:
             continue
         gf = f"{row['gflops']:.1f}" if row["gflops"] is not None else "-"
         pk = f"{100 * row['of_peak']:.1f}%" if row["of_peak"] is not None else "-"
+        vs = f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-"
+        diff = f"{row['max_abs_diff']:.2e}" if row["max_abs_diff"] is not None else "-"
         lines.append(f"{row['backend']:<22} {row['ms_per_frame']:>10.1f} {row['mpix_per_s']:>8.3f} "
-                     f"{gf:>8} {pk:>8} {row['speedup']:>7.2f}x {row['max_abs_diff']:>10.2e}")
+                     f"{gf:>8} {pk:>8} {vs:>8} {diff:>10}")
     lines += [f"auto: {row['choice']['in_words']}" for row in r["rows"] if "choice" in row]
+    lines += [f"note: {r['note']}"] if r.get("note") else []
     return "\n".join(lines)

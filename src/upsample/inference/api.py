@@ -8,6 +8,8 @@ by the model, alpha by bicubic or the model, memory bounded by the tile size.
 from __future__ import annotations
 
 import json
+import numbers
+import os
 import re
 import sys
 
@@ -19,6 +21,7 @@ from ..data.degrade import output_size
 from ..errors import UserError
 from ..media.imageio import Planes, planes_from_pil, planes_to_pil
 from ..models import registry, table
+from ..runtime.kinds import BACKENDS, PRECISIONS
 from .load import check_scale, load_upscaler
 from .sizes import parse_memory
 from .tiler import Tiler, is_channel_agnostic
@@ -34,7 +37,8 @@ class ImageUpscaler:
 
     `upscale(image)` takes a PIL image (any mode: RGB, RGBA, L, LA, P, 16-bit I;16 ...) or a numpy
     array (uint8 or uint16; HxW gray, HxWx1, HxWx2 gray+alpha, HxWx3 RGB, HxWx4 RGBA) and returns
-    the same kind: PIL in PIL out (palette images come back RGB or RGBA), array in array out.
+    the same kind: PIL in PIL out (palette images come back RGB or RGBA; F, float gray in [0, 1],
+    as F on that scale; I, 0..65535, as I: both computed as 16-bit gray), array in array out.
     Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the model ("model")."""
 
     def __init__(self, up: Upscaler, *, tile: int | None = None, tile_pad: int | None = None,
@@ -99,21 +103,31 @@ class ImageUpscaler:
 
     def upscale(self, image):
         if isinstance(image, Image.Image):
-            return planes_to_pil(self.upscale_planes(planes_from_pil(image)))
+            return self._upscale_pil(image)
         if isinstance(image, np.ndarray):
             return self._upscale_array(image)
-        raise TypeError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
+        raise UserError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
+
+    def _upscale_pil(self, image: Image.Image) -> Image.Image:
+        if not image.width or not image.height:
+            raise UserError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
+        out = planes_to_pil(self.upscale_planes(planes_from_pil(image)))  # F and I: as 16-bit gray
+        if image.mode == "F":  # float data, [0, 1] as the tensor contract has it: back on that scale
+            floats = Image.fromarray(np.asarray(out, np.float32) / np.float32(65535), "F")
+            floats.info.update(out.info)
+            return floats
+        return out.convert("I") if image.mode == "I" else out
 
     def _upscale_array(self, arr: np.ndarray) -> np.ndarray:
         if arr.dtype.kind == "u" and arr.dtype.itemsize == 2 and not arr.dtype.isnative:
             arr = arr.astype(np.uint16)  # big-endian 16-bit (from a FITS or a raw file): the same values
         if arr.dtype not in (np.uint8, np.uint16):
-            raise TypeError(f"arrays must be uint8 or uint16, got {arr.dtype}")
+            raise UserError(f"arrays must be uint8 or uint16, got {arr.dtype}")
         a3 = arr[..., None] if arr.ndim == 2 else arr
         if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
-            raise TypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+            raise UserError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
         if not a3.shape[0] or not a3.shape[1]:
-            raise ValueError(f"the image is empty (shape {arr.shape}): nothing to upscale")
+            raise UserError(f"the image is empty (shape {arr.shape}): nothing to upscale")
         has_alpha = a3.shape[2] in (2, 4)
         color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
         alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
@@ -133,6 +147,8 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
     `max_memory`, e.g. "2GB", or half the free memory); `tile_batch`: tiles per model call (None:
     1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
     resize)."""
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
+    _check_types(spec, device, tile=tile, tile_pad=tile_pad, tile_batch=tile_batch, threads=threads)
     try:
         up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
                            precision=precision, threads=threads, allow_untrained=allow_untrained)
@@ -142,25 +158,46 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
                          tile_batch=tile_batch)
 
 
+def _check_types(spec, device, **counts) -> None:
+    """What `load` would otherwise fail on deep inside, with a TypeError ("64" as `tile`)."""
+    if spec is not None and not isinstance(spec, str):
+        raise UserError(f"the model must be a name or a path (str), got {spec!r}")
+    if not isinstance(device, str):
+        raise UserError(f"device must be a name (str) such as 'cpu', 'cuda:0' or 'GPU', got {device!r}")
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise UserError(f"{name} must be a whole number (int) or None, got {value!r}")
+
+
 _SWITCHES = {"allow-untrained", "half"}  # flags that take no value: keyword=True
 _VALUED = {"scale", "backend", "precision", "device", "threads", "outscale", "tile", "max-memory", "tile-batch"}
 _KEYWORD = {"model": "spec"}  # `load`'s names where they differ from the CLI's
-_FLAG = re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)(?: (?!is\b|of\b|or\b)([\w.:+-]*\w))?")
+_WORDS = {"backend": BACKENDS, "precision": PRECISIONS, "device": ("cpu", "cuda"), "tile-batch": ("auto",)}
+_FLAG = re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)(?: ([\w.:+,-]*\w))?")
+_BOTH = re.compile(r"--[a-z][a-z-]*, (?=[a-z_]+=\))")  # "(--tile, tile=)": a message for both already
+
+
+def _is_value(flag: str, word: str) -> bool:
+    """Whether the word after a flag is its value ("--scale 3", "--backend openvino", "--device
+    GPU", "--model a.pth") or the sentence going on ("--outscale must be", "leave --precision out"):
+    values are numbers, names (capitals, digits, dots, dashes, slashes) or the flag's own words."""
+    return word.split(":")[0] in _WORDS.get(flag, ()) or any(c.isdigit() or c.isupper() or c in "./:-" for c in word)
 
 
 def in_keywords(message: str) -> str:
     """A message naming the CLI's options ("--scale 3", "--allow-untrained") in `load`'s keywords
     ("scale=3", "allow_untrained=True"); text in backticks (a command to run) is left as it is."""
     def keyword(m: re.Match) -> str:
-        flag, value = m[1], m[2]
+        flag, word = m[1], m[2]
         name = _KEYWORD.get(flag, flag.replace("-", "_"))
+        rest = f" {word}" if word else ""
         if flag in _SWITCHES:
-            return f"{name}=True" + (f" {value}" if value else "")
-        if flag in _VALUED and value:
-            return f"{name}={value if value[0].isdigit() else repr(value)}"
-        return name + (f" {value}" if value else "")
+            return f"{name}=True{rest}"
+        if flag in _VALUED and word and _is_value(flag, word):
+            return f"{name}={word if word[0].isdigit() else repr(word)}"
+        return name + rest
     parts = message.split("`")
-    return "`".join(part if i % 2 else _FLAG.sub(keyword, part) for i, part in enumerate(parts))
+    return "`".join(part if i % 2 else _FLAG.sub(keyword, _BOTH.sub("", part)) for i, part in enumerate(parts))
 
 
 CLEARLY_ABOVE_BICUBIC_DB = 1.0  # the fast default must gain at least this much (benchmark mean)

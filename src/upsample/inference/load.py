@@ -80,7 +80,7 @@ def model_scale(spec, scale, name: str) -> float:
     must match, or for a pre-upsampling model (VDSR) the given one."""
     if spec.scale is None:
         if scale is None:
-            raise UserError(f"{name} works at any scale: give one with --scale")
+            raise UserError(f"{name} works at any scale: give one with --scale (e.g. --scale 2)")
         s = check_scale(scale)
         if s < 1:
             raise UserError(f"{name} upscales: --scale must be >= 1, got {scale}")
@@ -134,15 +134,17 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         if backend not in (Backend.TORCH, Backend.AUTO):
             raise UserError("bicubic runs on the torch backend only")
         return BicubicUpscaler(check_scale(scale), device)
-    from ..runtime.sessions import openvino_device
+    from ..runtime.sessions import on_cpu_only, openvino_device
     ov_device = openvino_device(device)  # "GPU", "NPU", "AUTO" ...: OpenVINO's; tensors stay on the CPU
+    if ov_device is not None and on_cpu_only(ov_device):
+        ov_device = "CPU"  # AUTO, AUTO:CPU, MULTI:CPU ... that can only pick the CPU: run as on it, gated
     if ov_device is not None and backend not in (Backend.AUTO, Backend.OPENVINO):
         raise UserError(f"--device {device} is an OpenVINO device: use --backend auto or openvino")
     device = "cpu" if ov_device is not None else device
     dev = check_device(device, Backend.OPENVINO if backend == Backend.AUTO and device == "cpu" else backend)
     from ..runtime import foreign_onnx
     if foreign_onnx.is_foreign(Path(spec)):
-        return _foreign_upscaler(Path(spec), scale, backend, precision, dev, threads)
+        return _foreign_upscaler(Path(spec), scale, backend, precision, dev, threads, ov_device)
     if precision == Precision.BF16 and ov_device not in (None, "CPU"):
         raise UserError(f"--precision bf16 is for the CPU's bf16 units; on the OpenVINO device {ov_device} "
                         "use --precision fp32 (exact) or auto (the device's own precision)")
@@ -153,13 +155,8 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
         raise UserError(f"--precision int8 runs on the CPU with --backend auto, or with an int8 model: "
                         f"make one with `upsample quantize {spec} --backend openvino --calib DIR -o "
                         f"{Path(spec).stem}-int8.xml` and pass that")
-    if is_int8:  # written by `upsample quantize`; auto runs it on the runtime it was made for
-        from ..runtime.int8 import BACKEND_OF, load_runner
-        runtime = BACKEND_OF.get(Path(spec).suffix.lower(), Backend.ONNXRUNTIME) \
-            if backend == Backend.AUTO else backend
-        runner, name = load_runner(Path(spec), runtime, dev)
-        return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
-                                         backend=backend, device=dev)
+    if is_int8:  # written by `upsample quantize`
+        return _int8_upscaler(Path(spec), scale, backend, precision, dev, threads, ov_device)
     check_trained(spec, allow_untrained)
     model, name = resolve_model(spec, scale)
     if model.upsample_spec.kind != "generator":
@@ -175,14 +172,46 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
 
 
 def _foreign_upscaler(path: Path, scale, backend: Backend, precision: Precision, dev: torch.device,
-                      threads: int | None) -> Upscaler:
-    """Another project's image-to-image ONNX graph, run as it is (auto: on onnxruntime)."""
+                      threads: int | None, ov_device: str | None) -> Upscaler:
+    """Another project's image-to-image ONNX graph, run as it is (auto: on onnxruntime, or on
+    OpenVINO where an OpenVINO device other than the CPU is asked, which onnxruntime has not)."""
     from ..runtime.foreign_onnx import foreign_runner
     if precision not in (Precision.AUTO, Precision.FP32):
         raise UserError(f"{path} runs in the precision it was exported in: leave --precision out")
-    runner, name = foreign_runner(path, backend, dev, threads)
+    ov_device = ov_device or "CPU"
+    runtime = Backend.OPENVINO if backend == Backend.AUTO and ov_device != "CPU" else backend
+    runner, name = foreign_runner(path, runtime, dev, threads, ov_device=ov_device,
+                                  ov_precision=_file_precision(backend, precision, ov_device))
     return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
                                      backend=backend, device=dev)
+
+
+def _int8_upscaler(path: Path, scale, backend: Backend, precision: Precision, dev: torch.device,
+                   threads: int | None, ov_device: str | None) -> Upscaler:
+    """An int8 file of `upsample quantize`, on the runtime asked (auto: the one it was made for)."""
+    from ..runtime.int8 import BACKEND_OF, load_runner, read_meta
+    # fp32 is eval's default and the float backends' one mode: for an int8 file, its own arithmetic
+    if precision not in (Precision.AUTO, Precision.INT8, Precision.FP32):
+        read_meta(path)  # a file that is no int8 model says so first
+        raise UserError(f"{path} is an int8 model and runs only in int8: leave --precision out or give "
+                        f"--precision int8 (for {precision}, run the model it was quantized from)")
+    runtime = BACKEND_OF.get(path.suffix.lower(), Backend.ONNXRUNTIME) if backend == Backend.AUTO else backend
+    ov_device = ov_device or "CPU"
+    if runtime == Backend.ONNXRUNTIME and ov_device != "CPU":
+        raise UserError(f"{path} is an int8 onnxruntime model, which runs on no OpenVINO device: use --device "
+                        f"cpu, or quantize with `upsample quantize ... --backend openvino` for {ov_device}")
+    runner, name = load_runner(path, runtime, dev, threads=threads, ov_device=ov_device,
+                               ov_precision=_file_precision(backend, precision, ov_device))
+    return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
+                                     backend=backend, device=dev)
+
+
+def _file_precision(backend: Backend, precision: Precision, ov_device: str) -> str | None:
+    """OpenVINO's precision for a graph file (int8, another project's) on `ov_device`: f32 on the
+    CPU, and elsewhere under --backend openvino or --precision fp32; else (None) the device's own,
+    as for our models (README: `--device`)."""
+    exact = ov_device == "CPU" or backend == Backend.OPENVINO or precision == Precision.FP32
+    return "f32" if exact else None
 
 
 def _check_options(backend: str, precision: str, threads: int | None) -> tuple[Backend, Precision]:
@@ -195,7 +224,7 @@ def _check_options(backend: str, precision: str, threads: int | None) -> tuple[B
         raise UserError(f"--precision {precision} needs --backend auto (the {backend} backend runs fp32)")
     if threads is not None:
         if threads < 1:
-            raise UserError(f"threads (--threads, threads=) must be >= 1, got {threads}")
+            raise UserError(f"the number of threads (--threads, threads=) must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     return backend, precision
 

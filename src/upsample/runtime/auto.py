@@ -14,7 +14,8 @@ first that passes the quality gate (`checks`: within 0.02 dB of fp32's Y-PSNR on
 pictures, >= 50 dB from fp32's picture) is used, else fp32. The gate runs once per weights and is
 remembered; its verdict is printed in words the first time (`upsample bench` prints it every time).
 `--device GPU|NPU|AUTO` runs the same graphs on that OpenVINO device in its own precision (no gate:
-the bf16 variants are the CPU's).
+the bf16 variants are the CPU's); a virtual device that can only pick the CPU (AUTO where OpenVINO
+finds nothing else, AUTO:CPU, MULTI:CPU) comes here as "CPU" (`inference.load`), gated.
 CUDA: the network in fp16 (else bf16, else fp32: the same gate) in channels_last, through
 `torch.compile` when it works here.
 int8 also when asked (`--precision int8`: the cached int8 IR, or an `upsample quantize` output).
@@ -184,7 +185,7 @@ def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "a
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
         if fused is not None else None
-    if device != "CPU":  # GPU / NPU / AUTO: no CPU bf16 variants to choose from
+    if device != "CPU":  # GPU / NPU / AUTO:GPU,CPU ...: no CPU bf16 variants to choose from
         use, chosen = "device", fused_xml or net_xml
     else:
         use, chosen = _cpu_choice(model, key, net_xml, fused_xml, name=name, scale=scale,

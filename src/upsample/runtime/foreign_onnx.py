@@ -134,14 +134,16 @@ def _decode(y: np.ndarray, port: Port) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous() if port.channels_last else t
 
 
-def _session(path: Path, backend: Backend, device: torch.device, threads: int | None):
-    """A function numpy input -> numpy output on onnxruntime (also for auto) or openvino."""
+def _session(path: Path, backend: Backend, device: torch.device, threads: int | None,
+             ov_device: str = "CPU", ov_precision: str | None = "f32"):
+    """A function numpy input -> numpy output on onnxruntime (also for auto) or openvino (on
+    `ov_device`, in `ov_precision`: None, a GPU's or NPU's own)."""
     if backend == Backend.TORCH:
         raise UserError(f"{path} is an ONNX graph, which the torch backend cannot run: use "
                         "--backend onnxruntime, openvino or auto")
     if backend == Backend.OPENVINO:
-        try:  # f32 asked for: on CPUs with bf16 units OpenVINO would otherwise pick bf16
-            compiled = per_thread(ov_compiled(path, "f32", threads))
+        try:  # f32 asked for on the CPU: on CPUs with bf16 units OpenVINO would otherwise pick bf16
+            compiled = per_thread(ov_compiled(path, ov_precision, threads, ov_device))
         except RuntimeError as exc:  # OpenVINO's error for a graph it cannot read or compile
             raise UserError(f"{path}: OpenVINO cannot compile it ({str(exc).splitlines()[0]})") from None
         return lambda a: np.asarray(compiled(a))
@@ -194,11 +196,12 @@ def probe_scale(path: Path, run, src: Port, dst: Port, multiple: int = 1) -> int
     return oh // h
 
 
-def foreign_runner(path: Path, backend: Backend, device: torch.device,
-                   threads: int | None = None) -> tuple[Runner, str]:
-    """(a runner, its display name) for an image-to-image ONNX graph from another project."""
+def foreign_runner(path: Path, backend: Backend, device: torch.device, threads: int | None = None, *,
+                   ov_device: str = "CPU", ov_precision: str | None = "f32") -> tuple[Runner, str]:
+    """(a runner, its display name) for an image-to-image ONNX graph from another project
+    (OpenVINO on `ov_device` in `ov_precision`, see `_session`)."""
     src, dst = read_ports(path)
-    run = _session(path, backend, device, threads)
+    run = _session(path, backend, device, threads, ov_device, ov_precision)
     contract = export_contract(path)
     if contract.get("pre_upsampled_input"):  # our VDSR export: its input is already at output size
         spec = ModelSpec(name=None, arch=ARCH, scale=contract["scale"], pre_upsample=True,
@@ -209,7 +212,9 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device,
         spec = ModelSpec(name=None, arch=ARCH, scale=probe_scale(path, run, src, dst, multiple),
                          input="y" if src.channels == 1 else "rgb", input_multiple=multiple,
                          fixed_size=tuple(src.size) if any(src.size) else None)
-    runtime = Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME
+    runtime = str(Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME)
+    if runtime == Backend.OPENVINO and ov_device != "CPU":
+        runtime += f" {ov_device}"
     runner = Runner(run=_runner_fn(path, run, src, dst), spec=spec,
                     runtime=f"{runtime}, {src.describe()} -> {dst.describe()}")
     return runner, path.name

@@ -76,14 +76,17 @@ def read_meta(path: Path) -> tuple[str, dict]:
     return backend, meta
 
 
-def load_runner(path: Path, backend: Backend, device: torch.device) -> tuple[Runner, str]:
-    """(a runner, the model's display name) for an int8 file on the runtime it was made for."""
+def load_runner(path: Path, backend: Backend, device: torch.device, *, threads: int | None = None,
+                ov_device: str = "CPU", ov_precision: str | None = "f32") -> tuple[Runner, str]:
+    """(a runner, the model's display name) for an int8 file on the runtime it was made for
+    (OpenVINO on `ov_device`, its float layers in `ov_precision`: None, a GPU's or NPU's own)."""
     file_backend, meta = read_meta(path)
     if backend != file_backend:
         raise UserError(f"{path} is an int8 {file_backend} model: run it with --backend {file_backend}")
     spec = registry.spec_for(meta["arch"], meta["kwargs"], meta.get("name") or None)
-    runner = Runner(run=file_session(path, backend, device), spec=spec, runtime=str(backend),
-                    precision=Precision.INT8)
+    run = file_session(path, backend, device, precision=ov_precision, threads=threads, ov_device=ov_device)
+    runtime = str(backend) if ov_device == "CPU" else f"{backend} {ov_device}"
+    runner = Runner(run=run, spec=spec, runtime=runtime, precision=Precision.INT8)
     return runner, f"{meta.get('name') or meta['arch']} int8"
 
 

@@ -79,20 +79,36 @@ def session_runner(model: nn.Module, backend: Backend, device: torch.device,
 
 
 VIRTUAL = ("AUTO", "MULTI", "HETERO")  # OpenVINO's devices made of the others ("AUTO:GPU,CPU")
+NEEDS_TARGETS = ("MULTI", "HETERO")  # OpenVINO cannot compile these without their devices named
 
 
 def openvino_device(name: str) -> str | None:
     """`--device` as an OpenVINO device name - "CPU", "GPU", "GPU.1", "NPU", "AUTO",
     "AUTO:GPU,CPU", as OpenVINO reports them - or None for torch's "cpu" / "cuda[:N]". A device
-    this machine lacks is one line listing the ones it has."""
+    this machine lacks, or MULTI / HETERO without their devices, is one line listing the ones it has."""
     if name == "cpu" or name.split(":")[0] == "cuda":
         return None
     have = openvino_devices()
-    plugin, _, targets = name.partition(":")
+    plugin, colon, targets = name.partition(":")
     parts = [d for d in targets.split(",") if d] if plugin in VIRTUAL else [name]
+    if plugin in VIRTUAL and not parts and (colon or plugin in NEEDS_TARGETS):
+        raise UserError(f"--device {name} needs the devices it spreads over: name them, e.g. "
+                        f"{plugin}:{','.join(have) or 'CPU'} (this machine's: {', '.join(have) or 'none'})")
     if all(d in have or any(h.split(".")[0] == d for h in have) for d in parts) and (have or parts):
         return name
     torch_ones = "cpu, cuda" if torch.cuda.is_available() else "cpu"
+    virtual = "AUTO, or AUTO:/MULTI:/HETERO: followed by some of them"
     raise UserError(f"--device {name}: not on this machine; it has {torch_ones} (torch) and "
-                    f"{', '.join([*have, *VIRTUAL]) if have else 'no OpenVINO device'} (OpenVINO, "
+                    f"{', '.join([*have, virtual]) if have else 'no OpenVINO device'} (OpenVINO, "
                     "--backend auto or openvino)")
+
+
+def on_cpu_only(device: str) -> bool:
+    """Whether an OpenVINO device computes on the CPU alone: "CPU", or a virtual one whose
+    devices - named ("AUTO:CPU", "MULTI:CPU"), or for a bare "AUTO" all that OpenVINO finds
+    here - are the CPU only. Such a device runs as "CPU" does: the gated graphs of `auto`."""
+    plugin, _, targets = device.partition(":")
+    if plugin not in VIRTUAL:
+        return device.split(".")[0] == "CPU"
+    parts = [d for d in targets.split(",") if d] or (openvino_devices() if plugin == "AUTO" else [])
+    return bool(parts) and all(d.split(".")[0] == "CPU" for d in parts)
