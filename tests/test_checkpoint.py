@@ -165,6 +165,8 @@ def test_one_upsampling_conv_is_esrgans_x2_and_our_x3_keeps_its_scale(tmp_path):
     assert get_spec("rrdbnet-x2").pad_multiple == 2 and model.upsample_spec.pad_multiple == 1
     save_checkpoint(rrdbnet.RRDBNet(scale=3, num_block=2), tmp_path / "bare3.safetensors")
     assert load_checkpoint(tmp_path / "bare3.safetensors")[1]["scale"] == 3
+    # the commands that take --scale read such a file at it too (export, quantize, bench)
+    assert cli.main(["export", str(tmp_path / "BSRGANx2.pth"), "--scale", "3", "-o", str(tmp_path / "x3.onnx")]) == 0
 
 
 def test_foreign_vapsr_beta_and_vdsr_port_names(tmp_path):

@@ -259,3 +259,13 @@ def test_compiled_tap_weight_grads_equal_onednn_s():
         for a, b in zip(kernel(grad, x, weight, pad, dil), vapsr.native_weight_grads(grad, x, weight, pad, dil)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     assert kernel.compiled is not None  # it compiled (no fallback)
+
+
+def test_counts_under_one_are_refused_but_float_weights_of_zero_build():
+    """num_feat = 0 built and then failed at the first step; a TOML 0 for a float weight
+    (joint's rate_weight, clean_prob) is an int there and must still build."""
+    from upsample.errors import UserError
+    from upsample.models import registry
+    with pytest.raises(UserError, match="num_feat must be >= 1"):
+        registry.create_model("espcn-x2", num_feat=0)
+    registry.build("joint", {"scale": 2, "num_in_ch": 1, "rate_weight": 0, "clean_prob": 0})

@@ -155,3 +155,23 @@ def test_o_does_not_replace_a_file_it_did_not_write(tmp_path, capsys, monkeypatc
     assert _tune(tmp_path, 1, "-o", str(mine), "--overwrite") == 0
     assert _tune(tmp_path, 2, "-o", str(mine)) == 0  # its own best.toml: replaced as the study goes on
     assert mine.read_text().startswith("# best of study 'tiny' (2 complete trials)")
+
+
+def test_a_diverging_trial_is_pruned_and_the_study_goes_on(tmp_path, capsys, monkeypatch):
+    """A search's lr range may reach divergence: that trial is pruned (the study ended on it)."""
+    import optuna
+    from upsample.training import loop as train_mod
+    calls = []
+
+    def fake_train(cfg, run_dir, **kw):
+        calls.append(run_dir)
+        if len(calls) == 1:
+            raise train_mod.Diverged("training diverged: the weights are not finite (NaN or inf) at step 3; ...")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 3, "val_psnr": 20.0}) + "\n")
+        return 0
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    assert _tune(tmp_path, 2) == 0
+    assert "trial 0: pruned, it diverged" in capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]

@@ -517,7 +517,7 @@ def _tiny(path, vcodec, pix_fmt, frames=3, options=None, metadata=None, rate=10,
         for i in range(frames):
             rgba = np.full((64, 64, 4), 40 * i % 256, np.uint8)
             rgba[..., 3] = 255
-            if transparent:
+            if transparent and (transparent != "late" or i > 0):  # "late": the first frame opaque
                 rgba[:, :32, 3] = 0
             c.mux(v.encode(av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)))
         c.mux(v.encode())
@@ -556,6 +556,7 @@ def _alpha_planes(path):
     ("libvpx-vp9", "yuva420p", "o.mkv", "libvpx-vp9", "bicubic"),  # the RGB path
     ("prores_ks", "yuva444p10le", "o.mov", "prores_ks", "espcn-x2"),  # ProRes 4444
     ("png", "rgba", "o.webm", None, "bicubic"),                   # PNG in MOV
+    ("prores_ks", "yuva444p10le", "o.webm", None, "bicubic"),     # deep: VP9 8-bit, not opaque AV1
 ])
 def test_transparency_is_kept_where_the_output_can_hold_it(tmp_path, src_codec, src_fmt, out, codec, model):
     """An alpha channel goes through (upscaled by libswscale's bicubic) where the encoder and
@@ -578,6 +579,9 @@ def test_alpha_dropped_where_the_encoder_cannot_keep_it(tmp_path, capsys):
     src = _tiny(tmp_path / "in.mov", "prores_ks", "yuva444p10le", transparent=True)
     assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mov"), "--model", "bicubic", "--scale", "2"]) == 0
     assert "--codec prores_ks (ProRes 4444) keeps it" in capsys.readouterr().err
+    late = _tiny(tmp_path / "late.webm", "libvpx-vp9", "yuva420p", transparent="late")
+    assert cli.main(["video", str(late), "-o", str(tmp_path / "late.mp4"), "--model", "bicubic", "--scale", "2"]) == 0
+    assert "transparency (alpha) is not kept" in capsys.readouterr().err  # the first frame is opaque
     with av.open(str(tmp_path / "o.mov")) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
 

@@ -3,3 +3,12 @@
 
 class UserError(Exception):
     """A problem with the user's input (path, file, option). The message says what to do."""
+
+
+class UserTypeError(UserError, TypeError):
+    """A wrong kind of argument to the Python API: one line on the command line, and still the
+    TypeError that Python callers catch."""
+
+
+class UserValueError(UserError, ValueError):
+    """A wrong value given to the Python API (an empty image): also the ValueError callers catch."""

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.load import check_trained, model_scale, resolve_model
     from ..runtime import export
     check_trained(args.model, args.allow_untrained)
-    model, name = resolve_model(args.model)
+    model, name = resolve_model(args.model, args.scale)
     spec = model.upsample_spec
     if spec.kind != "generator":
         raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")

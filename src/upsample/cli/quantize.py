@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.size < 8:
         raise UserError("--samples must be >= 1 and --size >= 8")
     check_trained(args.model, args.allow_untrained)
-    model, name = resolve_model(args.model)
+    model, name = resolve_model(args.model, args.scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     scale = model_scale(model.upsample_spec, args.scale, name)

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..data.degrade import output_size
-from ..errors import UserError
+from ..errors import UserError, UserTypeError, UserValueError
 from ..media.imageio import Planes, planes_from_pil, planes_to_pil
 from ..models import registry, table
 from ..runtime.kinds import BACKENDS, PRECISIONS
@@ -106,11 +106,11 @@ class ImageUpscaler:
             return self._upscale_pil(image)
         if isinstance(image, np.ndarray):
             return self._upscale_array(image)
-        raise UserError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
+        raise UserTypeError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
         if not image.width or not image.height:
-            raise UserError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
+            raise UserValueError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
         out = planes_to_pil(self.upscale_planes(planes_from_pil(image)))  # F and I: as 16-bit gray
         if image.mode == "F":  # float data, [0, 1] as the tensor contract has it: back on that scale
             floats = Image.fromarray(np.asarray(out, np.float32) / np.float32(65535), "F")
@@ -122,12 +122,12 @@ class ImageUpscaler:
         if arr.dtype.kind == "u" and arr.dtype.itemsize == 2 and not arr.dtype.isnative:
             arr = arr.astype(np.uint16)  # big-endian 16-bit (from a FITS or a raw file): the same values
         if arr.dtype not in (np.uint8, np.uint16):
-            raise UserError(f"arrays must be uint8 or uint16, got {arr.dtype}")
+            raise UserTypeError(f"arrays must be uint8 or uint16, got {arr.dtype}")
         a3 = arr[..., None] if arr.ndim == 2 else arr
         if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
-            raise UserError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+            raise UserTypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
         if not a3.shape[0] or not a3.shape[1]:
-            raise UserError(f"the image is empty (shape {arr.shape}): nothing to upscale")
+            raise UserValueError(f"the image is empty (shape {arr.shape}): nothing to upscale")
         has_alpha = a3.shape[2] in (2, 4)
         color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
         alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
@@ -161,12 +161,12 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
 def _check_types(spec, device, **counts) -> None:
     """What `load` would otherwise fail on deep inside, with a TypeError ("64" as `tile`)."""
     if spec is not None and not isinstance(spec, str):
-        raise UserError(f"the model must be a name or a path (str), got {spec!r}")
+        raise UserTypeError(f"the model must be a name or a path (str), got {spec!r}")
     if not isinstance(device, str):
-        raise UserError(f"device must be a name (str) such as 'cpu', 'cuda:0' or 'GPU', got {device!r}")
+        raise UserTypeError(f"device must be a name (str) such as 'cpu', 'cuda:0' or 'GPU', got {device!r}")
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            raise UserError(f"{name} must be a whole number (int) or None, got {value!r}")
+            raise UserTypeError(f"{name} must be a whole number (int) or None, got {value!r}")
 
 
 _SWITCHES = {"allow-untrained", "half"}  # flags that take no value: keyword=True

@@ -41,14 +41,22 @@ def resolve_model(spec: str, scale: float | None = None) -> tuple[nn.Module, str
         return model.eval(), spec
     path = Path(spec)
     if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
-        asked = int(scale) if isinstance(scale, (int, float)) and float(scale).is_integer() else None
-        model, _ = checkpoint.load_checkpoint(path, scale=asked)  # says "not found" for a missing path
+        model, _ = checkpoint.load_checkpoint(path, scale=_whole(scale))  # says "not found" for a missing path
         return model.eval(), spec
     try:
         registry.get_spec(spec)
     except UserError as exc:
         raise UserError(f"{exc} (or 'bicubic', or a checkpoint file)") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _whole(scale) -> int | None:
+    """`scale` (a number or the text of --scale) as an int where it is a whole number, else None."""
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        return None
+    return int(s) if s.is_integer() else None
 
 
 # The largest factor taken: its memory probes (96 px tiles, `memory.PROBE`) stay ~0.1 GB of

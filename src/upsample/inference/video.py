@@ -167,7 +167,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         vin = main_video_stream(container)
         codec, out_fmt, notes = choose_encoding(dst, stream_pix_fmt(vin), codec, pix_fmt)
         first = first_frame(src, vin.index)
-        if _transparent(first) and not has_alpha(out_fmt):
+        if _may_be_transparent(vin, first) and not has_alpha(out_fmt):
             notes.append(f"the input's transparency (alpha) is not kept: {codec} {out_fmt} is opaque; "
                          f"{keep_alpha_hint(muxer_name(dst))}")
         if getattr(first, "interlaced_frame", False):
@@ -220,6 +220,15 @@ def _glue_threads(up: Upscaler):
 # ----------------------------------------------------------------------------------------------
 
 TS_SEEK_MARGIN = 10.0  # seconds: longer than the key frame interval of broadcast and camera TS
+
+
+def _may_be_transparent(vin, first) -> bool:
+    """Whether the input's frames carry an alpha that may not be all opaque: a format with alpha
+    (VP9's alpha, ProRes 4444, PNG, QuickTime Animation: a later frame may be transparent where
+    the first is not), except GIF, which FFmpeg gives as BGRA always: there, the first frame's."""
+    if vin.codec_context.name == "gif":
+        return _transparent(first)
+    return has_alpha(stream_pix_fmt(vin))
 
 
 def _transparent(frame) -> bool:

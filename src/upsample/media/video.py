@@ -447,7 +447,11 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
     deep = _bits(pix_fmt or src_fmt) > 8
     notes: list[str] = []
     chosen = codec is None
-    if chosen:
+    if chosen and deep and muxer == "webm" and pix_fmt is None and has_alpha(src_fmt):
+        codec, notes = _default_codec(muxer, False, dst)  # VP9: WebM's one encoder with alpha here
+        notes.append(f"the input's {src_fmt} is written as 8-bit {codec} to keep its alpha; --codec "
+                     "libsvtav1 keeps 10 bits without it")
+    elif chosen:
         codec, notes = _default_codec(muxer, deep, dst)
     else:
         check_encoder(codec, pix_fmt, src_fmt, quiet=True)  # unknown encoders first

@@ -167,7 +167,8 @@ def build(arch: str, kwargs: dict, name: str | None = None, *, colorspace: str =
     """An architecture instance with `upsample_spec` set (the checkpoint loader's entry point),
     converting to and from `colorspace` inside."""
     spec = spec_for(arch, kwargs, name)
-    counts = [k for k, v in kwargs.items() if isinstance(v, int) and not isinstance(v, bool) and v < 1]
+    ints = {k for k, v in _defaults(ARCHS[arch]).items() if type(v) is int}  # not the float weights
+    counts = [k for k, v in kwargs.items() if k in ints and isinstance(v, int) and v < 1]
     if counts:  # widths, depths, scales: a 0 built, then failed at the first step with a traceback
         raise UserError(f"cannot build {arch} with {json.dumps(kwargs)}: {counts[0]} must be >= 1")
     try:

@@ -458,6 +458,10 @@ def deepspeed_step(forward_loss, inp: torch.Tensor, target: torch.Tensor, k: int
     return (*micro_batches(forward_loss, inp, target, k, state.deepspeed.backward_step), lr)
 
 
+class Diverged(UserError):
+    """The weights stopped being finite (`check_finite`); `upsample tune` prunes such a trial."""
+
+
 def check_finite(state: TrainState, procs: Procs) -> None:
     """Stop a run whose weights are no longer finite (it diverged: it went on to its end on NaN,
     and saved them), before they are logged as progress or saved; every rank stops together.
@@ -467,7 +471,7 @@ def check_finite(state: TrainState, procs: Procs) -> None:
     if procs.ddp:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():
-        raise UserError(f"training diverged: the weights are not finite (NaN or inf) at step {state.step}; "
+        raise Diverged(f"training diverged: the weights are not finite (NaN or inf) at step {state.step}; "
                         "the checkpoints saved before are kept. Lower optim.lr, set optim.clip (e.g. 0.1), "
                         "or use train.amp = \"none\", then --resume (with --set) or --reset")
 

@@ -227,8 +227,13 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
                 return True
             return False
 
-        rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
-                        config_text=config_mod.to_toml(c), on_validate=on_validate)
+        try:
+            rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
+                            config_text=config_mod.to_toml(c), on_validate=on_validate)
+        except loop.Diverged as exc:  # a search's lr range may reach where training diverges
+            print(f"trial {trial.number}: pruned, it diverged ({format_params(trial.params)}): "
+                  f"{str(exc).split(';')[0]}", file=sys.stderr)
+            raise optuna.TrialPruned() from None
         if rc != 0:  # Ctrl-C / SIGTERM: stop the study; the trial is rerun next time
             trial.set_user_attr("stopped", True)  # `requeue_stopped`
             raise TrialStopped(rc)
