@@ -282,6 +282,12 @@ def test_interpolate(tmp_path, capsys):
     other = save_checkpoint(small_model("espcn-x2"), tmp_path / "x2.safetensors")
     with pytest.raises(UserError, match="different architectures"):
         interpolate_checkpoints(pa, other, 0.5, tmp_path / "z.safetensors")
+    # one architecture computing in another colour space (model.colorspace): not blendable
+    torch.manual_seed(1)
+    rgb = save_checkpoint(create_model("espcn-rgb-x3"), tmp_path / "rgb.safetensors")
+    oklab = save_checkpoint(create_model("espcn-rgb-x3", colorspace="oklab"), tmp_path / "oklab.safetensors")
+    with pytest.raises(UserError, match="computes in rgb and .* in oklab"):
+        interpolate_checkpoints(rgb, oklab, 0.5, tmp_path / "z.safetensors")
     capsys.readouterr()
     assert cli.main(["interpolate", str(pa), str(pa), "--alpha", "1.5", "-o", str(tmp_path / "q.safetensors")]) == 2
     assert cli.main(["interpolate", str(pa), str(pa), "--alpha", "0", "-o", str(tmp_path / "i0.safetensors")]) == 2

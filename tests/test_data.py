@@ -144,6 +144,12 @@ def test_split_writes_relative_lists(tmp_path, capsys):
     first = (out / "val.txt").read_text()
     cli.main(["data", "split", str(root), "--val", "0.1", "--seed", "3", "--out", str(out)])
     assert (out / "val.txt").read_text() == first
+    deep = tmp_path / "new" / "a" / "b"  # folders not there yet are made ("cannot write" before)
+    assert cli.main(["data", "split", str(root), "--val", "0.1", "--seed", "3", "--out", str(deep)]) == 0
+    assert (deep / "val.txt").read_text() == first.replace("../imgs", "../../../imgs")
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["data", "split", str(root), "--val", "0.1", "--out", str(tmp_path / "afile" / "l")]) == 2
+    assert "is a file" in capsys.readouterr().err
     # the training side of a config can use them; val_list files leave the training set
     t2, v2 = data.train_val_files([str(root)], str(out / "val.txt"), 0.0, 0)
     assert len(t2) == 27 and {p.resolve() for p in v2} == {p.resolve() for p in val}

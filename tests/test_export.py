@@ -131,6 +131,9 @@ def test_export_refusals(tmp_path):
         cli_run(["export", "vdsr", "--uint8-io", "-o", str(tmp_path / "v.onnx")])
     with pytest.raises(UserError, match=r"\.xml"):
         cli_run(["export", "espcn-x2", "--format", "openvino", "-o", str(tmp_path / "v.onnx")])
+    (tmp_path / "j.bin").mkdir()  # the IR's weights file would go there: said before any work
+    with pytest.raises(UserError, match=r"j\.bin is a folder"):
+        cli_run(["export", "espcn-x2", "--format", "openvino", "-o", str(tmp_path / "j.xml"), "--overwrite"])
 
 
 def cli_run(argv):

@@ -310,8 +310,10 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
     keys = [p.relative_to(root).as_posix() for p in images]
     tr, val = hash_split(keys, val_fraction, seed)
     out_dir = Path(out) if out else root
-    if not os.access(out_dir if out_dir.exists() else out_dir.parent, os.W_OK):
-        raise UserError(f"cannot write to {out_dir}; give --out DIR")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())  # made if new
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write to {out_dir} ({existing} is "
+                        f"{'not writable' if existing.is_dir() else 'a file'}); give --out DIR")
     lists = {out_dir / "train.txt": [images[i] for i in tr], out_dir / "val.txt": [images[i] for i in val]}
     for path, files in lists.items():
         if path.is_dir() or (path.exists() and not overwrite and path.read_text() != file_list_text(files, path)):

@@ -152,8 +152,10 @@ def check_new_file(out: Path, *, overwrite: bool, inputs=(), companions=()) -> N
     """Refuse, before any work, an output file that is a folder, is one of the `inputs` (never
     replaced, not even with --overwrite), or exists - it or a `companions` file written with it
     (an OpenVINO .xml's .bin) - without `overwrite`."""
-    if out.is_dir():
-        raise UserError(f"-o {out} is a folder; name the output file")
+    for path in (out, *companions):
+        if path.is_dir():
+            raise UserError(f"-o {out}: {path} is a folder; name the output file" if path != out
+                            else f"-o {out} is a folder; name the output file")
     if any(Path(i).exists() and out.exists() and os.path.samefile(out, i) for i in inputs):
         raise UserError(f"-o {out} is the input itself; name a new file (inputs are never replaced)")
     taken = [p for p in (out, *companions) if p.exists()]

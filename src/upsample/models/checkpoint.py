@@ -275,6 +275,9 @@ def interpolate_checkpoints(path_a, path_b, alpha: float, out, *, fp16: bool = F
             (meta_b["arch"], registry.full_kwargs(meta_b["arch"], meta_b["kwargs"])):
         raise UserError(f"{path_a} ({meta_a['arch']} {json.dumps(meta_a['kwargs'])}) and {path_b} "
                         f"({meta_b['arch']} {json.dumps(meta_b['kwargs'])}) are different architectures")
+    if meta_a["colorspace"] != meta_b["colorspace"]:  # the same tensors compute other things
+        raise UserError(f"{path_a} computes in {meta_a['colorspace']} and {path_b} in {meta_b['colorspace']} "
+                        "(model.colorspace): their weights do not blend; interpolate models of one colour space")
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         raise UserError(f"{path_a} and {path_b} have different parameter shapes: not the same architecture")
