@@ -990,3 +990,13 @@ def test_a_file_name_with_a_newline_stays_one_error_line(tmp_path, capsys):
     missing = tmp_path / "two\nlines.png"
     line = assert_refused(cli.main(["image", str(missing), "-o", str(tmp_path / "o.png")]), capsys)
     assert "two\\nlines.png" in line
+    # per file in a batch too: a broken file and a broken link in a folder named with a line break
+    folder = tmp_path / "nl\ndir"
+    folder.mkdir()
+    _png(folder, "ok.png")
+    (folder / "j.png").write_text("junk")
+    (folder / "br\nk").symlink_to(tmp_path / "nowhere")
+    cli.main(["image", str(folder), "-o", str(tmp_path / "out"), "--model", "bicubic", "--scale", "2"])
+    err = capsys.readouterr().err
+    assert "nl\\ndir/j.png" in err and "br\\nk (a broken link)" in err
+    assert all(line.startswith(("upsample image:", "note:", "1 written", "bicubic")) for line in err.splitlines()), err

@@ -703,3 +703,12 @@ def test_api_errors_name_its_keywords_in_plain_words(kwargs, message):
     assert in_keywords("the tile side (--tile, tile=) must be >= 0") == "the tile side (tile=) must be >= 0"
     with pytest.raises(UserError, match="upscale takes a PIL image or a numpy array"):
         upsample.load("bicubic", 2).upscale("photo.png")
+
+
+def test_load_value_errors_are_value_errors():
+    """A bad argument value to `upsample.load` is a ValueError as well as one line (it was a
+    plain UserError, past `except ValueError`)."""
+    import upsample
+    for kwargs in ({"scale": 0}, {"backend": "nope"}, {"threads": 0}):
+        with pytest.raises(ValueError):
+            upsample.load("espcn-x3", **kwargs)

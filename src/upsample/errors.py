@@ -12,3 +12,9 @@ class UserTypeError(UserError, TypeError):
 
 class UserValueError(UserError, ValueError):
     """A wrong value given to the Python API (an empty image): also the ValueError callers catch."""
+
+
+def one_line(text) -> str:
+    """`text` on one line: a line break (a file name may hold one) written as \\n, so that a
+    message stays the one line scripts read."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 # The sub-commands, in the order `upsample --help` lists them: name -> module.
 COMMANDS = {
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        one_line = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # a file name may hold either
-        print(f"upsample {args.command}: error: {one_line}", file=sys.stderr)
+        print(f"upsample {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
 from .options import add_model_options, add_output_option, add_overwrite_option, path_text, positive_int
 
@@ -84,11 +84,12 @@ def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
         saved, path = result()
     except UserError as exc:  # one line per file, and the batch goes on
         where = "" if str(src) in str(exc) else f"{src}: "
-        tqdm.write(f"upsample image: error: {where}{exc}", file=sys.stderr)
+        tqdm.write(f"upsample image: error: {one_line(f'{where}{exc}')}", file=sys.stderr)
         return False, None
     except (OSError, RuntimeError, ValueError, MemoryError) as exc:
         text = " ".join(str(exc).split())  # one line: a runtime's message may span several
-        tqdm.write(f"upsample image: error: {src}: {type(exc).__name__}: {text[:400]}", file=sys.stderr)
+        tqdm.write(f"upsample image: error: {one_line(src)}: {type(exc).__name__}: {one_line(text)[:400]}",
+                   file=sys.stderr)
         return False, None
     if not saved:
         tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)", file=sys.stderr)

@@ -34,7 +34,7 @@ from . import metrics
 from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, list_images, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
@@ -211,7 +211,7 @@ def evaluate_folder(run: Run, folder: str, *, name: str, save_dir: str | None, p
     """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder."""
     images, skipped = list_images(folder)
     for s in skipped:
-        print(f"note: skipping {s} ({skip_reason(s)})", file=sys.stderr)
+        print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
     if not images:
         raise UserError(f"no images in {folder}")
     rows = []

@@ -14,7 +14,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..media import streamed
 from ..media.imageio import (PNG_STRIP_MODES, SAVE_FORMATS, is_image_path, list_images, png_strips, read_planes,
                              save_planes, skip_reason, storable_path)
@@ -42,7 +42,7 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> list[tuple[Pat
             if made is not None and p.resolve() in made.parents:  # -o inside this folder: skip it
                 images = [f for f in images if made not in f.resolve().parents]
             for s in skipped:
-                print(f"note: skipping {s} ({skip_reason(s)})", file=sys.stderr)
+                print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
             if not images:
                 print(f"note: no images in {p}", file=sys.stderr)
             jobs += [(f, f.relative_to(p)) for f in images]
