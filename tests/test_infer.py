@@ -709,6 +709,6 @@ def test_load_value_errors_are_value_errors():
     """A bad argument value to `upsample.load` is a ValueError as well as one line (it was a
     plain UserError, past `except ValueError`)."""
     import upsample
-    for kwargs in ({"scale": 0}, {"backend": "nope"}, {"threads": 0}):
+    for kwargs in ({"scale": 0}, {"backend": "nope"}, {"threads": 0}, {"tile": -1}):
         with pytest.raises(ValueError):
             upsample.load("espcn-x3", **kwargs)

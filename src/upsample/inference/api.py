@@ -152,11 +152,11 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
     try:
         up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
                            precision=precision, threads=threads, allow_untrained=allow_untrained)
+        return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
+                             tile_batch=tile_batch)
     except UserError as exc:  # said in the CLI's words (shared with it): in this call's
         kind = type(exc) if isinstance(exc, (UserTypeError, UserValueError)) else UserValueError
         raise kind(in_keywords(str(exc))) from None  # a bad argument: also a ValueError
-    return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
-                         tile_batch=tile_batch)
 
 
 def _check_types(spec, device, **counts) -> None:
