@@ -70,6 +70,12 @@ def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[in
     return [i for i in range(n) if i not in chosen], val
 
 
+def folder_key(folder: Path, path: Path) -> str:
+    """The split key of a file found under `folder`: its path from the folder's name. Validation
+    splits and samples hash it, so it stays as it is."""
+    return f"{folder.name}/{path.relative_to(folder).as_posix()}"
+
+
 def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
     """(path, split key) of the images in folders (recursive) and .txt file lists."""
     out = []
@@ -87,7 +93,7 @@ def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
             images, _ = list_images(p)
             if not images:
                 raise UserError(f"{what}: no images in {p}")
-            out += [(f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in images]
+            out += [(f, folder_key(p, f)) for f in images]
     if not out:
         raise UserError(f"{what}: no images in {', '.join(sources)}")
     return out

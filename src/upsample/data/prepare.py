@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..media.imageio import atomic_save, is_hidden, is_image_path, list_images, read_rgb, walk_files
+from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, walk_files
 from ..media.progress import progress_bar, track
 from .pairs import file_list_text, hash_split, write_file_list
 
@@ -64,8 +64,7 @@ def source_files(src: Path) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise UserError(f"source not found: {src}")
-    return sorted(p for p in walk_files(src) if p.is_file() and (is_image_path(p) or is_video_path(p))
-                  and not is_hidden(p, src))
+    return sorted(p for p in walk_files(src) if p.is_file() and (is_image_path(p) or is_video_path(p)))
 
 
 def video_frames(path: Path, every: int):

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import part_dir
 from ..media.imageio import atomic_output, atomic_save, list_images
-from .pairs import collect_images, train_val_files
+from .pairs import collect_images, folder_key, train_val_files
 from .prepare import is_video_path, video_frames
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
@@ -105,10 +105,10 @@ def _folder_sources(folder: Path, video_every: int, frames: Path | None, progres
     videos = [f for f in others if is_video_path(f) and f.is_file()]
     if not images and not videos:
         raise UserError(f"data.train: no images or videos in {folder}")
-    out = [(f, f"{folder.name}/{f.relative_to(folder).as_posix()}") for f in images]
+    out = [(f, folder_key(folder, f)) for f in images]
     for video in videos:
-        key = f"{folder.name}/{video.relative_to(folder).as_posix()}"
-        out += [(f, f"{key}/{f.name}") for f in video_frame_files(video, video_every, frames, progress=progress)]
+        out += [(f, f"{folder_key(folder, video)}/{f.name}")
+                for f in video_frame_files(video, video_every, frames, progress=progress)]
     return out
 
 

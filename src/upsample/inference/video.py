@@ -165,9 +165,10 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
     container = open_input(src)
     try:
         vin = main_video_stream(container)
-        codec, out_fmt, notes = choose_encoding(dst, stream_pix_fmt(vin), codec, pix_fmt)
+        src_fmt = stream_pix_fmt(vin)
+        codec, out_fmt, notes = choose_encoding(dst, src_fmt, codec, pix_fmt)
         first = first_frame(src, vin.index)
-        if _may_be_transparent(vin, first) and not has_alpha(out_fmt):
+        if _may_be_transparent(vin.codec_context.name, src_fmt, first) and not has_alpha(out_fmt):
             notes.append(f"the input's transparency (alpha) is not kept: {codec} {out_fmt} is opaque; "
                          f"{keep_alpha_hint(muxer_name(dst))}")
         if getattr(first, "interlaced_frame", False):
@@ -222,13 +223,11 @@ def _glue_threads(up: Upscaler):
 TS_SEEK_MARGIN = 10.0  # seconds: longer than the key frame interval of broadcast and camera TS
 
 
-def _may_be_transparent(vin, first) -> bool:
+def _may_be_transparent(decoder: str, src_fmt: str, first) -> bool:
     """Whether the input's frames carry an alpha that may not be all opaque: a format with alpha
     (VP9's alpha, ProRes 4444, PNG, QuickTime Animation: a later frame may be transparent where
     the first is not), except GIF, which FFmpeg gives as BGRA always: there, the first frame's."""
-    if vin.codec_context.name == "gif":
-        return _transparent(first)
-    return has_alpha(stream_pix_fmt(vin))
+    return _transparent(first) if decoder == "gif" else has_alpha(src_fmt)
 
 
 def _transparent(frame) -> bool:

@@ -29,12 +29,6 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    """Whether `path`, under the folder `root`, is hidden there: it or a folder between them
-    starts with a dot (macOS's ._photo.jpg, .git, .thumbnails), as shell globs skip them."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[list[Path], list[Path]]:
     """Image files under `folder` (sorted) and the other files that were skipped (a broken link
     among them: `skip_reason` says which). Hidden files and folders (a leading dot: macOS's
@@ -46,23 +40,25 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> tuple[l
         raise UserError(f"folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"not a folder: {root}")
-    entries = walk_files(root) if recursive else [p for p in _read_folder(root) if not p.is_dir()]
-    files = sorted(p for p in entries if not is_hidden(p, root))
+    files = sorted(walk_files(root) if recursive else [p for p in _visible(root) if not p.is_dir()])
     images = [p for p in files if p.is_file() and is_image_path(p)]
     skipped = [p for p in files if not (p.is_file() and is_image_path(p))]
     return images, skipped
 
 
-def _read_folder(folder: Path) -> list[Path]:
+def _visible(folder: Path) -> list[Path]:
+    """The entries of `folder` but hidden ones (a leading dot: macOS's ._photo.jpg, .git,
+    .thumbnails), as shell globs leave them; a folder that cannot be read is a UserError."""
     try:
-        return list(folder.iterdir())
+        return [p for p in folder.iterdir() if not p.name.startswith(".")]
     except OSError as exc:
         raise UserError(f"cannot read the folder {folder} ({exc.strerror or exc}); fix its permissions "
                         "or move it out of the input") from None
 
 
 def walk_files(root: Path) -> list[Path]:
-    """Every non-folder entry under `root`, following linked folders, each real folder once."""
+    """Every visible non-folder entry under `root` (hidden files and folders left out, see
+    `_visible`), following linked folders, each real folder once."""
     files, seen, todo = [], set(), [root]
     while todo:
         folder = todo.pop()
@@ -70,9 +66,7 @@ def walk_files(root: Path) -> list[Path]:
         if real in seen:  # a link back up the tree, or two links to one folder
             continue
         seen.add(real)
-        for entry in _read_folder(folder):
-            if entry.name.startswith("."):
-                continue
+        for entry in _visible(folder):
             (todo if entry.is_dir() else files).append(entry)
     return files
 
