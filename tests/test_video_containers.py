@@ -182,6 +182,23 @@ def test_4_2_2_and_4_4_4_inputs_are_delivered_in_4_2_0_unless_asked(tmp_path, ca
     assert read_back(tmp_path / "b.mp4")["fmt"] == src_fmt
 
 
+@pytest.mark.parametrize("out, codec, out_fmt, note", [
+    ("a.mp4", "libx265", "yuv420p", "the input's gbrp is written as yuv420p"),
+    ("a.webm", None, "yuv420p", "the input's gbrp is written as yuv420p"),
+    ("a.mkv", "ffv1", "bgr0", "ffv1 cannot encode the input's gbrp; using bgr0")])
+def test_rgb_planar_input_is_delivered_in_4_2_0_and_kept_rgb_by_lossless_encoders(tmp_path, capsys, out,
+                                                                                codec, out_fmt, note):
+    """A lossless RGB clip (libx264rgb's gbrp: `make-clip`, screen captures) went to HEVC and VP9
+    as RGB (Rext, profile 1: few players decode it) without a note, and FFV1, which takes 8-bit
+    RGB as bgr0 only, made it yuv420p; RGB is delivered as 4:2:0 and stays RGB where lossless."""
+    src = tmp_path / "screen.mkv"
+    write_clip(src, vcodec="libx264rgb", pix_fmt="rgb24", size=(40, 40), acodec=None)  # decodes as gbrp
+    assert cli.main(["video", str(src), "-o", str(tmp_path / out), "--model", "bicubic", "--scale", "2",
+                     *(["--codec", codec] if codec else [])]) == 0
+    assert note in capsys.readouterr().err
+    assert read_back(tmp_path / out)["fmt"] == out_fmt
+
+
 @pytest.mark.parametrize("model", ["bicubic", "espcn-x2"])  # an RGB path and the Y-plane path
 @pytest.mark.parametrize("src_codec, src_fmt", [("png", "rgba"), ("qtrle", "rgb24"), ("png", "gray")])
 def test_rgb_and_gray_sources_are_written_as_tagged_bt709_yuv(tmp_path, model, src_codec, src_fmt):

@@ -286,8 +286,10 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
         pick = pix_fmt
     elif formats and default_fmt not in _formats_kept(codec, formats):
         kept = _formats_kept(codec, formats) or formats
-        deep, alpha = _bits(default_fmt) > 8, has_alpha(default_fmt)
-        pick = min(kept, key=lambda f: ((_bits(f) > 8) != deep, has_alpha(f) != alpha))  # first of the best
+        deep, alpha, rgb = _bits(default_fmt) > 8, has_alpha(default_fmt), av.VideoFormat(default_fmt).is_rgb
+        # first of the best: same depth, alpha, then RGB stays RGB (FFV1 takes 8-bit RGB as bgr0)
+        pick = min(kept, key=lambda f: ((_bits(f) > 8) != deep, has_alpha(f) != alpha,
+                                        av.VideoFormat(f).is_rgb != rgb))
         if _without_alpha(default_fmt) != pick:
             notes.append(f"{codec} cannot encode the input's {default_fmt}; using {pick}")
     if quiet:
@@ -417,17 +419,20 @@ def _delivery_format(codec: str, src_fmt: str) -> str | None:
     (yuv422p10le -> yuv420p10le, yuvj444p -> yuvj420p, yuv444p12le -> yuv420p10le) where that
     differs from `src_fmt` and `codec` takes it; gray (4:0:0, which few decoders play either) as
     4:2:0 of its depth; else None. Players decode 8 and 10 bits (HEVC Main 10, VP9 profile 2,
-    AV1 Main), 12 hardly anywhere."""
+    AV1 Main), 12 hardly anywhere. RGB (gbrp: screen captures, `make-clip`'s lossless clips),
+    which HEVC and VP9 would write as RGB (Rext, profile 1), also as 4:2:0."""
     m = re.fullmatch(r"yuv(j?)(a?)(4[0-9][0-9])p(\d*)(le|be)?", src_fmt)
     gray = re.fullmatch(r"gray(\d*)(le|be)?", src_fmt)
-    if codec not in DELIVERY_ENCODERS or not (gray or m):
+    rgb = av.VideoFormat(src_fmt).is_rgb and not av.VideoFormat(src_fmt).has_palette
+    if codec not in DELIVERY_ENCODERS or not (gray or m or rgb):
         return None
     depth = "" if _bits(src_fmt) <= 8 else "10le"
     if gray:
         names = [f"yuv420p{depth}", "yuv420p"]
     else:  # with its alpha plane where the encoder keeps one (VP9), else without
-        alphas = [m.group(2), ""] if codec in ALPHA_ENCODERS else [""]
-        names = [f"yuv{m.group(1)}{alpha}420p{depth}" for alpha in dict.fromkeys(alphas)]
+        full, alpha = (m.group(1), m.group(2)) if m else ("", "a" if has_alpha(src_fmt) else "")
+        alphas = [alpha, ""] if codec in ALPHA_ENCODERS else [""]
+        names = [f"yuv{full}{a}420p{depth}" for a in dict.fromkeys(alphas)]
     if names[0] in (src_fmt, _without_alpha(src_fmt)):  # as it is, or its alpha dropped (noted)
         return None
     takes = _encoder_formats(codec)
@@ -466,8 +471,8 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
     if pix_fmt is None and (sub := _delivery_format(codec, src_fmt)) is not None:
         pix_fmt = sub
         keeps = src_fmt in _encoder_formats(codec)
-        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in 4:0:0, 4:2:2, 4:4:4 or over "
-                     "10 bits plays in few players (browsers, QuickTime, phones)"
+        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in RGB, 4:0:0, 4:2:2, 4:4:4 "
+                     "or over 10 bits plays in few players (browsers, QuickTime, phones)"
                      + (f"; --pix-fmt {src_fmt} keeps it" if keeps else ""))
     try:
         fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
