@@ -58,6 +58,6 @@ def register(sub) -> None:
                    help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable; default: none), e.g. "
                         "a learned downscaler against bicubic down with the same upscaler")
     p.add_argument("--merge", action="store_true",
-                   help="IN are earlier --out folders (or their study.json): analyse their points "
+                   help="IN are earlier -o folders (or their study.json): analyse their points "
                         "together, e.g. a folder split over several processes or machines")
     p.set_defaults(func=run)
