@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `upsample models | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except OSError as exc:  # the file system said no: a read-only or full disk, a folder for a file
+    except OSError as exc:  # the file system said no: an unreadable input, a read-only or full disk, a folder
+        # for a file; which of them, read or write, the error does not say
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"upsample {args.command}: error: {exc.strerror or exc}{where}: check the output location "
-              "(writable, free space, not a folder)", file=sys.stderr)
+        print(f"upsample {args.command}: error: {exc.strerror or exc}{where}: check that path (an input "
+              "must be readable; an output location writable, with free space, and not a folder)", file=sys.stderr)
         return 1
     except MemoryError:
         print(f"upsample {args.command}: error: out of memory: use a smaller input, scale or "

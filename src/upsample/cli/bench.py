@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UserError
 from ..runtime.kinds import BACKENDS, PRECISIONS
-from .options import add_untrained_option, positive_int
+from .options import add_untrained_option, positive_int, thread_count
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,10 +30,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("bench: give --model MODEL (or --train MODEL to time training)")
     size = parse_frame_size(args.size)
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
-    report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
-                   warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
-                   image=args.image, precision=args.precision, threads=args.threads,
-                   allow_untrained=args.allow_untrained, calib=args.calib)
+    try:
+        report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
+                       warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
+                       image=args.image, precision=args.precision, threads=args.threads,
+                       allow_untrained=args.allow_untrained, calib=args.calib)
+    except (RuntimeError, MemoryError) as exc:  # the frames fit, the network's activations did not
+        from ..inference.tiler import is_oom
+        if isinstance(exc, RuntimeError) and not is_oom(exc):
+            raise
+        raise UserError(f"out of memory timing {args.model} at --size {args.size}: use a smaller --size") from None
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -54,7 +60,7 @@ def register(sub) -> None:
                    help="precision of the auto row (auto: what `--backend auto` picks)")
     p.add_argument("--image", default=None,
                    help="a picture to measure on, resized/cropped to --size (default: random pixels)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda, or an OpenVINO device (CPU, GPU, NPU, AUTO)")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="(default: none) make (once, into the cache) the int8 model that the auto row lets compete, "

@@ -10,6 +10,8 @@ from ..media.cache import PARTS, cache_root, clear_part, part_dir, part_files
 
 def run(args) -> int:
     # clear alone empties the exports only: a training run may be reading the other parts
+    if "all" in args.parts and args.parts != ["all"]:
+        raise UserError(f"`all` goes alone: `upsample cache {args.action} all`, or name parts ({', '.join(PARTS)})")
     parts = list(PARTS) if args.parts == ["all"] else args.parts or (list(PARTS) if args.action == "info" else ["export"])
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -23,7 +25,9 @@ def run(args) -> int:
         return 0
     for part in parts:
         n, size = clear_part(part)
-        print(f"cleared {part_dir(part)} ({n} files, {size / 1e6:.1f} MB)")
+        where = part_dir(part)
+        where = f"{where} -> {where.resolve()} (its contents; the link kept)" if where.is_symlink() else where
+        print(f"cleared {where} ({n} files, {size / 1e6:.1f} MB)")
     return 0
 
 

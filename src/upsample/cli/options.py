@@ -35,6 +35,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_THREADS = 1024  # past this a thread pool only costs memory and start-up (and can fail to start)
+
+
+def thread_limit() -> int:
+    """The most CPU threads an option takes: 4 per core (oversubscription past that only slows
+    the work down), at most MAX_THREADS."""
+    return min(MAX_THREADS, 4 * (os.cpu_count() or 1))
+
+
+def thread_count(text: str) -> int:
+    """An argparse type for --threads: a whole number from 1 to `thread_limit()`."""
+    value = positive_int(text)
+    if value > thread_limit():
+        raise argparse.ArgumentTypeError(f"{value} threads is more than this machine can use: at most "
+                                         f"{thread_limit()} (4 per CPU core); leave --threads out for all cores")
+    return value
+
+
+def thread_count_or_default(text: str) -> int:
+    """An argparse type for --threads where 0 means the default: 0, or as `thread_count`."""
+    return 0 if count_or_all(text) == 0 else thread_count(text)
+
+
 def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
     """--backend, --precision, --device, --threads: shared by image, video, eval and bench."""
     p.add_argument("--backend", default=os.environ.get("UPSAMPLE_BACKEND") or "auto", choices=BACKENDS,
@@ -47,7 +70,7 @@ def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda (torch), or an OpenVINO device for --backend auto|openvino: "
                         "CPU, GPU, NPU, AUTO, as OpenVINO names them")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
     add_untrained_option(p)
 
 

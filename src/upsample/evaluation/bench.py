@@ -26,6 +26,7 @@ from ..inference.wrappers import half_upscaler
 from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
+from ..inference.memory import free_memory
 from ..inference.load import check_trained, check_device, load_upscaler, model_scale, resolve_model
 from ..runtime import auto, int8 as int8_files, quantize
 from ..runtime.foreign_onnx import is_foreign
@@ -41,6 +42,18 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise UserError(f"--size must be positive, got {text!r}")
     return w, h
+
+
+def check_frame_fits(size: tuple[int, int], scale: float, dev: torch.device) -> None:
+    """Refuse, before any allocation, a --size whose input and output frames alone (float32
+    RGB) exceed the memory free on `dev`: torch's allocator fails with a traceback, or the OS
+    kills the process."""
+    w, h = size
+    need = 3 * 4 * w * h * (1 + scale * scale)
+    free = free_memory(dev)
+    if need > free:
+        raise UserError(f"--size {w}x{h}: its frames need {need / 1e9:.1f} GB at x{scale:g}, more than the "
+                        f"{free / 1e9:.1f} GB free; use a smaller --size (e.g. 1920x1080)")
 
 
 def half_dtype(device: torch.device) -> torch.dtype | None:
@@ -141,7 +154,9 @@ def make_cached_int8(model: str, scale, calib: str) -> None:
     spec_model, name = resolve_model(model, scale)
     s = model_scale(spec_model.upsample_spec, scale, name)
     if int8_files.find_cached(quantize.model_key(spec_model), s) is None:
-        quantize.quantize_to_cache(spec_model, s, calib)
+        # bench's --size is the frame's, not the calibration crops' (64 px LR)
+        quantize.quantize_to_cache(spec_model, s, calib, too_small="give --calib a folder of larger "
+                                   "training images")
 
 
 NO_REFERENCE = ("{model} is an ONNX graph with no torch model behind it: no torch eager fp32 row to "
@@ -251,8 +266,10 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     so the differences are those a user sees. `calib`: make the cached int8 model that the auto
     row lets compete (once; see `runtime.int8`). `device` may be an OpenVINO device (GPU, NPU,
     AUTO): the runtime rows run there, the eager reference on the CPU."""
-    if runs < 1 or warmup < 0:
-        raise UserError("--runs must be >= 1 and --warmup >= 0")
+    if runs < 1:
+        raise UserError(f"--runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {warmup}")
     check_trained(model, allow_untrained)  # once: every row below loads the same model
     graph = is_foreign(Path(model))  # another project's ONNX graph: no torch reference row
     if graph:
@@ -269,10 +286,11 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     if threads:
         torch.set_num_threads(threads)
     hdt = half_dtype(dev)
-    x = (frame_from_image(image, size) if image else
-         torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
     eager = None if graph else load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH,
                                              device=torch_device, threads=threads)
+    check_frame_fits(size, eager.scale if eager is not None else 2, dev)
+    x = (frame_from_image(image, size) if image else
+         torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
     if calib:
         make_cached_int8(model, scale, calib)
     macs = network_macs(eager, h, w) if eager is not None else 0
@@ -304,20 +322,21 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
 
 def format_report(r: dict) -> str:
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_gflops"].items())
+    width = max([22] + [len(row["backend"]) for row in r["rows"]])  # e.g. "auto (openvino bf16-fp32-ends)"
     lines = [f"{r['model']} x{r['scale']:g} at {r['size']} on {r['device']} ({r['threads']} threads): "
              f"{r['gmacs_per_frame']:.2f} GMAC/frame; peak GFLOP/s (matmul): {peaks}; "
              f"median of {r['runs']} after {r['warmup']} warm-up",
-             f"{'backend':<22} {'ms/frame':>10} {'MP/s':>8} {'GFLOP/s':>8} {'of peak':>8} "
+             f"{'backend':<{width}} {'ms/frame':>10} {'MP/s':>8} {'GFLOP/s':>8} {'of peak':>8} "
              f"{'vs eager':>8} {'max|diff|':>10}"]
     for row in r["rows"]:
         if "error" in row:
-            lines.append(f"{row['backend']:<22} unavailable: {row['error']}")
+            lines.append(f"{row['backend']:<{width}} unavailable: {row['error']}")
             continue
         gf = f"{row['gflops']:.1f}" if row["gflops"] is not None else "-"
         pk = f"{100 * row['of_peak']:.1f}%" if row["of_peak"] is not None else "-"
         vs = f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-"
         diff = f"{row['max_abs_diff']:.2e}" if row["max_abs_diff"] is not None else "-"
-        lines.append(f"{row['backend']:<22} {row['ms_per_frame']:>10.1f} {row['mpix_per_s']:>8.3f} "
+        lines.append(f"{row['backend']:<{width}} {row['ms_per_frame']:>10.1f} {row['mpix_per_s']:>8.3f} "
                      f"{gf:>8} {pk:>8} {vs:>8} {diff:>10}")
     lines += [f"auto: {row['choice']['in_words']}" for row in r["rows"] if "choice" in row]
     lines += [f"note: {r['note']}"] if r.get("note") else []

@@ -34,6 +34,13 @@ def clear_part(part: str) -> tuple[int, int]:
     store mapped keeps reading it (the data stay until it ends); the next one decodes again."""
     files = part_files(part)
     size = sum(p.stat().st_size for p in files)
-    if part_dir(part).is_dir():
-        shutil.rmtree(part_dir(part))
+    root = part_dir(part)
+    if root.is_symlink():  # the part moved elsewhere (another disk): empty it there, keep the link
+        for entry in root.iterdir() if root.is_dir() else ():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    elif root.is_dir():
+        shutil.rmtree(root)
     return len(files), size

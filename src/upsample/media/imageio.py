@@ -111,6 +111,8 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     p = Path(path)
     if not p.exists():
         raise UserError(f"file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder, not an image file; name one image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

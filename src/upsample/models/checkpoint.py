@@ -89,6 +89,12 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         raise UserError(f"not a checkpoint file: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty")
+    try:  # first: safetensors reports an unreadable file as "No such file or directory"
+        open(path, "rb").close()
+    except OSError as exc:
+        why = "permission denied (check the file's owner and mode)" if isinstance(exc, PermissionError) \
+            else (exc.strerror or str(exc))
+        raise UserError(f"cannot read checkpoint {path}: {why}") from None
     if path.suffix.lower() == ".safetensors" or _is_safetensors(path):
         from safetensors import safe_open
         try:

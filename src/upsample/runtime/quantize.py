@@ -35,10 +35,11 @@ from ..errors import UserError
 
 
 def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: int = 32,
-                       size: int = 64) -> list[np.ndarray]:
+                       size: int = 64, too_small: str = "use smaller --size") -> list[np.ndarray]:
     """The network's inputs (float32 NCHW) for centre crops of up to `samples` images of
     `folder`, LR side `size`: what `ModelUpscaler` feeds the network (Y for Y models, bicubic-
-    upscaled for pre-upsampling ones, padded to the network's multiple), without its import."""
+    upscaled for pre-upsampling ones, padded to the network's multiple), without its import.
+    `too_small`: the advice when no image is large enough (in the words of the command's options)."""
     from ..data.colour import rgb_to_ycbcr
     from ..data.degrade import imresize, make_lr, modcrop
     from ..media.imageio import list_images, read_rgb
@@ -66,8 +67,8 @@ def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: 
         if len(found) == samples:
             break
     if not found:
-        raise UserError(f"--calib {folder}: no image is at least {hr_side}x{hr_side} (--size {size} "
-                        f"at x{scale:g}); use smaller --size")
+        raise UserError(f"--calib {folder}: no image is at least {hr_side}x{hr_side} (LR crops of "
+                        f"{size} px at x{scale:g}); {too_small}")
     return found
 
 
@@ -161,10 +162,11 @@ def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float:
 
 
 def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, samples: int = 32,
-                   size: int = 64, keep_edges: bool = True, source: str) -> int:
+                   size: int = 64, keep_edges: bool = True, source: str,
+                   too_small: str = "use smaller --size") -> int:
     """Calibrate `model` at `scale` on `calib` and write the int8 graph to `out` (atomically: a
     temporary folder beside it, renamed into place). Returns the number of calibration crops."""
-    inputs = calibration_inputs(model, scale, calib, samples=samples, size=size)
+    inputs = calibration_inputs(model, scale, calib, samples=samples, size=size, too_small=too_small)
     spec = model.upsample_spec
     meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": source,
             "float_edges": keep_edges,
@@ -197,13 +199,13 @@ def model_key(model: nn.Module) -> str:
 
 
 def quantize_to_cache(model: nn.Module, scale: float, calib: str, *, samples: int = 32,
-                      size: int = 64) -> Path:
+                      size: int = 64, too_small: str = "give a folder of larger training images") -> Path:
     """Make the int8 IR `--backend auto` lets compete (OpenVINO, first and last convolutions
     float) in the cache; its path."""
     key = model_key(model)
     out = cached_path(key, scale)
     quantize_model(model, scale=scale, backend=Backend.OPENVINO, calib=calib, out=out, samples=samples,
-                   size=size, keep_edges=True, source=key)
+                   size=size, keep_edges=True, source=key, too_small=too_small)
     return out
 
 

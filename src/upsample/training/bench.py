@@ -18,6 +18,7 @@ patches/s; "of peak" is against the machine's matmul peak measured in the same r
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -50,6 +51,21 @@ def find_recipe(target: str) -> Path:
             return p
     raise UserError(f"bench --train: no recipe for {target!r}; give a recipe file (configs/*.toml) "
                     "or a model with one in configs/")
+
+
+def load_recipe(target: str, overrides: list[str]) -> tuple[Path, config_mod.Config]:
+    """(recipe file, its config) of `target`. A recipe given by model name has its data paths
+    made relative to the folder that holds configs/, as `upsample train configs/NAME.toml` run
+    there reads them, wherever bench is run from; a recipe file's stay relative to the current
+    folder, as `train` reads them."""
+    recipe = find_recipe(target)
+    cfg = config_mod.load_config(recipe, overrides)
+    if recipe != Path(target):
+        root = recipe.resolve().parent.parent
+        cfg.data.train = [os.path.normpath(root / p) for p in cfg.data.train]  # an absolute p stays
+        if cfg.data.val_list:
+            cfg.data.val_list = os.path.normpath(root / cfg.data.val_list)
+    return recipe, cfg
 
 
 def forward_macs(model: torch.nn.Module, shape: tuple) -> int:
@@ -171,8 +187,7 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
     if not 0 < seconds < float("inf"):
         raise UserError(f"--seconds must be a positive number of seconds, got {seconds:g}")
     dev = training_device(device)
-    recipe = find_recipe(target)
-    cfg = config_mod.load_config(recipe, ["train.amp=auto", "train.channels_last=auto"])
+    recipe, cfg = load_recipe(target, ["train.amp=auto", "train.channels_last=auto"])
     threads = threads or cfg.train.threads  # the recipe's threads, as the trainer sets them
     if threads:
         torch.set_num_threads(threads)

@@ -428,6 +428,12 @@ def read_toml(path: str | Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config {p}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:  # tomllib decodes the whole file first: an image, a checkpoint
+        raise UserError(f"cannot read recipe {p}: not a TOML text file; give a recipe (configs/*.toml)") from None
+    except OSError as exc:  # an input, not the output location the CLI's generic handler suspects
+        why = "permission denied (check the file's owner and mode)" if isinstance(exc, PermissionError) \
+            else (exc.strerror or str(exc))
+        raise UserError(f"cannot read recipe {p}: {why}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -84,11 +84,13 @@ def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, r
 
 def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
           device: str | None = None, init: str | None = None, config_text: str | None = None,
-          on_validate=None, max_minutes: float | None = None) -> int:
+          on_validate=None, max_minutes: float | None = None,
+          continue_hint: str = "continue with --resume") -> int:
     """Train `cfg` in `run_dir`. `on_validate(step, val_psnr)` is called after each validation
     (single process); when it returns True the run stops there (`upsample tune` prunes trials so).
     `max_minutes`: a time-boxed chunk; the run saves and stops before that much wall time has
-    passed (counted from the call), to be continued with --resume."""
+    passed (counted from the call), to be continued with --resume. `continue_hint`: how to go on
+    after a signal stopped the run (`tune` has no --resume)."""
     stop = Stop(deadline=time.time() + max_minutes * 60 if max_minutes else math.inf)
     # ---------------------------------------------------------------- build
     procs = start_processes(device)
@@ -166,7 +168,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
         if run_log is not None:
             run_log.close()
     return summarize(cfg, procs, state, stop, pace, last_loss=last_loss, last_terms=last_terms,
-                     run_dir=run_dir, max_minutes=max_minutes)
+                     run_dir=run_dir, max_minutes=max_minutes, continue_hint=continue_hint)
 
 
 # -------------------------------------------------------------------- build
@@ -576,7 +578,8 @@ def save(state: TrainState, cfg: config_mod.Config, procs: Procs, *, eval_model:
 
 
 def summarize(cfg: config_mod.Config, procs: Procs, state: TrainState, stop: Stop, pace: Pace, *,
-              last_loss: float, last_terms: dict, run_dir: Path, max_minutes: float | None) -> int:
+              last_loss: float, last_terms: dict, run_dir: Path, max_minutes: float | None,
+              continue_hint: str = "continue with --resume") -> int:
     """The last line (why the run stopped and how it went) and the exit status: 128 + signal
     when a signal stopped it, else 0."""
     step, steps, finished = state.step, cfg.train.steps, state.finished
@@ -584,7 +587,7 @@ def summarize(cfg: config_mod.Config, procs: Procs, state: TrainState, stop: Sto
     if stop.signum and not finished:
         name = signal.Signals(stop.signum).name
         procs.log(f"stopped by {name} at step {step}/{steps}; saved {run_dir / 'last_state.pt'}; "
-                  f"continue with --resume")
+                  f"{continue_hint}")
         return 128 + stop.signum
     if stop.timed_out and not finished:
         procs.log(f"time limit ({max_minutes:g} min) at step {step}/{steps}; saved "

@@ -13,13 +13,15 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
 from ..errors import UserError
+from ..inference.batch import check_writable
+from ..media.imageio import atomic_write_bytes
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -136,6 +138,14 @@ def claim_run_dir(root: Path, study: str) -> None:
     mark.write_text(study + "\n")
 
 
+def storage_error(storage: str, exc: Exception) -> UserError:
+    """One line for a storage Optuna could not open: SQLAlchemy's message has a second line
+    (a link to its docs) and names its exception class first."""
+    text = re.sub(r"^\([\w.]+\)\s*", "", str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return UserError(f"--storage {storage}: {text.rstrip('.')}; give a database URL Optuna can open, e.g. "
+                     "sqlite:///tune.db (in a writable folder that exists)")
+
+
 def open_study(name: str, storage: str, seed: int):
     """The study `name` in `storage` (made if new), its sampler seeded past the trials it holds:
     a resumed study draws new values (seeded alike, it drew the first trials' again)."""
@@ -145,14 +155,14 @@ def open_study(name: str, storage: str, seed: int):
     except KeyError:  # no such study yet
         held = 0
     except Exception as exc:  # a bad URL, an unreachable or unwritable database
-        raise UserError(f"--storage {storage}: {exc}") from None
+        raise storage_error(storage, exc) from None
     try:
         return optuna.create_study(
             study_name=name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed + held),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     except Exception as exc:
-        raise UserError(f"--storage {storage}: {exc}") from None
+        raise storage_error(storage, exc) from None
 
 
 def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_name: str | None,
@@ -173,6 +183,9 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     given, out = out is not None, Path(out) if out else root / "best.toml"
     if out.exists() and out.resolve() == Path(config).resolve():
         raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
+    if out.is_dir():
+        raise UserError(f"-o {out} is a folder; name the file for the best config, e.g. {out / 'best.toml'}")
+    check_writable(out.parent, out)  # before any trial trains, not after all of them
     # (the default, in the run dir, is guarded by `claim_run_dir`)
     if given and out.exists() and not overwrite and not _written_by(out, study_name):
         raise UserError(f"-o {out} exists and is not this study's best config; use --overwrite to "
@@ -200,11 +213,8 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     best = study.best_trial
     best_cfg = suggest(optuna.trial.FixedTrial(best.params), cfg)
     best_cfg.train.steps = cfg.train.steps  # the recipe's length, not a trial's (tune.trial_steps)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(f"{BEST_HEADER.format(study_name)} ({len(complete)} complete trials): trial "
-                   f"{best.number}, val PSNR {best.value:.3f} dB\n" + config_mod.to_toml(best_cfg))
-    os.replace(tmp, out)
+    atomic_write_bytes(out, (f"{BEST_HEADER.format(study_name)} ({len(complete)} complete trials): trial "
+                             f"{best.number}, val PSNR {best.value:.3f} dB\n" + config_mod.to_toml(best_cfg)).encode())
     return Best(number=best.number, value=best.value, params=best.params, path=out)
 
 
@@ -229,7 +239,9 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
 
         try:
             rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
-                            config_text=config_mod.to_toml(c), on_validate=on_validate)
+                            config_text=config_mod.to_toml(c), on_validate=on_validate,
+                            continue_hint="the same tune command continues the study, this trial "
+                                          "again from its start")
         except loop.Diverged as exc:  # a search's lr range may reach where training diverges
             print(f"trial {trial.number}: pruned, it diverged ({format_params(trial.params)}): "
                   f"{str(exc).split(';')[0]}", file=sys.stderr)
