@@ -5,27 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
-from .options import add_output_option, count_or_all, path_text
+from ..runtime.kinds import BACKENDS
+from .options import add_output_option, add_overwrite_option, add_untrained_option, count_or_all, path_text, thread_count_or_default
 
 
 def run(args: argparse.Namespace) -> int:
     from ..studies.codec_study import bd_summary, merge_studies, run_study
-    out = Path(args.out).resolve()
-    for item in args.inputs:  # its summary, tables and plots would be read as pictures next time
-        folder = Path(item).resolve()
-        if folder.is_dir() and (out == folder or folder in out.parents):
-            raise UserError(f"-o {args.out} lies in the input folder {item}: name a folder outside it")
-    if not args.merge:
+    # the inputs and -o are checked by the library, before any model loads
+    if args.merge:
+        results = merge_studies(args.inputs, args.out, vs=args.vs, title=args.title,
+                                overwrite=args.overwrite)
+    else:
         from ..inference.load import check_device
         check_device(args.device, args.backend)
-    if args.merge:
-        results = merge_studies(args.inputs, args.out, vs=args.vs, title=args.title)
-    else:
         results = run_study(args.inputs, args.out, codecs=args.codecs, pipelines=args.pipeline,
                             scale=args.scale, ladders=args.ladder, max_images=args.max_images,
                             max_frames=args.max_frames, backend=args.backend, device=args.device,
-                            threads=args.threads, title=args.title, vs=args.vs)
+                            threads=args.threads, title=args.title, vs=args.vs,
+                            overwrite=args.overwrite, allow_untrained=args.allow_untrained)
     print(bd_summary(results, Path(args.out)))
     return 0
 
@@ -48,11 +45,12 @@ def register(sub) -> None:
                    help="rate points of a codec: qualities (images) or CRFs (video); default: "
                         + "; ".join(f"{c.name} {','.join(map(str, c.ladder))}" for c in CODECS.values()))
     p.add_argument("--max-images", type=count_or_all, default=0, help="use N images per folder, evenly spaced (default 0: all)")
-    p.add_argument("--max-frames", type=count_or_all, default=0, help="use the first N frames of each clip (default 0: all)")
-    p.add_argument("--backend", default="torch", help="runtime of the model upscalers: torch, "
+    p.add_argument("--max-frames", type=count_or_all, default=0,
+                   help="use the first N frames of each clip (default 0: all, if they fit in the free memory)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="runtime of the model upscalers: torch, "
                                                       "onnxruntime or openvino (default torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=count_or_all, default=0, help="torch threads and encoder threads (0: default)")
+    p.add_argument("--threads", type=thread_count_or_default, default=0, help="torch threads and encoder threads (0: default)")
     p.add_argument("--title", default="", help="title of summary.md (default: none)")
     p.add_argument("--vs", action="append", metavar="TEST:ANCHOR",
                    help="also the BD-rate of pipeline TEST against pipeline ANCHOR (repeatable; default: none), e.g. "
@@ -60,4 +58,6 @@ def register(sub) -> None:
     p.add_argument("--merge", action="store_true",
                    help="IN are earlier -o folders (or their study.json): analyse their points "
                         "together, e.g. a folder split over several processes or machines")
+    add_overwrite_option(p, help="replace the outputs of an earlier study in -o (default: refuse)")
+    add_untrained_option(p)
     p.set_defaults(func=run)

@@ -9,6 +9,8 @@ downscaler works on Y like its upscaler: RGB -> YCbCr (BT.601), the network on Y
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -63,10 +65,28 @@ class LearnedDownscaler(Downscaler):
         return quantize(self(to_tensor(hr, self.device))).to(device or self.device)
 
 
-def load_downscaler(spec: str, *, scale: float, device: str = "cpu") -> Downscaler:
-    """"bicubic" at `scale`, or a joint model (registered name or checkpoint) of that scale."""
+def check_trained_downscaler(spec: str, allow_untrained: bool = False) -> None:
+    """A registered joint model without trained weights is refused unless `allow_untrained`
+    (or $UPSAMPLE_ALLOW_UNTRAINED=1), as `load.check_trained` refuses such an upscaler: its
+    random downscaler would make the study's LR pictures."""
+    from ..models import registry
+    if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
+        return
+    if not registry.is_registered(spec) or registry.weights_path(spec) is not None:
+        return
+    LearnedDownscaler(registry.create_model(spec), spec)  # a model with no downscaler says so first
+    raise UserError(f"{spec} has no trained weights: give a checkpoint of it trained with `upsample "
+                    "train` (e.g. from configs/joint-x2.toml), or use bicubic; --allow-untrained runs "
+                    "its untrained weights, for timing only")
+
+
+def load_downscaler(spec: str, *, scale: float, device: str = "cpu",
+                    allow_untrained: bool = False) -> Downscaler:
+    """"bicubic" at `scale`, or a joint model (registered name or checkpoint) of that scale; a
+    registered one without trained weights only with `allow_untrained`."""
     if spec == "bicubic":
         return Downscaler(scale, device)
+    check_trained_downscaler(spec, allow_untrained)
     from .load import resolve_model
     model, name = resolve_model(spec)
     down = LearnedDownscaler(model, name, device)

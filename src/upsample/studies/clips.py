@@ -5,12 +5,14 @@ images (Urban100, B100): a window of --size moves over the image (pan), grows fr
 size to the widest view the image allows or shrinks back (zoom), or both, with smooth (ease in,
 ease out) motion. Zoomed frames are resized with `degrade.imresize`. The clip is lossless
 (libx264rgb at qp 0, RGB kept bit for bit; FFV1 where that encoder is missing), so a codec study
-measures every codec against exactly these frames. Written under a temporary name, then renamed.
+measures every codec against exactly these frames. Written under a temporary name, then renamed;
+each frame is encoded as it is made (never all held), with progress shown.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import torch
 
 from ..data.degrade import array_to_uint8, imresize
 from ..errors import UserError
+from ..inference.batch import check_writable
 from ..media.imageio import atomic_write, check_new_file, read_rgb
+from ..media.progress import progress_bar
 
 MOTIONS = ("pan", "zoom", "panzoom")
 
@@ -39,10 +43,11 @@ def _ease(t: float) -> float:
     return t * t * (3.0 - 2.0 * t)
 
 
-def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> list[np.ndarray]:
-    """n uint8 RGB frames of size (w, h) moving over `img` (HWC uint8)."""
+def check_room(shape: tuple[int, ...], size: tuple[int, int], motion: str) -> float:
+    """A UserError unless an image of `shape` (HWC) leaves room for `motion` at `size`;
+    returns the widest zoom (the image's view with the clip's aspect, in clip sizes)."""
     w, h = size
-    ih, iw = img.shape[:2]
+    ih, iw = shape[:2]
     if iw < w or ih < h:
         raise UserError(f"the image is {iw}x{ih}, smaller than the clip's {w}x{h}: use a larger "
                         "image (Urban100) or a smaller --size")
@@ -53,32 +58,43 @@ def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> 
     if motion in ("zoom", "panzoom") and zmax < 1.05:
         raise UserError(f"the image ({iw}x{ih}) leaves no room to zoom at {w}x{h}: use pan or a "
                         "smaller --size")
-    frames = []
-    for i in range(n):
-        t = _ease(i / max(n - 1, 1))
-        z = 1.0
-        if motion == "zoom":
-            z = zmax - (zmax - 1.0) * t           # zoom in: wide view -> native pixels
-        elif motion == "panzoom":
-            z = 1.0 + (min(zmax, 2.0) - 1.0) * math.sin(math.pi * t) * 0.5  # out and back in
-        bw, bh = min(iw, int(round(w * z))), min(ih, int(round(h * z)))
-        if motion == "zoom":
-            cx, cy = iw / 2.0, ih / 2.0
-        else:  # pan along the diagonal, top-left to bottom-right
-            cx = bw / 2.0 + (iw - bw) * t
-            cy = bh / 2.0 + (ih - bh) * (0.25 + 0.5 * t)
-        x0 = int(round(min(max(cx - bw / 2.0, 0), iw - bw)))
-        y0 = int(round(min(max(cy - bh / 2.0, 0), ih - bh)))
-        box = img[y0:y0 + bh, x0:x0 + bw]
-        if (bw, bh) != (w, h):
-            x = torch.from_numpy(np.array(box)).permute(2, 0, 1)[None].double() / 255.0
-            box = array_to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
-        frames.append(np.ascontiguousarray(box))
-    return frames
+    return zmax
 
 
-def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
-    """Write RGB frames losslessly; returns the encoder used."""
+def clip_frame(img: np.ndarray, size: tuple[int, int], t: float, motion: str, zmax: float) -> np.ndarray:
+    """The frame at eased time `t` (0..1) of `motion` over `img`, uint8 RGB of size (w, h)."""
+    w, h = size
+    ih, iw = img.shape[:2]
+    z = 1.0
+    if motion == "zoom":
+        z = zmax - (zmax - 1.0) * t           # zoom in: wide view -> native pixels
+    elif motion == "panzoom":
+        z = 1.0 + (min(zmax, 2.0) - 1.0) * math.sin(math.pi * t) * 0.5  # out and back in
+    bw, bh = min(iw, int(round(w * z))), min(ih, int(round(h * z)))
+    if motion == "zoom":
+        cx, cy = iw / 2.0, ih / 2.0
+    else:  # pan along the diagonal, top-left to bottom-right
+        cx = bw / 2.0 + (iw - bw) * t
+        cy = bh / 2.0 + (ih - bh) * (0.25 + 0.5 * t)
+    x0 = int(round(min(max(cx - bw / 2.0, 0), iw - bw)))
+    y0 = int(round(min(max(cy - bh / 2.0, 0), ih - bh)))
+    box = img[y0:y0 + bh, x0:x0 + bw]
+    if (bw, bh) != (w, h):
+        x = torch.from_numpy(np.array(box)).permute(2, 0, 1)[None].double() / 255.0
+        box = array_to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
+    return np.ascontiguousarray(box)
+
+
+def clip_frames(img: np.ndarray, size: tuple[int, int], n: int, motion: str) -> Iterator[np.ndarray]:
+    """n uint8 RGB frames of size (w, h) moving over `img` (HWC uint8), made one at a time as
+    they are taken (a minute of 1080p is 11 GB held at once); the room is checked at once."""
+    zmax = check_room(img.shape, size, motion)
+    return (clip_frame(img, size, _ease(i / max(n - 1, 1)), motion, zmax) for i in range(n))
+
+
+def write_lossless(frames: Iterable[np.ndarray], path: Path, fps: Fraction, size: tuple[int, int]) -> str:
+    """Write RGB frames of `size` (w, h) losslessly, each encoded as it comes; returns the
+    encoder used."""
     import av
     if "libx264rgb" in av.codecs_available:
         enc, fmt, opts = "libx264rgb", "rgb24", {"qp": "0", "preset": "veryfast"}
@@ -86,7 +102,7 @@ def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
         enc, fmt, opts = "ffv1", "bgr0", {}
     else:
         raise UserError("no lossless RGB encoder (libx264rgb) here: write a .mkv (FFV1)")
-    h, w = frames[0].shape[:2]
+    w, h = size
     container = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}[path.suffix.lower()]
 
     def write(tmp: str) -> None:
@@ -106,6 +122,22 @@ def write_lossless(frames: list[np.ndarray], path: Path, fps: Fraction) -> str:
     return enc
 
 
+def _counted(items: Iterable, total: int, desc: str) -> Iterator:
+    """`items` on a progress bar of `total` (a bar on a terminal, lines in a log)."""
+    bar = progress_bar(total, True, desc=desc, unit="frame")
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _check_source(image: str) -> None:
+    if Path(image).is_dir():
+        raise UserError(f"{image} is a folder: give one large image file (e.g. an Urban100 image)")
+
+
 def make_clip(image: str, output: str, *, size: str = "512x288", seconds: float = 3.0,
               fps: str = "25", motion: str = "pan", overwrite: bool = False) -> str:
     """Write the clip of `motion` over `image` to `output` (an existing one only with
@@ -122,11 +154,13 @@ def make_clip(image: str, output: str, *, size: str = "512x288", seconds: float 
     out = Path(output)
     if out.suffix.lower() not in (".mkv", ".mp4", ".mov"):
         raise UserError(f"-o {out}: use a .mkv, .mp4 or .mov file name")
+    _check_source(image)
     check_new_file(out, overwrite=overwrite, inputs=[image])
+    check_writable(out.parent, out)  # before the frames are made, not after
     n = int(round(seconds * rate))
     if n < 2:
         raise UserError(f"--seconds {seconds:g} at {float(rate):g} fps is {n} frame(s); a clip needs at least 2")
     frames = clip_frames(read_rgb(image), wh, n, motion)
-    enc = write_lossless(frames, out, rate)
+    enc = write_lossless(_counted(frames, n, out.name), out, rate, wh)
     return (f"{out}: {n} frames of {wh[0]}x{wh[1]} at {float(rate):g} fps ({float(n / rate):.2f} s, "
             f"{motion}), lossless {enc}, {out.stat().st_size / 1e6:.1f} MB")

@@ -157,26 +157,96 @@ def decode_video(data: bytes) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def read_frames(path, max_frames: int = 0) -> tuple[list[np.ndarray], Fraction]:
-    """A clip's frames as uint8 RGB arrays and its frame rate (UserError for a bad file)."""
+@dataclass(frozen=True)
+class ClipInfo:
+    """What a clip's header tells: its frame size and frame count (None: not told)."""
+    width: int
+    height: int
+    frames: int | None
+
+
+def _still_image(path) -> UserError:
+    return UserError(f"{path} is a still image, not a video clip: put it in an image folder to study "
+                     "it with an image codec (jpeg, webp, avif, png)")
+
+
+def probe_clip(path) -> ClipInfo:
+    """A clip's header, read before any work: a UserError for a file that cannot be read, is no
+    video, or is a still picture (FFmpeg opens a PNG, whatever its name, as a one-frame video)."""
+    from pathlib import Path
+
+    from ..media.animation import image_frame_count
+    from ..media.video import STILL_IMAGE_FORMATS, frame_count, main_video_stream, open_input
+    path = Path(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:  # open_input would call it "not a video file, or damaged"
+        raise UserError(f"cannot read {path}: permission denied (check the file's owner and mode)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if image_frame_count(path) == 1:
+        raise _still_image(path)
+    container = open_input(path)
+    try:
+        if container.format.name in STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
+            raise _still_image(path)
+        vin = main_video_stream(container)
+        return ClipInfo(vin.codec_context.width, vin.codec_context.height, frame_count(container))
+    finally:
+        container.close()
+
+
+def _decode_frames(container, vin, path, max_frames: int, limit: int) -> tuple[list[np.ndarray], int]:
+    """(the frames, the damaged packets skipped): a damaged packet loses its frame, and decoding
+    goes on at the next key frame, as FFmpeg (and `upsample video`) does."""
+    import av
+    frames, damaged = [], 0
+    for packet in container.demux(vin):
+        try:
+            decoded = packet.decode()
+        except av.InvalidDataError:
+            damaged += 1
+            continue
+        for f in decoded:
+            frames.append(f.to_ndarray(format="rgb24"))
+            if limit and len(frames) > limit:
+                raise UserError(f"{path} has more than {limit} frames, more than the free memory holds "
+                                f"while they are studied: pass --max-frames {limit} (or fewer)")
+            if max_frames and len(frames) >= max_frames:
+                return frames, damaged
+    return frames, damaged
+
+
+def read_frames(path, max_frames: int = 0, *, limit: int = 0) -> tuple[list[np.ndarray], Fraction]:
+    """A clip's first `max_frames` frames (0: all) as uint8 RGB arrays, and its frame rate. A
+    UserError for a bad file, or past `limit` frames (0: none; the memory they may take); a note
+    for damaged packets and for a clip that ends before the frames its header announces."""
+    import sys
     from pathlib import Path
 
     import av
 
-    from ..media.video import main_video_stream, open_input
+    from ..media.video import frame_count, main_video_stream, open_input
     container = open_input(Path(path))
     try:
         vin = main_video_stream(container)
         fps = Fraction(vin.average_rate or vin.guessed_rate or 25)
-        frames = []
-        for f in container.decode(vin):
-            frames.append(f.to_ndarray(format="rgb24"))
-            if max_frames and len(frames) >= max_frames:
-                break
+        announced, exact = frame_count(container), bool(vin.frames)
+        frames, damaged = _decode_frames(container, vin, path, max_frames, limit)
     except av.FFmpegError as exc:
         raise UserError(f"cannot decode {path}: {exc}") from None
     finally:
         container.close()
     if not frames:
         raise UserError(f"{path}: no decodable video frame")
+    if damaged:
+        print(f"note: {path}: {damaged} damaged packet(s) could not be decoded and were skipped "
+              "(their frames are missing from the study)", file=sys.stderr)
+    # a count from the duration may be one off; one from the header is exact
+    short = announced and len(frames) < announced - (0 if exact else 1)
+    if short and not (max_frames and len(frames) >= max_frames):
+        print(f"note: {path}: {len(frames)} of the {announced} frames its header announces could be "
+              f"decoded; the file is cut short or damaged (the study uses these {len(frames)})",
+              file=sys.stderr)
     return frames, fps

@@ -34,20 +34,23 @@ import numpy as np
 import torch
 
 from ..evaluation import metrics
-from .codec import CODECS, Codec, decode_image, decode_video, encode_image, encode_video, get_codec, parse_ladder, read_frames
+from .codec import (CODECS, ClipInfo, Codec, decode_image, decode_video, encode_image, encode_video, get_codec,
+                    parse_ladder, probe_clip, read_frames)
+from .study_files import check_study_output, read_study
 from ..data.prepare import is_video_path
 from ..inference.downscale import Downscaler, load_downscaler
 from ..errors import UserError
 from ..data.degrade import modcrop, scale_period
 from ..data.colour import to_tensor, to_uint8
 from ..media.progress import track
-from ..media.imageio import atomic_write, list_images, read_rgb
+from ..media.imageio import atomic_write, list_images, open_image, read_rgb
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
 from ..runtime.hardware import hardware_name
-from ..runtime.kinds import Backend
+from ..runtime.kinds import BACKENDS, Backend
 
 FULL = "full"  # the anchor pipeline's label
+SSIM_WINDOW = 11  # `metrics.ssim`'s Gaussian window: the least side left after the border cut
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Source:
     kind: str               # "image" or "video"
     paths: list[Path]
     fps: float = 0.0
+    clip: ClipInfo | None = None  # a clip's header
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -473,7 +477,49 @@ def parse_pairs(items: list[str] | None, labels: list[str]) -> list[list[str]]:
     return pairs
 
 
-def collect_sources(inputs: list[str], max_images: int) -> list[Source]:
+def least_side(scale: float, multiple: int) -> int:
+    """The least picture side a study at `scale` measures: cropped to a multiple of `multiple`
+    (the scale's period; twice it for 4:2:0 clips), SSIM's window is left after the border cut."""
+    need = SSIM_WINDOW + 2 * math.ceil(scale)
+    return -(-need // multiple) * multiple
+
+
+def _too_small(scale: float, multiple: int) -> str:
+    least = least_side(scale, multiple)
+    return (f"smaller than {least}x{least}, the least a x{scale:g} study measures (SSIM's "
+            f"{SSIM_WINDOW}x{SSIM_WINDOW} window after the {math.ceil(scale)} px border cut)")
+
+
+def check_size(what, width: int, height: int, scale: float, multiple: int) -> None:
+    """A UserError for a picture or clip frame of `width` x `height` too small to measure."""
+    if min(width, height) < least_side(scale, multiple):
+        raise UserError(f"{what} is {width}x{height}, {_too_small(scale, multiple)}: use larger pictures")
+
+
+def usable_images(folder: Path, images: list[Path], scale: float) -> list[Path]:
+    """The images of a folder large enough to measure (their headers read, not their pixels); a
+    note names those left out, as a folder's odd thumbnail should not stop a study, and a
+    UserError when none is left."""
+    multiple = scale_period(scale)[0]
+    kept, small = [], []
+    for p in images:
+        with open_image(p, decode=False) as img:
+            w, h = img.size
+        if min(w, h) < least_side(scale, multiple):
+            small.append(f"{p.name} ({w}x{h})")
+        else:
+            kept.append(p)
+    listed = ", ".join(small[:3]) + (f" and {len(small) - 3} more" if len(small) > 3 else "")
+    if not kept:
+        raise UserError(f"{folder}: every image is {_too_small(scale, multiple)}: {listed}; use larger pictures")
+    if small:
+        print(f"note: {folder}: skipped {len(small)} image(s) {_too_small(scale, multiple)}: {listed}",
+              file=sys.stderr)
+    return kept
+
+
+def collect_sources(inputs: list[str], max_images: int, scale: float) -> list[Source]:
+    """The inputs as sources, their images' and clips' headers checked before any work."""
     sources, names = [], set()
     for text in inputs:
         path = Path(text)
@@ -481,12 +527,15 @@ def collect_sources(inputs: list[str], max_images: int) -> list[Source]:
             images, _ = list_images(path)
             if not images:
                 raise UserError(f"no images in {path}")
+            images = usable_images(path, images, scale)
             if max_images and len(images) > max_images:  # evenly spaced in name order
                 idx = np.unique(np.linspace(0, len(images) - 1, max_images).round().astype(int))
                 images = [images[i] for i in idx]
             src = Source(path.resolve().name, "image", images)
         elif path.is_file() and is_video_path(path):
-            src = Source(path.stem, "video", [path])
+            clip = probe_clip(path)
+            check_size(f"{path}: its frame", clip.width, clip.height, scale, 2 * scale_period(scale)[0])
+            src = Source(path.stem, "video", [path], clip=clip)
         elif not path.exists():
             raise UserError(f"input not found: {path}")
         else:
@@ -500,9 +549,10 @@ def collect_sources(inputs: list[str], max_images: int) -> list[Source]:
 
 def study_command(inputs: list[str], out: str, *, scale: str, codecs: list[str],
                   pipelines: list[str] | None, ladders: list[str] | None, vs: list[str] | None,
-                  max_images: int, max_frames: int, threads: int, backend: str, title: str) -> str:
+                  max_images: int, max_frames: int, threads: int, backend: str, title: str,
+                  allow_untrained: bool = False) -> str:
     """The `upsample codec-study` command line of a run, recorded in its outputs."""
-    parts = ["upsample", "codec-study", *inputs, "--out", out, "--scale", f"{scale}",
+    parts = ["upsample", "codec-study", *inputs, "-o", out, "--scale", f"{scale}",
              "--codecs", *codecs]
     for p in pipelines or []:
         parts += ["--pipeline", p]
@@ -517,7 +567,7 @@ def study_command(inputs: list[str], out: str, *, scale: str, codecs: list[str],
         parts += ["--backend", backend]
     if title:
         parts += ["--title", title]
-    return shlex.join(parts)
+    return shlex.join(parts + (["--allow-untrained"] if allow_untrained else []))
 
 
 def parse_ladders(codecs: list[Codec], items: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -527,6 +577,10 @@ def parse_ladders(codecs: list[Codec], items: list[str] | None) -> dict[str, tup
         name, sep, values = item.partition("=")
         if not sep or name not in CODECS:
             raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}")
+        if not values.replace(",", "").strip():  # parse_ladder reads "" as the default ladder
+            raise UserError(f"--ladder {item}: an empty ladder; give rate points such as {name}="
+                            f"{','.join(map(str, CODECS[name].ladder[:3]))}, or leave --ladder {name} out "
+                            "for the default")
         ladders[name] = values
     for name in ladders:
         if name not in [c.name for c in codecs]:
@@ -554,14 +608,16 @@ def upscaler_backend(up_spec: str, backend: str) -> str:
 
 
 def load_pipelines(specs: list[tuple[str, str, str]], scale: float, backend: str,
-                   device: str) -> list[Pipeline]:
-    """The (label, down, up) specs loaded; pipelines with one downscaler share it."""
+                   device: str, allow_untrained: bool = False) -> list[Pipeline]:
+    """The (label, down, up) specs loaded; pipelines with one downscaler share it. Registered
+    models without trained weights, down or up, only with `allow_untrained`."""
     downs: dict[str, Downscaler] = {}
     pipelines = []
     for label, d, u in specs:
         if d not in downs:
-            downs[d] = load_downscaler(d, scale=scale, device=device)
-        up = load_upscaler(u, scale=scale, backend=upscaler_backend(u, backend), device=device)
+            downs[d] = load_downscaler(d, scale=scale, device=device, allow_untrained=allow_untrained)
+        up = load_upscaler(u, scale=scale, backend=upscaler_backend(u, backend), device=device,
+                           allow_untrained=allow_untrained)
         if abs(up.scale - scale) > 1e-9:
             raise UserError(f"pipeline {label}: {u} upscales x{up.scale:g}, not x{scale:g}")
         pipelines.append(Pipeline(label, downs[d], up))
@@ -573,7 +629,9 @@ def measure_image_source(src: Source, codecs: list[Codec], ladders: dict, pipeli
     """The points of every image of a folder, for each image codec."""
     points = []
     for path in track(src.paths, True, desc=src.name, unit="image"):
-        hr = modcrop(read_rgb(path), scale)
+        img = read_rgb(path)
+        check_size(path, img.shape[1], img.shape[0], scale, scale_period(scale)[0])
+        hr = modcrop(img, scale)
         for c in (c for c in codecs if c.kind == "image"):
             for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):
                 points.append({"source": src.name, "item": path.name, "codec": c.name, **pt})
@@ -582,10 +640,12 @@ def measure_image_source(src: Source, codecs: list[Codec], ladders: dict, pipeli
 
 def measure_clip_source(src: Source, codecs: list[Codec], ladders: dict, pipelines: list[Pipeline],
                         scale: float, border: int, max_frames: int,
-                        threads: int) -> tuple[list[dict], dict]:
-    """The points of a clip for each video codec, and the clip's entry of the study's sources."""
-    frames, fps = read_frames(src.paths[0], max_frames)
+                        threads: int, limit: int = 0) -> tuple[list[dict], dict]:
+    """The points of a clip for each video codec, and the clip's entry of the study's sources
+    (`limit`: the most frames the free memory holds, for a clip that does not tell its count)."""
+    frames, fps = read_frames(src.paths[0], max_frames, limit=limit)
     m = 2 * scale_period(scale)[0]  # 4:2:0 needs even sizes at both resolutions
+    check_size(f"{src.paths[0]}: its frame", frames[0].shape[1], frames[0].shape[0], scale, m)
     h, w = frames[0].shape[0] // m * m, frames[0].shape[1] // m * m
     frames = [np.ascontiguousarray(f[:h, :w]) for f in frames]
     info = {"name": src.name, "kind": "video", "path": str(src.paths[0]),
@@ -600,9 +660,9 @@ def measure_clip_source(src: Source, codecs: list[Codec], ladders: dict, pipelin
 
 def measure_sources(sources: list[Source], inputs: list[str], codecs: list[Codec], ladders: dict,
                     pipelines: list[Pipeline], scale: float, border: int, *, max_frames: int,
-                    threads: int) -> tuple[list[dict], list[dict]]:
+                    threads: int, limits: dict | None = None) -> tuple[list[dict], list[dict]]:
     """Every point of every source (`inputs` are the paths they came from, in order), and the
-    study's description of each source."""
+    study's description of each source (`limits`: `clip_frame_limits`)."""
     points, source_info = [], []
     for src, text in zip(sources, inputs):
         if src.kind == "image":
@@ -611,42 +671,76 @@ def measure_sources(sources: list[Source], inputs: list[str], codecs: list[Codec
             points += measure_image_source(src, codecs, ladders, pipelines, scale, border)
         else:
             clip_points, info = measure_clip_source(src, codecs, ladders, pipelines, scale, border,
-                                                    max_frames, threads)
+                                                    max_frames, threads, (limits or {}).get(src.name, 0))
             source_info.append(info)
             points += clip_points
     return points, source_info
 
 
-def run_study(inputs: list[str], out: str, *, codecs: list[str], pipelines: list[str] | None = None,
-              scale: str = "2", ladders: list[str] | None = None, max_images: int = 0,
-              max_frames: int = 0, backend: str = "torch", device: str = "cpu", threads: int = 0,
-              title: str = "", vs: list[str] | None = None) -> list[dict]:
-    """Measure, analyse and write a study of `inputs` into `out` (the options are those of
-    `upsample codec-study`, as text); returns the analysis results (`analyse`)."""
+def clip_frame_limits(sources: list[Source], max_frames: int, downs: int, scale: float) -> dict[str, int]:
+    """Before any model loads: a UserError for a clip whose frames (as many as its header tells,
+    or --max-frames) outgrow the free memory while studied - they are held with one LR per
+    downscaler, their decoded copies at a rate point and one upscaled output, about
+    3 + 2 x downs / scale^2 copies. Returns, for clips that do not tell their count, the most
+    frames that fit (for `read_frames` to stop at); 0 for the others."""
+    from ..inference.memory import free_memory
+    free = free_memory(torch.device("cpu"))
+    limits = {}
+    for src in (s for s in sources if s.kind == "video"):
+        w, h = src.clip.width, src.clip.height
+        per_frame = w * h * 3 * (3 + 2 * downs / scale ** 2)
+        fit = max(int(free // per_frame), 1)
+        wanted = min((v for v in (max_frames, src.clip.frames) if v), default=0)
+        if wanted > fit:
+            raise UserError(f"{src.paths[0]}: {wanted} frames of {w}x{h} take about "
+                            f"{wanted * per_frame / 1e9:.1f} GB while studied, more than the "
+                            f"{free / 1e9:.1f} GB of free memory: pass --max-frames {fit} (or fewer)")
+        limits[src.name] = 0 if wanted else fit
+    return limits
+
+
+def check_options(backend: str, scale: str, codecs: list[str]) -> float:
+    """The options checked before any file is read; returns the scale."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     factor = check_scale(scale)
     if factor <= 1:
         raise UserError(f"--scale must be > 1 (the down-up factor), got {scale}")
     if not codecs:
         raise UserError("--codecs: name at least one codec: " + ", ".join(CODECS))
+    return factor
+
+
+def run_study(inputs: list[str], out: str, *, codecs: list[str], pipelines: list[str] | None = None,
+              scale: str = "2", ladders: list[str] | None = None, max_images: int = 0,
+              max_frames: int = 0, backend: str = "torch", device: str = "cpu", threads: int = 0,
+              title: str = "", vs: list[str] | None = None, overwrite: bool = False,
+              allow_untrained: bool = False) -> list[dict]:
+    """Measure, analyse and write a study of `inputs` into `out` (the options are those of
+    `upsample codec-study`, as text); returns the analysis results (`analyse`). Options, inputs
+    and the output folder are checked before any model loads."""
+    factor = check_options(backend, scale, codecs)
     used = [get_codec(c) for c in dict.fromkeys(codecs)]
     rate_points = parse_ladders(used, ladders)
-    sources = collect_sources(inputs, max_images)
+    check_study_output(Path(out), inputs, overwrite=overwrite)
+    sources = collect_sources(inputs, max_images, factor)
     check_codecs_fit_sources(used, sources)
     specs = [parse_pipeline(p) for p in (pipelines or ["bicubic:bicubic"])]
     if len({lab for lab, _, _ in specs}) != len(specs):
         raise UserError("--pipeline labels must differ; name them LABEL=DOWN:UP")
     pairs = parse_pairs(vs, [lab for lab, _, _ in specs])
+    limits = clip_frame_limits(sources, max_frames, len({d for _, d, _ in specs}), factor)
     if threads:
         torch.set_num_threads(threads)
     # full fp32 on CUDA too (cuDNN convolutions default to TF32), as `upsample eval`
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    loaded = load_pipelines(specs, factor, backend, device)
+    loaded = load_pipelines(specs, factor, backend, device, allow_untrained)
     border = int(math.ceil(factor))
     points, source_info = measure_sources(sources, inputs, used, rate_points, loaded, factor, border,
-                                          max_frames=max_frames, threads=threads)
+                                          max_frames=max_frames, threads=threads, limits=limits)
     command = study_command(inputs, out, scale=scale, codecs=codecs, pipelines=pipelines,
                             ladders=ladders, vs=vs, max_images=max_images, max_frames=max_frames,
-                            threads=threads, backend=backend, title=title)
+                            threads=threads, backend=backend, title=title, allow_untrained=allow_untrained)
     study = {"title": title or ", ".join(s["name"] for s in source_info), "command": command,
              "scale": factor, "border": border, "sources": source_info,
              "pipelines": [{"label": lab, "down": d, "up": u, "backend": upscaler_backend(u, backend)}
@@ -687,16 +781,11 @@ def bd_summary(results: list[dict], out: Path) -> str:
 
 
 def merge_studies(inputs: list[str], out: str, *, vs: list[str] | None = None,
-                  title: str = "") -> list[dict]:
+                  title: str = "", overwrite: bool = False) -> list[dict]:
     """Re-analyse the points of earlier runs together (e.g. one folder split over processes):
     `inputs` are their --out folders or study.json files; returns the analysis results."""
-    studies = []
-    for d in inputs:
-        f = Path(d) / "study.json" if Path(d).is_dir() else Path(d)
-        try:
-            studies.append(json.loads(f.read_text()))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--merge: cannot read {f}: {exc}") from None
+    check_study_output(Path(out), inputs, overwrite=overwrite)
+    studies = [read_study(d) for d in inputs]
     first = studies[0]
     ladders: dict[str, list] = {}
     for st in studies:
