@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import av
 import pytest
 from PIL import Image
 
@@ -205,7 +206,7 @@ def test_small_option_and_input_mistakes_are_one_line(tmp_path, capsys, monkeypa
     clip.write_bytes(b"\0" * 64)
 
     def denied(path, *a, **k):
-        raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(codec, "open", denied, raising=False)  # root reads every file
+        raise av.error.PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(av, "open", denied)  # root reads every file
     refused(capsys, ["codec-study", str(clip), "--codecs", "x264", "-o", str(tmp_path / "o")],
             "cannot read " + str(clip) + ": permission denied")

@@ -271,3 +271,21 @@ def test_bench_table_columns_line_up_with_a_long_label():
     header, *rows = format_report(report).splitlines()[1:]
     end = header.index("ms/frame") + len("ms/frame")  # the right edge of the column
     assert [row.index(" 1.0 ") + len(" 1.0") for row in rows] == [end, end]
+
+
+def test_video_input_that_is_a_folder_or_unreadable_is_one_line(tmp_path, capsys, monkeypatch):
+    """`upsample video FOLDER` and an unreadable clip were "not a video file, or it is damaged"."""
+    import av
+    (tmp_path / "clips").mkdir()
+    assert cli.main(["video", str(tmp_path / "clips"), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic",
+                     "--scale", "2"]) != 0
+    assert "is a folder, not a video file" in capsys.readouterr().err
+    clip = tmp_path / "locked.mp4"
+    clip.write_bytes(b"\0" * 64)
+
+    def denied(path, *a, **k):
+        raise av.error.PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(av, "open", denied)  # root reads every file
+    assert cli.main(["video", str(clip), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic", "--scale", "2"]) != 0
+    err = capsys.readouterr().err
+    assert f"cannot read {clip}: permission denied" in err and "damaged" not in err

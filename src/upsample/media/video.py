@@ -143,8 +143,12 @@ def open_input(path: Path):
     """The container of a video file with a decodable video stream, else a UserError."""
     if not path.exists():
         raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a video file; name one video")
     try:
         container = av.open(str(path))
+    except PermissionError:
+        raise UserError(f"cannot read {path}: permission denied (check the file's owner and mode)") from None
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise UserError(f"cannot read {path}: not a video file, or it is damaged ({exc})") from None
     if not container.streams.video:

@@ -178,16 +178,10 @@ def probe_clip(path) -> ClipInfo:
     from ..media.animation import image_frame_count
     from ..media.video import STILL_IMAGE_FORMATS, frame_count, main_video_stream, open_input
     path = Path(path)
-    try:
-        with open(path, "rb"):
-            pass
-    except PermissionError:  # open_input would call it "not a video file, or damaged"
-        raise UserError(f"cannot read {path}: permission denied (check the file's owner and mode)") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    container = open_input(path)  # first: it says what is wrong with a file it cannot read
     if image_frame_count(path) == 1:
+        container.close()
         raise _still_image(path)
-    container = open_input(path)
     try:
         if container.format.name in STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
             raise _still_image(path)
