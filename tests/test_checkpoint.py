@@ -317,3 +317,120 @@ def test_a_model_of_other_channel_counts_is_refused_at_load(tmp_path):
     torch.save({"params_ema": rgba.state_dict()}, tmp_path / "rgba.pth")
     with pytest.raises(UserError, match="4 input and 4 output channels; upsample runs models of 1"):
         load_checkpoint(tmp_path / "rgba.pth")
+
+
+# ------------------------------------------------------- other projects' wrappers and layouts
+# Tiny RRDBNets: detection and strict loading read names and shapes, not the trained sizes.
+TINY_RRDB = {"num_feat": 8, "num_block": 1, "num_grow_ch": 4}
+
+
+def tiny_rrdbnet(scale=4, seed=0):
+    torch.manual_seed(seed)
+    return rrdbnet.RRDBNet(scale=scale, **TINY_RRDB).eval()
+
+
+def esrgan_old_arch(n_up, nf=8, gc=4, nb=1):
+    """The original ESRGAN's `model.N` names (architecture.py) with `n_up` upsampling convs."""
+    state = {}
+
+    def conv(name, cin, cout):
+        state[f"{name}.weight"], state[f"{name}.bias"] = torch.randn(cout, cin, 3, 3) * 0.1, torch.zeros(cout)
+    conv("model.0", 3, nf)
+    for r in (1, 2, 3):
+        for j in range(1, 6):
+            conv(f"model.1.sub.0.RDB{r}.conv{j}.0", nf + (j - 1) * gc, gc if j < 5 else nf)
+    conv(f"model.1.sub.{nb}", nf, nf)
+    for i in range(n_up):  # Upsample, conv, act: three entries each
+        conv(f"model.{3 + 3 * i}", nf, nf)
+    conv(f"model.{2 + 3 * n_up}", nf, nf)
+    conv(f"model.{4 + 3 * n_up}", nf, 3)
+    return state
+
+
+def lightning(state):
+    """A PyTorch Lightning .ckpt: the module's state dict among the trainer's own entries."""
+    return {"epoch": 7, "global_step": 1234, "pytorch-lightning_version": "2.2.0", "state_dict": state,
+            "hyper_parameters": {"lr": 1e-4}}
+
+
+@pytest.mark.parametrize("prefix", ["model.", "_orig_mod.", "model._orig_mod.", "module._orig_mod.",
+                                    "_orig_mod.module.", "net_g."])
+def test_lightning_and_compiled_prefixes_are_stripped(prefix, tmp_path):
+    net = tiny_rrdbnet()
+    torch.save(lightning({prefix + k: v for k, v in net.state_dict().items()}), tmp_path / "m.ckpt")
+    model, meta = load_checkpoint(tmp_path / "m.ckpt")
+    assert meta["arch"] == "rrdbnet" and meta["scale"] == 4 and same_state(model, net)
+
+
+def test_old_esrgan_model_names_keep_their_model_prefix(tmp_path):
+    """`model.N` is the original ESRGAN's own layout (rrdbnet.rename_foreign reads it), not a
+    Lightning module's attribute: stripped, it would be `0.weight`, `1.sub...`; a Lightning module
+    holding one (`model.model.N`) loses only its own `model.`."""
+    state = esrgan_old_arch(2)
+    for name, obj in (("old.pth", state), ("wrapped.ckpt", lightning({f"model.{k}": v for k, v in state.items()}))):
+        torch.save(obj, tmp_path / name)
+        model, meta = load_checkpoint(tmp_path / name)
+        assert meta["scale"] == 4 and torch.equal(model.conv_first.weight, state["model.0.weight"]), name
+
+
+@pytest.mark.parametrize("gen, disc", [("generator.", "discriminator."), ("net_g.", "net_d."),
+                                       ("netG.", "netD."), ("gen.", "disc.")])
+def test_a_gan_checkpoint_loads_its_generator(gen, disc, tmp_path):
+    net = tiny_rrdbnet()
+    d = {"conv0_0.weight": torch.randn(8, 3, 3, 3), "conv0_0.bias": torch.zeros(8)}
+    state = {**{gen + k: v for k, v in net.state_dict().items()}, **{disc + k: v for k, v in d.items()}}
+    torch.save(lightning(state), tmp_path / "gan.ckpt")
+    model, meta = load_checkpoint(tmp_path / "gan.ckpt")
+    assert meta["arch"] == "rrdbnet" and same_state(model, net)
+    # under DataParallel too, and a generator beside something that is no discriminator stays refused
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
+    assert same_state(load_checkpoint(tmp_path / "ddp.pth")[0], net)
+    torch.save({**{gen + k: v for k, v in net.state_dict().items()}, "other.w": torch.zeros(1)}, tmp_path / "x.pth")
+    with pytest.raises(UserError, match="cannot tell the architecture"):
+        load_checkpoint(tmp_path / "x.pth")
+
+
+def srvgg_compact_state(num_conv=2, nf=8, scale=4):
+    """Real-ESRGAN's SRVGGNetCompact (realesr-general-x4v3, realesr-animevideov3): `body.N`,
+    3x3 convs alternating with PReLUs (1-d weights), the last conv out 3 * scale**2."""
+    state, i = {}, 0
+    for cin, cout in [(3, nf)] + [(nf, nf)] * num_conv + [(nf, 3 * scale * scale)]:
+        state[f"body.{i}.weight"], state[f"body.{i}.bias"] = torch.randn(cout, cin, 3, 3), torch.zeros(cout)
+        if cout == nf:
+            state[f"body.{i + 1}.weight"] = torch.full((nf,), 0.25)
+        i += 2
+    return state
+
+
+def test_srvgg_compact_is_named_and_refused_in_one_line(tmp_path, capsys):
+    torch.save({"params": srvgg_compact_state()}, tmp_path / "realesr-general-x4v3.pth")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tmp_path / "realesr-general-x4v3.pth")
+    msg = str(e.value)
+    assert "Real-ESRGAN SRVGGNetCompact (realesr-*-v3) is not supported here; supported: ESRGAN/Real-ESRGAN " \
+           "RRDBNet x1-x4, VapSR, ESPCN, VDSR; or export it to .onnx (runs with --model file.onnx)" in msg
+    assert "\n" not in msg
+    data = write_images(tmp_path / "d", n=1, side=8)
+    assert cli.main(["image", str(data), "-o", str(tmp_path / "out"), "--model",
+                     str(tmp_path / "realesr-general-x4v3.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SRVGGNetCompact" in err, err
+
+
+def test_the_generic_refusal_lists_generators_only(tmp_path):
+    torch.save({"a.weight": torch.zeros(3)}, tmp_path / "unknown.pth")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tmp_path / "unknown.pth")
+    known = str(e.value).split("known: ")[1]
+    assert "rrdbnet" in known and "vapsr" in known and "discriminator" not in known
+
+
+def test_rrdbnet_x8_is_refused_by_name(tmp_path):
+    """ESRGAN's x8 files have 3 upsampling convs (conv_up3 once renamed): no scale of ours."""
+    torch.save(esrgan_old_arch(3), tmp_path / "8x_old_arch.pth")
+    state = tiny_rrdbnet().state_dict()
+    torch.save({**state, "conv_up3.weight": state["conv_up2.weight"], "conv_up3.bias": state["conv_up2.bias"]},
+               tmp_path / "8x_basicsr.pth")
+    for name in ("8x_old_arch.pth", "8x_basicsr.pth"):
+        with pytest.raises(UserError, match=r"RRDBNet x8 \(3 upsampling convs\) is not supported; scales 1-4"):
+            load_checkpoint(tmp_path / name)

@@ -5,13 +5,16 @@ constructor keywords (JSON), scale, input mode, registry name, training config a
 JSON (e.g. an eval summary). Written atomically (temp file + os.replace), optionally in fp16.
 
 Foreign files (.pth/.pt/...) are read with `torch.load(weights_only=True)`: BasicSR
-(`params_ema` preferred over `params`), `state_dict`/`model` wrappers, `module.`/`netG.` prefixes,
-original-ESRGAN (`model.N`, `RRDB_trunk`) names, the VapSR beta names and the common VDSR port are
-mapped to ours; the architecture and its keywords are then detected from tensor names and shapes
-(catid's VapSR variant, in VapSR's names, by its 3x3 `proj_1`: see models/vapsr.py).
-Loading is always strict: a mismatch is one UserError naming the missing/unexpected keys. The
-foreign names and the shapes are each architecture's own knowledge (`rename_foreign`, `detect` in
-its file); registry.FOREIGN_RENAMERS and registry.DETECTORS list them in order of precedence.
+(`params_ema` preferred over `params`), `state_dict`/`model` wrappers (Lightning's .ckpt), the
+`module.` (DDP), `_orig_mod.` (torch.compile), `model.` and `netG.`/`net_g.`/`generator.` prefixes
+(nested ones too; of a GAN's generator and discriminator, the generator), original-ESRGAN
+(`model.N`, `RRDB_trunk`) names, the VapSR beta names and the common VDSR port are mapped to ours;
+the architecture and its keywords are then detected from tensor names and shapes (catid's VapSR
+variant, in VapSR's names, by its 3x3 `proj_1`: see models/vapsr.py); another project's network
+we recognise but do not run (registry.UNSUPPORTED) is named in the refusal. Loading is always
+strict: a mismatch is one UserError naming the missing/unexpected keys. The foreign names and the
+shapes are each architecture's own knowledge (`rename_foreign`, `detect` in its file);
+registry.FOREIGN_RENAMERS and registry.DETECTORS list them in order of precedence.
 
 `interpolate_checkpoints` (the `upsample interpolate` command): parameter-wise (1 - a) A + a B.
 """
@@ -154,16 +157,50 @@ def _preview(obj) -> str:
 # ----------------------------------------------------------------------- ecosystem key names
 
 
+# Prefixes a wrapper puts before every name: DataParallel/DDP (`module.`), torch.compile
+# (`_orig_mod.`), a Lightning module's attribute (`model.`, or its generator's).
+_WHOLE_PREFIXES = ("module.", "_orig_mod.", "model.", "netG.", "net_g.", "generator.", "gen.")
+# A GAN's module holds both networks; only the generator upscales.
+_GENERATOR_GROUPS = ("generator.", "net_g.", "netG.", "gen.")
+_DISCRIMINATOR_GROUPS = ("discriminator.", "net_d.", "netD.", "disc.")
+# The original ESRGAN's own names are `model.N...` (rrdbnet.rename_foreign reads them).
+_ESRGAN_SEQUENTIAL = re.compile(r"^model\.\d+\.")
+
+
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map known foreign parameter names onto ours (BasicSR-style); unknown names are kept."""
-    for prefix in ("module.", "netG.", "generator."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = strip_wrappers(state)
     for rename_foreign in registry.FOREIGN_RENAMERS:
         renamed = rename_foreign(state)
         if renamed is not None:
             return renamed
     return state
+
+
+def strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without its wrappers' prefixes, outermost first, until none applies (they nest:
+    a compiled model under DDP in a Lightning module); of a GAN's generator and discriminator
+    groups, the generator's."""
+    while state:
+        prefix = next((p for p in _WHOLE_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix == "model." and any(_ESRGAN_SEQUENTIAL.match(k) for k in state):
+            prefix = None
+        prefix = prefix or _generator_group(state)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def _generator_group(state: dict[str, torch.Tensor]) -> str | None:
+    """The generator's prefix when every name is in one generator group or a discriminator's."""
+    gens = {p for p in _GENERATOR_GROUPS if any(k.startswith(p) for k in state)}
+    if len(gens) != 1:
+        return None
+    rest = [k for k in state if not k.startswith(next(iter(gens)))]
+    if rest and all(k.startswith(_DISCRIMINATOR_GROUPS) for k in rest):
+        return gens.pop()
+    return None
 
 
 # ---------------------------------------------------------------- detection from tensors
@@ -185,9 +222,13 @@ def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint", *,
                             "does not fit it") from None
         if kwargs is not None:
             return arch, (rrdbnet.at_scale(kwargs, scale) if arch == "rrdbnet" else kwargs)
+    for recognise in registry.UNSUPPORTED:  # another project's network we know but do not run
+        if (why := recognise(state)) is not None:
+            raise UserError(f"{source}: {why}")
     sample = ", ".join(sorted(state)[:5])
+    generators = [a for a in registry.ARCHS if a not in registry.DISCRIMINATORS]  # what `image` runs
     raise UserError(f"{source}: cannot tell the architecture from its tensors ({sample}, ...); "
-                    f"known: {', '.join(registry.ARCHS)}")
+                    f"known: {', '.join(generators)}; {registry.ONNX_HINT}")
 
 
 # --------------------------------------------------------------------------------- loading

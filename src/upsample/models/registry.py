@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,28 @@ FOREIGN_RENAMERS: list[Callable[[StateDict], StateDict | None]] = [
     vapsr.rename_foreign,    # VapSR beta
     vdsr.rename_foreign,     # the common VDSR port
 ]
+# Other projects' networks recognised by their tensors but not run here: each returns the one-line
+# reason (what the file is, what is supported instead), or None (checkpoint.detect_arch).
+ONNX_HINT = "or export it to .onnx (runs with --model file.onnx)"
+_SUPPORTED = "ESRGAN/Real-ESRGAN RRDBNet x1-x4, VapSR, ESPCN, VDSR"
+
+
+def _srvgg_compact(state: StateDict) -> str | None:
+    """Real-ESRGAN's SRVGGNetCompact (realesr-general-x4v3, realesr-animevideov3): only `body.N`
+    tensors, 3x3 convs with PReLUs (1-d weights) or parameterless activations between them."""
+    if not state or not all(re.fullmatch(r"body\.\d+\.(weight|bias)", k) for k in state):
+        return None
+    weights = [v for k, v in state.items() if k.endswith(".weight")]
+    convs = [w for w in weights if w.dim() == 4 and tuple(w.shape[2:]) == (3, 3)]
+    if len(convs) < 2 or len(convs) + sum(w.dim() == 1 for w in weights) != len(weights) \
+            or state.get("body.0.weight", torch.empty(0)).dim() != 4:
+        return None
+    return (f"Real-ESRGAN SRVGGNetCompact (realesr-*-v3) is not supported here; supported: {_SUPPORTED}; "
+            f"{ONNX_HINT}")
+
+
+UNSUPPORTED: list[Callable[[StateDict], str | None]] = [_srvgg_compact]
+
 PRE_UPSAMPLE = {"vdsr"}  # archs whose forward takes the bicubic-upscaled image
 
 MACS_INPUT = 256  # side of the input image the `macs` column is counted for

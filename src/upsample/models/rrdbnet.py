@@ -96,6 +96,9 @@ def detect(state: dict[str, torch.Tensor]) -> dict | None:
     keys = set(state)
     if not {"conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"} <= keys:
         return None
+    if "conv_up3.weight" in keys:  # ESRGAN's x8 files: a third nearest x2 + conv
+        raise UserError("RRDBNet x8 (3 upsampling convs) is not supported; scales 1-4; "
+                        "or export it to .onnx (runs with --model file.onnx)")
     feat, cin = shape(state, "conv_first.weight")[:2]
     cout = shape(state, "conv_last.weight")[0]
     # x2 / x1 pixel-unshuffle the input: conv_first sees 4x / 16x the image channels
