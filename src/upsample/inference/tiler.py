@@ -19,7 +19,7 @@ from ..data.degrade import output_size
 from ..errors import UserError
 from ..runtime.hardware import time_runs
 from .memory import MemoryPlanner, default_pad
-from .tiling import Region, TileGeometry, pad_region, region_area, region_size, split, split_all
+from .tiling import Region, TileGeometry, grow_to, pad_region, region_area, region_size, split, split_all
 from .upscaler import Upscaler
 
 BATCHES = (1, 2, 4, 8)  # images (video frames, tiles) per model call that may be timed
@@ -64,7 +64,8 @@ class Tiler:
         self._batch_for: dict[tuple, int] = {}
         spec = up.spec or up.core.spec
         self.geometry = TileGeometry.of(up.scale, spec.pad_multiple if spec is not None else 1)
-        # a graph of one fixed input size runs whole images (of that size; others are refused)
+        # a graph of one fixed input size runs a tile of any size in windows of that size
+        # (runtime.foreign_onnx.in_windows); a smaller tile is grown to it (`_padded`)
         self.fixed_size = spec.fixed_size if spec is not None else None
         if pad is not None and pad < 0:
             raise UserError(f"the tile overlap (--tile-pad, tile_pad=) must be >= 0, got {pad}")
@@ -101,8 +102,6 @@ class Tiler:
         will still allocate (the output arrays) on the same device as the budget."""
         if self.tile is not None:
             return self.geometry.fixed_side(self.tile, h, w)
-        if self.fixed_size is not None:
-            return 0
         return self.memory.tile_side(h, w, channels, dtype, reserved, batch)
 
     def batch_for(self, shape: tuple, dtype: np.dtype, available: int, maxval: float) -> int:
@@ -201,6 +200,11 @@ class Tiler:
         print(f"note: out of memory; retrying with {half}px tiles", file=sys.stderr)
         return split_all([group[0], *regions], half)
 
+    def _padded(self, region: Region, h: int, w: int) -> Region:
+        """The tile of `region` of an h x w image: with `pad` pixels of context, and at least a
+        fixed-size graph's input size where the image has it."""
+        return grow_to(pad_region(region, self.pad, h, w), self.fixed_size, h, w, self.geometry.align)
+
     def _take_group(self, regions: list[Region], arr: np.ndarray, maxval: float) -> list[Region]:
         """The next region and up to `batch_for` - 1 more whose padded tiles have its shape
         (interior tiles share one shape; the image's last row and column may not), taken out
@@ -208,7 +212,7 @@ class Tiler:
         n, h, w, c = arr.shape
 
         def shape_of(region):
-            return region_size(pad_region(region, self.pad, h, w))
+            return region_size(self._padded(region, h, w))
         first = shape_of(regions[0])
         limit = self.batch_for((n, *first, c), arr.dtype, len(regions), maxval)
         if limit == 1:  # the CPU's case: no scan of the remaining regions per tile
@@ -222,7 +226,7 @@ class Tiler:
     def _run_group(self, arr: np.ndarray, out: np.ndarray, group: list[Region], maxval: float) -> None:
         """Upscale the regions of `group` (padded tiles of one shape) in one model call into `out`."""
         n, h, w = arr.shape[:3]
-        pads = [pad_region(r, self.pad, h, w) for r in group]
+        pads = [self._padded(r, h, w) for r in group]
         tiles = np.concatenate([arr[:, py0:py1, px0:px1] for py0, py1, px0, px1 in pads])
         ys = self._run(np.ascontiguousarray(tiles), maxval)
         for k, (region, padded) in enumerate(zip(group, pads)):

@@ -39,6 +39,23 @@ def pad_region(region: Region, pad: int, h: int, w: int) -> Region:
     return max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
 
 
+def grow_to(region: Region, size: tuple | None, h: int, w: int, align: int = 1) -> Region:
+    """A padded `region` grown toward the image's inside to at least `size` (H, W; None or a None
+    side: no least size), or to the whole side where the image is smaller; starts stay multiples
+    of `align`. A graph of one fixed input size runs a smaller tile padded up (a mirror, where an
+    untiled run sees real pixels or the border): grown, an edge tile carries real pixels instead."""
+    if size is None:
+        return region
+
+    def grow(a: int, b: int, n: int, least: int | None) -> tuple[int, int]:
+        if least is None or b - a >= least:
+            return a, b
+        b = min(n, a + least)
+        return max(0, min(a, b - least)) // align * align, b
+    (y0, y1), (x0, x1) = grow(*region[:2], h, size[0]), grow(*region[2:], w, size[1])
+    return y0, y1, x0, x1
+
+
 def region_size(region: Region) -> tuple[int, int]:
     """(height, width) of a region."""
     y0, y1, x0, x1 = region

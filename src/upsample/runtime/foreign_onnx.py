@@ -6,6 +6,12 @@ uint8 is 0-255 (catid's export: uint8 RGB in, uint8 out), float / float16 is [0,
 is the output size over the input size on a probe run; the runner then maps our float NCHW
 [0, 1] tensors to the graph's coding and back, so the graph is one more `Runner`.
 A graph of any other form is refused with one line (UserError) saying what it has.
+
+Other projects' files carry none of our metadata, so what the graph needs is found by running it:
+the multiple of its input sides (a pixel-unshuffle, as Real-ESRGAN x2plus/x1's, takes only even
+or 4k sides) by probes of sides m x odd, and an output's layout the file leaves unannotated from
+the probe's output. A graph of one fixed input size (Real-ESRGAN's pytorch2onnx.py: 1x3x64x64)
+runs any image in overlapping windows of exactly that size (`in_windows`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ..errors import UserError
 from ..models.registry import ModelSpec
@@ -27,6 +34,11 @@ from .sessions import ort_session
 
 ARCH = "onnx"  # the spec's architecture: a graph with no torch module behind it
 PROBE_SIDE = 24  # probe input side where the graph's height and width are dynamic
+PROBE_MULTIPLES = (1, 2, 4, 8)  # input multiples tried on a graph whose file does not say its own
+# Input pixels of context around the part of a fixed-size graph's window that is kept: the tile
+# pad's default cap (inference.sizes.MAX_DEFAULT_PAD, a layer above), at most a quarter of the
+# window's side, so that at least half of each side is kept (`_axis_windows`).
+WINDOW_CONTEXT = 32
 _TYPES = {1: np.float32, 10: np.float16, 2: np.uint8}  # ONNX TensorProto element types
 _SHAPE_HINT = ("`--model FILE.onnx` takes an image-to-image graph: one input and one output, "
                "N x C x H x W (or N x H x W x C), C 1 or 3, uint8 or float")
@@ -52,11 +64,13 @@ class Port:
 
 def _port(value_info, path: Path, side: str, like: Port | None = None) -> Port:
     """The Port of a graph input/output, or UserError when it cannot carry an image. An output
-    whose channel axis the graph leaves unnamed (dynamic) takes the input's layout (`like`);
-    the probe run checks it."""
+    whose channel axis the graph leaves unnamed (dynamic), or that has no shape annotation at
+    all (tools that strip value_info), takes the input's layout (`like`); the probe run checks it."""
     from onnx import TensorProto
     t = value_info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if like is not None and t.elem_type in _TYPES and not t.HasField("shape"):
+        dims = [None] * 4  # rank unknown until it runs: the probe checks rank 4 (`_rank4`)
     if t.elem_type not in _TYPES or len(dims) != 4:
         kind = TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "no tensor"
         raise UserError(f"{path}: its {side} {value_info.name!r} is not an image tensor ({kind} of "
@@ -164,36 +178,89 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
     return run
 
 
+def _axis_windows(n: int, side: int | None, context: int) -> list[tuple[int, int, int]]:
+    """(start, keep_from, keep_to) of the windows of `side` pixels along an axis of n >= side
+    pixels (one window of all n where the axis is dynamic): windows `context` apart from their
+    neighbours' kept parts, the last one shifted inward to end at n; each keeps up to the middle
+    of its overlaps, so every kept pixel has at least `context` pixels of real image around it
+    in its window (or the image's edge, as an untiled run has)."""
+    if side is None or n <= side:
+        return [(0, 0, n)]
+    context = min(context, side // 4)
+    starts = [*range(0, n - side, side - 2 * context), n - side]
+    cuts = [0, *((a + b + side) // 2 for a, b in zip(starts, starts[1:])), n]
+    return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
+
+
+def in_windows(run, x: torch.Tensor, size: tuple[int | None, int | None],
+               context: int = WINDOW_CONTEXT) -> torch.Tensor:
+    """`run` (a graph of one input size: `size`, None for a dynamic axis) on an NCHW image of any
+    size, in overlapping windows of exactly that size whose kept parts tile the output seamlessly
+    (`_axis_windows`). An image smaller than the size is padded up to it (mirrored, as
+    Real-ESRGAN pads; replicated where too small to mirror) and the output cropped back."""
+    h, w = x.shape[-2:]
+    ph, pw = (max(0, f - n) if f else 0 for f, n in zip(size, (h, w)))
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+    wh, ww = (f or n for f, n in zip(size, x.shape[-2:]))
+    out, s = None, 1
+    for y0, ky0, ky1 in _axis_windows(x.shape[-2], size[0], context):
+        for x0, kx0, kx1 in _axis_windows(x.shape[-1], size[1], context):
+            y = run(x[..., y0:y0 + wh, x0:x0 + ww])
+            if out is None:
+                s = y.shape[-1] // ww  # the probe checked that it is one integer factor
+                out = y.new_empty((*y.shape[:2], x.shape[-2] * s, x.shape[-1] * s))
+            out[..., ky0 * s:ky1 * s, kx0 * s:kx1 * s] = \
+                y[..., (ky0 - y0) * s:(ky1 - y0) * s, (kx0 - x0) * s:(kx1 - x0) * s]
+    return out[..., :h * s, :w * s]
+
+
 def _runner_fn(path: Path, run, src: Port, dst: Port):
     """float NCHW [0, 1] -> float NCHW [0, 1] through the graph; one image at a time where its
-    batch is fixed at 1; a fixed input size refuses other sizes with one line."""
-    def run_net(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if any(f is not None and f != d for f, d in zip(src.size, (h, w))):
-            raise UserError(f"{path} takes only {src.size[0]}x{src.size[1]} inputs (its size is fixed), "
-                            f"got {h}x{w}; export it with dynamic height and width")
+    batch is fixed at 1; in windows of its size where that is fixed (`in_windows`)."""
+    def run_graph(x: torch.Tensor) -> torch.Tensor:
         parts = x.split(1) if src.batch == 1 else (x,)
-        return torch.cat([_decode(run(_encode(p, src)), dst) for p in parts]).to(x.device)
-    return run_net
+        return torch.cat([_decode(_rank4(path, run(_encode(p, src))), dst) for p in parts]).to(x.device)
+    if not any(src.size):
+        return run_graph
+    return lambda x: in_windows(run_graph, x, src.size)
 
 
-def probe_scale(path: Path, run, src: Port, dst: Port, multiple: int = 1) -> int:
-    """The graph's integer scale from one run on a probe of the input's fixed or a small size
-    (a multiple of `multiple`)."""
-    h, w = (d or -(-PROBE_SIDE // multiple) * multiple for d in src.size)
-    probe = torch.rand(1, src.channels, h, w, generator=torch.Generator().manual_seed(0))
-    try:
-        out = _runner_fn(path, run, src, dst)(probe)
-    except UserError:
-        raise
-    except Exception as exc:  # the runtime's error for a graph that fails on an image input
-        raise UserError(f"{path}: a {h}x{w} probe image fails in it ({str(exc).splitlines()[0]}); "
-                        f"{_SHAPE_HINT}") from None
-    oh, ow = out.shape[-2:]
-    if out.shape[1] != src.channels or oh % h or ow % w or oh // h != ow // w or oh < h:
-        raise UserError(f"{path} turned a {h}x{w} probe into {tuple(out.shape)}: not an upscaling by "
-                        f"one integer factor; {_SHAPE_HINT}")
-    return oh // h
+def _rank4(path: Path, y):
+    """The graph's output, or UserError where it is no image (an output the file left unannotated)."""
+    if np.ndim(y) != 4:
+        raise UserError(f"{path}: its output has shape {tuple(np.shape(y))}, not an image; {_SHAPE_HINT}")
+    return y
+
+
+def _probe_side(multiple: int) -> int:
+    """About PROBE_SIDE, `multiple` times an odd number: a graph that runs it needs no larger multiple."""
+    return multiple * (PROBE_SIDE // multiple | 1)
+
+
+def probe_scale(path: Path, run_net, src: Port, multiple: int | None = None) -> tuple[int, int]:
+    """(the graph's integer scale, the multiple its input sides must be) from runs of `run_net`
+    on probes of the input's fixed or a small size: a multiple of `multiple` where the file says
+    it, else of the first of PROBE_MULTIPLES that the graph runs and upscales."""
+    if multiple is None:
+        multiples = PROBE_MULTIPLES if None in src.size else (1,)
+    else:
+        multiples = (multiple,)
+    failed = wrong = None
+    for m in multiples:
+        h, w = (d or _probe_side(m) for d in src.size)
+        probe = torch.rand(1, src.channels, h, w, generator=torch.Generator().manual_seed(0))
+        try:
+            out = run_net(probe)
+        except Exception as exc:  # the runtime's error for a size (or a graph) it cannot run
+            failed = failed or (str(exc) if isinstance(exc, UserError) else f"{path}: a {h}x{w} probe "
+                                f"image fails in it ({str(exc).splitlines()[0]}); {_SHAPE_HINT}")
+            continue
+        oh, ow = out.shape[-2:]
+        if out.shape[1] == src.channels and not (oh % h or ow % w) and oh // h == ow // w >= 1:
+            return oh // h, m
+        wrong = wrong or f"turned a {h}x{w} probe into {tuple(out.shape)}: not an upscaling by one integer factor"
+    raise UserError(f"{path} {wrong}; {_SHAPE_HINT}" if wrong else failed)
 
 
 def foreign_runner(path: Path, backend: Backend, device: torch.device, threads: int | None = None, *,
@@ -202,19 +269,21 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device, threads: 
     (OpenVINO on `ov_device` in `ov_precision`, see `_session`)."""
     src, dst = read_ports(path)
     run = _session(path, backend, device, threads, ov_device, ov_precision)
+    run_net = _runner_fn(path, run, src, dst)
     contract = export_contract(path)
     if contract.get("pre_upsampled_input"):  # our VDSR export: its input is already at output size
         spec = ModelSpec(name=None, arch=ARCH, scale=contract["scale"], pre_upsample=True,
                          input="y" if src.channels == 1 else "rgb")
     else:
-        multiple = contract.get("input_multiple", 1)  # our RRDBNet x1/x2 exports: 4 / 2
-        multiple = multiple if isinstance(multiple, int) and multiple > 0 else 1
-        spec = ModelSpec(name=None, arch=ARCH, scale=probe_scale(path, run, src, dst, multiple),
-                         input="y" if src.channels == 1 else "rgb", input_multiple=multiple,
-                         fixed_size=tuple(src.size) if any(src.size) else None)
+        multiple = contract.get("input_multiple")  # our RRDBNet x1/x2 exports: 4 / 2; else probed
+        multiple = multiple if isinstance(multiple, int) and multiple > 0 else None
+        scale, multiple = probe_scale(path, run_net, src, multiple)
+        # fixed_size: the graph's own input size, which the runner's windows give it (any image runs)
+        spec = ModelSpec(name=None, arch=ARCH, scale=scale, input="y" if src.channels == 1 else "rgb",
+                         input_multiple=multiple, fixed_size=tuple(src.size) if any(src.size) else None)
     runtime = str(Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME)
     if runtime == Backend.OPENVINO and ov_device != "CPU":
         runtime += f" {ov_device}"
-    runner = Runner(run=_runner_fn(path, run, src, dst), spec=spec,
+    runner = Runner(run=run_net, spec=spec,
                     runtime=f"{runtime}, {src.describe()} -> {dst.describe()}")
     return runner, path.name

@@ -27,7 +27,10 @@ def ort_session(source, device: torch.device, threads: int | None = None):
             raise UserError("onnxruntime here has no CUDA provider: use --device cpu or --backend torch")
         providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})] + providers
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    # fatal only: a run's error comes back as the exception, which the callers turn into their
+    # one line; at ERROR onnxruntime also printed it, coloured, on stderr (a probe of a size
+    # the graph cannot take, `foreign_onnx.probe_scale`, is such an error, and expected)
+    opts.log_severity_level = 4
     if threads:
         opts.intra_op_num_threads = int(threads)
     return ort.InferenceSession(source, opts, providers=providers)
