@@ -244,7 +244,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
         atomic_write_bytes(out, data)
         import onnxruntime as ort
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only, as the runtime sessions
+        opts.log_severity_level = 4  # fatal only, as the runtime sessions: errors come back as exceptions
         session = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
         got = session.run(None, {"input": feed})[0]
     else:
