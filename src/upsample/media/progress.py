@@ -48,10 +48,12 @@ def progress_bar(total: int | None, enabled: bool, *, desc: str, unit: str, stre
                 mininterval=interval, delay=interval, initial=initial)
 
 
-def track(items, enabled: bool, *, desc: str, unit: str):
-    """`items` (a list, or any iterable: then no total) one by one, counted on a `progress_bar`
-    (lines when stderr is no terminal)."""
-    bar = progress_bar(len(items) if hasattr(items, "__len__") else None, enabled, desc=desc, unit=unit)
+def track(items, enabled: bool, *, desc: str, unit: str, total: int | None = None):
+    """`items` (a list, or any iterable: then no total unless `total` gives it) one by one,
+    counted on a `progress_bar` (lines when stderr is no terminal)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
+    bar = progress_bar(total, enabled, desc=desc, unit=unit)
     try:
         for item in items:
             yield item

@@ -23,7 +23,7 @@ from ..data.degrade import array_to_uint8, imresize
 from ..errors import UserError
 from ..inference.batch import check_writable
 from ..media.imageio import atomic_write, check_new_file, read_rgb
-from ..media.progress import progress_bar
+from ..media.progress import track
 
 MOTIONS = ("pan", "zoom", "panzoom")
 
@@ -122,17 +122,6 @@ def write_lossless(frames: Iterable[np.ndarray], path: Path, fps: Fraction, size
     return enc
 
 
-def _counted(items: Iterable, total: int, desc: str) -> Iterator:
-    """`items` on a progress bar of `total` (a bar on a terminal, lines in a log)."""
-    bar = progress_bar(total, True, desc=desc, unit="frame")
-    try:
-        for item in items:
-            yield item
-            bar.update(1)
-    finally:
-        bar.close()
-
-
 def _check_source(image: str) -> None:
     if Path(image).is_dir():
         raise UserError(f"{image} is a folder: give one large image file (e.g. an Urban100 image)")
@@ -161,6 +150,6 @@ def make_clip(image: str, output: str, *, size: str = "512x288", seconds: float 
     if n < 2:
         raise UserError(f"--seconds {seconds:g} at {float(rate):g} fps is {n} frame(s); a clip needs at least 2")
     frames = clip_frames(read_rgb(image), wh, n, motion)
-    enc = write_lossless(_counted(frames, n, out.name), out, rate, wh)
+    enc = write_lossless(track(frames, True, desc=out.name, unit="frame", total=n), out, rate, wh)
     return (f"{out}: {n} frames of {wh[0]}x{wh[1]} at {float(rate):g} fps ({float(n / rate):.2f} s, "
             f"{motion}), lossless {enc}, {out.stat().st_size / 1e6:.1f} MB")
