@@ -162,3 +162,24 @@ def test_tiles_of_a_fixed_size_graph_grow_inward_to_its_size():
     assert grow_to((0, 9, 30, 38), (16, None), 9, 38) == (0, 9, 30, 38)  # the whole side is 9
     assert grow_to((36, 45, 0, 24), (16, 16), 45, 38, align=2) == (28, 45, 0, 24)
     assert grow_to((36, 45, 0, 24), None, 45, 38) == (36, 45, 0, 24)
+
+
+class _Resize(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=self.factor, mode="nearest")
+
+
+@pytest.mark.parametrize("factor", [1.5, (2.0, 1.0)])
+def test_a_fixed_size_graph_that_is_no_integer_upscaling_is_refused(tmp_path, capsys, factor):
+    """Its probe runs through the windows, whose crop to the image's size hid a 1.5x graph
+    (taken as x1, its output's corner kept) and misnamed a width-only one."""
+    path = export(_Resize(factor), tmp_path / "odd.onnx", dynamic=False)
+    png(tmp_path / "in.png", 16, 16)
+    assert main(["image", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--model", str(path),
+                 "--backend", "onnxruntime"]) != 0
+    err = capsys.readouterr().err
+    assert "not an upscaling by one integer factor" in err and len(err.strip().splitlines()) == 1

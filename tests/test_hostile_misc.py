@@ -101,6 +101,18 @@ def test_threads_past_the_machine_are_refused_while_parsing(capsys, argv):
     assert "100000 threads is more than this machine can use" in err and "Traceback" not in err
 
 
+def test_jobs_and_codec_study_threads_past_the_machine_are_refused(tmp_path, capsys):
+    """codec-study --threads 100000 crashed (a segfault: no thread could start); --jobs likewise."""
+    for argv, said in ((["codec-study", str(tmp_path), "--codecs", "jpeg", "-o", str(tmp_path / "o"),
+                         "--threads", "100000"], "100000 threads is more than"),
+                       (["image", str(tmp_path), "-o", str(tmp_path / "o"), "--jobs", "100000"],
+                        "100000 images at once is more than")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err and "Traceback" not in err
+
+
 def test_thread_count_types():
     import argparse
 

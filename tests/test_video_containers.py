@@ -11,6 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from pathlib import Path
 from PIL import Image
 
 from upsample import cli
@@ -197,6 +198,15 @@ def test_rgb_planar_input_is_delivered_in_4_2_0_and_kept_rgb_by_lossless_encoder
                      *(["--codec", codec] if codec else [])]) == 0
     assert note in capsys.readouterr().err
     assert read_back(tmp_path / out)["fmt"] == out_fmt
+
+
+@pytest.mark.parametrize("codec, src_fmt, out_fmt", [("qtrle", "yuv420p", "rgb24"), ("png", "yuv420p", "rgb24"),
+                                                      ("png", "yuv420p10le", "rgb48be"), ("qtrle", "gray", "gray")])
+def test_an_rgb_only_encoder_keeps_a_colour_input_in_colour(codec, src_fmt, out_fmt):
+    """An encoder that takes no YUV (QuickTime Animation, PNG in .mov) is given RGB of the input's
+    depth, never gray or a palette (a choice by depth and alpha alone made red frames gray)."""
+    from upsample.media.video import choose_encoding
+    assert choose_encoding(Path("o.mov"), src_fmt, codec)[:2] == (codec, out_fmt)
 
 
 @pytest.mark.parametrize("model", ["bicubic", "espcn-x2"])  # an RGB path and the Y-plane path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError, one_line
 from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
-from .options import add_model_options, add_output_option, add_overwrite_option, path_text, positive_int, thread_count
+from .options import add_model_options, add_output_option, add_overwrite_option, job_count, path_text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +114,7 @@ def register(sub) -> None:
     p.add_argument("--alpha-mode", default="bicubic", choices=["bicubic", "model"],
                    help="how to upscale transparency")
     add_overwrite_option(p, help="replace existing outputs (default: skip them)")
-    p.add_argument("--jobs", type=thread_count, default=1, help="images processed at once")
+    p.add_argument("--jobs", type=job_count, default=1, help="images processed at once")
     p.add_argument("--max-pixels", default=None, metavar="N",
                    help="largest image read, in pixels, e.g. 500M (0: no limit; default: Pillow's "
                         "decompression-bomb guard, 179M)")

@@ -53,6 +53,15 @@ def thread_count(text: str) -> int:
     return value
 
 
+def job_count(text: str) -> int:
+    """An argparse type for --jobs (images at once, each on a thread): 1 to `thread_limit()`."""
+    value = positive_int(text)
+    if value > thread_limit():
+        raise argparse.ArgumentTypeError(f"{value} images at once is more than this machine can run: at "
+                                         f"most {thread_limit()} (4 per CPU core)")
+    return value
+
+
 def thread_count_or_default(text: str) -> int:
     """An argparse type for --threads where 0 means the default: 0, or as `thread_count`."""
     return 0 if count_or_all(text) == 0 else thread_count(text)

@@ -288,7 +288,7 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     hdt = half_dtype(dev)
     eager = None if graph else load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH,
                                              device=torch_device, threads=threads)
-    check_frame_fits(size, eager.scale if eager is not None else 2, dev)
+    check_frame_fits(size, eager.scale if eager is not None else (scale or 4), dev)  # a graph: probed later, x4 assumed
     x = (frame_from_image(image, size) if image else
          torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
     if calib:

@@ -9,8 +9,6 @@ downscaler works on Y like its upscaler: RGB -> YCbCr (BT.601), the network on Y
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch import nn
@@ -70,9 +68,8 @@ def check_trained_downscaler(spec: str, allow_untrained: bool = False) -> None:
     (or $UPSAMPLE_ALLOW_UNTRAINED=1), as `load.check_trained` refuses such an upscaler: its
     random downscaler would make the study's LR pictures."""
     from ..models import registry
-    if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
-        return
-    if not registry.is_registered(spec) or registry.weights_path(spec) is not None:
+    from .load import lacks_weights
+    if not lacks_weights(spec, allow_untrained):
         return
     LearnedDownscaler(registry.create_model(spec), spec)  # a model with no downscaler says so first
     raise UserError(f"{spec} has no trained weights: give a checkpoint of it trained with `upsample "

@@ -114,14 +114,21 @@ def check_device(device: str, backend: str) -> torch.device:
     return dev
 
 
+def lacks_weights(spec: str, allow_untrained: bool = False) -> bool:
+    """`spec` is a registered model without trained weights, and random weights were not asked
+    for (`allow_untrained`, `--allow-untrained`, or $UPSAMPLE_ALLOW_UNTRAINED=1)."""
+    from ..models import registry
+    if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
+        return False
+    return registry.is_registered(spec) and registry.weights_path(spec) is None
+
+
 def check_trained(spec: str, allow_untrained: bool = False) -> None:
     """A registered model without trained weights makes no image unless asked (its output is
     noise with the right shape): `allow_untrained` (`--allow-untrained`, or
     $UPSAMPLE_ALLOW_UNTRAINED=1) lets timing runs use its random weights."""
     from ..models import registry
-    if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
-        return
-    if not registry.is_registered(spec) or registry.weights_path(spec) is not None:
+    if not lacks_weights(spec, allow_untrained):
         return
     shipped = [n for n in registry.list_models("generator") if registry.weights_path(n)]
     raise UserError(f"{spec} has no trained weights: give a trained checkpoint file instead, "

@@ -291,9 +291,12 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
     elif formats and default_fmt not in _formats_kept(codec, formats):
         kept = _formats_kept(codec, formats) or formats
         deep, alpha, rgb = _bits(default_fmt) > 8, has_alpha(default_fmt), av.VideoFormat(default_fmt).is_rgb
-        # first of the best: same depth, alpha, then RGB stays RGB (FFV1 takes 8-bit RGB as bgr0)
-        pick = min(kept, key=lambda f: ((_bits(f) > 8) != deep, has_alpha(f) != alpha,
-                                        av.VideoFormat(f).is_rgb != rgb))
+        colour = not _is_gray(default_fmt)
+        # first of the best: colour kept (never gray or a palette for a colour input), same depth,
+        # alpha, then an RGB input stays RGB (FFV1 takes 8-bit RGB as bgr0)
+        pick = min(kept, key=lambda f: (colour and (_is_gray(f) or av.VideoFormat(f).has_palette),
+                                        (_bits(f) > 8) != deep, has_alpha(f) != alpha,
+                                        rgb and not av.VideoFormat(f).is_rgb))
         if _without_alpha(default_fmt) != pick:
             notes.append(f"{codec} cannot encode the input's {default_fmt}; using {pick}")
     if quiet:
@@ -371,6 +374,11 @@ def _formats_kept(codec: str, formats: list[str]) -> list[str]:
 def _without_alpha(pix_fmt: str) -> str:
     """yuva420p -> yuv420p (what dropping the alpha plane leaves, needing no note)."""
     return re.sub(r"^yuva", "yuv", pix_fmt)
+
+
+def _is_gray(pix_fmt: str) -> bool:
+    """A format with no chroma (gray, gray10le, ya8, ya16le ...)."""
+    return re.fullmatch(r"(gray|ya)\d*(f\d+)?(le|be)?", pix_fmt) is not None
 
 
 def _bits(pix_fmt: str) -> int:
@@ -474,10 +482,12 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
                          "few players; leave --codec out for 10-bit HEVC)")
     if pix_fmt is None and (sub := _delivery_format(codec, src_fmt)) is not None:
         pix_fmt = sub
-        keeps = src_fmt in _encoder_formats(codec)
-        notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in RGB, 4:0:0, 4:2:2, 4:4:4 "
-                     "or over 10 bits plays in few players (browsers, QuickTime, phones)"
-                     + (f"; --pix-fmt {src_fmt} keeps it" if keeps else ""))
+        if src_fmt in _encoder_formats(codec):
+            notes.append(f"the input's {src_fmt} is written as {sub}: {codec} in RGB, 4:0:0, 4:2:2, "
+                         f"4:4:4 or over 10 bits plays in few players (browsers, QuickTime, phones); "
+                         f"--pix-fmt {src_fmt} keeps it")
+        else:  # as check_encoder says it
+            notes.append(f"{codec} cannot encode the input's {src_fmt}; using {sub}")
     try:
         fmt, fmt_note = check_encoder(codec, pix_fmt, src_fmt, quiet=True)
     except UserError as exc:

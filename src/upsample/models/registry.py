@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import UserError
 from . import WEIGHTS_DIR, discriminator, downscaler, espcn, rrdbnet, vapsr, vdsr
 from .colorspace import attach as attach_colorspace
+from .state_keys import ONNX_HINT
 from .discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
 from .downscaler import JointSR
 from .espcn import ESPCN
@@ -61,7 +62,6 @@ FOREIGN_RENAMERS: list[Callable[[StateDict], StateDict | None]] = [
 ]
 # Other projects' networks recognised by their tensors but not run here: each returns the one-line
 # reason (what the file is, what is supported instead), or None (checkpoint.detect_arch).
-ONNX_HINT = "or export it to .onnx (runs with --model file.onnx)"
 _SUPPORTED = "ESRGAN/Real-ESRGAN RRDBNet x1-x4, VapSR, ESPCN, VDSR"
 
 

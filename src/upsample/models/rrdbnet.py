@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from .state_keys import count_indices, rename_keys, shape
+from .state_keys import ONNX_HINT, count_indices, rename_keys, shape
 
 
 @torch.no_grad()
@@ -97,8 +97,7 @@ def detect(state: dict[str, torch.Tensor]) -> dict | None:
     if not {"conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"} <= keys:
         return None
     if "conv_up3.weight" in keys:  # ESRGAN's x8 files: a third nearest x2 + conv
-        raise UserError("RRDBNet x8 (3 upsampling convs) is not supported; scales 1-4; "
-                        "or export it to .onnx (runs with --model file.onnx)")
+        raise UserError(f"RRDBNet x8 (3 upsampling convs) is not supported; scales 1-4; {ONNX_HINT}")
     feat, cin = shape(state, "conv_first.weight")[:2]
     cout = shape(state, "conv_last.weight")[0]
     # x2 / x1 pixel-unshuffle the input: conv_first sees 4x / 16x the image channels

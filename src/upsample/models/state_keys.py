@@ -7,6 +7,9 @@ import re
 
 import torch
 
+# What a refusal of another project's network suggests: every runtime here runs an .onnx export
+ONNX_HINT = "or export it to .onnx (runs with --model file.onnx)"
+
 
 def count_indices(keys, pattern: str) -> int:
     """How many distinct values the first group of `pattern` takes over `keys` (e.g. blocks)."""

@@ -208,7 +208,10 @@ def in_windows(run, x: torch.Tensor, size: tuple[int | None, int | None],
         for x0, kx0, kx1 in _axis_windows(x.shape[-1], size[1], context):
             y = run(x[..., y0:y0 + wh, x0:x0 + ww])
             if out is None:
-                s = y.shape[-1] // ww  # the probe checked that it is one integer factor
+                s = y.shape[-1] // ww
+                if s < 1 or tuple(y.shape[-2:]) != (wh * s, ww * s):  # as `probe_scale` refuses it
+                    raise UserError(f"the graph turned a {wh}x{ww} input into {tuple(y.shape)}: not an "
+                                    f"upscaling by one integer factor; {_SHAPE_HINT}")
                 out = y.new_empty((*y.shape[:2], x.shape[-2] * s, x.shape[-1] * s))
             out[..., ky0 * s:ky1 * s, kx0 * s:kx1 * s] = \
                 y[..., (ky0 - y0) * s:(ky1 - y0) * s, (kx0 - x0) * s:(kx1 - x0) * s]

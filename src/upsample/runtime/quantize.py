@@ -149,12 +149,18 @@ def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float:
     core = ov.Core()
     reference = core.compile_model(float_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     expected = [reference(x)[0] for x in inputs]
-    made, errors = {}, {}
+    made, errors, failed = {}, {}, []
     for name, recipe in recipes.items():
-        made[name] = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(inputs),
-                                   subset_size=len(inputs), ignored_scope=ignored, **recipe)
+        try:
+            made[name] = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(inputs),
+                                       subset_size=len(inputs), ignored_scope=ignored, **recipe)
+        except Exception as exc:  # a recipe NNCF cannot apply to this graph: the other may do
+            failed.append(exc)
+            continue
         run = core.compile_model(made[name], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         errors[name] = float(np.mean([np.mean((run(x)[0] - e) ** 2) for x, e in zip(inputs, expected)]))
+    if not made:
+        raise failed[0]
     best = min(errors, key=errors.get)
     print(f"int8: kept the {best} recipe (mean squared difference from the float network on the "
           "calibration crops: " + ", ".join(f"{n} {e:.3g}" for n, e in errors.items()) + ")", file=sys.stderr)

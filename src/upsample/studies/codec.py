@@ -179,11 +179,9 @@ def probe_clip(path) -> ClipInfo:
     from ..media.video import STILL_IMAGE_FORMATS, frame_count, main_video_stream, open_input
     path = Path(path)
     container = open_input(path)  # first: it says what is wrong with a file it cannot read
-    if image_frame_count(path) == 1:
-        container.close()
-        raise _still_image(path)
     try:
-        if container.format.name in STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
+        if image_frame_count(path) == 1 or container.format.name in STILL_IMAGE_FORMATS \
+                or container.format.name.endswith("_pipe"):
             raise _still_image(path)
         vin = main_video_stream(container)
         return ClipInfo(vin.codec_context.width, vin.codec_context.height, frame_count(container))

@@ -812,7 +812,7 @@ def merge_studies(inputs: list[str], out: str, *, vs: list[str] | None = None,
 
 def merge_command(inputs: list[str], out: str, vs: list[str] | None, title: str) -> str:
     """The `upsample codec-study --merge` command line, recorded in the merged outputs."""
-    parts = ["upsample", "codec-study", "--merge", *inputs, "--out", out]
+    parts = ["upsample", "codec-study", "--merge", *inputs, "-o", out]
     for v in vs or []:
         parts += ["--vs", v]
     return shlex.join(parts + (["--title", title] if title else []))
