@@ -36,3 +36,39 @@ def test_a_missing_stage_recipe_or_a_loop_stops_with_one_line(tmp_path, monkeypa
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     with pytest.raises(SystemExit, match="loops"):
         reproduce.stages(tmp_path / "configs" / "a.toml", "runs/a")
+
+
+def test_ship_packages_a_run_with_its_eval_on_the_four_benchmarks(tmp_path, monkeypatch, capsys):
+    """tools/ship.py end to end on a tiny run (its import of a renamed eval function had broken it
+    and `make reproduce` with it, unseen): weights, config, log and eval JSON beside each other."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from upsample.models import checkpoint, registry
+    spec = importlib.util.spec_from_file_location("ship", ROOT / "tools" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    rng = np.random.default_rng(0)
+    for name in ship.SETS:  # stand-ins for the benchmarks: two smooth 48x48 pictures each
+        (tmp_path / "bench" / name).mkdir(parents=True)
+        for i in range(2):
+            small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), np.uint8))
+            small.resize((48, 48), Image.BICUBIC).save(tmp_path / "bench" / name / f"{i}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint.save_checkpoint(registry.create_model("espcn-x2"), run / "best.safetensors")
+    (run / "config.toml").write_text('[model]\nname = "espcn-x2"\n')
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.1, "time": 36.0}) + "\n"
+                                       + json.dumps({"step": 10, "val_psnr": 20.0, "val_bicubic_psnr": 19.0}) + "\n")
+    monkeypatch.setattr(ship, "BENCH", tmp_path / "bench")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr("sys.argv", ["ship.py", "espcn-x2", str(run)])
+    assert ship.main() == 0
+    report = json.loads((tmp_path / "weights" / "espcn-x2.eval.json").read_text())
+    assert set(report["scales"]["2"]["model"]) == set(ship.SETS) == set(report["scales"]["2"]["bicubic"])
+    assert all(v["n"] == 2 and 0 < v["psnr"] < 100 for v in report["scales"]["2"]["model"].values())
+    assert json.loads((tmp_path / "weights" / "espcn-x2.log.json").read_text())["steps"] == 10
+    assert (tmp_path / "weights" / "espcn-x2.safetensors").is_file()
+    assert (tmp_path / "weights" / "espcn-x2.toml").read_text() == (run / "config.toml").read_text()

@@ -20,9 +20,8 @@ import torch
 
 from upsample.models import registry
 from upsample.models.checkpoint import load_checkpoint, save_checkpoint
-from upsample.evaluation.evaluate import evaluate_folders
+from upsample.evaluation.evaluate import evaluate_model
 from upsample.runtime.hardware import hardware_name
-from upsample.inference.load import load_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "datasets" / "benchmark"
@@ -30,9 +29,11 @@ SETS = ["Set5", "Set14", "B100", "Urban100"]
 
 
 def evaluate(spec: str, scale: int, backend: str = "torch", sets: list[str] = SETS) -> dict:
-    up = load_upscaler(spec, scale=scale, backend=backend if spec != "bicubic" else "torch")
-    return evaluate_folders(up, [str(BENCH / s) for s in sets], scale=scale, crop_border=scale,
+    """{set: {"psnr", "ssim", "n"}}: `upsample eval` (the papers' protocol, exact fp32) of `spec`."""
+    report = evaluate_model(spec, [str(BENCH / s) for s in sets], scale=scale, crop=scale,
+                            backend=backend if spec != "bicubic" else "torch", precision="fp32",
                             progress=False)
+    return {name: {k: row[k] for k in ("psnr", "ssim", "n")} for name, row in report["datasets"].items()}
 
 
 def train_threads(run_dir: Path) -> int:
