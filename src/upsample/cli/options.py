@@ -44,22 +44,23 @@ def thread_limit() -> int:
     return min(MAX_THREADS, 4 * (os.cpu_count() or 1))
 
 
-def thread_count(text: str) -> int:
-    """An argparse type for --threads: a whole number from 1 to `thread_limit()`."""
+def _within_thread_limit(text: str, too_many: str, advice: str = "") -> int:
+    """A whole number from 1 to `thread_limit()`; past it an argparse error: "N {too_many}: at most ..."."""
     value = positive_int(text)
     if value > thread_limit():
-        raise argparse.ArgumentTypeError(f"{value} threads is more than this machine can use: at most "
-                                         f"{thread_limit()} (4 per CPU core); leave --threads out for all cores")
+        raise argparse.ArgumentTypeError(f"{value} {too_many}: at most {thread_limit()} (4 per CPU core){advice}")
     return value
+
+
+def thread_count(text: str) -> int:
+    """An argparse type for --threads: a whole number from 1 to `thread_limit()`."""
+    return _within_thread_limit(text, "threads is more than this machine can use",
+                                "; leave --threads out for all cores")
 
 
 def job_count(text: str) -> int:
     """An argparse type for --jobs (images at once, each on a thread): 1 to `thread_limit()`."""
-    value = positive_int(text)
-    if value > thread_limit():
-        raise argparse.ArgumentTypeError(f"{value} images at once is more than this machine can run: at "
-                                         f"most {thread_limit()} (4 per CPU core)")
-    return value
+    return _within_thread_limit(text, "images at once is more than this machine can run")
 
 
 def thread_count_or_default(text: str) -> int:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import registry, rrdbnet
+from .state_keys import ONNX_HINT
 from ..errors import UserError
 from ..media.imageio import atomic_output
 
@@ -228,7 +229,7 @@ def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint", *,
     sample = ", ".join(sorted(state)[:5])
     generators = [a for a in registry.ARCHS if a not in registry.DISCRIMINATORS]  # what `image` runs
     raise UserError(f"{source}: cannot tell the architecture from its tensors ({sample}, ...); "
-                    f"known: {', '.join(generators)}; {registry.ONNX_HINT}")
+                    f"known: {', '.join(generators)}; {ONNX_HINT}")
 
 
 # --------------------------------------------------------------------------------- loading
