@@ -154,9 +154,7 @@ def make_cached_int8(model: str, scale, calib: str) -> None:
     spec_model, name = resolve_model(model, scale)
     s = model_scale(spec_model.upsample_spec, scale, name)
     if int8_files.find_cached(quantize.model_key(spec_model), s) is None:
-        # bench's --size is the frame's, not the calibration crops' (64 px LR)
-        quantize.quantize_to_cache(spec_model, s, calib, too_small="give --calib a folder of larger "
-                                   "training images")
+        quantize.quantize_to_cache(spec_model, s, calib)
 
 
 NO_REFERENCE = ("{model} is an ONNX graph with no torch model behind it: no torch eager fp32 row to "

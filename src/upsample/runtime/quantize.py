@@ -205,13 +205,15 @@ def model_key(model: nn.Module) -> str:
 
 
 def quantize_to_cache(model: nn.Module, scale: float, calib: str, *, samples: int = 32,
-                      size: int = 64, too_small: str = "give a folder of larger training images") -> Path:
+                      size: int = 64) -> Path:
     """Make the int8 IR `--backend auto` lets compete (OpenVINO, first and last convolutions
     float) in the cache; its path."""
     key = model_key(model)
     out = cached_path(key, scale)
     quantize_model(model, scale=scale, backend=Backend.OPENVINO, calib=calib, out=out, samples=samples,
-                   size=size, keep_edges=True, source=key, too_small=too_small)
+                   size=size, keep_edges=True, source=key,
+                   # its callers (bench --calib) have no option for the crops' size
+                   too_small="give --calib a folder of larger training images")
     return out
 
 
