@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,10 @@ def _header_of(path: Path, img: Image.Image) -> Header | None:
     if img.info.get("interlace"):
         return None  # libvips decodes an interlaced PNG whole anyway
     try:
-        exif = Image.Image.getexif(img)  # the base class's: PngImageFile's would decode the file
-    except Exception:  # a broken EXIF block: the Pillow path refuses it in its words
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*EXIF", UserWarning)  # damaged: the tags read are kept
+            exif = Image.Image.getexif(img)  # the base class's: PngImageFile's would decode the file
+    except Exception:  # a broken EXIF block: the Pillow path reads the picture without it, said so
         return None
     if exif.get(0x0112, 1) in range(2, 9):
         return None  # turned upright by exif_transpose: the whole picture at once
