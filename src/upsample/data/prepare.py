@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -22,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import UserError
-from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, walk_files
+from ..errors import UserError, one_line
+from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, skip_reason, walk_files
 from ..media.progress import progress_bar, track
 from .pairs import file_list_text, hash_split, write_file_list
 
@@ -34,6 +35,80 @@ MANIFEST = ".prepare-done"
 
 def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTS
+
+
+# --- LR files beside the HR ------------------------------------------------------------------
+# Releases of benchmark and training sets keep the LR inputs (and other methods' results) beside
+# the HR: DIV2K / EDSR / SwinIR `HR/0001.png` + `LR_bicubic/X2/0001x2.png` (DIV2K:
+# `DIV2K_train_HR/` + `DIV2K_train_LR_bicubic/X2/`), BasicSR / MMEditing `GTmod12/` + `LRbicx2/`,
+# RCAN `LR/LRBI/.../baby_LRBI_x2.png`, the SelfExSR release's `image_SRF_2/img_001_SRF_2_HR.png`
+# beside `_LR`, `_bicubic`, `_SRCNN` ... Read as HR images they give wrong numbers (eval) or
+# train on LR pictures (train, prepare): `lr_files` finds them so that they can be left out.
+
+LR_FOLDER = re.compile(r"(?i)^(?:.*[_\- ])?(?:lr|lq|low[_\- ]?res(?:olution)?)"
+                       r"(?:[_\- ]?(?:bicubic|bic|unknown|mild|difficult|wild|realistic|bi|bd|dn|x?\d+))*$")
+HR_NAME = re.compile(r"(?i)^(.+?)[_\- ](?:hr|gt)$")           # baby_HR, img_001_SRF_2_HR
+LR_NAME = re.compile(r"(?i)^(.+?)(?:[_\- ](?:lr|lq)[a-z]*(?:[_\- ]?x?\d+)?|[_\- ]?x\d+[a-z]?)$")  # 0001x2, baby_LR
+# an LR by its name alone: NAME_LR, NAME_LRBI_x2, NAME_LR2, DIV2K's 0001x2
+LR_MARK = re.compile(r"(?i)(?:[_\- ](?:lr|lq)[a-z]*(?:[_\- ]?x?\d+)?|^\d+x\d[a-z]?)$")
+
+
+def lr_folder_name(folder: Path) -> str | None:
+    """The name that marks `folder` (or the parent of a scale folder: `LR_bicubic/X2`) as a folder
+    of LR images."""
+    parts = Path(os.path.abspath(folder)).parts[-2:]
+    if len(parts) == 2 and not re.match(r"(?i)^x?\d+$", parts[1]):
+        parts = parts[1:]
+    return next((d for d in reversed(parts) if LR_FOLDER.match(d)), None)
+
+
+def lr_files(root: Path, images: list[Path]) -> dict[Path, str]:
+    """{file: why} of the `images` under `root` that are not HR pictures: those in an LR
+    sub-folder, those named as the LR of an HR image of the set (0001x2 of 0001, baby_LR of
+    baby_HR), and beside a NAME_HR file (its ground truth) the other files NAME_* of its folder."""
+    root = Path(root)
+    out: dict[Path, str] = {}
+    for p in images:
+        lr_dir = next((d for d in p.relative_to(root).parts[:-1] if LR_FOLDER.match(d)), None)
+        if lr_dir:
+            out[p] = f"in the LR folder {lr_dir}"
+    rest = [p for p in images if p not in out]
+    marked = {p: m.group(1).lower() for p in rest if (m := HR_NAME.match(p.stem))}
+    truth = {(p.parent, base): p for p, base in marked.items()}
+    for p in rest:
+        stem = p.stem.lower()
+        if p in marked:
+            continue
+        cuts = [i for i, c in enumerate(stem) if c in "_- "]
+        hr = next((truth[(p.parent, stem[:i])] for i in reversed(cuts) if (p.parent, stem[:i]) in truth), None)
+        if hr is not None:
+            out[p] = f"another version of {hr.name}, its LR or a method's result"
+    keys = {p.stem.lower(): p for p in rest if p not in out}
+    keys.update({base: p for p, base in marked.items()})
+    for p in rest:
+        m = None if p in out or p in marked else LR_NAME.match(p.stem)
+        if m and m.group(1).lower() in keys:
+            out[p] = f"named as the LR of {keys[m.group(1).lower()].relative_to(root).as_posix()}"
+    return out
+
+
+def without_lr(root: Path, images: list[Path], what: str, *, note: bool = True) -> list[Path]:
+    """`images` (under `root`) but the LR files `lr_files` finds there, named in a note on stderr
+    (`what`: who leaves them out, e.g. data.train): the LR is made from each HR image."""
+    left = lr_files(root, images)
+    if left and note:
+        first = next(iter(left))
+        print(f"note: {what}: leaving out {len(left)} LR files of {root}, e.g. "
+              f"{one_line(first.relative_to(root))} ({left[first]}): the LR is made from each HR image",
+              file=sys.stderr)
+    return [p for p in images if p not in left]
+
+
+def note_not_images(folder: Path, files: list[Path], what: str) -> None:
+    """A note on stderr naming the files of `folder` that `what` passes over (not images or videos)."""
+    if files:
+        print(f"note: {what}: {len(files)} files of {folder} are not images or videos and are left "
+              f"out, e.g. {one_line(files[0].relative_to(folder))} ({skip_reason(files[0])})", file=sys.stderr)
 
 
 # --- prepare ---------------------------------------------------------------------------------
@@ -64,7 +139,11 @@ def source_files(src: Path) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise UserError(f"source not found: {src}")
-    return sorted(p for p in walk_files(src) if p.is_file() and (is_image_path(p) or is_video_path(p)))
+    files = sorted(walk_files(src))
+    note_not_images(src, [p for p in files if not (p.is_file() and (is_image_path(p) or is_video_path(p)))],
+                    "data prepare")
+    images = without_lr(src, [p for p in files if p.is_file() and is_image_path(p)], "data prepare")
+    return sorted(images + [p for p in files if p.is_file() and is_video_path(p)])
 
 
 def video_frames(path: Path, every: int):
@@ -201,11 +280,11 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
 @dataclass
 class Problem:
     path: Path
-    kind: str      # unreadable, truncated, too-small, grayscale, cmyk, alpha, duplicate
+    kind: str      # unreadable, truncated, too-small, grayscale, cmyk, alpha, duplicate, lr
     detail: str
 
 
-PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
+PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate", "lr")
 
 
 def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
@@ -244,11 +323,17 @@ def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]
 
 def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool = True
          ) -> tuple[list[Path], list[Problem]]:
-    images, _ = list_images(folder)
+    images, others = list_images(folder)
     if exclude is not None:
         ex = exclude.resolve()
         images = [p for p in images if ex not in p.resolve().parents]
-    problems, seen = [], {}
+        others = [p for p in others if ex not in p.resolve().parents]
+    broken = [p for p in others if p.is_symlink() and not p.exists() and is_image_path(p)]
+    note_not_images(Path(folder), [p for p in others if p not in broken], "data check")
+    problems = [Problem(p, "unreadable", "a broken link") for p in broken]
+    problems += [Problem(p, "lr", f"{why}: not an HR image (training makes each LR from its HR)")
+                 for p, why in lr_files(Path(folder), images).items()]
+    seen = {}
     for p in track(images, progress, desc="check", unit=" img"):
         probs, digest = inspect_image(p, min_size)
         problems += probs
@@ -257,7 +342,7 @@ def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool
                 problems.append(Problem(p, "duplicate", f"same pixels as {seen[digest]}"))
             else:
                 seen[digest] = p
-    return images, problems
+    return images + broken, problems
 
 
 def _unique_target(path: Path) -> Path:
@@ -301,7 +386,9 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
     the folder itself); returns (train count, val count, the lists' folder). Lists already
     there with other contents are replaced only with `overwrite`."""
     root = Path(folder)
-    images, _ = list_images(root)
+    images, others = list_images(root)
+    note_not_images(root, others, "data split")
+    images = without_lr(root, images, "data split")
     if not images:
         raise UserError(f"no images in {root}")
     if not 0 < val_fraction < 1:

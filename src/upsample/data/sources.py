@@ -24,7 +24,7 @@ from ..media.progress import track
 from ..media.cache import part_dir
 from ..media.imageio import atomic_output, atomic_save, list_images
 from .pairs import collect_images, folder_key, train_val_files
-from .prepare import is_video_path, video_frames
+from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
 
@@ -60,11 +60,14 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
     try:
         folder.mkdir(parents=True, exist_ok=True)
         names = []
-        for n, frame in track(video_frames(video, every), progress, desc=f"decoding {video.name}",
-                              unit="frame"):
-            names.append(f"f{n:06d}.png")
-            # compress_level 1: these are a cache, read back many times and written once
-            atomic_save(Image.fromarray(np.ascontiguousarray(frame)), folder / names[-1], compress_level=1)
+        try:
+            for n, frame in track(video_frames(video, every), progress, desc=f"decoding {video.name}",
+                                  unit="frame"):
+                names.append(f"f{n:06d}.png")
+                # compress_level 1: these are a cache, read back many times and written once
+                atomic_save(Image.fromarray(np.ascontiguousarray(frame)), folder / names[-1], compress_level=1)
+        except UserError as exc:  # not a video, or a broken one: which file, and what to do
+            raise UserError(f"data.train: {exc}; remove the file from data.train (or from its folder)") from None
         if not names:
             raise UserError(f"data.train: {video} has no video frames to train on")
         with atomic_output(folder / FRAME_LIST) as tmp:
@@ -105,6 +108,12 @@ def _folder_sources(folder: Path, video_every: int, frames: Path | None, progres
     videos = [f for f in others if is_video_path(f) and f.is_file()]
     if not images and not videos:
         raise UserError(f"data.train: no images or videos in {folder}")
+    if progress:  # the notes once, from the process that shows progress (rank 0)
+        note_not_images(folder, [f for f in others if f not in videos], "data.train")
+    images = without_lr(folder, images, "data.train", note=progress)
+    if not images and not videos:
+        raise UserError(f"data.train: {folder} holds only LR images; name the folder of the HR images "
+                        "(training makes each LR from its HR)")
     out = [(f, folder_key(folder, f)) for f in images]
     for video in videos:
         out += [(f, f"{folder_key(folder, video)}/{f.name}")

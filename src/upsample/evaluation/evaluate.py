@@ -34,6 +34,7 @@ from . import metrics
 from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize
+from ..data.prepare import LR_MARK, lr_files, lr_folder_name
 from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, list_images, read_rgb, skip_reason
 from ..media.progress import progress_bar
@@ -206,12 +207,58 @@ def dataset_names(folders: list[str]) -> list[str]:
     return names
 
 
+LR_NOTE = "eval makes each LR from its HR image (the protocol's bicubic) and takes no LR files"
+
+
+def hr_images(folder: str) -> tuple[list[Path], list[str]]:
+    """(the HR images of a --data folder, notes on the files left out): LR files and other
+    methods' results kept beside the HR (`data.prepare.lr_files`) are left out, never measured
+    as HR; a folder that is all LR, or is an LR folder, is a UserError."""
+    root = Path(folder)
+    if root.is_file():
+        raise UserError(f"--data {folder} is a file: --data takes folders of HR images; put the "
+                        "image in a folder of its own and name that")
+    images, skipped = list_images(root)
+    notes = [f"skipping {one_line(s)} ({skip_reason(s)})" for s in skipped]
+    lr_name = lr_folder_name(root)
+    if lr_name and images:
+        raise UserError(f"--data {folder} is a folder of LR images ({lr_name}): {LR_NOTE}; name the "
+                        "folder of the HR images (HR/, GTmod12/ or the like beside it)")
+    left = lr_files(root, images)
+    hr = [p for p in images if p not in left]
+    if left and not hr:
+        first = next(iter(left))
+        raise UserError(f"--data {folder} holds only LR images ({one_line(first.relative_to(root))}: "
+                        f"{left[first]}): {LR_NOTE}; name the folder of the HR images")
+    if left:
+        first = next(iter(left))
+        notes.append(f"{folder}: leaving out {len(left)} files that are not HR images, e.g. "
+                     f"{one_line(first.relative_to(root))} ({left[first]}): {LR_NOTE}")
+    named_lr = [p for p in hr if LR_MARK.search(p.stem)]
+    if named_lr and len(named_lr) == len(hr):
+        raise UserError(f"--data {folder} holds only images named as LR images ({one_line(hr[0].relative_to(root))} "
+                        f"...) and no HR image of theirs: {LR_NOTE}; name the folder of the HR images")
+    if named_lr:
+        notes.append(f"{folder}: {len(named_lr)} images are named as LR images, e.g. "
+                     f"{one_line(named_lr[0].relative_to(root))}, but no HR image of theirs is here: "
+                     f"they are measured as HR; {LR_NOTE}")
+    stems: dict[str, list[Path]] = {}
+    for p in hr:
+        stems.setdefault(p.stem.lower(), []).append(p)
+    twice = [ps for ps in stems.values() if len({p.parent for p in ps}) > 1]
+    if twice:
+        notes.append(f"{folder}: {len(twice)} names are in more than one sub-folder, e.g. "
+                     f"{', '.join(one_line(p.relative_to(root)) for p in twice[0])}: each is measured "
+                     "as an image of its own (BasicSR's GTmod12/ and original/ are one set: name one of them)")
+    return hr, notes
+
+
 def evaluate_folder(run: Run, folder: str, *, name: str, save_dir: str | None, per_image: bool,
                     progress: bool) -> dict:
     """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder."""
-    images, skipped = list_images(folder)
-    for s in skipped:
-        print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
+    images, notes = hr_images(folder)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if not images:
         raise UserError(f"no images in {folder}")
     rows = []
@@ -271,7 +318,7 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for folder in folders:  # fail fast, before loading a model
-        images, _ = list_images(folder)
+        images, _ = hr_images(folder)
         if save_dir:
             check_saved_names(folder, images)
     lpips_metric = None

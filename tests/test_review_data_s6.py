@@ -1,0 +1,126 @@
+"""Datasets laid out as other projects ship them: LR files beside the HR (DIV2K/EDSR `HR/` +
+`LR_bicubic/X2/0001x2.png`, BasicSR `GTmod12/` + `LRbicx2/`, the SelfExSR release's
+`img_001_SRF_2_HR.png` beside `_LR`, `_bicubic`), non-image files, broken links: eval measures
+the HR images only (never an LR file as HR), the data tools and training leave the LR out with a
+note, and each says what it passed over."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from upsample import cli
+from upsample.data import prepare as prep, sources
+from upsample.evaluation import evaluate
+
+
+def _img(path, h=48, w=40, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _pair(hr_path, lr_path, seed):
+    """An HR image and its 2x smaller LR."""
+    _img(hr_path, 48, 40, seed)
+    Image.open(hr_path).resize((20, 24), Image.BICUBIC).save(_img(lr_path, 1, 1).as_posix())
+
+
+def _eval(capsys, folder):
+    assert cli.main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(folder), "--json", "-",
+                     "--per-image"]) == 0
+    out = capsys.readouterr()
+    return next(iter(json.loads(out.out)["datasets"].values())), out.err
+
+
+def test_eval_leaves_out_lr_files_beside_the_hr(tmp_path, capsys):
+    hr_only = tmp_path / "hr"
+    for i in range(3):
+        _img(hr_only / f"{i:04d}.png", seed=i)
+    want, _ = _eval(capsys, hr_only)
+    for layout, lr_name in (("div2k", "LR_bicubic/X2/{i:04d}x2.png"), ("basicsr", "LRbicx2/{i:04d}.png")):
+        root = tmp_path / layout
+        for i in range(3):
+            hr = root / ("HR" if layout == "div2k" else "GTmod12") / f"{i:04d}.png"
+            _pair(hr, root / lr_name.format(i=i), i)
+        got, err = _eval(capsys, root)
+        assert got["n"] == 3 and abs(got["psnr"] - want["psnr"]) < 1e-9, layout
+        assert "leaving out 3 files" in err and "takes no LR files" in err
+
+
+def test_eval_of_the_srf_release_measures_only_the_hr(tmp_path, capsys):
+    root = tmp_path / "image_SRF_2"
+    for i in range(1, 3):
+        _pair(root / f"img_{i:03d}_SRF_2_HR.png", root / f"img_{i:03d}_SRF_2_LR.png", i)
+        _img(root / f"img_{i:03d}_SRF_2_bicubic.png", seed=10 + i)  # a method's result, HR-sized
+        _pair(root / f"baby{i}_HR.png", root / f"baby{i}_LR.png", 20 + i)
+    got, err = _eval(capsys, root)
+    assert sorted(r["image"] for r in got["images"]) == [
+        "baby1_HR.png", "baby2_HR.png", "img_001_SRF_2_HR.png", "img_002_SRF_2_HR.png"]
+    assert "leaving out 6 files" in err
+
+
+def test_eval_refuses_a_folder_of_lr_images_and_a_file(tmp_path, capsys):
+    for i in range(2):
+        _img(tmp_path / "LR_bicubic" / "X2" / f"{i:04d}x2.png", seed=i)
+        _img(tmp_path / "copied" / f"{i:04d}x2.png", seed=i)       # DIV2K LR names, no HR
+        _img(tmp_path / "named" / f"pic{i}_LR.png", seed=i)
+    for folder in ("LR_bicubic/X2", "copied", "named", "copied/0000x2.png"):
+        assert cli.main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(tmp_path / folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert ("LR" in err) if folder != "copied/0000x2.png" else ("folders of HR images" in err)
+
+
+def test_eval_names_an_image_in_two_sub_folders(tmp_path, capsys):
+    _img(tmp_path / "Set5" / "GTmod12" / "baby.png")
+    _img(tmp_path / "Set5" / "original" / "baby.png")
+    got, err = _eval(capsys, tmp_path / "Set5")
+    assert got["n"] == 2 and "more than one sub-folder" in err
+
+
+def test_lr_files_keeps_plain_hr_names(tmp_path):
+    names = ["lenna.png", "4x4.png", "flower_lr_scan.png", "img_001.png", "photo-hr.png", "sky.png"]
+    images = [_img(tmp_path / n) for n in names]
+    assert prep.lr_files(tmp_path, images) == {}
+    assert prep.lr_folder_name(tmp_path / "lr_experiments") is None
+    assert prep.lr_folder_name(tmp_path / "DIV2K_train_LR_bicubic" / "X4") == "DIV2K_train_LR_bicubic"
+
+
+def test_training_sources_leave_out_lr_and_note_other_files(tmp_path, capsys):
+    root = tmp_path / "DIV2K"
+    for i in range(3):
+        _pair(root / "DIV2K_train_HR" / f"{i:04d}.png", root / "DIV2K_train_LR_bicubic" / "X2" / f"{i:04d}x2.png", i)
+    (root / "Thumbs.db").write_bytes(b"\0" * 8)
+    got = [f.name for f, _ in sources.collect_sources([str(root)], progress=True)]
+    assert got == ["0000.png", "0001.png", "0002.png"]
+    err = capsys.readouterr().err
+    assert "leaving out 3 LR files" in err and "Thumbs.db" in err
+
+
+def test_data_tools_on_a_div2k_style_folder(tmp_path, capsys):
+    root = tmp_path / "DIV2K"
+    for i in range(2):
+        _pair(root / "HR" / f"{i:04d}.png", root / "LR_bicubic" / "X2" / f"{i:04d}x2.png", i)
+    (root / "README.txt").write_text("hi")
+    os.symlink(tmp_path / "gone.png", root / "HR" / "9999.png")
+    assert cli.main(["data", "prepare", str(root), "-o", str(tmp_path / "crops"), "--size", "16"]) == 0
+    assert not any("x2" in p.name for p in (tmp_path / "crops").iterdir())
+    err = capsys.readouterr().err
+    assert "2 files of" in err and "9999.png (a broken link)" in err
+    assert cli.main(["data", "split", str(root), "--val", "0.5", "-o", str(tmp_path / "lists")]) == 0
+    listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
+    assert "x2" not in listed and listed.count(".png") == 2
+    capsys.readouterr()
+    assert cli.main(["data", "check", str(root), "--min-size", "8"]) == 1
+    out = capsys.readouterr().out
+    assert out.count(": lr: ") == 2 and "9999.png: unreadable: a broken link" in out
+
+
+def test_hr_images_reports_notes_not_silence(tmp_path):
+    _img(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("x")
+    hr, notes = evaluate.hr_images(str(tmp_path))
+    assert [p.name for p in hr] == ["a.png"] and any("notes.txt" in n for n in notes)
