@@ -278,6 +278,28 @@ def test_array_and_pil_api_keep_their_kind():
             eng.upscale(empty)
 
 
+@pytest.mark.parametrize("spec,scale", [("bicubic", 2), ("espcn-x3", None)])
+def test_float_tensors_follow_the_tensor_contract(spec, scale):
+    """NCHW or CHW float in [0, 1] in, the same layout, dtype and device out, unrounded: the
+    uint8 path's pixels are these values rounded; a batch gives each image's own result."""
+    eng = upsample.load(spec, scale, backend="torch")
+    arr = rgb()
+    chw = torch.from_numpy(arr.copy()).permute(2, 0, 1).double() / 255
+    out = eng(chw)
+    s = round(eng.scale)
+    assert out.shape == (3, 20 * s, 26 * s) and out.dtype == torch.float64
+    assert 0 <= out.min() and out.max() <= 1 and not torch.equal(out, (out * 255).round() / 255)
+    as_uint8 = (out.float().permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # as the tiler rounds
+    assert np.array_equal(as_uint8, eng.upscale(arr))
+    pair = eng.upscale(torch.stack([chw, chw.flip(-1)]))
+    assert pair.shape == (2, 3, 20 * s, 26 * s) and torch.allclose(pair[0], out, atol=1e-5)
+    assert eng(chw[:1]).shape == (1, 20 * s, 26 * s)  # gray stays gray
+    for bad, why in ((chw.mul(255).to(torch.uint8), "must be float"), (torch.ones(2, 8, 8), "1 \\(gray\\) or 3"),
+                     (torch.ones(3, 0, 8), "empty")):
+        with pytest.raises(UserError, match=why):
+            eng(bad)
+
+
 def test_gray_and_alpha_through_a_model_stay_single_channel():
     up = random_model_upscaler("espcn-rgb-x2")
     la = np.dstack([rgb()[..., 0], rgb()[..., 1]])
@@ -701,7 +723,7 @@ def test_api_errors_name_its_keywords_in_plain_words(kwargs, message):
     assert in_keywords("leave --precision out; use --precision int8 or --device GPU.") == \
         "leave precision out; use precision='int8' or device='GPU'."
     assert in_keywords("the tile side (--tile, tile=) must be >= 0") == "the tile side (tile=) must be >= 0"
-    with pytest.raises(UserError, match="upscale takes a PIL image or a numpy array"):
+    with pytest.raises(UserError, match="upscale takes a PIL image, a numpy array or a float tensor"):
         upsample.load("bicubic", 2).upscale("photo.png")
 
 

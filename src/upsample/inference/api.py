@@ -14,6 +14,7 @@ import re
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -106,7 +107,29 @@ class ImageUpscaler:
             return self._upscale_pil(image)
         if isinstance(image, np.ndarray):
             return self._upscale_array(image)
-        raise UserTypeError(f"upscale takes a PIL image or a numpy array, got {type(image).__name__}")
+        if isinstance(image, torch.Tensor):
+            return self._upscale_tensor(image)
+        raise UserTypeError(f"upscale takes a PIL image, a numpy array or a float tensor, got {type(image).__name__}")
+
+    __call__ = upscale  # as spandrel's models are called on tensors
+
+    def _upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The package's tensor contract (spandrel's): float NCHW or CHW, RGB or gray, in [0, 1] ->
+        the same layout, dtype and device, clamped to [0, 1], in float (not rounded to 8 or 16 bits).
+        In one piece, as spandrel's models run: tiling and alpha are the arrays' and images' path."""
+        if not x.is_floating_point():
+            raise UserTypeError(f"tensors must be float in [0, 1], got {x.dtype}; divide a uint8 one by 255")
+        if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3):
+            raise UserTypeError(f"tensors must be NCHW or CHW with 1 (gray) or 3 (RGB) channels, got shape "
+                                f"{tuple(x.shape)}; give RGBA as a numpy array or a PIL image")
+        if not x.numel():
+            raise UserValueError(f"the tensor is empty (shape {tuple(x.shape)}): nothing to upscale")
+        batch = (x if x.ndim == 4 else x[None]).detach().to(self.up.device, torch.float32)
+        gray = batch.shape[1] == 1 and not is_channel_agnostic(self.up)  # an RGB model: as gray RGB
+        with torch.no_grad():
+            y = self.up(batch.expand(-1, 3, -1, -1) if gray else batch)
+        y = (y.mean(1, keepdim=True) if gray else y).clamp_(0, 1).to(x.device, x.dtype)
+        return y if x.ndim == 4 else y[0]
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
         if not image.width or not image.height:
