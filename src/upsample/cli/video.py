@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if summary["damaged_packets"]:
         print(f"note: {summary['damaged_packets']} damaged packet(s) of the input could not be decoded "
               "or copied and were skipped (their frames or sound are missing)", file=sys.stderr)
+    if summary.get("repeated_times"):
+        print(f"note: {summary['repeated_times']} frame(s) of the input had the time of the frame before "
+              "(or an earlier one) and were left out, as FFmpeg does", file=sys.stderr)
     w, h = summary["size"]
     side = f", {summary['workers']} frames side by side" if summary.get("workers", 1) > 1 else ""
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "

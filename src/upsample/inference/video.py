@@ -37,8 +37,8 @@ from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
-from ..media.video import (add_copied_streams, add_video_stream, carry_frame_props, copy_chapters,
-                           choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
+from ..media.video import (FAMILIES, add_copied_streams, add_video_stream, carry_frame_props,
+                           copy_chapters, choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
                            frame_count, frame_rate, has_alpha, is_cover_art, is_planar_yuv, is_yuv,
                            keep_alpha_hint, main_video_stream, muxer_name, open_input, open_output,
                            plane_view, remux, start_output, stream_pix_fmt, video_decoder)
@@ -389,6 +389,9 @@ class _Stages:
         self.plan, self.window, self.batch = plan, window, batch
         self.vin = main_video_stream(container)
         self.decoder = video_decoder(self.vin)
+        # the size the plan and the encoder were made for (`_plan` reads the same context)
+        self.in_size = (self.vin.codec_context.width, self.vin.codec_context.height)
+        self.resized = 0  # frames of another size (`to_planned_size`)
         self.rate = frame_rate(self.vin)
         # MPEG-TS/PS have no index: a seek there lands after the key frame the window needs (3
         # frames of 24 were left), so it goes TS_SEEK_MARGIN earlier (or not at all near the
@@ -398,13 +401,17 @@ class _Stages:
         # a seek lands on a video key frame: before the video's first, that would skip the sound
         # of a file whose picture starts late, so it reads from the beginning instead
         video_from = float(self.vin.start_time * self.vin.time_base) if self.vin.start_time is not None else 0.0
-        if window.start and target > max(window.origin, video_from):
+        # a raw stream (.h264, .hevc: no timestamps) cannot seek: its seek failed with EPERM
+        # (reported as a bad path) and left the reading at the end; it is read from the start
+        timed = not container.format.flags & av.format.Flags.no_timestamps.value
+        if window.start and timed and target > max(window.origin, video_from):
             container.seek(int(target / self.vin.time_base), stream=self.vin, backward=True)
         self.streams = [self.vin] + [container.streams[i] for i in (*self.copies, *self.encodes)]
         # every stream moves back by the video's shift, which its time base holds exactly (each
         # rounding t0 in its own put a 1/25 s video 20 ms behind its sound)
         lead = window.shift(self.vin.time_base) * self.vin.time_base
         self.shift = {s.index: int(round(lead / s.time_base)) for s in self.streams}
+        self.video_end = self._video_end()  # `within_end`
         self.pipe = _Pipeline()
         self.frames_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch * plan.workers))
         self.encode_q: queue.Queue = queue.Queue(maxsize=max(2, plan.workers))
@@ -412,9 +419,16 @@ class _Stages:
         self.frames_out = self.packets_copied = self.frames_decoded = 0
         self.damaged = 0  # packets skipped because FFmpeg could not decode or mux them
         self.last_slot = -1  # `onto_frame_slots`
+        self.last_pts: int | None = None  # of the last frame encoded (`is_repeat_time`)
+        self.repeats = 0  # frames dropped for a time not after the previous frame's
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
         self.busy_lock = threading.Lock()  # side-by-side upscaling adds to it from several threads
         self.durations: dict[int, int] = {}  # pts -> duration of the frames sent to the encoder
+        # `continue_clock`: formats whose clock may restart, the seconds added since, each
+        # stream's last dts (seconds, offset included)
+        self.discontinuous = bool(container.format.flags & av.format.Flags.ts_discont.value)
+        self.clock_offset, self.last_dts = 0.0, {}
+        self.last_end = None  # seconds (on the output's clock) where the last frame encoded ends
 
     def read(self) -> None:
         """Thread 1: demux; decode the video's frames of the window onto `frames_q`; remux the
@@ -423,6 +437,7 @@ class _Stages:
         for packet in self.container.demux(self.streams):
             if self.pipe.stop.is_set():
                 return
+            self.continue_clock(packet)
             if packet.stream.index == self.vin.index:
                 if not self.read_video(packet):
                     self.flush_reencoded()
@@ -435,6 +450,26 @@ class _Stages:
                 when = self.clip_cue(packet, when)
             self.pass_on(packet, when)
         self.pipe.put(self.frames_q, _END)
+
+    def continue_clock(self, packet) -> None:
+        """MPEG-TS/PS whose clock goes back (`cat a.ts b.ts`, joined recordings, a broadcast's
+        splice): the muxer refused the first packet back in time ("video processing failed:
+        Invalid argument"). As FFmpeg does for these formats, every stream is moved on from there
+        by one offset, so that the clock continues where it was."""
+        if not self.discontinuous or packet.dts is None:
+            return
+        index, tb = packet.stream.index, packet.time_base
+        t = float(packet.dts * tb) + self.clock_offset
+        last = self.last_dts.get(index)
+        if last is not None and t < last - 0.1:
+            self.clock_offset += last - t + float(packet.duration * tb if packet.duration else 0)
+            t = float(packet.dts * tb) + self.clock_offset
+        self.last_dts[index] = t
+        if self.clock_offset:
+            shift = int(round(self.clock_offset / tb))
+            packet.dts += shift
+            if packet.pts is not None:
+                packet.pts += shift
 
     def pass_on(self, packet, when: float | None) -> None:
         """A packet of a copied or re-encoded stream into the output, if it falls in the window."""
@@ -497,12 +532,28 @@ class _Stages:
             if frame.pts is None:  # raw streams: number the frames
                 frame.pts = int(round(self.frames_decoded / float(self.rate) / self.vin.time_base))
             self.frames_decoded += 1
+            frame = self.to_planned_size(frame)
             if self.window.is_past(frame.time):
                 self.pipe.put(self.frames_q, _END)
                 return False
             if self.window.contains(frame.time) and not self.pipe.put(self.frames_q, frame):
                 return False
         return True
+
+    def to_planned_size(self, frame):
+        """`frame` at the size the upscaling was planned for: a stream whose size changes midway
+        (a WebRTC or MediaRecorder recording, a broadcast's ad break) had frames the Y path could
+        not put back (a traceback) and the RGB path stretched silently. Such frames are scaled
+        (libswscale's bicubic, aspect as the encoder's output) with one note, as FFmpeg scales
+        them to its encoder's size."""
+        if (frame.width, frame.height) == self.in_size:
+            return frame
+        if not self.resized:  # tqdm.write: the progress bar may be on screen
+            tqdm.write(f"note: the video's frame size changes at {frame.time or 0:.2f} s "
+                       f"({self.in_size[0]}x{self.in_size[1]} -> {frame.width}x{frame.height}); such frames "
+                       f"are scaled to {self.in_size[0]}x{self.in_size[1]} before upscaling", file=sys.stderr)
+        self.resized += 1
+        return frame.reformat(width=self.in_size[0], height=self.in_size[1], interpolation="BICUBIC")
 
     def reencode(self, packet, stream, shift: int) -> None:
         """Decode a packet of a re-encoded stream and encode it into `stream`, timestamps moved
@@ -546,14 +597,29 @@ class _Stages:
             for frame in item:
                 t = time.perf_counter()
                 self.onto_frame_slots(frame)
+                if self.is_repeat_time(frame):
+                    continue
                 if frame.duration:
                     self.durations[frame.pts] = frame.duration
+                    self.last_end = (frame.pts + frame.duration) * frame.time_base
                 packets = self.vout.encode(frame)
                 self.busy["encode"] += time.perf_counter() - t
                 self.mux_video(packets)
                 self.frames_out += 1
         if not self.pipe.stop.is_set():
-            self.mux_video(self.vout.encode(None))
+            self.mux_video(self.vout.encode(None), last=True)
+
+    def is_repeat_time(self, frame) -> bool:
+        """Whether `frame` is to be dropped for a time at or before the previous frame's (webcam
+        and screen captures repeat a timestamp): MP4's muxer refused the whole run ("Invalid
+        argument") and Matroska stored both; FFmpeg's variable-rate output drops such a frame too."""
+        if frame.pts is None:
+            return False
+        if self.last_pts is not None and frame.pts <= self.last_pts:
+            self.repeats += 1
+            return True
+        self.last_pts = frame.pts
+        return False
 
     def onto_frame_slots(self, frame) -> None:
         """`frame`'s time in the encoder's time base where it is not the input's
@@ -574,15 +640,53 @@ class _Stages:
         frame.pts, frame.time_base = int(round(snapped(frame.time) / base)), base
         frame.duration = int(round(duration / base))
 
-    def mux_video(self, packets) -> None:
+    def mux_video(self, packets, last: bool = False) -> None:
         """Mux encoded packets with their frames' durations: encoders drop them, and the muxer
-        then guesses the last frame's from the average rate (a GIF's closing 1 s hold became 0.36 s)."""
+        then guesses the last frame's from the average rate (a GIF's closing 1 s hold became 0.36 s).
+        `last`: the encoder's final packets (`hold_to_the_end`)."""
         for packet in packets:
             duration = self.durations.pop(packet.pts, None)
             if duration:
                 packet.duration = duration
+            self.within_end(packet)
+        if last and packets:
+            self.hold_to_the_end(packets[-1])
         with self.mux_lock:
             self.out.mux(packets)
+
+    def hold_to_the_end(self, packet) -> None:
+        """MP4 times a sample to the next one's dts, the last by its own duration: with B-frames
+        the last packet is not the last frame, and the media ended before the last frame did (a
+        GIF's closing 0.5 s hold read 0.65 s of 1.05 s). The last packet lasts to the last frame's
+        end (at most `video_end`)."""
+        end = self.last_end
+        if FAMILIES.get(self.out.format.name) != "mp4" or end is None or packet.pts is None:
+            return
+        if self.video_end is not None:
+            end = min(end, self.video_end)
+        duration = int(round(end / packet.time_base)) - packet.pts
+        if duration > 0:
+            packet.duration = duration
+
+    def within_end(self, packet) -> None:
+        """`packet`'s duration cut at `video_end`: an MP4 input's frame durations are its dts
+        steps (with B-frames, a 13-frame gap given to another frame), which took the output's
+        end past the input's once the last frame was held to its end."""
+        if self.video_end is None or packet.pts is None or not packet.duration:
+            return
+        left = int(round(self.video_end / packet.time_base)) - packet.pts
+        if 0 < left < packet.duration:
+            packet.duration = left
+
+    def _video_end(self):
+        """Where the video ends on the output's clock, in seconds: the input stream's end (moved
+        by the window's start) and the --duration window's; None where neither is known."""
+        v, ends = self.vin, []
+        if v.duration is not None and v.start_time is not None:
+            ends.append((v.start_time + v.duration - self.shift[v.index]) * v.time_base)
+        if self.window.duration is not None:
+            ends.append(self.window.duration)
+        return min(ends) if ends else None
 
     def upscale(self, bar, estimate: RunEstimate) -> None:
         """The calling thread: batches of decoded frames from `frames_q`, upscaled onto `encode_q`
@@ -660,7 +764,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
             "size": (vout.width, vout.height), "rate": stages.rate, "codec": vout.codec_context.name,
             "pix_fmt": plan.out_fmt, "reencoded": [f"{s.type} as {s.codec_context.name}" for s in stages.encodes.values()],
             "fps": stages.frames_out / wall if wall else None,  # end to end, stages overlapping
-            "workers": plan.workers, "damaged_packets": stages.damaged,
+            "workers": plan.workers, "damaged_packets": stages.damaged, "repeated_times": stages.repeats,
             "ms_per_frame": {k: 1000 * v / stages.frames_out for k, v in stages.busy.items()}}
 
 

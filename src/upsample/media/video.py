@@ -139,23 +139,54 @@ def is_cover_art(stream) -> bool:
     return stream.type == "video" and bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
+def file_url(path: Path) -> str:
+    """What FFmpeg opens as the file `path`: its absolute path, as FFmpeg reads a name such as
+    "take:2.mp4" as a URL of the protocol "take" ("Protocol not found"); a container's `name`
+    (reopened by `_first_packet` and the subtitle reader) is this too."""
+    return os.path.abspath(path)
+
+
+# FFmpeg learns a stream's size and pixel format from its first 5 s / 5 MB: a TS recording whose
+# picture starts after seconds of sound was "codec 'h264' is not supported here"; such a file is
+# read again this far
+LONG_PROBE = {"probesize": str(200 << 20), "analyzeduration": str(60_000_000)}
+
+
+def _open(path: Path, options: dict | None = None):
+    try:
+        return av.open(file_url(path), options=options or {})
+    except PermissionError:
+        raise UserError(f"cannot read {path}: permission denied (check the file's owner and mode)") from None
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise UserError(f"cannot read {path}: not a video file, or it is damaged ({exc})") from None
+
+
+def _described(vin) -> bool:
+    """Whether FFmpeg found the size and pixel format of the video stream `vin`."""
+    return vin.codec_context is not None and vin.codec_context.format is not None and bool(vin.codec_context.width)
+
+
 def open_input(path: Path):
     """The container of a video file with a decodable video stream, else a UserError."""
     if not path.exists():
         raise UserError(f"file not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a video file; name one video")
-    try:
-        container = av.open(str(path))
-    except PermissionError:
-        raise UserError(f"cannot read {path}: permission denied (check the file's owner and mode)") from None
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise UserError(f"cannot read {path}: not a video file, or it is damaged ({exc})") from None
+    container = _open(path)
+    if container.streams.video and not _described(main_video_stream(container)):
+        container.close()  # read again further: see LONG_PROBE
+        container = _open(path, LONG_PROBE)
     if not container.streams.video:
         container.close()
         raise UserError(f"{path} has no video stream")
+    if all(is_cover_art(s) for s in container.streams.video):
+        # an MP3/M4A/FLAC with its album art: that picture was "upscaled" into a one-frame MP4
+        # whose frame did not decode
+        container.close()
+        raise UserError(f"{path} is audio with a cover picture, not a video: nothing to upscale frame "
+                        "by frame")
     vin = main_video_stream(container)
-    if vin.codec_context is None or vin.codec_context.format is None or not vin.codec_context.width:
+    if not _described(vin):
         name = vin.codec_context.name if vin.codec_context is not None else "unknown"
         container.close()
         raise UserError(f"cannot decode the video of {path}: codec {name!r} is not supported here")
@@ -169,12 +200,26 @@ IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "ppm", "
                     "tga", "dpx", "exr", "jxl", "avif", "heic", "ico", "sgi", "xbm", "xwd", "pcx"}
 
 
+# an IP camera's Motion JPEG stream (.mjpeg, multipart .mjpg): Pillow reads its first picture
+# as a still JPEG, and the video was refused as a still image
+MJPEG_STREAMS = {"mjpeg", "mpjpeg"}
+
+
+def _demuxer_name(path: Path) -> str | None:
+    """The FFmpeg demuxer that opens `path` (None: none does)."""
+    try:
+        with av.open(file_url(path)) as c:
+            return c.format.name
+    except (av.FFmpegError, ValueError, OSError):
+        return None
+
+
 def check_is_video(path: Path) -> None:
     """A UserError for an input that is a still image (FFmpeg opens a PNG, JPEG or one-frame GIF
     as a one-frame video: `upsample image` is the command for it) or an animation FFmpeg here
     cannot decode frame by frame (animated WebP). Animated GIF and APNG are videos here."""
     frames = image_frame_count(path)
-    if frames == 1:
+    if frames == 1 and _demuxer_name(path) not in MJPEG_STREAMS:
         raise UserError(f"{path} is a still image, not a video: use `upsample image {path} -o DIR`")
     animated = UserError(f"{path} is an animation of {frames} frames that FFmpeg here cannot decode "
                          "frame by frame; convert it to .gif or a video first")
@@ -238,7 +283,7 @@ def check_output(dst: Path, *, overwrite: bool) -> None:
 
 def first_frame(path: Path, vin_index: int):
     """The first decoded frame (for its rotation and format), from a separate read."""
-    with av.open(str(path)) as c:
+    with av.open(file_url(path)) as c:
         decoder = video_decoder(c.streams[vin_index])
         for packet in c.demux(c.streams[vin_index]):
             for frame in decoder.decode(packet):
@@ -606,6 +651,20 @@ def _note_lost_aspect(muxer: str, codec: str, sar: Fraction) -> None:
               "--codec libx264 or libx265 in .mkv, to keep it", file=sys.stderr)
 
 
+# muxers that store a display matrix (MP4/MOV's tkhd, Matroska's projection): AVI, MPEG-TS/PS,
+# NUT, FLV, MXF drop it, and a phone's upright video then plays on its side
+ROTATION_MUXERS = {"mp4", "mov", "ipod", "3gp", "3g2", "ismv", "f4v", "psp", "matroska", "webm"}
+
+
+def _note_lost_rotation(muxer: str, rotation: float) -> None:
+    """Say so where the output cannot keep the input's rotation (the frames are stored as
+    recorded, and players turn them by that tag)."""
+    if muxer not in ROTATION_MUXERS:
+        print(f"note: the input is shown rotated by {rotation:g} degrees (a tag on its frames), which "
+              f"{muxer} cannot store: players will show the output turned; write .mp4, .mov, .mkv or "
+              ".webm to keep it", file=sys.stderr)
+
+
 def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
                      crf: int | None, preset: str | None):
     """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
@@ -634,6 +693,7 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
             vout.metadata[key] = vin.metadata[key]
     if getattr(first, "rotation", 0):
         vout.set_display_rotation(first.rotation)
+        _note_lost_rotation(out.format.name, first.rotation)
     try:
         vout.disposition = vin.disposition & ~av.stream.Disposition.attached_pic  # default, forced ...
     except (AttributeError, ValueError, TypeError):
