@@ -46,6 +46,21 @@ def _mux(path, codec, size, pix_fmt, packets, pts, time_base):
     out.close()
 
 
+def _x264_clip(path, n, *, fmt=None, rotation=None):
+    """An n-frame 48x32 H.264 clip at 25 fps (in `fmt`, e.g. a raw "h264" stream)."""
+    out = av.open(str(path), "w", format=fmt)
+    v = out.add_stream("libx264", rate=25)
+    v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+    if rotation is not None:
+        v.set_display_rotation(rotation)
+    for i in range(n):
+        frame = av.VideoFrame.from_ndarray(_picture(i, 48, 32), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        out.mux(v.encode(frame))
+    out.mux(v.encode())
+    out.close()
+
+
 def _frames(path):
     with av.open(str(path)) as c:
         return list(c.decode(video=0))
@@ -71,16 +86,7 @@ def test_a_rotation_the_output_cannot_store_is_said(tmp_path, capsys, ext, kept)
     """A phone's portrait video in .avi/.ts lost its rotation without a word (players showed it
     on its side); MP4 and Matroska keep it."""
     src, dst = tmp_path / "phone.mp4", tmp_path / f"out{ext}"
-    out = av.open(str(src), "w")
-    v = out.add_stream("libx264", rate=25)
-    v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
-    v.set_display_rotation(90)
-    for i in range(10):
-        frame = av.VideoFrame.from_ndarray(_picture(i, 48, 32), format="rgb24")
-        frame.pts, frame.time_base = i, Fraction(1, 25)
-        out.mux(v.encode(frame))
-    out.mux(v.encode())
-    out.close()
+    _x264_clip(src, 10, rotation=90)
     assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2"]) == 0
     err = capsys.readouterr().err
     assert ("rotated by 90" in err) is not kept
@@ -150,15 +156,7 @@ def test_a_raw_h264_stream_can_be_cut(tmp_path, capsys):
     """A camera/DVR's raw .h264 cannot seek: --start failed with "Operation not permitted: check
     that path" (its seek's EPERM) and left nothing to read."""
     src, dst = tmp_path / "dvr.h264", tmp_path / "out.mp4"
-    out = av.open(str(src), "w", format="h264")
-    v = out.add_stream("libx264", rate=25)
-    v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
-    for i in range(25):
-        frame = av.VideoFrame.from_ndarray(_picture(i, 48, 32), format="rgb24")
-        frame.pts, frame.time_base = i, Fraction(1, 25)
-        out.mux(v.encode(frame))
-    out.mux(v.encode())
-    out.close()
+    _x264_clip(src, 25, fmt="h264")
     args = ["video", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2", "--start", "0.5", "--duration", "0.2"]
     assert cli.main(args) == 0, capsys.readouterr().err
     assert len(_frames(dst)) == 5
