@@ -47,7 +47,7 @@ def test_eval_leaves_out_lr_files_beside_the_hr(tmp_path, capsys):
             _pair(hr, root / lr_name.format(i=i), i)
         got, err = _eval(capsys, root)
         assert got["n"] == 3 and abs(got["psnr"] - want["psnr"]) < 1e-9, layout
-        assert "leaving out 3 files" in err and "takes no LR files" in err
+        assert "leaving out 3 LR files" in err and "takes no LR files" in err
 
 
 def test_eval_of_the_srf_release_measures_only_the_hr(tmp_path, capsys):
@@ -59,19 +59,44 @@ def test_eval_of_the_srf_release_measures_only_the_hr(tmp_path, capsys):
     got, err = _eval(capsys, root)
     assert sorted(r["image"] for r in got["images"]) == [
         "baby1_HR.png", "baby2_HR.png", "img_001_SRF_2_HR.png", "img_002_SRF_2_HR.png"]
-    assert "leaving out 6 files" in err
+    assert "leaving out 6 LR files" in err
 
 
 def test_eval_refuses_a_folder_of_lr_images_and_a_file(tmp_path, capsys):
+    """A folder its name and its files' names both mark as LR is refused; either alone (a user's
+    "LR" folder of Lightroom exports, photos named *_lr) is measured, with a note."""
     for i in range(2):
         _img(tmp_path / "LR_bicubic" / "X2" / f"{i:04d}x2.png", seed=i)
         _img(tmp_path / "copied" / f"{i:04d}x2.png", seed=i)       # DIV2K LR names, no HR
-        _img(tmp_path / "named" / f"pic{i}_LR.png", seed=i)
-    for folder in ("LR_bicubic/X2", "copied", "named", "copied/0000x2.png"):
+        _img(tmp_path / "LR" / f"IMG_{i:04d}.png", seed=i)         # Lightroom's exports
+    for folder in ("LR_bicubic/X2", "copied/0000x2.png"):
         assert cli.main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(tmp_path / folder)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err
-        assert ("LR" in err) if folder != "copied/0000x2.png" else ("folders of HR images" in err)
+        assert ("folder of LR images" in err) if folder != "copied/0000x2.png" else ("folders of HR images" in err)
+    for folder in ("copied", "LR"):
+        got, err = _eval(capsys, tmp_path / folder)
+        assert got["n"] == 2 and "named as LR images" in err and "measured as HR" in err
+
+
+def test_names_that_only_look_like_lr_copies_are_kept(tmp_path):
+    """A name is no proof: photo_lrg (larger), icon_x3 (larger), cat_lr (the same size), team_sales
+    beside team_hr, and images of a folder named LR with no smaller copy of an image outside it."""
+    _img(tmp_path / "photo.png", 24, 20)
+    _img(tmp_path / "photo_lrg.png", 48, 40)
+    _img(tmp_path / "icon.png", 16, 16)
+    _img(tmp_path / "icon_x3.png", 48, 48)
+    _img(tmp_path / "cat.png")
+    _img(tmp_path / "cat_lr.png")
+    _img(tmp_path / "team_hr.png")
+    _img(tmp_path / "team_sales.png", 24, 20)
+    _img(tmp_path / "LR" / "beach.png", 24, 20)
+    _img(tmp_path / "raw" / "beach2.png")
+    images = sorted(p for p in tmp_path.rglob("*.png"))
+    assert prep.lr_files(tmp_path, images) == {}
+    _pair(tmp_path / "dog.png", tmp_path / "dog_LR.png", 3)   # the real thing: 2 times smaller
+    images = sorted(p for p in tmp_path.rglob("*.png"))
+    assert list(prep.lr_files(tmp_path, images)) == [tmp_path / "dog_LR.png"]
 
 
 def test_eval_names_an_image_in_two_sub_folders(tmp_path, capsys):
@@ -109,14 +134,15 @@ def test_data_tools_on_a_div2k_style_folder(tmp_path, capsys):
     assert cli.main(["data", "prepare", str(root), "-o", str(tmp_path / "crops"), "--size", "16"]) == 0
     assert not any("x2" in p.name for p in (tmp_path / "crops").iterdir())
     err = capsys.readouterr().err
-    assert "2 files of" in err and "9999.png (a broken link)" in err
+    assert "1 files of" in err and "9999.png (a broken link)" in err and "README" not in err
     assert cli.main(["data", "split", str(root), "--val", "0.5", "-o", str(tmp_path / "lists")]) == 0
     listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
     assert "x2" not in listed and listed.count(".png") == 2
     capsys.readouterr()
     assert cli.main(["data", "check", str(root), "--min-size", "8"]) == 1
-    out = capsys.readouterr().out
-    assert out.count(": lr: ") == 2 and "9999.png: unreadable: a broken link" in out
+    out, err = capsys.readouterr()
+    assert ": lr" not in out and "9999.png: unreadable: a broken link" in out
+    assert "data check: leaving out 2 LR files" in err  # a note, not a problem clean would move
 
 
 def test_hr_images_reports_notes_not_silence(tmp_path):

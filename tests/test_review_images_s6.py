@@ -190,3 +190,12 @@ def test_read_rgb_scales_every_deep_gray_layout_to_8_bits(tmp_path, mode):
     rgb = read_rgb(tmp_path / "gray.tif")
     assert rgb.shape == (48, 48, 3)
     assert np.abs(rgb[..., 0].astype(int) - np.round(levels / 257.0)).max() == 0
+
+
+def test_read_rgb_keeps_a_float_tiff_on_the_8_bit_scale(tmp_path):
+    """A float TIFF in 0..255 (8-bit levels stored as floats) is read as those levels, as before
+    [0, 1] floats were read: not refused as out of range."""
+    from upsample.media.imageio import read_rgb
+    levels = np.linspace(60, 250, 48 * 48, dtype=np.float32).reshape(48, 48)
+    Image.fromarray(levels, "F").save(tmp_path / "f.tif")
+    assert np.abs(read_rgb(tmp_path / "f.tif")[..., 0].astype(int) - np.round(levels)).max() <= 1

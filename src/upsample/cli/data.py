@@ -9,7 +9,7 @@ from ..errors import UserError
 from .options import add_output_option, add_overwrite_option, path_text
 
 # data.prepare.PROBLEM_KINDS (a test checks it), here so that `data --help` needs no torch
-PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate", "lr")
+PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
 
 
 def _summary(n: int, problems: list) -> str:
@@ -77,7 +77,7 @@ def register(sub) -> None:
                          "least N pixels uncovered (default 0: cover every image completely)")
     pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame (default 1)")
     pp.set_defaults(func=run_prepare)
-    pc = dsub.add_parser("check", help="report unreadable, small, odd-mode, duplicate and LR images")
+    pc = dsub.add_parser("check", help="report unreadable, small, odd-mode and duplicate images")
     pc.add_argument("dir")
     pc.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
     pc.set_defaults(func=run_check)

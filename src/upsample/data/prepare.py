@@ -47,10 +47,10 @@ def is_video_path(path: str | os.PathLike) -> bool:
 
 LR_FOLDER = re.compile(r"(?i)^(?:.*[_\- ])?(?:lr|lq|low[_\- ]?res(?:olution)?)"
                        r"(?:[_\- ]?(?:bicubic|bic|unknown|mild|difficult|wild|realistic|bi|bd|dn|x?\d+))*$")
-HR_NAME = re.compile(r"(?i)^(.+?)[_\- ](?:hr|gt)$")           # baby_HR, img_001_SRF_2_HR
-LR_NAME = re.compile(r"(?i)^(.+?)(?:[_\- ](?:lr|lq)[a-z]*(?:[_\- ]?x?\d+)?|[_\- ]?x\d+[a-z]?)$")  # 0001x2, baby_LR
-# an LR by its name alone: NAME_LR, NAME_LRBI_x2, NAME_LR2, DIV2K's 0001x2
-LR_MARK = re.compile(r"(?i)(?:[_\- ](?:lr|lq)[a-z]*(?:[_\- ]?x?\d+)?|^\d+x\d[a-z]?)$")
+# a name's LR mark: NAME_LR, NAME_LQ, NAME_LRBI_x2, NAME_LR2, NAMEx2 (DIV2K's 0001x2)
+LR_MARK = re.compile(r"(?i)(?:[_\- ](?:lr|lq)(?:bi|bd|dn|bicubic)?(?:[_\- ]?x?\d)?|(?<=\d)x\d|[_\- ]x\d)$")
+SRF_HR = re.compile(r"(?i)^(.+_srf_\d+)_hr$")  # the SelfExSR release: img_001_SRF_2_HR beside _LR, _SRCNN ...
+MAX_FACTOR = 8
 
 
 def lr_folder_name(folder: Path) -> str | None:
@@ -62,33 +62,51 @@ def lr_folder_name(folder: Path) -> str | None:
     return next((d for d in reversed(parts) if LR_FOLDER.match(d)), None)
 
 
+def _size(path: Path) -> tuple[int, int] | None:
+    """(w, h) from the file's header, None where it is unreadable (check reports those)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any unreadable file is simply no evidence
+        return None
+
+
+def _smaller_by(lr: Path, hr: Path) -> int | None:
+    """k (2..MAX_FACTOR) where `lr` is `hr` shrunk k times (each side within k pixels: the HR may
+    not have been cropped to a multiple), else None: a name alone is no proof (photo_lrg, icon_x2)."""
+    a, b = _size(lr), _size(hr)
+    if a is None or b is None:
+        return None
+    return next((k for k in range(2, MAX_FACTOR + 1)
+                 if all(0 <= big - k * small < k for small, big in zip(a, b))), None)
+
+
 def lr_files(root: Path, images: list[Path]) -> dict[Path, str]:
-    """{file: why} of the `images` under `root` that are not HR pictures: those in an LR
-    sub-folder, those named as the LR of an HR image of the set (0001x2 of 0001, baby_LR of
-    baby_HR), and beside a NAME_HR file (its ground truth) the other files NAME_* of its folder."""
+    """{file: why} of the `images` under `root` that are LR copies of another of them, by name and
+    size: NAME_LR / NAMEx2 beside NAME (or NAME_HR) in its folder, an image of an LR sub-folder
+    (LR_bicubic/X2/0001x2, LRbicx2/baby) of the name of one outside it, each k times smaller; and
+    the files NAME_SRF_k_* beside NAME_SRF_k_HR (the SelfExSR release: LR and methods' results)."""
     root = Path(root)
-    out: dict[Path, str] = {}
+    in_lr_dir = {p for p in images if any(LR_FOLDER.match(d) for d in p.relative_to(root).parts[:-1])}
+    by_stem: dict[str, list[Path]] = {}
     for p in images:
-        lr_dir = next((d for d in p.relative_to(root).parts[:-1] if LR_FOLDER.match(d)), None)
-        if lr_dir:
-            out[p] = f"in the LR folder {lr_dir}"
-    rest = [p for p in images if p not in out]
-    marked = {p: m.group(1).lower() for p in rest if (m := HR_NAME.match(p.stem))}
-    truth = {(p.parent, base): p for p, base in marked.items()}
-    for p in rest:
+        if p not in in_lr_dir:
+            by_stem.setdefault(p.stem.lower(), []).append(p)
+    out: dict[Path, str] = {}
+    srf = {(p.parent, m.group(1).lower()): p for p in images if (m := SRF_HR.match(p.stem))}
+    for p in images:
         stem = p.stem.lower()
-        if p in marked:
+        base = stem[:m.start()] if (m := LR_MARK.search(stem)) else None
+        hr_of_srf = next((hr for (d, b), hr in srf.items() if d == p.parent and stem.startswith(b + "_")), None)
+        if hr_of_srf is not None and hr_of_srf != p:
+            out[p] = f"beside {hr_of_srf.name}: its LR or a method's result"
             continue
-        cuts = [i for i, c in enumerate(stem) if c in "_- "]
-        hr = next((truth[(p.parent, stem[:i])] for i in reversed(cuts) if (p.parent, stem[:i]) in truth), None)
+        partners = [q for key in ({stem, base} if p in in_lr_dir else {base}) if key
+                    for q in by_stem.get(key, []) + by_stem.get(f"{key}_hr", []) if q != p
+                    and (p in in_lr_dir or q.parent == p.parent)]
+        hr, k = next(((q, k) for q in partners if (k := _smaller_by(p, q))), (None, None))
         if hr is not None:
-            out[p] = f"another version of {hr.name}, its LR or a method's result"
-    keys = {p.stem.lower(): p for p in rest if p not in out}
-    keys.update({base: p for p, base in marked.items()})
-    for p in rest:
-        m = None if p in out or p in marked else LR_NAME.match(p.stem)
-        if m and m.group(1).lower() in keys:
-            out[p] = f"named as the LR of {keys[m.group(1).lower()].relative_to(root).as_posix()}"
+            out[p] = f"{hr.relative_to(root).as_posix()} made {k} times smaller"
     return out
 
 
@@ -104,8 +122,14 @@ def without_lr(root: Path, images: list[Path], what: str, *, note: bool = True) 
     return [p for p in images if p not in left]
 
 
+# a dataset's own lists and notes (`data split` writes train.txt/val.txt into the folder)
+COMPANION_SUFFIXES = {".txt", ".md", ".json", ".csv", ".tsv", ".toml", ".yaml", ".yml"}
+
+
 def note_not_images(folder: Path, files: list[Path], what: str) -> None:
-    """A note on stderr naming the files of `folder` that `what` passes over (not images or videos)."""
+    """A note on stderr naming the files of `folder` that `what` passes over (not images or videos;
+    text files, a dataset's lists and read-mes, are passed over without one)."""
+    files = [f for f in files if f.suffix.lower() not in COMPANION_SUFFIXES]
     if files:
         print(f"note: {what}: {len(files)} files of {folder} are not images or videos and are left "
               f"out, e.g. {one_line(files[0].relative_to(folder))} ({skip_reason(files[0])})", file=sys.stderr)
@@ -280,11 +304,11 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
 @dataclass
 class Problem:
     path: Path
-    kind: str      # unreadable, truncated, too-small, grayscale, cmyk, alpha, duplicate, lr
+    kind: str      # unreadable, truncated, too-small, grayscale, cmyk, alpha, duplicate
     detail: str
 
 
-PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate", "lr")
+PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
 
 
 def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
@@ -331,8 +355,7 @@ def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool
     broken = [p for p in others if p.is_symlink() and not p.exists() and is_image_path(p)]
     note_not_images(Path(folder), [p for p in others if p not in broken], "data check")
     problems = [Problem(p, "unreadable", "a broken link") for p in broken]
-    problems += [Problem(p, "lr", f"{why}: not an HR image (training makes each LR from its HR)")
-                 for p, why in lr_files(Path(folder), images).items()]
+    images = without_lr(Path(folder), images, "data check")  # not problems: training leaves them out
     seen = {}
     for p in track(images, progress, desc="check", unit=" img"):
         probs, digest = inspect_image(p, min_size)

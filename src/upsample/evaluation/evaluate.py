@@ -211,37 +211,31 @@ LR_NOTE = "eval makes each LR from its HR image (the protocol's bicubic) and tak
 
 
 def hr_images(folder: str) -> tuple[list[Path], list[str]]:
-    """(the HR images of a --data folder, notes on the files left out): LR files and other
-    methods' results kept beside the HR (`data.prepare.lr_files`) are left out, never measured
-    as HR; a folder that is all LR, or is an LR folder, is a UserError."""
+    """(the HR images of a --data folder, notes on the files left out): LR copies kept beside the
+    HR (`data.prepare.lr_files`) are left out, never measured as HR; a folder that its name and
+    its files' names both mark as LR (DIV2K's LR_bicubic/X2/0001x2.png) is a UserError, either
+    alone a note."""
     root = Path(folder)
     if root.is_file():
         raise UserError(f"--data {folder} is a file: --data takes folders of HR images; put the "
                         "image in a folder of its own and name that")
     images, skipped = list_images(root)
     notes = [f"skipping {one_line(s)} ({skip_reason(s)})" for s in skipped]
-    lr_name = lr_folder_name(root)
-    if lr_name and images:
-        raise UserError(f"--data {folder} is a folder of LR images ({lr_name}): {LR_NOTE}; name the "
-                        "folder of the HR images (HR/, GTmod12/ or the like beside it)")
     left = lr_files(root, images)
     hr = [p for p in images if p not in left]
-    if left and not hr:
-        first = next(iter(left))
-        raise UserError(f"--data {folder} holds only LR images ({one_line(first.relative_to(root))}: "
-                        f"{left[first]}): {LR_NOTE}; name the folder of the HR images")
     if left:
         first = next(iter(left))
-        notes.append(f"{folder}: leaving out {len(left)} files that are not HR images, e.g. "
-                     f"{one_line(first.relative_to(root))} ({left[first]}): {LR_NOTE}")
-    named_lr = [p for p in hr if LR_MARK.search(p.stem)]
-    if named_lr and len(named_lr) == len(hr):
-        raise UserError(f"--data {folder} holds only images named as LR images ({one_line(hr[0].relative_to(root))} "
-                        f"...) and no HR image of theirs: {LR_NOTE}; name the folder of the HR images")
-    if named_lr:
-        notes.append(f"{folder}: {len(named_lr)} images are named as LR images, e.g. "
-                     f"{one_line(named_lr[0].relative_to(root))}, but no HR image of theirs is here: "
-                     f"they are measured as HR; {LR_NOTE}")
+        notes.append(f"{folder}: leaving out {len(left)} LR files, e.g. {one_line(first.relative_to(root))} "
+                     f"({left[first]}): {LR_NOTE}")
+    lr_named = [p for p in hr if LR_MARK.search(p.stem)]
+    lr_dir = lr_folder_name(root)
+    if hr and lr_dir and len(lr_named) == len(hr):
+        raise UserError(f"--data {folder} is a folder of LR images ({lr_dir}/{one_line(hr[0].name)}): "
+                        f"{LR_NOTE}; name the folder of the HR images (HR/, GTmod12/ or the like)")
+    if hr and (lr_dir or lr_named):
+        example = f"folder {lr_dir}" if lr_dir else f"{one_line(lr_named[0].relative_to(root))} ..."
+        notes.append(f"{folder}: named as LR images ({example}) but measured as HR images: {LR_NOTE}; "
+                     "if these are LR inputs, name the folder of their HR images instead")
     stems: dict[str, list[Path]] = {}
     for p in hr:
         stems.setdefault(p.stem.lower(), []).append(p)

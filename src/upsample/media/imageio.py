@@ -175,10 +175,12 @@ def _unread_kind(p: Path) -> str | None:
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """uint8 HWC RGB array of an image file (gray and palette images are expanded to RGB)."""
     img = open_image(path)
-    if img.mode in _DEEP_GRAY or img.mode == "F":  # every byte order (a Mac TIFF is I;16B), float [0, 1]
-        deep = planes_from_pil(img, path).color[..., 0]
-        img = Image.fromarray(np.round(deep / 257.0).astype(np.uint8))
-    return np.asarray(img.convert("RGB"))
+    if img.mode in _DEEP_GRAY:  # 16-bit levels in any byte order (a Mac's TIFF is I;16B)
+        deep = np.asarray(img).astype(np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.round(deep), 0, 255).astype(np.uint8))
+    elif img.mode == "F" and float(np.asarray(img).max(initial=0)) <= 1:  # float [0, 1]
+        img = Image.fromarray(np.clip(np.round(np.asarray(img, np.float64) * 255), 0, 255).astype(np.uint8))
+    return np.asarray(img.convert("RGB"))  # float 0..255: Pillow's levels, clipped
 
 
 def check_new_file(out: Path, *, overwrite: bool, inputs=(), companions=()) -> None:
