@@ -39,8 +39,10 @@ class ImageUpscaler:
     `upscale(image)` takes a PIL image (any mode: RGB, RGBA, L, LA, P, 16-bit I;16 ...) or a numpy
     array (uint8 or uint16; HxW gray, HxWx1, HxWx2 gray+alpha, HxWx3 RGB, HxWx4 RGBA) and returns
     the same kind: PIL in PIL out (palette images come back RGB or RGBA; F, float gray in [0, 1],
-    as F on that scale; I, 0..65535, as I: both computed as 16-bit gray), array in array out.
-    Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the model ("model")."""
+    as F on that scale; I, 0..65535, as I: both computed as 16-bit gray), array in array out; a
+    float tensor (NCHW or CHW, RGB or gray, in [0, 1]) in float out (`_upscale_tensor`), also by
+    calling the upscaler itself. Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the
+    model ("model")."""
 
     def __init__(self, up: Upscaler, *, tile: int | None = None, tile_pad: int | None = None,
                  max_memory: int | str | None = None, alpha_mode: str = "bicubic", jobs: int = 1,
