@@ -5,7 +5,7 @@ frames sampled from training videos. Everything in it is remade when needed."""
 from __future__ import annotations
 
 from ..errors import UserError
-from ..media.cache import PARTS, cache_root, clear_part, part_dir, part_files
+from ..media.cache import PARTS, cache_root, clear_part, files_size, part_dir, part_files
 
 
 def run(args) -> int:
@@ -20,7 +20,7 @@ def run(args) -> int:
         print(f"{cache_root()} (set UPSAMPLE_CACHE to move it):")
         for part in parts:
             files = part_files(part)
-            size = sum(p.stat().st_size for p in files)
+            size = files_size(files)
             print(f"  {part}: {len(files)} files, {size / 1e6:.1f} MB ({PARTS[part]})")
         return 0
     for part in parts:

@@ -44,9 +44,12 @@ PLAN_VERSION = 3  # 2: auto may pick a bf16-body (fp32 ends) graph; 3: auto choo
 MAX_OUT_PIXELS = 2_000_000  # larger outputs take the full path (its memory-bounded tiling)
 
 
-def _stamp(path: Path) -> list:
+def _stamp(path: Path, source: bool = False) -> list:
+    """`path`, its size and mtime; for a weights file (`source`) also its inode and ctime, which
+    a copy keeping the mtime (`cp -p`, `rsync -a`, `tar x`) of another checkpoint of the same size
+    still changes (the graph files: not, their ctime moves when `fp32_ends` links them)."""
     st = path.stat()
-    return [str(path), st.st_size, st.st_mtime_ns]
+    return [str(path), st.st_size, st.st_mtime_ns, *((st.st_ino, st.st_ctime_ns) if source else ())]
 
 
 def _sources(model: str | None) -> list[Path]:
@@ -91,7 +94,8 @@ def remember(args, up) -> None:
     try:
         plan = {"name": up.name, "scale": up.scale, "xml": str(xml), "precision": graph[1],
                 "threads": args.threads,
-                "stamps": [_stamp(p) for p in [*_sources(args.model), xml, xml.with_suffix(".bin")]]}
+                "stamps": [*(_stamp(p, source=True) for p in _sources(args.model)),
+                           _stamp(xml), _stamp(xml.with_suffix(".bin"))]}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:
             tmp.write_text(json.dumps(plan, indent=1))
@@ -115,7 +119,7 @@ class FastEngine:
             plan = json.loads(path.read_text()) if path is not None else None
             if plan is None:
                 return None
-            expected = [_stamp(p) for p in _sources(args.model)]
+            expected = [_stamp(p, source=True) for p in _sources(args.model)]
             expected += [_stamp(Path(plan["xml"])), _stamp(Path(plan["xml"]).with_suffix(".bin"))]
         except (OSError, ValueError, KeyError, TypeError):
             return None

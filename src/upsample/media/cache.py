@@ -4,6 +4,7 @@ in it (the datasets and videos they are made from may lie on read-only media).""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -26,21 +27,51 @@ def part_dir(part: str) -> Path:
 
 def part_files(part: str) -> list[Path]:
     root = part_dir(part)
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    # os.walk leaves out a folder removed meanwhile (a running process's temporary one), where
+    # rglob raised FileNotFoundError
+    return sorted(p for folder, _, names in os.walk(root) for p in (Path(folder) / n for n in names) if p.is_file())
+
+
+def files_size(files: list[Path]) -> int:
+    """The bytes of `files`; one removed meanwhile (a running process renamed its temporary file
+    into place, or cleared the cache) counts nothing."""
+    size = 0
+    for p in files:
+        try:
+            size += p.stat().st_size
+        except OSError:
+            pass
+    return size
 
 
 def clear_part(part: str) -> tuple[int, int]:
     """Empty one folder of the cache; (files removed, bytes freed). A training run that has a
-    store mapped keeps reading it (the data stay until it ends); the next one decodes again."""
+    store mapped keeps reading it (the data stay until it ends); the next one decodes again.
+    A process writing into it meanwhile (`upsample image` in another terminal) makes again what
+    it needs."""
     files = part_files(part)
-    size = sum(p.stat().st_size for p in files)
+    size = files_size(files)
     root = part_dir(part)
+    for tries in range(5):
+        try:
+            _empty(root)
+            break
+        except OSError as exc:  # a file added or removed by a running process while the folder was emptied
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT) or tries == 4:
+                raise
+    return len(files), size
+
+
+def _empty(root: Path) -> None:
     if root.is_symlink():  # the part moved elsewhere (another disk): empty it there, keep the link
         for entry in root.iterdir() if root.is_dir() else ():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
-                entry.unlink()
+                entry.unlink(missing_ok=True)
     elif root.is_dir():
         shutil.rmtree(root)
-    return len(files), size
+    elif root.exists():  # a file where the folder should be: the folder is made again when needed
+        root.unlink()

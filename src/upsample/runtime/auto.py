@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import sys
 import threading
 from pathlib import Path
@@ -46,7 +45,7 @@ from ..data.degrade import BicubicUp
 from ..errors import UserError
 from ..data.colour import YCC, YCC_INV, YCC_OFFSET
 from .checks import (DB_LIMIT, GATE, MIN_PSNR_VS_FP32, checks_path, in_words, passes, probe_set, quality,
-                     reference, remembered_check)
+                     reference, remembered, remembered_check)
 from .kinds import Backend, Precision
 from .runner import Runner
 from .sessions import file_session, parallel_session
@@ -174,10 +173,18 @@ LABELS = {"bf16": "bf16 in every layer", "bf16-body": "bf16 with the first and l
           "fp16": "fp16", "device": "the device's own precision"}
 
 
-def cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
-               threads: int | None = None, quiet: bool = False, device: str = "CPU") -> Runner:
+def cpu_runner(model: nn.Module, **options) -> Runner:
     """OpenVINO on `device` (CPU unless asked), the edges fused for Y models, on the CPU in the
-    fastest graph that passes the quality gate (see the module docstring)."""
+    fastest graph that passes the quality gate (see the module docstring). A cache file removed
+    under it (`upsample cache clear` in another process) is made again: built once more."""
+    try:
+        return _cpu_runner(model, **options)
+    except (RuntimeError, OSError):
+        return _cpu_runner(model, **options)
+
+
+def _cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
+                threads: int | None = None, quiet: bool = False, device: str = "CPU") -> Runner:
     if precision == Precision.FP16:
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
@@ -277,9 +284,23 @@ def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float,
     if cached is not None and hardware.cpu_has_int8_dot() and int8.is_dense(model):
         found.append(("int8", cached))
     if hardware.cpu_has_bf16():
-        found += [(option, fp32_ends.variant(main_xml, tail=option == "bf16-tail"))
-                  for option in ("bf16-tail", "bf16-body")]
+        found += [(option, _variant(main_xml, tail=option == "bf16-tail")) for option in ("bf16-tail", "bf16-body")]
     return [(option, xml) for option, xml in found if option == "bf16" or xml != main_xml]
+
+
+def _variant(main_xml: Path, tail: bool) -> Path:
+    """`fp32_ends.variant`, made again where the cached one is damaged (truncated, garbage);
+    `main_xml` (no candidate) where a read-only or full cache folder cannot take it."""
+    try:
+        out = fp32_ends.variant(main_xml, tail=tail)
+        if out != main_xml and not cache.readable_ir(out):
+            out.unlink()
+            out = fp32_ends.variant(main_xml, tail=tail)
+    except FileNotFoundError:
+        raise  # its graph removed meanwhile (`upsample cache clear`): `cpu_runner` builds again
+    except OSError:
+        return main_xml
+    return out
 
 
 def split_graph(model: nn.Module, key: str) -> Path | None:
@@ -368,10 +389,7 @@ def decision_in_words(name: str, scale: float, use: str, results: dict, what: st
 def remembered_results(model: nn.Module, scale: float) -> dict:
     """The gate results remembered for `model` at `scale` on this CPU, by graph (nothing measured)."""
     key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
-    try:
-        done = json.loads(checks_path(key).read_text())
-    except (OSError, ValueError):
-        return {}
+    done = remembered(checks_path(key))
     found, cached = {}, int8.find_cached(key, scale)
     for option in ("bf16", "bf16-split", "int8", "bf16-tail", "bf16-body"):
         if option == "int8" and cached is None:

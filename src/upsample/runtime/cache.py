@@ -37,7 +37,9 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
     blobs = cache_dir() / "openvino"
     try:
         blobs.mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": str(blobs)})
+        # not mapped: OpenVINO rewrites a blob in place, and a second process compiling the same
+        # graph at once then cut the file under this one's map (SIGBUS, the process killed)
+        core.set_property({"CACHE_DIR": str(blobs), "ENABLE_MMAP": False})
     except (OSError, RuntimeError):
         pass
     precision = precision or ("f32" if device == "CPU" else None)  # None: a GPU's or NPU's own
@@ -47,7 +49,14 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
     if throughput:
         config["PERFORMANCE_HINT"] = "THROUGHPUT"
     try:
-        return core.compile_model(str(path), device, config)
+        try:
+            return core.compile_model(str(path), device, config)
+        except RuntimeError:
+            # OpenVINO writes its blob in place: a second process compiling the same graph at once
+            # takes the half-written blob for a damaged one and removes it, and this one's write
+            # then fails ("cannot set permissions: No such file"); so does a full cache disk.
+            # Compile again without the blob cache (a real error comes back the same)
+            return ov.Core().compile_model(str(path), device, config)
     except RuntimeError as exc:
         if device == "CPU" or not precision:
             raise
@@ -68,6 +77,19 @@ def per_thread(compiled):
             request = local.request = compiled.create_infer_request()
         return request.infer({0: x})[0]
     return run
+
+
+def readable_ir(xml: Path) -> bool:
+    """Whether OpenVINO reads the IR `xml` and its weights whole: a cache entry that is missing,
+    truncated or garbage (a disk that filled, a machine that crashed mid-write) is made again."""
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+        return False
+    import openvino as ov
+    try:
+        ov.Core().read_model(str(xml))
+    except (RuntimeError, OSError):
+        return False
+    return True
 
 
 def openvino_devices() -> list[str]:

@@ -147,17 +147,31 @@ def remembered_check(key: str, what: str, measure) -> tuple[float | dict, bool]:
     """(the value of `what` for the weights `key` - a `quality` result, or which variant ran
     fastest -, whether `measure()` made it now): read from the cache, else measured and stored."""
     path = checks_path(key)
-    try:
-        done = json.loads(path.read_text())
-    except (OSError, ValueError):
-        done = {}
+    done = remembered(path)
     fresh = what not in done
     if fresh:
         value = measure()
-        done[what] = value if isinstance(value, dict) else float(value)
+        value = value if isinstance(value, dict) else float(value)
+        # read again: another process may have stored its checks of these weights meanwhile
+        done = {**remembered(path), what: value}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, json.dumps(done, indent=1).encode())
         except OSError:
             pass  # an unwritable cache only costs the check next time
     return done[what], fresh
+
+
+def remembered(path: Path) -> dict:
+    """The checks stored in `path`, leaving out what is not a check's value (a damaged file)."""
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(done, dict):
+        return {}
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return {k: v for k, v in done.items()
+            if number(v) or (isinstance(v, dict) and v and all(number(x) for x in v.values()))}

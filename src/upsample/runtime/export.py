@@ -15,6 +15,7 @@ caller's there, as for every `Upscaler`.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..data.degrade import BicubicUp
 from ..errors import UserError
 from ..media.imageio import atomic_write_bytes
-from .cache import cache_dir, ov_compiled
+from .cache import cache_dir, ov_compiled, readable_ir
 
 OPSET = 17
 GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
@@ -190,30 +191,70 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
-def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
+def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None, *,
+                again: bool = False) -> Path:
     """`model` (the float network, or a wrapper graph named by `key`) as ONNX under the cache
-    folder, exported once per weights hash."""
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(tempfile.mkdtemp(prefix="upsample-export-"))
+    folder, exported once per weights hash; again over a damaged file (truncated, garbage), or
+    with `again`."""
     if key is None:
         key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
-    path = folder / f"{key}.onnx"
-    if not path.exists():
+    path = cache_dir() / f"{key}.onnx"
+    if again or not _readable_onnx(path):
         net = model.cpu().eval()
-        atomic_write_bytes(path, onnx_bytes(net, example if example is not None else example_input(net, False)))
+        data = onnx_bytes(net, example if example is not None else example_input(net, False))
+        path = _in_cache(path, lambda p: atomic_write_bytes(p, data))
     return path
 
 
 def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None) -> Path:
-    """The OpenVINO IR (.xml) of `cached_onnx(model, key, example)`, converted once."""
+    """The OpenVINO IR (.xml) of `cached_onnx(model, key, example)`, converted once; an IR that
+    OpenVINO cannot read whole (truncated, garbage) is made again."""
+    if key is None:
+        key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
+    for folder in (cache_dir(), *_OWN_DIR):
+        if readable_ir(folder / f"{key}.xml"):
+            return folder / f"{key}.xml"
     onnx_path = cached_onnx(model, key, example)
-    xml = onnx_path.with_suffix(".xml")
-    if not xml.exists():
-        _save_openvino(onnx_path, xml, fp16=False)
-    return xml
+    try:
+        return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
+    except Exception:  # noqa: BLE001 - OpenVINO's converter raises its own kinds; e.g. the ONNX file
+        # removed by `upsample cache clear` in another process meanwhile: once more (a real error again)
+        onnx_path = cached_onnx(model, key, example, again=True)
+        return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
+
+
+def _readable_onnx(path: Path) -> bool:
+    """Whether `path` is a whole, consistent ONNX graph (a truncated file can still parse)."""
+    if not path.is_file():
+        return False
+    import onnx
+    try:
+        onnx.checker.check_model(onnx.load(str(path)))
+    except Exception:  # noqa: BLE001 - OSError, protobuf's DecodeError, onnx's ValidationError
+        return False
+    return True
+
+
+_OWN_DIR: list[Path] = []  # this process's export folder, where the cache's cannot be written
+
+
+def _in_cache(path: Path, write) -> Path:
+    """`write(path)`, or where the cache folder cannot be written (read-only, a full disk, a file
+    where a folder should be) `write` to the same name in a temporary folder of this process,
+    removed when it exits (one per process: a batch over a read-only cache does not fill /tmp)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+        return path
+    except OSError:
+        if path.parent in _OWN_DIR:
+            raise
+    if not _OWN_DIR:
+        _OWN_DIR.append(Path(tempfile.mkdtemp(prefix="upsample-export-")))
+        atexit.register(shutil.rmtree, _OWN_DIR[0], True)
+    path = _OWN_DIR[0] / path.name
+    write(path)
+    return path
 
 
 # ------------------------------------------------------------------ `upsample export`'s files
