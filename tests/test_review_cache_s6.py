@@ -208,3 +208,17 @@ def test_a_plan_misses_when_the_checkpoint_is_replaced_keeping_size_and_mtime(tm
     os.replace(other, ckpt)
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert fastpath.FastEngine.load(args) is None
+
+
+def test_cache_entries_are_on_the_disk_before_their_rename(tmp_path, monkeypatch):
+    """A power cut after the rename must not leave a zero-filled graph or checks file of the right
+    length that loads: the bytes are fsynced before the name points at them."""
+    import os as _os
+    from upsample.media import imageio
+    synced, renamed = [], []
+    real_fsync, real_replace = _os.fsync, _os.replace
+    monkeypatch.setattr(imageio.os, "fsync", lambda fd: (synced.append(len(renamed)), real_fsync(fd)))
+    monkeypatch.setattr(imageio.os, "replace", lambda a, b: (renamed.append(b), real_replace(a, b)))
+    imageio.atomic_write_bytes(tmp_path / "checks.json", b"{}")
+    assert synced == [0] and renamed == [tmp_path / "checks.json"]
+    assert (tmp_path / "checks.json").read_bytes() == b"{}"

@@ -227,9 +227,22 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """`data` as the whole content of `path`, written under a temporary name then renamed."""
+    """`data` as the whole content of `path`, written under a temporary name, on the disk (fsync:
+    after a power cut the name holds these bytes or none, not zeros of their length), then renamed."""
     with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Put the file `path` on the disk before it is renamed into place (see atomic_write_bytes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..data.degrade import BicubicUp
 from ..errors import UserError
-from ..media.imageio import atomic_write_bytes
+from ..media.imageio import atomic_write_bytes, fsync_file
 from .cache import cache_dir, ov_compiled, readable_ir
 
 OPSET = 17
@@ -171,6 +171,8 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict |
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", dir=xml_path.parent))
     try:
         ov.save_model(ov_model, str(tmpdir / "model.xml"), compress_to_fp16=fp16)
+        for part in ("model.bin", "model.xml"):  # a power cut leaves no zero-filled graph to load
+            fsync_file(tmpdir / part)
         os.replace(tmpdir / "model.bin", xml_path.with_suffix(".bin"))
         os.replace(tmpdir / "model.xml", xml_path)
     finally:
