@@ -53,26 +53,33 @@ def test_a_damaged_ir_in_the_cache_is_made_again(damage):
 def test_a_damaged_onnx_is_exported_again_when_its_ir_is_missing():
     net = _net()
     xml = export.cached_ir(net)
+    good = _runs(xml)
     onnx_path = xml.with_suffix(".onnx")
     onnx_path.write_bytes(onnx_path.read_bytes()[:-500])  # truncated: still parses as protobuf
     xml.unlink()
     again = export.cached_ir(net)
     assert again == xml and cache.readable_ir(again)
-    assert export._readable_onnx(onnx_path)
+    np.testing.assert_array_equal(_runs(again), good)
 
 
 def test_a_damaged_onnx_for_onnxruntime_is_exported_again():
+    from upsample.runtime.kinds import Backend
+    from upsample.runtime.sessions import session_runner
     net = _net()
+    x = torch.rand(1, 1, 12, 12)
+    good = session_runner(net, Backend.ONNXRUNTIME, torch.device("cpu")).run(x)
     path = export.cached_onnx(net)
     path.write_bytes(path.read_bytes()[:2000])
-    assert export.cached_onnx(net) == path and export._readable_onnx(path)
+    again = session_runner(net, Backend.ONNXRUNTIME, torch.device("cpu")).run(x)
+    assert export.cached_onnx(net) == path
+    torch.testing.assert_close(again, good, rtol=0, atol=0)
 
 
 def test_an_unwritable_cache_folder_costs_one_temporary_folder_per_process(tmp_path, monkeypatch):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder should be")
     monkeypatch.setenv("UPSAMPLE_CACHE", str(blocked))
-    monkeypatch.setattr(export, "_OWN_DIR", [])
+    monkeypatch.setattr(media_cache, "_OWN_DIRS", {})
     before = set(Path(tempfile.gettempdir()).glob("upsample-export-*"))
     first, second = export.cached_ir(_net("espcn-x3")), export.cached_ir(_net("espcn-x2"))
     made = set(Path(tempfile.gettempdir()).glob("upsample-export-*")) - before
@@ -92,7 +99,7 @@ def test_a_read_only_cache_folder_that_exists_still_exports(monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         write(path, data)
     monkeypatch.setattr(export, "atomic_write_bytes", read_only)
-    monkeypatch.setattr(export, "_OWN_DIR", [])
+    monkeypatch.setattr(media_cache, "_OWN_DIRS", {})
     xml = export.cached_ir(_net())
     assert xml.parent != folder and cache.readable_ir(xml)
 
@@ -222,3 +229,46 @@ def test_cache_entries_are_on_the_disk_before_their_rename(tmp_path, monkeypatch
     imageio.atomic_write_bytes(tmp_path / "checks.json", b"{}")
     assert synced == [0] and renamed == [tmp_path / "checks.json"]
     assert (tmp_path / "checks.json").read_bytes() == b"{}"
+
+
+def test_a_real_error_is_said_once_not_after_a_second_build(monkeypatch):
+    """Only a file gone under the run (another run's clear) builds again; a real error is said at
+    once, not after the gate or the compile ran twice."""
+    import openvino as ov
+    builds = []
+
+    def broken(*args, **kwargs):
+        builds.append(1)
+        raise RuntimeError("Exception from src/core: unsupported operation")
+    monkeypatch.setattr(auto, "_cpu_runner", broken)
+    with pytest.raises(RuntimeError, match="unsupported"):
+        auto.cpu_runner(_net(), name="t", scale=3.0, quiet=True)
+    assert len(builds) == 1
+    xml, compiles = export.cached_ir(_net()), []
+
+    class Core(ov.Core):
+        def compile_model(self, *args, **kwargs):
+            compiles.append(1)
+            raise RuntimeError("unsupported layer type")
+    monkeypatch.setattr(ov, "Core", Core)
+    with pytest.raises(RuntimeError, match="unsupported layer"):
+        cache.ov_compiled(xml)
+    assert len(compiles) == 1
+
+
+def test_an_fp32_ends_candidate_the_cache_cannot_take_is_made_in_the_runs_own_folder(monkeypatch):
+    """A read-only or full cache dropped the bf16-body candidates, and the fast path then pinned
+    the slower graph for good; the variant is made from a copy in this process's folder, which
+    no plan names."""
+    from upsample.runtime import fp32_ends
+    monkeypatch.setattr(media_cache, "_OWN_DIRS", {})
+    xml = export.cached_ir(_net("vdsr"))
+    real = fp32_ends.variant
+
+    def unwritable(main, tail=False):
+        if main.parent == xml.parent:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(main, tail=tail)
+    monkeypatch.setattr(fp32_ends, "variant", unwritable)
+    out = auto._variant(xml, tail=False)
+    assert out != xml and out.parent == media_cache.has_own_dir("export") and cache.readable_ir(out)

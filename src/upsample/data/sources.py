@@ -7,13 +7,17 @@ into a frame cache, one PNG per frame in `$UPSAMPLE_CACHE/video-frames/<name>-<k
 resolved path, size, mtime and K, so a changed video is decoded again; the frame list
 `frames.txt` is written last, so an interrupted decode is redone, never half used. From then on
 its frames are training images like any other file: whatever reads files (PairDataset, the
-store) reads them, and the validation split holds out single frames by hash.
+store) reads them, and the validation split holds out single frames by hash. Runs sharing the
+cache decode a video one at a time (a lock the system drops when its holder dies): the others wait,
+then read its frames. Where the cache folder cannot be written, a run decodes into a temporary
+folder of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..media.progress import track
-from ..media.cache import part_dir
+from ..media.cache import folder_lock, own_dir, part_dir
 from ..media.imageio import atomic_output, atomic_save, list_images
 from .pairs import collect_images, folder_key, train_val_files
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
@@ -58,6 +62,28 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
     if files is not None:
         return files
     try:
+        with folder_lock(folder, f"another run is decoding {folder.name}; waiting for it" if progress else None):
+            files = cached_frames(folder)  # decoded meanwhile by the run waited for
+            if files is None:
+                files = _decode_frames(video, every, folder, progress)
+    except OSError as exc:  # a read-only or full cache, a file where its folder should be
+        own = own_dir("video-frames")
+        if progress:
+            print(f"note: cannot write video frames to {folder.parent} ({exc.strerror or exc}); decoding "
+                  f"into {own} for this run (set UPSAMPLE_CACHE to a writable folder)", file=sys.stderr)
+        folder = own / folder.name
+        files = cached_frames(folder)
+        try:
+            files = files or _decode_frames(video, every, folder, progress)
+        except OSError as exc:
+            raise UserError(f"cannot write video frames to {folder}: {exc.strerror}; set UPSAMPLE_CACHE "
+                            "to a writable folder") from None
+    return files
+
+
+def _decode_frames(video: Path, every: int, folder: Path, progress: bool) -> list[Path]:
+    """Decode every `every`-th frame of `video` into `folder`, its frame list last; the frames."""
+    for _ in range(2):  # again if the folder was emptied meanwhile (`upsample cache clear all`)
         folder.mkdir(parents=True, exist_ok=True)
         names = []
         try:
@@ -72,10 +98,10 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
             raise UserError(f"data.train: {video} has no video frames to train on")
         with atomic_output(folder / FRAME_LIST) as tmp:
             tmp.write_text("".join(n + "\n" for n in names))
-    except OSError as exc:
-        raise UserError(f"cannot write video frames to {folder}: {exc.strerror}; set UPSAMPLE_CACHE "
-                        "to a writable folder") from None
-    return [folder / n for n in names]
+        files = cached_frames(folder)
+        if files is not None:
+            return files
+    raise UserError(f"the frames of {video} were removed from {folder} while they were decoded; run again")
 
 
 def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | None = None,

@@ -32,6 +32,7 @@ import numpy as np
 from .. import __version__
 from ..data.bicubic import imresize_array, output_size
 from ..errors import UserError
+from ..media.cache import has_own_dir
 from ..media.imageio import Planes, atomic_output
 from ..models import WEIGHTS_DIR
 from ..runtime import fp32_ends
@@ -91,6 +92,8 @@ def remember(args, up) -> None:
     if not whole or not float(up.scale).is_integer():
         return
     xml = Path(graph[0])
+    if xml.parent == has_own_dir("export"):
+        return  # a graph in this run's temporary folder (an unwritable cache): gone when it exits
     try:
         plan = {"name": up.name, "scale": up.scale, "xml": str(xml), "precision": graph[1],
                 "threads": args.threads,

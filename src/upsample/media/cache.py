@@ -4,9 +4,15 @@ in it (the datasets and videos they are made from may lie on read-only media).""
 
 from __future__ import annotations
 
+import atexit
 import errno
+import fcntl
 import os
 import shutil
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 # The folders of the cache, and what each holds (`upsample cache info|clear`)
@@ -23,6 +29,47 @@ def cache_root() -> Path:
 
 def part_dir(part: str) -> Path:
     return cache_root() / part
+
+
+_OWN_DIRS: dict[str, Path] = {}  # part -> this process's folder for it, where the cache's is unwritable
+_OWN_LOCK = threading.Lock()
+
+
+def own_dir(part: str) -> Path:
+    """A temporary folder of this process for the cache `part` (one per process, removed when it
+    exits): where the cache folder cannot be written (read-only, a full disk, a file where it
+    should be), a batch of runs fills no /tmp with copies."""
+    with _OWN_LOCK:  # two threads (API users', video's workers) make one folder, not two
+        if part not in _OWN_DIRS:
+            _OWN_DIRS[part] = Path(tempfile.mkdtemp(prefix=f"upsample-{part}-"))
+            atexit.register(shutil.rmtree, _OWN_DIRS[part], True)
+        return _OWN_DIRS[part]
+
+
+def has_own_dir(part: str) -> Path | None:
+    """`own_dir(part)` where this process made one, else None."""
+    return _OWN_DIRS.get(part)
+
+
+@contextmanager
+def folder_lock(folder: Path, waiting: str | None = None):
+    """Hold an exclusive lock on `folder` (made if needed) while a cache entry in it is checked and
+    made: another run making the same entry waits (saying `waiting` on stderr), then finds it whole.
+    The system drops the lock when its holder dies; a file system without locks gets none."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(f"note: {waiting}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks here: each run makes the entry, renamed into place whole
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def part_files(part: str) -> list[Path]:

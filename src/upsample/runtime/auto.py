@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -43,6 +44,7 @@ from . import cache, export, fp32_ends, hardware, int8
 from .cache import FUSED_GRAPH, PHASES_GRAPH, SPLIT_GRAPH
 from ..data.degrade import BicubicUp
 from ..errors import UserError
+from ..media.cache import has_own_dir, own_dir
 from ..data.colour import YCC, YCC_INV, YCC_OFFSET
 from .checks import (DB_LIMIT, GATE, MIN_PSNR_VS_FP32, checks_path, in_words, passes, probe_set, quality,
                      reference, remembered, remembered_check)
@@ -179,7 +181,9 @@ def cpu_runner(model: nn.Module, **options) -> Runner:
     under it (`upsample cache clear` in another process) is made again: built once more."""
     try:
         return _cpu_runner(model, **options)
-    except (RuntimeError, OSError):
+    except (RuntimeError, OSError) as exc:
+        if not cache.file_vanished(exc):
+            raise  # a real error: said once, not after a second build
         return _cpu_runner(model, **options)
 
 
@@ -289,18 +293,25 @@ def _cpu_candidates(model: nn.Module, key: str, main_xml: Path, scale: float,
 
 
 def _variant(main_xml: Path, tail: bool) -> Path:
-    """`fp32_ends.variant`, made again where the cached one is damaged (truncated, garbage);
-    `main_xml` (no candidate) where a read-only or full cache folder cannot take it."""
+    """`fp32_ends.variant`, made again where the cached one is damaged (truncated, garbage), and
+    where the cache folder cannot take it (read-only, full) from a copy of `main_xml` in this
+    process's own folder (`media.cache.own_dir`): a candidate dropped would pin a slower graph."""
     try:
         out = fp32_ends.variant(main_xml, tail=tail)
         if out != main_xml and not cache.readable_ir(out):
             out.unlink()
             out = fp32_ends.variant(main_xml, tail=tail)
+        return out
     except FileNotFoundError:
         raise  # its graph removed meanwhile (`upsample cache clear`): `cpu_runner` builds again
     except OSError:
-        return main_xml
-    return out
+        if main_xml.parent == has_own_dir("export"):
+            raise
+    own = own_dir("export") / main_xml.name
+    for suffix in (".bin", ".xml"):
+        shutil.copyfile(main_xml.with_suffix(suffix), own.with_suffix(suffix))
+    out = fp32_ends.variant(own, tail=tail)
+    return main_xml if out == own else out
 
 
 def split_graph(model: nn.Module, key: str) -> Path | None:

@@ -51,11 +51,13 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
     try:
         try:
             return core.compile_model(str(path), device, config)
-        except RuntimeError:
+        except RuntimeError as exc:
             # OpenVINO writes its blob in place: a second process compiling the same graph at once
             # takes the half-written blob for a damaged one and removes it, and this one's write
             # then fails ("cannot set permissions: No such file"); so does a full cache disk.
-            # Compile again without the blob cache (a real error comes back the same)
+            # Compile again without the blob cache (a real error is said at once)
+            if not (file_vanished(exc) or str(blobs) in str(exc)):
+                raise
             return ov.Core().compile_model(str(path), device, config)
     except RuntimeError as exc:
         if device == "CPU" or not precision:
@@ -77,6 +79,15 @@ def per_thread(compiled):
             request = local.request = compiled.create_infer_request()
         return request.infer({0: x})[0]
     return run
+
+
+def file_vanished(exc: BaseException) -> bool:
+    """Whether `exc` says a file was missing (removed by another run's `cache clear`, or by a
+    second process rewriting it), in Python's words or OpenVINO's."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    text = str(exc).lower()
+    return any(words in text for words in ("no such file", "could not open the file", "does not exist"))
 
 
 def readable_ir(xml: Path) -> bool:

@@ -15,7 +15,6 @@ caller's there, as for every `Upscaler`.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import io
 import json
@@ -32,6 +31,7 @@ from torch import nn
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..data.degrade import BicubicUp
 from ..errors import UserError
+from ..media.cache import has_own_dir, own_dir
 from ..media.imageio import atomic_write_bytes, fsync_file
 from .cache import cache_dir, ov_compiled, readable_ir
 
@@ -196,12 +196,12 @@ def weights_hash(model: nn.Module) -> str:
 def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor | None = None, *,
                 again: bool = False) -> Path:
     """`model` (the float network, or a wrapper graph named by `key`) as ONNX under the cache
-    folder, exported once per weights hash; again over a damaged file (truncated, garbage), or
-    with `again`."""
+    folder, exported once per weights hash, or again with `again` (a damaged file: its reader
+    failed, see `cached_ir` and `sessions.session_runner`)."""
     if key is None:
         key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
     path = cache_dir() / f"{key}.onnx"
-    if again or not _readable_onnx(path):
+    if again or not path.is_file():
         net = model.cpu().eval()
         data = onnx_bytes(net, example if example is not None else example_input(net, False))
         path = _in_cache(path, lambda p: atomic_write_bytes(p, data))
@@ -213,31 +213,18 @@ def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | 
     OpenVINO cannot read whole (truncated, garbage) is made again."""
     if key is None:
         key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
-    for folder in (cache_dir(), *_OWN_DIR):
+    for folder in filter(None, (cache_dir(), has_own_dir("export"))):
         if readable_ir(folder / f"{key}.xml"):
             return folder / f"{key}.xml"
     onnx_path = cached_onnx(model, key, example)
     try:
         return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
-    except Exception:  # noqa: BLE001 - OpenVINO's converter raises its own kinds; e.g. the ONNX file
-        # removed by `upsample cache clear` in another process meanwhile: once more (a real error again)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - OpenVINO's converter raises its own kinds: a damaged ONNX
+        # file, or one removed by `upsample cache clear` in another process: once more, exported again
         onnx_path = cached_onnx(model, key, example, again=True)
         return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
-
-
-def _readable_onnx(path: Path) -> bool:
-    """Whether `path` is a whole, consistent ONNX graph (a truncated file can still parse)."""
-    if not path.is_file():
-        return False
-    import onnx
-    try:
-        onnx.checker.check_model(onnx.load(str(path)))
-    except Exception:  # noqa: BLE001 - OSError, protobuf's DecodeError, onnx's ValidationError
-        return False
-    return True
-
-
-_OWN_DIR: list[Path] = []  # this process's export folder, where the cache's cannot be written
 
 
 def _in_cache(path: Path, write) -> Path:
@@ -249,12 +236,9 @@ def _in_cache(path: Path, write) -> Path:
         write(path)
         return path
     except OSError:
-        if path.parent in _OWN_DIR:
+        if path.parent == has_own_dir("export"):
             raise
-    if not _OWN_DIR:
-        _OWN_DIR.append(Path(tempfile.mkdtemp(prefix="upsample-export-")))
-        atexit.register(shutil.rmtree, _OWN_DIR[0], True)
-    path = _OWN_DIR[0] / path.name
+    path = own_dir("export") / path.name
     write(path)
     return path
 

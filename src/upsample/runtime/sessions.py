@@ -77,8 +77,16 @@ def session_runner(model: nn.Module, backend: Backend, device: torch.device,
     (OpenVINO on `ov_device`, asked for f32 there too)."""
     path = cached_ir(model) if backend == Backend.OPENVINO else cached_onnx(model)
     runtime = str(backend) if ov_device == "CPU" else f"{backend} {ov_device}"
-    return Runner(run=file_session(path, backend, device, threads=threads, ov_device=ov_device),
-                  spec=model.upsample_spec, runtime=runtime, model=model)
+    try:
+        run = file_session(path, backend, device, threads=threads, ov_device=ov_device)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - onnxruntime raises its own kinds
+        if backend != Backend.ONNXRUNTIME:
+            raise
+        # a damaged cached .onnx (a disk that filled, another run's cache clear): exported once more
+        run = file_session(cached_onnx(model, again=True), backend, device, threads=threads)
+    return Runner(run=run, spec=model.upsample_spec, runtime=runtime, model=model)
 
 
 VIRTUAL = ("AUTO", "MULTI", "HETERO")  # OpenVINO's devices made of the others ("AUTO:GPU,CPU")
