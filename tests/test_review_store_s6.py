@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -91,12 +92,17 @@ def test_a_killed_builds_pixels_are_removed_and_a_live_ones_kept(tmp_path):
     name = store.store_name(files)
     dead = folder / f".{name}.u8.dead1234.part"
     dead.write_bytes(b"\0" * 1000)
+    old = time.time() - store.DEAD_AFTER_S - 60
+    os.utime(dead, (old, old))
     live = folder / f".{name}.u8.live5678.part"
     live.write_bytes(b"\0" * 1000)
+    quiet = folder / f".{name}.u8.other-host.part"  # unlocked (a lock another machine holds) but written to now
+    quiet.write_bytes(b"\0" * 1000)
+    os.utime(live, (old, old))
     with open(live, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         store.open_store(files, folder)
-        assert not dead.exists() and live.exists()
+        assert not dead.exists() and live.exists() and quiet.exists()
 
 
 def test_a_run_waits_for_another_building_the_same_store(tmp_path):
@@ -106,7 +112,7 @@ def test_a_run_waits_for_another_building_the_same_store(tmp_path):
     folder.mkdir()
     name = store.store_name(files)
     result = {}
-    lock = os.open(folder, os.O_RDONLY)  # another run is building
+    lock = os.open(folder / f".{name}.lock", os.O_RDWR | os.O_CREAT)  # another run is building
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         thread = threading.Thread(target=lambda: result.update(zip(("store", "built"),
@@ -187,7 +193,7 @@ def test_a_run_waits_for_another_decoding_the_same_video(tmp_path, monkeypatch):
     frames = sources.video_frames
     monkeypatch.setattr(sources, "video_frames", lambda *a: decodes.append(1) or frames(*a))
     result = []
-    lock = os.open(folder, os.O_RDONLY)
+    lock = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         thread = threading.Thread(target=lambda: result.append(sources.video_frame_files(video, 1, cache)))

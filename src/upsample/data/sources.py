@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..media.progress import track
-from ..media.cache import folder_lock, own_dir, part_dir
+from ..media.cache import entry_lock, own_dir, part_dir
 from ..media.imageio import atomic_output, atomic_save, list_images
 from .pairs import collect_images, folder_key, train_val_files
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
@@ -62,7 +62,7 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
     if files is not None:
         return files
     try:
-        with folder_lock(folder, f"another run is decoding {folder.name}; waiting for it" if progress else None):
+        with entry_lock(folder.parent / f".{folder.name}.lock", f"another run is decoding {folder.name}; waiting for it" if progress else None):
             files = cached_frames(folder)  # decoded meanwhile by the run waited for
             if files is None:
                 files = _decode_frames(video, every, folder, progress)

@@ -3,13 +3,13 @@ JSON index (offset, height, width of each), memory-mapped by the trainer.
 
 A store is named by its file list (sha1 of the resolved paths) and lives in `root` (default
 `$UPSAMPLE_CACHE/train-store`, else `~/.cache/upsample/train-store`: the datasets may be
-read-only). Its index records each file's size, mtime, inode and ctime; when any differs, or a
+read-only). Its index records each file's size, mtime and inode; when any differs, or a
 file was added or removed, the store is stale and is rebuilt (an index that does not describe its
 pixels is damaged and is rebuilt too). The pixels are written first and the index last, each under
 a temporary name then renamed, so an interrupted build leaves no store that looks whole. Runs
-sharing the cache (a sweep, the ranks of one run) build stores one at a time, under a lock on the
-folder that the system drops when its holder dies; a build removes the temporary pixels a killed
-build left. Where the cache folder cannot be written, each run builds its store in a temporary
+sharing the cache (a sweep, the ranks of one run) build a store once, under a lock of that store
+(`.NAME.lock`) that the system drops when its holder dies; a build removes the temporary pixels
+a killed build left. Where the cache folder cannot be written, each run builds its store in a temporary
 folder of its own.
 """
 
@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..media.progress import track
-from ..media.cache import folder_lock, own_dir, part_dir
+from ..media.cache import entry_lock, own_dir, part_dir
 from ..media.imageio import atomic_output, read_rgb
 
 FORMAT = 1  # bump when the layout of the pixels or the index changes
@@ -38,16 +39,16 @@ def default_root() -> Path:
 
 
 def file_stamps(files: list[Path]) -> list[list]:
-    """[resolved path, size, mtime_ns, inode, ctime_ns] per file: what makes a store current (the
-    inode and ctime see a file replaced by another of the same size keeping the mtime: `cp -p`,
-    `rsync -a`, an uncompressed format)."""
+    """[resolved path, size, mtime_ns, inode] per file: what makes a store current (the inode sees
+    a file replaced by another of the same size keeping the mtime: `cp -p`, `rsync -a`; not the
+    ctime, which a chmod or a hard link moves without a change of pixels)."""
     out = []
     for f in files:
         try:
             st = os.stat(f)
         except OSError as exc:
             raise UserError(f"cannot read training image {f}: {exc.strerror}; run `upsample data check`") from None
-        out.append([os.path.realpath(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
+        out.append([os.path.realpath(f), st.st_size, st.st_mtime_ns, st.st_ino])
     return out
 
 
@@ -84,7 +85,7 @@ def open_store(files: list[Path], root: str | os.PathLike | None = None, *,
     try:
         index, pixels_file = _current(base, name, stamps)
         if index is None:
-            with folder_lock(base, f"another run is decoding training images into {base}; waiting for it"
+            with entry_lock(base / f".{name}.lock", f"another run is decoding training images into {base}; waiting for it"
                              if progress else None):
                 index, pixels_file = _current(base, name, stamps)  # built meanwhile by the run waited for
                 if index is None:
@@ -145,11 +146,17 @@ def _read_index(path: Path) -> dict | None:
         return None
 
 
+DEAD_AFTER_S = 600  # a live build writes its part steadily; one untouched this long was killed
+
+
 def _remove_dead_parts(folder: Path, name: str) -> None:
     """Remove the temporary pixels of builds of `name` that were killed (SIGKILL, the OOM killer,
-    a power cut): a store's size each. A live build holds a lock on its file."""
+    a power cut): a store's size each. A live build holds a lock on its file and writes to it (a
+    machine whose locks another does not see - NFS with local locks - still is not removed)."""
     for part in folder.glob(f".{name}.u8.*.part"):
         try:
+            if time.time() - part.stat().st_mtime < DEAD_AFTER_S:
+                continue
             with open(part, "rb") as f:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 part.unlink()

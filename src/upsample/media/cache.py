@@ -5,6 +5,7 @@ in it (the datasets and videos they are made from may lie on read-only media).""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import os
@@ -52,20 +53,22 @@ def has_own_dir(part: str) -> Path | None:
 
 
 @contextmanager
-def folder_lock(folder: Path, waiting: str | None = None):
-    """Hold an exclusive lock on `folder` (made if needed) while a cache entry in it is checked and
-    made: another run making the same entry waits (saying `waiting` on stderr), then finds it whole.
-    The system drops the lock when its holder dies; a file system without locks gets none."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+def entry_lock(lock_file: Path, waiting: str | None = None):
+    """Hold an exclusive lock on `lock_file` (made if needed) while the cache entry it stands for
+    is checked and made: another run making the same entry waits (saying `waiting` on stderr), then
+    finds it whole. The system drops the lock when its holder dies; where the file system has no
+    locks, each run makes the entry, renamed into place whole."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
                 print(f"note: {waiting}", file=sys.stderr)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no locks here: each run makes the entry, renamed into place whole
+            with contextlib.suppress(OSError):  # ENOLCK, EDEADLK: on without it
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
             pass
         yield
     finally:
