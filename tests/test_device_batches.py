@@ -40,7 +40,7 @@ def test_store_round_trips_and_is_rebuilt_when_stale(tmp_path):
     files = _images(tmp_path, [(40, 30), (20, 50)])
     root = tmp_path / "store"
     store, built = open_store(files, root)
-    assert built and len(store) == 2 and sorted(p.suffix for p in root.iterdir()) == [".json", ".u8"]
+    assert built and len(store) == 2 and sorted(p.suffix for p in root.iterdir()) == [".json", ".lock", ".u8"]  # the lock: .NAME.lock
     for i, f in enumerate(files):
         assert np.array_equal(store.image(i), np.asarray(Image.open(f)))
     assert open_store(files, root)[1] is False  # current: memory-mapped, not decoded again
