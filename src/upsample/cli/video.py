@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if summary["damaged_packets"]:
         print(f"note: {summary['damaged_packets']} damaged packet(s) of the input could not be decoded "
               "or copied and were skipped (their frames or sound are missing)", file=sys.stderr)
-    if summary.get("repeated_times"):
+    if summary["repeated_times"]:
         print(f"note: {summary['repeated_times']} frame(s) of the input had the time of the frame before "
               "(or an earlier one) and were left out, as FFmpeg does", file=sys.stderr)
     w, h = summary["size"]

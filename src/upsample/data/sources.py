@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..media.progress import track
-from ..media.cache import entry_lock, own_dir, part_dir
+from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, atomic_save, list_images
 from .pairs import collect_images, folder_key, train_val_files
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
@@ -62,19 +62,14 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
     if files is not None:
         return files
     try:
-        with entry_lock(folder.parent / f".{folder.name}.lock", f"another run is decoding {folder.name}; waiting for it" if progress else None):
-            files = cached_frames(folder)  # decoded meanwhile by the run waited for
-            if files is None:
-                files = _decode_frames(video, every, folder, progress)
+        waiting = f"another run is decoding {folder.name}; waiting for it" if progress else None
+        with entry_lock(folder.parent / f".{folder.name}.lock", waiting):
+            # decoded meanwhile by the run waited for, else now
+            files = cached_frames(folder) or _decode_frames(video, every, folder, progress)
     except OSError as exc:  # a read-only or full cache, a file where its folder should be
-        own = own_dir("video-frames")
-        if progress:
-            print(f"note: cannot write video frames to {folder.parent} ({exc.strerror or exc}); decoding "
-                  f"into {own} for this run (set UPSAMPLE_CACHE to a writable folder)", file=sys.stderr)
-        folder = own / folder.name
-        files = cached_frames(folder)
+        folder = own_dir_instead("video-frames", "video frames", folder.parent, exc, progress) / folder.name
         try:
-            files = files or _decode_frames(video, every, folder, progress)
+            files = cached_frames(folder) or _decode_frames(video, every, folder, progress)
         except OSError as exc:
             raise UserError(f"cannot write video frames to {folder}: {exc.strerror}; set UPSAMPLE_CACHE "
                             "to a writable folder") from None

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..media.progress import track
-from ..media.cache import entry_lock, own_dir, part_dir
+from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, read_rgb
 
 FORMAT = 1  # bump when the layout of the pixels or the index changes
@@ -96,10 +96,7 @@ def open_store(files: list[Path], root: str | os.PathLike | None = None, *,
         if root:
             raise UserError(f"cannot write the training store to {base}: {exc.strerror or exc}; set "
                             "data.store_dir to a writable folder") from None
-        own = own_dir("train-store")
-        if progress:
-            print(f"note: cannot write the training store to {base} ({exc.strerror or exc}); decoding "
-                  f"into {own} for this run (set UPSAMPLE_CACHE to a writable folder)", file=sys.stderr)
+        own = own_dir_instead("train-store", "the training store", base, exc, progress)
         pixels_path = own / f"{name}.u8"
         index, pixels_file = build_store(files, stamps, own / f"{name}.json", pixels_path, progress=progress)
         built = True

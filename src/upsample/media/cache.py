@@ -13,7 +13,6 @@ import shutil
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 # The folders of the cache, and what each holds (`upsample cache info|clear`)
@@ -47,12 +46,22 @@ def own_dir(part: str) -> Path:
         return _OWN_DIRS[part]
 
 
+def own_dir_instead(part: str, what: str, where: Path, exc: OSError, note: bool) -> Path:
+    """`own_dir(part)`, where `what` (e.g. "video frames") cannot be written to `where` for `exc`;
+    said in a note (with `note`: the process that shows progress)."""
+    own = own_dir(part)
+    if note:
+        print(f"note: cannot write {what} to {where} ({exc.strerror or exc}); decoding into {own} for "
+              "this run (set UPSAMPLE_CACHE to a writable folder)", file=sys.stderr)
+    return own
+
+
 def has_own_dir(part: str) -> Path | None:
     """`own_dir(part)` where this process made one, else None."""
     return _OWN_DIRS.get(part)
 
 
-@contextmanager
+@contextlib.contextmanager
 def entry_lock(lock_file: Path, waiting: str | None = None):
     """Hold an exclusive lock on `lock_file` (made if needed) while the cache entry it stands for
     is checked and made: another run making the same entry waits (saying `waiting` on stderr), then

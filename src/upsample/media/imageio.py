@@ -230,10 +230,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """`data` as the whole content of `path`, written under a temporary name, on the disk (fsync:
     after a power cut the name holds these bytes or none, not zeros of their length), then renamed."""
     with atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_bytes(data)
+        fsync_file(tmp)
 
 
 def fsync_file(path: str | os.PathLike) -> None:

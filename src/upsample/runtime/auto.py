@@ -191,7 +191,7 @@ def _cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "
                 threads: int | None = None, quiet: bool = False, device: str = "CPU") -> Runner:
     if precision == Precision.FP16:
         raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
-    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    key = export.model_key(model)
     net_xml = network_graph(model, key)
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None
     fused_xml = export.cached_ir(fused, key=f"{key}-{FUSED_GRAPH}-x{int(scale)}", example=torch.rand(1, 3, 16, 16)) \
@@ -399,7 +399,7 @@ def decision_in_words(name: str, scale: float, use: str, results: dict, what: st
 
 def remembered_results(model: nn.Module, scale: float) -> dict:
     """The gate results remembered for `model` at `scale` on this CPU, by graph (nothing measured)."""
-    key = f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
+    key = export.model_key(model)
     done = remembered(checks_path(key))
     found, cached = {}, int8.find_cached(key, scale)
     for option in ("bf16", "bf16-split", "int8", "bf16-tail", "bf16-body"):

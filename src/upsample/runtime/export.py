@@ -182,6 +182,11 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict |
 # ------------------------------------------------------------------------- the export cache
 
 
+def model_key(model: nn.Module) -> str:
+    """The weights' name in the cache (as `auto` keys its exports and gate results)."""
+    return f"{model.upsample_spec.arch}-{weights_hash(model)}"
+
+
 def weights_hash(model: nn.Module) -> str:
     spec = model.upsample_spec
     inside = [spec.colorspace] if spec.colorspace != "rgb" else []  # rgb keys stay as they were
@@ -199,7 +204,7 @@ def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor 
     folder, exported once per weights hash, or again with `again` (a damaged file: its reader
     failed, see `cached_ir` and `sessions.session_runner`)."""
     if key is None:
-        key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
+        key = model_key(model)
     path = cache_dir() / f"{key}.onnx"
     if again or not path.is_file():
         net = model.cpu().eval()
@@ -212,19 +217,20 @@ def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | 
     """The OpenVINO IR (.xml) of `cached_onnx(model, key, example)`, converted once; an IR that
     OpenVINO cannot read whole (truncated, garbage) is made again."""
     if key is None:
-        key = f"{model.upsample_spec.arch}-{weights_hash(model)}"
+        key = model_key(model)
     for folder in filter(None, (cache_dir(), has_own_dir("export"))):
         if readable_ir(folder / f"{key}.xml"):
             return folder / f"{key}.xml"
-    onnx_path = cached_onnx(model, key, example)
-    try:
+
+    def to_ir(onnx_path: Path) -> Path:
         return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
+    try:
+        return to_ir(cached_onnx(model, key, example))
     except MemoryError:
         raise
     except Exception:  # noqa: BLE001 - OpenVINO's converter raises its own kinds: a damaged ONNX
         # file, or one removed by `upsample cache clear` in another process: once more, exported again
-        onnx_path = cached_onnx(model, key, example, again=True)
-        return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
+        return to_ir(cached_onnx(model, key, example, again=True))
 
 
 def _in_cache(path: Path, write) -> Path:

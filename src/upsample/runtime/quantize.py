@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import export
+from .export import model_key  # also this module's name for it (bench, tests)
 from .int8 import SUFFIX, cached_path, write_meta
 from .kinds import Backend
 from ..errors import UserError
@@ -197,11 +198,6 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
             q.with_suffix(".bin").replace(out.with_suffix(".bin"))
         q.replace(out)
     return len(inputs)
-
-
-def model_key(model: nn.Module) -> str:
-    """The weights' name in the cache (as `auto` keys its exports and gate results)."""
-    return f"{model.upsample_spec.arch}-{export.weights_hash(model)}"
 
 
 def quantize_to_cache(model: nn.Module, scale: float, calib: str, *, samples: int = 32,
