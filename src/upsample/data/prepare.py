@@ -101,9 +101,9 @@ def lr_files(root: Path, images: list[Path]) -> dict[Path, str]:
         if hr_of_srf is not None and hr_of_srf != p:
             out[p] = f"beside {hr_of_srf.name}: its LR or a method's result"
             continue
-        partners = [q for key in ({stem, base} if p in in_lr_dir else {base}) if key
-                    for q in by_stem.get(key, []) + by_stem.get(f"{key}_hr", []) if q != p
-                    and (p in in_lr_dir or q.parent == p.parent)]
+        keys = [k for k in ({stem, base} if p in in_lr_dir else {base}) if k]  # an LR folder's: any name
+        candidates = [q for k in keys for q in by_stem.get(k, []) + by_stem.get(f"{k}_hr", [])]
+        partners = [q for q in candidates if q != p and (p in in_lr_dir or q.parent == p.parent)]
         hr, k = next(((q, k) for q in partners if (k := _smaller_by(p, q))), (None, None))
         if hr is not None:
             out[p] = f"{hr.relative_to(root).as_posix()} made {k} times smaller"
