@@ -247,10 +247,11 @@ def hr_images(folder: str) -> tuple[list[Path], list[str]]:
     return hr, notes
 
 
-def evaluate_folder(run: Run, folder: str, *, name: str, save_dir: str | None, per_image: bool,
-                    progress: bool) -> dict:
-    """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder."""
-    images, notes = hr_images(folder)
+def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], *, name: str,
+                    save_dir: str | None, per_image: bool, progress: bool) -> dict:
+    """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder,
+    `found`: its `hr_images` (listed once, before the model loaded)."""
+    images, notes = found
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if not images:
@@ -311,9 +312,9 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     scale = check_scale(scale) if scale is not None else None
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    for folder in folders:  # fail fast, before loading a model
-        images, _ = hr_images(folder)
-        if save_dir:
+    found = {folder: hr_images(folder) for folder in folders}  # fail fast, before loading a model
+    if save_dir:
+        for folder, (images, _) in found.items():
             check_saved_names(folder, images)
     lpips_metric = None
     if lpips:  # unavailable without its two weight files: one line says which to pass
@@ -331,7 +332,7 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
               upscaler.device if upscaler is not None else torch.device("cpu"), montage=bool(save_dir))
     if lpips_metric is not None:
         run.lpips = lpips_metric.to(run.device)
-    datasets = {name: evaluate_folder(run, f, name=name, save_dir=save_dir, per_image=per_image,
+    datasets = {name: evaluate_folder(run, f, found[f], name=name, save_dir=save_dir, per_image=per_image,
                                       progress=progress) for f, name in zip(folders, dataset_names(folders))}
     return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
             "protocol": proto.name, "degrade": run.degrade.kind if run.degrade.sigma is None else
