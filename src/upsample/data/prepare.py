@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, skip_reason, walk_files
+from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, skip_reason
 from ..media.progress import progress_bar, track
 from .pairs import file_list_text, hash_split, write_file_list
 
@@ -163,11 +163,10 @@ def source_files(src: Path) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise UserError(f"source not found: {src}")
-    files = sorted(walk_files(src))
-    note_not_images(src, [p for p in files if not (p.is_file() and (is_image_path(p) or is_video_path(p)))],
-                    "data prepare")
-    images = without_lr(src, [p for p in files if p.is_file() and is_image_path(p)], "data prepare")
-    return sorted(images + [p for p in files if p.is_file() and is_video_path(p)])
+    images, others = list_images(src)
+    videos = [p for p in others if p.is_file() and is_video_path(p)]
+    note_not_images(src, [p for p in others if p not in videos], "data prepare")
+    return sorted(without_lr(src, images, "data prepare") + videos)
 
 
 def video_frames(path: Path, every: int):
