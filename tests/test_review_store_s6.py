@@ -203,3 +203,17 @@ def test_a_run_waits_for_another_decoding_the_same_video(tmp_path, monkeypatch):
         os.close(lock)
     thread.join(60)
     assert result == [mine] and len(decodes) == 1
+
+
+def test_a_video_replaced_keeping_size_and_mtime_is_decoded_again(tmp_path):
+    """`cp -p` of another clip of the same size over a training video: the frame cache was keyed
+    by path, size and mtime only, so the old clip's frames were trained on."""
+    video, other = _video(tmp_path / "clip.mp4"), _video(tmp_path / "other.mp4", frames=7)
+    with open(other, "r+b") as f:  # same size: x264's output size depends on the content
+        f.truncate(video.stat().st_size)
+    st = video.stat()
+    first = sources.video_frame_files(video, 1, tmp_path / "frames")
+    os.replace(other, video)
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert video.stat().st_size == st.st_size
+    assert sources.frame_folder(video, 1, tmp_path / "frames") != first[0].parent

@@ -4,7 +4,8 @@ files, split into training and validation images, and the seeded `data.max_image
 A video file is decoded once (PyAV, `prepare.video_frames`: every `data.video_every`-th frame)
 into a frame cache, one PNG per frame in `$UPSAMPLE_CACHE/video-frames/<name>-<key>/` (else
 `~/.cache/upsample/video-frames`: the videos may lie on read-only media). The key is the video's
-resolved path, size, mtime and K, so a changed video is decoded again; the frame list
+resolved path, size, mtime, inode and K, so a changed video is decoded again (also one replaced
+by a copy that kept the size and mtime: `cp -p`, `rsync -t`); the frame list
 `frames.txt` is written last, so an interrupted decode is redone, never half used. From then on
 its frames are training images like any other file: whatever reads files (PairDataset, the
 store) reads them, and the validation split holds out single frames by hash. Runs sharing the
@@ -40,7 +41,7 @@ def frames_root() -> Path:
 def frame_folder(video: Path, every: int, root: Path) -> Path:
     """The cache folder of `video`'s every `every`-th frame: a changed file gets a new one."""
     st = video.stat()
-    stamp = f"{os.path.realpath(video)}|{st.st_size}|{st.st_mtime_ns}|{every}"
+    stamp = f"{os.path.realpath(video)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{every}"
     return root / f"{video.stem}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}"
 
 
