@@ -72,3 +72,23 @@ def test_ship_packages_a_run_with_its_eval_on_the_four_benchmarks(tmp_path, monk
     assert json.loads((tmp_path / "weights" / "espcn-x2.log.json").read_text())["steps"] == 10
     assert (tmp_path / "weights" / "espcn-x2.safetensors").is_file()
     assert (tmp_path / "weights" / "espcn-x2.toml").read_text() == (run / "config.toml").read_text()
+
+
+def test_campaign_plot_reads_each_run_and_projects_its_recent_slope(tmp_path):
+    """tools/campaign_plot.py: the curves the campaign log shows, and the recent slope (dB per 1k
+    steps) the issue's projection of a target's step count is made from."""
+    import json
+    spec = importlib.util.spec_from_file_location("campaign_plot", ROOT / "tools" / "campaign_plot.py")
+    campaign_plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(campaign_plot)
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 0, "val_bicubic_psnr": 27.0}] + [{"step": s, "val_psnr": 30 + s / 1e6, "loss": 1}
+                                                   for s in range(500, 10001, 500)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found = campaign_plot.curves(tmp_path)
+    assert found["run"]["steps"][-1] == 10000 and found["run"]["bicubic"] == 27.0
+    assert campaign_plot.recent_slope(found["run"]) == pytest.approx(0.001)
+    assert campaign_plot.recent_slope({"steps": [500, 1000], "psnr": [30, 31]}) is None
+    campaign_plot.plot(found, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0

@@ -31,6 +31,19 @@ def curves(wip: Path = ROOT / "weights" / "wip") -> dict[str, dict]:
     return out
 
 
+def recent_slope(c: dict, window: int = 5000) -> float | None:
+    """Least-squares slope of validation PSNR over the last `window` steps, in dB per 1k steps:
+    what projects the steps a target needs (None with fewer than three points there)."""
+    last = c["steps"][-1]
+    pts = [(s, p) for s, p in zip(c["steps"], c["psnr"]) if s > last - window]
+    if len(pts) < 3:
+        return None
+    mean_s = sum(s for s, _ in pts) / len(pts)
+    mean_p = sum(p for _, p in pts) / len(pts)
+    cov = sum((s - mean_s) * (p - mean_p) for s, p in pts)
+    return 1000 * cov / sum((s - mean_s) ** 2 for s, _ in pts)
+
+
 def plot(runs: dict[str, dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for i, (name, c) in enumerate(runs.items()):
@@ -53,6 +66,8 @@ if __name__ == "__main__":
         sys.exit("campaign_plot: no run with validation lines under weights/wip/")
     plot(found, target)
     for name, c in found.items():
-        print(f"{name}: step {c['steps'][-1]}, val PSNR {c['psnr'][-1]:.2f} dB (best {max(c['psnr']):.2f}, "
-              f"bicubic {c['bicubic']:.2f})")
+        slope = recent_slope(c)
+        trend = f", {slope:+.4f} dB per 1k steps over the last 5k" if slope is not None else ""
+        print(f"{name}: step {c['steps'][-1]}, val PSNR {c['psnr'][-1]:.3f} dB (best {max(c['psnr']):.3f}, "
+              f"bicubic {c['bicubic']:.2f}){trend}")
     print(f"wrote {target}")
