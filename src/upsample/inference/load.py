@@ -94,7 +94,7 @@ def model_scale(spec, scale, name: str) -> float:
             raise UserError(f"{name} upscales: --scale must be >= 1, got {scale}")
         return s
     if scale is not None and check_scale(scale) != spec.scale:
-        raise UserError(f"{name} is a x{spec.scale} model but --scale is {scale}: use --scale "
+        raise UserError(f"{name} is a x{spec.scale} model but --scale is {check_scale(scale):g}: use --scale "
                         f"{spec.scale}, or a x{check_scale(scale):g} model")
     return float(spec.scale)
 

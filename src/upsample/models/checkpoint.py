@@ -8,7 +8,11 @@ Foreign files (.pth/.pt/...) are read with `torch.load(weights_only=True)`: Basi
 (`params_ema` preferred over `params`), `state_dict`/`model` wrappers (Lightning's .ckpt), the
 `module.` (DDP), `_orig_mod.` (torch.compile), `model.` and `netG.`/`net_g.`/`generator.` prefixes
 (nested ones too; of a GAN's generator and discriminator, the generator), original-ESRGAN
-(`model.N`, `RRDB_trunk`) names, the VapSR beta names and the common VDSR port are mapped to ours;
+(`model.N`, `RRDB_trunk`) names, the VapSR beta names, the common VDSR port and Lornatang's
+ESPCN/VDSR names are mapped to ours; a file that weights_only refuses because it pickles objects
+(a whole nn.Module, as twtygqyy's VDSR; an argparse.Namespace beside the weights) is read again
+with every class it names replaced by an inert placeholder (`read_pickled_modules`: nothing of it
+is imported or run) and its modules' tensors taken;
 the architecture and its keywords are then detected from tensor names and shapes (catid's VapSR
 variant, in VapSR's names, by its 3x3 `proj_1`: see models/vapsr.py); another project's network
 we recognise but do not run (registry.UNSUPPORTED) is named in the refusal. Loading is always
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import struct
+import types
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +45,9 @@ from ..media.imageio import atomic_output
 
 FORMAT = "upsample"
 FORMAT_VERSION = "1"
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "generator")
+# In order of preference; `model_state_dict` is PyTorch's tutorial name, `module` DeepSpeed's.
+_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net_g", "netG",
+                 "generator", "module")
 
 
 # ---------------------------------------------------------------------------------- saving
@@ -124,12 +132,100 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             if path.name == "last_state.pt":  # the trainer's resume state: its weights lie beside it
                 raise UserError(f"{path} is a training run's resume state; use the weights beside it: "
                                 f"{path.with_name('best.safetensors')} or {path.with_name('last.safetensors')}") from None
+            state = read_pickled_modules(path)
+            if state is not None:
+                return state, {}
             raise UserError(f"cannot read {path}: it holds more than tensors ({refused.group(1)}) and "
                             "unpickling it could run code; re-save it as a plain state dict") from None
+        if _is_torchscript(path):
+            raise UserError(f"{path} is a TorchScript module (torch.jit.save), not a state dict: upsample "
+                            "runs no TorchScript; save its state_dict() with torch.save, or "
+                            f"{ONNX_HINT.removeprefix('or ')}") from None
         reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
         raise UserError(f"cannot read {path} as a PyTorch checkpoint: {reason}; the file is corrupt "
                         "or truncated") from None
     return unwrap_state(obj, path), {}
+
+
+# ------------------------------------------------------- pickled model objects, read inertly
+
+# What reading a pickled model may call: torch's tensor rebuilders and plain containers. Every
+# other class or function the file names becomes a `_Placeholder`: never imported, never run.
+_INERT_CALLABLES = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+                    ("__builtin__", "set"), ("__builtin__", "frozenset"),
+                    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
+                    ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+                    ("torch.nn.parameter", "Parameter")}
+
+
+class _Placeholder:
+    """An object of a class the file names, kept as data: its arguments and pickled state."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _INERT_CALLABLES:
+            return super().find_class(module, name)
+        return type(str(name), (_Placeholder,), {"origin": f"{module}.{name}"})
+
+
+_INERT_PICKLE = types.ModuleType("inert_pickle")  # the `pickle_module` torch.load is given
+_INERT_PICKLE.Unpickler = _InertUnpickler
+_INERT_PICKLE.load = lambda f, **kwargs: _InertUnpickler(f, **kwargs).load()
+
+
+def read_pickled_modules(path) -> dict[str, torch.Tensor] | None:
+    """The state dict of a .pth that holds pickled nn.Module objects rather than tensors alone
+    (twtygqyy's VDSR saves {"epoch": 50, "model": DataParallel(Net())}), read without importing or
+    running any class it names; None when no state dict is found that way."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "couldn't retrieve source code for container"
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
+        if isinstance(obj, Mapping):
+            obj = {k: _module_tensors(v) or v for k, v in obj.items()}
+        return unwrap_state(_module_tensors(obj) or obj, path)
+    except Exception:  # noqa: BLE001 - whatever fails here, the caller's refusal is the answer
+        return None
+
+
+def _module_tensors(obj, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
+    """The state dict of a pickled nn.Module (a placeholder whose state has `_parameters`), as
+    `state_dict()` names it; {} for anything else."""
+    state = getattr(obj, "state", None) if isinstance(obj, _Placeholder) else None
+    if not isinstance(state, Mapping) or depth > 64:
+        return {}
+    skip = state.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset)) else set()
+    out = {}
+    for group in ("_parameters", "_buffers"):
+        tensors = state.get(group)
+        if isinstance(tensors, Mapping):
+            out.update((prefix + k, v) for k, v in tensors.items()
+                       if isinstance(v, torch.Tensor) and k not in skip)
+    children = state.get("_modules")
+    for k, child in (children.items() if isinstance(children, Mapping) else ()):
+        out.update(_module_tensors(child, f"{prefix}{k}.", depth + 1))
+    return out
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive (its `constants.pkl` is what torch.load looks for, too)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def unwrap_state(obj, path) -> dict[str, torch.Tensor]:
@@ -140,6 +236,10 @@ def unwrap_state(obj, path) -> dict[str, torch.Tensor]:
             break
         obj = inner
     if not isinstance(obj, Mapping) or not obj or not _is_state(obj):
+        if isinstance(obj, Mapping) and any(re.search("optim|schedul", str(k), re.I) for k in obj):
+            raise UserError(f"{path} holds no network weights, only a training state (keys: {_preview(obj)}); "
+                            "use the weights file saved beside it (BasicSR: models/net_g_N.pth, not "
+                            "training_states/N.state)")
         raise UserError(f"{path} holds no state dict of tensors (keys: {_preview(obj)})")
     return dict(obj)
 
@@ -161,9 +261,11 @@ def _preview(obj) -> str:
 # Prefixes a wrapper puts before every name: DataParallel/DDP (`module.`), torch.compile
 # (`_orig_mod.`), a Lightning module's attribute (`model.`, or its generator's).
 _WHOLE_PREFIXES = ("module.", "_orig_mod.", "model.", "netG.", "net_g.", "generator.", "gen.")
-# A GAN's module holds both networks; only the generator upscales.
-_GENERATOR_GROUPS = ("generator.", "net_g.", "netG.", "gen.")
-_DISCRIMINATOR_GROUPS = ("discriminator.", "net_d.", "netD.", "disc.")
+# A GAN's module holds both networks, a Lightning module its network and the losses' (VGG,
+# LPIPS); only the generator upscales.
+_GENERATOR_GROUPS = ("generator.", "net_g.", "netG.", "gen.", "model.")
+_DISCRIMINATOR_GROUPS = ("discriminator.", "net_d.", "netD.", "disc.", "loss.", "losses.", "criterion.",
+                         "loss_fn.", "perceptual_loss.", "cri_perceptual.", "vgg.", "lpips.")
 # The original ESRGAN's own names are `model.N...` (rrdbnet.rename_foreign reads them).
 _ESRGAN_SEQUENTIAL = re.compile(r"^model\.\d+\.")
 
@@ -194,14 +296,16 @@ def strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _generator_group(state: dict[str, torch.Tensor]) -> str | None:
-    """The generator's prefix when every name is in one generator group or a discriminator's."""
+    """The generator's prefix when every name is in one generator group or a discriminator's
+    or loss's."""
     gens = {p for p in _GENERATOR_GROUPS if any(k.startswith(p) for k in state)}
     if len(gens) != 1:
         return None
-    rest = [k for k in state if not k.startswith(next(iter(gens)))]
-    if rest and all(k.startswith(_DISCRIMINATOR_GROUPS) for k in rest):
-        return gens.pop()
-    return None
+    gen = gens.pop()
+    rest = [k for k in state if not k.startswith(gen)]
+    if gen == "model." and any(_ESRGAN_SEQUENTIAL.match(k) for k in state):
+        return None  # ESRGAN's own `model.N` names, not a wrapper's
+    return gen if rest and all(k.startswith(_DISCRIMINATOR_GROUPS) for k in rest) else None
 
 
 # ---------------------------------------------------------------- detection from tensors

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .state_keys import shape
+from .state_keys import rename_keys, shape
 
 
 class ESPCN(nn.Module):
@@ -49,3 +49,14 @@ def detect(state: dict[str, torch.Tensor]) -> dict | None:
                         "is not a square scale")
     return {"scale": scale, "num_in_ch": cin, "num_feat": feat,
             "mid_feat": shape(state, "first_part.2.weight")[0]}
+
+
+# Lornatang's ESPCN-PyTorch names (`feature_maps.0/2`, `sub_pixel.0`): the same layers.
+_LORNATANG_RULES = [(r"^feature_maps\.", "first_part."), (r"^sub_pixel\.", "last_part.")]
+
+
+def rename_foreign(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`state` in our names when it is in Lornatang's ESPCN names, else None."""
+    if {"feature_maps.0.weight", "feature_maps.2.weight", "sub_pixel.0.weight"} <= set(state):
+        return rename_keys(state, _LORNATANG_RULES)
+    return None

@@ -58,7 +58,8 @@ DETECTORS: list[tuple[str, Callable[[StateDict], dict | None]]] = [
 FOREIGN_RENAMERS: list[Callable[[StateDict], StateDict | None]] = [
     rrdbnet.rename_foreign,  # original ESRGAN: `model.N` sequential, `RRDB_trunk`
     vapsr.rename_foreign,    # VapSR beta
-    vdsr.rename_foreign,     # the common VDSR port
+    vdsr.rename_foreign,     # the common VDSR port, Lornatang's
+    espcn.rename_foreign,    # Lornatang's
 ]
 # Other projects' networks recognised by their tensors but not run here: each returns the one-line
 # reason (what the file is, what is supported instead), or None (checkpoint.detect_arch).
@@ -79,7 +80,22 @@ def _srvgg_compact(state: StateDict) -> str | None:
             f"{ONNX_HINT}")
 
 
-UNSUPPORTED: list[Callable[[StateDict], str | None]] = [_srvgg_compact]
+# Other projects' networks (spandrel runs them) told by a tensor each has, first match wins.
+_OTHER_NETWORKS = [("HAT", ("layers.0.residual_group.blocks.0.conv_block.cab.0.weight",)),
+                   ("Swin2SR", ("layers.0.residual_group.blocks.0.norm1.weight", "patch_embed.proj.weight")),
+                   ("SwinIR", ("layers.0.residual_group.blocks.0.norm1.weight",)),
+                   ("SPAN", ("block_1.c1_r.sk.weight",)),
+                   ("Real-CUGAN", ("unet1.conv1.conv.0.weight",)),
+                   ("OmniSR", ("residual_layer.0.residual_layer.0.layer.0.fn.0.weight",))]
+
+
+def _other_network(state: StateDict) -> str | None:
+    """The name of another project's network `state` is, by its tensor names, with the refusal."""
+    name = next((n for n, keys in _OTHER_NETWORKS if all(k in state for k in keys)), None)
+    return None if name is None else f"{name} is not supported here; supported: {_SUPPORTED}; {ONNX_HINT}"
+
+
+UNSUPPORTED: list[Callable[[StateDict], str | None]] = [_srvgg_compact, _other_network]
 
 PRE_UPSAMPLE = {"vdsr"}  # archs whose forward takes the bicubic-upscaled image
 

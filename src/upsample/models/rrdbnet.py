@@ -96,6 +96,8 @@ def detect(state: dict[str, torch.Tensor]) -> dict | None:
     keys = set(state)
     if not {"conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"} <= keys:
         return None
+    if any(".conv1x1." in k for k in keys):  # ESRGAN+: RDBs with a 1x1 conv and noise inputs
+        raise UserError(f"ESRGAN+ (residual dense blocks with 1x1 convs) is not supported; {ONNX_HINT}")
     if "conv_up3.weight" in keys:  # ESRGAN's x8 files: a third nearest x2 + conv
         raise UserError(f"RRDBNet x8 (3 upsampling convs) is not supported; scales 1-4; {ONNX_HINT}")
     feat, cin = shape(state, "conv_first.weight")[:2]

@@ -58,8 +58,15 @@ _PORT_RULES = [(r"^input\.", "conv_first."), (r"^residual_layer\.(\d+)\.conv\.",
                (r"^output\.", "conv_last.")]
 
 
+# Lornatang's VDSR-PyTorch names (`conv1.0`, `trunk.N.conv`, `conv2`).
+_LORNATANG_RULES = [(r"^conv1\.0\.", "conv_first."), (r"^trunk\.(\d+)\.conv\.", r"body.\1."),
+                    (r"^conv2\.", "conv_last.")]
+
+
 def rename_foreign(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    """`state` in our names when it is in the common VDSR port's names, else None."""
+    """`state` in our names when it is in the common VDSR port's names or Lornatang's, else None."""
     if "input.weight" in state and any(k.startswith("residual_layer.") for k in state):
         return rename_keys(state, _PORT_RULES)
+    if {"conv1.0.weight", "trunk.0.conv.weight", "conv2.weight"} <= set(state):
+        return rename_keys(state, _LORNATANG_RULES)
     return None
