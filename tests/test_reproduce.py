@@ -20,6 +20,22 @@ def test_every_shipped_model_has_a_chain_that_starts_from_scratch(toml):
         assert config.is_file()
 
 
+def test_the_model_trains_in_a_run_dir_of_its_own_and_goes_on_from_it(tmp_path, monkeypatch, capsys):
+    """It trained into runs/MODEL with --reset: the run dir `upsample train configs/MODEL.toml`
+    uses by default, so a user's own run there was thrown away."""
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "m.toml").write_text("[train]\nsteps = 1\n")
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "m", "--dry-run"])
+    assert reproduce.main() == 0
+    first = capsys.readouterr().out
+    assert "--run-dir runs/reproduce-m\n" in first and "--reset" not in first
+    (tmp_path / "runs" / "reproduce-m").mkdir(parents=True)
+    (tmp_path / "runs" / "reproduce-m" / "last_state.pt").write_bytes(b"")
+    assert reproduce.main() == 0
+    assert "--run-dir runs/reproduce-m --resume\n" in capsys.readouterr().out
+
+
 def test_a_later_stage_trains_its_start_first():
     chain = reproduce.stages(ROOT / "configs" / "esrgan-x4.toml", "runs/esrgan-x4")
     assert [(c.name, d) for c, d in chain] == [("rrdbnet-x4-psnr.toml", "runs/rrdbnet-x4-psnr"),

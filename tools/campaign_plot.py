@@ -6,6 +6,7 @@ the lines after its checkpoint), and the bicubic baseline of the same images, dr
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -60,7 +61,10 @@ def plot(runs: dict[str, dict], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "campaign.png"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", type=Path, default=ROOT / "docs" / "campaign.png",
+                    help="the PNG to write (default docs/campaign.png)")
+    target = ap.parse_args().out
     found = curves()
     if not found:
         sys.exit("campaign_plot: no run with validation lines under weights/wip/")

@@ -4,7 +4,9 @@
 The recipe is the resolved config shipped beside the weights (else configs/MODEL.toml). A recipe
 whose `train.init` is another run's output, `runs/STAGE/...`, is a later stage of a chain (a
 fine-tune, ESRGAN's GAN stage): `configs/STAGE.toml` is trained first into `runs/STAGE` (continued
-with --resume when that run exists), and so on back to a recipe that starts from scratch.
+with --resume when that run exists), and so on back to a recipe that starts from scratch. The
+model itself trains into `runs/reproduce-MODEL` (continued likewise): never into a run dir of the
+user's own, such as the `runs/MODEL` that `upsample train configs/MODEL.toml` uses by default.
 """
 
 from __future__ import annotations
@@ -53,10 +55,9 @@ def main() -> int:
     if not config.is_file():
         raise SystemExit(f"reproduce: no shipped {args.model}.toml and no configs/{args.model}.toml")
     up = [sys.executable, "-m", "upsample", "train"]
-    chain = stages(config, f"runs/{args.model}")
+    chain = stages(config, f"runs/reproduce-{args.model}")
     commands = [up + [str(c), "--run-dir", d] + (["--resume"] if (ROOT / d / "last_state.pt").exists() else [])
-                for c, d in chain[:-1]]
-    commands.append(up + [str(chain[-1][0]), "--run-dir", chain[-1][1], "--reset"])
+                for c, d in chain]
     commands.append([sys.executable, str(ROOT / "tools" / "ship.py"), args.model, chain[-1][1]])
     for cmd in commands:
         print("+", " ".join(Path(c).name if c == sys.executable else c for c in cmd), flush=True)
