@@ -13,6 +13,7 @@ appears in a fraction of a second instead of after the 1.5-2 s import of torch.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import os
 import signal
@@ -81,7 +82,33 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """One line, as every other user error (the usage is one `--help` away)."""
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        hint = _close_choice(message) + _dashed_path_hint()
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
+
+
+# The arguments of this command line that start with "-" and name an existing file or folder
+# ("-1.png"): argparse reads them as options, and its error does not say so.
+_DASHED_PATHS: list[str] = []
+
+
+def _dashed_path_hint() -> str:
+    if not _DASHED_PATHS:
+        return ""
+    name = _DASHED_PATHS[0]
+    return f"; {name} is read as an option: name the file ./{name}, or put it after --"
+
+
+def _close_choice(message: str) -> str:
+    """"; did you mean 'image'?" for argparse's "invalid choice: 'imgae' (choose from ...)" (a
+    command, an action, --backend ...) where a choice is close to the typo; else ""."""
+    import difflib
+    import re
+    m = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)
+    if not m:
+        return ""
+    choices = [c.strip().strip("'") for c in m.group(2).split(",")]
+    close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -122,10 +149,32 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+def _unencodable_name(exc: UnicodeEncodeError):
+    """Write what stdout's encoding cannot hold as the file system's bytes (a name that is not
+    UTF-8, read by Python as lone surrogates), else as backslash escapes: a file name never
+    ends a run with a traceback after its output was written."""
+    try:
+        return codecs.lookup_error("surrogateescape")(exc)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(exc)
+
+
+codecs.register_error("upsample-names", _unencodable_name)
+
+
+def _tolerate_file_names(stream) -> None:
+    """`stream` (stdout) with the `upsample-names` handler where it would raise instead: a UTF-8
+    locale other than C.UTF-8 and PYTHONIOENCODING make it strict; C.UTF-8 is surrogateescape."""
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="upsample-names")
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and threading.current_thread() is threading.main_thread():  # the console command
         signal.signal(signal.SIGTERM, _raise_terminated)
+        _tolerate_file_names(sys.stdout)
     argv = without_launcher_rank(sys.argv[1:] if argv is None else list(argv))
+    _DASHED_PATHS[:] = [a for a in argv if a.startswith("-") and a not in ("-", "--") and os.path.lexists(a)]
     parser = _parser_for(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

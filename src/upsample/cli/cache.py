@@ -13,11 +13,15 @@ def run(args) -> int:
     if "all" in args.parts and args.parts != ["all"]:
         raise UserError(f"`all` goes alone: `upsample cache {args.action} all`, or name parts ({', '.join(PARTS)})")
     parts = list(PARTS) if args.parts == ["all"] else args.parts or (list(PARTS) if args.action == "info" else ["export"])
+    parts = list(dict.fromkeys(parts))  # `info export export`: once
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"no cache part {unknown[0]!r}: the parts are {', '.join(PARTS)}")
     if args.action == "info":
         print(f"{cache_root()} (set UPSAMPLE_CACHE to move it):")
+        if cache_root().exists() and not cache_root().is_dir():  # runs then cache nothing between them
+            print(f"  note: {cache_root()} is a file, not a folder: each run makes and drops a temporary "
+                  "cache; set UPSAMPLE_CACHE to a folder")
         for part in parts:
             files = part_files(part)
             size = files_size(files)

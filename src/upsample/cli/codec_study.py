@@ -35,7 +35,7 @@ def register(sub) -> None:
     add_output_option(p, dest="out", metavar="DIR", help="folder for summary.md, CSV/JSON, plots")
     p.add_argument("--codecs", nargs="+", default=[], metavar="CODEC",
                    help=f"any of {', '.join(CODECS)} (image codecs for folders, video codecs for clips; "
-                        "default: none, only the pipelines' own points)")
+                        "no default: a study needs at least one, --merge none)")
     p.add_argument("--pipeline", action="append", metavar="[LABEL=]DOWN:UP",
                    help="a down-up pipeline (repeatable): DOWN = bicubic or a joint model "
                         "(joint-x2, or a checkpoint of one); UP = bicubic, a model or a checkpoint "

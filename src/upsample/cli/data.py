@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 from .options import add_output_option, add_overwrite_option, path_text
@@ -19,8 +20,16 @@ def _summary(n: int, problems: list) -> str:
     return f"{n} images, {files} with problems" + (f" ({parts})" if parts else "")
 
 
+def _check_folder_writable(folder: str, option: str) -> None:
+    """One clear line, before any work, where the output folder cannot be made or written (a
+    file's name, a read-only place), instead of the OSError of the first file written there."""
+    from ..inference.batch import check_writable
+    check_writable(Path(folder), folder, option)
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from ..data import prepare
+    _check_folder_writable(args.out, "-o")
     c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
                         every=args.every_n_frames, progress=True)
     print(f"{c['sources']} sources: {c['crops']} crops ({c['written']} written now) in {args.out}; "
@@ -49,6 +58,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_clean(args: argparse.Namespace) -> int:
     from ..data import prepare
     _check_min_size(args.min_size)
+    _check_folder_writable(args.quarantine, "--quarantine")
     n, problems, moved = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
                                        keep=args.keep, progress=True)
     for src, dst in moved:
@@ -59,6 +69,8 @@ def run_clean(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from ..data import prepare
+    if args.out is not None:  # else DIR itself, which `split` checks
+        _check_folder_writable(args.out, "-o")
     n_train, n_val, out = prepare.split(args.dir, args.val, args.seed, args.out, overwrite=args.overwrite)
     print(f"{n_train} train, {n_val} val images: {out / 'train.txt'}, {out / 'val.txt'}")
     return 0

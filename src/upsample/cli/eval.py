@@ -31,6 +31,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise UserError("--per-image adds one row per image to the JSON: use it with --json (FILE)")
     if args.save:
         from ..evaluation.evaluate import dataset_names
+        check_writable(Path(args.save), args.save, "--save")  # not after the first image's evaluation
         for folder, name in zip(args.data, dataset_names(args.data)):
             target = (Path(args.save) / name).resolve()
             data = Path(folder).resolve()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     jobs = batch.collect_inputs(args.inputs, out)
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
+    if args.tile_pad is not None and args.tile_pad < 0:  # the tiler says so too, after the model loads
+        raise UserError(f"--tile-pad must be >= 0 (the tiles' overlap in input pixels), got {args.tile_pad}")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     max_memory = parse_memory(args.max_memory) if args.max_memory is not None else None
     if args.max_pixels is not None:
@@ -96,8 +99,18 @@ def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
         return False, path
     if path != dst:
         tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
-    tqdm.write(f"wrote {path}")
+    _say(f"wrote {path}")
     return True, path
+
+
+def _say(line: str) -> None:
+    """`line` on stdout. When its reader has gone (`upsample image ... | head`), the lines that
+    follow go nowhere and the batch goes on: the images are the output, not these lines."""
+    from tqdm import tqdm
+    try:
+        tqdm.write(line)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def register(sub) -> None:

@@ -32,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
+    from ..inference.batch import check_writable
     from ..media.imageio import check_new_file
     a, b = checkpoint_file(args.a), checkpoint_file(args.b)
     check_new_file(out, overwrite=args.overwrite, inputs=[a, b])
+    check_writable(out.parent, out)  # one clear line, not the OSError of a temporary file
     from ..models.checkpoint import interpolate_checkpoints
     interpolate_checkpoints(a, b, alpha, out, fp16=args.fp16)
     print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")

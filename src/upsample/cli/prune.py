@@ -13,9 +13,13 @@ METHODS = ("l1", "l2", "group-l1", "random")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..inference.batch import check_writable
     from ..inference.load import check_trained
     from ..training import prune
     check_trained(args.model, args.allow_untrained)
+    check_writable(Path(args.output).parent, args.output)  # one clear line, not a temporary file's OSError
     r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,
                                filter_ratio=args.filter_ratio, overwrite=args.overwrite)
     (before_p, after_p), (before_m, after_m) = r.params, r.macs

@@ -18,9 +18,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
         raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
+    from ..inference.batch import check_writable
     from ..media.imageio import check_new_file
     check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
                    companions=[out.with_suffix(".bin")] if args.backend == "openvino" else [])
+    check_writable(out.parent, out)  # before calibration, not after it
     if args.samples < 1 or args.size < 8:
         raise UserError("--samples must be >= 1 and --size >= 8")
     check_trained(args.model, args.allow_untrained)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.batch import check_writable
     from ..training import loop
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem  # loop's default
+    if not run_dir.is_file():  # a file: the loop says so in its own words
+        check_writable(run_dir, run_dir, "--run-dir")  # before the training images are decoded
     return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
                                 resume=args.resume, reset=args.reset, device=args.device,
                                 init=args.init, max_minutes=args.max_minutes)

@@ -70,6 +70,7 @@ def _check_preset(preset: str | None, codec: str) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported here: `video --help` needs no torch, PyAV or OpenVINO
     from ..inference.api import make_upscaler
+    from ..inference.batch import check_writable
     from ..inference.upscaler import BicubicUpscaler
     from ..inference.video import upscale_video
     from ..media.video import check_is_video, check_output, choose_encoding, source_pix_fmt
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if src.resolve() == dst.resolve():
         raise UserError("the output would replace the input; choose another -o")
     check_output(dst, overwrite=args.overwrite)
+    check_writable(dst.parent, dst)  # not after the model is loaded and the encoder opened
     start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration", positive=True)
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")

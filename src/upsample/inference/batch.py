@@ -34,7 +34,7 @@ WHOLE_DECODE_SHARE = 0.25
 def collect_inputs(inputs: list[str], out: Path | None = None) -> list[tuple[Path, Path]]:
     """(source file, path relative to the output folder) for files and folders (recursive); an
     output folder `out` inside an input folder is not read (its pictures are a run's results)."""
-    jobs, made = [], out.resolve() if out is not None else None
+    jobs, empty, made = [], [], out.resolve() if out is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -44,15 +44,29 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> list[tuple[Pat
             for s in skipped:
                 print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
             if not images:
-                print(f"note: no images in {p}", file=sys.stderr)
+                empty.append(str(p))
             jobs += [(f, f.relative_to(p)) for f in images]
         elif p.is_file():
             jobs.append((p, Path(p.name)))
         else:
-            raise UserError(f"input not found: {p}")
-    if not jobs:
-        raise UserError("no input images")
+            raise UserError(_not_an_input(p))
+    if not jobs:  # all were empty folders: the one line says which
+        raise UserError(f"no images in {', '.join(empty)}")
+    for folder in empty:
+        print(f"note: no images in {one_line(folder)}", file=sys.stderr)
     return jobs
+
+
+def _not_an_input(p: Path) -> str:
+    """Why `p`, neither a file nor a folder, is no input: missing, a broken link, stdin's "-",
+    or a pipe or device (read once, of unknown size: not taken)."""
+    if str(p) == "-":
+        return "input -: standard input is not read; save the picture to a file and name that"
+    if p.is_symlink() and not p.exists():
+        return f"input {p} is a broken link (to {os.readlink(p)})"
+    if p.exists():
+        return f"input {p} is not a regular file or a folder (a pipe or a device); save the picture to a file"
+    return f"input not found: {p}"
 
 
 def scale_text(s: float) -> str:
@@ -108,7 +122,10 @@ def check_output_location(inputs: list[str], jobs: list, out: Path) -> None:
         raise UserError(f"-o {out}: .{ext} files are not written; name a .png, .jpg or .webp file, "
                         "or a folder")
     if names_file and not is_single_file(inputs, jobs, out):
-        raise UserError(f"-o {out} names one image file, but {len(jobs)} images need a folder")
+        folders = [i for i in inputs if Path(i).is_dir()]
+        why = (f"{len(jobs)} images need a folder" if len(jobs) > 1 or not folders else
+               f"the input {folders[0]} is a folder")
+        raise UserError(f"-o {out} names one image file, but {why}: name an output folder")
     if names_file:
         if out.resolve() == jobs[0][0].resolve():
             raise UserError(f"-o {out} is the input itself; inputs are never overwritten: name another file")
