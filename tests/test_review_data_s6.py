@@ -150,3 +150,22 @@ def test_hr_images_reports_notes_not_silence(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     hr, notes = evaluate.hr_images(str(tmp_path))
     assert [p.name for p in hr] == ["a.png"] and any("notes.txt" in n for n in notes)
+
+
+def test_a_file_name_that_is_not_utf8_goes_through_prepare_split_lists_and_the_store(tmp_path, capsys):
+    """`data prepare` (its record of done files) and `data split` (the hash of each name) ended
+    in a UnicodeEncodeError traceback on a name in Latin-1 bytes, as old archives hold."""
+    from upsample.data import pairs, store
+    folder = tmp_path / "imgs"
+    odd = _img(folder / os.fsdecode(b"caf\xe9.png"), 64, 64, 1)
+    for i in range(3):
+        _img(folder / f"plain{i}.png", 64, 64, i + 2)
+    for _ in range(2):  # the second run reads the record of done files back
+        assert cli.main(["data", "prepare", str(folder), "-o", str(tmp_path / "crops"), "--size", "32"]) == 0
+    crops = sorted(os.fsencode(p.name) for p in (tmp_path / "crops").iterdir() if p.suffix == ".png")
+    assert len(crops) == 16 and b"imgs__caf\xe9_s000.png" in crops
+    assert cli.main(["data", "split", str(folder), "--val", "0.25"]) == 0
+    listed = pairs.read_file_list(folder / "train.txt") + pairs.read_file_list(folder / "val.txt")
+    assert odd in listed and all(p.is_file() for p in listed)
+    opened, _ = store.open_store(listed, tmp_path / "store")
+    assert opened.image(listed.index(odd)).shape == (64, 64, 3)

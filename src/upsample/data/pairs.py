@@ -38,12 +38,21 @@ def read_file_list(path: str | os.PathLike) -> list[Path]:
     if not p.is_file():
         raise UserError(f"file list not found: {p}")
     out = []
-    for line in p.read_text().splitlines():
+    for line in p.read_text(**NAMES_TEXT).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             q = Path(line)
             out.append(q if q.is_absolute() else p.parent / q)
     return out
+
+
+# File names as the file system has them: a name that is not UTF-8 (Python holds its bytes as
+# lone surrogates) is written to and read from lists, and hashed, as those same bytes.
+NAMES_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
+def name_bytes(text: str) -> bytes:
+    return text.encode(**NAMES_TEXT)
 
 
 def file_list_text(paths: list[Path], out: Path) -> str:
@@ -56,7 +65,7 @@ def write_file_list(paths: list[Path], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     text = file_list_text(paths, out)
     with atomic_output(out) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, **NAMES_TEXT)
 
 
 def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -64,7 +73,7 @@ def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[in
     n > 1) with the smallest sha1(seed:key). Adding files never moves an old file across."""
     n = len(keys)
     n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
-    order = sorted(range(n), key=lambda i: hashlib.sha1(f"{seed}:{keys[i]}".encode()).hexdigest())
+    order = sorted(range(n), key=lambda i: hashlib.sha1(name_bytes(f"{seed}:{keys[i]}")).hexdigest())
     val = sorted(order[:n_val])
     chosen = set(val)
     return [i for i in range(n) if i not in chosen], val

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, skip_reason
 from ..media.progress import progress_bar, track
-from .pairs import file_list_text, hash_split, write_file_list
+from .pairs import NAMES_TEXT, file_list_text, hash_split, write_file_list
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
               ".wmv", ".y4m"}
@@ -202,7 +202,7 @@ def _load_manifest(out: Path, params: str) -> dict[str, int]:
     path = out / MANIFEST
     if not path.exists():
         return {}
-    lines = path.read_text().splitlines()
+    lines = path.read_text(**NAMES_TEXT).splitlines()
     if not lines or lines[0] != params:
         raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
                         "use the same options or another -o folder")
@@ -291,7 +291,7 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             counts["unreadable"] += 1
             continue
         counts["crops"] += n_crops
-        with open(out_dir / MANIFEST, "a") as f:
+        with open(out_dir / MANIFEST, "a", **NAMES_TEXT) as f:
             f.write(f"{key}\t{n_crops}\n")
         bar.set_postfix(crops=counts["crops"], refresh=False)
     bar.close()
@@ -395,7 +395,7 @@ def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progr
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), str(target))
         moved.append((path, target))
-        with open(qdir / "QUARANTINE.tsv", "a") as f:
+        with open(qdir / "QUARANTINE.tsv", "a", **NAMES_TEXT) as f:
             f.write(f"{path}\t{target}\t{'; '.join(why)}\n")
     return len(n), problems, moved
 
@@ -424,7 +424,7 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
                         f"{'not writable' if existing.is_dir() else 'a file'}); give --out DIR")
     lists = {out_dir / "train.txt": [images[i] for i in tr], out_dir / "val.txt": [images[i] for i in val]}
     for path, files in lists.items():
-        if path.is_dir() or (path.exists() and not overwrite and path.read_text() != file_list_text(files, path)):
+        if path.is_dir() or (path.exists() and not overwrite and path.read_text(**NAMES_TEXT) != file_list_text(files, path)):
             raise UserError(f"{path} exists with other contents; pass --overwrite to replace it, or -o DIR")
     for path, files in lists.items():
         write_file_list(files, path)

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, atomic_save, list_images
-from .pairs import collect_images, folder_key, train_val_files
+from .pairs import collect_images, folder_key, name_bytes, train_val_files
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
@@ -42,7 +42,7 @@ def frame_folder(video: Path, every: int, root: Path) -> Path:
     """The cache folder of `video`'s every `every`-th frame: a changed file gets a new one."""
     st = video.stat()
     stamp = f"{os.path.realpath(video)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{every}"
-    return root / f"{video.stem}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}"
+    return root / f"{video.stem}-{hashlib.sha1(name_bytes(stamp)).hexdigest()[:16]}"
 
 
 def cached_frames(folder: Path) -> list[Path] | None:
@@ -150,7 +150,7 @@ def seeded_subset(items: list[tuple[Path, str]], n: int, seed: int) -> list[tupl
     if not n or n >= len(items):
         return list(items)
     rank = sorted(range(len(items)),
-                  key=lambda i: hashlib.sha1(f"{seed}:subset:{items[i][1]}".encode()).hexdigest())
+                  key=lambda i: hashlib.sha1(name_bytes(f"{seed}:subset:{items[i][1]}")).hexdigest())
     chosen = set(rank[:n])
     return [it for i, it in enumerate(items) if i in chosen]
 

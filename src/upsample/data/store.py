@@ -53,7 +53,7 @@ def file_stamps(files: list[Path]) -> list[list]:
 
 
 def store_name(files: list[Path]) -> str:
-    h = hashlib.sha1("\n".join(os.path.realpath(f) for f in files).encode())
+    h = hashlib.sha1("\n".join(os.path.realpath(f) for f in files).encode("utf-8", "surrogateescape"))
     return f"{h.hexdigest()[:20]}-v{FORMAT}"
 
 
