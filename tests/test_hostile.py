@@ -680,11 +680,14 @@ def test_model_file_outputs_never_replace_what_is_there(tmp_path, capsys, case):
 
 
 def test_a_file_system_error_is_one_line(tmp_path, capsys):
-    """Where the output cannot be written (here: under /proc), one line and exit 1, no traceback."""
-    rc = cli.main(["export", "espcn-x2", "-o", "/proc/upsample-test/m.onnx"])
-    err = capsys.readouterr().err
-    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "error:" in err and "/proc/upsample-test" in err
+    """Where the output cannot be written (here: under /proc, or under a file), one line naming
+    the place, before the export; no traceback, no temporary file's name."""
+    (tmp_path / "e.onnx").write_bytes(b"")
+    for out in ("/proc/upsample-test/m.onnx", str(tmp_path / "e.onnx" / "m.onnx")):
+        rc = cli.main(["export", "espcn-x2", "-o", out])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "error:" in err and out in err and ".part" not in err
 
 
 @pytest.mark.parametrize("args, words", [

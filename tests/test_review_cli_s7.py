@@ -230,3 +230,17 @@ def test_a_file_named_like_an_option_gets_a_hint(tmp_path, capsys, monkeypatch):
     _one_error_line(capsys, "-1.png is read as an option", "./-1.png")
     assert cli.main(["image", "-o", "out", "--model", "bicubic", "--", "-1.png"]) == 0
     assert (tmp_path / "out" / "-1_x2.png").is_file()
+
+
+def test_ext_same_says_which_formats_are_written_as_png(tmp_path, capsys):
+    """A .tif or .bmp under --ext same became PNG without a word, where other fallbacks say so."""
+    from PIL import Image
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.tif", "b.bmp", "c.jpg"):
+        Image.new("RGB", (8, 6), (90, 40, 200)).save(src / name)
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "out"), "--model", "bicubic", "--scale", "2",
+                     "--ext", "same"]) == 0
+    err = capsys.readouterr().err
+    assert "--ext same: .bmp, .tif files are not written here; their outputs are PNG" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "b_x2.png", "c_x2.jpg"]

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ..media.imageio import check_new_file
     check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
                    companions=[out.with_suffix(".bin")] if args.format == "openvino" else [])
+    from ..inference.batch import check_writable
+    check_writable(out.parent, out)  # one clear line, not a temporary file's OSError after the export
     diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale,
                                name=name)
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else

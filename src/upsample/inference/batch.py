@@ -172,7 +172,17 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
             skipped += 1
             continue
         todo.append((src, dst))
+    _note_same_fallback(jobs, ext)
     return todo, skipped, refused
+
+
+def _note_same_fallback(jobs: list[tuple[Path, Path]], ext: str) -> None:
+    """`--ext same` keeps each input's format where it is written (PNG, JPEG, WebP); say which
+    inputs' formats are not, and go to PNG."""
+    other = sorted({s.suffix.lower() for s, _ in jobs if s.suffix.lower().lstrip(".") not in SAVE_FORMATS})
+    if ext == "same" and other:
+        print(f"note: --ext same: {', '.join(other)} files are not written here; their outputs are PNG",
+              file=sys.stderr)
 
 
 class Engines:
