@@ -280,8 +280,10 @@ class MemoryPlanner:
     def tile_side(self, h: int, w: int, channels: int, dtype: np.dtype, reserved: int = 0,
                   batch: int = 1) -> int:
         """The tile side that fits `batch` h x w images in the budget (0: in one piece)."""
-        budget = self.budget(reserved)
+        # measured first: what the probes leave resident (a runtime's compiled graph, its
+        # buffers) is no longer the budget's
         bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY * batch
+        budget = self.budget(reserved)
         if bpp * h * w <= budget:
             return 0
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad

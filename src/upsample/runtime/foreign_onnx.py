@@ -178,22 +178,24 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
     return run
 
 
-def _axis_windows(n: int, side: int | None, context: int) -> list[tuple[int, int, int]]:
+def _axis_windows(n: int, side: int | None, context: int, multiple: int = 1) -> list[tuple[int, int, int]]:
     """(start, keep_from, keep_to) of the windows of `side` pixels along an axis of n >= side
     pixels (one window of all n where the axis is dynamic): windows `context` apart from their
     neighbours' kept parts, the last one shifted inward to end at n; each keeps up to the middle
     of its overlaps, so every kept pixel has at least `context` pixels of real image around it
-    in its window (or the image's edge, as an untiled run has)."""
+    in its window (or the image's edge, as an untiled run has). Starts are multiples of
+    `multiple` where n and side are (a graph that pixel-unshuffles by it)."""
     if side is None or n <= side:
         return [(0, 0, n)]
     context = min(context, side // 4)
-    starts = [*range(0, n - side, side - 2 * context), n - side]
+    step = max(multiple, (side - 2 * context) // multiple * multiple)
+    starts = [*range(0, n - side, step), n - side]
     cuts = [0, *((a + b + side) // 2 for a, b in zip(starts, starts[1:])), n]
     return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
 
 
 def in_windows(run, x: torch.Tensor, size: tuple[int | None, int | None],
-               context: int = WINDOW_CONTEXT) -> torch.Tensor:
+               context: int = WINDOW_CONTEXT, multiple: int = 1) -> torch.Tensor:
     """`run` (a graph of one input size: `size`, None for a dynamic axis) on an NCHW image of any
     size, in overlapping windows of exactly that size whose kept parts tile the output seamlessly
     (`_axis_windows`). An image smaller than the size is padded up to it (mirrored, as
@@ -204,8 +206,8 @@ def in_windows(run, x: torch.Tensor, size: tuple[int | None, int | None],
         x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
     wh, ww = (f or n for f, n in zip(size, x.shape[-2:]))
     out, s = None, 1
-    for y0, ky0, ky1 in _axis_windows(x.shape[-2], size[0], context):
-        for x0, kx0, kx1 in _axis_windows(x.shape[-1], size[1], context):
+    for y0, ky0, ky1 in _axis_windows(x.shape[-2], size[0], context, multiple):
+        for x0, kx0, kx1 in _axis_windows(x.shape[-1], size[1], context, multiple):
             y = run(x[..., y0:y0 + wh, x0:x0 + ww])
             if out is None:
                 s = y.shape[-1] // ww
@@ -218,15 +220,16 @@ def in_windows(run, x: torch.Tensor, size: tuple[int | None, int | None],
     return out[..., :h * s, :w * s]
 
 
-def _runner_fn(path: Path, run, src: Port, dst: Port):
+def _runner_fn(path: Path, run, src: Port, dst: Port, multiple: int = 1):
     """float NCHW [0, 1] -> float NCHW [0, 1] through the graph; one image at a time where its
-    batch is fixed at 1; in windows of its size where that is fixed (`in_windows`)."""
+    batch is fixed at 1; in windows of its size where that is fixed (`in_windows`), starting on
+    multiples of `multiple`."""
     def run_graph(x: torch.Tensor) -> torch.Tensor:
         parts = x.split(1) if src.batch == 1 else (x,)
         return torch.cat([_decode(_rank4(path, run(_encode(p, src))), dst) for p in parts]).to(x.device)
     if not any(src.size):
         return run_graph
-    return lambda x: in_windows(run_graph, x, src.size)
+    return lambda x: in_windows(run_graph, x, src.size, multiple=multiple)
 
 
 def _rank4(path: Path, y):
@@ -266,6 +269,32 @@ def probe_scale(path: Path, run_net, src: Port, multiple: int | None = None) -> 
     raise UserError(f"{path} {wrong}; {_SHAPE_HINT}" if wrong else failed)
 
 
+def shift_multiple(run_net, src: Port, scale: int) -> int:
+    """The multiple a graph of one fixed input size needs its inputs to start on, where no other
+    size can be probed: the least of PROBE_MULTIPLES by which shifting the window shifts the
+    middle of the output alike. A pixel-unshuffle by m (Real-ESRGAN x2plus exported at 64x64)
+    gives another picture for a window shifted by less than m, so windows placed at any offset
+    would cut its pixel pairs differently from window to window."""
+    h, w = src.size
+    shift = max(PROBE_MULTIPLES)
+    if min(h, w) < 4 * shift:
+        return 1  # too small a window to compare middles
+    g = torch.Generator().manual_seed(0)
+    # smooth content: the middle of a deep network's window depends little on its border
+    big = F.interpolate(torch.rand(1, src.channels, (h + shift) // 4 + 2, (w + shift) // 4 + 2, generator=g),
+                        size=(h + shift, w + shift), mode="bilinear", align_corners=False)
+    base = run_net(big[..., :h, :w])
+    cy, cx = h // 4, w // 4  # compared: the middle half, away from each window's border
+    errors = {}
+    for m in PROBE_MULTIPLES:
+        moved = run_net(big[..., m:m + h, m:m + w])
+        want = base[..., (cy + m) * scale:(h - cy) * scale, (cx + m) * scale:(w - cx) * scale]
+        got = moved[..., cy * scale:(h - cy - m) * scale, cx * scale:(w - cx - m) * scale]
+        errors[m] = (got - want).abs().mean().item()
+    least = min(errors.values())
+    return next(m for m in PROBE_MULTIPLES if errors[m] <= 2 * least + 1e-4)
+
+
 def foreign_runner(path: Path, backend: Backend, device: torch.device, threads: int | None = None, *,
                    ov_device: str = "CPU", ov_precision: str | None = "f32") -> tuple[Runner, str]:
     """(a runner, its display name) for an image-to-image ONNX graph from another project
@@ -280,7 +309,11 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device, threads: 
     else:
         multiple = contract.get("input_multiple")  # our RRDBNet x1/x2 exports: 4 / 2; else probed
         multiple = multiple if isinstance(multiple, int) and multiple > 0 else None
+        given = multiple
         scale, multiple = probe_scale(path, run_net, src, multiple)
+        if given is None and None not in src.size:  # one size only: its multiple from shifts
+            multiple = shift_multiple(run_net, src, scale)
+            run_net = _runner_fn(path, run, src, dst, multiple)
         # fixed_size: the graph's own input size, which the runner's windows give it (any image runs)
         spec = ModelSpec(name=None, arch=ARCH, scale=scale, input="y" if src.channels == 1 else "rgb",
                          input_multiple=multiple, fixed_size=tuple(src.size) if any(src.size) else None)
