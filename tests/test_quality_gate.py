@@ -75,6 +75,10 @@ def test_results_are_remembered_per_weights_as_numbers(tmp_path):
     again = checks.remembered_check("k", f"x-{checks.GATE}", measure)
     assert first == (measure(), True) and again == (first[0], False) and len(calls) == 2
     assert "0.010 dB lower than fp32" in checks.in_words(first[0])
+    # a change under the printed precision reads as none, in words that parse
+    for tiny in (0.0, 4e-4, -4e-4):
+        words = checks.in_words({"db_change": tiny, "vs_fp32_db": 70.0})
+        assert words.startswith("PSNR the same as fp32's on the worst probe picture") and "0.000" not in words
 
 
 def test_openvino_devices_are_accepted_and_a_missing_one_is_one_line_listing_them(tmp_path, capsys):

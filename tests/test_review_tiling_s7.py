@@ -43,6 +43,15 @@ def test_the_tile_side_leaves_room_for_what_the_probes_keep(monkeypatch):
     assert side >= math.isqrt(int(left / per_pixel)) - 2 * pad - 1  # not needlessly small either
 
 
+def test_an_image_no_larger_than_the_first_probe_runs_whole_without_probes():
+    """A 1x1 or 32x32 icon waited for the two probe runs (18 s for rrdbnet on a busy CPU)."""
+    runs = []
+    planner = MemoryPlanner(lambda t, m: runs.append(t.shape) or torch.zeros(1), torch.device("cpu"),
+                            TileGeometry.of(2.0), 4, max_memory=10_000_000_000)
+    assert planner.tile_side(1, 1, 3, np.uint8) == 0 and planner.tile_side(32, 32, 3, np.uint8) == 0
+    assert planner.tile_side(16, 16, 3, np.uint8, batch=4) == 0 and runs == []
+
+
 class Unshuffle(nn.Module):
     """x2 through a pixel-unshuffle by 2, as Real-ESRGAN x2plus: inputs must start on even pixels."""
 

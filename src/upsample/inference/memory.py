@@ -280,6 +280,8 @@ class MemoryPlanner:
     def tile_side(self, h: int, w: int, channels: int, dtype: np.dtype, reserved: int = 0,
                   batch: int = 1) -> int:
         """The tile side that fits `batch` h x w images in the budget (0: in one piece)."""
+        if h * w * batch <= PROBE_SMALL ** 2:  # no larger than the first probe would be: whole,
+            return 0                           # without the probes' runs (seconds for a deep net)
         # measured first: what the probes leave resident (a runtime's compiled graph, its
         # buffers) is no longer the budget's
         bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY * batch

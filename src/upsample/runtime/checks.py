@@ -134,9 +134,10 @@ def in_words(result: dict) -> str:
     """A check's result as a reader of the terminal understands it."""
     change = result["db_change"]
     vs = result["vs_fp32_db"]
-    moved = "no change" if change == 0 else f"{abs(change):.3f} dB {'lower' if change < 0 else 'higher'}"
+    moved = ("the same as fp32's" if round(abs(change), 3) == 0 else
+             f"{abs(change):.3f} dB {'lower' if change < 0 else 'higher'} than fp32")
     same = "identical to the fp32 picture" if vs >= IDENTICAL_DB else f"{vs:.1f} dB from the fp32 picture"
-    return f"PSNR {moved} than fp32 on the worst probe picture, {same}"
+    return f"PSNR {moved} on the worst probe picture, {same}"
 
 
 def checks_path(key: str) -> Path:
