@@ -17,18 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_checks import one_error_line as _one_error_line
 from upsample import cli
 from upsample.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _one_error_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _png(path: Path, side: int = 16) -> Path:
