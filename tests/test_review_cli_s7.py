@@ -237,3 +237,13 @@ def test_ext_same_says_which_formats_are_written_as_png(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--ext same: .bmp, .tif files are not written here; their outputs are PNG" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "b_x2.png", "c_x2.jpg"]
+
+
+def test_a_value_that_starts_with_a_dash_says_how_to_pass_it(capsys):
+    """`--max-memory -1GB` got argparse's bare "expected one argument"."""
+    for argv, opt in ((["image", "x.png", "-o", "y", "--max-memory", "-1GB"], "--max-memory=-1GB"),
+                      (["bench", "--model", "espcn-x2", "--size", "-5x10"], "--size=-5x10")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2
+        _one_error_line(capsys, "expected one argument", f"is written {opt}")

@@ -82,7 +82,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """One line, as every other user error (the usage is one `--help` away)."""
-        hint = _close_choice(message) + _dashed_path_hint()
+        hint = _close_choice(message) + _dashed_path_hint() + _dashed_value_hint(message)
         self.exit(2, f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
 
 
@@ -96,6 +96,22 @@ def _dashed_path_hint() -> str:
         return ""
     name = _DASHED_PATHS[0]
     return f"; {name} is read as an option: name the file ./{name}, or put it after --"
+
+
+# This command line, for the hints below.
+_ARGV: list[str] = []
+
+
+def _dashed_value_hint(message: str) -> str:
+    """For "argument --max-memory: expected one argument" where the value given starts with "-"
+    (`--max-memory -1GB`: argparse takes it for an option), how to pass it; else ""."""
+    import re
+    m = re.match(r"argument (\S+): expected one argument$", message)
+    names = m.group(1).split("/") if m else []
+    for opt, value in zip(_ARGV, _ARGV[1:]):
+        if opt in names and value.startswith("-") and value != "--":
+            return f"; a value that starts with - is written {opt}={value}"
+    return ""
 
 
 def _close_choice(message: str) -> str:
@@ -174,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _raise_terminated)
         _tolerate_file_names(sys.stdout)
     argv = without_launcher_rank(sys.argv[1:] if argv is None else list(argv))
+    _ARGV[:] = argv
     _DASHED_PATHS[:] = [a for a in argv if a.startswith("-") and a not in ("-", "--") and os.path.lexists(a)]
     parser = _parser_for(argv)
     args = parser.parse_args(argv)
