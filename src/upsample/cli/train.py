@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from pathlib import Path
 
 
@@ -15,9 +17,48 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem  # loop's default
     if not run_dir.is_file():  # a file: the loop says so in its own words
         check_writable(run_dir, run_dir, "--run-dir")  # before the training images are decoded
-    return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
-                                resume=args.resume, reset=args.reset, device=args.device,
-                                init=args.init, max_minutes=args.max_minutes)
+    consoles = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
+    try:
+        return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
+                                    resume=args.resume, reset=args.reset, device=args.device,
+                                    init=args.init, max_minutes=args.max_minutes)
+    finally:
+        sys.stdout, sys.stderr = consoles
+
+
+class Console:
+    """A console stream of a training run: once its reader has gone (a closed pipe: `| head`, a
+    `| tee` that Ctrl-C ended) what follows is dropped and the run goes on to its checkpoint and
+    its own exit status. The BrokenPipeError ended the run mid-step, unsaved, with status 0."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        try:  # what the stream still buffers, and later writes of the process, go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, AttributeError):  # a stream without a file (a test's)
+            pass
+
+    def __getattr__(self, name):  # isatty, fileno, encoding: the stream's
+        return getattr(self.stream, name)
 
 
 def register(sub) -> None:
@@ -33,8 +74,8 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--init", metavar="CKPT", help="start from these weights (tensors that fit; "
-                   "default: train.init)")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights: a checkpoint, or a "
+                   "shipped model's name, e.g. espcn-x2 (tensors that fit; default: train.init)")
     p.add_argument("--max-minutes", type=positive_minutes, metavar="N",
                    help="train a time-boxed chunk: save and stop before N minutes of wall time "
                         "(continue with --resume; default: no limit)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -247,7 +248,8 @@ def _check_value(key: str, value, tp):
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"config: {key} must be a list of {_type_name(item_tp)}, got {value!r}")
+            example = f" (e.g. [{json.dumps(value)}])" if item_tp is str and isinstance(value, str) else ""
+            raise UserError(f"config: {key} must be a list of {_type_name(item_tp)}, got {value!r}{example}")
         return [_check_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is dict:
         if not isinstance(value, dict):
@@ -415,8 +417,20 @@ def _merge(base: dict, extra: dict) -> dict:
 def config_from_dict(table: dict, overrides: list[str] | None = None) -> Config:
     cfg = Config()
     _fill(cfg, _merge(table, overrides_to_table(overrides or [])), "")
+    _expand_home(cfg)
     validate(cfg)
     return cfg
+
+
+def _expand_home(cfg: Config) -> None:
+    """`~/photos` in a path key means the home folder, as in a shell (no shell expands it in a
+    TOML string or a quoted --set: it was "folder not found: ~/photos")."""
+    d = cfg.data
+    d.train = [os.path.expanduser(p) for p in d.train]
+    d.val_list, d.store_dir = os.path.expanduser(d.val_list), os.path.expanduser(d.store_dir)
+    cfg.train.init = os.path.expanduser(cfg.train.init)
+    cfg.loss.perceptual.weights = os.path.expanduser(cfg.loss.perceptual.weights)
+    cfg.deepspeed.config = os.path.expanduser(cfg.deepspeed.config)
 
 
 def read_toml(path: str | Path) -> dict:

@@ -76,7 +76,7 @@ def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, r
     cfg, text = resolve_config(config, overrides, run_dir=run_dir, resume=resume, init=init)
     try:
         return train(cfg, run_dir, resume=resume, reset=reset, device=device,
-                     init=init or cfg.train.init, config_text=text, max_minutes=max_minutes)
+                     init=cfg.train.init or None, config_text=text, max_minutes=max_minutes)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -282,6 +282,11 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
                         "`upsample data clean FOLDER` moves them aside") from None
     if pairs.skipped:
         procs.log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
+    if not val_files and cfg.data.val_fraction and not cfg.data.val_list:
+        # a few images: the hash split (a fraction of each image's chance) may hold none out
+        procs.log(f"note: data.val_fraction {cfg.data.val_fraction:g} held out none of the "
+                  f"{len(train_files)} training images: no validation and no best.safetensors (the "
+                  "weights are in last.safetensors); raise data.val_fraction or list images in data.val_list")
     return pairs, val_images
 
 

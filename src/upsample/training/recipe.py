@@ -4,6 +4,7 @@ it is decided once, before training, from the command line's view of the run."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,23 +25,70 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
         if init:
             raise UserError("--init starts a new run from those weights; a resumed run continues its own "
                             "(drop --init, or start anew with --reset or another --run-dir)")
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"--resume: {run_dir} holds last_state.pt but not config.toml, the run's "
+                            "config; copy it back from where the run was trained, or start over with --reset")
         cfg = config_mod.load_config(run_dir / "config.toml", overrides)
         check_resumable(config_mod.load_config(run_dir / "config.toml", []), cfg)
-        if Path(config).is_file() and config_mod.load_config(config, overrides) != cfg:
-            print(f"note: resuming with {run_dir / 'config.toml'}, which differs from "
-                  f"{config}; change values with --set", file=sys.stderr)
+        _note(recipe_differs(config, overrides, cfg, run_dir))
         return cfg, None
     cfg = config_mod.load_config(config, overrides)
-    if not init and cfg.train.init and not Path(cfg.train.init).is_file():
-        raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
-                        "from): train that stage first, or pass --init CKPT")
     if init:  # the resolved config records where the run started
-        cfg.train.init = init
+        cfg.train.init = init_file(init, "--init")
+    elif cfg.train.init:
+        cfg.train.init = init_file(cfg.train.init, "train.init")
+        if not Path(cfg.train.init).is_file():
+            raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
+                            "from): train that stage first, or pass --init CKPT")
     if cfg.train.init:
-        note = adopt_init_widths(cfg, cfg.train.init)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
+        _note(adopt_init_widths(cfg, cfg.train.init))
     return cfg, config_mod.to_toml(cfg)
+
+
+def _note(text: str | None) -> None:
+    """A note on stderr, once: from the first process of a torchrun / accelerate / deepspeed
+    launch (every rank resolves the config, before the processes are started)."""
+    if text and os.environ.get("RANK", "0") == "0":
+        print(f"note: {text}", file=sys.stderr)
+
+
+def init_file(arg: str, what: str) -> str:
+    """The weights file --init / train.init names: a path as given, or a shipped model's name
+    (`--init espcn-x2` fine-tunes the shipped weights, as `upsample interpolate` takes them)."""
+    if Path(arg).exists() or not registry.is_registered(arg):
+        return arg
+    weights = registry.weights_path(arg)
+    if weights is None:
+        shipped = ", ".join(n for n in registry.list_models() if registry.weights_path(n))
+        raise UserError(f"{what} {arg}: that model has no shipped weights to start from (shipped: "
+                        f"{shipped}); give a checkpoint file of it, or train without {what}")
+    return str(weights)
+
+
+def recipe_differs(config: str, overrides: list[str], cfg: config_mod.Config, run_dir: Path) -> str | None:
+    """A note naming the values where the recipe (with --set) differs from the resumed run's own
+    config.toml, which the run continues with, and which of them --set can still change."""
+    if not Path(config).is_file():
+        return None
+    try:
+        recipe = config_mod.load_config(config, overrides)
+    except UserError as exc:  # an edited recipe that no longer loads does not stop the resume
+        return f"resuming with {run_dir / 'config.toml'}; {config} is not read ({exc})"
+    run, new = _flat(config_mod.to_dict(cfg)), _flat(config_mod.to_dict(recipe))
+    # train.init records --init; a resumed run starts from its own state, not from it
+    changed = [k for k in run if run[k] != new.get(k) and k != "train.init"]
+    if not changed:
+        return None
+    shown = ", ".join(f"{k} ({run[k]!r} in the run, {new.get(k)!r} in the recipe)" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    settable = [k for k in changed if resumable(k)]
+    fixed = [k for k in changed if not resumable(k)]
+    how = (f"--set changes {', '.join(settable)}" if settable else "") + \
+        ("; " if settable and fixed else "") + \
+        (f"a resumed run keeps its {', '.join(fixed)} (a new run changes it: --reset or another "
+         "--run-dir)" if fixed else "")
+    return (f"resuming with {run_dir / 'config.toml'}, the run's own config; {config} differs in "
+            f"{shown}{more}: {how}")
 
 
 # What --set may change when a run resumes: its length, logging, validation and speed. Everything
@@ -55,11 +103,15 @@ def _flat(obj, prefix: str = "") -> dict:
     return {prefix.rstrip("."): obj}
 
 
+def resumable(key: str) -> bool:
+    """Whether --set may change `key` (a dotted config key) when a run resumes."""
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)
+
+
 def check_resumable(saved: config_mod.Config, cfg: config_mod.Config) -> None:
     """A UserError when `cfg` (the run's config with --set) changes what a resumed run keeps."""
     before, after = _flat(config_mod.to_dict(saved)), _flat(config_mod.to_dict(cfg))
-    changed = [k for k in after if before.get(k) != after[k]
-               and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
+    changed = [k for k in after if before.get(k) != after[k] and not resumable(k)]
     if changed:
         raise UserError(f"--resume --set {changed[0]}: a resumed run keeps its {changed[0].split('.')[0]} "
                         f"settings (was {before.get(changed[0])!r}); start a new run to change it (--reset, "

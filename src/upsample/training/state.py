@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,21 @@ def all_rng_states(device: torch.device, world: int) -> list[dict]:
 
 
 def read_state_file(run_dir: Path) -> dict:
-    return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    """last_state.pt of `run_dir`; a UserError when it is damaged (a copy cut short: the file is
+    written atomically here) or not a training state, instead of torch's traceback."""
+    path = run_dir / STATE_FILE
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        why = str(exc).split(". ")[0].strip() or type(exc).__name__  # torch's first sentence
+        raise UserError(f"--resume: cannot read {path}, it is damaged ({why}); copy it again from where "
+                        "the run was trained, or start over with --reset") from None
+    except OSError as exc:
+        raise UserError(f"--resume: cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(sd, dict) or "step" not in sd or "model" not in sd:
+        raise UserError(f"--resume: {path} is not the training state `upsample train` writes; "
+                        "start over with --reset, or --run-dir for a new run")
+    return sd
 
 
 def write_state_file(sd: dict, run_dir: Path) -> None:
