@@ -515,6 +515,8 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
                      "libsvtav1 keeps 10 bits without it")
     elif chosen:
         codec, notes = _default_codec(muxer, deep, dst)
+        if notes and pix_fmt is None and codec in ("libx264", "h264"):
+            pix_fmt = "yuv420p"  # 8-bit, as the note says (.m4v, .3gp, .mxf wrote 10-bit H.264)
     else:
         check_encoder(codec, pix_fmt, src_fmt, quiet=True)  # unknown encoders first
         if not container_takes(muxer, codec):
@@ -546,9 +548,12 @@ def choose_encoding(dst: Path, src_fmt: str, codec: str | None = None,
 def open_output(path: Path, suffix: str):
     """An output container at `path`, of the kind `suffix` names (e.g. ".mp4")."""
     try:
-        return av.open(str(path), "w")
+        out = av.open(str(path), "w")
     except (av.FFmpegError, ValueError) as exc:
         raise UserError(f"cannot write {suffix} videos: {exc}") from None
+    if out.format.name in NO_PTS_MUXERS:
+        out.container_options["avoid_negative_ts"] = "disabled"  # see NO_PTS_MUXERS
+    return out
 
 
 def close_after_error(out) -> None:
@@ -572,6 +577,12 @@ ENCODER_DEFAULTS = {"libx265": {"x265-params": "log-level=error"},
 # an AVI of 600 frames/s)
 CFR_MUXERS = {"avi", "mpeg", "vob", "dvd", "svcd", "vcd", "yuv4mpegpipe", "mxf", "mxf_d10", "ogg", "ogv"}
 CFR_ENCODERS = {"mpeg1video", "mpeg2video", "libtheora"}
+# containers that store no times, only the order of the frames and of the sound (AVI): a reordered
+# frame (an H.264 B-frame) was read back at the time of its place in the file (times out of order),
+# so their encoders make none; and sound that starts before 0 (AAC's priming) had the muxer move
+# every frame but the first by that time, rounded to a whole frame (a hole after the first frame),
+# where the sound has no time to move
+NO_PTS_MUXERS = {"avi"}
 PRESET_OPTION = {"libvpx-vp9": "cpu-used", "libvpx": "cpu-used"}  # libvpx: speed 0-8 as --preset
 HEVC_ENCODERS = ("libx265", "hevc")
 
@@ -586,10 +597,11 @@ def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict:
     return options
 
 
-def hdr10_metadata(frame) -> tuple[str, str] | None:
+def hdr10_metadata(frame, svt: bool = False) -> tuple[str, str] | None:
     """(mastering display, content light level) of `frame`'s HDR10 static metadata in x265's
     syntax, "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)" (chromaticity in 1/50000, luminance in
-    1/10000 cd/m2) and "MaxCLL,MaxFALL" ("" where absent); None where it carries none."""
+    1/10000 cd/m2) and "MaxCLL,MaxFALL" ("" where absent), or with `svt` in SVT-AV1's (the same
+    order, chromaticity as fractions, luminance in cd/m2); None where it carries none."""
     display = light = ""
     for sd in getattr(frame, "side_data", None) or []:
         kind = sd.type.name
@@ -597,24 +609,31 @@ def hdr10_metadata(frame) -> tuple[str, str] | None:
             v = struct.unpack("<22i", bytes(sd)[:88])  # AVMasteringDisplayMetadata: rationals R, G, B, WP, min, max
             q = [v[2 * i] / v[2 * i + 1] if v[2 * i + 1] else 0.0 for i in range(10)]
             if v[20] and v[21]:  # has_primaries, has_luminance
-                c = [round(x * 50000) for x in q[:8]]
+                c = [f"{x:.4f}" for x in q[:8]] if svt else [round(x * 50000) for x in q[:8]]
+                lum = (f"{q[9]:g}", f"{q[8]:g}") if svt else (round(q[9] * 10000), round(q[8] * 10000))
                 display = (f"G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})WP({c[6]},{c[7]})"
-                           f"L({round(q[9] * 10000)},{round(q[8] * 10000)})")
+                           f"L({lum[0]},{lum[1]})")
         elif kind == "CONTENT_LIGHT_LEVEL" and len(bytes(sd)) >= 8:
             light = "{},{}".format(*struct.unpack("<2I", bytes(sd)[:8]))
     return (display, light) if display or light else None
 
 
 def with_hdr10(codec: str, options: dict, frame) -> dict:
-    """`options` with the HDR10 metadata of `frame` passed to x265 (it was lost: the output said
-    PQ / BT.2020 but not the mastering display's light, which HDR TVs tone-map by)."""
-    meta = hdr10_metadata(frame)
-    if meta is None or codec not in HEVC_ENCODERS:
+    """`options` with the HDR10 metadata of `frame` passed to x265 or SVT-AV1 (it was lost: the
+    output said PQ / BT.2020 but not the mastering display's light, which HDR TVs tone-map by)."""
+    svt = codec == "libsvtav1"
+    meta = hdr10_metadata(frame, svt=svt) if svt or codec in HEVC_ENCODERS else None
+    if meta is None:
         return options
     display, light = meta
-    extra = ["hdr10=1"] + ([f"master-display={display}"] if display else []) + ([f"max-cll={light}"] if light else [])
-    params = [p for p in options.get("x265-params", "").split(":") if p]
-    return {**options, "x265-params": ":".join(params + extra)}
+    if svt:
+        key, names, extra = "svtav1-params", ("mastering-display", "content-light"), []
+    else:
+        key, names, extra = "x265-params", ("master-display", "max-cll"), ["hdr10=1"]
+    extra += [f"{names[0]}={display}"] if display else []
+    extra += [f"{names[1]}={light}"] if light else []
+    params = [p for p in options.get(key, "").split(":") if p]
+    return {**options, key: ":".join(params + extra)}
 
 
 EVEN_SIDE_ENCODERS = ("libx264", "h264", "libx265", "hevc")  # refuse an odd side of halved chroma
@@ -685,7 +704,10 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
         _note_lost_aspect(out.format.name, codec, vin.sample_aspect_ratio)
-    vout.codec_context.options = with_hdr10(codec, encoder_options(codec, crf, preset), first)
+    options = encoder_options(codec, crf, preset)
+    if out.format.name in NO_PTS_MUXERS:
+        options["bf"] = "0"  # see NO_PTS_MUXERS
+    vout.codec_context.options = with_hdr10(codec, options, first)
     if codec in HEVC_ENCODERS and FAMILIES.get(out.format.name) == "mp4":
         vout.codec_context.codec_tag = "hvc1"  # Apple's players take HEVC in MP4 only as hvc1
     for key in ("language", "title", "handler_name", "timecode"):  # MOV/MP4 make a tmcd track
@@ -838,7 +860,9 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
         if s.type == "data" and "timecode" in s.metadata:  # see `_copyable`
             if FAMILIES.get(out.format.name) != "mp4":  # there the muxer writes a tmcd track anew
                 out.metadata["timecode"] = s.metadata["timecode"]
-            print(f"note: timecode track #{s.index} kept as the timecode {s.metadata['timecode']}",
+            code, muxer = s.metadata["timecode"], out.format.name
+            print(f"note: timecode track #{s.index} kept as the timecode {code}" if muxer in TIMECODE_MUXERS
+                  else f"note: timecode track #{s.index} ({code}) cannot go into {suffix}: dropped",
                   file=sys.stderr)
         elif _copyable(container, out, s):
             copies[s.index] = _keep_tags(s, out.add_stream_from_template(s))
@@ -852,6 +876,9 @@ def add_copied_streams(container, out, skip: int) -> tuple[dict, dict]:
     return copies, encodes
 
 
+# muxers that store a timecode tag (MP4/MOV as a tmcd track): MPEG-TS/PS, .m4v and .3gp dropped it
+# while the note said it was kept
+TIMECODE_MUXERS = {"mp4", "mov", "matroska", "webm", "avi", "mxf", "nut", "flv", "ogg", "ogv", "asf"}
 COVER_TYPES = {"mjpeg": ("cover.jpg", "image/jpeg"), "png": ("cover.png", "image/png")}
 
 
@@ -886,10 +913,19 @@ def _keep_tags(src, dst):
 OWN_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer's own
 
 
+# a phone's QuickTime keys, named in reverse DNS (com.apple.quicktime.make, .model, .location.ISO6709,
+# .creationdate; com.android.version, com.android.capture.fps): MP4/MOV muxers write such keys only
+# as QuickTime metadata tags, and dropped them from the output without a word otherwise
+QUICKTIME_KEY = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+\.", re.IGNORECASE)
+
+
 def start_output(container, out) -> None:
     """Copy the input's container metadata (but the muxer's own tags) and write the header."""
     try:
-        out.metadata.update({k: v for k, v in container.metadata.items() if k.lower() not in OWN_TAGS})
+        tags = {k: v for k, v in container.metadata.items() if k.lower() not in OWN_TAGS}
+        out.metadata.update(tags)
+        if FAMILIES.get(out.format.name) == "mp4" and any(QUICKTIME_KEY.match(k) for k in tags):
+            out.container_options["movflags"] = "use_metadata_tags"
         out.start_encoding()
     except (av.FFmpegError, ValueError) as exc:  # strerror: not the temporary file's name
         raise UserError(f"cannot write this video as {Path(out.name).suffix}: "
