@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 
 from ..errors import UserError
 from .options import add_overwrite_option, add_runtime_options, path_text
@@ -42,6 +42,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
                                 "or name another --save folder")
 
 
+def json_text(report: dict) -> str:
+    """The report as standard JSON: an infinite PSNR (an output identical to its HR) is null, as
+    Python's `Infinity` is no JSON that jq, JavaScript or pandas' strict readers take."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, list) else v
+    return json.dumps(finite(report), indent=2, allow_nan=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model, format_report
 
@@ -55,14 +67,13 @@ def run(args: argparse.Namespace) -> int:
                             threads=args.threads, progress=True,
                             allow_untrained=args.allow_untrained)
     if args.json == "-":
-        json.dump(report, sys.stdout, indent=2)
-        print()
+        print(json_text(report))
         return 0
     print(format_report(report, lpips=args.lpips))
     if args.json:
         from ..media.imageio import atomic_output
         with atomic_output(args.json, suffix=".part.json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.write_text(json_text(report) + "\n")
     return 0
 
 
@@ -75,7 +86,7 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="FILE", nargs="?", const="-",
                    help="--json alone: print the results as JSON instead of the table (as bench and "
                         "models do); --json FILE: print the table and write the JSON to FILE "
-                        "(default: the table only)")
+                        "(default: the table only); an infinite PSNR (output identical to the HR) is null")
     p.add_argument("--protocol", choices=PROTOCOL_NAMES, default="papers",
                    help="papers (default): modcrop, MATLAB bicubic LR, Y channel, crop = scale, Gaussian "
                         "SSIM; catid: his evaluate.py - Pillow bicubic LR (W // s, H // s), RGB in "

@@ -36,7 +36,7 @@ from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize
 from ..data.prepare import LR_MARK, lr_files, lr_folder_name
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, list_images, read_rgb, skip_reason
+from ..media.imageio import atomic_save, list_images, open_image, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
@@ -167,13 +167,32 @@ class Run:
     lpips: object = None       # an `lpips.LPIPS`, or None
     montage: bool = False      # make the montage panels (`--save`)
 
+    def check_size(self, hw: tuple[int, ...]) -> None:
+        """UserError where an HR image of `hw` (after `hr_for`) is too small for the scale or SSIM."""
+        if min(hw[:2]) < self.scale:  # e.g. a 2x2 image at x3: its LR would be empty
+            raise UserError(f"an HR image is {hw[1]}x{hw[0]} after the crop to the scale, "
+                            f"smaller than x{self.scale:g} needs: remove such tiny images from --data")
+        if not ssim_fits(hw, self.crop, self.protocol):
+            side = metrics.SSIM_SIDE[self.protocol.ssim_window]
+            raise UserError(f"an HR image is {hw[1]}x{hw[0]}: after the {self.crop}-pixel border crop "
+                            f"it is under the {side}x{side} pixels SSIM needs; "
+                            "remove such small images from --data (or lower --crop)")
+
+    def check_sizes(self, images: list[Path]) -> None:
+        """Every image's size checked from its header before the first is evaluated: a small
+        picture among many stops the run at once, not after an hour of evaluation."""
+        for path in images:
+            w, h = open_image(path, decode=False).size
+            try:  # a zero-strided stand-in: hr_for's crop without reading any pixel
+                self.check_size(hr_for(np.broadcast_to(np.uint8(0), (h, w)), self.scale, self.protocol).shape)
+            except UserError as exc:
+                raise UserError(f"{path}: {exc}") from None
+
     def image(self, hr: np.ndarray) -> tuple[dict, list[tuple[str, np.ndarray]]]:
         """One HR image's numbers (with the baseline's where the protocol reports it) and the
         montage panels (original, model, bicubic, input)."""
         hr = hr_for(hr, self.scale, self.protocol)
-        if min(hr.shape[:2]) < self.scale:  # e.g. a 2x2 image at x3: its LR would be empty
-            raise UserError(f"an HR image is {hr.shape[1]}x{hr.shape[0]} after the crop to the scale, "
-                            f"smaller than x{self.scale:g} needs: remove such tiny images from --data")
+        self.check_size(hr.shape)
         lr = make_input(hr, self.scale, self.protocol, self.degrade, self.device)
         need_base = self.protocol.pil or self.montage or self.upscaler is None
         base = bicubic_up(lr, hr.shape[:2], self.protocol) if need_base else None
@@ -261,8 +280,8 @@ def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], 
     for path in images:
         try:
             row, panels = run.image(read_rgb(path))
-        except UserError as exc:  # too small for the scale or SSIM: which image
-            raise UserError(f"{path}: {exc}") from None
+        except UserError as exc:  # too small for the scale or SSIM: which image (a read error names it)
+            raise (exc if str(path) in str(exc) else UserError(f"{path}: {exc}")) from None
         bar.update(1)
         rel = path.relative_to(folder)  # sub-folders kept: a/x.png and b/x.png are two images
         rows.append({"image": rel.as_posix(), **row})
@@ -332,6 +351,7 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
               upscaler.device if upscaler is not None else torch.device("cpu"), montage=bool(save_dir))
     if lpips_metric is not None:
         run.lpips = lpips_metric.to(run.device)
+    run.check_sizes([path for images, _ in found.values() for path in images])
     datasets = {name: evaluate_folder(run, f, found[f], name=name, save_dir=save_dir, per_image=per_image,
                                       progress=progress) for f, name in zip(folders, dataset_names(folders))}
     return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
