@@ -210,7 +210,7 @@ def test_corrupt_file_reported_others_written_no_overwrite(tmp_path, capsys):
     args = ["image", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
-    assert "b.png" in err
+    assert err.count("b.png") == 1  # named once: Pillow's message names it too
     assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "c_x2.png"]  # no partial b
     marker = np.zeros((40, 52, 3), np.uint8)
     Image.fromarray(marker).save(out / "a_x2.png")

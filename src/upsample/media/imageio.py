@@ -145,8 +145,9 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
         raise UserError(f"cannot read image {p}: permission denied (check the file's owner and mode)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         kind = _unread_kind(p) if isinstance(exc, UnidentifiedImageError) else None
+        why = str(exc).replace(f" '{p}'", "").replace(f" {p}", "")  # Pillow's names the file again
         raise UserError(f"cannot read image {p}: {kind}" if kind else
-                        f"cannot read image {p}: {exc}; the file is corrupt or not an image") from None
+                        f"cannot read image {p}: {why}; the file is corrupt or not an image") from None
     return img
 
 
