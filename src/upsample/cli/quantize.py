@@ -26,13 +26,15 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.size < 8:
         raise UserError("--samples must be >= 1 and --size >= 8")
     check_trained(args.model, args.allow_untrained)
+    from ..models import registry
+    untrained = registry.is_registered(args.model) and registry.weights_path(args.model) is None
     model, name = resolve_model(args.model, args.scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     scale = model_scale(model.upsample_spec, args.scale, name)
     quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
                             samples=args.samples, size=args.size, keep_edges=args.keep_edges,
-                            source=str(args.model))
+                            source=str(args.model), untrained=untrained)
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
           f"`upsample eval --model {out} --backend {args.backend} ...`")
     if args.backend == "openvino" and args.keep_edges:  # what auto's int8 candidate is

@@ -11,6 +11,7 @@ there; both are `quantize.quantize_model`'s: NNCF, the first and last convolutio
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -77,10 +78,17 @@ def read_meta(path: Path) -> tuple[str, dict]:
 
 
 def load_runner(path: Path, backend: Backend, device: torch.device, *, threads: int | None = None,
-                ov_device: str = "CPU", ov_precision: str | None = "f32") -> tuple[Runner, str]:
+                ov_device: str = "CPU", ov_precision: str | None = "f32",
+                allow_untrained: bool = False) -> tuple[Runner, str]:
     """(a runner, the model's display name) for an int8 file on the runtime it was made for
-    (OpenVINO on `ov_device`, its float layers in `ov_precision`: None, a GPU's or NPU's own)."""
+    (OpenVINO on `ov_device`, its float layers in `ov_precision`: None, a GPU's or NPU's own).
+    A file quantized from random weights is refused unless `allow_untrained` (or
+    $UPSAMPLE_ALLOW_UNTRAINED=1), as the model it came from is: its output is noise."""
     file_backend, meta = read_meta(path)
+    if meta.get("untrained") and not (allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1"):
+        raise UserError(f"{path} was quantized from {meta.get('name') or meta['arch']}'s untrained (random) "
+                        "weights, so its output is noise: quantize a trained model, or set "
+                        "UPSAMPLE_ALLOW_UNTRAINED=1 to run it for timing")
     if backend != file_backend:
         raise UserError(f"{path} is an int8 {file_backend} model: run it with --backend {file_backend}")
     spec = registry.spec_for(meta["arch"], meta["kwargs"], meta.get("name") or None)

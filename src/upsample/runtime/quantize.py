@@ -170,14 +170,17 @@ def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float:
 
 def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, samples: int = 32,
                    size: int = 64, keep_edges: bool = True, source: str,
-                   too_small: str = "use smaller --size") -> int:
+                   too_small: str = "use smaller --size", untrained: bool = False) -> int:
     """Calibrate `model` at `scale` on `calib` and write the int8 graph to `out` (atomically: a
-    temporary folder beside it, renamed into place). Returns the number of calibration crops."""
+    temporary folder beside it, renamed into place). Returns the number of calibration crops.
+    `untrained`: the model's weights are random (`--allow-untrained`); the file says so, and
+    `int8.load_runner` refuses it as the loader refuses the model."""
     inputs = calibration_inputs(model, scale, calib, samples=samples, size=size, too_small=too_small)
     spec = model.upsample_spec
     meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": source,
             "float_edges": keep_edges,
-            "calibration": {"folder": str(calib), "images": len(inputs), "lr_size": size, "scale": scale}}
+            "calibration": {"folder": str(calib), "images": len(inputs), "lr_size": size, "scale": scale},
+            **({"untrained": True} if untrained else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
         tmp = Path(tmp)

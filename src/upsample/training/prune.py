@@ -17,6 +17,7 @@ exports and runs everywhere a trained model does. Fine-tune it with `upsample tr
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,19 +60,41 @@ def prune_model(model: nn.Module, sparsity: float | None = 0.5, method: str = "l
     for flag, value in (("--sparsity", sparsity), ("--filter-ratio", filter_ratio)):
         if value is not None and not 0.0 < value < 1.0:
             raise UserError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+    most = max_filter_ratio(model)
     if filter_ratio is None:
-        filter_ratio = ratio_for_sparsity(model, sparsity, method, size=size, seed=seed)
+        filter_ratio = ratio_for_sparsity(model, sparsity, method, size=size, seed=seed, most=most)
+    elif filter_ratio > most:
+        raise UserError(f"--filter-ratio {filter_ratio:g} would remove every filter of a layer of this "
+                        f"model; the most it allows is {most:g}")
     return _prune_filters(model, filter_ratio, method, size=size, seed=seed)
 
 
-def ratio_for_sparsity(model: nn.Module, sparsity: float, method: str, *, size: int, seed: int
-                       ) -> float:
-    """Bisect the per-layer filter ratio whose pruned copy keeps the parameter count nearest to
-    (1 - sparsity) x the original (parameters fall monotonically as the ratio grows)."""
+def max_filter_ratio(model: nn.Module) -> float:
+    """The largest filter ratio (to 3 decimals) that leaves every prunable layer a filter:
+    torch-pruning keeps int(C x (1 - r)) of a layer's C filters and, where that is 0, leaves the
+    layer whole (the widths then no longer share one ratio; at 0.99 nothing was pruned at all)."""
+    fixed = output_layers(model)
+    ran = ran_layers(model, torch.rand(1, model.upsample_spec.channels, 16, 16))  # what it can prune
+    # a grouped (not depth-wise) conv loses filters from each group: its width is a group's
+    widths = [m.out_channels // (m.groups if m.groups != m.in_channels else 1) for m in model.modules()
+              if isinstance(m, nn.Conv2d) and m in ran and m not in fixed]
+    if not widths:
+        return 0.0
+    most = math.floor((1.0 - 1.0 / min(widths)) * 1000) / 1000
+    while most > 0 and any(int(c * (1 - most)) < 1 for c in widths):  # float rounding at the edge
+        most = round(most - 0.001, 3)
+    return most
+
+
+def ratio_for_sparsity(model: nn.Module, sparsity: float, method: str, *, size: int, seed: int,
+                       most: float = 1.0) -> float:
+    """Bisect the per-layer filter ratio (at most `most`) whose pruned copy keeps the parameter
+    count nearest to (1 - sparsity) x the original (parameters fall monotonically as the ratio
+    grows, up to `max_filter_ratio`)."""
     example = torch.rand(1, model.upsample_spec.channels, size, size)
     total = forward_params(model, example)
     target = (1.0 - sparsity) * total
-    lo, hi, best = 0.0, 1.0, (float("inf"), 1.0 - (1.0 - sparsity) ** 0.5)
+    lo, hi, best = 0.0, most, (float("inf"), min(most, 1.0 - (1.0 - sparsity) ** 0.5))
     for _ in range(12):
         mid = (lo + hi) / 2
         kept = forward_params(_prune_filters(copy.deepcopy(model), mid, method, size=size, seed=seed),
@@ -85,6 +108,11 @@ def forward_params(model: nn.Module, example: torch.Tensor) -> int:
     """Parameters of the layers `model(example)` runs: what torch-pruning traces and can shrink
     (joint-x2's forward is its upscaler; its downscaler, used only in training, is not pruned and
     must not count, or the upscaler alone would be cut to reach the whole model's sparsity)."""
+    return sum(p.numel() for m in ran_layers(model, example) for p in m.parameters(recurse=False))
+
+
+def ran_layers(model: nn.Module, example: torch.Tensor) -> set[nn.Module]:
+    """The leaf layers `model(example)` runs."""
     ran: set[nn.Module] = set()
     hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(mod)) for m in model.modules()
              if not list(m.children())]
@@ -94,7 +122,7 @@ def forward_params(model: nn.Module, example: torch.Tensor) -> int:
     finally:
         for h in hooks:
             h.remove()
-    return sum(p.numel() for m in ran for p in m.parameters(recurse=False))
+    return ran
 
 
 def _prune_filters(model: nn.Module, ratio: float, method: str, *, size: int, seed: int) -> nn.Module:
@@ -158,7 +186,8 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
     prune_model(model, sparsity, method, filter_ratio=filter_ratio)
     after_p, after_m = forward_params(model, example), registry.count_macs(model)
     if after_p == before_p:
-        raise UserError(f"{name}: nothing could be pruned at sparsity {sparsity}")
+        asked = f"--filter-ratio {filter_ratio:g}" if filter_ratio is not None else f"--sparsity {sparsity:g}"
+        raise UserError(f"{name}: nothing could be pruned at {asked}")
     # the pruned net must be a normal model of its architecture: save, reload, compare outputs
     tmp = out.with_name(out.name + ".part")
     try:

@@ -146,10 +146,24 @@ def storage_error(storage: str, exc: Exception) -> UserError:
                      "sqlite:///tune.db (in a writable folder that exists)")
 
 
+def check_lasting(storage: str) -> None:
+    """An in-memory SQLite URL (`sqlite:///` with no file, a typo's result) would lose the study
+    at exit, where the command promises to resume it."""
+    from sqlalchemy.engine import make_url
+    try:
+        url = make_url(storage)
+    except Exception:  # not a URL: Optuna's own message says so (`storage_error`)
+        return
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise UserError(f"--storage {storage} is an in-memory database: the study could not be resumed; "
+                        "name a file, e.g. sqlite:///tune.db")
+
+
 def open_study(name: str, storage: str, seed: int):
     """The study `name` in `storage` (made if new), its sampler seeded past the trials it holds:
     a resumed study draws new values (seeded alike, it drew the first trials' again)."""
     import optuna
+    check_lasting(storage)
     try:
         held = len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:  # no such study yet
@@ -246,6 +260,8 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
             print(f"trial {trial.number}: pruned, it diverged ({format_params(trial.params)}): "
                   f"{str(exc).split(';')[0]}", file=sys.stderr)
             raise optuna.TrialPruned() from None
+        except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (decoding the images)
+            rc = 130
         if rc != 0:  # Ctrl-C / SIGTERM: stop the study; the trial is rerun next time
             trial.set_user_attr("stopped", True)  # `requeue_stopped`
             raise TrialStopped(rc)
