@@ -124,3 +124,9 @@ def test_an_int8_file_of_untrained_weights_is_refused_like_its_model(tmp_path, c
     assert "untrained (random) weights" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
     monkeypatch.setenv("UPSAMPLE_ALLOW_UNTRAINED", "1")  # timing runs still may
     int8.load_runner(out, Backend.ONNXRUNTIME, torch.device("cpu"))
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED")
+    capsys.readouterr()
+    # --allow-untrained reaches the int8 file, and its own runtime takes --precision int8
+    assert cli.main(["image", str(tmp_path / "calib" / "a.png"), "--model", str(out), "--allow-untrained",
+                     "--backend", "onnxruntime", "--precision", "int8", "-o", str(tmp_path / "o.png")]) == 0
+    assert Image.open(tmp_path / "o.png").size == (80, 80)

@@ -142,7 +142,8 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
     """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
     `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32.
     A registered model without trained weights is refused unless `allow_untrained`."""
-    backend, precision = _check_options(backend, precision, threads)
+    is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
+    backend, precision = _check_options(backend, precision, threads, int8_file=is_int8)
     if spec == "bicubic":
         if scale is None:
             raise UserError("bicubic needs --scale")
@@ -163,7 +164,6 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
     if precision == Precision.BF16 and ov_device not in (None, "CPU"):
         raise UserError(f"--precision bf16 is for the CPU's bf16 units; on the OpenVINO device {ov_device} "
                         "use --precision fp32 (exact) or auto (the device's own precision)")
-    is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
     # int8 without an int8 file: only auto on the CPU has one (its cached model, `bench --calib`)
     cpu_auto = backend == Backend.AUTO and dev.type == "cpu" and ov_device in (None, "CPU")
     if precision == Precision.INT8 and not is_int8 and not cpu_auto:
@@ -171,7 +171,7 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
                         f"make one with `upsample quantize {spec} --backend openvino --calib DIR -o "
                         f"{Path(spec).stem}-int8.xml` and pass that")
     if is_int8:  # written by `upsample quantize`
-        return _int8_upscaler(Path(spec), scale, backend, precision, dev, threads, ov_device)
+        return _int8_upscaler(Path(spec), scale, backend, precision, dev, threads, ov_device, allow_untrained)
     check_trained(spec, allow_untrained)
     model, name = resolve_model(spec, scale)
     if model.upsample_spec.kind != "generator":
@@ -202,7 +202,7 @@ def _foreign_upscaler(path: Path, scale, backend: Backend, precision: Precision,
 
 
 def _int8_upscaler(path: Path, scale, backend: Backend, precision: Precision, dev: torch.device,
-                   threads: int | None, ov_device: str | None) -> Upscaler:
+                   threads: int | None, ov_device: str | None, allow_untrained: bool) -> Upscaler:
     """An int8 file of `upsample quantize`, on the runtime asked (auto: the one it was made for)."""
     from ..runtime.int8 import BACKEND_OF, load_runner, read_meta
     # fp32 is eval's default and the float backends' one mode: for an int8 file, its own arithmetic
@@ -216,7 +216,8 @@ def _int8_upscaler(path: Path, scale, backend: Backend, precision: Precision, de
         raise UserError(f"{path} is an int8 onnxruntime model, which runs on no OpenVINO device: use --device "
                         f"cpu, or quantize with `upsample quantize ... --backend openvino` for {ov_device}")
     runner, name = load_runner(path, runtime, dev, threads=threads, ov_device=ov_device,
-                               ov_precision=_file_precision(backend, precision, ov_device))
+                               ov_precision=_file_precision(backend, precision, ov_device),
+                               allow_untrained=allow_untrained)
     return ModelUpscaler.from_runner(runner, scale=model_scale(runner.spec, scale, name), name=name,
                                      backend=backend, device=dev)
 
@@ -229,13 +230,15 @@ def _file_precision(backend: Backend, precision: Precision, ov_device: str) -> s
     return "f32" if exact else None
 
 
-def _check_options(backend: str, precision: str, threads: int | None) -> tuple[Backend, Precision]:
+def _check_options(backend: str, precision: str, threads: int | None, *,
+                   int8_file: bool = False) -> tuple[Backend, Precision]:
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     backend, precision = Backend(backend), Precision(precision)
-    if precision not in (Precision.AUTO, Precision.FP32) and backend != Backend.AUTO:
+    if precision not in (Precision.AUTO, Precision.FP32) and backend != Backend.AUTO and not (
+            int8_file and precision == Precision.INT8):  # an int8 file runs int8 on its runtime
         raise UserError(f"--precision {precision} needs --backend auto (the {backend} backend runs fp32)")
     if threads is not None:
         if threads < 1:
