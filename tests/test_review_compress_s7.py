@@ -130,3 +130,23 @@ def test_an_int8_file_of_untrained_weights_is_refused_like_its_model(tmp_path, c
     assert cli.main(["image", str(tmp_path / "calib" / "a.png"), "--model", str(out), "--allow-untrained",
                      "--backend", "onnxruntime", "--precision", "int8", "-o", str(tmp_path / "o.png")]) == 0
     assert Image.open(tmp_path / "o.png").size == (80, 80)
+
+
+def test_a_pruned_model_of_untrained_weights_is_refused_like_its_model(tmp_path, capsys, monkeypatch):
+    """`prune vapsr-s-x2 --allow-untrained -o P` wrote a checkpoint that `image --model P` then
+    ran silently: its output is noise, as its parent's."""
+    import numpy as np
+    from PIL import Image
+    monkeypatch.delenv("UPSAMPLE_ALLOW_UNTRAINED", raising=False)
+    pruned = tmp_path / "p.safetensors"
+    assert cli.main(["prune", "espcn-rgb-x2", "--allow-untrained", "--sparsity", "0.3", "-o", str(pruned)]) == 0
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(src)
+    capsys.readouterr()
+    assert cli.main(["image", str(src), "--model", str(pruned), "-o", str(tmp_path / "o.png")]) == 2
+    assert "made from untrained (random) weights" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+    assert cli.main(["image", str(src), "--model", str(pruned), "--allow-untrained", "-o", str(tmp_path / "o.png")]) == 0
+    shipped = tmp_path / "s.safetensors"  # a trained parent's pruned file runs as before
+    assert cli.main(["prune", "espcn-x2", "--sparsity", "0.3", "-o", str(shipped)]) == 0
+    assert cli.main(["image", str(src), "--model", str(shipped), "-o", str(tmp_path / "o2.png")]) == 0

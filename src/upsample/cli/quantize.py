@@ -13,7 +13,7 @@ SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.load import check_trained, model_scale, resolve_model
+    from ..inference.load import check_trained, is_untrained, model_scale, resolve_model
     from ..runtime import export, quantize
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
@@ -26,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.size < 8:
         raise UserError("--samples must be >= 1 and --size >= 8")
     check_trained(args.model, args.allow_untrained)
-    from ..models import registry
-    untrained = registry.is_registered(args.model) and registry.weights_path(args.model) is None
+    untrained = is_untrained(args.model)
     model, name = resolve_model(args.model, args.scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")

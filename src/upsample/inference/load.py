@@ -114,13 +114,22 @@ def check_device(device: str, backend: str) -> torch.device:
     return dev
 
 
-def lacks_weights(spec: str, allow_untrained: bool = False) -> bool:
-    """`spec` is a registered model without trained weights, and random weights were not asked
-    for (`allow_untrained`, `--allow-untrained`, or $UPSAMPLE_ALLOW_UNTRAINED=1)."""
+def is_untrained(spec: str) -> bool:
+    """`spec` is a registered model without trained weights, or our checkpoint made from one
+    (`prune --allow-untrained`: its metadata says so)."""
     from ..models import registry
+    if registry.is_registered(spec):
+        return registry.weights_path(spec) is None
+    from ..models.checkpoint import marked_untrained
+    return marked_untrained(spec)
+
+
+def lacks_weights(spec: str, allow_untrained: bool = False) -> bool:
+    """`spec` has no trained weights (`is_untrained`), and random weights were not asked for
+    (`allow_untrained`, `--allow-untrained`, or $UPSAMPLE_ALLOW_UNTRAINED=1)."""
     if allow_untrained or os.environ.get("UPSAMPLE_ALLOW_UNTRAINED") == "1":
         return False
-    return registry.is_registered(spec) and registry.weights_path(spec) is None
+    return is_untrained(spec)
 
 
 def check_trained(spec: str, allow_untrained: bool = False) -> None:
@@ -131,7 +140,8 @@ def check_trained(spec: str, allow_untrained: bool = False) -> None:
     if not lacks_weights(spec, allow_untrained):
         return
     shipped = [n for n in registry.list_models("generator") if registry.weights_path(n)]
-    raise UserError(f"{spec} has no trained weights: give a trained checkpoint file instead, "
+    what = "has no trained weights" if registry.is_registered(spec) else "was made from untrained (random) weights"
+    raise UserError(f"{spec} {what}: give a trained checkpoint file instead, "
                     f"train one with `upsample train`, or use a shipped model ({', '.join(shipped)}); "
                     "--allow-untrained runs its random weights, for timing only")
 

@@ -92,6 +92,21 @@ def _is_safetensors(path: Path) -> bool:
     return 2 <= n < 100_000_000 and head[8:9] == b"{"
 
 
+def marked_untrained(path: str | os.PathLike) -> bool:
+    """Whether `path` is our checkpoint made from random weights (`prune --allow-untrained` of a
+    model with none shipped): its `extra` says so. Reads the header only; False for anything else."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        return False
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            extra = (f.metadata() or {}).get("extra")
+        return bool(extra and json.loads(extra).get("untrained"))
+    except Exception:  # noqa: BLE001 - unreadable: loading it says why, in its own words
+        return False
+
+
 def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, safetensors metadata or {}) of a checkpoint file; UserError for anything unreadable."""
     path = Path(path)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..models import checkpoint, registry
 from ..errors import UserError
-from ..inference.load import resolve_model
+from ..inference.load import is_untrained, resolve_model
 from ..media.imageio import check_new_file
 
 METHODS = ("l1", "l2", "group-l1", "random")
@@ -194,7 +194,8 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
         checkpoint.save_checkpoint(model, tmp, extra={
             "pruned_from": name, "method": method,
             "sparsity": None if filter_ratio else sparsity, "filter_ratio": filter_ratio,
-            "params_removed": round(1 - after_p / before_p, 4)})
+            "params_removed": round(1 - after_p / before_p, 4),
+            **({"untrained": True} if is_untrained(model_ref) else {})})
         reloaded, meta = checkpoint.load_checkpoint(tmp)
         x = torch.rand(1, spec.channels, 24, 24)
         with torch.no_grad():
