@@ -158,3 +158,20 @@ def test_hdr10_static_metadata_reaches_a_webm_output(tmp_path):
     assert out.color_trc == 16 and out.color_primaries == 9
     assert hdr10_metadata(out) == hdr10_metadata(first(src)) == (
         "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)", "1000,400")
+
+
+def test_an_odd_output_side_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """161x91 (4:4:4) at x3 is 483x273: H.264 in 4:2:0 cannot take it, which was found only
+    after the model had loaded (and its quality gate had run)."""
+    src = tmp_path / "odd.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 161, 91, "yuv444p"
+        for i in range(2):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.full((91, 161, 3), 40 * i, np.uint8), format="rgb24")))
+        c.mux(v.encode())
+    from upsample.inference import api
+    monkeypatch.setattr(api, "make_upscaler", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert cli.main(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "espcn-x3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot encode 483x273 frames" in err and not (tmp_path / "o.mp4").exists()

@@ -67,13 +67,27 @@ def _check_preset(preset: str | None, codec: str) -> None:
         raise UserError(f"--preset: {codec} has no speed presets; leave --preset out")
 
 
+def _known_scale(model: str | None, scale: str | None) -> float | None:
+    """The run's scale where it is known before a model loads: --scale, 2 for the default model
+    and bicubic, a registered model's own; None for a checkpoint (its file says)."""
+    from ..inference.load import check_scale
+    from ..models.table import ROWS
+    if scale is not None:
+        return check_scale(scale)
+    if model in (None, "bicubic"):
+        return 2.0
+    row = next((r for r in ROWS if r.name == model), None)
+    return float(row.scale) if row is not None and row.scale else None
+
+
 def run(args: argparse.Namespace) -> int:
     # imported here: `video --help` needs no torch, PyAV or OpenVINO
     from ..inference.api import make_upscaler
     from ..inference.batch import check_writable
     from ..inference.upscaler import BicubicUpscaler
     from ..inference.video import upscale_video
-    from ..media.video import check_is_video, check_output, choose_encoding, source_pix_fmt
+    from ..media.video import (check_frame_size, check_is_video, check_output, choose_encoding,
+                               source_pix_fmt, source_size)
 
     src, dst = Path(args.input), Path(args.output)
     if src.resolve() == dst.resolve():
@@ -87,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     codec, pix_fmt, notes = choose_encoding(dst, source_pix_fmt(src), args.codec, args.pix_fmt)
     _check_crf(args.crf, codec)
     _check_preset(args.preset, codec)
+    scale = _known_scale(args.model, args.scale)
+    if scale is not None and float(scale).is_integer():  # an odd output side, before the model loads
+        w, h = source_size(src)
+        check_frame_size(codec, pix_fmt, w * int(scale), h * int(scale))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,

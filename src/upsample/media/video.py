@@ -684,11 +684,8 @@ def _note_lost_rotation(muxer: str, rotation: float) -> None:
               ".webm to keep it", file=sys.stderr)
 
 
-def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
-                     crf: int | None, preset: str | None):
-    """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
-    metadata and rotation (of its `first` frame), `size` (h, w) and `pix_fmt`."""
-    oh, ow = size
+def check_frame_size(codec: str, pix_fmt: str, ow: int, oh: int) -> None:
+    """A UserError where `codec` cannot encode ow x oh frames in `pix_fmt`."""
     half_w, half_h = _chroma_halved(pix_fmt)
     if codec in EVEN_SIDE_ENCODERS and ((half_w and ow % 2) or (half_h and oh % 2)):
         raise UserError(f"{codec} cannot encode {ow}x{oh} frames in {pix_fmt} (its chroma needs even sides); "
@@ -696,6 +693,24 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     if codec in HEVC_ENCODERS and min(ow, oh) < 64:  # x265 4.2 corrupts memory below a CTU
         raise UserError(f"libx265 cannot encode frames under 64 pixels a side (output {ow}x{oh}); "
                         "use --codec libx264")
+
+
+def source_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a video file's main video stream, as its header says."""
+    container = open_input(path)
+    try:
+        ctx = main_video_stream(container).codec_context
+        return ctx.width, ctx.height
+    finally:
+        container.close()
+
+
+def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
+                     crf: int | None, preset: str | None):
+    """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
+    metadata and rotation (of its `first` frame), `size` (h, w) and `pix_fmt`."""
+    oh, ow = size
+    check_frame_size(codec, pix_fmt, ow, oh)
     rate = frame_rate(vin)
     vout = out.add_stream(codec, rate=rate)
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
