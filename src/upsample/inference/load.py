@@ -191,8 +191,8 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
                      quiet=quiet, ov_device=ov_device or "CPU")
     up = ModelUpscaler.from_runner(runner, scale=s, name=name, backend=backend, device=dev)
     if backend == Backend.AUTO and dev.type == "cpu":  # a plan (`fastpath`) stamps the weights file
-        from ..models import registry
-        up.from_file = not registry.is_registered(spec) or registry.weights_path(spec) is not None
+        # not for random weights: a later run's plan hit would skip the refusal above
+        up.from_file = not is_untrained(spec)
     return up
 
 

@@ -189,8 +189,17 @@ class _Placeholder:
 class _InertUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _INERT_CALLABLES:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            # a function stands in fresh: the pickle's BUILD may set attributes (__defaults__) on
+            # what it names, and torch's own function would keep them for every later load
+            return found if isinstance(found, type) else _forwarder(found)
         return type(str(name), (_Placeholder,), {"origin": f"{module}.{name}"})
+
+
+def _forwarder(function):
+    def forward(*args, **kwargs):
+        return function(*args, **kwargs)
+    return forward
 
 
 _INERT_PICKLE = types.ModuleType("inert_pickle")  # the `pickle_module` torch.load is given
@@ -239,8 +248,8 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return False  # a damaged archive (a name that is not UTF-8: ValueError): not one
 
 
 def unwrap_state(obj, path) -> dict[str, torch.Tensor]:
