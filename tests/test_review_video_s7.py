@@ -132,23 +132,14 @@ def test_a_timecode_track_is_said_kept_only_where_the_output_keeps_it(tmp_path, 
     assert (tags.get("timecode") == "10:00:00:00") is kept
 
 
+@pytest.mark.skipif("libx265" not in av.codecs_available or "libsvtav1" not in av.codecs_available,
+                    reason="needs libx265 and libsvtav1 in this FFmpeg")
 def test_hdr10_static_metadata_reaches_a_webm_output(tmp_path):
     """A 10-bit HDR10 input into .webm is AV1 (SVT-AV1): its mastering display and light levels
     were lost (only x265 was given them), and HDR TVs tone-map by them."""
+    from test_video_containers import hdr10_clip
     from upsample.media.video import hdr10_metadata
-    src, dst = tmp_path / "hdr.mkv", tmp_path / "out.webm"
-    params = ("log-level=error:hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)"
-              "WP(15635,16450)L(10000000,1):max-cll=1000,400")
-    with av.open(str(src), "w") as c:
-        v = c.add_stream("libx265", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p10le"
-        cc = v.codec_context
-        cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 9, 16, 9, 1
-        cc.options = {"x265-params": params}
-        for i in range(3):
-            c.mux(v.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * i, np.uint8), format="rgb24")
-                           .reformat(format="yuv420p10le")))
-        c.mux(v.encode())
+    src, dst = hdr10_clip(tmp_path / "hdr.mkv"), tmp_path / "out.webm"
     assert cli.main(["video", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2"]) == 0
 
     def first(path):

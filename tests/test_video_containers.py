@@ -709,10 +709,8 @@ def _plane(p):
     return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
 
 
-@pytest.mark.skipif(not HAS_X265, reason="no libx265 in this FFmpeg")
-def test_hdr10_mastering_display_and_light_level_are_kept(tmp_path):
-    """HDR TVs tone-map by the mastering display's light: it was lost (the PQ / BT.2020 tags kept)."""
-    src = tmp_path / "hdr.mkv"
+def hdr10_clip(src: Path) -> Path:
+    """A 3-frame 10-bit HEVC clip with PQ / BT.2020 tags and HDR10 static metadata (x265's)."""
     params = ("log-level=error:hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)"
               "WP(15635,16450)L(10000000,1):max-cll=1000,400")
     with av.open(str(src), "w") as c:
@@ -725,6 +723,13 @@ def test_hdr10_mastering_display_and_light_level_are_kept(tmp_path):
             c.mux(v.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * i, np.uint8), format="rgb24")
                            .reformat(format="yuv420p10le")))
         c.mux(v.encode())
+    return src
+
+
+@pytest.mark.skipif(not HAS_X265, reason="no libx265 in this FFmpeg")
+def test_hdr10_mastering_display_and_light_level_are_kept(tmp_path):
+    """HDR TVs tone-map by the mastering display's light: it was lost (the PQ / BT.2020 tags kept)."""
+    src = hdr10_clip(tmp_path / "hdr.mkv")
 
     def hdr(path):
         with av.open(str(path)) as c:
