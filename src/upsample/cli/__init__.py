@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"upsample {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except BrokenPipeError:  # `upsample models | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        from .options import silence
+        silence(sys.stdout)
         return 0
     except OSError as exc:  # the file system said no: an unreadable input, a read-only or full disk, a folder
         # for a file; which of them, read or write, the error does not say

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import UserError, one_line
 from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
-from .options import add_model_options, add_output_option, add_overwrite_option, job_count, path_text
+from .options import (add_model_options, add_output_option, add_overwrite_option, job_count, path_text,
+                      silence)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +110,7 @@ def _say(line: str) -> None:
     try:
         tqdm.write(line)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence(sys.stdout)
 
 
 def register(sub) -> None:

@@ -13,6 +13,16 @@ import os
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
+def silence(stream) -> None:
+    """Point `stream`'s file at /dev/null once its reader has gone (a closed pipe: `| head`):
+    what it still buffers, and writes after, go nowhere instead of raising again (at exit too)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
+
+
 def count_or_all(text: str) -> int:
     """An argparse type: a whole number >= 0, where 0 means all (refused while parsing)."""
     try:

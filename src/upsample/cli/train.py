@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
+
+from .options import silence
 
 
 
@@ -53,7 +54,7 @@ class Console:
     def _drop(self) -> None:
         self.gone = True
         try:  # what the stream still buffers, and later writes of the process, go nowhere
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            silence(self.stream)
         except (OSError, ValueError, AttributeError):  # a stream without a file (a test's)
             pass
 
