@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from ..media.imageio import set_max_pixels
     from ..media.progress import progress_bar
     out = Path(args.output)
-    jobs = batch.collect_inputs(args.inputs, out)
+    jobs, left_out = batch.collect_inputs(args.inputs, out, args.suffix)
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
     if args.tile_pad is not None and args.tile_pad < 0:  # the tiler says so too, after the model loads
@@ -35,21 +37,44 @@ def run(args: argparse.Namespace) -> int:
     scale = batch.scale_text(engines.scale)
     todo, skipped, failed = batch.plan_outputs(
         jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext,
-        single=batch.is_single_file(args.inputs, jobs, out), overwrite=args.overwrite)
+        single=batch.is_single_file(args.inputs, jobs, out), overwrite=args.overwrite, left_out=left_out)
     print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}", file=sys.stderr)
-    bar = progress_bar(len(todo), True, desc="images", unit=" img")
-    written = 0
-    for src, dst, result in _outcomes(engines, todo, args):
-        saved, path = _report(src, dst, result)
-        failed += path is None
-        written += bool(saved)
-        skipped += path is not None and not saved
-        bar.update(1)
-    bar.close()
-    print(f"{written} written, {skipped} skipped, {failed} failed -> {out}", file=sys.stderr)
-    if failed:
-        return 2 if not written and not skipped else 1  # nothing done: as any user error
+    counts = {"written": 0, "skipped": skipped, "failed": failed}
+    try:
+        _run_all(engines, todo, args, counts, progress_bar(len(todo), True, desc="images", unit=" img"))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: what is done stays, the rerun skips it
+        print(f"{counts['written']} written before the stop -> {out}; the same command again does the "
+              "rest (existing outputs are skipped)", file=sys.stderr)
+        raise
+    undone = len(todo) - sum(counts.values()) + skipped + failed
+    print(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed"
+          f"{f', {undone} not started' if undone else ''} -> {out}", file=sys.stderr)
+    if counts["failed"] or undone:
+        return 2 if not counts["written"] and not counts["skipped"] else 1  # nothing done: as any user error
     return 0
+
+
+class _Stop(Exception):
+    """The output's file system is full or read-only: every image after would fail the same way."""
+
+
+# Errors of the output's disk, not of one image
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, counts: dict, bar) -> None:
+    """Upscale `todo` in order, counting each outcome in `counts`; stops at a full or read-only disk."""
+    with bar, contextlib.closing(_outcomes(engines, todo, args)) as outcomes:
+        for src, dst, result in outcomes:
+            try:
+                saved, path = _report(src, dst, result)
+            except _Stop:
+                counts["failed"] += 1
+                return
+            counts["failed"] += path is None
+            counts["written"] += bool(saved)
+            counts["skipped"] += path is not None and not saved
+            bar.update(1)
 
 
 def _pixels(text: str) -> int:
@@ -89,18 +114,32 @@ def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
         where = "" if str(src) in str(exc) else f"{src}: "
         tqdm.write(f"upsample image: error: {one_line(f'{where}{exc}')}", file=sys.stderr)
         return False, None
-    except (OSError, RuntimeError, ValueError, MemoryError) as exc:
-        text = " ".join(str(exc).split())  # one line: a runtime's message may span several
-        tqdm.write(f"upsample image: error: {one_line(src)}: {type(exc).__name__}: {one_line(text)[:400]}",
-                   file=sys.stderr)
-        return False, None
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            return _failed(src, exc)
+        where = one_line(exc.filename or dst.parent)
+        tqdm.write(f"upsample image: error: {one_line(src)}: cannot write {where}: {exc.strerror}; the batch "
+                   "stops here: free space (or choose another -o), then run the same command again (the "
+                   "images written are skipped)", file=sys.stderr)
+        raise _Stop from None
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        return _failed(src, exc)
     if not saved:
-        tqdm.write(f"note: {path} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
+        tqdm.write(f"note: {one_line(path)} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
         return False, path
     if path != dst:
         tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
-    _say(f"wrote {path}")
+    _say(f"wrote {one_line(path)}")
     return True, path
+
+
+def _failed(src: Path, exc: Exception) -> tuple[bool, None]:
+    """One error line for an image that failed; the batch goes on."""
+    from tqdm import tqdm
+    text = " ".join(str(exc).split())  # one line: a runtime's message may span several
+    tqdm.write(f"upsample image: error: {one_line(src)}: {type(exc).__name__}: {one_line(text)[:400]}",
+               file=sys.stderr)
+    return False, None
 
 
 def _say(line: str) -> None:

@@ -9,15 +9,17 @@ written under a temporary name renamed when complete (`imageio.save_planes`).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import threading
+import unicodedata
 from pathlib import Path
 
 from ..errors import UserError, one_line
 from ..media import streamed
-from ..media.imageio import (PNG_STRIP_MODES, SAVE_FORMATS, is_image_path, list_images, png_strips, read_planes,
-                             save_planes, skip_reason, storable_path)
+from ..media.imageio import (NAME_MAX, PNG_STRIP_MODES, SAVE_FORMATS, is_image_path, list_images, png_strips,
+                             read_planes, save_planes, skip_reason, storable_path)
 from . import fastpath
 
 
@@ -31,30 +33,87 @@ STREAM_BYTES = 64_000_000
 WHOLE_DECODE_SHARE = 0.25
 
 
-def collect_inputs(inputs: list[str], out: Path | None = None) -> list[tuple[Path, Path]]:
-    """(source file, path relative to the output folder) for files and folders (recursive); an
-    output folder `out` inside an input folder is not read (its pictures are a run's results)."""
-    jobs, empty, made = [], [], out.resolve() if out is not None else None
+def collect_inputs(inputs: list[str], out: Path | None = None, suffix: str | None = None
+                   ) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(source file, path relative to the output folder) for files and folders (recursive), a file
+    named twice once; and the pictures of input folders left out as earlier runs' outputs, named as
+    another's output (`_earlier_outputs`: inputs all the same, never replaced). An output folder
+    `out` inside an input folder (or linked from it) is not read: its pictures are this run's results."""
+    jobs, empty, left_out, seen = [], [], [], set()
+    made = out.resolve() if out is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            images, skipped = list_images(p)
-            if made is not None and p.resolve() in made.parents:  # -o inside this folder: skip it
-                images = [f for f in images if made not in f.resolve().parents]
-            for s in skipped:
-                print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
+            images, earlier = _folder_images(p, made, suffix)
+            left_out += earlier
             if not images:
                 empty.append(str(p))
-            jobs += [(f, f.relative_to(p)) for f in images]
+            found = [(f, f.relative_to(p)) for f in images]
         elif p.is_file():
-            jobs.append((p, Path(p.name)))
+            found = [(p, Path(p.name))]
         else:
             raise UserError(_not_an_input(p))
+        for src, rel in found:  # `*.png a.png`, or a folder and a file in it: one job
+            if (src.resolve(), rel) not in seen:
+                seen.add((src.resolve(), rel))
+                jobs.append((src, rel))
     if not jobs:  # all were empty folders: the one line says which
         raise UserError(f"no images in {', '.join(empty)}")
     for folder in empty:
         print(f"note: no images in {one_line(folder)}", file=sys.stderr)
-    return jobs
+    return jobs, left_out
+
+
+def _folder_images(folder: Path, made: Path | None, suffix: str | None) -> tuple[list[Path], list[Path]]:
+    """The images of `folder` to upscale and those left out as earlier outputs, with a note for
+    each file skipped and one for those; none under `made` (this run's -o: inside the folder, or
+    reached through a linked folder)."""
+    images, skipped = list_images(folder)
+    root = folder.resolve()
+    if made is not None and made != root and made not in root.parents:  # -o holds the input: all read
+        images = [f for f in images if made not in f.resolve().parents]
+    for s in skipped:
+        print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
+    earlier = _earlier_outputs(images, folder, suffix)
+    if earlier:
+        f, src = next(iter(earlier.items()))
+        print(f"note: {len(earlier)} image(s) in {one_line(folder)} are named as outputs of others there "
+              f"(e.g. {one_line(f)}, from {one_line(src)}): not read as an input; name them (or "
+              "their folder) as inputs to upscale them again", file=sys.stderr)
+    return [f for f in images if f not in earlier], list(earlier)
+
+
+# How an output's name ends (`--suffix`'s default): _x2, _x4, _x1.5
+_SCALE_SUFFIX = re.compile(r"^(.+)_x\d+(?:\.\d+)?$")
+
+
+def _earlier_outputs(images: list[Path], root: Path, suffix: str | None) -> dict[Path, Path]:
+    """{image: the image it is named as the output of}: an image whose path from `root`, or from
+    a folder below it, is another's path from `root` with _x<scale> (or `suffix`) after the stem:
+    what `upsample image ROOT -o ROOT` or `-o ROOT/SUB` wrote in an earlier run (photos/x4/a_x4.png
+    beside photos/a.jpg). Read again, a second run would upscale the first one's results."""
+    by_place = {}
+    for f in images:
+        rel = f.relative_to(root)
+        by_place.setdefault((rel.parent, rel.stem), f)
+    found = {}
+    for f in images:
+        parts = f.relative_to(root).parts
+        places = [(Path(*parts[k:-1]), stem) for stem in _unsuffixed(f.stem, suffix) for k in range(len(parts))]
+        source = next((by_place[x] for x in places if by_place.get(x, f) != f), None)
+        if source is not None:
+            found[f] = source
+    return found
+
+
+def _unsuffixed(stem: str, suffix: str | None) -> list[str]:
+    """The stems an output named `stem` would have come from: without _x<scale>, or without a
+    non-empty `suffix` (an empty one would make every same-named file in a sub-folder an output)."""
+    match = _SCALE_SUFFIX.match(stem)
+    stems = [match.group(1)] if match else []
+    if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
+        stems.append(stem[:-len(suffix)])
+    return stems
 
 
 def _not_an_input(p: Path) -> str:
@@ -62,6 +121,9 @@ def _not_an_input(p: Path) -> str:
     or a pipe or device (read once, of unknown size: not taken)."""
     if str(p) == "-":
         return "input -: standard input is not read; save the picture to a file and name that"
+    if not os.path.lexists(p) and any(c in str(p) for c in "*?["):
+        return (f"input not found: {p} (a pattern is expanded by the shell: leave it unquoted, or "
+                "name the folder)")
     if p.is_symlink() and not p.exists():
         return f"input {p} is a broken link (to {os.readlink(p)})"
     if p.exists():
@@ -116,6 +178,9 @@ def check_output_location(inputs: list[str], jobs: list, out: Path) -> None:
     format we write. An -o ending in .png/.jpg/.jpeg/.webp names a file; another picture
     extension (.tif, .bmp ...) is refused, as no writer is chosen for it; anything else is a
     folder, made if missing."""
+    if str(out) == "-":
+        raise UserError("-o -: standard output is not written; name an output folder, or a .png, "
+                        ".jpg or .webp file for one input")
     ext = out.suffix.lower().lstrip(".")
     names_file = is_image_path(out) and not out.is_dir()
     if names_file and ext not in SAVE_FORMATS:
@@ -127,7 +192,7 @@ def check_output_location(inputs: list[str], jobs: list, out: Path) -> None:
                f"the input {folders[0]} is a folder")
         raise UserError(f"-o {out} names one image file, but {why}: name an output folder")
     if names_file:
-        if out.resolve() == jobs[0][0].resolve():
+        if out.resolve() == jobs[0][0].resolve() or _file_id(out) == _file_id(jobs[0][0]):
             raise UserError(f"-o {out} is the input itself; inputs are never overwritten: name another file")
         check_writable(out.parent, out)
         return
@@ -138,19 +203,23 @@ def check_output_location(inputs: list[str], jobs: list, out: Path) -> None:
 
 
 def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: str, single: bool,
-                 overwrite: bool) -> tuple[list[tuple[Path, Path]], int, int]:
+                 overwrite: bool, left_out=()) -> tuple[list[tuple[Path, Path]], int, int]:
     """(the (source, destination) pairs to write, how many are skipped because their output
     exists, how many refused because the output would replace the input). Two inputs that
     would write one file stop everything before any work. With -o the input folder, an input
     named as another's output (x_x2.png beside x.png) is an earlier run's output: not read, and
-    kept (x.png skipped, or refused with --overwrite)."""
+    kept (x.png skipped, or refused with --overwrite), as are the `left_out` files of input folders.
+    An output name too long for a file system is refused, that file alone."""
     if any(sep in suffix for sep in ("/", "\\")):
         raise UserError(f"--suffix {suffix!r}: a suffix is part of a file name, without / or \\; "
                         "name the folder with -o")
-    todo, seen, skipped, refused = [], {}, 0, 0
-    planned = [(src, src.resolve(), dst, dst.resolve())
+    todo, seen, skipped, refused = [], {}, len(left_out), 0  # earlier outputs: counted as skipped
+    name_of = _name_key(out, len(jobs))
+    # files by identity, not name: a link, a hard link or (macOS, Windows) X.PNG for x.png is the input
+    planned = [(src, _file_id(src), dst, _file_id(dst))
                for src, dst in ((s, output_path(out, rel, s, suffix, ext, single)) for s, rel in jobs)]
-    sources = {here for _, here, _, _ in planned}
+    sources = {here for _, here, _, _ in planned} - {None}
+    kept = sources | {_file_id(f) for f in left_out} - {None}
     output_of = {where: src for src, here, _, where in planned if where in sources and where != here}
     for src, here, dst, where in planned:
         if here in output_of:  # counted with the skipped
@@ -158,15 +227,16 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
                   file=sys.stderr)
             skipped += 1
             continue
-        if where in sources and (overwrite or where == here):
+        if where in kept and (overwrite or where == here):
             print(f"upsample image: error: {src}: its output {dst.name} would replace an input; "
                   f"use another -o or --suffix", file=sys.stderr)
-            seen[where], refused = src, refused + 1
+            seen[name_of(dst)], refused = src, refused + 1
             continue
-        if where in seen:
-            raise UserError(f"{src} and {seen[where]} would both be written to {dst}: rename one, or "
-                            "upscale them into different -o folders")
-        seen[where] = src
+        _check_not_taken(src, dst, seen.get(name_of(dst)), ext)
+        seen[name_of(dst)] = src
+        if _name_too_long(src, dst):
+            refused += 1
+            continue
         if dst.exists() and not overwrite:
             print(f"note: {dst} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
             skipped += 1
@@ -174,6 +244,59 @@ def plan_outputs(jobs: list[tuple[Path, Path]], out: Path, *, suffix: str, ext: 
         todo.append((src, dst))
     _note_same_fallback(jobs, ext)
     return todo, skipped, refused
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The identity (device, inode) of the file at `path`, None where there is none."""
+    try:
+        st = path.stat()
+    except OSError:  # missing, or a name too long
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_not_taken(src: Path, dst: Path, other: Path | None, ext: str) -> None:
+    """A UserError when `other`, another input, is written to `dst` too."""
+    if other is None:
+        return
+    formats = (" or keep each one's format with --ext same," if ext != "same"
+               and src.suffix.lower() != other.suffix.lower() else "")
+    raise UserError(f"{src} and {other} would both be written to {dst}: rename one,{formats} "
+                    "or upscale them into different -o folders")
+
+
+def _name_too_long(src: Path, dst: Path) -> bool:
+    """Whether `dst`'s name is longer than a file system takes; if so, one error line."""
+    size = len(os.fsencode(dst.name))
+    if size > NAME_MAX:
+        print(f"upsample image: error: {one_line(src)}: its output name {one_line(dst.name)} is {size} "
+              f"bytes, over the {NAME_MAX} a file name may have; rename the file or use a shorter --suffix",
+              file=sys.stderr)
+    return size > NAME_MAX
+
+
+def _name_key(folder: Path, count: int):
+    """How output paths in `folder` are compared: as they are, or (a case-blind file system: macOS,
+    Windows, an exFAT card, where IMG.png and img.png are one file) case-folded and NFC-normalized."""
+    if count < 2 or not _case_blind(folder):
+        return lambda path: path
+    return lambda path: unicodedata.normalize("NFC", str(path)).casefold()
+
+
+def _case_blind(folder: Path) -> bool:
+    """Whether the file system of `folder` (or of its nearest existing parent) finds a file under
+    its name in upper case: a real probe file, as no call says it."""
+    base = _existing_ancestor(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".upsample-case-probe-", dir=base)
+    except OSError:
+        return False  # nothing is written there anyway (check_output_location says why)
+    os.close(fd)
+    try:
+        upper = os.path.join(base, os.path.basename(probe).upper())
+        return os.path.exists(upper)
+    finally:
+        os.unlink(probe)
 
 
 def _note_same_fallback(jobs: list[tuple[Path, Path]], ext: str) -> None:

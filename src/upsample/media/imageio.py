@@ -213,7 +213,7 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
     interrupt never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name, suffix), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -225,6 +225,19 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# The longest file name, in bytes, of common file systems (ext4, APFS, NTFS in UTF-16 units)
+NAME_MAX = 255
+
+
+def _temp_prefix(name: str, suffix: str) -> str:
+    """".NAME." for a temporary file beside NAME, NAME cut so that the temporary name (with
+    mkstemp's 8 letters and `suffix`) stays within `NAME_MAX` bytes: a 250-byte name is valid, its
+    temporary one would not be."""
+    room = NAME_MAX - 2 - 8 - len(os.fsencode(suffix))
+    raw = os.fsencode(name)
+    return f".{os.fsdecode(raw[:room]) if len(raw) > room else name}."
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
