@@ -185,3 +185,16 @@ def test_an_output_folder_reached_through_a_linked_folder_is_not_read(tmp_path):
     (tmp_path / "lk" / "out").symlink_to(tmp_path / "out")
     assert _image(tmp_path / "lk", "-o", tmp_path / "out") == 0
     assert _tree(tmp_path / "out") == ["b_big.png", "b_x2.png"]
+
+
+def test_a_tiled_image_shows_progress_lines_in_a_log(tmp_path, capsys, monkeypatch):
+    """stderr no terminal (a log, a CI job): a large image's tiles are still counted, in lines
+    (before, the tile bar was off there and one image of minutes printed nothing)."""
+    from upsample.media import progress
+    monkeypatch.setattr(progress, "LINE_INTERVAL", 0.0)
+    src = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src)
+    assert cli.main(["image", str(src), "-o", str(tmp_path / "out"), "--model", "espcn-x2",
+                     "--tile", "16", "--backend", "torch"]) == 0
+    err = capsys.readouterr().err
+    assert "tiles" in err and "px" in err, err

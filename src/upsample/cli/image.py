@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels is not None:
         set_max_pixels(_pixels(args.max_pixels))
     batch.check_output_location(args.inputs, jobs, out)  # before a model loads
-    progress = sys.stderr.isatty()
-    engines = batch.Engines(args, max_memory=max_memory, tile_batch=tile_batch, progress=progress)
+    # tile bars on a terminal, a line every few seconds in a log (one large image takes minutes)
+    engines = batch.Engines(args, max_memory=max_memory, tile_batch=tile_batch, progress=True)
     scale = batch.scale_text(engines.scale)
     todo, skipped, failed = batch.plan_outputs(
         jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext,

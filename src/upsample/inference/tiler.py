@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.degrade import output_size
 from ..errors import UserError
+from ..media.progress import progress_bar
 from ..runtime.hardware import time_runs
 from .memory import MemoryPlanner, default_pad
 from .tiling import Region, TileGeometry, grow_to, pad_region, region_area, region_size, split, split_all
@@ -148,8 +148,8 @@ class Tiler:
         out = np.empty((n, oh, ow, c), arr.dtype)
         maxval = float(np.iinfo(arr.dtype).max if maxval is None else maxval)
         regions = split((0, h, 0, w), tile if tile > 0 else max(h, w))
-        bar = tqdm(total=h * w, desc=desc or "tiles", unit="px", unit_scale=True, leave=False,
-                   file=sys.stderr, disable=not self.progress or len(regions) < 2)
+        bar = progress_bar(h * w, self.progress and len(regions) > 1, desc=desc or "tiles", unit="px",
+                           leave=False, unit_scale=True)
         while regions:
             group = self._take_group(regions, batch, maxval)
             try:
@@ -172,8 +172,7 @@ class Tiler:
         (`streamed.StreamedRows`: the input is not whole either)."""
         h = arr.shape[0]
         band, g = self.geometry.round_down(band), self.geometry
-        bar = tqdm(total=h, desc=desc or "rows", unit="row", file=sys.stderr, leave=False,
-                   disable=not self.progress)
+        bar = progress_bar(h, self.progress, desc=desc or "rows", unit="row", leave=False)
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
             py0, py1 = max(0, y0 - self.pad), min(h, y1 + self.pad)

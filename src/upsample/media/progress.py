@@ -33,19 +33,21 @@ class _Lines:
 
 
 def progress_bar(total: int | None, enabled: bool, *, desc: str, unit: str, stream=None,
-                 leave: bool = True, initial: int = 0, interval: float | None = None) -> tqdm:
+                 leave: bool = True, initial: int = 0, interval: float | None = None,
+                 unit_scale: bool = False) -> tqdm:
     """A bar on a terminal; elsewhere a line every `interval` s (`LINE_INTERVAL` by default), the
     first after that long (so short runs stay quiet), with the bar's postfix (e.g. a loss);
-    nothing when not `enabled`. `initial`: the count already done (a resumed run)."""
+    nothing when not `enabled`. `initial`: the count already done (a resumed run); `unit_scale`:
+    counts as 1.2M rather than 1234567 (pixels)."""
     stream = stream or sys.stderr
     if not enabled or stream.isatty():
         return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=not enabled, leave=leave,
-                    initial=initial, dynamic_ncols=True)
+                    initial=initial, dynamic_ncols=True, unit_scale=unit_scale)
     interval = LINE_INTERVAL if interval is None else interval
     fmt = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}{postfix}" if total
            else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed{postfix}")
     return tqdm(total=total, desc=desc, unit=unit, file=_Lines(stream), bar_format=fmt,
-                mininterval=interval, delay=interval, initial=initial)
+                mininterval=interval, delay=interval, initial=initial, unit_scale=unit_scale)
 
 
 def track(items, enabled: bool, *, desc: str, unit: str, total: int | None = None):
