@@ -37,9 +37,12 @@ class ImageUpscaler:
     """Upscales PIL images and numpy arrays with one upscaler: `upsample.load(...)` makes one.
 
     `upscale(image)` takes a PIL image (any mode: RGB, RGBA, L, LA, P, 16-bit I;16 ...) or a numpy
-    array (uint8 or uint16; HxW gray, HxWx1, HxWx2 gray+alpha, HxWx3 RGB, HxWx4 RGBA) and returns
-    the same kind: PIL in PIL out (palette images come back RGB or RGBA; F, float gray in [0, 1],
-    as F on that scale; I, 0..65535, as I: both computed as 16-bit gray), array in array out; a
+    array (uint8 or uint16; HxW gray, HxWx1, HxWx2 gray+alpha, HxWx3 RGB, HxWx4 RGBA, in RGB order:
+    OpenCV's BGR as a[..., ::-1]) and returns the same kind: PIL in PIL out (palette images come
+    back RGB or RGBA; CMYK, YCbCr, LAB, HSV and RGBX as RGB, 1-bit as L, premultiplied La / RGBa
+    as LA / RGBA, I;16B / I;16L as I;16, L and RGB with a transparent colour (tRNS) as LA and
+    RGBA (16-bit gray with one: refused); F, float gray in [0, 1], as F on that scale; I,
+    0..65535, as I: both computed as 16-bit gray), array in array out, same dtype and shape; a
     float tensor (NCHW or CHW, RGB or gray, in [0, 1]) in float out (`_upscale_tensor`), also by
     calling the upscaler itself. Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the
     model ("model")."""
@@ -62,6 +65,10 @@ class ImageUpscaler:
     @property
     def scale(self) -> float:
         return self.up.scale
+
+    def __repr__(self) -> str:  # what a notebook shows: the model and what runs it
+        up = self.up
+        return f"ImageUpscaler({up.name} x{up.scale:g}, {up.runtime} {up.precision}, {up.device})"
 
     def upscale_planes(self, planes: Planes, desc: str = "") -> Planes:
         c, a = planes.color, planes.alpha
@@ -105,12 +112,18 @@ class ImageUpscaler:
         self.tiler.upscale_rows(c, write, tile=tile, band=band, desc=desc)
 
     def upscale(self, image):
-        if isinstance(image, Image.Image):
-            return self._upscale_pil(image)
-        if isinstance(image, np.ndarray):
-            return self._upscale_array(image)
-        if isinstance(image, torch.Tensor):
-            return self._upscale_tensor(image)
+        """`image` upscaled, as the class docstring says; an image this cannot take (a float PIL
+        image out of [0, 1], a memory limit too small for it) is a ValueError, a wrong kind of
+        argument a TypeError, both in `load`'s keywords."""
+        try:
+            if isinstance(image, Image.Image):
+                return self._upscale_pil(image)
+            if isinstance(image, np.ndarray):
+                return self._upscale_array(image)
+            if isinstance(image, torch.Tensor):
+                return self._upscale_tensor(image)
+        except UserError as exc:  # the CLI's words (imageio, the tiler): a Python caller's error
+            raise api_error(exc) from None
         raise UserTypeError(f"upscale takes a PIL image, a numpy array or a float tensor, got {type(image).__name__}")
 
     __call__ = upscale  # as spandrel's models are called on tensors
@@ -119,13 +132,7 @@ class ImageUpscaler:
         """The package's tensor contract (spandrel's): float NCHW or CHW, RGB or gray, in [0, 1] ->
         the same layout, dtype and device, clamped to [0, 1], in float (not rounded to 8 or 16 bits).
         In one piece, as spandrel's models run: tiling and alpha are the arrays' and images' path."""
-        if not x.is_floating_point():
-            raise UserTypeError(f"tensors must be float in [0, 1], got {x.dtype}; divide a uint8 one by 255")
-        if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3):
-            raise UserTypeError(f"tensors must be NCHW or CHW with 1 (gray) or 3 (RGB) channels, got shape "
-                                f"{tuple(x.shape)}; give RGBA as a numpy array or a PIL image")
-        if not x.numel():
-            raise UserValueError(f"the tensor is empty (shape {tuple(x.shape)}): nothing to upscale")
+        check_tensor(x)
         batch = (x if x.ndim == 4 else x[None]).detach().to(self.up.device, torch.float32)
         gray = batch.shape[1] == 1 and not is_channel_agnostic(self.up)  # an RGB model: as gray RGB
         with torch.no_grad():
@@ -136,7 +143,14 @@ class ImageUpscaler:
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
         if not image.width or not image.height:
             raise UserValueError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
-        out = planes_to_pil(self.upscale_planes(planes_from_pil(image)))  # F and I: as 16-bit gray
+        planes = planes_from_pil(image)
+        if planes.mode == "LA;16":  # found before the work, not when the output cannot be made
+            key = image.info["transparency"]
+            raise UserValueError(f"this 16-bit gray image has a transparent value ({key}), so it upscales to 16-bit "
+                                 "gray with alpha, which no PIL mode holds: pass a uint16 HxWx2 array (a = "
+                                 f"np.asarray(img); np.dstack([a, np.where(a == {key}, 0, 65535)]).astype(np.uint16)), "
+                                 "or del img.info['transparency'] for 16-bit gray")
+        out = planes_to_pil(self.upscale_planes(planes))  # F and I: as 16-bit gray
         if image.mode == "F":  # float data, [0, 1] as the tensor contract has it: back on that scale
             floats = Image.fromarray(np.asarray(out, np.float32) / np.float32(65535), "F")
             floats.info.update(out.info)
@@ -146,13 +160,8 @@ class ImageUpscaler:
     def _upscale_array(self, arr: np.ndarray) -> np.ndarray:
         if arr.dtype.kind == "u" and arr.dtype.itemsize == 2 and not arr.dtype.isnative:
             arr = arr.astype(np.uint16)  # big-endian 16-bit (from a FITS or a raw file): the same values
-        if arr.dtype not in (np.uint8, np.uint16):
-            raise UserTypeError(f"arrays must be uint8 or uint16, got {arr.dtype}")
+        check_array(arr)
         a3 = arr[..., None] if arr.ndim == 2 else arr
-        if a3.ndim != 3 or a3.shape[2] not in (1, 2, 3, 4):
-            raise UserTypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
-        if not a3.shape[0] or not a3.shape[1]:
-            raise UserValueError(f"the image is empty (shape {arr.shape}): nothing to upscale")
         has_alpha = a3.shape[2] in (2, 4)
         color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
         alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
@@ -161,8 +170,43 @@ class ImageUpscaler:
         return out[..., 0] if arr.ndim == 2 else out
 
 
+def check_tensor(x: torch.Tensor) -> None:
+    """What `_upscale_tensor` takes (the tensor contract), with what to do instead."""
+    if x.layout != torch.strided:
+        raise UserTypeError(f"tensors must be dense, got a {x.layout} one; pass x.to_dense()")
+    if x.device.type == "meta":
+        raise UserValueError("the tensor is on the 'meta' device and holds no values: nothing to upscale")
+    if not x.is_floating_point():
+        raise UserTypeError(f"tensors must be float in [0, 1], got {x.dtype}; divide a uint8 one by 255")
+    if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3):
+        order = "0, 3, 1, 2" if x.ndim == 4 else "2, 0, 1"
+        last = x.ndim in (3, 4) and x.shape[-1] in (1, 3)  # channels last, as numpy and PIL have them
+        hint = f"for channels last, pass x.permute({order})" if last else "give RGBA as a numpy array or a PIL image"
+        raise UserTypeError(f"tensors must be NCHW or CHW with 1 (gray) or 3 (RGB) channels, got shape "
+                            f"{tuple(x.shape)}; {hint}")
+    if not x.numel():
+        raise UserValueError(f"the tensor is empty (shape {tuple(x.shape)}): nothing to upscale")
+
+
+_ARRAY_HINTS = {"f": "; for floats in [0, 1], pass (a * 255).round().astype(np.uint8), or a tensor "
+                     "(torch.from_numpy(a).permute(2, 0, 1)) to get floats back",
+                "b": "; for a mask, pass a.astype(np.uint8) * 255"}
+
+
+def check_array(arr: np.ndarray) -> None:
+    """What `_upscale_array` takes: uint8 / uint16, HxW or HxWxC (C 1..4), not empty."""
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise UserTypeError(f"arrays must be uint8 or uint16, got {arr.dtype}{_ARRAY_HINTS.get(arr.dtype.kind, '')}")
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        first = arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4)  # channels first, as torch has them
+        raise UserTypeError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}"
+                            + ("; for channels first (CxHxW), pass a.transpose(1, 2, 0)" if first else ""))
+    if not arr.shape[0] or not arr.shape[1]:
+        raise UserValueError(f"the image is empty (shape {arr.shape}): nothing to upscale")
+
+
 def load(spec: str | None = None, scale: float | None = None, *, backend: str = "auto",
-         device: str = "cpu", tile: int | None = None, tile_pad: int | None = None,
+         device: str | torch.device = "cpu", tile: int | None = None, tile_pad: int | None = None,
          max_memory: int | str | None = None, half: bool = False, outscale: float | None = None,
          alpha_mode: str = "bicubic", precision: str = "auto", threads: int | None = None,
          tile_batch: int | None = None, allow_untrained: bool = False) -> ImageUpscaler:
@@ -171,32 +215,68 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
     checkpoint path. `tile`: tile side in pixels (0: never tile; None: from
     `max_memory`, e.g. "2GB", or half the free memory); `tile_batch`: tiles per model call (None:
     1 on the CPU, timed on a GPU); `outscale`: final size factor (the model, then a bicubic
-    resize)."""
+    resize); `max_memory` bounds this process's whole memory (its resident size, as the CLI's
+    --max-memory), not the upscaler's share. `device`: "cpu", "cuda:0" (or a `torch.device`), or
+    an OpenVINO device ("GPU"); `threads` sets torch's for the whole process too. A registered
+    model without trained weights is refused unless `allow_untrained=True`. Wrong arguments raise
+    TypeError or ValueError with one line. Threads may load and upscale with one upscaler at once."""
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
-    _check_types(spec, device, tile=tile, tile_pad=tile_pad, tile_batch=tile_batch, threads=threads)
+    device = _device_name(device)
+    _check_types(spec, device, scales={"scale": scale, "outscale": outscale},
+                 switches={"half": half, "allow_untrained": allow_untrained},
+                 counts={"tile": tile, "tile_pad": tile_pad, "tile_batch": tile_batch, "threads": threads})
     try:
         up = make_upscaler(spec, scale, backend=backend, device=device, half=half, outscale=outscale,
                            precision=precision, threads=threads, allow_untrained=allow_untrained)
         return ImageUpscaler(up, tile=tile, tile_pad=tile_pad, max_memory=max_memory, alpha_mode=alpha_mode,
                              tile_batch=tile_batch)
-    except UserError as exc:  # said in the CLI's words (shared with it): in this call's
-        kind = type(exc) if isinstance(exc, (UserTypeError, UserValueError)) else UserValueError
-        raise kind(in_keywords(str(exc))) from None  # a bad argument: also a ValueError
+    except UserError as exc:
+        raise api_error(exc) from None
 
 
-def _check_types(spec, device, **counts) -> None:
-    """What `load` would otherwise fail on deep inside, with a TypeError ("64" as `tile`)."""
+def api_error(exc: UserError) -> UserError:
+    """`exc`, said in the CLI's words (shared with it), as the Python API raises it: in `load`'s
+    keywords, and a TypeError or ValueError (a bad argument) that callers catch."""
+    kind = type(exc) if isinstance(exc, (UserTypeError, UserValueError)) else UserValueError
+    return kind(in_keywords(str(exc)))
+
+
+def _device_name(device):
+    """A torch user's device as `load` names it: torch.device("cpu") or "cpu:0" is "cpu" (the one
+    CPU; OpenVINO would read "cpu:0" as a device it lacks), torch.device("cuda", 1) "cuda:1"."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if isinstance(device, str) and re.fullmatch(r"cpu:\d+", device):
+        return "cpu"
+    return device
+
+
+def _check_types(spec, device, *, scales: dict, switches: dict, counts: dict) -> None:
+    """What `load` would otherwise fail on deep inside, or take wrongly ("no" as a switch is true),
+    with a TypeError ("64" as `tile`); an empty model name with a ValueError."""
     if spec is not None and not isinstance(spec, str):
-        raise UserTypeError(f"the model must be a name or a path (str), got {spec!r}")
+        number = isinstance(spec, numbers.Real) and not isinstance(spec, bool)
+        hint = f"; for a scale, write load(scale={spec!r})" if number else ""
+        raise UserTypeError(f"the model must be a name or a path (str), got {spec!r}{hint}")
+    if spec is not None and not spec.strip():
+        raise UserValueError("the model name is empty: give a name such as 'espcn-x2', a checkpoint path, "
+                             "or None for the best shipped model at the scale")
     if not isinstance(device, str):
         raise UserTypeError(f"device must be a name (str) such as 'cpu', 'cuda:0' or 'GPU', got {device!r}")
+    for name, value in scales.items():  # True is 1 to float(): a switch given by mistake
+        if isinstance(value, (bool, np.bool_)):
+            raise UserTypeError(f"{name} must be a number such as 2, got {value!r}")
+    for name, value in switches.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise UserTypeError(f"{name} must be True or False, got {value!r}")
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise UserTypeError(f"{name} must be a whole number (int) or None, got {value!r}")
 
 
 _SWITCHES = {"allow-untrained", "half"}  # flags that take no value: keyword=True
-_VALUED = {"scale", "backend", "precision", "device", "threads", "outscale", "tile", "max-memory", "tile-batch"}
+_VALUED = {"model", "scale", "backend", "precision", "device", "threads", "outscale", "tile", "max-memory",
+           "tile-batch"}
 _KEYWORD = {"model": "spec"}  # `load`'s names where they differ from the CLI's
 _WORDS = {"backend": BACKENDS, "precision": PRECISIONS, "device": ("cpu", "cuda"), "tile-batch": ("auto",)}
 _FLAG = re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)(?: ([\w.:+,-]*\w))?")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -146,12 +147,26 @@ def check_trained(spec: str, allow_untrained: bool = False) -> None:
                     "--allow-untrained runs its random weights, for timing only")
 
 
+# One upscaler is built at a time: torch.onnx.export (the runtimes' exports, auto's gate) keeps
+# global state, and two threads loading on a cold cache (a web service's first requests) failed
+# with "GLOBALS.in_onnx_export must be False".
+_BUILDING = threading.RLock()
+
+
 def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto",
                   device: str = "cpu", precision: str = "auto", threads: int | None = None,
                   quiet: bool = False, allow_untrained: bool = False) -> Upscaler:
     """Resolve "bicubic", a registered model name or a checkpoint path to an Upscaler.
     `precision` (auto, fp32, bf16, fp16, int8) applies to the auto backend; the others run fp32.
-    A registered model without trained weights is refused unless `allow_untrained`."""
+    A registered model without trained weights is refused unless `allow_untrained`. Safe to
+    call from several threads at once (they build one after the other)."""
+    with _BUILDING:
+        return _build_upscaler(spec, scale=scale, backend=backend, device=device, precision=precision,
+                               threads=threads, quiet=quiet, allow_untrained=allow_untrained)
+
+
+def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: str,
+                    threads: int | None, quiet: bool, allow_untrained: bool) -> Upscaler:
     is_int8 = Path(spec).suffix.lower() in INT8_SUFFIXES
     backend, precision = _check_options(backend, precision, threads, int8_file=is_int8)
     if spec == "bicubic":

@@ -20,6 +20,7 @@ class ResizedUpscaler(Upscaler):
         self.inner, self.scale = inner, float(outscale)
         self.name, self.device = f"{inner.name}+resize", inner.device
         self.model, self.backend = inner.model, inner.backend
+        self.runtime, self.precision = inner.runtime, inner.precision  # what runs the network
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,4 +42,6 @@ def half_upscaler(up: Upscaler) -> Upscaler:
     def run_net(x: torch.Tensor) -> torch.Tensor:
         return net(x.to(dtype)).float()
 
-    return ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend=Backend.TORCH, device=up.device)
+    half = ModelUpscaler(net, run_net, scale=up.scale, name=up.name, backend=Backend.TORCH, device=up.device)
+    half.precision = "fp16" if dtype == torch.float16 else "bf16"  # not the class's fp32
+    return half
