@@ -708,7 +708,7 @@ def test_pil_float_and_int_images_come_back_in_their_mode_and_scale():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"outscale": 0}, "^outscale must be a positive number, got 0$"),
-    ({"spec": "vdsr"}, r"^vdsr works at any scale: give one with scale \(e.g. scale=2\)$"),
+    ({"spec": "vdsr"}, r"^vdsr works at any scale \(trained at x2, x3, x4\): give one with scale \(e.g. scale=2\)$"),
     ({"threads": 0}, r"^the number of threads \(threads=\) must be >= 1, got 0$"),
     ({"tile": "64"}, "^tile must be a whole number"),
     ({"tile_batch": 1.5}, "^tile_batch must be a whole number"),

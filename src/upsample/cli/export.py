@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")
     scale = None
     if args.uint8_io:
-        scale = model_scale(model.upsample_spec, args.scale, name)
+        scale = model_scale(model.upsample_spec, args.scale, name, getattr(model, "trained_scales", ()))
     elif args.scale is not None:
         model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
     suffix = export.SUFFIX_OF[args.format]

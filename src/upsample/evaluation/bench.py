@@ -152,7 +152,7 @@ def auto_choice(up: Upscaler) -> dict | None:
 def make_cached_int8(model: str, scale, calib: str) -> None:
     """`--calib DIR`: the int8 model `--backend auto` lets compete, made once into the cache."""
     spec_model, name = resolve_model(model, scale)
-    s = model_scale(spec_model.upsample_spec, scale, name)
+    s = model_scale(spec_model.upsample_spec, scale, name, getattr(spec_model, "trained_scales", ()))
     if int8_files.find_cached(quantize.model_key(spec_model), s) is None:
         quantize.quantize_to_cache(spec_model, s, calib)
 

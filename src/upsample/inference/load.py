@@ -32,7 +32,8 @@ def resolve_model(spec: str, scale: float | None = None) -> tuple[nn.Module, str
     if registry.is_registered(spec):
         weights = registry.weights_path(spec)
         if weights:
-            model, _ = checkpoint.load_checkpoint(weights)
+            model, meta = checkpoint.load_checkpoint(weights)
+            model.trained_scales = _trained_scales(meta)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # the same untrained model every time, on every backend
@@ -42,13 +43,24 @@ def resolve_model(spec: str, scale: float | None = None) -> tuple[nn.Module, str
         return model.eval(), spec
     path = Path(spec)
     if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
-        model, _ = checkpoint.load_checkpoint(path, scale=_whole(scale))  # says "not found" for a missing path
+        model, meta = checkpoint.load_checkpoint(path, scale=_whole(scale))  # says "not found" for a missing path
+        model.trained_scales = _trained_scales(meta)
         return model.eval(), spec
     try:
         registry.get_spec(spec)
     except UserError as exc:
         raise UserError(f"{exc} (or 'bicubic', or a checkpoint file)") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _trained_scales(meta: dict) -> tuple[float, ...]:
+    """The scales a checkpoint of our trainer was trained at (its recipe's model.scales), sorted;
+    () for a fixed-scale model or a file without a recipe."""
+    scales = ((meta.get("config") or {}).get("model") or {}).get("scales") or ()
+    try:
+        return tuple(sorted({float(s) for s in scales}))
+    except (TypeError, ValueError):
+        return ()
 
 
 def _whole(scale) -> int | None:
@@ -84,12 +96,17 @@ def check_scale(scale, what: str = "scale") -> float:
     return s
 
 
-def model_scale(spec, scale, name: str) -> float:
+def model_scale(spec, scale, name: str, trained: tuple[float, ...] = ()) -> float:
     """The scale to run a model of `spec` (its `upsample_spec`) at: its own, which a given `scale`
-    must match, or for a pre-upsampling model (VDSR) the given one."""
+    must match, or for a pre-upsampling model (VDSR) the given one, else the one it was `trained`
+    at where that is one scale."""
     if spec.scale is None:
+        if scale is None and len(trained) == 1:
+            return trained[0]
         if scale is None:
-            raise UserError(f"{name} works at any scale: give one with --scale (e.g. --scale 2)")
+            at = f" (trained at {', '.join(f'x{t:g}' for t in trained)})" if trained else ""
+            raise UserError(f"{name} works at any scale{at}: give one with --scale (e.g. --scale "
+                            f"{trained[0] if trained else 2:g})")
         s = check_scale(scale)
         if s < 1:
             raise UserError(f"{name} upscales: --scale must be >= 1, got {scale}")
@@ -201,7 +218,7 @@ def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: s
     model, name = resolve_model(spec, scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    s = model_scale(model.upsample_spec, scale, name)
+    s = model_scale(model.upsample_spec, scale, name, getattr(model, "trained_scales", ()))
     runner = _runner(model, backend, dev, name=name, scale=s, precision=precision, threads=threads,
                      quiet=quiet, ov_device=ov_device or "CPU")
     up = ModelUpscaler.from_runner(runner, scale=s, name=name, backend=backend, device=dev)

@@ -292,9 +292,9 @@ class MemoryPlanner:
         if side < MIN_TILE:
             need = bpp * (MIN_TILE + 2 * self.pad) ** 2
             if budget <= 0 and self.max_memory is not None and self.device.type == "cpu":
-                raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: the model, this image and "
-                                f"its output already take it all ({(reserved + rss_bytes()) / 1e6:.0f} MB); "
-                                "raise it")
+                raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: this process (the model, "
+                                f"its runtime, the libraries) already uses {rss_bytes() / 1e6:.0f} MB and this "
+                                f"image's output {reserved / 1e6:.0f} MB more; raise it")
             raise UserError(f"--max-memory leaves too little for even a {MIN_TILE}px tile "
                             f"({budget / 1e6:.1f} MB for tiles, about {need / 1e6:.1f} MB "
                             f"needed): raise it, or lower --tile-pad")

@@ -412,8 +412,12 @@ def _cmyk_to_srgb(img: Image.Image) -> Image.Image:
 def _float_to_uint16(arr: np.ndarray) -> np.ndarray:
     """A 32-bit float gray image (TIFF mode F) with values in [0, 1] as 16-bit gray; other
     ranges (HDR, depth maps) have no one meaning as brightness, so they are refused."""
+    if arr.size and not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "infinite values"
+        raise UserError(f"32-bit float image holds {bad}: only values in [0, 1] are read (as 16-bit "
+                        "gray); replace them, or save it as 16-bit PNG/TIFF")
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= 1):
+    if not (lo >= 0 and hi <= 1):
         raise UserError(f"32-bit float image with values in [{lo:g}, {hi:g}]: only [0, 1] is read "
                         "(as 16-bit gray); scale it to [0, 1] or save it as 16-bit PNG/TIFF")
     return np.round(arr.astype(np.float64) * 65535).astype(np.uint16)
