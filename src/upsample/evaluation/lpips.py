@@ -54,6 +54,7 @@ class LPIPS(nn.Module):
             self.register_buffer(f"lin{i}", w.reshape(1, -1, 1, 1).float())
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1))
+        self.min_side = min_side([m for sl in self.slices for m in sl])
         self.requires_grad_(False)
         self.eval()
 
@@ -66,10 +67,31 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_side:  # the backbone's last tap would have no pixel left
+            raise UserError(f"LPIPS ({self.net}) needs images of at least {self.min_side}x{self.min_side} "
+                            f"pixels after the border crop, got {w}x{h}; remove such small images from --data "
+                            "(or lower --crop)")
         d = 0
         for i, (fx, fy) in enumerate(zip(self._feats(x), self._feats(y))):
             d = d + ((fx - fy).pow(2) * getattr(self, f"lin{i}")).sum(1).mean((1, 2))
         return d
+
+
+def min_side(layers: list[nn.Module]) -> int:
+    """The least image side that leaves at least one pixel after every conv and pooling of
+    `layers` (AlexNet to relu5: 31; VGG16 to relu5_3: 16)."""
+    def first(v):
+        return v[0] if isinstance(v, tuple) else v
+
+    def left(n: int) -> int:
+        for m in layers:
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+                n = (n + 2 * first(m.padding) - first(m.kernel_size)) // first(m.stride) + 1
+                if n < 1:
+                    return 0
+        return n
+    return next(n for n in range(1, 4096) if left(n) >= 1)
 
 
 def read_lins(path: str) -> tuple[str, list[torch.Tensor]]:
@@ -84,9 +106,20 @@ def read_lins(path: str) -> tuple[str, list[torch.Tensor]]:
     chans = tuple(lins[i].numel() for i in sorted(lins))
     net = next((n for n, c in CHANNELS.items() if c == chans and sorted(lins) == list(range(5))), None)
     if net is None:
-        raise UserError(f"--lpips-weights {path}: not LPIPS v0.1 linear weights (expected lin0..lin4 "
-                        f"with channels {CHANNELS['alex']} (alex) or {CHANNELS['vgg']} (vgg))")
+        raise UserError(f"--lpips-weights {path}: {_not_lins_why(state, len(lins))}")
     return net, [lins[i] for i in range(5)]
+
+
+def _not_lins_why(state: dict, n_lins: int) -> str:
+    """What an --lpips-weights file that is not alex/vgg v0.1 linear weights is, where it can tell."""
+    backbone = features.torchvision_arch_of(features.features_part(state))
+    if backbone:
+        return (f"torchvision's {backbone} backbone, not LPIPS v0.1 linear weights: give it as "
+                "--lpips-backbone (were the two files swapped?)")
+    if n_lins == 7:
+        return "SqueezeNet LPIPS (squeeze.pth) is not supported; use alex.pth or vgg.pth"
+    return (f"not LPIPS v0.1 linear weights (expected lin0..lin4 with channels {CHANNELS['alex']} (alex) "
+            f"or {CHANNELS['vgg']} (vgg))")
 
 
 def load_lpips(weights: str | None = None, backbone: str | None = None) -> LPIPS:
@@ -97,7 +130,8 @@ def load_lpips(weights: str | None = None, backbone: str | None = None) -> LPIPS
         raise UserError(UNAVAILABLE)
     for p in (weights, backbone):
         if not Path(p).is_file():
-            raise UserError(f"{p} not found; {UNAVAILABLE}")
+            raise UserError(f"{p} {'is a folder' if Path(p).is_dir() else 'not found'}; {UNAVAILABLE}")
     net, lins = read_lins(weights)
-    seq = features.load_torchvision_features(BACKBONE[net], backbone, "--lpips-backbone")
+    # the backbone must be the kind the linear weights were trained on (alex.pth: AlexNet)
+    seq = features.load_torchvision_features(BACKBONE[net], backbone, f"--lpips-backbone (for {net}.pth)")
     return LPIPS(net, seq, lins)

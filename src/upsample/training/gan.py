@@ -3,6 +3,7 @@ generator and discriminator; the loop calls `gan_step` in place of its plain ste
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,15 +38,40 @@ def build_discriminator(cfg: config_mod.Config, patch: int, dev) -> Discriminato
     if model.upsample_spec.kind != "discriminator":
         raise UserError(f"gan.discriminator: {cfg.gan.discriminator} is not a discriminator; see "
                         "`upsample models --all`")
-    size = getattr(model, "input_size", None)
-    if size and size != patch:
-        raise UserError(f"gan.discriminator: {cfg.gan.discriminator} takes {size}x{size} patches; set "
-                        f"data.patch_size = {size}")
+    check_patch(model, cfg.gan.discriminator, patch, _lr_step(cfg))
     model.to(dev).train()
     opt = build_optimizer(cfg.gan.optim, model.parameters())
     return Discriminator(model=model, opt=opt, cfg=cfg.gan,
                          sched=build_scheduler(cfg.gan.sched, opt, cfg.train.steps),
                          scaler=torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16"))
+
+
+def _lr_step(cfg: config_mod.Config) -> int:
+    """What the HR patch side must be a multiple of for whole LR pixels at every training scale."""
+    spec = registry.get_spec(cfg.model.name)
+    if spec.pre_upsample:
+        return 1
+    return math.lcm(*(int(s) for s in ([spec.scale] if spec.scale else cfg.model.scales or [1])))
+
+
+def check_patch(model: nn.Module, name: str, patch: int, lr_step: int = 1) -> None:
+    """One line when the discriminator cannot take HR patches of side `patch` (the VGG-style one
+    takes one size; the U-Net's skips need a multiple of 8), not a shape error at the first step.
+    `lr_step`: the generator's need (patch % scale == 0), so that the two advices agree."""
+    size = getattr(model, "input_size", None)
+    if size and size % lr_step:  # e.g. x3: 128 and 256 split into no whole LR patch
+        raise UserError(f"gan.discriminator: {name} takes {size}x{size} patches, and {size} is not a multiple "
+                        f"of the model's scale ({lr_step}): no whole LR patch; use gan.discriminator = "
+                        "\"realesrgan-unet-discriminator\" with data.patch_size a multiple of "
+                        f"{math.lcm(8, lr_step)}")
+    if size and size != patch:
+        raise UserError(f"gan.discriminator: {name} takes {size}x{size} patches; set data.patch_size = {size}")
+    need = getattr(model, "size_multiple", 1)
+    if patch % need:
+        step = math.lcm(need, lr_step)  # suggest sizes that suit the generator too
+        fit = max(step, patch // step * step)
+        raise UserError(f"gan.discriminator: {name} takes patches whose side is a multiple of {need}, got "
+                        f"data.patch_size = {patch}; set it to e.g. {fit} or {fit + step}")
 
 
 def gan_step(net, inp, target, *, content, adv_weight: float, g_update, disc: Discriminator,
@@ -62,8 +88,9 @@ def gan_step(net, inp, target, *, content, adv_weight: float, g_update, disc: Di
     disc.model.requires_grad_(False)
     with amp():
         real, fake = disc.model(target).detach(), disc.model(pred)
-    parts["g_adv"] = (relativistic_loss(real, fake, False) + relativistic_loss(fake, real, True)) / 2
-    loss = loss + adv_weight * parts["g_adv"]
+    g_adv = (relativistic_loss(real, fake, False) + relativistic_loss(fake, real, True)) / 2
+    loss = loss + adv_weight * g_adv
+    parts["g_adv"] = g_adv.detach()  # logged: it need not keep the graph
     lr = g_update(loss)
     disc.model.requires_grad_(True)
 
