@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     check_new_file(out, overwrite=args.overwrite, inputs=[a, b])
     check_writable(out.parent, out)  # one clear line, not the OSError of a temporary file
     from ..models.checkpoint import interpolate_checkpoints
-    interpolate_checkpoints(a, b, alpha, out, fp16=args.fp16)
+    interpolate_checkpoints(a, b, alpha, out, fp16=args.fp16, scale=args.scale)
     print(f"wrote {out} = {1 - alpha:g} * {args.a} + {alpha:g} * {args.b}")
     return 0
 
@@ -50,5 +50,8 @@ def register(sub) -> None:
     p.add_argument("--alpha", required=True, help="weight of B: the result is (1-alpha)*A + alpha*B")
     add_output_option(p, help="output .safetensors file")
     p.add_argument("--fp16", action="store_true", help="store the result in float16")
+    p.add_argument("--scale", type=int, choices=(1, 2, 3, 4), default=None,
+                   help="the scale of an original-ESRGAN file whose tensors do not tell it (x3 has one "
+                        "upsampling conv, as x2 has); default: the other checkpoint's, else x2")
     add_overwrite_option(p, help="replace an existing output (default: refuse)")
     p.set_defaults(func=run)

@@ -177,6 +177,11 @@ class Run:
             raise UserError(f"an HR image is {hw[1]}x{hw[0]}: after the {self.crop}-pixel border crop "
                             f"it is under the {side}x{side} pixels SSIM needs; "
                             "remove such small images from --data (or lower --crop)")
+        side = getattr(self.lpips, "min_side", 0)
+        if min(hw[:2]) - 2 * self.crop < side:  # found here, not when that image is reached
+            raise UserError(f"an HR image is {hw[1]}x{hw[0]}: after the {self.crop}-pixel border crop it is "
+                            f"under the {side}x{side} pixels LPIPS ({self.lpips.net}) needs; remove such "
+                            "small images from --data (or lower --crop)")
 
     def check_sizes(self, images: list[Path]) -> None:
         """Every image's size checked from its header before the first is evaluated: a small

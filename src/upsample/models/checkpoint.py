@@ -444,9 +444,19 @@ def interpolate_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], a
     return out
 
 
-def interpolate_checkpoints(path_a, path_b, alpha: float, out, *, fp16: bool = False) -> Path:
-    model_a, meta_a = load_checkpoint(path_a)
-    model_b, meta_b = load_checkpoint(path_b)
+def _whole_scale(meta: dict) -> int | None:
+    scale = meta.get("scale")
+    return int(scale) if scale is not None and float(scale).is_integer() else None
+
+
+def interpolate_checkpoints(path_a, path_b, alpha: float, out, *, fp16: bool = False,
+                            scale: int | None = None) -> Path:
+    """(1 - alpha) A + alpha B into `out`. `scale` reads a file whose tensors do not tell it (an
+    original-ESRGAN x3 has one upsampling conv, as an x2 has); without it, the other file's."""
+    model_a, meta_a = load_checkpoint(path_a, scale=scale)
+    model_b, meta_b = load_checkpoint(path_b, scale=scale or _whole_scale(meta_a))
+    if scale is None and meta_a["source"] == "detected" and meta_b["source"] == FORMAT:
+        model_a, meta_a = load_checkpoint(path_a, scale=_whole_scale(meta_b))  # ours says its scale
     if (meta_a["arch"], registry.full_kwargs(meta_a["arch"], meta_a["kwargs"])) != \
             (meta_b["arch"], registry.full_kwargs(meta_b["arch"], meta_b["kwargs"])):
         raise UserError(f"{path_a} ({meta_a['arch']} {json.dumps(meta_a['kwargs'])}) and {path_b} "
