@@ -63,7 +63,8 @@ def run_clean(args: argparse.Namespace) -> int:
                                        keep=args.keep, progress=True)
     for src, dst in moved:
         print(f"moved {src} -> {dst}")
-    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}")
+    undo = f" ({Path(args.quarantine) / 'QUARANTINE.tsv'} lists where each came from and why)" if moved else ""
+    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}{undo}")
     return 0
 
 

@@ -130,6 +130,12 @@ def note_not_images(folder: Path, files: list[Path], what: str) -> None:
     """A note on stderr naming the files of `folder` that `what` passes over (not images or videos;
     text files, a dataset's lists and read-mes, are passed over without one)."""
     files = [f for f in files if f.suffix.lower() not in COMPANION_SUFFIXES]
+    videos = [f for f in files if is_video_path(f)]
+    if videos:  # they were called "not images or videos" (`data split` and `check` of a video folder)
+        print(f"note: {what}: {len(videos)} video files of {folder} are left out, e.g. "
+              f"{one_line(videos[0].relative_to(folder))}: {what} works on images (`upsample data prepare` "
+              "cuts videos into image crops; data.train takes video files as they are)", file=sys.stderr)
+        files = [f for f in files if f not in videos]
     if files:
         print(f"note: {what}: {len(files)} files of {folder} are not images or videos and are left "
               f"out, e.g. {one_line(files[0].relative_to(folder))} ({skip_reason(files[0])})", file=sys.stderr)
@@ -184,8 +190,8 @@ def video_frames(path: Path, every: int):
             for n, frame in enumerate(container.decode(stream)):
                 if n % every == 0:
                     yield n, frame.to_ndarray(format="rgb24")
-    except av.error.FFmpegError as exc:
-        raise UserError(f"cannot decode video {path}: {exc}") from None
+    except av.error.FFmpegError as exc:  # its str leads with FFmpeg's errno: "[Errno 1094995529] ..."
+        raise UserError(f"cannot decode video {path}: {exc.strerror or exc}") from None
 
 
 def _frames(path: Path, name: str, every: int):

@@ -27,8 +27,8 @@ from PIL import Image
 from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
-from ..media.imageio import atomic_output, atomic_save, list_images
-from .pairs import collect_images, folder_key, name_bytes, train_val_files
+from ..media.imageio import atomic_output, atomic_save, is_image_path, list_images
+from .pairs import collect_images, folder_key, name_bytes, read_file_list, train_val_files
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
@@ -111,6 +111,10 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
         p = Path(src)
         if p.is_dir():
             out += _folder_sources(p, video_every, frames, progress)
+        elif p.is_file() and not is_video_path(p) and p.suffix.lower() != ".txt":
+            what = "an image file" if is_image_path(p) else "neither a folder, a .txt file list nor a video"
+            raise UserError(f"data.train: {p} is {what}; data.train takes folders of images, .txt file "
+                            "lists (`upsample data split`) and video files: name its folder, or list it in a .txt file")
         elif not is_video_path(p):
             out += collect_images([src], "data.train")
         elif not p.is_file():
@@ -155,6 +159,36 @@ def seeded_subset(items: list[tuple[Path, str]], n: int, seed: int) -> list[tupl
     return [it for i, it in enumerate(items) if i in chosen]
 
 
+def _head(path: Path) -> bytes:
+    """The first 64 KiB of `path` (nothing where it cannot be read: read_file_list says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(65536)
+    except OSError:
+        return b""
+
+
+def check_val_list(path: Path) -> None:
+    """A UserError, before any image is decoded, where data.val_list is no list of existing files:
+    an image given for the list was a ValueError traceback, a missing entry an unexplained "file
+    not found" after the training images were decoded."""
+    if path.is_file() and (is_image_path(path) or is_video_path(path) or b"\0" in _head(path)):  # not text
+        raise UserError(f"data.val_list: {path} is no file list; give a .txt of image paths, one a line "
+                        "(`upsample data split FOLDER` writes val.txt)")
+    try:
+        files = read_file_list(path)
+    except UserError as exc:
+        raise UserError(f"data.val_list: {exc}") from None
+    except OSError as exc:  # permission denied: an input, not the output the CLI's handler suspects
+        raise UserError(f"data.val_list: cannot read {path}: {exc.strerror or exc}") from None
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"data.val_list: {len(missing)} files in {path} are missing, e.g. {missing[0]} "
+                        f"(relative entries are relative to the list's folder, {path.parent})")
+    if not files:
+        raise UserError(f"data.val_list: no files in {path}")
+
+
 def training_images(train: list[str], *, val_list: str = "", val_fraction: float = 0.05,
                     seed: int = 0, video_every: int = 1, max_images: int = 0,
                     frames: Path | None = None, progress: bool = False, split_seed: int | None = None
@@ -163,9 +197,16 @@ def training_images(train: list[str], *, val_list: str = "", val_fraction: float
     listed, validation held out (data.val_list, else the data.val_fraction hash split), then at
     most `max_images` training images, a sample seeded by `seed` (the run's train.seed). The
     split's hash takes `split_seed` where given, else `seed`."""
+    if val_list:
+        check_val_list(Path(val_list))
     items = collect_sources(train, video_every=video_every, frames=frames, progress=progress)
     tr, val = train_val_files(train, val_list, val_fraction, seed if split_seed is None else split_seed,
                               items=items)
+    if progress and not val_list and val and round(len(items) * val_fraction) == 0:
+        # hash_split holds out at least one image: of a few, a far larger share than asked for
+        print(f"note: data.val_fraction {val_fraction:g} of {len(items)} images holds out {len(val)} for "
+              f"validation (at least one is), leaving {len(tr)} to train on; data.val_fraction = 0 trains "
+              "on all of them (without validation or best.safetensors)", file=sys.stderr)
     keys = dict(items)
     picked = seeded_subset([(f, keys[f]) for f in tr], max_images, seed)
     return [f for f, _ in picked], val

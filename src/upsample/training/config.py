@@ -12,6 +12,7 @@ Batch sizes are per process: under `torchrun --nproc-per-node N` the effective b
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -248,8 +249,8 @@ def _check_value(key: str, value, tp):
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            example = f" (e.g. [{json.dumps(value)}])" if item_tp is str and isinstance(value, str) else ""
-            raise UserError(f"config: {key} must be a list of {_type_name(item_tp)}, got {value!r}{example}")
+            raise UserError(f"config: {key} must be a list of {_type_name(item_tp)}, got {value!r}"
+                            f"{_list_example(key, value, item_tp)}")
         return [_check_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is dict:
         if not isinstance(value, dict):
@@ -258,8 +259,83 @@ def _check_value(key: str, value, tp):
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise UserError(f"config: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise UserError(f"config: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+                        f"{_spelling_hint(key, value, tp)}")
     return value
+
+
+def _list_example(key: str, value, item_tp) -> str:
+    """How to write a list of strings the user gave as one: "my/crops", or [my/crops] from a shell
+    that took the quotes (--set data.train=["a"] reaches us as [a], which TOML cannot read)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f" (e.g. [{_toml_value(value)}])"
+    if not isinstance(value, str) or item_tp is not str:
+        return ""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return f" (e.g. [{json.dumps(value)}])"
+    items = [t.strip().strip("'\"") for t in text[1:-1].split(",") if t.strip()]
+    listed = "[" + ", ".join(json.dumps(t) for t in items) + "]"
+    return f" (e.g. {listed}; on a command line quote it whole, as --set '{key}={listed}')"
+
+
+def _spelling_hint(key: str, value, tp) -> str:
+    """How to write `value` as a `tp` where it means one: a number or boolean in quotes
+    (lr = "1e-4"), 1e3 or 10.0 for an integer, True for true."""
+    name = key.rsplit(".", 1)[-1]
+    text = value.strip() if isinstance(value, str) else None
+    if tp is bool and text is not None and text.lower() in ("true", "false"):
+        return f" (write {name} = {text.lower()}: lowercase, no quotes)"
+    if tp in (int, float) and text is not None:
+        try:
+            number = float(text.replace("_", ""))
+        except ValueError:
+            return ""
+        if not math.isfinite(number) or (tp is int and not number.is_integer()):
+            return ""
+        toml_number = type(parse_value(text)) in (int, float)  # ".5" is no TOML number: 0.5
+        shown = str(int(number)) if tp is int else (text if toml_number else repr(number))
+        return f" (write a number without quotes: {name} = {shown})"
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return f" (write it as an integer: {name} = {int(value)})"
+    return ""
+
+
+def _leaf_keys(cls, prefix: str = "") -> list[str]:
+    """Every dotted key of the dataclass `cls` (sections and their keys), e.g. data.batch_size."""
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        out.append(f"{prefix}{name}")
+        if dataclasses.is_dataclass(tp):
+            out += _leaf_keys(tp, f"{prefix}{name}.")
+    return out
+
+
+# names other trainers give a section (BasicSR, Lightning), close to none of ours in spelling
+SECTION_ALIASES = {"validation": "val", "dataset": "data", "datasets": "data", "network": "model",
+                   "scheduler": "sched", "lr_scheduler": "sched", "training": "train"}
+KEY_ALIASES = {"learning_rate": "lr", "batch": "batch_size", "patch": "patch_size"}
+
+
+def _did_you_mean(key: str, known: list[str], prefix: str) -> str:
+    """"; did you mean X?" for an unknown `key` of the table at `prefix`: a close spelling in that
+    table (any case), else the same or a close name in another section (batch_size under [train])."""
+    lower = {k.lower(): k for k in known}
+    near = difflib.get_close_matches(key.lower(), list(lower), n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {prefix}{lower[near[0]]}?" if prefix else f"; did you mean [{lower[near[0]]}]?"
+    if not prefix and key.lower() in SECTION_ALIASES:
+        return f"; did you mean [{SECTION_ALIASES[key.lower()]}]?"
+    names: dict[str, str] = {}  # key name -> its first dotted key (data.batch_size before tune.batch_size)
+    for dotted in _leaf_keys(Config):
+        if "." in dotted:
+            names.setdefault(dotted.rsplit(".", 1)[-1], dotted)
+    key = KEY_ALIASES.get(key.lower(), key)
+    near = [key] if key in names else difflib.get_close_matches(key, list(names), n=1, cutoff=0.8)
+    if not near:
+        return ""
+    where = names[near[0]]
+    return f"; did you mean {where}? (it is in [{where.rsplit('.', 1)[0]}])"
 
 
 def _fill(obj, table: dict, prefix: str):
@@ -268,7 +344,9 @@ def _fill(obj, table: dict, prefix: str):
         full = f"{prefix}{key}"
         if key not in hints:
             known = ", ".join(hints)
-            raise UserError(f"config: unknown key {full!r} (known in {prefix.rstrip('.') or 'top level'}: {known})")
+            hint = _did_you_mean(key, list(hints), prefix)
+            raise UserError(f"config: unknown key {full!r}{hint} "
+                            f"(known in {prefix.rstrip('.') or 'top level'}: {known})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -365,6 +443,9 @@ def _validate_numbers(cfg: Config) -> None:
     for key in ("noise_prob", "jpeg_prob", "dropout_prob"):
         if not 0 <= getattr(cfg.degrade, key) <= 1:
             raise UserError(f"config: degrade.{key} is a probability in [0, 1], got {getattr(cfg.degrade, key)!r}")
+    if cfg.val.patience and not cfg.val.every:  # it never stopped a run: one validation, at the end
+        raise UserError(f"config: val.patience = {cfg.val.patience} counts validations without a gain, but "
+                        "val.every = 0 validates only at the end; set val.every (e.g. 500) or val.patience = 0")
     if 0 < cfg.val.crop < 11:
         raise UserError(f"config: val.crop must be 0 (whole images) or >= 11 px (SSIM's window), got {cfg.val.crop}")
 
@@ -435,13 +516,17 @@ def _expand_home(cfg: Config) -> None:
 
 def read_toml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; give a recipe file, e.g. configs/tiny.toml")
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config {p}: invalid TOML: {exc}") from None
+        yaml = " (a YAML file, e.g. BasicSR options, is no recipe: recipes are TOML, as configs/*.toml)" \
+            if p.suffix.lower() in (".yml", ".yaml") else ""
+        raise UserError(f"config {p}: invalid TOML: {exc}{yaml}") from None
     except UnicodeDecodeError:  # tomllib decodes the whole file first: an image, a checkpoint
         raise UserError(f"cannot read recipe {p}: not a TOML text file; give a recipe (configs/*.toml)") from None
     except OSError as exc:  # an input, not the output location the CLI's generic handler suspects

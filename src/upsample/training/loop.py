@@ -226,6 +226,8 @@ def build_model(cfg: config_mod.Config, procs: Procs, *, init: str | None) -> tu
         perceptual = PerceptualLoss(pc.network, pc.layer, pc.weights).to(procs.dev)
     if cfg.gan.discriminator:
         disc = build_discriminator(cfg, cfg.data.patch_size, procs.dev)
+    check_patch_size(cfg.data.patch_size, scales, spec.pre_upsample,
+                     also=getattr(disc.model, "size_multiple", 1) if disc is not None else 1)
     return model, scales, perceptual, disc
 
 
@@ -249,6 +251,20 @@ def training_scales(cfg: config_mod.Config, spec) -> list:
         raise UserError(f"model.scales: {cfg.model.name} is a x{spec.scale} model, got "
                         f"{cfg.model.scales}")
     return [spec.scale]
+
+
+def check_patch_size(patch: int, scales: list, pre_upsample: bool, also: int = 1) -> None:
+    """Refuse an HR patch that does not split into whole LR pixels at every scale, naming the
+    nearest that do (and are multiples of `also`, the discriminator's need), before the training
+    images are decoded (that took minutes for a big set)."""
+    if pre_upsample or patch % math.lcm(*map(int, scales)) == 0:
+        return
+    step = math.lcm(also, *map(int, scales))
+    lower, upper = patch // step * step, (patch // step + 1) * step
+    near = f"{lower} or {upper}" if lower else str(upper)
+    disc = f" (and of {also}, for the discriminator)" if also > 1 else ""
+    raise UserError(f"data.patch_size {patch} is not a multiple of scale {'/'.join(map(str, scales))}: the LR "
+                    f"patch must be whole pixels; use e.g. {near}{disc}")
 
 
 def pair_spec(cfg: config_mod.Config, spec, scales: list) -> data.PairSpec:
@@ -342,7 +358,8 @@ def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: R
              n_images: int, val_images: list, scales: list, modes: StepModes) -> None:
     """The run's first lines: what it trains and where, and the bicubic baseline of validation."""
     start = state.step
-    procs.log(f"training {cfg.model.name} x{'/'.join(map(str, scales))} on {n_images} images "
+    images = f"{n_images} image{'' if n_images == 1 else 's'}"
+    procs.log(f"training {cfg.model.name} x{'/'.join(map(str, scales))} on {images} "
               f"({len(val_images)} for validation), {cfg.train.steps} steps of "
               f"{cfg.data.batch_size}x{procs.world} patches of {cfg.data.patch_size}px, "
               f"{procs.dev.type}, {modes.label()}"
