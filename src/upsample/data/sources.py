@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -77,8 +78,49 @@ def video_frame_files(video: Path, every: int, root: Path | None = None, *,
     return files
 
 
+# PNG at compress_level 1 of video frames: about half their raw RGB bytes (measured 0.4-0.7)
+PNG_SHARE = 0.6
+
+
+def frames_bytes(video: Path, every: int) -> tuple[int, int]:
+    """(frames, bytes) the frame cache of `video` at every `every`-th frame will about take, from
+    the container's header (frame count, else duration x rate); (0, 0) where it does not say."""
+    import av
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            count = stream.frames or int(float(stream.duration * stream.time_base * stream.average_rate)
+                                         if stream.duration and stream.average_rate else 0)
+            if not count and container.duration and stream.average_rate:
+                count = int(container.duration / av.time_base * float(stream.average_rate))
+            w, h = stream.codec_context.width, stream.codec_context.height
+    except (av.error.FFmpegError, IndexError, ValueError, TypeError):
+        return 0, 0  # decoding says what is wrong
+    kept = -(-count // every)
+    return kept, int(kept * w * h * 3 * PNG_SHARE)
+
+
+def check_frames_fit(video: Path, every: int, folder: Path, progress: bool) -> None:
+    """Before decoding: a UserError when the frames would not fit the cache's free space (every
+    frame of a long 1080p video is tens of GB), a note when they take more than 2 GB."""
+    count, size = frames_bytes(video, every)
+    if not size:
+        return
+    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    fewer = max(2, every * 2, -(-size * 2 // max(free, 1)) * every)
+    if size > free * 0.9:
+        raise UserError(f"data.train: {video.name}'s {count} frames (every {every}) would take ~{size / 1e9:.1f} "
+                        f"GB of frame cache in {folder.parent}, where {free / 1e9:.1f} GB are free; set "
+                        f"data.video_every = {fewer} (every {fewer}-th frame), or UPSAMPLE_CACHE to a larger disk")
+    if size > 2e9 and progress:
+        print(f"note: caching {count} frames of {video.name} (~{size / 1e9:.1f} GB in {folder.parent}); "
+              "data.video_every = K keeps every K-th frame only", file=sys.stderr)
+
+
 def _decode_frames(video: Path, every: int, folder: Path, progress: bool) -> list[Path]:
     """Decode every `every`-th frame of `video` into `folder`, its frame list last; the frames."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    check_frames_fit(video, every, folder, progress)
     for _ in range(2):  # again if the folder was emptied meanwhile (`upsample cache clear all`)
         folder.mkdir(parents=True, exist_ok=True)
         names = []

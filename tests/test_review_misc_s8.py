@@ -1,0 +1,45 @@
+"""Session-8 fixes outside the reviewers' files: the frame cache of a training video is sized
+before it is decoded."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from upsample.data import sources
+from upsample.errors import UserError
+
+av = pytest.importorskip("av")
+
+
+def _clip(path, frames=12, w=48, h=32):
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("mpeg4", rate=10)
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            for pkt in st.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    return path
+
+
+def test_frames_bytes_estimates_from_the_header(tmp_path):
+    count, size = sources.frames_bytes(_clip(tmp_path / "c.mp4"), 3)
+    assert count == 4 and size == int(4 * 48 * 32 * 3 * sources.PNG_SHARE)
+    assert sources.frames_bytes(tmp_path / "c.mp4", 1)[0] == 12
+
+
+def test_frames_that_would_not_fit_the_cache_are_refused_before_decoding(tmp_path, monkeypatch):
+    video = _clip(tmp_path / "long.mp4")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda _: usage(10_000, 9_000, 1_000))
+    with pytest.raises(UserError, match=r"data.video_every = \d+ .* or UPSAMPLE_CACHE to a larger disk"):
+        sources.video_frame_files(video, 1, tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.png"))  # nothing decoded
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda _: usage(10**12, 0, 10**12))
+    assert len(sources.video_frame_files(video, 1, tmp_path / "cache")) == 12
