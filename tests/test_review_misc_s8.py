@@ -43,3 +43,14 @@ def test_frames_that_would_not_fit_the_cache_are_refused_before_decoding(tmp_pat
     assert not list((tmp_path / "cache").rglob("*.png"))  # nothing decoded
     monkeypatch.setattr(sources.shutil, "disk_usage", lambda _: usage(10**12, 0, 10**12))
     assert len(sources.video_frame_files(video, 1, tmp_path / "cache")) == 12
+
+
+@pytest.mark.parametrize("words", [["data.batch_size", "=", "4"], ["data.batch_size=", "4"],
+                                   ["data.batch_size", "=4"]])
+def test_a_set_split_by_spaces_says_how_to_write_it(words, capsys):
+    from upsample import cli
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "configs/tiny.toml", "--set", *words])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without spaces: --set data.batch_size=4" in err[0], err

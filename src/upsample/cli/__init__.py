@@ -82,7 +82,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """One line, as every other user error (the usage is one `--help` away)."""
-        hint = _close_choice(message) + _dashed_path_hint() + _dashed_value_hint(message)
+        hint = (_close_choice(message) + _dashed_path_hint() + _dashed_value_hint(message)
+                + _spaced_set_hint(message))
         self.exit(2, f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
 
 
@@ -111,6 +112,20 @@ def _dashed_value_hint(message: str) -> str:
     for opt, value in zip(_ARGV, _ARGV[1:]):
         if opt in names and value.startswith("-") and value != "--":
             return f"; a value that starts with - is written {opt}={value}"
+    return ""
+
+
+def _spaced_set_hint(message: str) -> str:
+    """For "unrecognized arguments: = 4" after `--set data.batch_size = 4` (the shell split it),
+    how to write it; else ""."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    words = [*_ARGV, ""]
+    for i, (opt, key, eq) in enumerate(zip(words, words[1:], words[2:])):
+        if opt != "--set" or not (eq.startswith("=") or key.endswith("=")):
+            continue
+        value = words[i + 3] if eq == "=" else eq.lstrip("=") if eq.startswith("=") else eq
+        return f"; --set takes KEY=VALUE as one word, without spaces: --set {key.rstrip('=')}={value}"
     return ""
 
 
