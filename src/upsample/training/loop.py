@@ -496,8 +496,9 @@ def check_finite(state: TrainState, procs: Procs) -> None:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():
         raise Diverged(f"training diverged: the weights are not finite (NaN or inf) at step {state.step}; "
-                        "the checkpoints saved before are kept. Lower optim.lr, set optim.clip (e.g. 0.1), "
-                        "or use train.amp = \"none\", then --resume (with --set) or --reset")
+                        "the checkpoints saved before are kept. Go on from the last in fp32 with --resume "
+                        "--set train.amp=none, or start again with a lower optim.lr or optim.clip (e.g. 0.1): "
+                        "--reset, or another --run-dir with --init of its last.safetensors")
 
 
 def log_step(loss, parts: dict, *, lr: float, lr_d: float | None, cfg: config_mod.Config,
