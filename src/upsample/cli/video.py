@@ -123,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     if summary["damaged_packets"]:
         print(f"note: {summary['damaged_packets']} damaged packet(s) of the input could not be decoded "
               "or copied and were skipped (their frames or sound are missing)", file=sys.stderr)
+    if summary.get("cut_short"):
+        stopped, header = summary["cut_short"]
+        print(f"note: the input's video stops at {stopped:.2f} s, but its header says {header:.2f} s: the "
+              "file was cut short (an interrupted download, copy or recording); the output has the "
+              f"{summary['frames']} frame(s) that are there", file=sys.stderr)
     if summary["repeated_times"]:
         print(f"note: {summary['repeated_times']} frame(s) of the input had the time of the frame before "
               "(or an earlier one) and were left out, as FFmpeg does", file=sys.stderr)

@@ -39,7 +39,7 @@ from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
 from ..media.video import (FAMILIES, add_copied_streams, add_video_stream, carry_frame_props,
                            copy_chapters, choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
-                           frame_count, frame_rate, has_alpha, is_cover_art, is_planar_yuv, is_yuv,
+                           frame_count, frame_rate, has_alpha, header_video_end, is_cover_art, is_planar_yuv, is_yuv,
                            keep_alpha_hint, main_video_stream, muxer_name, open_input, open_output,
                            plane_view, remux, start_output, stream_pix_fmt, video_decoder)
 from .tiler import BATCHES, Tiler, fastest_batch
@@ -429,6 +429,8 @@ class _Stages:
         self.discontinuous = bool(container.format.flags & av.format.Flags.ts_discont.value)
         self.clock_offset, self.last_dts = 0.0, {}
         self.last_end = None  # seconds (on the output's clock) where the last frame encoded ends
+        self.read_to_end = False  # the demuxer ran out (not a stop at the window's end)
+        self.decoded_end = 0.0  # seconds (the input's clock) where the latest frame decoded ends
 
     def read(self) -> None:
         """Thread 1: demux; decode the video's frames of the window onto `frames_q`; remux the
@@ -449,6 +451,7 @@ class _Stages:
                     continue  # `read_early_cues` passed it on
                 when = self.clip_cue(packet, when)
             self.pass_on(packet, when)
+        self.read_to_end = True
         self.pipe.put(self.frames_q, _END)
 
     def continue_clock(self, packet) -> None:
@@ -532,6 +535,9 @@ class _Stages:
             if frame.pts is None:  # raw streams: number the frames
                 frame.pts = int(round(self.frames_decoded / float(self.rate) / self.vin.time_base))
             self.frames_decoded += 1
+            if frame.time is not None:  # `cut_short`
+                length = frame.duration * frame.time_base if frame.duration else 1 / self.rate
+                self.decoded_end = max(self.decoded_end, float(frame.time + length))
             frame = self.to_planned_size(frame)
             if self.window.is_past(frame.time):
                 self.pipe.put(self.frames_q, _END)
@@ -678,6 +684,18 @@ class _Stages:
         if 0 < left < packet.duration:
             packet.duration = left
 
+    def cut_short(self) -> tuple[float, float] | None:
+        """(where the video stopped, where the header says it ends), in seconds from the file's
+        start, where the file ran out well before its header's end (or the window's): a download,
+        copy or recording cut off (the frames that were there were written without a word)."""
+        header_end = header_video_end(self.container)
+        if not self.read_to_end or header_end is None or self.clock_offset:
+            return None
+        wanted = min(header_end, self.window.t1) if self.window.t1 is not None else header_end
+        if wanted - self.decoded_end <= max(0.5, 3 / float(self.rate)):
+            return None
+        return self.decoded_end - self.window.origin, header_end - self.window.origin
+
     def _video_end(self):
         """Where the video ends on the output's clock, in seconds: the input stream's end (moved
         by the window's start) and the --duration window's; None where neither is known."""
@@ -765,6 +783,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
             "pix_fmt": plan.out_fmt, "reencoded": [f"{s.type} as {s.codec_context.name}" for s in stages.encodes.values()],
             "fps": stages.frames_out / wall if wall else None,  # end to end, stages overlapping
             "workers": plan.workers, "damaged_packets": stages.damaged, "repeated_times": stages.repeats,
+            "cut_short": stages.cut_short(),
             "ms_per_frame": {k: 1000 * v / stages.frames_out for k, v in stages.busy.items()}}
 
 

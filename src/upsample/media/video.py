@@ -158,7 +158,39 @@ def _open(path: Path, options: dict | None = None):
     except PermissionError:
         raise UserError(f"cannot read {path}: permission denied (check the file's owner and mode)") from None
     except (av.FFmpegError, ValueError, OSError) as exc:
+        if _mp4_without_index(path):
+            raise _no_index(path) from None
         raise UserError(f"cannot read {path}: not a video file, or it is damaged ({exc})") from None
+
+
+def _no_index(path: Path) -> UserError:
+    return UserError(f"cannot read {path}: this MP4/MOV has no index (moov box), or it is cut off: the "
+                     "recording or download stopped before the file was finished, and FFmpeg cannot "
+                     "read its frames without one; a repair tool (e.g. untrunc) rebuilds it")
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """Whether `path` is an MP4/MOV whose top-level boxes (only their headers read) hold media
+    but no whole moov: a phone or camera recording cut off (its index is written last), or a
+    download cut short. FFmpeg says only "Invalid data found when processing input"."""
+    kinds: list[bytes] = []  # of the boxes read whole, then of the one cut off
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while len(head := f.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", head)
+                if length == 1:  # a 64-bit size follows
+                    length = struct.unpack(">Q", f.read(8))[0] - 8
+                kinds.append(kind)
+                if length < 8 or f.tell() - 8 + length > size:
+                    kinds.append(b"cut")  # this last box is cut off
+                    break
+                f.seek(length - 8, os.SEEK_CUR)
+    except (OSError, struct.error):
+        return False
+    whole = kinds[:-2] if kinds[-1:] == [b"cut"] else kinds
+    return kinds[:1] in ([b"ftyp"], [b"wide"], [b"free"], [b"mdat"]) and b"moov" not in whole \
+        and (b"mdat" in kinds or kinds[-2:] == [b"moov", b"cut"])
 
 
 def _described(vin) -> bool:
@@ -172,12 +204,16 @@ def open_input(path: Path):
         raise UserError(f"file not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a video file; name one video")
+    if path.is_file() and path.stat().st_size == 0:  # a failed download or export
+        raise UserError(f"{path} is empty (0 bytes): not a video; write or download it again")
     container = _open(path)
     if container.streams.video and not _described(main_video_stream(container)):
         container.close()  # read again further: see LONG_PROBE
         container = _open(path, LONG_PROBE)
     if not container.streams.video:
         container.close()
+        if _mp4_without_index(path):
+            raise _no_index(path)
         raise UserError(f"{path} has no video stream")
     if all(is_cover_art(s) for s in container.streams.video):
         # an MP3/M4A/FLAC with its album art: that picture was "upscaled" into a one-frame MP4
@@ -189,6 +225,9 @@ def open_input(path: Path):
     if not _described(vin):
         name = vin.codec_context.name if vin.codec_context is not None else "unknown"
         container.close()
+        if name in av.codecs_available:  # its decoder is here: no picture of it could be read
+            raise UserError(f"cannot decode the video of {path}: no {name} picture in it could be read "
+                            "(the file is cut short or damaged)")
         raise UserError(f"cannot decode the video of {path}: codec {name!r} is not supported here")
     return container
 
@@ -299,6 +338,22 @@ def frame_rate(vin) -> Fraction:
         if rate and 0 < rate < 1000:
             return Fraction(rate)
     return Fraction(25)
+
+
+def header_video_end(container) -> float | None:
+    """Where the main video stream ends, in seconds on its own clock, as the file's header says:
+    its start plus its duration (MP4/MOV), or the DURATION tag that FFmpeg writes into
+    Matroska/WebM (the end's time itself: a video from 3 s on, 0.4 s long, has 3.4 s); None where
+    neither is there (MPEG-TS estimates it from what is there: no use)."""
+    vin = main_video_stream(container)
+    start = float(vin.start_time * vin.time_base) if vin.start_time is not None else 0.0
+    if container.format.name.startswith("mpegts") or container.format.name == "mpeg":
+        return None
+    if vin.duration:
+        return start + float(vin.duration * vin.time_base)
+    tag = {k.lower(): v for k, v in vin.metadata.items()}.get("duration", "")
+    m = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", tag.strip())
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
 
 
 def frame_count(container) -> int | None:
