@@ -157,3 +157,23 @@ def test_a_matroska_video_that_starts_late_is_not_said_cut_short(tmp_path, capsy
     assert cli.main(["video", str(src), "-o", str(dst), *BICUBIC]) == 0
     assert "cut short" not in capsys.readouterr().err
     assert _frames(dst) == 10
+
+
+def test_a_wmv_output_is_windows_media_video_with_every_frame_in_order(tmp_path):
+    """.wmv/.asf: WMV2 (H.264 in ASF was read back a frame late, two frames at one time)."""
+    import numpy as np
+    src = tmp_path / "in.mp4"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            for p in v.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+    out = tmp_path / "out.wmv"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "wmv2"
+        times = [float(f.time) for f in c.decode(video=0)]
+    assert len(times) == 10 and all(b - a > 0.03 for a, b in zip(times, times[1:]))

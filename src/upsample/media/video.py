@@ -412,16 +412,19 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
 
 # muxer name -> the family whose players' codecs apply (mp4, mov, m4v and 3gp play alike)
 FAMILIES = {"mp4": "mp4", "mov": "mp4", "ipod": "mp4", "3gp": "mp4", "3g2": "mp4", "webm": "webm",
-            "mpeg": "mpeg", "vob": "mpeg", "dvd": "mpeg", "svcd": "mpeg", "vcd": "mpeg"}  # .mpg: DVD's
+            "mpeg": "mpeg", "vob": "mpeg", "dvd": "mpeg", "svcd": "mpeg", "vcd": "mpeg",  # .mpg: DVD's
+            "asf": "asf"}  # .wmv/.asf: Windows Media (H.264 in ASF read back a frame late)
 # video encoders to try by default, in order; 10-bit ones are those players decode in 10 bits
 # (HEVC Main 10, AV1, VP9 profile 2), never 10-bit H.264 (High 10: few players decode it)
 VIDEO_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libvpx"), "mpeg": ("mpeg2video",),
+                  "asf": ("wmv2", "msmpeg4", "mpeg4"),
                   None: ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "mpeg4",
                          "mpeg2video", "libtheora", "libvpx", "wrapped_avframe")}  # MXF, Ogg, Y4M
-DEEP_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1"), "mpeg": (), None: ("libx265", "libsvtav1", "libvpx-vp9")}
+DEEP_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1"), "mpeg": (), "asf": (), None: ("libx265", "libsvtav1", "libvpx-vp9")}
 # audio codecs the players of a family decode (copied as they are); others are re-encoded
-PLAYABLE_AUDIO = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac"}, "webm": {"opus", "vorbis"}}
-AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus", "mpeg": "mp2", None: "aac"}
+PLAYABLE_AUDIO = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac"}, "webm": {"opus", "vorbis"},
+                  "asf": {"wmav1", "wmav2", "wmapro", "mp3"}}
+AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus", "mpeg": "mp2", "asf": "mp2", None: "aac"}  # wmav2 wants a bit rate
 # where the family's encoder does not go in (MPEG-PS, Ogg, MXF ...): the first of these that does
 OTHER_AUDIO_ENCODERS = ("mp2", "ac3", "libopus", "libvorbis", "flac", "pcm_s16le")
 # the text subtitle format each family holds (other text subtitles are converted to it)
