@@ -18,6 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.batch import check_writable
     from ..inference.load import check_trained
     from ..training import prune
+    from .quantize import refuse_graph
+    refuse_graph(args.model, "prune")
     check_trained(args.model, args.allow_untrained)
     check_writable(Path(args.output).parent, args.output)  # one clear line, not a temporary file's OSError
     r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,

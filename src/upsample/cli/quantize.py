@@ -12,9 +12,19 @@ from .options import add_output_option, add_overwrite_option, add_untrained_opti
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 
+def refuse_graph(model: str, command: str) -> None:
+    """One line for an ONNX / OpenVINO file given as the model (the loader would call it "not a
+    checkpoint"): these commands work on the PyTorch network the graph was exported from."""
+    path = Path(model)
+    if path.suffix.lower() in (".onnx", ".xml", ".bin") and path.is_file():
+        raise UserError(f"{model} is an ONNX / OpenVINO graph; `upsample {command}` works on the PyTorch "
+                        "model it was made from: give its registered name or checkpoint (.safetensors, .pth)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..inference.load import check_trained, is_untrained, model_scale, resolve_model
     from ..runtime import export, quantize
+    refuse_graph(args.model, "quantize")
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
         raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")

@@ -47,13 +47,17 @@ def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: 
     if "benchmark" in Path(os.path.abspath(folder)).parts:  # as `train` refuses them (data.pairs)
         raise UserError(f"--calib {folder}: a benchmark folder; calibrate on training images "
                         "(benchmarks are for reporting only)")
-    images, _ = list_images(folder)
+    try:
+        images, _ = list_images(folder)
+    except UserError as exc:  # "not a folder: X" names no option
+        raise UserError(f"--calib {exc}; give a folder of training images") from None
     if not images:
         raise UserError(f"--calib {folder}: no images found")
-    spec, hr_side, found = model.upsample_spec, int(round(size * scale)), []
+    spec, hr_side, found, small = model.upsample_spec, int(round(size * scale)), [], 0
     for path in images:  # one centre crop per image big enough: equal shapes for histograms
         hr = read_rgb(path)
         if min(hr.shape[:2]) < hr_side:
+            small += 1
             continue
         top, left = (hr.shape[0] - hr_side) // 2, (hr.shape[1] - hr_side) // 2
         x = make_lr(modcrop(np.ascontiguousarray(hr[top:top + hr_side, left:left + hr_side]), scale), scale)
@@ -67,6 +71,8 @@ def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: 
         found.append(x.numpy())
         if len(found) == samples:
             break
+    if found and small:  # fewer crops than images: say why
+        print(f"int8: skipped {small} image(s) of {folder} smaller than {hr_side}x{hr_side}", file=sys.stderr)
     if not found:
         raise UserError(f"--calib {folder}: no image is at least {hr_side}x{hr_side} (LR crops of "
                         f"{size} px at x{scale:g}); {too_small}")

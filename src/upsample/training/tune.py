@@ -53,6 +53,36 @@ def suggest(trial, cfg: config_mod.Config) -> config_mod.Config:
     return c
 
 
+def search_space(cfg: config_mod.Config) -> dict[str, list]:
+    """The [tune] ranges `suggest` draws from, by parameter name (the ones in use)."""
+    t = cfg.tune
+    space = {"lr": t.lr, "momentum": t.momentum if cfg.optim.name == "sgd" else [],
+             "batch_size": t.batch_size, "clip": t.clip, "weight_decay": t.weight_decay}
+    return {k: list(v) for k, v in space.items() if v}
+
+
+def format_space(space: dict[str, list]) -> str:
+    # a range (list), or only the name where a study made before the stamp recorded none
+    return ", ".join(f"{k} {v}" if isinstance(v, list) else k for k, v in space.items()) or "nothing"
+
+
+def check_same_space(study, cfg: config_mod.Config, storage: str) -> None:
+    """A resumed study must search the ranges it was made with: trials drawn from other ranges
+    are not comparable, and its best trial (drawn without a parameter now searched) could not
+    be written as a config. The first call stamps its ranges on the study."""
+    space = json.loads(json.dumps(search_space(cfg)))  # as the storage gives it back
+    held = study.user_attrs.get("search_space")
+    if held is None and study.trials:  # a study made before the stamp: its trials' parameters
+        names = set().union(*(t.distributions for t in study.trials))
+        held = space if names == set(space) else dict.fromkeys(sorted(names))
+    if held is not None and held != space:
+        raise UserError(f"study {study.study_name!r} in {storage} searched {format_space(held)}, this "
+                        f"call's [tune] ranges are {format_space(space)}: give the ranges back, or name "
+                        "a new --study (trials of other ranges are not comparable)")
+    if "search_space" not in study.user_attrs:
+        study.set_user_attr("search_space", space)
+
+
 def check_search_space(cfg: config_mod.Config) -> None:
     """Every trial's config is one `upsample train` takes: the recipe checked at each corner of
     the [tune] ranges (a trial ran lr 5e-6 under eta_min 1e-4, its lr climbing, and best.toml was
@@ -60,10 +90,7 @@ def check_search_space(cfg: config_mod.Config) -> None:
     import optuna
     if not cfg.data.val_list and cfg.data.val_fraction == 0:
         raise UserError("tune ranks trials by validation PSNR: set data.val_fraction > 0 or data.val_list")
-    t = cfg.tune
-    ends = {"lr": t.lr, "momentum": t.momentum if cfg.optim.name == "sgd" else [],
-            "batch_size": t.batch_size, "clip": t.clip, "weight_decay": t.weight_decay}
-    ends = {k: list(dict.fromkeys(v)) for k, v in ends.items() if v}  # a range's ends, or the choices
+    ends = {k: list(dict.fromkeys(v)) for k, v in search_space(cfg).items()}  # a range's ends, or the choices
     for values in itertools.product(*ends.values()):
         params = dict(zip(ends, values))
         try:
@@ -159,6 +186,18 @@ def check_lasting(storage: str) -> None:
                         "name a file, e.g. sqlite:///tune.db")
 
 
+def sqlite_file(storage: str) -> Path | None:
+    """The file of an SQLite storage URL (resolved), else None."""
+    from sqlalchemy.engine import make_url
+    try:
+        url = make_url(storage)
+    except Exception:
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).resolve()
+
+
 def open_study(name: str, storage: str, seed: int):
     """The study `name` in `storage` (made if new), its sampler seeded past the trials it holds:
     a resumed study draws new values (seeded alike, it drew the first trials' again)."""
@@ -197,6 +236,8 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     given, out = out is not None, Path(out) if out else root / "best.toml"
     if out.exists() and out.resolve() == Path(config).resolve():
         raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
+    if out.exists() and out.resolve() == sqlite_file(storage):
+        raise UserError(f"-o {out} is the study's database (--storage); name another file for the best config")
     if out.is_dir():
         raise UserError(f"-o {out} is a folder; name the file for the best config, e.g. {out / 'best.toml'}")
     check_writable(out.parent, out)  # before any trial trains, not after all of them
@@ -208,6 +249,7 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     # ERROR: optuna logs a failed trial's traceback as a warning; ours re-raises it as one line
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(study_name, storage, cfg.train.seed)  # before the run dir is claimed for it
+    check_same_space(study, cfg, storage)
     claim_run_dir(root, f"{study_name}\t{storage}")
     done = [t for t in study.trials if t.state.name in FINISHED]
     left = trials - len(done)
