@@ -22,7 +22,7 @@ def refuse_graph(model: str, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.load import check_trained, is_untrained, model_scale, resolve_model
+    from ..inference.load import check_trained, is_untrained, resolve_model, scale_of
     from ..runtime import export, quantize
     refuse_graph(args.model, "quantize")
     out = Path(args.output)
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     model, name = resolve_model(args.model, args.scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    scale = model_scale(model.upsample_spec, args.scale, name)
+    scale = scale_of(model, args.scale, name)
     quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
                             samples=args.samples, size=args.size, keep_edges=args.keep_edges,
                             source=str(args.model), untrained=untrained)

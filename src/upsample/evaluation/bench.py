@@ -27,7 +27,7 @@ from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
 from ..inference.memory import free_memory
-from ..inference.load import check_trained, check_device, load_upscaler, model_scale, resolve_model
+from ..inference.load import check_trained, check_device, load_upscaler, resolve_model, scale_of
 from ..runtime import auto, int8 as int8_files, quantize
 from ..runtime.foreign_onnx import is_foreign
 from ..runtime.sessions import openvino_device
@@ -152,7 +152,7 @@ def auto_choice(up: Upscaler) -> dict | None:
 def make_cached_int8(model: str, scale, calib: str) -> None:
     """`--calib DIR`: the int8 model `--backend auto` lets compete, made once into the cache."""
     spec_model, name = resolve_model(model, scale)
-    s = model_scale(spec_model.upsample_spec, scale, name, getattr(spec_model, "trained_scales", ()))
+    s = scale_of(spec_model, scale, name)
     if int8_files.find_cached(quantize.model_key(spec_model), s) is None:
         quantize.quantize_to_cache(spec_model, s, calib)
 

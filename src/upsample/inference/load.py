@@ -117,6 +117,11 @@ def model_scale(spec, scale, name: str, trained: tuple[float, ...] = ()) -> floa
     return float(spec.scale)
 
 
+def scale_of(model, scale, name: str) -> float:
+    """`model_scale` of a model from `resolve_model`, which knows the scales it was trained at."""
+    return model_scale(model.upsample_spec, scale, name, getattr(model, "trained_scales", ()))
+
+
 def check_device(device: str, backend: str) -> torch.device:
     try:
         dev = torch.device(device)
@@ -218,7 +223,7 @@ def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: s
     model, name = resolve_model(spec, scale)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
-    s = model_scale(model.upsample_spec, scale, name, getattr(model, "trained_scales", ()))
+    s = scale_of(model, scale, name)
     runner = _runner(model, backend, dev, name=name, scale=s, precision=precision, threads=threads,
                      quiet=quiet, ov_device=ov_device or "CPU")
     up = ModelUpscaler.from_runner(runner, scale=s, name=name, backend=backend, device=dev)
