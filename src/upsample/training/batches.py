@@ -11,7 +11,10 @@ all a resumed run needs to continue the sequence (the draws are a function of (s
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import torch
 
 from ..data import device_batches as dev_data
 from ..data import pairs as data
+from ..data import store
 from ..data.store import open_store
 from ..errors import UserError
 from . import config as config_mod
@@ -42,6 +46,8 @@ def build_pairs(cfg: config_mod.Config, files: list[Path], spec: data.PairSpec, 
     if choose_pipeline(cfg, spec) == "workers":
         return data.PairDataset(files, spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
                                 progress=progress)
+    if not progress:  # another rank of the run: rank 0 decodes first, its progress shown
+        wait_for_master_to_build(files, cfg.data.store_dir or None)
     store, built = open_store(files, cfg.data.store_dir or None, progress=progress)
     if built:
         log(f"decoded {len(files)} training images into {store.path} "
@@ -51,6 +57,42 @@ def build_pairs(cfg: config_mod.Config, files: list[Path], spec: data.PairSpec, 
         need = max(spec.core(s) for s in spec.scales)
         raise UserError(f"data.train: no image is at least {need}x{need} px (data.patch_size)")
     return pairs
+
+
+MASTER_HEAD_START_S = 5.0  # how long another rank of the run leaves a new store to rank 0
+
+
+def wait_for_master_to_build(files: list[Path], root: str | None) -> None:
+    """Under a launcher, a rank other than a machine's first (LOCAL_RANK 0) that finds no store
+    of `files` waits, up to a few seconds, until that one holds the store's lock (or the store is
+    there). Else the first to arrive built it silently, and rank 0, the rank that speaks, said
+    "another run is decoding training images; waiting for it" of its own run, with no progress."""
+    local_rank = (os.environ.get("LOCAL_RANK") or "0").strip()
+    if not local_rank.isdigit() or int(local_rank) == 0:
+        return
+    base = Path(root) if root else store.default_root()
+    name = store.store_name(files)
+    index, lock = base / f"{name}.json", base / f".{name}.lock"
+    deadline = time.monotonic() + MASTER_HEAD_START_S
+    while time.monotonic() < deadline and not index.exists() and not locked(lock):
+        time.sleep(0.05)
+
+
+def locked(path: Path) -> bool:
+    """Whether another process holds the flock of `path` (see media.cache.entry_lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def batches_on_device(pairs, sampler, cfg: config_mod.Config, dev: torch.device,

@@ -327,4 +327,31 @@ def read_deepspeed_json(ds: config_mod.DeepSpeedConfig) -> dict:
         if key in table:
             raise UserError(f"deepspeed.config {ds.config}: its {key!r} is the recipe's {ours} "
                             "here; remove it from the JSON")
+    refuse_unsupported(table, ds.config)
     return table
+
+
+def enabled(section) -> bool:
+    """Whether a DeepSpeed config section that has an "enabled" flag is on (present: on unless
+    it says otherwise, as DeepSpeed reads an offload section by its device)."""
+    if not isinstance(section, dict):
+        return bool(section)
+    if "device" in section:  # offload_optimizer / offload_param
+        return str(section["device"]).lower() not in ("none", "")
+    return section.get("enabled", True) not in (False, 0)
+
+
+def refuse_unsupported(table: dict, path: str) -> None:
+    """One line for a DeepSpeed JSON setting the trainer does not run (DeepSpeed stopped on
+    some with a traceback, or would train differently from what the run dir records)."""
+    zero = table.get("zero_optimization")
+    for key in ("offload_optimizer", "offload_param"):
+        if isinstance(zero, dict) and enabled(zero.get(key, {"device": "none"})):
+            raise UserError(f"deepspeed.config {path}: zero_optimization.{key} (ZeRO-Offload) is not "
+                            "supported here: it needs DeepSpeed's own CPU optimizer, and the recipe's "
+                            "[optim] is a torch optimizer (the models fit on one device); remove it")
+    for key, instead in (("amp", "the JSON's bf16/fp16 sections (Apex AMP is gone from DeepSpeed)"),
+                         ("torch_autocast", "train.amp")):
+        if key in table and enabled(table[key]):
+            raise UserError(f"deepspeed.config {path}: {key!r} is not supported here; the trainer's "
+                            f"setting for it is {instead}: remove it from the JSON")

@@ -14,6 +14,7 @@ import copy
 import os
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
@@ -55,7 +56,8 @@ def check_batch_fits(nets: list[tuple[nn.Module, tuple[int, int, int]]], batch: 
     micro = batch // max(1, accumulate)
     if not per_patch:
         return
-    available = free_memory(device) // (max(1, ranks_here) if device.type == "cpu" else 1)
+    available = least_over_ranks(free_memory(device) // (max(1, ranks_here) if device.type == "cpu" else 1),
+                                 device)
     if per_patch * micro <= available:
         return
     fits = max(1, available // per_patch) * max(1, accumulate)
@@ -64,3 +66,14 @@ def check_batch_fits(nets: list[tuple[nn.Module, tuple[int, int, int]]], batch: 
                     f"MB a patch), more than the {available / 1e9:.1f} GB available on {device.type}; use "
                     f"data.batch_size <= {fits // 2 or 1} (half of what would just fit, for the backward pass "
                     "and the optimizer), or raise train.accumulate")
+
+
+def least_over_ranks(value: int, device: torch.device) -> int:
+    """The least `value` over the run's processes (collective when there are several), so that
+    all of them refuse a batch, or none: one rank refusing alone (a GPU that another program
+    fills, memory that changed meanwhile) left the others waiting for it, then a traceback."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return value
+    box = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return int(box.item())

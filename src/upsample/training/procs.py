@@ -70,17 +70,57 @@ def start_processes(device: str | None) -> Procs:
     engine = from_launcher(device)
     if engine is not None:
         return Procs(rank=engine.rank, world=engine.world, dev=engine.device, engine=engine)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = launcher_env()
     dev = training_device(device)
     if dev.type == "cuda":
         if world > 1 or dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else 0)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        join_process_group("nccl" if dev.type == "cuda" else "gloo", rank, world)
     return Procs(rank=rank, world=world, dev=dev)
+
+
+def launcher_env() -> tuple[int, int, int]:
+    """(WORLD_SIZE, RANK, LOCAL_RANK) as a launcher (torchrun, Slurm's srun with them exported)
+    sets them; one line for values that cannot be a run's ranks (set by hand, half of them)."""
+    values = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = (os.environ.get(name) or default).strip()  # set but empty: as unset
+        try:
+            values[name] = int(text)
+        except ValueError:
+            values[name] = -1
+        if values[name] < 0:
+            raise UserError(f"environment variable {name}={text!r} is not a process count or rank; "
+                            "start several processes with torchrun --nproc-per-node N, or unset it")
+    world, rank = values["WORLD_SIZE"], values["RANK"]
+    if world == 0 or rank >= world:
+        raise UserError(f"RANK={rank} with WORLD_SIZE={world}: ranks run from 0 to WORLD_SIZE - 1; "
+                        "start the processes with torchrun --nproc-per-node N, which sets both")
+    if world > 1 and not dist.is_initialized():  # (a caller that joined them itself is past this)
+        missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={world} is set but {' and '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not: the processes cannot meet. "
+                            f"Start them with torchrun --nproc-per-node {world} (it sets RANK, WORLD_SIZE, "
+                            "MASTER_ADDR and MASTER_PORT), or set all four in each")
+    return world, rank, values["LOCAL_RANK"]
+
+
+def join_process_group(backend: str, rank: int, world: int) -> None:
+    """Join the other ranks (torch's env:// rendezvous); one line when that cannot work: the
+    port is taken, or the address does not answer."""
+    try:
+        dist.init_process_group(backend)
+    except (dist.DistNetworkError, dist.DistStoreError) as exc:  # DistStoreError: a timeout
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        why = str(exc).split("message: ")[-1].strip().splitlines()[0]
+        hint = ("another program (another run?) listens on it: pick a free port (--master-port, "
+                "or torchrun --standalone, which finds one)" if "EADDRINUSE" in str(exc) else
+                "check that rank 0 runs there and that the port is open between the machines")
+        raise UserError(f"rank {rank} of {world} cannot join the others at {where} ({why}); "
+                        f"{hint}") from None
 
 
 def set_torch_flags(cfg: config_mod.Config, dev: torch.device):
@@ -100,15 +140,30 @@ def set_torch_flags(cfg: config_mod.Config, dev: torch.device):
     return amp_dtype
 
 
+# a signal this soon after the first is the same stop request, forwarded by a launcher
+REPEAT_GRACE_S = 1.0
+
+
 class Stop:
     """What stops a run before it finishes: Ctrl-C / SIGTERM (the current step completes and is
-    saved; a second signal ends the process at once) or the --max-minutes `deadline`."""
+    saved; a second signal, REPEAT_GRACE_S or more after the first, ends the process at once) or
+    the --max-minutes `deadline`."""
 
     def __init__(self, *, deadline: float):
-        self.deadline = deadline
+        self._deadline = deadline
         self.signum = 0     # the signal received, 0 for none
         self.timed_out = 0  # 1 once a step, a validation and a save no longer fit
         self._old_handlers = {}
+        self._caught_at = None  # when this process caught its first signal (time.monotonic)
+        self._lookahead = 0.0   # seconds of the steps a flag waits for the ranks' next sync
+        self._last_sync = None  # (time, step) of the last sync
+
+    @property
+    def deadline(self) -> float:
+        """When the run must have stopped, brought forward under DDP by the steps a rank's
+        time-out waits for the next sync (every `sync_every` steps), so that the ranks still
+        stop before the --max-minutes deadline."""
+        return self._deadline - self._lookahead
 
     def catch_signals(self) -> None:
         self._old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -119,8 +174,14 @@ class Stop:
         self._old_handlers = {}
 
     def _on_signal(self, signum, _frame) -> None:
-        self.signum = signum
-        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C / SIGTERM ends at once
+        now = time.monotonic()
+        if self._caught_at is None:
+            self._caught_at, self.signum = now, self.signum or signum
+        elif now - self._caught_at >= REPEAT_GRACE_S:  # a second Ctrl-C / SIGTERM ends at once
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        # else the same request again: a launcher (torchrun, accelerate, deepspeed, srun) forwards
+        # to its processes the Ctrl-C or SIGTERM that the terminal or scheduler already sent them
 
     def requested(self, procs: Procs, step: int, sync_every: int) -> bool:
         """Whether a signal or the deadline stops the run after `step`. Under DDP the ranks
@@ -128,10 +189,20 @@ class Stop:
         if procs.ddp:
             if step % sync_every:
                 return False
+            self._learn_lookahead(step, sync_every)
             flag = torch.tensor([self.signum, self.timed_out], dtype=torch.int32, device=procs.dev)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             self.signum, self.timed_out = (int(v) for v in flag.tolist())
         return bool(self.signum or self.timed_out)
+
+    def _learn_lookahead(self, step: int, sync_every: int) -> None:
+        """The time of the steps between two syncs but one (validations and saves included), from
+        the last such stretch: a rank that times out right after a sync stops only at the next."""
+        now = time.time()
+        if sync_every > 1 and self._last_sync is not None and step > self._last_sync[1]:
+            per_step = (now - self._last_sync[0]) / (step - self._last_sync[1])
+            self._lookahead = (sync_every - 1) * per_step
+        self._last_sync = (now, step)
 
 
 class Pace:

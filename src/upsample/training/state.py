@@ -4,7 +4,8 @@ RNG helpers live here because the state is what carries them from one chunk of a
 
 last_state.pt keys (kept as runs in progress wrote them): step, epoch, finished, model, optimizer,
 scheduler, scaler, ema, gan {model, opt, sched, scaler}, rng (one entry per rank), best_psnr,
-best_step, bad_vals, sampler {next_step, seed, batch, world, scales}, world, modes (how the step
+best_step, bad_vals, sampler {next_step, seed, batch, world, scales, shift: what the sample
+indices are offset by once a run resumed on another number of processes}, world, modes (how the step
 computes: amp, channels_last, compile; a resumed run keeps them, see speed.py), deepspeed (under
 the deepspeed launcher: the tag of its checkpoint in <run dir>/deepspeed, which holds the optimizer
 shards instead of `optimizer`, its ZeRO stage, precision and world size; engines.py).
@@ -17,10 +18,12 @@ so `step` is all they need to continue exactly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,13 +85,47 @@ class Sampling:
     rank: int
     world: int
     n_images: int       # training images: what an epoch is counted in
+    shift: int = 0      # added to every sample index: nonzero once a run resumed on another world
+
+    def drawn(self, step: int) -> int:
+        """Samples the run drew (all ranks) in its steps before `step`."""
+        return step * self.batch_size * self.world + self.shift
 
     def epoch(self, step: int) -> int:
-        return step * self.batch_size * self.world // self.n_images
+        return self.drawn(step) // self.n_images
 
     def batch_sampler(self, start: int) -> data.StepBatchSampler:
-        return data.StepBatchSampler(start, self.steps, self.batch_size, self.scales, self.seed,
-                                     self.rank, self.world)
+        args = (start, self.steps, self.batch_size, self.scales, self.seed, self.rank, self.world)
+        return ShiftedBatchSampler(*args, shift=self.shift) if self.shift else data.StepBatchSampler(*args)
+
+    def resumed(self, saved: dict, step: int) -> tuple[Sampling, str | None]:
+        """This run's sampling going on from a run that saved `saved` (last_state.pt's sampler) at
+        `step`, and a note when that run had another number of processes: the samples go on
+        after the ones it drew (its sample indices were laid out for its world) rather than
+        repeat them, and the effective batch changes."""
+        old_world, old_batch = saved.get("world", self.world), saved.get("batch", self.batch_size)
+        old = dataclasses.replace(self, world=old_world, batch_size=old_batch, shift=saved.get("shift", 0))
+        if (old_world, old_batch) == (self.world, self.batch_size):
+            return dataclasses.replace(self, shift=old.shift), None
+        now = dataclasses.replace(self, shift=old.drawn(step) - step * self.batch_size * self.world)
+        note = (f"note: resuming a run trained on {old_world} process{'es' * (old_world != 1)} with "
+                f"{self.world}: the batch is now {self.batch_size}x{self.world} patches (it was "
+                f"{old_batch}x{old_world}; optim.lr is not rescaled), and the run goes on with other "
+                "samples than an uninterrupted run would draw")
+        return now, note
+
+
+class ShiftedBatchSampler(data.StepBatchSampler):
+    """StepBatchSampler whose sample indices start `shift` later (a run resumed on another world:
+    Sampling.resumed)."""
+
+    def __init__(self, *args, shift: int):
+        super().__init__(*args)
+        self.shift = shift
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield [(k + self.shift, s) for k, s in batch]
 
 
 @dataclass
@@ -131,7 +168,7 @@ class TrainState:
             "rng": all_rng_states(self.device, s.world), "best_psnr": self.best_psnr,
             "best_step": self.best_step, "bad_vals": self.bad_vals,
             "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
-                        "world": s.world, "scales": s.scales},
+                        "world": s.world, "scales": s.scales, "shift": s.shift},
             "world": s.world, "modes": self.modes.to_dict(),
             "deepspeed": self.deepspeed.saved if self.deepspeed else None}
 
@@ -170,6 +207,10 @@ class TrainState:
         rngs, s = sd["rng"], self.sampling
         set_rng_states(rngs[s.rank] if len(rngs) == s.world else rngs[0], self.device)
         self.step = sd["step"]
+        self.sampling, note = s.resumed({"world": sd.get("world", s.world), **(sd.get("sampler") or {})},
+                                        self.step)
+        if note and s.rank == 0:
+            print(note, file=sys.stderr)
 
 
 def all_rng_states(device: torch.device, world: int) -> list[dict]:
