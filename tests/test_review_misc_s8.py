@@ -54,3 +54,11 @@ def test_a_set_split_by_spaces_says_how_to_write_it(words, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without spaces: --set data.batch_size=4" in err[0], err
+
+
+@pytest.mark.parametrize("argv", [["--local_rank=1", "train"], ["--local_rank", "1", "train"],
+                                  ["--local-rank=1", "train"], ["--local-rank", "1", "train"], ["train"]])
+def test_the_launchers_local_rank_is_taken_off(argv):
+    """deepspeed puts --local_rank=N first, `python -m torch.distributed.launch` --local-rank=N."""
+    from upsample.cli import without_launcher_rank
+    assert without_launcher_rank(argv) == ["train"]

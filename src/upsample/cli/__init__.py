@@ -165,10 +165,14 @@ def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
 
 def without_launcher_rank(argv: list[str]) -> list[str]:
     """`argv` less the `--local_rank=N` the deepspeed launcher puts before the command (unless
-    started with --no_local_rank); the trainer reads LOCAL_RANK from the environment instead."""
-    if argv and argv[0].startswith("--local_rank="):
-        return argv[1:]
-    return argv[2:] if argv[:1] == ["--local_rank"] else argv
+    started with --no_local_rank), or the `--local-rank=N` of `python -m torch.distributed.launch`
+    (BasicSR's docs use it); the trainer reads LOCAL_RANK from the environment instead."""
+    for flag in ("--local_rank", "--local-rank"):
+        if argv and argv[0].startswith(flag + "="):
+            return argv[1:]
+        if argv[:1] == [flag]:
+            return argv[2:]
+    return argv
 
 
 class Terminated(KeyboardInterrupt):
