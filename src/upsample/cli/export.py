@@ -14,7 +14,7 @@ SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.load import check_trained, model_scale, resolve_model
+    from ..inference.load import check_trained, model_scale, resolve_model, scale_of
     from ..runtime import export
     check_trained(args.model, args.allow_untrained)
     model, name = resolve_model(args.model, args.scale)
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{name} is a {spec.kind}: only upscalers are exported")
     scale = None
     if args.uint8_io:
-        scale = model_scale(model.upsample_spec, args.scale, name, getattr(model, "trained_scales", ()))
+        scale = scale_of(model, args.scale, name)
     elif args.scale is not None:
         model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
     suffix = export.SUFFIX_OF[args.format]

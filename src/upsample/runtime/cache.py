@@ -5,6 +5,8 @@ Torch-free: the `image` fast path compiles its cached graph through here without
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -91,9 +93,12 @@ def file_vanished(exc: BaseException) -> bool:
 
 
 def readable_ir(xml: Path) -> bool:
-    """Whether OpenVINO reads the IR `xml` and its weights whole: a cache entry that is missing,
-    truncated or garbage (a disk that filled, a machine that crashed mid-write) is made again."""
+    """Whether OpenVINO reads the IR `xml` and its weights whole, and they match their seal
+    (`intact`): a cache entry that is missing, truncated or garbage (a disk that filled, a machine
+    that crashed mid-write), or whose weights were overwritten at the same length, is made again."""
     if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+        return False
+    if not intact(xml, xml.with_suffix(".bin")):
         return False
     import openvino as ov
     try:
@@ -101,6 +106,48 @@ def readable_ir(xml: Path) -> bool:
     except (RuntimeError, OSError):
         return False
     return True
+
+
+def _seal_path(first: Path) -> Path:
+    return first.with_name(first.name + ".sha256")
+
+
+def _digest(files) -> str | None:
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def seal(*files: Path) -> None:
+    """Write the digest of the cache entry `files` beside the first (NAME.sha256), so that
+    `intact` finds one damaged later at its full length - zeros where a crash left no data, a
+    weights file rewritten under it -, which OpenVINO and onnxruntime read without a complaint
+    and would run with wrong weights. An unwritable cache only leaves the entry unsealed."""
+    digest, target = _digest(files), _seal_path(files[0])
+    if digest is None:
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(digest)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def intact(*files: Path) -> bool:
+    """Whether the cache entry `files` still has the digest `seal` wrote; an entry without a
+    seal (an older cache, an `upsample quantize` output) is taken as it is."""
+    try:
+        want = _seal_path(files[0]).read_text().strip()
+    except OSError:
+        return True
+    return _digest(files) == want
 
 
 def openvino_devices() -> list[str]:

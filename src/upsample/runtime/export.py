@@ -33,7 +33,7 @@ from ..data.degrade import BicubicUp
 from ..errors import UserError
 from ..media.cache import has_own_dir, own_dir
 from ..media.imageio import atomic_write_bytes, fsync_file
-from .cache import cache_dir, ov_compiled, readable_ir
+from .cache import cache_dir, intact, ov_compiled, readable_ir, seal
 
 OPSET = 17
 GRAPHS = 2  # in every cache key: bump when a model's exported graph changes (2: VapSR's norm)
@@ -82,6 +82,9 @@ class Uint8RGB(nn.Module):
         return (out.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+UINT8_MIN_SIDE = 2  # the least H and W of a Y model's uint8 graph (its in-graph bicubic's mirror)
+
+
 def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: bool) -> dict:
     """How to feed the exported file and read its result: written into its metadata."""
     s = scale if scale is not None else spec.scale
@@ -105,10 +108,16 @@ def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: b
     multiple = spec.pad_multiple
     if multiple > 1:  # RRDBNet x1/x2 pixel-unshuffle: pad the input (reflect), crop the output
         io["input"] += f"; H and W multiples of {multiple}"
+    # the bicubic inside a uint8 graph (`degrade.BicubicUp`) mirrors two pixels at each border:
+    # a one-pixel side is refused by the runtime with words of its own ("Invalid input shape")
+    min_side = UINT8_MIN_SIDE if uint8_io and (spec.input == "y" or spec.pre_upsample) else 1
+    if min_side > 1:
+        io["input"] += f"; H and W at least {min_side}"
     # a reader (runtime/foreign_onnx.py among them) needs both to feed a pre-upsampled (VDSR) graph
     pre_upsampled = bool(spec.pre_upsample and not uint8_io)
     return {"model": name, "scale": s, "pre_upsampled_input": pre_upsampled, "input_name": "input",
-            "output_name": "output", **io, "dynamic": "batch, height and width", "input_multiple": multiple}
+            "output_name": "output", **io, "dynamic": "batch, height and width", "input_multiple": multiple,
+            "min_side": min_side}
 
 
 def example_input(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
@@ -206,10 +215,11 @@ def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor 
     if key is None:
         key = model_key(model)
     path = cache_dir() / f"{key}.onnx"
-    if again or not path.is_file():
+    if again or not path.is_file() or not intact(path):
         net = model.cpu().eval()
         data = onnx_bytes(net, example if example is not None else example_input(net, False))
         path = _in_cache(path, lambda p: atomic_write_bytes(p, data))
+        seal(path)
     return path
 
 
@@ -223,7 +233,9 @@ def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | 
             return folder / f"{key}.xml"
 
     def to_ir(onnx_path: Path) -> Path:
-        return _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
+        xml = _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
+        seal(xml, xml.with_suffix(".bin"))
+        return xml
     try:
         return to_ir(cached_onnx(model, key, example))
     except MemoryError:

@@ -30,6 +30,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
+from .cache import seal
+
 VERSION = 1  # in the variant's file name: bump when the choice of ends changes
 ATTRIBUTE = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
 CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
@@ -117,6 +119,7 @@ def variant(xml: Path, tail: bool = False) -> Path:
         tmp_xml.write_bytes(text)
         os.replace(tmp_bin, out.with_suffix(".bin"))
         os.replace(tmp_xml, out)  # the .xml last: its presence says the pair is whole
+        seal(out, out.with_suffix(".bin"))
     finally:
         tmp_bin.unlink(missing_ok=True)
         tmp_xml.unlink(missing_ok=True)
