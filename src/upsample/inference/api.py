@@ -266,8 +266,8 @@ def _check_types(spec, device, *, scales: dict, switches: dict, counts: dict) ->
     for name, value in scales.items():  # True is 1 to float(): a switch given by mistake
         if isinstance(value, (bool, np.bool_)):
             raise UserTypeError(f"{name} must be a number such as 2, got {value!r}")
-    for name, value in switches.items():
-        if not isinstance(value, (bool, np.bool_)):
+    for name, value in switches.items():  # 0 and 1 too: they were taken before (half=int(env))
+        if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
             raise UserTypeError(f"{name} must be True or False, got {value!r}")
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):

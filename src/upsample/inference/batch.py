@@ -14,7 +14,10 @@ import sys
 import tempfile
 import threading
 import unicodedata
+import warnings
 from pathlib import Path
+
+from PIL import Image
 
 from ..errors import UserError, one_line
 from ..media import streamed
@@ -36,16 +39,16 @@ WHOLE_DECODE_SHARE = 0.25
 def collect_inputs(inputs: list[str], out: Path | None = None, suffix: str | None = None
                    ) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """(source file, path relative to the output folder) for files and folders (recursive), a file
-    named twice once; and the pictures of input folders left out as earlier runs' outputs, named as
-    another's output (`_earlier_outputs`: inputs all the same, never replaced). An output folder
-    `out` inside an input folder (or linked from it) is not read: its pictures are this run's results."""
-    jobs, empty, left_out, seen = [], [], [], set()
+    named twice once; and the pictures of input folders left out as earlier runs' outputs
+    (`_earlier_outputs`: never replaced), less those also named as inputs. An output folder `out`
+    inside an input folder (or linked from it) is not read: its pictures are this run's results."""
+    jobs, empty, earlier, seen, real = [], [], {}, set(), _RealPaths()
     made = out.resolve() if out is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            images, earlier = _folder_images(p, made, suffix)
-            left_out += earlier
+            images, left = _folder_images(p, made, suffix, real)
+            earlier.update({f: (p, src) for f, src in left.items()})
             if not images:
                 empty.append(str(p))
             found = [(f, f.relative_to(p)) for f in images]
@@ -54,65 +57,127 @@ def collect_inputs(inputs: list[str], out: Path | None = None, suffix: str | Non
         else:
             raise UserError(_not_an_input(p))
         for src, rel in found:  # `*.png a.png`, or a folder and a file in it: one job
-            if (src.resolve(), rel) not in seen:
-                seen.add((src.resolve(), rel))
+            if (real(src), rel) not in seen:
+                seen.add((real(src), rel))
                 jobs.append((src, rel))
+    named = {real(src) for src, _ in jobs} if earlier else set()
+    left_out = {f: why for f, why in earlier.items() if real(f) not in named}  # named itself: upscaled
     if not jobs:  # all were empty folders: the one line says which
         raise UserError(f"no images in {', '.join(empty)}")
     for folder in empty:
         print(f"note: no images in {one_line(folder)}", file=sys.stderr)
-    return jobs, left_out
+    _note_earlier(left_out)
+    return jobs, list(left_out)
 
 
-def _folder_images(folder: Path, made: Path | None, suffix: str | None) -> tuple[list[Path], list[Path]]:
-    """The images of `folder` to upscale and those left out as earlier outputs, with a note for
-    each file skipped and one for those; none under `made` (this run's -o: inside the folder, or
-    reached through a linked folder)."""
+class _RealPaths:
+    """f.resolve() of many files, each folder resolved once: a realpath per file (an lstat per
+    component) took 20 s of a 50,000-image folder's listing."""
+
+    def __init__(self):
+        self.folders: dict[Path, Path] = {}
+
+    def __call__(self, f: Path) -> Path:
+        if f.is_symlink():
+            return f.resolve()
+        folder = self.folders.get(f.parent)
+        if folder is None:
+            folder = self.folders[f.parent] = f.parent.resolve()
+        return folder / f.name
+
+
+def _folder_images(folder: Path, made: Path | None, suffix: str | None, real: _RealPaths
+                   ) -> tuple[list[Path], dict[Path, Path]]:
+    """The images of `folder` to upscale, and those left out as earlier outputs ({image: its
+    source}), with a note for each file skipped; none under `made` (this run's -o: inside the
+    folder, or reached through a linked folder)."""
     images, skipped = list_images(folder)
     root = folder.resolve()
     if made is not None and made != root and made not in root.parents:  # -o holds the input: all read
-        images = [f for f in images if made not in f.resolve().parents]
+        under = os.path.join(made, "")
+        images = [f for f in images if not str(real(f)).startswith(under)]
     for s in skipped:
         print(f"note: skipping {one_line(s)} ({skip_reason(s)})", file=sys.stderr)
     earlier = _earlier_outputs(images, folder, suffix)
-    if earlier:
-        f, src = next(iter(earlier.items()))
-        print(f"note: {len(earlier)} image(s) in {one_line(folder)} are named as outputs of others there "
-              f"(e.g. {one_line(f)}, from {one_line(src)}): not read as an input; name them (or "
-              "their folder) as inputs to upscale them again", file=sys.stderr)
-    return [f for f in images if f not in earlier], list(earlier)
+    return [f for f in images if f not in earlier], earlier
+
+
+def _note_earlier(left_out: dict[Path, tuple[Path, Path]]) -> None:
+    """One note per input folder for its pictures left out as earlier outputs, saying how to
+    upscale them all the same."""
+    by_folder: dict[Path, list[tuple[Path, Path]]] = {}
+    for f, (folder, src) in left_out.items():
+        by_folder.setdefault(folder, []).append((f, src))
+    for folder, pairs in by_folder.items():
+        f, src = pairs[0]
+        print(f"note: {len(pairs)} image(s) in {one_line(folder)} are named and sized as upscales of others "
+              f"there (e.g. {one_line(f)}, of {one_line(src)}): an earlier run's outputs, not read as an "
+              f"input; to upscale them too, name the files as inputs besides the folder (e.g. "
+              f"{one_line(f)})", file=sys.stderr)
 
 
 # How an output's name ends (`--suffix`'s default): _x2, _x4, _x1.5
-_SCALE_SUFFIX = re.compile(r"^(.+)_x\d+(?:\.\d+)?$")
+_SCALE_SUFFIX = re.compile(r"^(.+)_x(\d+(?:\.\d+)?)$")
 
 
 def _earlier_outputs(images: list[Path], root: Path, suffix: str | None) -> dict[Path, Path]:
-    """{image: the image it is named as the output of}: an image whose path from `root`, or from
-    a folder below it, is another's path from `root` with _x<scale> (or `suffix`) after the stem:
-    what `upsample image ROOT -o ROOT` or `-o ROOT/SUB` wrote in an earlier run (photos/x4/a_x4.png
-    beside photos/a.jpg). Read again, a second run would upscale the first one's results."""
+    """{image: the image it is the output of}: an image whose path from `root`, or from a folder
+    below it, is another's path from `root` with _x<scale> (or `suffix`) after the stem, and whose
+    size is that image's upscaled: what `upsample image ROOT -o ROOT` or `-o ROOT/SUB` wrote in an
+    earlier run (photos/x4/a_x4.png beside photos/a.jpg). Read again, a second run would upscale
+    the first one's results; a photo of another size (holiday_x2.jpg) is an input."""
     by_place = {}
     for f in images:
         rel = f.relative_to(root)
         by_place.setdefault((rel.parent, rel.stem), f)
-    found = {}
+    found, sizes = {}, {}
     for f in images:
         parts = f.relative_to(root).parts
-        places = [(Path(*parts[k:-1]), stem) for stem in _unsuffixed(f.stem, suffix) for k in range(len(parts))]
-        source = next((by_place[x] for x in places if by_place.get(x, f) != f), None)
+        places = [(Path(*parts[k:-1]), stem, scale) for stem, scale in _unsuffixed(f.stem, suffix)
+                  for k in range(len(parts))]
+        sources = ((by_place[(folder, stem)], scale) for folder, stem, scale in places
+                   if by_place.get((folder, stem), f) != f)
+        source = next((src for src, scale in sources
+                       if _upscaled_size(_header_size(src, sizes), _header_size(f, sizes), scale)), None)
         if source is not None:
             found[f] = source
     return found
 
 
-def _unsuffixed(stem: str, suffix: str | None) -> list[str]:
-    """The stems an output named `stem` would have come from: without _x<scale>, or without a
-    non-empty `suffix` (an empty one would make every same-named file in a sub-folder an output)."""
+def _header_size(path: Path, sizes: dict) -> tuple[int, int] | None:
+    """(width, height) from the file's header (not decoded), None where it cannot be read."""
+    if path not in sizes:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a large image's decompression-bomb warning
+                with Image.open(path) as img:
+                    sizes[path] = img.size
+        except Exception:  # not read here: the run says what is wrong with it
+            sizes[path] = None
+    return sizes[path]
+
+
+def _upscaled_size(src: tuple[int, int] | None, out: tuple[int, int] | None, scale: float | None) -> bool:
+    """Whether `out` is the size of `src` upscaled at `scale` (None: some scale over 1), either
+    way round (an EXIF-rotated source is written upright), a pixel either way (a scale's name is
+    rounded: _x1.33333)."""
+    if not src or not out or not all(src):
+        return False
+    for w, h in (src, src[::-1]):
+        s = scale or out[0] / w
+        if s > 1 and abs(out[0] - w * s) <= 1 and abs(out[1] - h * s) <= 1:
+            return True
+    return False
+
+
+def _unsuffixed(stem: str, suffix: str | None) -> list[tuple[str, float | None]]:
+    """(the stem an output named `stem` would have come from, the scale its name says): without
+    _x<scale>, or without a non-empty `suffix`, scale unknown (an empty one would make every
+    same-named file in a sub-folder an output)."""
     match = _SCALE_SUFFIX.match(stem)
-    stems = [match.group(1)] if match else []
+    stems = [(match.group(1), float(match.group(2)))] if match else []
     if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
-        stems.append(stem[:-len(suffix)])
+        stems.append((stem[:-len(suffix)], None))
     return stems
 
 

@@ -623,13 +623,18 @@ def close_after_error(out) -> None:
         pass
 
 
+# a constant quantizer of 3 (lambda = 3 x FF_QP2LAMBDA), as ffmpeg -q:v 3, for encoders without --crf
+WMV_QUALITY = {"flags": "+qscale", "global_quality": str(3 * 118)}
 # encoder options that keep a default run quiet and quick; --crf/--preset override their keys
 ENCODER_DEFAULTS = {"libx265": {"x265-params": "log-level=error"},
                     "libvpx-vp9": {"row-mt": "1", "cpu-used": "4", "b": "0", "crf": "32"},
                     "libvpx": {"cpu-used": "4", "b": "1M"},  # VP8 has no pure constant quality
                     "libsvtav1": {"preset": "10"},
                     # MPEG-2 at a rate outside its table, MJPEG in limited range: "unofficial"
-                    "mpeg2video": {"strict": "-1"}, "mjpeg": {"strict": "-1"}}
+                    "mpeg2video": {"strict": "-1"}, "mjpeg": {"strict": "-1"},
+                    # .wmv's: FFmpeg's default is 200 kb/s at any size (an upscaled 352x288 clip:
+                    # 26.7 dB, H.264 at CRF 23 30.3); a constant quantizer (ffmpeg -q:v 3): 31.0
+                    "wmv2": WMV_QUALITY, "msmpeg4": WMV_QUALITY}
 # containers that store frames at a constant rate (AVI's stream rate is 1 / the time base), and
 # encoders that code the rate: their time base is 1/fps, not the input's (1/12800 from MP4 made
 # an AVI of 600 frames/s)
