@@ -62,3 +62,18 @@ def test_the_launchers_local_rank_is_taken_off(argv):
     """deepspeed puts --local_rank=N first, `python -m torch.distributed.launch` --local-rank=N."""
     from upsample.cli import without_launcher_rank
     assert without_launcher_rank(argv) == ["train"]
+
+
+def test_a_name_over_255_bytes_is_written_where_the_file_system_takes_it(tmp_path, monkeypatch, capsys):
+    """NTFS/exFAT take 255 UTF-16 units (100 Japanese characters: 300 bytes): the name is tried,
+    not refused by its byte count. Simulated: this disk takes 255 bytes, so the probe is faked."""
+    from upsample.inference import batch
+    from PIL import Image
+    src = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    long_dst = tmp_path / ("写" * 100 + ".png")
+    assert batch._name_too_long(src, long_dst)  # here: ext4 refuses it
+    assert "over the 255" in capsys.readouterr().err
+    monkeypatch.setattr(batch, "_name_fits", lambda dst: True)
+    assert not batch._name_too_long(src, long_dst)
+    assert not batch._name_too_long(src, tmp_path / "short.png")

@@ -331,13 +331,30 @@ def _check_not_taken(src: Path, dst: Path, other: Path | None, ext: str) -> None
 
 
 def _name_too_long(src: Path, dst: Path) -> bool:
-    """Whether `dst`'s name is longer than a file system takes; if so, one error line."""
+    """Whether `dst`'s name is longer than its file system takes; if so, one error line. Over
+    NAME_MAX bytes a real file is tried: NTFS and exFAT count 255 UTF-16 units, not bytes (100
+    Japanese characters are 300 bytes of UTF-8 and fit there)."""
     size = len(os.fsencode(dst.name))
-    if size > NAME_MAX:
+    too_long = size > NAME_MAX and not _name_fits(dst)
+    if too_long:
         print(f"upsample image: error: {one_line(src)}: its output name {one_line(dst.name)} is {size} "
               f"bytes, over the {NAME_MAX} a file name may have; rename the file or use a shorter --suffix",
               file=sys.stderr)
-    return size > NAME_MAX
+    return too_long
+
+
+def _name_fits(dst: Path) -> bool:
+    """Whether a file named `dst.name` can be made where `dst` goes (its nearest existing folder)."""
+    probe = _existing_ancestor(dst.parent) / dst.name
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return True
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def _name_key(folder: Path, count: int):
