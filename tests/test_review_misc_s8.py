@@ -77,3 +77,44 @@ def test_a_name_over_255_bytes_is_written_where_the_file_system_takes_it(tmp_pat
     monkeypatch.setattr(batch, "_name_fits", lambda dst: True)
     assert not batch._name_too_long(src, long_dst)
     assert not batch._name_too_long(src, tmp_path / "short.png")
+
+
+class _Procs:
+    """Two ranks' view of `from_master`: rank 0's values reach both (as broadcast does)."""
+
+    def __init__(self, master, box):
+        self.master, self.box = master, box
+
+    def from_master(self, *values):
+        if self.master:
+            self.box[:] = values
+        return list(self.box)
+
+
+def test_a_rank_zero_error_stops_the_other_ranks_with_it_said_once(capsys):
+    """Before: rank 0 alone refused (a validation image, the run dir's lock) and the other ranks
+    died in the next collective with a gloo traceback."""
+    from upsample.errors import RankZeroError
+    from upsample.training.loop import on_master
+
+    def refuse():
+        raise UserError("validation image x is too small")
+    box = []
+    with pytest.raises(UserError) as first:
+        on_master(_Procs(True, box), refuse)
+    with pytest.raises(RankZeroError, match="too small"):
+        on_master(_Procs(False, box), refuse)
+    assert not isinstance(first.value, RankZeroError)
+    assert on_master(_Procs(True, []), lambda: 5) == 5 and on_master(_Procs(False, [None]), lambda: 5) is None
+
+
+def test_the_cli_leaves_a_rank_zero_error_to_rank_zero(monkeypatch, capsys):
+    from upsample import cli
+    from upsample.errors import RankZeroError
+    import upsample.cli.models as models_cli
+
+    def fail(args):
+        raise RankZeroError("said by rank 0")
+    monkeypatch.setattr(models_cli, "run", fail)
+    parser_run = cli.main(["models"])
+    assert parser_run == 2 and "said by rank 0" not in capsys.readouterr().err

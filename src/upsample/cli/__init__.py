@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 
-from ..errors import UserError, one_line
+from ..errors import RankZeroError, UserError, one_line
 
 # The sub-commands, in the order `upsample --help` lists them: name -> module.
 COMMANDS = {
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"upsample {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        if not isinstance(exc, RankZeroError):  # rank 0 says it
+            print(f"upsample {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

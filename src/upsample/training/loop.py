@@ -47,7 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import pairs as data, sources
-from ..errors import UserError
+from ..errors import RankZeroError, UserError
 from ..media.progress import progress_bar
 from ..models import checkpoint, registry
 from ..runtime.hardware import hardware_name
@@ -118,8 +118,8 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     if state.deepspeed is not None and saved:
         state.deepspeed.load(run_dir, saved.get("deepspeed"))
     train_step = make_train_step(cfg, state, net, perceptual, modes)
-    run_log = RunLog(run_dir, cfg, resuming=resuming, reset=reset, start=state.step,
-                     config_text=config_text) if procs.master else None
+    run_log = on_master(procs, lambda: RunLog(run_dir, cfg, resuming=resuming, reset=reset, start=state.step,
+                                              config_text=config_text))
     steps, bar = cfg.train.steps, None
     sync_every = 1 if procs.dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
     last_loss, last_terms = float("nan"), {}
@@ -174,6 +174,21 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
 # -------------------------------------------------------------------- build
 
 
+def on_master(procs: Procs, make):
+    """`make()` on rank 0, None on the others; a UserError there stops every rank with its line
+    (the others would wait in the next collective and die in a gloo/NCCL traceback)."""
+    value, error = None, None
+    if procs.master:
+        try:
+            value = make()
+        except UserError as exc:
+            error = str(exc)
+    (error,) = procs.from_master(error)
+    if error:
+        raise UserError(error) if procs.master else RankZeroError(error)
+    return value
+
+
 def open_run(run_dir: Path, *, resume: bool, reset: bool, procs: Procs) -> tuple[bool, dict | None]:
     """(whether a run is resumed, its last_state.pt). Rank 0 decides and hands its decision and
     the resume state to the others (no shared filesystem needed)."""
@@ -187,7 +202,7 @@ def open_run(run_dir: Path, *, resume: bool, reset: bool, procs: Procs) -> tuple
             error = str(exc)
     error, resuming, saved = procs.from_master(error, resuming, saved)
     if error:
-        raise UserError(error)
+        raise UserError(error) if procs.master else RankZeroError(error)
     return resuming, saved
 
 
@@ -290,7 +305,7 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
     try:
         pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
                             progress=procs.master, log=procs.log)
-        val_images = load_val_images(val_files, cfg.val, scales) if procs.master else []
+        val_images = on_master(procs, lambda: load_val_images(val_files, cfg.val, scales)) or []
     except UserError as exc:
         if not str(exc).startswith("cannot read image"):
             raise
