@@ -32,11 +32,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.save:
         from ..evaluation.evaluate import dataset_names
         check_writable(Path(args.save), args.save, "--save")  # not after the first image's evaluation
+        inputs = [(f, "data") for f in args.data] + [(f, "LR") for f in args.lr or []]
         for folder, name in zip(args.data, dataset_names(args.data)):
             target = (Path(args.save) / name).resolve()
-            data = Path(folder).resolve()
-            if target == data or data in target.parents or target in data.parents:
-                raise UserError(f"--save {args.save} would write into the data folder {folder}; name another folder")
+            for given, what in inputs:
+                data = Path(given).resolve()
+                if target == data or data in target.parents or target in data.parents:
+                    raise UserError(f"--save {args.save} would write into the {what} folder {given}; "
+                                    "name another folder")
             if target.is_dir() and any(target.iterdir()) and not args.overwrite:
                 raise UserError(f"{target} holds pictures saved before; pass --overwrite to replace them, "
                                 "or name another --save folder")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     report = evaluate_model(args.model, args.data, scale=args.scale, crop=args.crop,
                             y_channel=False if args.rgb else None, protocol=args.protocol,
-                            degrade=args.degrade, sigma=args.sigma, save_dir=args.save,
+                            degrade=args.degrade, sigma=args.sigma, lr_dirs=args.lr, save_dir=args.save,
                             per_image=args.per_image, lpips=args.lpips,
                             lpips_weights=args.lpips_weights, lpips_backbone=args.lpips_backbone,
                             backend=args.backend, device=args.device, precision=args.precision,
@@ -91,9 +94,15 @@ def register(sub) -> None:
                    help="papers (default): modcrop, MATLAB bicubic LR, Y channel, crop = scale, Gaussian "
                         "SSIM; catid: his evaluate.py - Pillow bicubic LR (W // s, H // s), RGB in "
                         "[0, 1], crop 4, scikit-image SSIM, and a Pillow-bicubic baseline beside the model")
-    p.add_argument("--degrade", choices=DEGRADES, default="bicubic",
+    p.add_argument("--degrade", choices=DEGRADES, default=None,
                    help="how the LR is made: the protocol's bicubic (default) or gaussian (blur of "
                         "--sigma, then every s-th pixel)")
+    p.add_argument("--lr", nargs="+", action="extend", metavar="DIR", type=path_text, default=None,
+                   help="(default: none, the LR is made from each HR) the LR images given with the "
+                        "dataset, one folder per --data in the same order (DIV2K's LR_bicubic/X2, "
+                        "BasicSR's LRbicx2): NAME.png's LR is NAME.png, NAMEx2, NAME_x2, NAME_LR, NAME_LR2 "
+                        "(or NAME_SRF_2_LR beside NAME_SRF_2_HR), each HR size / scale after the crop; "
+                        "the model and bicubic run on it, the report says it was given")
     p.add_argument("--sigma", type=float, default=None, help="--degrade gaussian: the blur in HR pixels (default: none; required with gaussian)")
     p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel")
     p.add_argument("--crop", type=int, default=None,

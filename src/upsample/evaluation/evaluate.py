@@ -22,6 +22,7 @@ blurs across the colour axis; this blur keeps the channels apart.)
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,8 @@ from PIL import Image
 from . import metrics
 from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
-from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize
-from ..data.prepare import LR_MARK, lr_files, lr_folder_name
+from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize, scale_period
+from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, list_images, open_image, read_rgb, skip_reason
 from ..media.progress import progress_bar
@@ -193,12 +194,21 @@ class Run:
             except UserError as exc:
                 raise UserError(f"{path}: {exc}") from None
 
-    def image(self, hr: np.ndarray) -> tuple[dict, list[tuple[str, np.ndarray]]]:
+    def given_input(self, lr: np.ndarray, hw: tuple[int, ...]) -> torch.Tensor:
+        """A given LR (uint8 HWC) as the input tensor, the same floats as `make_input`'s of a made one."""
+        want = lr_size(hw, self.scale, self.protocol)
+        if lr.shape[:2] != want:  # the header was checked; a file changed since is still refused
+            raise UserError(f"the LR is {lr.shape[1]}x{lr.shape[0]}, {want[1]}x{want[0]} needed")
+        # papers: make_lr rounds in float64, then to float32; catid: Pillow's uint8 to float32
+        return to_tensor(lr, self.device) if self.protocol.pil else to_tensor(lr, self.device, torch.float64).float()
+
+    def image(self, hr: np.ndarray, given_lr: np.ndarray | None = None) -> tuple[dict, list[tuple[str, np.ndarray]]]:
         """One HR image's numbers (with the baseline's where the protocol reports it) and the
-        montage panels (original, model, bicubic, input)."""
+        montage panels (original, model, bicubic, input); its LR made, or `given_lr` (--lr)."""
         hr = hr_for(hr, self.scale, self.protocol)
         self.check_size(hr.shape)
-        lr = make_input(hr, self.scale, self.protocol, self.degrade, self.device)
+        lr = (make_input(hr, self.scale, self.protocol, self.degrade, self.device) if given_lr is None
+              else self.given_input(given_lr, hr.shape))
         need_base = self.protocol.pil or self.montage or self.upscaler is None
         base = bicubic_up(lr, hr.shape[:2], self.protocol) if need_base else None
         out = base if self.upscaler is None else upscale_checked(self.upscaler, lr, hr, self.scale)
@@ -215,6 +225,100 @@ class Run:
         input_panel[:small.shape[0], :small.shape[1]] = small
         name = "bicubic" if self.upscaler is None else Path(self.upscaler.name).name
         return row, [("original", hr), (name, out), ("bicubic", base), ("input", input_panel)]
+
+
+# ------------------------------------------------------------------------------ given LR (--lr)
+# Datasets that ship their LR inputs: DIV2K's LR_bicubic/X2/0801x2.png beside HR/0801.png,
+# BasicSR's LRbicx2/baby.png, SelfExSR's img_001_SRF_2_LR.png beside _HR, RealSR's NAME_LR2.png
+# beside NAME_HR.png. The names are the ones `data.prepare` knows as LR copies (LR_MARK, SRF_HR).
+
+SRF_TAG = re.compile(r"(?i)_srf_\d+$")  # SelfExSR's scale tag, left after its _HR / _LR is taken off
+# in an --lr folder any name's x2 is a scale tag (babyx2), not only where LR_MARK takes it as proof
+SCALE_TAG = re.compile(r"(?i)[_\- ]?x\d+$")
+
+
+def hr_keys(stem: str) -> set[str]:
+    """The names an HR file's LR may carry before its scale tag: its stem, without _HR or _SRF_k_HR."""
+    stem = stem.lower()
+    bare = m.group(1) if (m := SRF_HR.match(stem)) else stem[:-3] if stem.endswith("_hr") else stem
+    return {stem, bare, SRF_TAG.sub("", bare)}
+
+
+def lr_keys(stem: str) -> dict[str, str]:
+    """{HR name it may belong to: the tag after it} of an LR file: its own stem (tag ""), the stem
+    without its LR mark or scale tag (0801x2, babyx2, baby_LR, NAME_LR2, NAME_SRF_2_LR), and
+    without an _SRF_k left."""
+    stem = stem.lower()
+    base = stem[:m.start()] if (m := LR_MARK.search(stem)) else SCALE_TAG.sub("", stem)
+    return {k: stem[len(k):] for k in (SRF_TAG.sub("", base), base, stem) if k}
+
+
+def _tag_scales(tag: str) -> set[int]:
+    return {int(d) for d in re.findall(r"\d+", tag)}
+
+
+def pick_lr(hr: Path, root: Path, lr_root: Path, by_key: dict[str, list[tuple[Path, str]]],
+            scale: float) -> Path:
+    """The LR file of `hr` (under `root`) among the --lr files `by_key`: one whose name is the HR's
+    plus a tag, of the scale where tags name several (X2/0801x2 and X3/0801x3), else in the same
+    sub-folder; UserError where none or several are left."""
+    found: dict[Path, str] = {}
+    itself = hr.resolve()  # --lr may be the --data folder (RealSR: NAME_HR beside NAME_LR2)
+    for p, tag in (pt for k in hr_keys(hr.stem) for pt in by_key.get(k, []) if pt[0].resolve() != itself):
+        found[p] = max(found.get(p, ""), tag, key=len)  # the whole tag: _srf_2_lr, not _lr
+    if len(found) > 1 and float(scale).is_integer():
+        of_scale = {p: t for p, t in found.items() if int(scale) in _tag_scales(t)}
+        found = of_scale or {p: t for p, t in found.items() if not _tag_scales(t)} or found
+    if len(found) > 1:
+        rel = hr.relative_to(root).parent
+        found = {p: t for p, t in found.items() if p.relative_to(lr_root).parent == rel} or found
+    if not found:
+        raise UserError(f"{hr}: no LR image for it in --lr {lr_root} (looked for {hr.stem} with or "
+                        f"without a tag: {hr.stem}x{scale:g}, {hr.stem}_LR, ...); add it, or take the "
+                        "HR image out of --data")
+    if len(found) > 1:
+        raise UserError(f"{hr}: several LR images in --lr {lr_root} fit it ("
+                        f"{', '.join(one_line(p.relative_to(lr_root)) for p in sorted(found))}); keep one")
+    return next(iter(found))
+
+
+def lr_index(lr_root: Path) -> dict[str, list[tuple[Path, str]]]:
+    """The images of an --lr folder by each name they may belong to: {key: [(file, tag)]}."""
+    images, _ = list_images(lr_root)
+    if not images:
+        raise UserError(f"--lr {lr_root}: no images in it")
+    by_key: dict[str, list[tuple[Path, str]]] = {}
+    for p in images:
+        for key, tag in lr_keys(p.stem).items():
+            by_key.setdefault(key, []).append((p, tag))
+    return by_key
+
+
+def lr_size(hw: tuple[int, ...], scale: float, protocol: Protocol) -> tuple[int, int]:
+    """(H, W) of the LR that the protocol makes from a measured HR of `hw` (after `hr_for`)."""
+    if protocol.pil:
+        return hw[0] // int(scale), hw[1] // int(scale)
+    p, q = scale_period(scale)
+    return hw[0] * q // p, hw[1] * q // p
+
+
+def pair_given_lr(run: Run, folder: str, images: list[Path], lr_root: Path,
+                  by_key: dict[str, list[tuple[Path, str]]]) -> dict[Path, Path]:
+    """{HR: its LR} of a --data folder; every LR's size checked from its header against its HR's
+    before any image is evaluated (a UserError naming the file)."""
+    pairs = {}
+    for hr in images:
+        lr = pick_lr(hr, Path(folder), lr_root, by_key, run.scale)
+        w, h = open_image(hr, decode=False).size
+        measured = hr_for(np.broadcast_to(np.uint8(0), (h, w)), run.scale, run.protocol).shape
+        want = lr_size(measured, run.scale, run.protocol)
+        lw, lh = open_image(lr, decode=False).size
+        if (lh, lw) != want:
+            raise UserError(f"{lr}: the LR is {lw}x{lh}, but {hr.name} ({w}x{h}, {measured[1]}x{measured[0]} "
+                            f"after the crop to the scale) needs {want[1]}x{want[0]} at x{run.scale:g}: "
+                            "is it the LR of another scale or image?")
+        pairs[hr] = lr
+    return pairs
 
 
 def dataset_names(folders: list[str]) -> list[str]:
@@ -234,11 +338,19 @@ def dataset_names(folders: list[str]) -> list[str]:
 LR_NOTE = "eval makes each LR from its HR image (the protocol's bicubic) and takes no LR files"
 
 
-def hr_images(folder: str) -> tuple[list[Path], list[str]]:
+def hr_images(folder: str, given_lr: bool = False) -> tuple[list[Path], list[str]]:
     """(the HR images of a --data folder, notes on the files left out): LR copies kept beside the
     HR (`data.prepare.lr_files`) are left out, never measured as HR; a folder that its name and
     its files' names both mark as LR (DIV2K's LR_bicubic/X2/0001x2.png) is a UserError, either
-    alone a note."""
+    alone a note. `given_lr`: the LR comes from --lr (the notes say so)."""
+    images, notes = _hr_images(folder)
+    return images, [n.replace(LR_NOTE, LR_GIVEN_NOTE) for n in notes] if given_lr else notes
+
+
+LR_GIVEN_NOTE = "the LR images are those of --lr"
+
+
+def _hr_images(folder: str) -> tuple[list[Path], list[str]]:
     root = Path(folder)
     if root.is_file():
         raise UserError(f"--data {folder} is a file: --data takes folders of HR images; put the "
@@ -272,9 +384,11 @@ def hr_images(folder: str) -> tuple[list[Path], list[str]]:
 
 
 def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], *, name: str,
-                    save_dir: str | None, per_image: bool, progress: bool) -> dict:
+                    save_dir: str | None, per_image: bool, progress: bool,
+                    given: dict[Path, Path] | None = None) -> dict:
     """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder,
-    `found`: its `hr_images` (listed once, before the model loaded)."""
+    `found`: its `hr_images` (listed once, before the model loaded); `given`: {HR: its LR file}
+    where the LR is given (--lr), else each LR is made from its HR."""
     images, notes = found
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -284,7 +398,7 @@ def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], 
     bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
     for path in images:
         try:
-            row, panels = run.image(read_rgb(path))
+            row, panels = run.image(read_rgb(path), None if given is None else read_rgb(given[path]))
         except UserError as exc:  # too small for the scale or SSIM: which image (a read error names it)
             raise (exc if str(path) in str(exc) else UserError(f"{path}: {exc}")) from None
         bar.update(1)
@@ -324,19 +438,23 @@ def lpips_distance(metric, out: np.ndarray, hr: np.ndarray, crop_border: int) ->
 
 
 def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | None = None,
-                   y_channel: bool | None = None, protocol: str = "papers", degrade: str = "bicubic",
-                   sigma: float | None = None, save_dir: str | None = None, per_image: bool = False,
+                   y_channel: bool | None = None, protocol: str = "papers", degrade: str | None = None,
+                   sigma: float | None = None, lr_dirs: list[str] | None = None,
+                   save_dir: str | None = None, per_image: bool = False,
                    lpips: bool = False, lpips_weights: str | None = None, lpips_backbone: str | None = None,
                    backend: str = "auto", device: str = "cpu", precision: str = "fp32",
                    threads: int | None = None, progress: bool = True, allow_untrained: bool = False) -> dict:
     """The `eval` report of `model` on the HR `folders`: {"model", "scale", "protocol", "degrade",
     "y_channel", "crop_border", "datasets"}; `scale` None = the model's own; `y_channel` and
-    `crop` None = the protocol's (papers: Y, the scale rounded up; catid: RGB, 4)."""
+    `crop` None = the protocol's (papers: Y, the scale rounded up; catid: RGB, 4); `lr_dirs`: the
+    LR folder of each of `folders` (the LR given, not made: "lr" in the report), `degrade` None =
+    bicubic."""
     proto = check_protocol(protocol)
     scale = check_scale(scale) if scale is not None else None
     # full fp32 on CUDA too (cuDNN convolutions default to TF32, 10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    found = {folder: hr_images(folder) for folder in folders}  # fail fast, before loading a model
+    lr_found = check_lr_dirs(lr_dirs, folders, degrade, sigma)  # before loading a model, as the HR
+    found = {folder: hr_images(folder, given_lr=lr_dirs is not None) for folder in folders}
     if save_dir:
         for folder, (images, _) in found.items():
             check_saved_names(folder, images)
@@ -352,17 +470,40 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     if proto.pil and not float(scale).is_integer():
         raise UserError(f"the catid protocol downscales to (W // s, H // s): the scale must be an integer, not {scale}")
     run = Run(upscaler, scale, _crop(crop, proto, scale), proto.y_channel if y_channel is None else y_channel,
-              proto, check_degrade(degrade, sigma, proto, scale),
+              proto, check_degrade(degrade or "bicubic", sigma, proto, scale),
               upscaler.device if upscaler is not None else torch.device("cpu"), montage=bool(save_dir))
     if lpips_metric is not None:
         run.lpips = lpips_metric.to(run.device)
     run.check_sizes([path for images, _ in found.values() for path in images])
+    given = {f: pair_given_lr(run, f, found[f][0], *lr_found[f]) if lr_found else None for f in folders}
+    names = dataset_names(folders)
     datasets = {name: evaluate_folder(run, f, found[f], name=name, save_dir=save_dir, per_image=per_image,
-                                      progress=progress) for f, name in zip(folders, dataset_names(folders))}
+                                      progress=progress, given=given[f]) for f, name in zip(folders, names)}
+    if lr_found:  # said in the report: these numbers are never taken for the protocol's own LR's
+        for f, name in zip(folders, names):
+            datasets[name]["lr"] = f"given from {lr_found[f][0]}"
+    how = (run.degrade.kind if run.degrade.sigma is None
+           else {"kind": run.degrade.kind, "sigma": run.degrade.sigma})
     return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
-            "protocol": proto.name, "degrade": run.degrade.kind if run.degrade.sigma is None else
-            {"kind": run.degrade.kind, "sigma": run.degrade.sigma},
+            "protocol": proto.name, "degrade": "given (--lr)" if lr_found else how,
             "y_channel": run.y_channel, "crop_border": run.crop, "datasets": datasets}
+
+
+def check_lr_dirs(lr_dirs: list[str] | None, folders: list[str], degrade: str | None,
+                  sigma: float | None) -> dict[str, tuple[Path, dict]] | None:
+    """{--data folder: (its --lr folder, `lr_index` of it)}, None without --lr; UserError where
+    the --lr folders do not pair one to one with the --data folders, or a degradation is asked too."""
+    if lr_dirs is None:
+        return None
+    if degrade is not None or sigma is not None:
+        raise UserError("--degrade/--sigma make the LR from the HR, --lr gives it: use one or the other")
+    if len(lr_dirs) != len(folders):
+        raise UserError(f"{len(lr_dirs)} --lr folders for {len(folders)} --data folders: give one --lr "
+                        "per --data, in the same order")
+    for lr in lr_dirs:
+        if Path(lr).is_file():
+            raise UserError(f"--lr {lr} is a file: --lr takes the folder of the LR images of its --data folder")
+    return {f: (Path(lr), lr_index(Path(lr))) for f, lr in zip(folders, lr_dirs)}
 
 
 def _upscaler(model: str, scale, proto: Protocol, **runtime) -> Upscaler | None:
@@ -390,7 +531,8 @@ def format_report(report: dict, lpips: bool = False) -> str:
     width = max(8, *(len(k) for k in datasets))
     base = any("bicubic_psnr" in v for v in datasets.values())
     degrade = report.get("degrade", "bicubic")
-    lr = "" if degrade == "bicubic" else f", LR gaussian sigma {degrade['sigma']}"
+    lr = ("" if degrade == "bicubic" else ", LR given (--lr), not made from the HR" if isinstance(degrade, str)
+          else f", LR gaussian sigma {degrade['sigma']}")
     lines = [f"model {report['model']}  scale x{report['scale']}  protocol {report.get('protocol', 'papers')}  "
              f"{'Y' if report['y_channel'] else 'RGB'} channel, crop {report['crop_border']}{lr}",
              f"{'dataset':<{width}}  {'n':>4}  {'PSNR':>7}  {'SSIM':>6}" + (f"  {'LPIPS':>6}" if lpips else "")
@@ -399,4 +541,5 @@ def format_report(report: dict, lpips: bool = False) -> str:
         lines.append(f"{k:<{width}}  {v['n']:>4}  {v['psnr']:>7.2f}  {v['ssim']:>6.4f}"
                      + (f"  {v['lpips']:>6.4f}" if lpips else "")
                      + (f"  {v['bicubic_psnr']:>12.2f} / {v['bicubic_ssim']:.4f}" if base else ""))
+    lines += [f"{k}: LR {v['lr']}" for k, v in datasets.items() if "lr" in v]
     return "\n".join(lines)
