@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak")
+    p = sub.add_parser("bench",
+                       help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak; --train: training speed")
     p.add_argument("--model", default=None,
                    help="a registered name, a checkpoint, bicubic, or another project's ONNX graph (timed without the "
                         "eager torch row; no default: required unless --train)")

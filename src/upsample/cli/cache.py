@@ -37,7 +37,9 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("cache", help="what the cache holds (exports, decoded training images, video frames): info or clear")
-    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("action", choices=["info", "clear"],
+                   help="info: the cache folder and each part's size; clear: delete the parts' files "
+                        "(all are made again when needed)")
     p.add_argument("parts", nargs="*", metavar="PART",
                    help=f"these parts: {', '.join(PARTS)}, or all (default: all for info, export for clear)")
     p.set_defaults(func=run)

@@ -47,8 +47,8 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=count_or_all, default=0, help="use N images per folder, evenly spaced (default 0: all)")
     p.add_argument("--max-frames", type=count_or_all, default=0,
                    help="use the first N frames of each clip (default 0: all, if they fit in the free memory)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="runtime of the model upscalers: torch, "
-                                                      "onnxruntime or openvino (default torch)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="runtime of the model upscalers: torch "
+                                                      "(default), auto (as `image` picks), onnxruntime or openvino")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=thread_count_or_default, default=0, help="torch threads and encoder threads (0: default)")
     p.add_argument("--title", default="", help="title of summary.md (default: none)")

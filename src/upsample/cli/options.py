@@ -81,8 +81,9 @@ def thread_count_or_default(text: str) -> int:
 def add_runtime_options(p: argparse.ArgumentParser, precision: str) -> None:
     """--backend, --precision, --device, --threads: shared by image, video, eval and bench."""
     p.add_argument("--backend", default=os.environ.get("UPSAMPLE_BACKEND") or "auto", choices=BACKENDS,
-                   help="auto (default, or $UPSAMPLE_BACKEND: the fastest correct runtime here, see "
-                        "`upsample.runtime.auto`), torch, onnxruntime or openvino")
+                   help="auto (default, or $UPSAMPLE_BACKEND: the fastest graph here whose picture passes a "
+                        "quality check against fp32; README, 'Speed: --backend auto'), torch, onnxruntime "
+                        "or openvino")
     p.add_argument("--precision", default=precision, choices=PRECISIONS,
                    help=f"for --backend auto (default {precision}): auto = bf16/int8/fp16 where the "
                         "picture's PSNR stays within 0.02 dB of fp32's on a probe set; fp32 = exact; "
@@ -105,7 +106,9 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
     """The options that pick and run the upscaler, shared by `image` and `video`."""
     p.add_argument("--model", default=None,
                    help=f"bicubic, a registered name or a checkpoint (default: {default})")
-    p.add_argument("--scale", default=None, help="model scale (default: the model's; 2 for bicubic and for the default model)")
+    p.add_argument("--scale", default=None,
+                   help="model scale (default: the model's; 2 for bicubic and for the default model; "
+                        "the shipped multi-scale vdsr needs one)")
     add_runtime_options(p, precision="auto")
     p.add_argument("--half", action="store_true",
                    help="half precision without the auto check (fp16 on CUDA, bf16 on CPU)")

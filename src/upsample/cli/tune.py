@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE + median pruning)",
+    p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE; weak trials stopped early)",
                        description=tune.__doc__.splitlines()[0])
     p.add_argument("config", help="TOML recipe; its [tune] section gives the search ranges")
     p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study (default 10)")

@@ -152,7 +152,8 @@ def register(sub) -> None:
     p.add_argument("--codec", default=None,
                    help="video encoder (default: by container and depth: libx264 for 8-bit and "
                         "libx265 Main 10 for 10-bit input in .mp4/.mkv/.mov; libvpx-vp9, or "
-                        "libsvtav1 for 10-bit, in .webm); libx264 on 10-bit input writes 8-bit")
+                        "libsvtav1 for 10-bit, in .webm; wmv2 in .wmv/.asf; README's 'Video output' has the "
+                        "others); libx264 on 10-bit input writes 8-bit")
     p.add_argument("--crf", type=int, default=None,
                    help="encoder quality, lower is better (default: the encoder's; VP9: 32)")
     p.add_argument("--preset", default=None,
