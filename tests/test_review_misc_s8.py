@@ -118,3 +118,19 @@ def test_the_cli_leaves_a_rank_zero_error_to_rank_zero(monkeypatch, capsys):
     monkeypatch.setattr(models_cli, "run", fail)
     parser_run = cli.main(["models"])
     assert parser_run == 2 and "said by rank 0" not in capsys.readouterr().err
+
+
+def test_an_absolute_path_not_found_gets_no_relative_path_hint(tmp_path):
+    from upsample.data.pairs import collect_images
+    with pytest.raises(UserError) as exc:
+        collect_images([str(tmp_path / "nonexist")], "data.train")
+    assert "folder not found" in str(exc.value) and "relative to" not in str(exc.value)
+    with pytest.raises(UserError, match="relative to"):
+        collect_images(["nonexist-here"], "data.train")
+
+
+def test_patience_without_validation_images_is_noted(tmp_path, capsys):
+    from upsample import cli
+    assert cli.main(["train", "configs/tiny.toml", "--run-dir", str(tmp_path / "r"), "--set", "val.patience=3",
+                     "--set", "data.val_fraction=0", "--set", "train.steps=1", "--set", "train.threads=1"]) == 0
+    assert "val.patience 3 does nothing without validation images" in capsys.readouterr().err

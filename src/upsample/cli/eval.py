@@ -84,7 +84,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' or catid's protocol)")
     p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
     p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
-                   "and vdsr need it: any positive number for bicubic)")
+                   "and the multi-scale vdsr need it: any positive number for bicubic)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", type=path_text, help="HR image folders")
     p.add_argument("--json", metavar="FILE", nargs="?", const="-",
                    help="--json alone: print the results as JSON instead of the table (as bench and "

@@ -98,7 +98,8 @@ def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
             out += [(f, f"{p.stem}/{f.name}") for f in files if is_image_path(f)]
         else:
             if not p.exists():
-                raise UserError(f"{what}: folder not found: {p} (paths are relative to {Path.cwd()})")
+                where = "" if p.is_absolute() else f" (paths are relative to {Path.cwd()})"
+                raise UserError(f"{what}: folder not found: {p}{where}")
             images, _ = list_images(p)
             if not images:
                 raise UserError(f"{what}: no images in {p}")

@@ -160,7 +160,8 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
         elif not is_video_path(p):
             out += collect_images([src], "data.train")
         elif not p.is_file():
-            raise UserError(f"data.train: video not found: {p} (paths are relative to {Path.cwd()})")
+            where = "" if p.is_absolute() else f" (paths are relative to {Path.cwd()})"
+            raise UserError(f"data.train: video not found: {p}{where}")
         else:
             out += [(f, f"{p.name}/{f.name}") for f in
                     video_frame_files(p, video_every, frames, progress=progress)]

@@ -313,6 +313,9 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
                         "`upsample data clean FOLDER` moves them aside") from None
     if pairs.skipped:
         procs.log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
+    if not val_files and cfg.val.patience:  # nothing is validated, so nothing stops the run early
+        procs.log(f"note: val.patience {cfg.val.patience} does nothing without validation images: the "
+                  "run trains all its train.steps; hold some out (data.val_fraction or data.val_list)")
     if not val_files and cfg.data.val_fraction and not cfg.data.val_list:
         # a few images: the hash split (a fraction of each image's chance) may hold none out
         procs.log(f"note: data.val_fraction {cfg.data.val_fraction:g} held out none of the "
