@@ -177,3 +177,21 @@ def test_a_wmv_output_is_windows_media_video_with_every_frame_in_order(tmp_path)
         assert c.streams.video[0].codec_context.name == "wmv2"
         times = [float(f.time) for f in c.decode(video=0)]
     assert len(times) == 10 and all(b - a > 0.03 for a, b in zip(times, times[1:]))
+
+
+def test_a_raw_av1_stream_is_a_video_not_a_tga_still(tmp_path):
+    """Pillow guessed the headerless .obu as a 2080x3890 TGA: it was refused as a still image."""
+    import numpy as np
+    src = tmp_path / "x.obu"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libsvtav1", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 30, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    out = tmp_path / "y.mkv"
+    assert cli.main(["video", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    with av.open(str(out)) as c:
+        assert len(list(c.decode(video=0))) == 6

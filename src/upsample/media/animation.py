@@ -15,6 +15,9 @@ from PIL import Image, UnidentifiedImageError
 # formats whose extra frames are an animation (a multi-page TIFF or an MPO's second view are not)
 ANIMATION_FORMATS = ("GIF", "PNG", "WEBP")
 VIDEO_FORMATS = ("MPEG",)  # Pillow identifies an MPEG video stream's header, reads no frame of it
+# formats without a signature that Pillow guesses from a few header bytes: taken only under their
+# own extensions (a raw AV1 .obu stream was read as a 2080x3890 TGA, so a still image)
+UNSIGNED_FORMATS = {"TGA": (".tga", ".icb", ".vda", ".vst")}
 
 
 def image_frame_count(path: str | os.PathLike) -> int | None:
@@ -26,6 +29,9 @@ def image_frame_count(path: str | os.PathLike) -> int | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.format in VIDEO_FORMATS:
+                    return None
+                own = UNSIGNED_FORMATS.get(im.format)
+                if own and not os.fspath(path).lower().endswith(own):
                     return None
                 if im.format in ANIMATION_FORMATS and getattr(im, "is_animated", False):
                     return int(im.n_frames)
