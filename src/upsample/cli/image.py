@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     todo, skipped, failed = batch.plan_outputs(
         jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext,
         single=batch.is_single_file(args.inputs, jobs, out), overwrite=args.overwrite, left_out=left_out)
-    print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}", file=sys.stderr)
+    also = ", ".join(f"{n} {what}" for n, what in ((skipped, "skipped"), (failed, "refused")) if n)
+    print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}" + (f" ({also})" if also else ""),
+          file=sys.stderr)
     counts = {"written": 0, "skipped": skipped, "failed": failed}
     try:
         _run_all(engines, todo, args, counts, progress_bar(len(todo), True, desc="images", unit=" img"))
