@@ -54,6 +54,7 @@ def test_a_set_split_by_spaces_says_how_to_write_it(words, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without spaces: --set data.batch_size=4" in err[0], err
+    assert err[0].startswith("upsample train: error:") and "`upsample train --help`" in err[0]
 
 
 @pytest.mark.parametrize("argv", [["--local_rank=1", "train"], ["--local_rank", "1", "train"],

@@ -84,7 +84,11 @@ class Parser(argparse.ArgumentParser):
         """One line, as every other user error (the usage is one `--help` away)."""
         hint = (_close_choice(message) + _dashed_path_hint() + _dashed_value_hint(message)
                 + _spaced_set_hint(message))
-        self.exit(2, f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
+        prog = self.prog
+        if message.startswith("unrecognized arguments") and prog == "upsample" and _ARGV[:1] \
+                and _ARGV[0] in COMMANDS:  # argparse reports a command's extra words at the top
+            prog = f"upsample {_ARGV[0]}"
+        self.exit(2, f"{prog}: error: {message}{hint} (see `{prog} --help`)\n")
 
 
 # The arguments of this command line that start with "-" and name an existing file or folder
