@@ -135,3 +135,19 @@ def test_patience_without_validation_images_is_noted(tmp_path, capsys):
     assert cli.main(["train", "configs/tiny.toml", "--run-dir", str(tmp_path / "r"), "--set", "val.patience=3",
                      "--set", "data.val_fraction=0", "--set", "train.steps=1", "--set", "train.threads=1"]) == 0
     assert "val.patience 3 does nothing without validation images" in capsys.readouterr().err
+
+
+def test_progress_lines_in_a_log_are_not_forced_by_tqdms_monitor():
+    """tqdm's monitor thread refreshes a bar 10 s (its maxinterval) after the last line once
+    updates are slow: a training log got lines at 30, 50, 60 s for a 30 s interval."""
+    import io
+    from upsample.media import progress
+
+    class Log(io.StringIO):
+        def isatty(self):
+            return False
+    bar = progress.progress_bar(100, True, desc="train", unit="step", stream=Log(), interval=30)
+    try:
+        assert bar.mininterval == 30 and bar.maxinterval >= 30
+    finally:
+        bar.close()

@@ -46,8 +46,11 @@ def progress_bar(total: int | None, enabled: bool, *, desc: str, unit: str, stre
     interval = LINE_INTERVAL if interval is None else interval
     fmt = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}{postfix}" if total
            else "{desc} {n_fmt}, {rate_fmt}, {elapsed} elapsed{postfix}")
+    # maxinterval too: else tqdm's monitor thread forces a line 10 s after the last one once the
+    # updates are slow (a training step of a second: lines at 30, 50, 60 s for a 30 s interval)
     return tqdm(total=total, desc=desc, unit=unit, file=_Lines(stream), bar_format=fmt,
-                mininterval=interval, delay=interval, initial=initial, unit_scale=unit_scale)
+                mininterval=interval, maxinterval=max(interval, 10.0), delay=interval, initial=initial,
+                unit_scale=unit_scale)
 
 
 def track(items, enabled: bool, *, desc: str, unit: str, total: int | None = None):
