@@ -85,6 +85,11 @@ def folder_key(folder: Path, path: Path) -> str:
     return f"{folder.name}/{path.relative_to(folder).as_posix()}"
 
 
+def relative_hint(p: Path) -> str:
+    """For a path not found: where a relative one was looked for (nothing for an absolute one)."""
+    return "" if p.is_absolute() else f" (paths are relative to {Path.cwd()})"
+
+
 def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
     """(path, split key) of the images in folders (recursive) and .txt file lists."""
     out = []
@@ -98,8 +103,7 @@ def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
             out += [(f, f"{p.stem}/{f.name}") for f in files if is_image_path(f)]
         else:
             if not p.exists():
-                where = "" if p.is_absolute() else f" (paths are relative to {Path.cwd()})"
-                raise UserError(f"{what}: folder not found: {p}{where}")
+                raise UserError(f"{what}: folder not found: {p}{relative_hint(p)}")
             images, _ = list_images(p)
             if not images:
                 raise UserError(f"{what}: no images in {p}")

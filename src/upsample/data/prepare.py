@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, is_image_path, list_images, read_rgb, skip_reason
+from ..media.imageio import atomic_save, header_size, is_image_path, list_images, read_rgb, skip_reason
 from ..media.progress import progress_bar, track
 from .pairs import NAMES_TEXT, file_list_text, hash_split, write_file_list
 
@@ -62,19 +62,10 @@ def lr_folder_name(folder: Path) -> str | None:
     return next((d for d in reversed(parts) if LR_FOLDER.match(d)), None)
 
 
-def _size(path: Path) -> tuple[int, int] | None:
-    """(w, h) from the file's header, None where it is unreadable (check reports those)."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - any unreadable file is simply no evidence
-        return None
-
-
 def _smaller_by(lr: Path, hr: Path) -> int | None:
     """k (2..MAX_FACTOR) where `lr` is `hr` shrunk k times (each side within k pixels: the HR may
     not have been cropped to a multiple), else None: a name alone is no proof (photo_lrg, icon_x2)."""
-    a, b = _size(lr), _size(hr)
+    a, b = header_size(lr), header_size(hr)  # unreadable: check reports those
     if a is None or b is None:
         return None
     return next((k for k in range(2, MAX_FACTOR + 1)

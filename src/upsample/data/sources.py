@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, atomic_save, is_image_path, list_images
-from .pairs import collect_images, folder_key, name_bytes, read_file_list, train_val_files
+from .pairs import collect_images, folder_key, name_bytes, read_file_list, relative_hint, train_val_files
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
@@ -86,15 +86,14 @@ def frames_bytes(video: Path, every: int) -> tuple[int, int]:
     """(frames, bytes) the frame cache of `video` at every `every`-th frame will about take, from
     the container's header (frame count, else duration x rate); (0, 0) where it does not say."""
     import av
+
+    from ..media.video import frame_count, main_video_stream
     try:
         with av.open(str(video)) as container:
-            stream = container.streams.video[0]
-            count = stream.frames or int(float(stream.duration * stream.time_base * stream.average_rate)
-                                         if stream.duration and stream.average_rate else 0)
-            if not count and container.duration and stream.average_rate:
-                count = int(container.duration / av.time_base * float(stream.average_rate))
-            w, h = stream.codec_context.width, stream.codec_context.height
-    except (av.error.FFmpegError, IndexError, ValueError, TypeError):
+            count = frame_count(container) or 0
+            codec = main_video_stream(container).codec_context
+            w, h = codec.width, codec.height
+    except (av.error.FFmpegError, ValueError, TypeError):  # no video stream: max() of none
         return 0, 0  # decoding says what is wrong
     kept = -(-count // every)
     return kept, int(kept * w * h * 3 * PNG_SHARE)
@@ -160,8 +159,7 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
         elif not is_video_path(p):
             out += collect_images([src], "data.train")
         elif not p.is_file():
-            where = "" if p.is_absolute() else f" (paths are relative to {Path.cwd()})"
-            raise UserError(f"data.train: video not found: {p}{where}")
+            raise UserError(f"data.train: video not found: {p}{relative_hint(p)}")
         else:
             out += [(f, f"{p.name}/{f.name}") for f in
                     video_frame_files(p, video_every, frames, progress=progress)]

@@ -14,15 +14,12 @@ import sys
 import tempfile
 import threading
 import unicodedata
-import warnings
 from pathlib import Path
-
-from PIL import Image
 
 from ..errors import UserError, one_line
 from ..media import streamed
-from ..media.imageio import (NAME_MAX, PNG_STRIP_MODES, SAVE_FORMATS, is_image_path, list_images, png_strips,
-                             read_planes, save_planes, skip_reason, storable_path)
+from ..media.imageio import (NAME_MAX, PNG_STRIP_MODES, SAVE_FORMATS, header_size, is_image_path, list_images,
+                             png_strips, read_planes, save_planes, skip_reason, storable_path)
 from . import fastpath
 
 
@@ -145,15 +142,9 @@ def _earlier_outputs(images: list[Path], root: Path, suffix: str | None) -> dict
 
 
 def _header_size(path: Path, sizes: dict) -> tuple[int, int] | None:
-    """(width, height) from the file's header (not decoded), None where it cannot be read."""
+    """`header_size` of `path`, read once for the many outputs a source may be compared with."""
     if path not in sizes:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a large image's decompression-bomb warning
-                with Image.open(path) as img:
-                    sizes[path] = img.size
-        except Exception:  # not read here: the run says what is wrong with it
-            sizes[path] = None
+        sizes[path] = header_size(path)
     return sizes[path]
 
 

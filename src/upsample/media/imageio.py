@@ -111,6 +111,18 @@ def _too_large(p: Path, exc: Exception) -> UserError:
                      f"--max-pixels {math.ceil((numbers[0] if numbers else 2 * limit) / 1e6)}M, or 0 for none)")
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, pixels unread and quietly (a large image's
+    decompression-bomb warning); None where it cannot be read (what reads it later says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return img.size
+    except Exception:  # noqa: BLE001 - an unreadable file is no evidence of a size
+        return None
+
+
 def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     """Open and fully decode an image, turning every decoder failure into one UserError. An
     animation (GIF, APNG, WebP of several frames) is refused: its first frame is not the file.
