@@ -106,7 +106,7 @@ def test_a_rank_zero_error_stops_the_other_ranks_with_it_said_once(capsys):
     with pytest.raises(RankZeroError, match="too small"):
         on_master(_Procs(False, box), refuse)
     assert not isinstance(first.value, RankZeroError)
-    assert on_master(_Procs(True, []), lambda: 5) == 5 and on_master(_Procs(False, [None]), lambda: 5) is None
+    assert on_master(_Procs(True, []), lambda: 5) == 5 and on_master(_Procs(False, [None, None]), lambda: 5) is None
 
 
 def test_the_cli_leaves_a_rank_zero_error_to_rank_zero(monkeypatch, capsys):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from upsample import cli
-from upsample.data import prepare, sources
+from upsample.data import pairs, prepare, sources
 from upsample.errors import UserError
 from upsample.training import config as config_mod, loop
 
@@ -80,11 +80,11 @@ def test_a_yaml_file_or_a_folder_is_named_as_no_recipe(tmp_path):
 
 def test_patch_size_off_the_scale_is_refused_with_the_nearest(monkeypatch):
     with pytest.raises(UserError, match=r"data.patch_size 33 is not a multiple of scale 2.*32 or 34"):
-        loop.check_patch_size(33, [2], pre_upsample=False)
+        pairs.check_patch_size(33, [2], pre_upsample=False)
     with pytest.raises(UserError, match=r"scale 2/3.*30 or 36"):
-        loop.check_patch_size(33, [2, 3], pre_upsample=False)
-    loop.check_patch_size(33, [2, 3], pre_upsample=True)  # VDSR's input is HR-sized
-    loop.check_patch_size(36, [2, 3], pre_upsample=False)
+        pairs.check_patch_size(33, [2, 3], pre_upsample=False)
+    pairs.check_patch_size(33, [2, 3], pre_upsample=True)  # VDSR's input is HR-sized
+    pairs.check_patch_size(36, [2, 3], pre_upsample=False)
 
 
 def test_patch_size_is_checked_before_the_images_are_read(tmp_path, monkeypatch, capsys):
@@ -192,4 +192,4 @@ def test_val_list_that_is_no_list_is_named_before_the_images_are_read(tmp_path):
 
 def test_patch_advice_suits_a_discriminator_too():
     with pytest.raises(UserError, match=r"scale 3: .*use e.g. 120 or 144 \(and of 8, for the discriminator\)"):
-        loop.check_patch_size(128, [3], pre_upsample=False, also=8)
+        pairs.check_patch_size(128, [3], pre_upsample=False, also=8)

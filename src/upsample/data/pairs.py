@@ -217,16 +217,28 @@ class PairSpec:
         return int(math.ceil(self.patch / s)) * s if self.pre_upsample else self.patch
 
     def check_patch(self) -> None:
-        """The HR patch must split into whole LR pixels at every scale (VDSR's input is HR-sized)."""
-        for s in self.scales:
-            if not self.pre_upsample and self.patch % s:
-                raise UserError(f"data.patch_size {self.patch} is not a multiple of scale {s}")
+        check_patch_size(self.patch, self.scales, self.pre_upsample)
 
     def margin(self, s: int) -> int:
         """LR pixels of real context kept around the patch while degrading, so that the patch's
         LR equals a crop of the whole image's LR (the bicubic kernel reaches 2 LR pixels)."""
         radius = 3.0 * self.blur_sigma[1] if self.kind == "gaussian" else 0.0
         return max(3, int(math.ceil(radius / s)) + 1)
+
+
+def check_patch_size(patch: int, scales: list, pre_upsample: bool, also: int = 1) -> None:
+    """The HR patch must split into whole LR pixels at every scale (VDSR's input is HR-sized): else
+    one line naming the nearest sizes that do (and are multiples of `also`, a discriminator's
+    need). The trainer asks before the training images are decoded (that took minutes)."""
+    scales = sorted({int(s) for s in scales})
+    if pre_upsample or patch % math.lcm(*scales) == 0:
+        return
+    step = math.lcm(also, *scales)
+    lower, upper = patch // step * step, (patch // step + 1) * step
+    near = f"{lower} or {upper}" if lower else str(upper)
+    disc = f" (and of {also}, for the discriminator)" if also > 1 else ""
+    raise UserError(f"data.patch_size {patch} is not a multiple of scale {'/'.join(map(str, scales))}: the LR "
+                    f"patch must be whole pixels; use e.g. {near}{disc}")
 
 
 def as_batch(batch):

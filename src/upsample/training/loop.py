@@ -174,36 +174,29 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
 # -------------------------------------------------------------------- build
 
 
-def on_master(procs: Procs, make):
-    """`make()` on rank 0, None on the others; a UserError there stops every rank with its line
-    (the others would wait in the next collective and die in a gloo/NCCL traceback)."""
+def on_master(procs: Procs, make, *, share: bool = False):
+    """`make()` on rank 0, and with `share` its value on every rank (else None on the others); a
+    UserError there stops every rank with its line (the others would wait in the next collective
+    and die in a gloo/NCCL traceback). One collective either way."""
     value, error = None, None
     if procs.master:
         try:
             value = make()
         except UserError as exc:
             error = str(exc)
-    (error,) = procs.from_master(error)
+    error, shared = procs.from_master(error, value if share else None)
     if error:
         raise UserError(error) if procs.master else RankZeroError(error)
-    return value
+    return shared if share else value
 
 
 def open_run(run_dir: Path, *, resume: bool, reset: bool, procs: Procs) -> tuple[bool, dict | None]:
     """(whether a run is resumed, its last_state.pt). Rank 0 decides and hands its decision and
     the resume state to the others (no shared filesystem needed)."""
-    error, resuming, saved = None, False, None
-    if procs.master:
-        try:
-            resuming = check_run_dir(run_dir, resume, reset)
-            if resuming:
-                saved = read_state_file(run_dir)
-        except UserError as exc:
-            error = str(exc)
-    error, resuming, saved = procs.from_master(error, resuming, saved)
-    if error:
-        raise UserError(error) if procs.master else RankZeroError(error)
-    return resuming, saved
+    def decide():
+        resuming = check_run_dir(run_dir, resume, reset)
+        return resuming, read_state_file(run_dir) if resuming else None
+    return on_master(procs, decide, share=True)
 
 
 def is_finished(saved: dict, cfg: config_mod.Config) -> bool:
@@ -241,8 +234,8 @@ def build_model(cfg: config_mod.Config, procs: Procs, *, init: str | None) -> tu
         perceptual = PerceptualLoss(pc.network, pc.layer, pc.weights).to(procs.dev)
     if cfg.gan.discriminator:
         disc = build_discriminator(cfg, cfg.data.patch_size, procs.dev)
-    check_patch_size(cfg.data.patch_size, scales, spec.pre_upsample,
-                     also=getattr(disc.model, "size_multiple", 1) if disc is not None else 1)
+    data.check_patch_size(cfg.data.patch_size, scales, spec.pre_upsample,  # before the images are decoded
+                          also=getattr(disc.model, "size_multiple", 1) if disc is not None else 1)
     return model, scales, perceptual, disc
 
 
@@ -266,20 +259,6 @@ def training_scales(cfg: config_mod.Config, spec) -> list:
         raise UserError(f"model.scales: {cfg.model.name} is a x{spec.scale} model, got "
                         f"{cfg.model.scales}")
     return [spec.scale]
-
-
-def check_patch_size(patch: int, scales: list, pre_upsample: bool, also: int = 1) -> None:
-    """Refuse an HR patch that does not split into whole LR pixels at every scale, naming the
-    nearest that do (and are multiples of `also`, the discriminator's need), before the training
-    images are decoded (that took minutes for a big set)."""
-    if pre_upsample or patch % math.lcm(*map(int, scales)) == 0:
-        return
-    step = math.lcm(also, *map(int, scales))
-    lower, upper = patch // step * step, (patch // step + 1) * step
-    near = f"{lower} or {upper}" if lower else str(upper)
-    disc = f" (and of {also}, for the discriminator)" if also > 1 else ""
-    raise UserError(f"data.patch_size {patch} is not a multiple of scale {'/'.join(map(str, scales))}: the LR "
-                    f"patch must be whole pixels; use e.g. {near}{disc}")
 
 
 def pair_spec(cfg: config_mod.Config, spec, scales: list) -> data.PairSpec:
