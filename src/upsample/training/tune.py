@@ -173,29 +173,31 @@ def storage_error(storage: str, exc: Exception) -> UserError:
                      "sqlite:///tune.db (in a writable folder that exists)")
 
 
-def check_lasting(storage: str) -> None:
-    """An in-memory SQLite URL (`sqlite:///` with no file, a typo's result) would lose the study
-    at exit, where the command promises to resume it."""
-    from sqlalchemy.engine import make_url
-    try:
-        url = make_url(storage)
-    except Exception:  # not a URL: Optuna's own message says so (`storage_error`)
-        return
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        raise UserError(f"--storage {storage} is an in-memory database: the study could not be resumed; "
-                        "name a file, e.g. sqlite:///tune.db")
-
-
-def sqlite_file(storage: str) -> Path | None:
-    """The file of an SQLite storage URL (resolved), else None."""
+def _sqlite_url(storage: str):
+    """The parsed URL of an SQLite storage, else None (another database, or no URL: Optuna's own
+    message says so, `storage_error`)."""
     from sqlalchemy.engine import make_url
     try:
         url = make_url(storage)
     except Exception:
         return None
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    return url if url.get_backend_name() == "sqlite" else None
+
+
+def sqlite_file(storage: str) -> Path | None:
+    """The file of an SQLite storage URL (resolved), else None (in memory, or not SQLite)."""
+    url = _sqlite_url(storage)
+    if url is None or url.database in (None, "", ":memory:"):
         return None
     return Path(url.database).resolve()
+
+
+def check_lasting(storage: str) -> None:
+    """An in-memory SQLite URL (`sqlite:///` with no file, a typo's result) would lose the study
+    at exit, where the command promises to resume it."""
+    if _sqlite_url(storage) is not None and sqlite_file(storage) is None:
+        raise UserError(f"--storage {storage} is an in-memory database: the study could not be resumed; "
+                        "name a file, e.g. sqlite:///tune.db")
 
 
 def open_study(name: str, storage: str, seed: int):
