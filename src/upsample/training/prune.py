@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from torch import nn
 from ..models import checkpoint, registry
 from ..errors import UserError
 from ..inference.load import is_untrained, resolve_model
-from ..media.imageio import check_new_file
+from ..media.imageio import atomic_output, check_new_file
 from ..media.progress import track
 
 METHODS = ("l1", "l2", "group-l1", "random")
@@ -240,12 +238,8 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
         asked = f"--filter-ratio {filter_ratio:g}" if filter_ratio is not None else f"--sparsity {sparsity:g}"
         raise UserError(f"{name}: nothing could be pruned at {asked}")
     # the pruned net must be a normal model of its architecture: save, reload, compare outputs
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own: a fixed "OUT.part" would replace, then delete, a user's file of that name
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=".part.safetensors")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # (under a temporary name of its own: a fixed "OUT.part" would replace a user's file of that name)
+    with atomic_output(out, suffix=".part.safetensors") as tmp:
         checkpoint.save_checkpoint(model, tmp, extra={
             "pruned_from": name, "method": method,
             "sparsity": None if filter_ratio else sparsity, "filter_ratio": filter_ratio,
@@ -258,7 +252,4 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
         if not same:
             raise UserError(f"{name}: the pruned network does not rebuild as a {meta['arch']} "
                             "from its checkpoint; this architecture cannot be pruned uniformly")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return Pruned(params=(before_p, after_p), macs=(before_m, after_m), path=out, meta=meta)
