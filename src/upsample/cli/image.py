@@ -129,8 +129,9 @@ def _report(src: Path, dst: Path, result) -> tuple[bool, Path | None]:
     if not saved:
         tqdm.write(f"note: {one_line(path)} exists, skipped (use --overwrite to replace it)", file=sys.stderr)
         return False, path
-    if path != dst:
-        tqdm.write(f"note: {dst.suffix} cannot hold this image; wrote PNG", file=sys.stderr)
+    if path != dst:  # named: in a batch, the line of "wrote" that follows is on stdout
+        tqdm.write(f"note: {one_line(src)}: {dst.suffix} cannot hold its upscale (transparency, 16 bits or "
+                   "a side over the format's limit); wrote PNG", file=sys.stderr)
     _say(f"wrote {one_line(path)}")
     return True, path
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..data.degrade import output_size
 from ..errors import UserError, UserTypeError, UserValueError
-from ..media.imageio import Planes, planes_from_pil, planes_to_pil
+from ..media.imageio import Planes, fill_hidden_colour, planes_from_pil, planes_to_pil
 from ..models import registry, table
 from ..runtime.kinds import BACKENDS, PRECISIONS
 from .load import check_scale, load_upscaler
@@ -165,7 +165,7 @@ class ImageUpscaler:
         has_alpha = a3.shape[2] in (2, 4)
         color = np.ascontiguousarray(a3[..., :-1] if has_alpha else a3)
         alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
-        res = self.upscale_planes(Planes(color, alpha))
+        res = self.upscale_planes(fill_hidden_colour(Planes(color, alpha)))  # as files and PIL images
         out = res.color if res.alpha is None else np.concatenate([res.color, res.alpha], 2)
         return out[..., 0] if arr.ndim == 2 else out
 

@@ -119,8 +119,31 @@ def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 return img.size
+    except Image.DecompressionBombError:  # a size is what is asked: the guard is for the pixels
+        return _size_past_limit(path)
     except Exception:  # noqa: BLE001 - an unreadable file is no evidence of a size
+        layout = _bmp_mask_layout(Path(path))  # a BMP layout Pillow refuses, read here
+        return (layout[0], abs(layout[1])) if layout else None
+
+
+def _size_past_limit(path: str | os.PathLike) -> tuple[int, int] | None:
+    """The size of a picture over the decompression-bomb limit, from its header, as `Image.open`
+    finds it but without the check (an x4 output of a 12 Mpx photo is over it: a rerun must still
+    know it as an earlier output)."""
+    try:
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prefix = fp.read(16)
+            for fmt in Image.ID:
+                factory, accept = Image.OPEN[fmt]
+                accepted = not accept or accept(prefix)  # a str: Pillow's warning, no match
+                if accepted and not isinstance(accepted, str):
+                    fp.seek(0)
+                    with contextlib.suppress(SyntaxError, IndexError, TypeError, struct.error, OSError):
+                        return factory(fp, os.fspath(path)).size
+    except Exception:  # noqa: BLE001 - as header_size
         return None
+    return None
 
 
 def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
@@ -137,7 +160,7 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", ".*EXIF", UserWarning)  # one note later (`_exif_of`)
-            img = Image.open(p)
+            img = _bitfields_bmp(p, note=decode) or Image.open(p)  # a header look: the note comes later
             if img.format == "TIFF" and img.tag_v2.get(0x0112) in (5, 6, 7, 8):
                 # Pillow turns a TIFF upright on load, but memory-maps an uncompressed gray or
                 # palette one at the turned size (its pixels scrambled); read it without the map
@@ -163,6 +186,103 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     return img
 
 
+# BMP compressions whose pixels are laid out by bit masks: BI_BITFIELDS, BI_ALPHABITFIELDS
+_BMP_MASKED = (3, 6)
+
+
+def _bitfields_bmp(p: Path, note: bool = True) -> Image.Image | None:
+    """The RGB(A) image of a 16- or 32-bit BMP laid out by bit masks (GIMP's and Photoshop's
+    A8R8G8B8, X8R8G8B8, A1R5G5B5, A4R4G4B4 ...), decoded here: Pillow drops a 16-bit one's
+    alpha, and refuses A4R4G4B4, BI_ALPHABITFIELDS and 32-bit masks in other orders. An alpha
+    mask whose every value is 0 (a writer's "unused" byte) is read as opaque, as browsers do
+    (said in a note, unless not `note`). None for any other file: Pillow reads it."""
+    layout = _bmp_mask_layout(p)
+    if layout is None:
+        return None
+    width, height, bpp, offset, masks = layout
+    Image._decompression_bomb_check((width, abs(height)))  # noqa: SLF001 - Pillow's own size guard
+    stride = (width * bpp + 31) // 32 * 4
+    with open(p, "rb") as f:
+        f.seek(offset)
+        data = f.read(stride * abs(height))
+    if len(data) < stride * abs(height):
+        raise OSError(f"the BMP's pixel data is cut short ({len(data):,} of {stride * abs(height):,} bytes)")
+    rows = np.frombuffer(data, np.uint8).reshape(abs(height), stride)[:, :width * bpp // 8]
+    pixels = rows.copy().view("<u2" if bpp == 16 else "<u4").astype(np.uint32)
+    if height > 0:  # stored bottom-up
+        pixels = pixels[::-1]
+    channels = [_mask_channel(pixels, m) for m in masks if m]
+    if len(channels) == 4 and not channels[3].any():
+        channels = channels[:3]
+        if note:
+                print(f"note: {p}: its alpha is 0 in every pixel (unused, not transparent); read as opaque",
+                  file=sys.stderr)
+    return Image.fromarray(np.ascontiguousarray(np.dstack(channels)), "RGBA" if len(channels) == 4 else "RGB")
+
+
+def _bmp_mask_layout(p: Path) -> tuple[int, int, int, int, tuple[int, ...]] | None:
+    """(width, height, bits a pixel, pixel offset, (R, G, B, A) masks) of a 16- or 32-bit BMP
+    with bit masks whose colour masks are set and contiguous; None for any other file."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(14 + 124 + 16)
+    except OSError:
+        return None  # Pillow says why
+    if len(head) < 54 or head[:2] != b"BM":
+        return None
+    offset, size = struct.unpack_from("<II", head, 10)
+    width, height, _, bpp, compression = struct.unpack_from("<iiHHI", head, 18)
+    if size not in (40, 52, 56, 108, 124) or bpp not in (16, 32) or compression not in _BMP_MASKED:
+        return None
+    count = 4 if size >= 56 or compression == 6 else 3  # a 40-byte header's masks follow it
+    if len(head) < 54 + 4 * count:
+        return None
+    masks = struct.unpack_from(f"<{count}I", head, 54) + (0,) * (4 - count)
+    usable = all(m and _contiguous(m) for m in masks[:3]) and (not masks[3] or _contiguous(masks[3]))
+    if width <= 0 or height == 0 or not usable:
+        return None
+    return width, height, bpp, offset, masks
+
+
+def _low_bit(mask: int) -> int:
+    return (mask & -mask).bit_length() - 1
+
+
+def _contiguous(mask: int) -> bool:
+    run = mask >> _low_bit(mask)
+    return run & (run + 1) == 0
+
+
+def _mask_channel(pixels: np.ndarray, mask: int) -> np.ndarray:
+    """The 8-bit channel that `mask` selects from `pixels`: fewer bits repeated to fill 8 (5-bit
+    31 -> 255, as Pillow and libpng scale), more cut to their top 8."""
+    bits = bin(mask).count("1")
+    levels = (pixels & mask) >> _low_bit(mask)
+    if bits >= 8:
+        return (levels >> (bits - 8)).astype(np.uint8)
+    out = np.zeros_like(levels)
+    for shift in range(8 - bits, -bits, -bits):
+        out |= levels << np.uint32(shift) if shift >= 0 else levels >> np.uint32(-shift)
+    return out.astype(np.uint8)
+
+
+def _tiff_layout(p: Path) -> str | None:
+    """What kind of samples a TIFF that Pillow does not open holds (float RGB, float16 from an
+    HDR or a scientific tool), said with what to do; None where its first directory is unreadable."""
+    from PIL import TiffImagePlugin
+    try:
+        with open(p, "rb") as f:
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(f.read(8))
+            f.seek(ifd.next)
+            ifd.load(f)
+    except Exception:  # noqa: BLE001 - a damaged directory: the generic words
+        return None
+    bits, form = ((v if isinstance(v, tuple) else (v,))[0] for v in (ifd.get(258, 1), ifd.get(339, 1)))
+    kind = {1: "integer", 2: "signed integer", 3: "floating-point"}.get(form, "unusual")
+    return (f"a TIFF of {ifd.get(277, 1)} x {bits}-bit {kind} samples a pixel, a layout Pillow "
+            "cannot decode; save it as an 8- or 16-bit integer TIFF or PNG (32-bit float: gray only)")
+
+
 # Formats a phone or browser writes that Pillow has no decoder for here, by their first bytes.
 _UNREAD_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
                   b"mif1": "HEIF", b"msf1": "HEIF", b"jxl ": "JPEG XL"}
@@ -178,6 +298,8 @@ def _unread_kind(p: Path) -> str | None:
         return None
     if not head:
         return "the file is empty (0 bytes); copy it again from its source"
+    if head[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff_layout(p)
     name = (_UNREAD_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp"
             else "JPEG XL" if head[:2] == b"\xff\x0a" or head == b"\0\0\0\x0cJXL \r\n\x87\n" else None)
     if name is None:
@@ -369,7 +491,8 @@ def _exif_of(img: Image.Image, source=None) -> Image.Exif:
 def planes_from_pil(img: Image.Image, source=None) -> Planes:
     """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), a colour
     key (PNG tRNS on gray or RGB) -> alpha, 1-bit -> L,
-    16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin."""
+    16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin; the
+    colour of fully transparent pixels filled from the visible ones (`fill_hidden_colour`)."""
     info = kept_info(img, _exif_of(img, source))  # `source`: the file, named in notes
     if img.mode == "CMYK" and (img.info.get("icc_profile") or b"")[16:20] == b"CMYK":
         img = _cmyk_to_srgb(img)  # print files (Photoshop, InDesign): colours as viewers show them
@@ -381,7 +504,7 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
         key = img.info.get("transparency")  # a 16-bit PNG's tRNS: the gray value that is clear
         alpha = (np.where(arr == key, 0, 65535).astype(np.uint16)[..., None]
                  if isinstance(key, int) else None)
-        return Planes(arr.astype(np.uint16)[..., None], alpha, info)
+        return fill_hidden_colour(Planes(arr.astype(np.uint16)[..., None], alpha, info))
     if mode == "F":
         return Planes(_float_to_uint16(np.asarray(img))[..., None], None, info)
     if mode in ("P", "PA"):
@@ -400,8 +523,27 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
     if arr.ndim == 2:
         arr = arr[..., None]
     if img.mode in ("LA", "RGBA"):
-        return Planes(np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:]), info)
+        color, alpha = np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:])
+        return fill_hidden_colour(Planes(color, alpha, info))
     return Planes(np.ascontiguousarray(arr), None, info)
+
+
+def fill_hidden_colour(planes: Planes) -> Planes:
+    """`planes` with the colour of each fully transparent pixel replaced by that of the nearest
+    visible one. That colour shows nowhere, but is often black or left-over garbage, and an
+    upscaler mixes it into the visible pixels beside it: a dark fringe along every transparent
+    edge (Real-ESRGAN's output has it). Filled from the edge ("alpha bleeding", as game engines
+    prepare textures), the pixels at an edge see only the edge's own colours. Visible pixels, and
+    the alpha, are unchanged."""
+    alpha = planes.alpha
+    if alpha is None:
+        return planes
+    hidden = alpha[..., 0] == 0
+    if not hidden.any() or hidden.all():
+        return planes
+    from scipy import ndimage  # only for pictures with transparency
+    rows, cols = ndimage.distance_transform_edt(hidden, return_distances=False, return_indices=True)
+    return Planes(planes.color[rows, cols], alpha, planes.info)
 
 
 def _cmyk_to_srgb(img: Image.Image) -> Image.Image:
@@ -457,6 +599,11 @@ def read_planes(path: str | os.PathLike) -> Planes:
     if _is_deep_color_png(path):
         return _read_deep_color(path, img)
     if _is_deep_color_tiff(img) or _is_deep_color_ppm(path, img):
+        if _pillow_misreads_planes(img):  # FFmpeg's reading, or none: Pillow's is no check of it
+            if 322 in img.tag_v2:  # TileWidth: FFmpeg decodes tiles as zeros
+                raise UserError(f"cannot read image {path}: a 16-bit TIFF stored plane by plane in tiles, "
+                                "which no decoder here reads; save it with contiguous samples (interleaved)")
+            return _read_deep_color(path, img)
         try:
             return _checked_against_pillow(_read_deep_color(path, img), img, path)
         except UserError:  # a layout FFmpeg does not decode: Pillow's 8 bits, said so
@@ -560,6 +707,12 @@ def _is_deep_color_tiff(img: Image.Image) -> bool:
     return (bits if isinstance(bits, tuple) else (bits,))[0] == 16
 
 
+def _pillow_misreads_planes(img: Image.Image) -> bool:
+    """A 16-bit RGB TIFF stored plane by plane (PlanarConfiguration 2: scientific and some
+    Photoshop files), which Pillow decodes as 8-bit planes: its pixels scrambled, no fallback."""
+    return img.format == "TIFF" and img.tag_v2.get(284) == 2
+
+
 def _is_deep_color_ppm(path, img: Image.Image) -> bool:
     """A binary PPM of more than 8 bits a sample (Pillow opens it as 8-bit RGB)."""
     if img.format != "PPM" or img.mode != "RGB":
@@ -605,7 +758,7 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
         exif.pop(0x0112, None)  # the pixels are upright now
     color = np.ascontiguousarray(arr[..., :1] if gray else arr[..., :3])
     alpha = np.ascontiguousarray(arr[..., 3:]) if has_alpha else None
-    return Planes(color, alpha, kept_info(img, exif, gray=gray))  # Pillow has gray + alpha as RGBA
+    return fill_hidden_colour(Planes(color, alpha, kept_info(img, exif, gray=gray)))  # Pillow: gray + alpha as RGBA
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
