@@ -131,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if summary["repeated_times"]:
         print(f"note: {summary['repeated_times']} frame(s) of the input had the time of the frame before "
               "(or an earlier one) and were left out, as FFmpeg does", file=sys.stderr)
+    if summary.get("filled_slots"):
+        print(f"note: {summary['filled_slots']} frame(s) repeated where the input has none (a late start or "
+              f"a gap): {dst.suffix} stores a frame at every step of its constant rate", file=sys.stderr)
     w, h = summary["size"]
     side = f", {summary['workers']} frames side by side" if summary.get("workers", 1) > 1 else ""
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -37,11 +38,13 @@ from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import atomic_output
 from ..media.progress import progress_bar
-from ..media.video import (FAMILIES, add_copied_streams, add_video_stream, carry_frame_props,
-                           copy_chapters, choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
+from ..media.video import (CAPTION_SEI_HEADERS, FAMILIES, NO_PTS_MUXERS, SLOT_MUXERS, VIDEO_FIRST,
+                           add_copied_streams, add_video_stream, carry_frame_props, copy_chapters,
+                           choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
                            frame_count, frame_rate, has_alpha, header_video_end, is_cover_art, is_planar_yuv, is_yuv,
-                           keep_alpha_hint, main_video_stream, muxer_name, open_input, open_output,
-                           plane_view, remux, start_output, stream_pix_fmt, video_decoder)
+                           keep_alpha_hint, lost_metadata_notes, main_video_stream, muxer_name, open_input,
+                           open_output, plane_view, remux, start_output, stream_pix_fmt, video_decoder,
+                           with_captions)
 from .tiler import BATCHES, Tiler, fastest_batch
 from .upscaler import ModelUpscaler, Upscaler
 
@@ -171,6 +174,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         if _may_be_transparent(vin.codec_context.name, src_fmt, first) and not has_alpha(out_fmt):
             notes.append(f"the input's transparency (alpha) is not kept: {codec} {out_fmt} is opaque; "
                          f"{keep_alpha_hint(muxer_name(dst))}")
+        notes += lost_metadata_notes(codec, first)
         if getattr(first, "interlaced_frame", False):
             notes.append("the input is interlaced: each frame's two fields are upscaled as one picture, "
                          "which enlarges their combing; deinterlace it first (e.g. ffmpeg -vf bwdif)")
@@ -419,11 +423,14 @@ class _Stages:
         self.frames_out = self.packets_copied = self.frames_decoded = 0
         self.damaged = 0  # packets skipped because FFmpeg could not decode or mux them
         self.last_slot = -1  # `onto_frame_slots`
+        self.previous, self.filled_to, self.filled = None, -1, 0  # `fill_slots_before`
+        self.sound_end: dict[int, float] = {}  # output stream index -> seconds (`pad_sound`)
         self.last_pts: int | None = None  # of the last frame encoded (`is_repeat_time`)
         self.repeats = 0  # frames dropped for a time not after the previous frame's
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
         self.busy_lock = threading.Lock()  # side-by-side upscaling adds to it from several threads
         self.durations: dict[int, int] = {}  # pts -> duration of the frames sent to the encoder
+        self.captions: dict[int, bytes] = {}  # pts -> closed captions of those frames
         # `continue_clock`: formats whose clock may restart, the seconds added since, each
         # stream's last dts (seconds, offset included)
         self.discontinuous = bool(container.format.flags & av.format.Flags.ts_discont.value)
@@ -483,11 +490,21 @@ class _Stages:
         try:
             if index in self.encodes:
                 self.reencode(packet, self.encodes[index], self.shift[index])
-            elif packet.size:
+            elif packet.size and not self.is_priming_without_times(packet, self.shift[index]):
+                self.note_sound_end(self.copies[index], [packet], self.shift[index])
                 remux(self.out, packet, self.copies[index], 0 if cover else self.shift[index], self.mux_lock)
                 self.packets_copied += 1
         except av.InvalidDataError:  # a damaged packet (a broken download, a TS with errors):
             self.damaged += 1        # skipped, as FFmpeg goes on past it
+
+    def is_priming_without_times(self, packet, shift: int = 0) -> bool:
+        """An audio packet mostly before 0 (an encoder's priming: AAC's, MP3's, which the input's
+        players skip by its times) going into a container that stores none (AVI): played from the
+        start there, it put all the sound that long behind the picture (21 ms for AAC at 48 kHz)."""
+        if self.out.format.name not in NO_PTS_MUXERS or packet.stream.type != "audio" or packet.pts is None \
+                or not packet.duration:
+            return False
+        return 2 * (packet.pts - shift) + packet.duration <= 0
 
     def read_early_cues(self) -> bool:
         """With --start: pass on the subtitles that began before the window and are on screen at
@@ -581,8 +598,38 @@ class _Stages:
                 packets += stream.encode(frame)
             if not packet.size:
                 packets += stream.encode(None)
+            packets = [p for p in packets if not self.is_priming_without_times(p)]
+            self.note_sound_end(stream, packets)
         with self.mux_lock:
             self.out.mux(packets)
+
+    def note_sound_end(self, stream, packets, shift: int = 0) -> None:
+        """Where the sound muxed into the output audio `stream` ends, in seconds (`pad_sound`)."""
+        for p in packets:
+            if stream.type == "audio" and p.pts is not None:
+                end = float((p.pts - shift + (p.duration or 0)) * p.time_base)
+                self.sound_end[stream.index] = max(end, self.sound_end.get(stream.index, end))
+
+    def pad_sound(self) -> None:
+        """MXF keeps only whole edit units, each a frame with its sound: its muxer dropped every
+        frame past the end of the sound (a clip whose sound stops early lost its last frames, a
+        video that starts after its sound its last 0.2 s). Its PCM sound (the only kind it holds)
+        is lengthened with silence to the picture's end, when all else is muxed."""
+        if self.out.format.name not in VIDEO_FIRST or self.last_end is None or self.pipe.stop.is_set():
+            return
+        for stream in [*self.copies.values(), *self.encodes.values()]:
+            cc = stream.codec_context
+            if stream.type != "audio" or not cc.name.startswith("pcm_s") or stream.index not in self.sound_end:
+                continue
+            rate, start = cc.sample_rate, int(round(self.sound_end[stream.index] * cc.sample_rate))
+            frame_bytes = cc.format.bytes * cc.layout.nb_channels
+            while start < (end := int(round(self.last_end * rate))):
+                n = min(end - start, rate // 25)
+                silence = av.Packet(bytes(n * frame_bytes))
+                silence.pts = silence.dts = start
+                silence.duration, silence.time_base, silence.stream = n, Fraction(1, rate), stream
+                self.out.mux(silence)
+                start += n
 
     def flush_reencoded(self) -> None:
         """The audio encoders' buffered tail, when reading stops at the window's end before the
@@ -591,8 +638,10 @@ class _Stages:
             return
         for stream in self.encodes.values():
             if stream.type == "audio":
+                packets = stream.encode(None)
+                self.note_sound_end(stream, packets)
                 with self.mux_lock:
-                    self.out.mux(stream.encode(None))
+                    self.out.mux(packets)
 
     def write(self) -> None:
         """Thread 2: encode and mux the upscaled frames of `encode_q`; flush the encoder."""
@@ -605,15 +654,37 @@ class _Stages:
                 self.onto_frame_slots(frame)
                 if self.is_repeat_time(frame):
                     continue
+                if frame.opaque is not None:
+                    self.captions[frame.pts] = frame.opaque
                 if frame.duration:
                     self.durations[frame.pts] = frame.duration
                     self.last_end = (frame.pts + frame.duration) * frame.time_base
-                packets = self.vout.encode(frame)
+                packets = self.fill_slots_before(frame) + self.vout.encode(frame)
                 self.busy["encode"] += time.perf_counter() - t
                 self.mux_video(packets)
                 self.frames_out += 1
         if not self.pipe.stop.is_set():
             self.mux_video(self.vout.encode(None), last=True)
+
+    def fill_slots_before(self, frame) -> list:
+        """Where the container stores frames one after another with no time of their own (MXF,
+        Y4M; AVI reads a first frame that starts late at 0), the empty frame slots before
+        `frame` (a video that starts after its sound, a variable rate's gaps) filled with the
+        frame before (or `frame` itself, before the first), as FFmpeg does for constant-rate
+        outputs: left empty, every later frame came that much early (0.2 s before its sound).
+        Returns the packets encoded."""
+        base = self.vout.codec_context.time_base
+        if self.out.format.name not in SLOT_MUXERS or frame.pts is None or base != 1 / self.rate:
+            return []
+        packets, model = [], self.previous if self.previous is not None else frame
+        pts, duration = model.pts, model.duration
+        for slot in range(self.filled_to + 1, frame.pts):
+            model.pts, model.duration = slot, 1
+            packets += self.vout.encode(model)
+            self.filled += 1
+        model.pts, model.duration = pts, duration
+        self.previous, self.filled_to = frame, frame.pts
+        return packets
 
     def is_repeat_time(self, frame) -> bool:
         """Whether `frame` is to be dropped for a time at or before the previous frame's (webcam
@@ -650,6 +721,7 @@ class _Stages:
         """Mux encoded packets with their frames' durations: encoders drop them, and the muxer
         then guesses the last frame's from the average rate (a GIF's closing 1 s hold became 0.36 s).
         `last`: the encoder's final packets (`hold_to_the_end`)."""
+        packets = [self.keep_captions(p) for p in packets]
         for packet in packets:
             duration = self.durations.pop(packet.pts, None)
             if duration:
@@ -659,6 +731,12 @@ class _Stages:
             self.hold_to_the_end(packets[-1])
         with self.mux_lock:
             self.out.mux(packets)
+
+    def keep_captions(self, packet):
+        """`packet` with the closed captions of its frame, where the encoder makes H.264/HEVC."""
+        cc = self.captions.pop(packet.pts, None)
+        codec = self.vout.codec_context.name
+        return with_captions(packet, codec, cc) if cc and codec in CAPTION_SEI_HEADERS else packet
 
     def hold_to_the_end(self, packet) -> None:
         """MP4 times a sample to the next one's dts, the last by its own duration: with B-frames
@@ -774,6 +852,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
     stages = _Stages(container, out, vout, streams, plan, window, batch)
     t = time.perf_counter()
     stages.run(progress)
+    stages.pad_sound()
     wall = time.perf_counter() - t
     if not stages.frames_out:
         raise UserError("no video frames in the chosen --start/--duration window"
@@ -783,6 +862,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
             "pix_fmt": plan.out_fmt, "reencoded": [f"{s.type} as {s.codec_context.name}" for s in stages.encodes.values()],
             "fps": stages.frames_out / wall if wall else None,  # end to end, stages overlapping
             "workers": plan.workers, "damaged_packets": stages.damaged, "repeated_times": stages.repeats,
+            "filled_slots": stages.filled,
             "cut_short": stages.cut_short(),
             "ms_per_frame": {k: 1000 * v / stages.frames_out for k, v in stages.busy.items()}}
 

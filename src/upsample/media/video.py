@@ -116,11 +116,87 @@ def copy_colour_tags(src, dst) -> None:
 
 
 def carry_frame_props(src: av.VideoFrame, dst: av.VideoFrame, shift: int) -> None:
-    """`src`'s timing (pts moved back by `shift`, time base, duration) and colour tags onto `dst`."""
+    """`src`'s timing (pts moved back by `shift`, time base, duration) and colour tags onto `dst`,
+    and its closed captions (`captions`) as `dst.opaque` where `dst` lacks them (a frame made by
+    libswscale from `src` has its side data, which x264 writes itself)."""
     dst.pts = src.pts - shift if src.pts is not None else None
     dst.time_base = src.time_base
     dst.duration = src.duration
+    dst.opaque = captions(src) if captions(dst) is None else None
     copy_colour_tags(src, dst)
+
+
+def captions(frame) -> bytes | None:
+    """The CEA-608/708 closed captions that `frame` carries (ATSC A/53 cc_data triplets: a TV
+    recording's, a camera's), or None."""
+    for sd in getattr(frame, "side_data", None) or []:
+        if sd.type.name == "A53_CC" and len(bytes(sd)) >= 3:
+            return bytes(sd)
+    return None
+
+
+# AVStereo3DType -> x264's --frame-packing (side by side, top and bottom, frame sequence,
+# checkerboard, lines, columns): the SEI by which players and TVs show a 3D video's two views
+X264_FRAME_PACKING = {1: 3, 2: 4, 3: 5, 4: 0, 6: 2, 7: 1}
+
+
+def stereo3d_type(frame) -> tuple[int, int] | None:
+    """(type, flags) of `frame`'s stereo 3D side data (AVStereo3D), or None where it has none."""
+    for sd in getattr(frame, "side_data", None) or []:
+        if sd.type.name == "STEREO3D" and len(bytes(sd)) >= 8:
+            return struct.unpack("<2i", bytes(sd)[:8])
+    return None
+
+
+def with_frame_packing(codec: str, options: dict, frame) -> dict:
+    """`options` with x264's frame packing SEI of `frame`'s 3D layout (it was dropped: a side by
+    side 3D video played as one wide picture on 3D TVs); unchanged where x264 cannot say it."""
+    kind = stereo3d_type(frame)
+    if codec != "libx264" or kind is None or kind[1] or kind[0] not in X264_FRAME_PACKING:
+        return options
+    params = [p for p in options.get("x264-params", "").split(":") if p]
+    return {**options, "x264-params": ":".join(params + [f"frame-packing={X264_FRAME_PACKING[kind[0]]}"])}
+
+
+def lost_metadata_notes(codec: str, frame) -> list[str]:
+    """Notes on what of `frame` (the first) the output cannot keep with `codec`: closed
+    captions but in H.264/HEVC, a 3D layout but in x264's frame packing, a 360 projection."""
+    notes, kind = [], stereo3d_type(frame)
+    if captions(frame) is not None and codec not in CAPTION_SEI_HEADERS:
+        notes.append(f"the input's closed captions (CEA-608/708) are not kept: {codec} has no place for "
+                     "them; H.264 (.mp4 or .mkv with libx264) keeps them")
+    if kind is not None and kind[0] and with_frame_packing(codec, {}, frame) == {}:
+        kept = not kind[1] and kind[0] in X264_FRAME_PACKING  # where x264 can say it
+        notes.append(f"the input's stereo 3D layout is not kept in {codec}: 3D players show it as one flat "
+                     "picture" + ("; H.264 (.mp4 or .mkv with libx264) keeps it" if kept else ""))
+    if any(sd.type.name == "SPHERICAL" for sd in getattr(frame, "side_data", None) or []):
+        notes.append("the input's 360/VR projection tag is not kept (PyAV cannot write it): players show the "
+                     "output flat; re-tag it with a spatial media tool")
+    return notes
+
+
+# the encoders whose packets `with_captions` puts closed captions into: the SEI NAL unit's header
+CAPTION_SEI_HEADERS = {"libx264": b"\x06", "h264": b"\x06", "libx265": b"\x4e\x01", "hevc": b"\x4e\x01"}
+
+
+def caption_sei(codec: str, cc_data: bytes) -> bytes:
+    """An Annex B SEI NAL unit of `codec` (H.264/HEVC) with `cc_data` as ATSC A/53 user data
+    (ITU-T T.35, "GA94"), as x264 writes it from a frame's A53_CC side data."""
+    count = min(len(cc_data) // 3, 31)
+    payload = b"\xb5\x00\x31GA94\x03" + bytes([0x40 | count, 0xFF]) + cc_data[:3 * count] + b"\xff"
+    body = bytes([4, len(payload)]) + payload + b"\x80"  # payload type 4: registered user data
+    escaped = re.sub(b"\x00\x00(?=[\x00-\x03])", b"\x00\x00\x03", body)  # emulation prevention
+    return b"\x00\x00\x00\x01" + CAPTION_SEI_HEADERS[codec] + escaped
+
+
+def with_captions(packet, codec: str, cc_data: bytes):
+    """`packet` (Annex B, as FFmpeg's x264/x265 wrappers give them; MP4 and Matroska muxers
+    convert) with an SEI of `cc_data` in front: PyAV cannot hand side data to an encoder, and the
+    captions of a recording were dropped without a word."""
+    out = av.Packet(caption_sei(codec, cc_data) + bytes(packet))
+    out.pts, out.dts, out.duration, out.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    out.is_keyframe = packet.is_keyframe
+    return out
 
 
 def main_video_stream(container):
@@ -413,7 +489,8 @@ def check_encoder(codec: str, pix_fmt: str | None, default_fmt: str, *, quiet: b
 # muxer name -> the family whose players' codecs apply (mp4, mov, m4v and 3gp play alike)
 FAMILIES = {"mp4": "mp4", "mov": "mp4", "ipod": "mp4", "3gp": "mp4", "3g2": "mp4", "webm": "webm",
             "mpeg": "mpeg", "vob": "mpeg", "dvd": "mpeg", "svcd": "mpeg", "vcd": "mpeg",  # .mpg: DVD's
-            "asf": "asf"}  # .wmv/.asf: Windows Media (H.264 in ASF read back a frame late)
+            "asf": "asf",  # .wmv/.asf: Windows Media (H.264 in ASF read back a frame late)
+            "mpegts": "ts"}  # .ts/.m2ts: PCM other than Blu-ray's was read back as a data stream
 # video encoders to try by default, in order; 10-bit ones are those players decode in 10 bits
 # (HEVC Main 10, AV1, VP9 profile 2), never 10-bit H.264 (High 10: few players decode it)
 VIDEO_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libvpx"), "mpeg": ("mpeg2video",),
@@ -423,7 +500,8 @@ VIDEO_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libvpx"), "mpeg": ("mpeg2
 DEEP_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1"), "mpeg": (), "asf": (), None: ("libx265", "libsvtav1", "libvpx-vp9")}
 # audio codecs the players of a family decode (copied as they are); others are re-encoded
 PLAYABLE_AUDIO = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac"}, "webm": {"opus", "vorbis"},
-                  "asf": {"wmav1", "wmav2", "wmapro", "mp3"}}
+                  "asf": {"wmav1", "wmav2", "wmapro", "mp3"},
+                  "ts": {"aac", "aac_latm", "mp3", "mp2", "ac3", "eac3", "dts", "truehd", "opus", "pcm_bluray", "s302m"}}
 AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus", "mpeg": "mp2", "asf": "mp2", None: "aac"}  # wmav2 wants a bit rate
 # where the family's encoder does not go in (MPEG-PS, Ogg, MXF ...): the first of these that does
 OTHER_AUDIO_ENCODERS = ("mp2", "ac3", "libopus", "libvorbis", "flac", "pcm_s16le")
@@ -449,16 +527,10 @@ def container_takes(muxer: str, codec: str) -> bool:
     accept any codec in the table and refuse most at the header)."""
     probe = av.open(io.BytesIO(), "w", format=muxer)
     try:
-        stream = probe.add_stream(codec)
         kind = av.codec.Codec(codec, "w").type
-        if kind == "video":
-            stream.width = stream.height = 64
-            stream.pix_fmt = (_encoder_formats(codec) or ["yuv420p"])[0]
-            stream.codec_context.time_base = Fraction(1, 25)
-            # quiet, as when encoding; a rate or range the encoder takes is checked later
-            stream.codec_context.options = {**ENCODER_DEFAULTS.get(codec, {}), "strict": "-1"}
-        elif kind == "audio":
-            stream.layout, stream.rate = "stereo", 48000
+        if kind != "video" and muxer in VIDEO_FIRST:
+            _probe_stream(probe, VIDEO_FIRST[muxer])
+        _probe_stream(probe, codec)
         if kind in ("video", "audio"):
             probe.start_encoding()
         return True
@@ -466,6 +538,28 @@ def container_takes(muxer: str, codec: str) -> bool:
         return False
     finally:
         close_after_error(probe)
+
+
+# muxers that take other streams only after one video stream (MXF: "there must be exactly one
+# video stream and it must be the first one"): an audio encoder is probed with such a stream first
+# (every one was refused, and an MP4's sound dropped from an .mxf output), and the audio rate they take
+VIDEO_FIRST = {"mxf": "mpeg2video"}
+AUDIO_RATE = {"mxf": 48000}  # "Only 48khz is implemented"
+
+
+def _probe_stream(probe, codec: str):
+    """A stream of `codec` in the `probe` container, set up as `container_takes` tries it."""
+    stream = probe.add_stream(codec)
+    kind = av.codec.Codec(codec, "w").type
+    if kind == "video":
+        stream.width = stream.height = 64
+        stream.pix_fmt = (_encoder_formats(codec) or ["yuv420p"])[0]
+        stream.codec_context.time_base = Fraction(1, 25)
+        # quiet, as when encoding; a rate or range the encoder takes is checked later
+        stream.codec_context.options = {**ENCODER_DEFAULTS.get(codec, {}), "strict": "-1"}
+    elif kind == "audio":
+        stream.layout, stream.rate = "stereo", AUDIO_RATE.get(probe.format.name, 48000)
+    return stream
 
 
 def _formats_kept(codec: str, formats: list[str]) -> list[str]:
@@ -646,6 +740,12 @@ CFR_ENCODERS = {"mpeg1video", "mpeg2video", "libtheora"}
 # every frame but the first by that time, rounded to a whole frame (a hole after the first frame),
 # where the sound has no time to move
 NO_PTS_MUXERS = {"avi"}
+# containers that store frames in decoding order only, their times not told apart (MXF writes each
+# H.264 frame's pts as its dts): B-frames came back out of order, so their encoders make none
+NO_REORDER_MUXERS = NO_PTS_MUXERS | {"mxf", "mxf_d10", "mxf_opatom"}
+# containers that hold a frame in every slot of their constant rate (a gap in the times is lost,
+# and the later frames come early): a skipped slot repeats the frame before, as FFmpeg's -vsync cfr
+SLOT_MUXERS = {"avi", "mxf", "mxf_d10", "mxf_opatom", "yuv4mpegpipe"}
 PRESET_OPTION = {"libvpx-vp9": "cpu-used", "libvpx": "cpu-used"}  # libvpx: speed 0-8 as --preset
 HEVC_ENCODERS = ("libx265", "hevc")
 
@@ -697,6 +797,52 @@ def with_hdr10(codec: str, options: dict, frame) -> dict:
     extra += [f"{names[1]}={light}"] if light else []
     params = [p for p in options.get(key, "").split(":") if p]
     return {**options, key: ":".join(params + extra)}
+
+
+# H.264's level limits (Table A-1), level_idc -> (MaxBR, MaxCPB) in kbit/s (1000 bits) of the
+# Baseline/Main profiles; x264 checks them times `H264_PROFILE_FACTOR` (High: 1.25, High 10: 3 ...)
+H264_LEVELS = {9: (128, 350), 10: (64, 175), 11: (192, 500), 12: (384, 1000), 13: (768, 2000),
+               20: (2000, 2000), 21: (4000, 4000), 22: (4000, 4000), 30: (10000, 10000),
+               31: (14000, 14000), 32: (20000, 20000), 40: (20000, 25000), 41: (50000, 62500),
+               42: (50000, 62500), 50: (135000, 135000), 51: (240000, 240000), 52: (240000, 240000),
+               60: (240000, 240000), 61: (480000, 480000), 62: (800000, 800000)}
+H264_PROFILE_FACTOR = {66: 1.0, 77: 1.0, 88: 1.0, 100: 1.25, 110: 3.0, 122: 4.0, 244: 4.0}
+MIN_HRD_LEVEL = 30  # level 3.0 (10 Mb/s), which every H.264 player decodes: tiny frames' own (1.1:
+                    # 192 kb/s) capped the rate where x264 only labels them
+
+
+def with_picture_timing(options: dict, width: int, height: int, pix_fmt: str, time_base) -> dict:
+    """x264 `options` that write picture timing (HRD) in each frame: FFmpeg reads H.264 in AVI,
+    which stores no times, by them; without them it read every frame one frame late (0.04 s
+    behind the sound at 25 fps). The HRD's rate and buffer are those of the level x264 picks
+    anyway (at least 3.0), so that neither the level nor, below it, the quality changes."""
+    level, profile = _x264_level(options, width, height, pix_fmt, time_base)
+    if level is None:
+        return options
+    rate, buffer = H264_LEVELS.get(max(level, MIN_HRD_LEVEL), H264_LEVELS[62])
+    factor = H264_PROFILE_FACTOR.get(profile, 1.0)
+    hrd = ["nal-hrd=vbr", f"vbv-maxrate={int(rate * factor)}", f"vbv-bufsize={int(buffer * factor)}"]
+    params = [p for p in options.get("x264-params", "").split(":") if p]
+    return {**options, "x264-params": ":".join(params + hrd)}
+
+
+def _x264_level(options: dict, width: int, height: int, pix_fmt: str, time_base) -> tuple:
+    """(level_idc, profile_idc) of the SPS that x264 writes with `options` for such frames (one
+    blank frame encoded), or (None, None)."""
+    probe = av.CodecContext.create("libx264", "w")
+    probe.width, probe.height, probe.pix_fmt = width, height, pix_fmt
+    probe.time_base, probe.framerate = time_base, 1 / time_base
+    probe.options = dict(options)
+    try:
+        probe.open()
+        data = b"".join(bytes(p) for p in [*probe.encode(av.VideoFrame(width, height, pix_fmt)),
+                                              *probe.encode(None)])
+    except (av.FFmpegError, ValueError):
+        return None, None
+    for start in (m.end() for m in re.finditer(b"\x00\x00\x01", data)):
+        if start + 3 < len(data) and data[start] & 0x1F == 7:  # the SPS NAL unit
+            return data[start + 3], data[start + 1]
+    return None, None
 
 
 EVEN_SIDE_ENCODERS = ("libx264", "h264", "libx265", "hevc")  # refuse an odd side of halved chroma
@@ -783,9 +929,11 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
         _note_lost_aspect(out.format.name, codec, vin.sample_aspect_ratio)
     options = encoder_options(codec, crf, preset)
-    if out.format.name in NO_PTS_MUXERS:
-        options["bf"] = "0"  # see NO_PTS_MUXERS
-    vout.codec_context.options = with_hdr10(codec, options, first)
+    if out.format.name in NO_REORDER_MUXERS:
+        options["bf"] = "0"  # see NO_REORDER_MUXERS
+    if out.format.name in NO_PTS_MUXERS and codec == "libx264":
+        options = with_picture_timing(options, ow, oh, pix_fmt, vout.codec_context.time_base)
+    vout.codec_context.options = with_frame_packing(codec, with_hdr10(codec, options, first), first)
     if codec in HEVC_ENCODERS and FAMILIES.get(out.format.name) == "mp4":
         vout.codec_context.codec_tag = "hvc1"  # Apple's players take HEVC in MP4 only as hvc1
     for key in ("language", "title", "handler_name", "timecode"):  # MOV/MP4 make a tmcd track
@@ -816,6 +964,8 @@ def _copy_works(muxer: str, stream, packet=None) -> bool:
     MOV timecode track copied as data fails the trailer with EINVAL)."""
     probe = av.open(io.BytesIO(), "w", format=muxer)
     try:
+        if muxer in VIDEO_FIRST and stream.type != "video":
+            _probe_stream(probe, VIDEO_FIRST[muxer])
         copied = probe.add_stream_from_template(stream)
         probe.start_encoding()
         if packet is not None:
@@ -853,6 +1003,7 @@ def add_audio_encoder(out, s):
         return None
     rates = av.codec.Codec(codec, "w").audio_rates
     rate = s.codec_context.sample_rate if not rates or s.codec_context.sample_rate in rates else 48000
+    rate = AUDIO_RATE.get(out.format.name, rate)
     aout = out.add_stream(codec, rate=rate)
     aout.layout = encoder_layout(codec, rate, s.codec_context.layout)
     for key in ("language", "title"):
