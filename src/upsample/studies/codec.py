@@ -55,24 +55,42 @@ def _av1_encoder() -> str | None:
     return None
 
 
-def get_codec(name: str) -> Codec:
-    """The codec called `name`, checked to be usable here; UserError otherwise."""
-    if name not in CODECS:
-        raise UserError(f"unknown codec {name!r}; use one of {', '.join(CODECS)}")
+def _missing(name: str) -> str:
+    """What this machine lacks to use codec `name` ("" when it has it)."""
     c = CODECS[name]
     if c.kind == "image":
         from PIL import features
         feature = {"webp": "webp", "avif": "avif"}.get(name)
         if feature and not features.check(feature):
-            raise UserError(f"this Pillow cannot write {name.upper()}: install a Pillow built with "
-                            f"{name} (or pillow-avif-plugin), or leave {name} out")
-        return c
+            return (f"this Pillow cannot write {name.upper()}: install a Pillow built with {name} "
+                    "(or pillow-avif-plugin)")
+        return ""
     import av
     enc = _av1_encoder() if name == "av1" else c.encoder
     if enc is None or enc not in av.codecs_available:
         wanted = "libsvtav1, libaom-av1 or librav1e" if name == "av1" else c.encoder
-        raise UserError(f"PyAV's ffmpeg here has no {wanted} encoder: leave {name} out")
-    return Codec(c.name, c.kind, c.ladder, c.setting, enc)
+        return f"PyAV's ffmpeg here has no {wanted} encoder"
+    return ""
+
+
+def usable_codecs() -> list[str]:
+    """The codecs this machine can encode with."""
+    return [n for n in CODECS if not _missing(n)]
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called `name`, checked to be usable here; UserError otherwise (naming those that are)."""
+    if name not in CODECS:
+        usable = usable_codecs()
+        here = f" (usable here: {', '.join(usable)})" if len(usable) < len(CODECS) else ""
+        raise UserError(f"unknown codec {name!r}; use one of {', '.join(CODECS)}{here}")
+    missing = _missing(name)
+    if missing:
+        raise UserError(f"{missing}: leave {name} out (usable here: {', '.join(usable_codecs())})")
+    c = CODECS[name]
+    if c.kind == "image":
+        return c
+    return Codec(c.name, c.kind, c.ladder, c.setting, _av1_encoder() if name == "av1" else c.encoder)
 
 
 def parse_ladder(codec: Codec, text: str | None) -> tuple[int, ...]:
@@ -125,6 +143,19 @@ def _video_options(codec: Codec, q: int, threads: int) -> dict:
     return {"qp": str(q)}  # librav1e
 
 
+# libx265 refuses sides under 16 and corrupts its heap (the process aborts) on some frames under 32
+# high, e.g. 48x24 (seen with PyAV 18's libx265): frames it can code, as (least width, height)
+LEAST_FRAME = {"libx265": (16, 32)}
+
+
+def check_frame_size(codec: Codec, width: int, height: int, what: str = "frames") -> None:
+    """A UserError for `what` of `width` x `height` that the codec's encoder cannot code."""
+    lw, lh = LEAST_FRAME.get(codec.encoder, (1, 1))
+    if width < lw or height < lh:
+        raise UserError(f"{codec.name} ({codec.encoder}) cannot code {what} ({width}x{height}): it needs at "
+                        f"least {lw}x{lh} (smaller ones crash it); use a larger clip, or leave {codec.name} out")
+
+
 def encode_video(codec: Codec, frames: list[np.ndarray], q: int, fps: Fraction,
                  threads: int = 1) -> tuple[bytes, int]:
     """uint8 HWC RGB frames (even H and W) -> (Matroska file bytes, video bitstream bytes)."""
@@ -132,6 +163,7 @@ def encode_video(codec: Codec, frames: list[np.ndarray], q: int, fps: Fraction,
     h, w = frames[0].shape[:2]
     if h % 2 or w % 2:
         raise UserError(f"frames of {w}x{h}: 4:2:0 video needs even sizes")
+    check_frame_size(codec, w, h)  # before the encoder opens: it may take the process down
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
     buf = io.BytesIO()
     bitstream = 0

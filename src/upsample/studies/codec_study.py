@@ -21,7 +21,6 @@ log-rate) cross. Output: points.csv (every image/clip point), curves.csv (averag
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shlex
 import sys
@@ -34,9 +33,9 @@ import numpy as np
 import torch
 
 from ..evaluation import metrics
-from .codec import (CODECS, ClipInfo, Codec, decode_image, decode_video, encode_image, encode_video, get_codec,
-                    parse_ladder, probe_clip, read_frames)
-from .study_files import check_study_output, read_study
+from .codec import (CODECS, ClipInfo, Codec, check_frame_size, decode_image, decode_video, encode_image,
+                    encode_video, get_codec, parse_ladder, probe_clip, read_frames)
+from .study_files import check_study_output, read_study, staged_outputs, study_json
 from ..data.prepare import is_video_path
 from ..inference.downscale import Downscaler, load_downscaler
 from ..errors import UserError
@@ -68,6 +67,11 @@ class Source:
     paths: list[Path]
     fps: float = 0.0
     clip: ClipInfo | None = None  # a clip's header
+    root: Path | None = None      # an image folder: items are named relative to it
+
+    def item(self, path: Path) -> str:
+        """An image's name in the points: its path in the folder (sub/a.png and a.png differ)."""
+        return path.relative_to(self.root).as_posix() if self.root else path.name
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -209,6 +213,7 @@ def bd_metrics(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np
                                      min_overlap=0))
             out[f"{key}_{method}"] = value
     out["overlap"] = bool(out["psnr_range"][0] < out["psnr_range"][1])
+    out["points"] = [len(ra), len(rt)]  # a curve of one point has no BD, whatever its ranges
     return out
 
 
@@ -233,21 +238,44 @@ def crossover(anchor: tuple[np.ndarray, np.ndarray], tests: list[tuple[np.ndarra
     if not lo < hi:
         return {"status": "no-overlap", "rates": [], "range": None}
     x = np.linspace(lo, hi, 4001)
-    best = np.nanmax(np.stack([f(x) for f, _ in fts]), axis=0)
+    with warnings.catch_warnings():  # rates between two down-up curves' ranges: NaN, left out below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.nanmax(np.stack([f(x) for f, _ in fts]), axis=0)
     d = best - fa(x)
-    ok = np.isfinite(d)
-    x, d = x[ok], d[ok]
+    ok = np.flatnonzero(np.isfinite(d))  # NaN: rates between two down-up curves' ranges
+    if not ok.size:  # one down-up curve below the full one's rates, the other above them
+        return {"status": "no-overlap", "rates": [], "range": None}
+    x, d = x[ok[0]:ok[-1] + 1], d[ok[0]:ok[-1] + 1]
     rng = [float(10 ** x[0]), float(10 ** x[-1])]
-    sign = np.sign(d)
-    idx = np.flatnonzero(sign[:-1] * sign[1:] < 0)
-    rates = [float(10 ** (x[i] - d[i] * (x[i + 1] - x[i]) / (d[i + 1] - d[i]))) for i in idx]
+    rates = [float(10 ** v) for v in _sign_changes(x, d)]
+    known = d[np.isfinite(d)]
+    first = known[np.flatnonzero(known)[0]] if known.any() else 0.0  # the side down-up starts on
     if not rates:
-        status = "none-downup-wins" if d.mean() > 0 else "none-full-wins"
-    elif len(rates) == 1 and d[0] > 0:
+        status = "none-downup-wins" if known.mean() > 0 else "none-full-wins"
+    elif len(rates) == 1 and first > 0:
         status = "below"
     else:
         status = "mixed"
     return {"status": status, "rates": rates, "range": rng}
+
+
+def _sign_changes(x: np.ndarray, d: np.ndarray) -> list[float]:
+    """The x where `d` changes sign: between two samples of opposite sign (linear
+    interpolation), in the middle of a run of exact zeros between them (curves that meet on a
+    grid point cross there too), or across NaN (no down-up curve there): at the edge of the
+    known rates where down-up still wins, never at a rate made up inside the gap."""
+    nz = np.flatnonzero(np.isfinite(d) & (d != 0))
+    out = []
+    for i, j in zip(nz[:-1], nz[1:]):
+        if d[i] * d[j] > 0:
+            continue
+        if j == i + 1:
+            out.append(x[i] - d[i] * (x[j] - x[i]) / (d[j] - d[i]))
+        elif np.isnan(d[i + 1:j]).any():
+            out.append(x[i] if d[i] > 0 else x[j])
+        else:
+            out.append(x[(i + j) // 2])
+    return out
 
 
 def convex_hull(rows: list[dict], rate_key: str) -> list[dict]:
@@ -370,7 +398,10 @@ def _bd_lines(res: dict, unit: str, rk: str) -> list[str]:
         rr = m["rate_range"]
         prange = f"{pr[0]:.2f}-{pr[1]:.2f} dB" if pr[0] < pr[1] else "no overlap"
         rrange = f"{_fmt_rate(rr[0], rk)}-{_fmt_rate(rr[1], rk)}" if rr[0] < rr[1] else "no overlap"
-        lines.append(f"| {lab} | {_num(m['bd_rate_pchip'], '+.1f', '%')} | {_num(m['bd_rate_akima'], '+.1f', '%')} "
+        # points that do not raise both rate and PSNR are left out of BD and crossover: say so
+        dropped = f" ({m['dropped']} point(s) left out: PSNR not rising with rate)" if m.get("dropped") else ""
+        lines.append(f"| {lab}{dropped} | {_num(m['bd_rate_pchip'], '+.1f', '%')} "
+                     f"| {_num(m['bd_rate_akima'], '+.1f', '%')} "
                      f"| {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} | {_num(m['bd_psnr_akima'], '+.2f', ' dB')} "
                      f"| {prange} | {rrange} | {_cross_text(m['crossover'], rk)} |")
     if len(res["pipelines"]) > 1:
@@ -524,14 +555,17 @@ def collect_sources(inputs: list[str], max_images: int, scale: float) -> list[So
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            images, _ = list_images(path)
+            images, others = list_images(path)
             if not images:
-                raise UserError(f"no images in {path}")
+                clips = [p for p in others if is_video_path(p)]
+                hint = (f" (its {len(clips)} video clip(s) are studied when named one by one, e.g. "
+                        f"{clips[0]})" if clips else "")
+                raise UserError(f"no images in {path}{hint}")
             images = usable_images(path, images, scale)
             if max_images and len(images) > max_images:  # evenly spaced in name order
                 idx = np.unique(np.linspace(0, len(images) - 1, max_images).round().astype(int))
                 images = [images[i] for i in idx]
-            src = Source(path.resolve().name, "image", images)
+            src = Source(path.resolve().name, "image", images, root=path)
         elif path.is_file() and is_video_path(path):
             clip = probe_clip(path)
             check_size(f"{path}: its frame", clip.width, clip.height, scale, 2 * scale_period(scale)[0])
@@ -602,6 +636,18 @@ def check_codecs_fit_sources(codecs: list[Codec], sources: list[Source]) -> None
                             f"add a codec for it ({want})")
 
 
+def check_clip_frame_sizes(codecs: list[Codec], sources: list[Source], scale: float) -> None:
+    """Before any model loads: every video codec can code each clip's frames at full resolution
+    and at 1/scale (as `measure_clip_source` crops them), or a UserError naming the size."""
+    m = 2 * scale_period(scale)[0]
+    for src in (s for s in sources if s.kind == "video"):
+        w, h = src.clip.width // m * m, src.clip.height // m * m
+        for c in (c for c in codecs if c.kind == "video"):
+            check_frame_size(c, w, h, f"the frames of {src.paths[0]}")
+            check_frame_size(c, round(w / scale), round(h / scale),
+                             f"the x{scale:g} down-scaled frames of {src.paths[0]}")
+
+
 def upscaler_backend(up_spec: str, backend: str) -> str:
     """Bicubic runs on torch whatever --backend says (it has no other runtime)."""
     return backend if up_spec != "bicubic" else Backend.TORCH
@@ -634,7 +680,7 @@ def measure_image_source(src: Source, codecs: list[Codec], ladders: dict, pipeli
         hr = modcrop(img, scale)
         for c in (c for c in codecs if c.kind == "image"):
             for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):
-                points.append({"source": src.name, "item": path.name, "codec": c.name, **pt})
+                points.append({"source": src.name, "item": src.item(path), "codec": c.name, **pt})
     return points
 
 
@@ -653,7 +699,8 @@ def measure_clip_source(src: Source, codecs: list[Codec], ladders: dict, pipelin
     points = []
     for c in (c for c in codecs if c.kind == "video"):
         print(f"{src.name}: {c.name} ({c.encoder}), {len(ladders[c.name])} rate points", file=sys.stderr)
-        for pt in measure_clip(frames, fps, c, ladders[c.name], pipelines, border, threads or 1):
+        ladder = track(ladders[c.name], True, desc=f"{src.name} {c.name}", unit="rate point")  # minutes each
+        for pt in measure_clip(frames, fps, c, ladder, pipelines, border, threads or 1):
             points.append({"source": src.name, "item": src.paths[0].name, "codec": c.name, **pt})
     return points, info
 
@@ -725,6 +772,7 @@ def run_study(inputs: list[str], out: str, *, codecs: list[str], pipelines: list
     check_study_output(Path(out), inputs, overwrite=overwrite)
     sources = collect_sources(inputs, max_images, factor)
     check_codecs_fit_sources(used, sources)
+    check_clip_frame_sizes(used, sources, factor)
     specs = [parse_pipeline(p) for p in (pipelines or ["bicubic:bicubic"])]
     if len({lab for lab, _, _ in specs}) != len(specs):
         raise UserError("--pipeline labels must differ; name them LABEL=DOWN:UP")
@@ -755,15 +803,15 @@ def report(study: dict, points: list[dict], out: Path) -> list[dict]:
     curves = average_curves(points)
     rate_key = {s["name"]: "kbps" if s["kind"] == "video" else "bpp" for s in study["sources"]}
     results = analyse(curves, rate_key, [tuple(x) for x in study.get("pairs", [])])
-    out.mkdir(parents=True, exist_ok=True)
-    for res in results:
-        res["plot"] = f"rd_{_slug(res['source'])}_{res['codec']}.png"
-        plot_rd(curves, res, out / res["plot"])
-    study = {**study, "results": results, "curves": curves}
-    write_csv(out / "points.csv", points)
-    write_csv(out / "curves.csv", curves)
-    write_text(out / "study.json", json.dumps({**study, "points": points}, indent=1) + "\n")
-    write_text(out / "summary.md", summary_markdown(study))
+    with staged_outputs(out) as stage:  # all of the new study replaces the old, or none of it
+        for res in results:
+            res["plot"] = f"rd_{_slug(res['source'])}_{res['codec']}.png"
+            plot_rd(curves, res, stage / res["plot"])
+        study = {**study, "results": results, "curves": curves}
+        write_csv(stage / "points.csv", points)
+        write_csv(stage / "curves.csv", curves)
+        write_text(stage / "study.json", study_json({**study, "points": points}))
+        write_text(stage / "summary.md", summary_markdown(study))
     return results
 
 
@@ -771,13 +819,35 @@ def bd_summary(results: list[dict], out: Path) -> str:
     """The BD lines of each pipeline of each result, and what was written into `out`."""
     lines = []
     for res in results:
-        unit = "kbit/s" if res["rate_key"] == "kbps" else "bpp"
         for lab, m in res["pipelines"].items():
-            lines.append(f"{res['source']} {res['codec']} {lab}: BD-rate {_num(m['bd_rate_pchip'], '+.1f', '%')} "
-                         f"(akima {_num(m['bd_rate_akima'], '+.1f', '%')}), BD-PSNR {_num(m['bd_psnr_pchip'], '+.2f', ' dB')}; "
-                         f"crossover: {_cross_text(m['crossover'], res['rate_key'])} {unit}")
+            lines.append(f"{res['source']} {res['codec']} {lab}: {_bd_text(m, res['rate_key'])}")
+        for m in res.get("pairs", []):  # --vs: both down-up, no crossover
+            pair = f"{m['test']} vs {m['anchor']}"
+            lines.append(f"{res['source']} {res['codec']} {pair}: {_bd_text(m, res['rate_key'])}")
     lines.append(f"wrote {out / 'summary.md'}, study.json, points.csv, curves.csv and {len(results)} plot(s)")
     return "\n".join(lines)
+
+
+def _bd_text(m: dict, rk: str) -> str:
+    """BD-rate and BD-PSNR with the ranges they cover (a BD-rate over 0.02 dB says little), or
+    why there is none; then the crossover."""
+    unit = "kbit/s" if rk == "kbps" else "bpp"
+    (plo, phi), (rlo, rhi) = m["psnr_range"], m["rate_range"]
+    few = min(m.get("points", [2])) < 2  # else a missing BD means the ranges do not overlap
+    if np.isfinite(m["bd_rate_pchip"]):
+        rate = (f"BD-rate {_num(m['bd_rate_pchip'], '+.1f', '%')} (akima {_num(m['bd_rate_akima'], '+.1f', '%')})"
+                f" over {plo:.2f}-{phi:.2f} dB")
+    else:
+        rate = "BD-rate n/a (" + ("under 2 points on a curve" if few else "no PSNR range in common") + ")"
+    if np.isfinite(m["bd_psnr_pchip"]):
+        psnr = (f"BD-PSNR {_num(m['bd_psnr_pchip'], '+.2f', ' dB')} "
+                f"over {_fmt_rate(rlo, rk)}-{_fmt_rate(rhi, rk)} {unit}")
+    else:
+        psnr = "BD-PSNR n/a (" + ("under 2 points on a curve" if few else "no rates in common") + ")"
+    if "crossover" not in m:
+        return f"{rate}, {psnr}"
+    cross = _cross_text(m["crossover"], rk)
+    return f"{rate}, {psnr}; crossover: {cross}" + ("" if m["crossover"]["status"] == "no-overlap" else f" {unit}")
 
 
 def merge_studies(inputs: list[str], out: str, *, vs: list[str] | None = None,
@@ -788,17 +858,23 @@ def merge_studies(inputs: list[str], out: str, *, vs: list[str] | None = None,
     studies = [read_study(d) for d in inputs]
     first = studies[0]
     ladders: dict[str, list] = {}
-    for st in studies:
+    for item, st in zip(inputs, studies):
         if (st["pipelines"], st["scale"]) != (first["pipelines"], first["scale"]):
-            raise UserError("--merge: the runs differ in pipelines or scale")
+            raise UserError(f"--merge: {item} ({_pipelines_text(st)}) and {inputs[0]} "
+                            f"({_pipelines_text(first)}) differ in pipelines or scale; merge runs of the "
+                            "same --pipeline, --scale and --backend")
         for name, lad in st["ladders"].items():
             if ladders.setdefault(name, lad) != lad:
                 raise UserError(f"--merge: the runs differ in the {name} ladder")
+    check_distinct_runs(studies, inputs)
     sources: dict[str, dict] = {}
     for st in studies:
         for src in st["sources"]:
             if src["name"] in sources and src["kind"] == "image":
-                sources[src["name"]]["items"] += src["items"]
+                merged = sources[src["name"]]
+                merged["items"] += src["items"]
+                if src["path"] not in merged["path"].split(" + "):  # shards of one folder, kept apart
+                    merged["path"] += " + " + src["path"]
             else:
                 sources.setdefault(src["name"], dict(src))
     points = [p for st in studies for p in st["points"]]
@@ -808,6 +884,24 @@ def merge_studies(inputs: list[str], out: str, *, vs: list[str] | None = None,
                  command="\n".join(st["command"] for st in studies) + "\n" + merge_command(inputs, out, vs, title),
                  hardware=first["hardware"] + f" (merged from {len(studies)} runs)")
     return report(study, points, Path(out))
+
+
+def _pipelines_text(study: dict) -> str:
+    return f"x{study['scale']:g}: " + ", ".join(f"{p['label']}={p['down']}:{p['up']} on {p['backend']}"
+                                                for p in study["pipelines"])
+
+
+def check_distinct_runs(studies: list[dict], inputs: list[str]) -> None:
+    """A UserError when two runs measured the same item with the same codec: a run named twice
+    (or a shard run again) would count its images twice in every average."""
+    seen: dict[tuple, int] = {}
+    for i, st in enumerate(studies):
+        for p in st["points"]:
+            key = (p["source"], p["item"], p["codec"])
+            if seen.setdefault(key, i) != i:
+                raise UserError(f"--merge: {inputs[seen[key]]} and {inputs[i]} both hold {p['source']}/"
+                                f"{p['item']} with {p['codec']}; merge each run once (its points would "
+                                "count twice in the averages)")
 
 
 def merge_command(inputs: list[str], out: str, vs: list[str] | None, title: str) -> str:
