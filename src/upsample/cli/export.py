@@ -13,9 +13,35 @@ FORMATS = ("onnx", "openvino")  # runtime.export.FORMATS, SUFFIX_OF (a test chec
 SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}
 
 
+GRAPH_SUFFIXES = (".onnx", ".xml")  # already exported graphs: nothing of a network's to export
+
+
+def check_not_a_graph(model: str) -> None:
+    """An .onnx / OpenVINO .xml given as the model is one line saying what to do with it (it was
+    "not a checkpoint (neither safetensors nor a PyTorch file)")."""
+    path = Path(model)
+    if path.suffix.lower() not in GRAPH_SUFFIXES or not path.is_file():
+        return
+    use = (f"run it as it is with --model {model} --backend onnxruntime|openvino" if path.suffix.lower() == ".onnx"
+           else "load it with OpenVINO itself (--model takes the .onnx export, `--format onnx`)")
+    raise UserError(f"{model} is already an exported graph, not a checkpoint: {use}; "
+                    "export takes a model name or a checkpoint")
+
+
+def check_weights_file_is_not_the_input(out: Path, fmt: str, model: str) -> None:
+    """An IR's .bin beside `out` must not be the model read (a PyTorch `pytorch_model.bin`-style
+    checkpoint, exported with -o of the same stem): --overwrite replaced the checkpoint by IR weights."""
+    weights = out.with_suffix(".bin")
+    if fmt == "openvino" and Path(model).is_file() and weights.exists() and weights.samefile(model):
+        raise UserError(f"-o {out} would write its weights to {weights}, the checkpoint being exported "
+                        "(inputs are never replaced); name another output, e.g. "
+                        f"-o {out.with_name(out.stem + '-ir.xml')}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..inference.load import check_trained, model_scale, resolve_model, scale_of
     from ..runtime import export
+    check_not_a_graph(args.model)
     check_trained(args.model, args.allow_untrained)
     model, name = resolve_model(args.model, args.scale)
     spec = model.upsample_spec
@@ -33,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--format {args.format} writes a {suffix} file, not {out.name}")
     else:
         out = export.default_output(name, spec, scale, args.format, fp16=args.fp16, uint8_io=args.uint8_io)
+    check_weights_file_is_not_the_input(out, args.format, args.model)
     from ..media.imageio import check_new_file
     check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
                    companions=[out.with_suffix(".bin")] if args.format == "openvino" else [])

@@ -77,8 +77,8 @@ class BicubicUp(torch.nn.Module):
 
     `mix` (C_out x C_in) and `bias` (C_out) fold a colour transform applied *before* the resize
     into the same convolution (bicubic weights sum to one, so it commutes with an affine map of
-    the channels); without them each channel is resized on its own. Needs H, W >= 3 (the mirror
-    padding reaches 2-3 pixels)."""
+    the channels); without them each channel is resized on its own. Needs H, W >= 2 (the mirror
+    padding reaches 2-3 pixels; `runtime.export.AnySideBicubicUp` takes 1)."""
 
     def __init__(self, scale: int, mix: np.ndarray | None = None, bias: np.ndarray | None = None):
         super().__init__()

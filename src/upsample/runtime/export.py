@@ -7,20 +7,24 @@ uint8 NHWC RGB with the colour path of `upsample image`: normalisation, BT.601 Y
 Y-channel models, MATLAB-exact bicubic (`degrade.BicubicUp`) of the chroma and of VDSR's input,
 clamp and rounding, all inside the graph. The file says how to feed it (`io_contract`): ONNX
 metadata_props and OpenVINO rt_info under the key `upsample`, one JSON object.
-RRDBNet x1/x2 graphs need H and W to be multiples of 4/2 (the Upscaler pads; a bare graph cannot):
-the contract says so (`input_multiple`), and `--model file.onnx` pads as for the checkpoint.
+RRDBNet x1/x2 networks need H and W to be multiples of 4/2 (pixel-unshuffle): the exported graph
+pads to them itself (`PaddedToMultiple`, mirrored as the Upscaler pads) and crops, so its user
+feeds any size; the contract names the multiple (`input_multiple`), to which tiles should align.
 The runtime backends' cached graphs (`cached_onnx`) are the bare network: clamping is the
 caller's there, as for every `Upscaler`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -41,15 +45,55 @@ FORMATS = ("onnx", "openvino")
 SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}  # what each format writes (IR: a .bin beside)
 
 
+def _end_pad_index(n, pad, mirror: torch.Tensor) -> torch.Tensor:
+    """Indices 0..n+pad-1 along an axis of n pixels, the last `pad` past its end mirrored (without
+    the edge pixel, as F.pad's "reflect") or, where `mirror` is false, the edge repeated; built
+    from the input's traced size, so that the exported graph computes it for any H and W."""
+    j = torch.arange(n + pad)
+    past = torch.where(mirror, 2 * (n - 1) - j, n - 1)
+    return torch.where(j < n, j, past)
+
+
+class PaddedToMultiple(nn.Module):
+    """The network with H and W padded up to its pixel-unshuffle's multiple inside the graph and
+    the output cropped back, as `Upscaler.run_network` does (mirrored, or repeated where a side
+    is too short to mirror): a user of the file feeds any size. A no-op for other networks."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.upsample_spec = net, net.upsample_spec
+        self.multiple, self.scale = net.upsample_spec.pad_multiple, net.upsample_spec.scale or 1
+
+    def forward(self, x):
+        if self.multiple == 1:
+            return self.net(x)
+        h, w = x.shape[-2], x.shape[-1]
+        ph, pw = -h % self.multiple, -w % self.multiple  # traced: the graph computes them
+        mirror = (torch.as_tensor(ph) < h) & (torch.as_tensor(pw) < w)
+        x = x.index_select(2, _end_pad_index(h, ph, mirror)).index_select(3, _end_pad_index(w, pw, mirror))
+        return self.net(x)[..., :h * self.scale, :w * self.scale]
+
+
 class Clamped(nn.Module):
     """The network with its output clamped to [0, 1] (what a user of the file gets)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net, self.upsample_spec = net, net.upsample_spec
+        self.net, self.upsample_spec = PaddedToMultiple(net), net.upsample_spec
 
     def forward(self, x):
         return self.net(x).clamp(0, 1)
+
+
+class AnySideBicubicUp(BicubicUp):
+    """`BicubicUp` whose mirror takes any side, as MATLAB's imresize (and `upsample image`) do:
+    the index past each border folds back and forth over the axis (its mirror of a 1-pixel side
+    is that pixel), where BicubicUp slices two pixels that a side under 2 lacks."""
+
+    def _mirror(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        j = (torch.arange(n + self.left + self.right) - self.left + 2 * n) % (2 * n)
+        return x.index_select(dim, torch.where(j < n, j, 2 * n - 1 - j))
 
 
 class Uint8RGB(nn.Module):
@@ -59,12 +103,13 @@ class Uint8RGB(nn.Module):
 
     def __init__(self, net: nn.Module, scale: float):
         super().__init__()
-        self.net, self.spec, self.scale = net, net.upsample_spec, float(scale)
+        self.spec, self.scale = net.upsample_spec, float(scale)
+        self.net = PaddedToMultiple(net)
         needs_resize = self.spec.input == "y" or self.spec.pre_upsample
         if needs_resize and not self.scale.is_integer():
             raise UserError(f"--uint8-io needs an integer scale for a {self.spec.input.upper()} model "
                             f"(its chroma is resized in the graph), got {scale:g}")
-        self.resize = BicubicUp(int(self.scale)) if needs_resize else None
+        self.resize = AnySideBicubicUp(int(self.scale)) if needs_resize else None
 
     def _up(self, x):
         return self.resize(x.float()).to(x.dtype)
@@ -80,9 +125,6 @@ class Uint8RGB(nn.Module):
         if ycc is not None:
             out = ycbcr_to_rgb(torch.cat([out, self._up(ycc[:, 1:])], 1))
         return (out.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-UINT8_MIN_SIDE = 2  # the least H and W of a Y model's uint8 graph (its in-graph bicubic's mirror)
 
 
 def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: bool) -> dict:
@@ -106,18 +148,17 @@ def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: b
             io["input"] += ", bicubic-upscaled (MATLAB imresize) to the output size first"
             io["output"] = f"{dtype} NCHW (N, 1, H, W): the input's size, clamped to [0, 1]"
     multiple = spec.pad_multiple
-    if multiple > 1:  # RRDBNet x1/x2 pixel-unshuffle: pad the input (reflect), crop the output
-        io["input"] += f"; H and W multiples of {multiple}"
-    # the bicubic inside a uint8 graph (`degrade.BicubicUp`) mirrors two pixels at each border:
-    # a one-pixel side is refused by the runtime with words of its own ("Invalid input shape")
-    min_side = UINT8_MIN_SIDE if uint8_io and (spec.input == "y" or spec.pre_upsample) else 1
-    if min_side > 1:
-        io["input"] += f"; H and W at least {min_side}"
+    if multiple > 1:  # RRDBNet x1/x2 pixel-unshuffle: `PaddedToMultiple` pads inside the graph
+        io["input"] += (f"; any H and W: the graph pads them to multiples of {multiple} (mirrored) "
+                        "and crops its output")
     # a reader (runtime/foreign_onnx.py among them) needs both to feed a pre-upsampled (VDSR) graph
     pre_upsampled = bool(spec.pre_upsample and not uint8_io)
     return {"model": name, "scale": s, "pre_upsampled_input": pre_upsampled, "input_name": "input",
-            "output_name": "output", **io, "dynamic": "batch, height and width", "input_multiple": multiple,
-            "min_side": min_side}
+            "output_name": "output", **io, "dynamic": "batch, height and width",
+            # the pixel-unshuffle's multiple, padded to in the graph: tiles that start on it give
+            # the whole image's result; min_side 1: any side runs (the in-graph bicubic folds its
+            # mirror, `AnySideBicubicUp`)
+            "input_multiple": multiple, "pads_to_multiple": multiple > 1, "min_side": 1}
 
 
 def example_input(model: nn.Module, uint8_io: bool, size: int = 16) -> torch.Tensor:
@@ -169,6 +210,21 @@ def with_metadata(data: bytes, contract: dict) -> bytes:
     return graph.SerializeToString()
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT / SIGTERM held back (in the main thread, where Python handles them) until the block
+    is done: the two renames of an IR pair are not split by Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict | None = None) -> None:
     """ONNX file -> OpenVINO IR (.xml + .bin), written in a temp folder then renamed into place;
     `contract` goes into the IR's rt_info under CONTRACT_KEY (JSON)."""
@@ -182,8 +238,12 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict |
         ov.save_model(ov_model, str(tmpdir / "model.xml"), compress_to_fp16=fp16)
         for part in ("model.bin", "model.xml"):  # a power cut leaves no zero-filled graph to load
             fsync_file(tmpdir / part)
-        os.replace(tmpdir / "model.bin", xml_path.with_suffix(".bin"))
-        os.replace(tmpdir / "model.xml", xml_path)
+        # the old .xml goes first: an interrupt between the renames leaves a lone .bin, which no
+        # reader loads, never an old graph over new weights (--overwrite)
+        with _interrupts_deferred():  # Ctrl-C lands after the pair is whole
+            xml_path.unlink(missing_ok=True)
+            os.replace(tmpdir / "model.bin", xml_path.with_suffix(".bin"))
+            os.replace(tmpdir / "model.xml", xml_path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
