@@ -18,7 +18,9 @@ from ..runtime.pytorch import torch_runner
 from ..runtime.runner import Runner
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
-CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
+# `.tar`: Lornatang's and other ports' `NAME.pth.tar` (a torch.save file, not a tar archive);
+# `.state`/`.pkl`: what BasicSR and older ports name theirs (a missing one says "not found")
+CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".tar", ".state", ".pkl"}
 INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output; an .onnx without its metadata
 # is another project's graph (runtime.foreign_onnx)
 

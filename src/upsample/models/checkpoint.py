@@ -5,9 +5,11 @@ constructor keywords (JSON), scale, input mode, registry name, training config a
 JSON (e.g. an eval summary). Written atomically (temp file + os.replace), optionally in fp16.
 
 Foreign files (.pth/.pt/...) are read with `torch.load(weights_only=True)`: BasicSR
-(`params_ema` preferred over `params`), `state_dict`/`model` wrappers (Lightning's .ckpt), the
-`module.` (DDP), `_orig_mod.` (torch.compile), `model.` and `netG.`/`net_g.`/`generator.` prefixes
-(nested ones too; of a GAN's generator and discriminator, the generator), original-ESRGAN
+(`params_ema` preferred over `params`; other EMA copies, `state_dict_ema`, `ema_state_dict`,
+`model_ema.`..., over their plain weights too), `state_dict`/`model` wrappers (Lightning's .ckpt),
+the `module.` (DDP), `_orig_mod.` (torch.compile), `model.`/`net.` and `netG.`/`net_g.`/`generator.`
+prefixes (nested ones too; of a GAN's generator and discriminator, the generator), counters beside
+the weights (thop's, AveragedModel's `n_averaged`, `num_batches_tracked`) passed over, original-ESRGAN
 (`model.N`, `RRDB_trunk`) names, the VapSR beta names, the common VDSR port and Lornatang's
 ESPCN/VDSR names are mapped to ours; a file that weights_only refuses because it pickles objects
 (a whole nn.Module, as twtygqyy's VDSR; an argparse.Namespace beside the weights) is read again
@@ -45,9 +47,12 @@ from ..media.imageio import atomic_output
 
 FORMAT = "upsample"
 FORMAT_VERSION = "1"
-# In order of preference; `model_state_dict` is PyTorch's tutorial name, `module` DeepSpeed's.
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net_g", "netG",
-                 "generator", "module")
+# In order of preference: an EMA's weights first, as BasicSR's `params_ema` (timm's
+# `state_dict_ema`, `model_ema`, `ema`...); `model_state_dict` is PyTorch's tutorial name,
+# `module` DeepSpeed's.
+_WRAPPER_KEYS = ("params_ema", "state_dict_ema", "model_ema", "ema_state_dict", "ema_model", "ema",
+                 "params", "state_dict", "model_state_dict", "model", "net_g", "netG", "generator",
+                 "network", "net", "module")
 
 
 # ---------------------------------------------------------------------------------- saving
@@ -117,49 +122,68 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty")
     try:  # first: safetensors reports an unreadable file as "No such file or directory"
-        open(path, "rb").close()
+        with open(path, "rb") as f:
+            magic = f.read(4)
     except OSError as exc:
         why = "permission denied (check the file's owner and mode)" if isinstance(exc, PermissionError) \
             else (exc.strerror or str(exc))
         raise UserError(f"cannot read checkpoint {path}: {why}") from None
-    if path.suffix.lower() == ".safetensors" or _is_safetensors(path):
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types for every corruption
-            raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}; "
-                            "the file is corrupt or not a safetensors checkpoint") from None
-        return tensors, meta
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch zip archive / legacy pickle
+    torch_file = magic == b"PK\x03\x04" or magic[:1] == b"\x80"  # torch zip archive / legacy pickle
+    # by its content: a torch file named .safetensors is read as what it is
+    if _is_safetensors(path) or (path.suffix.lower() == ".safetensors" and not torch_file):
+        return _read_safetensors(path)
+    if not torch_file:
         raise UserError(f"cannot read {path}: not a checkpoint (neither safetensors nor a PyTorch file)")
-    try:
-        with warnings.catch_warnings():
+    try:  # from an open file: torch.load reads a path named *.safetensors as safetensors
+        with warnings.catch_warnings(), open(path, "rb") as f:
             warnings.simplefilter("ignore")  # e.g. notes about the pickle protocol version
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many types; weights_only refuses code
-        text = str(exc)
-        refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed|\.?\n|$)", text)
-        if refused:
-            if path.name == "last_state.pt":  # the trainer's resume state: its weights lie beside it
-                raise UserError(f"{path} is a training run's resume state; use the weights beside it: "
-                                f"{path.with_name('best.safetensors')} or {path.with_name('last.safetensors')}") from None
-            state = read_pickled_modules(path)
-            if state is not None:
-                return state, {}
-            raise UserError(f"cannot read {path}: it holds more than tensors ({refused.group(1)}) and "
-                            "unpickling it could run code; re-save it as a plain state dict") from None
-        if _is_torchscript(path):
-            raise UserError(f"{path} is a TorchScript module (torch.jit.save), not a state dict: upsample "
-                            "runs no TorchScript; save its state_dict() with torch.save, or "
-                            f"{ONNX_HINT.removeprefix('or ')}") from None
-        reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-        raise UserError(f"cannot read {path} as a PyTorch checkpoint: {reason}; the file is corrupt "
-                        "or truncated") from None
-    return unwrap_state(obj, path), {}
+        failed = exc
+    else:
+        return unwrap_state(obj, path), {}
+    return _read_refused_torch_file(path, failed), {}  # outside `except`: its refusal chains nothing
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for every corruption
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}; "
+                        "the file is corrupt or not a safetensors checkpoint") from None
+    return tensors, meta
+
+
+def _read_refused_torch_file(path: Path, exc: Exception) -> dict[str, torch.Tensor]:
+    """The state dict of a file `torch.load(weights_only=True)` refused with `exc`, where it is a
+    pickled model read inertly; else the UserError that says what the file is."""
+    text = str(exc)
+    refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed|\.?\n|$)", text)
+    if refused:
+        if path.name == "last_state.pt":  # the trainer's resume state: its weights lie beside it
+            raise UserError(f"{path} is a training run's resume state; use the weights beside it: "
+                            f"{path.with_name('best.safetensors')} or {path.with_name('last.safetensors')}")
+        state = read_pickled_modules(path)
+        if state is not None:
+            return state
+        raise UserError(f"cannot read {path}: it holds more than tensors ({refused.group(1)}) and "
+                        "unpickling it could run code; re-save it as a plain state dict")
+    if _is_torchscript(path):
+        raise UserError(f"{path} is a TorchScript module (torch.jit.save), not a state dict: upsample "
+                        "runs no TorchScript; save its state_dict() with torch.save, or "
+                        f"{ONNX_HINT.removeprefix('or ')}")
+    if (names := _zip_names(path)) is not None and not any(n.endswith("data.pkl") for n in names):
+        raise UserError(f"{path} is a zip archive of other files ({', '.join(names[:3])}"
+                        f"{' ...' if len(names) > 3 else ''}), not a PyTorch checkpoint; give the "
+                        ".pth/.safetensors file itself (unpack the archive first)")
+    reason = text.splitlines()[0].split(". ")[0] if text else ""
+    if not re.search("[A-Za-z]{3}", reason):  # a bare number (a pickle's unknown memo key)
+        reason = f"{type(exc).__name__} {reason}".strip()
+    raise UserError(f"cannot read {path} as a PyTorch checkpoint: {reason}; the file is corrupt "
+                    "or truncated")
 
 
 # ------------------------------------------------------- pickled model objects, read inertly
@@ -184,6 +208,18 @@ class _Placeholder:
 
     def __setstate__(self, state):
         self.state = state
+
+    # a dict or list subclass (Lightning's AttributeDict of hyper-parameters) is pickled as an
+    # empty object, then its items: kept as data too
+    def __setitem__(self, key, value):
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value):
+        self.__dict__.setdefault("values", []).append(value)
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
 
 
 class _InertUnpickler(pickle.Unpickler):
@@ -212,9 +248,9 @@ def read_pickled_modules(path) -> dict[str, torch.Tensor] | None:
     (twtygqyy's VDSR saves {"epoch": 50, "model": DataParallel(Net())}), read without importing or
     running any class it names; None when no state dict is found that way."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open(path, "rb") as f:
             warnings.simplefilter("ignore")  # e.g. "couldn't retrieve source code for container"
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
+            obj = torch.load(f, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
         if isinstance(obj, Mapping):
             obj = {k: _module_tensors(v) or v for k, v in obj.items()}
         return unwrap_state(_module_tensors(obj) or obj, path)
@@ -242,6 +278,16 @@ def _module_tensors(obj, prefix: str = "", depth: int = 0) -> dict[str, torch.Te
     return out
 
 
+def _zip_names(path: Path) -> list[str] | None:
+    """The member names of a zip archive that opens; None for anything else."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return None
+
+
 def _is_torchscript(path: Path) -> bool:
     """A torch.jit.save archive (its `constants.pkl` is what torch.load looks for, too)."""
     import zipfile
@@ -253,19 +299,45 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def unwrap_state(obj, path) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a loaded .pth: BasicSR `params_ema` > `params`, then other wrappers."""
-    while isinstance(obj, Mapping) and not _is_state(obj):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj or not _is_state(obj):
-        if isinstance(obj, Mapping) and any(re.search("optim|schedul", str(k), re.I) for k in obj):
-            raise UserError(f"{path} holds no network weights, only a training state (keys: {_preview(obj)}); "
-                            "use the weights file saved beside it (BasicSR: models/net_g_N.pth, not "
-                            "training_states/N.state)")
-        raise UserError(f"{path} holds no state dict of tensors (keys: {_preview(obj)})")
-    return dict(obj)
+    """The tensor dict inside a loaded .pth: the first of `_WRAPPER_KEYS` (BasicSR `params_ema` >
+    `params`, ...) that holds one, at any depth; UserError naming what the file holds instead."""
+    found = _find_state(obj)
+    if found is not None:
+        return dict(found)
+    if isinstance(obj, Mapping) and {"state", "param_groups"} <= set(obj):
+        raise UserError(f"{path} is an optimizer's state (torch.optim state_dict), with no network weights; "
+                        "give the model's weights file (its state_dict) instead")
+    if isinstance(obj, Mapping) and any(re.search("optim|schedul", str(k), re.I) for k in obj):
+        raise UserError(f"{path} holds no network weights, only a training state (keys: {_preview(obj)}); "
+                        "use the weights file saved beside it (BasicSR: models/net_g_N.pth, not "
+                        "training_states/N.state)")
+    if isinstance(obj, Mapping) and "shadow_params" in obj:
+        raise UserError(f"{path} is an EMA helper's state (torch_ema's shadow_params: tensors without their "
+                        "names); copy it into the model (ema.copy_to) and save model.state_dict()")
+    if isinstance(obj, Mapping) and not obj:
+        raise UserError(f"{path} holds an empty dict, no weights; give a file saved from a trained "
+                        "model's state_dict()")
+    what = f"keys: {_preview(obj)}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    raise UserError(f"{path} holds no state dict of tensors ({what}); give a file of a model's "
+                    "state_dict() (torch.save(model.state_dict(), ...))")
+
+
+def _find_state(obj, depth: int = 0) -> Mapping | None:
+    """`obj` if it is a state dict, else the first wrapper's (in `_WRAPPER_KEYS` order) that
+    holds one: an EMA wrapper of counters and a list of tensors is passed over."""
+    if not isinstance(obj, Mapping) or depth > 8:
+        return None
+    if _is_state(obj):
+        return obj
+    wrapped = next((found for k in _WRAPPER_KEYS if (found := _find_state(obj.get(k), depth + 1)) is not None),
+                   None)
+    if wrapped is not None:
+        return wrapped
+    # a state dict with its counters put in beside the tensors (state["epoch"] = N; torch.save(state));
+    # not one with objects beside it
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    counters = all(isinstance(v, (int, float, str, bool, type(None))) for k, v in obj.items() if k not in tensors)
+    return tensors if counters and any(k.endswith(".weight") for k in tensors) else None
 
 
 def _is_state(d: Mapping) -> bool:
@@ -283,19 +355,31 @@ def _preview(obj) -> str:
 
 
 # Prefixes a wrapper puts before every name: DataParallel/DDP (`module.`), torch.compile
-# (`_orig_mod.`), a Lightning module's attribute (`model.`, or its generator's).
-_WHOLE_PREFIXES = ("module.", "_orig_mod.", "model.", "netG.", "net_g.", "generator.", "gen.")
+# (`_orig_mod.`), a Lightning module's attribute (`model.`, `net.`, or its generator's), an EMA copy's.
+_WHOLE_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "network.", "netG.", "net_g.", "generator.",
+                   "gen.", "model_ema.", "ema_model.", "ema.")
 # A GAN's module holds both networks, a Lightning module its network and the losses' (VGG,
 # LPIPS); only the generator upscales.
-_GENERATOR_GROUPS = ("generator.", "net_g.", "netG.", "gen.", "model.")
+_GENERATOR_GROUPS = ("generator.", "net_g.", "netG.", "gen.", "model.", "net.", "network.")
 _DISCRIMINATOR_GROUPS = ("discriminator.", "net_d.", "netD.", "disc.", "loss.", "losses.", "criterion.",
                          "loss_fn.", "perceptual_loss.", "cri_perceptual.", "vgg.", "lpips.")
+# An EMA copy of the generator beside it (a Lightning module's `model_ema`, timm's ModelEmaV2):
+# its weights are the ones to run, as BasicSR's `params_ema` are.
+_EMA_GROUPS = ("model_ema.", "ema_model.", "ema.", "net_g_ema.", "netG_ema.", "generator_ema.")
 # The original ESRGAN's own names are `model.N...` (rrdbnet.rename_foreign reads them).
 _ESRGAN_SEQUENTIAL = re.compile(r"^model\.\d+\.")
+# Counters some tools add, which no network computes with: thop's profile (`total_ops`,
+# `total_params` in every module), torch.optim.swa_utils.AveragedModel's `n_averaged` beside its
+# `module.` (Lornatang's `ema_state_dict`), and BatchNorm's step count (kept where the model has one).
+_COUNTERS = ("total_ops", "total_params")
+_TOP_COUNTERS = ("n_averaged",)
+_BOOKKEEPING = "num_batches_tracked"
 
 
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map known foreign parameter names onto ours (BasicSR-style); unknown names are kept."""
+    state = {k: v for k, v in state.items()
+             if k.rpartition(".")[2] not in _COUNTERS and k not in _TOP_COUNTERS} or state
     state = strip_wrappers(state)
     for rename_foreign in registry.FOREIGN_RENAMERS:
         renamed = rename_foreign(state)
@@ -307,16 +391,26 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state` without its wrappers' prefixes, outermost first, until none applies (they nest:
     a compiled model under DDP in a Lightning module); of a GAN's generator and discriminator
-    groups, the generator's."""
+    groups, the generator's, and of a generator and its EMA copy, the copy."""
     while state:
         prefix = next((p for p in _WHOLE_PREFIXES if all(k.startswith(p) for k in state)), None)
         if prefix == "model." and any(_ESRGAN_SEQUENTIAL.match(k) for k in state):
             prefix = None
-        prefix = prefix or _generator_group(state)
+        prefix = prefix or _ema_group(state) or _generator_group(state)
         if prefix is None:
             return state
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state
+
+
+def _ema_group(state: dict[str, torch.Tensor]) -> str | None:
+    """The EMA copy's prefix when there is one and every other name is a generator's (or a
+    discriminator's, a loss's)."""
+    emas = [p for p in _EMA_GROUPS if any(k.startswith(p) for k in state)]
+    if len(emas) != 1:
+        return None
+    rest = [k for k in state if not k.startswith(emas[0])]
+    return emas[0] if all(k.startswith(_GENERATOR_GROUPS + _DISCRIMINATOR_GROUPS) for k in rest) else None
 
 
 def _generator_group(state: dict[str, torch.Tensor]) -> str | None:
@@ -366,6 +460,10 @@ def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint", *,
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict(strict=True), with every mismatch reported as one UserError."""
     own = model.state_dict()
+    # BatchNorm's step count, which no forward reads: one the file lacks (PyTorch < 0.4.1) keeps
+    # the model's, one the model lacks (a file with a BatchNorm the model has not) is passed over
+    state = {**{k: v for k, v in own.items() if k.endswith(_BOOKKEEPING)},
+             **{k: v for k, v in state.items() if k in own or not k.endswith(_BOOKKEEPING)}}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -401,7 +499,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         arch, kwargs = detect_arch(tensors, str(path), scale=scale)
         meta = {"source": "detected", "arch": arch, "kwargs": kwargs,
                 "name": registry.match_variant(arch, kwargs), "config": None, "extra": None,
-                "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+                "dtype": str(next((t.dtype for t in tensors.values() if t.is_floating_point()),
+                                  torch.float32)).removeprefix("torch."),
                 "colorspace": "rgb"}
     _check_channels(arch, kwargs, path)
     model = registry.build(arch, kwargs, meta["name"], colorspace=meta["colorspace"])
@@ -444,6 +543,17 @@ def interpolate_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], a
     return out
 
 
+def _arch_difference(meta_a: dict, meta_b: dict) -> str | None:
+    """What tells two checkpoints' architectures apart ("rrdbnet vs vapsr", "scale 4 vs 2"), or
+    None when they are one."""
+    if meta_a["arch"] != meta_b["arch"]:
+        return f"{meta_a['arch']} vs {meta_b['arch']}"
+    full_a, full_b = (registry.full_kwargs(m["arch"], m["kwargs"]) for m in (meta_a, meta_b))
+    differ = [f"{k} {json.dumps(full_a.get(k))} vs {json.dumps(full_b.get(k))}"
+              for k in sorted(full_a.keys() | full_b.keys()) if full_a.get(k) != full_b.get(k)]
+    return ", ".join(differ) or None
+
+
 def _whole_scale(meta: dict) -> int | None:
     scale = meta.get("scale")
     return int(scale) if scale is not None and float(scale).is_integer() else None
@@ -457,10 +567,9 @@ def interpolate_checkpoints(path_a, path_b, alpha: float, out, *, fp16: bool = F
     model_b, meta_b = load_checkpoint(path_b, scale=scale or _whole_scale(meta_a))
     if scale is None and meta_a["source"] == "detected" and meta_b["source"] == FORMAT:
         model_a, meta_a = load_checkpoint(path_a, scale=_whole_scale(meta_b))  # ours says its scale
-    if (meta_a["arch"], registry.full_kwargs(meta_a["arch"], meta_a["kwargs"])) != \
-            (meta_b["arch"], registry.full_kwargs(meta_b["arch"], meta_b["kwargs"])):
-        raise UserError(f"{path_a} ({meta_a['arch']} {json.dumps(meta_a['kwargs'])}) and {path_b} "
-                        f"({meta_b['arch']} {json.dumps(meta_b['kwargs'])}) are different architectures")
+    if (differ := _arch_difference(meta_a, meta_b)) is not None:
+        raise UserError(f"{path_a} and {path_b} are different architectures ({differ}): their weights do "
+                        "not blend; interpolate two checkpoints of one architecture and scale")
     if meta_a["colorspace"] != meta_b["colorspace"]:  # the same tensors compute other things
         raise UserError(f"{path_a} computes in {meta_a['colorspace']} and {path_b} in {meta_b['colorspace']} "
                         "(model.colorspace): their weights do not blend; interpolate models of one colour space")
