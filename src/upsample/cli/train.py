@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from . import Terminated
 from .options import silence
 
 
@@ -15,8 +16,9 @@ from .options import silence
 def run(args: argparse.Namespace) -> int:
     from ..inference.batch import check_writable
     from ..training import loop
+    from ..training.procs import launched_rank  # only rank 0 writes the run dir
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem  # loop's default
-    if not run_dir.is_file():  # a file: the loop says so in its own words
+    if not run_dir.is_file() and launched_rank() == 0:  # a file: the loop says so in its own words
         check_writable(run_dir, run_dir, "--run-dir")  # before the training images are decoded
     consoles = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
@@ -24,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
         return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
                                     resume=args.resume, reset=args.reset, device=args.device,
                                     init=args.init, max_minutes=args.max_minutes)
+    except KeyboardInterrupt as exc:
+        if launched_rank() > 0:  # rank 0 says "interrupted" for the run: one line, not N
+            return 143 if isinstance(exc, Terminated) else 130
+        raise
     finally:
         sys.stdout, sys.stderr = consoles
 

@@ -58,7 +58,8 @@ from .fits import check_batch_fits
 from .gan import Discriminator, build_discriminator, gan_step
 from .losses import PerceptualLoss, make_loss
 from .optim import build_optimizer, build_scheduler, optimizer_step
-from .procs import Pace, Procs, Stop, set_torch_flags, start_processes
+from .procs import (Pace, Procs, Stop, process_start_time, said_by_rank_zero, set_torch_flags,
+                    start_processes)
 from .recipe import init_from, resolve_config
 from .rundir import RunLog, check_run_dir
 from .speed import CompiledOrEager, StepModes, candidates, choose_modes, kernels_for, resumed_modes
@@ -73,25 +74,61 @@ def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, r
                     max_minutes: float | None) -> int:
     """`upsample train`: resolve the config (the recipe, or a resumed run's own), then train."""
     run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
-    cfg, text = resolve_config(config, overrides, run_dir=run_dir, resume=resume, init=init)
+    try:
+        cfg, text = resolve_config(config, overrides, run_dir=run_dir, resume=resume, init=init)
+    except UserError as exc:  # every rank of a launcher meets it alike, before they meet
+        raise said_by_rank_zero(exc) from None
+    peer_lost = False
     try:
         return train(cfg, run_dir, resume=resume, reset=reset, device=device,
-                     init=cfg.train.init or None, config_text=text, max_minutes=max_minutes)
+                     init=cfg.train.init or None, config_text=text, max_minutes=max_minutes,
+                     started=process_start_time())
+    except (RuntimeError, dist.DistError) as exc:
+        peer_lost = dist.is_initialized() and is_peer_lost(exc)
+        if not peer_lost:
+            raise
+        # the launcher now stops this process too (SIGTERM): it is ending already, with its line
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise UserError(peer_lost_line(exc, run_dir, cfg)) from None
     finally:
-        if dist.is_initialized():
+        if dist.is_initialized() and not peer_lost:  # with a rank gone it could wait for it
             dist.destroy_process_group()
+
+
+# what gloo and NCCL say when another rank's process is gone (killed, out of memory, its machine)
+PEER_LOST_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                   "Connection refused", "NCCL communicator was aborted", "remote process exited",
+                   "Socket Timeout", "Timed out waiting")
+
+
+def is_peer_lost(exc: BaseException) -> bool:
+    """Whether a collective failed because another rank of the run is gone."""
+    return any(s in str(exc) for s in PEER_LOST_SIGNS)  # not any DistError: NCCL's own faults too
+
+
+def peer_lost_line(exc: BaseException, run_dir: Path, cfg: config_mod.Config) -> str:
+    """One line for a rank that lost the others: what happened, and how to go on."""
+    why = next((s for s in PEER_LOST_SIGNS if s in str(exc)), type(exc).__name__)
+    rank = dist.get_rank()
+    if rank == 0 and not (run_dir / "last_state.pt").exists():  # rank 0 writes the run dir
+        how = "it had saved no checkpoint yet: start it again with --reset"
+    else:
+        how = (f"go on from its last checkpoint (every {cfg.train.ckpt_every} steps, in {run_dir} "
+               "where rank 0 runs) with the same command and --resume")
+    return (f"rank {rank}: another process of this run ended or stopped answering ({why}: killed, out "
+            f"of memory, or its machine went away; its own output says why); {how}")
 
 
 def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset: bool = False,
           device: str | None = None, init: str | None = None, config_text: str | None = None,
           on_validate=None, max_minutes: float | None = None,
-          continue_hint: str = "continue with --resume") -> int:
+          continue_hint: str = "continue with --resume", started: float | None = None) -> int:
     """Train `cfg` in `run_dir`. `on_validate(step, val_psnr)` is called after each validation
     (single process); when it returns True the run stops there (`upsample tune` prunes trials so).
     `max_minutes`: a time-boxed chunk; the run saves and stops before that much wall time has
-    passed (counted from the call), to be continued with --resume. `continue_hint`: how to go on
-    after a signal stopped the run (`tune` has no --resume)."""
-    stop = Stop(deadline=time.time() + max_minutes * 60 if max_minutes else math.inf)
+    passed (counted from `started`, else from the call), to be continued with --resume.
+    `continue_hint`: how to go on after a signal stopped the run (`tune` has no --resume)."""
+    stop = Stop(deadline=(started or time.time()) + max_minutes * 60 if max_minutes else math.inf)
     # ---------------------------------------------------------------- build
     procs = start_processes(device)
     (cfg,) = procs.from_master(cfg)  # every rank trains with rank 0's config
@@ -105,7 +142,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     model, scales, perceptual, disc = build_model(cfg, procs, init=None if resuming else init)
     check_batch_fits(networks_in_a_step(cfg, model, scales, perceptual, disc), cfg.data.batch_size,
                      cfg.train.accumulate, procs.dev, half=cfg.train.amp != "none")
-    pairs, val_images = build_data(cfg, model.upsample_spec, scales, procs)
+    pairs, val_images = build_data_of_run(cfg, model.upsample_spec, scales, procs, run_dir if resuming else None)
     sampling = Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
                         seed=cfg.train.seed, rank=procs.rank, world=procs.world, n_images=len(pairs))
     modes = step_modes(cfg, model, pairs, sampling, procs, saved)
@@ -124,7 +161,7 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     sync_every = 1 if procs.dev.type == "cpu" else cfg.train.log_every  # a GPU sync costs more
     last_loss, last_terms = float("nan"), {}
     try:
-        stop.catch_signals()
+        stop.catch_signals(say=procs.master)
         announce(cfg, procs, state, run_log, n_images=len(pairs), val_images=val_images,
                  scales=scales, modes=modes)
         bar = progress_bar(steps, procs.master, desc="train", unit="step", initial=state.step,
@@ -301,6 +338,20 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
                   f"{len(train_files)} training images: no validation and no best.safetensors (the "
                   "weights are in last.safetensors); raise data.val_fraction or list images in data.val_list")
     return pairs, val_images
+
+
+def build_data_of_run(cfg: config_mod.Config, spec, scales: list, procs: Procs, resumed: Path | None) -> tuple:
+    """build_data, and for a resumed run whose images are not where it was trained (its run dir
+    copied to another machine or folder), how to point it at them."""
+    try:
+        return build_data(cfg, spec, scales, procs)
+    except UserError as exc:
+        if resumed is None or not str(exc).startswith(("data.train:", "data.val_list:")) or \
+                "not found" not in str(exc):
+            raise
+        raise UserError(f"{exc}; a resumed run reads the paths of {resumed / 'config.toml'}, as it "
+                        "was trained: edit them there to where the same images are now (its split and "
+                        "samples follow each folder's name, not its path)") from None
 
 
 def step_modes(cfg: config_mod.Config, model: nn.Module, pairs, sampling: Sampling, procs: Procs,
@@ -590,9 +641,16 @@ def save(state: TrainState, cfg: config_mod.Config, procs: Procs, *, eval_model:
     sd = state.state_dict()  # on every rank: it gathers their RNG states
     if procs.master:
         extra = {"step": state.step, "best_val_psnr": state.best_psnr if state.best_step else None}
-        checkpoint.save_checkpoint(eval_model, run_dir / "last.safetensors",
-                                   config=config_mod.to_dict(cfg), extra=extra)
-        write_state_file(sd, run_dir)
+        try:
+            checkpoint.save_checkpoint(eval_model, run_dir / "last.safetensors",
+                                       config=config_mod.to_dict(cfg), extra=extra)
+            write_state_file(sd, run_dir)
+        except OSError as exc:  # a full disk, a run dir made read-only or gone: each file is whole
+            kept = ("its last_state.pt, the checkpoint before, is whole: make room (or the folder "
+                    "writable), then continue with --resume" if (run_dir / "last_state.pt").exists()
+                    else "no checkpoint was saved yet: make room (or the folder writable) and start again")
+            raise UserError(f"cannot save the checkpoint of step {state.step} in {run_dir} "
+                            f"({exc.strerror or exc}); {kept}") from None
     if state.deepspeed is not None:
         state.deepspeed.drop_older(run_dir)
 

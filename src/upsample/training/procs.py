@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ..errors import UserError
+from ..errors import RankZeroError, UserError
 from . import config as config_mod
 from .engines import AccelerateEngine, DeepSpeedEngine, from_launcher
 
@@ -49,6 +50,21 @@ class Procs:
         return box
 
 
+def launched_rank() -> int:
+    """This process's rank where a launcher started the run (torchrun sets RANK, WORLD_SIZE,
+    MASTER_ADDR and MASTER_PORT), else 0: a RANK set by hand is no other rank to speak for it."""
+    rank, world = ((os.environ.get(n) or "").strip() for n in ("RANK", "WORLD_SIZE"))
+    if not (rank.isdigit() and world.isdigit() and int(rank) < int(world)):
+        return 0
+    return int(rank) if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT") else 0
+
+
+def said_by_rank_zero(exc: UserError) -> UserError:
+    """`exc` as raised before the processes of a launcher meet: every rank meets it alike, so
+    on the others than rank 0 it is a RankZeroError, said once by rank 0."""
+    return RankZeroError(str(exc)) if launched_rank() > 0 else exc
+
+
 def training_device(device: str | None) -> torch.device:
     """`--device` for training (cuda when available if not given); one line for a device this
     machine's torch cannot train on."""
@@ -71,7 +87,10 @@ def start_processes(device: str | None) -> Procs:
     if engine is not None:
         return Procs(rank=engine.rank, world=engine.world, dev=engine.device, engine=engine)
     world, rank, local_rank = launcher_env()
-    dev = training_device(device)
+    try:
+        dev = training_device(device)
+    except UserError as exc:
+        raise said_by_rank_zero(exc) from None
     if dev.type == "cuda":
         if world > 1 or dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else 0)
@@ -140,8 +159,38 @@ def set_torch_flags(cfg: config_mod.Config, dev: torch.device):
     return amp_dtype
 
 
+def process_start_time() -> float:
+    """When this process started (time.time()'s clock), so that --max-minutes counts the seconds
+    of importing torch and reading the recipe too (a job's time limit does); now, where /proc
+    does not say."""
+    now = time.time()
+    try:
+        with open("/proc/self/stat") as f:  # field 22, after the name in parentheses: clock ticks
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:  # since boot, in seconds since the epoch (btime)
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return now
+    return started if now - 3600 < started <= now else now  # a clock set since: as now
+
+
 # a signal this soon after the first is the same stop request, forwarded by a launcher
 REPEAT_GRACE_S = 1.0
+# a step that runs on this long after a signal: say that the run stops after it
+STILL_STEPPING_S = 1.0
+
+
+def _say_stopping(signum: int) -> None:
+    """The line for a signal whose step runs on; a raw write (from a timer thread), not print:
+    the main thread may be inside a write to stderr."""
+    line = (f"{signal.Signals(signum).name}: stopping once the step in progress (a first step may "
+            "compile) or its validation ends, then saving; the same signal again, a second or more "
+            "later, ends the run at once, unsaved\n")
+    try:
+        os.write(2, line.encode())
+    except OSError:
+        pass
 
 
 class Stop:
@@ -165,10 +214,15 @@ class Stop:
         stop before the --max-minutes deadline."""
         return self._deadline - self._lookahead
 
-    def catch_signals(self) -> None:
+    def catch_signals(self, *, say: bool = False) -> None:
+        """From now on a signal stops the run after its step; `say`: this rank says so when that
+        step runs on (a first step that compiles for half a minute was a silent half minute)."""
+        self._say = say
         self._old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def restore_signals(self) -> None:
+        if getattr(self, "_notice", None) is not None:
+            self._notice.cancel()
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
         self._old_handlers = {}
@@ -177,6 +231,10 @@ class Stop:
         now = time.monotonic()
         if self._caught_at is None:
             self._caught_at, self.signum = now, self.signum or signum
+            if getattr(self, "_say", False):
+                self._notice = threading.Timer(STILL_STEPPING_S, _say_stopping, args=(signum,))
+                self._notice.daemon = True
+                self._notice.start()
         elif now - self._caught_at >= REPEAT_GRACE_S:  # a second Ctrl-C / SIGTERM ends at once
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -110,6 +113,18 @@ def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.T
     if log is not None:  # the first steps may compile for a while: say what is going on
         log(f"timing the step in {len(cands)} modes" + (
             " (compiling the depth-wise gradient kernel first, ~15 s)" if any(m.compiled_grads for m in cands) else ""))
+    with interrupt_promptly():
+        chosen, best, cands = time_modes(cfg, model, sample, dev, cands, rounds=rounds, seconds=seconds)
+    if log is not None:
+        n = sample[0].shape[0]
+        log("step modes (patches/s): " + ", ".join(
+            f"{m.label()} {n / best[m]:.1f}" for m in cands) + f"; training with {chosen.label()}")
+    return chosen
+
+
+def time_modes(cfg: config_mod.Config, model: nn.Module, sample, dev: torch.device, cands: list, *,
+               rounds: int, seconds: float) -> tuple[StepModes, dict, list]:
+    """(the fastest of `cands`, each one's least step time, the modes timed): choose_modes' rounds."""
     steps = {m: mode_step(cfg, model, sample, dev, m) for m in cands}
     for step in steps.values():
         step()  # warm-up: allocator, oneDNN primitive caches, the compiled kernel
@@ -129,12 +144,61 @@ def choose_modes(cfg: config_mod.Config, model: nn.Module, sample: tuple[torch.T
             step()
             sync(dev)
             best[m] = min(best[m], time.perf_counter() - t)
-    chosen = min(cands, key=best.get)
-    if log is not None:
-        n = sample[0].shape[0]
-        log("step modes (patches/s): " + ", ".join(
-            f"{m.label()} {n / best[m]:.1f}" for m in cands) + f"; training with {chosen.label()}")
-    return chosen
+    return min(cands, key=best.get), best, cands
+
+
+REPEAT_INTERRUPT_S = 0.5  # how often a Ctrl-C / SIGTERM is raised again until it ends the timing
+
+
+@contextlib.contextmanager
+def interrupt_promptly():
+    """Ctrl-C / SIGTERM end the timing at once, as they would anywhere else before the training
+    loop. torch's compiler runs Python in weakref callbacks, where Python prints the
+    KeyboardInterrupt ("Exception ignored in ...") and goes on: a Ctrl-C during the first
+    compile was lost and the run trained on. So the signal is raised again every
+    REPEAT_INTERRUPT_S, by the previous handler (KeyboardInterrupt, the CLI's Terminated), until
+    it propagates out of here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a caller's worker thread: as before)
+        return
+    caught, done, repeater = [], threading.Event(), []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def again(signum):
+        while not done.wait(REPEAT_INTERRUPT_S):
+            os.kill(os.getpid(), signum)  # its handler runs in the main thread, once it can
+
+    def on_signal(signum, frame):
+        previous = old[signum]
+        if callable(previous):
+            if not caught:
+                caught.append(signum)
+                repeater.append(threading.Thread(target=again, args=(signum,), daemon=True))
+                repeater[0].start()
+            previous(signum, frame)  # raises: KeyboardInterrupt, Terminated
+            done.set()  # it did not (a handler that notes the signal): nothing to raise again
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        # SIG_IGN (started with the signal ignored, e.g. nohup's SIGINT): ignored, as before
+
+    hook = sys.unraisablehook
+
+    def unraisable(info):
+        if not issubclass(info.exc_type, KeyboardInterrupt):  # the lost one: raised again anyway
+            hook(info)
+    for s in old:
+        signal.signal(s, on_signal)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        done.set()
+        for thread in repeater:
+            thread.join()
+        sys.unraisablehook = hook
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def mode_step(cfg: config_mod.Config, model: nn.Module, sample, dev: torch.device, modes: StepModes):
