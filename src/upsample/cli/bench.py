@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from ..errors import UserError
@@ -11,20 +12,36 @@ from ..runtime.kinds import BACKENDS, PRECISIONS
 from .options import add_untrained_option, positive_int, thread_count
 
 
+def finite(value):
+    """`value` with every NaN or infinite float made None: strict JSON readers (jq, browsers) refuse
+    Python's NaN, which a row whose output overflowed (fp16 on CUDA) gives as its max|diff|."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def progress(message: str) -> None:
+    """On stderr, with --json too (the JSON is stdout alone): a 4K frame of a large model takes minutes."""
+    print(message, file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     # imported here: `bench --help` needs no torch
     from ..evaluation.bench import bench, format_report, parse_frame_size
     from ..training.bench import bench_train, format_train_report
 
-    log = None if args.json else (lambda m: print(m, file=sys.stderr))  # JSON: stdout alone
     if args.train and args.model:
         raise UserError("bench: --train MODEL times training, --model MODEL inference; give one of them")
     if args.seconds is not None and not args.train:
         raise UserError("--seconds is the time of each loop of --train; inference takes --runs and --warmup")
     if args.train:
         report = bench_train(args.train, seconds=4.0 if args.seconds is None else args.seconds, device=args.device,
-                             threads=args.threads, log=log)
-        print(json.dumps(report, indent=2) if args.json else format_train_report(report))
+                             threads=args.threads, log=progress)
+        print(json.dumps(finite(report), indent=2) if args.json else format_train_report(report))
         return 0
     if not args.model:
         raise UserError("bench: give --model MODEL (or --train MODEL to time training)")
@@ -32,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     try:
         report = bench(args.model, size=size, backends=backends, device=args.device, half=args.half,
-                       warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=log,
+                       warmup=args.warmup, runs=args.runs, scale=args.scale, int8=args.int8, log=progress,
                        image=args.image, precision=args.precision, threads=args.threads,
                        allow_untrained=args.allow_untrained, calib=args.calib)
     except (RuntimeError, MemoryError) as exc:  # the frames fit, the network's activations did not
@@ -40,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, RuntimeError) and not is_oom(exc):
             raise
         raise UserError(f"out of memory timing {args.model} at --size {args.size}: use a smaller --size") from None
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json.dumps(finite(report), indent=2) if args.json else format_report(report))
     return 0
 
 

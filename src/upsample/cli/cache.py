@@ -40,6 +40,6 @@ def register(sub) -> None:
     p.add_argument("action", choices=["info", "clear"],
                    help="info: the cache folder and each part's size; clear: delete the parts' files "
                         "(all are made again when needed)")
-    p.add_argument("parts", nargs="*", metavar="PART",
+    p.add_argument("parts", nargs="*", default=[], metavar="PART",  # a default: argparse no longer calls it required
                    help=f"these parts: {', '.join(PARTS)}, or all (default: all for info, export for clear)")
     p.set_defaults(func=run)

@@ -30,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['name']:<{width}}  {scale:>5}  {r['params']:>10,}  {_human(r['macs']):>8}  "
               f"{r['input']:<5}  {weights}")
     size = table.MACS_INPUT
+    others = "".join(f"; {n}: {s}x{s}, the size it takes" for n, s in table.MACS_INPUT_OF.items()
+                     if any(r["name"] == n for r in rows))
     print(f"macs: multiply-accumulates for one {size}x{size} input image (vdsr: its "
-          f"bicubic-upscaled input); models without weights are refused for inference until trained "
+          f"bicubic-upscaled input{others}); models without weights are refused for inference until trained "
           f"(`upsample train`; --allow-untrained runs them for timing)")
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UserError
@@ -26,8 +27,8 @@ from ..inference.wrappers import half_upscaler
 from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
-from ..inference.memory import free_memory
-from ..inference.load import check_trained, check_device, load_upscaler, resolve_model, scale_of
+from ..inference.memory import PeakTensorMemory, free_memory
+from ..inference.load import check_scale, check_trained, check_device, load_upscaler, resolve_model, scale_of
 from ..runtime import auto, int8 as int8_files, quantize
 from ..runtime.foreign_onnx import is_foreign
 from ..runtime.sessions import openvino_device
@@ -44,16 +45,17 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def check_frame_fits(size: tuple[int, int], scale: float, dev: torch.device) -> None:
-    """Refuse, before any allocation, a --size whose input and output frames alone (float32
-    RGB) exceed the memory free on `dev`: torch's allocator fails with a traceback, or the OS
-    kills the process."""
+def check_frame_fits(size: tuple[int, int], scale: float, dev: torch.device, network_bytes: int = 0) -> None:
+    """Refuse, before any allocation, a --size whose input and output frames (float32 RGB) and the
+    network's activations (`network_bytes`, its peak at that size) exceed the memory free on `dev`:
+    torch's allocator fails with a traceback, or the OS kills the process (or another one)."""
     w, h = size
-    need = 3 * 4 * w * h * (1 + scale * scale)
+    frames = 3 * 4 * w * h * (1 + scale * scale)
     free = free_memory(dev)
-    if need > free:
-        raise UserError(f"--size {w}x{h}: its frames need {need / 1e9:.1f} GB at x{scale:g}, more than the "
-                        f"{free / 1e9:.1f} GB free; use a smaller --size (e.g. 1920x1080)")
+    if frames + network_bytes > free:
+        what = "its frames" + (" and the network's activations" if network_bytes else "")
+        raise UserError(f"--size {w}x{h}: {what} need {(frames + network_bytes) / 1e9:.1f} GB at x{scale:g}, "
+                        f"more than the {free / 1e9:.1f} GB free; use a smaller --size (e.g. 1920x1080)")
 
 
 def half_dtype(device: torch.device) -> torch.dtype | None:
@@ -63,21 +65,38 @@ def half_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
-def network_macs(up: Upscaler, h: int, w: int) -> int:
-    """Multiply-accumulates of the upscaler's network for an h x w input frame (0 for bicubic)."""
-    model = up.model
-    if model is None:
-        return 0
+def _network_input(up: Upscaler, h: int, w: int) -> tuple[nn.Module, torch.Tensor]:
+    """The upscaler's network on the meta device and its input for an h x w frame, as it gets it:
+    upscaled first (pre-upsampling), padded to the multiple it takes."""
     spec = up.spec
     if spec.pre_upsample:
         h, w = round(h * up.scale), round(w * up.scale)
-    m = spec.pad_multiple  # the frame as the network gets it: padded to the multiple it takes
+    m = spec.pad_multiple
     h, w = -(-h // m) * m, -(-w // m) * m
-    meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
+    meta = copy.deepcopy(up.model).to(device="meta", dtype=torch.float32)
+    return meta, torch.zeros(1, spec.channels, h, w, device="meta")
+
+
+def network_macs(up: Upscaler, h: int, w: int) -> int:
+    """Multiply-accumulates of the upscaler's network for an h x w input frame (0 for bicubic)."""
+    if up.model is None:
+        return 0
+    meta, x = _network_input(up, h, w)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        meta(torch.zeros(1, spec.channels, h, w, device="meta"))
+        meta(x)
     return counter.get_total_flops() // 2
+
+
+def network_peak_bytes(up: Upscaler, h: int, w: int) -> int:
+    """The most bytes of float32 activations alive at once in the upscaler's network on an h x w
+    input frame (0 for bicubic): what eager torch needs beyond the frames."""
+    if up.model is None:
+        return 0
+    meta, x = _network_input(up, h, w)
+    with PeakTensorMemory() as peak, torch.no_grad():
+        meta(x)
+    return peak.peak
 
 
 def frame_from_image(path: str, size: tuple[int, int]) -> torch.Tensor:
@@ -171,6 +190,21 @@ def refuse_torch_only_options(model: str, *, half: bool, int8, calib: str | None
                         f"{need}: leave {them} out to time the graph")
 
 
+def refuse_unused_options(model: str, *, backends: list[str], precision: str, half: bool) -> None:
+    """Options that no row of this run would use, refused rather than left out of the figures
+    unsaid: --precision sets the auto row alone; bicubic runs on torch in fp32 alone."""
+    if precision not in (Precision.AUTO, Precision.FP32) and Backend.AUTO not in backends:
+        raise UserError(f"--precision {precision} sets the graph of the auto row, and --backend "
+                        f"{','.join(backends)} has none: add --backend auto (or leave --backend out: all)")
+    if model != "bicubic":
+        return
+    if not {Backend.TORCH, Backend.AUTO} & set(backends):
+        raise UserError("bicubic runs on the torch backend only (MATLAB's resize, no network to export): "
+                        "use --backend torch")
+    if half:
+        raise UserError("--half times a network in half precision; bicubic has none: leave --half out")
+
+
 def bench_entries(model: str, eager: Upscaler | None, *, backends: list[str], scale, device: str,
                   dev: torch.device, hdt: torch.dtype | None, half: bool, precision: str,
                   threads: int | None, int8) -> tuple[list[tuple], list[dict]]:
@@ -197,14 +231,30 @@ def bench_entries(model: str, eager: Upscaler | None, *, backends: list[str], sc
         up = load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.AUTO, precision=Precision.BF16,
                            threads=threads, quiet=True)
         entries.append((f"{up.runtime} bf16 (forced)", up, "bfloat16"))
-    for path in int8:  # `upsample quantize` outputs of this model, on their own backends
-        backend = BACKEND_OF.get(Path(path).suffix.lower(), Backend.ONNXRUNTIME)  # load_upscaler checks it
-        up = load_upscaler(path, scale=eager.scale, backend=backend, device=device)
-        if not bicubic and (up.spec.arch, up.spec.kwargs) != (eager.spec.arch, eager.spec.kwargs):
-            raise UserError(f"--int8 {path} is a quantized {up.spec.arch} {up.spec.kwargs}, not {model} "
-                            f"({eager.spec.arch} {eager.spec.kwargs}): quantize this model with `upsample quantize`")
-        entries.append((f"{backend} int8", up, "int8"))
+    entries += [int8_entry(path, model, eager, device=device) for path in int8]
     return entries, failed
+
+
+def int8_entry(path: str, model: str, eager: Upscaler, *, device: str) -> tuple:
+    """(label, upscaler, peak key) of an `upsample quantize` output of `model`, on its own backend;
+    refused where it is not one of this model (its speed-up and max|diff| would compare two models)."""
+    if is_foreign(Path(path)):
+        raise UserError(f"--int8 {path} is an ONNX graph, not an `upsample quantize` output: time it with "
+                        f"`upsample bench --model {path}`, or quantize {model} with `upsample quantize`")
+    if isinstance(eager, BicubicUpscaler):
+        made_from = int8_files.read_meta(Path(path))[1].get("name") or "MODEL"
+        raise UserError(f"--int8 {path}: bicubic has no network that an int8 model could be made from; time "
+                        f"it beside its own model: `upsample bench --model {made_from} --int8 {path}`")
+    backend = BACKEND_OF.get(Path(path).suffix.lower(), Backend.ONNXRUNTIME)  # load_upscaler checks it
+    # a model of one scale: the file's own scale, so another scale's file is named as another model
+    # below (not as a --scale the user never gave); a model of any scale (vdsr): the one timed
+    up = load_upscaler(path, scale=eager.scale if eager.spec.scale is None else None, backend=backend,
+                       device=device)
+    if (up.spec.arch, up.spec.kwargs) != (eager.spec.arch, eager.spec.kwargs):
+        made_from = int8_files.read_meta(Path(path))[1].get("name") or f"{up.spec.arch} {up.spec.kwargs}"
+        raise UserError(f"--int8 {path} is a quantized {made_from}, not {model} ({eager.spec.arch} "
+                        f"{eager.spec.kwargs}): quantize this model with `upsample quantize`")
+    return f"{backend} int8", up, "int8"
 
 
 SETTLE_S = 0.05  # the rest before each timed call (see `time_entries`)
@@ -217,22 +267,26 @@ def time_entries(entries: list[tuple], x: torch.Tensor, dev: torch.device, *, wa
     # costs every row alike; each call starts after a short rest, as from an idle machine: the
     # previous row's threads (torch's OpenMP, OpenVINO's TBB) spin for a few ms after it ends,
     # which cost the next row 2-8 ms of espcn-x3's ~45 at 640x360 here.
-    outs, times = [], [[] for _ in entries]
+    # The outputs compared are those of the first timed round: `--warmup 0` times a cold first
+    # call, as it says, with no untimed call before it.
+    outs, times = [None] * len(entries), [[] for _ in entries]
     with torch.no_grad():
         for label, up, _ in entries:
-            say(f"warming up {label}")
-            for _ in range(max(1, warmup)):
-                out = up(x)
+            if warmup:
+                say(f"warming up {label}")
+            for _ in range(warmup):
+                up(x)
             sync(dev)
-            outs.append(out.float().clamp(0, 1))  # differences as the saved image shows them
         for r in range(runs):
             say(f"round {r + 1} of {runs}")
             for i, (_, up, _) in enumerate(entries):
                 time.sleep(SETTLE_S)
                 t = time.perf_counter()
-                up(x)
+                out = up(x)
                 sync(dev)
                 times[i].append(time.perf_counter() - t)
+                if r == 0:  # differences as the saved image shows them (a copy: a runtime may reuse its buffer)
+                    outs[i] = out.float().clamp(0, 1)
     return outs, times
 
 
@@ -277,6 +331,7 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         raise UserError(f"{model} is an int8 file of `upsample quantize`: time it beside the model it was made "
                         f"from, `upsample bench --model {made_from} --int8 {model}`")
     backends = list(backends or BACKENDS)
+    refuse_unused_options(model, backends=backends, precision=precision, half=half)
     torch_device = "cpu" if openvino_device(device) is not None else device
     dev = check_device(torch_device, Backend.TORCH)
     w, h = size
@@ -286,7 +341,10 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     hdt = half_dtype(dev)
     eager = None if graph else load_upscaler(model, allow_untrained=True, scale=scale, backend=Backend.TORCH,
                                              device=torch_device, threads=threads)
-    check_frame_fits(size, eager.scale if eager is not None else (scale or 4), dev)  # a graph: probed later, x4 assumed
+    if eager is None:  # a graph's scale is probed later: the one asked, else x4 assumed
+        check_frame_fits(size, check_scale(scale or 4, "--scale"), dev)
+    else:
+        check_frame_fits(size, eager.scale, dev, network_peak_bytes(eager, h, w))
     x = (frame_from_image(image, size) if image else
          torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).to(dev)
     if calib:
@@ -312,7 +370,8 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
     report = {"model": named.name, "scale": named.scale, "size": f"{w}x{h}", "device": str(dev),
               "cpu": cpu_name(), "cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(),
               "warmup": warmup, "runs": runs,
-              "gmacs_per_frame": macs / 1e9, "peak_gflops": peaks, "rows": rows}
+              "gmacs_per_frame": macs / 1e9 if eager is not None else None,  # a graph's: not counted
+              "peak_gflops": peaks, "rows": rows}
     if eager is None:
         report["note"] = NO_REFERENCE.format(model=model)
     return report
@@ -321,8 +380,9 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
 def format_report(r: dict) -> str:
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_gflops"].items())
     width = max([22] + [len(row["backend"]) for row in r["rows"]])  # e.g. "auto (openvino bf16-fp32-ends)"
+    gmacs = "GMAC/frame not counted" if r["gmacs_per_frame"] is None else f"{r['gmacs_per_frame']:.2f} GMAC/frame"
     lines = [f"{r['model']} x{r['scale']:g} at {r['size']} on {r['device']} ({r['threads']} threads): "
-             f"{r['gmacs_per_frame']:.2f} GMAC/frame; peak GFLOP/s (matmul): {peaks}; "
+             f"{gmacs}; peak GFLOP/s (matmul): {peaks}; "
              f"median of {r['runs']} after {r['warmup']} warm-up",
              f"{'backend':<{width}} {'ms/frame':>10} {'MP/s':>8} {'GFLOP/s':>8} {'of peak':>8} "
              f"{'vs eager':>8} {'max|diff|':>10}"]

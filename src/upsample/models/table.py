@@ -14,6 +14,9 @@ from typing import NamedTuple
 from . import WEIGHTS_DIR
 
 MACS_INPUT = 256  # side of the input image the `macs` column is counted for (registry.MACS_INPUT)
+# discriminators whose `macs` are counted at the one input size they take instead (registry.describe:
+# their `input_size`)
+MACS_INPUT_OF = {"esrgan-discriminator": 128}
 
 
 class Row(NamedTuple):

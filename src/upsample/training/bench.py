@@ -69,8 +69,14 @@ def load_recipe(target: str, overrides: list[str]) -> tuple[Path, config_mod.Con
 
 
 def forward_macs(model: torch.nn.Module, shape: tuple) -> int:
-    meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
+    """Multiply-accumulates of the forward that training runs on an input of `shape` (a joint
+    down+up model's: the round trip from HR, `trains_on_hr`)."""
     counter = FlopCounterMode(display=False)
+    if getattr(model, "trains_on_hr", False):  # its downscaler's autocast has no meta device: one patch on the CPU
+        with counter, torch.no_grad():
+            copy.deepcopy(model).cpu().float()(torch.zeros(*shape), hr=True)
+        return counter.get_total_flops() // 2
+    meta = copy.deepcopy(model).to(device="meta", dtype=torch.float32)
     with counter, torch.no_grad():
         meta(torch.zeros(*shape, device="meta"))
     return counter.get_total_flops() // 2
@@ -167,10 +173,13 @@ def time_reference(cfg: config_mod.Config, files: list[Path], dev: torch.device,
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay) \
         if o.name == "sgd" else torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas))
     criterion = make_loss(cfg.loss.name, cfg.loss.eps)
+    hr_input = getattr(model, "trains_on_hr", False)  # joint down+up: the round trip from HR, as ours
 
     def step():
         lr, hr = (t.to(dev) for t in next(loader))
-        loss = criterion(model(lr), hr)
+        loss = criterion(model(hr, hr=True) if hr_input else model(lr), hr)
+        if hr_input and model.aux_loss is not None:  # its rate term, as the trainer adds it
+            loss = loss + model.aux_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -197,7 +206,8 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
                                        split_seed=config_mod.split_seed(cfg))
     model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     spec = model.upsample_spec
-    side = cfg.data.patch_size if spec.pre_upsample else cfg.data.patch_size // (spec.scale or 1)
+    hr_input = spec.pre_upsample or getattr(model, "trains_on_hr", False)  # the network takes the HR-sized patch
+    side = cfg.data.patch_size if hr_input else cfg.data.patch_size // (spec.scale or 1)
     macs = forward_macs(model, (1, spec.channels, side, side))
     hdt = half_dtype(dev)
     log("measuring peak: 2048^3 matmul")
@@ -212,10 +222,16 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
     for row in rows:
         row["gflops"] = row["patches_per_s"] * macs * 2 * 3 / 1e9
         row["of_peak"] = row["gflops"] / peaks[peak_key]
-    return {"model": cfg.model.name, "recipe": str(recipe), "device": device if dev.type == "cuda"
-            else f"{cpu_name()}, {torch.get_num_threads()} threads", "patch": cfg.data.patch_size,
-            "input_side": side, "batch": cfg.data.batch_size, "gmacs_per_patch": macs / 1e9,
-            "peak_gflops": peaks, "peak_key": peak_key, "rows": rows, "speedup": ours / ref}
+    report = {"model": cfg.model.name, "recipe": str(recipe), "device": device if dev.type == "cuda"
+              else f"{cpu_name()}, {torch.get_num_threads()} threads", "patch": cfg.data.patch_size,
+              "input_side": side, "batch": cfg.data.batch_size, "gmacs_per_patch": macs / 1e9,
+              "peak_gflops": peaks, "peak_key": peak_key, "rows": rows, "speedup": ours / ref}
+    left_out = [what for what, on in (("discriminator", cfg.gan.discriminator),
+                                      ("perceptual loss", cfg.loss.perceptual.weight)) if on]
+    if left_out:  # both loops time the generator's step alone: the figures would not say so
+        report["note"] = (f"the recipe's {' and '.join(left_out)} left out of both loops: the generator's "
+                          f"{cfg.loss.name} step alone")
+    return report
 
 
 def format_train_report(r: dict) -> str:
@@ -227,4 +243,5 @@ def format_train_report(r: dict) -> str:
         lines.append(f"{row['loop']:<44} {row['patches_per_s']:>10.1f} {row['gflops']:>8.0f} "
                      f"{100 * row['of_peak']:>15.1f}%")
     lines.append(f"ours / reference: {r['speedup']:.2f}x")
+    lines += [f"note: {r['note']}"] if r.get("note") else []
     return "\n".join(lines)
