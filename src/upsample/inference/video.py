@@ -13,6 +13,8 @@ range. Progress: a tqdm bar on a terminal, else a line every 5 s; a run over 3 m
 one-line estimate after its first frames.
 The output is written under a temporary name and renamed when complete; on failure or Ctrl-C the
 temporary file is removed. Reading and writing the files is `media.video`'s.
+Frames with alpha: into an output that keeps it, the colour of fully transparent pixels is first
+filled from the nearest visible one (no dark fringe); into an opaque one, composited over black.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from tqdm import tqdm
 
 from ..data.degrade import imresize, output_size
 from ..errors import UserError
-from ..media.imageio import atomic_output
+from ..media.imageio import Planes, atomic_output, fill_hidden_colour
 from ..media.progress import progress_bar
 from ..media.video import (CAPTION_SEI_HEADERS, FAMILIES, NO_PTS_MUXERS, SLOT_MUXERS, VIDEO_FIRST,
-                           add_copied_streams, add_video_stream, carry_frame_props, copy_chapters,
+                           add_copied_streams, add_video_stream, carry_frame_props, copy_chapters, copy_colour_tags,
                            choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
                            frame_count, frame_rate, has_alpha, header_video_end, is_cover_art, is_planar_yuv, is_yuv,
                            keep_alpha_hint, lost_metadata_notes, main_video_stream, muxer_name, open_input,
@@ -172,7 +174,8 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         codec, out_fmt, notes = choose_encoding(dst, src_fmt, codec, pix_fmt)
         first = first_frame(src, vin.index)
         if _may_be_transparent(vin.codec_context.name, src_fmt, first) and not has_alpha(out_fmt):
-            notes.append(f"the input's transparency (alpha) is not kept: {codec} {out_fmt} is opaque; "
+            notes.append(f"the input's transparency (alpha) is not kept: {codec} {out_fmt} is opaque "
+                         "(the picture is composited over black); "
                          f"{keep_alpha_hint(muxer_name(dst))}")
         notes += lost_metadata_notes(codec, first)
         if getattr(first, "interlaced_frame", False):
@@ -873,10 +876,84 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
 
 def _upscale_frames(group, plan: _Plan, shift: int) -> list:
     """Decoded frames -> upscaled frames (pts, duration and colour tags carried over)."""
-    results = _upscale_yuv(group, plan) if plan.y_model else _upscale_rgb(group, plan)
+    keep = has_alpha(plan.out_fmt)
+    ready = [_alpha_settled(f, keep) for f in group]
+    results = _upscale_yuv(ready, plan) if plan.y_model else _upscale_rgb(ready, plan)
     for src, o in zip(group, results):
         carry_frame_props(src, o, shift)
     return results
+
+
+def _alpha_settled(f: av.VideoFrame, keep: bool) -> av.VideoFrame:
+    """Frame `f` as it is upscaled: where its alpha is kept (`keep`), the colour of its fully
+    transparent pixels filled from the nearest visible one (`fill_hidden_colour`: else the model
+    and libswscale mix that hidden colour, often black or garbage, into the visible edge: a dark
+    fringe of up to ~100 levels on a sprite); where the output is opaque, composited over black
+    (dropping the alpha would show the hidden colour itself, and hard edges). `f` itself where
+    that changes nothing (no alpha, nothing hidden, all opaque); a new frame otherwise, as the
+    decoder's frames may be its reference pictures."""
+    if not has_alpha(f.format.name):
+        return f
+    bits = f.format.components[0].bits
+    planar = (is_planar_yuv(f.format) or f.format.name.startswith("gbrap")) and bits <= 16  # not float
+    dtype = np.uint16 if bits > 8 else np.uint8
+    if planar:
+        planes = [plane_view(p, dtype) for p in f.planes]
+        alpha_at = next(c.plane for c in f.format.components if c.is_alpha)
+        alpha = planes[alpha_at]
+    else:  # packed RGBA in some order, gray with alpha: as RGBA, which libswscale makes exactly
+        bits = 16 if bits > 8 else 8
+        planes = [f.to_ndarray(format="rgba64le" if bits > 8 else "rgba")]
+        alpha = planes[0][..., 3]
+    opaque = (1 << bits) - 1
+    if (alpha.min() > 0 or not alpha.any()) if keep else alpha.min() == opaque:
+        return f
+    if not planar:
+        planes[0][..., :3] = _settled_planes(planes[0][..., :3], alpha, None if keep else opaque, 0)
+        o = av.VideoFrame.from_ndarray(planes[0], format="rgba64le" if bits > 8 else "rgba")
+    else:
+        o = av.VideoFrame(f.width, f.height, f.format.name)
+        out = [plane_view(p, dtype) for p in o.planes]
+        out[alpha_at][:] = alpha
+        colour = [k for k in range(len(planes)) if k != alpha_at]
+        for shape in dict.fromkeys(planes[k].shape for k in colour):  # one fill for planes of a size
+            ks = [k for k in colour if planes[k].shape == shape]
+            black = np.array([_black(f, k) for k in ks], np.float32)
+            settled = _settled_planes(np.dstack([planes[k] for k in ks]), alpha, None if keep else opaque, black)
+            for i, k in enumerate(ks):
+                out[k][:] = settled[..., i]
+    copy_colour_tags(f, o)
+    return o
+
+
+def _settled_planes(planes: np.ndarray, alpha: np.ndarray, opaque: int | None, black) -> np.ndarray:
+    """`planes` (h, w, c) filled by `alpha` (`opaque` None) or composited over `black` by
+    `alpha` / `opaque`. `alpha` may be larger: subsampled chroma planes take each block's (a block
+    is hidden where all its pixels are; composited by its mean alpha)."""
+    h, w = planes.shape[:2]
+    by, bx = -(-alpha.shape[0] // h), -(-alpha.shape[1] // w)
+    if (by, bx) != (1, 1):
+        padded = np.pad(alpha, ((0, h * by - alpha.shape[0]), (0, w * bx - alpha.shape[1])), mode="edge")
+        blocks = padded.reshape(h, by, w, bx)
+        alpha = blocks.max((1, 3)) if opaque is None else blocks.mean((1, 3))
+    if opaque is None:  # Planes holds 1 or 3 colour planes: U and V go with a spare copy of U
+        n = planes.shape[2]
+        padded = planes if n in (1, 3) else np.dstack([planes, planes[..., :1]])
+        return fill_hidden_colour(Planes(padded, alpha[..., None].astype(planes.dtype))).color[..., :n]
+    a = (alpha.astype(np.float32) / opaque)[..., None]
+    return np.rint(black + (planes.astype(np.float32) - black) * a).astype(planes.dtype)
+
+
+def _black(f: av.VideoFrame, plane: int) -> int:
+    """The value of black in `plane` of planar frame `f`: luma 16 (limited range) or 0, chroma
+    the middle, RGB 0; scaled to the frame's bit depth."""
+    if not is_planar_yuv(f.format):
+        return 0
+    bits = f.format.components[0].bits
+    if plane:
+        return 1 << (bits - 1)
+    full = f.format.name.startswith("yuvj") or f.color_range == 2
+    return 0 if full else 16 << (bits - 8)
 
 
 def _upscale_yuv(group, plan: _Plan) -> list:
