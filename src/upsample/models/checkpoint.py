@@ -117,6 +117,10 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():  # a run dir: name the weights it holds
+        held = [path / n for n in ("best.safetensors", "last.safetensors") if (path / n).is_file()]
+        raise UserError(f"{path} is a folder, not a checkpoint file" + (
+            f"; a training run's: give {held[0]}" if held else ""))
     if not path.is_file():
         raise UserError(f"not a checkpoint file: {path}")
     if path.stat().st_size == 0:

@@ -413,6 +413,9 @@ def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: R
               f"{procs.dev.type}, {modes.label()}"
               f"{', ' + procs.engine.describe() if procs.engine is not None else ''}"
               f"{', resuming at step ' + str(start) if start else ''}")
+    if procs.master:
+        procs.log(f"run dir {run_log.run_dir}: checkpoints, config.toml, metrics.jsonl "
+                  f"(TensorBoard: tensorboard --logdir {run_log.run_dir / 'tb'})")
     if procs.master and not start:  # where the run trains: the shipped log summary quotes it
         run_log.record({"step": 0, "hardware": hardware_name(procs.dev, cfg.train.threads),
                         "world": procs.world, "torch": torch.__version__})

@@ -22,6 +22,8 @@ def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
         raise UserError(f"--run-dir {run_dir} is a file; name a folder for the run")
     used = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
     saved = (run_dir / "last_state.pt").exists()
+    if run_dir.is_dir() and not used:
+        check_holds_nothing_else(run_dir)
     if resume and saved:
         return True
     if used and not reset:  # with or without --resume: the one way on for this run dir
@@ -33,6 +35,16 @@ def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
     if resume and not reset:
         raise UserError(f"--resume: {run_dir} holds no run to resume; start without --resume")
     return False
+
+
+def check_holds_nothing_else(run_dir: Path) -> None:
+    """A folder that holds no run must hold nothing else (hidden files and a run's own folders
+    aside): `--run-dir photos` mixed the run's files into the user's pictures."""
+    others = sorted(p.name for p in run_dir.iterdir()
+                    if not p.name.startswith(".") and p.name not in ("tb", "deepspeed"))
+    if others:
+        raise UserError(f"--run-dir {run_dir} holds {len(others)} other file(s) (e.g. {others[0]}) and no run: "
+                        "name a new or empty folder for the run")
 
 
 LOCK_FILE = ".lock"  # held by the `upsample train` writing the run dir (filelock: freed at exit)
@@ -67,6 +79,7 @@ class RunLog:
     def __init__(self, run_dir: Path, cfg: config_mod.Config, *, resuming: bool, reset: bool,
                  start: int, config_text: str | None):
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
         self.lock = hold_run_dir(run_dir)
         try:
             if reset:

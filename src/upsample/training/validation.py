@@ -23,17 +23,20 @@ def load_val_images(files: list, cfg: config_mod.ValConfig, scales=()) -> list[n
     UserError naming an image too small to be measured at one of `scales` (found before the run
     dir is claimed, not at the first validation)."""
     files = files[:cfg.max_images] if cfg.max_images else files
-    images = [center_crop(read_rgb(f), cfg.crop) for f in files]
-    for f, img in zip(files, images):
+    images = []
+    for f in files:
+        whole = read_rgb(f)
+        images.append(img := center_crop(whole, cfg.crop))
+        cropped = img.shape != whole.shape  # val.crop made it smaller: raising it helps
         for s in scales:  # as `validate` measures it: modcrop, then a border of the scale
             border = int(math.ceil(s))
             if not evaluate.ssim_fits(modcrop(img, s).shape, border):
                 h, w = img.shape[:2]
                 raise UserError(
-                    f"validation image {f} is {w}x{h}{' after val.crop' if cfg.crop else ''}: too small to "
+                    f"validation image {f} is {w}x{h}{' after val.crop' if cropped else ''}: too small to "
                     f"measure at x{s} (SSIM's {metrics.SSIM_SIDE['gaussian']}-pixel window inside a {border}-pixel "
                     "border); leave it out of the validation images (data.val_list, or the data.val_fraction "
-                    "split) or raise val.crop")
+                    "split)" + (" or raise val.crop" if cropped else ""))
     return images
 
 

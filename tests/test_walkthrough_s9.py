@@ -1,0 +1,66 @@
+"""What a new user met in an end-to-end walkthrough (session 9): where a run writes, a run dir
+full of photos, a validation image too small before any crop, a run folder given as a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from upsample import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.toml"
+
+
+def _photos(folder: Path, n: int = 2, size=(40, 48)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def _train(photos: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", str(TINY), "--run-dir", str(run), "--device", "cpu", "--set", f'data.train=["{photos}"]',
+            "--set", "train.steps=2", "--set", "data.batch_size=2", *extra]
+
+
+def test_a_run_says_where_it_writes_at_its_start(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(_train(_photos(tmp_path / "photos"), run, "--set", "data.val_fraction=0")) == 0
+    out = capsys.readouterr()
+    first = (out.out + out.err).split("train ")[0]  # the lines before the progress
+    assert f"run dir {run}" in first and f"tensorboard --logdir {run / 'tb'}" in first
+
+
+def test_a_folder_of_photos_is_no_run_dir(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    for extra in ([], ["--reset"]):
+        assert cli.main(_train(photos, photos, "--set", "data.val_fraction=0", *extra)) == 2
+        err = capsys.readouterr().err
+        assert "holds 2 other file(s) (e.g. p0.png) and no run" in err and "Traceback" not in err
+    assert sorted(p.name for p in photos.iterdir()) == ["p0.png", "p1.png"]  # nothing written there
+    (tmp_path / "empty" / ".DS_Store").parent.mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"x")  # hidden files are no reason to refuse
+    assert cli.main(_train(photos, tmp_path / "empty", "--set", "data.val_fraction=0")) == 0
+
+
+def test_a_validation_image_small_before_any_crop_is_not_told_to_raise_the_crop(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    small = _photos(tmp_path / "val", n=1, size=(7, 5))
+    (tmp_path / "val.txt").write_text(str(small / "p0.png") + "\n")
+    assert cli.main(_train(photos, tmp_path / "run", "--set", f'data.val_list="{tmp_path / "val.txt"}"',
+                           "--set", "val.crop=64")) == 2
+    err = capsys.readouterr().err
+    assert "is 5x7: too small" in err and "val.crop" not in err, err
+
+
+def test_a_run_folder_given_as_a_model_names_its_weights(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(_train(_photos(tmp_path / "photos"), run, "--set", "data.val_fraction=0")) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(run), "--scale", "2", "--data", str(tmp_path / "photos")]) != 0
+    err = capsys.readouterr().err
+    assert f"{run} is a folder" in err and "last.safetensors" in err and "Traceback" not in err, err
