@@ -64,3 +64,19 @@ def test_a_run_folder_given_as_a_model_names_its_weights(tmp_path, capsys):
     assert cli.main(["eval", "--model", str(run), "--scale", "2", "--data", str(tmp_path / "photos")]) != 0
     err = capsys.readouterr().err
     assert f"{run} is a folder" in err and "last.safetensors" in err and "Traceback" not in err, err
+
+
+def test_progress_lines_in_a_log_hold_no_cursor_moves_of_nested_bars():
+    import io
+
+    from upsample.media.progress import progress_bar
+    log = io.StringIO()
+    outer = progress_bar(3, True, desc="images", unit="image", stream=log, interval=0)
+    inner = progress_bar(4, True, desc="tiles", unit="tile", stream=log, interval=0, leave=False)
+    for _ in range(4):
+        inner.update(1)
+    inner.close()
+    outer.update(1)
+    outer.close()
+    text = log.getvalue()
+    assert "\x1b" not in text and "tiles 4/4" in text and "images 1/3" in text, repr(text)

@@ -291,14 +291,27 @@ class MemoryPlanner:
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
         if side < MIN_TILE:
             need = bpp * (MIN_TILE + 2 * self.pad) ** 2
+            least = self._least_memory(need, reserved)  # what the smallest tile would run in
             if budget <= 0 and self.max_memory is not None and self.device.type == "cpu":
                 raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: this process (the model, "
                                 f"its runtime, the libraries) already uses {rss_bytes() / 1e6:.0f} MB and this "
-                                f"image's output {reserved / 1e6:.0f} MB more; raise it")
+                                f"image's output {reserved / 1e6:.0f} MB more; raise it{least}")
+            if self.max_memory is None:  # the budget was half the free memory: no option to raise
+                raise UserError(f"half the free memory leaves too little for even a {MIN_TILE}px tile "
+                                f"({budget / 1e6:.1f} MB for tiles, about {need / 1e6:.1f} MB needed): "
+                                f"free some memory, or give --tile to size tiles yourself")
             raise UserError(f"--max-memory leaves too little for even a {MIN_TILE}px tile "
                             f"({budget / 1e6:.1f} MB for tiles, about {need / 1e6:.1f} MB "
-                            f"needed): raise it, or lower --tile-pad")
+                            f"needed): raise it{least}, or lower --tile-pad")
         return self.geometry.round_down(min(side, max(h, w)))
+
+    def _least_memory(self, need: float, reserved: int) -> str:
+        """", to at least N MB": the --max-memory that would give each job a `need`-byte tile
+        beside what the process holds and `reserved`; "" without a CPU budget to name."""
+        if self.max_memory is None or self.device.type != "cpu":
+            return ""
+        least = rss_bytes() + self.jobs * (reserved + need)
+        return f" to at least {math.ceil(least / 1e6 / 50) * 50:.0f} MB"
 
     def batches_that_fit(self, shape: tuple, dtype: np.dtype, sizes: tuple[int, ...]) -> list[int]:
         """Those of `sizes` (tiles per call) whose padded tiles of `shape` (N, H, W, C) fit in

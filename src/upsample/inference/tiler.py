@@ -134,10 +134,12 @@ class Tiler:
             torch.cuda.empty_cache()
 
     def upscale(self, arr: np.ndarray, *, tile: int | None = None, desc: str = "",
-                maxval: float | None = None) -> np.ndarray:
+                maxval: float | None = None, bar=None, share: float = 1.0) -> np.ndarray:
         """Upscale an HxWxC (or a batch NxHxWxC) uint8/uint16 array to the same dtype, tile by
         tile. `maxval`: the code value that means 1.0 (default: the dtype's maximum; e.g. 1020
-        for 10-bit video luma in 8-bit units); outputs are clamped to [0, maxval]."""
+        for 10-bit video luma in 8-bit units); outputs are clamped to [0, maxval]. `bar`: the
+        caller's progress bar, given `share` of each tile's pixels (`upscale_rows`: one bar for
+        the whole image, not one per band nested in it), else a bar of its own."""
         if arr.ndim not in (3, 4) or arr.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"expected an [N]xHxWxC uint8/uint16 array, got {arr.shape} {arr.dtype}")
         batch = arr if arr.ndim == 4 else arr[None]
@@ -148,8 +150,10 @@ class Tiler:
         out = np.empty((n, oh, ow, c), arr.dtype)
         maxval = float(np.iinfo(arr.dtype).max if maxval is None else maxval)
         regions = split((0, h, 0, w), tile if tile > 0 else max(h, w))
-        bar = progress_bar(h * w, self.progress and len(regions) > 1, desc=desc or "tiles", unit="px",
-                           leave=False, unit_scale=True)
+        own = bar is None
+        if own:
+            bar = progress_bar(h * w, self.progress and len(regions) > 1, desc=desc or "tiles", unit="px",
+                               leave=False, unit_scale=True)
         while regions:
             group = self._take_group(regions, batch, maxval)
             try:
@@ -159,8 +163,9 @@ class Tiler:
                     raise
                 regions = self._retry_smaller(exc, group, regions)
                 continue
-            bar.update(sum(region_area(r) for r in group))
-        bar.close()
+            bar.update(share * sum(region_area(r) for r in group))
+        if own:
+            bar.close()
         return out if arr.ndim == 4 else out[0]
 
     def upscale_rows(self, arr: np.ndarray, write, *, tile: int, band: int, desc: str = "",
@@ -170,17 +175,19 @@ class Tiler:
         to `write` in order: the whole output never exists at once (`png_strips` writes it).
         `arr` may be any object with `shape` whose row slices, asked in order, are arrays
         (`streamed.StreamedRows`: the input is not whole either)."""
-        h = arr.shape[0]
+        h, w = arr.shape[:2]
         band, g = self.geometry.round_down(band), self.geometry
-        bar = progress_bar(h, self.progress, desc=desc or "rows", unit="row", leave=False)
+        # one bar in input pixels, counted by tile: a band of a slow model takes minutes (a bar
+        # of bands would stand still), and a tile bar per band nested in it wrote cursor moves
+        # and repeated lines into logs
+        bar = progress_bar(h * w, self.progress, desc=desc or "tiles", unit="px", leave=False, unit_scale=True)
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
             py0, py1 = max(0, y0 - self.pad), min(h, y1 + self.pad)
-            out = self.upscale(arr[py0:py1], tile=tile, maxval=maxval)
+            out = self.upscale(arr[py0:py1], tile=tile, maxval=maxval, bar=bar, share=(y1 - y0) / (py1 - py0))
             base = g.out_index(py0, h)
             write(out[g.out_index(y0, h) - base:g.out_index(y1, h) - base])
             del out
-            bar.update(y1 - y0)
         bar.close()
 
     def _retry_smaller(self, exc: BaseException, group: list[Region],

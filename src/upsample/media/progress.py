@@ -4,11 +4,14 @@ ETA), instead of tqdm's carriage-return redraws or nothing at all."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 from tqdm import tqdm
 
 LINE_INTERVAL = 5.0  # seconds between progress lines when stderr is no terminal
+# terminal control sequences: tqdm moves the cursor up (ESC [A) around nested bars
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class _Lines:
@@ -19,7 +22,7 @@ class _Lines:
         self.stream, self.last = stream, None
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip()
+        line = _CONTROL.sub("", text.replace("\r", "")).strip()  # a log holds no cursor moves
         count = line.split(",")[0]  # "frames 12/200 (6%)"
         if line and count != self.last:
             self.stream.write(line + "\n")
