@@ -40,6 +40,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
                 if target == data or data in target.parents or target in data.parents:
                     raise UserError(f"--save {args.save} would write into the {what} folder {given}; "
                                     "name another folder")
+            if target.exists() and not target.is_dir():  # was the OSError of mkdir, after an image's work
+                raise UserError(f"--save {args.save}: {target} is a file, where the pictures of --data {folder} "
+                                "would go; name another --save folder, or move the file")
             if target.is_dir() and any(target.iterdir()) and not args.overwrite:
                 raise UserError(f"{target} holds pictures saved before; pass --overwrite to replace them, "
                                 "or name another --save folder")

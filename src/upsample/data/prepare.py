@@ -24,7 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, header_size, is_image_path, list_images, read_rgb, skip_reason
+from ..media.imageio import (atomic_save, header_size, is_image_path, list_images, open_image, read_rgb,
+                             skip_reason)
 from ..media.progress import progress_bar, track
 from .pairs import NAMES_TEXT, file_list_text, hash_split, write_file_list
 
@@ -190,6 +191,9 @@ def _frames(path: Path, name: str, every: int):
     if is_video_path(path):
         for n, arr in video_frames(path, every):
             yield f"{name}_f{n:06d}", arr
+    elif frames := animation_frames(path):  # read_rgb's refusal points to `upsample video`
+        raise UserError(f"{path} is an animation of {frames} frames: data prepare cuts single pictures "
+                        "and video files; convert it to a video (.mp4, .mkv) to cut its frames")
     else:
         yield name, read_rgb(path)
 
@@ -307,18 +311,38 @@ class Problem:
 PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
 
 
-def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
-    """Problems of one file and the hash of its decoded pixels (None when unreadable)."""
+def animation_frames(path: Path) -> int:
+    """The frames of an animated GIF, APNG or WebP (training and `prepare` take one picture a
+    file, and refuse it), else 0."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")
+            return img.n_frames if getattr(img, "is_animated", False) else 0
+    except Exception:  # noqa: BLE001 - not an image: open_image says why
+        return 0
+
+
+def open_checked(path: Path) -> tuple[Image.Image | None, Problem | None]:
+    """(the decoded image, None), or (None, why the reader that training uses refuses it): an
+    animation, an empty file, a truncated or corrupt one."""
+    frames = animation_frames(path)
+    if frames:
+        return None, Problem(path, "unreadable", f"an animation of {frames} frames: training and `data prepare` "
+                                                 "read one picture a file (convert it to a video to cut its frames)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(path)
-            img.load()
-    except OSError as exc:
-        kind = "truncated" if "truncated" in str(exc).lower() else "unreadable"
-        return [Problem(path, kind, str(exc))], None
-    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        return [Problem(path, "unreadable", str(exc))], None
+            return open_image(path), None
+    except UserError as exc:
+        why = str(exc).removeprefix(f"cannot read image {path}: ")
+        return None, Problem(path, "truncated" if "truncated" in why.lower() else "unreadable", why)
+
+
+def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
+    """Problems of one file and the hash of its decoded pixels (None when unreadable)."""
+    img, refused = open_checked(path)
+    if refused is not None:
+        return [refused], None
     probs = []
     w, h = img.size
     if min(w, h) < min_size:
@@ -393,7 +417,8 @@ def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progr
         shutil.move(str(path), str(target))
         moved.append((path, target))
         with open(qdir / "QUARANTINE.tsv", "a", **NAMES_TEXT) as f:
-            f.write(f"{path}\t{target}\t{'; '.join(why)}\n")
+            # absolute: the log undoes the move from whatever folder it is read in
+            f.write(f"{path.absolute()}\t{target.absolute()}\t{'; '.join(why)}\n")
     return len(n), problems, moved
 
 

@@ -37,7 +37,7 @@ from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize, scale_period
 from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, list_images, open_image, read_rgb, skip_reason
+from ..media.imageio import atomic_save, list_images, open_image, read_planes, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
@@ -227,6 +227,20 @@ class Run:
         return row, [("original", hr), (name, out), ("bicubic", base), ("input", input_panel)]
 
 
+def read_8bit(path: Path) -> np.ndarray:
+    """uint8 RGB of a benchmark file as MATLAB's imread + im2uint8 give it: 16-bit levels rounded
+    to round(v / 257). Pillow reads a 16-bit RGB(A) PNG, TIFF or PPM by its high bytes (v >> 8,
+    up to a level lower), so those are decoded at 16 bits first; 16-bit gray is read_rgb's."""
+    img = open_image(path, decode=False)
+    if img.mode not in ("RGB", "RGBA") or not any(";16" in str(t.args) for t in img.tile):
+        return read_rgb(path)
+    color = read_planes(path).color
+    if color.dtype != np.uint16:  # a layout only Pillow reads (read_planes said so in a note)
+        return read_rgb(path)
+    eight = np.clip(np.round(color / 257.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(eight, 3, axis=2) if eight.shape[2] == 1 else eight)
+
+
 # ------------------------------------------------------------------------------ given LR (--lr)
 # Datasets that ship their LR inputs: DIV2K's LR_bicubic/X2/0801x2.png beside HR/0801.png,
 # BasicSR's LRbicx2/baby.png, SelfExSR's img_001_SRF_2_LR.png beside _HR, RealSR's NAME_LR2.png
@@ -316,9 +330,19 @@ def pair_given_lr(run: Run, folder: str, images: list[Path], lr_root: Path,
         if (lh, lw) != want:
             raise UserError(f"{lr}: the LR is {lw}x{lh}, but {hr.name} ({w}x{h}, {measured[1]}x{measured[0]} "
                             f"after the crop to the scale) needs {want[1]}x{want[0]} at x{run.scale:g}: "
-                            "is it the LR of another scale or image?")
+                            + _missized_why((lh, lw), (h, w), run.scale))
         pairs[hr] = lr
     return pairs
+
+
+def _missized_why(lr_hw: tuple[int, int], hr_hw: tuple[int, int], scale: float) -> str:
+    """What a given LR of the wrong size most likely is, and what to do."""
+    if float(scale).is_integer() and lr_hw == tuple(-(-n // int(scale)) for n in hr_hw):
+        # imresize(HR, 1/s) of an HR whose sides are no multiples of s: ceil(side / s) pixels
+        return (f"it was made from the whole HR, not from the HR cropped to a multiple of {scale:g} that "
+                "is measured (its pixels sit elsewhere); give --data HR images cropped so (BasicSR's "
+                "GTmod12/), or leave out --lr and let eval make the LR")
+    return "is it the LR of another scale or image?"
 
 
 def dataset_names(folders: list[str]) -> list[str]:
@@ -335,7 +359,8 @@ def dataset_names(folders: list[str]) -> list[str]:
     return names
 
 
-LR_NOTE = "eval makes each LR from its HR image (the protocol's bicubic) and takes no LR files"
+LR_NOTE = ("eval makes each LR from its HR image (the protocol's bicubic) and takes no LR files from "
+           "--data; to measure on the LR images a dataset ships, give their folder as --lr DIR")
 
 
 def hr_images(folder: str, given_lr: bool = False) -> tuple[list[Path], list[str]]:
@@ -366,8 +391,9 @@ def _hr_images(folder: str) -> tuple[list[Path], list[str]]:
     lr_named = [p for p in hr if LR_MARK.search(p.stem)]
     lr_dir = lr_folder_name(root)
     if hr and lr_dir and len(lr_named) == len(hr):
-        raise UserError(f"--data {folder} is a folder of LR images ({lr_dir}/{one_line(hr[0].name)}): "
-                        f"{LR_NOTE}; name the folder of the HR images (HR/, GTmod12/ or the like)")
+        raise UserError(f"--data {folder} is a folder of LR images ({lr_dir}: {one_line(hr[0].relative_to(root))}): "
+                        "eval makes each LR from its HR; name the folder of the HR images (HR/, GTmod12/ "
+                        f"or the like) as --data, and add --lr {folder} to measure on these LR images")
     if hr and (lr_dir or lr_named):
         example = f"folder {lr_dir}" if lr_dir else f"{one_line(lr_named[0].relative_to(root))} ..."
         notes.append(f"{folder}: named as LR images ({example}) but measured as HR images: {LR_NOTE}; "
@@ -398,7 +424,7 @@ def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], 
     bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
     for path in images:
         try:
-            row, panels = run.image(read_rgb(path), None if given is None else read_rgb(given[path]))
+            row, panels = run.image(read_8bit(path), None if given is None else read_8bit(given[path]))
         except UserError as exc:  # too small for the scale or SSIM: which image (a read error names it)
             raise (exc if str(path) in str(exc) else UserError(f"{path}: {exc}")) from None
         bar.update(1)
