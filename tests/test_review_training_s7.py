@@ -76,7 +76,7 @@ def test_resume_after_editing_the_recipe_names_what_differs(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "optim.lr (0.001 in the run, 0.0005 in the recipe)" in err
     assert "train.steps (10 in the run, 40 in the recipe)" in err
-    assert "--set changes train.steps" in err and "a resumed run keeps its optim.lr" in err
+    assert "to take the recipe's train.steps, add --set KEY=VALUE" in err and "a resumed run keeps its optim.lr" in err
     # under torchrun every rank resolves the config: the note comes from rank 0 alone
     monkeypatch.setenv("RANK", "1")
     resolve_config(str(edited), [], run_dir=run, resume=True, init=None)

@@ -80,3 +80,26 @@ def test_progress_lines_in_a_log_hold_no_cursor_moves_of_nested_bars():
     outer.close()
     text = log.getvalue()
     assert "\x1b" not in text and "tiles 4/4" in text and "images 1/3" in text, repr(text)
+
+
+def test_a_checkpoint_exports_beside_itself_by_default(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert cli.main(_train(_photos(tmp_path / "photos"), run, "--set", "data.val_fraction=0")) == 0
+    monkeypatch.chdir(tmp_path / "photos")  # not where the export goes
+    assert cli.main(["export", str(run / "last.safetensors")]) == 0
+    assert (run / "last.onnx").is_file() and not list((tmp_path / "photos").glob("*.onnx"))
+
+
+def test_a_video_without_sound_says_no_other_stream_was_copied(tmp_path, capsys):
+    import av
+    clip = tmp_path / "c.mp4"
+    with av.open(str(clip), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 40 * i, np.uint8), format="rgb24")
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    assert cli.main(["video", str(clip), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
+    out = capsys.readouterr().out
+    assert "no other stream copied" in out and "0 packets" not in out, out

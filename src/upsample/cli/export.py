@@ -88,7 +88,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or openvino")
     add_output_option(p, required=False,
                       help="output file (.onnx, or .xml for openvino; .bin beside it; default: "
-                        "<model>[-xS][-fp16][-uint8].onnx|.xml here)")
+                        "<model>[-xS][-fp16][-uint8].onnx|.xml here, or beside a checkpoint)")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute")
     p.add_argument("--uint8-io", action="store_true",
                    help="take and return uint8 NHWC RGB (normalisation and rounding in the graph)")

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     w, h = summary["size"]
     side = f", {summary['workers']} frames side by side" if summary.get("workers", 1) > 1 else ""
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "
-          f"({summary['codec']}, {summary['pix_fmt']}), {summary['copied_packets']} packets copied"
+          f"({summary['codec']}, {summary['pix_fmt']}), "
+          f"{str(summary['copied_packets']) + ' packets copied' if summary['copied_packets'] else 'no other stream copied'}"
           f"{', re-encoded ' + ' and '.join(summary['reencoded']) if summary['reencoded'] else ''}, "
           f"{summary['batch']} frame(s) per model call{side}")
     stages = ", ".join(f"{k} {v:.1f}" for k, v in summary["ms_per_frame"].items())

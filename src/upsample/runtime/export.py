@@ -363,11 +363,14 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
 
 
 def default_output(name: str, spec, scale: float | None, fmt: str, *, fp16: bool, uint8_io: bool) -> Path:
-    """model[-xS][-fp16][-uint8].onnx|.xml in the current folder, named after the model."""
-    stem = Path(name).stem if Path(name).suffix else name
+    """model[-xS][-fp16][-uint8].onnx|.xml named after the model: a registered one's in the
+    current folder, a checkpoint's beside it (a run's best.safetensors -> best.onnx in the run)."""
+    source = Path(name)
+    stem = source.stem if source.suffix else name
     tags = ("-fp16" if fp16 else "") + ("-uint8" if uint8_io else "")
     at_scale = f"-x{scale:g}" if spec.scale is None and scale else ""
-    return Path(f"{stem}{at_scale}{tags}{SUFFIX_OF[fmt]}")
+    folder = source.parent if source.suffix else Path()
+    return folder / f"{stem}{at_scale}{tags}{SUFFIX_OF[fmt]}"
 
 
 def file_size(path: Path) -> int:

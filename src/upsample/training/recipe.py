@@ -83,12 +83,12 @@ def recipe_differs(config: str, overrides: list[str], cfg: config_mod.Config, ru
     more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
     settable = [k for k in changed if resumable(k)]
     fixed = [k for k in changed if not resumable(k)]
-    how = (f"--set changes {', '.join(settable)}" if settable else "") + \
+    how = (f"to take the recipe's {', '.join(settable)}, add --set KEY=VALUE to this command" if settable else "") + \
         ("; " if settable and fixed else "") + \
         (f"a resumed run keeps its {', '.join(fixed)} (a new run changes it: --reset or another "
          "--run-dir)" if fixed else "")
-    return (f"resuming with {run_dir / 'config.toml'}, the run's own config; {config} differs in "
-            f"{shown}{more}: {how}")
+    return (f"resuming with {run_dir / 'config.toml'}, the run's own config (the run goes on as it "
+            f"was set up); {config} differs in {shown}{more}: {how}")
 
 
 # What --set may change when a run resumes: its length, logging, validation and speed. Everything
