@@ -103,3 +103,19 @@ def test_a_video_without_sound_says_no_other_stream_was_copied(tmp_path, capsys)
     assert cli.main(["video", str(clip), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic"]) == 0
     out = capsys.readouterr().out
     assert "no other stream copied" in out and "0 packets" not in out, out
+
+
+def test_read_rgb_takes_16_bit_rgb_to_8_bits_as_im2uint8(tmp_path):
+    # training, bench --image and quantize's calibration read through read_rgb, as eval does
+    import av
+
+    from upsample.media.imageio import read_rgb
+    levels = np.random.default_rng(4).integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    frame = av.VideoFrame.from_ndarray(levels, format="rgb48le")
+    with av.open(str(tmp_path / "d.png"), "w", format="image2") as out:  # a 16-bit RGB PNG
+        s = out.add_stream("png", rate=1)
+        s.width, s.height, s.pix_fmt = 7, 6, "rgb48be"
+        out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    expected = np.clip(np.round(levels / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(read_rgb(tmp_path / "d.png"), expected)

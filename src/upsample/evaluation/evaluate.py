@@ -37,7 +37,7 @@ from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize, scale_period
 from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, list_images, open_image, read_planes, read_rgb, skip_reason
+from ..media.imageio import atomic_save, list_images, open_image, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
@@ -227,20 +227,6 @@ class Run:
         return row, [("original", hr), (name, out), ("bicubic", base), ("input", input_panel)]
 
 
-def read_8bit(path: Path) -> np.ndarray:
-    """uint8 RGB of a benchmark file as MATLAB's imread + im2uint8 give it: 16-bit levels rounded
-    to round(v / 257). Pillow reads a 16-bit RGB(A) PNG, TIFF or PPM by its high bytes (v >> 8,
-    up to a level lower), so those are decoded at 16 bits first; 16-bit gray is read_rgb's."""
-    img = open_image(path, decode=False)
-    if img.mode not in ("RGB", "RGBA") or not any(";16" in str(t.args) for t in img.tile):
-        return read_rgb(path)
-    color = read_planes(path).color
-    if color.dtype != np.uint16:  # a layout only Pillow reads (read_planes said so in a note)
-        return read_rgb(path)
-    eight = np.clip(np.round(color / 257.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(eight, 3, axis=2) if eight.shape[2] == 1 else eight)
-
-
 # ------------------------------------------------------------------------------ given LR (--lr)
 # Datasets that ship their LR inputs: DIV2K's LR_bicubic/X2/0801x2.png beside HR/0801.png,
 # BasicSR's LRbicx2/baby.png, SelfExSR's img_001_SRF_2_LR.png beside _HR, RealSR's NAME_LR2.png
@@ -424,7 +410,7 @@ def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], 
     bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
     for path in images:
         try:
-            row, panels = run.image(read_8bit(path), None if given is None else read_8bit(given[path]))
+            row, panels = run.image(read_rgb(path), None if given is None else read_rgb(given[path]))
         except UserError as exc:  # too small for the scale or SSIM: which image (a read error names it)
             raise (exc if str(path) in str(exc) else UserError(f"{path}: {exc}")) from None
         bar.update(1)

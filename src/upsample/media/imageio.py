@@ -308,7 +308,16 @@ def _unread_kind(p: Path) -> str | None:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """uint8 HWC RGB array of an image file (gray and palette images are expanded to RGB)."""
+    """uint8 HWC RGB array of an image file (gray and palette images are expanded to RGB), 16-bit
+    levels taken to 8 bits as MATLAB's im2uint8 does, round(v / 257): Pillow reads a 16-bit RGB(A)
+    PNG, TIFF or PPM by its high bytes (v >> 8, up to a level lower), so those are decoded at 16
+    bits first (`read_planes`; its alpha is dropped, as here for 8 bits)."""
+    header = open_image(path, decode=False)
+    if header.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in header.tile):
+        color = read_planes(path).color
+        if color.dtype == np.uint16:  # else a layout only Pillow reads (read_planes said so in a note)
+            eight = np.clip(np.round(color / 257.0), 0, 255).astype(np.uint8)
+            return np.ascontiguousarray(np.repeat(eight, 3, axis=2) if eight.shape[2] == 1 else eight)
     img = open_image(path)
     if img.mode in _DEEP_GRAY:  # 16-bit levels in any byte order (a Mac's TIFF is I;16B)
         deep = np.asarray(img).astype(np.float64) / 257.0
