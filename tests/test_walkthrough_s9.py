@@ -119,3 +119,19 @@ def test_read_rgb_takes_16_bit_rgb_to_8_bits_as_im2uint8(tmp_path):
         out.mux(s.encode(None))
     expected = np.clip(np.round(levels / 257.0), 0, 255).astype(np.uint8)
     assert np.array_equal(read_rgb(tmp_path / "d.png"), expected)
+
+
+def test_prepare_takes_splits_train_list_so_no_validation_image_is_cropped(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos", n=12, size=(64, 64))
+    assert cli.main(["data", "split", str(photos), "--val", "0.25", "-o", str(tmp_path / "lists")]) == 0
+    val = {p.strip() for p in (tmp_path / "lists" / "val.txt").read_text().splitlines() if p.strip()}
+    assert val
+    assert cli.main(["data", "prepare", str(tmp_path / "lists" / "train.txt"), "-o", str(tmp_path / "crops"),
+                     "--size", "32"]) == 0
+    crops = [p.name for p in (tmp_path / "crops").rglob("*.png")]
+    val_stems = {Path(v).stem for v in val}
+    assert crops and not [c for c in crops if any(f"_{s}_" in c or c.startswith(f"{s}_") for s in val_stems)], crops
+    assert all(c.startswith("photos__p") for c in crops), crops  # named as from the folder, none hidden
+    (tmp_path / "bad.txt").write_text("nowhere.png\n")
+    assert cli.main(["data", "prepare", str(tmp_path / "bad.txt"), "-o", str(tmp_path / "c2")]) == 2
+    assert "missing, e.g." in capsys.readouterr().err

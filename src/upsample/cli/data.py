@@ -81,7 +81,8 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="prepare, check, clean and split training images")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     pp = dsub.add_parser("prepare", help="cut images and videos into square HR PNG crops")
-    pp.add_argument("src", nargs="+", type=path_text, help="image folders (recursive), image or video files")
+    pp.add_argument("src", nargs="+", type=path_text,
+                    help="image folders (recursive), image or video files, or .txt lists of them (data split's train.txt)")
     add_output_option(pp, dest="out", metavar="DIR", help="folder for the crops")
     pp.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
     pp.add_argument("--stride", type=int, default=None, help="crop step (default: --size)")

@@ -27,7 +27,7 @@ from ..errors import UserError, one_line
 from ..media.imageio import (atomic_save, header_size, is_image_path, list_images, open_image, read_rgb,
                              skip_reason)
 from ..media.progress import progress_bar, track
-from .pairs import NAMES_TEXT, file_list_text, hash_split, write_file_list
+from .pairs import NAMES_TEXT, file_list_text, hash_split, read_file_list, write_file_list
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
               ".wmv", ".y4m"}
@@ -154,10 +154,19 @@ def square_crops(img: np.ndarray, size: int, stride: int, min_rest: int) -> list
 
 
 def source_files(src: Path) -> list[Path]:
+    """The images and videos `src` names: itself, a folder's, or a .txt list's (`data split`'s
+    train.txt: crops of its images only, so that none of the validation images is cut into
+    training crops)."""
+    if src.is_file() and src.suffix.lower() == ".txt":
+        listed = read_file_list(src)
+        missing = [p for p in listed if not p.is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} file(s) of the list {src} are missing, e.g. {missing[0]}")
+        return [p.resolve() for p in listed]
     if src.is_file():
         if not (is_image_path(src) or is_video_path(src)):
             raise UserError(f"{src} is neither an image nor a video (by its extension); give image or "
-                            "video files, or folders of them")
+                            "video files, folders of them, or a .txt list of them (`data split`'s train.txt)")
         return [src]
     if not src.is_dir():
         raise UserError(f"source not found: {src}")
@@ -231,7 +240,10 @@ def _sources_to_cut(sources: list[str], out_dir: Path) -> list[tuple[Path, str]]
     todo, made_here, named, taken = [], out_dir.resolve(), {}, set()
     for src in sources:
         root = Path(src).resolve()
-        for f in source_files(root):
+        files = source_files(root)
+        if root.suffix.lower() == ".txt" and files:  # a list: named as the folder that holds its files
+            root = Path(os.path.commonpath([f.parent for f in files]))
+        for f in files:
             if made_here in f.parents or f in taken:  # -o inside a source; one file named twice
                 continue
             name = f.relative_to(root.parent).with_suffix("").as_posix().replace("/", "__")
