@@ -70,7 +70,9 @@ def write_file_list(paths: list[Path], out: Path) -> None:
 
 def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, val): val = the round(n * fraction) keys (at least 1 when fraction > 0 and
-    n > 1) with the smallest sha1(seed:key). Adding files never moves an old file across."""
+    n > 1) with the smallest sha1(seed:key). Adding files moves old ones only at the margin: a new
+    file that hashes lower takes an old one's place in val, and a larger count takes in the next
+    old one (its runs' validation sets stay as they were: this is what they were split by)."""
     n = len(keys)
     n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
     order = sorted(range(n), key=lambda i: hashlib.sha1(name_bytes(f"{seed}:{keys[i]}")).hexdigest())
