@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from ..errors import RankZeroError, UserError, one_line
 
@@ -209,6 +210,7 @@ def _tolerate_file_names(stream) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv_given = argv
     if argv is None and threading.current_thread() is threading.main_thread():  # the console command
         signal.signal(signal.SIGTERM, _raise_terminated)
         _tolerate_file_names(sys.stdout)
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     _DASHED_PATHS[:] = [a for a in argv if a.startswith("-") and a not in ("-", "--") and os.path.lexists(a)]
     parser = _parser_for(argv)
     args = parser.parse_args(argv)
+    # when this command began: the console's is its process's start (train --max-minutes counts
+    # the imports too); a call from Python (a notebook training several recipes) counts from now
+    args.called_at = None if argv_given is None else time.time()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

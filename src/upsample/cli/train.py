@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return loop.train_from_args(config=args.config, overrides=args.overrides, run_dir=args.run_dir,
                                     resume=args.resume, reset=args.reset, device=args.device,
-                                    init=args.init, max_minutes=args.max_minutes)
+                                    init=args.init, max_minutes=args.max_minutes,
+                                    started=getattr(args, "called_at", None))
     except KeyboardInterrupt as exc:
         if launched_rank() > 0:  # rank 0 says "interrupted" for the run: one line, not N
             return 143 if isinstance(exc, Terminated) else 130

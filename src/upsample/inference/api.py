@@ -143,7 +143,7 @@ class ImageUpscaler:
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
         if not image.width or not image.height:
             raise UserValueError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
-        planes = planes_from_pil(image)
+        planes = fill_hidden_colour(planes_from_pil(image))  # as read_planes does for files
         if planes.mode == "LA;16":  # found before the work, not when the output cannot be made
             key = image.info["transparency"]
             raise UserValueError(f"this 16-bit gray image has a transparent value ({key}), so it upscales to 16-bit "

@@ -234,7 +234,15 @@ def _may_be_transparent(decoder: str, src_fmt: str, first) -> bool:
     """Whether the input's frames carry an alpha that may not be all opaque: a format with alpha
     (VP9's alpha, ProRes 4444, PNG, QuickTime Animation: a later frame may be transparent where
     the first is not), except GIF, which FFmpeg gives as BGRA always: there, the first frame's."""
-    return _transparent(first) if decoder == "gif" else has_alpha(src_fmt)
+    return _transparent(first) if decoder == "gif" else has_alpha(src_fmt) and not _alpha_unused(first)
+
+
+def _alpha_unused(frame) -> bool:
+    """Whether the first frame's alpha is 0 in every pixel: an unused byte (a 32-bit BGRA
+    capture), which `_alpha_settled` leaves alone and no output needs to keep."""
+    if frame is None or not any(c.is_alpha for c in frame.format.components):
+        return False
+    return int(frame.to_ndarray(format="rgba")[..., 3].max()) == 0
 
 
 def _transparent(frame) -> bool:
@@ -890,7 +898,8 @@ def _alpha_settled(f: av.VideoFrame, keep: bool) -> av.VideoFrame:
     and libswscale mix that hidden colour, often black or garbage, into the visible edge: a dark
     fringe of up to ~100 levels on a sprite); where the output is opaque, composited over black
     (dropping the alpha would show the hidden colour itself, and hard edges). `f` itself where
-    that changes nothing (no alpha, nothing hidden, all opaque); a new frame otherwise, as the
+    that changes nothing (no alpha, nothing hidden, all opaque) and where the alpha is 0 in every
+    pixel (an unused alpha byte, as image readers and browsers take it); a new frame otherwise, as the
     decoder's frames may be its reference pictures."""
     if not has_alpha(f.format.name):
         return f
@@ -906,7 +915,9 @@ def _alpha_settled(f: av.VideoFrame, keep: bool) -> av.VideoFrame:
         planes = [f.to_ndarray(format="rgba64le" if bits > 8 else "rgba")]
         alpha = planes[0][..., 3]
     opaque = (1 << bits) - 1
-    if (alpha.min() > 0 or not alpha.any()) if keep else alpha.min() == opaque:
+    if not alpha.any():  # alpha 0 everywhere: an unused byte (32-bit BGRA captures), not a hole
+        return f
+    if alpha.min() > 0 if keep else alpha.min() == opaque:
         return f
     if not planar:
         planes[0][..., :3] = _settled_planes(planes[0][..., :3], alpha, None if keep else opaque, 0)

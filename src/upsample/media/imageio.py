@@ -199,7 +199,9 @@ def _bitfields_bmp(p: Path, note: bool = True) -> Image.Image | None:
     layout = _bmp_mask_layout(p)
     if layout is None:
         return None
-    width, height, bpp, offset, masks = layout
+    width, height, bpp, offset, masks, compression = layout
+    if compression == 3 and (bpp, masks) in _PILLOW_MASKS:  # Pillow reads these exactly and faster
+        return None if not masks[3] or not note else _opaque_if_alpha_unused(Image.open(p), p)
     Image._decompression_bomb_check((width, abs(height)))  # noqa: SLF001 - Pillow's own size guard
     stride = (width * bpp + 31) // 32 * 4
     with open(p, "rb") as f:
@@ -220,8 +222,24 @@ def _bitfields_bmp(p: Path, note: bool = True) -> Image.Image | None:
     return Image.fromarray(np.ascontiguousarray(np.dstack(channels)), "RGBA" if len(channels) == 4 else "RGB")
 
 
-def _bmp_mask_layout(p: Path) -> tuple[int, int, int, int, tuple[int, ...]] | None:
-    """(width, height, bits a pixel, pixel offset, (R, G, B, A) masks) of a 16- or 32-bit BMP
+# bit-mask layouts Pillow's BmpImagePlugin decodes as they are (its MASK_MODES): (bits, R, G, B, A masks)
+_PILLOW_MASKS = {(32, (0xFF0000, 0xFF00, 0xFF, 0)), (32, (0xFF000000, 0xFF0000, 0xFF00, 0)),
+                 (32, (0xFF, 0xFF00, 0xFF0000, 0xFF000000)), (32, (0xFF0000, 0xFF00, 0xFF, 0xFF000000)),
+                 (16, (0xF800, 0x7E0, 0x1F, 0)), (16, (0x7C00, 0x3E0, 0x1F, 0))}
+
+
+def _opaque_if_alpha_unused(img: Image.Image, p: Path) -> Image.Image:
+    """`img` (a BMP Pillow read with alpha), as RGB with a note where its alpha is 0 everywhere."""
+    img.load()
+    if img.mode == "RGBA" and not img.getchannel("A").getbbox():
+        print(f"note: {p}: its alpha is 0 in every pixel (unused, not transparent); read as opaque",
+              file=sys.stderr)
+        return img.convert("RGB")
+    return img
+
+
+def _bmp_mask_layout(p: Path) -> tuple[int, int, int, int, tuple[int, ...], int] | None:
+    """(width, height, bits a pixel, pixel offset, (R, G, B, A) masks, compression) of a 16- or 32-bit BMP
     with bit masks whose colour masks are set and contiguous; None for any other file."""
     try:
         with open(p, "rb") as f:
@@ -241,7 +259,7 @@ def _bmp_mask_layout(p: Path) -> tuple[int, int, int, int, tuple[int, ...]] | No
     usable = all(m and _contiguous(m) for m in masks[:3]) and (not masks[3] or _contiguous(masks[3]))
     if width <= 0 or height == 0 or not usable:
         return None
-    return width, height, bpp, offset, masks
+    return width, height, bpp, offset, masks, compression
 
 
 def _low_bit(mask: int) -> int:
@@ -254,16 +272,13 @@ def _contiguous(mask: int) -> bool:
 
 
 def _mask_channel(pixels: np.ndarray, mask: int) -> np.ndarray:
-    """The 8-bit channel that `mask` selects from `pixels`: fewer bits repeated to fill 8 (5-bit
-    31 -> 255, as Pillow and libpng scale), more cut to their top 8."""
+    """The 8-bit channel that `mask` selects from `pixels`: fewer bits scaled as Pillow scales a
+    16-bit BMP's, v * 255 // (2^bits - 1) (5-bit 31 -> 255), more cut to their top 8."""
     bits = bin(mask).count("1")
     levels = (pixels & mask) >> _low_bit(mask)
     if bits >= 8:
         return (levels >> (bits - 8)).astype(np.uint8)
-    out = np.zeros_like(levels)
-    for shift in range(8 - bits, -bits, -bits):
-        out |= levels << np.uint32(shift) if shift >= 0 else levels >> np.uint32(-shift)
-    return out.astype(np.uint8)
+    return (levels * 255 // ((1 << bits) - 1)).astype(np.uint8)
 
 
 def _tiff_layout(p: Path) -> str | None:
@@ -314,7 +329,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     bits first (`read_planes`; its alpha is dropped, as here for 8 bits)."""
     header = open_image(path, decode=False)
     if header.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in header.tile):
-        color = read_planes(path).color
+        color = read_planes(path, fill_hidden=False).color
         if color.dtype == np.uint16:  # else a layout only Pillow reads (read_planes said so in a note)
             eight = np.clip(np.round(color / 257.0), 0, 255).astype(np.uint8)
             return np.ascontiguousarray(np.repeat(eight, 3, axis=2) if eight.shape[2] == 1 else eight)
@@ -500,8 +515,7 @@ def _exif_of(img: Image.Image, source=None) -> Image.Exif:
 def planes_from_pil(img: Image.Image, source=None) -> Planes:
     """Split a PIL image into planes: palette -> RGB (RGBA when it has transparency), a colour
     key (PNG tRNS on gray or RGB) -> alpha, 1-bit -> L,
-    16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin; the
-    colour of fully transparent pixels filled from the visible ones (`fill_hidden_colour`)."""
+    16-bit gray kept as uint16, premultiplied and exotic modes converted to their plain kin."""
     info = kept_info(img, _exif_of(img, source))  # `source`: the file, named in notes
     if img.mode == "CMYK" and (img.info.get("icc_profile") or b"")[16:20] == b"CMYK":
         img = _cmyk_to_srgb(img)  # print files (Photoshop, InDesign): colours as viewers show them
@@ -513,7 +527,7 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
         key = img.info.get("transparency")  # a 16-bit PNG's tRNS: the gray value that is clear
         alpha = (np.where(arr == key, 0, 65535).astype(np.uint16)[..., None]
                  if isinstance(key, int) else None)
-        return fill_hidden_colour(Planes(arr.astype(np.uint16)[..., None], alpha, info))
+        return Planes(arr.astype(np.uint16)[..., None], alpha, info)
     if mode == "F":
         return Planes(_float_to_uint16(np.asarray(img))[..., None], None, info)
     if mode in ("P", "PA"):
@@ -533,7 +547,7 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
         arr = arr[..., None]
     if img.mode in ("LA", "RGBA"):
         color, alpha = np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:])
-        return fill_hidden_colour(Planes(color, alpha, info))
+        return Planes(color, alpha, info)
     return Planes(np.ascontiguousarray(arr), None, info)
 
 
@@ -601,9 +615,16 @@ def planes_to_pil(planes: Planes) -> Image.Image:
     return img
 
 
-def read_planes(path: str | os.PathLike) -> Planes:
+def read_planes(path: str | os.PathLike, *, fill_hidden: bool = True) -> Planes:
     """An image file as planes, with its EXIF orientation applied (pixels turned upright).
-    16-bit RGB(A) PNGs and TIFFs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits."""
+    16-bit RGB(A) PNGs and TIFFs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits.
+    `fill_hidden`: the colour of fully transparent pixels filled from the visible ones, as an
+    upscaler needs it (`fill_hidden_colour`); else as stored."""
+    planes = _read_planes(path)
+    return fill_hidden_colour(planes) if fill_hidden else planes
+
+
+def _read_planes(path: str | os.PathLike) -> Planes:
     img = open_image(path)
     if _is_deep_color_png(path):
         return _read_deep_color(path, img)
@@ -767,7 +788,7 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
         exif.pop(0x0112, None)  # the pixels are upright now
     color = np.ascontiguousarray(arr[..., :1] if gray else arr[..., :3])
     alpha = np.ascontiguousarray(arr[..., 3:]) if has_alpha else None
-    return fill_hidden_colour(Planes(color, alpha, kept_info(img, exif, gray=gray)))  # Pillow: gray + alpha as RGBA
+    return Planes(color, alpha, kept_info(img, exif, gray=gray))  # Pillow has gray + alpha as RGBA
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -799,31 +799,21 @@ def with_hdr10(codec: str, options: dict, frame) -> dict:
     return {**options, key: ":".join(params + extra)}
 
 
-# H.264's level limits (Table A-1), level_idc -> (MaxBR, MaxCPB) in kbit/s (1000 bits) of the
-# Baseline/Main profiles; x264 checks them times `H264_PROFILE_FACTOR` (High: 1.25, High 10: 3 ...)
-H264_LEVELS = {9: (128, 350), 10: (64, 175), 11: (192, 500), 12: (384, 1000), 13: (768, 2000),
-               20: (2000, 2000), 21: (4000, 4000), 22: (4000, 4000), 30: (10000, 10000),
-               31: (14000, 14000), 32: (20000, 20000), 40: (20000, 25000), 41: (50000, 62500),
-               42: (50000, 62500), 50: (135000, 135000), 51: (240000, 240000), 52: (240000, 240000),
-               60: (240000, 240000), 61: (480000, 480000), 62: (800000, 800000)}
-H264_PROFILE_FACTOR = {66: 1.0, 77: 1.0, 88: 1.0, 100: 1.25, 110: 3.0, 122: 4.0, 244: 4.0}
-MIN_HRD_LEVEL = 30  # level 3.0 (10 Mb/s), which every H.264 player decodes: tiny frames' own (1.1:
-                    # 192 kb/s) capped the rate where x264 only labels them
+UNBOUND_HRD_KBPS = 800000  # level 6.2's rate: an HRD that carries the timing and caps nothing
 
 
 def with_picture_timing(options: dict, width: int, height: int, pix_fmt: str, time_base) -> dict:
     """x264 `options` that write picture timing (HRD) in each frame: FFmpeg reads H.264 in AVI,
     which stores no times, by them; without them it read every frame one frame late (0.04 s
-    behind the sound at 25 fps). The HRD's rate and buffer are those of the level x264 picks
-    anyway (at least 3.0), so that neither the level nor, below it, the quality changes."""
-    level, profile = _x264_level(options, width, height, pix_fmt, time_base)
+    behind the sound at 25 fps). The HRD's rate and buffer are set where they never bind
+    (`UNBOUND_HRD_KBPS`: the level's own cap cost grainy 1080p at crf 16 2.2 dB), and the level
+    label stays the one x264 picks for such frames."""
+    level, _ = _x264_level(options, width, height, pix_fmt, time_base)
     if level is None:
         return options
-    rate, buffer = H264_LEVELS.get(max(level, MIN_HRD_LEVEL), H264_LEVELS[62])
-    factor = H264_PROFILE_FACTOR.get(profile, 1.0)
-    hrd = ["nal-hrd=vbr", f"vbv-maxrate={int(rate * factor)}", f"vbv-bufsize={int(buffer * factor)}"]
+    hrd = ["nal-hrd=vbr", f"vbv-maxrate={UNBOUND_HRD_KBPS}", f"vbv-bufsize={UNBOUND_HRD_KBPS}"]
     params = [p for p in options.get("x264-params", "").split(":") if p]
-    return {**options, "x264-params": ":".join(params + hrd)}
+    return {**options, "level": f"{level / 10:g}", "x264-params": ":".join(params + hrd)}
 
 
 def _x264_level(options: dict, width: int, height: int, pix_fmt: str, time_base) -> tuple:

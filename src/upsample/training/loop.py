@@ -71,8 +71,9 @@ TRAIN_LINE_INTERVAL = 30.0  # seconds between progress lines when stderr is no t
 
 def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, resume: bool,
                     reset: bool, device: str | None, init: str | None,
-                    max_minutes: float | None) -> int:
-    """`upsample train`: resolve the config (the recipe, or a resumed run's own), then train."""
+                    max_minutes: float | None, started: float | None = None) -> int:
+    """`upsample train`: resolve the config (the recipe, or a resumed run's own), then train.
+    `started`: when the command began, for --max-minutes (None: the process's start)."""
     run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     try:
         cfg, text = resolve_config(config, overrides, run_dir=run_dir, resume=resume, init=init)
@@ -82,7 +83,7 @@ def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, r
     try:
         return train(cfg, run_dir, resume=resume, reset=reset, device=device,
                      init=cfg.train.init or None, config_text=text, max_minutes=max_minutes,
-                     started=process_start_time())
+                     started=started if started is not None else process_start_time())
     except (RuntimeError, dist.DistError) as exc:
         peer_lost = dist.is_initialized() and is_peer_lost(exc)
         if not peer_lost:
