@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
                             samples=args.samples, size=args.size, keep_edges=args.keep_edges,
                             source=str(args.model), untrained=untrained)
+    # a multi-scale model's int8 file runs at a scale given (it was calibrated at this one)
+    at = f" --scale {scale:g}" if model.upsample_spec.scale is None else ""
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "
-          f"`upsample eval --model {out} --backend {args.backend} ...`")
+          f"`upsample eval --model {out} --backend {args.backend}{at} ...`")
     if args.backend == "openvino" and args.keep_edges:  # what auto's int8 candidate is
         cached = quantize.copy_to_cache(model, scale, out)
         print(f"copied to {cached}: `--backend auto` lets it compete under the quality gate")

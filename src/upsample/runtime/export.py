@@ -211,7 +211,7 @@ def with_metadata(data: bytes, contract: dict) -> bytes:
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
+def interrupts_deferred():
     """SIGINT / SIGTERM held back (in the main thread, where Python handles them) until the block
     is done: the two renames of an IR pair are not split by Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
@@ -240,7 +240,7 @@ def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict |
             fsync_file(tmpdir / part)
         # the old .xml goes first: an interrupt between the renames leaves a lone .bin, which no
         # reader loads, never an old graph over new weights (--overwrite)
-        with _interrupts_deferred():  # Ctrl-C lands after the pair is whole
+        with interrupts_deferred():  # Ctrl-C lands after the pair is whole
             xml_path.unlink(missing_ok=True)
             os.replace(tmpdir / "model.bin", xml_path.with_suffix(".bin"))
             os.replace(tmpdir / "model.xml", xml_path)

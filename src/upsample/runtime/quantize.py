@@ -202,10 +202,13 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
             raise UserError(f"--backend {backend} needs {exc.name}: pip install "
                             f"{'nncf' if backend == Backend.OPENVINO else 'onnxruntime'}") from None
         write_meta(q, backend, meta)
-        if backend == Backend.OPENVINO:  # weights first, the .xml (what loads) last; an old .xml
-            out.unlink(missing_ok=True)  # goes first: only a reader already past it can mismatch
-            q.with_suffix(".bin").replace(out.with_suffix(".bin"))
-        q.replace(out)
+        # Ctrl-C lands after the renames: with --overwrite, not between the old file's removal
+        # and the new one's arrival (the user's file gone, no new one)
+        with export.interrupts_deferred():
+            if backend == Backend.OPENVINO:  # weights first, the .xml (what loads) last; an old .xml
+                out.unlink(missing_ok=True)  # goes first: only a reader already past it can mismatch
+                q.with_suffix(".bin").replace(out.with_suffix(".bin"))
+            q.replace(out)
     return len(inputs)
 
 

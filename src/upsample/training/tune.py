@@ -200,23 +200,50 @@ def check_lasting(storage: str) -> None:
                         "name a file, e.g. sqlite:///tune.db")
 
 
+def trial_seeded_sampler(seed: int):
+    """TPE whose draws for trial N are seeded by `seed` + N: trial numbers are the storage's, so a
+    resumed study draws new values and two processes on one study draw different ones (seeded
+    once per process, both drew the same values: every trial ran twice), reproducibly."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.by_trial = {}
+
+        def of(self, trial):  # TPE keeps no state but its random generator: one per trial
+            return self.by_trial.setdefault(trial.number, optuna.samplers.TPESampler(
+                seed=seed + trial.number, constant_liar=True))
+
+        def infer_relative_search_space(self, study, trial):
+            return self.of(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.of(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial):
+            self.of(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            self.of(trial).after_trial(study, trial, state, values)
+            self.by_trial.pop(trial.number, None)
+
+    return TrialSeededTPE()
+
+
 def open_study(name: str, storage: str, seed: int):
-    """The study `name` in `storage` (made if new), its sampler seeded past the trials it holds:
-    a resumed study draws new values (seeded alike, it drew the first trials' again)."""
+    """The study `name` in `storage` (made if new), its sampler seeded by trial number
+    (`trial_seeded_sampler`)."""
     import optuna
     check_lasting(storage)
     try:
-        held = len(optuna.load_study(study_name=name, storage=storage).trials)
-    except KeyError:  # no such study yet
-        held = 0
-    except Exception as exc:  # a bad URL, an unreachable or unwritable database
-        raise storage_error(storage, exc) from None
-    try:
         return optuna.create_study(
             study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed + held),
+            sampler=trial_seeded_sampler(seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    except Exception as exc:
+    except Exception as exc:  # a bad URL, an unreachable or unwritable database
         raise storage_error(storage, exc) from None
 
 
@@ -260,7 +287,10 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     if left > 0:
         requeue_stopped(study)
         try:
-            study.optimize(objective(cfg, root, device), n_trials=left, catch=())
+            # n_trials counts this process's trials; the callback stops it when the study, which
+            # other processes may be running too, has the finished trials asked for
+            enough = optuna.study.MaxTrialsCallback(trials, states=tuple(optuna.trial.TrialState[s] for s in FINISHED))
+            study.optimize(objective(cfg, root, device), n_trials=left, catch=(), callbacks=[enough])
         except TrialStopped as stop:
             return stop.status
         except KeyboardInterrupt:
