@@ -175,3 +175,22 @@ def test_a_diverging_trial_is_pruned_and_the_study_goes_on(tmp_path, capsys, mon
     assert "trial 0: pruned, it diverged" in capsys.readouterr().err
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
+
+
+def test_a_study_resumed_with_other_trial_settings_is_refused(tmp_path, capsys):
+    # a 600-step trial beside 200-step ones scored best for its length alone; a seed likewise
+    assert _tune(tmp_path, 1) == 0
+    capsys.readouterr()
+    assert _tune(tmp_path, 2, "--set", "train.seed=7") == 2  # (SETS come last: their keys are fixed)
+    err = capsys.readouterr().err
+    assert "trained its trials otherwise: train.seed (0 in the study, 7 now)" in err and "--study" in err
+    assert _tune(tmp_path, 2, "--set", "train.threads=1") == 0  # speed only: the study goes on
+
+
+def test_a_trials_length_is_part_of_its_setup_and_its_speed_is_not():
+    from upsample.training import tune
+    recipe = ROOT / "configs" / "espcn-x2.toml"
+    short, long_ = (tune.trial_setup(config.load_config(recipe, [f"tune.trial_steps={n}"])) for n in (200, 600))
+    assert short["train.steps"] == 200 and long_["train.steps"] == 600
+    fast = tune.trial_setup(config.load_config(recipe, ["train.threads=2", "data.workers=2", "optim.lr=0.5"]))
+    assert fast == tune.trial_setup(config.load_config(recipe, []))  # speed, and a searched value

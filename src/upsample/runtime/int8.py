@@ -71,9 +71,9 @@ def read_meta(path: Path) -> tuple[str, dict]:
                         "run a checkpoint or a registered model instead")
     meta = json.loads(text)
     if "arch" not in meta:  # `upsample export`'s I/O contract: a graph, not an int8 model
-        raise UserError(f"{path} is an `upsample export` OpenVINO graph: --model runs its ONNX export "
-                        f"(`upsample export {meta.get('model', 'MODEL')} --format onnx`) or the model "
-                        "itself (registered name or checkpoint)")
+        raise UserError(f"{path} is an `upsample export` OpenVINO graph, which is not run as a model: give "
+                        f"its ONNX export instead (`upsample export {meta.get('model', 'MODEL')} --format onnx`) "
+                        "or the model itself (registered name or checkpoint)")
     return backend, meta
 
 

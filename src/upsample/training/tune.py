@@ -66,6 +66,48 @@ def format_space(space: dict[str, list]) -> str:
     return ", ".join(f"{k} {v}" if isinstance(v, list) else k for k, v in space.items()) or "nothing"
 
 
+# what a trial's val PSNR depends on besides the searched values: a resumed study must keep it
+TRIAL_SETUP = ("model.", "data.", "degrade.", "loss.", "optim.name", "sched.", "val.", "train.steps",
+               "train.seed", "train.accumulate", "train.ema", "train.init")
+SEARCHED = {"optim.lr", "optim.momentum", "data.batch_size", "optim.clip", "optim.weight_decay"}
+NOT_RESULTS = {"data.workers", "data.cache_mb", "data.store_dir", "val.patience"}  # speed, not scores
+
+
+def trial_setup(cfg: config_mod.Config) -> dict:
+    """The values of a trial's config (`tune.trial_steps` as its train.steps) that decide its
+    val PSNR, but for those the study searches."""
+    t = copy.deepcopy(cfg)
+    if cfg.tune.trial_steps:
+        t.train.steps = cfg.tune.trial_steps
+    flat = _flat(config_mod.to_dict(t))
+    return {k: v for k, v in flat.items() if any(k == p or (p.endswith(".") and k.startswith(p)) for p in TRIAL_SETUP)
+            and k not in SEARCHED and k not in NOT_RESULTS}
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def check_same_setup(study, cfg: config_mod.Config, storage: str) -> None:
+    """A resumed study must train its trials as it did: a longer trial, other data or another
+    validation scores higher for that alone, and the best trial was then the longest (a resumed
+    study ran trial 3 for 600 steps against 200 and called it best). Stamped by the first call."""
+    setup = json.loads(json.dumps(trial_setup(cfg)))  # as the storage gives it back
+    held = study.user_attrs.get("trial_setup")
+    if held is None:
+        if not study.trials:  # a new study (one made before this stamp keeps going unchecked)
+            study.set_user_attr("trial_setup", setup)
+        return
+    changed = sorted(k for k in set(held) | set(setup) if held.get(k) != setup.get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({held.get(k)!r} in the study, {setup.get(k)!r} now)" for k in changed[:3])
+        raise UserError(f"study {study.study_name!r} in {storage} trained its trials otherwise: {shown}"
+                        f"{f' and {len(changed) - 3} more' if len(changed) > 3 else ''}; give the same "
+                        "settings back, or name a new --study (its trials' scores are not comparable)")
+
+
 def check_same_space(study, cfg: config_mod.Config, storage: str) -> None:
     """A resumed study must search the ranges it was made with: trials drawn from other ranges
     are not comparable, and its best trial (drawn without a parameter now searched) could not
@@ -279,6 +321,7 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(study_name, storage, cfg.train.seed)  # before the run dir is claimed for it
     check_same_space(study, cfg, storage)
+    check_same_setup(study, cfg, storage)
     claim_run_dir(root, f"{study_name}\t{storage}")
     done = [t for t in study.trials if t.state.name in FINISHED]
     left = trials - len(done)
