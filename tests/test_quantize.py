@@ -185,7 +185,7 @@ def test_calibration_inputs_are_what_the_upscaler_feeds_the_network(setup, name,
     from upsample.inference.upscaler import ModelUpscaler
     from upsample.media.imageio import list_images, read_rgb
     from upsample.runtime.kinds import Backend
-    from upsample.runtime.quantize import calibration_inputs
+    from upsample.runtime.quantize import calibration_inputs, calibration_order
     root, _ = setup
     model = registry.create_model(name)
     seen = []
@@ -197,7 +197,7 @@ def test_calibration_inputs_are_what_the_upscaler_feeds_the_network(setup, name,
 
     up = ModelUpscaler(model, record, scale=scale, name=name, backend=Backend.TORCH, device=torch.device("cpu"))
     side = int(round(size * scale))
-    for path in list_images(str(root / "calib"))[0][:3]:
+    for path in calibration_order(list_images(str(root / "calib"))[0], str(root / "calib"))[:3]:
         hr = read_rgb(path)
         top, left = (hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2
         up(make_lr(modcrop(hr[top:top + side, left:left + side], scale), scale))
@@ -210,7 +210,7 @@ def test_calibration_inputs_are_what_the_upscaler_feeds_the_network(setup, name,
 
 def test_calibration_folder_errors_are_one_line(setup, tmp_path):
     from upsample.errors import UserError
-    from upsample.runtime.quantize import calibration_inputs
+    from upsample.runtime.quantize import calibration_inputs, calibration_order
     root, _ = setup
     model = registry.create_model("espcn-x2")
     (tmp_path / "empty").mkdir()

@@ -135,3 +135,15 @@ def test_prepare_takes_splits_train_list_so_no_validation_image_is_cropped(tmp_p
     (tmp_path / "bad.txt").write_text("nowhere.png\n")
     assert cli.main(["data", "prepare", str(tmp_path / "bad.txt"), "-o", str(tmp_path / "c2")]) == 2
     assert "missing, e.g." in capsys.readouterr().err
+
+
+def test_calibration_passes_over_a_damaged_image_and_spreads_over_the_folder(tmp_path, capsys):
+    from upsample.models.registry import create_model
+    from upsample.runtime.quantize import calibration_inputs
+    folder = _photos(tmp_path / "frames", n=12, size=(40, 40))
+    (folder / "p5.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    found = calibration_inputs(create_model("espcn-x2"), 2, str(folder), samples=4, size=16)
+    assert len(found) == 4 and "skipped 1 unreadable image(s)" in capsys.readouterr().err
+    every = calibration_inputs(create_model("espcn-x2"), 2, str(folder), samples=11, size=16)
+    firsts = [np.array_equal(found[0], e) for e in every]
+    assert firsts.index(True) == 0 and len(every) == 11  # the same order each time, all 11 readable

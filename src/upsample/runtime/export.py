@@ -212,17 +212,26 @@ def with_metadata(data: bytes, contract: dict) -> bytes:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """SIGINT / SIGTERM held back (in the main thread, where Python handles them) until the block
-    is done: the two renames of an IR pair are not split by Ctrl-C."""
+    """SIGINT / SIGTERM held back until the block is done: the two renames of an IR pair are not
+    split by Ctrl-C. Python's handlers are swapped for ones that note the signal (a signal mask
+    would not do: the process's signal goes to any thread that does not mask it, and OpenVINO's
+    and onnxruntime's threads do not), and the noted one is handled as before when it ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if caught and callable(old[caught[0]]):
+            old[caught[0]](caught[0], None)  # raises: KeyboardInterrupt, the CLI's Terminated
+        elif caught and old[caught[0]] == signal.SIG_DFL:
+            os.kill(os.getpid(), caught[0])
 
 
 def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict | None = None) -> None:

@@ -17,6 +17,7 @@ it beside the fp32 model. An OpenVINO one with float edges is also copied into t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -33,6 +34,12 @@ from .export import model_key  # also this module's name for it (bench, tests)
 from .int8 import SUFFIX, cached_path, write_meta
 from .kinds import Backend
 from ..errors import UserError
+
+
+def calibration_order(images: list, folder: str) -> list:
+    """`images` of `folder` in the order calibration takes them: by hash of their names, not the
+    listing's, so that a folder of a video's frames gives frames from all over it."""
+    return sorted(images, key=lambda p: hashlib.sha1(os.fsencode(os.path.relpath(p, folder))).digest())
 
 
 def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: int = 32,
@@ -53,9 +60,14 @@ def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: 
         raise UserError(f"--calib {exc}; give a folder of training images") from None
     if not images:
         raise UserError(f"--calib {folder}: no images found")
-    spec, hr_side, found, small = model.upsample_spec, int(round(size * scale)), [], 0
+    spec, hr_side, found, small, unread = model.upsample_spec, int(round(size * scale)), [], 0, []
+    images = calibration_order(images, folder)
     for path in images:  # one centre crop per image big enough: equal shapes for histograms
-        hr = read_rgb(path)
+        try:
+            hr = read_rgb(path)
+        except UserError as exc:  # a damaged file among many: calibrate on the others
+            unread.append(str(exc))
+            continue
         if min(hr.shape[:2]) < hr_side:
             small += 1
             continue
@@ -73,6 +85,8 @@ def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: 
             break
     if found and small:  # fewer crops than images: say why
         print(f"int8: skipped {small} image(s) of {folder} smaller than {hr_side}x{hr_side}", file=sys.stderr)
+    if unread:
+        print(f"int8: skipped {len(unread)} unreadable image(s) of {folder}, e.g. {unread[0]}", file=sys.stderr)
     if not found:
         raise UserError(f"--calib {folder}: no image is at least {hr_side}x{hr_side} (LR crops of "
                         f"{size} px at x{scale:g}); {too_small}")
@@ -103,8 +117,9 @@ def quantize_onnxruntime(onnx_path: Path, out: Path, inputs: list[np.ndarray],
 
     pre = onnx_path.with_name("pre.onnx")
     quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    # its calibration prints "Collecting tensor data ..." on stdout, where results go: stderr
-    with contextlib.redirect_stdout(sys.stderr):
+    # its calibration prints "Collecting tensor data ..." and a table of percentiles per tensor
+    # on stdout, where results go: kept to be shown only if it fails
+    with _tool_output_kept():
         quantize_static(
             str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float),
@@ -120,9 +135,27 @@ def quantize_onnxruntime(onnx_path: Path, out: Path, inputs: list[np.ndarray],
 def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
                       keep_float: list[str] = ()) -> None:
     # NNCF logs and draws its progress on stdout, where `bench --json` and `quantize` print
-    # their results: on stderr instead (its log handler takes the stdout of its import)
+    # their results: on stderr instead (its log handler takes the stdout of its import), its
+    # progress bars only (its INFO lines list every layer it leaves float)
+    import logging
+
+    import nncf
+    nncf.set_log_level(logging.WARNING)  # after its import, which sets INFO
     with contextlib.redirect_stdout(sys.stderr):
         _nncf_int8(onnx_path, out, inputs, keep_float)
+
+
+@contextlib.contextmanager
+def _tool_output_kept():
+    """A tool's printing (stdout and stderr, Python's) kept back, and shown only where it fails."""
+    import io
+    kept = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept):
+            yield
+    except BaseException:
+        sys.stderr.write(kept.getvalue()[-4000:])
+        raise
 
 
 def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float: list[str]) -> None:
