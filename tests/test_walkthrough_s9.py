@@ -147,3 +147,19 @@ def test_calibration_passes_over_a_damaged_image_and_spreads_over_the_folder(tmp
     every = calibration_inputs(create_model("espcn-x2"), 2, str(folder), samples=11, size=16)
     firsts = [np.array_equal(found[0], e) for e in every]
     assert firsts.index(True) == 0 and len(every) == 11  # the same order each time, all 11 readable
+
+
+def test_bench_refuses_an_int8_file_of_other_weights_of_the_architecture(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert cli.main(_train(_photos(tmp_path / "photos", size=(64, 64)), run, "--set", "data.val_fraction=0")) == 0
+    calib = _photos(tmp_path / "calib", n=2, size=(64, 64))
+    q = tmp_path / "q.onnx"
+    assert cli.main(["quantize", str(run / "last.safetensors"), "--backend", "onnxruntime", "--calib", str(calib),
+                     "--size", "16", "-o", str(q)]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench", "--model", "espcn-x2", "--int8", str(q), "--size", "32x24", "--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert "quantized from other weights" in err and str(run / "last.safetensors") in err, err
+    assert cli.main(["bench", "--model", str(run / "last.safetensors"), "--int8", str(q), "--size", "32x24",
+                     "--backend", "torch", "--runs", "1"]) == 0

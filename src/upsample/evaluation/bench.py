@@ -254,6 +254,11 @@ def int8_entry(path: str, model: str, eager: Upscaler, *, device: str) -> tuple:
         made_from = int8_files.read_meta(Path(path))[1].get("name") or f"{up.spec.arch} {up.spec.kwargs}"
         raise UserError(f"--int8 {path} is a quantized {made_from}, not {model} ({eager.spec.arch} "
                         f"{eager.spec.kwargs}): quantize this model with `upsample quantize`")
+    meta = int8_files.read_meta(Path(path))[1]
+    if meta.get("weights") and eager.model is not None and meta["weights"] != quantize.model_key(eager.model):
+        raise UserError(f"--int8 {path} was quantized from other weights of this architecture "
+                        f"({meta.get('source') or meta.get('name') or 'unknown'}), not {model}'s: its max|diff| "
+                        f"would compare two models; time it with `--model` of those weights, or quantize {model}")
     return f"{backend} int8", up, "int8"
 
 

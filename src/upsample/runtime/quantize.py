@@ -216,7 +216,10 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
     `int8.load_runner` refuses it as the loader refuses the model."""
     inputs = calibration_inputs(model, scale, calib, samples=samples, size=size, too_small=too_small)
     spec = model.upsample_spec
+    if source and Path(source).is_file():  # a checkpoint: named so from any folder
+        source = str(Path(source).resolve())
     meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": source,
+            "weights": model_key(model),  # which weights: a fine-tune has the shipped model's name
             "float_edges": keep_edges,
             "calibration": {"folder": str(calib), "images": len(inputs), "lr_size": size, "scale": scale},
             **({"untrained": True} if untrained else {})}
