@@ -680,6 +680,6 @@ def summarize(cfg: config_mod.Config, procs: Procs, state: TrainState, stop: Sto
                f"{run_dir / 'best.safetensors'}" if state.best_step else \
                f"no validation; weights -> {run_dir / 'last.safetensors'}"
         d_loss = f", D loss {last_terms['d_loss']:.4g}" if "d_loss" in last_terms else ""
-        print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s), "
-              f"loss {last_loss:.4g}{d_loss}; {best}")
+        logged = f", loss {last_loss:.4g}{d_loss}" if math.isfinite(last_loss) else ""  # none logged yet
+        print(f"{finished}: step {step}/{steps} in {elapsed:.1f}s ({pps:.0f} patches/s){logged}; {best}")
     return 0
