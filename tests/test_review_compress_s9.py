@@ -109,6 +109,15 @@ def test_the_int8_hint_of_a_multi_scale_model_names_its_scale(tmp_path, capsys, 
 def test_ctrl_c_during_the_renames_leaves_the_new_pair_whole(tmp_path, monkeypatch):
     """With --overwrite the old .xml went, then Ctrl-C could land before the new one arrived: the
     user's int8 file gone and no new one. The signal now waits for the renames."""
+    # Python's own SIGINT handler, as the console has it (a pytest-xdist worker may not)
+    old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_during_the_renames(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+
+
+def _ctrl_c_during_the_renames(tmp_path, monkeypatch):
     from PIL import Image
     import numpy as np
     import openvino as ov

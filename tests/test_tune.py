@@ -194,3 +194,10 @@ def test_a_trials_length_is_part_of_its_setup_and_its_speed_is_not():
     assert short["train.steps"] == 200 and long_["train.steps"] == 600
     fast = tune.trial_setup(config.load_config(recipe, ["train.threads=2", "data.workers=2", "optim.lr=0.5"]))
     assert fast == tune.trial_setup(config.load_config(recipe, []))  # speed, and a searched value
+
+
+def test_a_study_whose_first_call_failed_takes_the_corrected_settings(tmp_path, capsys):
+    missing = tmp_path / "missing.txt"  # (SETS come last: a key of theirs would be overridden)
+    assert _tune(tmp_path, 1, "--set", f"data.val_list={json.dumps(str(missing))}", "--set", "train.seed=3") != 0
+    capsys.readouterr()
+    assert _tune(tmp_path, 1) == 0  # no trial scored under the failed settings: nothing to compare

@@ -40,11 +40,14 @@ def test_a_folder_of_photos_is_no_run_dir(tmp_path, capsys):
     for extra in ([], ["--reset"]):
         assert cli.main(_train(photos, photos, "--set", "data.val_fraction=0", *extra)) == 2
         err = capsys.readouterr().err
-        assert "holds 2 other file(s) (e.g. p0.png) and no run" in err and "Traceback" not in err
+        assert "holds 2 picture(s) or video(s) (e.g. p0.png) and no run" in err and "Traceback" not in err
     assert sorted(p.name for p in photos.iterdir()) == ["p0.png", "p1.png"]  # nothing written there
     (tmp_path / "empty" / ".DS_Store").parent.mkdir()
     (tmp_path / "empty" / ".DS_Store").write_bytes(b"x")  # hidden files are no reason to refuse
     assert cli.main(_train(photos, tmp_path / "empty", "--set", "data.val_fraction=0")) == 0
+    (tmp_path / "logged").mkdir()
+    (tmp_path / "logged" / "train.log").write_text("tee'd here\n")  # `... 2>&1 | tee RUN/train.log`
+    assert cli.main(_train(photos, tmp_path / "logged", "--set", "data.val_fraction=0")) == 0
 
 
 def test_a_validation_image_small_before_any_crop_is_not_told_to_raise_the_crop(tmp_path, capsys):
@@ -163,3 +166,18 @@ def test_bench_refuses_an_int8_file_of_other_weights_of_the_architecture(tmp_pat
     assert "quantized from other weights" in err and str(run / "last.safetensors") in err, err
     assert cli.main(["bench", "--model", str(run / "last.safetensors"), "--int8", str(q), "--size", "32x24",
                      "--backend", "torch", "--runs", "1"]) == 0
+
+
+def test_a_cameras_mpo_jpeg_and_a_multi_page_tiff_are_stills_to_the_data_tools(tmp_path, capsys):
+    folder = tmp_path / "mp"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    pictures = [Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)) for _ in range(2)]
+    small = pictures[0].resize((30, 30))
+    pictures[0].save(folder / "scan.tif", save_all=True, append_images=[small])  # two pages
+    pictures[1].save(folder / "photo.jpg", format="MPO", save_all=True, append_images=[small])  # a camera's
+    assert cli.main(["data", "check", str(folder), "--min-size", "64"]) == 0
+    out = capsys.readouterr()
+    assert "animation" not in out.out + out.err, out
+    cli.main(["data", "clean", str(folder), "--quarantine", str(tmp_path / "q"), "--min-size", "64"])
+    assert (folder / "scan.tif").exists() and (folder / "photo.jpg").exists()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..errors import UserError, one_line
 from ..media.imageio import (atomic_save, header_size, is_image_path, list_images, open_image, read_rgb,
                              skip_reason)
+from ..media.animation import image_frame_count
 from ..media.progress import progress_bar, track
 from .pairs import NAMES_TEXT, file_list_text, hash_split, read_file_list, write_file_list
 
@@ -159,6 +160,10 @@ def source_files(src: Path) -> list[Path]:
     training crops)."""
     if src.is_file() and src.suffix.lower() == ".txt":
         listed = read_file_list(src)
+        folders = [p for p in listed if p.is_dir()]
+        if folders:
+            raise UserError(f"the list {src} names a folder, {folders[0]}: a list names image or video "
+                            "files, one a line; give the folder itself instead")
         missing = [p for p in listed if not p.is_file()]
         if missing:
             raise UserError(f"{len(missing)} file(s) of the list {src} are missing, e.g. {missing[0]}")
@@ -325,13 +330,10 @@ PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "a
 
 def animation_frames(path: Path) -> int:
     """The frames of an animated GIF, APNG or WebP (training and `prepare` take one picture a
-    file, and refuse it), else 0."""
-    try:
-        with warnings.catch_warnings(), Image.open(path) as img:
-            warnings.simplefilter("ignore")
-            return img.n_frames if getattr(img, "is_animated", False) else 0
-    except Exception:  # noqa: BLE001 - not an image: open_image says why
-        return 0
+    file, and refuse it), else 0: a camera's MPO JPEG (a preview frame) and a multi-page TIFF
+    are stills, as training reads them (their first picture)."""
+    frames = image_frame_count(path) or 0
+    return frames if frames > 1 else 0
 
 
 def open_checked(path: Path) -> tuple[Image.Image | None, Problem | None]:

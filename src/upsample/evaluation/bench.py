@@ -255,7 +255,8 @@ def int8_entry(path: str, model: str, eager: Upscaler, *, device: str) -> tuple:
         raise UserError(f"--int8 {path} is a quantized {made_from}, not {model} ({eager.spec.arch} "
                         f"{eager.spec.kwargs}): quantize this model with `upsample quantize`")
     meta = int8_files.read_meta(Path(path))[1]
-    if meta.get("weights") and eager.model is not None and meta["weights"] != quantize.model_key(eager.model):
+    made_from = meta.get("weights_sha256")
+    if made_from and eager.model is not None and made_from != quantize.state_hash(eager.model):
         raise UserError(f"--int8 {path} was quantized from other weights of this architecture "
                         f"({meta.get('source') or meta.get('name') or 'unknown'}), not {model}'s: its max|diff| "
                         f"would compare two models; time it with `--model` of those weights, or quantize {model}")

@@ -20,6 +20,7 @@ filled from the nearest visible one (no dark fringe); into an opaque one, compos
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import sys
@@ -95,6 +96,7 @@ class _Plan:
     bits: int
     size: tuple[int, int]
     workers: int = 1  # frames upscaled side by side (threads on the network's streams)
+    alpha_unused: bool = False  # the input's alpha is a padding byte (`_alpha_unused`): left alone
 
 
 def frames_per_call(net: Upscaler, tiler: Tiler, h: int, w: int, chans: int, dtype, out_hw,
@@ -185,6 +187,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
             print(f"note: {note}", file=sys.stderr)
         plan, batch = _plan(up, vin.codec_context, out_fmt, batch=batch, tile=tile,
                             max_memory=max_memory, tile_batch=tile_batch)
+        plan = dataclasses.replace(plan, alpha_unused=_alpha_unused(first, vin.codec_context.name))
         suffix = dst.suffix or ".mp4"
         with atomic_output(dst, suffix=".part" + suffix) as tmp:  # the container goes by suffix
             out = open_output(tmp, suffix)
@@ -234,13 +237,20 @@ def _may_be_transparent(decoder: str, src_fmt: str, first) -> bool:
     """Whether the input's frames carry an alpha that may not be all opaque: a format with alpha
     (VP9's alpha, ProRes 4444, PNG, QuickTime Animation: a later frame may be transparent where
     the first is not), except GIF, which FFmpeg gives as BGRA always: there, the first frame's."""
-    return _transparent(first) if decoder == "gif" else has_alpha(src_fmt) and not _alpha_unused(first)
+    return _transparent(first) if decoder == "gif" else has_alpha(src_fmt) and not _alpha_unused(first, decoder)
 
 
-def _alpha_unused(frame) -> bool:
-    """Whether the first frame's alpha is 0 in every pixel: an unused byte (a 32-bit BGRA
-    capture), which `_alpha_settled` leaves alone and no output needs to keep."""
-    if frame is None or not any(c.is_alpha for c in frame.format.components):
+# decoders of packed pixels whose fourth byte is often padding (a 32-bit BGRA screen capture
+# stores 0 there): an alpha of 0 in the whole first frame is unused, not a transparent picture
+# (PNG, QuickTime Animation, ProRes 4444, VP9 alpha: a clip may well start fully transparent)
+PADDED_ALPHA_DECODERS = {"rawvideo", "bmp"}
+
+
+def _alpha_unused(frame, decoder: str) -> bool:
+    """Whether the input's alpha is an unused byte: 0 in every pixel of the first frame, from a
+    decoder of padded packed pixels; `_upscale_frames` then leaves it alone (composited, the
+    picture was black) and no output needs to keep it."""
+    if decoder not in PADDED_ALPHA_DECODERS or frame is None or not any(c.is_alpha for c in frame.format.components):
         return False
     return int(frame.to_ndarray(format="rgba")[..., 3].max()) == 0
 
@@ -885,7 +895,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
 def _upscale_frames(group, plan: _Plan, shift: int) -> list:
     """Decoded frames -> upscaled frames (pts, duration and colour tags carried over)."""
     keep = has_alpha(plan.out_fmt)
-    ready = [_alpha_settled(f, keep) for f in group]
+    ready = group if plan.alpha_unused else [_alpha_settled(f, keep) for f in group]
     results = _upscale_yuv(ready, plan) if plan.y_model else _upscale_rgb(ready, plan)
     for src, o in zip(group, results):
         carry_frame_props(src, o, shift)
@@ -898,8 +908,7 @@ def _alpha_settled(f: av.VideoFrame, keep: bool) -> av.VideoFrame:
     and libswscale mix that hidden colour, often black or garbage, into the visible edge: a dark
     fringe of up to ~100 levels on a sprite); where the output is opaque, composited over black
     (dropping the alpha would show the hidden colour itself, and hard edges). `f` itself where
-    that changes nothing (no alpha, nothing hidden, all opaque) and where the alpha is 0 in every
-    pixel (an unused alpha byte, as image readers and browsers take it); a new frame otherwise, as the
+    that changes nothing (no alpha, nothing hidden, all opaque); a new frame otherwise, as the
     decoder's frames may be its reference pictures."""
     if not has_alpha(f.format.name):
         return f
@@ -915,9 +924,7 @@ def _alpha_settled(f: av.VideoFrame, keep: bool) -> av.VideoFrame:
         planes = [f.to_ndarray(format="rgba64le" if bits > 8 else "rgba")]
         alpha = planes[0][..., 3]
     opaque = (1 << bits) - 1
-    if not alpha.any():  # alpha 0 everywhere: an unused byte (32-bit BGRA captures), not a hole
-        return f
-    if alpha.min() > 0 if keep else alpha.min() == opaque:
+    if (alpha.min() > 0 or not alpha.any()) if keep else alpha.min() == opaque:
         return f
     if not planar:
         planes[0][..., :3] = _settled_planes(planes[0][..., :3], alpha, None if keep else opaque, 0)

@@ -327,8 +327,9 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     levels taken to 8 bits as MATLAB's im2uint8 does, round(v / 257): Pillow reads a 16-bit RGB(A)
     PNG, TIFF or PPM by its high bytes (v >> 8, up to a level lower), so those are decoded at 16
     bits first (`read_planes`; its alpha is dropped, as here for 8 bits)."""
-    header = open_image(path, decode=False)
-    if header.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in header.tile):
+    with open_image(path, decode=False) as header:
+        deep = header.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in header.tile)
+    if deep:
         color = read_planes(path, fill_hidden=False).color
         if color.dtype == np.uint16:  # else a layout only Pillow reads (read_planes said so in a note)
             eight = np.clip(np.round(color / 257.0), 0, 255).astype(np.uint8)

@@ -36,6 +36,17 @@ from .kinds import Backend
 from ..errors import UserError
 
 
+def state_hash(model: nn.Module) -> str:
+    """sha256 of the weights alone (names, shapes, values): which weights an int8 file was made
+    from, unchanged by the torch version or the graph recipe that `model_key` also hashes."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def calibration_order(images: list, folder: str) -> list:
     """`images` of `folder` in the order calibration takes them: by hash of their names, not the
     listing's, so that a folder of a video's frames gives frames from all over it."""
@@ -85,8 +96,10 @@ def calibration_inputs(model: nn.Module, scale: float, folder: str, *, samples: 
             break
     if found and small:  # fewer crops than images: say why
         print(f"int8: skipped {small} image(s) of {folder} smaller than {hr_side}x{hr_side}", file=sys.stderr)
-    if unread:
+    if unread and (found or small):
         print(f"int8: skipped {len(unread)} unreadable image(s) of {folder}, e.g. {unread[0]}", file=sys.stderr)
+    elif unread:
+        raise UserError(f"--calib {folder}: none of its {len(unread)} image(s) can be read, e.g. {unread[0]}")
     if not found:
         raise UserError(f"--calib {folder}: no image is at least {hr_side}x{hr_side} (LR crops of "
                         f"{size} px at x{scale:g}); {too_small}")
@@ -153,7 +166,7 @@ def _tool_output_kept():
     try:
         with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept):
             yield
-    except BaseException:
+    except Exception:  # a failure: what the tool said is the clue (not on Ctrl-C)
         sys.stderr.write(kept.getvalue()[-4000:])
         raise
 
@@ -219,7 +232,7 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
     if source and Path(source).is_file():  # a checkpoint: named so from any folder
         source = str(Path(source).resolve())
     meta = {"arch": spec.arch, "kwargs": spec.kwargs, "name": spec.name or "", "source": source,
-            "weights": model_key(model),  # which weights: a fine-tune has the shipped model's name
+            "weights_sha256": state_hash(model),  # which weights: a fine-tune has the shipped model's name
             "float_edges": keep_edges,
             "calibration": {"folder": str(calib), "images": len(inputs), "lr_size": size, "scale": scale},
             **({"untrained": True} if untrained else {})}

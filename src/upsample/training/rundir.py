@@ -38,13 +38,14 @@ def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
 
 
 def check_holds_nothing_else(run_dir: Path) -> None:
-    """A folder that holds no run must hold nothing else (hidden files and a run's own folders
-    aside): `--run-dir photos` mixed the run's files into the user's pictures."""
-    others = sorted(p.name for p in run_dir.iterdir()
-                    if not p.name.startswith(".") and p.name not in ("tb", "deepspeed"))
-    if others:
-        raise UserError(f"--run-dir {run_dir} holds {len(others)} other file(s) (e.g. {others[0]}) and no run: "
-                        "name a new or empty folder for the run")
+    """A folder that holds no run must hold no pictures or videos: `--run-dir photos` mixed the
+    run's files into the user's pictures (a log file a user tees there is welcome)."""
+    from ..media.imageio import is_image_path
+    from ..data.prepare import is_video_path
+    media = sorted(p.name for p in run_dir.iterdir() if p.is_file() and (is_image_path(p) or is_video_path(p)))
+    if media:
+        raise UserError(f"--run-dir {run_dir} holds {len(media)} picture(s) or video(s) (e.g. {media[0]}) and "
+                        "no run: name a new or empty folder for the run")
 
 
 LOCK_FILE = ".lock"  # held by the `upsample train` writing the run dir (filelock: freed at exit)

@@ -96,9 +96,11 @@ def check_same_setup(study, cfg: config_mod.Config, storage: str) -> None:
     study ran trial 3 for 600 steps against 200 and called it best). Stamped by the first call."""
     setup = json.loads(json.dumps(trial_setup(cfg)))  # as the storage gives it back
     held = study.user_attrs.get("trial_setup")
-    if held is None:
-        if not study.trials:  # a new study (one made before this stamp keeps going unchecked)
-            study.set_user_attr("trial_setup", setup)
+    scored = any(t.state.name in FINISHED for t in study.trials)
+    if held is None and scored:
+        return  # a study made before this stamp: it keeps going unchecked
+    if not scored:  # new, or no trial scored yet (a first call that failed on its input): stamp now
+        study.set_user_attr("trial_setup", setup)
         return
     changed = sorted(k for k in set(held) | set(setup) if held.get(k) != setup.get(k))
     if changed:
