@@ -201,7 +201,7 @@ def _bitfields_bmp(p: Path, note: bool = True) -> Image.Image | None:
         return None
     width, height, bpp, offset, masks, compression = layout
     if compression == 3 and (bpp, masks) in _PILLOW_MASKS:  # Pillow reads these exactly and faster
-        return None if not masks[3] or not note else _opaque_if_alpha_unused(Image.open(p), p)
+        return None if not masks[3] or not note else _opaque_if_alpha_unused(Image.open(p), p, note=True)
     Image._decompression_bomb_check((width, abs(height)))  # noqa: SLF001 - Pillow's own size guard
     stride = (width * bpp + 31) // 32 * 4
     with open(p, "rb") as f:
@@ -214,12 +214,8 @@ def _bitfields_bmp(p: Path, note: bool = True) -> Image.Image | None:
     if height > 0:  # stored bottom-up
         pixels = pixels[::-1]
     channels = [_mask_channel(pixels, m) for m in masks if m]
-    if len(channels) == 4 and not channels[3].any():
-        channels = channels[:3]
-        if note:
-                print(f"note: {p}: its alpha is 0 in every pixel (unused, not transparent); read as opaque",
-                  file=sys.stderr)
-    return Image.fromarray(np.ascontiguousarray(np.dstack(channels)), "RGBA" if len(channels) == 4 else "RGB")
+    img = Image.fromarray(np.ascontiguousarray(np.dstack(channels)), "RGBA" if len(channels) == 4 else "RGB")
+    return _opaque_if_alpha_unused(img, p, note=note)
 
 
 # bit-mask layouts Pillow's BmpImagePlugin decodes as they are (its MASK_MODES): (bits, R, G, B, A masks)
@@ -228,12 +224,14 @@ _PILLOW_MASKS = {(32, (0xFF0000, 0xFF00, 0xFF, 0)), (32, (0xFF000000, 0xFF0000, 
                  (16, (0xF800, 0x7E0, 0x1F, 0)), (16, (0x7C00, 0x3E0, 0x1F, 0))}
 
 
-def _opaque_if_alpha_unused(img: Image.Image, p: Path) -> Image.Image:
-    """`img` (a BMP Pillow read with alpha), as RGB with a note where its alpha is 0 everywhere."""
+def _opaque_if_alpha_unused(img: Image.Image, p: Path, *, note: bool) -> Image.Image:
+    """`img` (a bit-mask BMP with alpha), as RGB where its alpha is 0 everywhere (a writer's
+    "unused" byte, as browsers read it), said in a note where `note`."""
     img.load()
     if img.mode == "RGBA" and not img.getchannel("A").getbbox():
-        print(f"note: {p}: its alpha is 0 in every pixel (unused, not transparent); read as opaque",
-              file=sys.stderr)
+        if note:
+            print(f"note: {p}: its alpha is 0 in every pixel (unused, not transparent); read as opaque",
+                  file=sys.stderr)
         return img.convert("RGB")
     return img
 

@@ -585,3 +585,15 @@ def to_toml(cfg: Config) -> str:
     for f in dataclasses.fields(cfg):
         _toml_table(getattr(cfg, f.name), f.name, lines)
     return "\n".join(lines)
+
+
+def flat(obj, prefix: str = "") -> dict:
+    """A config dict as {"section.key": value}."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in flat(val, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def key_in(key: str, patterns) -> bool:
+    """Whether the dotted config `key` is one of `patterns` ("train.steps") or under one ("val.")."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)

@@ -74,7 +74,7 @@ def recipe_differs(config: str, overrides: list[str], cfg: config_mod.Config, ru
         recipe = config_mod.load_config(config, overrides)
     except UserError as exc:  # an edited recipe that no longer loads does not stop the resume
         return f"resuming with {run_dir / 'config.toml'}; {config} is not read ({exc})"
-    run, new = _flat(config_mod.to_dict(cfg)), _flat(config_mod.to_dict(recipe))
+    run, new = config_mod.flat(config_mod.to_dict(cfg)), config_mod.flat(config_mod.to_dict(recipe))
     # train.init records --init; a resumed run starts from its own state, not from it
     changed = [k for k in run if run[k] != new.get(k) and k != "train.init"]
     if not changed:
@@ -97,20 +97,14 @@ RESUMABLE = ("train.steps", "train.log_every", "train.ckpt_every", "train.thread
              "train.channels_last", "train.compile", "val.", "data.workers", "data.cache_mb", "data.store_dir")
 
 
-def _flat(obj, prefix: str = "") -> dict:
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): obj}
-
-
 def resumable(key: str) -> bool:
     """Whether --set may change `key` (a dotted config key) when a run resumes."""
-    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)
+    return config_mod.key_in(key, RESUMABLE)
 
 
 def check_resumable(saved: config_mod.Config, cfg: config_mod.Config) -> None:
     """A UserError when `cfg` (the run's config with --set) changes what a resumed run keeps."""
-    before, after = _flat(config_mod.to_dict(saved)), _flat(config_mod.to_dict(cfg))
+    before, after = config_mod.flat(config_mod.to_dict(saved)), config_mod.flat(config_mod.to_dict(cfg))
     changed = [k for k in after if before.get(k) != after[k] and not resumable(k)]
     if changed:
         raise UserError(f"--resume --set {changed[0]}: a resumed run keeps its {changed[0].split('.')[0]} "

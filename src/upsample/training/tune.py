@@ -79,15 +79,8 @@ def trial_setup(cfg: config_mod.Config) -> dict:
     t = copy.deepcopy(cfg)
     if cfg.tune.trial_steps:
         t.train.steps = cfg.tune.trial_steps
-    flat = _flat(config_mod.to_dict(t))
-    return {k: v for k, v in flat.items() if any(k == p or (p.endswith(".") and k.startswith(p)) for p in TRIAL_SETUP)
-            and k not in SEARCHED and k not in NOT_RESULTS}
-
-
-def _flat(obj, prefix: str = "") -> dict:
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): obj}
+    return {k: v for k, v in config_mod.flat(config_mod.to_dict(t)).items()
+            if config_mod.key_in(k, TRIAL_SETUP) and k not in SEARCHED and k not in NOT_RESULTS}
 
 
 def check_same_setup(study, cfg: config_mod.Config, storage: str) -> None:
