@@ -808,7 +808,7 @@ def with_picture_timing(options: dict, width: int, height: int, pix_fmt: str, ti
     behind the sound at 25 fps). The HRD's rate and buffer are set where they never bind
     (`UNBOUND_HRD_KBPS`: the level's own cap cost grainy 1080p at crf 16 2.2 dB), and the level
     label stays the one x264 picks for such frames."""
-    level, _ = _x264_level(options, width, height, pix_fmt, time_base)
+    level = _x264_level(options, width, height, pix_fmt, time_base)
     if level is None:
         return options
     hrd = ["nal-hrd=vbr", f"vbv-maxrate={UNBOUND_HRD_KBPS}", f"vbv-bufsize={UNBOUND_HRD_KBPS}"]
@@ -816,9 +816,9 @@ def with_picture_timing(options: dict, width: int, height: int, pix_fmt: str, ti
     return {**options, "level": f"{level / 10:g}", "x264-params": ":".join(params + hrd)}
 
 
-def _x264_level(options: dict, width: int, height: int, pix_fmt: str, time_base) -> tuple:
-    """(level_idc, profile_idc) of the SPS that x264 writes with `options` for such frames (one
-    blank frame encoded), or (None, None)."""
+def _x264_level(options: dict, width: int, height: int, pix_fmt: str, time_base) -> int | None:
+    """The level_idc of the SPS that x264 writes with `options` for such frames (one blank frame
+    encoded), or None."""
     probe = av.CodecContext.create("libx264", "w")
     probe.width, probe.height, probe.pix_fmt = width, height, pix_fmt
     probe.time_base, probe.framerate = time_base, 1 / time_base
@@ -828,11 +828,11 @@ def _x264_level(options: dict, width: int, height: int, pix_fmt: str, time_base)
         data = b"".join(bytes(p) for p in [*probe.encode(av.VideoFrame(width, height, pix_fmt)),
                                               *probe.encode(None)])
     except (av.FFmpegError, ValueError):
-        return None, None
+        return None
     for start in (m.end() for m in re.finditer(b"\x00\x00\x01", data)):
-        if start + 3 < len(data) and data[start] & 0x1F == 7:  # the SPS NAL unit
-            return data[start + 3], data[start + 1]
-    return None, None
+        if start + 3 < len(data) and data[start] & 0x1F == 7:  # the SPS NAL unit: profile, flags, level
+            return data[start + 3]
+    return None
 
 
 EVEN_SIDE_ENCODERS = ("libx264", "h264", "libx265", "hevc")  # refuse an odd side of halved chroma
