@@ -2,7 +2,8 @@
 
 The tests that kill their own process with SIGTERM mid-training and resume have crashed a pytest
 worker now and then (never reproduced alone; the worker had run OpenVINO, ONNX Runtime and other
-native runtimes before). A fresh interpreter gives them the process a user's `upsample train` has.
+native runtimes before), and so did real signals sent inside a worker whose handlers earlier
+tests had changed. A fresh interpreter gives them the process a user's `upsample train` has.
 """
 
 import functools

@@ -3,10 +3,8 @@ are timed, a DDP rank that dies, errors said once under a launcher, a full disk 
 --max-minutes counted from the start of the process)."""
 
 import errno
-import functools
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,27 +15,13 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
+from isolation import in_child_process
 from upsample import cli
 from upsample.errors import UserError
 from upsample.training import loop, procs, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
-
-
-def in_its_own_process(test):
-    """Run `test`, which sends this process real signals, in a Python of its own (a pytest of
-    this one test): a signal sent inside a pytest-xdist worker, whose handlers earlier tests may
-    have left changed, ended the worker in CI."""
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        if os.environ.get("UPSAMPLE_TEST_OWN_PROCESS"):
-            return test(*args, **kwargs)
-        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                                f"{__file__}::{test.__name__}"], capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "UPSAMPLE_TEST_OWN_PROCESS": "1"})
-        assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
-    return run
 
 
 @pytest.fixture
@@ -47,7 +31,7 @@ def default_sigint():
     signal.signal(signal.SIGINT, old)
 
 
-@in_its_own_process
+@in_child_process
 def test_a_ctrl_c_swallowed_during_the_step_timing_is_raised_again(default_sigint):
     # torch's compiler runs Python in weakref callbacks, where a KeyboardInterrupt is printed and
     # ignored: the Ctrl-C was lost and the run trained on; now it comes again until it ends the timing
@@ -186,7 +170,7 @@ def test_max_minutes_counts_from_the_start_of_the_process():
     assert started < time.time() - 0.5  # this process imported torch before
 
 
-@in_its_own_process
+@in_child_process
 def test_a_signal_during_a_long_step_is_answered_at_once(monkeypatch, capfd):
     # the first step may compile for half a minute: a Ctrl-C then was a silent half minute
     monkeypatch.setattr(procs, "STILL_STEPPING_S", 0.05)
@@ -201,7 +185,7 @@ def test_a_signal_during_a_long_step_is_answered_at_once(monkeypatch, capfd):
     assert "SIGINT: stopping once the step in progress" in capfd.readouterr().err
 
 
-@in_its_own_process
+@in_child_process
 def test_a_step_that_ends_soon_after_a_signal_adds_no_line(capfd):
     stop = procs.Stop(deadline=float("inf"))
     stop.catch_signals(say=True)
@@ -234,7 +218,7 @@ def test_a_run_whose_images_moved_says_where_to_point_it_and_then_resumes(tmp_pa
     assert torch.load(run / "last_state.pt", weights_only=False)["step"] == 4
 
 
-@in_its_own_process
+@in_child_process
 def test_the_step_timing_under_a_handler_that_only_notes_the_signal_raises_nothing():
     # not raised again and again: Stop's handler would take the repeats for a second Ctrl-C
     seen = []

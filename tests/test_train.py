@@ -43,6 +43,13 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in _records(run_dir) if "loss" in r]
 
 
+def _losses_so_far(run_dir):
+    """The losses a running trainer has written whole (its last line may be half-written)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []
+    return [r for r in map(json.loads, lines) if "loss" in r]
+
+
 def _stop_at(monkeypatch, step, action):
     """Make the batch sampler call `action` when it hands out the batch of `step`."""
     orig = data.StepBatchSampler.__iter__
@@ -295,20 +302,22 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_stops(
     cmd = [sys.executable, "-m", "upsample", "train", TINY, "--run-dir", str(run), "--device", "cpu"]
     for s in [*BASE, "data.workers=2", "train.steps=100000", "val.every=0", "train.ckpt_every=100000"]:
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    # output to a file, not a pipe: waiting for a pipe's end would also wait for every process
+    # holding it (the loader workers), and a full pipe would stall the trainer
+    log = tmp_path / "err.txt"
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not (run / "metrics.jsonl").exists() and proc.poll() is None:
+        while time.time() < deadline and len(_losses_so_far(run)) < 3 and proc.poll() is None:
             time.sleep(0.2)
-        while time.time() < deadline and len(_losses(run)) < 3 and proc.poll() is None:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
         os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    err = log.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err
     state = torch.load(run / "last_state.pt", weights_only=False)
