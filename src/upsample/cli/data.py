@@ -59,13 +59,16 @@ def run_clean(args: argparse.Namespace) -> int:
     from ..data import prepare
     _check_min_size(args.min_size)
     _check_folder_writable(args.quarantine, "--quarantine")
-    n, problems, moved = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
-                                       keep=args.keep, progress=True)
+    n, problems, moved, left = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
+                                             keep=args.keep, progress=True)
     for src, dst in moved:
         print(f"moved {src} -> {dst}")
+    for src, why in left:
+        print(f"left {src} where it is: {why}")
     undo = f" ({Path(args.quarantine) / 'QUARANTINE.tsv'} lists where each came from and why)" if moved else ""
-    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}{undo}")
-    return 0
+    rest = f"; left {len(left)} files that lie outside {args.dir}" if left else ""
+    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}{undo}{rest}")
+    return 1 if left else 0  # files with problems are still there for training to find
 
 
 def run_split(args: argparse.Namespace) -> int:
@@ -95,7 +98,11 @@ def register(sub) -> None:
     pc.add_argument("dir", help="folder of training images (recursive)")
     pc.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
     pc.set_defaults(func=run_check)
-    pl = dsub.add_parser("clean", help="move the images `check` reports into a quarantine folder")
+    pl = dsub.add_parser("clean", help="move the images `check` reports into a quarantine folder",
+                         description="Move the images `data check DIR` reports (run it first to see them: it "
+                                     "moves nothing) into a quarantine folder; nothing is deleted. Files that "
+                                     "a linked folder leads to outside DIR are left where they are, named, "
+                                     "and the exit status is then 1.")
     pl.add_argument("dir", help="folder of training images (recursive)")
     pl.add_argument("--quarantine", required=True, metavar="DIR2",
                     help="folder the problem files are moved to (QUARANTINE.tsv there says where each came from)")

@@ -38,7 +38,7 @@ def read_file_list(path: str | os.PathLike) -> list[Path]:
     if not p.is_file():
         raise UserError(f"file list not found: {p}")
     out = []
-    for line in p.read_text(**NAMES_TEXT).splitlines():
+    for line in p.read_text(**NAMES_TEXT).removeprefix("\ufeff").splitlines():  # Notepad's BOM
         line = line.strip()
         if line and not line.startswith("#"):
             q = Path(line)
@@ -81,10 +81,84 @@ def hash_split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[in
     return [i for i in range(n) if i not in chosen], val
 
 
+def copy_of(files: list[Path]) -> list[int]:
+    """For each file, the index of the first of `files` with the same bytes (its own where none):
+    a picture saved twice (`photo.png`, `photo copy.png`). Only files that agree in size and in
+    their first 64 KiB are read whole (a set of uncompressed BMPs is all of one size)."""
+    first = list(range(len(files)))
+    groups = _same_key(range(len(files)), lambda i: os.stat(files[i]).st_size)
+    for group in groups:
+        for same in _same_key(group, lambda i: _digest(files[i], 65536)):
+            for same_bytes in _same_key(same, lambda i: _digest(files[i])):
+                for i in same_bytes[1:]:
+                    first[i] = same_bytes[0]
+    return first
+
+
+def _same_key(indices, key) -> list[list[int]]:
+    """The groups of two or more of `indices` of one `key` (one that cannot be read: none)."""
+    by_key: dict = {}
+    for i in indices:
+        try:
+            by_key.setdefault(key(i), []).append(i)
+        except OSError:  # what reads the file later says why
+            pass
+    return [g for g in by_key.values() if len(g) > 1]
+
+
+def _digest(path: Path, limit: int | None = None) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read(limit)).hexdigest() if limit else hashlib.file_digest(fh, "sha1").hexdigest()
+
+
+def split_copies_together(keys: list[str], files: list[Path], val_fraction: float, seed: int
+                          ) -> tuple[list[int], list[int]]:
+    """`hash_split` of `keys` that keeps the copies of one file (`copy_of`) on one side, by the
+    key of the first: else validation would score pictures that are also trained on."""
+    first = copy_of(files)
+    leaders = sorted(set(first))
+    _, val_leaders = hash_split([keys[i] for i in leaders], val_fraction, seed)
+    held = {leaders[j] for j in val_leaders}
+    val = [i for i in range(len(keys)) if first[i] in held]
+    chosen = set(val)
+    return [i for i in range(len(keys)) if i not in chosen], val
+
+
 def folder_key(folder: Path, path: Path) -> str:
     """The split key of a file found under `folder`: its path from the folder's name. Validation
     splits and samples hash it, so it stays as it is."""
     return f"{folder.name}/{path.relative_to(folder).as_posix()}"
+
+
+def one_name_each(root: Path, files: list[Path]) -> list[Path]:
+    """`files` found under `root`, each real file once, in order: a file reached through a link
+    (a linked file, or a folder linked from inside `root`) that lies under `root` itself is named
+    by its own path there. Two names of one file would count, split and train it twice, `clean`
+    would move the file and leave its other name a broken link, and which name a walk meets
+    first follows the file system's order (a copied folder could split differently)."""
+    real_root = Path(os.path.realpath(root))
+    out, seen = [], set()
+    for f in files:
+        real = Path(os.path.realpath(f))
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append(Path(root) / real.relative_to(real_root) if real.is_relative_to(real_root) else f)
+    return sorted(out)
+
+
+def outside(root: Path, path: Path) -> bool:
+    """Whether the file `path`, found under `root`, lies outside it (a link points out of it)."""
+    return not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+def missing_text(missing: list[Path], listing: Path) -> str:
+    """What to say of the `missing` entries of the file list `listing`: how many, the first three
+    (a typo and a trailing comment show as they are), and where relative ones were looked for."""
+    shown = ", ".join(os.path.normpath(m) + (" (a folder: a list names files)" if m.is_dir() else "")
+                      for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    return (f"{len(missing)} files in {listing} are missing, e.g. {shown} (relative entries are relative to the "
+            f"list's folder, {listing.parent}; a line that starts with # is a comment)")
 
 
 def relative_hint(p: Path) -> str:
@@ -101,12 +175,12 @@ def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
             files = read_file_list(p)
             missing = [f for f in files if not f.is_file()]
             if missing:
-                raise UserError(f"{what}: {len(missing)} files in {p} are missing, e.g. {missing[0]}")
+                raise UserError(f"{what}: {missing_text(missing, p)}")
             out += [(f, f"{p.stem}/{f.name}") for f in files if is_image_path(f)]
         else:
             if not p.exists():
                 raise UserError(f"{what}: folder not found: {p}{relative_hint(p)}")
-            images, _ = list_images(p)
+            images = one_name_each(p, list_images(p)[0])
             if not images:
                 raise UserError(f"{what}: no images in {p}")
             out += [(f, folder_key(p, f)) for f in images]
@@ -134,7 +208,7 @@ def train_val_files(train: list[str], val_list: str, val_fraction: float, seed: 
         held = {os.path.realpath(v) for v in val}
         tr = [p for p, _ in items if os.path.realpath(p) not in held]
     else:
-        tr_idx, val_idx = hash_split([k for _, k in items], val_fraction, seed)
+        tr_idx, val_idx = split_copies_together([k for _, k in items], [f for f, _ in items], val_fraction, seed)
         tr, val = [items[i][0] for i in tr_idx], [items[i][0] for i in val_idx]
     check_not_benchmark(tr, "data.train")
     check_not_benchmark(val, "validation")

@@ -28,7 +28,8 @@ from ..media.imageio import (atomic_save, header_size, is_image_path, list_image
                              skip_reason)
 from ..media.animation import image_frame_count
 from ..media.progress import progress_bar, track
-from .pairs import NAMES_TEXT, file_list_text, hash_split, read_file_list, write_file_list
+from .pairs import (NAMES_TEXT, file_list_text, missing_text, one_name_each, outside, read_file_list,
+                    split_copies_together, write_file_list)
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
               ".wmv", ".y4m"}
@@ -166,7 +167,7 @@ def source_files(src: Path) -> list[Path]:
                             "files, one a line; give the folder itself instead")
         missing = [p for p in listed if not p.is_file()]
         if missing:
-            raise UserError(f"{len(missing)} file(s) of the list {src} are missing, e.g. {missing[0]}")
+            raise UserError(missing_text(missing, src))
         return [p.resolve() for p in listed]
     if src.is_file():
         if not (is_image_path(src) or is_video_path(src)):
@@ -178,7 +179,7 @@ def source_files(src: Path) -> list[Path]:
     images, others = list_images(src)
     videos = [p for p in others if p.is_file() and is_video_path(p)]
     note_not_images(src, [p for p in others if p not in videos], "data prepare")
-    return sorted(without_lr(src, images, "data prepare") + videos)
+    return sorted(without_lr(src, one_name_each(src, images), "data prepare") + one_name_each(src, videos))
 
 
 def video_frames(path: Path, every: int):
@@ -292,12 +293,13 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             counts["crops"] += done[key]
             counts["too_small"] += done[key] == 0
             continue
-        n_crops = 0
+        n_crops, small = 0, None
         try:
             for stem, arr in _frames(path, name, every):
                 crops = square_crops(arr, size, stride, min_rest)
                 if not crops:
                     counts["too_small"] += 1
+                    small = arr.shape
                 for i, crop in enumerate(crops):
                     target = out_dir / f"{stem}_s{i:03d}.png"
                     if not target.exists():
@@ -308,6 +310,8 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             tqdm.write(f"skipping: {exc}", file=sys.stderr)
             counts["unreadable"] += 1
             continue
+        if small is not None and not n_crops:  # named, as the unreadable ones are
+            tqdm.write(f"skipping: {path} is {small[1]}x{small[0]}, smaller than --size {size}", file=sys.stderr)
         counts["crops"] += n_crops
         with open(out_dir / MANIFEST, "a", **NAMES_TEXT) as f:
             f.write(f"{key}\t{n_crops}\n")
@@ -352,11 +356,12 @@ def open_checked(path: Path) -> tuple[Image.Image | None, Problem | None]:
         return None, Problem(path, "truncated" if "truncated" in why.lower() else "unreadable", why)
 
 
-def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]:
-    """Problems of one file and the hash of its decoded pixels (None when unreadable)."""
+def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None, np.ndarray | None]:
+    """Problems of one file, the hash of its decoded pixels and its gray 16x16 thumbnail (None,
+    None when unreadable)."""
     img, refused = open_checked(path)
     if refused is not None:
-        return [refused], None
+        return [refused], None, None
     probs = []
     w, h = img.size
     if min(w, h) < min_size:
@@ -376,7 +381,58 @@ def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None]
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
             probs.append(Problem(path, "grayscale", f"gray stored as {mode}"))
     digest = hashlib.sha1(f"{mode}{img.size}".encode() + img.tobytes()).hexdigest()
-    return probs, digest
+    return probs, digest, thumbnail(img)
+
+
+def thumbnail(img: Image.Image) -> np.ndarray:
+    """Gray 16x16 box means (float, 0-255): what a re-saved copy of the picture keeps."""
+    gray = img.convert("RGB").convert("L") if img.mode in ("P", "PA", "CMYK", "RGBA", "LA") else img.convert("L")
+    return np.asarray(gray.convert("F").resize((16, 16), Image.BOX), np.float64)
+
+
+# mean |difference| of two thumbnails under which they are one picture saved twice: a JPEG re-save
+# (quality 30-95) of a photo differs by 0.02-0.3 levels, a 1-pixel shift or a 2% brighter one by 0.7+
+NEAR_COPY_LEVELS = 0.5
+NEAR_COPIES_SHOWN = 10
+
+
+def near_copies(thumbs: list[tuple[Path, tuple[int, int], np.ndarray]]) -> list[tuple[Path, Path]]:
+    """Pairs (earlier, later) of the images (path, size, thumbnail) of one size whose thumbnails
+    differ by less than NEAR_COPY_LEVELS: a picture re-encoded (a PNG saved again as JPEG).
+    Only thumbnails whose means differ by less than that are compared (the mean difference bounds
+    it): a folder of `data prepare`'s crops, all of one size, is not compared pair by pair."""
+    by_size: dict[tuple[int, int], list[tuple[Path, np.ndarray]]] = {}
+    for path, size, thumb in thumbs:
+        by_size.setdefault(size, []).append((path, thumb))
+    pairs = []
+    for group in (g for g in by_size.values() if len(g) > 1):
+        stack = np.stack([t for _, t in group])
+        means = stack.mean(axis=(1, 2))
+        order = np.argsort(means, kind="stable")
+        for k, i in enumerate(order[:-1]):
+            end = np.searchsorted(means[order], means[i] + NEAR_COPY_LEVELS, side="left")
+            near = order[k + 1:max(end, k + 1)]
+            diff = np.abs(stack[near] - stack[i]).mean(axis=(1, 2))
+            pairs += [tuple(group[j][0] for j in sorted((i, int(n)))) for n in near[diff < NEAR_COPY_LEVELS]]
+    return sorted(pairs)
+
+
+def note_near_copies(pairs: list[tuple[Path, Path]], what: str) -> None:
+    """Name (on stderr) the pairs of images that look like one picture saved twice: not a problem
+    `clean` moves (a burst of shots from a tripod looks the same), but a copy on each side of a
+    split scores validation on a picture that is trained on."""
+    for a, b in pairs[:NEAR_COPIES_SHOWN]:
+        print(f"note: {what}: {one_line(a)} and {one_line(b)} look like one picture saved twice (same "
+              "size, nearly the same pixels)", file=sys.stderr)
+    if pairs:
+        more = f" ({len(pairs) - NEAR_COPIES_SHOWN} more not shown)" if len(pairs) > NEAR_COPIES_SHOWN else ""
+        print(f"note: {what}: {len(pairs)} pairs of images look like copies of one picture{more}; where they "
+              "are, remove one of each: `data split` could put them on both sides", file=sys.stderr)
+
+
+# the names file managers give a copy: macOS "photo copy", "photo copy 2", Windows "photo - Copy",
+# "photo - Copy (2)", browsers' and phones' "photo (1)", "photo(1)"
+COPY_NAME = re.compile(r"(?i)(?:[ _-]copy(?: ?\(?\d+\)?)?|\s?\(\d+\))$")
 
 
 def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool = True
@@ -389,16 +445,21 @@ def scan(folder: str, min_size: int, exclude: Path | None = None, progress: bool
     broken = [p for p in others if p.is_symlink() and not p.exists() and is_image_path(p)]
     note_not_images(Path(folder), [p for p in others if p not in broken], "data check")
     problems = [Problem(p, "unreadable", "a broken link") for p in broken]
+    images = one_name_each(Path(folder), images)  # a file and a link to it: one file, as training takes it
     images = without_lr(Path(folder), images, "data check")  # not problems: training leaves them out
-    seen = {}
-    for p in track(images, progress, desc="check", unit=" img"):
-        probs, digest = inspect_image(p, min_size)
+    seen, thumbs = {}, []
+    # the files that lie in the folder first, then those not named as copies: of two, the copy that
+    # a link leads to, or "photo copy.png", is the duplicate (`clean` moves it), not "photo.png"
+    order = sorted(images, key=lambda p: (outside(Path(folder), p), bool(COPY_NAME.search(p.stem)), p))
+    for p in track(order, progress, desc="check", unit=" img"):
+        probs, digest, thumb = inspect_image(p, min_size)
         problems += probs
-        if digest is not None:
-            if digest in seen:
-                problems.append(Problem(p, "duplicate", f"same pixels as {seen[digest]}"))
-            else:
-                seen[digest] = p
+        if digest in seen:
+            problems.append(Problem(p, "duplicate", f"same pixels as {seen[digest]}"))
+        elif digest is not None:
+            seen[digest] = p
+            thumbs.append((p, header_size(p), thumb))
+    note_near_copies(near_copies(thumbs), "data check")
     return images + broken, problems
 
 
@@ -412,28 +473,62 @@ def _unique_target(path: Path) -> Path:
 
 
 def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progress: bool = True
-          ) -> tuple[int, list[Problem], list[tuple[Path, Path]]]:
+          ) -> tuple[int, list[Problem], list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """Move the files with problems (except kinds in `keep`) under `quarantine`, keeping their
-    relative paths; a log QUARANTINE.tsv there says why. Nothing is deleted."""
+    relative paths; a log QUARANTINE.tsv there says why. Nothing is deleted. A file that a
+    linked folder leads to outside `folder` is left where it is (moving it would empty another
+    folder), returned with why in the last list; a linked file is moved as the link."""
     root, qdir = Path(folder), Path(quarantine)
     if qdir.resolve() == root.resolve() or root.resolve() in qdir.resolve().parents:
         raise UserError(f"--quarantine {qdir} is inside {root}: `check`, `split` and training would still "
                         "find the files there; name a folder outside it")
     n, problems = scan(folder, min_size, exclude=qdir, progress=progress)
-    moved = []
+    if not n and not problems:  # as `check` takes it: a wrong folder, most likely
+        raise UserError(f"no images in {folder}")
     reasons: dict[Path, list[str]] = {}
     for pr in problems:
         if pr.kind not in keep:
             reasons.setdefault(pr.path, []).append(f"{pr.kind}: {pr.detail}")
+    links = _file_links(root, qdir)
+    moved, left = [], []
     for path, why in reasons.items():
-        target = _unique_target(qdir / path.relative_to(root))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), str(target))
-        moved.append((path, target))
-        with open(qdir / "QUARANTINE.tsv", "a", **NAMES_TEXT) as f:
-            # absolute: the log undoes the move from whatever folder it is read in
-            f.write(f"{path.absolute()}\t{target.absolute()}\t{'; '.join(why)}\n")
-    return len(n), problems, moved
+        if not _movable(root, path):
+            left.append((path, f"it is {os.path.realpath(path)}, outside {root} (a linked folder leads there): "
+                               "clean that folder itself, or remove the link"))
+            continue
+        moved.append((path, _quarantine(root, qdir, path, why)))
+        for link in links.get(os.path.realpath(path), []):  # else left leading to nothing
+            if link != path and os.path.lexists(link):
+                moved.append((link, _quarantine(root, qdir, link, [f"a link to {path}, moved with it"] + why)))
+    return len(n), problems, moved, left
+
+
+def _file_links(root: Path, qdir: Path) -> dict[str, list[Path]]:
+    """{real path: the linked files under `root` that lead to it} (quarantine left out)."""
+    images, others = list_images(root)
+    ex = qdir.resolve()
+    links: dict[str, list[Path]] = {}
+    for p in images + others:
+        if p.is_symlink() and p.exists() and ex not in p.resolve().parents and _movable(root, p):
+            links.setdefault(os.path.realpath(p), []).append(p)
+    return links
+
+
+def _movable(root: Path, path: Path) -> bool:
+    """Whether moving `path` (found under `root`) changes only `root`: it sits in a folder of
+    `root` (not one a linked folder leads to elsewhere) and is a link or lies in `root` itself."""
+    return not outside(root, path.parent) and (path.is_symlink() or not outside(root, path))
+
+
+def _quarantine(root: Path, qdir: Path, path: Path, why: list[str]) -> Path:
+    """Move `path` (a file under `root`) to its place under `qdir`, logged in QUARANTINE.tsv."""
+    target = _unique_target(qdir / path.relative_to(root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(target))  # a link is moved as the link: what it leads to stays
+    with open(qdir / "QUARANTINE.tsv", "a", **NAMES_TEXT) as f:
+        # absolute: the log undoes the move from whatever folder it is read in
+        f.write(f"{path.absolute()}\t{target.absolute()}\t{'; '.join(why)}\n")
+    return target
 
 
 # --- split -----------------------------------------------------------------------------------
@@ -446,13 +541,13 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
     root = Path(folder)
     images, others = list_images(root)
     note_not_images(root, others, "data split")
-    images = without_lr(root, images, "data split")
+    images = without_lr(root, one_name_each(root, images), "data split")
     if not images:
         raise UserError(f"no images in {root}")
     if not 0 < val_fraction < 1:
         raise UserError(f"--val must be a fraction between 0 and 1, got {val_fraction}")
     keys = [p.relative_to(root).as_posix() for p in images]
-    tr, val = hash_split(keys, val_fraction, seed)
+    tr, val = split_copies_together(keys, images, val_fraction, seed)
     out_dir = Path(out) if out else root
     existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())  # made if new
     if not existing.is_dir() or not os.access(existing, os.W_OK):

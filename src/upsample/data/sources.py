@@ -29,7 +29,8 @@ from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, atomic_save, is_image_path, list_images
-from .pairs import collect_images, folder_key, name_bytes, read_file_list, relative_hint, train_val_files
+from .pairs import (collect_images, folder_key, missing_text, name_bytes, one_name_each, read_file_list,
+                    relative_hint, train_val_files)
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
@@ -156,6 +157,8 @@ def collect_sources(train: list[str], *, video_every: int = 1, frames: Path | No
             what = "an image file" if is_image_path(p) else "neither a folder, a .txt file list nor a video"
             raise UserError(f"data.train: {p} is {what}; data.train takes folders of images, .txt file "
                             "lists (`upsample data split`) and video files: name its folder, or list it in a .txt file")
+        elif p.suffix.lower() == ".txt":
+            out += _list_sources(p, video_every, frames, progress)
         elif not is_video_path(p):
             out += collect_images([src], "data.train")
         elif not p.is_file():
@@ -172,7 +175,8 @@ def _folder_sources(folder: Path, video_every: int, frames: Path | None, progres
     """(file, split key) of a folder's images and its videos' frames (recursive), as `data
     prepare` takes a folder of both (the videos were left out: "no images in" a folder of them)."""
     images, others = list_images(folder)
-    videos = [f for f in others if is_video_path(f) and f.is_file()]
+    images = one_name_each(folder, images)
+    videos = one_name_each(folder, [f for f in others if is_video_path(f) and f.is_file()])
     if not images and not videos:
         raise UserError(f"data.train: no images or videos in {folder}")
     if progress:  # the notes once, from the process that shows progress (rank 0)
@@ -185,6 +189,27 @@ def _folder_sources(folder: Path, video_every: int, frames: Path | None, progres
     for video in videos:
         out += [(f, f"{folder_key(folder, video)}/{f.name}")
                 for f in video_frame_files(video, video_every, frames, progress=progress)]
+    return out
+
+
+def _list_sources(listing: Path, video_every: int, frames: Path | None, progress: bool
+                  ) -> list[tuple[Path, str]]:
+    """(file, split key) of a .txt list's images and its videos' frames, as `data prepare` cuts
+    both (a listed video was left out without a word); other entries are named in a note."""
+    files = read_file_list(listing)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"data.train: {missing_text(missing, listing)}")
+    others = [f for f in files if not (is_image_path(f) or is_video_path(f))]
+    if others and progress:
+        print(f"note: data.train: {len(others)} entries of {listing} are neither images nor videos and are "
+              f"left out, e.g. {others[0]}", file=sys.stderr)
+    out = [(f, f"{listing.stem}/{f.name}") for f in files if is_image_path(f)]  # as collect_images keys them
+    for video in (f for f in files if is_video_path(f)):
+        out += [(f, f"{listing.stem}/{video.name}/{f.name}")
+                for f in video_frame_files(video, video_every, frames, progress=progress)]
+    if not out:
+        raise UserError(f"data.train: no images or videos in {listing}")
     return out
 
 
@@ -224,10 +249,13 @@ def check_val_list(path: Path) -> None:
         raise UserError(f"data.val_list: cannot read {path}: {exc.strerror or exc}") from None
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise UserError(f"data.val_list: {len(missing)} files in {path} are missing, e.g. {missing[0]} "
-                        f"(relative entries are relative to the list's folder, {path.parent})")
+        raise UserError(f"data.val_list: {missing_text(missing, path)}")
     if not files:
         raise UserError(f"data.val_list: no files in {path}")
+    others = [f for f in files if not is_image_path(f)]
+    if others:  # read as pictures after the training images were decoded: refused then, minutes later
+        raise UserError(f"data.val_list: {len(others)} entries of {path} are not images (by their extension), "
+                        f"e.g. {others[0]}: validation reads pictures; list image files only")
 
 
 def training_images(train: list[str], *, val_list: str = "", val_fraction: float = 0.05,
