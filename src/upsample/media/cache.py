@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 # The folders of the cache, and what each holds (`upsample cache info|clear`)
@@ -61,27 +62,64 @@ def has_own_dir(part: str) -> Path | None:
     return _OWN_DIRS.get(part)
 
 
+_HELD_LOCKS: set[int] = set()  # the descriptors of the entry locks this process holds
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (OpenVINO's telemetry sender, a worker) gets a copy of each lock held here,
+    which kept the lock held after this process dropped it, until the child ended: closed there."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+QUIET_WAIT_S = 1.0  # how long `entry_lock` waits for a lock before it says it is waiting
+
+
+def _got_within(fd: int, seconds: float) -> bool:
+    """Whether the exclusive lock on `fd` was got within `seconds` (tried every 20 ms)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.02)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            continue
+    return False
+
+
 @contextlib.contextmanager
 def entry_lock(lock_file: Path, waiting: str | None = None):
     """Hold an exclusive lock on `lock_file` (made if needed) while the cache entry it stands for
     is checked and made: another run making the same entry waits (saying `waiting` on stderr), then
     finds it whole. The system drops the lock when its holder dies; where the file system has no
-    locks, each run makes the entry, renamed into place whole."""
+    locks, each run makes the entry, renamed into place whole. Yields whether it waited."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    _HELD_LOCKS.add(fd)
+    waited = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if waiting:
-                print(f"note: {waiting}", file=sys.stderr)
-            with contextlib.suppress(OSError):  # ENOLCK, EDEADLK: on without it
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+            if not _got_within(fd, QUIET_WAIT_S):  # a holder about to let go is not worth a note
+                if waiting:
+                    print(f"note: {waiting}", file=sys.stderr)
+                with contextlib.suppress(OSError):  # ENOLCK, EDEADLK: on without it
+                    fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:
             pass
-        yield
+        yield waited
     finally:
-        os.close(fd)
+        if fd in _HELD_LOCKS:  # (not in a forked child, which closed it)
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)
 
 
 def part_files(part: str) -> list[Path]:

@@ -178,13 +178,19 @@ LABELS = {"bf16": "bf16 in every layer", "bf16-body": "bf16 with the first and l
 def cpu_runner(model: nn.Module, **options) -> Runner:
     """OpenVINO on `device` (CPU unless asked), the edges fused for Y models, on the CPU in the
     fastest graph that passes the quality gate (see the module docstring). A cache file removed
-    under it (`upsample cache clear` in another process) is made again: built once more."""
-    try:
-        return _cpu_runner(model, **options)
-    except (RuntimeError, OSError) as exc:
-        if not cache.file_vanished(exc):
-            raise  # a real error: said once, not after a second build
-        return _cpu_runner(model, **options)
+    under it (`upsample cache clear` in another process) is made again: built once more (runs
+    waiting for each other's exports take long enough to meet more than one clear)."""
+    for tries in range(CLEARS_MET):
+        try:
+            return _cpu_runner(model, **options)
+        except (RuntimeError, OSError) as exc:
+            if not cache.file_vanished(exc):
+                raise  # a real error: said once, not after a second build
+    raise UserError(f"the model's files in {cache.cache_dir()} were removed {CLEARS_MET} times while this run "
+                    "made them (`upsample cache clear` in another process?); run again once it is done")
+
+
+CLEARS_MET = 3  # `cpu_runner`'s builds before it gives up
 
 
 def _cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
@@ -340,6 +346,16 @@ def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | Non
         return "int8", cached
     if precision != Precision.AUTO:
         return "f32", main_xml
+    # runs started together (a job array, GNU parallel) gate once: the others wait, then read its verdicts
+    with export.building(f"{key}-gate"):
+        return _gated_choice(model, key, net_xml, fused_xml, name=name, scale=scale, threads=threads,
+                             quiet=quiet, what=what)
+
+
+def _gated_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | None, *, name: str,
+                  scale: float, threads: int | None, quiet: bool, what: str) -> tuple[str, Path]:
+    """`_cpu_choice` for --precision auto: the first candidate that passes the remembered gate."""
+    main_xml = fused_xml or net_xml
     gate, results, use, said = _Gate(model, scale, net_xml, fused_xml, threads), {}, ("f32", main_xml), False
     for option, xml in _cpu_candidates(model, key, main_xml, scale, fused_xml is not None):
         xml = xml() if callable(xml) else xml

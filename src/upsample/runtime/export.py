@@ -17,6 +17,7 @@ caller's there, as for every `Upscaler`.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -35,7 +36,7 @@ from torch import nn
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..data.degrade import BicubicUp
 from ..errors import UserError
-from ..media.cache import has_own_dir, own_dir
+from ..media.cache import entry_lock, has_own_dir, own_dir
 from ..media.imageio import atomic_write_bytes, fsync_file
 from .cache import cache_dir, intact, ov_compiled, readable_ir, seal
 
@@ -234,11 +235,39 @@ def interrupts_deferred():
             os.kill(os.getpid(), caught[0])
 
 
+_QUIET_FORKS: list[int] = []  # while not empty, a forked child takes the default SIGINT / SIGTERM
+
+
+def _default_signals_in_child() -> None:
+    if _QUIET_FORKS:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(s, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_signals_in_child)
+
+
+@contextlib.contextmanager
+def forks_end_quietly():
+    """A child this process forks meanwhile ends at once and silently on SIGTERM / SIGINT.
+    OpenVINO's converter sends its telemetry from a forked child that it ends with SIGTERM when
+    the network is slow or absent (a busy machine, a cluster node); the child inherited the CLI's
+    handlers and printed a Terminated / KeyboardInterrupt traceback for each conversion (and,
+    stuck in its DNS lookup, lived on with a copy of the cache lock held here)."""
+    _QUIET_FORKS.append(1)
+    try:
+        yield
+    finally:
+        _QUIET_FORKS.pop()
+
+
 def _save_openvino(onnx_path: Path, xml_path: Path, fp16: bool, contract: dict | None = None) -> None:
     """ONNX file -> OpenVINO IR (.xml + .bin), written in a temp folder then renamed into place;
     `contract` goes into the IR's rt_info under CONTRACT_KEY (JSON)."""
     import openvino as ov
-    ov_model = ov.convert_model(str(onnx_path))
+    with forks_end_quietly():
+        ov_model = ov.convert_model(str(onnx_path))
     if contract is not None:
         ov_model.set_rt_info(json.dumps(contract), [CONTRACT_KEY])
     xml_path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,11 +313,14 @@ def cached_onnx(model: nn.Module, key: str | None = None, example: torch.Tensor 
     if key is None:
         key = model_key(model)
     path = cache_dir() / f"{key}.onnx"
-    if again or not path.is_file() or not intact(path):
-        net = model.cpu().eval()
-        data = onnx_bytes(net, example if example is not None else example_input(net, False))
-        path = _in_cache(path, lambda p: atomic_write_bytes(p, data))
-        seal(path)
+    if not again and path.is_file() and intact(path):
+        return path
+    with building(key):
+        if again or not path.is_file() or not intact(path):  # (another run may have made it meanwhile)
+            net = model.cpu().eval()
+            data = onnx_bytes(net, example if example is not None else example_input(net, False))
+            path = _in_cache(path, lambda p: atomic_write_bytes(p, data))
+            seal(path)
     return path
 
 
@@ -297,10 +329,21 @@ def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | 
     OpenVINO cannot read whole (truncated, garbage) is made again."""
     if key is None:
         key = model_key(model)
+    found = _readable_ir_of(key)
+    if found is not None:
+        return found
+    with building(key):
+        return _readable_ir_of(key) or _make_ir(model, key, example)  # another run may have made it
+
+
+def _readable_ir_of(key: str) -> Path | None:
     for folder in filter(None, (cache_dir(), has_own_dir("export"))):
         if readable_ir(folder / f"{key}.xml"):
             return folder / f"{key}.xml"
+    return None
 
+
+def _make_ir(model: nn.Module, key: str, example: torch.Tensor | None) -> Path:
     def to_ir(onnx_path: Path) -> Path:
         xml = _in_cache(onnx_path.with_suffix(".xml"), lambda p: _save_openvino(onnx_path, p, fp16=False))
         seal(xml, xml.with_suffix(".bin"))
@@ -312,6 +355,50 @@ def cached_ir(model: nn.Module, key: str | None = None, example: torch.Tensor | 
     except Exception:  # noqa: BLE001 - OpenVINO's converter raises its own kinds: a damaged ONNX
         # file, or one removed by `upsample cache clear` in another process: once more, exported again
         return to_ir(cached_onnx(model, key, example, again=True))
+
+
+_BUILDING = threading.RLock()  # this process's threads build one export at a time
+_HELD: set[str] = set()  # the keys whose lock this process holds (cached_ir -> cached_onnx)
+_SAID: list[str] = []  # the waiting note said
+
+
+@contextlib.contextmanager
+def building(key: str):
+    """Hold the lock of the cache entry `key` (.KEY.lock in the cache folder) while it is checked
+    and made: runs started together (a job array, GNU parallel) export and gate a model once, the
+    others wait and find it made. Reentrant in this process. Under the lock, temporary files of
+    `key` are a killed writer's (kill -9, a power cut): they are removed. Where the cache folder
+    cannot be written there is no lock (each run makes its own copy, see `_in_cache`)."""
+    with _BUILDING:
+        if key in _HELD:
+            yield
+            return
+        folder = cache_dir()
+        with contextlib.ExitStack() as stack:
+            try:
+                if stack.enter_context(entry_lock(folder / f".{key}.lock", None if _SAID else
+                                                  f"another run is preparing this model in {folder}; waiting for it")):
+                    _SAID.append(key)  # one note a run, not one per graph
+            except OSError:
+                pass  # an unwritable cache: no lock to share
+            else:
+                _remove_dead_temporaries(folder, key)
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
+
+
+def _remove_dead_temporaries(folder: Path, key: str) -> None:
+    """The temporary files of `key` a killed writer left: ONNX `.KEY.onnx.XXXX.part` files
+    (`atomic_write_bytes`) and IR `.KEY.XXXX` folders (`_save_openvino`)."""
+    for leftover in folder.glob(f".{glob.escape(key)}.*"):  # (not .KEY.lock, the lock held)
+        with contextlib.suppress(OSError):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            elif leftover.name.endswith(".part"):
+                leftover.unlink()
 
 
 def _in_cache(path: Path, write) -> Path:

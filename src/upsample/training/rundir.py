@@ -20,6 +20,8 @@ def check_run_dir(run_dir: Path, resume: bool, reset: bool) -> bool:
     """True when there is a run to resume. Raises for a used run dir without --resume/--reset."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file; name a folder for the run")
+    if (run_dir / LOCK_FILE).exists():  # a live run's files say nothing yet of how it ends: "in use" first
+        hold_run_dir(run_dir, probe=True).release()  # (no lock file made in a folder that is no run's)
     used = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
     saved = (run_dir / "last_state.pt").exists()
     if run_dir.is_dir() and not used:
@@ -51,16 +53,20 @@ def check_holds_nothing_else(run_dir: Path) -> None:
 LOCK_FILE = ".lock"  # held by the `upsample train` writing the run dir (filelock: freed at exit)
 
 
-def hold_run_dir(run_dir: Path):
+def hold_run_dir(run_dir: Path, probe: bool = False):
     """The run dir's lock, taken for this run: a second `upsample train` on it (another --reset,
-    --resume) is refused before it changes a file; two wrote one dir into a mix of both runs."""
+    --resume) is refused before it changes a file; two wrote one dir into a mix of both runs.
+    `probe`: only to see that it is free (a folder this user cannot lock is left to the run)."""
     import filelock
     lock = filelock.FileLock(str(run_dir / LOCK_FILE), timeout=0)
     try:
         lock.acquire()
-    except filelock.Timeout:
+    except filelock.Timeout:  # (an OSError too: first)
         raise UserError(f"run dir {run_dir} is in use by another `upsample train` (it holds "
                         f"{run_dir / LOCK_FILE}); wait for it to end, or name another --run-dir") from None
+    except OSError:
+        if not probe:
+            raise
     return lock
 
 
