@@ -3,7 +3,9 @@
 `papers` (the default): per HR image, modcrop to a multiple of the scale, LR = MATLAB bicubic
 downscale rounded to uint8 (as the standard LR PNGs are), upscale, clamp and round to uint8, then
 measure on Y (or RGB) with `crop_border` (default: the scale) pixels cut at each side; SSIM with
-Wang et al.'s 11x11 Gaussian window.
+Wang et al.'s 11x11 Gaussian window. Beside the model, under either protocol: the bicubic
+baseline of the same LR, measured the same way (papers: MATLAB's imresize up, the pixels of
+`--model bicubic`).
 
 `catid` (his evaluate.py, `upsampling` repository): LR = Pillow's `Image.resize(BICUBIC)` of the
 whole HR to (W // s, H // s), no modcrop; PSNR and SSIM on RGB in [0, 1] with 4 pixels cut at
@@ -49,7 +51,7 @@ class Protocol:
     y_channel: bool          # the default channel: Y (BT.601) or RGB
     crop: int | None         # border cut at each side; None = the scale rounded up
     ssim_window: str         # metrics.ssim's window
-    pil: bool                # Pillow bicubic, no modcrop, and a bicubic baseline in the report
+    pil: bool                # Pillow bicubic and no modcrop (else MATLAB's imresize, modcrop)
 
 
 PROTOCOLS = {"papers": Protocol("papers", True, None, "gaussian", False),
@@ -203,19 +205,20 @@ class Run:
         return to_tensor(lr, self.device) if self.protocol.pil else to_tensor(lr, self.device, torch.float64).float()
 
     def image(self, hr: np.ndarray, given_lr: np.ndarray | None = None) -> tuple[dict, list[tuple[str, np.ndarray]]]:
-        """One HR image's numbers (with the baseline's where the protocol reports it) and the
-        montage panels (original, model, bicubic, input); its LR made, or `given_lr` (--lr)."""
+        """One HR image's numbers (the model's and the bicubic baseline's) and the montage panels
+        (original, model, bicubic, input); its LR made, or `given_lr` (--lr)."""
         hr = hr_for(hr, self.scale, self.protocol)
         self.check_size(hr.shape)
         lr = (make_input(hr, self.scale, self.protocol, self.degrade, self.device) if given_lr is None
               else self.given_input(given_lr, hr.shape))
-        need_base = self.protocol.pil or self.montage or self.upscaler is None
-        base = bicubic_up(lr, hr.shape[:2], self.protocol) if need_base else None
+        # every protocol reports the bicubic of the same LR beside the model: a gain over bicubic
+        # is what compares across runs and papers (papers: `--model bicubic`'s own pixels)
+        base = bicubic_up(lr, hr.shape[:2], self.protocol)
         out = base if self.upscaler is None else upscale_checked(self.upscaler, lr, hr, self.scale)
         row = measure(out, hr, self.crop, self.y_channel, self.protocol)
-        if self.protocol.pil:
-            b = measure(base, hr, self.crop, self.y_channel, self.protocol)
-            row.update(bicubic_psnr=b["psnr"], bicubic_ssim=b["ssim"])
+        same = out is base or np.array_equal(out, base)  # `--model bicubic`: measured once
+        b = row if same else measure(base, hr, self.crop, self.y_channel, self.protocol)
+        row.update(bicubic_psnr=b["psnr"], bicubic_ssim=b["ssim"])
         if self.lpips is not None:
             row["lpips"] = lpips_distance(self.lpips, out, hr, self.crop)
         if not self.montage:
@@ -398,9 +401,9 @@ def _hr_images(folder: str) -> tuple[list[Path], list[str]]:
 def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], *, name: str,
                     save_dir: str | None, per_image: bool, progress: bool,
                     given: dict[Path, Path] | None = None) -> dict:
-    """{"psnr", "ssim", "n"} (and the baseline's, "lpips", "images" where asked) over a folder,
-    `found`: its `hr_images` (listed once, before the model loaded); `given`: {HR: its LR file}
-    where the LR is given (--lr), else each LR is made from its HR."""
+    """{"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "n"} (and "lpips", "images" where asked)
+    over a folder, `found`: its `hr_images` (listed once, before the model loaded); `given`: {HR:
+    its LR file} where the LR is given (--lr), else each LR is made from its HR."""
     images, notes = found
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -538,7 +541,7 @@ def _crop(crop: int | None, proto: Protocol, scale: float) -> int:
 
 def format_report(report: dict, lpips: bool = False) -> str:
     """The `eval` report as a table, one row per dataset (an LPIPS column with `lpips`, the
-    bicubic baseline's columns where the protocol reports it)."""
+    bicubic baseline's columns where the report has them)."""
     datasets = report["datasets"]
     width = max(8, *(len(k) for k in datasets))
     base = any("bicubic_psnr" in v for v in datasets.values())
