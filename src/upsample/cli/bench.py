@@ -9,7 +9,7 @@ import sys
 
 from ..errors import UserError
 from ..runtime.kinds import BACKENDS, PRECISIONS
-from .options import add_untrained_option, positive_int, thread_count
+from .options import add_untrained_option, check_scale_text, path_text, positive_int, thread_count
 
 
 def finite(value):
@@ -30,21 +30,22 @@ def progress(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # imported here: `bench --help` needs no torch
+    if args.train and args.model:
+        raise UserError("--train MODEL times training, --model MODEL inference; give one of them")
+    if args.seconds is not None and not args.train:
+        raise UserError("--seconds is the time of each loop of --train; inference takes --runs and --warmup")
+    if not args.model and not args.train:  # said before torch's import, not 20 s later
+        raise UserError("give --model MODEL (or --train MODEL to time training)")
+    check_scale_text(args.scale)
+    # imported here: `bench --help` and the refusals above need no torch
     from ..evaluation.bench import bench, format_report, parse_frame_size
     from ..training.bench import bench_train, format_train_report
 
-    if args.train and args.model:
-        raise UserError("bench: --train MODEL times training, --model MODEL inference; give one of them")
-    if args.seconds is not None and not args.train:
-        raise UserError("--seconds is the time of each loop of --train; inference takes --runs and --warmup")
     if args.train:
         report = bench_train(args.train, seconds=4.0 if args.seconds is None else args.seconds, device=args.device,
                              threads=args.threads, log=progress)
         print(json.dumps(finite(report), indent=2) if args.json else format_train_report(report))
         return 0
-    if not args.model:
-        raise UserError("bench: give --model MODEL (or --train MODEL to time training)")
     size = parse_frame_size(args.size)
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     try:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("bench",
                        help="speed per backend: ms/frame, MP/s, GFLOP/s and share of peak; --train: training speed")
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", default=None, type=path_text,
                    help="a registered name, a checkpoint, bicubic, or another project's ONNX graph (timed without the "
                         "eager torch row; no default: required unless --train)")
     p.add_argument("--train", default=None, metavar="MODEL",

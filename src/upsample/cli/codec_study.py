@@ -10,7 +10,19 @@ from .options import add_output_option, add_overwrite_option, add_untrained_opti
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..studies.codec_study import bd_summary, merge_studies, run_study
+    from .options import Stopped, said_stopped
+    try:
+        with said_stopped("codec-study", args.out):
+            results = _study(args)
+    except Stopped as exc:
+        return exc.status
+    from ..studies.codec_study import bd_summary
+    print(bd_summary(results, Path(args.out)))
+    return 0
+
+
+def _study(args: argparse.Namespace):
+    from ..studies.codec_study import merge_studies, run_study
     # the inputs and -o are checked by the library, before any model loads
     if args.merge:
         results = merge_studies(args.inputs, args.out, vs=args.vs, title=args.title,
@@ -23,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
                             max_frames=args.max_frames, backend=args.backend, device=args.device,
                             threads=args.threads, title=args.title, vs=args.vs,
                             overwrite=args.overwrite, allow_untrained=args.allow_untrained)
-    print(bd_summary(results, Path(args.out)))
-    return 0
+    return results
 
 
 def register(sub) -> None:

@@ -7,7 +7,7 @@ import json
 import math
 
 from ..errors import UserError
-from .options import add_overwrite_option, add_runtime_options, path_text
+from .options import add_overwrite_option, add_runtime_options, check_scale_text, path_text
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -60,7 +60,24 @@ def json_text(report: dict) -> str:
     return json.dumps(finite(report), indent=2, allow_nan=False)
 
 
+def positive_sigma(text: str) -> float:
+    """An argparse type for --sigma: a finite number > 0 (inf and nan passed the loader's `> 0`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a blur > 0 in HR pixels, e.g. 0.5, got {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    check_scale_text(args.scale)  # these said before the evaluation's imports
+    if args.degrade == "gaussian" and args.sigma is None:
+        raise UserError("--degrade gaussian needs --sigma S > 0 (the blur in HR pixels; catid's "
+                        "evaluate.py used scale / 6)")
+    if args.sigma is not None and args.degrade is None and not args.lr:
+        raise UserError("--sigma is the blur of --degrade gaussian: add that, or leave --sigma out")
     from ..evaluation.evaluate import evaluate_model, format_report
 
     _check_outputs(args)
@@ -85,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="PSNR/SSIM of a model on HR image folders (papers' or catid's protocol)")
-    p.add_argument("--model", default="bicubic", help="bicubic, a registered model name, or a checkpoint")
+    p.add_argument("--model", default="bicubic", type=path_text, help="bicubic, a registered model name, or a checkpoint")
     p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
                    "and the multi-scale vdsr need it: any positive number for bicubic)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", type=path_text, help="HR image folders")
@@ -96,7 +113,8 @@ def register(sub) -> None:
     p.add_argument("--protocol", choices=PROTOCOL_NAMES, default="papers",
                    help="papers (default): modcrop, MATLAB bicubic LR, Y channel, crop = scale, Gaussian "
                         "SSIM; catid: his evaluate.py - Pillow bicubic LR (W // s, H // s), RGB in "
-                        "[0, 1], crop 4, scikit-image SSIM, and a Pillow-bicubic baseline beside the model")
+                        "[0, 1], crop 4, scikit-image SSIM; either reports the bicubic baseline of the same LR "
+                        "beside the model")
     p.add_argument("--degrade", choices=DEGRADES, default=None,
                    help="how the LR is made: the protocol's bicubic (default) or gaussian (blur of "
                         "--sigma, then every s-th pixel)")
@@ -106,7 +124,7 @@ def register(sub) -> None:
                         "BasicSR's LRbicx2): NAME.png's LR is NAME.png, NAMEx2, NAME_x2, NAME_LR, NAME_LR2 "
                         "(or NAME_SRF_2_LR beside NAME_SRF_2_HR), each HR size / scale after the crop; "
                         "the model and bicubic run on it, the report says it was given")
-    p.add_argument("--sigma", type=float, default=None, help="--degrade gaussian: the blur in HR pixels (default: none; required with gaussian)")
+    p.add_argument("--sigma", type=positive_sigma, default=None, help="--degrade gaussian: the blur in HR pixels (default: none; required with gaussian)")
     p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel")
     p.add_argument("--crop", type=int, default=None,
                    help="border crop in pixels (default: the scale; catid: 4)")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option, add_untrained_option
+from .options import add_output_option, add_overwrite_option, add_untrained_option, check_scale_text, path_text
 
 FORMATS = ("onnx", "openvino")  # runtime.export.FORMATS, SUFFIX_OF (a test checks them): no torch for --help
 SUFFIX_OF = {"onnx": ".onnx", "openvino": ".xml"}
@@ -38,10 +38,35 @@ def check_weights_file_is_not_the_input(out: Path, fmt: str, model: str) -> None
                         f"-o {out.with_name(out.stem + '-ir.xml')}")
 
 
+def check_output_suffix(output: str | None, fmt: str) -> None:
+    """-o names a file of --format's kind; a .xml (.onnx) without --format openvino (onnx) says
+    which --format writes it."""
+    if output is None or Path(output).suffix.lower() == SUFFIX_OF[fmt]:
+        return
+    name = Path(output).name
+    other = [f for f, suffix in SUFFIX_OF.items() if suffix == Path(output).suffix.lower()]
+    hint = f": add --format {other[0]}" if other else f": name a {SUFFIX_OF[fmt]} file"
+    raise UserError(f"--format {fmt} writes a {SUFFIX_OF[fmt]} file, not {name}{hint}")
+
+
+def check_output(out: Path, args: argparse.Namespace) -> None:
+    """`out` is new (or --overwrite), not the checkpoint read, and can be written."""
+    from ..inference.batch import check_writable
+    from ..media.imageio import check_new_file
+    check_weights_file_is_not_the_input(out, args.format, args.model)
+    check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
+                   companions=[out.with_suffix(".bin")] if args.format == "openvino" else [])
+    check_writable(out.parent, out)  # one clear line, not a temporary file's OSError after the export
+
+
 def run(args: argparse.Namespace) -> int:
+    check_not_a_graph(args.model)
+    check_scale_text(args.scale)
+    if args.output:  # its checks before torch and the model load (an existing -o was refused after)
+        check_output_suffix(args.output, args.format)
+        check_output(Path(args.output), args)
     from ..inference.load import check_trained, model_scale, resolve_model, scale_of
     from ..runtime import export
-    check_not_a_graph(args.model)
     check_trained(args.model, args.allow_untrained)
     model, name = resolve_model(args.model, args.scale)
     spec = model.upsample_spec
@@ -52,19 +77,11 @@ def run(args: argparse.Namespace) -> int:
         scale = scale_of(model, args.scale, name)
     elif args.scale is not None:
         model_scale(model.upsample_spec, args.scale, name)  # only checks that it matches
-    suffix = export.SUFFIX_OF[args.format]
     if args.output:
         out = Path(args.output)
-        if out.suffix.lower() != suffix:
-            raise UserError(f"--format {args.format} writes a {suffix} file, not {out.name}")
     else:
         out = export.default_output(name, spec, scale, args.format, fp16=args.fp16, uint8_io=args.uint8_io)
-    check_weights_file_is_not_the_input(out, args.format, args.model)
-    from ..media.imageio import check_new_file
-    check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
-                   companions=[out.with_suffix(".bin")] if args.format == "openvino" else [])
-    from ..inference.batch import check_writable
-    check_writable(out.parent, out)  # one clear line, not a temporary file's OSError after the export
+        check_output(out, args)
     diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io, scale=scale,
                                name=name)
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
@@ -84,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, with a parity check")
-    p.add_argument("model", help="a registered model name or a checkpoint file")
+    p.add_argument("model", type=path_text, help="a registered model name or a checkpoint file")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or openvino")
     add_output_option(p, required=False,
                       help="output file (.onnx, or .xml for openvino; .bin beside it; default: "

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..errors import UserError, one_line
 from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
-from .options import (add_model_options, add_output_option, add_overwrite_option, job_count, path_text,
-                      silence)
+from .options import (add_model_options, add_output_option, add_overwrite_option, check_half,
+                      check_scale_text, job_count, path_text, silence)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +22,12 @@ def run(args: argparse.Namespace) -> int:
     from ..media.imageio import set_max_pixels
     from ..media.progress import progress_bar
     out = Path(args.output)
+    check_half(args)
+    check_scale_text(args.scale)  # torch-free: before the model loads
+    check_scale_text(args.outscale, "--outscale")
+    args.inputs = _distinct(args.inputs)
     jobs, left_out = batch.collect_inputs(args.inputs, out, args.suffix)
+    _check_ext(args.ext, out, batch.is_single_file(args.inputs, jobs, out))
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100, got {args.quality}")
     if args.tile_pad is not None and args.tile_pad < 0:  # the tiler says so too, after the model loads
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     engines = batch.Engines(args, max_memory=max_memory, tile_batch=tile_batch, progress=True)
     scale = batch.scale_text(engines.scale)
     todo, skipped, failed = batch.plan_outputs(
-        jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext,
+        jobs, out, suffix=args.suffix if args.suffix is not None else f"_x{scale}", ext=args.ext or "png",
         single=batch.is_single_file(args.inputs, jobs, out), overwrite=args.overwrite, left_out=left_out)
     also = ", ".join(f"{n} {what}" for n, what in ((skipped, "skipped"), (failed, "refused")) if n)
     print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}" + (f" ({also})" if also else ""),
@@ -77,6 +82,28 @@ def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, cou
             counts["written"] += bool(saved)
             counts["skipped"] += path is not None and not saved
             bar.update(1)
+
+
+def _check_ext(ext: str | None, out: Path, single: bool) -> None:
+    """--ext against an -o that names one file of another format (`-o a.png --ext jpg` wrote a
+    PNG without a word): one of them is a mistake."""
+    named = {"jpeg": "jpg"}.get(out.suffix.lower().lstrip("."), out.suffix.lower().lstrip("."))
+    if single and ext not in (None, "same") and ext != named:
+        raise UserError(f"-o {out} names a .{named} file but --ext is {ext}: name a .{ext} file, or leave "
+                        "--ext out (it picks the format of outputs written into a folder)")
+
+
+def _distinct(inputs: list[str]) -> list[str]:
+    """`inputs` less a path named again (`a.png ./a.png`, `*.png a.png`): one input file named
+    twice is still one input, written to an -o that names a file (it was "1 images need a folder")."""
+    import os
+    seen, kept = set(), []
+    for item in inputs:
+        key = os.path.realpath(item)
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept
 
 
 def _pixels(text: str) -> int:
@@ -164,7 +191,9 @@ def register(sub) -> None:
     p.add_argument("--tile-pad", type=int, default=None,
                    help=f"overlap of tiles in input pixels (default: receptive field, at most {MAX_DEFAULT_PAD})")
     p.add_argument("--suffix", default=None, help="added to output names (default: _x<outscale>)")
-    p.add_argument("--ext", default="png", choices=["png", "jpg", "webp", "same"], help="output format")
+    p.add_argument("--ext", default=None, choices=["png", "jpg", "webp", "same"],
+                   help="output format of the files written into a folder (default: png; an -o file "
+                        "name's own)")
     p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default 95)")
     p.add_argument("--alpha-mode", default="bicubic", choices=["bicubic", "model"],
                    help="how to upscale transparency")

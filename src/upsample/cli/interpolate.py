@@ -7,12 +7,13 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option
+from .options import add_output_option, add_overwrite_option, check_name_or_file, path_text
 
 
 def checkpoint_file(arg: str) -> str:
     """A checkpoint path as given, or a registered name's shipped weights file."""
     from ..models import registry
+    check_name_or_file(arg)
     if Path(arg).exists() or not registry.is_registered(arg):
         return arg
     weights = registry.weights_path(arg)
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("interpolate", help="blend two checkpoints of one architecture parameter-wise")
-    p.add_argument("a", help="checkpoint A (alpha 0), or a shipped model's name")
-    p.add_argument("b", help="checkpoint B (alpha 1), or a shipped model's name")
+    p.add_argument("a", type=path_text, help="checkpoint A (alpha 0), or a shipped model's name")
+    p.add_argument("b", type=path_text, help="checkpoint B (alpha 1), or a shipped model's name")
     p.add_argument("--alpha", required=True, help="weight of B: the result is (1-alpha)*A + alpha*B")
     add_output_option(p, help="output .safetensors file")
     p.add_argument("--fp16", action="store_true", help="store the result in float16")

@@ -8,8 +8,12 @@ Torch-free on purpose: `upsample image` parses its arguments (and, on a cache hi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 
+from ..errors import UserError
+from ..inference.sizes import check_scale
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
@@ -43,6 +47,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def check_scale_text(text: str | None, option: str = "--scale") -> None:
+    """A scale given (not None) checked as the loader checks it, before the 2 s import of torch and
+    the model's load ("abc" was refused only after them; bicubic's 1e9 after "bicubic x1000000000")."""
+    if text is not None:
+        check_scale(text, option)
 
 
 MAX_THREADS = 1024  # past this a thread pool only costs memory and start-up (and can fail to start)
@@ -104,7 +115,7 @@ def add_untrained_option(p: argparse.ArgumentParser) -> None:
 def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best shipped model for "
                       "--scale, else bicubic") -> None:
     """The options that pick and run the upscaler, shared by `image` and `video`."""
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", default=None, type=path_text,
                    help=f"bicubic, a registered name or a checkpoint (default: {default})")
     p.add_argument("--scale", default=None,
                    help="model scale (default: the model's; 2 for bicubic and for the default model; "
@@ -120,6 +131,28 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
     p.add_argument("--tile-batch", default="auto", metavar="N",
                    help="tiles of one size per model call (auto: 1 on the CPU; on a GPU the fastest "
                         "of 1/2/4/8 that fits, timed once per tile size)")
+
+
+def check_half(args: argparse.Namespace) -> None:
+    """--half is half precision unchecked: with a --precision other than auto (which it replaces)
+    the two ask for different things, and --precision fp32 was silently run in bf16."""
+    if args.half and args.precision != "auto":
+        raise UserError(f"--half and --precision {args.precision} ask for two precisions: give one of "
+                        "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
+
+
+def check_name_or_file(arg: str) -> None:
+    """A model name as a user types it (no folder, no extension) that is neither a file nor a
+    registered model: the registry's "unknown model ...; did you mean" line, where the loader said
+    "checkpoint not found: espnc-x2" as if a file were meant."""
+    if "/" in arg or "\\" in arg or os.path.splitext(arg)[1] or os.path.lexists(arg):
+        return
+    from ..models import registry  # torch: only for a name that is not a file
+    if not registry.is_registered(arg):
+        try:
+            registry.get_spec(arg)
+        except UserError as exc:
+            raise UserError(f"{exc} (or a checkpoint file)") from None
 
 
 def path_text(text: str) -> str:
@@ -143,3 +176,39 @@ def add_overwrite_option(p: argparse.ArgumentParser, help: str = "replace existi
     """--overwrite, the one spelling of "replace what is there" (--force: a hidden old spelling)."""
     p.add_argument("--overwrite", action="store_true", help=help)
     p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
+
+
+class Stopped(Exception):
+    """Ctrl-C / SIGTERM while an output was being made, said (by `said_stopped`) in one line."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+@contextlib.contextmanager
+def said_stopped(command: str, out):
+    """Ctrl-C (130) / SIGTERM (143) in the block said in one line: what was kept (nothing under
+    `out`: outputs are renamed into place when whole) and how to go on; raises `Stopped`."""
+    from . import Terminated
+    before = _identity(out)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        if _identity(out) != before:  # it came after the rename into place
+            kept = f"after {out} was written whole"
+        else:
+            kept = (f"nothing written to {out} (a file there before is as it was): run the same command "
+                    "again to start over")
+        print(f"upsample {command}: {how}, {kept}", file=sys.stderr)
+        raise Stopped(143 if isinstance(exc, Terminated) else 130) from None
+
+
+def _identity(path) -> tuple | None:
+    """Which file `path` is (inode, change time), or None: a rename into place changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns, st.st_size

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option, add_untrained_option
+from .options import Stopped, add_output_option, add_overwrite_option, add_untrained_option, said_stopped
 
 # runtime.int8.SUFFIX by backend name (a test checks it), so that `quantize --help` needs no torch
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
@@ -22,6 +22,13 @@ def refuse_graph(model: str, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _quantize(args)
+    except Stopped as exc:
+        return exc.status
+
+
+def _quantize(args: argparse.Namespace) -> int:
     from ..inference.load import check_trained, is_untrained, resolve_model, scale_of
     from ..runtime import export, quantize
     refuse_graph(args.model, "quantize")
@@ -41,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     scale = scale_of(model, args.scale, name)
-    quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
-                            samples=args.samples, size=args.size, keep_edges=args.keep_edges,
-                            source=str(args.model), untrained=untrained)
+    with said_stopped("quantize", out):
+        quantize.quantize_model(model, scale=scale, backend=args.backend, calib=args.calib, out=out,
+                                samples=args.samples, size=args.size, keep_edges=args.keep_edges,
+                                source=str(args.model), untrained=untrained)
     # a multi-scale model's int8 file runs at a scale given (it was calibrated at this one)
     at = f" --scale {scale:g}" if model.upsample_spec.scale is None else ""
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, int8 {args.backend}); run it with "

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
+from ..errors import RankZeroError, UserError
 from . import Terminated
-from .options import silence
+from .options import check_name_or_file, path_text, silence
 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.init:
+        _check_init(args.init)
     from ..inference.batch import check_writable
     from ..training import loop
     from ..training.procs import launched_rank  # only rank 0 writes the run dir
@@ -33,6 +37,15 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         sys.stdout, sys.stderr = consoles
+
+
+def _check_init(init: str) -> None:
+    """A mistyped model name as --init, said before the training's imports and its images are
+    decoded; every process of a launch checks it, rank 0 alone says it."""
+    try:
+        check_name_or_file(init)
+    except UserError as exc:
+        raise (RankZeroError(str(exc)) if os.environ.get("RANK", "0") != "0" else exc) from None
 
 
 class Console:
@@ -74,7 +87,7 @@ def register(sub) -> None:
                        description="Train a registered model. Under torchrun it runs DDP; "
                                    "data.batch_size is per process. Also under accelerate launch "
                                    "and deepspeed --module (its [deepspeed] section).")
-    p.add_argument("config", help="TOML recipe, e.g. configs/espcn-x3.toml")
+    p.add_argument("config", type=path_text, help="TOML recipe, e.g. configs/espcn-x3.toml")
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/<config stem>")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -82,7 +95,7 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--init", metavar="CKPT", help="start from these weights: a checkpoint, or a "
+    p.add_argument("--init", metavar="CKPT", type=path_text, help="start from these weights: a checkpoint, or a "
                    "shipped model's name, e.g. espcn-x2 (tensors that fit; default: train.init)")
     p.add_argument("--max-minutes", type=positive_minutes, metavar="N",
                    help="train a time-boxed chunk: save and stop before N minutes of wall time "

@@ -14,8 +14,8 @@ def run(args: argparse.Namespace) -> int:
                      study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device,
                      overwrite=args.overwrite)
     if isinstance(best, int):  # stopped: Ctrl-C 130, SIGTERM 143
-        print("interrupted; run the same command again to continue the study (the stopped trial "
-              "runs again from its start)", file=sys.stderr)
+        print(f"upsample tune: {'terminated' if best == 143 else 'interrupted'}; run the same command again "
+              "to continue the study (the stopped trial runs again from its start)", file=sys.stderr)
         return best
     print(f"best: trial {best.number}, val PSNR {best.value:.3f} dB ({tune.format_params(best.params)})"
           f" -> {best.path}")

@@ -81,6 +81,20 @@ def _known_scale(model: str | None, scale: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .options import Stopped, check_half, check_scale_text, said_stopped
+    check_half(args)
+    check_scale_text(args.scale)  # before torch and the model load
+    try:
+        with said_stopped("video", args.output):
+            summary = _upscale(args)
+    except Stopped as exc:
+        return exc.status
+    _report(Path(args.output), summary)
+    return 0
+
+
+def _upscale(args: argparse.Namespace):
+    """The upscaled video written to -o; upscale_video's summary."""
     # imported here: `video --help` needs no torch, PyAV or OpenVINO
     from ..inference.api import make_upscaler
     from ..inference.batch import check_writable
@@ -120,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
                             tile=args.tile, tile_batch=tile_batch,
                             max_memory=parse_memory(args.max_memory) if args.max_memory is not None else None,
                             progress=True)
+    return summary
+
+
+def _report(dst: Path, summary: dict) -> None:
     if summary["damaged_packets"]:
         print(f"note: {summary['damaged_packets']} damaged packet(s) of the input could not be decoded "
               "or copied and were skipped (their frames or sound are missing)", file=sys.stderr)
@@ -144,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in summary["ms_per_frame"].items())
     print(f"{summary['fps']:.2f} frames/s end to end; ms a frame (stages overlap): {stages}",
           file=sys.stderr)
-    return 0
 
 
 def register(sub) -> None:

@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..runtime.kinds import BACKENDS, PRECISIONS, Backend, Precision
 from ..runtime.pytorch import torch_runner
 from ..runtime.runner import Runner
+from .sizes import check_scale  # (torch-free, for the CLI; callers import it from here too)
 from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 # `.tar`: Lornatang's and other ports' `NAME.pth.tar` (a torch.save file, not a tar archive);
@@ -76,28 +77,6 @@ def _whole(scale) -> int | None:
 
 # The largest factor taken: its memory probes (96 px tiles, `memory.PROBE`) stay ~0.1 GB of
 # output there, where x1000 asked for tens of GB before any tile was planned.
-MAX_SCALE = 32
-MIN_SCALE = 0.001  # a final --outscale down to one pixel of a 1000-pixel image
-
-
-def check_scale(scale, what: str = "scale") -> float:
-    """A scale factor from the user (`what` names the option): a positive finite number from
-    MIN_SCALE to MAX_SCALE (a smaller one, 1e-9, asked bicubic for a 90 GB kernel)."""
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a positive number, got {scale!r}") from None
-    if not (s > 0 and s < float("inf")):
-        raise UserError(f"{what} must be a positive number, got {scale!r}")
-    if s > MAX_SCALE:
-        raise UserError(f"{what} {s:g} is over the {MAX_SCALE}x this tool upscales by; use a factor of at "
-                        f"most {MAX_SCALE} (a larger one in steps: run the output again)")
-    if s < MIN_SCALE:
-        raise UserError(f"{what} {s:g} is under the {MIN_SCALE:g} this tool resizes by; use a factor of at "
-                        f"least {MIN_SCALE:g}")
-    return s
-
-
 def model_scale(spec, scale, name: str, trained: tuple[float, ...] = ()) -> float:
     """The scale to run a model of `spec` (its `upsample_spec`) at: its own, which a given `scale`
     must match, or for a pre-upsampling model (VDSR) the given one, else the one it was `trained`

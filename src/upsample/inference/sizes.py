@@ -5,11 +5,33 @@ Torch-free: the `image` command parses its options with these before torch is im
 
 from __future__ import annotations
 
+import os
 import re
 
 from ..errors import UserError
 
 MAX_DEFAULT_PAD = 32  # the default tile pad: the receptive field of the network, at most this
+
+MAX_SCALE = 32
+MIN_SCALE = 0.001  # a final --outscale down to one pixel of a 1000-pixel image
+
+
+def check_scale(scale, what: str = "scale") -> float:
+    """A scale factor from the user (`what` names the option): a positive finite number from
+    MIN_SCALE to MAX_SCALE (a smaller one, 1e-9, asked bicubic for a 90 GB kernel)."""
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a positive number, got {scale!r}") from None
+    if not (s > 0 and s < float("inf")):
+        raise UserError(f"{what} must be a positive number, got {scale!r}")
+    if s > MAX_SCALE:
+        raise UserError(f"{what} {s:g} is over the {MAX_SCALE}x this tool upscales by; use a factor of at "
+                        f"most {MAX_SCALE} (a larger one in steps: run the output again)")
+    if s < MIN_SCALE:
+        raise UserError(f"{what} {s:g} is under the {MIN_SCALE:g} this tool resizes by; use a factor of at "
+                        f"least {MIN_SCALE:g}")
+    return s
 
 
 def parse_count(text: str | int | None, flag: str) -> int | None:
@@ -38,3 +60,14 @@ def parse_memory(text: str | int | float) -> int:
     if n <= 0:
         raise UserError(f"a memory limit (--max-memory, max_memory=) of {text}: no memory to work in; give a size such as 2GB")
     return n
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (torch-free: `batch` checks an output against
+    --max-memory before any model is built)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: peak instead of current, which errs safe
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -22,6 +22,8 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,10 @@ from .export import model_key  # also this module's name for it (bench, tests)
 from .int8 import SUFFIX, cached_path, write_meta
 from .kinds import Backend
 from ..errors import UserError
+from ..media.progress import LINE_INTERVAL
+
+# what the calibration is doing now, for `_heartbeat`'s lines (one quantization at a time)
+_stage = ["calibrating"]
 
 
 def state_hash(model: nn.Module) -> str:
@@ -159,6 +165,32 @@ def quantize_openvino(onnx_path: Path, out: Path, inputs: list[np.ndarray],
 
 
 @contextlib.contextmanager
+def _heartbeat(backend: str, stream=None):
+    """A line every `LINE_INTERVAL` s while the runtime's tool calibrates (stage and time taken):
+    ONNX Runtime's says nothing (its output is kept back), and NNCF's bars are drawn only at their
+    end where stderr is no terminal (vdsr: 50 s without a line). On a terminal NNCF's bars show."""
+    stream = stream or sys.stderr
+    if backend == Backend.OPENVINO and stream.isatty():
+        yield
+        return
+    done, start = threading.Event(), time.monotonic()
+
+    def beat():
+        while not done.wait(LINE_INTERVAL):
+            took = int(time.monotonic() - start)
+            stream.write(f"int8: {_stage[0]}, {took // 60:02d}:{took % 60:02d} elapsed\n")
+            stream.flush()
+    _stage[0] = "calibrating"
+    thread = threading.Thread(target=beat, daemon=True, name="int8-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextlib.contextmanager
 def _tool_output_kept():
     """A tool's printing (stdout and stderr, Python's) kept back, and shown only where it fails."""
     import io
@@ -203,7 +235,8 @@ def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float:
     reference = core.compile_model(float_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     expected = [reference(x)[0] for x in inputs]
     made, errors, failed = {}, {}, []
-    for name, recipe in recipes.items():
+    for i, (name, recipe) in enumerate(recipes.items(), 1):
+        _stage[0] = f"NNCF recipe {name} ({i} of {len(recipes)})"
         try:
             made[name] = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(inputs),
                                        subset_size=len(inputs), ignored_scope=ignored, **recipe)
@@ -246,7 +279,8 @@ def quantize_model(model, *, scale: float, backend: str, calib: str, out: Path, 
         try:
             keep = edge_convs(onnx_path) if keep_edges else []
             quantize = quantize_onnxruntime if backend == Backend.ONNXRUNTIME else quantize_openvino
-            quantize(onnx_path, q, inputs, keep)
+            with _heartbeat(backend):
+                quantize(onnx_path, q, inputs, keep)
         except ImportError as exc:
             raise UserError(f"--backend {backend} needs {exc.name}: pip install "
                             f"{'nncf' if backend == Backend.OPENVINO else 'onnxruntime'}") from None
@@ -279,7 +313,8 @@ def copy_to_cache(model: nn.Module, scale: float, path: Path) -> Path:
     auto` finds it: it replaces one made before, and the gate measures it (its stamp is new)."""
     out = cached_path(model_key(model), scale)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp, export.interrupts_deferred():
+        # deferred: the user's file is whole by now; a Ctrl-C here would call it interrupted
         tmp_xml = Path(tmp) / out.name
         shutil.copyfile(path.with_suffix(".bin"), tmp_xml.with_suffix(".bin"))
         shutil.copyfile(path, tmp_xml)

@@ -41,7 +41,7 @@ from ..inference.downscale import Downscaler, load_downscaler
 from ..errors import UserError
 from ..data.degrade import modcrop, scale_period
 from ..data.colour import to_tensor, to_uint8
-from ..media.progress import track
+from ..media.progress import progress_bar, track
 from ..media.imageio import atomic_write, list_images, open_image, read_rgb
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
@@ -672,16 +672,29 @@ def load_pipelines(specs: list[tuple[str, str, str]], scale: float, backend: str
 
 def measure_image_source(src: Source, codecs: list[Codec], ladders: dict, pipelines: list[Pipeline],
                          scale: float, border: int) -> list[dict]:
-    """The points of every image of a folder, for each image codec."""
-    points = []
-    for path in track(src.paths, True, desc=src.name, unit="image"):
-        img = read_rgb(path)
-        check_size(path, img.shape[1], img.shape[0], scale, scale_period(scale)[0])
-        hr = modcrop(img, scale)
-        for c in (c for c in codecs if c.kind == "image"):
-            for pt in measure_image(hr, c, ladders[c.name], pipelines, scale, border):
-                points.append({"source": src.name, "item": src.item(path), "codec": c.name, **pt})
+    """The points of every image of a folder, for each image codec. Progress counts rate points,
+    not images: one large image through a slow model and AVIF's seven is minutes."""
+    points, used = [], [c for c in codecs if c.kind == "image"]
+    bar = progress_bar(len(src.paths) * sum(len(ladders[c.name]) for c in used), True, desc=src.name,
+                       unit="rate point")
+    try:
+        for path in src.paths:
+            img = read_rgb(path)
+            check_size(path, img.shape[1], img.shape[0], scale, scale_period(scale)[0])
+            hr = modcrop(img, scale)
+            for c in used:
+                for pt in measure_image(hr, c, _counted(ladders[c.name], bar), pipelines, scale, border):
+                    points.append({"source": src.name, "item": src.item(path), "codec": c.name, **pt})
+    finally:
+        bar.close()
     return points
+
+
+def _counted(ladder, bar):
+    """The rate points of `ladder`, each counted on `bar` once measured."""
+    for q in ladder:
+        yield q
+        bar.update(1)
 
 
 def measure_clip_source(src: Source, codecs: list[Codec], ladders: dict, pipelines: list[Pipeline],

@@ -66,6 +66,8 @@ def staged_outputs(out: Path) -> Iterator[Path]:
     the earlier study there at once (its plots this study does not make removed: they belong to
     other codecs or inputs), summary.md and study.json last; on an error or Ctrl-C the hidden
     folder goes and `out` is as it was, never half old and half new."""
+    from ..runtime.export import interrupts_deferred
+    made_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".codec-study.", suffix=".part", dir=out))
     try:
@@ -73,12 +75,15 @@ def staged_outputs(out: Path) -> Iterator[Path]:
         stale = earlier_plots(out)
         last = ("study.json", "summary.md")  # a summary.md in place means the rest is too
         made = sorted(stage.iterdir(), key=lambda f: (f.name in last and last.index(f.name) + 1, f.name))
-        for f in made:
-            os.replace(f, out / f.name)
-        for name in stale - {f.name for f in made}:
-            (out / name).unlink(missing_ok=True)
+        with interrupts_deferred():  # Ctrl-C between two renames would leave half of each study
+            for f in made:
+                os.replace(f, out / f.name)
+            for name in stale - {f.name for f in made}:
+                (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if made_out and not any(out.iterdir()):  # stopped: no empty folder left for a study
+            out.rmdir()
 
 
 # JSON has no NaN or infinity (Python writes them bare, which strict parsers - JavaScript's, jq -
