@@ -16,11 +16,13 @@ import threading
 import unicodedata
 from pathlib import Path
 
+from ..data.bicubic import output_size  # torch-free, as this module is until a model is built
 from ..errors import UserError, one_line
 from ..media import streamed
 from ..media.imageio import (NAME_MAX, PNG_STRIP_MODES, SAVE_FORMATS, header_size, is_image_path, list_images,
                              png_strips, read_planes, save_planes, skip_reason, storable_path)
 from . import fastpath
+from .sizes import resident_bytes
 
 
 # Outputs larger than this are written in strips when their format allows (PNG without alpha):
@@ -424,7 +426,7 @@ class Engines:
             with png_strips(final, ow, oh, planes.mode, planes.info) as png:
                 full.upscale_planes_in_strips(planes, png.write, desc=src.name)
             return True, final
-        self._check_whole_output(src, final, out_bytes, planes)
+        self._check_whole_output(src, final, planes)
         result = self.fast.upscale_planes(planes) if self.fast else None
         if result is None:  # not a plan hit, or an image the fast path does not take
             result = self.full().upscale_planes(planes, desc=src.name)
@@ -450,17 +452,35 @@ class Engines:
             return None  # images of --jobs share the budget, as their tiles do
         return streamed.open_rows(head)
 
-    def _check_whole_output(self, src: Path, final: Path, out_bytes: int, planes) -> None:
+    def _check_whole_output(self, src: Path, final: Path, planes) -> None:
         """A UserError when an output written whole (JPEG, WebP, PNG with alpha: Pillow encodes
-        from the whole image, RGB at 4 bytes a pixel) cannot fit in --max-memory."""
-        pil_bytes = out_bytes // planes.color.shape[2] * (4 if planes.color.shape[2] == 3 else 1)
-        need = out_bytes + pil_bytes + planes.color.nbytes
-        if self.max_memory is not None and need > self.max_memory:
+        from the whole image) cannot fit in --max-memory beside what this process already holds
+        (the model, its runtime: --max-memory bounds the whole process, as the tiles' plan does)."""
+        if self.max_memory is None:
+            return
+        held = resident_bytes() - planes.color.nbytes - (0 if planes.alpha is None else planes.alpha.nbytes)
+        need = max(0, held) + whole_save_bytes(planes, self.scale)
+        if need > self.max_memory:
             strips = final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES
             how = ("raise --max-memory (PNGs are written in strips from 64 MB of output)" if strips
                    else "write .png (written in strips, without alpha) or raise --max-memory")
             raise UserError(f"{src}: its {final.suffix} output is encoded whole, about {_size(need)} "
-                            f"at once, over --max-memory {_size(self.max_memory)}; {how}")
+                            f"at once with what this process holds, over --max-memory "
+                            f"{_size(self.max_memory)}; {how}")
+
+
+def whole_save_bytes(planes, scale: float) -> int:
+    """Peak bytes of the upscaled planes of `planes` while they are saved whole (measured):
+    the planes, their join with the alpha (`planes_to_pil`), and Pillow's own copy where it
+    makes one (RGB and LA at 4 bytes a pixel; L, RGBA and 16-bit gray map the array)."""
+    h, w, c = planes.color.shape
+    pixels = output_size(h, scale) * output_size(w, scale)
+    chans = c + (0 if planes.alpha is None else 1)
+    out = pixels * chans * planes.color.itemsize
+    joined = out if planes.alpha is not None else 0
+    pil = 4 * pixels if planes.mode in ("RGB", "LA") else 0
+    deep = out if planes.mode in ("RGB;16", "RGBA;16") else 0  # PyAV's frame of it
+    return out + joined + pil + deep
 
 
 def _size(n: int) -> str:

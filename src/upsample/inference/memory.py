@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import threading
 import weakref
 from typing import Callable
@@ -21,11 +20,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..data.bicubic import DENSE_LIMIT
 from ..data.degrade import drop_resize_caches
 from ..errors import UserError
-from .sizes import MAX_DEFAULT_PAD
+from .sizes import MAX_DEFAULT_PAD, resident_bytes
 from .tiling import MIN_TILE, TileGeometry
-from .upscaler import BicubicUpscaler, Upscaler
+from .upscaler import BicubicUpscaler, ModelUpscaler, Upscaler
 
 PROBE_SMALL, PROBE = 32, 96  # sides of the probe tiles that the bytes per pixel are measured on
 MEMORY_SAFETY = 1.25  # head-room over the measured tile memory (allocator slack, fragmentation)
@@ -55,12 +55,7 @@ def release_unheld() -> None:
 
 def rss_bytes() -> int:
     """This process's resident memory now."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: peak instead of current, which errs safe
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return resident_bytes()
 
 
 def free_memory(device: torch.device) -> int:
@@ -216,15 +211,35 @@ def default_pad(up: Upscaler) -> int:
 # Memory: the tile side
 # ----------------------------------------------------------------------------------------------
 
+def dense_side_limit(up: Upscaler) -> int | None:
+    """The longest padded tile side whose torch bicubic resizes (bicubic itself, a Y model's
+    chroma, VDSR's pre-upsampling, --outscale) stay dense matrix products, as on the small
+    probes; past it `imresize` gathers taps at several times the bytes a pixel (a 2048 px
+    bicubic tile: 157 B/px measured, 81 planned from the probes: an RGBA picture's alpha took
+    --max-memory 2G to 2.6 GB). None where no resize runs in torch."""
+    inner = up.core
+    spec = inner.spec
+    chroma = isinstance(inner, ModelUpscaler) and spec.input == "y"  # not a Y plane alone (video)
+    resizes = (isinstance(inner, BicubicUpscaler) or inner is not up or chroma
+               or (spec is not None and spec.pre_upsample))
+    if not resizes:
+        return None
+    return math.isqrt(int(DENSE_LIMIT / max(1.0, up.scale, inner.scale)))
+
+
 class MemoryPlanner:
     """Sizes tiles of one upscaler to a memory budget. `run_tile(tiles, maxval)` runs one batch of
     padded uint tiles NxHxWxC through the upscaler (what the probes measure); `pad` is the tiles'
     overlap; `jobs` images share the budget."""
 
     def __init__(self, run_tile: Callable[[np.ndarray, float], torch.Tensor], device: torch.device,
-                 geometry: TileGeometry, pad: int, *, max_memory: int | None = None, jobs: int = 1):
+                 geometry: TileGeometry, pad: int, *, max_memory: int | None = None, jobs: int = 1,
+                 side_limit: int | None = None):
         self.run_tile, self.device, self.geometry, self.pad = run_tile, device, geometry, pad
         self.max_memory, self.jobs = max_memory, jobs
+        # under --max-memory, padded tiles no longer than this (`dense_side_limit`): the probes'
+        # bytes per pixel hold only up to it
+        self.side_limit = side_limit if max_memory is not None else None
         self._bpp: dict[tuple, float] = {}
         self._lock = threading.Lock()  # images of several jobs may ask at once: measure once
 
@@ -286,9 +301,12 @@ class MemoryPlanner:
         # buffers) is no longer the budget's
         bpp = self.bytes_per_pixel(channels, dtype) * MEMORY_SAFETY * batch
         budget = self.budget(reserved)
-        if bpp * h * w <= budget:
+        limit = self.side_limit
+        if bpp * h * w <= budget and (limit is None or max(h, w) <= limit):
             return 0
         side = math.isqrt(max(0, int(budget / bpp))) - 2 * self.pad
+        if limit is not None:
+            side = min(side, max(MIN_TILE, limit - 2 * self.pad))
         if side < MIN_TILE:
             need = bpp * (MIN_TILE + 2 * self.pad) ** 2
             least = self._least_memory(need, reserved)  # what the smallest tile would run in

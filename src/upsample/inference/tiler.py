@@ -18,7 +18,7 @@ from ..data.degrade import output_size
 from ..errors import UserError
 from ..media.progress import progress_bar
 from ..runtime.hardware import time_runs
-from .memory import MemoryPlanner, default_pad
+from .memory import MemoryPlanner, default_pad, dense_side_limit
 from .tiling import Region, TileGeometry, grow_to, pad_region, region_area, region_size, split, split_all
 from .upscaler import Upscaler
 
@@ -75,7 +75,7 @@ class Tiler:
         self.tile = tile
         self.pad = self.geometry.round_up(default_pad(up) if pad is None else int(pad))
         self.memory = MemoryPlanner(self._run, up.device, self.geometry, self.pad,
-                                    max_memory=max_memory, jobs=self.jobs)
+                                    max_memory=max_memory, jobs=self.jobs, side_limit=dense_side_limit(up))
 
     def _run(self, tiles: np.ndarray, maxval: float) -> torch.Tensor:
         """Padded tiles NxHxWxC (uint) -> upscaled float NCHW (C channels)."""
