@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import importlib
 import os
 import signal
@@ -185,8 +186,29 @@ class Terminated(KeyboardInterrupt):
     the output being written is removed, not left half-written (training saves, on its own)."""
 
 
+# The console command's process id, set when main() installs its handlers: a process forked from
+# it (multiprocessing's fork, OpenVINO's telemetry sender) inherits the handler, not the command.
+_MAIN_PID: list[int] = []
+
+
 def _raise_terminated(signum, frame):
+    if _MAIN_PID and os.getpid() != _MAIN_PID[0]:  # a forked helper told to stop: no traceback of ours
+        os._exit(143)
     raise Terminated
+
+
+def _end_on_stop_signals(status: int) -> None:
+    """Once the command returned and its last line is said: Ctrl-C or SIGTERM from then on
+    (during interpreter shutdown, a library's exit handlers) ends the process at once with the
+    command's own status, not as one killed by the signal without a word (status -2), nor
+    ignored (a hang at exit could then only be killed). For the console command's process only."""
+    def end(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, end)
 
 
 def _unencodable_name(exc: UnicodeEncodeError):
@@ -211,7 +233,9 @@ def _tolerate_file_names(stream) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv_given = argv
-    if argv is None and threading.current_thread() is threading.main_thread():  # the console command
+    console = argv is None and threading.current_thread() is threading.main_thread()
+    if console:  # the console command
+        _MAIN_PID[:] = [os.getpid()]
         signal.signal(signal.SIGTERM, _raise_terminated)
         _tolerate_file_names(sys.stdout)
     argv = without_launcher_rank(sys.argv[1:] if argv is None else list(argv))
@@ -225,6 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return _run_command(args, console)
+
+
+def _run_command(args: argparse.Namespace, console: bool) -> int:
+    """`args.func(args)`'s exit status; the errors that end it said in one line."""
+    status = _command_status(args)
+    if console:
+        _end_on_stop_signals(status)
+    return status
+
+
+def _command_status(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

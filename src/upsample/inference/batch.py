@@ -2,8 +2,9 @@
 
 Torch-free until a model has to be built: on a cache hit (`fastpath.FastEngine`) the images run
 without torch; otherwise (or for an image the fast path does not take) `api.ImageUpscaler`, built
-once. Outputs are never overwritten without `overwrite`, never written over their input, and are
-written under a temporary name renamed when complete (`imageio.save_planes`).
+once. Outputs are never overwritten without `overwrite` (not even by two runs writing one output
+at once: the first one put in place is kept), never written over their input, and are written
+under a temporary name renamed when complete (`imageio.save_planes`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from ..data.bicubic import output_size  # torch-free, as this module is until a model is built
 from ..errors import UserError, one_line
 from ..media import streamed
-from ..media.imageio import (NAME_MAX, PNG_STRIP_MODES, SAVE_FORMATS, header_size, is_image_path, list_images,
-                             png_strips, read_planes, save_planes, skip_reason, storable_path)
+from ..media.imageio import (NAME_MAX, PNG_STRIP_MODES, SAVE_FORMATS, OutputTaken, header_size, is_image_path,
+                             list_images, png_strips, read_planes, save_planes, skip_reason, storable_path)
 from . import fastpath
 from .sizes import resident_bytes
 
@@ -413,7 +414,17 @@ class Engines:
 
     def upscale_file(self, src: Path, dst: Path, *, overwrite: bool, quality: int | None) -> tuple[bool, Path]:
         """(written, path): the image saved (as PNG where `dst`'s format cannot hold it), or not
-        because that PNG name exists already."""
+        because that name exists: before the work (another run of the same command wrote it since
+        the plan), or (without `overwrite`) when it was to be put in place (`OutputTaken`)."""
+        if not overwrite and os.path.lexists(dst):  # done meanwhile by another run: not done twice
+            return False, dst
+        try:
+            return self._upscale(src, dst, overwrite=overwrite, quality=quality)
+        except OutputTaken as exc:  # two runs wrote it at once: the first one in place is kept, whole
+            return False, Path(exc.filename)
+
+    def _upscale(self, src: Path, dst: Path, *, overwrite: bool, quality: int | None) -> tuple[bool, Path]:
+        """`upscale_file` once `dst` was seen free; `OutputTaken` where another run took it since."""
         planes = self._streamed_planes(src, dst) or read_planes(src)
         final = storable_path(planes.mode, dst)
         if final != dst and final.exists() and not overwrite:
@@ -423,7 +434,7 @@ class Engines:
         if final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES and out_bytes > STREAM_BYTES:
             full = self.full()
             oh, ow = full.up.output_shape(h, w)
-            with png_strips(final, ow, oh, planes.mode, planes.info) as png:
+            with png_strips(final, ow, oh, planes.mode, planes.info, replace=overwrite) as png:
                 full.upscale_planes_in_strips(planes, png.write, desc=src.name)
             return True, final
         self._check_whole_output(src, final, planes)
@@ -431,7 +442,7 @@ class Engines:
         if result is None:  # not a plan hit, or an image the fast path does not take
             result = self.full().upscale_planes(planes, desc=src.name)
         del planes
-        return True, save_planes(result, final, quality=quality)
+        return True, save_planes(result, final, quality=quality, replace=overwrite)
 
     def _streamed_planes(self, src: Path, dst: Path):
         """Planes whose rows are decoded as the bands need them (`streamed.open_rows`), for an

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -356,18 +357,25 @@ def check_new_file(out: Path, *, overwrite: bool, inputs=(), companions=()) -> N
         raise UserError(f"{taken[0]} exists; pass --overwrite to replace it")
 
 
-def atomic_save(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
-    """Save to a temporary file beside `path`, then rename: a crash never leaves a half file."""
+def atomic_save(img: Image.Image, path: str | os.PathLike, *, replace: bool = True, **save_kwargs) -> None:
+    """Save to a temporary file beside `path`, then rename: a crash never leaves a half file
+    (`replace=False`: see `atomic_output`)."""
     path = Path(path)
     fmt = save_kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
-    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **save_kwargs))
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **save_kwargs), replace=replace)
+
+
+class OutputTaken(FileExistsError):
+    """The output name was taken by another process (another run writing the same file) while
+    this one was being written: it is kept, this one's file is dropped."""
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
+def atomic_output(path: str | os.PathLike, suffix: str = ".part", *, replace: bool = True):
     """Yield a temporary path beside `path` (named .NAME.XXXX`suffix`); on success it becomes
     `path` (os.replace) with the usual permissions, on failure it is removed: a crash or an
-    interrupt never leaves a half-written file."""
+    interrupt never leaves a half-written file. `replace=False`: a file that took the name
+    meanwhile (another run writing the same output) is kept, and `OutputTaken` raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name, suffix), suffix=suffix, dir=path.parent)
@@ -377,11 +385,37 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".part"):
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _claim(Path(tmp), path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# link() errors of file systems without hard links (FAT, exFAT, some network and FUSE mounts)
+_NO_HARD_LINKS = {getattr(errno, name) for name in ("EPERM", "EXDEV", "ENOTSUP", "EOPNOTSUPP", "ENOSYS")
+                  if hasattr(errno, name)}
+
+
+def _claim(tmp: Path, path: Path) -> None:
+    """Give the finished `tmp` the name `path` unless a file has it: a hard link takes the name
+    only if it is free (two runs writing one output: the first one kept, whole), then the
+    temporary name goes. Where hard links are not made, a check then a rename (a narrow race)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputTaken(errno.EEXIST, "written meanwhile by another process", str(path)) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise OutputTaken(errno.EEXIST, "written meanwhile by another process", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 # The longest file name, in bytes, of common file systems (ext4, APFS, NTFS in UTF-16 units)
@@ -414,9 +448,10 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """`write(tmp)` to a temporary file beside `path` (NAME.XXXX.EXT.part), then rename it."""
-    with atomic_output(path, suffix=Path(path).suffix + ".part") as tmp:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, replace: bool = True) -> None:
+    """`write(tmp)` to a temporary file beside `path` (NAME.XXXX.EXT.part), then rename it
+    (`replace=False`: see `atomic_output`)."""
+    with atomic_output(path, suffix=Path(path).suffix + ".part", replace=replace) as tmp:
         write(str(tmp))
 
 
@@ -677,18 +712,20 @@ def _within_side_limit(planes: Planes, path: Path) -> Path:
     return png
 
 
-def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None = None) -> Path:
+def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None = None,
+                replace: bool = True) -> Path:
     """Write planes atomically; the format comes from the extension. A format that cannot hold the
     image (alpha or 16-bit in JPEG, 16-bit in WebP, a side over `MAX_SIDE`) is replaced by PNG:
-    returns the path written."""
+    returns the path written. `replace=False`: `OutputTaken` where another process wrote that
+    path meanwhile (see `atomic_output`)."""
     path = _within_side_limit(planes, storable_path(planes.mode, path))
     fmt = SAVE_FORMATS[path.suffix.lower().lstrip(".")][0]
     if planes.mode in ("RGB;16", "RGBA;16"):
-        _write_deep_png(planes, path)
+        _write_deep_png(planes, path, replace=replace)
         return path
     if planes.mode == "LA;16":  # FFmpeg's PNG encoder takes it, PyAV cannot make the frame
         h, w = planes.color.shape[:2]
-        with png_strips(path, w, h, planes.mode, planes.info) as png:
+        with png_strips(path, w, h, planes.mode, planes.info, replace=replace) as png:
             png.write(np.concatenate([planes.color, planes.alpha], 2))
         return path
     img = planes_to_pil(planes)
@@ -707,7 +744,7 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
             kwargs["pnginfo"].add(kind, body)
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = 95 if quality is None else int(quality)
-    atomic_save(img, path, **kwargs)
+    atomic_save(img, path, replace=replace, **kwargs)
     return path
 
 
@@ -794,7 +831,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
+def _write_deep_png(planes: Planes, path: str | os.PathLike, *, replace: bool = True) -> None:
     """A 16-bit RGB or RGBA PNG, with the ICC profile, EXIF and colour chunks kept."""
     import av
     arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
@@ -807,7 +844,7 @@ def _write_deep_png(planes: Planes, path: str | os.PathLike) -> None:
     extra = b"".join(_png_chunk(*c) for c in png_metadata_chunks(planes.info))
     ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # the chunks go right after IHDR
     data = data[:ihdr_end] + extra + data[ihdr_end:]
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), replace=replace)
 
 
 # --- PNG written in strips: the output of a large image never has to be in memory at once. ---
@@ -881,10 +918,11 @@ class PngStripWriter:
 
 
 @contextlib.contextmanager
-def png_strips(path: str | os.PathLike, width: int, height: int, mode: str, info: dict | None = None):
+def png_strips(path: str | os.PathLike, width: int, height: int, mode: str, info: dict | None = None,
+               *, replace: bool = True):
     """A `PngStripWriter` for `path`, written under a temporary name and renamed when every row
-    is in (an error or an interrupt leaves no file)."""
-    with atomic_output(path, suffix=".png.part") as tmp, open(tmp, "wb") as f:
+    is in (an error or an interrupt leaves no file; `replace=False`: see `atomic_output`)."""
+    with atomic_output(path, suffix=".png.part", replace=replace) as tmp, open(tmp, "wb") as f:
         writer = PngStripWriter(f, width, height, mode, info)
         yield writer
         writer.close()
