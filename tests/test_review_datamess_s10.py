@@ -191,7 +191,7 @@ def test_a_validation_list_naming_a_video_is_refused_before_any_decoding(tmp_pat
     _img(tmp_path / "a.png")
     _video(tmp_path / "clip.mp4")
     (tmp_path / "val.txt").write_text("a.png\nclip.mp4\n")
-    with pytest.raises(UserError, match=r"^data.val_list: 1 entries of .*val.txt are not images .*clip.mp4"):
+    with pytest.raises(UserError, match=r"^data.val_list: 1 entries of .*val.txt are not pictures, e.g. .*clip.mp4"):
         sources.check_val_list(tmp_path / "val.txt")
     (tmp_path / "val.txt").write_text("a.png\n")
     sources.check_val_list(tmp_path / "val.txt")

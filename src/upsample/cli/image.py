@@ -88,6 +88,8 @@ def _check_ext(ext: str | None, out: Path, single: bool) -> None:
     """--ext against an -o that names one file of another format (`-o a.png --ext jpg` wrote a
     PNG without a word): one of them is a mistake."""
     named = {"jpeg": "jpg"}.get(out.suffix.lower().lstrip("."), out.suffix.lower().lstrip("."))
+    if named not in ("png", "jpg", "webp"):
+        return  # an -o this tool cannot write at all: said by the output check, whatever --ext is
     if single and ext not in (None, "same") and ext != named:
         raise UserError(f"-o {out} names a .{named} file but --ext is {ext}: name a .{ext} file, or leave "
                         "--ext out (it picks the format of outputs written into a folder)")
@@ -99,7 +101,7 @@ def _distinct(inputs: list[str]) -> list[str]:
     import os
     seen, kept = set(), []
     for item in inputs:
-        key = os.path.realpath(item)
+        key = os.path.normpath(os.path.abspath(item))  # (a link is a name of its own, as its output is)
         if key not in seen:
             seen.add(key)
             kept.append(item)

@@ -136,7 +136,7 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
 def check_half(args: argparse.Namespace) -> None:
     """--half is half precision unchecked: with a --precision other than auto (which it replaces)
     the two ask for different things, and --precision fp32 was silently run in bf16."""
-    if args.half and args.precision != "auto":
+    if args.half and args.precision in ("fp32", "int8"):  # (bf16 / fp16: what --half asks for too)
         raise UserError(f"--half and --precision {args.precision} ask for two precisions: give one of "
                         "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
 

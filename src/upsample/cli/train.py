@@ -95,8 +95,9 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--init", metavar="CKPT", type=path_text, help="start from these weights: a checkpoint, or a "
-                   "shipped model's name, e.g. espcn-x2 (tensors that fit; default: train.init)")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights: a checkpoint, or a "
+                   "shipped model's name, e.g. espcn-x2 (tensors that fit; default: train.init; \"\": none, "
+                   "as wrapper scripts pass an unset one)")
     p.add_argument("--max-minutes", type=positive_minutes, metavar="N",
                    help="train a time-boxed chunk: save and stop before N minutes of wall time "
                         "(continue with --resume; default: no limit)")

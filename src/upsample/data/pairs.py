@@ -131,20 +131,20 @@ def folder_key(folder: Path, path: Path) -> str:
 
 
 def one_name_each(root: Path, files: list[Path]) -> list[Path]:
-    """`files` found under `root`, each real file once, in order: a file reached through a link
-    (a linked file, or a folder linked from inside `root`) that lies under `root` itself is named
-    by its own path there. Two names of one file would count, split and train it twice, `clean`
-    would move the file and leave its other name a broken link, and which name a walk meets
-    first follows the file system's order (a copied folder could split differently)."""
-    real_root = Path(os.path.realpath(root))
-    out, seen = [], set()
+    """`files` found under `root`, each real file once (sorted), by one of its listed names: its
+    own path where listed (no link on the way), else the first name in sorted order. Two names
+    of one file would count, split and train it twice, `clean` would move the file and leave its
+    other name a broken link, and which name a walk meets first follows the file system's order
+    (a copied folder could split differently). A name not listed (a git-annex object under
+    `.git`, which the walk leaves out) is never used."""
+    real_root = os.path.realpath(root)
+    names: dict[str, list[Path]] = {}
     for f in files:
-        real = Path(os.path.realpath(f))
-        if real in seen:
-            continue
-        seen.add(real)
-        out.append(Path(root) / real.relative_to(real_root) if real.is_relative_to(real_root) else f)
-    return sorted(out)
+        names.setdefault(os.path.realpath(f), []).append(f)
+
+    def own(f: Path, real: str) -> bool:
+        return real == os.path.join(real_root, os.path.relpath(f, root))
+    return sorted(min(listed, key=lambda f: (not own(f, real), str(f))) for real, listed in names.items())
 
 
 def outside(root: Path, path: Path) -> bool:

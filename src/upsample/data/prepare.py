@@ -385,7 +385,13 @@ def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None,
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:
-    """Gray 16x16 box means (float, 0-255): what a re-saved copy of the picture keeps."""
+    """Gray 16x16 box means (float, 0-255): what a re-saved copy of the picture keeps. Deep and
+    float pictures (I;16, I, F) are scaled from their own range (convert("L") clipped them at
+    255: every 16-bit picture of a size looked like every other)."""
+    if img.mode.startswith(("I", "F")):
+        values = np.asarray(img.convert("F").resize((16, 16), Image.BOX), np.float64)
+        low, high = values.min(), values.max()
+        return (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
     gray = img.convert("RGB").convert("L") if img.mode in ("P", "PA", "CMYK", "RGBA", "LA") else img.convert("L")
     return np.asarray(gray.convert("F").resize((16, 16), Image.BOX), np.float64)
 

@@ -252,10 +252,19 @@ def check_val_list(path: Path) -> None:
         raise UserError(f"data.val_list: {missing_text(missing, path)}")
     if not files:
         raise UserError(f"data.val_list: no files in {path}")
-    others = [f for f in files if not is_image_path(f)]
+    others = [f for f in files if is_video_path(f) or not (is_image_path(f) or _pillow_reads(f))]
     if others:  # read as pictures after the training images were decoded: refused then, minutes later
-        raise UserError(f"data.val_list: {len(others)} entries of {path} are not images (by their extension), "
-                        f"e.g. {others[0]}: validation reads pictures; list image files only")
+        raise UserError(f"data.val_list: {len(others)} entries of {path} are not pictures, e.g. {others[0]}: "
+                        "validation reads pictures; list image files only")
+
+
+def _pillow_reads(path: Path) -> bool:
+    """Whether Pillow knows `path`'s header (a JPEG named .jfif, a PNG without an extension)."""
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001 - any failure to identify: not a picture Pillow reads
+        return False
 
 
 def training_images(train: list[str], *, val_list: str = "", val_fraction: float = 0.05,

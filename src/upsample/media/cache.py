@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -93,29 +94,40 @@ def _got_within(fd: int, seconds: float) -> bool:
     return False
 
 
+@dataclasses.dataclass
+class LockState:
+    """What `entry_lock` got: `held`, the lock (False where the file system has no locks:
+    Lustre without flock, some NFS mounts); `said`, whether it waited long enough to say so."""
+    held: bool = False
+    said: bool = False
+
+
 @contextlib.contextmanager
 def entry_lock(lock_file: Path, waiting: str | None = None):
     """Hold an exclusive lock on `lock_file` (made if needed) while the cache entry it stands for
     is checked and made: another run making the same entry waits (saying `waiting` on stderr), then
     finds it whole. The system drops the lock when its holder dies; where the file system has no
-    locks, each run makes the entry, renamed into place whole. Yields whether it waited."""
+    locks, each run makes the entry, renamed into place whole. Yields a `LockState`."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     _HELD_LOCKS.add(fd)
-    waited = False
+    state = LockState()
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            state.held = True
         except BlockingIOError:
-            waited = True
-            if not _got_within(fd, QUIET_WAIT_S):  # a holder about to let go is not worth a note
+            state.held = _got_within(fd, QUIET_WAIT_S)  # a holder about to let go is not worth a note
+            if not state.held:
                 if waiting:
                     print(f"note: {waiting}", file=sys.stderr)
+                    state.said = True
                 with contextlib.suppress(OSError):  # ENOLCK, EDEADLK: on without it
                     fcntl.flock(fd, fcntl.LOCK_EX)
+                    state.held = True
         except OSError:
             pass
-        yield waited
+        yield state
     finally:
         if fd in _HELD_LOCKS:  # (not in a forked child, which closed it)
             _HELD_LOCKS.discard(fd)

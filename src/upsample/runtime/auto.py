@@ -347,7 +347,7 @@ def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | Non
     if precision != Precision.AUTO:
         return "f32", main_xml
     # runs started together (a job array, GNU parallel) gate once: the others wait, then read its verdicts
-    with export.building(f"{key}-gate"):
+    with export.building(f"{key}-x{scale:g}-gate"):  # (another scale of a VDSR gates apart)
         return _gated_choice(model, key, net_xml, fused_xml, name=name, scale=scale, threads=threads,
                              quiet=quiet, what=what)
 

@@ -367,8 +367,8 @@ def building(key: str):
     """Hold the lock of the cache entry `key` (.KEY.lock in the cache folder) while it is checked
     and made: runs started together (a job array, GNU parallel) export and gate a model once, the
     others wait and find it made. Reentrant in this process. Under the lock, temporary files of
-    `key` are a killed writer's (kill -9, a power cut): they are removed. Where the cache folder
-    cannot be written there is no lock (each run makes its own copy, see `_in_cache`)."""
+    `key` are a killed writer's (kill -9, a power cut): they are removed (only where the file
+    system has locks). Where the cache folder cannot be written there is no lock (each run makes its own copy, see `_in_cache`)."""
     with _BUILDING:
         if key in _HELD:
             yield
@@ -376,13 +376,15 @@ def building(key: str):
         folder = cache_dir()
         with contextlib.ExitStack() as stack:
             try:
-                if stack.enter_context(entry_lock(folder / f".{key}.lock", None if _SAID else
-                                                  f"another run is preparing this model in {folder}; waiting for it")):
-                    _SAID.append(key)  # one note a run, not one per graph
+                lock = stack.enter_context(entry_lock(folder / f".{key}.lock", None if _SAID else
+                                                      f"another run is preparing this model in {folder}; waiting for it"))
             except OSError:
                 pass  # an unwritable cache: no lock to share
             else:
-                _remove_dead_temporaries(folder, key)
+                if lock.said:
+                    _SAID.append(key)  # one note a run, not one per graph
+                if lock.held:  # (without locks a live run's temporaries look the same)
+                    _remove_dead_temporaries(folder, key)
             _HELD.add(key)
             try:
                 yield
