@@ -93,6 +93,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_start(src: Path, start: float | None, text: str | None) -> None:
+    """A --start at or past the end of the video, said before the model loads (it was said after
+    auto's quality checks, ~45 s); a file whose length its header does not give is checked as its
+    frames are read."""
+    from ..media.video import video_length
+    if not start:
+        return
+    length = video_length(src)
+    if length is not None and start >= length:
+        raise UserError(f"--start {text}: {src} is only {length:.2f} s long; no video frames from there "
+                        "(give a --start before its end)")
+
+
 def _upscale(args: argparse.Namespace):
     """The upscaled video written to -o; upscale_video's summary."""
     # imported here: `video --help` needs no torch, PyAV or OpenVINO
@@ -112,6 +125,7 @@ def _upscale(args: argparse.Namespace):
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     check_is_video(src)  # clear errors before a model is loaded
+    _check_start(src, start, args.start)
     codec, pix_fmt, notes = choose_encoding(dst, source_pix_fmt(src), args.codec, args.pix_fmt)
     _check_crf(args.crf, codec)
     _check_preset(args.preset, codec)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import queue
 import sys
@@ -43,7 +44,8 @@ from ..media.imageio import Planes, atomic_output, fill_hidden_colour
 from ..media.progress import progress_bar
 from ..media.video import (CAPTION_SEI_HEADERS, FAMILIES, NO_PTS_MUXERS, SLOT_MUXERS, VIDEO_FIRST,
                            add_copied_streams, add_video_stream, carry_frame_props, copy_chapters, copy_colour_tags,
-                           choose_encoding, close_after_error, colour_tags, finish_output, first_frame,
+                           choose_encoding, close_after_error, colour_tags, encoder_held_bytes, finish_output,
+                           first_frame,
                            frame_count, frame_rate, has_alpha, header_video_end, is_cover_art, is_planar_yuv, is_yuv,
                            keep_alpha_hint, lost_metadata_notes, main_video_stream, muxer_name, open_input,
                            open_output, plane_view, remux, start_output, stream_pix_fmt, video_decoder,
@@ -120,11 +122,12 @@ RGB_WORK = {(False, False): "rgb24", (True, False): "rgb48le", (False, True): "r
 
 
 def _plan(up: Upscaler, cc, out_fmt: str, *, batch: int | None, tile: int | None,
-          max_memory: int | None, tile_batch: int | None) -> tuple[_Plan, int]:
-    """The plan for frames of the codec context `cc` encoded as `out_fmt`, and the frames per
-    model call (`batch`, or picked by `frames_per_call` where None). Where the runtime can serve
-    several threads at once (`ModelUpscaler.side_by_side`) and that many whole frames fit in
-    memory, frames are upscaled side by side, one a call each."""
+          max_memory: int | None, tile_batch: int | None, codec: str | None = None) -> tuple[_Plan, int]:
+    """The plan for frames of the codec context `cc` encoded as `out_fmt` by `codec`, and the
+    frames per model call (`batch`, or picked by `frames_per_call` where None). Where the runtime
+    can serve several threads at once (`ModelUpscaler.side_by_side`) and that many whole frames
+    fit in memory, frames are upscaled side by side, one a call each. Under `max_memory` the
+    tiles leave room for what the encoder and the queues to it hold (`held_outside_tiles`)."""
     oh, ow = output_size(cc.height, up.scale), output_size(cc.width, up.scale)
     y_model = isinstance(up, ModelUpscaler) and up.spec.input == "y"
     fmt = av.VideoFormat(out_fmt)
@@ -148,14 +151,45 @@ def _plan(up: Upscaler, cc, out_fmt: str, *, batch: int | None, tile: int | None
     tiler = Tiler(net, tile=tile, max_memory=max_memory, progress=False, tile_batch=tile_batch)
     if batch is None:
         batch = frames_per_call(net, tiler, cc.height, cc.width, chans, dtype, (oh, ow))
-    tile_side = tiler.plan_tile(cc.height, cc.width, chans, dtype, batch=batch, reserved=batch * item)
+    def held(frames: int, workers: int) -> int:
+        return held_outside_tiles(codec, out_fmt, (oh, ow), frames, workers) if max_memory is not None else 0
+
+    tile_side = tiler.plan_tile(cc.height, cc.width, chans, dtype, batch=batch,
+                                reserved=batch * item + held(batch, 1))
     workers = 1
     if batch == 1 and tile_side == 0 and isinstance(up, ModelUpscaler) and up.parallel is not None:
         twin, n = up.side_by_side()
-        if n > 1 and tiler.plan_tile(cc.height, cc.width, chans, dtype, batch=n, reserved=n * item) == 0:
+        if n > 1 and tiler.plan_tile(cc.height, cc.width, chans, dtype, batch=n,
+                                     reserved=n * item + held(1, n)) == 0:
             net, workers = frame_net(twin), n
             tiler = Tiler(net, tile=tile, max_memory=max_memory, progress=False, tile_batch=tile_batch)
     return _Plan(net, tiler, tile_side, work, out_fmt, y_model, bits, (oh, ow), workers), batch
+
+
+def encode_slots(workers: int) -> int:
+    """Groups of upscaled frames the queue to the encoder holds (`_Stages.encode_q`)."""
+    return max(2, workers)
+
+
+def held_outside_tiles(codec: str | None, out_fmt: str, size: tuple[int, int], batch: int,
+                       workers: int) -> int:
+    """Bytes that --max-memory must leave beside the tiles: what the encoder holds, its buffering
+    bounded (`media.video.encoder_held_bytes`: x264's default lookahead alone held 0.6 GB of
+    2560x1440 frames, and a 1G run peaked at 2 GB), and the upscaled frames on their way to it
+    (the queue's, the writer's, those being upscaled)."""
+    oh, ow = size
+    frame = oh * ow * av.VideoFormat(out_fmt).padded_bits_per_pixel // 8
+    queued = (encode_slots(workers) + 1 + workers) * batch * frame
+    garbage = 2 * FRAME_GARBAGE  # the decoded frames and the upscaled ones, until collected
+    return (encoder_held_bytes(codec, ow, oh) if codec else 0) + queued + garbage
+
+
+# PyAV's frames that were asked for their side data (`media.video.captions`, every frame) are a
+# reference cycle with it (frame <-> SideDataContainer): freed only by a full garbage collection,
+# which Python ran seldom here (few objects are made per frame), so the pictures of hundreds of
+# frames stayed resident (a 1G run rose 1.13 -> 1.40 GB midway, 240 frames alive in a 120-frame
+# run). The writer collects once this many bytes of frames went through it.
+FRAME_GARBAGE = 64 << 20
 
 
 def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, *,
@@ -186,13 +220,14 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         plan, batch = _plan(up, vin.codec_context, out_fmt, batch=batch, tile=tile,
-                            max_memory=max_memory, tile_batch=tile_batch)
+                            max_memory=max_memory, tile_batch=tile_batch, codec=codec)
         plan = dataclasses.replace(plan, alpha_unused=_alpha_unused(first, vin.codec_context.name))
         suffix = dst.suffix or ".mp4"
         with atomic_output(dst, suffix=".part" + suffix) as tmp:  # the container goes by suffix
             out = open_output(tmp, suffix)
             try:
-                vout = add_video_stream(out, vin, codec, plan.size, plan.out_fmt, first, crf, preset)
+                vout = add_video_stream(out, vin, codec, plan.size, plan.out_fmt, first, crf, preset,
+                                        bounded=max_memory is not None)
                 copies, encodes = add_copied_streams(container, out, skip=vin.index)
                 origin = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
                 window = ClipWindow(start, duration, origin=max(0.0, origin))
@@ -439,7 +474,7 @@ class _Stages:
         self.video_end = self._video_end()  # `within_end`
         self.pipe = _Pipeline()
         self.frames_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch * plan.workers))
-        self.encode_q: queue.Queue = queue.Queue(maxsize=max(2, plan.workers))
+        self.encode_q: queue.Queue = queue.Queue(maxsize=encode_slots(plan.workers))
         self.mux_lock = threading.Lock()
         self.frames_out = self.packets_copied = self.frames_decoded = 0
         self.damaged = 0  # packets skipped because FFmpeg could not decode or mux them
@@ -459,6 +494,7 @@ class _Stages:
         self.last_end = None  # seconds (on the output's clock) where the last frame encoded ends
         self.read_to_end = False  # the demuxer ran out (not a stop at the window's end)
         self.decoded_end = 0.0  # seconds (the input's clock) where the latest frame decoded ends
+        self.garbage = 0  # bytes of frames encoded since the last collection (`collect_frames`)
 
     def read(self) -> None:
         """Thread 1: demux; decode the video's frames of the window onto `frames_q`; remux the
@@ -684,8 +720,17 @@ class _Stages:
                 self.busy["encode"] += time.perf_counter() - t
                 self.mux_video(packets)
                 self.frames_out += 1
+                self.collect_frames(frame)
         if not self.pipe.stop.is_set():
             self.mux_video(self.vout.encode(None), last=True)
+
+    def collect_frames(self, frame) -> None:
+        """A full garbage collection once `FRAME_GARBAGE` bytes of frames were encoded since the
+        last (see there)."""
+        self.garbage += sum(p.buffer_size for p in frame.planes)
+        if self.garbage >= FRAME_GARBAGE:
+            gc.collect()
+            self.garbage = 0
 
     def fill_slots_before(self, frame) -> list:
         """Where the container stores frames one after another with no time of their own (MXF,
@@ -855,6 +900,9 @@ class _Stages:
         total = self.window.frames(frame_count(self.container), self.rate)
         bar = progress_bar(total, progress, desc="frames", unit=" frames")
         estimate = RunEstimate(total if progress else None)
+        # the objects made before (torch's, the model's, the runtime's: ~90 ms a full collection)
+        # are left out of the writer's collections while it runs (`collect_frames`), then handed back
+        gc.freeze()
         threads = [self.pipe.thread(self.read), self.pipe.thread(self.write)]
         try:
             self.upscale(bar, estimate)
@@ -864,6 +912,7 @@ class _Stages:
         finally:
             self.pipe.join(threads)
             bar.close()
+            gc.unfreeze()
         self.pipe.raise_first_error()
 
 

@@ -432,6 +432,17 @@ def header_video_end(container) -> float | None:
     return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
 
 
+def video_length(path: Path) -> float | None:
+    """Seconds from a video file's first timestamp (where --start counts from) to where its main
+    video stream ends, as its header says (`header_video_end`); None where that is not known."""
+    container = open_input(path)
+    try:
+        end = header_video_end(container)
+        return None if end is None else end - max(0.0, (container.start_time or 0) / 1e6)
+    finally:
+        container.close()
+
+
 def frame_count(container) -> int | None:
     """The frames of the main video stream, from the header or the duration (None: unknown)."""
     vin = main_video_stream(container)
@@ -760,6 +771,40 @@ def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict:
     return options
 
 
+# Under --max-memory, what x264/x265 buffer is bounded: they hold every frame of their lookahead
+# (x264's medium: 40; the run waited that many 2560x1440 frames before its first packet, ~0.6 GB)
+# and one more per frame thread (1.5 x the cores by default); their quality settings stay as asked
+BOUNDED_LOOKAHEAD = 10
+BOUNDED_THREADS = 4
+# bytes an encoder holds per output pixel: (per buffered frame, fixed: reference and half-pel
+# planes), x264's measured through PyAV at 1280x720 (rc-lookahead 40: 170 MiB, 10: 76 MiB); x265's
+# (its CTU data beside each frame) from 640x360 and 1280x720 bounded (~180 bytes a pixel grown)
+ENCODER_BYTES_PER_PIXEL = {"libx264": (3.6, 47.0), "libx265": (8.0, 70.0)}
+
+
+def bounded_encoder_options(codec: str, options: dict) -> dict:
+    """`options` with `codec`'s lookahead and frame threads bounded (`BOUNDED_LOOKAHEAD`,
+    `BOUNDED_THREADS`), for a run under --max-memory; unchanged for other encoders."""
+    threads = min(os.cpu_count() or 1, BOUNDED_THREADS)
+    if codec == "libx264":
+        return {**options, "rc-lookahead": str(BOUNDED_LOOKAHEAD), "threads": str(threads)}
+    if codec == "libx265":
+        params = [p for p in options.get("x265-params", "").split(":") if p]
+        params += [f"rc-lookahead={BOUNDED_LOOKAHEAD}", f"frame-threads={threads}", f"pools={threads}"]
+        return {**options, "x265-params": ":".join(params)}
+    return options
+
+
+def encoder_held_bytes(codec: str, width: int, height: int) -> int:
+    """The bytes `codec` holds encoding width x height frames with `bounded_encoder_options`
+    (0 where not known: other encoders buffer a few frames at most, or what they hold is theirs)."""
+    if codec not in ENCODER_BYTES_PER_PIXEL:
+        return 0
+    per_frame, fixed = ENCODER_BYTES_PER_PIXEL[codec]
+    frames = BOUNDED_LOOKAHEAD + 2 * min(os.cpu_count() or 1, BOUNDED_THREADS)  # a thread's frame, its lookahead's
+    return int(width * height * (per_frame * frames + fixed))
+
+
 def hdr10_metadata(frame, svt: bool = False) -> tuple[str, str] | None:
     """(mastering display, content light level) of `frame`'s HDR10 static metadata in x265's
     syntax, "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)" (chromaticity in 1/50000, luminance in
@@ -905,9 +950,10 @@ def source_size(path: Path) -> tuple[int, int]:
 
 
 def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, first,
-                     crf: int | None, preset: str | None):
+                     crf: int | None, preset: str | None, bounded: bool = False):
     """The encoded video stream of `out`: the input stream's timing, colour tags, aspect,
-    metadata and rotation (of its `first` frame), `size` (h, w) and `pix_fmt`."""
+    metadata and rotation (of its `first` frame), `size` (h, w) and `pix_fmt`. `bounded`: the
+    encoder's buffering bounded (`bounded_encoder_options`: --max-memory)."""
     oh, ow = size
     check_frame_size(codec, pix_fmt, ow, oh)
     rate = frame_rate(vin)
@@ -919,6 +965,8 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
         _note_lost_aspect(out.format.name, codec, vin.sample_aspect_ratio)
     options = encoder_options(codec, crf, preset)
+    if bounded:
+        options = bounded_encoder_options(codec, options)
     if out.format.name in NO_REORDER_MUXERS:
         options["bf"] = "0"  # see NO_REORDER_MUXERS
     if out.format.name in NO_PTS_MUXERS and codec == "libx264":
