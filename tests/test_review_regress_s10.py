@@ -109,3 +109,20 @@ def test_train_init_empty_means_none():
     from upsample.cli import build_parser
     args = build_parser().parse_args(["train", "x.toml", "--init", ""])
     assert args.init == ""
+
+
+def test_a_stopped_study_is_not_called_written_because_its_folder_changed(tmp_path, capsys):
+    """The staging folder made inside -o changes the folder: only summary.md, put in place last,
+    says the study was written."""
+    out = tmp_path / "study"
+    out.mkdir()
+    with pytest.raises(options.Stopped):
+        with options.said_stopped("codec-study", out, last=out / "summary.md"):
+            (out / ".codec-study.x.part").mkdir()
+            raise KeyboardInterrupt
+    assert "nothing written to" in capsys.readouterr().err
+    with pytest.raises(options.Stopped):
+        with options.said_stopped("codec-study", out, last=out / "summary.md"):
+            (out / "summary.md").write_text("done")
+            raise KeyboardInterrupt
+    assert "was written whole" in capsys.readouterr().err

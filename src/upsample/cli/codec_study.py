@@ -12,7 +12,7 @@ from .options import add_output_option, add_overwrite_option, add_untrained_opti
 def run(args: argparse.Namespace) -> int:
     from .options import Stopped, said_stopped
     try:
-        with said_stopped("codec-study", args.out):
+        with said_stopped("codec-study", args.out, last=Path(args.out) / "summary.md"):
             results = _study(args)
     except Stopped as exc:
         return exc.status

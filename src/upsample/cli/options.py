@@ -187,16 +187,18 @@ class Stopped(Exception):
 
 
 @contextlib.contextmanager
-def said_stopped(command: str, out):
+def said_stopped(command: str, out, last=None):
     """Ctrl-C (130) / SIGTERM (143) in the block said in one line: what was kept (nothing under
-    `out`: outputs are renamed into place when whole) and how to go on; raises `Stopped`."""
+    `out`: outputs are renamed into place when whole) and how to go on; raises `Stopped`. `last`:
+    the file of a folder `out` that is put in place last (the folder changes as it is staged in)."""
     from . import Terminated
-    before = _identity(out)
+    watched = out if last is None else last
+    before = _identity(watched)
     try:
         yield
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        if _identity(out) != before:  # it came after the rename into place
+        if _identity(watched) != before:  # it came after the rename into place
             kept = f"after {out} was written whole"
         else:
             kept = (f"nothing written to {out} (a file there before is as it was): run the same command "

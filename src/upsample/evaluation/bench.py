@@ -190,6 +190,21 @@ def refuse_torch_only_options(model: str, *, half: bool, int8, calib: str | None
                         f"{need}: leave {them} out to time the graph")
 
 
+def check_int8_files(paths, model: str) -> None:
+    """The --int8 files checked before any model loads: `upsample quantize` outputs by their
+    suffix (.onnx, .xml), and there. A picture or a checkpoint was read as a model and called
+    "not a checkpoint (neither safetensors nor a PyTorch file)"."""
+    net = "MODEL" if model == "bicubic" else model
+    for path in paths:
+        if Path(path).suffix.lower() not in BACKEND_OF:
+            raise UserError(f"--int8 {path}: --int8 takes an int8 model written by `upsample quantize` "
+                            f"({' or '.join(sorted(BACKEND_OF))}); make one with `upsample quantize {net} "
+                            f"--backend openvino --calib DIR -o {Path(net).stem}-int8.xml`, or time a "
+                            "checkpoint with --model")
+        if not Path(path).is_file():
+            raise UserError(f"--int8 {path}: no such file (an int8 model written by `upsample quantize`)")
+
+
 def refuse_unused_options(model: str, *, backends: list[str], precision: str, half: bool) -> None:
     """Options that no row of this run would use, refused rather than left out of the figures
     unsaid: --precision sets the auto row alone; bicubic runs on torch in fp32 alone."""
@@ -336,6 +351,7 @@ def bench(model: str, *, size: tuple[int, int] = (640, 360), backends: list[str]
         made_from = int8_files.read_meta(Path(model))[1].get("name") or "MODEL"
         raise UserError(f"{model} is an int8 file of `upsample quantize`: time it beside the model it was made "
                         f"from, `upsample bench --model {made_from} --int8 {model}`")
+    check_int8_files(int8, model)
     backends = list(backends or BACKENDS)
     refuse_unused_options(model, backends=backends, precision=precision, half=half)
     torch_device = "cpu" if openvino_device(device) is not None else device

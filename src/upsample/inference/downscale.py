@@ -85,7 +85,7 @@ def load_downscaler(spec: str, *, scale: float, device: str = "cpu",
         return Downscaler(scale, device)
     check_trained_downscaler(spec, allow_untrained)
     from .load import resolve_model
-    model, name = resolve_model(spec)
+    model, name = resolve_model(spec, takes_bicubic=True)  # (bicubic: a DOWN of its own)
     down = LearnedDownscaler(model, name, device)
     if abs(down.scale - check_scale(scale)) > 1e-9:
         raise UserError(f"{name} downscales by {down.scale:g}, but the scale is {scale}")

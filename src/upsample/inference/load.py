@@ -26,9 +26,12 @@ INT8_SUFFIXES = {".onnx", ".xml"}  # `upsample quantize` output; an .onnx withou
 # is another project's graph (runtime.foreign_onnx)
 
 
-def resolve_model(spec: str, scale: float | None = None) -> tuple[nn.Module, str]:
+def resolve_model(spec: str, scale: float | None = None, *,
+                  takes_bicubic: bool = False) -> tuple[nn.Module, str]:
     """A registered name or a checkpoint path -> (torch model in eval mode, display name). `scale`
-    (the one asked for) reads a checkpoint whose tensors do not tell it (`detect_arch`)."""
+    (the one asked for) reads a checkpoint whose tensors do not tell it (`detect_arch`).
+    `takes_bicubic`: the caller also takes "bicubic" (image, eval, video, bench), which an unknown
+    name's suggestion then offers; prune, quantize, export... take a network only."""
     from ..models import checkpoint, registry
     if spec == "bicubic":  # the commands that resolve a network (export, quantize, prune ...)
         raise UserError("bicubic is MATLAB's resize, with no network to work on; name a model")
@@ -52,7 +55,8 @@ def resolve_model(spec: str, scale: float | None = None) -> tuple[nn.Module, str
     try:
         registry.get_spec(spec)
     except UserError as exc:
-        raise UserError(f"{exc} (or 'bicubic', or a checkpoint file)") from None
+        others = "'bicubic', or a checkpoint file" if takes_bicubic else "a checkpoint file"
+        raise UserError(f"{exc} (or {others})") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -201,7 +205,7 @@ def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: s
     if is_int8:  # written by `upsample quantize`
         return _int8_upscaler(Path(spec), scale, backend, precision, dev, threads, ov_device, allow_untrained)
     check_trained(spec, allow_untrained)
-    model, name = resolve_model(spec, scale)
+    model, name = resolve_model(spec, scale, takes_bicubic=True)
     if model.upsample_spec.kind != "generator":
         raise UserError(f"{name} is a {model.upsample_spec.kind}, not an upscaler")
     s = scale_of(model, scale, name)

@@ -61,7 +61,7 @@ _WRAPPER_KEYS = ("params_ema", "state_dict_ema", "model_ema", "ema_state_dict", 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, config: dict | None = None,
                     extra: dict | None = None, fp16: bool = False) -> Path:
     """Write `model`'s weights and how to rebuild it to a .safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     spec = getattr(model, "upsample_spec", None)
@@ -81,8 +81,20 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, config: dict |
     if extra is not None:
         meta["extra"] = json.dumps(extra, default=str)
     with atomic_output(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        tmp.write_bytes(_sorted_header(save(state, metadata=meta)))
     return path
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors bytes with their JSON header's keys sorted: the library writes its metadata
+    (and tensor table) in hash order, which differs run to run, so the same model saved twice
+    gave files that differed in bytes (a checksum, a build cache or rsync saw a change). The
+    tensor bytes and their offsets are unchanged; the header is padded to 8 bytes as the library's."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + n:]
 
 
 # --------------------------------------------------------------------------------- reading

@@ -24,6 +24,7 @@ import torch
 
 from ..data.colour import YCC, rgb_to_ycbcr, to_uint8
 from ..data.degrade import imresize, make_lr, scale_period
+from ..media.cache import entry_lock
 from ..media.imageio import atomic_write_bytes
 from .cache import cache_dir
 
@@ -152,15 +153,21 @@ def remembered_check(key: str, what: str, measure) -> tuple[float | dict, bool]:
     fresh = what not in done
     if fresh:
         value = measure()
-        value = value if isinstance(value, dict) else float(value)
-        # read again: another process may have stored its checks of these weights meanwhile
-        done = {**remembered(path), what: value}
+        done = {what: value if isinstance(value, dict) else float(value)}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps(done, indent=1).encode())
+            _store(path, done)
         except OSError:
             pass  # an unwritable cache only costs the check next time
     return done[what], fresh
+
+
+def _store(path: Path, new: dict) -> None:
+    """Add the checks `new` to those in `path`, read and written again under the file's lock:
+    two processes measuring the same weights (a job array) each kept the file as it read it
+    before measuring, and the later write dropped the other's results."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(path.with_name(f".{path.name}.lock")):
+        atomic_write_bytes(path, json.dumps({**remembered(path), **new}, indent=1).encode())
 
 
 def remembered(path: Path) -> dict:

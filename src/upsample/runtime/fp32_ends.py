@@ -24,8 +24,12 @@ less time than the whole graph's fp32 ends.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import re
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +40,7 @@ VERSION = 1  # in the variant's file name: bump when the choice of ends changes
 ATTRIBUTE = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
 CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
 IMAGE_CHANNELS = 4
+STALE_S = 60.0  # a temporary pair older than this is no live writer's: a link and a small text take ms
 
 
 def _in_channels(layer: ET.Element) -> int:
@@ -110,6 +115,7 @@ def variant(xml: Path, tail: bool = False) -> Path:
     text, names = mark(xml.read_bytes(), tail)
     if not names:
         return xml
+    _remove_stale_temporaries(out)
     tmp_bin, tmp_xml = out.with_suffix(f".bin.{os.getpid()}.tmp"), out.with_suffix(f".xml.{os.getpid()}.tmp")
     try:
         try:
@@ -124,3 +130,29 @@ def variant(xml: Path, tail: bool = False) -> Path:
         tmp_bin.unlink(missing_ok=True)
         tmp_xml.unlink(missing_ok=True)
     return out
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """The `OUT.bin.PID.tmp` / `OUT.xml.PID.tmp` files a writer killed mid-write (kill -9, a power
+    cut) left beside `out`: those of a process no longer running here, or older than `STALE_S`
+    (a writer on another machine sharing the cache). The time is the inode's change time: a
+    linked .bin keeps the original's modification time."""
+    name = re.compile(re.escape(out.stem) + r"\.(?:bin|xml)\.(\d+)\.tmp")
+    for leftover in out.parent.glob(f"{glob.escape(out.stem)}.*.tmp"):
+        m = name.fullmatch(leftover.name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            st = leftover.stat()
+            if not _running(int(m.group(1))) or time.time() - max(st.st_ctime, st.st_mtime) > STALE_S:
+                leftover.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process, running
+        return True
+    return True

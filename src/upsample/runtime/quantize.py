@@ -203,6 +203,14 @@ def _tool_output_kept():
         raise
 
 
+def _float_graph(onnx_path: Path):
+    """The ONNX file as an OpenVINO model. Its converter forks a telemetry sender that it ends
+    with SIGTERM; `export.forks_end_quietly` keeps that child from printing a traceback."""
+    import openvino as ov
+    with export.forks_end_quietly():
+        return ov.convert_model(str(onnx_path))
+
+
 def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float: list[str]) -> None:
     """Two NNCF recipes, each the better one for some networks, so both are made and the one whose
     output is closer to the float network's on the calibration crops is kept:
@@ -218,7 +226,7 @@ def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float:
                                                        AdvancedSmoothQuantParameters)
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    float_model = ov.convert_model(str(onnx_path))
+    float_model = _float_graph(onnx_path)
     names = {op.get_friendly_name() for op in float_model.get_ops()}
     # OpenVINO splits a Conv into "<name>/WithoutBiases" + an Add named <name>
     ignored = nncf.IgnoredScope(names=sorted(n for n in names for k in keep_float
@@ -238,8 +246,9 @@ def _nncf_int8(onnx_path: Path, out: Path, inputs: list[np.ndarray], keep_float:
     for i, (name, recipe) in enumerate(recipes.items(), 1):
         _stage[0] = f"NNCF recipe {name} ({i} of {len(recipes)})"
         try:
-            made[name] = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(inputs),
-                                       subset_size=len(inputs), ignored_scope=ignored, **recipe)
+            with export.forks_end_quietly():  # NNCF's telemetry: as the converter's
+                made[name] = nncf.quantize(_float_graph(onnx_path), nncf.Dataset(inputs),
+                                           subset_size=len(inputs), ignored_scope=ignored, **recipe)
         except Exception as exc:  # a recipe NNCF cannot apply to this graph: the other may do
             failed.append(exc)
             continue

@@ -13,6 +13,7 @@ Video codecs (one CRF per rate point, lower = more bits), yuv420p, tuned for PSN
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 from dataclasses import dataclass
@@ -78,12 +79,26 @@ def usable_codecs() -> list[str]:
     return [n for n in CODECS if not _missing(n)]
 
 
+# what other tools call these codecs (ffmpeg's encoder names, file extensions): not close in spelling
+_OTHER_NAMES = {"jpg": "jpeg", "h264": "x264", "libx264": "x264", "avc": "x264", "h265": "x265",
+                "hevc": "x265", "libx265": "x265", "libsvtav1": "av1", "libaom-av1": "av1", "svt-av1": "av1"}
+
+
+def did_you_mean(name: str) -> str:
+    """"did you mean jpeg? " for a mistyped or otherwise-named codec ("" where none is close):
+    a suggestion only, as the model registry's, never taken in its place."""
+    key = name.lower()
+    close = [_OTHER_NAMES[key]] if key in _OTHER_NAMES else \
+        [key] if key in CODECS else difflib.get_close_matches(key, list(CODECS), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
 def get_codec(name: str) -> Codec:
     """The codec called `name`, checked to be usable here; UserError otherwise (naming those that are)."""
     if name not in CODECS:
         usable = usable_codecs()
         here = f" (usable here: {', '.join(usable)})" if len(usable) < len(CODECS) else ""
-        raise UserError(f"unknown codec {name!r}; use one of {', '.join(CODECS)}{here}")
+        raise UserError(f"unknown codec {name!r}; {did_you_mean(name)}use one of {', '.join(CODECS)}{here}")
     missing = _missing(name)
     if missing:
         raise UserError(f"{missing}: leave {name} out (usable here: {', '.join(usable_codecs())})")

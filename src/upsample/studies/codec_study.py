@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..evaluation import metrics
-from .codec import (CODECS, ClipInfo, Codec, check_frame_size, decode_image, decode_video, encode_image,
-                    encode_video, get_codec, parse_ladder, probe_clip, read_frames)
+from .codec import (CODECS, ClipInfo, Codec, check_frame_size, decode_image, decode_video, did_you_mean,
+                    encode_image, encode_video, get_codec, parse_ladder, probe_clip, read_frames)
 from .study_files import check_study_output, read_study, staged_outputs, study_json
 from ..data.prepare import is_video_path
 from ..inference.downscale import Downscaler, load_downscaler
@@ -610,7 +610,8 @@ def parse_ladders(codecs: list[Codec], items: list[str] | None) -> dict[str, tup
     for item in items or []:
         name, sep, values = item.partition("=")
         if not sep or name not in CODECS:
-            raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}")
+            hint = f"; {did_you_mean(name).strip()}" if sep and did_you_mean(name) else ""
+            raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}{hint}")
         if not values.replace(",", "").strip():  # parse_ladder reads "" as the default ladder
             raise UserError(f"--ladder {item}: an empty ladder; give rate points such as {name}="
                             f"{','.join(map(str, CODECS[name].ladder[:3]))}, or leave --ladder {name} out "
@@ -763,7 +764,7 @@ def check_options(backend: str, scale: str, codecs: list[str]) -> float:
     """The options checked before any file is read; returns the scale."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    factor = check_scale(scale)
+    factor = check_scale(scale, "--scale")
     if factor <= 1:
         raise UserError(f"--scale must be > 1 (the down-up factor), got {scale}")
     if not codecs:
