@@ -16,7 +16,8 @@ from upsample.errors import UserError
 from upsample import cli
 from upsample.inference import tiling
 from upsample.inference.api import ImageUpscaler, default_model
-from upsample.inference.memory import PeakTensorMemory, receptive_radius, release_unheld, rss_bytes
+from upsample.inference.memory import PeakTensorMemory, receptive_radius, release_unheld
+from upsample.inference.sizes import resident_bytes
 from upsample.inference.sizes import MAX_DEFAULT_PAD, parse_size
 from upsample.inference.tiler import BATCHES, Tiler
 from upsample.inference.wrappers import ResizedUpscaler
@@ -325,7 +326,7 @@ def test_tiles_bound_tensor_memory():
     assert peaks[32] * 8 < peaks[0]
     # a budget gives a tile whose measured cost fits in it
     release_unheld()  # as the budget does before it reads resident memory
-    tiler = Tiler(BicubicUpscaler(2.0), max_memory=rss_bytes() + 40_000_000)
+    tiler = Tiler(BicubicUpscaler(2.0), max_memory=resident_bytes() + 40_000_000)
     side = tiler.plan_tile(4000, 4000, 3, np.uint8)
     assert 0 < side < 4000
     assert tiler.bytes_per_pixel(3, np.uint8) * (side + 2 * tiler.pad) ** 2 <= 40_000_000

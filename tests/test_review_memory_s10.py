@@ -83,7 +83,7 @@ def test_bicubic_tiles_stay_dense_under_max_memory(monkeypatch):
     """A budget that would take a 3000 px picture whole still cuts it into tiles whose padded
     side keeps both resizes dense (in * out <= DENSE_LIMIT)."""
     tiler = Tiler(BicubicUpscaler(2.0), max_memory=10 ** 12)
-    monkeypatch.setattr(memory, "rss_bytes", lambda: 0)
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
     side = tiler.plan_tile(3000, 3000, 1, np.uint8)
     assert 0 < side and (side + 2 * tiler.pad) * 2 * (side + 2 * tiler.pad) <= DENSE_LIMIT
     assert side >= 1024  # large tiles still: only the resize's regime bounds them

@@ -24,7 +24,7 @@ def test_the_tile_side_leaves_room_for_what_the_probes_keep(monkeypatch):
     for tiles is what is left after the probes, not before them (a --max-memory 450MB vdsr run
     peaked at 502 MB)."""
     state = {"rss": 100_000_000, "runs": 0}
-    monkeypatch.setattr(memory, "rss_bytes", lambda: state["rss"])
+    monkeypatch.setattr(memory, "resident_bytes", lambda: state["rss"])
     monkeypatch.setattr(memory, "release_unheld", lambda: None)
 
     def run_tile(tiles, maxval):

@@ -130,7 +130,7 @@ def _planner(monkeypatch, *, rss: int, max_memory, free: int = 64 * 10 ** 9):
     from upsample.inference import memory
     from upsample.inference.memory import MemoryPlanner
     from upsample.inference.tiling import TileGeometry
-    monkeypatch.setattr(memory, "rss_bytes", lambda: rss)
+    monkeypatch.setattr(memory, "resident_bytes", lambda: rss)
     monkeypatch.setattr(memory, "release_unheld", lambda: None)
     monkeypatch.setattr(memory, "free_memory", lambda device: free)
 

@@ -53,11 +53,6 @@ def release_unheld() -> None:
     return_free_heap()
 
 
-def rss_bytes() -> int:
-    """This process's resident memory now."""
-    return resident_bytes()
-
-
 def free_memory(device: torch.device) -> int:
     """Memory free for new work on the device: GPU free memory, or the OS's MemAvailable."""
     if device.type == "cuda":
@@ -121,13 +116,13 @@ def _peak_rss_of(fn) -> int:
     """Peak resident-memory growth while `fn()` runs, sampled by a thread every millisecond
     (rather than resetting the kernel's high-water mark, which would also reset what
     getrusage and /usr/bin/time report for the whole process)."""
-    before = peak = rss_bytes()
+    before = peak = resident_bytes()
     done = threading.Event()
 
     def sample():
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, rss_bytes())
+            peak = max(peak, resident_bytes())
             done.wait(0.001)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -137,7 +132,7 @@ def _peak_rss_of(fn) -> int:
     finally:
         done.set()
         sampler.join()
-    return max(0, max(peak, rss_bytes()) - before)
+    return max(0, max(peak, resident_bytes()) - before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +282,7 @@ class MemoryPlanner:
         if self.max_memory is not None:
             if cpu:
                 release_unheld()
-            budget = self.max_memory - (rss_bytes() if cpu else torch.cuda.memory_allocated(self.device))
+            budget = self.max_memory - (resident_bytes() if cpu else torch.cuda.memory_allocated(self.device))
         else:
             budget = free_memory(self.device) // 2
         return budget // self.jobs - (reserved if cpu else 0)
@@ -312,7 +307,7 @@ class MemoryPlanner:
             least = self._least_memory(need, reserved)  # what the smallest tile would run in
             if budget <= 0 and self.max_memory is not None and self.device.type == "cpu":
                 raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: this process (the model, "
-                                f"its runtime, the libraries) already uses {rss_bytes() / 1e6:.0f} MB and this "
+                                f"its runtime, the libraries) already uses {resident_bytes() / 1e6:.0f} MB and this "
                                 f"image's output {reserved / 1e6:.0f} MB more; raise it{least}")
             if self.max_memory is None:  # the budget was half the free memory: no option to raise
                 raise UserError(f"half the free memory leaves too little for even a {MIN_TILE}px tile "
@@ -328,7 +323,7 @@ class MemoryPlanner:
         beside what the process holds and `reserved`; "" without a CPU budget to name."""
         if self.max_memory is None or self.device.type != "cpu":
             return ""
-        least = rss_bytes() + self.jobs * (reserved + need)
+        least = resident_bytes() + self.jobs * (reserved + need)
         return f" to at least {math.ceil(least / 1e6 / 50) * 50:.0f} MB"
 
     def batches_that_fit(self, shape: tuple, dtype: np.dtype, sizes: tuple[int, ...]) -> list[int]:
