@@ -23,6 +23,7 @@ import threading
 import time
 
 from ..errors import RankZeroError, UserError, one_line
+from .options import Stopped
 
 # The sub-commands, in the order `upsample --help` lists them: name -> module.
 COMMANDS = {
@@ -267,6 +268,8 @@ def _command_status(args: argparse.Namespace) -> int:
         if not isinstance(exc, RankZeroError):  # rank 0 says it
             print(f"upsample {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Stopped as exc:  # said already, with what was kept (`options.said_stopped`)
+        return exc.status
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"upsample {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)

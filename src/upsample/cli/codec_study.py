@@ -10,12 +10,9 @@ from .options import add_output_option, add_overwrite_option, add_untrained_opti
 
 
 def run(args: argparse.Namespace) -> int:
-    from .options import Stopped, said_stopped
-    try:
-        with said_stopped("codec-study", args.out, last=Path(args.out) / "summary.md"):
-            results = _study(args)
-    except Stopped as exc:
-        return exc.status
+    from .options import said_stopped
+    with said_stopped("codec-study", args.out, last=Path(args.out) / "summary.md"):
+        results = _study(args)
     from ..studies.codec_study import bd_summary
     print(bd_summary(results, Path(args.out)))
     return 0

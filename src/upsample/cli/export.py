@@ -82,13 +82,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = export.default_output(name, spec, scale, args.format, fp16=args.fp16, uint8_io=args.uint8_io)
         check_output(out, args)
-    from .options import Stopped, said_stopped
-    try:
-        with said_stopped("export", out):  # Ctrl-C / SIGTERM: what was kept, how to go on
-            diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io,
-                                       scale=scale, name=name)
-    except Stopped as exc:
-        return exc.status
+    from .options import said_stopped
+    with said_stopped("export", out):  # Ctrl-C / SIGTERM: what was kept, how to go on
+        diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io,
+                                   scale=scale, name=name)
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
                f"float NCHW {spec.input.upper()} in [0, 1], output clamped" +
                (" (bicubic-upscaled input)" if spec.pre_upsample else ""))

@@ -179,7 +179,8 @@ def add_overwrite_option(p: argparse.ArgumentParser, help: str = "replace existi
 
 
 class Stopped(Exception):
-    """Ctrl-C / SIGTERM while an output was being made, said (by `said_stopped`) in one line."""
+    """Ctrl-C / SIGTERM while an output was being made, said (by `said_stopped`) in one line; the
+    CLI (`cli._command_status`) ends with its `status`."""
 
     def __init__(self, status: int):
         super().__init__(status)

@@ -18,17 +18,14 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.batch import check_writable
     from ..inference.load import check_trained
     from ..training import prune
-    from .options import Stopped, said_stopped
+    from .options import said_stopped
     from .quantize import refuse_graph
     refuse_graph(args.model, "prune")
     check_trained(args.model, args.allow_untrained)
     check_writable(Path(args.output).parent, args.output)  # one clear line, not a temporary file's OSError
-    try:
-        with said_stopped("prune", args.output):
-            r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,
-                                       filter_ratio=args.filter_ratio, overwrite=args.overwrite)
-    except Stopped as exc:
-        return exc.status
+    with said_stopped("prune", args.output):
+        r = prune.prune_checkpoint(args.model, args.output, sparsity=args.sparsity, method=args.method,
+                                   filter_ratio=args.filter_ratio, overwrite=args.overwrite)
     (before_p, after_p), (before_m, after_m) = r.params, r.macs
     print(f"params {before_p:,} -> {after_p:,} ({before_p / after_p:.2f}x fewer), "
           f"MACs per 256x256 input {before_m / 1e9:.2f}G -> {after_m / 1e9:.2f}G "

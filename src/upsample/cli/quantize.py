@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import Stopped, add_output_option, add_overwrite_option, add_untrained_option, said_stopped
+from .options import add_output_option, add_overwrite_option, add_untrained_option, said_stopped
 
 # runtime.int8.SUFFIX by backend name (a test checks it), so that `quantize --help` needs no torch
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
@@ -22,13 +22,6 @@ def refuse_graph(model: str, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _quantize(args)
-    except Stopped as exc:
-        return exc.status
-
-
-def _quantize(args: argparse.Namespace) -> int:
     from ..inference.load import check_trained, is_untrained, resolve_model, scale_of
     from ..runtime import export, quantize
     refuse_graph(args.model, "quantize")

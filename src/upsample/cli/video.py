@@ -81,14 +81,11 @@ def _known_scale(model: str | None, scale: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .options import Stopped, check_half, check_scale_text, said_stopped
+    from .options import check_half, check_scale_text, said_stopped
     check_half(args)
     check_scale_text(args.scale)  # before torch and the model load
-    try:
-        with said_stopped("video", args.output):
-            summary = _upscale(args)
-    except Stopped as exc:
-        return exc.status
+    with said_stopped("video", args.output):
+        summary = _upscale(args)
     _report(Path(args.output), summary)
     return 0
 
