@@ -28,7 +28,7 @@ from PIL import Image
 from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
-from ..media.imageio import atomic_output, atomic_save, is_image_path, list_images
+from ..media.imageio import atomic_output, atomic_save, header_size, is_image_path, list_images
 from .pairs import (collect_images, folder_key, missing_text, name_bytes, one_name_each, read_file_list,
                     relative_hint, train_val_files)
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
@@ -252,19 +252,10 @@ def check_val_list(path: Path) -> None:
         raise UserError(f"data.val_list: {missing_text(missing, path)}")
     if not files:
         raise UserError(f"data.val_list: no files in {path}")
-    others = [f for f in files if is_video_path(f) or not (is_image_path(f) or _pillow_reads(f))]
+    others = [f for f in files if is_video_path(f) or not (is_image_path(f) or header_size(f))]  # by header too
     if others:  # read as pictures after the training images were decoded: refused then, minutes later
         raise UserError(f"data.val_list: {len(others)} entries of {path} are not pictures, e.g. {others[0]}: "
                         "validation reads pictures; list image files only")
-
-
-def _pillow_reads(path: Path) -> bool:
-    """Whether Pillow knows `path`'s header (a JPEG named .jfif, a PNG without an extension)."""
-    try:
-        with Image.open(path):
-            return True
-    except Exception:  # noqa: BLE001 - any failure to identify: not a picture Pillow reads
-        return False
 
 
 def training_images(train: list[str], *, val_list: str = "", val_fraction: float = 0.05,
