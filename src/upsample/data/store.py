@@ -31,7 +31,7 @@ from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, read_rgb
 
-FORMAT = 1  # bump when the layout of the pixels or the index changes
+FORMAT = 2  # bump when the layout of the pixels or the index changes (2: pictures upright by EXIF)
 
 
 def default_root() -> Path:

@@ -39,7 +39,7 @@ from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize, scale_period
 from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
-from ..media.imageio import atomic_save, list_images, open_image, read_rgb, skip_reason
+from ..media.imageio import atomic_save, header_size, list_images, open_image, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
 from ..inference.load import check_scale, load_upscaler
@@ -190,7 +190,7 @@ class Run:
         """Every image's size checked from its header before the first is evaluated: a small
         picture among many stops the run at once, not after an hour of evaluation."""
         for path in images:
-            w, h = open_image(path, decode=False).size
+            w, h = upright_size(path)
             try:  # a zero-strided stand-in: hr_for's crop without reading any pixel
                 self.check_size(hr_for(np.broadcast_to(np.uint8(0), (h, w)), self.scale, self.protocol).shape)
             except UserError as exc:
@@ -305,6 +305,13 @@ def lr_size(hw: tuple[int, ...], scale: float, protocol: Protocol) -> tuple[int,
     return hw[0] * q // p, hw[1] * q // p
 
 
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image as `read_rgb` gives it (turned by its EXIF orientation), from
+    its header; an unreadable file is a UserError naming it."""
+    with open_image(path, decode=False) as img:
+        return header_size(path) or img.size
+
+
 def pair_given_lr(run: Run, folder: str, images: list[Path], lr_root: Path,
                   by_key: dict[str, list[tuple[Path, str]]]) -> dict[Path, Path]:
     """{HR: its LR} of a --data folder; every LR's size checked from its header against its HR's
@@ -312,10 +319,10 @@ def pair_given_lr(run: Run, folder: str, images: list[Path], lr_root: Path,
     pairs = {}
     for hr in images:
         lr = pick_lr(hr, Path(folder), lr_root, by_key, run.scale)
-        w, h = open_image(hr, decode=False).size
+        w, h = upright_size(hr)
         measured = hr_for(np.broadcast_to(np.uint8(0), (h, w)), run.scale, run.protocol).shape
         want = lr_size(measured, run.scale, run.protocol)
-        lw, lh = open_image(lr, decode=False).size
+        lw, lh = upright_size(lr)
         if (lh, lw) != want:
             raise UserError(f"{lr}: the LR is {lw}x{lh}, but {hr.name} ({w}x{h}, {measured[1]}x{measured[0]} "
                             f"after the crop to the scale) needs {want[1]}x{want[0]} at x{run.scale:g}: "

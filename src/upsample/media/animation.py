@@ -8,6 +8,7 @@ Pillow only (no torch, no PyAV): `upsample image` imports it at start-up.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +27,7 @@ def image_frame_count(path: str | os.PathLike) -> int | None:
     image (a video, say). Only the header and frame index are read, never the pixels."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # a count: a damaged header's warnings come when it is read
             with Image.open(path) as im:
                 if im.format in VIDEO_FORMATS:
                     return None
@@ -38,8 +39,8 @@ def image_frame_count(path: str | os.PathLike) -> int | None:
                 return 1
     except Image.DecompressionBombError:
         return 1  # a (huge) still picture
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error):
+        return None  # damaged (a GIF cut inside its frames): `open_image` says so when it is read
 
 
 def is_animated_image(path: str | os.PathLike) -> bool:

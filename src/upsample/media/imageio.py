@@ -113,18 +113,34 @@ def _too_large(p: Path, exc: Exception) -> UserError:
 
 
 def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) from an image file's header, pixels unread and quietly (a large image's
-    decompression-bomb warning); None where it cannot be read (what reads it later says why)."""
+    """(width, height) of an image file as it is read (`read_rgb`, `read_planes`): upright, turned
+    as its EXIF orientation says (a phone's portrait photo is stored on its side), from the header,
+    pixels unread and quietly (a large image's decompression-bomb warning); None where it cannot
+    be read (what reads it later says why). An orientation only in a PNG's eXIf chunk after its
+    pixels is not seen (Pillow, libpng and exiftool write it before them)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                return img.size
+                return _upright_size(img)
     except Image.DecompressionBombError:  # a size is what is asked: the guard is for the pixels
         return _size_past_limit(path)
     except Exception:  # noqa: BLE001 - an unreadable file is no evidence of a size
         layout = _bmp_mask_layout(Path(path))  # a BMP layout Pillow refuses, read here
         return (layout[0], abs(layout[1])) if layout else None
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """`img`'s size once `upright` has turned it, from the header: orientations 5 to 8 swap the
+    sides. Pillow gives a TIFF's turned size already (it turns a TIFF as it loads)."""
+    w, h = img.size
+    if img.format == "TIFF":
+        return w, h
+    try:  # the base class's getexif: PngImageFile's would decode the pixels
+        orientation = Image.Image.getexif(img).get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: reading the picture says so
+        return w, h
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def _size_past_limit(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -141,7 +157,7 @@ def _size_past_limit(path: str | os.PathLike) -> tuple[int, int] | None:
                 if accepted and not isinstance(accepted, str):
                     fp.seek(0)
                     with contextlib.suppress(SyntaxError, IndexError, TypeError, struct.error, OSError):
-                        return factory(fp, os.fspath(path)).size
+                        return _upright_size(factory(fp, os.fspath(path)))
     except Exception:  # noqa: BLE001 - as header_size
         return None
     return None
@@ -158,19 +174,26 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     if p.is_dir():
         raise UserError(f"{p} is a folder, not an image file; name one image")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # Pillow's words on a damaged file: one note, below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", ".*EXIF", UserWarning)  # one note later (`_exif_of`)
+            for words in _METADATA_ONLY:  # real cameras' files: their pixels are whole
+                warnings.filterwarnings("ignore", words, UserWarning)
             img = _bitfields_bmp(p, note=decode) or Image.open(p)  # a header look: the note comes later
             if img.format == "TIFF" and img.tag_v2.get(0x0112) in (5, 6, 7, 8):
                 # Pillow turns a TIFF upright on load, but memory-maps an uncompressed gray or
                 # palette one at the turned size (its pixels scrambled); read it without the map
                 img.filename = ""
-            if img.format in ANIMATION_FORMATS and getattr(img, "is_animated", False):
+            if (frames := _animation_frames(img, p)) > 1:
                 how = ("convert it to .gif or a video, then use `upsample video`" if img.format == "WEBP"
                        else f"upscale it with `upsample video {p} -o OUT.mp4`")  # FFmpeg: no animated WebP
-                raise UserError(f"{p} is an animation of {img.n_frames} frames, and `upsample image` "
+                raise UserError(f"{p} is an animation of {frames} frames, and `upsample image` "
                                 f"writes one picture: {how}")
+            if img.format == "JPEG" and _jpeg_scan_is_empty(p):
+                raise UserError(f"cannot read image {p}: its header is whole but no picture data follows it "
+                                "(libjpeg would paint it gray); the file is damaged or was cut short: copy "
+                                "it again from its source")
             if decode:
                 if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
                     print(f"note: {p} holds {img.n_frames} pages; the first is upscaled", file=sys.stderr)
@@ -179,12 +202,64 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
         raise _too_large(p, exc) from None
     except PermissionError:
         raise UserError(f"cannot read image {p}: permission denied (check the file's owner and mode)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        # IndexError, struct.error: Pillow's parsers on a damaged header or frame index
         kind = _unread_kind(p) if isinstance(exc, UnidentifiedImageError) else None
         why = str(exc).replace(f" '{p}'", "").replace(f" {p}", "")  # Pillow's names the file again
+        if kind is None and why.startswith(_DECODE_FAILURES):  # the header was read: the pixels are damaged
+            kind = f"its pixel data is damaged or cut short ({why}); copy the file again from its source"
         raise UserError(f"cannot read image {p}: {kind}" if kind else
                         f"cannot read image {p}: {why}; the file is corrupt or not an image") from None
+    damage = [w for w in caught if issubclass(w.category, UserWarning)]  # Pillow's words on bad data
+    if decode and damage:  # read all the same, from a file its decoder found damaged: the user is told
+        words = "; ".join(dict.fromkeys(str(w.message) for w in damage))
+        print(f"note: {p}: the file is damaged ({words}); what could be read is used, check the result",
+              file=sys.stderr)
     return img
+
+
+# Pillow's warnings of odd metadata, not of damaged pixels (a camera's TIFF tag with more values
+# than the standard's, a phone's JPEG whose MPO index Pillow does not follow)
+_METADATA_ONLY = ("Metadata Warning", "Image appears to be a malformed MPO", "XMP data")
+
+# Pillow's words when a decoder fails inside the pixels of a file whose header it read
+_DECODE_FAILURES = ("decoder error", "broken data stream", "image file is truncated", "unrecognized data stream",
+                    "failed to read next frame", "Truncated File Read")
+
+
+def _animation_frames(img: Image.Image, p: Path) -> int:
+    """The frames of an animation (GIF, APNG, WebP), 1 for any other image. Pillow counts them by
+    walking the file: one cut short inside its frames (a partial download) fails there with an
+    IndexError or struct.error, said as a UserError naming `p`."""
+    if img.format not in ANIMATION_FORMATS:
+        return 1
+    try:
+        return int(img.n_frames) if getattr(img, "is_animated", False) else 1
+    except (IndexError, struct.error, EOFError) as exc:
+        why = str(exc) or type(exc).__name__
+        raise UserError(f"cannot read image {p}: it ends inside its frames of animation ({why}); the file "
+                        "is cut short or damaged: copy it again from its source") from None
+
+
+def _jpeg_scan_is_empty(p: Path) -> bool:
+    """Whether the first scan of a JPEG ends (EOI) right after its header: libjpeg decodes such a
+    file to a flat gray picture with only a warning, which Pillow drops. The header's segments are
+    seeked over, not read (an EXIF thumbnail or an ICC profile may be megabytes)."""
+    with open(p, "rb") as f:
+        f.seek(2)  # SOI
+        while len(head := f.read(2)) == 2 and head[0] == 0xFF:
+            if head[1] == 0xFF:  # a fill byte before the marker
+                f.seek(-1, os.SEEK_CUR)
+                continue
+            if head[1] == 0xD9 or 0xD0 <= head[1] <= 0xD7 or head[1] == 0x01:  # EOI, RSTn, TEM: no length
+                return head[1] == 0xD9
+            size = f.read(2)
+            if len(size) < 2:
+                return False  # cut short: Pillow says so
+            f.seek(struct.unpack(">H", size)[0] - 2, os.SEEK_CUR)
+            if head[1] == 0xDA:  # SOS: the entropy-coded data follows its header
+                return f.read(2) == b"\xff\xd9"
+    return False
 
 
 # BMP compressions whose pixels are laid out by bit masks: BI_BITFIELDS, BI_ALPHABITFIELDS
@@ -285,13 +360,18 @@ def _tiff_layout(p: Path) -> str | None:
     HDR or a scientific tool), said with what to do; None where its first directory is unreadable."""
     from PIL import TiffImagePlugin
     try:
-        with open(p, "rb") as f:
+        with open(p, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged directory's warnings: the message says it
             ifd = TiffImagePlugin.ImageFileDirectory_v2(f.read(8))
             f.seek(ifd.next)
             ifd.load(f)
     except Exception:  # noqa: BLE001 - a damaged directory: the generic words
         return None
     bits, form = ((v if isinstance(v, tuple) else (v,))[0] for v in (ifd.get(258, 1), ifd.get(339, 1)))
+    if not all(tag in ifd for tag in (256, 257)) or (form == 1 and bits in (1, 8, 16)):
+        # no width or height, or samples Pillow reads: not an odd layout but a damaged file
+        return (f"a TIFF whose directory of tags (at byte {ifd.next:,} of {p.stat().st_size:,}) is missing, "
+                "cut short or damaged; copy the file again from its source")
     kind = {1: "integer", 2: "signed integer", 3: "floating-point"}.get(form, "unusual")
     return (f"a TIFF of {ifd.get(277, 1)} x {bits}-bit {kind} samples a pixel, a layout Pillow "
             "cannot decode; save it as an 8- or 16-bit integer TIFF or PNG (32-bit float: gray only)")
@@ -316,13 +396,37 @@ def _unread_kind(p: Path) -> str | None:
         return _tiff_layout(p)
     name = (_UNREAD_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp"
             else "JPEG XL" if head[:2] == b"\xff\x0a" or head == b"\0\0\0\x0cJXL \r\n\x87\n" else None)
-    if name is None:
+    if name is not None:
+        return f"a {name} picture, which this install cannot decode; convert it to JPEG or PNG first"
+    return _not_a_picture(p, head)
+
+
+# First bytes of video files (MP4/MOV brands, Matroska/WebM, AVI) misnamed as pictures.
+_VIDEO_BRANDS = (b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"qt  ", b"M4V ",
+                 b"dash", b"3gp4", b"3gp5", b"3g2a", b"MSNV", b"f4v ")
+
+
+def _not_a_picture(p: Path, head: bytes) -> str | None:
+    """What a file named as a picture is instead, by its first bytes: a video (an MP4 renamed
+    .png), or text (an error page saved by a download tool); None where they do not tell."""
+    video = ((head[4:8] == b"ftyp" and head[8:12] in _VIDEO_BRANDS) or head[:4] == b"\x1a\x45\xdf\xa3"
+             or (head[:4] == b"RIFF" and head[8:12] == b"AVI "))
+    if video:
+        return (f"it is a video file, not a picture (whatever its .{p.suffix.lstrip('.')} name says); "
+                "upscale it with `upsample video`, or rename it to its own extension")
+    try:
+        with open(p, "rb") as f:
+            text = f.read(512).decode("utf-8")
+    except (OSError, UnicodeDecodeError):  # binary, or a multi-byte character cut at 512: not told apart
         return None
-    return f"a {name} picture, which this install cannot decode; convert it to JPEG or PNG first"
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"it is a text file, not a picture (it begins {text[:40].strip()!r}); copy the real file again"
+    return None
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """uint8 HWC RGB array of an image file (gray and palette images are expanded to RGB), 16-bit
+    """uint8 HWC RGB array of an image file, upright (its EXIF orientation applied, as `read_planes`
+    and cv2.imread do; `header_size` is its size), gray and palette images expanded to RGB, 16-bit
     levels taken to 8 bits as MATLAB's im2uint8 does, round(v / 257): Pillow reads a 16-bit RGB(A)
     PNG, TIFF or PPM by its high bytes (v >> 8, up to a level lower), so those are decoded at 16
     bits first (`read_planes`; its alpha is dropped, as here for 8 bits)."""
@@ -333,7 +437,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         if color.dtype == np.uint16:  # else a layout only Pillow reads (read_planes said so in a note)
             eight = np.clip(np.round(color / 257.0), 0, 255).astype(np.uint8)
             return np.ascontiguousarray(np.repeat(eight, 3, axis=2) if eight.shape[2] == 1 else eight)
-    img = open_image(path)
+    img = upright(open_image(path), path)
     if img.mode in _DEEP_GRAY:  # 16-bit levels in any byte order (a Mac's TIFF is I;16B)
         deep = np.asarray(img).astype(np.float64) / 257.0
         img = Image.fromarray(np.clip(np.round(deep), 0, 255).astype(np.uint8))
@@ -673,15 +777,23 @@ def _read_planes(path: str | os.PathLike) -> Planes:
         except UserError:  # a layout FFmpeg does not decode: Pillow's 8 bits, said so
             print(f"note: {path}: 16-bit RGB {img.format} read as 8-bit (FFmpeg cannot decode this layout)",
                   file=sys.stderr)
+    return planes_from_pil(upright(img, path), path)
+
+
+def upright(img: Image.Image, path) -> Image.Image:
+    """`img` turned as its EXIF orientation says (a phone's portrait photo is stored on its side;
+    cv2.imread, hence BasicSR, and viewers turn it too), its ICC profile kept. `header_size` gives
+    the size it has. A broken EXIF block is a UserError naming `path`, not a guessed orientation."""
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*EXIF", UserWarning)  # damaged EXIF: one note, below
-            upright = ImageOps.exif_transpose(img)
-    except Exception as exc:  # a broken EXIF block: say so rather than guess the orientation
-        raise UserError(f"cannot apply the EXIF orientation of {path}: {exc}") from None
-    if upright is not img:
-        upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
-    return planes_from_pil(upright, path)
+            warnings.filterwarnings("ignore", ".*EXIF", UserWarning)  # damaged EXIF: one note (`_exif_of`)
+            turned = ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of the block
+        raise UserError(f"cannot apply the EXIF orientation of {path}: {exc}; remove the EXIF block "
+                        "(e.g. exiftool -all= FILE) or save the picture again") from None
+    if turned is not img:
+        turned.info.setdefault("icc_profile", img.info.get("icc_profile"))
+    return turned
 
 
 def storable_path(mode: str, path: str | os.PathLike) -> Path:

@@ -304,7 +304,12 @@ def open_input(path: Path):
         if name in av.codecs_available:  # its decoder is here: no picture of it could be read
             raise UserError(f"cannot decode the video of {path}: no {name} picture in it could be read "
                             "(the file is cut short or damaged)")
-        raise UserError(f"cannot decode the video of {path}: codec {name!r} is not supported here")
+        if vin.codec_context is None:  # no codec FFmpeg knows named in the header: a damaged id, most often
+            raise UserError(f"cannot decode the video of {path}: its header names no codec FFmpeg knows "
+                            "(the file is damaged, or made by a tool this install cannot read); copy it "
+                            "again, or convert it to H.264 with another tool")
+        raise UserError(f"cannot decode the video of {path}: codec {name!r} is not supported here; "
+                        "convert it to H.264 with another tool")
     return container
 
 
