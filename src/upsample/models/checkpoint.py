@@ -157,8 +157,30 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     except Exception as exc:  # pickle/zip errors of many types; weights_only refuses code
         failed = exc
     else:
+        if magic == b"PK\x03\x04":
+            _check_zip_checksums(path)
         return unwrap_state(obj, path), {}
     return _read_refused_torch_file(path, failed), {}  # outside `except`: its refusal chains nothing
+
+
+def _check_zip_checksums(path: Path) -> None:
+    """A UserError for a torch zip file whose records fail their CRC-32: torch.load does not check
+    them, so a flipped bit in a tensor's bytes (a bad disk, a broken copy) loaded other weights
+    without a word. Records saved without a checksum (CRC 0) are passed over."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.CRC == 0:  # torch's save config may skip the CRC (compute_crc32=False)
+                    continue
+                with z.open(info) as f:  # raises BadZipFile at the end of a record that fails
+                    while f.read(1 << 24):
+                        pass
+    except zipfile.BadZipFile as exc:
+        raise UserError(f"{path} is damaged: {exc} (the bytes differ from those saved: a bad disk or "
+                        "a broken copy); copy the file again from its source") from None
+    except (zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return  # torch read it: whatever zipfile cannot open is no checksum failure
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -177,7 +199,12 @@ def _read_refused_torch_file(path: Path, exc: Exception) -> dict[str, torch.Tens
     """The state dict of a file `torch.load(weights_only=True)` refused with `exc`, where it is a
     pickled model read inertly; else the UserError that says what the file is."""
     text = str(exc)
-    refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed|\.?\n|$)", text)
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", text)
+    if blocked:  # os.system, subprocess...: not a pickled model, nothing to read inertly
+        raise UserError(f"cannot read {path}: unpickling it would call {blocked.group(1)} (module "
+                        f"{blocked.group(2)}, which can run code), so nothing of it was loaded or run; "
+                        "use a plain state dict (torch.save(model.state_dict(), ...)) from a source you trust")
+    refused = re.search(r"WeightsUnpickler error: \s*(.*?)(?: was not an allowed|\.?\n|$)", text)
     if refused:
         if path.name == "last_state.pt":  # the trainer's resume state: its weights lie beside it
             raise UserError(f"{path} is a training run's resume state; use the weights beside it: "
@@ -185,6 +212,7 @@ def _read_refused_torch_file(path: Path, exc: Exception) -> dict[str, torch.Tens
         state = read_pickled_modules(path)
         if state is not None:
             return state
+        _refuse_plain_pickle(path)
         raise UserError(f"cannot read {path}: it holds more than tensors ({refused.group(1)}) and "
                         "unpickling it could run code; re-save it as a plain state dict")
     if _is_torchscript(path):
@@ -195,11 +223,35 @@ def _read_refused_torch_file(path: Path, exc: Exception) -> dict[str, torch.Tens
         raise UserError(f"{path} is a zip archive of other files ({', '.join(names[:3])}"
                         f"{' ...' if len(names) > 3 else ''}), not a PyTorch checkpoint; give the "
                         ".pth/.safetensors file itself (unpack the archive first)")
+    _refuse_plain_pickle(path)
     reason = text.splitlines()[0].split(". ")[0] if text else ""
     if not re.search("[A-Za-z]{3}", reason):  # a bare number (a pickle's unknown memo key)
         reason = f"{type(exc).__name__} {reason}".strip()
     raise UserError(f"cannot read {path} as a PyTorch checkpoint: {reason}; the file is corrupt "
                     "or truncated")
+
+
+# the first object torch.save's legacy (non-zip) format pickles
+_TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+def _refuse_plain_pickle(path: Path) -> None:
+    """A UserError for a Python pickle that torch.save did not write (pickle.dump of a dict, a
+    list, other tools' objects), which torch reported as "Invalid magic number; corrupt file?";
+    returns for a torch file. The first object is read inertly, as `read_pickled_modules` does."""
+    if _zip_names(path) is not None:
+        return
+    try:
+        with open(path, "rb") as f:
+            first = _InertUnpickler(f).load()
+    except Exception:  # noqa: BLE001 - not even a pickle: the caller says corrupt
+        return
+    if isinstance(first, int) and first == _TORCH_LEGACY_MAGIC:
+        return
+    what = getattr(first, "origin", None) or (
+        f"a dict (keys: {_preview(first)})" if isinstance(first, Mapping) else f"a {type(first).__name__}")
+    raise UserError(f"{path} is a Python pickle of {what}, not a PyTorch checkpoint (torch.save): save "
+                    "the model's weights with torch.save(model.state_dict(), ...)")
 
 
 # ------------------------------------------------------- pickled model objects, read inertly
@@ -451,6 +503,9 @@ def detect_arch(state: dict[str, torch.Tensor], source: str = "checkpoint", *,
     Each architecture in registry.DETECTORS is asked in turn; the first to recognise it wins.
     `scale`: the model's, where known, for the one layout whose tensors do not tell it (RRDBNet
     with one upsampling conv: ESRGAN's x2 or our x3)."""
+    if not state:
+        raise UserError(f"{source} holds no tensors: an empty checkpoint; give a file saved from a "
+                        "trained model")
     for arch, detect in registry.DETECTORS:
         try:
             kwargs = detect(state)
@@ -493,7 +548,44 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
                  (("missing keys:", missing), ("unexpected keys:", unexpected), ("shape mismatches:", shapes))
                  if items]
         raise UserError(f"{source} does not fit {arch}: " + "; ".join(parts))
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
+    model.load_state_dict(_checked_weights(own, state, source), strict=True)
+
+
+def _checked_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str
+                     ) -> dict[str, torch.Tensor]:
+    """`state` in the model's dtypes; a UserError for weights that would load but compute garbage:
+    non-float tensors where the model's are float (a quantized or damaged file: they were cast
+    silently, and the picture was noise), tensors without plain data (sparse, meta), NaN or
+    infinity (a diverged run: a black picture written with exit 0), only zeros."""
+    odd = [f"{k} ({_odd_kind(state[k], own[k])})" for k in own if _odd_kind(state[k], own[k])]
+    if odd:
+        raise UserError(f"{source} holds tensors that are no plain float weights: {', '.join(odd[:3])}"
+                        f"{' ...' if len(odd) > 3 else ''}; a quantized, sparse or damaged file: give "
+                        "the float weights (model.state_dict())")
+    out = {k: state[k].to(own[k].dtype) for k in own}
+    floats = [k for k in own if own[k].is_floating_point()]
+    bad = {k: int((~torch.isfinite(out[k])).sum()) for k in floats}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        count = sum(bad.values())
+        raise UserError(f"{source} holds {count} NaN or infinite weight value{'s' * (count != 1)} (in "
+                        f"{', '.join(list(bad)[:3])}{' ...' if len(bad) > 3 else ''}): the weights are "
+                        "damaged (a training run that diverged?); give an earlier checkpoint")
+    if floats and not any(out[k].any() for k in floats):
+        raise UserError(f"{source} holds only zeros in every weight: an empty or damaged file, not a "
+                        "trained model")
+    return out
+
+
+def _odd_kind(tensor: torch.Tensor, own: torch.Tensor) -> str | None:
+    """What keeps `tensor` from standing in for the model's `own` one, or None."""
+    if tensor.is_meta:
+        return "meta, no data"
+    if tensor.layout != torch.strided:
+        return str(tensor.layout).removeprefix("torch.")
+    if own.is_floating_point() and not tensor.is_floating_point():
+        return str(tensor.dtype).removeprefix("torch.")
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -510,6 +602,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
                     "dtype": raw.get("dtype", "float32"), "colorspace": raw.get("colorspace", "rgb")}
         except (KeyError, ValueError) as exc:
             raise UserError(f"{path}: damaged upsample metadata ({exc})") from None
+        _check_meta_arch(arch, kwargs, path)
     else:
         tensors = normalize_keys(tensors)
         arch, kwargs = detect_arch(tensors, str(path), scale=scale)
@@ -524,6 +617,18 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     spec = model.upsample_spec
     meta.update(scale=spec.scale, input=spec.input, kind=spec.kind)
     return model.to(device).eval(), meta
+
+
+def _check_meta_arch(arch, kwargs, path) -> None:
+    """A UserError for our metadata naming an architecture this version lacks, or keywords that
+    are no JSON object (a KeyError or TypeError traceback before)."""
+    if arch not in registry.ARCHS:
+        raise UserError(f"{path}: its metadata names architecture {arch!r}, which this version of "
+                        f"upsample lacks (known: {', '.join(registry.ARCHS)}); a newer upsample's file, "
+                        "or damaged metadata")
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{path}: damaged upsample metadata (kwargs is a {type(kwargs).__name__}, "
+                        "not a JSON object)")
 
 
 def _check_channels(arch: str, kwargs: dict, path) -> None:

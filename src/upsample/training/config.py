@@ -356,8 +356,38 @@ def _fill(obj, table: dict, prefix: str):
             setattr(obj, key, _check_value(full, value, tp))
 
 
+def _validate_model_kwargs(model: ModelConfig) -> None:
+    """model.kwargs against the architecture's constructor: a known keyword, of its default's
+    type ({scale = "3"} failed inside torch with "can't multiply sequence by non-int"), and 1 (Y)
+    or 3 (RGB) channels in and the same out (num_in_ch = 4 built, then failed with a traceback)."""
+    from ..models import registry
+    try:
+        spec = registry.get_spec(model.name)
+    except UserError:  # an unknown name: the recipe's model check says so, with suggestions
+        return
+    defaults = registry.full_kwargs(spec.arch, {})
+    for key, value in model.kwargs.items():
+        if key not in defaults:
+            near = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.6)
+            hint = f"; did you mean model.kwargs.{near[0]}?" if near else ""
+            raise UserError(f"config: model.kwargs.{key} is not a keyword of {spec.arch}{hint} "
+                            f"(known: {', '.join(defaults)})")
+        want = type(defaults[key])
+        fits = isinstance(value, want) and (want is bool or not isinstance(value, bool)) or (
+            want is float and isinstance(value, int) and not isinstance(value, bool))
+        if defaults[key] is not None and not fits:
+            raise UserError(f"config: model.kwargs.{key} must be {want.__name__}, got "
+                            f"{type(value).__name__} {value!r}")
+    full = {**defaults, **spec.kwargs, **model.kwargs}
+    cin = full.get("num_in_ch", 3)
+    if spec.kind == "generator" and (cin not in (1, 3) or full.get("num_out_ch", cin) != cin):
+        raise UserError(f"config: model.kwargs gives {cin} input and {full.get('num_out_ch', cin)} output "
+                        "channels; upsample trains models of 1 (Y) or 3 (RGB) channels in and out")
+
+
 def validate(cfg: Config) -> None:
     """A UserError naming the first key whose value `upsample train` cannot run with."""
+    _validate_model_kwargs(cfg.model)
     for key, choices in CHOICES.items():
         value = get_key(cfg, key)
         if not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
@@ -521,23 +551,43 @@ def read_toml(path: str | Path) -> dict:
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(_recipe_text(p))
     except tomllib.TOMLDecodeError as exc:
         yaml = " (a YAML file, e.g. BasicSR options, is no recipe: recipes are TOML, as configs/*.toml)" \
             if p.suffix.lower() in (".yml", ".yaml") else ""
-        raise UserError(f"config {p}: invalid TOML: {exc}{yaml}") from None
-    except UnicodeDecodeError:  # tomllib decodes the whole file first: an image, a checkpoint
-        raise UserError(f"cannot read recipe {p}: not a TOML text file; give a recipe (configs/*.toml)") from None
+        twice = " (a key given twice in one table?)" if "Cannot overwrite a value" in str(exc) else ""
+        raise UserError(f"config {p}: invalid TOML: {exc}{twice}{yaml}") from None
     except OSError as exc:  # an input, not the output location the CLI's generic handler suspects
         why = "permission denied (check the file's owner and mode)" if isinstance(exc, PermissionError) \
             else (exc.strerror or str(exc))
         raise UserError(f"cannot read recipe {p}: {why}") from None
 
 
+def _recipe_text(p: Path) -> str:
+    """The text of recipe `p`: UTF-8, as TOML is, with the byte-order mark Windows editors put
+    first passed over (tomllib called it an "Invalid statement" at line 1); UTF-16, another
+    encoding or a binary file is one UserError saying so."""
+    with open(p, "rb") as f:
+        data = f.read()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"cannot read recipe {p}: it is UTF-16 text; TOML is UTF-8: save it as UTF-8 "
+                        "(e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:  # an image, a checkpoint, a Latin-1 comment
+        line = data[:exc.start].count(b"\n") + 1
+        binary = b"\0" in data[:4096]
+        what = "not a TOML text file" if binary else f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
+        raise UserError(f"cannot read recipe {p}: {what}; give a recipe (configs/*.toml) saved as UTF-8") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a TOML recipe, apply `--set` overrides, check keys, types and ranges."""
-    return config_from_dict(read_toml(path), overrides)
+    table = read_toml(path)
+    if not table and not overrides:  # a truncated or wrong file trained the defaults, exit 0
+        raise UserError(f"config {path} is empty (no tables, no keys): a recipe names at least its "
+                        "[model]; start from one in configs/ (e.g. configs/tiny.toml)")
+    return config_from_dict(table, overrides)
 
 
 def to_dict(cfg: Config) -> dict:
