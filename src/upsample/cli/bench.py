@@ -77,11 +77,11 @@ def register(sub) -> None:
     p.add_argument("--backend", default="all", choices=["all", *BACKENDS], help="the backends to time")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="precision of the auto row (auto: what `--backend auto` picks)")
-    p.add_argument("--image", default=None,
+    p.add_argument("--image", default=None, type=path_text,  # "": was random pixels, without a word
                    help="a picture to measure on, resized/cropped to --size (default: random pixels)")
     p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda, or an OpenVINO device (CPU, GPU, NPU, AUTO)")
-    p.add_argument("--calib", default=None, metavar="DIR",
+    p.add_argument("--calib", default=None, metavar="DIR", type=path_text,
                    help="(default: none) make (once, into the cache) the int8 model that the auto row lets compete, "
                         "calibrated on these training images")
     add_untrained_option(p)
@@ -89,6 +89,6 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--runs", type=positive_int, default=3, help="timed runs (the median is reported)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--int8", action="append", default=[], metavar="FILE",
+    p.add_argument("--int8", action="append", default=[], metavar="FILE", type=path_text,
                    help="also time this `upsample quantize` output of the model (repeatable; default: none)")
     p.set_defaults(func=run)

@@ -27,8 +27,18 @@ def _check_folder_writable(folder: str, option: str) -> None:
     check_writable(Path(folder), folder, option)
 
 
+def _check_out_holds_no_source(out: str, sources: list[str]) -> None:
+    """-o a folder above a source (`data prepare imgs -o .`): every file in it is skipped as a
+    crop made before, and the error said "no images or videos in imgs" of a full folder."""
+    made_here = Path(out).resolve()
+    for src in sources:
+        if made_here in Path(src).resolve().parents:
+            raise UserError(f"-o {out} holds the source {src}: name a folder for the crops outside it")
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from ..data import prepare
+    _check_out_holds_no_source(args.out, args.src)
     _check_folder_writable(args.out, "-o")
     c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
                         every=args.every_n_frames, progress=True)
@@ -58,6 +68,8 @@ def run_check(args: argparse.Namespace) -> int:
 def run_clean(args: argparse.Namespace) -> int:
     from ..data import prepare
     _check_min_size(args.min_size)
+    if Path(args.quarantine).resolve() in Path(args.dir).resolve().parents:  # was "no images in DIR"
+        raise UserError(f"--quarantine {args.quarantine} holds {args.dir}: name a folder outside it")
     _check_folder_writable(args.quarantine, "--quarantine")
     n, problems, moved, left = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
                                              keep=args.keep, progress=True)
@@ -95,7 +107,7 @@ def register(sub) -> None:
     pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame (default 1)")
     pp.set_defaults(func=run_prepare)
     pc = dsub.add_parser("check", help="report unreadable, small, odd-mode and duplicate images")
-    pc.add_argument("dir", help="folder of training images (recursive)")
+    pc.add_argument("dir", type=path_text, help="folder of training images (recursive)")
     pc.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
     pc.set_defaults(func=run_check)
     pl = dsub.add_parser("clean", help="move the images `check` reports into a quarantine folder",
@@ -103,15 +115,15 @@ def register(sub) -> None:
                                      "moves nothing) into a quarantine folder; nothing is deleted. Files that "
                                      "a linked folder leads to outside DIR are left where they are, named, "
                                      "and the exit status is then 1.")
-    pl.add_argument("dir", help="folder of training images (recursive)")
-    pl.add_argument("--quarantine", required=True, metavar="DIR2",
+    pl.add_argument("dir", type=path_text, help="folder of training images (recursive)")
+    pl.add_argument("--quarantine", required=True, metavar="DIR2", type=path_text,
                     help="folder the problem files are moved to (QUARANTINE.tsv there says where each came from)")
     pl.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
     pl.add_argument("--keep", action="append", default=[], choices=PROBLEM_KINDS,
                     help="leave files with this kind of problem in place (repeatable; default: move all)")
     pl.set_defaults(func=run_clean)
     ps = dsub.add_parser("split", help="deterministic train.txt / val.txt file lists")
-    ps.add_argument("dir", help="folder of training images (recursive)")
+    ps.add_argument("dir", type=path_text, help="folder of training images (recursive)")
     ps.add_argument("--val", type=float, default=0.01, help="validation fraction (default 0.01)")
     ps.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     add_output_option(ps, dest="out", metavar="DIR", required=False,

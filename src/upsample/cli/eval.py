@@ -7,7 +7,7 @@ import json
 import math
 
 from ..errors import UserError
-from .options import add_overwrite_option, add_runtime_options, check_scale_text, path_text
+from .options import add_overwrite_option, add_runtime_options, check_bicubic_device, check_scale_text, path_text
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -23,9 +23,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from ..inference.batch import check_writable
     if args.json and args.json != "-":
         out = Path(args.json)
-        if out.is_dir() or (out.exists() and out.suffix.lower() != ".json"):
-            raise UserError(f"--json {out}: {'a folder' if out.is_dir() else 'an existing file that is not JSON'}; "
-                            "name a .json file")
+        what = ("a folder" if out.is_dir() or args.json.endswith(("/", "\\"))  # newdir/: a file "newdir" was written
+                else "an existing file that is not JSON" if out.exists() and out.suffix.lower() != ".json" else "")
+        if what:
+            raise UserError(f"--json {args.json}: {what}; name a .json file")
         check_writable(out.parent, out, "--json")  # not after an hour of evaluation
     if args.per_image and not args.json:
         raise UserError("--per-image adds one row per image to the JSON: use it with --json (FILE)")
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model, format_report
 
     _check_outputs(args)
+    check_bicubic_device(args.model, args.device)
     report = evaluate_model(args.model, args.data, scale=args.scale, crop=args.crop,
                             y_channel=False if args.rgb else None, protocol=args.protocol,
                             degrade=args.degrade, sigma=args.sigma, lr_dirs=args.lr, save_dir=args.save,
@@ -106,7 +108,7 @@ def register(sub) -> None:
     p.add_argument("--scale", default=None, help="upscaling factor (default: the model's own; bicubic "
                    "and the multi-scale vdsr need it: any positive number for bicubic)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", type=path_text, help="HR image folders")
-    p.add_argument("--json", metavar="FILE", nargs="?", const="-",
+    p.add_argument("--json", metavar="FILE", nargs="?", const="-", type=path_text,  # "": was "not given"
                    help="--json alone: print the results as JSON instead of the table (as bench and "
                         "models do); --json FILE: print the table and write the JSON to FILE "
                         "(default: the table only); an infinite PSNR (output identical to the HR) is null")
@@ -130,7 +132,8 @@ def register(sub) -> None:
                    help="border crop in pixels (default: the scale; catid: 4)")
     p.add_argument("--per-image", action="store_true", help="also one row per image in the JSON")
     add_overwrite_option(p, help="--save: replace pictures saved before (default: refuse)")
-    p.add_argument("--save", metavar="DIR", help="(default: none) also write the upscaled images here, and beside each "
+    p.add_argument("--save", metavar="DIR", type=path_text,
+                   help="(default: none) also write the upscaled images here, and beside each "
                    "a side-by-side montage NAME_sbs.png (original | model | bicubic | input)")
     p.add_argument("--lpips", action="store_true",
                    help="also LPIPS v0.1 on RGB (lower is better); needs the two files below")

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import UserError, one_line
-from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_memory, parse_size
-from .options import (add_model_options, add_output_option, add_overwrite_option, check_half,
-                      check_scale_text, job_count, path_text, silence)
+from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_size
+from .options import (add_model_options, add_output_option, add_overwrite_option,
+                      check_half, check_scale_text, job_count, memory_limit, path_text, silence)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tile_pad is not None and args.tile_pad < 0:  # the tiler says so too, after the model loads
         raise UserError(f"--tile-pad must be >= 0 (the tiles' overlap in input pixels), got {args.tile_pad}")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
-    max_memory = parse_memory(args.max_memory) if args.max_memory is not None else None
+    max_memory = memory_limit(args.max_memory)
     if args.max_pixels is not None:
         set_max_pixels(_pixels(args.max_pixels))
     batch.check_output_location(args.inputs, jobs, out)  # before a model loads
@@ -111,10 +111,14 @@ def _distinct(inputs: list[str]) -> list[str]:
 def _pixels(text: str) -> int:
     """--max-pixels: a count as "500M", "1.2G" or "40000000" (0: no limit)."""
     try:
-        return parse_size(text)
+        value = parse_size(text)
     except UserError:
+        value = -1
+    if value < 0 or (value == 0 and any(c in "123456789" for c in text)):
+        # a fraction that rounds to 0 pixels ("0.5", meant as 0.5G) turned the guard off
         raise UserError(f"--max-pixels must be a number of pixels, e.g. 500M, or 0 for no limit; "
-                        f"got {text!r}") from None
+                        f"got {text!r}")
+    return value
 
 
 def _outcomes(engines: "batch.Engines", todo: list, args: argparse.Namespace):

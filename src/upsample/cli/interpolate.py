@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
-        raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {out.name}")
+        raise UserError(f"the output is a safetensors checkpoint: name it *.safetensors, not {args.output}")
     from ..inference.batch import check_writable
     from ..media.imageio import check_new_file
     a, b = checkpoint_file(args.a), checkpoint_file(args.b)

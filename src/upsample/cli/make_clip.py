@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_output_option, add_overwrite_option
+from .options import add_output_option, add_overwrite_option, path_text
 
 
 MOTIONS = ("pan", "zoom", "panzoom")  # studies.clips.MOTIONS (a test checks it): no torch for --help
@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("make-clip", help="make a short test clip (pan/zoom) from a large still image")
-    p.add_argument("image", help="source image, larger than --size (e.g. an Urban100 image)")
+    p.add_argument("image", type=path_text, help="source image, larger than --size (e.g. an Urban100 image)")
     add_output_option(p, metavar="CLIP", help=".mkv, .mp4 or .mov file")
     p.add_argument("--size", default="512x288", help="frame size WIDTHxHEIGHT, even (default 512x288)")
     p.add_argument("--seconds", type=float, default=3.0, help="duration (default 3)")

@@ -13,7 +13,7 @@ import os
 import sys
 
 from ..errors import UserError
-from ..inference.sizes import check_scale
+from ..inference.sizes import check_scale, parse_memory
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
@@ -133,12 +133,44 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
                         "of 1/2/4/8 that fits, timed once per tile size)")
 
 
+# A --max-memory written without a unit under this ("1.5", "512": meant as GB, MB) was taken as
+# bytes, and refused only after the model had loaded and run; with one ("8KB") it is meant.
+MIN_UNITLESS_MEMORY = 1_000_000
+
+
+def memory_limit(text: str | None) -> int | None:
+    """--max-memory in bytes (None: not given); a small number without a unit refused before any
+    model loads."""
+    if text is None:
+        return None
+    value = parse_memory(text)
+    if value < MIN_UNITLESS_MEMORY and not any(c.isalpha() for c in text):
+        raise UserError(f"--max-memory {text} is {value} bytes, too little for any picture: write the "
+                        "unit, e.g. 2GB, 1.5G or 800MB")
+    return value
+
+
 def check_half(args: argparse.Namespace) -> None:
     """--half is half precision unchecked: with a --precision other than auto (which it replaces)
     the two ask for different things, and --precision fp32 was silently run in bf16."""
     if args.half and args.precision in ("fp32", "int8"):  # (bf16 / fp16: what --half asks for too)
         raise UserError(f"--half and --precision {args.precision} ask for two precisions: give one of "
                         "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
+
+
+def check_bicubic_device(model: str | None, device: str, scale: str | None = None, *,
+                         fastest: bool = False) -> None:
+    """bicubic (asked for, or the default model at `scale`: `--scale 1.5`) runs on torch: a
+    --device torch does not have (a typo, an OpenVINO name, cuda without a GPU) is the loader's
+    one line, where bicubic's build ended in torch's traceback."""
+    if device == "cpu":
+        return
+    if model is None:  # torch: only for a device other than the CPU
+        from ..inference.api import default_model
+        model = default_model(check_scale(scale) if scale is not None else 2.0, fastest=fastest)
+    if model == "bicubic":
+        from ..inference.load import check_device
+        check_device(device, "torch")
 
 
 def check_name_or_file(arg: str) -> None:

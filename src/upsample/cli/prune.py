@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_output_option, add_overwrite_option, add_untrained_option
+from ..errors import UserError
+from .options import add_output_option, add_overwrite_option, add_untrained_option, path_text
 
 
 # training.prune.METHODS (a test checks it), here so that `prune --help` needs no torch
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from .options import said_stopped
     from .quantize import refuse_graph
     refuse_graph(args.model, "prune")
+    if Path(args.output).suffix.lower() != ".safetensors":  # (said after the model loaded)
+        raise UserError(f"-o {args.output}: the pruned model is a safetensors checkpoint; name a *.safetensors file")
     check_trained(args.model, args.allow_untrained)
     check_writable(Path(args.output).parent, args.output)  # one clear line, not a temporary file's OSError
     with said_stopped("prune", args.output):
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("prune", help="remove filters (structured pruning) with torch-pruning",
                        description="Structured filter pruning of a trained model with torch-pruning.")
-    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
+    p.add_argument("model", type=path_text, help="a registered name (shipped weights) or a checkpoint")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--sparsity", type=float, default=0.5,
                      help="fraction of the parameters removed (default 0.5); the same fraction of "

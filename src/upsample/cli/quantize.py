@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option, add_untrained_option, said_stopped
+from .options import (add_output_option, add_overwrite_option, add_untrained_option, check_scale_text, path_text,
+                      said_stopped)
 
 # runtime.int8.SUFFIX by backend name (a test checks it), so that `quantize --help` needs no torch
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
@@ -25,9 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.load import check_trained, is_untrained, resolve_model, scale_of
     from ..runtime import export, quantize
     refuse_graph(args.model, "quantize")
+    check_scale_text(args.scale)  # "--scale must be ...", not "scale must be ...", and before the model
     out = Path(args.output)
     if out.suffix.lower() != SUFFIX[args.backend]:
-        raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {out.name}")
+        raise UserError(f"-o must end in {SUFFIX[args.backend]} for --backend {args.backend}, got {args.output}")
     from ..inference.batch import check_writable
     from ..media.imageio import check_new_file
     check_new_file(out, overwrite=args.overwrite, inputs=[args.model],
@@ -58,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",
                        description="Static int8 post-training quantization for ONNX Runtime or OpenVINO.")
-    p.add_argument("model", help="a registered name (shipped weights) or a checkpoint")
+    p.add_argument("model", type=path_text, help="a registered name (shipped weights) or a checkpoint")
     p.add_argument("--backend", required=True, choices=sorted(SUFFIX), help="the runtime the int8 model is for")
-    p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (training data, not benchmarks)")
+    p.add_argument("--calib", required=True, metavar="DIR", type=path_text,
+                   help="calibration images (training data, not benchmarks)")
     add_output_option(p, help="int8 model: .onnx (onnxruntime) or .xml (openvino)")
     p.add_argument("--scale", default=None, help="scale to calibrate at (VDSR; default: the model's)")
     p.add_argument("--samples", type=int, default=32, help="calibration images (one centre crop each; default 32)")

@@ -88,7 +88,7 @@ def register(sub) -> None:
                                    "data.batch_size is per process. Also under accelerate launch "
                                    "and deepspeed --module (its [deepspeed] section).")
     p.add_argument("config", type=path_text, help="TOML recipe, e.g. configs/espcn-x3.toml")
-    p.add_argument("--run-dir", metavar="DIR", help="default: runs/<config stem>")
+    p.add_argument("--run-dir", metavar="DIR", type=path_text, help="default: runs/<config stem>")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     g.add_argument("--reset", action="store_true", help="discard the run in --run-dir and start over")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..training import tune
-from .options import add_output_option, add_overwrite_option
+from .options import add_output_option, add_overwrite_option, path_text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,12 +25,12 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE; weak trials stopped early)",
                        description=tune.__doc__.splitlines()[0])
-    p.add_argument("config", help="TOML recipe; its [tune] section gives the search ranges")
+    p.add_argument("config", type=path_text, help="TOML recipe; its [tune] section gives the search ranges")
     p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study (default 10)")
     p.add_argument("--storage", default="sqlite:///tune.db",
                    help="Optuna storage URL; the study resumes from it (default: sqlite:///tune.db)")
     p.add_argument("--study", help="study name (default: the config's file stem)")
-    p.add_argument("--run-dir", metavar="DIR", help="trial run dirs (default: runs/tune/<study>)")
+    p.add_argument("--run-dir", metavar="DIR", type=path_text, help="trial run dirs (default: runs/tune/<study>)")
     add_output_option(p, dest="out", metavar="TOML", required=False,
                       help="best config TOML (default: <run dir>/best.toml); a file there that an "
                            "earlier call of this study did not write is refused without --overwrite")

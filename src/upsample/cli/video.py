@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.sizes import parse_count, parse_memory
-from .options import add_model_options, add_output_option, add_overwrite_option, path_text
+from ..inference.sizes import parse_count
+from .options import (add_model_options, add_output_option, add_overwrite_option,
+                      memory_limit, path_text)
 
 
 def _seconds(text: str | None, what: str, *, positive: bool = False) -> float | None:
@@ -84,10 +85,20 @@ def run(args: argparse.Namespace) -> int:
     from .options import check_half, check_scale_text, said_stopped
     check_half(args)
     check_scale_text(args.scale)  # before torch and the model load
+    _check_not_a_pipe(args.input, args.output)
     with said_stopped("video", args.output):
         summary = _upscale(args)
     _report(Path(args.output), summary)
     return 0
+
+
+def _check_not_a_pipe(src: str, dst: str) -> None:
+    """`-` as IN or -o (stdin, stdout to other tools): said as `image` says it, where it was "file
+    not found: -" and "-o - has no extension: name the container, e.g. -.mp4"."""
+    if src == "-":
+        raise UserError("input -: standard input is not read; save the video to a file and name that")
+    if dst == "-":
+        raise UserError("-o -: standard output is not written; name an output video file, e.g. out.mp4")
 
 
 def _check_start(src: Path, start: float | None, text: str | None) -> None:
@@ -121,6 +132,7 @@ def _upscale(args: argparse.Namespace):
     start, duration = _seconds(args.start, "--start"), _seconds(args.duration, "--duration", positive=True)
     batch = parse_count(args.batch, "--batch")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
+    max_memory = memory_limit(args.max_memory)  # before the model loads, as the counts above
     check_is_video(src)  # clear errors before a model is loaded
     _check_start(src, start, args.start)
     codec, pix_fmt, notes = choose_encoding(dst, source_pix_fmt(src), args.codec, args.pix_fmt)
@@ -143,7 +155,7 @@ def _upscale(args: argparse.Namespace):
     summary = upscale_video(src, dst, up, codec=codec, crf=args.crf, preset=args.preset,
                             pix_fmt=pix_fmt, start=start, duration=duration, batch=batch,
                             tile=args.tile, tile_batch=tile_batch,
-                            max_memory=parse_memory(args.max_memory) if args.max_memory is not None else None,
+                            max_memory=max_memory,
                             progress=True)
     return summary
 

@@ -34,12 +34,18 @@ def check_scale(scale, what: str = "scale") -> float:
     return s
 
 
+MAX_COUNT = 4096  # frames or tiles in one model call: far past any memory's worth
+
+
 def parse_count(text: str | int | None, flag: str) -> int | None:
     """"auto" (or None) -> None, else a whole number >= 1 (`flag` names the option in the error)."""
     if text is None or str(text) == "auto":
         return None
     if not str(text).isdigit() or int(text) < 1:
-        raise UserError(f"{flag} must be auto or a whole number >= 1, got {text}")
+        raise UserError(f"{flag} must be auto or a whole number >= 1, got {str(text)!r}")
+    if int(text) > MAX_COUNT:  # a typo: memory planning then spoke of negative megabytes
+        raise UserError(f"{flag} {text} is more than {MAX_COUNT} pictures at once; give a small number "
+                        "(e.g. 4) or auto")
     return int(text)
 
 

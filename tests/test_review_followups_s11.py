@@ -1,0 +1,29 @@
+"""Follow-ups of session 11's fuzzing reviews, fixed below the CLI (where a review found them
+through it): bicubic on a device torch lacks, absurd or empty counts."""
+from __future__ import annotations
+
+import pytest
+
+from upsample.errors import UserError
+from upsample.inference.load import load_upscaler
+from upsample.inference.sizes import MAX_COUNT, parse_count
+
+
+@pytest.mark.parametrize("device", ["abc", "GPU", "NPU.3", ""])
+def test_bicubic_on_a_device_that_is_not_here_is_one_error_from_the_api(device):
+    with pytest.raises(UserError, match="device"):
+        load_upscaler("bicubic", scale=2, device=device)
+
+
+@pytest.mark.parametrize("device", ["cpu", "CPU", "AUTO:CPU"])
+def test_bicubic_on_the_cpu_by_any_of_its_names_runs(device):
+    up = load_upscaler("bicubic", scale=2, device=device)
+    assert up.device.type == "cpu"
+
+
+@pytest.mark.parametrize("text,words", [("", "got ''"), (str(MAX_COUNT + 1), "more than"),
+                                        ("9" * 30, "more than"), ("0", "got '0'")])
+def test_counts_that_are_empty_zero_or_absurd_are_refused_by_name(text, words):
+    with pytest.raises(UserError, match=words):
+        parse_count(text, "--batch")
+    assert parse_count(str(MAX_COUNT), "--batch") == MAX_COUNT
