@@ -27,3 +27,15 @@ def test_counts_that_are_empty_zero_or_absurd_are_refused_by_name(text, words):
     with pytest.raises(UserError, match=words):
         parse_count(text, "--batch")
     assert parse_count(str(MAX_COUNT), "--batch") == MAX_COUNT
+
+
+@pytest.mark.parametrize("argv", [["export", "{d}/nope.onnx", "-o", "{d}/x.onnx"],
+                                  ["image", "{d}/a.png", "-o", "{d}/b.png", "--model", "{d}/nope.xml"]])
+def test_a_missing_graph_file_is_said_missing_not_an_unknown_model(tmp_path, capsys, argv):
+    from PIL import Image
+
+    from upsample.cli import main
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main([a.format(d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "model file not found" in err and "unknown model" not in err

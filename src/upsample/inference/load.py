@@ -48,6 +48,8 @@ def resolve_model(spec: str, scale: float | None = None, *,
                   file=sys.stderr)
         return model.eval(), spec
     path = Path(spec)
+    if not path.exists() and path.suffix.lower() in INT8_SUFFIXES:  # not "unknown model 'x.onnx'"
+        raise UserError(f"model file not found: {spec}")
     if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
         model, meta = checkpoint.load_checkpoint(path, scale=_whole(scale))  # says "not found" for a missing path
         model.trained_scales = _trained_scales(meta)
