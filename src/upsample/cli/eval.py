@@ -7,7 +7,8 @@ import json
 import math
 
 from ..errors import UserError
-from .options import add_overwrite_option, add_runtime_options, check_bicubic_device, check_scale_text, path_text
+from .options import (add_overwrite_option, add_runtime_options, check_bicubic_device, check_scale_text,
+                      output_text, path_text)
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -132,7 +133,7 @@ def register(sub) -> None:
                    help="border crop in pixels (default: the scale; catid: 4)")
     p.add_argument("--per-image", action="store_true", help="also one row per image in the JSON")
     add_overwrite_option(p, help="--save: replace pictures saved before (default: refuse)")
-    p.add_argument("--save", metavar="DIR", type=path_text,
+    p.add_argument("--save", metavar="DIR", type=output_text,
                    help="(default: none) also write the upscaled images here, and beside each "
                    "a side-by-side montage NAME_sbs.png (original | model | bicubic | input)")
     p.add_argument("--lpips", action="store_true",

@@ -195,11 +195,19 @@ def path_text(text: str) -> str:
     return text
 
 
+def output_text(text: str) -> str:
+    """An argparse type for where results go: `path_text`, and not "-" (no command writes to
+    standard output: a folder or file named "-" was made)."""
+    if path_text(text) == "-":
+        raise argparse.ArgumentTypeError("standard output is not written (-); name a file or folder")
+    return text
+
+
 def add_output_option(p: argparse.ArgumentParser, *, help: str, required: bool = True,
                       metavar: str = "OUT", dest: str = "output", default=None) -> None:
     """-o/--output, the one spelling of "where the result goes" (--out: a hidden old spelling)."""
     g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("-o", "--output", dest=dest, metavar=metavar, default=default, help=help, type=path_text)
+    g.add_argument("-o", "--output", dest=dest, metavar=metavar, default=default, help=help, type=output_text)
     g.add_argument("--out", dest=dest, metavar=metavar, default=default, help=argparse.SUPPRESS, type=path_text)
 
 

@@ -85,20 +85,18 @@ def run(args: argparse.Namespace) -> int:
     from .options import check_half, check_scale_text, said_stopped
     check_half(args)
     check_scale_text(args.scale)  # before torch and the model load
-    _check_not_a_pipe(args.input, args.output)
+    _check_not_a_pipe(args.input)
     with said_stopped("video", args.output):
         summary = _upscale(args)
     _report(Path(args.output), summary)
     return 0
 
 
-def _check_not_a_pipe(src: str, dst: str) -> None:
-    """`-` as IN or -o (stdin, stdout to other tools): said as `image` says it, where it was "file
-    not found: -" and "-o - has no extension: name the container, e.g. -.mp4"."""
+def _check_not_a_pipe(src: str) -> None:
+    """`-` as IN (stdin from other tools): said as `image` says it, where it was "file not found:
+    -" (-o -: `options.output_text`)."""
     if src == "-":
         raise UserError("input -: standard input is not read; save the video to a file and name that")
-    if dst == "-":
-        raise UserError("-o -: standard output is not written; name an output video file, e.g. out.mp4")
 
 
 def _check_start(src: Path, start: float | None, text: str | None) -> None:
