@@ -39,3 +39,17 @@ def test_a_missing_graph_file_is_said_missing_not_an_unknown_model(tmp_path, cap
     assert main([a.format(d=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert "model file not found" in err and "unknown model" not in err
+
+
+def test_make_clip_refuses_a_bad_size_without_importing_torch(tmp_path):
+    """make-clip said a bad --size after importing torch (3-16 s); its resize is numpy's now."""
+    import subprocess
+    import sys
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    probe = ("import sys\nfrom upsample.cli import main\nrc = main(sys.argv[1:])\n"
+             "print(rc, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", probe, "make-clip", str(tmp_path / "a.png"), "-o",
+                          str(tmp_path / "c.mkv"), "--size", "5x5"], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["2", "False"], run.stderr[-500:]
+    assert "even" in run.stderr

@@ -3,7 +3,7 @@
 No clips ship with the project, so the video codec study makes its material from large benchmark
 images (Urban100, B100): a window of --size moves over the image (pan), grows from the output
 size to the widest view the image allows or shrinks back (zoom), or both, with smooth (ease in,
-ease out) motion. Zoomed frames are resized with `degrade.imresize`. The clip is lossless
+ease out) motion. Zoomed frames are resized with MATLAB's bicubic (`data.bicubic`, torch-free). The clip is lossless
 (libx264rgb at qp 0, RGB kept bit for bit; FFV1 where that encoder is missing), so a codec study
 measures every codec against exactly these frames. Written under a temporary name, then renamed;
 each frame is encoded as it is made (never all held), with progress shown.
@@ -17,9 +17,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data.degrade import array_to_uint8, imresize
+from ..data.bicubic import imresize_array  # torch-free: make-clip says a bad argument at once
 from ..errors import UserError
 from ..inference.batch import check_writable
 from ..media.imageio import atomic_write, check_new_file, read_rgb
@@ -80,8 +79,8 @@ def clip_frame(img: np.ndarray, size: tuple[int, int], t: float, motion: str, zm
     y0 = int(round(min(max(cy - bh / 2.0, 0), ih - bh)))
     box = img[y0:y0 + bh, x0:x0 + bw]
     if (bw, bh) != (w, h):
-        x = torch.from_numpy(np.array(box)).permute(2, 0, 1)[None].double() / 255.0
-        box = array_to_uint8(imresize(x, size=(h, w))[0].permute(1, 2, 0).numpy())
+        x = np.asarray(box, np.float64).transpose(2, 0, 1) / 255.0
+        box = np.clip(np.round(imresize_array(x, size=(h, w)) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return np.ascontiguousarray(box)
 
 
