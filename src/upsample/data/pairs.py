@@ -56,8 +56,20 @@ def name_bytes(text: str) -> bytes:
 
 
 def file_list_text(paths: list[Path], out: Path) -> str:
-    """A file list as written to `out`: entries relative to its folder, one a line."""
-    return "".join(os.path.relpath(Path(p).resolve(), out.parent.resolve()) + "\n" for p in paths)
+    """A file list as written to `out`: entries relative to its folder, one a line, each as
+    `read_file_list` reads it back (`list_entry`)."""
+    return "".join(list_entry(os.path.relpath(Path(p).resolve(), out.parent.resolve()), p) + "\n" for p in paths)
+
+
+def list_entry(rel: str, path: Path) -> str:
+    """`rel` as a line that `read_file_list` reads back as itself: "./" before a name that starts
+    with # (a comment) or a space (stripped); a UserError for a name that no line can hold (a line
+    break in it: it was written as two missing entries; a space at its end: stripped)."""
+    if len(rel.splitlines()) != 1 or rel != rel.rstrip():
+        what = "a line break" if len(rel.splitlines()) != 1 else "a space at its end"
+        raise UserError(f"cannot write {str(path)!r} into a file list (one name a line): its name holds {what}; "
+                        "rename the file")
+    return os.path.join(".", rel) if rel[0] == "#" or rel != rel.lstrip() else rel
 
 
 def write_file_list(paths: list[Path], out: Path) -> None:
@@ -182,11 +194,26 @@ def collect_images(sources: list[str], what: str) -> list[tuple[Path, str]]:
                 raise UserError(f"{what}: folder not found: {p}{relative_hint(p)}")
             images = one_name_each(p, list_images(p)[0])
             if not images:
-                raise UserError(f"{what}: no images in {p}")
+                raise UserError(f"{what}: no images in {p}{hidden_hint(p)}")
             out += [(f, folder_key(p, f)) for f in images]
     if not out:
         raise UserError(f"{what}: no images in {', '.join(sources)}")
     return out
+
+
+def hidden_hint(folder: Path) -> str:
+    """For "no images in FOLDER": the hidden files (a leading dot) that were left out, where the
+    folder holds any (`.photo.png`, or only the `._photo.png` shadows of a macOS copy whose real
+    files did not come along); else nothing."""
+    try:
+        hidden = sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
+    except OSError:
+        return ""
+    if not hidden:
+        return ""
+    example = next((n for n in hidden if is_image_path(n)), hidden[0])
+    return (f" ({len(hidden)} hidden files, names starting with a dot, are left out, e.g. {example}: "
+            "rename a picture without the dot to use it)")
 
 
 def check_not_benchmark(paths: list[Path], what: str) -> None:
@@ -317,6 +344,21 @@ def check_patch_size(patch: int, scales: list, pre_upsample: bool, also: int = 1
                     f"patch must be whole pixels; use e.g. {near}{disc}")
 
 
+def no_image_fits(spec: PairSpec, shorter_sides) -> UserError:
+    """The error where no training image holds a patch: the size needed, the largest image's
+    shorter side, and the largest data.patch_size that it would hold (whole LR pixels)."""
+    need = max(spec.core(s) for s in spec.scales)
+    largest = int(max(shorter_sides, default=0))
+    if spec.pre_upsample:  # the core, patch rounded up to whole LR pixels, must fit
+        fit = min(largest // s * s for s in spec.scales)
+    else:
+        fit = largest // math.lcm(*spec.scales) * math.lcm(*spec.scales)
+    what = (f"set data.patch_size = {fit} or less, or add larger images" if fit
+            else f"add images of at least {need}x{need} px")
+    return UserError(f"data.train: no training image is at least {need}x{need} px (data.patch_size "
+                     f"{spec.patch}); the largest is {largest} px on its shorter side: {what}")
+
+
 def as_batch(batch):
     """DataLoader collate_fn for datasets whose __getitems__ already returns a batch."""
     return batch
@@ -352,7 +394,7 @@ class PairDataset(torch.utils.data.Dataset):
         keep = [i for i, (w, h) in enumerate(sizes) if min(w, h) >= need]
         self.skipped = len(files) - len(keep)
         if not keep:
-            raise UserError(f"data.train: no image is at least {need}x{need} px (data.patch_size)")
+            raise no_image_fits(spec, [min(size) for size in sizes])
         self.files = [files[i] for i in keep]
         p2 = 2 * self.pad
         total_mb = sum((sizes[i][0] + p2) * (sizes[i][1] + p2) * 3 for i in keep) / 2 ** 20

@@ -28,7 +28,7 @@ from ..media.imageio import (atomic_save, header_size, is_image_path, list_image
                              skip_reason)
 from ..media.animation import image_frame_count
 from ..media.progress import progress_bar, track
-from .pairs import (NAMES_TEXT, file_list_text, missing_text, one_name_each, outside, read_file_list,
+from .pairs import (NAMES_TEXT, file_list_text, hidden_hint, missing_text, one_name_each, outside, read_file_list,
                     split_copies_together, write_file_list)
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
@@ -196,9 +196,22 @@ def video_frames(path: Path, every: int):
             stream.thread_type = "AUTO"
             for n, frame in enumerate(container.decode(stream)):
                 if n % every == 0:
-                    yield n, frame.to_ndarray(format="rgb24")
+                    yield n, frame_rgb(frame)
     except av.error.FFmpegError as exc:  # its str leads with FFmpeg's errno: "[Errno 1094995529] ..."
         raise UserError(f"cannot decode video {path}: {exc.strerror or exc}") from None
+
+
+def frame_rgb(frame) -> np.ndarray:
+    """uint8 RGB HWC of a decoded video frame, converted as `upsample video` converts the frames it
+    feeds an RGB model (inference.video: bicubic chroma, accurate rounding, the frame's range and
+    matrix): `to_ndarray`'s default bilinear chroma and fast rounding gave training pictures ~2
+    levels off those, softer at colour edges (up to 134 levels there)."""
+    import av
+
+    flags = av.video.reformatter.Interpolation
+    return frame.reformat(format="rgb24", src_color_range=frame.color_range or None,
+                          interpolation=flags.BICUBIC | flags.ACCURATE_RND | flags.FULL_CHR_H_INT
+                          | flags.FULL_CHR_H_INP).to_ndarray()
 
 
 def _frames(path: Path, name: str, every: int):
@@ -262,7 +275,8 @@ def _sources_to_cut(sources: list[str], out_dir: Path) -> list[tuple[Path, str]]
     if not todo:
         inside = any(made_here == Path(src).resolve() for src in sources)
         raise UserError(f"-o {out_dir} is the source folder itself: name another folder for the crops" if inside
-                        else f"no images or videos in {', '.join(sources)}")
+                        else f"no images or videos in {', '.join(sources)}"
+                        + (hidden_hint(Path(sources[0])) if len(sources) == 1 else ""))
     return todo
 
 
@@ -275,6 +289,9 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
         raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
     out_dir = Path(out)
     todo = _sources_to_cut(sources, out_dir)
+    if progress and (note := transparent_note([f for f, _ in todo if not is_video_path(f)], "data prepare",
+                                              "their crops are cut of")):
+        tqdm.write(note, file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     _drop_stale_parts(out_dir)
     params = f"# size={size} stride={stride} min_rest={min_rest} every={every}"
@@ -284,6 +301,7 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
     counts = {"sources": len(todo), "skipped_done": 0, "too_small": 0, "unreadable": 0,
               "crops": 0, "written": 0}
     bar = progress_bar(len(todo), progress, desc="prepare", unit=" file")
+    largest = 0  # the shorter side of the largest picture too small for a crop
     for path, name in todo:
         bar.update(1)  # started: the files already done are passed over as quickly
         st = path.stat()
@@ -312,12 +330,26 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             continue
         if small is not None and not n_crops:  # named, as the unreadable ones are
             tqdm.write(f"skipping: {path} is {small[1]}x{small[0]}, smaller than --size {size}", file=sys.stderr)
+            largest = max(largest, min(small[:2]))
         counts["crops"] += n_crops
         with open(out_dir / MANIFEST, "a", **NAMES_TEXT) as f:
             f.write(f"{key}\t{n_crops}\n")
         bar.set_postfix(crops=counts["crops"], refresh=False)
     bar.close()
+    if not counts["crops"]:  # exit 0 and "0 crops" read as done, and training found an empty folder
+        raise UserError(no_crops_text(counts, size, largest))
     return counts
+
+
+def no_crops_text(counts: dict, size: int, largest: int) -> str:
+    """Why `prepare` made no crop at all, and what to do."""
+    why = []
+    if counts["too_small"]:
+        lower = f"; lower --size to at most {largest}" if largest else "; lower --size"
+        why.append(f"{counts['too_small']} pictures are smaller than --size {size}{lower}")
+    if counts["unreadable"]:
+        why.append(f"{counts['unreadable']} files could not be read (named above; `upsample data check` lists them)")
+    return f"no crops made of the {counts['sources']} sources: " + ", ".join(why or ["nothing to cut"])
 
 
 # --- check / clean ---------------------------------------------------------------------------
@@ -356,6 +388,45 @@ def open_checked(path: Path) -> tuple[Image.Image | None, Problem | None]:
         return None, Problem(path, "truncated" if "truncated" in why.lower() else "unreadable", why)
 
 
+def has_alpha_channel(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+
+
+def transparent_images(files: list[Path], limit: int = 16) -> tuple[int, Path | None]:
+    """(how many of `files` have an alpha channel, by their headers; the first of them, of up to
+    `limit` decoded, with a transparent pixel, else None). Training reads their colour as stored,
+    under transparent pixels too (often black or garbage), where `upsample image` fills that
+    colour from the visible pixels first (`imageio.fill_hidden_colour`)."""
+    with_alpha = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                if has_alpha_channel(img):
+                    with_alpha.append(f)
+        except (OSError, SyntaxError, ValueError):  # reading the pixels says why
+            pass
+    for f in with_alpha[:limit]:
+        try:
+            with Image.open(f) as img:
+                if np.asarray(img.convert("RGBA"))[..., 3].min() < 255:
+                    return len(with_alpha), f
+        except (OSError, SyntaxError, ValueError):
+            pass
+    return len(with_alpha), None
+
+
+def transparent_note(files: list[Path], what: str, made: str) -> str | None:
+    """The note naming a picture of `files` with transparent pixels (`transparent_images`), `made`
+    saying what is made of their colour there, else None."""
+    count, example = transparent_images(files)
+    if example is None:
+        return None
+    return (f"note: {what}: {count} images have an alpha channel, e.g. {example} with transparent pixels: "
+            f"{made} their colour there as stored (often black), which `upsample image` fills from the visible "
+            "pixels; flatten them onto their background, or `upsample data clean FOLDER --quarantine Q` moves "
+            "them aside")
+
+
 def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None, np.ndarray | None]:
     """Problems of one file, the hash of its decoded pixels and its gray 16x16 thumbnail (None,
     None when unreadable)."""
@@ -369,8 +440,7 @@ def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None,
     mode = img.mode
     if mode == "CMYK":
         probs.append(Problem(path, "cmyk", "CMYK colour"))
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
+    if has_alpha_channel(img):
         alpha = np.asarray(img.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
             probs.append(Problem(path, "alpha", f"{mode} with transparent pixels"))
@@ -490,7 +560,7 @@ def clean(folder: str, quarantine: str, *, min_size: int, keep: list[str], progr
                         "find the files there; name a folder outside it")
     n, problems = scan(folder, min_size, exclude=qdir, progress=progress)
     if not n and not problems:  # as `check` takes it: a wrong folder, most likely
-        raise UserError(f"no images in {folder}")
+        raise UserError(f"no images in {folder}{hidden_hint(Path(folder))}")
     reasons: dict[Path, list[str]] = {}
     for pr in problems:
         if pr.kind not in keep:
@@ -549,7 +619,7 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
     note_not_images(root, others, "data split")
     images = without_lr(root, one_name_each(root, images), "data split")
     if not images:
-        raise UserError(f"no images in {root}")
+        raise UserError(f"no images in {root}{hidden_hint(root)}")
     if not 0 < val_fraction < 1:
         raise UserError(f"--val must be a fraction between 0 and 1, got {val_fraction}")
     keys = [p.relative_to(root).as_posix() for p in images]

@@ -29,11 +29,14 @@ from ..errors import UserError
 from ..media.progress import track
 from ..media.cache import entry_lock, own_dir_instead, part_dir
 from ..media.imageio import atomic_output, atomic_save, header_size, is_image_path, list_images
-from .pairs import (collect_images, folder_key, missing_text, name_bytes, one_name_each, read_file_list,
+from .pairs import (collect_images, folder_key, hidden_hint, missing_text, name_bytes, one_name_each, read_file_list,
                     relative_hint, train_val_files)
 from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
+# Bumped when decoding changes what a frame's pixels are, so that caches of the old decode are not
+# reused ("|rgb2": `prepare.frame_rgb`, converted as `upsample video` converts)
+FRAMES_VERSION = "|rgb2"
 
 
 def frames_root() -> Path:
@@ -43,7 +46,7 @@ def frames_root() -> Path:
 def frame_folder(video: Path, every: int, root: Path) -> Path:
     """The cache folder of `video`'s every `every`-th frame: a changed file gets a new one."""
     st = video.stat()
-    stamp = f"{os.path.realpath(video)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{every}"
+    stamp = f"{os.path.realpath(video)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{every}{FRAMES_VERSION}"
     return root / f"{video.stem}-{hashlib.sha1(name_bytes(stamp)).hexdigest()[:16]}"
 
 
@@ -100,12 +103,13 @@ def frames_bytes(video: Path, every: int) -> tuple[int, int]:
     return kept, int(kept * w * h * 3 * PNG_SHARE)
 
 
-def check_frames_fit(video: Path, every: int, folder: Path, progress: bool) -> None:
+def check_frames_fit(video: Path, every: int, folder: Path, progress: bool) -> int:
     """Before decoding: a UserError when the frames would not fit the cache's free space (every
-    frame of a long 1080p video is tens of GB), a note when they take more than 2 GB."""
+    frame of a long 1080p video is tens of GB), a note when they take more than 2 GB. Returns the
+    frames to keep that the header announces (0: it does not say)."""
     count, size = frames_bytes(video, every)
     if not size:
-        return
+        return count
     free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
     fewer = max(2, every * 2, -(-size * 2 // max(free, 1)) * every)
     if size > free * 0.9:
@@ -115,12 +119,23 @@ def check_frames_fit(video: Path, every: int, folder: Path, progress: bool) -> N
     if size > 2e9 and progress:
         print(f"note: caching {count} frames of {video.name} (~{size / 1e9:.1f} GB in {folder.parent}); "
               "data.video_every = K keeps every K-th frame only", file=sys.stderr)
+    return count
+
+
+def note_cut_short(video: Path, every: int, kept: int, announced: int) -> None:
+    """A note where far fewer frames decoded than the header announces: a video cut short (an
+    interrupted copy or download) decodes up to the cut without an error, and the run trained on
+    part of it without a word. (An estimate from the duration can be a frame or two off.)"""
+    if announced - kept >= 2 and kept < 0.9 * announced:
+        every_k = f" (every {every}-th)" if every > 1 else ""
+        print(f"note: data.train: {video} decoded to {kept} frames{every_k} of the {announced} its header "
+              "announces: the file may be cut short (copy it again); training on the frames it has", file=sys.stderr)
 
 
 def _decode_frames(video: Path, every: int, folder: Path, progress: bool) -> list[Path]:
     """Decode every `every`-th frame of `video` into `folder`, its frame list last; the frames."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    check_frames_fit(video, every, folder, progress)
+    announced = check_frames_fit(video, every, folder, progress)
     for _ in range(2):  # again if the folder was emptied meanwhile (`upsample cache clear all`)
         folder.mkdir(parents=True, exist_ok=True)
         names = []
@@ -134,6 +149,8 @@ def _decode_frames(video: Path, every: int, folder: Path, progress: bool) -> lis
             raise UserError(f"data.train: {exc}; remove the file from data.train (or from its folder)") from None
         if not names:
             raise UserError(f"data.train: {video} has no video frames to train on")
+        if progress:
+            note_cut_short(video, every, len(names), announced)
         with atomic_output(folder / FRAME_LIST) as tmp:
             tmp.write_text("".join(n + "\n" for n in names))
         files = cached_frames(folder)
@@ -178,7 +195,7 @@ def _folder_sources(folder: Path, video_every: int, frames: Path | None, progres
     images = one_name_each(folder, images)
     videos = one_name_each(folder, [f for f in others if is_video_path(f) and f.is_file()])
     if not images and not videos:
-        raise UserError(f"data.train: no images or videos in {folder}")
+        raise UserError(f"data.train: no images or videos in {folder}{hidden_hint(folder)}")
     if progress:  # the notes once, from the process that shows progress (rank 0)
         note_not_images(folder, [f for f in others if f not in videos], "data.train")
     images = without_lr(folder, images, "data.train", note=progress)

@@ -18,10 +18,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data import device_batches as dev_data
 from ..data import pairs as data
+from ..data import prepare
 from ..data import store
 from ..data.store import open_store
 from ..errors import UserError
@@ -44,19 +46,31 @@ def build_pairs(cfg: config_mod.Config, files: list[Path], spec: data.PairSpec, 
                 *, progress: bool, log):
     """The training pairs: a DeviceBatches over the image store, or a PairDataset."""
     if choose_pipeline(cfg, spec) == "workers":
-        return data.PairDataset(files, spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
-                                progress=progress)
+        pairs = data.PairDataset(files, spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
+                                 progress=progress)
+        if progress:
+            note_transparent(files, log)
+        return pairs
     if not progress:  # another rank of the run: rank 0 decodes first, its progress shown
         wait_for_master_to_build(files, cfg.data.store_dir or None)
     store, built = open_store(files, cfg.data.store_dir or None, progress=progress)
     if built:
         log(f"decoded {len(files)} training images into {store.path} "
             f"({store.pixels.nbytes / 2 ** 20:.0f} MB)")
+        note_transparent(files, log)  # once, with the decoding that it adds little to
     pairs = dev_data.DeviceBatches(store, spec, seed=cfg.train.seed, device=dev)
     if not len(pairs):
-        need = max(spec.core(s) for s in spec.scales)
-        raise UserError(f"data.train: no image is at least {need}x{need} px (data.patch_size)")
+        raise data.no_image_fits(spec, np.minimum(store.heights, store.widths).tolist())
     return pairs
+
+
+def note_transparent(files: list[Path], log) -> None:
+    """A note naming a training image with transparent pixels: their colour there is trained on
+    as stored, which `upsample image` never feeds a model, so the run learns edges that no
+    picture shows (`prepare.transparent_images`). Silent before."""
+    note = prepare.transparent_note(files, "data.train", "training learns")
+    if note:
+        log(note)
 
 
 MASTER_HEAD_START_S = 5.0  # how long another rank of the run leaves a new store to rank 0
