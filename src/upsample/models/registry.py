@@ -131,12 +131,35 @@ def spec_for(arch: str, kwargs: dict, name: str | None = None) -> ModelSpec:
     """The spec of architecture `arch` built with `kwargs` (defaults filled from the constructor)."""
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    check_kwargs(arch, kwargs, context=f"cannot build {arch} with {json.dumps(kwargs, default=str)}: ")
     full = full_kwargs(arch, kwargs)
     kind = "discriminator" if arch in DISCRIMINATORS else "generator"
     scale = None if arch in PRE_UPSAMPLE or kind == "discriminator" else int(full["scale"])
     return ModelSpec(name=name, arch=arch, kwargs=dict(kwargs), scale=scale,
                      input="y" if full.get("num_in_ch", 3) == 1 else "rgb",
                      pre_upsample=arch in PRE_UPSAMPLE, kind=kind)
+
+
+def check_kwargs(arch: str, kwargs: dict, *, label: str = "kwargs", context: str = "") -> None:
+    """A UserError (`context`, then `label`.key) naming the first of `kwargs` that `arch`'s
+    constructor does not take, or whose type is not its default's: other tools' metadata or a
+    recipe's {scale = "3"} failed inside torch ("can't multiply sequence by non-int") or in a
+    traceback (a list, a null)."""
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{context}{label} must be a table of keywords, got {type(kwargs).__name__} {kwargs!r}")
+    defaults = full_kwargs(arch, {})
+    for key, value in kwargs.items():
+        if key not in defaults:
+            near = difflib.get_close_matches(str(key), list(defaults), n=1, cutoff=0.6)
+            hint = f"; did you mean {label}.{near[0]}?" if near else ""
+            raise UserError(f"{context}{label}.{key} is not a keyword of {arch}{hint} "
+                            f"(known: {', '.join(defaults)})")
+        want = type(defaults[key])
+        fits = isinstance(value, want) and (want is bool or not isinstance(value, bool)) or (
+            want is float and isinstance(value, int) and not isinstance(value, bool))
+        if defaults[key] is not None and not fits:
+            raise UserError(f"{context}{label}.{key} must be {want.__name__}, got "
+                            f"{type(value).__name__} {value!r}")
 
 
 def _defaults(cls) -> dict:

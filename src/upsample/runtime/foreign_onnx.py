@@ -30,7 +30,7 @@ from .cache import ov_compiled, per_thread
 from .int8 import META_KEY
 from .kinds import Backend
 from .runner import Runner
-from .sessions import ort_session
+from .sessions import ort_reason, ort_session, ov_reason
 
 ARCH = "onnx"  # the spec's architecture: a graph with no torch module behind it
 PROBE_SIDE = 24  # probe input side where the graph's height and width are dynamic
@@ -73,8 +73,9 @@ def _port(value_info, path: Path, side: str, like: Port | None = None) -> Port:
         dims = [None] * 4  # rank unknown until it runs: the probe checks rank 4 (`_rank4`)
     if t.elem_type not in _TYPES or len(dims) != 4:
         kind = TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "no tensor"
-        raise UserError(f"{path}: its {side} {value_info.name!r} is not an image tensor ({kind} of "
-                        f"rank {len(dims)}); {_SHAPE_HINT}")
+        rank = f"of rank {len(dims)}" if t.HasField("shape") else "with no shape given"
+        raise UserError(f"{path}: its {side} {value_info.name!r} is not an image tensor ({kind} "
+                        f"{rank}); {_SHAPE_HINT}")
     if dims[1] in (1, 3):
         channels_last, channels, size = False, dims[1], (dims[2], dims[3])
     elif dims[3] in (1, 3):
@@ -88,13 +89,51 @@ def _port(value_info, path: Path, side: str, like: Port | None = None) -> Port:
     return Port(value_info.name, _TYPES[t.elem_type], channels_last, channels, dims[0], size)
 
 
+def _other_format(path: Path) -> str | None:
+    """What a file named .onnx is instead, by its first bytes (as models/checkpoint.py tells its
+    formats by content), with what to do; None for anything else. An empty file parsed as an
+    ONNX model of no graph ("0 inputs and 0 outputs"), the others as "Wire format was corrupt"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc}): check the file's owner and mode"
+    if not head:
+        return "is empty (0 bytes): an interrupted download or copy; get the file again"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip archive / legacy pickle
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                torch_zip = any(n.endswith("data.pkl") for n in z.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            torch_zip = head[:1] == b"\x80"
+        if not torch_zip:
+            return "is a zip archive, not an ONNX model: unpack it and give the .onnx inside"
+        return (f"is a PyTorch checkpoint (torch.save), not an ONNX model: name it {path.stem}.pth and "
+                "give that (`--model` reads checkpoints by their content)")
+    if len(head) > 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000:
+        return f"is a safetensors checkpoint, not an ONNX model: name it {path.stem}.safetensors and give that"
+    if head.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the model itself: fetch it (`git lfs pull`)"
+    if head.lstrip()[:1] == b"<":
+        return "is a text (HTML or XML) file, not an ONNX model: a web page saved in its place? get the file again"
+    return None
+
+
 def read_ports(path: Path) -> tuple[Port, Port]:
     """(input, output) of an ONNX graph that maps an image to an image."""
     import onnx
+    if (other := _other_format(path)) is not None:
+        raise UserError(f"{path} {other}")
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:  # protobuf decode errors of several types
-        raise UserError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf decode errors of several types ("Wire format was corrupt")
+        raise UserError(f"{path}: not a readable ONNX model (it does not decode as one): a damaged "
+                        "file, or another format named .onnx") from None
+    graph = model.graph
+    if not (graph.node or graph.input or graph.output):  # bytes that happen to decode, to nothing
+        raise UserError(f"{path}: not a readable ONNX model (it holds no graph): a damaged file, or "
+                        "another format named .onnx")
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:
@@ -159,14 +198,14 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
         try:  # f32 asked for on the CPU: on CPUs with bf16 units OpenVINO would otherwise pick bf16
             compiled = per_thread(ov_compiled(path, ov_precision, threads, ov_device))
         except RuntimeError as exc:  # OpenVINO's error for a graph it cannot read or compile
-            raise UserError(f"{path}: OpenVINO cannot compile it ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{path}: OpenVINO cannot compile it ({ov_reason(exc, path)})") from None
         return lambda a: np.asarray(compiled(a))
     try:
         sess = ort_session(str(path), device, threads)
     except UserError:
         raise
     except Exception as exc:  # onnxruntime's own error types for graphs it cannot take
-        raise UserError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: onnxruntime cannot load it ({ort_reason(exc, _opset(path))})") from None
     name = sess.get_inputs()[0].name
 
     def run(a):
@@ -174,8 +213,18 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
             return sess.run(None, {name: a})[0]
         except Exception as exc:  # onnxruntime's own error types: a size the graph cannot take
             raise UserError(f"{path} cannot run an input of shape {tuple(a.shape)} "
-                            f"({str(exc).splitlines()[0][:160]})") from None
+                            f"({ort_reason(exc)[:160]})") from None
     return run
+
+
+def _opset(path: Path) -> int | None:
+    """The graph's default-domain opset, for onnxruntime's refusals (None where unreadable)."""
+    import onnx
+    try:
+        imports = onnx.load(str(path), load_external_data=False).opset_import
+    except Exception:  # noqa: BLE001 - read_ports read it; this only adds to a message
+        return None
+    return next((o.version for o in imports if o.domain in ("", "ai.onnx")), None)
 
 
 def _axis_windows(n: int, side: int | None, context: int, multiple: int = 1) -> list[tuple[int, int, int]]:

@@ -19,10 +19,10 @@ from torch import nn
 
 from .kinds import Backend, Precision
 from .runner import Runner
-from .sessions import file_session
+from .sessions import file_session, ort_reason, ov_reason
 from ..errors import UserError
 from ..models import registry
-from .cache import cache_dir
+from .cache import cache_dir, readable_ir
 
 SUFFIX = {Backend.ONNXRUNTIME: ".onnx", Backend.OPENVINO: ".xml"}
 BACKEND_OF = {v: k for k, v in SUFFIX.items()}
@@ -64,12 +64,21 @@ def read_meta(path: Path) -> tuple[str, dict]:
             text = m.get_rt_info([META_KEY]).astype(str) if m.has_rt_info([META_KEY]) else None
     except UserError:
         raise
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable ONNX / OpenVINO model ({exc})") from None
+    except RuntimeError as exc:  # OpenVINO's: a missing or short .bin, a cut .xml
+        raise UserError(f"{path}: not a readable OpenVINO model ({ov_reason(exc, path)})") from None
+    except Exception:  # protobuf's decode errors of several types
+        raise UserError(f"{path}: not a readable ONNX model (it does not decode as one): a damaged "
+                        "file, or another format named .onnx") from None
     if not text:
         raise UserError(f"{path} was not written by `upsample quantize` (no {META_KEY} metadata); "
                         "run a checkpoint or a registered model instead")
-    meta = json.loads(text)
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or ("arch" in meta and not isinstance(meta.get("kwargs"), dict)):
+        raise UserError(f"{path}: damaged {META_KEY} metadata (not the JSON `upsample quantize` writes); "
+                        "quantize the model again")
     if "arch" not in meta:  # `upsample export`'s I/O contract: a graph, not an int8 model
         raise UserError(f"{path} is an `upsample export` OpenVINO graph, which is not run as a model: give "
                         f"its ONNX export instead (`upsample export {meta.get('model', 'MODEL')} --format onnx`) "
@@ -92,7 +101,14 @@ def load_runner(path: Path, backend: Backend, device: torch.device, *, threads: 
     if backend != file_backend:
         raise UserError(f"{path} is an int8 {file_backend} model: run it with --backend {file_backend}")
     spec = registry.spec_for(meta["arch"], meta["kwargs"], meta.get("name") or None)
-    run = file_session(path, backend, device, precision=ov_precision, threads=threads, ov_device=ov_device)
+    try:
+        run = file_session(path, backend, device, precision=ov_precision, threads=threads, ov_device=ov_device)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types (file_session says OpenVINO's)
+        if backend != Backend.ONNXRUNTIME:
+            raise
+        raise UserError(f"{path}: onnxruntime cannot load it ({ort_reason(exc)})") from None
     runtime = str(backend) if ov_device == "CPU" else f"{backend} {ov_device}"
     runner = Runner(run=run, spec=spec, runtime=runtime, precision=Precision.INT8)
     return runner, f"{meta.get('name') or meta['arch']} int8"
@@ -104,8 +120,11 @@ def cached_path(key: str, scale: float) -> Path:
 
 
 def find_cached(key: str, scale: float) -> Path | None:
+    """The cached int8 IR of the weights `key` at `scale`, where OpenVINO reads it whole: a damaged
+    one (a .bin cut short, an .xml cut off) is as none, so `--backend auto`'s gate skips it where
+    it failed with OpenVINO's traceback, and `--precision int8` says to make it again."""
     path = cached_path(key, scale)
-    return path if path.is_file() and path.with_suffix(".bin").is_file() else None
+    return path if readable_ir(path) else None
 
 
 def is_dense(model: nn.Module) -> bool:

@@ -5,6 +5,7 @@ The graph files come from `export` (cached by weights hash) or from `upsample qu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .cache import openvino_devices, ov_compiled, per_thread
+from .cache import cache_dir, file_vanished, openvino_devices, ov_compiled, per_thread
 from .export import cached_ir, cached_onnx
 from .kinds import Backend
 from .runner import Runner
@@ -36,6 +37,98 @@ def ort_session(source, device: torch.device, threads: int | None = None):
     return ort.InferenceSession(source, opts, providers=providers)
 
 
+# onnxruntime's text around its reason: "[ONNXRuntimeError] : 1 : FAIL : Load model from F failed:",
+# and the C++ source place, "/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...) "
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from .*? failed:\s*")
+_ORT_SOURCE = re.compile(r"(?:/onnxruntime_src/)?[\w/.]+\.(?:cc|h|cpp):\d+ ")
+
+
+def _without_signature(text: str) -> str:
+    """`text` less a C++ function signature at its start ("void a::b(const x&, int) "), told by
+    its balanced parentheses; a plain function name ("GetExtDataFromTensorProto ") goes too."""
+    head = re.match(r"(?:[\w:<>,&*]+ )*?[\w:<>]*::~?\w+\(", text)  # [type ]a::b::f(
+    if head is None:  # tensorprotoutils' bare "FunctionName Reason"
+        return re.sub(r"^[A-Z][a-z]+[A-Z]\w* (?=[A-Z])", "", text)
+    depth = 0
+    for i in range(head.end() - 1, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return re.sub(r"^\s*const\b", "", text[i + 1:]).strip()
+    return text
+
+
+def ort_reason(exc: BaseException, opset: int | None = None) -> str:
+    """onnxruntime's error as what matters, for a one-line message: an opset or IR version
+    newer than it takes, an external data file missing or short, else its text without its
+    error codes and C++ source places (a 790-character line before). `opset`: the graph's."""
+    text = " ".join(str(exc).split())
+    if m := re.search(r"Opset (\d+) is under development.*?ai\.onnx is till opset (\d+)", text):
+        return (f"opset {m[1]} is newer than this onnxruntime supports (max {m[2]}); "
+                f"re-export with opset <= {m[2]}")
+    if m := re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text):
+        return (f"ONNX IR version {m[1]} is newer than this onnxruntime reads (max {m[2]}); re-export it "
+                "with an older onnx package, or upgrade onnxruntime")
+    if m := re.search(r'External data path does not exist: "?([^"]+)"?', text):
+        return f"its external data file {m[1]} is missing: keep it beside the .onnx file"
+    if m := re.search(r"External initializer: (\S+) offset: (\d+) size to read: (\d+) given file_length: (\d+)",
+                      text):
+        return (f"its external data file is cut short ({m[4]} bytes; tensor {m[1]} needs bytes "
+                f"{m[2]} to {int(m[2]) + int(m[3])}): copy it again whole")
+    if m := re.search(r'In Node, \("([^"]*)", (\w+),.*?, Error (.*)', text):
+        under = f" under the graph's opset {opset}" if opset is not None else ""
+        old = "; onnxruntime takes opset 7 and later: re-export with a newer opset" if opset and opset < 7 else ""
+        return f"node {m[1]!r} ({m[2]}) is invalid{under}: {m[3]}{old}"
+    text = _ORT_PREFIX.sub("", text)
+    while m := _ORT_SOURCE.search(text):
+        text = text[:m.start()] + _without_signature(text[m.end():])
+    return text.strip()[:240]
+
+
+def ov_reason(exc: BaseException, path: Path) -> str:
+    """OpenVINO's error on reading the IR or ONNX file `path`, as one readable sentence: its
+    .bin missing or short, its XML cut short, else OpenVINO's reason without the "Exception
+    from src/...cpp:84" and "Check '...' failed at ..." lines around it."""
+    lines = [line.strip() for line in str(exc).replace("\\n", "\n").splitlines()]
+    lines = [re.sub(r"^Check '.*' failed at \S+:\d+:\s*", "", line) for line in lines
+             if line and not line.startswith("Exception from ")]
+    text = " ".join(line for line in lines if line)
+    path = Path(path)
+    weights = path.with_suffix(".bin")
+    size = path.stat().st_size if path.is_file() else None
+    if "bin file cannot be found" in text:
+        state = "empty" if weights.is_file() else "missing"
+        return f"its weights file {weights} is {state}: keep the .bin beside the .xml"
+    if "Incorrect weights in bin file" in text:
+        have = weights.stat().st_size if weights.is_file() else 0
+        return (f"its weights file {weights} is shorter than the graph needs ({have} bytes): cut short, or "
+                "the .bin of another graph; copy it again whole")
+    if m := re.search(r"(?:tag|attribute|comment|declaration|document|element|CDATA)\b.*? at offset (\d+)", text):
+        return f"its XML is damaged at byte {m[1]} of {size} (cut short?); copy it again whole"
+    if m := re.search(r"externally stored data in file \(([^,]+), offset: (\d+), data_length: (\d+)\)", text):
+        data = path.parent / m[1]
+        if not data.is_file():
+            return f"its external data file {data} is missing: keep it beside the .onnx file"
+        return (f"its external data file {data} is cut short ({data.stat().st_size} bytes; a tensor needs "
+                f"bytes {m[2]} to {int(m[2]) + int(m[3])}): copy it again whole")
+    if "Unable to read the model" in text:
+        return {0: "it is empty", None: "it does not exist"}.get(
+            size, "it is no OpenVINO IR (.xml) or ONNX model OpenVINO can read")
+    return text[:240]
+
+
+def _ov_compiled(path: Path, *args, **kwargs):
+    """`cache.ov_compiled`, with a file OpenVINO cannot read or compile as one line (UserError);
+    a file removed meanwhile stays OpenVINO's error, which `auto.cpu_runner` builds again on."""
+    try:
+        return ov_compiled(path, *args, **kwargs)
+    except RuntimeError as exc:
+        if file_vanished(exc):
+            raise
+        cached = Path(path).resolve().is_relative_to(cache_dir().resolve())
+        hint = "; it is in upsample's cache: `upsample cache clear` and run again" if cached else ""
+        raise UserError(f"{path}: OpenVINO cannot read or compile it ({ov_reason(exc, path)}){hint}") from None
+
+
 def file_session(path: Path, backend: str, device: torch.device, *, precision: str | None = "f32",
                  threads: int | None = None, ov_device: str = "CPU"):
     """A callable float NCHW tensor -> tensor running the graph in `path` (.onnx for onnxruntime,
@@ -49,7 +142,7 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == Backend.OPENVINO:
-        return _on_tensors(per_thread(ov_compiled(path, precision, threads, ov_device)))
+        return _on_tensors(per_thread(_ov_compiled(path, precision, threads, ov_device)))
     raise UserError(f"unknown backend {backend!r}")
 
 
@@ -66,7 +159,7 @@ def parallel_session(path: Path, *, precision: str | None, threads: int | None =
     `file_session`'s, safe to call from several threads at once, each on its own stream; how many
     threads keep it busy - OpenVINO's optimal number of requests). On 2 cores: 2 streams of one
     thread each, which ran espcn-x3's video frames 20 % faster than one frame over both threads."""
-    compiled = ov_compiled(path, precision, threads, ov_device, throughput=True)
+    compiled = _ov_compiled(path, precision, threads, ov_device, throughput=True)
     requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     return _on_tensors(per_thread(compiled)), requests
 

@@ -357,27 +357,16 @@ def _fill(obj, table: dict, prefix: str):
 
 
 def _validate_model_kwargs(model: ModelConfig) -> None:
-    """model.kwargs against the architecture's constructor: a known keyword, of its default's
-    type ({scale = "3"} failed inside torch with "can't multiply sequence by non-int"), and 1 (Y)
-    or 3 (RGB) channels in and the same out (num_in_ch = 4 built, then failed with a traceback)."""
+    """model.kwargs against the architecture's constructor: known keywords of their defaults'
+    types (`registry.check_kwargs`), and 1 (Y) or 3 (RGB) channels in and the same out
+    (num_in_ch = 4 built, then failed with a traceback)."""
     from ..models import registry
     try:
         spec = registry.get_spec(model.name)
     except UserError:  # an unknown name: the recipe's model check says so, with suggestions
         return
+    registry.check_kwargs(spec.arch, model.kwargs, label="model.kwargs", context="config: ")
     defaults = registry.full_kwargs(spec.arch, {})
-    for key, value in model.kwargs.items():
-        if key not in defaults:
-            near = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.6)
-            hint = f"; did you mean model.kwargs.{near[0]}?" if near else ""
-            raise UserError(f"config: model.kwargs.{key} is not a keyword of {spec.arch}{hint} "
-                            f"(known: {', '.join(defaults)})")
-        want = type(defaults[key])
-        fits = isinstance(value, want) and (want is bool or not isinstance(value, bool)) or (
-            want is float and isinstance(value, int) and not isinstance(value, bool))
-        if defaults[key] is not None and not fits:
-            raise UserError(f"config: model.kwargs.{key} must be {want.__name__}, got "
-                            f"{type(value).__name__} {value!r}")
     full = {**defaults, **spec.kwargs, **model.kwargs}
     cin = full.get("num_in_ch", 3)
     if spec.kind == "generator" and (cin not in (1, 3) or full.get("num_out_ch", cin) != cin):
