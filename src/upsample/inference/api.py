@@ -43,7 +43,8 @@ class ImageUpscaler:
     as LA / RGBA, I;16B / I;16L as I;16, L and RGB with a transparent colour (tRNS) as LA and
     RGBA (16-bit gray with one: refused); F, float gray in [0, 1], as F on that scale; I,
     0..65535, as I: both computed as 16-bit gray), array in array out, same dtype and shape; a
-    float tensor (NCHW or CHW, RGB or gray, in [0, 1]) in float out (`_upscale_tensor`), also by
+    float tensor (NCHW or CHW, RGB or gray, in [0, 1]: NaN, infinities and values far outside,
+    such as 0..255, are refused) in float out (`_upscale_tensor`), also by
     calling the upscaler itself. Alpha is upscaled by bicubic (`alpha_mode="bicubic"`) or by the
     model ("model")."""
 
@@ -133,6 +134,7 @@ class ImageUpscaler:
         the same layout, dtype and device, clamped to [0, 1], in float (not rounded to 8 or 16 bits).
         In one piece, as spandrel's models run: tiling and alpha are the arrays' and images' path."""
         check_tensor(x)
+        check_tensor_values(x)
         batch = (x if x.ndim == 4 else x[None]).detach().to(self.up.device, torch.float32)
         gray = batch.shape[1] == 1 and not is_channel_agnostic(self.up)  # an RGB model: as gray RGB
         with torch.no_grad():
@@ -141,8 +143,7 @@ class ImageUpscaler:
         return y if x.ndim == 4 else y[0]
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
-        if not image.width or not image.height:
-            raise UserValueError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
+        check_pil(image)
         planes = fill_hidden_colour(planes_from_pil(image))  # as read_planes does for files
         if planes.mode == "LA;16":  # found before the work, not when the output cannot be made
             key = image.info["transparency"]
@@ -158,6 +159,7 @@ class ImageUpscaler:
         return out.convert("I") if image.mode == "I" else out
 
     def _upscale_array(self, arr: np.ndarray) -> np.ndarray:
+        given = arr.dtype  # a big-endian uint16 comes back big-endian: the same dtype, as promised
         if arr.dtype.kind == "u" and arr.dtype.itemsize == 2 and not arr.dtype.isnative:
             arr = arr.astype(np.uint16)  # big-endian 16-bit (from a FITS or a raw file): the same values
         check_array(arr)
@@ -167,7 +169,29 @@ class ImageUpscaler:
         alpha = np.ascontiguousarray(a3[..., -1:]) if has_alpha else None
         res = self.upscale_planes(fill_hidden_colour(Planes(color, alpha)))  # as files and PIL images
         out = res.color if res.alpha is None else np.concatenate([res.color, res.alpha], 2)
-        return out[..., 0] if arr.ndim == 2 else out
+        return (out[..., 0] if arr.ndim == 2 else out).astype(given, copy=False)
+
+
+def check_pil(image: Image.Image) -> None:
+    """A PIL image whose pixels can be had: not empty, not closed, its file (a lazy `Image.open`,
+    decoded only now) not cut short; Pillow's own errors name no way out."""
+    if not image.width or not image.height:
+        raise UserValueError(f"the image is empty ({image.width}x{image.height}): nothing to upscale")
+    closed = None
+    try:
+        if getattr(image, "tile", None) and getattr(image, "fp", 0) is None:  # a `with Image.open(...)` block
+            closed = "its file is closed"  # left before any pixel was read: Pillow would fail an assert
+        else:
+            image.load()
+    except ValueError as exc:  # "Operation on closed image": img.close() after the pixels were read
+        closed = str(exc)
+    except (OSError, SyntaxError, EOFError) as exc:  # a cut or damaged file
+        raise UserValueError(f"the PIL image's file cannot be decoded ({exc}): use a whole copy of the file, or "
+                             "set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True before opening it to take what is "
+                             "there") from None
+    if closed:
+        raise UserValueError(f"the PIL image cannot be read ({closed}): upscale it inside its `with Image.open(...)` "
+                             "block or before img.close(), or pass img.copy() made while it was open")
 
 
 def check_tensor(x: torch.Tensor) -> None:
@@ -188,9 +212,27 @@ def check_tensor(x: torch.Tensor) -> None:
         raise UserValueError(f"the tensor is empty (shape {tuple(x.shape)}): nothing to upscale")
 
 
+TENSOR_SPAN = (-1.0, 2.0)  # beyond it a tensor is on another scale (0..255), not [0, 1] overshot
+
+
+def check_tensor_values(x: torch.Tensor) -> None:
+    """Values the tensor contract can mean: a NaN or an infinity would spread over the whole output
+    (the bicubic resize mixes each row and column), and 0..255 data would come back clamped white."""
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN anywhere makes both NaN
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise UserValueError(f"the tensor holds NaN or infinite values (min {lo:g}, max {hi:g}), which would spread "
+                             "through the output: replace them first, e.g. x.nan_to_num(0.0, 1.0, 0.0)")
+    if lo < TENSOR_SPAN[0] or hi > TENSOR_SPAN[1]:
+        raise UserValueError(f"tensor values span [{lo:g}, {hi:g}], not [0, 1]: divide 0..255 data by 255 "
+                             "(0..65535 data by 65535)")
+
+
 _ARRAY_HINTS = {"f": "; for floats in [0, 1], pass (a * 255).round().astype(np.uint8), or a tensor "
                      "(torch.from_numpy(a).permute(2, 0, 1)) to get floats back",
-                "b": "; for a mask, pass a.astype(np.uint8) * 255"}
+                "b": "; for a mask, pass a.astype(np.uint8) * 255",
+                "i": "; for values in 0..255 (np.array's default int64), pass a.astype(np.uint8), in 0..65535 "
+                     "a.astype(np.uint16)",
+                "u": "; for values in 0..65535, pass a.astype(np.uint16)"}
 
 
 def check_array(arr: np.ndarray) -> None:
@@ -222,6 +264,7 @@ def load(spec: str | None = None, scale: float | None = None, *, backend: str = 
     TypeError or ValueError with one line. Threads may load and upscale with one upscaler at once."""
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     device = _device_name(device)
+    _check_memory(max_memory)
     _check_types(spec, device, scales={"scale": scale, "outscale": outscale},
                  switches={"half": half, "allow_untrained": allow_untrained},
                  counts={"tile": tile, "tile_pad": tile_pad, "tile_batch": tile_batch, "threads": threads})
@@ -251,6 +294,15 @@ def _device_name(device):
     return device
 
 
+def _check_memory(max_memory) -> None:
+    """A `max_memory` number is bytes: True, or 1.5 meant as 1.5 GB, would be a limit of a byte."""
+    if isinstance(max_memory, (bool, np.bool_)):
+        raise UserTypeError(f"max_memory must be a size such as '2GB' or a number of bytes, got {max_memory!r}")
+    if isinstance(max_memory, numbers.Real) and 0 < max_memory < 1_000_000:
+        raise UserValueError(f"max_memory={max_memory!r} is a number of bytes, under 1 MB: give the unit, "
+                             f"such as max_memory='{max_memory:g}GB'")
+
+
 def _check_types(spec, device, *, scales: dict, switches: dict, counts: dict) -> None:
     """What `load` would otherwise fail on deep inside, or take wrongly ("no" as a switch is true),
     with a TypeError ("64" as `tile`); an empty model name with a ValueError."""
@@ -263,6 +315,8 @@ def _check_types(spec, device, *, scales: dict, switches: dict, counts: dict) ->
                              "or None for the best shipped model at the scale")
     if not isinstance(device, str):
         raise UserTypeError(f"device must be a name (str) such as 'cpu', 'cuda:0' or 'GPU', got {device!r}")
+    if not device.strip():
+        raise UserValueError("the device name is empty: give 'cpu', 'cuda:0' or an OpenVINO device such as 'GPU'")
     for name, value in scales.items():  # True is 1 to float(): a switch given by mistake
         if isinstance(value, (bool, np.bool_)):
             raise UserTypeError(f"{name} must be a number such as 2, got {value!r}")
@@ -299,7 +353,8 @@ def in_keywords(message: str) -> str:
         rest = f" {word}" if word else ""
         if flag in _SWITCHES:
             return f"{name}=True{rest}"
-        if flag in _VALUED and word and _is_value(flag, word):
+        named = flag == "device" and m.string[m.end():m.end() + 1] == ":"  # "--device mps: not on this machine"
+        if flag in _VALUED and word and (named or _is_value(flag, word)):
             return f"{name}={word if word[0].isdigit() else repr(word)}"
         return name + rest
     parts = message.split("`")
