@@ -53,3 +53,31 @@ def test_make_clip_refuses_a_bad_size_without_importing_torch(tmp_path):
                           str(tmp_path / "c.mkv"), "--size", "5x5"], capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["2", "False"], run.stderr[-500:]
     assert "even" in run.stderr
+
+
+def test_data_check_of_hidden_files_only_says_they_were_left_out(tmp_path, capsys):
+    from PIL import Image
+
+    from upsample.cli import main
+    Image.new("RGB", (8, 8)).save(tmp_path / "._a.png")
+    (tmp_path / ".DS_Store").write_bytes(b"\0" * 8)
+    assert main(["data", "check", str(tmp_path)]) == 2
+    assert "hidden files" in capsys.readouterr().err
+
+
+def test_training_names_how_to_find_the_images_too_small_for_the_patch(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from upsample.cli import main
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), np.uint8)).save(tmp_path / f"big{i}.png")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), np.uint8)).save(tmp_path / "tiny.png")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[model]\nname = "espcn-x2"\n[data]\ntrain = ["{tmp_path.as_posix()}"]\n'
+                      'patch_size = 32\nbatch_size = 2\nworkers = 0\nval_fraction = 0\n[val]\nevery = 0\n'
+                      '[train]\nsteps = 2\nthreads = 1\n')
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "1 training images are smaller than the patch (32x32 px)" in err and "--min-size 32" in err, err

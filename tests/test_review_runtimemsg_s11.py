@@ -204,3 +204,4 @@ def test_a_checkpoint_whose_metadata_kwargs_are_mistyped_is_one_line(tmp_path, i
     save_file(load_file(str(path)), str(path), {**meta, "kwargs": json.dumps(kwargs)})
     err = run_model(image, path, capsys, "--backend", "torch")
     assert "kwargs.scale must be int, got str '3'" in err and "multiply sequence" not in err, err
+    assert "k.safetensors: its metadata cannot build espcn" in err, err  # the file named

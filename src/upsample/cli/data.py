@@ -55,10 +55,11 @@ def _check_min_size(n: int) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from ..data import prepare
+    from ..data.pairs import hidden_hint
     _check_min_size(args.min_size)
     images, problems = prepare.scan(args.dir, args.min_size, progress=True)
     if not images and not problems:  # as `train` and `eval` take it: nothing to train or measure on
-        raise UserError(f"no images in {args.dir}")
+        raise UserError(f"no images in {args.dir}{hidden_hint(Path(args.dir))}")
     for pr in problems:
         print(f"{pr.path}: {pr.kind}: {pr.detail}")
     print(_summary(len(images), problems))

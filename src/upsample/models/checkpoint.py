@@ -629,6 +629,7 @@ def _check_meta_arch(arch, kwargs, path) -> None:
     if not isinstance(kwargs, dict):
         raise UserError(f"{path}: damaged upsample metadata (kwargs is a {type(kwargs).__name__}, "
                         "not a JSON object)")
+    registry.check_kwargs(arch, kwargs, context=f"{path}: its metadata cannot build {arch}: ")
 
 
 def _check_channels(arch: str, kwargs: dict, path) -> None:

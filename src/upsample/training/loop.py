@@ -329,7 +329,9 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
         raise UserError(f"{exc}; `upsample data check FOLDER` lists the unreadable files of a folder, "
                         "`upsample data clean FOLDER` moves them aside") from None
     if pairs.skipped:
-        procs.log(f"note: {pairs.skipped} training images are smaller than the patch and are not used")
+        need = max(pairs.spec.core(s) for s in pairs.spec.scales)
+        procs.log(f"note: {pairs.skipped} training images are smaller than the patch ({need}x{need} px) and are "
+                  f"not used; `upsample data check FOLDER --min-size {need}` names them")
     if not val_files and cfg.val.patience:  # nothing is validated, so nothing stops the run early
         procs.log(f"note: val.patience {cfg.val.patience} does nothing without validation images: the "
                   "run trains all its train.steps; hold some out (data.val_fraction or data.val_list)")
