@@ -81,3 +81,55 @@ def test_training_names_how_to_find_the_images_too_small_for_the_patch(tmp_path,
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "1 training images are smaller than the patch (32x32 px)" in err and "--min-size 32" in err, err
+
+
+def _untagged_clip(path, w, h, frames=3):
+    import av
+    import numpy as np
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for _ in range(frames):
+            a = np.zeros((h, w, 3), np.uint8)
+            a[:] = (200, 30, 90)
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _tags(path):
+    import av
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        return cc.colorspace, cc.color_primaries
+
+
+@pytest.mark.parametrize("size, matrix", [((640, 360), 6), ((320, 288), 2)])
+def test_an_untagged_sd_video_upscaled_to_hd_is_tagged_with_the_matrix_it_was_made_for(tmp_path, size, matrix):
+    """Players take untagged HD as BT.709 and untagged SD as BT.601: an untagged 640x360 clip
+    upscaled to 1280x720 was shown with other colours than its source ((200, 30, 90) as
+    (185, 8, 89)); it is now tagged BT.601 (SMPTE 170M), the matrix its pixels were made with.
+    An upscale that stays SD (320x288 -> 640x576) keeps its tags as they were."""
+    from upsample.cli import main
+    src = _untagged_clip(tmp_path / "sd.mp4", *size)
+    assert _tags(src)[0] == 2  # unspecified
+    assert main(["video", str(src), "-o", str(tmp_path / "up.mp4"), "--model", "bicubic", "--scale", "2"]) == 0
+    assert _tags(tmp_path / "up.mp4")[0] == matrix
+
+
+def test_guessed_tags_follow_the_players_rule():
+    from upsample.media.video import guessed_tags, implied_tags
+
+    class Untagged:
+        colorspace, color_primaries = 2, 2
+    assert guessed_tags(720, 576) == {"colorspace": 5, "color_primaries": 5}
+    assert guessed_tags(720, 480) == {"colorspace": 6, "color_primaries": 6}
+    assert guessed_tags(1280, 720) == {"colorspace": 1, "color_primaries": 1}
+    assert implied_tags(Untagged, (720, 576), (2880, 2304)) == {"colorspace": 5, "color_primaries": 5}
+    assert implied_tags(Untagged, (1280, 720), (2560, 1440)) == {}
+
+    class Tagged:
+        colorspace, color_primaries = 6, 6
+    assert implied_tags(Tagged, (720, 480), (1440, 960)) == {}

@@ -104,6 +104,33 @@ def colour_tags(src, out_fmt: str) -> dict:
     return {attr: getattr(src, attr, None) for attr in COLOUR_TAGS}
 
 
+UNSPECIFIED = {"colorspace": (None, 2), "color_primaries": (None, 0, 2)}  # (0 as a matrix is RGB)
+MATRIX_OF = {1: "BT.709", 5: "BT.601", 6: "BT.601"}  # BT.470BG's matrix is SMPTE 170M's
+
+
+def guessed_tags(width: int, height: int) -> dict:
+    """What players take an untagged YUV picture of that size to be (mpv's rule; VLC's and the
+    browsers' are alike): HD (1280 wide, or over 576 lines) BT.709; SD the BT.601 matrix, with
+    PAL's primaries at 576 lines, NTSC's at 480 or 486, else BT.709's."""
+    if width >= 1280 or height > 576:
+        return {"colorspace": 1, "color_primaries": 1}
+    return {"colorspace": 5 if height == 576 else 6,
+            "color_primaries": {576: 5, 480: 6, 486: 6}.get(height, 1)}
+
+
+def implied_tags(src, in_size: tuple[int, int], out_size: tuple[int, int]) -> dict:
+    """The matrix and primaries to write on an upscale of `src` (a codec context) that leaves them
+    unspecified, where players would guess the output otherwise than the input (SD to HD): the
+    input's guess, which its pixels were made for and decoded with (libswscale's default is
+    BT.601), written down. Untagged 640x360 upscaled to 1920x1080 was shown as BT.709: (200, 30,
+    90) as (185, 8, 89). Sizes (width, height)."""
+    before, after = guessed_tags(*in_size), guessed_tags(*out_size)
+    differs = {"colorspace": MATRIX_OF[before["colorspace"]] != MATRIX_OF[after["colorspace"]],
+               "color_primaries": before["color_primaries"] != after["color_primaries"]}
+    return {attr: before[attr] for attr, unset in UNSPECIFIED.items()
+            if getattr(src, attr, None) in unset and differs[attr]}
+
+
 def copy_colour_tags(src, dst) -> None:
     """The colour primaries, transfer, matrix and range of `src` onto `dst` (frames or codec
     contexts; see `colour_tags`), those that `dst` takes."""
@@ -966,6 +993,10 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
     vout.time_base = vout.codec_context.time_base = output_time_base(out.format.name, codec, vin, rate)
     copy_colour_tags(vin.codec_context, vout.codec_context)
+    if is_yuv(pix_fmt) and is_yuv(vin.codec_context.format.name if vin.codec_context.format else ""):
+        for attr, value in implied_tags(vin.codec_context, (vin.codec_context.width, vin.codec_context.height),
+                                        (ow, oh)).items():
+            setattr(vout.codec_context, attr, value)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
         _note_lost_aspect(out.format.name, codec, vin.sample_aspect_ratio)
