@@ -110,7 +110,7 @@ def _tags(path):
 def test_an_untagged_sd_video_upscaled_to_hd_is_tagged_with_the_matrix_it_was_made_for(tmp_path, size, matrix):
     """Players take untagged HD as BT.709 and untagged SD as BT.601: an untagged 640x360 clip
     upscaled to 1280x720 was shown with other colours than its source ((200, 30, 90) as
-    (185, 8, 89)); it is now tagged BT.601 (SMPTE 170M), the matrix its pixels were made with.
+    (214, 50, 90)); it is now tagged BT.601 (SMPTE 170M), the matrix its pixels were made with.
     An upscale that stays SD (320x288 -> 640x576) keeps its tags as they were."""
     from upsample.cli import main
     src = _untagged_clip(tmp_path / "sd.mp4", *size)

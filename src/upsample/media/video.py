@@ -123,7 +123,7 @@ def implied_tags(src, in_size: tuple[int, int], out_size: tuple[int, int]) -> di
     unspecified, where players would guess the output otherwise than the input (SD to HD): the
     input's guess, which its pixels were made for and decoded with (libswscale's default is
     BT.601), written down. Untagged 640x360 upscaled to 1920x1080 was shown as BT.709: (200, 30,
-    90) as (185, 8, 89). Sizes (width, height)."""
+    90) as (214, 50, 90). Sizes (width, height)."""
     before, after = guessed_tags(*in_size), guessed_tags(*out_size)
     differs = {"colorspace": MATRIX_OF[before["colorspace"]] != MATRIX_OF[after["colorspace"]],
                "color_primaries": before["color_primaries"] != after["color_primaries"]}
