@@ -133,3 +133,23 @@ def test_guessed_tags_follow_the_players_rule():
     class Tagged:
         colorspace, color_primaries = 6, 6
     assert implied_tags(Tagged, (720, 480), (1440, 960)) == {}
+
+
+@pytest.mark.parametrize("mode, key", [("RGB", b"\x00\x01"), ("RGB", (1, 2)), ("L", None), ("P", 300), ("P", (1, 2))])
+def test_a_colour_key_that_is_no_colour_of_the_mode_is_one_value_error(mode, key):
+    from PIL import Image
+
+    import upsample
+    img = Image.new(mode, (4, 4))
+    img.info["transparency"] = key
+    with pytest.raises(ValueError, match="transparent colour key"):
+        upsample.load("bicubic", 2, backend="torch").upscale(img)
+
+
+def test_a_32_bit_picture_out_of_16_bit_range_says_what_to_do():
+    import numpy as np
+    from PIL import Image
+
+    import upsample
+    with pytest.raises(ValueError, match="16-bit PNG or TIFF"):
+        upsample.load("bicubic", 2, backend="torch").upscale(Image.fromarray(np.full((4, 4), -5, np.int32), "I"))

@@ -661,7 +661,8 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
     if mode in _DEEP_GRAY:
         arr = np.asarray(img)
         if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
-            raise UserError("32-bit integer image with values outside 0..65535 is not supported")
+            raise UserError(f"a 32-bit integer picture with values outside 0..65535 (from {arr.min()} to "
+                            f"{arr.max()}): scale it into 0..65535 and save it as a 16-bit PNG or TIFF")
         key = img.info.get("transparency")  # a 16-bit PNG's tRNS: the gray value that is clear
         alpha = (np.where(arr == key, 0, 65535).astype(np.uint16)[..., None]
                  if isinstance(key, int) else None)
@@ -670,13 +671,13 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
         return Planes(_float_to_uint16(np.asarray(img))[..., None], None, info)
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
-        img = img.convert("RGBA" if has_alpha else "RGB")
+        img = _keyed_convert(img, "RGBA" if has_alpha else "RGB")
     elif mode == "1":
         img = img.convert("L")
     elif mode in ("La",):
         img = img.convert("LA")
     elif mode in ("L", "RGB") and "transparency" in img.info:  # a PNG colour key (tRNS): alpha
-        img = img.convert("LA" if mode == "L" else "RGBA")
+        img = _keyed_convert(img, "LA" if mode == "L" else "RGBA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):  # CMYK, LAB, YCbCr, HSV, RGBa, RGBX ...
         has_alpha = mode in ("RGBa", "LA", "La", "PA") or "transparency" in img.info  # LAB's A is a colour
         img = img.convert("RGBA" if has_alpha else "RGB")
@@ -687,6 +688,19 @@ def planes_from_pil(img: Image.Image, source=None) -> Planes:
         color, alpha = np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1:])
         return Planes(color, alpha, info)
     return Planes(np.ascontiguousarray(arr), None, info)
+
+
+def _keyed_convert(img: Image.Image, mode: str) -> Image.Image:
+    """`img.convert(mode)`, where its transparent colour key (info["transparency"], set by hand or
+    by another tool) that is no colour or index of its mode is one UserError, not Pillow's bare
+    TypeError / ValueError."""
+    try:
+        return img.convert(mode)
+    except (TypeError, ValueError) as exc:
+        if "transparency" not in img.info:
+            raise
+        raise UserError(f"the picture's transparent colour key {img.info['transparency']!r} is no {img.mode} "
+                        f"colour ({exc}); remove it (del img.info['transparency'])") from None
 
 
 def fill_hidden_colour(planes: Planes) -> Planes:
