@@ -27,17 +27,6 @@ def _parse_error(argv: list[str], capsys, *needles: str) -> str:
     return one_error_line(capsys, *needles)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: the refusal must come first."""
-    from upsample.inference import batch, load
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-    monkeypatch.setattr(batch, "Engines", loaded)
-    monkeypatch.setattr(load, "resolve_model", loaded)
-
-
 @pytest.mark.parametrize("command", [
     ["image", "{a}", "-o", "{o}", "--model", "bicubic"],
     ["eval", "--data", "{d}", "--model", "bicubic"],

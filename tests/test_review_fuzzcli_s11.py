@@ -33,18 +33,6 @@ def _clip(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: the refusal must come first."""
-    from upsample.inference import api, batch, load
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-    monkeypatch.setattr(batch, "Engines", loaded)
-    monkeypatch.setattr(load, "resolve_model", loaded)
-    monkeypatch.setattr(api, "make_upscaler", loaded)
-
-
 def _argv(command: str, tmp_path: Path) -> list[str]:
     if command == "image":
         return ["image", str(_png(tmp_path / "a.png")), "-o", str(tmp_path / "o.png")]
