@@ -153,3 +153,86 @@ def test_a_32_bit_picture_out_of_16_bit_range_says_what_to_do():
     import upsample
     with pytest.raises(ValueError, match="16-bit PNG or TIFF"):
         upsample.load("bicubic", 2, backend="torch").upscale(Image.fromarray(np.full((4, 4), -5, np.int32), "I"))
+
+
+def test_an_lr_made_from_a_rotated_hrs_stored_pixels_is_said_to_be_turned(tmp_path, capsys):
+    """MATLAB or Pillow make an LR of the stored (unturned) pixels of a phone's photo: eval, which
+    reads the HR upright, says why the sizes differ."""
+    from PIL import Image
+
+    from upsample.cli import main
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (160, 120), (90, 30, 200)).save(hr_dir / "p.jpg", exif=exif.tobytes())
+    Image.new("RGB", (80, 60)).save(lr_dir / "p.png")  # Image.open(hr).resize((80, 60)): stored pixels
+    assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(hr_dir), "--lr", str(lr_dir)]) == 2
+    assert "EXIF orientation" in capsys.readouterr().err
+
+
+def test_damage_notes_of_threads_name_their_own_file(tmp_path, monkeypatch, capsys):
+    """`image --jobs N` reads in threads: a warning recorded for one file was put on another's
+    note, and the warnings machinery could be left writing into a dead list."""
+    import threading
+    import warnings
+
+    from PIL import Image
+
+    from upsample.media import imageio
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (8, 8)).save(good)
+    Image.new("RGB", (8, 8)).save(bad)
+    real = Image.open
+
+    def warning_open(fp, *args, **kwargs):
+        if str(fp).endswith("bad.png"):
+            warnings.warn("Truncated File Read")
+        return real(fp, *args, **kwargs)
+    monkeypatch.setattr(imageio.Image, "open", warning_open)
+
+    def read(path):
+        for _ in range(60):
+            imageio.open_image(path)
+    threads = [threading.Thread(target=read, args=(p,)) for p in (good, bad)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 60 and all("bad.png" in n for n in notes)
+    with pytest.warns(UserWarning, match="still shown"):
+        warnings.warn("still shown")
+
+
+def test_a_switch_written_0_or_1_is_taken_as_the_constructor_takes_it():
+    from upsample.models import registry
+    registry.check_kwargs("vapsr", {"signed_io": 0, "plain_3x3": 1})
+    with pytest.raises(UserError, match="signed_io must be bool"):
+        registry.check_kwargs("vapsr", {"signed_io": 2})
+
+
+def test_building_a_store_removes_the_older_formats_of_the_same_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from upsample.data import store
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    root = tmp_path / "stores"
+    root.mkdir()
+    stem = store.store_name([img]).rsplit("-v", 1)[0]
+    old = [root / f"{stem}-v1.u8", root / f"{stem}-v1.json"]
+    other = root / "0123456789abcdef0123-v1.u8"  # another image set's: kept
+    for p in (*old, other):
+        p.write_bytes(b"old")
+    _, built = store.open_store([img], root)
+    assert built and not any(p.exists() for p in old) and other.exists()
+
+
+def test_the_old_out_spelling_refuses_dash_too():
+    from upsample.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "split", ".", "--out", "-"])
+    assert exc.value.code == 2

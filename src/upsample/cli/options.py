@@ -208,7 +208,7 @@ def add_output_option(p: argparse.ArgumentParser, *, help: str, required: bool =
     """-o/--output, the one spelling of "where the result goes" (--out: a hidden old spelling)."""
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("-o", "--output", dest=dest, metavar=metavar, default=default, help=help, type=output_text)
-    g.add_argument("--out", dest=dest, metavar=metavar, default=default, help=argparse.SUPPRESS, type=path_text)
+    g.add_argument("--out", dest=dest, metavar=metavar, default=default, help=argparse.SUPPRESS, type=output_text)
 
 
 def add_overwrite_option(p: argparse.ArgumentParser, help: str = "replace existing outputs "

@@ -346,9 +346,12 @@ def no_crops_text(counts: dict, size: int, largest: int) -> str:
     why = []
     if counts["too_small"]:
         lower = f"; lower --size to at most {largest}" if largest else "; lower --size"
-        why.append(f"{counts['too_small']} pictures are smaller than --size {size}{lower}")
+        n = counts["too_small"]
+        why.append(f"{n} {'picture is' if n == 1 else 'pictures are'} smaller than --size {size}{lower}")
     if counts["unreadable"]:
-        why.append(f"{counts['unreadable']} files could not be read (named above; `upsample data check` lists them)")
+        n = counts["unreadable"]
+        why.append(f"{n} {'file' if n == 1 else 'files'} could not be read (named above; `upsample data check` "
+                   "lists them)")
     return f"no crops made of the {counts['sources']} sources: " + ", ".join(why or ["nothing to cut"])
 
 

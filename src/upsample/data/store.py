@@ -15,6 +15,7 @@ folder of its own.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -75,6 +76,17 @@ class ImageStore:
         return self.pixels[o:o + h * w * 3].reshape(h, w, 3)
 
 
+def _drop_older_formats(base: Path, name: str) -> None:
+    """The stores of the same images in an older FORMAT (a store is the size of its pictures,
+    188 MB for the campaign's): replaced by the one just built. A run still reading one keeps
+    its mapping."""
+    stem = name.rsplit("-v", 1)[0]
+    for version in range(1, FORMAT):
+        for suffix in (".u8", ".json"):
+            with contextlib.suppress(OSError):
+                (base / f"{stem}-v{version}{suffix}").unlink()
+
+
 def open_store(files: list[Path], root: str | os.PathLike | None = None, *,
                progress: bool = False) -> tuple[ImageStore, bool]:
     """(the store of `files`, whether it was built now): the current one, else built."""
@@ -92,6 +104,7 @@ def open_store(files: list[Path], root: str | os.PathLike | None = None, *,
                     index, pixels_file = build_store(files, stamps, base / f"{name}.json", pixels_path,
                                                      progress=progress)
                     built = True
+                    _drop_older_formats(base, name)
     except OSError as exc:  # the folder cannot be written: read-only, full, a file where it should be
         if root:
             raise UserError(f"cannot write the training store to {base}: {exc.strerror or exc}; set "

@@ -333,6 +333,10 @@ def pair_given_lr(run: Run, folder: str, images: list[Path], lr_root: Path,
 
 def _missized_why(lr_hw: tuple[int, int], hr_hw: tuple[int, int], scale: float) -> str:
     """What a given LR of the wrong size most likely is, and what to do."""
+    if lr_hw[::-1] == tuple(round(n / scale) for n in hr_hw) and hr_hw[0] != hr_hw[1]:
+        return ("it fits the HR turned on its side: the HR carries an EXIF orientation, which eval "
+                "applies (as cv2.imread, BasicSR and viewers do), and the LR was made from its stored "
+                "pixels (MATLAB, Pillow); turn the LR upright too, or save the HR without its orientation")
     if float(scale).is_integer() and lr_hw == tuple(-(-n // int(scale)) for n in hr_hw):
         # imresize(HR, 1/s) of an HR whose sides are no multiples of s: ceil(side / s) pixels
         return (f"it was made from the whole HR, not from the HR cropped to a multiple of {scale:g} that "

@@ -11,6 +11,7 @@ import re
 import struct
 import sys
 import tempfile
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -174,30 +175,34 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     if p.is_dir():
         raise UserError(f"{p} is a folder, not an image file; name one image")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        # the warnings machinery is one for the process: header reads of `--jobs` threads take
+        # turns (a record of another thread's would name the wrong file, and could leave the
+        # process's warnings going to a dead list); the decode below runs side by side
+        with _WARNINGS_HELD, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # Pillow's words on a damaged file: one note, below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", ".*EXIF", UserWarning)  # one note later (`_exif_of`)
             for words in _METADATA_ONLY:  # real cameras' files: their pixels are whole
                 warnings.filterwarnings("ignore", words, UserWarning)
             img = _bitfields_bmp(p, note=decode) or Image.open(p)  # a header look: the note comes later
-            if img.format == "TIFF" and img.tag_v2.get(0x0112) in (5, 6, 7, 8):
-                # Pillow turns a TIFF upright on load, but memory-maps an uncompressed gray or
-                # palette one at the turned size (its pixels scrambled); read it without the map
-                img.filename = ""
-            if (frames := _animation_frames(img, p)) > 1:
-                how = ("convert it to .gif or a video, then use `upsample video`" if img.format == "WEBP"
-                       else f"upscale it with `upsample video {p} -o OUT.mp4`")  # FFmpeg: no animated WebP
-                raise UserError(f"{p} is an animation of {frames} frames, and `upsample image` "
-                                f"writes one picture: {how}")
-            if img.format == "JPEG" and _jpeg_scan_is_empty(p):
-                raise UserError(f"cannot read image {p}: its header is whole but no picture data follows it "
-                                "(libjpeg would paint it gray); the file is damaged or was cut short: copy "
-                                "it again from its source")
-            if decode:
-                if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
-                    print(f"note: {p} holds {img.n_frames} pages; the first is upscaled", file=sys.stderr)
-                img.load()
+            frames = _animation_frames(img, p)
+        if img.format == "TIFF" and img.tag_v2.get(0x0112) in (5, 6, 7, 8):
+            # Pillow turns a TIFF upright on load, but memory-maps an uncompressed gray or
+            # palette one at the turned size (its pixels scrambled); read it without the map
+            img.filename = ""
+        if frames > 1:
+            how = ("convert it to .gif or a video, then use `upsample video`" if img.format == "WEBP"
+                   else f"upscale it with `upsample video {p} -o OUT.mp4`")  # FFmpeg: no animated WebP
+            raise UserError(f"{p} is an animation of {frames} frames, and `upsample image` "
+                            f"writes one picture: {how}")
+        if img.format == "JPEG" and _jpeg_scan_is_empty(p):
+            raise UserError(f"cannot read image {p}: its header is whole but no picture data follows it "
+                            "(libjpeg would paint it gray); the file is damaged or was cut short: copy "
+                            "it again from its source")
+        if decode:
+            if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+                print(f"note: {p} holds {img.n_frames} pages; the first is upscaled", file=sys.stderr)
+            img.load()
     except Image.DecompressionBombError as exc:
         raise _too_large(p, exc) from None
     except PermissionError:
@@ -218,9 +223,12 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
     return img
 
 
+_WARNINGS_HELD = threading.Lock()  # see `open_image`
+
 # Pillow's warnings of odd metadata, not of damaged pixels (a camera's TIFF tag with more values
-# than the standard's, a phone's JPEG whose MPO index Pillow does not follow)
-_METADATA_ONLY = ("Metadata Warning", "Image appears to be a malformed MPO", "XMP data")
+# than the standard's, a phone's JPEG whose MPO index Pillow does not follow, a favicon's entry)
+_METADATA_ONLY = ("Metadata Warning", "Image appears to be a malformed MPO", "XMP data",
+                  "Image was not the expected size")  # (an icon whose entry says another size)
 
 # Pillow's words when a decoder fails inside the pixels of a file whose header it read
 _DECODE_FAILURES = ("decoder error", "broken data stream", "image file is truncated", "unrecognized data stream",

@@ -156,7 +156,8 @@ def check_kwargs(arch: str, kwargs: dict, *, label: str = "kwargs", context: str
                             f"(known: {', '.join(defaults)})")
         want = type(defaults[key])
         fits = isinstance(value, want) and (want is bool or not isinstance(value, bool)) or (
-            want is float and isinstance(value, int) and not isinstance(value, bool))
+            want is float and isinstance(value, int) and not isinstance(value, bool)) or (
+            want is bool and value in (0, 1) and isinstance(value, int))  # a switch written 0 / 1
         if defaults[key] is not None and not fits:
             raise UserError(f"{context}{label}.{key} must be {want.__name__}, got "
                             f"{type(value).__name__} {value!r}")
