@@ -236,3 +236,10 @@ def test_the_old_out_spelling_refuses_dash_too():
     with pytest.raises(SystemExit) as exc:
         main(["data", "split", ".", "--out", "-"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("scale", [[2], (2,), {"x": 2}])
+def test_a_scale_that_is_no_number_is_a_type_error(scale):
+    import upsample
+    with pytest.raises(TypeError, match="scale must be a number"):
+        upsample.load("bicubic", scale)

@@ -318,7 +318,7 @@ def _check_types(spec, device, *, scales: dict, switches: dict, counts: dict) ->
     if not device.strip():
         raise UserValueError("the device name is empty: give 'cpu', 'cuda:0' or an OpenVINO device such as 'GPU'")
     for name, value in scales.items():  # True is 1 to float(): a switch given by mistake
-        if isinstance(value, (bool, np.bool_)):
+        if isinstance(value, (bool, np.bool_)) or not (value is None or isinstance(value, (numbers.Real, str))):
             raise UserTypeError(f"{name} must be a number such as 2, got {value!r}")
     for name, value in switches.items():  # 0 and 1 too: they were taken before (half=int(env))
         if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
