@@ -7,8 +7,7 @@ import json
 import math
 
 from ..errors import UserError
-from .options import (add_overwrite_option, add_runtime_options, check_bicubic_device, check_scale_text,
-                      output_text, path_text)
+from .options import add_overwrite_option, add_runtime_options, check_scale_text, output_text, path_text
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -83,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_model, format_report
 
     _check_outputs(args)
-    check_bicubic_device(args.model, args.device)
     report = evaluate_model(args.model, args.data, scale=args.scale, crop=args.crop,
                             y_channel=False if args.rgb else None, protocol=args.protocol,
                             degrade=args.degrade, sigma=args.sigma, lr_dirs=args.lr, save_dir=args.save,

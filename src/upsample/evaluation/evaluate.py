@@ -42,7 +42,7 @@ from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, header_size, list_images, open_image, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
-from ..inference.load import check_scale, load_upscaler
+from ..inference.load import bicubic_device, check_scale, load_upscaler
 
 
 @dataclass(frozen=True)
@@ -539,6 +539,7 @@ def _upscaler(model: str, scale, proto: Protocol, **runtime) -> Upscaler | None:
             raise UserError("bicubic needs --scale")
         if runtime["backend"] not in ("torch", "auto"):
             raise UserError("bicubic runs on the torch backend only")
+        bicubic_device(runtime["device"])  # (Pillow's, on the CPU: a device that is not here said all the same)
         return None
     return load_upscaler(model, scale=scale, **runtime)
 

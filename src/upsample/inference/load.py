@@ -174,7 +174,7 @@ def load_upscaler(spec: str, *, scale: float | None = None, backend: str = "auto
                                threads=threads, quiet=quiet, allow_untrained=allow_untrained)
 
 
-def _bicubic_device(device: str) -> torch.device:
+def bicubic_device(device: str) -> torch.device:
     """Where bicubic (torch) runs: an OpenVINO name that can only mean the CPU (CPU, AUTO:CPU) is
     the CPU; another (GPU, NPU), a typo or cuda without a GPU is the one line of `check_device`,
     where torch's traceback came at the first image."""
@@ -197,7 +197,7 @@ def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: s
             raise UserError("bicubic needs --scale")
         if backend not in (Backend.TORCH, Backend.AUTO):
             raise UserError("bicubic runs on the torch backend only")
-        return BicubicUpscaler(check_scale(scale), _bicubic_device(device))
+        return BicubicUpscaler(check_scale(scale), bicubic_device(device))
     from ..runtime.sessions import on_cpu_only, openvino_device
     ov_device = openvino_device(device)  # "GPU", "NPU", "AUTO" ...: OpenVINO's; tensors stay on the CPU
     if ov_device is not None and on_cpu_only(ov_device):
