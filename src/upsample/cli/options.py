@@ -13,7 +13,7 @@ import os
 import sys
 
 from ..errors import UserError
-from ..inference.sizes import check_scale, parse_memory
+from ..inference.sizes import MIN_UNITLESS_MEMORY, check_scale, parse_memory
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
@@ -133,11 +133,6 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
                         "of 1/2/4/8 that fits, timed once per tile size)")
 
 
-# A --max-memory written without a unit under this ("1.5", "512": meant as GB, MB) was taken as
-# bytes, and refused only after the model had loaded and run; with one ("8KB") it is meant.
-MIN_UNITLESS_MEMORY = 1_000_000
-
-
 def memory_limit(text: str | None) -> int | None:
     """--max-memory in bytes (None: not given); a small number without a unit refused before any
     model loads."""
@@ -156,21 +151,6 @@ def check_half(args: argparse.Namespace) -> None:
     if args.half and args.precision in ("fp32", "int8"):  # (bf16 / fp16: what --half asks for too)
         raise UserError(f"--half and --precision {args.precision} ask for two precisions: give one of "
                         "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
-
-
-def check_bicubic_device(model: str | None, device: str, scale: str | None = None, *,
-                         fastest: bool = False) -> None:
-    """bicubic (asked for, or the default model at `scale`: `--scale 1.5`) runs on torch: a
-    --device torch does not have (a typo, an OpenVINO name, cuda without a GPU) is the loader's
-    one line, where bicubic's build ended in torch's traceback."""
-    if device == "cpu":
-        return
-    if model is None:  # torch: only for a device other than the CPU
-        from ..inference.api import default_model
-        model = default_model(check_scale(scale) if scale is not None else 2.0, fastest=fastest)
-    if model == "bicubic":
-        from ..inference.load import check_device
-        check_device(device, "torch")
 
 
 def check_name_or_file(arg: str) -> None:

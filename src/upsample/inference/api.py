@@ -24,7 +24,7 @@ from ..media.imageio import Planes, fill_hidden_colour, planes_from_pil, planes_
 from ..models import registry, table
 from ..runtime.kinds import BACKENDS, PRECISIONS
 from .load import check_scale, load_upscaler
-from .sizes import parse_memory
+from .sizes import MIN_UNITLESS_MEMORY, parse_memory
 from .tiler import Tiler, is_channel_agnostic
 from .upscaler import BicubicUpscaler, Upscaler
 from .wrappers import ResizedUpscaler, half_upscaler
@@ -298,7 +298,7 @@ def _check_memory(max_memory) -> None:
     """A `max_memory` number is bytes: True, or 1.5 meant as 1.5 GB, would be a limit of a byte."""
     if isinstance(max_memory, (bool, np.bool_)):
         raise UserTypeError(f"max_memory must be a size such as '2GB' or a number of bytes, got {max_memory!r}")
-    if isinstance(max_memory, numbers.Real) and 0 < max_memory < 1_000_000:
+    if isinstance(max_memory, numbers.Real) and 0 < max_memory < MIN_UNITLESS_MEMORY:
         raise UserValueError(f"max_memory={max_memory!r} is a number of bytes, under 1 MB: give the unit, "
                              f"such as max_memory='{max_memory:g}GB'")
 

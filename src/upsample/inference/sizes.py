@@ -60,6 +60,12 @@ def parse_size(text: str | int | float) -> int:
     return int(float(m.group(1)) * base ** " kmgt".index(m.group(2) or " "))
 
 
+# A memory limit written without a unit under this ("1.5", "512": meant as GB, MB) is taken as
+# bytes: the CLI and the API refuse it before a model loads (it failed after the run); with a unit
+# ("8KB") it is meant.
+MIN_UNITLESS_MEMORY = 1_000_000
+
+
 def parse_memory(text: str | int | float) -> int:
     """--max-memory: bytes as `parse_size` reads them, more than none."""
     n = parse_size(text)
