@@ -119,10 +119,10 @@ def guessed_tags(width: int, height: int) -> dict:
 
 
 def implied_tags(src, in_size: tuple[int, int], out_size: tuple[int, int]) -> dict:
-    """The matrix and primaries to write on an upscale of `src` (a codec context) that leaves them
-    unspecified, where players would guess the output otherwise than the input (SD to HD): the
-    input's guess, which its pixels were made for and decoded with (libswscale's default is
-    BT.601), written down. Untagged 640x360 upscaled to 1920x1080 was shown as BT.709: (200, 30,
+    """The matrix and primaries to write on an upscale whose tags (`src`: a codec context, as
+    copied from the input) leave them unspecified, where players would guess the output otherwise
+    than the input (SD to HD): the input's guess, which its pixels were made for and decoded with
+    (libswscale's default is BT.601), written down. Untagged 640x360 upscaled to 1920x1080 was shown as BT.709: (200, 30,
     90) as (214, 50, 90). Sizes (width, height)."""
     before, after = guessed_tags(*in_size), guessed_tags(*out_size)
     differs = {"colorspace": MATRIX_OF[before["colorspace"]] != MATRIX_OF[after["colorspace"]],
@@ -993,9 +993,9 @@ def add_video_stream(out, vin, codec: str, size: tuple[int, int], pix_fmt: str, 
     vout.width, vout.height, vout.pix_fmt = ow, oh, pix_fmt
     vout.time_base = vout.codec_context.time_base = output_time_base(out.format.name, codec, vin, rate)
     copy_colour_tags(vin.codec_context, vout.codec_context)
-    if is_yuv(pix_fmt) and is_yuv(vin.codec_context.format.name if vin.codec_context.format else ""):
-        for attr, value in implied_tags(vin.codec_context, (vin.codec_context.width, vin.codec_context.height),
-                                        (ow, oh)).items():
+    if is_yuv(pix_fmt):  # tags the copy left unspecified (an RGB source's are BT.709 by now)
+        in_size = (vin.codec_context.width, vin.codec_context.height)
+        for attr, value in implied_tags(vout.codec_context, in_size, (ow, oh)).items():
             setattr(vout.codec_context, attr, value)
     if vin.sample_aspect_ratio:
         vout.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
