@@ -43,10 +43,10 @@ def check_output_suffix(output: str | None, fmt: str) -> None:
     which --format writes it."""
     if output is None or Path(output).suffix.lower() == SUFFIX_OF[fmt]:
         return
-    name = output  # as given: the name alone was "not null" for /dev/null, "not " for .
     other = [f for f, suffix in SUFFIX_OF.items() if suffix == Path(output).suffix.lower()]
     hint = f": add --format {other[0]}" if other else f": name a {SUFFIX_OF[fmt]} file"
-    raise UserError(f"--format {fmt} writes a {SUFFIX_OF[fmt]} file, not {name}{hint}")
+    # the name as given: the name alone was "not null" for /dev/null, "not " for .
+    raise UserError(f"--format {fmt} writes a {SUFFIX_OF[fmt]} file, not {output}{hint}")
 
 
 def check_output(out: Path, args: argparse.Namespace) -> None:

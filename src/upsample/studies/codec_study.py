@@ -610,8 +610,9 @@ def parse_ladders(codecs: list[Codec], items: list[str] | None) -> dict[str, tup
     for item in items or []:
         name, sep, values = item.partition("=")
         if not sep or name not in CODECS:
-            hint = f"; {did_you_mean(name).strip()}" if sep and did_you_mean(name) else ""
-            raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}{hint}")
+            hint = did_you_mean(name).strip() if sep else ""
+            raise UserError(f"--ladder expects CODEC=Q,Q,... with a codec of {', '.join(CODECS)}, got {item!r}"
+                            + (f"; {hint}" if hint else ""))
         if not values.replace(",", "").strip():  # parse_ladder reads "" as the default ladder
             raise UserError(f"--ladder {item}: an empty ladder; give rate points such as {name}="
                             f"{','.join(map(str, CODECS[name].ladder[:3]))}, or leave --ladder {name} out "
