@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from isolation import reaped, wait_for
+
 # The child: `upsample ARGS` as the console command runs it (its SIGTERM handler), with one
 # library function made to block where the real work would be, so the signal lands mid-way.
 CHILD = textwrap.dedent("""
@@ -44,20 +46,12 @@ def _stopped(tmp_path: Path, target: str, args: list[str], sig: int, part_only: 
     marker, err = tmp_path / "blocked", tmp_path / "stderr.txt"
     env = dict(os.environ, UPSAMPLE_BACKEND="torch", UPSAMPLE_CACHE=str(tmp_path / "cache"))
     with open(err, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, module, attr, "1" if part_only else "0",
-                                  str(marker), *args], stdout=subprocess.DEVNULL, stderr=stderr,
-                                 cwd=tmp_path, env=env, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert marker.exists(), err.read_text()
+        with reaped(subprocess.Popen([sys.executable, "-c", CHILD, module, attr, "1" if part_only else "0",
+                                      str(marker), *args], stdout=subprocess.DEVNULL, stderr=stderr,
+                                     cwd=tmp_path, env=env, start_new_session=True)) as child:
+            wait_for(marker, child, err)
             child.send_signal(sig)
             rc = child.wait(30)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
     return rc, err.read_text()
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from isolation import reaped, wait_for
 from upsample import cli
 from upsample.inference import batch
 from upsample.media import imageio
@@ -177,32 +178,21 @@ AFTER_MAIN = textwrap.dedent("""
 """)
 
 
-def _wait_for(path: Path, child: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while not path.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), log.read_text()
-
-
 def test_a_signal_after_the_command_finished_does_not_fail_it(tmp_path):
     src = _png(tmp_path / "in.png")
     out, marker, go, log = tmp_path / "out.png", tmp_path / "done", tmp_path / "go", tmp_path / "log.txt"
     env = dict(os.environ, UPSAMPLE_CACHE=str(tmp_path / "cache"))
     with open(log, "w") as f:
-        child = subprocess.Popen([sys.executable, "-c", AFTER_MAIN, str(marker), str(go), "image", str(src),
-                                  "-o", str(out), "--model", "bicubic", "--scale", "2"],
-                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
-        try:
-            _wait_for(marker, child, log)
+        with reaped(subprocess.Popen([sys.executable, "-c", AFTER_MAIN, str(marker), str(go), "image", str(src),
+                                      "-o", str(out), "--model", "bicubic", "--scale", "2"],
+                                     stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                     start_new_session=True)) as child:
+            wait_for(marker, child, log)
             child.send_signal(signal.SIGINT)
             child.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             go.touch()
             rc = child.wait(30)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
     text = log.read_text()
     assert rc == 0, text
     assert "Traceback" not in text and "interrupted" not in text and "terminated" not in text, text
@@ -239,7 +229,7 @@ def test_a_forked_helper_ended_by_sigterm_exits_quietly(tmp_path):
         child = subprocess.Popen([sys.executable, "-c", FORKS_HELPER, str(marker)], stdout=f,
                                  stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
         try:
-            _wait_for(marker, child, log)
+            wait_for(marker, child, log)
             os.kill(int(marker.read_text()), signal.SIGTERM)  # the helper this test's child forked
             rc = child.wait(30)
         finally:
@@ -273,17 +263,12 @@ def test_ctrl_c_during_export_says_what_was_kept(tmp_path, sig):
     out.write_bytes(b"an earlier export")
     env = dict(os.environ, UPSAMPLE_CACHE=str(tmp_path / "cache"), UPSAMPLE_ALLOW_UNTRAINED="1")
     with open(log, "w") as f:
-        child = subprocess.Popen([sys.executable, "-c", EXPORT_BLOCKED, str(marker), "export", "espcn-x3",
-                                  "-o", str(out), "--overwrite"], stdout=f, stderr=subprocess.STDOUT,
-                                 env=env, cwd=tmp_path, start_new_session=True)
-        try:
-            _wait_for(marker, child, log)
+        with reaped(subprocess.Popen([sys.executable, "-c", EXPORT_BLOCKED, str(marker), "export", "espcn-x3",
+                                      "-o", str(out), "--overwrite"], stdout=f, stderr=subprocess.STDOUT,
+                                     env=env, cwd=tmp_path, start_new_session=True)) as child:
+            wait_for(marker, child, log)
             child.send_signal(sig)
             rc = child.wait(30)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
     text = log.read_text()
     word = "interrupted" if sig == signal.SIGINT else "terminated"
     assert rc == (130 if sig == signal.SIGINT else 143), text
