@@ -263,6 +263,14 @@ def weights_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def shipped_recipe(name: str) -> Path | None:
+    """The resolved config that trained a registered model's shipped weights (packaged beside
+    them), if the package has it."""
+    weights = weights_path(name)
+    recipe = weights.with_suffix(".toml") if weights else None
+    return recipe if recipe and recipe.is_file() else None
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

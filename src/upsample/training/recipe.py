@@ -17,6 +17,24 @@ from . import config as config_mod
 WIDTH_KEYS = ("num_feat", "mid_feat", "d_atten", "num_grow_ch")  # what `upsample prune` shrinks
 
 
+def recipe_file(config: str) -> str:
+    """The recipe file `config` names: a path as given, or a shipped model's name (`upsample train
+    espcn-x3`: the resolved config that trained its shipped weights, packaged beside them, so an
+    installed package trains without the repository's configs/)."""
+    if Path(config).exists() or not registry.is_registered(config):
+        return config  # a path (or a missing file, which loading says)
+    packaged = registry.shipped_recipe(config)
+    if packaged is None:
+        local = Path("configs") / f"{config}.toml"
+        hint = f"e.g. {local}" if local.is_file() else \
+            f"the smallest: [model] name = \"{config}\" and [data] train = [\"DIR\"]"
+        raise UserError(f"{config} has no shipped weights, so no recipe is packaged for it; give a recipe "
+                        f"file ({hint}; the source repository's configs/ hold the papers' recipes)")
+    _note(f"the recipe that trained the shipped {config}: {packaged} (its data: --set "
+          "'data.train=[\"DIR\"]' trains on yours)")
+    return str(packaged)
+
+
 def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
                    init: str | None) -> tuple[config_mod.Config, str | None]:
     """(config, the TOML to record in a new run dir, or None when a run is resumed)."""
@@ -38,8 +56,10 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
     elif cfg.train.init:
         cfg.train.init = init_file(cfg.train.init, "train.init")
         if not Path(cfg.train.init).is_file():
+            shipped = f", or --init {cfg.model.name} (its shipped weights)" \
+                if registry.weights_path(cfg.model.name) else ""
             raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
-                            "from): train that stage first, or pass --init CKPT")
+                            f"from): train that stage first, or pass --init CKPT{shipped}")
     if cfg.train.init:
         _note(adopt_init_widths(cfg, cfg.train.init))
     return cfg, config_mod.to_toml(cfg)

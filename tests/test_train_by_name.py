@@ -1,0 +1,69 @@
+"""`upsample train NAME`: a shipped model's name trains from the recipe packaged beside its weights
+(the resolved config that made them), so an installed package trains without the repository's
+configs/; a model without shipped weights, or a fine-tune stage whose start is missing, says
+what to give instead."""
+
+import json
+import tomllib
+
+import numpy as np
+from PIL import Image
+
+from cli_checks import one_error_line
+from upsample import cli
+from upsample.models import registry
+
+
+def _photos(folder, n=6, side=72):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((side, side), Image.BICUBIC).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_a_shipped_name_trains_from_its_packaged_recipe_on_the_users_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: as after `pip install upsample`
+    _photos(tmp_path / "photos")
+    argv = ["train", "espcn-x3", "--set", 'data.train=["photos"]', "--set", "train.steps=2",
+            "--set", "val.every=2", "--set", "data.batch_size=2", "--set", "data.val_fraction=0.2"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the recipe that trained the shipped espcn-x3" in err and "data.train" in err
+    saved = tomllib.loads((tmp_path / "runs" / "espcn-x3" / "config.toml").read_text())
+    packaged = tomllib.loads(registry.shipped_recipe("espcn-x3").read_text())
+    assert saved["data"]["train"] == ["photos"] and saved["train"]["steps"] == 2
+    for section, key in [("data", "patch_size"), ("optim", "lr"), ("loss", "name"), ("sched", "eta_min")]:
+        assert saved[section][key] == packaged[section][key]
+    steps = [json.loads(line) for line in (tmp_path / "runs" / "espcn-x3" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("step") == 2 for r in steps)
+
+
+def test_a_file_of_that_name_is_the_recipe(tmp_path, monkeypatch, capsys):
+    """A recipe file the user named like a model is read, not the packaged one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "espcn-x3").write_text("[model]\nname = \"espcn-x3\"\n[data]\ntrain = [\"nowhere\"]\n")
+    assert cli.main(["train", "espcn-x3"]) == 2
+    one_error_line(capsys, "data.train: folder not found: nowhere")
+
+
+def test_a_model_without_shipped_weights_says_what_recipe_to_give(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "vapsr-x2"]) == 2
+    one_error_line(capsys, "vapsr-x2 has no shipped weights", '[model] name = "vapsr-x2"', "configs/")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "vapsr-x2.toml").write_text("[model]\nname = \"vapsr-x2\"\n")
+    assert cli.main(["train", "vapsr-x2"]) == 2
+    one_error_line(capsys, "e.g. configs/vapsr-x2.toml")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_fine_tune_stage_whose_start_is_missing_offers_the_shipped_weights(tmp_path, monkeypatch, capsys):
+    """The packaged vdsr recipe is its last fine-tune stage: it starts from runs/vdsr-ft/."""
+    monkeypatch.chdir(tmp_path)
+    _photos(tmp_path / "photos")
+    assert cli.main(["train", "vdsr", "--set", 'data.train=["photos"]']) == 2
+    err = capsys.readouterr().err
+    assert "train.init: runs/vdsr-ft/best.safetensors not found" in err and "--init vdsr" in err
+    assert "Traceback" not in err
