@@ -67,3 +67,9 @@ def test_a_fine_tune_stage_whose_start_is_missing_offers_the_shipped_weights(tmp
     err = capsys.readouterr().err
     assert "train.init: runs/vdsr-ft/best.safetensors not found" in err and "--init vdsr" in err
     assert "Traceback" not in err
+
+
+def test_prune_names_the_shipped_recipe_to_fine_tune_with(tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    assert cli.main(["prune", "espcn-x3", "--sparsity", "0.25", "-o", str(out)]) == 0
+    assert f"`upsample train espcn-x3 --init {out}`" in capsys.readouterr().out

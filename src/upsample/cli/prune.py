@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference.batch import check_writable
     from ..inference.load import check_trained
+    from ..models import registry
     from ..training import prune
     from .options import said_stopped
     from .quantize import refuse_graph
@@ -33,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"params {before_p:,} -> {after_p:,} ({before_p / after_p:.2f}x fewer), "
           f"MACs per 256x256 input {before_m / 1e9:.2f}G -> {after_m / 1e9:.2f}G "
           f"({before_m / after_m:.2f}x fewer)")
+    # a shipped model's name is also its recipe (`upsample train NAME`: training.recipe)
+    recipe = args.model if registry.shipped_recipe(args.model) else "CONFIG"
     print(f"wrote {r.path} ({r.meta['arch']} {r.meta['kwargs']}); fine-tune it with "
-          f"`upsample train CONFIG --init {r.path}`")
+          f"`upsample train {recipe} --init {r.path}`")
     return 0
 
 
