@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--train MODEL times training, --model MODEL inference; give one of them")
     if args.seconds is not None and not args.train:
         raise UserError("--seconds is the time of each loop of --train; inference takes --runs and --warmup")
+    if args.overrides and not args.train:
+        raise UserError("--set changes the recipe of --train; inference takes no recipe")
     if not args.model and not args.train:  # said before torch's import, not 20 s later
         raise UserError("give --model MODEL (or --train MODEL to time training)")
     check_scale_text(args.scale)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.train:
         report = bench_train(args.train, seconds=4.0 if args.seconds is None else args.seconds, device=args.device,
-                             threads=args.threads, log=progress)
+                             threads=args.threads, log=progress, overrides=args.overrides)
         print(json.dumps(finite(report), indent=2) if args.json else format_train_report(report))
         return 0
     size = parse_frame_size(args.size)
@@ -69,9 +71,13 @@ def register(sub) -> None:
                    help="a registered name, a checkpoint, bicubic, or another project's ONNX graph (timed without the "
                         "eager torch row; no default: required unless --train)")
     p.add_argument("--train", default=None, metavar="MODEL",
-                   help="time training instead: our trainer vs a plain reference loop on MODEL's "
-                        "recipe (configs/MODEL.toml, or a recipe file; default: time inference)")
+                   help="time training instead: our trainer vs a plain reference loop on a recipe file, "
+                        "or MODEL's recipe (configs/MODEL.toml here or in the source checkout, else a shipped "
+                        "model's packaged recipe, as `upsample train MODEL` takes it; default: time inference)")
     p.add_argument("--seconds", type=float, default=None, help="--train: timed seconds per loop (default 4)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="--train: override a recipe value, e.g. --set 'data.train=[\"my/photos\"]' "
+                        "(repeatable; default: none)")
     p.add_argument("--scale", default=None, help="scale (default: the model's own; bicubic and VDSR need one)")
     p.add_argument("--size", default="640x360", help="input frame WIDTHxHEIGHT (e.g. 1920x1080)")
     p.add_argument("--backend", default="all", choices=["all", *BACKENDS], help="the backends to time")

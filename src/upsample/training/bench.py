@@ -41,31 +41,64 @@ from .losses import make_loss
 from .procs import Procs, training_device
 from .state import Sampling
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+# The source repository's configs/, where this module runs from a checkout (src/upsample/...);
+# an installed package has none, and finds a shipped model's recipe packaged beside its weights.
+_ROOT = Path(__file__).resolve().parents[3]
+CONFIGS = _ROOT / "configs" if (_ROOT / "pyproject.toml").is_file() else None
 
 
 def find_recipe(target: str) -> Path:
-    """A recipe file, or the recipe in configs/ named after the model (configs/NAME.toml)."""
-    for p in (Path(target), Path("configs") / f"{target}.toml", CONFIGS / f"{target}.toml"):
+    """A recipe file; else the recipe named after the model: ./configs/NAME.toml, the source
+    checkout's configs/NAME.toml, or (an installed package) a shipped model's packaged recipe."""
+    places = [Path(target), Path("configs") / f"{target}.toml"] + \
+        ([CONFIGS / f"{target}.toml"] if CONFIGS else [])
+    for p in places:
         if p.is_file():
             return p
-    raise UserError(f"bench --train: no recipe for {target!r}; give a recipe file (configs/*.toml) "
-                    "or a model with one in configs/")
+    packaged = registry.shipped_recipe(target) if registry.is_registered(target) else None
+    if packaged is not None:
+        return packaged
+    if target.endswith(".toml") or os.sep in target or "/" in target:
+        raise UserError(f"bench --train: recipe file not found: {target}")
+    shipped = ", ".join(n for n in registry.list_models() if registry.shipped_recipe(n))
+    raise UserError(f"bench --train: no recipe for {target!r}; give a recipe file (a TOML recipe, as "
+                    f"`upsample train` takes), or a shipped model's name ({shipped}: its packaged recipe)")
 
 
-def load_recipe(target: str, overrides: list[str]) -> tuple[Path, config_mod.Config]:
-    """(recipe file, its config) of `target`. A recipe given by model name has its data paths
-    made relative to the folder that holds configs/, as `upsample train configs/NAME.toml` run
-    there reads them, wherever bench is run from; a recipe file's stay relative to the current
-    folder, as `train` reads them."""
+def load_recipe(target: str, overrides: list[str], user: list[str] = ()) -> tuple[Path, config_mod.Config]:
+    """(recipe file, its config with `overrides` and the user's --set `user`) of `target`. A
+    recipe of the checkout's configs/ given by model name has its data paths made relative to the
+    folder that holds configs/, as `upsample train configs/NAME.toml` run there reads them,
+    wherever bench is run from; a recipe file's, a packaged recipe's and --set's stay relative to
+    the current folder, as `train` reads them."""
     recipe = find_recipe(target)
-    cfg = config_mod.load_config(recipe, overrides)
-    if recipe != Path(target):
+    cfg = config_mod.load_config(recipe, [*overrides, *user])
+    if recipe != Path(target) and recipe.resolve().parent.name == "configs":
         root = recipe.resolve().parent.parent
-        cfg.data.train = [os.path.normpath(root / p) for p in cfg.data.train]  # an absolute p stays
-        if cfg.data.val_list:
+        given = {o.split("=", 1)[0].strip() for o in user}
+        if "data.train" not in given:
+            cfg.data.train = [os.path.normpath(root / p) for p in cfg.data.train]  # an absolute p stays
+        if cfg.data.val_list and "data.val_list" not in given:
             cfg.data.val_list = os.path.normpath(root / cfg.data.val_list)
     return recipe, cfg
+
+
+def training_files(cfg: config_mod.Config, recipe: Path, target: str, max_images: int,
+                   user: list[str] = ()) -> list[Path]:
+    """The recipe's training images (at most `max_images`); a packaged recipe names the images
+    that trained the shipped model, which a user's machine does not have: say how to give others."""
+    try:
+        files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
+                                           val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+                                           video_every=cfg.data.video_every, max_images=max_images,
+                                           split_seed=config_mod.split_seed(cfg))
+    except UserError as exc:
+        packaged = registry.is_registered(target) and recipe == registry.shipped_recipe(target)
+        if not packaged or any(o.split("=", 1)[0].strip() == "data.train" for o in user):
+            raise
+        raise UserError(f"{exc}; the packaged recipe of {target} names the images that trained it: "
+                        "--set 'data.train=[\"DIR\"]' times it on yours") from None
+    return files
 
 
 def forward_macs(model: torch.nn.Module, shape: tuple) -> int:
@@ -189,21 +222,19 @@ def time_reference(cfg: config_mod.Config, files: list[Path], dev: torch.device,
 
 
 def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threads: int | None = None,
-                max_images: int = 32, log=None) -> dict:
-    """Our trainer and the reference loop on `target`'s recipe (a model name or recipe file):
+                max_images: int = 32, log=None, overrides: list[str] = ()) -> dict:
+    """Our trainer and the reference loop on `target`'s recipe (a model name or recipe file, with
+    the --set `overrides`):
     patches/s, GFLOP/s and share of the measured matmul peak of each, and ours / reference."""
     log = log or (lambda _m: None)
     if not 0 < seconds < float("inf"):
         raise UserError(f"--seconds must be a positive number of seconds, got {seconds:g}")
     dev = training_device(device)
-    recipe, cfg = load_recipe(target, ["train.amp=auto", "train.channels_last=auto"])
+    recipe, cfg = load_recipe(target, ["train.amp=auto", "train.channels_last=auto"], overrides)
     threads = threads or cfg.train.threads  # the recipe's threads, as the trainer sets them
     if threads:
         torch.set_num_threads(threads)
-    files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
-                                       val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-                                       video_every=cfg.data.video_every, max_images=max_images,
-                                       split_seed=config_mod.split_seed(cfg))
+    files = training_files(cfg, recipe, target, max_images, overrides)
     model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     spec = model.upsample_spec
     hr_input = spec.pre_upsample or getattr(model, "trains_on_hr", False)  # the network takes the HR-sized patch
