@@ -73,3 +73,12 @@ def test_prune_names_the_shipped_recipe_to_fine_tune_with(tmp_path, capsys):
     out = tmp_path / "p.safetensors"
     assert cli.main(["prune", "espcn-x3", "--sparsity", "0.25", "-o", str(out)]) == 0
     assert f"`upsample train espcn-x3 --init {out}`" in capsys.readouterr().out
+
+
+def test_a_folder_named_like_the_model_is_no_recipe(tmp_path, monkeypatch, capsys):
+    """A folder of that name (the user's photos, say) does not hide the packaged recipe."""
+    from upsample.training.recipe import recipe_file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "espcn-x3").mkdir()
+    assert recipe_file("espcn-x3") == str(registry.shipped_recipe("espcn-x3"))
+    assert recipe_file("photos.toml") == "photos.toml"  # a missing file: loading says so

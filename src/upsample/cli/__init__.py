@@ -50,7 +50,7 @@ SUMMARIES = {
     "video": "upscale a video; audio, subtitles and data copied as they are",
     "bench": "speed per backend: ms/frame, MP/s, GFLOP/s and share of peak; --train: training speed",
     "data": "prepare, check, clean and split training images",
-    "train": "train a model from a TOML recipe (configs/*.toml)",
+    "train": "train a model from a TOML recipe or a shipped model's name",
     "prune": "remove filters (structured pruning) with torch-pruning",
     "tune": "search training hyper-parameters with Optuna (TPE; weak trials stopped early)",
     "quantize": "static int8 quantization (ONNX Runtime QDQ or OpenVINO NNCF)",

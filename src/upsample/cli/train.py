@@ -83,11 +83,12 @@ class Console:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a TOML recipe (configs/*.toml)",
+    p = sub.add_parser("train", help="train a model from a TOML recipe or a shipped model's name",
                        description="Train a registered model. Under torchrun it runs DDP; "
                                    "data.batch_size is per process. Also under accelerate launch "
                                    "and deepspeed --module (its [deepspeed] section).")
-    p.add_argument("config", type=path_text, help="TOML recipe, e.g. configs/espcn-x3.toml")
+    p.add_argument("config", type=path_text, help="a TOML recipe file (e.g. configs/espcn-x3.toml), or a shipped model's name "
+                   "for the recipe that trained it (e.g. espcn-x3)")
     p.add_argument("--run-dir", metavar="DIR", type=path_text, help="default: runs/<config stem>")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")

@@ -536,7 +536,7 @@ def _expand_home(cfg: Config) -> None:
 def read_toml(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"{p} is a folder; give a recipe file, e.g. configs/tiny.toml")
+        raise UserError(f"{p} is a folder; give a recipe file (TOML), or a shipped model's name for its recipe")
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
@@ -575,7 +575,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     table = read_toml(path)
     if not table and not overrides:  # a truncated or wrong file trained the defaults, exit 0
         raise UserError(f"config {path} is empty (no tables, no keys): a recipe names at least its "
-                        "[model]; start from one in configs/ (e.g. configs/tiny.toml)")
+                        "[model]; the smallest: [model] name = \"espcn-x2\" and [data] train = [\"DIR\"]; "
+                        "or give a shipped model's name for its recipe (upsample train espcn-x2)")
     return config_from_dict(table, overrides)
 
 

@@ -21,8 +21,8 @@ def recipe_file(config: str) -> str:
     """The recipe file `config` names: a path as given, or a shipped model's name (`upsample train
     espcn-x3`: the resolved config that trained its shipped weights, packaged beside them, so an
     installed package trains without the repository's configs/)."""
-    if Path(config).exists() or not registry.is_registered(config):
-        return config  # a path (or a missing file, which loading says)
+    if Path(config).is_file() or not registry.is_registered(config):
+        return config  # a file (or a missing one or a folder, which loading says)
     packaged = registry.shipped_recipe(config)
     if packaged is None:
         local = Path("configs") / f"{config}.toml"
