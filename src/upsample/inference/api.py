@@ -26,7 +26,7 @@ from ..runtime.kinds import BACKENDS, PRECISIONS
 from .load import check_scale, load_upscaler
 from .sizes import MIN_UNITLESS_MEMORY, parse_memory
 from .tiler import Tiler, is_channel_agnostic
-from .upscaler import BicubicUpscaler, Upscaler
+from .upscaler import BicubicUpscaler, Upscaler, glue_threads
 from .wrappers import ResizedUpscaler, half_upscaler
 
 
@@ -79,14 +79,16 @@ class ImageUpscaler:
         if tile and self.verbose:
             tqdm.write(f"note: {desc or 'image'}: {c.shape[1]}x{c.shape[0]} in {tile}px tiles, "
                        f"pad {self.tiler.pad}", file=sys.stderr)
-        color = self.tiler.upscale(c, tile=tile, desc=desc)
+        with glue_threads(self.up):  # the network outside torch: torch's share on one thread
+            color = self.tiler.upscale(c, tile=tile, desc=desc)
         alpha = None
         if a is not None:
             if self.alpha_tiler is self.tiler:
-                atile = tile
-            else:
+                with glue_threads(self.up):
+                    alpha = self.tiler.upscale(a, tile=tile, desc=desc)
+            else:  # bicubic: torch's own work, on its threads
                 atile = self.alpha_tiler.plan_tile(a.shape[0], a.shape[1], 1, a.dtype, oh * ow * a.itemsize)
-            alpha = self.alpha_tiler.upscale(a, tile=atile, desc=desc)
+                alpha = self.alpha_tiler.upscale(a, tile=atile, desc=desc)
         return Planes(color, alpha, planes.info)
 
     def upscale_planes_in_strips(self, planes: Planes, write, desc: str = "") -> None:
@@ -110,7 +112,8 @@ class ImageUpscaler:
                        + (f", {tile}px tiles" if tile else "")
                        + (", written" if isinstance(c, np.ndarray) else ", read and written") + " as it goes",
                        file=sys.stderr)
-        self.tiler.upscale_rows(c, write, tile=tile, band=band, desc=desc)
+        with glue_threads(self.up):
+            self.tiler.upscale_rows(c, write, tile=tile, band=band, desc=desc)
 
     def upscale(self, image):
         """`image` upscaled, as the class docstring says; an image this cannot take (a float PIL
@@ -134,12 +137,12 @@ class ImageUpscaler:
         the same layout, dtype and device, clamped to [0, 1], in float (not rounded to 8 or 16 bits).
         In one piece, as spandrel's models run: tiling and alpha are the arrays' and images' path."""
         check_tensor(x)
-        check_tensor_values(x)
-        batch = (x if x.ndim == 4 else x[None]).detach().to(self.up.device, torch.float32)
-        gray = batch.shape[1] == 1 and not is_channel_agnostic(self.up)  # an RGB model: as gray RGB
-        with torch.no_grad():
+        with torch.no_grad(), glue_threads(self.up):  # the network outside torch: torch's share on one thread
+            check_tensor_values(x)
+            batch = (x if x.ndim == 4 else x[None]).detach().to(self.up.device, torch.float32)
+            gray = batch.shape[1] == 1 and not is_channel_agnostic(self.up)  # an RGB model: as gray RGB
             y = self.up(batch.expand(-1, 3, -1, -1) if gray else batch)
-        y = (y.mean(1, keepdim=True) if gray else y).clamp_(0, 1).to(x.device, x.dtype)
+            y = (y.mean(1, keepdim=True) if gray else y).clamp_(0, 1).to(x.device, x.dtype)
         return y if x.ndim == 4 else y[0]
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:

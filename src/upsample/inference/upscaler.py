@@ -15,7 +15,9 @@ other backends the colour and resize edges run in torch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -109,6 +111,13 @@ class ModelUpscaler(Upscaler):
         x = x.to(self.device, torch.float32)
         if self.run_rgb is not None and min(x.shape[-2:]) >= FUSED_MIN_SIDE:  # one graph, edges fused (auto)
             return self.run_rgb(x)
+        if self.spec.input == "y" or self.spec.pre_upsample:  # resizes in torch: on the caller's threads
+            with callers_threads():
+                return self._edges_in_torch(x)
+        return self.run_network(x)
+
+    def _edges_in_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The colour and resize edges in torch around the network (Y models, pre-upsampling)."""
         ycc = None
         if self.spec.input == "y":
             ycc = rgb_to_ycbcr(x)
@@ -134,3 +143,56 @@ class ModelUpscaler(Upscaler):
             out = out[..., :h * s, :w * s]
         return out
 
+
+
+def torch_does_glue_only(up: Upscaler) -> bool:
+    """Whether `up` runs its network outside torch on the CPU (OpenVINO, onnxruntime) and leaves
+    torch element-wise glue alone (conversions, clamps, padding): the fused RGB graph of `auto`
+    (a picture too thin for it takes the torch edges, on the caller's threads: `callers_threads`),
+    or an RGB network without pre-upsampling. A wrapper (--outscale's resize) or the int8
+    network's torch colour edges are not."""
+    if not isinstance(up, ModelUpscaler) or up.device.type != "cpu":
+        return False
+    if not str(up.runtime).startswith(("openvino", "onnxruntime")):
+        return False
+    return up.run_rgb is not None or (up.spec.input != "y" and not up.spec.pre_upsample)
+
+
+_glue = threading.local()  # the caller's torch threads while `glue_threads` runs on one
+
+
+@contextlib.contextmanager
+def glue_threads(up: Upscaler):
+    """One torch thread in this block where `torch_does_glue_only(up)`: torch's OpenMP threads
+    spin after each small op and took the cores from the runtime's own threads, and these from
+    torch's next op (espcn-x3 on 64x64 images, 2 cores: 34 ms a call instead of 5). Element-wise
+    ops give the same bits on any number of threads; resizes do not always (imresize of 7x3000 by
+    1.5 changed a last bit), so they go back to the caller's (`callers_threads`). torch's OpenMP
+    count is the calling thread's: threads upscaling at once each keep and restore their own."""
+    if not torch_does_glue_only(up):
+        yield
+        return
+    before, outer = torch.get_num_threads(), getattr(_glue, "threads", None)
+    _glue.threads = before if outer is None else outer
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _glue.threads = outer
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def callers_threads():
+    """Inside `glue_threads`, the caller's torch threads again: for resizes (matrix products,
+    whose last bits can depend on the number of threads), e.g. a picture too thin for the fused
+    graph. Elsewhere nothing changes."""
+    threads = getattr(_glue, "threads", None)
+    if threads is None:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)

@@ -1,0 +1,163 @@
+"""Per-call overhead of the image API around a network that runs outside torch (OpenVINO,
+onnxruntime): torch's glue (conversions, clamps) runs on one thread there, since torch's spinning
+OpenMP threads and the runtime's took each other's cores (espcn-x3, 64x64, 2 cores: 34 ms a call
+instead of 5). Structure only: which thread count each part sees, never a time."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from upsample.inference import api
+from upsample.inference.api import ImageUpscaler
+from upsample.inference.upscaler import BicubicUpscaler, ModelUpscaler, torch_does_glue_only
+from upsample.inference.wrappers import ResizedUpscaler
+from upsample.models import registry
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def fake_runtime_upscaler(runtime: str = "openvino, fused edges", network=None) -> tuple[ModelUpscaler, list]:
+    """espcn-x2's upscaler whose RGB -> RGB graph (`run_rgb`, as `auto` makes it) is a nearest
+    x2 resize that records the torch threads it was called under."""
+    torch.manual_seed(0)
+    model = registry.create_model("espcn-x2").eval()
+    up = ModelUpscaler(model, model, scale=2, name="espcn-x2", backend="auto", device=torch.device("cpu"))
+    up.runtime, seen = runtime, []
+
+    def run_rgb(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        if network is not None:
+            network()
+        return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    up.run_rgb = run_rgb
+    return up, seen
+
+
+def images():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    return [a, a[..., 0].copy(), a.astype(np.uint16) * 257, Image.fromarray(a),
+            torch.from_numpy(a).permute(2, 0, 1).float() / 255]
+
+
+def test_glue_runs_on_one_thread_around_a_network_outside_torch(two_threads):
+    up, seen = fake_runtime_upscaler()
+    m = ImageUpscaler(up)
+    for image in images():
+        seen.clear()
+        m.upscale(image)
+        assert seen == [1], type(image).__name__
+        assert torch.get_num_threads() == 2  # given back after the call
+
+
+def test_a_torch_network_keeps_the_callers_threads(two_threads):
+    up, seen = fake_runtime_upscaler(runtime="torch")
+    ImageUpscaler(up).upscale(images()[0])
+    assert seen == [2]
+
+
+def test_bicubic_alpha_keeps_the_callers_threads(two_threads, monkeypatch):
+    """The alpha's bicubic is torch's matrix products: its threads and bits stay as they were."""
+    up, seen = fake_runtime_upscaler()
+    alpha_threads = []
+    bicubic = BicubicUpscaler.__call__
+
+    def recording(self, x):
+        alpha_threads.append(torch.get_num_threads())
+        return bicubic(self, x)
+    monkeypatch.setattr(BicubicUpscaler, "__call__", recording)
+    rgba = np.random.default_rng(1).integers(0, 256, (8, 10, 4), dtype=np.uint8)
+    out = ImageUpscaler(up).upscale(rgba)
+    assert out.shape == (16, 20, 4)
+    assert seen == [1] and alpha_threads == [2]
+
+
+def test_only_element_wise_torch_work_is_moved_to_one_thread():
+    up, _ = fake_runtime_upscaler()
+    assert torch_does_glue_only(up)
+    assert not torch_does_glue_only(fake_runtime_upscaler(runtime="torch")[0])
+    assert not torch_does_glue_only(ResizedUpscaler(up, 3.0))  # --outscale: a torch resize
+    assert not torch_does_glue_only(BicubicUpscaler(2))
+    int8 = fake_runtime_upscaler(runtime="openvino")[0]
+    int8.run_rgb = None  # a Y network whose colour edges (resizes) run in torch
+    assert not torch_does_glue_only(int8)
+    cuda = fake_runtime_upscaler()[0]
+    cuda.device = torch.device("cuda")
+    assert not torch_does_glue_only(cuda)
+
+
+def test_threads_come_back_when_the_network_fails(two_threads):
+    def fail():
+        raise RuntimeError("the runtime failed")
+    up, _ = fake_runtime_upscaler(network=fail)
+    with pytest.raises(RuntimeError, match="the runtime failed"):
+        ImageUpscaler(up).upscale(images()[0])
+    assert torch.get_num_threads() == 2
+
+
+def test_another_thread_keeps_its_count_while_one_upscales(two_threads):
+    """torch's OpenMP count is per thread: a caller upscaling does not slow the others down."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def wait():
+        inside.set()
+        assert leave.wait(10)
+    up, seen = fake_runtime_upscaler(network=wait)
+    m, after = ImageUpscaler(up), []
+
+    def worker():
+        torch.set_num_threads(2)
+        m.upscale(images()[0])
+        after.append(torch.get_num_threads())
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert inside.wait(10)
+        assert torch.get_num_threads() == 2  # this thread, while the worker is inside the network
+    finally:
+        leave.set()
+        t.join(10)
+    assert seen == [1] and after == [2]
+
+
+def test_same_output_bits_as_with_the_callers_threads(monkeypatch, two_threads):
+    up, _ = fake_runtime_upscaler()
+    m = ImageUpscaler(up)
+    new = [m.upscale(image) for image in images()]
+    monkeypatch.setattr(api, "glue_threads", lambda up: contextlib.nullcontext())
+    old = [m.upscale(image) for image in images()]
+    for a, b in zip(old, new):
+        a, b = (a.numpy(), b.numpy()) if isinstance(a, torch.Tensor) else (np.asarray(a), np.asarray(b))
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_a_picture_too_thin_for_the_fused_graph_resizes_on_the_callers_threads(two_threads):
+    """Its colour and resize edges run in torch (matrix products, whose last bits can depend on
+    the thread count): on the caller's threads, as before; the glue after it on one again."""
+    up, seen = fake_runtime_upscaler()
+    net, in_net = up.run_net, []
+
+    def run_net(x):
+        in_net.append(torch.get_num_threads())
+        return net(x)
+    up.run_net = run_net
+    m = ImageUpscaler(up)
+    out = m.upscale(np.random.default_rng(2).integers(0, 256, (2, 40, 3), dtype=np.uint8))
+    assert out.shape == (4, 80, 3)
+    assert seen == [] and in_net == [2]  # not the fused graph: the torch edges, 2 threads
+    assert torch.get_num_threads() == 2
+    with torch.no_grad():  # outside the API nothing changes either
+        up(torch.rand(1, 3, 2, 40))
+    assert in_net == [2, 2]
