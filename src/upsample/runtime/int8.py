@@ -69,6 +69,10 @@ def read_meta(path: Path) -> tuple[str, dict]:
     except Exception:  # protobuf's decode errors of several types
         raise UserError(f"{path}: not a readable ONNX model (it does not decode as one): a damaged "
                         "file, or another format named .onnx") from None
+    if not text and backend == Backend.OPENVINO:  # an `upsample export` IR made before it wrote metadata too
+        raise UserError(f"{path} is an OpenVINO graph without upsample's metadata (an `upsample export` "
+                        "of an older version, or another tool's), which is not run as a model: give its "
+                        "ONNX graph instead, or the model itself (registered name or checkpoint)")
     if not text:
         raise UserError(f"{path} was not written by `upsample quantize` (no {META_KEY} metadata); "
                         "run a checkpoint or a registered model instead")
