@@ -161,3 +161,15 @@ def test_a_picture_too_thin_for_the_fused_graph_resizes_on_the_callers_threads(t
     with torch.no_grad():  # outside the API nothing changes either
         up(torch.rand(1, 3, 2, 40))
     assert in_net == [2, 2]
+
+
+def test_the_tile_memory_probe_does_not_import_dynamo():
+    """Entering a TorchDispatchMode imported torch._dynamo (1.1 s of each `upsample image` run that
+    plans its tiles); the tracker opts out, and still sees the tensors alive at once."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\nfrom upsample.inference.memory import PeakTensorMemory\n"
+            "x = torch.zeros(1000)\nwith PeakTensorMemory() as t:\n    y = x + 1\n    z = y * 2\n    del y\n"
+            "print(t.peak, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["8000", "False"], out.stdout + out.stderr

@@ -78,6 +78,13 @@ class PeakTensorMemory(TorchDispatchMode):
         self._tensors: dict[int, weakref.ref] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in dynamo.disable unless told not to, and that
+        # imports torch._dynamo on the first op (1.1 s of every `upsample image` run that plans
+        # tiles); nothing is compiled under this mode
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
