@@ -243,6 +243,5 @@ class Tiler:
                 raise RuntimeError(f"{self.up.name} gave {tuple(y.shape[-2:])} for a tile that "
                                    f"needs {(oy1 - oy0, ox1 - ox0)}: is the model's scale {self.up.scale}?")
             q = y.float().clamp_(0, 1).mul_(maxval).round_()
-            q = q.to(torch.uint8 if out.dtype == np.uint8 else torch.int32).permute(0, 2, 3, 1)
-            q = q.contiguous().cpu().numpy()  # torch's copy to HWC beats numpy's strided one (1080p: 7 -> 3 ms)
+            q = q.to(torch.uint8 if out.dtype == np.uint8 else torch.int32).permute(0, 2, 3, 1).cpu().numpy()
             out[:, oy0:oy1, ox0:ox1] = q
