@@ -188,3 +188,22 @@ def test_each_memory_probe_hands_free_heap_back_first(monkeypatch):
                                    TileGeometry.of(2.0), 0)
     planner.bytes_per_pixel(3, np.dtype(np.uint8))
     assert order == ["trim", "measure", "trim", "measure"]
+
+
+def test_a_compiled_network_under_the_tracker_is_not_traced_into_it():
+    """Where dynamo is loaded (CUDA's auto may compile the network), the tracker is torch's default
+    kind of mode: a compiled call under it recompiled its frames up to dynamo's limit."""
+    from torch._dynamo.utils import counters
+
+    from upsample.inference.memory import tensor_tracker
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    compiled = torch.compile(net, backend="eager")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        compiled(x)
+        frames = counters["frames"]["total"]
+        for _ in range(3):
+            with tensor_tracker() as tracker:
+                compiled(x)
+            assert tracker.peak > 0
+    assert counters["frames"]["total"] == frames

@@ -27,7 +27,7 @@ from ..inference.wrappers import half_upscaler
 from ..runtime.int8 import BACKEND_OF
 from ..runtime.kinds import BACKENDS, Backend, Precision
 from ..inference.upscaler import BicubicUpscaler, Upscaler
-from ..inference.memory import PeakTensorMemory, free_memory
+from ..inference.memory import free_memory, tensor_tracker
 from ..inference.load import check_scale, check_trained, check_device, load_upscaler, resolve_model, scale_of
 from ..runtime import auto, int8 as int8_files, quantize
 from ..runtime.foreign_onnx import is_foreign
@@ -94,7 +94,7 @@ def network_peak_bytes(up: Upscaler, h: int, w: int) -> int:
     if up.model is None:
         return 0
     meta, x = _network_input(up, h, w)
-    with PeakTensorMemory() as peak, torch.no_grad():
+    with tensor_tracker() as peak, torch.no_grad():
         meta(x)
     return peak.peak
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import threading
 import weakref
 from typing import Callable
@@ -81,8 +82,8 @@ class PeakTensorMemory(TorchDispatchMode):
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         # torch wraps a mode's __torch_dispatch__ in dynamo.disable unless told not to, and that
-        # imports torch._dynamo on the first op (1.1 s of every `upsample image` run that plans
-        # tiles); nothing is compiled under this mode
+        # imports torch._dynamo on the first op: 1.1 s of every `upsample image` run that plans
+        # tiles (where dynamo is loaded already, `tensor_tracker` gives the wrapped kind)
         return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -117,6 +118,24 @@ class PeakTensorMemory(TorchDispatchMode):
                 if entry[1] <= 0:
                     self.live -= entry[0]
                     del self._storages[key]
+
+
+class _UntracedPeakTensorMemory(PeakTensorMemory):
+    """The tracker as torch makes a mode by default: its dispatch under dynamo.disable, so that a
+    compiled network run under it (CUDA's auto may pick torch.compile) is not traced into it
+    (recompiled frames, a recompile-limit warning)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def tensor_tracker() -> PeakTensorMemory:
+    """A PeakTensorMemory that imports no dynamo where none is loaded, and keeps it out where it is."""
+    return _UntracedPeakTensorMemory() if "torch._dynamo" in sys.modules else PeakTensorMemory()
 
 
 def _peak_rss_of(fn) -> int:
@@ -266,7 +285,7 @@ class MemoryPlanner:
     def _measure(self, side: int, channels: int, dtype: np.dtype) -> tuple[int, int, int]:
         """(pixels, tracked tensor bytes, grown process or CUDA bytes) of one side x side probe."""
         probe = np.random.default_rng(0).integers(0, 255, (1, side, side, channels)).astype(dtype)
-        tracker = PeakTensorMemory()
+        tracker = tensor_tracker()
 
         def go():
             with tracker:
