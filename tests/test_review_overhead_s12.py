@@ -207,3 +207,39 @@ def test_a_compiled_network_under_the_tracker_is_not_traced_into_it():
                 compiled(x)
             assert tracker.peak > 0
     assert counters["frames"]["total"] == frames
+
+
+def test_a_thread_that_starts_while_another_is_in_the_glue_gets_the_callers_count_back(two_threads):
+    """torch.set_num_threads also sets the count a new thread takes: a `--jobs` worker that first
+    ran torch while another was in the glue took 1, gave 1 back for good (and resized alpha with
+    other bits); every thread now gives back the count torch had before the first came in."""
+    inside, leave = threading.Event(), threading.Event()
+    calls = []
+
+    def hold_the_first():
+        calls.append(1)
+        if len(calls) == 1:
+            inside.set()
+            assert leave.wait(10)
+    up, seen = fake_runtime_upscaler(network=hold_the_first)
+    m, counts = ImageUpscaler(up), {}
+
+    def run(name):
+        m.upscale(images()[0])
+        counts[name] = torch.get_num_threads()
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    try:
+        assert inside.wait(10)
+        late = threading.Thread(target=run, args=("late",))  # its first torch op while first is inside
+        late.start()
+        late.join(10)
+    finally:
+        leave.set()
+        first.join(10)
+    fresh = []
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join(10)
+    assert seen == [1, 1] and counts == {"first": 2, "late": 2} and fresh == [2]
+    assert torch.get_num_threads() == 2

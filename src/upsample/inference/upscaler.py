@@ -158,7 +158,9 @@ def torch_does_glue_only(up: Upscaler) -> bool:
     return up.run_rgb is not None or (up.spec.input != "y" and not up.spec.pre_upsample)
 
 
-_glue = threading.local()  # the caller's torch threads while `glue_threads` runs on one
+_glue = threading.local()  # this thread's torch threads to give back, while it is in `glue_threads`
+_inside_lock = threading.Lock()
+_inside = {"threads": 0, "callers": 1}  # threads in `glue_threads`; torch's count before the first
 
 
 @contextlib.contextmanager
@@ -167,19 +169,27 @@ def glue_threads(up: Upscaler):
     spin after each small op and took the cores from the runtime's own threads, and these from
     torch's next op (espcn-x3 on 64x64 images, 2 cores: 34 ms a call instead of 5). Element-wise
     ops give the same bits on any number of threads; resizes do not always (imresize of 7x3000 by
-    1.5 changed a last bit), so they go back to the caller's (`callers_threads`). torch's OpenMP
-    count is the calling thread's: threads upscaling at once each keep and restore their own."""
-    if not torch_does_glue_only(up):
+    1.5 changed a last bit), so they go back to the caller's (`callers_threads`).
+    torch.set_num_threads also sets the count a thread takes when it first runs torch: a thread
+    that started while another was in here took 1 and gave 1 back for good (`--jobs 2` wrote
+    other alpha bits). So the count before the first thread came in is what every thread in
+    here gives back and resizes with, and it is torch's again once the last one leaves."""
+    if not torch_does_glue_only(up) or getattr(_glue, "threads", None) is not None:  # nested: as set
         yield
         return
-    before, outer = torch.get_num_threads(), getattr(_glue, "threads", None)
-    _glue.threads = before if outer is None else outer
-    torch.set_num_threads(1)
+    with _inside_lock:
+        if _inside["threads"] == 0:
+            _inside["callers"] = torch.get_num_threads()
+        _inside["threads"] += 1
+        _glue.threads = _inside["callers"]
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        _glue.threads = outer
-        torch.set_num_threads(before)
+        with _inside_lock:
+            _inside["threads"] -= 1
+            torch.set_num_threads(_glue.threads)
+            _glue.threads = None
 
 
 @contextlib.contextmanager
