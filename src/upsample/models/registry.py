@@ -266,7 +266,7 @@ def weights_path(name: str) -> Path | None:
 def shipped_recipe(name: str) -> Path | None:
     """The resolved config that trained a registered model's shipped weights (packaged beside
     them), if the package has it."""
-    weights = weights_path(name)
+    weights = weights_path(name) if is_registered(name) else None
     recipe = weights.with_suffix(".toml") if weights else None
     return recipe if recipe and recipe.is_file() else None
 

@@ -60,7 +60,7 @@ from .losses import PerceptualLoss, make_loss
 from .optim import build_optimizer, build_scheduler, optimizer_step
 from .procs import (Pace, Procs, Stop, process_start_time, said_by_rank_zero, set_torch_flags,
                     start_processes)
-from .recipe import init_from, recipe_file, resolve_config
+from .recipe import check_packaged_data, init_from, recipe_file, resolve_config
 from .rundir import RunLog, check_run_dir
 from .speed import CompiledOrEager, StepModes, candidates, choose_modes, kernels_for, resumed_modes
 from .state import EMA, Sampling, TrainState, read_state_file, write_state_file
@@ -76,8 +76,10 @@ def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, r
     `started`: when the command began, for --max-minutes (None: the process's start)."""
     run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     try:
-        config = recipe_file(config)
-        cfg, text = resolve_config(config, overrides, run_dir=run_dir, resume=resume, init=init)
+        recipe = recipe_file(config)
+        cfg, text = resolve_config(recipe, overrides, run_dir=run_dir, resume=resume, init=init)
+        if recipe != config:
+            check_packaged_data(config, cfg, overrides)
     except UserError as exc:  # every rank of a launcher meets it alike, before they meet
         raise said_by_rank_zero(exc) from None
     peer_lost = False

@@ -30,9 +30,19 @@ def recipe_file(config: str) -> str:
             f"the smallest: [model] name = \"{config}\" and [data] train = [\"DIR\"]"
         raise UserError(f"{config} has no shipped weights, so no recipe is packaged for it; give a recipe "
                         f"file ({hint}; the source repository's configs/ hold the papers' recipes)")
-    _note(f"the recipe that trained the shipped {config}: {packaged} (its data: --set "
-          "'data.train=[\"DIR\"]' trains on yours)")
+    _note(f"the recipe that trained the shipped {config}: {packaged}")
     return str(packaged)
+
+
+def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str]) -> None:
+    """The packaged recipe of a shipped model names the images that trained it: where they are not
+    here and no --set gives others, say how to give yours (not only "folder not found")."""
+    if any(o.split("=", 1)[0].strip() == "data.train" for o in overrides):
+        return
+    missing = [p for p in cfg.data.train if not Path(p).exists()]
+    if missing:
+        raise UserError(f"data.train: {missing[0]} not found: the recipe of the shipped {name} names the "
+                        "images that trained it; --set 'data.train=[\"DIR\"]' trains on yours")
 
 
 def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
