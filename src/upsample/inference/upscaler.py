@@ -144,7 +144,6 @@ class ModelUpscaler(Upscaler):
         return out
 
 
-
 def torch_does_glue_only(up: Upscaler) -> bool:
     """Whether `up` runs its network outside torch on the CPU (OpenVINO, onnxruntime) and leaves
     torch element-wise glue alone (conversions, clamps, padding): the fused RGB graph of `auto`
