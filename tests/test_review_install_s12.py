@@ -51,7 +51,7 @@ def test_bench_train_takes_a_shipped_models_packaged_recipe(installed):
 
 def test_the_packaged_recipes_missing_images_say_how_to_give_yours(installed):
     recipe, cfg = tbench.load_recipe("espcn-x3", [])
-    with pytest.raises(UserError, match=r"""--set 'data.train=\["DIR"\]' times it on yours"""):
+    with pytest.raises(UserError, match=r"""--set 'data.train=\["DIR"\]' gives yours"""):
         tbench.training_files(cfg, recipe, "espcn-x3", 8)
     # a folder of the user's own that is missing: that alone is said
     user = ['data.train=["nope"]']

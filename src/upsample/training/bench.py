@@ -39,6 +39,7 @@ from . import loop
 from .batches import batches_on_device, build_pairs
 from .losses import make_loss
 from .procs import Procs, training_device
+from .recipe import check_packaged_data
 from .state import Sampling
 
 # The source repository's configs/, where this module runs from a checkout (src/upsample/...);
@@ -87,17 +88,12 @@ def training_files(cfg: config_mod.Config, recipe: Path, target: str, max_images
                    user: list[str] = ()) -> list[Path]:
     """The recipe's training images (at most `max_images`); a packaged recipe names the images
     that trained the shipped model, which a user's machine does not have: say how to give others."""
-    try:
-        files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
-                                           val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-                                           video_every=cfg.data.video_every, max_images=max_images,
-                                           split_seed=config_mod.split_seed(cfg))
-    except UserError as exc:
-        packaged = registry.is_registered(target) and recipe == registry.shipped_recipe(target)
-        if not packaged or any(o.split("=", 1)[0].strip() == "data.train" for o in user):
-            raise
-        raise UserError(f"{exc}; the packaged recipe of {target} names the images that trained it: "
-                        "--set 'data.train=[\"DIR\"]' times it on yours") from None
+    if registry.is_registered(target) and recipe == registry.shipped_recipe(target):
+        check_packaged_data(target, cfg, list(user))
+    files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
+                                       val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+                                       video_every=cfg.data.video_every, max_images=max_images,
+                                       split_seed=config_mod.split_seed(cfg))
     return files
 
 

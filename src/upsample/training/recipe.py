@@ -42,7 +42,7 @@ def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str])
     missing = [p for p in cfg.data.train if not Path(p).exists()]
     if missing:
         raise UserError(f"data.train: {missing[0]} not found: the recipe of the shipped {name} names the "
-                        "images that trained it; --set 'data.train=[\"DIR\"]' trains on yours")
+                        "images that trained it; --set 'data.train=[\"DIR\"]' gives yours")
 
 
 def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
