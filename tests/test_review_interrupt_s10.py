@@ -144,7 +144,17 @@ def test_codec_study_stopped_while_writing_leaves_no_folder(tmp_path):
     assert not (tmp_path / "study").exists()  # not even an empty folder, nor a hidden .part one
 
 
-def test_a_study_replaces_the_earlier_one_whole_when_ctrl_c_lands_between_renames(tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler, also where the run inherited SIGINT ignored (a script's
+    background job: the deferred Ctrl-C was then, rightly, ignored too)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_study_replaces_the_earlier_one_whole_when_ctrl_c_lands_between_renames(tmp_path, monkeypatch,
+                                                                                    python_ctrl_c):
     from upsample.studies import study_files
     out = tmp_path / "study"
     out.mkdir()
