@@ -56,7 +56,7 @@ def find_recipe(target: str) -> Path:
     for p in places:
         if p.is_file():
             return p
-    packaged = registry.shipped_recipe(target) if registry.is_registered(target) else None
+    packaged = registry.shipped_recipe(target)
     if packaged is not None:
         return packaged
     if target.endswith(".toml") or os.sep in target or "/" in target:
@@ -88,7 +88,7 @@ def training_files(cfg: config_mod.Config, recipe: Path, target: str, max_images
                    user: list[str] = ()) -> list[Path]:
     """The recipe's training images (at most `max_images`); a packaged recipe names the images
     that trained the shipped model, which a user's machine does not have: say how to give others."""
-    if registry.is_registered(target) and recipe == registry.shipped_recipe(target):
+    if recipe == registry.shipped_recipe(target):
         check_packaged_data(target, cfg, list(user))
     files, _ = sources.training_images(cfg.data.train, val_list=cfg.data.val_list,
                                        val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
