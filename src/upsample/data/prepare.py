@@ -186,7 +186,7 @@ def video_frames(path: Path, every: int):
     """(frame number, uint8 RGB HWC) of every `every`-th decoded frame (PyAV)."""
     import av
 
-    from ..media.video import main_video_stream
+    from ..media.video import frame_rgb, main_video_stream
 
     try:
         with av.open(str(path)) as container:
@@ -196,22 +196,9 @@ def video_frames(path: Path, every: int):
             stream.thread_type = "AUTO"
             for n, frame in enumerate(container.decode(stream)):
                 if n % every == 0:
-                    yield n, frame_rgb(frame)
+                    yield n, frame_rgb(frame)  # as `upsample video` feeds an RGB model
     except av.error.FFmpegError as exc:  # its str leads with FFmpeg's errno: "[Errno 1094995529] ..."
         raise UserError(f"cannot decode video {path}: {exc.strerror or exc}") from None
-
-
-def frame_rgb(frame) -> np.ndarray:
-    """uint8 RGB HWC of a decoded video frame, converted as `upsample video` converts the frames it
-    feeds an RGB model (inference.video: bicubic chroma, accurate rounding, the frame's range and
-    matrix): `to_ndarray`'s default bilinear chroma and fast rounding gave training pictures ~2
-    levels off those, softer at colour edges (up to 134 levels there)."""
-    import av
-
-    flags = av.video.reformatter.Interpolation
-    return frame.reformat(format="rgb24", src_color_range=frame.color_range or None,
-                          interpolation=flags.BICUBIC | flags.ACCURATE_RND | flags.FULL_CHR_H_INT
-                          | flags.FULL_CHR_H_INP).to_ndarray()
 
 
 def _frames(path: Path, name: str, every: int):

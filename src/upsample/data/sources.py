@@ -35,7 +35,7 @@ from .prepare import is_video_path, note_not_images, video_frames, without_lr
 
 FRAME_LIST = "frames.txt"  # a cache folder's frame files, one a line; written last
 # Bumped when decoding changes what a frame's pixels are, so that caches of the old decode are not
-# reused ("|rgb2": `prepare.frame_rgb`, converted as `upsample video` converts)
+# reused ("|rgb2": `media.video.frame_rgb`, converted as `upsample video` converts)
 FRAMES_VERSION = "|rgb2"
 
 

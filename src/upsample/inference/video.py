@@ -42,10 +42,10 @@ from ..data.degrade import imresize, output_size
 from ..errors import UserError
 from ..media.imageio import Planes, atomic_output, fill_hidden_colour
 from ..media.progress import progress_bar
-from ..media.video import (CAPTION_SEI_HEADERS, FAMILIES, NO_PTS_MUXERS, SLOT_MUXERS, VIDEO_FIRST,
+from ..media.video import (CAPTION_SEI_HEADERS, EXACT_SWS, FAMILIES, NO_PTS_MUXERS, SLOT_MUXERS, VIDEO_FIRST,
                            add_copied_streams, add_video_stream, carry_frame_props, copy_chapters, copy_colour_tags,
-                           choose_encoding, close_after_error, colour_tags, encoder_held_bytes, finish_output,
-                           first_frame,
+                           choose_encoding, close_after_error, colour_tags, encoder_held_bytes,
+                           finish_output, first_frame, frame_rgb,
                            frame_count, frame_rate, has_alpha, header_video_end, is_cover_art, is_planar_yuv, is_yuv,
                            keep_alpha_hint, lost_metadata_notes, main_video_stream, muxer_name, open_input,
                            open_output, plane_view, remux, start_output, stream_pix_fmt, video_decoder,
@@ -1047,8 +1047,7 @@ def _upscale_rgb(group, plan: _Plan) -> list:
     """The RGB model on rgb24/rgb48 frames, converted back to `plan.out_fmt` with each input
     frame's colour matrix and range."""
     work = plan.work
-    rgb = np.stack([f.reformat(format=work.name, src_color_range=f.color_range or None,
-                               interpolation=EXACT_SWS).to_ndarray() for f in group])
+    rgb = np.stack([frame_rgb(f, work.name) for f in group])
     up = plan.tiler.upscale(rgb[..., :3], tile=plan.tile)
     if rgb.shape[-1] == 4:  # the alpha plane by libswscale's bicubic, as the YUV path's chroma
         up = np.concatenate([up, _resized_planes(rgb[..., 3], plan.size)[..., None]], axis=-1)
@@ -1064,13 +1063,6 @@ def _resized_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     gray = "gray" if planes.dtype == np.uint8 else "gray16le"
     return np.stack([av.VideoFrame.from_ndarray(p, format=gray).reformat(
         width=size[1], height=size[0], interpolation="BICUBIC").to_ndarray() for p in planes])
-
-
-# libswscale's YUV <-> RGB with exact rounding and full-resolution chroma: its default (fast
-# rounding, chroma by halves) took 8-bit BT.709 Y 180 to 178 through RGB; and the frame's own
-# range (a full-range phone video was read as limited: its contrast stretched)
-EXACT_SWS = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
-             | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
 
 
 def _conversion(f: av.VideoFrame, out_fmt: str) -> dict:

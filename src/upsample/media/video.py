@@ -93,6 +93,20 @@ def is_yuv(fmt_name: str) -> bool:
     return fmt_name.startswith(YUV_PREFIXES)
 
 
+# libswscale's YUV <-> RGB with exact rounding and full-resolution chroma: its default (fast
+# rounding, chroma by halves) took 8-bit BT.709 Y 180 to 178 through RGB; and the frame's own
+# range (a full-range phone video was read as limited: its contrast stretched)
+EXACT_SWS = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
+             | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
+
+
+def frame_rgb(frame: av.VideoFrame, fmt: str = "rgb24") -> np.ndarray:
+    """A decoded frame as RGB HWC (`fmt`: rgb24, rgb48le, rgba ...) by `EXACT_SWS`, read in the
+    frame's own range: what `upsample video` feeds an RGB model, and what training takes of a video."""
+    return frame.reformat(format=fmt, src_color_range=frame.color_range or None,
+                          interpolation=EXACT_SWS).to_ndarray()
+
+
 def colour_tags(src, out_fmt: str) -> dict:
     """The colour tags of `out_fmt` pictures made from `src` (a frame or codec context): its
     own, except that an RGB, palette or gray source written as YUV is converted to, and tagged
