@@ -26,11 +26,11 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from ..models.registry import ModelSpec
-from .cache import ov_compiled, per_thread
+from .cache import per_thread
 from .int8 import META_KEY
 from .kinds import Backend
 from .runner import Runner
-from .sessions import ort_reason, ort_session, ov_reason
+from .sessions import ort_reason, ort_session, ov_compiled_said
 
 ARCH = "onnx"  # the spec's architecture: a graph with no torch module behind it
 PROBE_SIDE = 24  # probe input side where the graph's height and width are dynamic
@@ -194,11 +194,8 @@ def _session(path: Path, backend: Backend, device: torch.device, threads: int | 
     if backend == Backend.TORCH:
         raise UserError(f"{path} is an ONNX graph, which the torch backend cannot run: use "
                         "--backend onnxruntime, openvino or auto")
-    if backend == Backend.OPENVINO:
-        try:  # f32 asked for on the CPU: on CPUs with bf16 units OpenVINO would otherwise pick bf16
-            compiled = per_thread(ov_compiled(path, ov_precision, threads, ov_device))
-        except RuntimeError as exc:  # OpenVINO's error for a graph it cannot read or compile
-            raise UserError(f"{path}: OpenVINO cannot compile it ({ov_reason(exc, path)})") from None
+    if backend == Backend.OPENVINO:  # f32 asked for on the CPU: with bf16 units OpenVINO would pick bf16
+        compiled = per_thread(ov_compiled_said(path, ov_precision, threads, ov_device))
         return lambda a: np.asarray(compiled(a))
     try:
         sess = ort_session(str(path), device, threads)

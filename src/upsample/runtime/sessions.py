@@ -116,15 +116,15 @@ def ov_reason(exc: BaseException, path: Path) -> str:
     return text[:240]
 
 
-def _ov_compiled(path: Path, *args, **kwargs):
+def ov_compiled_said(path: Path, *args, **kwargs):
     """`cache.ov_compiled`, with a file OpenVINO cannot read or compile as one line (UserError);
-    a file removed meanwhile stays OpenVINO's error, which `auto.cpu_runner` builds again on."""
+    a cached file removed meanwhile stays OpenVINO's error, which `auto.cpu_runner` builds again on."""
     try:
         return ov_compiled(path, *args, **kwargs)
     except RuntimeError as exc:
-        if file_vanished(exc):
-            raise
         cached = Path(path).resolve().is_relative_to(cache_dir().resolve())
+        if cached and file_vanished(exc):
+            raise
         hint = "; it is in upsample's cache: `upsample cache clear` and run again" if cached else ""
         raise UserError(f"{path}: OpenVINO cannot read or compile it ({ov_reason(exc, path)}){hint}") from None
 
@@ -142,7 +142,7 @@ def file_session(path: Path, backend: str, device: torch.device, *, precision: s
             return torch.from_numpy(out).to(x.device)
         return run_ort
     if backend == Backend.OPENVINO:
-        return _on_tensors(per_thread(_ov_compiled(path, precision, threads, ov_device)))
+        return _on_tensors(per_thread(ov_compiled_said(path, precision, threads, ov_device)))
     raise UserError(f"unknown backend {backend!r}")
 
 
@@ -159,7 +159,7 @@ def parallel_session(path: Path, *, precision: str | None, threads: int | None =
     `file_session`'s, safe to call from several threads at once, each on its own stream; how many
     threads keep it busy - OpenVINO's optimal number of requests). On 2 cores: 2 streams of one
     thread each, which ran espcn-x3's video frames 20 % faster than one frame over both threads."""
-    compiled = _ov_compiled(path, precision, threads, ov_device, throughput=True)
+    compiled = ov_compiled_said(path, precision, threads, ov_device, throughput=True)
     requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     return _on_tensors(per_thread(compiled)), requests
 
