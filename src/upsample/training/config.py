@@ -570,13 +570,18 @@ def _recipe_text(p: Path) -> str:
         raise UserError(f"cannot read recipe {p}: {what}; give a recipe (configs/*.toml) saved as UTF-8") from None
 
 
+def smallest_recipe(model: str) -> str:
+    """The least a recipe says, in words for a message (every other key has a default)."""
+    return f"[model] name = \"{model}\" and [data] train = [\"DIR\"]"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a TOML recipe, apply `--set` overrides, check keys, types and ranges."""
     table = read_toml(path)
     if not table and not overrides:  # a truncated or wrong file trained the defaults, exit 0
         raise UserError(f"config {path} is empty (no tables, no keys): a recipe names at least its "
-                        "[model]; the smallest: [model] name = \"espcn-x2\" and [data] train = [\"DIR\"]; "
-                        "or give a shipped model's name for its recipe (upsample train espcn-x2)")
+                        f"[model]; the smallest: {smallest_recipe('espcn-x2')}; or give a shipped model's name "
+                        "for its recipe (upsample train espcn-x2)")
     return config_from_dict(table, overrides)
 
 

@@ -27,7 +27,7 @@ def recipe_file(config: str) -> str:
     if packaged is None:
         local = Path("configs") / f"{config}.toml"
         hint = f"e.g. {local}" if local.is_file() else \
-            f"the smallest: [model] name = \"{config}\" and [data] train = [\"DIR\"]"
+            f"the smallest: {config_mod.smallest_recipe(config)}"
         raise UserError(f"{config} has no shipped weights, so no recipe is packaged for it; give a recipe "
                         f"file ({hint}; the source repository's configs/ hold the papers' recipes)")
     _note(f"the recipe that trained the shipped {config}: {packaged}")
