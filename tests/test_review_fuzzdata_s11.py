@@ -33,7 +33,7 @@ def _video(path: Path, frames: int = 10, w: int = 64, h: int = 48, noise: int = 
 
 
 def test_training_frames_are_decoded_as_upsample_video_decodes_them(tmp_path):
-    from upsample.inference.video import EXACT_SWS
+    from upsample.media.video import EXACT_SWS
     video = _video(tmp_path / "bars.mp4", frames=2)
     trained = next(prepare.video_frames(video, 1))[1]
     with av.open(str(video)) as c:
