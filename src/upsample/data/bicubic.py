@@ -1,16 +1,16 @@
 """MATLAB's bicubic `imresize`, torch-free: its weights, the order of its two 1-D passes, and the
 resize itself on numpy arrays (`imresize_array`).
 
-`degrade.imresize` (torch) is built on the same weights and passes, with the same two forms per
-pass: a product with the dense (out x in) weight matrix, or for long dimensions a gather of the
-taps and a weighted sum. numpy's form runs where torch is not worth importing: `upsample image
---model bicubic` (`inference.fastpath.BicubicEngine`) needs nothing else, and `import torch` alone
-takes longer on a small CPU than reading, resizing and writing a photo. Both compute in the
-input's float type, and for upscaling the same way, but the matrix product is each library's BLAS
-(torch's oneMKL, numpy's OpenBLAS): where one splits a long row of the product into blocks and the
-other does not, a float32 result differs in its last bit (after rounding to 8 bits, about one
-value in 4 million at x2 on the benchmark images, none seen at x3 or x4). A downscale's gather
-sums more taps than torch adds one by one, so there the two differ more often.
+`degrade.imresize` (torch) is built on the same weights and passes: a product with the dense
+(out x in) weight matrix, or for long dimensions a gather of the taps and a weighted sum, each
+the library's own (BLAS) order of adding. numpy's form adds the taps one by one in a fixed order,
+each product and sum a single IEEE operation, so its bits are the same on every CPU; it is also
+the faster of the two on the CPU at every size measured (64 px to 1500 px, one thread). It runs
+where torch is not worth importing, `upsample image --model bicubic`
+(`inference.fastpath.BicubicEngine`), and for the full path's bicubic on the CPU
+(`inference.upscaler.BicubicUpscaler`), so the two write the same bytes: the BLAS products of
+oneMKL and OpenBLAS differ in the last bit of float32 results, about 1 in 3,000 16-bit values
+at x2 on an AVX2 CPU (AMD EPYC, Zen 3), where the AVX-512 ones happened to agree.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from functools import lru_cache
 import numpy as np
 from cachetools import LRUCache, cached
 
-# Up to this many (out x in) weights per dimension a dense matrix product (BLAS) is used; it is
-# several times faster than the gather form, which keeps memory proportional to the output.
+# Up to this many (out x in) weights per dimension torch's `degrade.imresize` uses a dense matrix
+# product (BLAS), several times faster there than its gather form, which keeps memory
+# proportional to the output.
 DENSE_LIMIT = 1 << 22
 
 
@@ -107,20 +108,18 @@ def passes(in_h: int, in_w: int, scale: float | tuple[float, float] | None = Non
 
 
 def _resize_axis(x: np.ndarray, axis: int, out_len: int, scale: float, antialias: bool) -> np.ndarray:
-    """One pass of `imresize_array`, in the form `degrade._resize_dim` takes for the same sizes."""
-    in_len = x.shape[axis]
-    if in_len * out_len <= DENSE_LIMIT:
-        m = resize_weights(in_len, out_len, scale, antialias).astype(x.dtype)
-        return np.matmul(x, m.T) if axis == -1 else np.matmul(m, x)
-    idx, w = contributions(in_len, out_len, scale, antialias)
-    taps = idx.shape[1]
-    gathered = np.take(x, idx.reshape(-1), axis=axis)  # (..., out_len * taps, ...) along axis
-    shape = list(x.shape)
-    pos = axis % x.ndim
-    shape[pos:pos + 1] = [out_len, taps]
-    view = [1] * len(shape)
-    view[pos], view[pos + 1] = out_len, taps
-    return (gathered.reshape(shape) * w.astype(x.dtype).reshape(view)).sum(axis=pos + 1)
+    """One pass of `imresize_array`: the taps added in order (see the module docstring)."""
+    idx, w = contributions(x.shape[axis], out_len, scale, antialias)
+    w = w.astype(x.dtype)
+    view = [1] * x.ndim
+    view[axis] = out_len
+    out = np.take(x, idx[:, 0], axis=axis)
+    out *= w[:, 0].reshape(view)
+    for k in range(1, idx.shape[1]):
+        term = np.take(x, idx[:, k], axis=axis)
+        term *= w[:, k].reshape(view)
+        out += term
+    return out
 
 
 def imresize_array(x: np.ndarray, scale: float | tuple[float, float] | None = None, *,

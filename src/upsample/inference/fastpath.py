@@ -15,9 +15,8 @@ else (gray, alpha, larger images, a changed weights file, a newer package) takes
 which also rewrites the plan. Torch-free: this module imports numpy, PIL and OpenVINO only.
 
 `--model bicubic` needs no plan: `BicubicEngine` runs MATLAB's imresize in numpy
-(`data.bicubic`, the weights and passes of the full path's torch `imresize`) from the first call,
-on RGB, gray and alpha planes alike, 8 or 16 bits, as the full path's `BicubicUpscaler` does;
-the same bytes but for the rare last-bit difference of two BLAS libraries (see `data.bicubic`).
+(`data.bicubic`) from the first call, on RGB, gray and alpha planes alike, 8 or 16 bits, up or
+down: the full path's `BicubicUpscaler` runs the same numpy code on the CPU, so the bytes agree.
 """
 
 from __future__ import annotations
@@ -182,8 +181,7 @@ class BicubicEngine:
             scale = 2.0 if args.scale is None else float(args.scale)  # make_upscaler's default
         except ValueError:
             return None
-        # scale >= 1: a downscale's wider kernel sums more taps, in an order numpy and torch may not share
-        if not 1 <= scale < float("inf"):
+        if not 0 < scale < float("inf"):
             return None
         try:  # a scale the full path's tiling refuses (not a ratio of small integers) is refused
             TileGeometry.of(scale)  # there, whatever the image size or --threads
