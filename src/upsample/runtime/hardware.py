@@ -56,6 +56,18 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# the flags that decide which precision and layout run fastest (two CPUs of one name can differ)
+SPEED_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+
+
+def machine_kind(dev: torch.device) -> str:
+    """What a timing of `dev` holds for: the GPU's name, or the CPU's with its speed flags."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    flags = set(_cpuinfo().split())
+    return " ".join([cpu_name(), *(f for f in SPEED_FLAGS if f in flags)])
+
+
 def cpu_has_int8_dot() -> bool:
     """int8 dot-product units (AVX-512 VNNI, AVX-VNNI or AMX): where int8 can beat bf16 at all."""
     flags = _cpuinfo()

@@ -50,7 +50,7 @@ from ..data import pairs as data, sources
 from ..errors import RankZeroError, UserError
 from ..media.progress import progress_bar
 from ..models import checkpoint, registry
-from ..runtime.hardware import hardware_name
+from ..runtime.hardware import hardware_name, machine_kind
 from . import config as config_mod
 from .batches import batches_on_device, build_pairs
 from .engines import DeepSpeedEngine
@@ -62,7 +62,8 @@ from .procs import (Pace, Procs, Stop, process_start_time, said_by_rank_zero, se
                     start_processes)
 from .recipe import check_packaged_data, init_from, recipe_file, resolve_config
 from .rundir import RunLog, check_run_dir
-from .speed import CompiledOrEager, StepModes, candidates, choose_modes, kernels_for, resumed_modes
+from .speed import (CompiledOrEager, StepModes, candidates, choose_modes, has_fast_bf16, kernels_for,
+                    resumed_modes)
 from .state import EMA, Sampling, TrainState, read_state_file, write_state_file
 from .validation import load_val_images, validate
 
@@ -77,7 +78,8 @@ def train_from_args(*, config: str, overrides: list[str], run_dir: str | None, r
     run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     try:
         recipe = recipe_file(config)
-        cfg, text = resolve_config(recipe, overrides, run_dir=run_dir, resume=resume, init=init)
+        cfg, text = resolve_config(recipe, overrides, run_dir=run_dir, resume=resume, init=init,
+                                   packaged=recipe != config)
         if recipe != config:
             check_packaged_data(config, cfg, overrides)
     except UserError as exc:  # every rank of a launcher meets it alike, before they meet
@@ -362,10 +364,19 @@ def build_data_of_run(cfg: config_mod.Config, spec, scales: list, procs: Procs, 
 
 def step_modes(cfg: config_mod.Config, model: nn.Module, pairs, sampling: Sampling, procs: Procs,
                saved: dict | None) -> StepModes:
-    """How the step computes: what the run being resumed chose, else the recipe's settings with
-    "auto" ones decided by timing (rank 0 times, every rank takes its choice)."""
+    """How the step computes: what the run being resumed chose (on this kind of machine), else
+    the recipe's settings with "auto" ones decided by timing (rank 0 times, every rank takes its
+    choice)."""
+    here = machine_kind(procs.dev)
     if saved and saved.get("modes"):
-        return resumed_modes(cfg.train, saved["modes"])
+        if saved.get("machine", here) == here:  # (a state from before machines were recorded: kept)
+            return resumed_modes(cfg.train, saved["modes"])
+        procs.log(f"note: this run chose {StepModes(**saved['modes']).label()} on {saved['machine']}; "
+                  f"resumed on {here}, its \"auto\" settings are timed again (the bits of a step differ "
+                  "between machines anyway)")
+    if cfg.train.amp == "bf16" and procs.dev.type == "cpu" and not has_fast_bf16(procs.dev):
+        procs.log(f"note: train.amp = \"bf16\" on {here}, a CPU without bf16 units: torch emulates it, "
+                  "several times slower than fp32 (train.amp = \"auto\" times both and takes the faster)")
     if len(candidates(cfg.train, procs.dev, model)) == 1:
         return candidates(cfg.train, procs.dev, model)[0]
     modes = None

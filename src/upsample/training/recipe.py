@@ -34,6 +34,13 @@ def recipe_file(config: str) -> str:
     return str(packaged)
 
 
+# How a step runs fastest belongs to the machine at hand, not to the recipe: a packaged recipe
+# records the one that trained the shipped model (bf16 on one core of an AVX-512 CPU beside other
+# work), ~30x slower on a CPU without bf16 units and one thread of a larger one. `upsample train
+# NAME` times the modes here and takes torch's thread count; a --set of them still wins.
+MACHINE_SETTINGS = ("train.amp=auto", "train.channels_last=auto", "train.compile=auto", "train.threads=0")
+
+
 def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str]) -> None:
     """The packaged recipe of a shipped model names the images that trained it: where they are not
     here and no --set gives others, say how to give yours (not only "folder not found")."""
@@ -46,8 +53,9 @@ def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str])
 
 
 def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
-                   init: str | None) -> tuple[config_mod.Config, str | None]:
-    """(config, the TOML to record in a new run dir, or None when a run is resumed)."""
+                   init: str | None, packaged: bool = False) -> tuple[config_mod.Config, str | None]:
+    """(config, the TOML to record in a new run dir, or None when a run is resumed). `packaged`:
+    `config` is a shipped model's recipe, whose machine settings a new run leaves to this machine."""
     if resume and (run_dir / "last_state.pt").exists():  # else check_run_dir says why not
         # a run continues with its own resolved config; --set may still change it (e.g. steps)
         if init:
@@ -60,7 +68,7 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
         check_resumable(config_mod.load_config(run_dir / "config.toml", []), cfg)
         _note(recipe_differs(config, overrides, cfg, run_dir))
         return cfg, None
-    cfg = config_mod.load_config(config, overrides)
+    cfg = config_mod.load_config(config, [*MACHINE_SETTINGS, *overrides] if packaged else overrides)
     if init:  # the resolved config records where the run started
         cfg.train.init = init_file(init, "--init")
     elif cfg.train.init:

@@ -35,6 +35,7 @@ from torch import nn
 from ..data import pairs as data
 from ..errors import UserError
 from ..media.imageio import atomic_output
+from ..runtime.hardware import machine_kind
 from .engines import DeepSpeedEngine
 from .gan import Discriminator
 from .speed import StepModes
@@ -169,7 +170,7 @@ class TrainState:
             "best_step": self.best_step, "bad_vals": self.bad_vals,
             "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
                         "world": s.world, "scales": s.scales, "shift": s.shift},
-            "world": s.world, "modes": self.modes.to_dict(),
+            "world": s.world, "modes": self.modes.to_dict(), "machine": machine_kind(self.device),
             "deepspeed": self.deepspeed.saved if self.deepspeed else None}
 
     def _load_schedule(self, sched, saved: dict) -> None:
