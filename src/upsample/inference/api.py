@@ -83,11 +83,9 @@ class ImageUpscaler:
             color = self.tiler.upscale(c, tile=tile, desc=desc)
         alpha = None
         if a is not None:
-            if self.alpha_tiler is self.tiler:
-                with glue_threads(self.up):
-                    alpha = self.tiler.upscale(a, tile=tile, desc=desc)
-            else:  # bicubic: torch's own work, on its threads
-                atile = self.alpha_tiler.plan_tile(a.shape[0], a.shape[1], 1, a.dtype, oh * ow * a.itemsize)
+            atile = tile if self.alpha_tiler is self.tiler else \
+                self.alpha_tiler.plan_tile(a.shape[0], a.shape[1], 1, a.dtype, oh * ow * a.itemsize)
+            with glue_threads(self.up):  # bicubic alpha too: numpy's taps, the same bits on any thread count
                 alpha = self.alpha_tiler.upscale(a, tile=atile, desc=desc)
         return Planes(color, alpha, planes.info)
 
