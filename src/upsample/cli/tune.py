@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("tune", help="search training hyper-parameters with Optuna (TPE; weak trials stopped early)",
                        description=tune.__doc__.splitlines()[0])
-    p.add_argument("config", type=path_text, help="TOML recipe; its [tune] section gives the search ranges")
+    p.add_argument("config", type=path_text, help="TOML recipe, or a shipped model's name for its packaged "
+                   "recipe (as `upsample train NAME`); its [tune] section gives the search ranges")
     p.add_argument("--trials", type=int, default=10, help="finished trials wanted in the study (default 10)")
     p.add_argument("--storage", default="sqlite:///tune.db",
                    help="Optuna storage URL; the study resumes from it (default: sqlite:///tune.db)")

@@ -30,8 +30,7 @@ def recipe_file(config: str) -> str:
             f"the smallest: {config_mod.smallest_recipe(config)}"
         raise UserError(f"{config} has no shipped weights, so no recipe is packaged for it; give a recipe "
                         f"file ({hint}; the source repository's configs/ hold the papers' recipes)")
-    _note(f"the recipe that trained the shipped {config}: {packaged}")
-    return str(packaged)
+    return str(packaged)  # `check_packaged_data` names it once the run can start
 
 
 # How a step runs fastest belongs to the machine at hand, not to the recipe: a packaged recipe
@@ -43,13 +42,14 @@ MACHINE_SETTINGS = ("train.amp=auto", "train.channels_last=auto", "train.compile
 
 def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str]) -> None:
     """The packaged recipe of a shipped model names the images that trained it: where they are not
-    here and no --set gives others, say how to give yours (not only "folder not found")."""
-    if any(o.split("=", 1)[0].strip() == "data.train" for o in overrides):
-        return
-    missing = [p for p in cfg.data.train if not Path(p).exists()]
-    if missing:
-        raise UserError(f"data.train: {missing[0]} not found: the recipe of the shipped {name} names the "
-                        "images that trained it; --set 'data.train=[\"DIR\"]' gives yours")
+    here and no --set gives others, say how to give yours (not only "folder not found"); else a
+    note names the recipe."""
+    if not any(o.split("=", 1)[0].strip() == "data.train" for o in overrides):
+        missing = [p for p in cfg.data.train if not Path(p).exists()]
+        if missing:
+            raise UserError(f"data.train: {missing[0]} not found: the recipe of the shipped {name} names the "
+                            "images that trained it; --set 'data.train=[\"DIR\"]' gives yours")
+    _note(f"the recipe that trained the shipped {name}: {registry.shipped_recipe(name)}")
 
 
 def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: bool,
@@ -69,18 +69,25 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
         _note(recipe_differs(config, overrides, cfg, run_dir))
         return cfg, None
     cfg = config_mod.load_config(config, [*MACHINE_SETTINGS, *overrides] if packaged else overrides)
+    start_weights(cfg, init)
+    return cfg, config_mod.to_toml(cfg)
+
+
+def start_weights(cfg: config_mod.Config, init: str | None, how: str = "pass --init CKPT") -> None:
+    """Set cfg.train.init to the weights file a new run starts from (`init`, else the recipe's
+    train.init; a shipped model's name is its weights), checked, and the model's widths to a
+    pruned file's. `how`: how this command gives other weights, for the message."""
     if init:  # the resolved config records where the run started
         cfg.train.init = init_file(init, "--init")
     elif cfg.train.init:
         cfg.train.init = init_file(cfg.train.init, "train.init")
         if not Path(cfg.train.init).is_file():
-            shipped = f", or --init {cfg.model.name} (its shipped weights)" \
-                if registry.weights_path(cfg.model.name) else ""
+            name = cfg.model.name if registry.weights_path(cfg.model.name) else ""
+            shipped = f", or {how.replace('CKPT', name)} (its shipped weights)" if name else ""
             raise UserError(f"train.init: {cfg.train.init} not found (the weights this recipe starts "
-                            f"from): train that stage first, or pass --init CKPT{shipped}")
+                            f"from): train that stage first, or {how}{shipped}")
     if cfg.train.init:
         _note(adopt_init_widths(cfg, cfg.train.init))
-    return cfg, config_mod.to_toml(cfg)
 
 
 def _note(text: str | None) -> None:

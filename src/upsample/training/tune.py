@@ -293,14 +293,20 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     import optuna
 
     from .procs import training_device  # torch: not for `tune --help`
-    cfg = config_mod.load_config(config, overrides)
+    from .recipe import MACHINE_SETTINGS, check_packaged_data, recipe_file, start_weights
+    recipe = recipe_file(config)  # a shipped model's name: its packaged recipe, as `upsample train NAME`
+    packaged = recipe != config
+    cfg = config_mod.load_config(recipe, [*MACHINE_SETTINGS, *overrides] if packaged else overrides)
+    if packaged:
+        check_packaged_data(config, cfg, overrides)
+    start_weights(cfg, None, how="--set train.init=CKPT")  # a fine-tune's trials start where it does
     training_device(device)  # before a study exists: a trial's error is one line, not a failed trial
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
     study_name = study_name or Path(config).stem
     root = Path(run_dir) if run_dir else Path("runs") / "tune" / study_name
     given, out = out is not None, Path(out) if out else root / "best.toml"
-    if out.exists() and out.resolve() == Path(config).resolve():
+    if out.exists() and out.resolve() == Path(recipe).resolve():
         raise UserError(f"-o {out} is the recipe itself; name another file for the best config")
     if out.exists() and out.resolve() == sqlite_file(storage):
         raise UserError(f"-o {out} is the study's database (--storage); name another file for the best config")
@@ -364,7 +370,7 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
             return False
 
         try:
-            rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device,
+            rc = loop.train(c, run_dir, reset=run_dir.exists(), device=device, init=c.train.init or None,
                             config_text=config_mod.to_toml(c), on_validate=on_validate,
                             continue_hint="the same tune command continues the study, this trial "
                                           "again from its start")
