@@ -140,3 +140,23 @@ def test_a_folder_of_hidden_files_only_says_they_were_left_out(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"no images or videos in \S*empty$"):
         sources.collect_sources([str(tmp_path / "empty")])
+
+
+def test_a_colour_key_counts_as_alpha_as_upsample_image_reads_it(tmp_path):
+    """PNG tRNS on RGB, gray and 16-bit gray: `upsample image` reads an alpha from each
+    (imageio.planes_from_pil), so `data check` and the training note see it too."""
+    rgb, gray, deep, keyless = (tmp_path / f"{n}.png" for n in ("rgb", "gray", "deep", "keyless"))
+    a = np.zeros((8, 8, 3), np.uint8)
+    a[0, 0] = (10, 20, 30)
+    Image.fromarray(a).save(rgb, transparency=(10, 20, 30))
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(gray, transparency=7)
+    Image.fromarray(np.full((8, 8), 700, np.uint16)).save(deep, transparency=700)
+    Image.fromarray(a).save(keyless)
+    for path in (rgb, gray, deep):
+        with Image.open(path) as img:
+            assert prepare.has_transparent_pixel(img), path
+        problems, _, _ = prepare.inspect_image(path, min_size=1)
+        assert [p.kind for p in problems if p.kind == "alpha"] == ["alpha"], path
+    with Image.open(keyless) as img:
+        assert not prepare.has_alpha_channel(img)
+    assert prepare.transparent_images([keyless, rgb, deep]) == (2, rgb)

@@ -379,7 +379,18 @@ def open_checked(path: Path) -> tuple[Image.Image | None, Problem | None]:
 
 
 def has_alpha_channel(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    """Whether `img` has an alpha as `imageio.planes_from_pil` reads it: an alpha band, or a
+    transparent colour key (a palette's, or a gray or RGB PNG's tRNS)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def has_transparent_pixel(img: Image.Image) -> bool:
+    if not has_alpha_channel(img):
+        return False
+    if img.mode.startswith("I"):  # 16/32-bit gray: its key is a gray value, which convert() drops
+        key = img.info.get("transparency")
+        return isinstance(key, int) and bool((np.asarray(img) == key).any())
+    return int(np.asarray(img.convert("RGBA"))[..., 3].min()) < 255
 
 
 def transparent_images(files: list[Path], limit: int = 16) -> tuple[int, Path | None]:
@@ -398,7 +409,7 @@ def transparent_images(files: list[Path], limit: int = 16) -> tuple[int, Path | 
     for f in with_alpha[:limit]:
         try:
             with Image.open(f) as img:
-                if np.asarray(img.convert("RGBA"))[..., 3].min() < 255:
+                if has_transparent_pixel(img):
                     return len(with_alpha), f
         except (OSError, SyntaxError, ValueError):
             pass
@@ -430,10 +441,8 @@ def inspect_image(path: Path, min_size: int) -> tuple[list[Problem], str | None,
     mode = img.mode
     if mode == "CMYK":
         probs.append(Problem(path, "cmyk", "CMYK colour"))
-    if has_alpha_channel(img):
-        alpha = np.asarray(img.convert("RGBA"))[..., 3]
-        if alpha.min() < 255:
-            probs.append(Problem(path, "alpha", f"{mode} with transparent pixels"))
+    if has_transparent_pixel(img):
+        probs.append(Problem(path, "alpha", f"{mode} with transparent pixels"))
     if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
         probs.append(Problem(path, "grayscale", f"mode {mode}"))
     elif mode in ("RGB", "RGBA", "P"):
