@@ -51,8 +51,11 @@ def test_whole_output_counts_what_the_process_holds(monkeypatch):
     monkeypatch.setattr(batch, "resident_bytes", lambda: inputs + cap - need - 1)
     _check(cap, planes)  # fits, just
     monkeypatch.setattr(batch, "resident_bytes", lambda: inputs + cap - need + 1)
-    with pytest.raises(UserError, match="encoded whole.*with what this process holds"):
-        _check(cap, planes)
+    with pytest.raises(UserError, match="encoded whole.*with what this process holds.*remove the alpha first"):
+        _check(cap, planes)  # not "write .png": the output is a PNG, and one with alpha is whole in any format
+    engines = SimpleNamespace(max_memory=cap, scale=2.0)
+    with pytest.raises(UserError, match="write .png \\(written in strips\\)"):  # a JPEG of RGB: a PNG is
+        batch.Engines._check_whole_output(engines, batch.Path("a.png"), batch.Path("a_x2.jpg"), _planes(3, False, 100, 180))
 
 
 def test_rgba_refused_in_one_line_when_the_process_leaves_too_little(tmp_path, capsys, monkeypatch):

@@ -474,7 +474,9 @@ class Engines:
         if need > self.max_memory:
             strips = final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES
             how = ("raise --max-memory (PNGs are written in strips from 64 MB of output)" if strips
-                   else "write .png (written in strips, without alpha) or raise --max-memory")
+                   else "raise --max-memory, or remove the alpha first: a picture with alpha is encoded whole "
+                        "in every format (PNGs without alpha are written in strips)" if planes.alpha is not None
+                   else "write .png (written in strips) or raise --max-memory")
             raise UserError(f"{src}: its {final.suffix} output is encoded whole, about {_size(need)} "
                             f"at once with what this process holds, over --max-memory "
                             f"{_size(self.max_memory)}; {how}")
