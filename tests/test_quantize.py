@@ -138,7 +138,6 @@ def test_auto_makes_a_cached_int8_model_once_and_lets_it_compete_under_the_gate(
     stamp = made.stat().st_mtime_ns
     assert cli.main(args) == 0 and made.stat().st_mtime_ns == stamp  # made once
     monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)  # int8 alone competes
-    monkeypatch.setattr("upsample.runtime.hardware.cpu_has_int8_dot", lambda: True)
     capsys.readouterr()
     up = load_upscaler(str(ckpt), backend="auto")
     result = next(v for k, v in json.loads(checks.checks_path(key).read_text()).items() if "int8" in k)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,26 @@ def _mean(ref) -> float:
 
 
 def passes(result: dict) -> bool:
-    return abs(result["db_change"]) <= DB_LIMIT and result["vs_fp32_db"] >= MIN_PSNR_VS_FP32
+    """Within the quality limits and, where its speed was measured (int8), faster than fp32."""
+    quality_holds = abs(result["db_change"]) <= DB_LIMIT and result["vs_fp32_db"] >= MIN_PSNR_VS_FP32
+    return quality_holds and result.get("ms", 0.0) < result.get("fp32_ms", math.inf)
+
+
+def speed_vs_fp32(run, run_fp32, probes: list[Probe], side: int = 256, rounds: int = 5) -> dict:
+    """{"ms": `run`'s least time, "fp32_ms": `run_fp32`'s} on the largest probe input tiled to
+    at least `side` pixels a side, the two interleaved so a busy spell hits both."""
+    x = max(probes, key=lambda p: p.x.numel()).x
+    k = math.ceil(side / min(x.shape[-2:]))
+    x = x.repeat(1, 1, k, k)
+    times = {run: [], run_fp32: []}
+    for fn in times:
+        fn(x)  # first run: the kernels' own set-up
+    for _ in range(rounds):
+        for fn, seen in times.items():
+            start = time.perf_counter()
+            fn(x)
+            seen.append(time.perf_counter() - start)
+    return {"ms": min(times[run]) * 1e3, "fp32_ms": min(times[run_fp32]) * 1e3}
 
 
 def in_words(result: dict) -> str:
@@ -138,7 +158,8 @@ def in_words(result: dict) -> str:
     moved = ("the same as fp32's" if round(abs(change), 3) == 0 else
              f"{abs(change):.3f} dB {'lower' if change < 0 else 'higher'} than fp32")
     same = "identical to the fp32 picture" if vs >= IDENTICAL_DB else f"{vs:.1f} dB from the fp32 picture"
-    return f"PSNR {moved} on the worst probe picture, {same}"
+    speed = f", {result['ms']:.0f} ms a probe against fp32's {result['fp32_ms']:.0f}" if "ms" in result else ""
+    return f"PSNR {moved} on the worst probe picture, {same}{speed}"
 
 
 def checks_path(key: str) -> Path:

@@ -68,12 +68,6 @@ def machine_kind(dev: torch.device) -> str:
     return " ".join([cpu_name(), *(f for f in SPEED_FLAGS if f in flags)])
 
 
-def cpu_has_int8_dot() -> bool:
-    """int8 dot-product units (AVX-512 VNNI, AVX-VNNI or AMX): where int8 can beat bf16 at all."""
-    flags = _cpuinfo()
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
 def peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 3,
                 seconds: float = 0.5) -> float:
     """GFLOP/s of the fastest n x n x n matmul in `dtype` among at least `runs` and for at least
