@@ -24,8 +24,8 @@ import torch
 from cachetools import LRUCache, cached
 
 # The kernel itself is torch-free, in `bicubic`; its names stay importable from here.
-from .bicubic import (DENSE_LIMIT, WEIGHTS_CACHE_BYTES, contributions, cubic, output_size, passes,  # noqa: F401
-                      resize_weights)
+from .bicubic import (DENSE_LIMIT, WEIGHTS_CACHE_BYTES, contributions, cubic, imresize_array,  # noqa: F401
+                      output_size, passes, resize_weights)
 from .colour import to_tensor
 
 
@@ -132,6 +132,16 @@ def imresize(x: torch.Tensor, scale: float | tuple[float, float] | None = None, 
     for axis, out_len, s in passes(x.shape[-2], x.shape[-1], scale, size):
         x = _resize_dim(x, x.dim() + axis, out_len, s, antialias)
     return x
+
+
+def imresize_any_cpu(x: torch.Tensor, scale: float | None = None, *,
+                     size: tuple[int, int] | None = None) -> torch.Tensor:
+    """`imresize` whose bits do not depend on the CPU or its BLAS: for float32/float64 CPU tensors
+    numpy's taps added in order (`bicubic.imresize_array`, the torch-free fast path's code), else
+    torch's. What `--model bicubic` and eval's bicubic baseline compute, so the two agree."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(imresize_array(x.numpy(), scale, size=size))
+    return imresize(x, scale, size=size)
 
 
 def imresize_np(img: np.ndarray, scale: float | None = None, *, size: tuple[int, int] | None = None,

@@ -36,7 +36,7 @@ from PIL import Image
 from . import metrics
 from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
-from ..data.degrade import blur_subsample, imresize, make_lr, modcrop, quantize, scale_period
+from ..data.degrade import blur_subsample, imresize_any_cpu, make_lr, modcrop, quantize, scale_period
 from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, header_size, list_images, open_image, read_rgb, skip_reason
@@ -116,7 +116,7 @@ def bicubic_up(lr: torch.Tensor, size: tuple[int, int], protocol: Protocol) -> n
     """The bicubic baseline of the protocol: uint8 HWC of `size` (H, W) from the LR (papers:
     MATLAB's imresize, as `--model bicubic` there; catid: Pillow's)."""
     if not protocol.pil:
-        return to_uint8(imresize(lr, size=size))
+        return to_uint8(imresize_any_cpu(lr, size=size))
     img = Image.fromarray(to_uint8(lr)).resize((size[1], size[0]), Image.BICUBIC)
     return np.asarray(img)
 

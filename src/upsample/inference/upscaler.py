@@ -25,8 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data.bicubic import imresize_array
-from ..data.degrade import imresize, output_size
+from ..data.degrade import imresize, imresize_any_cpu, output_size
 from ..data.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..models.registry import ModelSpec
 from ..runtime.cache import FUSED_MIN_SIDE
@@ -74,11 +73,7 @@ class BicubicUpscaler(Upscaler):
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-            # numpy's taps in order: the bytes of the torch-free `fastpath.BicubicEngine` on any
-            # CPU (`data.bicubic`), and faster than torch's matrix products there
-            return torch.from_numpy(imresize_array(x.numpy(), self.scale))
-        return imresize(x, self.scale)
+        return imresize_any_cpu(x, self.scale)  # the torch-free `fastpath.BicubicEngine`'s bytes
 
 
 class ModelUpscaler(Upscaler):
