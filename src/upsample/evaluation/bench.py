@@ -240,6 +240,8 @@ def bench_entries(model: str, eager: Upscaler | None, *, backends: list[str], sc
             entries.append(runtime_entry(model, backend, scale=scale, device=device,
                                          precision=precision, threads=threads))
         except UserError as exc:
+            if str(exc).startswith("--precision"):  # asked for and impossible here: not a row
+                raise
             failed.append({"backend": backend, "error": str(exc)})
     if half and dev.type == "cpu" and hdt is not None and not bicubic \
             and {Backend.AUTO, Backend.OPENVINO} & set(backends):  # what bf16 in OpenVINO would give

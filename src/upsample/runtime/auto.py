@@ -196,7 +196,8 @@ CLEARS_MET = 3  # `cpu_runner`'s builds before it gives up
 def _cpu_runner(model: nn.Module, *, name: str, scale: float, precision: str = "auto",
                 threads: int | None = None, quiet: bool = False, device: str = "CPU") -> Runner:
     if precision == Precision.FP16:
-        raise UserError("--precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
+        raise UserError("--precision fp16 is for CUDA; on the CPU use " + (
+            "bf16 (or auto)" if hardware.cpu_has_bf16() else "fp32 or auto (this CPU has no bf16 units)"))
     key = export.model_key(model)
     net_xml = network_graph(model, key)
     fused = FusedRGB(model, int(scale)) if can_fuse(model, scale) else None

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
+from ..runtime.hardware import cpu_has_bf16
 from . import config as config_mod
 
 # set by `accelerate launch` (every launcher of it) in the processes it starts
@@ -157,7 +158,8 @@ class DeepSpeedEngine:
             raise UserError("train.compile = true under deepspeed: not supported; set train.compile = false")
         self.settings = self._settings(cfg)
         if self.precision == "fp16" and self.device.type != "cuda":
-            raise UserError("deepspeed fp16 needs CUDA; use bf16 on the CPU")
+            raise UserError("deepspeed fp16 needs CUDA; on the CPU use " + (
+                "bf16" if cpu_has_bf16() else "fp32 (this CPU has no bf16 units)"))
         if self.zero_stage == 0 and self.precision != "fp32":
             # ZeRO-0 16-bit is DeepSpeed's FP16_UnfusedOptimizer: gradients summed in 16 bits and
             # fp32 masters that safe_get_full_fp32_param cannot read (EMA/saves would be rounded)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import RankZeroError, UserError
+from ..runtime.hardware import cpu_has_bf16
 from . import config as config_mod
 from .engines import AccelerateEngine, DeepSpeedEngine, from_launcher
 
@@ -155,7 +156,8 @@ def set_torch_flags(cfg: config_mod.Config, dev: torch.device):
     amp_dtype = {"none": None, "auto": None, "bf16": torch.bfloat16,  # auto: training/speed.py
                  "fp16": torch.float16}[cfg.train.amp]
     if amp_dtype is torch.float16 and dev.type != "cuda":
-        raise UserError("train.amp = fp16 needs CUDA; use bf16 on the CPU")
+        raise UserError("train.amp = fp16 needs CUDA; on the CPU use " + (
+            "bf16 or auto" if cpu_has_bf16() else "auto or none (this CPU has no bf16 units)"))
     return amp_dtype
 
 
