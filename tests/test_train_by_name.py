@@ -38,21 +38,21 @@ def test_a_shipped_name_trains_from_its_packaged_recipe_on_the_users_data(tmp_pa
         assert saved[section][key] == packaged[section][key]
     steps = [json.loads(line) for line in (tmp_path / "runs" / "espcn-x3" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("step") == 2 for r in steps)
-    # how a step runs is this machine's: timed here, torch's thread count (the packaged recipe:
-    # bf16 and one thread, as on the CPU that trained it)
+    # how a step computes is this machine's: timed here (the packaged recipe: bf16, as on the CPU
+    # that trained it); its one thread stays
     assert packaged["train"]["amp"] == "bf16" and packaged["train"]["threads"] == 1
     assert {k: saved["train"][k] for k in ("amp", "channels_last", "compile", "threads")} == \
-        {"amp": "auto", "channels_last": "auto", "compile": "auto", "threads": 0}
+        {"amp": "auto", "channels_last": "auto", "compile": "auto", "threads": 1}
 
 
 def test_a_set_of_a_machine_setting_wins_over_this_machines_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _photos(tmp_path / "photos")
     argv = ["train", "espcn-x3", "--set", 'data.train=["photos"]', "--set", "train.steps=1", "--set", "val.every=0",
-            "--set", "data.batch_size=2", "--set", "train.amp=none", "--set", "train.threads=1"]
+            "--set", "data.batch_size=2", "--set", "train.amp=none", "--set", "train.threads=2"]
     assert cli.main(argv) == 0
     saved = tomllib.loads((tmp_path / "runs" / "espcn-x3" / "config.toml").read_text())["train"]
-    assert (saved["amp"], saved["threads"], saved["channels_last"]) == ("none", 1, "auto")
+    assert (saved["amp"], saved["threads"], saved["channels_last"]) == ("none", 2, "auto")
 
 
 def test_a_file_of_that_name_is_the_recipe(tmp_path, monkeypatch, capsys):

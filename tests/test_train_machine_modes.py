@@ -21,7 +21,8 @@ class _OneBatch:
         return torch.rand(1, 1, 8, 8), torch.rand(1, 1, 16, 16)
 
 
-def _modes(capsys, monkeypatch, sets: list[str], saved: dict | None):
+def _modes(capsys, monkeypatch, sets: list[str], saved: dict | None, bf16_units: bool = True):
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: bf16_units)
     timed = speed.StepModes("none", False)
     monkeypatch.setattr(loop, "choose_modes", lambda *a, **k: timed)  # the timing itself: test_device_batches
     cfg = config_mod.config_from_dict({}, sets)
@@ -51,7 +52,7 @@ def test_a_resume_on_another_machine_times_its_auto_settings_again(capsys, monke
     modes, err = _modes(capsys, monkeypatch, ["train.amp=auto", "train.channels_last=auto"],
                         {"modes": SAVED_BF16, "machine": "Another CPU avx512_bf16"})
     assert modes == speed.StepModes("none", False)  # what timing here chose
-    assert "bf16+channels_last on Another CPU avx512_bf16" in err and "timed again" in err
+    assert "bf16+channels_last on Another CPU avx512_bf16" in err and "they are timed again" in err
     # explicit settings stay what the config says, wherever the run goes on
     modes, _ = _modes(capsys, monkeypatch, ["train.amp=none", "train.channels_last=true"],
                       {"modes": SAVED_BF16, "machine": "Another CPU avx512_bf16"})
@@ -59,8 +60,21 @@ def test_a_resume_on_another_machine_times_its_auto_settings_again(capsys, monke
 
 
 def test_bf16_asked_for_on_a_cpu_without_bf16_units_is_said(capsys, monkeypatch):
-    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)
-    modes, err = _modes(capsys, monkeypatch, ["train.amp=bf16"], None)
-    assert modes.amp == "bf16" and "without bf16 units" in err and 'train.amp = "auto"' in err
-    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
+    modes, err = _modes(capsys, monkeypatch, ["train.amp=bf16"], None, bf16_units=False)
+    assert modes.amp == "bf16" and "without bf16 units" in err and 'train.amp = "auto" trains in fp32' in err
     assert "bf16 units" not in _modes(capsys, monkeypatch, ["train.amp=bf16"], None)[1]
+
+
+def test_a_resume_with_auto_leaves_modes_auto_does_not_offer_here(capsys, monkeypatch):
+    """A run that computed in bf16 (explicit, or auto on a bf16 machine), resumed with train.amp =
+    auto on a CPU without bf16 units, same machine or a state without one: fp32, said."""
+    here = hardware.machine_kind(CPU)
+    for saved in ({"modes": SAVED_BF16, "machine": here}, {"modes": SAVED_BF16}):
+        modes, err = _modes(capsys, monkeypatch, ["train.amp=auto", "train.channels_last=true"], saved,
+                            bf16_units=False)
+        assert modes == speed.StepModes("none", True)
+        assert "which its \"auto\" settings do not offer" in err and "goes on in fp32+channels_last" in err
+    # explicit settings only: nothing to time, and no word of timing
+    modes, err = _modes(capsys, monkeypatch, ["train.amp=none", "train.channels_last=false"],
+                        {"modes": SAVED_BF16, "machine": "Another CPU"})
+    assert modes == speed.StepModes() and "timed again" not in err

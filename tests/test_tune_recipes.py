@@ -68,6 +68,6 @@ def test_tune_takes_a_shipped_models_name_for_its_packaged_recipe(tmp_path, monk
     assert _tune(tmp_path, "espcn-x3") == 0
     (cfg, init), = calls
     assert cfg.model.name == "espcn-x3" and cfg.data.train == ["photos"] and init is None
-    assert (cfg.train.amp, cfg.train.threads) == ("auto", 0)  # this machine's, not the packaged bf16 x 1
+    assert cfg.train.amp == "auto"  # timed on this machine, not the packaged bf16
     assert "the recipe that trained the shipped espcn-x3" in capsys.readouterr().err
     assert (tmp_path / "runs" / "best.toml").is_file()

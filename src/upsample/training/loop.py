@@ -364,21 +364,25 @@ def build_data_of_run(cfg: config_mod.Config, spec, scales: list, procs: Procs, 
 
 def step_modes(cfg: config_mod.Config, model: nn.Module, pairs, sampling: Sampling, procs: Procs,
                saved: dict | None) -> StepModes:
-    """How the step computes: what the run being resumed chose (on this kind of machine), else
-    the recipe's settings with "auto" ones decided by timing (rank 0 times, every rank takes its
-    choice)."""
+    """How the step computes: what the run being resumed chose (on this kind of machine, where
+    its "auto" settings offer it), else the recipe's settings with "auto" ones decided by timing
+    (rank 0 times, every rank takes its choice)."""
     here = machine_kind(procs.dev)
+    offered = candidates(cfg.train, procs.dev, model)
     if saved and saved.get("modes"):
-        if saved.get("machine", here) == here:  # (a state from before machines were recorded: kept)
-            return resumed_modes(cfg.train, saved["modes"])
-        procs.log(f"note: this run chose {StepModes(**saved['modes']).label()} on {saved['machine']}; "
-                  f"resumed on {here}, its \"auto\" settings are timed again (the bits of a step differ "
-                  "between machines anyway)")
+        kept = resumed_modes(cfg.train, saved["modes"])
+        there = saved.get("machine", here)  # (a state from before machines were recorded: here)
+        if there == here and kept in offered:
+            return kept
+        why = (f"this run chose {kept.label()} on {there}; resumed on {here}" if there != here else
+               f"this run computed in {kept.label()}, which its \"auto\" settings do not offer on {here}")
+        procs.log(f"note: {why}, " + ("they are timed again" if len(offered) > 1 else
+                                      f"it goes on in {offered[0].label()}"))
     if cfg.train.amp == "bf16" and procs.dev.type == "cpu" and not has_fast_bf16(procs.dev):
         procs.log(f"note: train.amp = \"bf16\" on {here}, a CPU without bf16 units: torch emulates it, "
-                  "several times slower than fp32 (train.amp = \"auto\" times both and takes the faster)")
-    if len(candidates(cfg.train, procs.dev, model)) == 1:
-        return candidates(cfg.train, procs.dev, model)[0]
+                  "several times slower than fp32 (train.amp = \"auto\" trains in fp32 on such a CPU)")
+    if len(offered) == 1:
+        return offered[0]
     modes = None
     if procs.master:
         keys = next(iter(sampling.batch_sampler(0)))

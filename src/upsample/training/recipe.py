@@ -33,11 +33,12 @@ def recipe_file(config: str) -> str:
     return str(packaged)  # `check_packaged_data` names it once the run can start
 
 
-# How a step runs fastest belongs to the machine at hand, not to the recipe: a packaged recipe
-# records the one that trained the shipped model (bf16 on one core of an AVX-512 CPU beside other
-# work), ~30x slower on a CPU without bf16 units and one thread of a larger one. `upsample train
-# NAME` times the modes here and takes torch's thread count; a --set of them still wins.
-MACHINE_SETTINGS = ("train.amp=auto", "train.channels_last=auto", "train.compile=auto", "train.threads=0")
+# How a step computes fastest belongs to the machine at hand, not to the recipe: a packaged recipe
+# records the one that trained the shipped model (bf16 on an AVX-512 CPU), ~10x slower where bf16
+# is emulated. `upsample train NAME` times the modes here; a --set of them still wins. Its
+# train.threads stays (one: measured faster for these small models on a shared 2-core CPU, 927
+# against 215-379 patches/s for espcn-x3 with torch's two; --set train.threads=N on a larger one).
+MACHINE_SETTINGS = ("train.amp=auto", "train.channels_last=auto", "train.compile=auto")
 
 
 def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str]) -> None:
@@ -66,7 +67,7 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
                             "config; copy it back from where the run was trained, or start over with --reset")
         cfg = config_mod.load_config(run_dir / "config.toml", overrides)
         check_resumable(config_mod.load_config(run_dir / "config.toml", []), cfg)
-        _note(recipe_differs(config, overrides, cfg, run_dir))
+        _note(recipe_differs(config, [*MACHINE_SETTINGS, *overrides] if packaged else overrides, cfg, run_dir))
         return cfg, None
     cfg = config_mod.load_config(config, [*MACHINE_SETTINGS, *overrides] if packaged else overrides)
     start_weights(cfg, init)
