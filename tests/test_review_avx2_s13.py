@@ -1,12 +1,12 @@
 """A CPU with AVX2 only - no avx512*, no bf16 units, no VNNI (an AMD EPYC Zen 3) - as every
-CPU-dependent path sees it (review s13). The CPU is faked through `hardware._cpuinfo`, so these
+CPU-dependent path sees it (review s13). The CPU is faked through `cpu._cpuinfo`, so these
 tests hold on AVX-512 / AMX machines too."""
 
 import pytest
 
 from cli_checks import one_error_line
 from upsample import cli
-from upsample.runtime import hardware
+from upsample.runtime import cpu, hardware
 
 ZEN3 = ("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
         "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi1 bmi2 sha_ni vaes vpclmulqdq\n")
@@ -18,19 +18,19 @@ ZEN5 = ("processor\t: 0\nmodel name\t: AMD EPYC 9B45\n"
 def zen3(monkeypatch, tmp_path):
     """This process on an AVX2-only CPU, with a cache of its own (no plan or verdict of another
     machine in it)."""
-    monkeypatch.setattr(hardware, "_cpuinfo", lambda: ZEN3)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ZEN3)
     monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
 
 def test_avx2_cpu_has_no_bf16_units(monkeypatch):
-    monkeypatch.setattr(hardware, "_cpuinfo", lambda: ZEN3)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ZEN3)
     assert not hardware.cpu_has_bf16()
     assert hardware.cpu_name() == "AMD EPYC 7B13"
     # the machine kind a training state records: no speed flag to name on this CPU
     import torch
     assert hardware.machine_kind(torch.device("cpu")) == "AMD EPYC 7B13"
-    monkeypatch.setattr(hardware, "_cpuinfo", lambda: ZEN5)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ZEN5)
     assert hardware.cpu_has_bf16()
     assert hardware.machine_kind(torch.device("cpu")) == "AMD EPYC 9B45 avx512f avx512_bf16 avx512_vnni"
 
@@ -115,3 +115,20 @@ def test_speed_vs_fp32_times_both_on_a_tiled_probe():
                                   lambda x: seen.append(("fp32", tuple(x.shape))), probes, rounds=2)
     assert set(result) == {"ms", "fp32_ms"} and result["ms"] >= 0
     assert seen == [("int8", (1, 1, 336, 280)), ("fp32", (1, 1, 336, 280))] * 3  # warm-up, then interleaved
+
+
+def test_plans_and_gate_verdicts_are_each_cpus_own(monkeypatch, tmp_path):
+    """A cache shared by machines (a home folder on a cluster): an fp32 plan or a timed int8
+    verdict made on this AVX2 CPU is not what an AVX-512 one reads, nor the other way round."""
+    from upsample import cli as cli_mod
+    from upsample.inference import fastpath
+    from upsample.runtime import checks
+    monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
+    args = cli_mod.build_parser("upsample.cli.image").parse_args(
+        ["image", "a.png", "-o", "x", "--model", "espcn-x3", "--backend", "auto"])
+    seen = {}
+    for name, info in (("zen3", ZEN3), ("zen5", ZEN5)):
+        monkeypatch.setattr(cpu, "_cpuinfo", lambda info=info: info)
+        seen[name] = fastpath.plan_path(args), checks.checks_path("espcn-abc")
+    assert seen["zen3"][0] != seen["zen5"][0] and seen["zen3"][1] != seen["zen5"][1]
+    assert seen["zen3"][1].name.startswith("espcn-abc-cpu") and seen["zen3"][1].name.endswith(".checks.json")

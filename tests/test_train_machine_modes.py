@@ -4,7 +4,7 @@ times its "auto" settings again; bf16 asked for on a CPU without bf16 units is s
 import torch
 
 from upsample.models import registry
-from upsample.runtime import hardware
+from upsample.runtime import cpu, hardware
 from upsample.training import config as config_mod, loop, speed
 from upsample.training.procs import Procs
 
@@ -33,9 +33,9 @@ def _modes(capsys, monkeypatch, sets: list[str], saved: dict | None, bf16_units:
 
 
 def test_machine_kind_names_the_cpu_with_the_flags_that_decide_its_speed(monkeypatch):
-    monkeypatch.setattr(hardware, "_cpuinfo", lambda: "model name\t: AMD EPYC\nflags\t: fpu avx2 avx512f avx512_bf16\n")
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: "model name\t: AMD EPYC\nflags\t: fpu avx2 avx512f avx512_bf16\n")
     assert hardware.machine_kind(CPU) == "AMD EPYC avx512f avx512_bf16"
-    monkeypatch.setattr(hardware, "_cpuinfo", lambda: "model name\t: AMD EPYC\nflags\t: fpu avx2\n")
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: "model name\t: AMD EPYC\nflags\t: fpu avx2\n")
     assert hardware.machine_kind(CPU) == "AMD EPYC"
 
 

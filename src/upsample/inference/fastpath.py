@@ -37,6 +37,7 @@ from ..models import WEIGHTS_DIR
 from ..runtime import fp32_ends
 from ..runtime.cache import (FUSED_GRAPH, FUSED_MIN_SIDE, PHASES_GRAPH, SPLIT_GRAPH, cache_dir, ov_compiled,
                              per_thread)
+from ..runtime.cpu import cpu_kind
 from ..runtime.kinds import Backend, Precision
 from .tiling import TileGeometry
 
@@ -76,7 +77,8 @@ def plan_path(args) -> Path | None:
     if model is not None and Path(model).is_file():
         model = str(Path(model).resolve())
     graphs = [FUSED_GRAPH, PHASES_GRAPH, SPLIT_GRAPH, fp32_ends.VERSION]  # a new graph: a new plan
-    ident = json.dumps([PLAN_VERSION, __version__, *graphs, model, args.scale, args.precision, args.threads])
+    ident = json.dumps([PLAN_VERSION, __version__, *graphs, model, args.scale, args.precision, args.threads,
+                        cpu_kind()])  # a cache shared by machines: each one's gated choice
     return cache_dir() / "plans" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
 
 

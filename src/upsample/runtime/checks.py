@@ -14,6 +14,7 @@ check's name, so a change of the rule or of the probe set measures again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from ..data.degrade import imresize, make_lr, scale_period
 from ..media.cache import entry_lock
 from ..media.imageio import atomic_write_bytes
 from .cache import cache_dir
+from .cpu import cpu_kind
 
 GATE = "psnr1"  # the rule and probe set the remembered checks were made with: bump when either changes
 DB_LIMIT = 0.02  # largest change of Y-PSNR against HR (dB) a faster graph may make, on any probe picture
@@ -163,7 +165,10 @@ def in_words(result: dict) -> str:
 
 
 def checks_path(key: str) -> Path:
-    return cache_dir() / f"{key}.checks.json"
+    """The verdicts of the weights `key` on this kind of CPU (a cache shared by several machines
+    keeps each one's: a verdict holds its speed and its runtime's kernels)."""
+    kind = hashlib.sha256(cpu_kind().encode()).hexdigest()[:8]
+    return cache_dir() / f"{key}-cpu{kind}.checks.json"
 
 
 def remembered_check(key: str, what: str, measure) -> tuple[float | dict, bool]:

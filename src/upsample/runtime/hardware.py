@@ -7,12 +7,13 @@ it; bf16 is chosen by measurement, and only where the CPU has bf16 units at all)
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+
+from .cpu import cpu_has_bf16, cpu_kind, cpu_name  # noqa: F401  (their home for torch users)
 
 
 def sync(device: torch.device) -> None:
@@ -35,37 +36,11 @@ def time_runs(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, 
     return statistics.median(times), out
 
 
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def cpu_name() -> str:
-    """The processor's model name (bench figures belong to it), else the platform's word."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_has_bf16() -> bool:
-    flags = _cpuinfo()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# the flags that decide which precision and layout run fastest (two CPUs of one name can differ)
-SPEED_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
-
-
 def machine_kind(dev: torch.device) -> str:
     """What a timing of `dev` holds for: the GPU's name, or the CPU's with its speed flags."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    flags = set(_cpuinfo().split())
-    return " ".join([cpu_name(), *(f for f in SPEED_FLAGS if f in flags)])
+    return cpu_kind()
 
 
 def peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 3,
