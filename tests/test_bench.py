@@ -80,8 +80,10 @@ def test_the_auto_row_says_which_graph_the_gate_chose_and_what_it_costs(monkeypa
     from upsample.runtime import auto, checks, export
     monkeypatch.setenv("UPSAMPLE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("upsample.runtime.hardware.cpu_has_bf16", lambda: False)  # no bf16 graph here
-    up = load_upscaler("espcn-rgb-x2", backend="auto")  # fp32 in this process: nothing measured
-    assert bench.auto_choice(up) is None and bench.auto_choice(load_upscaler("espcn-rgb-x2", backend="torch")) is None
+    monkeypatch.setattr(bench, "cpu_has_bf16", lambda: False)
+    up = load_upscaler("espcn-rgb-x2", backend="auto")  # fp32 in this process: nothing measured, said why
+    assert bench.auto_choice(up)["gate"] == {} and "runs fp32: this CPU has no bf16 units" in bench.auto_choice(up)["in_words"]
+    assert bench.auto_choice(load_upscaler("espcn-rgb-x2", backend="torch")) is None
     key = f"espcn-{export.weights_hash(up.model)}"
     failed = {"db_change": -0.031, "vs_fp32_db": 52.0, "fp32_db": 30.0}
     checks.remembered_check(key, auto._check_name("bf16", 2.0, up.model, False, Path("-")), lambda: failed)

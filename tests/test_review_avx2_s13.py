@@ -132,3 +132,13 @@ def test_plans_and_gate_verdicts_are_each_cpus_own(monkeypatch, tmp_path):
         seen[name] = fastpath.plan_path(args), checks.checks_path("espcn-abc")
     assert seen["zen3"][0] != seen["zen5"][0] and seen["zen3"][1] != seen["zen5"][1]
     assert seen["zen3"][1].name.startswith("espcn-abc-cpu") and seen["zen3"][1].name.endswith(".checks.json")
+
+
+def test_bench_says_why_auto_runs_fp32_where_it_had_nothing_to_gate(zen3):
+    from upsample.evaluation import bench
+    from upsample.inference.load import load_upscaler
+    for name, why in (("espcn-x3", "no int8 network of it is in the cache"), ("vapsr-x2", "int8 is for dense models")):
+        up = load_upscaler(name, backend="auto", allow_untrained=True, quiet=True)
+        choice = bench.auto_choice(up)
+        assert choice["in_words"].startswith(f"{name} x") and "runs fp32: this CPU has no bf16 units" in choice["in_words"]
+        assert why in choice["in_words"] and choice["gate"] == {}

@@ -158,12 +158,17 @@ def runtime_entry(model: str, backend: str, *, scale, device: str, precision: st
 def auto_choice(up: Upscaler) -> dict | None:
     """What `--backend auto`'s quality gate measured for this upscaler's weights on the CPU and
     which graph it took, in words and as numbers (None where it measured nothing)."""
-    if up.model is None or up.device.type != "cpu":
+    if up.model is None or up.device.type != "cpu" or getattr(up, "backend", None) != Backend.AUTO:
         return None
     results = auto.remembered_results(up.model, up.scale)
+    use = {"fp32": "f32"}.get(up.precision, up.precision)
+    if not results and use == "f32" and not cpu_has_bf16():  # nothing to gate: say why fp32
+        why = "this CPU has no bf16 units, and " + (
+            "no int8 network of it is in the cache (`--calib DIR` makes one)" if int8_files.is_dense(up.model)
+            else "int8 is for dense models (no depth-wise convolutions)")
+        return {"graph": auto.LABELS["f32"], "gate": {}, "in_words": f"{up.name} x{up.scale:g} runs fp32: {why}"}
     if not results:
         return None
-    use = {"fp32": "f32"}.get(up.precision, up.precision)
     return {"graph": auto.LABELS.get(use, use), "gate": results,
             "in_words": auto.decision_in_words(up.name, up.scale, use, results)}
 
