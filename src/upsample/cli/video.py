@@ -140,8 +140,6 @@ def _upscale(args: argparse.Namespace):
     if scale is not None and float(scale).is_integer():  # an odd output side, before the model loads
         w, h = source_size(src)
         check_frame_size(codec, pix_fmt, w * int(scale), h * int(scale))
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     up = make_upscaler(args.model, args.scale, backend=args.backend, device=args.device, half=args.half,
                        precision=args.precision, threads=args.threads,
                        allow_untrained=args.allow_untrained, fastest_default=True)
@@ -150,6 +148,8 @@ def _upscale(args: argparse.Namespace):
               "picks another)", file=sys.stderr)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
+    for note in notes:  # after the model's refusals: a refusal stays one line
+        print(f"note: {note}", file=sys.stderr)
     summary = upscale_video(src, dst, up, codec=codec, crf=args.crf, preset=args.preset,
                             pix_fmt=pix_fmt, start=start, duration=duration, batch=batch,
                             tile=args.tile, tile_batch=tile_batch,
