@@ -39,7 +39,7 @@ from . import loop
 from .batches import batches_on_device, build_pairs
 from .losses import make_loss
 from .procs import Procs, training_device
-from .recipe import MACHINE_SETTINGS, check_packaged_data
+from .recipe import check_packaged_data, recipe_overrides
 from .state import Sampling
 
 # The source repository's configs/, where this module runs from a checkout (src/upsample/...);
@@ -73,8 +73,8 @@ def load_recipe(target: str, overrides: list[str], user: list[str] = ()) -> tupl
     wherever bench is run from; a recipe file's, a packaged recipe's and --set's stay relative to
     the current folder, as `train` reads them."""
     recipe = find_recipe(target)
-    machine = MACHINE_SETTINGS if recipe == registry.shipped_recipe(target) else ()  # as `train NAME`
-    cfg = config_mod.load_config(recipe, [*machine, *overrides, *user])
+    cfg = config_mod.load_config(recipe, recipe_overrides([*overrides, *user],  # as `train NAME` takes it
+                                                          packaged=recipe == registry.shipped_recipe(target)))
     if recipe != Path(target) and recipe.resolve().parent.name == "configs":
         root = recipe.resolve().parent.parent
         given = {o.split("=", 1)[0].strip() for o in user}

@@ -41,6 +41,11 @@ def recipe_file(config: str) -> str:
 MACHINE_SETTINGS = ("train.amp=auto", "train.channels_last=auto", "train.compile=auto")
 
 
+def recipe_overrides(overrides: list[str], packaged: bool) -> list[str]:
+    """--set as a recipe takes it: after a packaged recipe's machine settings left to this machine."""
+    return [*MACHINE_SETTINGS, *overrides] if packaged else list(overrides)
+
+
 def check_packaged_data(name: str, cfg: config_mod.Config, overrides: list[str]) -> None:
     """The packaged recipe of a shipped model names the images that trained it: where they are not
     here and no --set gives others, say how to give yours (not only "folder not found"); else a
@@ -67,9 +72,9 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
                             "config; copy it back from where the run was trained, or start over with --reset")
         cfg = config_mod.load_config(run_dir / "config.toml", overrides)
         check_resumable(config_mod.load_config(run_dir / "config.toml", []), cfg)
-        _note(recipe_differs(config, [*MACHINE_SETTINGS, *overrides] if packaged else overrides, cfg, run_dir))
+        _note(recipe_differs(config, recipe_overrides(overrides, packaged), cfg, run_dir))
         return cfg, None
-    cfg = config_mod.load_config(config, [*MACHINE_SETTINGS, *overrides] if packaged else overrides)
+    cfg = config_mod.load_config(config, recipe_overrides(overrides, packaged))
     start_weights(cfg, init)
     return cfg, config_mod.to_toml(cfg)
 

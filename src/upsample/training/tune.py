@@ -293,10 +293,10 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     import optuna
 
     from .procs import training_device  # torch: not for `tune --help`
-    from .recipe import MACHINE_SETTINGS, check_packaged_data, recipe_file, start_weights
+    from .recipe import check_packaged_data, recipe_file, recipe_overrides, start_weights
     recipe = recipe_file(config)  # a shipped model's name: its packaged recipe, as `upsample train NAME`
     packaged = recipe != config
-    cfg = config_mod.load_config(recipe, [*MACHINE_SETTINGS, *overrides] if packaged else overrides)
+    cfg = config_mod.load_config(recipe, recipe_overrides(overrides, packaged))
     if packaged:
         check_packaged_data(config, cfg, overrides)
     start_weights(cfg, None, how="--set train.init=CKPT")  # a fine-tune's trials start where it does
