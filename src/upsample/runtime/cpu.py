@@ -21,7 +21,7 @@ def cpu_name() -> str:
     """The processor's model name (bench figures belong to it), else the platform's word."""
     for line in _cpuinfo().splitlines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+            return line.partition(":")[2].strip()
     return platform.processor() or platform.machine()
 
 

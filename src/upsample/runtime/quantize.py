@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import export
+from .cache import cache_dir
 from .export import model_key  # also this module's name for it (bench, tests)
 from .int8 import SUFFIX, cached_path, write_meta
 from .kinds import Backend
@@ -314,7 +315,14 @@ def quantize_to_cache(model: nn.Module, scale: float, calib: str, *, samples: in
                    size=size, keep_edges=True, source=key,
                    # its callers (bench --calib) have no option for the crops' size
                    too_small="give --calib a folder of larger training images")
+    drop_image_plans()
     return out
+
+
+def drop_image_plans() -> None:
+    """Forget `upsample image`'s fast-path plans: one made before an int8 network was cached ran
+    its fp32 graph without asking the gate again (their stamps do not see the cache's int8)."""
+    shutil.rmtree(cache_dir() / "plans", ignore_errors=True)
 
 
 def copy_to_cache(model: nn.Module, scale: float, path: Path) -> Path:
@@ -330,4 +338,5 @@ def copy_to_cache(model: nn.Module, scale: float, path: Path) -> Path:
         out.unlink(missing_ok=True)  # an old .xml goes first: only a reader already past it can mismatch
         tmp_xml.with_suffix(".bin").replace(out.with_suffix(".bin"))
         tmp_xml.replace(out)  # the .xml last: its presence says the pair is whole
+    drop_image_plans()
     return out

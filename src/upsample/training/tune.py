@@ -79,8 +79,11 @@ def trial_setup(cfg: config_mod.Config) -> dict:
     t = copy.deepcopy(cfg)
     if cfg.tune.trial_steps:
         t.train.steps = cfg.tune.trial_steps
-    return {k: v for k, v in config_mod.flat(config_mod.to_dict(t)).items()
-            if config_mod.key_in(k, TRIAL_SETUP) and k not in SEARCHED and k not in NOT_RESULTS}
+    setup = {k: v for k, v in config_mod.flat(config_mod.to_dict(t)).items()
+             if config_mod.key_in(k, TRIAL_SETUP) and k not in SEARCHED and k not in NOT_RESULTS}
+    if cfg.train.init:  # trials start from it (before 2026-12-06 they trained from scratch all the same)
+        setup["trials.start_from"] = "train.init"
+    return setup
 
 
 def check_same_setup(study, cfg: config_mod.Config, storage: str) -> None:
@@ -297,9 +300,9 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
     recipe = recipe_file(config)  # a shipped model's name: its packaged recipe, as `upsample train NAME`
     packaged = recipe != config
     cfg = config_mod.load_config(recipe, recipe_overrides(overrides, packaged))
-    if packaged:
-        check_packaged_data(config, cfg, overrides)
     start_weights(cfg, None, how="--set train.init=CKPT")  # a fine-tune's trials start where it does
+    if packaged:  # (after: its note comes once the study can start)
+        check_packaged_data(config, cfg, overrides)
     training_device(device)  # before a study exists: a trial's error is one line, not a failed trial
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
