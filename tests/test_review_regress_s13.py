@@ -4,26 +4,16 @@ reproducers of the regressions found. Each test states what it expects; they fai
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from upsample import cli
 from upsample.training import bench as train_bench, speed
+from photos import smooth_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "benchmark" / "Set5"
 TINY = ROOT / "configs" / "tiny.toml"
-
-
-def _photos(folder, n=6, side=72):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((side, side), Image.BICUBIC).save(folder / f"p{i}.png")
-    return folder
 
 
 @pytest.mark.skipif(not SET5.is_dir(), reason="needs ../shared/datasets/benchmark/Set5")
@@ -44,7 +34,7 @@ def test_resume_of_a_run_by_name_notes_no_machine_settings_as_differing(tmp_path
     them: every --resume says the recipe differs in those four and invites `--set` of the
     recipe's bf16 / one thread (emulated bf16 on this CPU)."""
     monkeypatch.chdir(tmp_path)
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     base = ["train", "espcn-x3", "--set", 'data.train=["photos"]', "--set", "val.every=0",
             "--set", "data.batch_size=2"]
     assert cli.main(base + ["--set", "train.steps=1"]) == 0
@@ -62,7 +52,7 @@ def test_resume_with_amp_auto_times_again_instead_of_keeping_explicit_bf16(tmp_p
     config.toml now says auto. Expected: fp32, the only candidate there."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     base = ["train", str(TINY), "--run-dir", "run", "--set", 'data.train=["photos"]', "--set", "val.every=0",
             "--set", "data.batch_size=2", "--set", "data.max_images=0"]
     assert cli.main(base + ["--set", "train.steps=1", "--set", "train.amp=bf16"]) == 0
@@ -79,7 +69,7 @@ def test_bench_train_name_times_the_settings_train_name_uses(tmp_path, monkeypat
     configs/NAME.toml, not the packaged recipe train NAME reads."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train_bench, "CONFIGS", None)  # an installed package: the packaged recipe
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     seen = {}
 
     class Stop(Exception):

@@ -6,26 +6,16 @@ what to give instead."""
 import json
 import tomllib
 
-import numpy as np
-from PIL import Image
 
 from cli_checks import one_error_line
 from upsample import cli
 from upsample.models import registry
-
-
-def _photos(folder, n=6, side=72):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((side, side), Image.BICUBIC).save(folder / f"p{i}.png")
-    return folder
+from photos import smooth_photos
 
 
 def test_a_shipped_name_trains_from_its_packaged_recipe_on_the_users_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no configs/ here: as after `pip install upsample`
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     argv = ["train", "espcn-x3", "--set", 'data.train=["photos"]', "--set", "train.steps=2",
             "--set", "val.every=2", "--set", "data.batch_size=2", "--set", "data.val_fraction=0.2"]
     assert cli.main(argv) == 0
@@ -47,7 +37,7 @@ def test_a_shipped_name_trains_from_its_packaged_recipe_on_the_users_data(tmp_pa
 
 def test_a_set_of_a_machine_setting_wins_over_this_machines_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     argv = ["train", "espcn-x3", "--set", 'data.train=["photos"]', "--set", "train.steps=1", "--set", "val.every=0",
             "--set", "data.batch_size=2", "--set", "train.amp=none", "--set", "train.threads=2"]
     assert cli.main(argv) == 0
@@ -77,7 +67,7 @@ def test_a_model_without_shipped_weights_says_what_recipe_to_give(tmp_path, monk
 def test_a_fine_tune_stage_whose_start_is_missing_offers_the_shipped_weights(tmp_path, monkeypatch, capsys):
     """The packaged vdsr recipe is its last fine-tune stage: it starts from runs/vdsr-ft/."""
     monkeypatch.chdir(tmp_path)
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     assert cli.main(["train", "vdsr", "--set", 'data.train=["photos"]']) == 2
     err = capsys.readouterr().err
     assert "train.init: runs/vdsr-ft/best.safetensors not found" in err and "--init vdsr" in err

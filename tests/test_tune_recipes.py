@@ -4,21 +4,11 @@ trained each from scratch), and takes a shipped model's name for its packaged re
 
 import json
 
-import numpy as np
-from PIL import Image
 
 from cli_checks import one_error_line
 from upsample import cli
 from upsample.models import registry
-
-
-def _photos(folder, n=6, side=72):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((side, side), Image.BICUBIC).save(folder / f"p{i}.png")
-    return folder
+from photos import smooth_photos
 
 
 def _fake_trials(monkeypatch):
@@ -46,7 +36,7 @@ def _tune(tmp_path, recipe, *sets, data=True):
 
 def test_trials_of_a_fine_tune_recipe_start_from_its_init(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     calls = _fake_trials(monkeypatch)
     recipe = tmp_path / "ft.toml"
     recipe.write_text('[model]\nname = "espcn-x2"\n[train]\ninit = "start.safetensors"\n')
@@ -64,7 +54,7 @@ def test_tune_takes_a_shipped_models_name_for_its_packaged_recipe(tmp_path, monk
     assert _tune(tmp_path, "espcn-x3", data=False) == 2  # the packaged recipe's own images are not here
     one_error_line(capsys, "the recipe of the shipped espcn-x3 names the images that trained it",
                    "--set 'data.train=[\"DIR\"]'")
-    _photos(tmp_path / "photos")
+    smooth_photos(tmp_path / "photos")
     assert _tune(tmp_path, "espcn-x3") == 0
     (cfg, init), = calls
     assert cfg.model.name == "espcn-x3" and cfg.data.train == ["photos"] and init is None
