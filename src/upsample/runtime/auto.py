@@ -43,14 +43,14 @@ from torch import nn
 from . import cache, export, fp32_ends, hardware, int8
 from .cache import FUSED_GRAPH, PHASES_GRAPH, SPLIT_GRAPH
 from ..data.degrade import BicubicUp
-from ..errors import UserError, one_line
+from ..errors import UserError
 from ..media.cache import has_own_dir, own_dir
 from ..data.colour import YCC, YCC_INV, YCC_OFFSET
 from .checks import (DB_LIMIT, GATE, MIN_PSNR_VS_FP32, SPEED_MARGIN, checks_path, in_words, passes, probe_set,
                      quality, reference, remembered, remembered_check, speed_vs_fp32)
 from .kinds import Backend, Precision
 from .runner import Runner
-from .sessions import file_session, parallel_session
+from .sessions import file_session, ov_reason, parallel_session
 
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -377,7 +377,7 @@ def _gated_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | N
 
 class _Gate:
     """The probe set as the inputs of one kind of graph (the fused RGB one, or the network alone
-    for int8) and the fp32 graph's results on it, made when first needed."""
+    for int8), the fp32 graph's results on it and that graph, made when first needed."""
 
     def __init__(self, model: nn.Module, scale: float, net_xml: Path, fused_xml: Path | None,
                  threads: int | None):
@@ -395,20 +395,21 @@ class _Gate:
             probes = probe_set(self.scale, channels=3 if whole else self.spec.channels,
                                pre_upsample=self.spec.pre_upsample and not whole,
                                pad_multiple=self.spec.pad_multiple)
-            self.made[on_net] = probes, reference(self._run(xml, "f32"), probes)
+            fp32 = self._run(xml, "f32")
+            self.made[on_net] = probes, reference(fp32, probes), fp32
         return self.made[on_net]
 
     def measure(self, option: str, xml: Path) -> dict:
-        probes, ref = self._probes(option == "int8")
+        probes, ref, fp32 = self._probes(option == "int8")
         # int8 keeps its float layers in f32; the bf16 graphs ask for bf16
         if option != "int8":
             return quality(self._run(xml, "bf16"), probes, ref)
         try:  # a file of the user's (`quantize` copies it here): OpenVINO may refuse it, e.g. a fixed size
             run = self._run(xml, "f32")
             # no rule of int8 units: it is used where it is also clearly faster here
-            return {**quality(run, probes, ref), **speed_vs_fp32(run, self._run(self.net_xml, "f32"), probes)}
+            return {**quality(run, probes, ref), **speed_vs_fp32(run, fp32, probes)}
         except RuntimeError as exc:  # OpenVINO's errors
-            return {"error": one_line(str(exc).replace("\\n", " "))[:200]}  # (its text holds "\\n"s)
+            return {"error": ov_reason(exc, xml)}
 
 
 def decision_in_words(name: str, scale: float, use: str, results: dict, what: str = "") -> str:
