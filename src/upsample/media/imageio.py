@@ -29,8 +29,9 @@ from .animation import ANIMATION_FORMATS
 PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY)
 
 # Extensions Pillow can read that we treat as images when scanning folders.
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm",
-              ".gif", ".tga", ".avif", ".jxl", ".jp2", ".qoi"}
+IMAGE_EXTS = {".png", ".apng", ".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".webp", ".bmp", ".dib", ".tif", ".tiff",
+              ".ppm", ".pgm", ".pbm", ".pnm", ".gif", ".tga", ".ico", ".avif", ".jxl", ".jp2", ".j2k", ".jpf",
+              ".jpx", ".qoi"}  # .jfif: browsers' name for a saved JPEG; .mpo: a stereo camera's JPEG
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -608,14 +609,18 @@ def kept_info(img: Image.Image, exif: Image.Exif, gray: bool | None = None) -> d
     """What an output keeps of its source's metadata (`save_planes` writes it back): the ICC
     profile where it describes the output's pixels (RGB, or gray for gray ones - `gray`, else
     `img`'s mode, says which: a CMYK or Lab profile on the RGB output breaks colour-managed
-    readers), `exif` (the source's EXIF, as read or as turned upright) where it holds tags, and a
-    PNG's gAMA, cHRM and sRGB (`PNG_COLOUR_KEYS`)."""
+    readers), `exif` (the source's EXIF, as read or as turned upright) where it holds tags, its
+    resolution (`dpi`: kept as it is, as an editor's resample does) and a PNG's gAMA, cHRM and
+    sRGB (`PNG_COLOUR_KEYS`)."""
     icc = img.info.get("icc_profile") or b""
     gray = Image.getmodebase(img.mode) == "L" if gray is None else gray
     space = b"GRAY" if gray else b"RGB "  # the header's colour space
     info = {"icc_profile": icc} if icc[16:20] == space else {}
     if len(exif):
         info["exif"] = exif.tobytes()
+    dpi = img.info.get("dpi")
+    if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, (int, float)) and 1 <= v <= 65535 for v in dpi):
+        info["dpi"] = tuple(float(v) for v in dpi)  # JPEG's density field holds up to 65535
     # a PNG's own colour description (how viewers show it; PNG outputs write it back)
     info.update({k: img.info[k] for k in PNG_COLOUR_KEYS if k in img.info})
     return info
@@ -624,9 +629,9 @@ def kept_info(img: Image.Image, exif: Image.Exif, gray: bool | None = None) -> d
 PNG_COLOUR_KEYS = ("gamma", "chromaticity", "srgb")  # Pillow's names for gAMA, cHRM and sRGB
 
 
-def png_metadata_chunks(info: dict) -> list[tuple[bytes, bytes]]:
+def png_metadata_chunks(info: dict, size: tuple[int, int] | None = None) -> list[tuple[bytes, bytes]]:
     """The (type, body) chunks that carry `kept_info`'s metadata in a PNG: gAMA, cHRM, then
-    iCCP or sRGB (the format allows one of them), then eXIf."""
+    iCCP or sRGB (the format allows one of them), pHYs, then eXIf (with the picture's `size`)."""
     chunks = []
     if info.get("gamma"):
         chunks.append((b"gAMA", struct.pack(">I", round(info["gamma"] * 100000))))
@@ -636,10 +641,27 @@ def png_metadata_chunks(info: dict) -> list[tuple[bytes, bytes]]:
         chunks.append((b"iCCP", b"icc\x00\x00" + zlib.compress(info["icc_profile"])))
     elif info.get("srgb") is not None:
         chunks.append((b"sRGB", bytes([int(info["srgb"])])))
+    if info.get("dpi"):
+        chunks.append((b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in info["dpi"]), 1)))  # per metre
     if info.get("exif"):
-        exif = info["exif"]
+        exif = exif_of_size(info["exif"], size) if size else info["exif"]
         chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     return chunks
+
+
+def exif_of_size(exif: bytes, size: tuple[int, int]) -> bytes:
+    """`exif` with the PixelXDimension/PixelYDimension a camera wrote set to the `size` (width,
+    height) of the picture written, where it has them; else as it is."""
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        sub = parsed.get_ifd(0x8769)  # the Exif IFD
+        if 0xA002 not in sub and 0xA003 not in sub:
+            return exif
+        sub[0xA002], sub[0xA003] = size
+        return parsed.tobytes()
+    except Exception:  # noqa: BLE001 - a block Pillow wrote but cannot read back: left as it is
+        return exif
 
 
 def _exif_of(img: Image.Image, source=None) -> Image.Exif:
@@ -777,7 +799,8 @@ def planes_to_pil(planes: Planes) -> Image.Image:
 
 def read_planes(path: str | os.PathLike, *, fill_hidden: bool = True) -> Planes:
     """An image file as planes, with its EXIF orientation applied (pixels turned upright).
-    16-bit RGB(A) PNGs and TIFFs, which Pillow reads as 8-bit, are decoded with PyAV to keep 16 bits.
+    16-bit RGB(A) PNGs, TIFFs and PPMs, which Pillow reads as 8-bit, are decoded by libvips (PNG)
+    or FFmpeg (TIFF, PPM) to keep 16 bits.
     `fill_hidden`: the colour of fully transparent pixels filled from the visible ones, as an
     upscaler needs it (`fill_hidden_colour`); else as stored."""
     planes = _read_planes(path)
@@ -787,7 +810,7 @@ def read_planes(path: str | os.PathLike, *, fill_hidden: bool = True) -> Planes:
 def _read_planes(path: str | os.PathLike) -> Planes:
     img = open_image(path)
     if _is_deep_color_png(path):
-        return _read_deep_color(path, img)
+        return _read_deep_png(path, img)
     if _is_deep_color_tiff(img) or _is_deep_color_ppm(path, img):
         if _pillow_misreads_planes(img):  # FFmpeg's reading, or none: Pillow's is no check of it
             if 322 in img.tag_v2:  # TileWidth: FFmpeg decodes tiles as zeros
@@ -854,20 +877,19 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
     path meanwhile (see `atomic_output`)."""
     path = _within_side_limit(planes, storable_path(planes.mode, path))
     fmt = SAVE_FORMATS[path.suffix.lower().lstrip(".")][0]
-    if planes.mode in ("RGB;16", "RGBA;16"):
-        _write_deep_png(planes, path, replace=replace)
-        return path
-    if planes.mode == "LA;16":  # FFmpeg's PNG encoder takes it, PyAV cannot make the frame
+    if planes.mode in _DEEP_PNG_MODES:  # Pillow writes these as 8-bit
         h, w = planes.color.shape[:2]
         with png_strips(path, w, h, planes.mode, planes.info, replace=replace) as png:
-            png.write(np.concatenate([planes.color, planes.alpha], 2))
+            png.write(planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2))
         return path
     img = planes_to_pil(planes)
     kwargs: dict = {"format": fmt}
     if planes.info.get("icc_profile"):
         kwargs["icc_profile"] = planes.info["icc_profile"]
     if planes.info.get("exif") and fmt in ("PNG", "JPEG", "WEBP"):
-        kwargs["exif"] = planes.info["exif"]
+        kwargs["exif"] = exif_of_size(planes.info["exif"], img.size)
+    if planes.info.get("dpi") and fmt in ("PNG", "JPEG"):  # WebP keeps it in the EXIF only
+        kwargs["dpi"] = planes.info["dpi"]
     if fmt == "JPEG" and len(kwargs.get("exif", b"")) > 65533:  # one APP1 marker; Pillow would raise
         print(f"note: {path}: the source's EXIF ({len(kwargs.pop('exif')):,} bytes) is over the 64 KB a "
               "JPEG holds; written without it (a .png output keeps it)", file=sys.stderr)
@@ -882,8 +904,8 @@ def save_planes(planes: Planes, path: str | os.PathLike, *, quality: int | None 
     return path
 
 
-# --- 16-bit RGB(A) and gray + alpha PNG, through PyAV's PNG codec (Pillow reads and writes them
-# only as 8-bit: gray + alpha as RGBA). ---
+# --- 16-bit RGB(A) and gray + alpha PNG (Pillow reads and writes them only as 8-bit: gray +
+# alpha as RGBA), read by libvips and written by `PngStripWriter`; 16-bit TIFF and PPM by FFmpeg. ---
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -934,6 +956,7 @@ def _checked_against_pillow(planes: Planes, img: Image.Image, path) -> Planes:
 
 
 def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
+    """A 16-bit RGB(A) TIFF or PPM through FFmpeg (see `_read_planes` for its checks)."""
     import av
     try:
         with av.open(str(path)) as container:
@@ -942,7 +965,25 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
         raise UserError(f"cannot read image {path}: {exc}; the file is corrupt") from None
     has_alpha = any(c.is_alpha for c in frame.format.components)  # rgba64, planar gbrap16, ya16 ...
     gray = frame.format.name.startswith(("ya", "gray"))  # replicated exactly into R, G and B
-    arr = frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
+    return _deep_planes(frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le"), gray, has_alpha, img, path)
+
+
+def _read_deep_png(path: str | os.PathLike, img: Image.Image) -> Planes:
+    """A 16-bit RGB(A) or gray + alpha PNG through libvips (libspng/libpng). FFmpeg's PNG decoder
+    garbled interlaced (Adam7) 16-bit RGB rows and corrupted the heap on larger ones (the process
+    aborted); Pillow reads these as 8-bit. A tRNS colour key comes back as alpha, as from Pillow."""
+    import pyvips
+    try:
+        arr = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="error").numpy()
+    except pyvips.Error as exc:
+        raise UserError(f"cannot read image {path}: {str(exc).strip().splitlines()[-1]}; the file is corrupt") from None
+    bands = arr.shape[2]  # 2 (gray + alpha), 3 or 4: `_is_deep_color_png`'s colour types
+    return _deep_planes(arr.astype(np.uint16, copy=False), bands == 2, bands in (2, 4), img, path)
+
+
+def _deep_planes(arr: np.ndarray, gray: bool, has_alpha: bool, img: Image.Image, path) -> Planes:
+    """Planes of a decoded 16-bit HxWxC array (colour first, alpha last; `gray`: its first
+    plane is the picture), turned upright as the file's EXIF (read by Pillow, `img`) says."""
     exif = _exif_of(img, path)
     orientation = exif.get(0x0112, 1)
     if img.format == "TIFF":  # Pillow turned its own (8-bit) reading upright on load, and dropped the tag
@@ -957,28 +998,12 @@ def _read_deep_color(path: str | os.PathLike, img: Image.Image) -> Planes:
         arr = arr.reshape(h * w, -1)[np.asarray(ImageOps.exif_transpose(index))]
         exif.pop(0x0112, None)  # the pixels are upright now
     color = np.ascontiguousarray(arr[..., :1] if gray else arr[..., :3])
-    alpha = np.ascontiguousarray(arr[..., 3:]) if has_alpha else None
+    alpha = np.ascontiguousarray(arr[..., -1:]) if has_alpha else None
     return Planes(color, alpha, kept_info(img, exif, gray=gray))  # Pillow has gray + alpha as RGBA
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _write_deep_png(planes: Planes, path: str | os.PathLike, *, replace: bool = True) -> None:
-    """A 16-bit RGB or RGBA PNG, with the ICC profile, EXIF and colour chunks kept."""
-    import av
-    arr = planes.color if planes.alpha is None else np.concatenate([planes.color, planes.alpha], 2)
-    fmt = "rgb48" if planes.alpha is None else "rgba64"
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt + "le")
-    codec = av.CodecContext.create("png", "w")
-    codec.width, codec.height, codec.pix_fmt = arr.shape[1], arr.shape[0], fmt + "be"
-    data = b"".join(bytes(p) for p in [*codec.encode(frame.reformat(format=fmt + "be")),
-                                       *codec.encode(None)])
-    extra = b"".join(_png_chunk(*c) for c in png_metadata_chunks(planes.info))
-    ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # the chunks go right after IHDR
-    data = data[:ihdr_end] + extra + data[ihdr_end:]
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), replace=replace)
 
 
 # --- PNG written in strips: the output of a large image never has to be in memory at once. ---
@@ -987,7 +1012,8 @@ def _write_deep_png(planes: Planes, path: str | os.PathLike, *, replace: bool = 
 # rows are filtered and deflated one after another into IDAT chunks, which zlib does here.
 
 PNG_STRIP_MODES = {"L": (0, 1), "RGB": (2, 3), "I;16": (0, 1), "RGB;16": (2, 3)}  # colour type, channels
-_PNG_WRITER_MODES = {**PNG_STRIP_MODES, "LA;16": (4, 2)}  # and whole 16-bit gray + alpha images
+_DEEP_PNG_MODES = {"LA;16": (4, 2), "RGB;16": (2, 3), "RGBA;16": (6, 4)}  # and whole images of these
+_PNG_WRITER_MODES = {**PNG_STRIP_MODES, **_DEEP_PNG_MODES}
 _IDAT_BYTES = 1 << 20
 
 
@@ -1021,7 +1047,7 @@ class PngStripWriter:
         self.zip, self.pending = zlib.compressobj(level), bytearray()
         f.write(PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16 if self.deep else 8,
                                                                 colour_type, 0, 0, 0)))
-        for chunk in png_metadata_chunks(info or {}):
+        for chunk in png_metadata_chunks(info or {}, (width, height)):
             f.write(_png_chunk(*chunk))
 
     def write(self, rows: np.ndarray, chunk_rows: int = 64) -> None:
