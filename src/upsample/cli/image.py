@@ -47,13 +47,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}" + (f" ({also})" if also else ""),
           file=sys.stderr)
     counts = {"written": 0, "skipped": skipped, "failed": failed}
+    renamed: list[Path] = []  # outputs written as PNG, their format unable to hold them
     try:
-        _run_all(engines, todo, args, counts, progress_bar(len(todo), True, desc="images", unit=" img"))
+        _run_all(engines, todo, args, counts, progress_bar(len(todo), True, desc="images", unit=" img"), renamed)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: what is done stays, the rerun skips it
         print(f"{counts['written']} written before the stop -> {out}; the same command again does the "
               "rest (existing outputs are skipped)", file=sys.stderr)
         raise
     undone = len(todo) - sum(counts.values()) + skipped + failed
+    if renamed and out.suffix and len(todo) == 1:  # -o named the file: say the one written
+        out = renamed[0]
     print(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed"
           f"{f', {undone} not started' if undone else ''} -> {out}", file=sys.stderr)
     if counts["failed"] or undone:
@@ -69,8 +72,10 @@ class _Stop(Exception):
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
-def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, counts: dict, bar) -> None:
-    """Upscale `todo` in order, counting each outcome in `counts`; stops at a full or read-only disk."""
+def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, counts: dict, bar,
+             renamed: list) -> None:
+    """Upscale `todo` in order, counting each outcome in `counts` (and in `renamed` the outputs
+    written as PNG under another name); stops at a full or read-only disk."""
     with bar, contextlib.closing(_outcomes(engines, todo, args)) as outcomes:
         for src, dst, result in outcomes:
             try:
@@ -81,6 +86,8 @@ def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, cou
             counts["failed"] += path is None
             counts["written"] += bool(saved)
             counts["skipped"] += path is not None and not saved
+            if saved and path != dst:
+                renamed.append(path)
             bar.update(1)
 
 

@@ -427,6 +427,9 @@ class Engines:
         """`upscale_file` once `dst` was seen free; `OutputTaken` where another run took it since."""
         planes = self._streamed_planes(src, dst) or read_planes(src)
         final = storable_path(planes.mode, dst)
+        if final != dst and final.exists() and os.path.samefile(final, src):
+            raise UserError(f"{src}: {dst.suffix} cannot hold its upscale (transparency or 16 bits), and {final}, "
+                            "the PNG that would, is this input: name another output")
         if final != dst and final.exists() and not overwrite:
             return False, final
         h, w = planes.color.shape[:2]
