@@ -229,8 +229,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
                 vout = add_video_stream(out, vin, codec, plan.size, plan.out_fmt, first, crf, preset,
                                         bounded=max_memory is not None)
                 copies, encodes = add_copied_streams(container, out, skip=vin.index)
-                origin = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
-                window = ClipWindow(start, duration, origin=max(0.0, origin))
+                window = ClipWindow(start, duration, origin=clock_origin(container, vin))
                 copy_chapters(container, out, window.t0, window.t1)
                 start_output(container, out)
                 with _glue_threads(up):
@@ -243,6 +242,16 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Upscaler, 
         return summary
     finally:
         container.close()
+
+
+def clock_origin(container, vin) -> float:
+    """Where the output's clock starts, in seconds of the input's: its first timestamp. A negative
+    one is AAC priming before an MP4's picture (kept before 0 there: the picture starts at 0),
+    unless the picture itself starts before 0: an MPEG-TS recorded across its 33-bit clock's wrap
+    (FFmpeg counts the times before it as negative), whose frames before 0 an MP4 output lost."""
+    start = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
+    picture = vin.start_time * vin.time_base if vin.start_time is not None else 0
+    return start if picture < 0 else max(0.0, start)
 
 
 @contextlib.contextmanager
@@ -486,6 +495,7 @@ class _Stages:
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
         self.busy_lock = threading.Lock()  # side-by-side upscaling adds to it from several threads
         self.durations: dict[int, int] = {}  # pts -> duration of the frames sent to the encoder
+        self.reorder_delay: int | None = None  # the first packet's pts - dts (`hold_to_the_end`)
         self.captions: dict[int, bytes] = {}  # pts -> closed captions of those frames
         # `continue_clock`: formats whose clock may restart, the seconds added since, each
         # stream's last dts (seconds, offset included)
@@ -788,6 +798,8 @@ class _Stages:
         then guesses the last frame's from the average rate (a GIF's closing 1 s hold became 0.36 s).
         `last`: the encoder's final packets (`hold_to_the_end`)."""
         packets = [self.keep_captions(p) for p in packets]
+        if self.reorder_delay is None and packets and None not in (packets[0].pts, packets[0].dts):
+            self.reorder_delay = packets[0].pts - packets[0].dts  # B-frames: the encoder's first dts is early
         for packet in packets:
             duration = self.durations.pop(packet.pts, None)
             if duration:
@@ -805,16 +817,18 @@ class _Stages:
         return with_captions(packet, codec, cc) if cc and codec in CAPTION_SEI_HEADERS else packet
 
     def hold_to_the_end(self, packet) -> None:
-        """MP4 times a sample to the next one's dts, the last by its own duration: with B-frames
-        the last packet is not the last frame, and the media ended before the last frame did (a
-        GIF's closing 0.5 s hold read 0.65 s of 1.05 s). The last packet lasts to the last frame's
-        end (at most `video_end`)."""
+        """MP4 times a sample to the next one's dts, the last by its own duration: the samples'
+        times add up to the last packet's dts plus its duration, from the first's dts. With
+        B-frames the last packet is not the last frame: it is given what takes that sum to the
+        last frame's end (at most `video_end`). Its own frame's end (a GIF's closing 0.5 s hold
+        read 0.65 s of 1.05 s before) is one frame too far where that frame shows before the last
+        (the stream's mean rate read 24.67 for 25 fps)."""
         end = self.last_end
-        if FAMILIES.get(self.out.format.name) != "mp4" or end is None or packet.pts is None:
+        if FAMILIES.get(self.out.format.name) != "mp4" or end is None or None in (packet.pts, packet.dts):
             return
         if self.video_end is not None:
             end = min(end, self.video_end)
-        duration = int(round(end / packet.time_base)) - packet.pts
+        duration = int(round(end / packet.time_base)) - packet.dts - (self.reorder_delay or 0)
         if duration > 0:
             packet.duration = duration
 
