@@ -90,3 +90,46 @@ def test_a_transport_stream_across_its_clock_wrap_keeps_every_frame(tmp_path, ex
     assert cli.main(["video", str(src), "-o", str(cut), "--model", "bicubic", "--scale", "2",
                      "--start", "1", "--duration", "1"]) == 0
     assert _frames_and_rate(cut)[0] == 25
+
+
+def _late_sound_clip(path, codec: str) -> None:
+    """2 s of picture and a 440 Hz tone from 0.5 s to the end (a camera's sound that starts late)."""
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+    a = out.add_stream(codec, rate=48000)
+    a.layout = "stereo"
+    fmt = "s16" if codec.startswith("pcm") else "fltp"
+    for i in range(2 * FPS):
+        frame = av.VideoFrame.from_ndarray(_picture(i), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, FPS)
+        out.mux(v.encode(frame))
+    out.mux(v.encode(None))
+    t = np.arange(48000 * 3 // 2) / 48000
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    for k in range(0, len(t), 1024):
+        part = tone[k:k + 1024]
+        data = (np.stack([part, part]) * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" \
+            else np.stack([part, part]).astype(np.float32)
+        sound = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
+        sound.sample_rate, sound.pts, sound.time_base = 48000, 24000 + k, Fraction(1, 48000)
+        out.mux(a.encode(sound))
+    out.mux(a.encode(None))
+    out.close()
+
+
+def test_sound_that_starts_late_keeps_its_time_in_avi_or_is_noted(tmp_path, capsys):
+    """AVI stores no start time: the sound played from the first frame, 0.5 s early, silently."""
+    _late_sound_clip(tmp_path / "pcm.mov", "pcm_s16le")
+    assert cli.main(["video", str(tmp_path / "pcm.mov"), "-o", str(tmp_path / "pcm.avi"), "--model", "bicubic",
+                     "--scale", "2"]) == 0
+    with av.open(str(tmp_path / "pcm.avi")) as c:
+        samples = np.concatenate([f.to_ndarray().reshape(-1, 2) for f in c.decode(audio=0)])
+    loud = np.flatnonzero(np.abs(samples[:, 0]) > 1000)
+    assert abs(loud[0] / 48000 - 0.5) < 0.002 and abs(len(samples) / 48000 - 2.0) < 0.03
+    capsys.readouterr()
+    _late_sound_clip(tmp_path / "aac.mp4", "aac")
+    assert cli.main(["video", str(tmp_path / "aac.mp4"), "-o", str(tmp_path / "aac.avi"), "--model", "bicubic",
+                     "--scale", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "the sound starts 0.4" in err and "plays that much early" in err

@@ -173,6 +173,9 @@ def _report(dst: Path, summary: dict) -> None:
     if summary.get("filled_slots"):
         print(f"note: {summary['filled_slots']} frame(s) repeated where the input has none (a late start or "
               f"a gap): {dst.suffix} stores a frame at every step of its constant rate", file=sys.stderr)
+    if summary.get("sound_early"):
+        print(f"note: the sound starts {summary['sound_early']:.3f} s after the picture, and {dst.suffix} stores "
+              "no start time: it plays that much early (a .mkv or .mp4 output keeps it in time)", file=sys.stderr)
     w, h = summary["size"]
     side = f", {summary['workers']} frames side by side" if summary.get("workers", 1) > 1 else ""
     print(f"wrote {dst}: {summary['frames']} frames {w}x{h} at {float(summary['rate']):.3f} fps "

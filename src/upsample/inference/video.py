@@ -490,6 +490,7 @@ class _Stages:
         self.last_slot = -1  # `onto_frame_slots`
         self.previous, self.filled_to, self.filled = None, -1, 0  # `fill_slots_before`
         self.sound_end: dict[int, float] = {}  # output stream index -> seconds (`pad_sound`)
+        self.sound_late: dict[int, float] = {}  # output audio stream -> its start, seconds (`lead_in`)
         self.last_pts: int | None = None  # of the last frame encoded (`is_repeat_time`)
         self.repeats = 0  # frames dropped for a time not after the previous frame's
         self.busy = {"decode": 0.0, "upscale": 0.0, "encode": 0.0}  # seconds each stage worked
@@ -558,6 +559,7 @@ class _Stages:
             if index in self.encodes:
                 self.reencode(packet, self.encodes[index], self.shift[index])
             elif packet.size and not self.is_priming_without_times(packet, self.shift[index]):
+                self.lead_in(self.copies[index], [packet], self.shift[index])
                 self.note_sound_end(self.copies[index], [packet], self.shift[index])
                 remux(self.out, packet, self.copies[index], 0 if cover else self.shift[index], self.mux_lock)
                 self.packets_copied += 1
@@ -666,9 +668,41 @@ class _Stages:
             if not packet.size:
                 packets += stream.encode(None)
             packets = [p for p in packets if not self.is_priming_without_times(p)]
+            self.lead_in(stream, packets)
             self.note_sound_end(stream, packets)
         with self.mux_lock:
             self.out.mux(packets)
+
+    def lead_in(self, stream, packets, shift: int = 0) -> None:
+        """Before the first sound of an output audio `stream` in AVI, which stores no start time
+        (its sound plays from the picture's first frame): sound that starts later (a camera's, a
+        --start cut between two packets) played that much early (0.5 s). PCM gets silence up to
+        its start; other sound is noted (`sound_late`)."""
+        if self.out.format.name not in NO_PTS_MUXERS or stream.type != "audio" or stream.index in self.sound_late:
+            return
+        first = next((p for p in packets if p.pts is not None), None)
+        if first is None:
+            return
+        late = float((first.pts - shift) * first.time_base)
+        self.sound_late[stream.index] = late
+        cc = stream.codec_context
+        if late > 0 and cc.name.startswith("pcm_s"):
+            self.silence(stream, 0.0, late)
+            self.sound_late[stream.index] = 0.0
+
+    def silence(self, stream, start: float, end: float) -> None:
+        """PCM silence in the audio `stream` from `start` to `end` (seconds, the output's clock)."""
+        cc = stream.codec_context
+        rate, frame_bytes = cc.sample_rate, cc.format.bytes * cc.layout.nb_channels
+        at, stop = int(round(start * rate)), int(round(end * rate))
+        while at < stop:
+            n = min(stop - at, rate // 25)
+            packet = av.Packet(bytes(n * frame_bytes))
+            packet.pts = packet.dts = at
+            packet.duration, packet.time_base, packet.stream = n, Fraction(1, rate), stream
+            with self.mux_lock:
+                self.out.mux(packet)
+            at += n
 
     def note_sound_end(self, stream, packets, shift: int = 0) -> None:
         """Where the sound muxed into the output audio `stream` ends, in seconds (`pad_sound`)."""
@@ -686,17 +720,8 @@ class _Stages:
             return
         for stream in [*self.copies.values(), *self.encodes.values()]:
             cc = stream.codec_context
-            if stream.type != "audio" or not cc.name.startswith("pcm_s") or stream.index not in self.sound_end:
-                continue
-            rate, start = cc.sample_rate, int(round(self.sound_end[stream.index] * cc.sample_rate))
-            frame_bytes = cc.format.bytes * cc.layout.nb_channels
-            while start < (end := int(round(self.last_end * rate))):
-                n = min(end - start, rate // 25)
-                silence = av.Packet(bytes(n * frame_bytes))
-                silence.pts = silence.dts = start
-                silence.duration, silence.time_base, silence.stream = n, Fraction(1, rate), stream
-                self.out.mux(silence)
-                start += n
+            if stream.type == "audio" and cc.name.startswith("pcm_s") and stream.index in self.sound_end:
+                self.silence(stream, self.sound_end[stream.index], self.last_end)
 
     def flush_reencoded(self) -> None:
         """The audio encoders' buffered tail, when reading stops at the window's end before the
@@ -947,6 +972,7 @@ def _pump(container, out, vout, streams: tuple[dict, dict], plan: _Plan, window:
             "fps": stages.frames_out / wall if wall else None,  # end to end, stages overlapping
             "workers": plan.workers, "damaged_packets": stages.damaged, "repeated_times": stages.repeats,
             "filled_slots": stages.filled,
+            "sound_early": max((t for t in stages.sound_late.values() if t >= 0.01), default=0.0),
             "cut_short": stages.cut_short(),
             "ms_per_frame": {k: 1000 * v / stages.frames_out for k, v in stages.busy.items()}}
 
