@@ -144,8 +144,9 @@ def _upscale(args: argparse.Namespace):
                        precision=args.precision, threads=args.threads,
                        allow_untrained=args.allow_untrained, fastest_default=True)
     if args.model is None:
-        print(f"video: {up.name} x{up.scale:g} (the fastest shipped model at this scale; --model "
-              "picks another)", file=sys.stderr)
+        why = ("no shipped model is trained for this scale" if isinstance(up, BicubicUpscaler)
+               else "the fastest shipped model at this scale")
+        print(f"video: {up.name} x{up.scale:g} ({why}; --model picks another)", file=sys.stderr)
     if not isinstance(up, BicubicUpscaler) and not float(up.scale).is_integer():
         raise UserError("video needs an integer scale")
     for note in notes:  # after the model's refusals: a refusal stays one line
