@@ -35,6 +35,7 @@ is batch_size x world size. Only rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import sys
@@ -148,13 +149,16 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     model, scales, perceptual, disc = build_model(cfg, procs, init=None if resuming else init)
     check_batch_fits(networks_in_a_step(cfg, model, scales, perceptual, disc), cfg.data.batch_size,
                      cfg.train.accumulate, procs.dev, half=cfg.train.amp != "none")
-    pairs, val_images = build_data_of_run(cfg, model.upsample_spec, scales, procs, run_dir if resuming else None)
+    pairs, val_images, images = build_data_of_run(cfg, model.upsample_spec, scales, procs,
+                                                  run_dir if resuming else None)
     sampling = Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
                         seed=cfg.train.seed, rank=procs.rank, world=procs.world, n_images=len(pairs))
     modes = step_modes(cfg, model, pairs, sampling, procs, saved)
     state = build_state(cfg, model, disc, procs, modes, sampling)
+    state.images = images
     if saved:
         state.load_state_dict(saved, run_dir=run_dir)
+        note_changed_images(saved.get("images"), images, procs)
     batches = batches_on_device(pairs, state.sampling.batch_sampler(state.step), cfg, procs.dev,
                                 modes.channels_last)
     net = wrap_for_ranks(state, cfg, procs)
@@ -316,10 +320,34 @@ def pair_spec(cfg: config_mod.Config, spec, scales: list) -> data.PairSpec:
         dropout_size=tuple(d.dropout_size))
 
 
+def images_of(train_files: list[Path], val_files: list[Path]) -> dict:
+    """The counts of the training and validation images and a digest of their names and sizes
+    (not paths: a run dir and its images moved elsewhere are the same run)."""
+    digest = hashlib.sha256()
+    for group in (train_files, val_files):
+        for f in sorted(group):
+            digest.update(f"{f.name}\0{f.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+        digest.update(b"--\n")
+    return {"train": len(train_files), "val": len(val_files), "digest": digest.hexdigest()[:16]}
+
+
+def note_changed_images(before: dict | None, now: dict, procs: Procs) -> None:
+    """A note when a resumed run's images are not those it was trained on: files added, removed or
+    replaced in its folders. It goes on (a user may mean it), but it is no exact resume, and the
+    validation PSNRs before and after are of other images."""
+    if before is None or before == now:
+        return
+    counts = ("" if (before["train"], before["val"]) == (now["train"], now["val"]) else
+              f" ({before['train']} training and {before['val']} validation images then, "
+              f"{now['train']} and {now['val']} now)")
+    procs.log(f"note: the images of this run changed since it was saved{counts}: it goes on with them, "
+              "which is no exact resume, and its validation PSNRs before and after are of other images")
+
+
 def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tuple:
     """(the training pairs, made on the fly from the training images; the validation images,
-    on rank 0 only, which validates). An image that cannot be read stops the run, naming it and
-    the commands that find and move aside every such file."""
+    on rank 0 only, which validates; `images_of` them). An image that cannot be read stops the
+    run, naming it and the commands that find and move aside every such file."""
     train_files, val_files = sources.training_images(
         cfg.data.train, val_list=cfg.data.val_list, val_fraction=cfg.data.val_fraction,
         seed=cfg.train.seed, video_every=cfg.data.video_every, max_images=cfg.data.max_images,
@@ -345,7 +373,7 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
         procs.log(f"note: data.val_fraction {cfg.data.val_fraction:g} held out none of the "
                   f"{len(train_files)} training images: no validation and no best.safetensors (the "
                   "weights are in last.safetensors); raise data.val_fraction or list images in data.val_list")
-    return pairs, val_images
+    return pairs, val_images, images_of(train_files, val_files)
 
 
 def build_data_of_run(cfg: config_mod.Config, spec, scales: list, procs: Procs, resumed: Path | None) -> tuple:

@@ -149,6 +149,7 @@ class TrainState:
     finished: str | None = None  # why the run ended: "steps", "early stop", ...
     modes: StepModes = StepModes()  # how the step computes (chosen once, kept by --resume)
     deepspeed: DeepSpeedEngine | None = None  # the optimizer and weights are in its hands
+    images: dict | None = None  # the training and validation images' counts and digest (`images_of`)
 
     def weights(self) -> dict:
         """The trained network's fp32 state dict (collective under DeepSpeed's 16-bit modes)."""
@@ -171,6 +172,7 @@ class TrainState:
             "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
                         "world": s.world, "scales": s.scales, "shift": s.shift},
             "world": s.world, "modes": self.modes.to_dict(), "machine": machine_kind(self.device),
+            "images": self.images,
             "deepspeed": self.deepspeed.saved if self.deepspeed else None}
 
     def _load_schedule(self, sched, saved: dict) -> None:
