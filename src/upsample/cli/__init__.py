@@ -263,6 +263,9 @@ def _run_command(args: argparse.Namespace, console: bool) -> int:
 
 def _command_status(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "max_pixels", None) is not None:
+            from .options import apply_max_pixels
+            apply_max_pixels(args.max_pixels)
         return int(args.func(args) or 0)
     except UserError as exc:
         if not isinstance(exc, RankZeroError):  # rank 0 says it

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_output_option, add_overwrite_option, path_text
+from .options import add_max_pixels_option, add_output_option, add_overwrite_option, path_text
 
 # data.prepare.PROBLEM_KINDS (a test checks it), here so that `data --help` needs no torch
 PROBLEM_KINDS = ("unreadable", "truncated", "too-small", "grayscale", "cmyk", "alpha", "duplicate")
@@ -106,10 +106,12 @@ def register(sub) -> None:
                     help="add a crop flush with the right/bottom edge when the stride leaves at "
                          "least N pixels uncovered (default 0: cover every image completely)")
     pp.add_argument("--every-n-frames", type=int, default=1, metavar="K", help="video: keep every K-th frame (default 1)")
+    add_max_pixels_option(pp)
     pp.set_defaults(func=run_prepare)
     pc = dsub.add_parser("check", help="report unreadable, small, odd-mode and duplicate images")
     pc.add_argument("dir", type=path_text, help="folder of training images (recursive)")
     pc.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
+    add_max_pixels_option(pc)
     pc.set_defaults(func=run_check)
     pl = dsub.add_parser("clean", help="move the images `check` reports into a quarantine folder",
                          description="Move the images `data check DIR` reports (run it first to see them: it "
@@ -122,6 +124,7 @@ def register(sub) -> None:
     pl.add_argument("--min-size", type=int, default=96, help="smallest acceptable side (default 96)")
     pl.add_argument("--keep", action="append", default=[], choices=PROBLEM_KINDS,
                     help="leave files with this kind of problem in place (repeatable; default: move all)")
+    add_max_pixels_option(pl)
     pl.set_defaults(func=run_clean)
     ps = dsub.add_parser("split", help="deterministic train.txt / val.txt file lists")
     ps.add_argument("dir", type=path_text, help="folder of training images (recursive)")

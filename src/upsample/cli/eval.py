@@ -7,7 +7,8 @@ import json
 import math
 
 from ..errors import UserError
-from .options import add_overwrite_option, add_runtime_options, check_scale_text, output_text, path_text
+from .options import (add_max_pixels_option, add_overwrite_option, add_runtime_options, check_scale_text,
+                      output_text, path_text)
 
 # Written down here so that `eval --help` needs no torch; tests/test_startup.py checks them
 # against evaluation.evaluate's PROTOCOLS and DEGRADES.
@@ -144,4 +145,5 @@ def register(sub) -> None:
                         "vgg16-397923af.pth); default: $UPSAMPLE_LPIPS_BACKBONE")
     # fp32 by default: the numbers measure the model, not the machine's half-precision units
     add_runtime_options(p, precision="fp32")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

@@ -11,15 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import UserError, one_line
-from ..inference.sizes import MAX_DEFAULT_PAD, parse_count, parse_size
-from .options import (add_model_options, add_output_option, add_overwrite_option,
+from ..inference.sizes import MAX_DEFAULT_PAD, parse_count
+from .options import (add_max_pixels_option, add_model_options, add_output_option, add_overwrite_option,
                       check_half, check_scale_text, job_count, memory_limit, path_text, silence)
 
 
 def run(args: argparse.Namespace) -> int:
     # numpy, Pillow and tqdm here, not at the top: `image --help` needs none of them
     from ..inference import batch
-    from ..media.imageio import set_max_pixels
     from ..media.progress import progress_bar
     out = Path(args.output)
     check_half(args)
@@ -34,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--tile-pad must be >= 0 (the tiles' overlap in input pixels), got {args.tile_pad}")
     tile_batch = parse_count(args.tile_batch, "--tile-batch")
     max_memory = memory_limit(args.max_memory)
-    if args.max_pixels is not None:
-        set_max_pixels(_pixels(args.max_pixels))
     batch.check_output_location(args.inputs, jobs, out)  # before a model loads
     # tile bars on a terminal, a line every few seconds in a log (one large image takes minutes)
     engines = batch.Engines(args, max_memory=max_memory, tile_batch=tile_batch, progress=True)
@@ -113,19 +110,6 @@ def _distinct(inputs: list[str]) -> list[str]:
             seen.add(key)
             kept.append(item)
     return kept
-
-
-def _pixels(text: str) -> int:
-    """--max-pixels: a count as "500M", "1.2G" or "40000000" (0: no limit)."""
-    try:
-        value = parse_size(text)
-    except UserError:
-        value = -1
-    if value < 0 or (value == 0 and any(c in "123456789" for c in text)):
-        # a fraction that rounds to 0 pixels ("0.5", meant as 0.5G) turned the guard off
-        raise UserError(f"--max-pixels must be a number of pixels, e.g. 500M, or 0 for no limit; "
-                        f"got {text!r}")
-    return value
 
 
 def _outcomes(engines: "batch.Engines", todo: list, args: argparse.Namespace):
@@ -212,7 +196,5 @@ def register(sub) -> None:
                    help="how to upscale transparency")
     add_overwrite_option(p, help="replace existing outputs (default: skip them)")
     p.add_argument("--jobs", type=job_count, default=1, help="images processed at once")
-    p.add_argument("--max-pixels", default=None, metavar="N",
-                   help="largest image read, in pixels, e.g. 500M (0: no limit; default: Pillow's "
-                        "decompression-bomb guard, 179M)")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from ..errors import UserError
-from ..inference.sizes import MIN_UNITLESS_MEMORY, check_scale, parse_memory
+from ..inference.sizes import MIN_UNITLESS_MEMORY, check_scale, parse_memory, parse_size
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
@@ -235,3 +235,24 @@ def _identity(path) -> tuple | None:
     except OSError:
         return None
     return st.st_ino, st.st_ctime_ns, st.st_size
+
+
+def add_max_pixels_option(p: argparse.ArgumentParser) -> None:
+    """--max-pixels, for every command that reads image files (`main` applies it)."""
+    p.add_argument("--max-pixels", default=None, metavar="N",
+                   help="largest image read, in pixels, e.g. 500M (0: no limit; default: Pillow's "
+                        "decompression-bomb guard, 179M)")
+
+
+def apply_max_pixels(text: str) -> None:
+    """--max-pixels: a count as "500M", "1.2G" or "40000000" (0: no limit), for this process."""
+    from ..media.imageio import set_max_pixels
+    try:
+        value = parse_size(text)
+    except UserError:
+        value = -1
+    if value < 0 or (value == 0 and any(c in "123456789" for c in text)):
+        # a fraction that rounds to 0 pixels ("0.5", meant as 0.5G) turned the guard off
+        raise UserError(f"--max-pixels must be a number of pixels, e.g. 500M, or 0 for no limit; "
+                        f"got {text!r}")
+    set_max_pixels(value)

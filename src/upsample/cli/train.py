@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import RankZeroError, UserError
 from . import Terminated
-from .options import check_name_or_file, path_text, silence
+from .options import add_max_pixels_option, check_name_or_file, path_text, silence
 
 
 
@@ -102,6 +102,7 @@ def register(sub) -> None:
     p.add_argument("--max-minutes", type=positive_minutes, metavar="N",
                    help="train a time-boxed chunk: save and stop before N minutes of wall time "
                         "(continue with --resume; default: no limit)")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from . import degrade
 from ..errors import UserError
 from ..media.progress import track
-from ..media.imageio import atomic_output, is_image_path, list_images, read_rgb
+from ..media.imageio import atomic_output, is_image_path, list_images, read_rgb, too_large
 
 
 # --- file lists and splits -------------------------------------------------------------------
@@ -389,6 +389,8 @@ class PairDataset(torch.utils.data.Dataset):
             try:
                 with Image.open(f) as im:
                     sizes.append(im.size)
+            except Image.DecompressionBombError as exc:
+                raise too_large(f, exc) from None
             except (OSError, SyntaxError, ValueError) as exc:
                 raise UserError(f"cannot read image {f}: {exc}; run `upsample data check`") from None
         keep = [i for i, (w, h) in enumerate(sizes) if min(w, h) >= need]

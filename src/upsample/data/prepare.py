@@ -404,14 +404,14 @@ def transparent_images(files: list[Path], limit: int = 16) -> tuple[int, Path | 
             with Image.open(f) as img:
                 if has_alpha_channel(img):
                     with_alpha.append(f)
-        except (OSError, SyntaxError, ValueError):  # reading the pixels says why
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # reading the pixels says why
             pass
     for f in with_alpha[:limit]:
         try:
             with Image.open(f) as img:
                 if has_transparent_pixel(img):
                     return len(with_alpha), f
-        except (OSError, SyntaxError, ValueError):
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             pass
     return len(with_alpha), None
 
@@ -629,8 +629,9 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
         raise UserError(f"cannot write to {out_dir} ({existing} is "
                         f"{'not writable' if existing.is_dir() else 'a file'}); give --out DIR")
     lists = {out_dir / "train.txt": [images[i] for i in tr], out_dir / "val.txt": [images[i] for i in val]}
-    for path, files in lists.items():
-        if path.is_dir() or (path.exists() and not overwrite and path.read_text(**NAMES_TEXT) != file_list_text(files, path)):
+    texts = {path: file_list_text(files, path) for path, files in lists.items()}  # a name no line holds:
+    for path, text in texts.items():                                               # refused before either is written
+        if path.is_dir() or (path.exists() and not overwrite and path.read_text(**NAMES_TEXT) != text):
             raise UserError(f"{path} exists with other contents; pass --overwrite to replace it, or -o DIR")
     for path, files in lists.items():
         write_file_list(files, path)

@@ -105,7 +105,7 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.0f} Mpx" if n >= 1e6 else f"{n:,} pixels"
 
 
-def _too_large(p: Path, exc: Exception) -> UserError:
+def too_large(p: Path, exc: Exception) -> UserError:
     numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
     size = f" ({_megapixels(numbers[0])})" if numbers else ""
     limit = max_pixels()
@@ -194,8 +194,8 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
         if frames > 1:
             how = ("convert it to .gif or a video, then use `upsample video`" if img.format == "WEBP"
                    else f"upscale it with `upsample video {p} -o OUT.mp4`")  # FFmpeg: no animated WebP
-            raise UserError(f"{p} is an animation of {frames} frames, and `upsample image` "
-                            f"writes one picture: {how}")
+            raise UserError(f"{p} is an animation of {frames} frames, not one picture: {how} (to train "
+                            "or evaluate on it, convert it to a video such as .mp4, or take it out)")
         if img.format == "JPEG" and _jpeg_scan_is_empty(p):
             raise UserError(f"cannot read image {p}: its header is whole but no picture data follows it "
                             "(libjpeg would paint it gray); the file is damaged or was cut short: copy "
@@ -205,7 +205,7 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image:
                 print(f"note: {p} holds {img.n_frames} pages; the first is upscaled", file=sys.stderr)
             img.load()
     except Image.DecompressionBombError as exc:
-        raise _too_large(p, exc) from None
+        raise too_large(p, exc) from None
     except PermissionError:
         raise UserError(f"cannot read image {p}: permission denied (check the file's owner and mode)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
