@@ -68,3 +68,11 @@ def test_data_split_writes_neither_list_when_a_name_fits_no_line(tmp_path, capsy
     assert cli.main(["data", "split", str(folder), "-o", str(tmp_path / "lists")]) == 2
     assert "line break" in capsys.readouterr().err
     assert not (tmp_path / "lists" / "train.txt").exists() and not (tmp_path / "lists" / "val.txt").exists()
+
+
+def test_eval_measures_a_file_and_a_link_to_it_once(tmp_path, capsys):
+    folder = smooth_photos(tmp_path / "photos", n=2, side=48)
+    (folder / "again.png").symlink_to("p0.png")
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(folder), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["datasets"]["photos"]["n"] == 2

@@ -37,6 +37,7 @@ from . import metrics
 from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
 from ..data.degrade import blur_subsample, imresize_any_cpu, make_lr, modcrop, quantize, scale_period
+from ..data.pairs import one_name_each
 from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, header_size, list_images, open_image, read_rgb, skip_reason
@@ -381,6 +382,7 @@ def _hr_images(folder: str) -> tuple[list[Path], list[str]]:
         raise UserError(f"--data {folder} is a file: --data takes folders of HR images; put the "
                         "image in a folder of its own and name that")
     images, skipped = list_images(root)
+    images = one_name_each(root, images)  # a file and a link to it: measured once, as check and train count it
     notes = [f"skipping {one_line(s)} ({skip_reason(s)})" for s in skipped]
     left = lr_files(root, images)
     hr = [p for p in images if p not in left]
