@@ -336,7 +336,8 @@ class MemoryPlanner:
             need = bpp * (MIN_TILE + 2 * self.pad) ** 2
             least = self._least_memory(need, reserved)  # what the smallest tile would run in
             if budget <= 0 and self.max_memory is not None and self.device.type == "cpu":
-                raise UserError(f"--max-memory {self.max_memory / 1e6:.0f} MB: this process (the model, "
+                given = f"{self.max_memory / 1e6:.0f} MB" if self.max_memory >= 1e6 else f"{self.max_memory:,} bytes"
+                raise UserError(f"--max-memory {given}: this process (the model, "
                                 f"its runtime, the libraries) already uses {resident_bytes() / 1e6:.0f} MB and this "
                                 f"image's output {reserved / 1e6:.0f} MB more; raise it{least}")
             if self.max_memory is None:  # the budget was half the free memory: no option to raise
