@@ -76,3 +76,10 @@ def test_eval_measures_a_file_and_a_link_to_it_once(tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert cli.main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(folder), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["datasets"]["photos"]["n"] == 2
+
+
+def test_the_first_line_says_how_many_held_out_images_are_validated(tmp_path, capsys):
+    """One 300-frame video: "285 images (2 for validation)" hid 13 held-out frames used by nothing."""
+    folder = smooth_photos(tmp_path / "photos", n=8, side=48)
+    err = _train(tmp_path / "run", folder, capsys, "--set", "val.max_images=1", steps=1)
+    assert "1 of the 2 held out validated: val.max_images" in err, err
