@@ -9,7 +9,8 @@ import sys
 
 from ..errors import UserError
 from ..runtime.kinds import BACKENDS, PRECISIONS
-from .options import add_untrained_option, check_scale_text, path_text, positive_int, thread_count
+from .options import (add_max_pixels_option, add_untrained_option, check_scale_text, path_text, positive_int,
+                      thread_count)
 
 
 def finite(value):
@@ -97,4 +98,5 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--int8", action="append", default=[], metavar="FILE", type=path_text,
                    help="also time this `upsample quantize` output of the model (repeatable; default: none)")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

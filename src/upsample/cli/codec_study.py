@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..runtime.kinds import BACKENDS
-from .options import add_output_option, add_overwrite_option, add_untrained_option, count_or_all, path_text, thread_count_or_default
+from .options import (add_max_pixels_option, add_output_option, add_overwrite_option, add_untrained_option,
+                      count_or_all, path_text, thread_count_or_default)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,4 +69,5 @@ def register(sub) -> None:
                         "together, e.g. a folder split over several processes or machines")
     add_overwrite_option(p, help="replace the outputs of an earlier study in -o (default: refuse)")
     add_untrained_option(p)
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{engines.name} x{scale}: {len(todo)} image(s) -> {out}" + (f" ({also})" if also else ""),
           file=sys.stderr)
     counts = {"written": 0, "skipped": skipped, "failed": failed}
-    renamed: list[Path] = []  # outputs written as PNG, their format unable to hold them
+    renamed: list[Path] = []  # outputs as PNG, their format unable to hold them
     try:
         _run_all(engines, todo, args, counts, progress_bar(len(todo), True, desc="images", unit=" img"), renamed)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: what is done stays, the rerun skips it
@@ -72,7 +72,7 @@ _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, counts: dict, bar,
              renamed: list) -> None:
     """Upscale `todo` in order, counting each outcome in `counts` (and in `renamed` the outputs
-    written as PNG under another name); stops at a full or read-only disk."""
+    as PNG under another name); stops at a full or read-only disk."""
     with bar, contextlib.closing(_outcomes(engines, todo, args)) as outcomes:
         for src, dst, result in outcomes:
             try:
@@ -83,7 +83,7 @@ def _run_all(engines: "batch.Engines", todo: list, args: argparse.Namespace, cou
             counts["failed"] += path is None
             counts["written"] += bool(saved)
             counts["skipped"] += path is not None and not saved
-            if saved and path != dst:
+            if path is not None and path != dst:  # written, or there already
                 renamed.append(path)
             bar.update(1)
 

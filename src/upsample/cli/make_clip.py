@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_output_option, add_overwrite_option, path_text
+from .options import add_max_pixels_option, add_output_option, add_overwrite_option, path_text
 
 
 MOTIONS = ("pan", "zoom", "panzoom")  # studies.clips.MOTIONS (a test checks it): no torch for --help
@@ -27,4 +27,5 @@ def register(sub) -> None:
     p.add_argument("--fps", default="25", help="frame rate (default 25)")
     p.add_argument("--motion", default="pan", choices=MOTIONS, help="camera motion (default pan)")
     add_overwrite_option(p, help="replace an existing output (default: refuse)")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

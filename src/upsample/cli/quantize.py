@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_output_option, add_overwrite_option, add_untrained_option, check_scale_text, path_text,
-                      said_stopped)
+from .options import (add_max_pixels_option, add_output_option, add_overwrite_option, add_untrained_option,
+                      check_scale_text, path_text, said_stopped)
 
 # runtime.int8.SUFFIX by backend name (a test checks it), so that `quantize --help` needs no torch
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
@@ -72,4 +72,5 @@ def register(sub) -> None:
                    help="quantize the first and last conv too (by default they stay float)")
     add_overwrite_option(p, help="replace an existing output (default: refuse)")
     add_untrained_option(p)
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..training import tune
-from .options import add_output_option, add_overwrite_option, path_text
+from .options import add_max_pixels_option, add_output_option, add_overwrite_option, path_text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,4 +39,5 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set tune.trial_steps=2000 (repeatable; default: none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)

@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -674,11 +675,13 @@ class _Stages:
             self.out.mux(packets)
 
     def lead_in(self, stream, packets, shift: int = 0) -> None:
-        """Before the first sound of an output audio `stream` in AVI, which stores no start time
-        (its sound plays from the picture's first frame): sound that starts later (a camera's, a
-        --start cut between two packets) played that much early (0.5 s). PCM gets silence up to
-        its start; other sound is noted (`sound_late`)."""
-        if self.out.format.name not in NO_PTS_MUXERS or stream.type != "audio" or stream.index in self.sound_late:
+        """Before the first sound of an output audio `stream` in AVI or MXF, which store no start
+        time (their sound plays from the picture's first frame): sound that starts later (a
+        camera's, a --start cut between two packets) played that much early (0.5 s; MXF also lost
+        the frames past the sound's end). PCM gets silence up to its start; other sound is noted
+        (`sound_late`)."""
+        if stream.type != "audio" or stream.index in self.sound_late or \
+                self.out.format.name not in NO_PTS_MUXERS | VIDEO_FIRST.keys():
             return
         first = next((p for p in packets if p.pts is not None), None)
         if first is None:
@@ -693,7 +696,8 @@ class _Stages:
     def silence(self, stream, start: float, end: float) -> None:
         """PCM silence in the audio `stream` from `start` to `end` (seconds, the output's clock)."""
         cc = stream.codec_context
-        rate, frame_bytes = cc.sample_rate, cc.format.bytes * cc.layout.nb_channels
+        sample_bytes = int(re.search(r"\d+", cc.name).group()) // 8  # pcm_s24le: 3 bytes, its format's s32 4
+        rate, frame_bytes = cc.sample_rate, sample_bytes * cc.layout.nb_channels
         at, stop = int(round(start * rate)), int(round(end * rate))
         while at < stop:
             n = min(stop - at, rate // 25)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import io
 import math
+import numbers
 import os
 import re
 import struct
@@ -618,8 +619,8 @@ def kept_info(img: Image.Image, exif: Image.Exif, gray: bool | None = None) -> d
     info = {"icc_profile": icc} if icc[16:20] == space else {}
     if len(exif):
         info["exif"] = exif.tobytes()
-    dpi = img.info.get("dpi")
-    if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, (int, float)) and 1 <= v <= 65535 for v in dpi):
+    dpi = img.info.get("dpi")  # a TIFF's as Pillow's IFDRational
+    if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, numbers.Real) and 1 <= v <= 65535 for v in dpi):
         info["dpi"] = tuple(float(v) for v in dpi)  # JPEG's density field holds up to 65535
     # a PNG's own colour description (how viewers show it; PNG outputs write it back)
     info.update({k: img.info[k] for k in PNG_COLOUR_KEYS if k in img.info})
