@@ -495,7 +495,7 @@ def whole_save_bytes(planes, scale: float) -> int:
     out = pixels * chans * planes.color.itemsize
     joined = out if planes.alpha is not None else 0
     pil = 4 * pixels if planes.mode in ("RGB", "LA") else 0
-    deep = out if planes.mode in ("RGB;16", "RGBA;16") else 0  # PyAV's frame of it
+    deep = out if planes.mode in ("RGB;16", "RGBA;16") else 0  # the PNG writer's big-endian copy
     return out + joined + pil + deep
 
 

@@ -578,6 +578,8 @@ SAVE_FORMATS = {
     "png": ("PNG", {"RGB", "RGBA", "L", "LA", "I;16", "LA;16", "RGB;16", "RGBA;16"}),
     "jpg": ("JPEG", {"RGB", "L"}),
     "jpeg": ("JPEG", {"RGB", "L"}),
+    "jfif": ("JPEG", {"RGB", "L"}),  # browsers' name of a saved JPEG: `--ext same` keeps it
+    "jpe": ("JPEG", {"RGB", "L"}),
     "webp": ("WEBP", {"RGB", "RGBA", "L", "LA"}),  # LA as RGBA (WebP has no gray)
 }
 
