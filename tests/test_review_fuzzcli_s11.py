@@ -85,8 +85,8 @@ def test_max_pixels_that_rounds_to_none_is_refused_not_unlimited(value, tmp_path
 
 @pytest.mark.parametrize("value, pixels", [("0", 0), ("0.0M", 0), ("1.5M", 1_500_000), ("40", 40)])
 def test_max_pixels_zero_and_counts_pass(value, pixels):
-    from upsample.cli.image import _pixels
-    assert _pixels(value) == pixels
+    from upsample.cli.options import parse_pixels
+    assert parse_pixels(value) == pixels
 
 
 @pytest.mark.parametrize("where, needle", [("in", "input -: standard input is not read"),

@@ -245,8 +245,13 @@ def add_max_pixels_option(p: argparse.ArgumentParser) -> None:
 
 
 def apply_max_pixels(text: str) -> None:
-    """--max-pixels: a count as "500M", "1.2G" or "40000000" (0: no limit), for this process."""
+    """--max-pixels for this process (`parse_pixels`)."""
     from ..media.imageio import set_max_pixels
+    set_max_pixels(parse_pixels(text))
+
+
+def parse_pixels(text: str) -> int:
+    """--max-pixels: a count as "500M", "1.2G" or "40000000" (0: no limit)."""
     try:
         value = parse_size(text)
     except UserError:
@@ -255,4 +260,4 @@ def apply_max_pixels(text: str) -> None:
         # a fraction that rounds to 0 pixels ("0.5", meant as 0.5G) turned the guard off
         raise UserError(f"--max-pixels must be a number of pixels, e.g. 500M, or 0 for no limit; "
                         f"got {text!r}")
-    set_max_pixels(value)
+    return value
