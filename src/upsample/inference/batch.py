@@ -427,11 +427,12 @@ class Engines:
         """`upscale_file` once `dst` was seen free; `OutputTaken` where another run took it since."""
         planes = self._streamed_planes(src, dst) or read_planes(src)
         final = storable_path(planes.mode, dst)
-        if final != dst and final.exists() and os.path.samefile(final, src):
-            raise UserError(f"{src}: {dst.suffix} cannot hold its upscale (transparency or 16 bits), and {final}, "
-                            "the PNG that would, is this input: name another output")
-        if final != dst and final.exists() and not overwrite:
-            return False, final
+        if final != dst and final.exists():  # the PNG that holds what `dst`'s format cannot
+            if os.path.samefile(final, src):
+                raise UserError(f"{src}: {dst.suffix} cannot hold its upscale (transparency or 16 bits), and "
+                                f"{final}, the PNG that would, is this input: name another output")
+            if not overwrite:
+                return False, final
         h, w = planes.color.shape[:2]
         out_bytes = int(planes.color.nbytes * self.scale ** 2)  # about: for the choice of the writer
         if final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES and out_bytes > STREAM_BYTES:

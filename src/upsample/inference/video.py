@@ -687,11 +687,10 @@ class _Stages:
         if first is None:
             return
         late = float((first.pts - shift) * first.time_base)
-        self.sound_late[stream.index] = late
-        cc = stream.codec_context
-        if late > 0 and cc.name.startswith("pcm_s"):
+        padded = late > 0 and stream.codec_context.name.startswith("pcm_s")
+        if padded:
             self.silence(stream, 0.0, late)
-            self.sound_late[stream.index] = 0.0
+        self.sound_late[stream.index] = 0.0 if padded else late
 
     def silence(self, stream, start: float, end: float) -> None:
         """PCM silence in the audio `stream` from `start` to `end` (seconds, the output's clock)."""

@@ -456,7 +456,7 @@ def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: R
     """The run's first lines: what it trains and where, and the bicubic baseline of validation."""
     start = state.step
     images = f"{n_images} image{'' if n_images == 1 else 's'}"
-    held = state.images["val"] if state.images else len(val_images)
+    held = state.images["val"]
     val = (f"{len(val_images)} for validation" if held <= len(val_images) else  # the rest: in neither
            f"{len(val_images)} of the {held} held out validated: val.max_images")
     procs.log(f"training {cfg.model.name} x{'/'.join(map(str, scales))} on {images} "
