@@ -123,12 +123,8 @@ def test_gaussian_blur_each_matches_the_per_image_blur(tmp_path):
 def test_pipeline_choice(tmp_path):
     cfg = config_mod.Config()
     assert batches.choose_pipeline(cfg, _spec()) == "device"
-    assert batches.choose_pipeline(cfg, _spec(jpeg_prob=0.5)) == "workers"
     cfg.data.pipeline = "workers"
     assert batches.choose_pipeline(cfg, _spec()) == "workers"
-    cfg.data.pipeline = "device"
-    with pytest.raises(UserError, match="JPEG"):
-        batches.choose_pipeline(cfg, _spec(jpeg_prob=0.5))
     with pytest.raises(UserError, match="data.pipeline"):
         config_mod.config_from_dict({}, ["data.pipeline=gpu"])
     with pytest.raises(UserError, match="accumulate"):

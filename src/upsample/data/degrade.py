@@ -27,6 +27,7 @@ from cachetools import LRUCache, cached
 from .bicubic import (DENSE_LIMIT, WEIGHTS_CACHE_BYTES, contributions, cubic, imresize_array,  # noqa: F401
                       output_size, passes, resize_weights)
 from .colour import to_tensor
+from .jpeg import jpeg_batch
 
 
 # `_resize_dim` reads it here, so that a test can force the gather form for small sizes.
@@ -211,36 +212,34 @@ def add_noise(x: torch.Tensor, sigma255: float, generator: torch.Generator | Non
     return x + noise * (sigma255 / 255.0)
 
 
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """JPEG round trip (Pillow, 4:2:0) of each RGB (or single-channel) image in NCHW."""
-    import io
-
-    from PIL import Image
-
-    out = []
-    for img in x:
-        arr = array_to_uint8(img.detach().cpu().permute(1, 2, 0).numpy())
-        pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-        buf = io.BytesIO()
-        pil.save(buf, format="JPEG", quality=int(quality))
-        buf.seek(0)
-        dec = np.asarray(Image.open(buf).convert(pil.mode), dtype=np.float32) / 255.0
-        dec = dec[..., None] if dec.ndim == 2 else dec
-        out.append(torch.from_numpy(dec).permute(2, 0, 1))
-    return torch.stack(out).to(device=x.device, dtype=x.dtype)
+def jpeg(x: torch.Tensor, quality) -> torch.Tensor:
+    """JPEG round trip of each RGB (4:2:0) or single-channel image of NCHW `x` in [0, 1] at
+    `quality` (one for all, or one per image): libjpeg-turbo's codec as Pillow's save and open
+    run it, in torch on x's device (`jpeg.jpeg_batch`)."""
+    q = torch.as_tensor(quality).expand(x.shape[0])
+    return jpeg_batch(quantize(x).mul(255.0).round(), q).to(x.dtype).div(255.0)
 
 
-def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
-                   generator: torch.Generator | None = None, fill: float = 0.0) -> torch.Tensor:
-    """`holes` rectangles (sides drawn uniformly from `size`, clipped to the image) set to `fill`,
-    at uniform positions; the same rectangles in every image and channel of NCHW `x` (a copy)."""
-    x = x.clone()
-    h, w = x.shape[-2:]
+def dropout_boxes(holes: int, size: tuple[int, int], h: int, w: int,
+                  generator: torch.Generator | None = None) -> list[tuple[int, int, int, int]]:
+    """`holes` rectangles (y0, x0, height, width) in an h x w image: sides drawn uniformly from
+    `size` (clipped to the image), positions uniform."""
+    boxes = []
     for _ in range(holes):
         hh, ww = (min(int(torch.randint(size[0], size[1] + 1, (1,), generator=generator)), n)
                   for n in (h, w))
         y0 = int(torch.randint(0, h - hh + 1, (1,), generator=generator))
         x0 = int(torch.randint(0, w - ww + 1, (1,), generator=generator))
+        boxes.append((y0, x0, hh, ww))
+    return boxes
+
+
+def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
+                   generator: torch.Generator | None = None, fill: float = 0.0) -> torch.Tensor:
+    """`dropout_boxes` set to `fill`, the same rectangles in every image and channel of NCHW `x`
+    (a copy)."""
+    x = x.clone()
+    for y0, x0, hh, ww in dropout_boxes(holes, size, *x.shape[-2:], generator):
         x[..., y0:y0 + hh, x0:x0 + ww] = fill
     return x
 

@@ -7,9 +7,11 @@ store's pixels live on the device (memory-mapped on the CPU, copied once to a GP
 regions (patch plus `margin` LR pixels of context, mirrored at image borders as MATLAB's
 imresize mirrors) are one gather of precomputed indices, and the LR is one batched `imresize`
 (or one grouped Gaussian convolution per batch), in float32; flips and the transpose are
-`torch.where`s. No per-sample Python, and on CUDA only the batch's few draws cross from the host.
-
-JPEG, noise and coarse dropout stay on the `PairDataset` path (`data.pipeline = "workers"`).
+`torch.where`s. JPEG is libjpeg-turbo's codec in integer torch arithmetic (`jpeg.py`: the
+same code as PairDataset's), on the samples that draw it; noise comes from a generator on the
+device seeded by the batch's first sample (the same law as PairDataset's, other values); coarse
+dropout cuts PairDataset's rectangles. No per-sample Python but the dropout rectangles' draws, and
+on CUDA only the batch's few draws cross from the host.
 """
 
 from __future__ import annotations
@@ -20,17 +22,9 @@ import numpy as np
 import torch
 
 from . import degrade
-from .pairs import (_FLIP_H, _FLIP_W, _SIGMA, _TRANSPOSE, _X, _Y, PairSpec, rgb_to_y01, uniforms)
+from .pairs import (_DROPOUT_SEED, _FLIP_H, _FLIP_W, _NOISE, _NOISE_SEED, _NOISE_SIGMA, _SIGMA, _TRANSPOSE,
+                    _X, _Y, PairSpec, dropout_drawn, jpeg_drawn, rgb_to_y01, uniforms)
 from .store import ImageStore
-
-
-def unsupported(spec: PairSpec) -> str | None:
-    """Why `spec` needs the PairDataset path, or None when the device path makes it."""
-    for what, prob in (("JPEG", spec.jpeg_prob), ("noise", spec.noise_prob),
-                       ("coarse dropout", spec.dropout_prob)):
-        if prob > 0:
-            return f"{what} degradation"
-    return None
 
 
 def mirror(coords: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -68,9 +62,6 @@ class DeviceBatches:
 
     def __init__(self, store: ImageStore, spec: PairSpec, *, seed: int, device: torch.device,
                  dtype: torch.dtype | None = None):
-        why = unsupported(spec)
-        if why:
-            raise ValueError(f"the device pipeline does not make {why}")
         spec.check_patch()
         self.spec, self.seed, self.device = spec, seed, torch.device(device)
         self.dtype = dtype or torch.float32
@@ -124,12 +115,12 @@ class DeviceBatches:
     def make_batch(self, ks, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.spec
         ks = np.asarray(ks, dtype=np.int64)
-        u = uniforms(self.seed, ks, _TRANSPOSE + 1)
+        u = uniforms(self.seed, ks, _DROPOUT_SEED + 1)
         core, m = sp.core(s), sp.margin(s)
         full = self.regions(ks, u, s).to(self.dtype).div_(255.0)
-        lr = self.degrade(full, u, s)
+        lr = jpeg_drawn(degrade.quantize(self.add_noise(self.degrade(full, u, s), u)), sp, u)
         n = core // s
-        lr = degrade.quantize(lr)[..., m:m + n, m:m + n]
+        lr = dropout_drawn(lr[..., m:m + n, m:m + n], sp, u)
         hr = full[..., m * s:m * s + core, m * s:m * s + core]
         if sp.y_channel:  # per-pixel and linear: commutes with the flips and the upscale below
             lr, hr = rgb_to_y01(lr), rgb_to_y01(hr)
@@ -155,3 +146,16 @@ class DeviceBatches:
         sigmas = torch.from_numpy(lo + (hi - lo) * u[:, _SIGMA]).to(self.device, self.dtype)
         off = (int(s) - 1) // 2
         return gaussian_blur_each(full, sigmas, hi)[..., off::int(s), off::int(s)]
+
+    def add_noise(self, lr: torch.Tensor, u: np.ndarray) -> torch.Tensor:
+        """Gaussian noise on the samples that draw it, each with its drawn sigma (0-255 units)."""
+        sp = self.spec
+        chosen = u[:, _NOISE] < sp.noise_prob
+        if not chosen.any():
+            return lr
+        lo, hi = sp.noise_sigma
+        sigmas = np.where(chosen, lo + (hi - lo) * u[:, _NOISE_SIGMA], 0.0) / 255.0
+        gen = torch.Generator(self.device).manual_seed(int(u[0, _NOISE_SEED] * 2 ** 53))
+        noise = torch.randn(lr.shape, generator=gen, device=self.device, dtype=lr.dtype)
+        return lr + noise * torch.from_numpy(sigmas).to(self.device, lr.dtype).view(-1, 1, 1, 1)
+

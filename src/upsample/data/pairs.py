@@ -370,6 +370,40 @@ def as_batch(batch):
  _DROPOUT, _DROPOUT_HOLES, _DROPOUT_SEED) = range(14)
 
 
+def jpeg_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tensor:
+    """The JPEG round trip of the samples of a batch that draw it, each at its drawn quality, in
+    one call on lr's device."""
+    chosen = np.flatnonzero(u[:, _JPEG] < spec.jpeg_prob)
+    if not len(chosen):
+        return lr
+    lo, hi = spec.jpeg_quality
+    quality = torch.from_numpy(lo + (u[chosen, _QUALITY] * (hi - lo + 1)).astype(np.int64))
+    index = torch.from_numpy(chosen).to(lr.device)
+    return lr.index_copy(0, index, degrade.jpeg(lr.index_select(0, index), quality))
+
+
+def dropout_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tensor:
+    """Coarse dropout of the samples that draw it: each one's rectangles (`degrade.dropout_boxes`,
+    drawn on the host from its seed) set to black, as one mask on lr's device."""
+    chosen = np.flatnonzero(u[:, _DROPOUT] < spec.dropout_prob)
+    if not len(chosen):
+        return lr
+    lo, hi = spec.dropout_holes
+    h, w = lr.shape[-2:]
+    boxes = np.zeros((len(lr), hi, 4), dtype=np.int64)  # holes not drawn: empty rectangles
+    for i in chosen:
+        gen = torch.Generator().manual_seed(int(u[i, _DROPOUT_SEED] * 2 ** 53))
+        drawn = degrade.dropout_boxes(lo + int(u[i, _DROPOUT_HOLES] * (hi - lo + 1)), spec.dropout_size,
+                                      h, w, gen)
+        boxes[i, :len(drawn)] = drawn
+    y0, x0, hh, ww = torch.from_numpy(boxes).to(lr.device).unsqueeze(-1).unbind(-2)  # (B, holes, 1)
+    rows, cols = torch.arange(h, device=lr.device), torch.arange(w, device=lr.device)
+    inside_rows = (rows >= y0) & (rows < y0 + hh)                              # (B, holes, h)
+    inside_cols = (cols >= x0) & (cols < x0 + ww)
+    holes = (inside_rows[..., :, None] & inside_cols[..., None, :]).any(1)      # (B, h, w)
+    return lr.masked_fill(holes[:, None], 0.0)
+
+
 class PairDataset(torch.utils.data.Dataset):
     """(input, target) float pairs made on the fly from HR images; keys are (k, scale).
 
@@ -459,17 +493,9 @@ class PairDataset(torch.utils.data.Dataset):
             lo, hi = sp.noise_sigma
             gen = torch.Generator().manual_seed(int(u[i, _NOISE_SEED] * 2 ** 53))
             lr[i:i + 1] = degrade.add_noise(lr[i:i + 1], lo + (hi - lo) * u[i, _NOISE_SIGMA], gen)
-        lr = degrade.quantize(lr)
-        for i in np.flatnonzero(u[:, _JPEG] < sp.jpeg_prob):
-            lo, hi = sp.jpeg_quality
-            lr[i:i + 1] = degrade.jpeg(lr[i:i + 1], lo + int(u[i, _QUALITY] * (hi - lo + 1)))
+        lr = jpeg_drawn(degrade.quantize(lr), sp, u)
         n = core // s
-        lr = lr[..., m:m + n, m:m + n]
-        for i in np.flatnonzero(u[:, _DROPOUT] < sp.dropout_prob):
-            lo, hi = sp.dropout_holes
-            gen = torch.Generator().manual_seed(int(u[i, _DROPOUT_SEED] * 2 ** 53))
-            lr[i:i + 1] = degrade.coarse_dropout(lr[i:i + 1], lo + int(u[i, _DROPOUT_HOLES] * (hi - lo + 1)),
-                                                 sp.dropout_size, gen)
+        lr = dropout_drawn(lr[..., m:m + n, m:m + n], sp, u)
         hr = regions[..., m * s:m * s + core, m * s:m * s + core].double() / 255.0
         if sp.y_channel:  # per-pixel and linear: commutes with the flips and the upscale below
             lr, hr = rgb_to_y01(lr), rgb_to_y01(hr)

@@ -3,10 +3,11 @@
 - device: `data.device_batches.DeviceBatches` makes each whole batch where the model trains, from
   the uint8 store of the decoded images (`data.store`);
 - workers: `data.pairs.PairDataset` in DataLoader workers (or in this process without workers),
-  moved to the device; JPEG, noise and coarse dropout need it.
+  moved to the device.
 
-Both iterate the run's `StepBatchSampler` and make the same samples for a seed, so the step is
-all a resumed run needs to continue the sequence (the draws are a function of (seed, sample)).
+Both iterate the run's `StepBatchSampler` and make the same samples for a seed (but the noise's
+values: the same law, drawn where the batch is made), so the step is all a resumed run needs to
+continue the sequence (the draws are a function of (seed, sample)); it keeps its pipeline.
 """
 
 from __future__ import annotations
@@ -30,22 +31,29 @@ from ..errors import UserError
 from . import config as config_mod
 
 
-def choose_pipeline(cfg: config_mod.Config, spec: data.PairSpec) -> str:
-    """"device" or "workers": what `data.pipeline` asks, auto = device unless the recipe needs
-    a degradation only PairDataset makes."""
-    why = dev_data.unsupported(spec)
-    if cfg.data.pipeline == "device" and why:
-        raise UserError(f"data.pipeline = \"device\" does not make {why}; set data.pipeline = "
-                        "\"workers\" (or \"auto\")")
-    if cfg.data.pipeline == "workers" or why:
-        return "workers"
-    return "device"
+def choose_pipeline(cfg: config_mod.Config, spec: data.PairSpec, saved: dict | None = None) -> str:
+    """"device" or "workers": what `data.pipeline` asks; "auto" takes the device, or for a run
+    resumed from the state `saved` the pipeline it trained on (its samples go on exactly). A state
+    saved before it named its pipeline ran the workers where the recipe asked for JPEG, noise or
+    coarse dropout (the device pipeline did not make them then)."""
+    if cfg.data.pipeline != "auto":
+        return cfg.data.pipeline
+    if saved is None:
+        return "device"
+    if "pipeline" in saved:
+        return saved["pipeline"]
+    return "workers" if max(spec.jpeg_prob, spec.noise_prob, spec.dropout_prob) > 0 else "device"
+
+
+def pipeline_of(pairs) -> str:
+    return "device" if isinstance(pairs, dev_data.DeviceBatches) else "workers"
 
 
 def build_pairs(cfg: config_mod.Config, files: list[Path], spec: data.PairSpec, dev: torch.device,
-                *, progress: bool, log):
-    """The training pairs: a DeviceBatches over the image store, or a PairDataset."""
-    if choose_pipeline(cfg, spec) == "workers":
+                *, progress: bool, log, saved: dict | None = None):
+    """The training pairs: a DeviceBatches over the image store, or a PairDataset (`choose_pipeline`
+    of `saved`, a resumed run's state)."""
+    if choose_pipeline(cfg, spec, saved) == "workers":
         pairs = data.PairDataset(files, spec, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb,
                                  progress=progress)
         if progress:

@@ -57,9 +57,9 @@ class DataConfig:
     flip: bool = True                  # random horizontal/vertical flips
     rot90: bool = True                 # random 90-degree rotations
     # Where training pairs are made. "device": whole batches on the training device from a uint8
-    # store of the decoded images (data/device_batches.py; bicubic or Gaussian LR, flips); "workers":
-    # PairDataset in DataLoader workers (needed for JPEG, noise and dropout); "auto": device unless
-    # the recipe needs the workers. Both make the same samples for a seed.
+    # store of the decoded images (data/device_batches.py; every degradation); "workers":
+    # PairDataset in DataLoader workers; "auto": device (a resumed run: the one it trained on).
+    # Both make the same samples for a seed (noise: the same law, other values).
     pipeline: str = "auto"
     store_dir: str = ""                # where the device pipeline's store lives ("" = the cache)
 

@@ -53,7 +53,7 @@ from ..media.progress import progress_bar
 from ..models import checkpoint, registry
 from ..runtime.hardware import hardware_name, machine_kind
 from . import config as config_mod
-from .batches import batches_on_device, build_pairs
+from .batches import batches_on_device, build_pairs, pipeline_of
 from .engines import DeepSpeedEngine
 from .fits import check_batch_fits
 from .gan import Discriminator, build_discriminator, gan_step
@@ -150,12 +150,12 @@ def train(cfg: config_mod.Config, run_dir: Path, *, resume: bool = False, reset:
     check_batch_fits(networks_in_a_step(cfg, model, scales, perceptual, disc), cfg.data.batch_size,
                      cfg.train.accumulate, procs.dev, half=cfg.train.amp != "none")
     pairs, val_images, images = build_data_of_run(cfg, model.upsample_spec, scales, procs,
-                                                  run_dir if resuming else None)
+                                                  run_dir if resuming else None, saved)
     sampling = Sampling(steps=cfg.train.steps, batch_size=cfg.data.batch_size, scales=scales,
                         seed=cfg.train.seed, rank=procs.rank, world=procs.world, n_images=len(pairs))
     modes = step_modes(cfg, model, pairs, sampling, procs, saved)
     state = build_state(cfg, model, disc, procs, modes, sampling)
-    state.images = images
+    state.images, state.pipeline = images, pipeline_of(pairs)
     if saved:
         state.load_state_dict(saved, run_dir=run_dir)
         note_changed_images(saved.get("images"), images, procs)
@@ -344,7 +344,7 @@ def note_changed_images(before: dict | None, now: dict, procs: Procs) -> None:
               "which is no exact resume, and its validation PSNRs before and after are of other images")
 
 
-def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tuple:
+def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs, saved: dict | None = None) -> tuple:
     """(the training pairs, made on the fly from the training images; the validation images,
     on rank 0 only, which validates; `images_of` them). An image that cannot be read stops the
     run, naming it and the commands that find and move aside every such file."""
@@ -354,7 +354,7 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
         progress=procs.master, split_seed=config_mod.split_seed(cfg))
     try:
         pairs = build_pairs(cfg, train_files, pair_spec(cfg, spec, scales), procs.dev,
-                            progress=procs.master, log=procs.log)
+                            progress=procs.master, log=procs.log, saved=saved)
         val_images = on_master(procs, lambda: load_val_images(val_files, cfg.val, scales)) or []
     except UserError as exc:
         if not str(exc).startswith("cannot read image"):
@@ -376,11 +376,13 @@ def build_data(cfg: config_mod.Config, spec, scales: list, procs: Procs) -> tupl
     return pairs, val_images, images_of(train_files, val_files)
 
 
-def build_data_of_run(cfg: config_mod.Config, spec, scales: list, procs: Procs, resumed: Path | None) -> tuple:
-    """build_data, and for a resumed run whose images are not where it was trained (its run dir
-    copied to another machine or folder), how to point it at them."""
+def build_data_of_run(cfg: config_mod.Config, spec, scales: list, procs: Procs, resumed: Path | None,
+                      saved: dict | None = None) -> tuple:
+    """build_data (for a resumed run, on the pipeline of its state `saved`), and for a resumed run
+    whose images are not where it was trained (its run dir copied to another machine or folder),
+    how to point it at them."""
     try:
-        return build_data(cfg, spec, scales, procs)
+        return build_data(cfg, spec, scales, procs, saved)
     except UserError as exc:
         if resumed is None or not str(exc).startswith(("data.train:", "data.val_list:")) or \
                 "not found" not in str(exc):

@@ -150,6 +150,7 @@ class TrainState:
     modes: StepModes = StepModes()  # how the step computes (chosen once, kept by --resume)
     deepspeed: DeepSpeedEngine | None = None  # the optimizer and weights are in its hands
     images: dict | None = None  # the training and validation images' counts and digest (`images_of`)
+    pipeline: str = "device"    # where its batches are made ("device" or "workers"), kept by --resume
 
     def weights(self) -> dict:
         """The trained network's fp32 state dict (collective under DeepSpeed's 16-bit modes)."""
@@ -172,7 +173,7 @@ class TrainState:
             "sampler": {"next_step": self.step, "seed": s.seed, "batch": s.batch_size,
                         "world": s.world, "scales": s.scales, "shift": s.shift},
             "world": s.world, "modes": self.modes.to_dict(), "machine": machine_kind(self.device),
-            "images": self.images,
+            "images": self.images, "pipeline": self.pipeline,
             "deepspeed": self.deepspeed.saved if self.deepspeed else None}
 
     def _load_schedule(self, sched, saved: dict) -> None:
