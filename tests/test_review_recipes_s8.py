@@ -144,8 +144,8 @@ def test_split_and_check_name_videos_as_videos(tmp_path, capsys):
     _video(folder / "a.mp4")
     assert cli.main(["data", "split", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert "1 video files of" in err and "data split works on images" in err
-    assert "not images or videos" not in err  # it said so of the videos
+    assert "1 video file of" in err and "is left out" in err and "data split works on images" in err
+    assert "no image or video" not in err  # it said so of the videos
 
 
 def test_a_broken_video_is_named_without_ffmpegs_errno(tmp_path):

@@ -173,7 +173,8 @@ def test_early_stop_after_patience(tmp_path, capsys):
     ("empty dir", None, "data.train: no images or videos in"),
     ("no blur", ["degrade.kind=\"gaussian\"", "degrade.blur_sigma=[0.0, 0.0]"], "degrade.blur_sigma must be > 0"),
     ("jpeg 150", ["degrade.jpeg_quality=[0, 150]"], "degrade.jpeg_quality must be within [1, 100]"),
-    ("noise < 0", ["degrade.noise_sigma=[-5.0, -1.0]"], "degrade.noise_sigma must be >= 0"),
+    ("noise < 0", ["degrade.noise_sigma=[-5.0, -1.0]"], "degrade.noise_sigma must be within [0, 255]"),
+    ("noise > 255", ["degrade.noise_sigma=[0, 300]"], "degrade.noise_sigma must be within [0, 255]"),
     ("compile 1", ["train.compile=1"], "train.compile must be one of"),
     ("zero width", ["model.kwargs={num_feat=0}"], "num_feat must be >= 1"),
 ])

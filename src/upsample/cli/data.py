@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..media.progress import counted
 from .options import add_max_pixels_option, add_output_option, add_overwrite_option, path_text
 
 # data.prepare.PROBLEM_KINDS (a test checks it), here so that `data --help` needs no torch
@@ -17,7 +18,7 @@ def _summary(n: int, problems: list) -> str:
     files = len({p.path for p in problems})
     by_kind = {k: sum(1 for p in problems if p.kind == k) for k in PROBLEM_KINDS}
     parts = ", ".join(f"{v} {k}" for k, v in by_kind.items() if v)
-    return f"{n} images, {files} with problems" + (f" ({parts})" if parts else "")
+    return f"{counted(n, 'image')}, {files} with problems" + (f" ({parts})" if parts else "")
 
 
 def _check_folder_writable(folder: str, option: str) -> None:

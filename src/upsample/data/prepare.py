@@ -27,7 +27,7 @@ from ..errors import UserError, one_line
 from ..media.imageio import (atomic_save, header_size, is_image_path, list_images, open_image, read_rgb,
                              skip_reason)
 from ..media.animation import image_frame_count
-from ..media.progress import progress_bar, track
+from ..media.progress import counted, progress_bar, track
 from .pairs import (NAMES_TEXT, file_list_text, hidden_hint, missing_text, one_name_each, outside, read_file_list,
                     split_copies_together, write_file_list)
 
@@ -126,13 +126,14 @@ def note_not_images(folder: Path, files: list[Path], what: str) -> None:
     files = [f for f in files if f.suffix.lower() not in COMPANION_SUFFIXES]
     videos = [f for f in files if is_video_path(f)]
     if videos:  # they were called "not images or videos" (`data split` and `check` of a video folder)
-        print(f"note: {what}: {len(videos)} video files of {folder} are left out, e.g. "
+        print(f"note: {what}: {counted(len(videos), 'video file')} of {folder} {'is' if len(videos) == 1 else 'are'} left out, e.g. "
               f"{one_line(videos[0].relative_to(folder))}: {what} works on images (`upsample data prepare` "
               "cuts videos into image crops; data.train takes video files as they are)", file=sys.stderr)
         files = [f for f in files if f not in videos]
     if files:
-        print(f"note: {what}: {len(files)} files of {folder} are not images or videos and are left "
-              f"out, e.g. {one_line(files[0].relative_to(folder))} ({skip_reason(files[0])})", file=sys.stderr)
+        one = len(files) == 1
+        print(f"note: {what}: {counted(len(files), 'file')} of {folder} {'is no image or video and is' if one else 'are not images or videos and are'} "
+              f"left out, e.g. {one_line(files[0].relative_to(folder))} ({skip_reason(files[0])})", file=sys.stderr)
 
 
 # --- prepare ---------------------------------------------------------------------------------
@@ -608,6 +609,18 @@ def _quarantine(root: Path, qdir: Path, path: Path, why: list[str]) -> Path:
 
 # --- split -----------------------------------------------------------------------------------
 
+def without_readable_headers(root: Path, images: list[Path]) -> list[Path]:
+    """`images` but those whose header cannot be read (a training run would stop at each), with
+    a note naming one and the commands that find and move aside every such file."""
+    unreadable = {p for p in images if header_size(p) is None}
+    if unreadable:
+        first = min(unreadable)
+        print(f"note: data split: leaving out {counted(len(unreadable), 'file')} that cannot be read as "
+              f"an image, e.g. {one_line(first.relative_to(root))}: `upsample data check {root}` names "
+              "every unreadable file, `upsample data clean` moves them aside", file=sys.stderr)
+    return [p for p in images if p not in unreadable]
+
+
 def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *,
           overwrite: bool = False) -> tuple[int, int, Path]:
     """Write train.txt and val.txt (hash_split of the images under `folder`) into `out` (default:
@@ -616,7 +629,7 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
     root = Path(folder)
     images, others = list_images(root)
     note_not_images(root, others, "data split")
-    images = without_lr(root, one_name_each(root, images), "data split")
+    images = without_readable_headers(root, without_lr(root, one_name_each(root, images), "data split"))
     if not images:
         raise UserError(f"no images in {root}{hidden_hint(root)}")
     if not 0 < val_fraction < 1:

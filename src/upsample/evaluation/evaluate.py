@@ -500,6 +500,9 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     run = Run(upscaler, scale, _crop(crop, proto, scale), proto.y_channel if y_channel is None else y_channel,
               proto, check_degrade(degrade or "bicubic", sigma, proto, scale),
               upscaler.device if upscaler is not None else torch.device("cpu"), montage=bool(save_dir))
+    note = unlearned_degradation(upscaler, run.degrade) if not lr_found else None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if lpips_metric is not None:
         run.lpips = lpips_metric.to(run.device)
     run.check_sizes([path for images, _ in found.values() for path in images])
@@ -515,6 +518,22 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
             "protocol": proto.name, "degrade": "given (--lr)" if lr_found else how,
             "y_channel": run.y_channel, "crop_border": run.crop, "datasets": datasets}
+
+
+def unlearned_degradation(upscaler: Upscaler | None, degrade: Degrade) -> str | None:
+    """A note where a checkpoint of our trainer learned other LR than the evaluation makes (its
+    recipe's degrade.kind): Gaussian-blurred LR scored on bicubic, or the other way round."""
+    trained = getattr(getattr(upscaler, "model", None), "trained_degrade", None) or {}
+    kind, sigma = trained.get("kind"), trained.get("blur_sigma")
+    if kind == degrade.kind or kind not in DEGRADES:
+        return None
+    if kind == "bicubic":
+        return (f"{upscaler.name} was trained on bicubic LR (degrade.kind = \"bicubic\"): --degrade "
+                "gaussian scores it on blurred LR it never saw")
+    lo, hi = (sigma if isinstance(sigma, list) and len(sigma) == 2 else [1.0, 1.0])
+    which = f"--sigma {lo:g}" if lo == hi else f"a --sigma within its [{lo:g}, {hi:g}]"
+    return (f"{upscaler.name} was trained on Gaussian-blurred LR (degrade.kind = \"gaussian\"), and this "
+            f"evaluation makes bicubic LR: add --degrade gaussian and {which} to score it on the LR it learned")
 
 
 def check_lr_dirs(lr_dirs: list[str] | None, folders: list[str], degrade: str | None,

@@ -39,7 +39,7 @@ def resolve_model(spec: str, scale: float | None = None, *,
         weights = registry.weights_path(spec)
         if weights:
             model, meta = checkpoint.load_checkpoint(weights)
-            model.trained_scales = _trained_scales(meta)
+            model.trained_scales, model.trained_degrade = _trained_scales(meta), _trained_degrade(meta)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # the same untrained model every time, on every backend
@@ -52,7 +52,7 @@ def resolve_model(spec: str, scale: float | None = None, *,
         raise UserError(f"model file not found: {spec}")
     if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec:
         model, meta = checkpoint.load_checkpoint(path, scale=_whole(scale))  # says "not found" for a missing path
-        model.trained_scales = _trained_scales(meta)
+        model.trained_scales, model.trained_degrade = _trained_scales(meta), _trained_degrade(meta)
         return model.eval(), spec
     try:
         registry.get_spec(spec)
@@ -70,6 +70,13 @@ def _trained_scales(meta: dict) -> tuple[float, ...]:
         return tuple(sorted({float(s) for s in scales}))
     except (TypeError, ValueError):
         return ()
+
+
+def _trained_degrade(meta: dict) -> dict:
+    """The [degrade] table of the recipe a checkpoint of our trainer was trained with ({} for a
+    file without one): how its LR was made."""
+    degrade = (meta.get("config") or {}).get("degrade")
+    return degrade if isinstance(degrade, dict) else {}
 
 
 def _whole(scale) -> int | None:

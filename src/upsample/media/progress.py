@@ -68,3 +68,8 @@ def track(items, enabled: bool, *, desc: str, unit: str, total: int | None = Non
             bar.update(1)
     finally:
         bar.close()
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 file", "3 files" (`plural` where adding an s is wrong)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

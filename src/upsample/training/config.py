@@ -430,8 +430,9 @@ def _validate_degrade(d: DegradeConfig) -> None:
         raise UserError("config: degrade.dropout_holes and degrade.dropout_size must be >= 1")
     if not all(math.isfinite(v) and v > 0 for v in d.blur_sigma):
         raise UserError(f"config: degrade.blur_sigma must be > 0 (Gaussian widths in HR pixels), got {d.blur_sigma!r}")
-    if not all(math.isfinite(v) and v >= 0 for v in d.noise_sigma):
-        raise UserError(f"config: degrade.noise_sigma must be >= 0 (0-255 units), got {d.noise_sigma!r}")
+    if not all(math.isfinite(v) and 0 <= v <= 255 for v in d.noise_sigma):
+        raise UserError(f"config: degrade.noise_sigma must be within [0, 255] (standard deviations in "
+                        f"0-255 units), got {d.noise_sigma!r}")
     if not all(1 <= q <= 100 for q in d.jpeg_quality):
         raise UserError(f"config: degrade.jpeg_quality must be within [1, 100], got {d.jpeg_quality!r}")
 

@@ -1,0 +1,66 @@
+"""What a Real-ESRGAN user met training on their own folder (session 15's review): an adversarial
+stage from random weights said nothing; eval of a blur-trained model on bicubic LR gave no hint;
+`data split` listed unreadable files for training to stop at; noise sigmas past 255 were taken;
+"1 files" in notes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from upsample import cli
+from upsample.training import config as config_mod, recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_an_adversarial_stage_from_random_weights_says_so(capsys):
+    cfg = config_mod.load_config(ROOT / "configs" / "esrgan-tiny.toml")
+    recipe.start_weights(cfg, None)
+    err = capsys.readouterr().err
+    assert "starts from random weights" in err and "--init" in err
+    cfg = config_mod.load_config(ROOT / "configs" / "tiny.toml")  # no discriminator: nothing to say
+    recipe.start_weights(cfg, None)
+    assert capsys.readouterr().err == ""
+
+
+def _pictures(folder: Path, n=2, side=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        y, x = np.mgrid[0:side, 0:side]
+        arr = np.stack([(x * 4 + i * 30) % 256, (y * 4) % 256, ((x + y) * 2) % 256], -1).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_eval_of_a_blur_trained_model_on_bicubic_lr_names_the_flags_of_its_own_lr(tmp_path, capsys):
+    data = _pictures(tmp_path / "train", n=4)
+    sets = [f"data.train=[{json.dumps(str(data))}]", "data.val_fraction=0", "data.batch_size=2",
+            "train.steps=1", "val.every=0", "data.max_images=0"]
+    run = tmp_path / "run"
+    gaussian = ["degrade.kind=\"gaussian\"", "degrade.blur_sigma=[0.8, 1.2]"]
+    args = ["train", str(ROOT / "configs" / "tiny.toml"), "--run-dir", str(run), "--device", "cpu"]
+    assert cli.main(args + [a for s in sets + gaussian for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    bench = _pictures(tmp_path / "bench", n=1)
+    assert cli.main(["eval", "--model", str(run / "last.safetensors"), "--data", str(bench)]) == 0
+    err = capsys.readouterr().err
+    assert "trained on Gaussian-blurred LR" in err and "--degrade gaussian" in err and "[0.8, 1.2]" in err
+    assert cli.main(["eval", "--model", str(run / "last.safetensors"), "--data", str(bench),
+                     "--degrade", "gaussian", "--sigma", "1"]) == 0
+    assert "trained on" not in capsys.readouterr().err
+    assert cli.main(["eval", "--model", "espcn-x2", "--data", str(bench)]) == 0  # bicubic-trained
+    assert "trained on" not in capsys.readouterr().err
+
+
+def test_split_leaves_out_unreadable_files_and_notes_say_one_file(tmp_path, capsys):
+    folder = _pictures(tmp_path / "f", n=3)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "Thumbs.db").write_bytes(b"x")
+    assert cli.main(["data", "split", str(folder), "--val", "0.3", "-o", str(tmp_path / "lists")]) == 0
+    err = capsys.readouterr().err
+    assert "leaving out 1 file that cannot be read as an image, e.g. broken.jpg" in err
+    assert "1 file of" in err and "1 files" not in err
+    listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
+    assert "broken.jpg" not in listed and listed.count(".png") == 3
