@@ -61,6 +61,33 @@ def test_jpeg_batch_is_pillows_libjpeg_turbo_bit_for_bit():
         assert np.array_equal(ours[0, 0].numpy(), _pillow_round_trip(gray, q)), ("gray", h, w, q)
 
 
+# An 8x8 block (found by search, session 15's review) whose reconstruction at (1, 1) is -539 at
+# quality 1: libjpeg-turbo's SIMD inverse DCT, which Pillow runs, saturates it to 0; the C code's
+# range-limit table would wrap it to 255.
+OVERSHOOT_Q1 = [[255, 0, 128, 255, 0, 0, 64, 0], [255, 0, 192, 255, 255, 192, 0, 255],
+                [128, 0, 255, 0, 64, 255, 255, 0], [255, 64, 0, 255, 0, 255, 0, 255],
+                [192, 0, 0, 255, 255, 0, 0, 255], [255, 255, 192, 0, 0, 255, 255, 0],
+                [255, 192, 0, 0, 255, 0, 255, 0], [0, 0, 255, 192, 255, 255, 64, 64]]
+
+
+@pytest.mark.skipif(not features.check_feature("libjpeg_turbo"), reason="Pillow is not built on libjpeg-turbo")
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_inverse_dct_far_out_of_range_saturates_as_pillow_s(channels):
+    gray = np.array(OVERSHOOT_Q1, dtype=np.uint8)
+    arr = gray if channels == 1 else np.repeat(gray[..., None], 3, 2)
+    x = torch.from_numpy(arr).view(1, 8, 8, channels).permute(0, 3, 1, 2)
+    ours = jpeg_batch(x, torch.tensor([1]))[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, _pillow_round_trip(arr, 1).reshape(8, 8, channels))
+
+
+def test_float64_batches_get_the_float32_decode_of_the_pillow_round_trip_it_replaced():
+    """PairDataset works in float64: its JPEG samples are the codes / 255 in float32, as Pillow's
+    np.float32 decode was, so that a workers run saved before the torch codec resumes exactly."""
+    x = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    codes = jpeg_batch((degrade.quantize(x) * 255).round(), torch.tensor([40, 80]))
+    assert torch.equal(degrade.jpeg(x, torch.tensor([40, 80])), (codes.to(torch.float32) / 255.0).double())
+
+
 def test_each_image_of_a_batch_takes_its_own_quality():
     photo = _photo()
     crops = np.stack([photo[10 * i:10 * i + 40, 5 * i:5 * i + 40] for i in range(6)])

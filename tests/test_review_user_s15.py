@@ -10,19 +10,21 @@ import numpy as np
 from PIL import Image
 
 from upsample import cli
-from upsample.training import config as config_mod, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_an_adversarial_stage_from_random_weights_says_so(capsys):
-    cfg = config_mod.load_config(ROOT / "configs" / "esrgan-tiny.toml")
-    recipe.start_weights(cfg, None)
+def test_an_adversarial_stage_from_random_weights_says_so(tmp_path, capsys):
+    t91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
+    data = t91 if t91.is_dir() else _pictures(tmp_path / "train", n=6, side=136)
+    sets = [f"data.train=[{json.dumps(str(data))}]", "data.max_images=4", "train.steps=1", "val.every=0"]
+    args = ["train", str(ROOT / "configs" / "esrgan-tiny.toml"), "--device", "cpu"]
+    assert cli.main(args + ["--run-dir", str(tmp_path / "gan")] + [a for s in sets for a in ("--set", s)]) == 0
     err = capsys.readouterr().err
     assert "starts from random weights" in err and "--init" in err
-    cfg = config_mod.load_config(ROOT / "configs" / "tiny.toml")  # no discriminator: nothing to say
-    recipe.start_weights(cfg, None)
-    assert capsys.readouterr().err == ""
+    args = ["train", str(ROOT / "configs" / "tiny.toml"), "--device", "cpu"]  # no discriminator: no note
+    assert cli.main(args + ["--run-dir", str(tmp_path / "psnr")] + [a for s in sets for a in ("--set", s)]) == 0
+    assert "random weights" not in capsys.readouterr().err
 
 
 def _pictures(folder: Path, n=2, side=64):

@@ -217,7 +217,8 @@ def jpeg(x: torch.Tensor, quality) -> torch.Tensor:
     `quality` (one for all, or one per image): libjpeg-turbo's codec as Pillow's save and open
     run it, in torch on x's device (`jpeg.jpeg_batch`)."""
     q = torch.as_tensor(quality).expand(x.shape[0])
-    return jpeg_batch(quantize(x).mul(255.0).round(), q).to(x.dtype).div(255.0)
+    # decoded to float32, as the Pillow round trip it replaces did: a float64 batch keeps its LR
+    return jpeg_batch(quantize(x).mul(255.0).round(), q).to(torch.float32).div(255.0).to(x.dtype)
 
 
 def dropout_boxes(holes: int, size: tuple[int, int], h: int, w: int,

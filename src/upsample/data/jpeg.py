@@ -6,7 +6,7 @@ Real-ESRGAN's DiffJPEG does on the GPU) and the pixels are libjpeg's, bit for bi
 Each stage is the integer code of libjpeg-turbo 6b-compatible paths: jccolor's RGB -> YCbCr,
 jcprepct/jcsample's edge replication and h2v2 (4:2:0) averaging with its alternating bias,
 jfdctint's islow DCT, jcdctmgr's reciprocal quantization, jidctint's islow inverse with its
-range-limit table, jdsample's "fancy" triangle upsampling of the chroma, and jdcolor's YCbCr ->
+saturation, jdsample's "fancy" triangle upsampling of the chroma, and jdcolor's YCbCr ->
 RGB. Quality tables follow jpeg_set_quality(q, force_baseline=TRUE). Entropy coding is lossless
 and is skipped. Each image takes its own quality; 1-channel batches are coded as grayscale.
 """
@@ -39,12 +39,16 @@ def quality_tables(quality: torch.Tensor) -> torch.Tensor:
     """(N, 2, 8, 8) int64 luma and chroma quantization tables of each image's quality (1-100)."""
     q = quality.to(torch.int64).clamp(1, 100)
     scale = torch.where(q < 50, 5000 // q, 200 - 2 * q).view(-1, 1, 1, 1)
-    base = torch.tensor((_LUMA, _CHROMA), dtype=torch.int64, device=q.device).view(1, 2, 8, 8)
-    return ((base * scale + 50) // 100).clamp(1, 255)
+    return ((_base_tables(q.device) * scale + 50) // 100).clamp(1, 255)
 
 
-@lru_cache(maxsize=1)
-def _reciprocals() -> torch.Tensor:
+@lru_cache(maxsize=8)
+def _base_tables(device: torch.device) -> torch.Tensor:
+    return torch.tensor((_LUMA, _CHROMA), dtype=torch.int64, device=device).view(1, 2, 8, 8)
+
+
+@lru_cache(maxsize=8)
+def _reciprocals(device: torch.device) -> torch.Tensor:
     """(256, 3) float64: jcdctmgr.c compute_reciprocal(q << 3) of each table value q: the
     reciprocal, the rounding correction and 2^-shift, with which its quantize() divides,
     |coef| -> ((|coef| + correction) * reciprocal) >> shift."""
@@ -61,15 +65,7 @@ def _reciprocals() -> torch.Tensor:
         else:
             fq += 1
         rows.append((fq, c, 2.0 ** -r))
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-@lru_cache(maxsize=1)
-def _range_limit() -> torch.Tensor:
-    """jdmaster.c's post-IDCT table, indexed by (value & 1023): +128 and clamped to 0..255 for
-    values in [-512, 512), wrapping beyond (as libjpeg does)."""
-    v = torch.arange(1024)
-    return torch.where(v < 128, v + 128, torch.where(v < 512, 255, torch.where(v < 896, 0, v - 896)))
+    return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
 def _fdct_1d(d: list) -> list:
@@ -108,18 +104,18 @@ def _idct_1d(d: list) -> list:
     return [tmp10 + o3, tmp11 + o2, tmp12 + o1, tmp13 + o0, tmp13 - o0, tmp12 - o1, tmp11 - o2, tmp10 - o3]
 
 
-@lru_cache(maxsize=2)
-def _matrix(transform) -> torch.Tensor:
-    """The (8, 8) integer matrix of a linear 1-D pass, as float64 (every product and sum of a
-    pass stays below 2^53: exact)."""
+@lru_cache(maxsize=16)
+def _matrix(transform, device: torch.device) -> torch.Tensor:
+    """The (8, 8) integer matrix of a linear 1-D pass, as float64 on `device` (every product and
+    sum of a pass stays below 2^53: exact). Cached per device: no copy from the host per batch."""
     columns = [transform([int(j == k) for j in range(8)]) for k in range(8)]
-    return torch.tensor(columns, dtype=torch.float64).T
+    return torch.tensor(columns, dtype=torch.float64, device=device).T
 
 
 def _pass(blocks: torch.Tensor, transform, shift: int, dim: int) -> torch.Tensor:
     """One pass along `dim` (-1: rows, -2: columns) of (..., 8, 8) float64 blocks, then its
     descale: (x + 2^(shift-1)) >> shift."""
-    m = _matrix(transform).to(blocks.device)
+    m = _matrix(transform, blocks.device)
     out = blocks @ m.T if dim == -1 else m @ blocks
     return torch.floor((out + 2.0 ** (shift - 1)) * 2.0 ** -shift)
 
@@ -131,12 +127,14 @@ def _code_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     blocks = (plane - 128).double().view(n, h // 8, 8, w // 8, 8).transpose(2, 3)  # (N, by, bx, 8, 8)
     coef = _pass(_pass(blocks, _fdct_1d, _CONST_BITS - _PASS1_BITS, -1), _fdct_1d,
                  _CONST_BITS + _PASS1_BITS, -2)
-    recip, corr, down = (t[:, None, None] for t in _reciprocals().to(plane.device)[table].unbind(-1))
+    recip, corr, down = (t[:, None, None] for t in _reciprocals(plane.device)[table].unbind(-1))
     quantized = torch.sign(coef) * torch.floor((coef.abs() + corr) * recip * down)
     dequantized = quantized * table[:, None, None]
     out = _pass(_pass(dequantized, _idct_1d, _CONST_BITS - _PASS1_BITS, -2), _idct_1d,
                 _CONST_BITS + _PASS1_BITS + 3, -1)
-    out = _range_limit().to(plane.device)[out.long() & 1023]
+    # +128 and saturated, as libjpeg-turbo's SIMD inverse DCT (what Pillow runs) does: its C code's
+    # range-limit table agrees for values within [-512, 512) and wraps beyond (quality <= ~5)
+    out = out.clamp(-128, 127).long() + 128
     return out.transpose(2, 3).reshape(n, h, w)
 
 
@@ -180,7 +178,7 @@ def _downsample(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
     hc, wc = -(-h // 2), _up8(-(-w // 2))
     c = _extend(c, 2 * hc, 2 * wc)
     sums = c[:, 0::2, 0::2] + c[:, 0::2, 1::2] + c[:, 1::2, 0::2] + c[:, 1::2, 1::2]
-    bias = torch.tensor([1, 2], device=c.device).repeat(wc // 2)
+    bias = torch.arange(wc, device=c.device) % 2 + 1
     return _extend((sums + bias) >> 2, _up8(hc), wc)
 
 

@@ -386,9 +386,9 @@ def dropout_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tens
     """Coarse dropout of the samples that draw it: each one's rectangles (`degrade.dropout_boxes`,
     drawn on the host from its seed) set to black, as one mask on lr's device."""
     chosen = np.flatnonzero(u[:, _DROPOUT] < spec.dropout_prob)
-    if not len(chosen):
-        return lr
     lo, hi = spec.dropout_holes
+    if not len(chosen) or hi < 1:
+        return lr
     h, w = lr.shape[-2:]
     boxes = np.zeros((len(lr), hi, 4), dtype=np.int64)  # holes not drawn: empty rectangles
     for i in chosen:

@@ -245,7 +245,8 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
     ours, modes = time_ours(cfg, files, dev, seconds, log)
     log("timing the reference loop")
     ref = time_reference(cfg, files, dev, seconds)
-    rows = [{"loop": f"ours ({modes.label()}, device batches)", "patches_per_s": ours},
+    batches = f"DataLoader x{cfg.data.workers}" if cfg.data.pipeline == "workers" else "device batches"
+    rows = [{"loop": f"ours ({modes.label()}, {batches})", "patches_per_s": ours},
             {"loop": f"reference (fp32 eager, DataLoader x{cfg.data.workers})", "patches_per_s": ref}]
     for row in rows:
         row["gflops"] = row["patches_per_s"] * macs * 2 * 3 / 1e9

@@ -94,10 +94,6 @@ def start_weights(cfg: config_mod.Config, init: str | None, how: str = "pass --i
                             f"from): train that stage first, or {how}{shipped}")
     if cfg.train.init:
         _note(adopt_init_widths(cfg, cfg.train.init))
-    elif cfg.gan.discriminator:
-        _note("this adversarial stage starts from random weights: ESRGAN starts it from a PSNR-trained "
-              f"{cfg.model.name} (train.init, or {how}); from scratch, with a pixel loss of weight "
-              f"{cfg.loss.pixel_weight:g}, the generator may not even learn the colours")
 
 
 def _note(text: str | None) -> None:
