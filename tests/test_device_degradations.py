@@ -115,31 +115,34 @@ def _spec(**kw):
     return data.PairSpec(**{**dict(patch=24, scales=[2], y_channel=False, pre_upsample=False), **kw})
 
 
-def test_device_jpeg_and_dropout_are_pair_datasets_and_the_noise_has_its_law(tmp_path):
+def test_device_jpeg_is_pair_datasets_and_dropout_and_noise_have_its_law(tmp_path):
     files = _images(tmp_path)
     store = open_store(files, tmp_path / "store")[0]
     ks = np.arange(48)
-    spec = _spec(jpeg_prob=0.5, jpeg_quality=(10, 60), dropout_prob=0.5, dropout_holes=(1, 3),
-                 dropout_size=(2, 5))
+    spec = _spec(jpeg_prob=0.5, jpeg_quality=(10, 60))
     dev = DeviceBatches(store, spec, seed=3, device="cpu")
-    work = data.PairDataset(files, spec, seed=3)
-    (lr_d, hr_d), (lr_w, hr_w) = dev.make_batch(ks, 2), work.make_batch(list(ks), 2)
+    (lr_d, hr_d), (lr_w, hr_w) = dev.make_batch(ks, 2), data.PairDataset(files, spec, seed=3).make_batch(list(ks), 2)
     assert torch.equal(hr_d, hr_w)
     # float32 against float64 may round an LR pixel to the other level, and JPEG spreads that over
     # its block: nearly every sample is identical
     same = [bool((lr_d[i] - lr_w[i]).abs().max() < 1e-6) for i in range(len(ks))]
     assert sum(same) >= len(ks) - 2, sum(same)
-    u = data.uniforms(3, ks, 14)
-    dropped = u[:, data._DROPOUT] < 0.5
-    black = (lr_d == 0).all(dim=1).flatten(1).any(1).numpy()
-    assert black[dropped].all() and not black[~dropped].any()  # photos have no pure black pixel
-    jpegged = u[:, data._JPEG] < 0.5
+    u = data.uniforms(3, ks, 20)
     plain = DeviceBatches(store, _spec(), seed=3, device="cpu").make_batch(ks, 2)[0]
-    changed = (lr_d != plain).flatten(1).any(1).numpy()
-    assert (changed == (jpegged | dropped)).all()
+    assert ((lr_d != plain).flatten(1).any(1).numpy() == (u[:, data._JPEG] < 0.5)).all()
 
-    noisy_spec = _spec(noise_prob=0.5, noise_sigma=(8.0, 8.0))
-    noisy = DeviceBatches(store, noisy_spec, seed=3, device="cpu")
+    holes = _spec(dropout_prob=0.5, dropout_holes=(1, 3), dropout_size=(2, 5))
+    lr_h = DeviceBatches(store, holes, seed=3, device="cpu").make_batch(ks, 2)[0]
+    black = (lr_h == 0).all(dim=1)                       # (B, 12, 12); photos have no black pixel
+    dropped = u[:, data._DROPOUT] < 0.5
+    assert not black[~dropped].any() and not (lr_h != plain)[~dropped].any()
+    counts = black.flatten(1).sum(1).numpy()[dropped]
+    assert counts.min() >= 4 and counts.max() <= 3 * 25  # 1-3 rectangles of sides 2-5
+    assert torch.equal(lr_h[~black[:, None].expand_as(lr_h)], plain[~black[:, None].expand_as(plain)])
+    rows, cols = black.any(2), black.any(1)             # the rectangles reach every row and column
+    assert rows.any(0).all() and cols.any(0).all()
+
+    noisy = DeviceBatches(store, _spec(noise_prob=0.5, noise_sigma=(8.0, 8.0)), seed=3, device="cpu")
     lr_n = noisy.make_batch(ks, 2)[0]
     assert torch.equal(lr_n, noisy.make_batch(ks, 2)[0])  # a function of the samples: resumable
     chose = u[:, data._NOISE] < 0.5

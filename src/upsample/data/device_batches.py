@@ -9,9 +9,9 @@ imresize mirrors) are one gather of precomputed indices, and the LR is one batch
 (or one grouped Gaussian convolution per batch), in float32; flips and the transpose are
 `torch.where`s. JPEG is libjpeg-turbo's codec in integer torch arithmetic (`jpeg.py`: the
 same code as PairDataset's), on the samples that draw it; noise comes from a generator on the
-device seeded by the batch's first sample (the same law as PairDataset's, other values); coarse
-dropout cuts PairDataset's rectangles. No per-sample Python but the dropout rectangles' draws, and
-on CUDA only the batch's few draws cross from the host.
+device seeded by the batch's first sample, and coarse dropout's rectangles from the draws'
+columns (both the same law as PairDataset's, other values). No per-sample Python, and on CUDA
+only the batch's few draws cross from the host.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from . import degrade
-from .pairs import (_DROPOUT_SEED, _FLIP_H, _FLIP_W, _NOISE, _NOISE_SEED, _NOISE_SIGMA, _SIGMA, _TRANSPOSE,
-                    _X, _Y, PairSpec, dropout_drawn, jpeg_drawn, rgb_to_y01, uniforms)
+from .pairs import (_FLIP_H, _FLIP_W, _NOISE, _NOISE_SEED, _NOISE_SIGMA, _SIGMA, _TRANSPOSE, _X, _Y, PairSpec,
+                    black_out, dropout_boxes_drawn, dropout_columns, jpeg_drawn, rgb_to_y01, uniforms)
 from .store import ImageStore
 
 
@@ -115,12 +115,12 @@ class DeviceBatches:
     def make_batch(self, ks, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.spec
         ks = np.asarray(ks, dtype=np.int64)
-        u = uniforms(self.seed, ks, _DROPOUT_SEED + 1)
+        u = uniforms(self.seed, ks, dropout_columns(sp))
         core, m = sp.core(s), sp.margin(s)
         full = self.regions(ks, u, s).to(self.dtype).div_(255.0)
         lr = jpeg_drawn(degrade.quantize(self.add_noise(self.degrade(full, u, s), u)), sp, u)
         n = core // s
-        lr = dropout_drawn(lr[..., m:m + n, m:m + n], sp, u)
+        lr = black_out(lr[..., m:m + n, m:m + n], dropout_boxes_drawn(sp, u, n, n))
         hr = full[..., m * s:m * s + core, m * s:m * s + core]
         if sp.y_channel:  # per-pixel and linear: commutes with the flips and the upscale below
             lr, hr = rgb_to_y01(lr), rgb_to_y01(hr)

@@ -367,7 +367,7 @@ def as_batch(batch):
 # Columns of `uniforms` per sample.
 # New draws get new columns at the end: column j of a sample does not depend on how many there are.
 (_Y, _X, _SIGMA, _NOISE, _NOISE_SIGMA, _NOISE_SEED, _JPEG, _QUALITY, _FLIP_W, _FLIP_H, _TRANSPOSE,
- _DROPOUT, _DROPOUT_HOLES, _DROPOUT_SEED) = range(14)
+ _DROPOUT, _DROPOUT_HOLES, _DROPOUT_SEED, _DROPOUT_BOXES) = range(15)  # _DROPOUT_BOXES: the first of 4 per hole
 
 
 def jpeg_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tensor:
@@ -383,8 +383,8 @@ def jpeg_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tensor:
 
 
 def dropout_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tensor:
-    """Coarse dropout of the samples that draw it: each one's rectangles (`degrade.dropout_boxes`,
-    drawn on the host from its seed) set to black, as one mask on lr's device."""
+    """PairDataset's coarse dropout of the samples that draw it: each one's rectangles
+    (`degrade.dropout_boxes`, from a generator seeded by the sample) set to black."""
     chosen = np.flatnonzero(u[:, _DROPOUT] < spec.dropout_prob)
     lo, hi = spec.dropout_holes
     if not len(chosen) or hi < 1:
@@ -396,6 +396,40 @@ def dropout_drawn(lr: torch.Tensor, spec: PairSpec, u: np.ndarray) -> torch.Tens
         drawn = degrade.dropout_boxes(lo + int(u[i, _DROPOUT_HOLES] * (hi - lo + 1)), spec.dropout_size,
                                       h, w, gen)
         boxes[i, :len(drawn)] = drawn
+    return black_out(lr, boxes)
+
+
+def dropout_columns(spec: PairSpec) -> int:
+    """The columns of `uniforms` a batch with `spec` draws: 4 per possible hole after the others
+    (`dropout_boxes_drawn`'s), where it drops out."""
+    return _DROPOUT_BOXES + (4 * spec.dropout_holes[1] if spec.dropout_prob > 0 else 0)
+
+
+def dropout_boxes_drawn(spec: PairSpec, u: np.ndarray, h: int, w: int) -> np.ndarray | None:
+    """(B, holes, 4) rectangles (y0, x0, height, width; empty where not drawn) of the samples
+    that draw coarse dropout, in h x w LR: the law of `degrade.dropout_boxes`, from the draws'
+    own columns, vectorised (no generator per sample). None when no sample drops out."""
+    chosen = u[:, _DROPOUT] < spec.dropout_prob
+    lo, hi = spec.dropout_holes
+    if not chosen.any() or hi < 1:
+        return None
+    draws = u[:, _DROPOUT_BOXES:_DROPOUT_BOXES + 4 * hi].reshape(len(u), hi, 4)
+    small, large = spec.dropout_size
+    hh, ww = (np.minimum(small + (draws[..., j] * (large - small + 1)).astype(np.int64), n)
+              for j, n in ((0, h), (1, w)))
+    y0 = (draws[..., 2] * (h - hh + 1)).astype(np.int64)
+    x0 = (draws[..., 3] * (w - ww + 1)).astype(np.int64)
+    holes = lo + (u[:, _DROPOUT_HOLES] * (hi - lo + 1)).astype(np.int64)
+    used = chosen[:, None] & (np.arange(hi) < holes[:, None])
+    return np.stack([y0, x0, np.where(used, hh, 0), ww], -1)
+
+
+def black_out(lr: torch.Tensor, boxes: np.ndarray | None) -> torch.Tensor:
+    """`lr` (B, C, h, w) with each sample's rectangles (B, holes, 4: y0, x0, height, width) set to
+    black, as one mask on lr's device."""
+    if boxes is None:
+        return lr
+    h, w = lr.shape[-2:]
     y0, x0, hh, ww = torch.from_numpy(boxes).to(lr.device).unsqueeze(-1).unbind(-2)  # (B, holes, 1)
     rows, cols = torch.arange(h, device=lr.device), torch.arange(w, device=lr.device)
     inside_rows = (rows >= y0) & (rows < y0 + hh)                              # (B, holes, h)

@@ -5,8 +5,8 @@
 - workers: `data.pairs.PairDataset` in DataLoader workers (or in this process without workers),
   moved to the device.
 
-Both iterate the run's `StepBatchSampler` and make the same samples for a seed (but the noise's
-values: the same law, drawn where the batch is made), so the step is all a resumed run needs to
+Both iterate the run's `StepBatchSampler` and make the same samples for a seed (but the noise and
+the dropout rectangles: the same law, other values), so the step is all a resumed run needs to
 continue the sequence (the draws are a function of (seed, sample)); it keeps its pipeline.
 """
 

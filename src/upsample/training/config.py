@@ -59,7 +59,7 @@ class DataConfig:
     # Where training pairs are made. "device": whole batches on the training device from a uint8
     # store of the decoded images (data/device_batches.py; every degradation); "workers":
     # PairDataset in DataLoader workers; "auto": device (a resumed run: the one it trained on).
-    # Both make the same samples for a seed (noise: the same law, other values).
+    # Both make the same samples for a seed (noise, dropout rectangles: the same law, other values).
     pipeline: str = "auto"
     store_dir: str = ""                # where the device pipeline's store lives ("" = the cache)
 
