@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from upsample import cli
+from upsample.models import registry
 from upsample.runtime import export, sessions
 from upsample.errors import UserError
 from upsample.models.registry import create_model, get_spec, list_models
@@ -186,11 +188,15 @@ def test_export_writes_its_io_contract(tmp_path):
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "y.onnx")).metadata_props}
     contract = json.loads(props[export.CONTRACT_KEY])
     assert contract["input_name"] == "input" and contract["scale"] == 2
-    assert "BT.601" in contract["colour"] and "clamped" in contract["output"]
+    assert "BT.601" in contract["colour"] and "Y, not clamped" in contract["output"]
     sess = sessions.ort_session(str(tmp_path / "y.onnx"), torch.device("cpu"))
     wild = np.random.default_rng(0).normal(0.5, 3, (1, 1, 8, 8)).astype(np.float32)  # far outside [0, 1]
     res = sess.run(None, {"input": wild})[0]
-    assert res.min() >= 0 and res.max() <= 1  # the clamp is in the graph
+    assert res.min() < 0 and res.max() > 1  # a Y model's Y: `image` clamps after the RGB conversion
+    rgb = export.FloatGraph(registry.create_model("vapsr-s-x2")).eval()  # an RGB model's output
+    with torch.no_grad():
+        out = rgb(torch.from_numpy(np.random.default_rng(1).normal(0.5, 3, (1, 3, 8, 8)).astype(np.float32)))
+    assert out.min() >= 0 and out.max() <= 1  # is clamped in the graph
 
     import openvino as ov
     assert cli.main(["export", "vdsr", "--scale", "3", "--uint8-io", "--format", "openvino",
@@ -254,3 +260,16 @@ def test_uint8_export_of_a_y_model_declares_three_output_channels(tmp_path):
     assert cli.main(["export", "espcn-x2", "--uint8-io", "-o", str(out)]) == 0
     dims = onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", "out_height", "out_width", 3]
+
+
+def test_a_float_y_export_run_by_image_matches_the_registry_model_on_bright_edges(tmp_path):
+    """The repo's sample picture has bright edges where espcn-x3's Y overshoots 1: a graph that
+    clamped its Y put pixels 50 levels from `upsample image`'s (which clamps after the RGB
+    conversion); the float graph now leaves the Y as it comes."""
+    sample = str(Path(__file__).resolve().parents[1] / "assets" / "sample.png")
+    assert cli.main(["export", "espcn-x3", "-o", str(tmp_path / "e3.onnx")]) == 0
+    for name, model in (("torch.png", ["espcn-x3", "--backend", "torch"]),
+                        ("onnx.png", [str(tmp_path / "e3.onnx"), "--backend", "onnxruntime"])):
+        assert cli.main(["image", sample, "-o", str(tmp_path / name), "--model", *model]) == 0
+    want, got = (np.asarray(Image.open(tmp_path / n)).astype(int) for n in ("torch.png", "onnx.png"))
+    assert np.abs(want - got).max() <= 1

@@ -614,12 +614,18 @@ def test_bad_eval_data_refused(tmp_path, capsys, case):
     assert_refused(cli.main(["eval", "--model", "espcn-x3", "--data", str(data)]), capsys)
 
 
-def test_whole_output_over_max_memory_refused(tmp_path, capsys):
-    """A JPEG is encoded from the whole image: past --max-memory it is refused, not swapped."""
+def test_whole_output_over_max_memory_refused(tmp_path, capsys, monkeypatch):
+    """A JPEG is encoded from the whole image: past --max-memory it is refused, not swapped. A
+    budget under what the process holds before any picture says that instead (it blamed the
+    output of a 3x7 picture)."""
     src = _png(tmp_path, "in.png", rgb(200, 200))
     out = tmp_path / "out"
-    line = assert_refused(cli.main(["image", str(src), "-o", str(out), "--model", "bicubic", "--ext", "jpg",
-                                    "--max-memory", "1MB"]), capsys, out, text="encoded whole")
+    args = ["image", str(src), "-o", str(out), "--model", "bicubic", "--ext", "jpg", "--max-memory", "1MB"]
+    line = assert_refused(cli.main(args), capsys, out, text="bounds this whole process")
+    assert "before any picture" in line and "GB" in line
+    from upsample.inference import batch
+    monkeypatch.setattr(batch, "resident_bytes", lambda: 0)  # a process that holds nothing: the output is over
+    line = assert_refused(cli.main(args), capsys, out, text="encoded whole")
     assert "--max-memory" in line and ".png" in line
 
 

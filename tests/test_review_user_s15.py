@@ -1,12 +1,13 @@
-"""What a Real-ESRGAN user met training on their own folder (session 15's review): an adversarial
-stage from random weights said nothing; eval of a blur-trained model on bicubic LR gave no hint;
-`data split` listed unreadable files for training to stop at; noise sigmas past 255 were taken;
-"1 files" in notes."""
+"""What session 15's reviews met: training on their own folder (an adversarial stage from random
+weights said nothing; eval of a blur-trained model on bicubic LR gave no hint; `data split` listed
+unreadable files for training to stop at; "1 files" in notes), and the runtimes (a 16-bit picture
+through a uint8 graph lost its low bits without a word; `--tile 1` ran at 8 pixels a second)."""
 
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from upsample import cli
@@ -66,3 +67,20 @@ def test_split_leaves_out_unreadable_files_and_notes_say_one_file(tmp_path, caps
     assert "1 file of" in err and "1 files" not in err
     listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
     assert "broken.jpg" not in listed and listed.count(".png") == 3
+
+
+def test_a_16_bit_picture_through_a_uint8_graph_is_noted_and_tiny_tiles_are_refused(tmp_path, capsys):
+    assert cli.main(["export", "espcn-x2", "--uint8-io", "-o", str(tmp_path / "u8.onnx")]) == 0
+    levels = np.random.default_rng(0).integers(0, 65536, (12, 10)).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "g16.png")
+    capsys.readouterr()
+    assert cli.main(["image", str(tmp_path / "g16.png"), "-o", str(tmp_path / "o.png"), "--model",
+                     str(tmp_path / "u8.onnx"), "--backend", "onnxruntime"]) == 0
+    assert "uint8 graph: the output keeps 8 bits" in capsys.readouterr().err
+    assert cli.main(["image", str(tmp_path / "g16.png"), "-o", str(tmp_path / "p.png"), "--model",
+                     "espcn-x2", "--backend", "onnxruntime"]) == 0
+    assert "8 bits" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["image", str(tmp_path / "g16.png"), "-o", str(tmp_path / "t.png"), "--tile", "1"])
+    assert exc.value.code == 2
+    assert "at least 16" in capsys.readouterr().err and not (tmp_path / "t.png").exists()

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io,
                                    scale=scale, name=name)
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
-               f"float NCHW {spec.input.upper()} in [0, 1], output clamped" +
+               f"float NCHW {spec.input.upper()} in [0, 1], output " +
+               ("Y unclamped (clamp after the RGB conversion)" if spec.input == "y" else "clamped") +
                (" (bicubic-upscaled input)" if spec.pre_upsample else ""))
     unit = " (uint8 levels)" if args.uint8_io else ""
     print(f"wrote {out} ({export.file_size(out) / 1e6:.2f} MB, {args.format}, "

@@ -53,7 +53,7 @@ class ImageUpscaler:
                  progress: bool = False, verbose: bool = False, tile_batch: int | None = None):
         if alpha_mode not in ("bicubic", "model"):
             raise UserError(f"alpha mode must be bicubic or model, got {alpha_mode!r}")
-        self.up, self.verbose = up, verbose
+        self.up, self.verbose, self._said_8 = up, verbose, False
         mem = None if max_memory is None else parse_memory(max_memory)
         self.tiler = Tiler(up, tile=tile, pad=tile_pad, max_memory=mem, jobs=jobs, progress=progress,
                            tile_batch=tile_batch)
@@ -71,7 +71,17 @@ class ImageUpscaler:
         up = self.up
         return f"ImageUpscaler({up.name} x{up.scale:g}, {up.runtime} {up.precision}, {up.device})"
 
+    def note_eight_bit(self, planes: Planes, desc: str) -> None:
+        """A note, once, where a 16-bit picture goes through a uint8 graph: the output keeps its
+        bit depth but holds 8 bits of levels."""
+        if self.verbose and self.up.core.eight_bit and planes.color.dtype == np.uint16 and not self._said_8:
+            self._said_8 = True
+            tqdm.write(f"note: {desc or 'image'}: 16 bits a sample, but {self.up.name} is a uint8 graph: "
+                       "the output keeps 8 bits of its levels (export without --uint8-io to keep 16)",
+                       file=sys.stderr)
+
     def upscale_planes(self, planes: Planes, desc: str = "") -> Planes:
+        self.note_eight_bit(planes, desc)
         c, a = planes.color, planes.alpha
         oh, ow = output_size(c.shape[0], self.scale), output_size(c.shape[1], self.scale)
         reserved = oh * ow * c.itemsize * (c.shape[2] + (1 if a is not None else 0))
@@ -96,6 +106,7 @@ class ImageUpscaler:
         bands need them (`streamed.StreamedRows`): then not even the input is whole."""
         if planes.alpha is not None:
             raise ValueError("planes with alpha are upscaled whole (upscale_planes)")
+        self.note_eight_bit(planes, desc)
         c = planes.color
         h, w, ch = c.shape
         row_bytes = output_size(w, self.scale) * ch * c.itemsize * max(1.0, self.scale)

@@ -473,8 +473,14 @@ class Engines:
         (the model, its runtime: --max-memory bounds the whole process, as the tiles' plan does)."""
         if self.max_memory is None:
             return
-        held = resident_bytes() - planes.color.nbytes - (0 if planes.alpha is None else planes.alpha.nbytes)
-        need = max(0, held) + whole_save_bytes(planes, self.scale)
+        held = max(0, resident_bytes() - planes.color.nbytes - (0 if planes.alpha is None else planes.alpha.nbytes))
+        output = whole_save_bytes(planes, self.scale)
+        need = held + output
+        if held > self.max_memory / 2 and need > self.max_memory:  # the floor is the process, not the picture
+            raise UserError(f"--max-memory {_size(self.max_memory)} bounds this whole process, which holds "
+                            f"about {_size(held)} before any picture (Python, torch, the model and its "
+                            f"runtime): give more, e.g. {-(-(need + 2 ** 28) // 10 ** 8) / 10:g}GB "
+                            "(the rest is room for the tiles)")
         if need > self.max_memory:
             strips = final.suffix.lower() == ".png" and planes.mode in PNG_STRIP_MODES
             how = ("raise --max-memory (PNGs are written in strips from 64 MB of output)" if strips

@@ -49,6 +49,7 @@ class Upscaler:
     run_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None  # RGB -> RGB in one graph
     graph: tuple[Path, str] | None = None  # that OpenVINO graph and precision: `fastpath` reruns it
     from_file: bool = False           # the weights came from a file (a plan can stamp it)
+    eight_bit: bool = False           # a uint8 graph: 16-bit pictures keep 8 bits of their levels
     parallel: Callable | None = None  # the runner's network for several threads (`Runner.parallel`)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
@@ -94,6 +95,7 @@ class ModelUpscaler(Upscaler):
                  spec=runner.spec)
         up.runtime, up.precision = runner.runtime, str(runner.precision)
         up.run_rgb, up.graph, up.parallel = runner.run_rgb, runner.graph, runner.parallel
+        up.eight_bit = runner.eight_bit
         return up
 
     def side_by_side(self) -> tuple[ModelUpscaler, int]:

@@ -1,7 +1,8 @@
 """ONNX / OpenVINO export (`upsample export`) and the onnxruntime / openvino runtime backends.
 
 The exported file (`export_model`) is the network, float NCHW in [0, 1] (Y or RGB as the model
-takes), its output clamped to [0, 1], with dynamic batch, height and width (TorchScript-based
+takes), an RGB model's output clamped to [0, 1] (a Y model's Y is not: `upsample image` clamps
+after the conversion back to RGB), with dynamic batch, height and width (TorchScript-based
 `torch.onnx.export`, opset 17: it needs no onnxscript). `--uint8-io` wraps it to take and return
 uint8 NHWC RGB with the colour path of `upsample image`: normalisation, BT.601 YCbCr for
 Y-channel models, MATLAB-exact bicubic (`degrade.BicubicUp`) of the chroma and of VDSR's input,
@@ -75,15 +76,19 @@ class PaddedToMultiple(nn.Module):
         return self.net(x)[..., :h * self.scale, :w * self.scale]
 
 
-class Clamped(nn.Module):
-    """The network with its output clamped to [0, 1] (what a user of the file gets)."""
+class FloatGraph(nn.Module):
+    """The network as a float file's user gets it: an RGB model's output clamped to [0, 1]; a Y
+    model's Y as it comes, since `upsample image` clamps after the conversion back to RGB (a
+    clamp of the Y first moved bright pixels of the repo's own sample by up to 50 levels)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net, self.upsample_spec = PaddedToMultiple(net), net.upsample_spec
+        self.clamp = net.upsample_spec.input != "y"
 
     def forward(self, x):
-        return self.net(x).clamp(0, 1)
+        y = self.net(x)
+        return y.clamp(0, 1) if self.clamp else y
 
 
 class AnySideBicubicUp(BicubicUp):
@@ -140,14 +145,17 @@ def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: b
     else:
         dtype = "float16" if fp16 else "float32"
         chans = "1, Y" if spec.input == "y" else "3, RGB"
+        y_out = ("Y, not clamped: convert it to RGB with the bicubic Cb, Cr, then clamp to [0, 1] "
+                 "(as upsample image does; clamping the Y first moves bright and dark pixels)")
+        out_range = y_out if spec.input == "y" else "clamped to [0, 1]"
         io = {"input": f"{dtype} NCHW (N, {chans.split(',')[0]}, H, W) {chans.split(', ')[1]} in [0, 1]",
-              "output": f"{dtype} NCHW (N, {chans.split(',')[0]}, {out_hw}) clamped to [0, 1]",
+              "output": f"{dtype} NCHW (N, {chans.split(',')[0]}, {out_hw}) {out_range}",
               "colour": ("Y of BT.601 studio-range YCbCr: Y = (16 + 65.481 R + 128.553 G + 24.966 B) "
                          "/ 255 for R, G, B in [0, 1], so Y is in [16/255, 235/255]; upscale Cb, Cr "
                          "by bicubic and convert back" if spec.input == "y" else "RGB")}
         if spec.pre_upsample:
             io["input"] += ", bicubic-upscaled (MATLAB imresize) to the output size first"
-            io["output"] = f"{dtype} NCHW (N, 1, H, W): the input's size, clamped to [0, 1]"
+            io["output"] = f"{dtype} NCHW (N, 1, H, W): the input's size, {y_out}"
     multiple = spec.pad_multiple
     if multiple > 1:  # RRDBNet x1/x2 pixel-unshuffle: `PaddedToMultiple` pads inside the graph
         io["input"] += (f"; any H and W: the graph pads them to multiples of {multiple} (mirrored) "
@@ -428,7 +436,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     abs difference of the exported graph from PyTorch (fp32) on a random image (uint8 levels
     with uint8_io)."""
     model = model.cpu().eval()
-    ref_module = Uint8RGB(model, scale) if uint8_io else Clamped(model)
+    ref_module = Uint8RGB(model, scale) if uint8_io else FloatGraph(model)
     example = example_input(model, uint8_io, size=32)
     with torch.no_grad():
         ref = ref_module(example)
@@ -437,7 +445,7 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
         import copy
         net = copy.deepcopy(model).half()
         net.upsample_spec = model.upsample_spec
-    module = Uint8RGB(net, scale) if uint8_io else Clamped(net)
+    module = Uint8RGB(net, scale) if uint8_io else FloatGraph(net)
     trace_in = example if uint8_io else example.to(next(net.parameters()).dtype)
     contract = io_contract(model.upsample_spec, name or model.upsample_spec.name or "checkpoint", scale,
                            uint8_io=uint8_io, fp16=fp16)

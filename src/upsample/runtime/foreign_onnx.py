@@ -366,6 +366,6 @@ def foreign_runner(path: Path, backend: Backend, device: torch.device, threads: 
     runtime = str(Backend.OPENVINO if backend == Backend.OPENVINO else Backend.ONNXRUNTIME)
     if runtime == Backend.OPENVINO and ov_device != "CPU":
         runtime += f" {ov_device}"
-    runner = Runner(run=run_net, spec=spec,
-                    runtime=f"{runtime}, {src.describe()} -> {dst.describe()}")
+    runner = Runner(run=run_net, spec=spec, runtime=f"{runtime}, {src.describe()} -> {dst.describe()}",
+                    eight_bit=np.uint8 in (src.dtype, dst.dtype))
     return runner, path.name

@@ -30,6 +30,7 @@ class Runner:
     model: nn.Module | None = None        # the torch module run; None for an int8 file
     run_rgb: Net | None = None            # RGB -> RGB in one graph (auto on the CPU, Y models)
     graph: tuple[Path, str] | None = None  # the OpenVINO graph (and its precision) `fastpath` reruns
+    eight_bit: bool = False               # a uint8 graph: it takes or gives 8-bit levels only
     # The network compiled to serve several threads at once (OpenVINO streams), made when first
     # asked: (its callable, how many threads keep it busy). Video runs frames side by side on it.
     parallel: Callable[[], tuple[Net, int]] | None = None
