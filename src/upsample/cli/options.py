@@ -135,7 +135,7 @@ def add_model_options(p: argparse.ArgumentParser, *, default: str = "the best sh
     p.add_argument("--half", action="store_true",
                    help="half precision without the auto check (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--tile", type=tile_side, default=None, metavar="PX",
-                   help="tile side in input pixels; 0: whole images, as Real-ESRGAN's --tile 0 "
+                   help="tile side in input pixels, at least 16; 0: whole images, as Real-ESRGAN's --tile 0 "
                         "(default: from --max-memory; whole images where they fit)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory to stay within, e.g. 2GB; picks the tile size (default: half the free memory)")
