@@ -164,20 +164,45 @@ def test_auto_takes_the_device_and_a_resumed_run_keeps_its_pipeline():
     assert batches.choose_pipeline(cfg, jpeg, {"pipeline": "workers"}) == "device"
 
 
-@pytest.mark.skipif(not T91.is_dir(), reason="needs ../shared/datasets/train/T91")
-def test_a_run_with_every_degradation_trains_on_the_device_and_resumes_exactly(tmp_path, capsys):
-    sets = [f"data.train=[{json.dumps(str(T91))}]", "data.max_images=4", "data.batch_size=4",
+DEGRADED = [f"data.train=[{json.dumps(str(T91))}]", "data.max_images=4", "data.batch_size=4",
             "val.max_images=1", "val.crop=48", "train.steps=120", "train.log_every=1", "val.every=60",
             "train.ckpt_every=60", "degrade.jpeg_prob=0.5", "degrade.noise_prob=0.5",
             "degrade.dropout_prob=0.5"]
 
-    def run(run_dir, *extra):
-        args = ["train", str(ROOT / "configs" / "tiny.toml"), "--run-dir", str(run_dir), "--device", "cpu"]
-        return cli.main(args + [a for s in sets for a in ("--set", s)] + list(extra))
 
-    def losses(run_dir):
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
+def _run(run_dir, *extra, sets=DEGRADED):
+    args = ["train", str(ROOT / "configs" / "tiny.toml"), "--run-dir", str(run_dir), "--device", "cpu"]
+    return cli.main(args + [a for s in sets for a in ("--set", s)] + list(extra))
+
+
+def _losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
+
+
+@pytest.mark.skipif(not T91.is_dir(), reason="needs ../shared/datasets/train/T91")
+def test_a_state_saved_before_states_named_their_pipeline_resumes_on_the_workers_exactly(tmp_path, capsys):
+    """Such a run made its JPEG, noise and dropout on the workers (the device did not make them):
+    with "auto" in its config and no "pipeline" in its state, it goes on there, sample for sample."""
+    workers = [*DEGRADED, "data.pipeline=\"workers\""]
+    assert _run(tmp_path / "a", sets=workers) == 0
+    assert _run(tmp_path / "b", "--max-minutes", "0.005", sets=workers) == 0
+    state_file = tmp_path / "b" / "last_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert 1 <= state["step"] < 120 and state.pop("pipeline") == "workers"
+    torch.save(state, state_file)
+    config = tmp_path / "b" / "config.toml"
+    text = config.read_text()
+    assert 'pipeline = "workers"' in text
+    config.write_text(text.replace('pipeline = "workers"', 'pipeline = "auto"'))
+    assert _run(tmp_path / "b", "--resume", sets=[]) == 0
+    assert torch.load(state_file, weights_only=False)["pipeline"] == "workers"
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
+
+
+@pytest.mark.skipif(not T91.is_dir(), reason="needs ../shared/datasets/train/T91")
+def test_a_run_with_every_degradation_trains_on_the_device_and_resumes_exactly(tmp_path, capsys):
+    run, losses = _run, _losses
 
     assert run(tmp_path / "a") == 0
     assert torch.load(tmp_path / "a" / "last_state.pt", weights_only=False)["pipeline"] == "device"

@@ -67,6 +67,11 @@ def test_split_leaves_out_unreadable_files_and_notes_say_one_file(tmp_path, caps
     assert "1 file of" in err and "1 files" not in err
     listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
     assert "broken.jpg" not in listed and listed.count(".png") == 3
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"\x89PNG broken")
+    assert cli.main(["data", "split", str(bad), "-o", str(tmp_path / "none")]) == 2
+    assert "no readable images in" in capsys.readouterr().err
 
 
 def test_a_16_bit_picture_through_a_uint8_graph_is_noted_and_tiny_tiles_are_refused(tmp_path, capsys):

@@ -44,8 +44,9 @@ def tile_side(text: str) -> int:
     an 80x96 picture at 8 pixels a second, each tile carrying its pad of context)."""
     value = count_or_all(text)
     if 0 < value < MIN_TILE:
-        raise argparse.ArgumentTypeError(f"a tile of {value} px is mostly its pad of context: give 0 "
-                                         f"(whole images) or at least {MIN_TILE}")
+        raise argparse.ArgumentTypeError(f"a tile of {value} px runs the model once per {value}x{value} "
+                                         f"pixels (and its pad of context): give 0 (whole images) or "
+                                         f"at least {MIN_TILE}")
     return value
 
 

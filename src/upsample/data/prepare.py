@@ -617,7 +617,8 @@ def without_readable_headers(root: Path, images: list[Path]) -> list[Path]:
         first = min(unreadable)
         print(f"note: data split: leaving out {counted(len(unreadable), 'file')} that cannot be read as "
               f"an image, e.g. {one_line(first.relative_to(root))}: `upsample data check {root}` names "
-              "every unreadable file, `upsample data clean` moves them aside", file=sys.stderr)
+              f"every unreadable file, `upsample data clean {root} --quarantine DIR` moves them aside",
+              file=sys.stderr)
     return [p for p in images if p not in unreadable]
 
 
@@ -629,9 +630,11 @@ def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *
     root = Path(folder)
     images, others = list_images(root)
     note_not_images(root, others, "data split")
-    images = without_readable_headers(root, without_lr(root, one_name_each(root, images), "data split"))
-    if not images:
-        raise UserError(f"no images in {root}{hidden_hint(root)}")
+    images = without_lr(root, one_name_each(root, images), "data split")
+    readable = without_readable_headers(root, images)
+    if not readable:
+        raise UserError(f"no {'readable ' if images else ''}images in {root}{hidden_hint(root)}")
+    images = readable
     if not 0 < val_fraction < 1:
         raise UserError(f"--val must be a fraction between 0 and 1, got {val_fraction}")
     keys = [p.relative_to(root).as_posix() for p in images]

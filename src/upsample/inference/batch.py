@@ -476,7 +476,7 @@ class Engines:
         held = max(0, resident_bytes() - planes.color.nbytes - (0 if planes.alpha is None else planes.alpha.nbytes))
         output = whole_save_bytes(planes, self.scale)
         need = held + output
-        if held > self.max_memory / 2 and need > self.max_memory:  # the floor is the process, not the picture
+        if held >= self.max_memory:  # the floor is the process, not the picture
             raise UserError(f"--max-memory {_size(self.max_memory)} bounds this whole process, which holds "
                             f"about {_size(held)} before any picture (Python, torch, the model and its "
                             f"runtime): give more, e.g. {-(-(need + 2 ** 28) // 10 ** 8) / 10:g}GB "

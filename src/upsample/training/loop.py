@@ -471,9 +471,10 @@ def announce(cfg: config_mod.Config, procs: Procs, state: TrainState, run_log: R
         procs.log(f"run dir {run_log.run_dir}: checkpoints, config.toml, metrics.jsonl "
                   f"(TensorBoard: tensorboard --logdir {run_log.run_dir / 'tb'})")
     if state.gan is not None and not start and not cfg.train.init:
+        weak = (f"; from scratch, with a pixel loss of weight {cfg.loss.pixel_weight:g}, the generator may not "
+                "even learn the colours" if cfg.loss.pixel_weight < 0.1 else "")
         procs.log("note: this adversarial stage starts from random weights: ESRGAN starts it from a "
-                  f"PSNR-trained {cfg.model.name} (train.init or --init CKPT); from scratch, with a pixel "
-                  f"loss of weight {cfg.loss.pixel_weight:g}, the generator may not even learn the colours")
+                  f"PSNR-trained {cfg.model.name} (train.init or --init CKPT){weak}")
     if procs.master and not start:  # where the run trains: the shipped log summary quotes it
         run_log.record({"step": 0, "hardware": hardware_name(procs.dev, cfg.train.threads),
                         "world": procs.world, "torch": torch.__version__})
