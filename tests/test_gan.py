@@ -275,11 +275,13 @@ def test_eval_lpips_and_its_missing_weights(tmp_path, capsys, monkeypatch):
 
 
 def test_coarse_dropout_is_deterministic_and_optional(tmp_path):
-    x = torch.rand(1, 3, 16, 16) + 0.5
-    a = degrade.coarse_dropout(x, 3, (2, 4), torch.Generator().manual_seed(5))
-    b = degrade.coarse_dropout(x, 3, (2, 4), torch.Generator().manual_seed(5))
-    assert torch.equal(a, b) and (a == 0).any() and (a == 0).sum() <= 3 * 3 * 16
-    assert torch.equal(degrade.coarse_dropout(x, 1, (40, 40)), torch.zeros_like(x))  # clipped
+    a = degrade.dropout_boxes(3, (2, 4), 16, 16, torch.Generator().manual_seed(5))
+    assert a == degrade.dropout_boxes(3, (2, 4), 16, 16, torch.Generator().manual_seed(5))
+    assert len(a) == 3 and all(2 <= hh <= 4 and 2 <= ww <= 4 and y0 + hh <= 16 and x0 + ww <= 16
+                               for y0, x0, hh, ww in a)
+    assert degrade.dropout_boxes(1, (40, 40), 16, 12) == [(0, 0, 16, 12)]  # clipped to the image
+    x = torch.rand(1, 3, 16, 12) + 0.5
+    assert torch.equal(data.black_out(x, np.array([[[0, 0, 16, 12]]])), torch.zeros_like(x))
     for i in range(3):
         Image.fromarray(np.random.default_rng(i).integers(1, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     files = sorted(tmp_path.glob("*.png"))

@@ -235,16 +235,6 @@ def dropout_boxes(holes: int, size: tuple[int, int], h: int, w: int,
     return boxes
 
 
-def coarse_dropout(x: torch.Tensor, holes: int, size: tuple[int, int],
-                   generator: torch.Generator | None = None, fill: float = 0.0) -> torch.Tensor:
-    """`dropout_boxes` set to `fill`, the same rectangles in every image and channel of NCHW `x`
-    (a copy)."""
-    x = x.clone()
-    for y0, x0, hh, ww in dropout_boxes(holes, size, *x.shape[-2:], generator):
-        x[..., y0:y0 + hh, x0:x0 + ww] = fill
-    return x
-
-
 _matrix_cache = LRUCache(maxsize=WEIGHTS_CACHE_BYTES, getsizeof=lambda t: t.numel() * t.element_size())
 
 

@@ -118,7 +118,8 @@ class DeviceBatches:
         u = uniforms(self.seed, ks, dropout_columns(sp))
         core, m = sp.core(s), sp.margin(s)
         full = self.regions(ks, u, s).to(self.dtype).div_(255.0)
-        lr = jpeg_drawn(degrade.quantize(self.add_noise(self.degrade(full, u, s), u)), sp, u)
+        lr = self.add_noise(self.degrade(full, u, s), u)
+        lr = jpeg_drawn(degrade.quantize(lr), sp, u)
         n = core // s
         lr = black_out(lr[..., m:m + n, m:m + n], dropout_boxes_drawn(sp, u, n, n))
         hr = full[..., m * s:m * s + core, m * s:m * s + core]
