@@ -134,7 +134,7 @@ def test_data_tools_on_a_div2k_style_folder(tmp_path, capsys):
     assert cli.main(["data", "prepare", str(root), "-o", str(tmp_path / "crops"), "--size", "16"]) == 0
     assert not any("x2" in p.name for p in (tmp_path / "crops").iterdir())
     err = capsys.readouterr().err
-    assert "1 files of" in err and "9999.png (a broken link)" in err and "README" not in err
+    assert "1 file of" in err and "9999.png (a broken link)" in err and "README" not in err
     assert cli.main(["data", "split", str(root), "--val", "0.5", "-o", str(tmp_path / "lists")]) == 0
     listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
     assert "x2" not in listed and listed.count(".png") == 2
