@@ -36,7 +36,7 @@ from ..models import registry
 from ..runtime.hardware import cpu_name, sync
 from . import config as config_mod
 from . import loop
-from .batches import batches_on_device, build_pairs
+from .batches import batches_on_device, build_pairs, pipeline_of
 from .losses import make_loss
 from .procs import Procs, training_device
 from .recipe import check_packaged_data, recipe_overrides
@@ -128,7 +128,7 @@ def timed_steps(step, dev: torch.device, seconds: float, batch: int) -> float:
 
 
 def time_ours(cfg: config_mod.Config, files: list[Path], dev: torch.device, seconds: float, log) -> tuple:
-    """(patches/s, the step's modes) of the trainer's own pipeline and step."""
+    """(patches/s, the step's modes, "device" or "workers") of the trainer's own pipeline and step."""
     torch.manual_seed(cfg.train.seed)
     model = registry.create_model(cfg.model.name, colorspace=cfg.model.colorspace, **cfg.model.kwargs)
     scales = loop.training_scales(cfg, model.upsample_spec)
@@ -142,7 +142,8 @@ def time_ours(cfg: config_mod.Config, files: list[Path], dev: torch.device, seco
     train_step = loop.make_train_step(cfg, state, model, None, modes)
     model.train()
     batches = batches_on_device(pairs, sampling.batch_sampler(0), cfg, dev, modes.channels_last)
-    return timed_steps(lambda: train_step(*next(batches))[0], dev, seconds, cfg.data.batch_size), modes
+    speed = timed_steps(lambda: train_step(*next(batches))[0], dev, seconds, cfg.data.batch_size)
+    return speed, modes, pipeline_of(pairs)
 
 
 class ReferencePairs(torch.utils.data.Dataset):
@@ -242,10 +243,10 @@ def bench_train(target: str, *, seconds: float = 4.0, device: str = "cpu", threa
     peaks = measure_peaks(dev, hdt, threads)
     peak_key = "bfloat16" if "bfloat16" in peaks else "fp32"
     log(f"timing our trainer ({recipe}, {len(files)} images)")
-    ours, modes = time_ours(cfg, files, dev, seconds, log)
+    ours, modes, pipeline = time_ours(cfg, files, dev, seconds, log)
     log("timing the reference loop")
     ref = time_reference(cfg, files, dev, seconds)
-    batches = f"DataLoader x{cfg.data.workers}" if cfg.data.pipeline == "workers" else "device batches"
+    batches = f"DataLoader x{cfg.data.workers}" if pipeline == "workers" else "device batches"
     rows = [{"loop": f"ours ({modes.label()}, {batches})", "patches_per_s": ours},
             {"loop": f"reference (fp32 eager, DataLoader x{cfg.data.workers})", "patches_per_s": ref}]
     for row in rows:
