@@ -45,9 +45,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
             if target.exists() and not target.is_dir():  # was the OSError of mkdir, after an image's work
                 raise UserError(f"--save {args.save}: {target} is a file, where the pictures of --data {folder} "
                                 "would go; name another --save folder, or move the file")
-            if target.is_dir() and any(target.iterdir()) and not args.overwrite:
-                raise UserError(f"{target} holds pictures saved before; pass --overwrite to replace them, "
-                                "or name another --save folder")
+            held = next(target.iterdir(), None) if target.is_dir() else None
+            if held is not None and not args.overwrite:  # not always pictures: a notes.txt of the user's
+                raise UserError(f"{target} is not empty (it holds {held.name}); pass --overwrite to replace "
+                                "the pictures saved before (other files are kept), or name another --save folder")
 
 
 def json_text(report: dict) -> str:

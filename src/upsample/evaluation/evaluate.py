@@ -181,6 +181,11 @@ class Run:
             raise UserError(f"an HR image is {hw[1]}x{hw[0]}: after the {self.crop}-pixel border crop "
                             f"it is under the {side}x{side} pixels SSIM needs; "
                             "remove such small images from --data (or lower --crop)")
+        reach = int(math.ceil(3.0 * self.degrade.sigma)) if self.degrade.kind == "gaussian" else 0
+        if reach and reach >= min(hw[:2]):  # data.degrade.gaussian_blur's limit, found before any work
+            raise UserError(f"an HR image is {hw[1]}x{hw[0]}: the blur of --sigma {self.degrade.sigma:g} "
+                            f"reaches {reach} pixels (3 sigma), and needs sides above that; lower --sigma or "
+                            "remove such small images from --data")
         side = getattr(self.lpips, "min_side", 0)
         if min(hw[:2]) - 2 * self.crop < side:  # found here, not when that image is reached
             raise UserError(f"an HR image is {hw[1]}x{hw[0]}: after the {self.crop}-pixel border crop it is "
@@ -411,6 +416,16 @@ def _hr_images(folder: str) -> tuple[list[Path], list[str]]:
     return hr, notes
 
 
+def check_found(found: dict[str, tuple[list[Path], list[str]]]) -> None:
+    """A UserError (after its notes) for a --data folder without images, before any folder is
+    evaluated: `--data Urban100 empty` stopped after Urban100's evaluation."""
+    for folder, (images, notes) in found.items():
+        if not images:
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            raise UserError(f"no images in {folder}")
+
+
 def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], *, name: str,
                     save_dir: str | None, per_image: bool, progress: bool,
                     given: dict[Path, Path] | None = None) -> dict:
@@ -436,6 +451,12 @@ def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], 
             atomic_save(Image.fromarray(panels[1][1]), Path(save_dir) / name / rel.with_suffix(".png"))
             atomic_save(side_by_side(panels), Path(save_dir) / name / rel.with_name(rel.stem + "_sbs.png"))
     bar.close()
+    exact = [r["image"] for r in rows if math.inf in (r["psnr"], r["bicubic_psnr"])]
+    if exact:  # one such image makes the set's mean PSNR inf: the others' numbers are lost in it
+        which = (f"1 output equals its HR ({exact[0]}" if len(exact) == 1
+                 else f"{len(exact)} outputs equal their HR (e.g. {exact[0]}")
+        print(f"note: {folder}: {which}, a flat picture?): PSNR inf, and so the mean PSNR (null in "
+              "the JSON); leave such images out for a finite mean", file=sys.stderr)
     result = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
     result["n"] = len(images)
     if per_image:
@@ -483,6 +504,7 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     lr_found = check_lr_dirs(lr_dirs, folders, degrade, sigma)  # before loading a model, as the HR
     found = {folder: hr_images(folder, given_lr=lr_dirs is not None) for folder in folders}
+    check_found(found)
     if save_dir:
         for folder, (images, _) in found.items():
             check_saved_names(folder, images)
