@@ -71,3 +71,16 @@ def test_save_into_folder_with_other_files_says_what_it_holds(tmp_path, capsys):
                  "--overwrite"]) == 0
     assert (tmp_path / "out" / "d" / "mine.txt").read_text() == "keep"
     assert (tmp_path / "out" / "d" / "a.png").exists() and (tmp_path / "out" / "d" / "a_sbs.png").exists()
+
+
+def test_report_says_what_ran_and_marks_random_weights(tmp_path, monkeypatch):
+    """The JSON kept no trace of the runtime and precision (auto's choice differs between
+    machines), nor of an --allow-untrained run's random weights."""
+    _noise(tmp_path / "d" / "a.png", (48, 48))
+    r = evaluate.evaluate_model("bicubic", [str(tmp_path / "d")], scale=2, progress=False)
+    assert (r["runtime"], r["precision"], "untrained" in r) == ("torch", "fp32", False)
+    r = evaluate.evaluate_model("bicubic", [str(tmp_path / "d")], scale=2, protocol="catid", progress=False)
+    assert (r["runtime"], r["precision"]) == ("pillow", "uint8")
+    monkeypatch.setattr(evaluate, "is_untrained", lambda spec: spec == "espcn-x2")
+    r = evaluate.evaluate_model("espcn-x2", [str(tmp_path / "d")], backend="torch", progress=False)
+    assert (r["runtime"], r["precision"], r.get("untrained")) == ("torch", "fp32", True)

@@ -43,7 +43,7 @@ from ..errors import UserError, one_line
 from ..media.imageio import atomic_save, header_size, list_images, open_image, read_rgb, skip_reason
 from ..media.progress import progress_bar
 from ..inference.upscaler import Upscaler
-from ..inference.load import bicubic_device, check_scale, load_upscaler
+from ..inference.load import bicubic_device, check_scale, is_untrained, load_upscaler
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
                    backend: str = "auto", device: str = "cpu", precision: str = "fp32",
                    threads: int | None = None, progress: bool = True, allow_untrained: bool = False) -> dict:
     """The `eval` report of `model` on the HR `folders`: {"model", "scale", "protocol", "degrade",
-    "y_channel", "crop_border", "datasets"}; `scale` None = the model's own; `y_channel` and
+    "y_channel", "crop_border", "runtime", "precision" (`ran_on`), "datasets"}; `scale` None = the model's own; `y_channel` and
     `crop` None = the protocol's (papers: Y, the scale rounded up; catid: RGB, 4); `lr_dirs`: the
     LR folder of each of `folders` (the LR given, not made: "lr" in the report), `degrade` None =
     bicubic."""
@@ -539,7 +539,18 @@ def evaluate_model(model: str, folders: list[str], *, scale=None, crop: int | No
            else {"kind": run.degrade.kind, "sigma": run.degrade.sigma})
     return {"model": model, "scale": int(scale) if float(scale).is_integer() else scale,
             "protocol": proto.name, "degrade": "given (--lr)" if lr_found else how,
-            "y_channel": run.y_channel, "crop_border": run.crop, "datasets": datasets}
+            "y_channel": run.y_channel, "crop_border": run.crop, **ran_on(model, upscaler),
+            "datasets": datasets}
+
+
+def ran_on(model: str, upscaler: Upscaler | None) -> dict:
+    """What computed the outputs, kept in the report: {"runtime", "precision"} (an `auto` run's
+    choice is not fp32 on every machine), and "untrained": true for a registered model's random
+    weights (`--allow-untrained`), which a saved JSON would otherwise show as a result."""
+    core = upscaler.core if upscaler is not None else None
+    ran = ({"runtime": "pillow", "precision": "uint8"} if core is None  # catid's bicubic
+           else {"runtime": str(core.runtime), "precision": str(core.precision)})
+    return {**ran, "untrained": True} if model != "bicubic" and is_untrained(model) else ran
 
 
 def unlearned_degradation(upscaler: Upscaler | None, degrade: Degrade) -> str | None:
