@@ -10,9 +10,13 @@ from .options import add_max_pixels_option, add_output_option, add_overwrite_opt
 
 
 def run(args: argparse.Namespace) -> int:
-    best = tune.tune(args.config, overrides=args.overrides, trials=args.trials, storage=args.storage,
-                     study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device,
-                     overwrite=args.overwrite)
+    from . import Terminated
+    try:
+        best = tune.tune(args.config, overrides=args.overrides, trials=args.trials, storage=args.storage,
+                         study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device,
+                         overwrite=args.overwrite)
+    except KeyboardInterrupt as exc:  # outside a trial's loop (its images decoding): SIGTERM is 143 too
+        best = 143 if isinstance(exc, Terminated) else 130
     if isinstance(best, int):  # stopped: Ctrl-C 130, SIGTERM 143
         print(f"upsample tune: {'terminated' if best == 143 else 'interrupted'}; run the same command again "
               "to continue the study (the stopped trial runs again from its start)", file=sys.stderr)

@@ -206,11 +206,17 @@ def compensate(group, means: dict[nn.Module, torch.Tensor]) -> None:
             means[conv] = means[conv][kept]  # a later group's indices count the channels left
 
 
+def source_file(model_ref: str) -> Path | None:
+    """The file `resolve_model` reads for `model_ref`: a registered name's shipped weights (None:
+    untrained), else the path given."""
+    return registry.weights_path(model_ref) if registry.is_registered(model_ref) else Path(model_ref)
+
+
 def stored_half(model_ref: str) -> bool:
     """Whether the weights pruned were stored in float16 (the shipped models are): the pruned file
     keeps their precision; in float32 it held twice the bytes per weight, and `--sparsity 0.3` of
     espcn-x2 wrote 59.8 kB from its 45.4 kB."""
-    path = registry.weights_path(model_ref) if registry.is_registered(model_ref) else Path(model_ref)
+    path = source_file(model_ref)
     if path is None:  # untrained: no file
         return False
     tensors, _ = checkpoint.read_state(path)
@@ -235,7 +241,8 @@ def prune_checkpoint(model_ref: str, output: str, *, sparsity: float | None, met
     out = Path(output)
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"the pruned model is a safetensors checkpoint: name it *.safetensors, not {out.name}")
-    check_new_file(out, overwrite=overwrite, inputs=[model_ref])
+    # a registered name's input is its weights file: `-o` naming it with --overwrite replaced the shipped model
+    check_new_file(out, overwrite=overwrite, inputs=[p for p in (source_file(model_ref),) if p])
     model, name = resolve_model(model_ref)
     spec = model.upsample_spec
     if spec.kind != "generator":

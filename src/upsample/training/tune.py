@@ -115,11 +115,13 @@ def check_same_space(study, cfg: config_mod.Config, storage: str) -> None:
     if held is None and study.trials:  # a study made before the stamp: its trials' parameters
         names = set().union(*(t.distributions for t in study.trials))
         held = space if names == set(space) else dict.fromkeys(sorted(names))
-    if held is not None and held != space:
+    # trials scored or running (another process's) hold the ranges; a first call that failed did not
+    held_by_trials = any(t.state.name in (*FINISHED, "RUNNING") for t in study.trials)
+    if held is not None and held != space and held_by_trials:
         raise UserError(f"study {study.study_name!r} in {storage} searched {format_space(held)}, this "
                         f"call's [tune] ranges are {format_space(space)}: give the ranges back, or name "
                         "a new --study (trials of other ranges are not comparable)")
-    if "search_space" not in study.user_attrs:
+    if study.user_attrs.get("search_space") != space:  # new, made before the stamp, or none held
         study.set_user_attr("search_space", space)
 
 
@@ -130,6 +132,9 @@ def check_search_space(cfg: config_mod.Config) -> None:
     import optuna
     if not cfg.data.val_list and cfg.data.val_fraction == 0:
         raise UserError("tune ranks trials by validation PSNR: set data.val_fraction > 0 or data.val_list")
+    if not search_space(cfg):  # every trial would train the same config
+        raise UserError("the recipe's [tune] section searches nothing (lr, batch_size, clip, weight_decay "
+                        "and, with optim.name = \"sgd\", momentum are all empty); give a range to search")
     ends = {k: list(dict.fromkeys(v)) for k, v in search_space(cfg).items()}  # a range's ends, or the choices
     for values in itertools.product(*ends.values()):
         params = dict(zip(ends, values))
@@ -146,8 +151,21 @@ def requeue_stopped(study) -> None:
     import optuna
     trials = study.trials
     waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
-    if trials and trials[-1].user_attrs.get("stopped") and not waiting:
+    if trials and trials[-1].user_attrs.get("stopped") and not waiting \
+            and _in_space(trials[-1].params, study.user_attrs.get("search_space")):
         study.enqueue_trial(trials[-1].params)
+
+
+def _in_space(params: dict, space: dict | None) -> bool:
+    """Whether a trial's values lie in the [tune] ranges `space` (a stopped trial of a study
+    whose ranges changed before any trial scored is not run again: it would run outside them)."""
+    if space is None:
+        return True  # a study made before the stamp: its ranges unknown, as they were
+    if set(params) != set(space):
+        return False
+    choices = {k: v for k, v in params.items() if k == "batch_size"}  # categorical: one of the list
+    return (all(v in space[k] for k, v in choices.items())
+            and all(space[k][0] <= v <= space[k][1] for k, v in params.items() if k not in choices))
 
 
 def best_val_psnr(run_dir: Path) -> float:
@@ -291,8 +309,8 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
          run_dir: str | None, out: str | None, device: str | None, overwrite: bool = False) -> Best | int:
     """Run the study in `storage` until `trials` trials have finished, then write the best
     trial's config as TOML (the recipe's own train.steps, not a trial's). Returns the best trial,
-    or the exit status (130 Ctrl-C, 143 SIGTERM) when a stop ended the study (the same call
-    continues it)."""
+    or the exit status (130 Ctrl-C, 143 SIGTERM) when a trial's loop stopped on one (the same call
+    continues it); a stop elsewhere raises KeyboardInterrupt (the CLI's `Terminated` for SIGTERM)."""
     import optuna
 
     from .procs import training_device  # torch: not for `tune --help`
@@ -315,7 +333,10 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
         raise UserError(f"-o {out} is the study's database (--storage); name another file for the best config")
     if out.is_dir():
         raise UserError(f"-o {out} is a folder; name the file for the best config, e.g. {out / 'best.toml'}")
-    check_writable(out.parent, out)  # before any trial trains, not after all of them
+    # before any trial trains, not after all of them (the default -o is in the run dir)
+    check_writable(root, root, "--run-dir")
+    if given:
+        check_writable(out.parent, out)
     # (the default, in the run dir, is guarded by `claim_run_dir`)
     if given and out.exists() and not overwrite and not _written_by(out, study_name):
         raise UserError(f"-o {out} exists and is not this study's best config; use --overwrite to "
@@ -338,10 +359,8 @@ def tune(config: str, *, overrides: list[str], trials: int, storage: str, study_
             # other processes may be running too, has the finished trials asked for
             enough = optuna.study.MaxTrialsCallback(trials, states=tuple(optuna.trial.TrialState[s] for s in FINISHED))
             study.optimize(objective(cfg, root, device), n_trials=left, catch=(), callbacks=[enough])
-        except TrialStopped as stop:
+        except TrialStopped as stop:  # (another KeyboardInterrupt goes up: the CLI tells SIGTERM's 143)
             return stop.status
-        except KeyboardInterrupt:
-            return 130
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise UserError(f"study {study_name!r}: no trial completed (all pruned or failed)")
@@ -381,8 +400,9 @@ def objective(cfg: config_mod.Config, root: Path, device: str | None):
             print(f"trial {trial.number}: pruned, it diverged ({format_params(trial.params)}): "
                   f"{str(exc).split(';')[0]}", file=sys.stderr)
             raise optuna.TrialPruned() from None
-        except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (decoding the images)
-            rc = 130
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM before the loop's own handler (decoding the images)
+            trial.set_user_attr("stopped", True)  # `requeue_stopped`; Optuna marks it failed, raises it on
+            raise
         if rc != 0:  # Ctrl-C / SIGTERM: stop the study; the trial is rerun next time
             trial.set_user_attr("stopped", True)  # `requeue_stopped`
             raise TrialStopped(rc)
