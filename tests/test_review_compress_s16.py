@@ -119,3 +119,16 @@ def test_a_trial_running_in_another_process_keeps_the_ranges(tmp_path, capsys, m
     narrow = config.load_config(ROOT / "configs" / "tiny.toml", [*SETS, "tune.lr=[2e-3, 5e-3]"])
     with pytest.raises(UserError, match="give the ranges back"):
         tune.check_same_space(study, narrow, storage)
+
+
+def test_int8_hints_name_what_the_suggested_command_needs(capsys):
+    """`bench --int8 OUT` (the README's words) said only "give --model MODEL"; the hint for a
+    VDSR's missing cached int8 model named a `bench` command that then asked for --scale."""
+    from upsample.cli import main
+    from upsample.errors import UserError
+    from upsample.inference.load import load_upscaler
+
+    assert main(["bench", "--int8", "q.onnx"]) == 2
+    assert "--int8 q.onnx is timed beside the model it was quantized from" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"bench --model vdsr --scale 3 --calib DIR"):
+        load_upscaler("vdsr", scale=3, backend="auto", precision="int8")

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.overrides and not args.train:
         raise UserError("--set changes the recipe of --train; inference takes no recipe")
     if not args.model and not args.train:  # said before torch's import, not 20 s later
+        if args.int8:  # `bench --int8 OUT`: the int8 file is timed beside the model it was made from
+            raise UserError(f"--int8 {args.int8[0]} is timed beside the model it was quantized from: "
+                            "give that one with --model (e.g. --model espcn-x2)")
         raise UserError("give --model MODEL (or --train MODEL to time training)")
     check_scale_text(args.scale)
     # imported here: `bench --help` and the refusals above need no torch

@@ -342,9 +342,10 @@ def _cpu_choice(model: nn.Module, key: str, net_xml: Path, fused_xml: Path | Non
         return "bf16", main_xml
     if precision == Precision.INT8:
         cached = int8.find_cached(key, scale)
-        if cached is None:
+        if cached is None:  # (a VDSR's bench needs the scale too)
+            at = f" --scale {scale:g}" if getattr(model.upsample_spec, "scale", None) is None else ""
             raise UserError(f"--precision int8: no int8 model of {name} x{scale:g} in the cache; make it "
-                            f"once with `upsample bench --model {name} --calib DIR` (training images), or "
+                            f"once with `upsample bench --model {name}{at} --calib DIR` (training images), or "
                             "pass an `upsample quantize` output as --model")
         return "int8", cached
     if precision != Precision.AUTO:
