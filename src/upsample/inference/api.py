@@ -71,6 +71,10 @@ class ImageUpscaler:
         up = self.up
         return f"ImageUpscaler({up.name} x{up.scale:g}, {up.runtime} {up.precision}, {up.device})"
 
+    def __reduce__(self):  # pickle (multiprocessing) said "Can't pickle local object '_cpu_runner...'"
+        raise UserTypeError("an upscaler holds compiled runtimes and cannot be pickled or copied to other "
+                            "processes: call upsample.load(...) in each process (threads may share one)")
+
     def note_eight_bit(self, planes: Planes, desc: str) -> None:
         """A note, once, where a 16-bit picture goes through a uint8 graph: the output keeps its
         bit depth but holds 8 bits of levels."""
@@ -137,7 +141,8 @@ class ImageUpscaler:
                 return self._upscale_tensor(image)
         except UserError as exc:  # the CLI's words (imageio, the tiler): a Python caller's error
             raise api_error(exc) from None
-        raise UserTypeError(f"upscale takes a PIL image, a numpy array or a float tensor, got {type(image).__name__}")
+        hint = "; open the file first: upscale(Image.open(path))" if isinstance(image, (str, os.PathLike)) else ""
+        raise UserTypeError(f"upscale takes a PIL image, a numpy array or a float tensor, got {type(image).__name__}{hint}")
 
     __call__ = upscale  # as spandrel's models are called on tensors
 
@@ -206,6 +211,9 @@ def check_pil(image: Image.Image) -> None:
                              "block or before img.close(), or pass img.copy() made while it was open")
 
 
+_TENSOR_HINTS = {torch.uint8: "divide a uint8 one by 255", torch.bool: "for a mask, pass x.float()"}
+
+
 def check_tensor(x: torch.Tensor) -> None:
     """What `_upscale_tensor` takes (the tensor contract), with what to do instead."""
     if x.layout != torch.strided:
@@ -213,7 +221,8 @@ def check_tensor(x: torch.Tensor) -> None:
     if x.device.type == "meta":
         raise UserValueError("the tensor is on the 'meta' device and holds no values: nothing to upscale")
     if not x.is_floating_point():
-        raise UserTypeError(f"tensors must be float in [0, 1], got {x.dtype}; divide a uint8 one by 255")
+        hint = _TENSOR_HINTS.get(x.dtype, "divide 0..255 data by 255, 0..65535 data by 65535")
+        raise UserTypeError(f"tensors must be float in [0, 1], got {x.dtype}; {hint}")
     if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3):
         order = "0, 3, 1, 2" if x.ndim == 4 else "2, 0, 1"
         last = x.ndim in (3, 4) and x.shape[-1] in (1, 3)  # channels last, as numpy and PIL have them
@@ -415,6 +424,23 @@ def default_model(scale: float, *, fastest: bool = False) -> str:
     return max(scores, key=lambda n: scores[n][0]) if scores else "bicubic"
 
 
+def half_precision(device: str) -> str:
+    """--half under --backend auto: fp16 on CUDA, an OpenVINO device's own half (auto: f16 on an
+    Intel GPU), else the CPU's bf16 - refused here, in --half's words, where the CPU has no bf16
+    units (it said "--precision bf16", which the user never gave)."""
+    from ..runtime.hardware import cpu_has_bf16
+    from ..runtime.sessions import on_cpu_only, openvino_device
+    if device.startswith("cuda"):
+        return "fp16"
+    ov_device = openvino_device(device)
+    if ov_device is not None and not on_cpu_only(ov_device):
+        return "auto"
+    if not cpu_has_bf16():
+        raise UserError("--half: this CPU has no bf16 units (bf16 would be emulated, slower than fp32); drop "
+                        "--half (--precision auto picks the fastest precision that passes its check)")
+    return "bf16"
+
+
 def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", device: str = "cpu",
                   half: bool = False, outscale=None, precision: str = "auto",
                   threads: int | None = None, allow_untrained: bool = False,
@@ -428,8 +454,10 @@ def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", devic
         model = default_model(scale, fastest=fastest_default)
     if model == "bicubic" and scale is None:
         scale = 2.0
-    if half and backend == "auto":  # --half with auto: the half type of the device, unchecked
-        precision, half = ("fp16" if str(device).startswith("cuda") else "bf16"), False
+    if half and precision in ("fp32", "int8"):  # as the CLI's check_half: `load` ran fp32 in bf16
+        raise UserError(f"--half and --precision {precision} ask for two precisions: give one of them")
+    if half and backend == "auto" and model != "bicubic":  # --half with auto: the device's half type, unchecked
+        precision, half = half_precision(str(device)), False
     up = load_upscaler(model, scale=scale, backend=backend, device=device, precision=precision,
                        threads=threads, allow_untrained=allow_untrained)
     if half:

@@ -204,6 +204,8 @@ def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: s
             raise UserError("bicubic needs --scale")
         if backend not in (Backend.TORCH, Backend.AUTO):
             raise UserError("bicubic runs on the torch backend only")
+        if precision not in (Precision.AUTO, Precision.FP32):  # was run in fp32 without a word
+            raise UserError(f"bicubic runs in fp32 only (MATLAB's resize, exact): leave out --precision {precision}")
         return BicubicUpscaler(check_scale(scale), bicubic_device(device))
     from ..runtime.sessions import on_cpu_only, openvino_device
     ov_device = openvino_device(device)  # "GPU", "NPU", "AUTO" ...: OpenVINO's; tensors stay on the CPU

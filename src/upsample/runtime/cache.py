@@ -19,6 +19,9 @@ SPLIT_GRAPH = "split1"  # `auto.SplitInput`'s graph version, in its cache and ch
 # The fused graph's bicubic (`degrade.BicubicUp`) mirrors 2 pixels at each border, which a
 # one-pixel side cannot give: a picture with a side under this takes the unfused path.
 FUSED_MIN_SIDE = 3
+# OpenVINO's CPU plugin keeps kernels per input shape: a video or a tiled picture needs a few
+# shapes (whole tiles, edge tiles, batches); a folder of many sizes only needs the last ones
+RUNTIME_SHAPES_KEPT = 32
 
 
 def cache_dir() -> Path:
@@ -48,6 +51,8 @@ def ov_compiled(path: Path, precision: str | None = "f32", threads: int | None =
     config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     if device == "CPU" and threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if device == "CPU":  # 5000 shapes kept by default, ~0.5 MB each: a service's memory grew by GBs
+        config["CPU_RUNTIME_CACHE_CAPACITY"] = RUNTIME_SHAPES_KEPT
     if throughput:
         config["PERFORMANCE_HINT"] = "THROUGHPUT"
     try:
