@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..media.progress import counted
 from .options import add_max_pixels_option, add_output_option, add_overwrite_option, path_text
 
@@ -28,6 +29,14 @@ def _check_folder_writable(folder: str, option: str) -> None:
     check_writable(Path(folder), folder, option)
 
 
+def _check_no_dead_link(folder: str, option: str) -> None:
+    """One clear line where the output folder is a link that leads nowhere: one that leads to
+    itself made Path.resolve() raise a RuntimeError traceback."""
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise UserError(f"{option} {folder} is a link that leads nowhere (or to itself): remove it, "
+                        "or name another folder")
+
+
 def _check_out_holds_no_source(out: str, sources: list[str]) -> None:
     """-o a folder above a source (`data prepare imgs -o .`): every file in it is skipped as a
     crop made before, and the error said "no images or videos in imgs" of a full folder."""
@@ -37,8 +46,19 @@ def _check_out_holds_no_source(out: str, sources: list[str]) -> None:
             raise UserError(f"-o {out} holds the source {src}: name a folder for the crops outside it")
 
 
+def _check_sources_exist(sources: list[str]) -> None:
+    """A missing source named before any path is resolved: a link that leads to itself made
+    Path.resolve() raise a RuntimeError traceback."""
+    for src in sources:
+        if not os.path.exists(src):
+            dead = " (a link that leads nowhere)" if os.path.islink(src) else ""
+            raise UserError(f"source not found: {src}{dead}")
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from ..data import prepare
+    _check_sources_exist(args.src)
+    _check_no_dead_link(args.out, "-o")
     _check_out_holds_no_source(args.out, args.src)
     _check_folder_writable(args.out, "-o")
     c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
@@ -62,7 +82,7 @@ def run_check(args: argparse.Namespace) -> int:
     if not images and not problems:  # as `train` and `eval` take it: nothing to train or measure on
         raise UserError(f"no images in {args.dir}{hidden_hint(Path(args.dir))}")
     for pr in problems:
-        print(f"{pr.path}: {pr.kind}: {pr.detail}")
+        print(one_line(f"{pr.path}: {pr.kind}: {pr.detail}"))  # one line a file: scripts read them
     print(_summary(len(images), problems))
     return 1 if problems else 0  # non-zero: scripts can stop on a dirty folder
 
@@ -70,24 +90,28 @@ def run_check(args: argparse.Namespace) -> int:
 def run_clean(args: argparse.Namespace) -> int:
     from ..data import prepare
     _check_min_size(args.min_size)
+    if not os.path.exists(args.dir):  # before resolve(), which raised a RuntimeError on a link to itself
+        raise UserError(f"folder not found: {args.dir}")
+    _check_no_dead_link(args.quarantine, "--quarantine")
     if Path(args.quarantine).resolve() in Path(args.dir).resolve().parents:  # was "no images in DIR"
         raise UserError(f"--quarantine {args.quarantine} holds {args.dir}: name a folder outside it")
     _check_folder_writable(args.quarantine, "--quarantine")
     n, problems, moved, left = prepare.clean(args.dir, args.quarantine, min_size=args.min_size,
                                              keep=args.keep, progress=True)
     for src, dst in moved:
-        print(f"moved {src} -> {dst}")
+        print(one_line(f"moved {src} -> {dst}"))
     for src, why in left:
-        print(f"left {src} where it is: {why}")
+        print(one_line(f"left {src} where it is: {why}"))
     undo = f" ({Path(args.quarantine) / 'QUARANTINE.tsv'} lists where each came from and why)" if moved else ""
     rest = f"; left {len(left)} files that lie outside {args.dir}" if left else ""
-    print(f"{_summary(n, problems)}; moved {len(moved)} files to {args.quarantine}{undo}{rest}")
+    print(f"{_summary(n, problems)}; moved {counted(len(moved), 'file')} to {args.quarantine}{undo}{rest}")
     return 1 if left else 0  # files with problems are still there for training to find
 
 
 def run_split(args: argparse.Namespace) -> int:
     from ..data import prepare
     if args.out is not None:  # else DIR itself, which `split` checks
+        _check_no_dead_link(args.out, "-o")
         _check_folder_writable(args.out, "-o")
     n_train, n_val, out = prepare.split(args.dir, args.val, args.seed, args.out, overwrite=args.overwrite)
     print(f"{n_train} train, {n_val} val images: {out / 'train.txt'}, {out / 'val.txt'}")

@@ -10,6 +10,7 @@ The training pairs made from these images are in `pairs.py`.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -219,7 +220,8 @@ def _load_manifest(out: Path, params: str) -> dict[str, int]:
     path = out / MANIFEST
     if not path.exists():
         return {}
-    lines = path.read_text(**NAMES_TEXT).splitlines()
+    text = path.read_text(**NAMES_TEXT)
+    lines = text.split("\n") if text else []  # not splitlines: a name may hold U+2028, \x1c ...
     if not lines or lines[0] != params:
         raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
                         "use the same options or another -o folder")
@@ -241,6 +243,18 @@ def _drop_stale_parts(out_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _without_earlier_crops(root: Path, files: list[Path]) -> list[Path]:
+    """`files` of the folder `root` but those in a sub-folder an earlier `data prepare` wrote
+    (its manifest): `prepare photos -o photos/crops`, then `-o` elsewhere, cut crops of crops."""
+    crop_dirs = {f.parent for f in files if f.parent != root and (f.parent / MANIFEST).exists()}
+    if not crop_dirs:
+        return files
+    left = [f for f in files if f.parent in crop_dirs]
+    print(f"note: data prepare: leaving out {counted(len(left), 'file')} of {min(crop_dirs)}, crops an earlier "
+          "`data prepare` made (name that folder itself to cut them again)", file=sys.stderr)
+    return [f for f in files if f.parent not in crop_dirs]
+
+
 def _sources_to_cut(sources: list[str], out_dir: Path) -> list[tuple[Path, str]]:
     """(file, crop name stem) of every picture and video under `sources`, each once, none of
     them under `out_dir`; a UserError where two would make crops of one name or none is found."""
@@ -250,6 +264,8 @@ def _sources_to_cut(sources: list[str], out_dir: Path) -> list[tuple[Path, str]]
         files = source_files(root)
         if root.suffix.lower() == ".txt" and files:  # a list: named as the folder that holds its files
             root = Path(os.path.commonpath([f.parent for f in files]))
+        elif root.is_dir():
+            files = _without_earlier_crops(root, files)
         for f in files:
             if made_here in f.parents or f in taken:  # -o inside a source; one file named twice
                 continue
@@ -271,7 +287,8 @@ def _sources_to_cut(sources: list[str], out_dir: Path) -> list[tuple[Path, str]]
 def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None = None,
             min_rest: int = 0, every: int = 1, progress: bool = True) -> dict:
     """Cut sources into size x size PNG crops in `out`; returns counts. Re-running skips the
-    sources listed in out/.prepare-done and any crop file that already exists."""
+    sources listed in out/.prepare-done and any crop file that already exists, but cuts a source
+    replaced since (same path, other size or time) again, its old crops removed."""
     stride = size if stride is None else stride
     if size < 1 or stride < 1 or every < 1 or min_rest < 0:
         raise UserError("--size, --stride and --every-n-frames must be >= 1, --min-size >= 0")
@@ -288,35 +305,46 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
         (out_dir / MANIFEST).write_text(params + "\n")
     counts = {"sources": len(todo), "skipped_done": 0, "too_small": 0, "unreadable": 0,
               "crops": 0, "written": 0}
+    cut_before = {k.rsplit("|", 2)[0] for k in done}  # the sources' paths, whatever their size and time
     bar = progress_bar(len(todo), progress, desc="prepare", unit=" file")
     largest = 0  # the shorter side of the largest picture too small for a crop
     for path, name in todo:
         bar.update(1)  # started: the files already done are passed over as quickly
         st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        key = one_line(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")  # a name's line break: one line
         if key in done:  # its crops (or that it had none) counted as before
             counts["skipped_done"] += 1
             counts["crops"] += done[key]
             counts["too_small"] += done[key] == 0
             continue
-        n_crops, small = 0, None
+        # a file replaced since it was cut (same name, other picture): its old crops were kept
+        changed = one_line(str(path.resolve())) in cut_before
+        n_crops, small, pictures, made = 0, None, 0, set()
         try:
             for stem, arr in _frames(path, name, every):
+                pictures += 1
                 crops = square_crops(arr, size, stride, min_rest)
                 if not crops:
-                    counts["too_small"] += 1
                     small = arr.shape
                 for i, crop in enumerate(crops):
                     target = out_dir / f"{stem}_s{i:03d}.png"
-                    if not target.exists():
+                    if changed or not target.exists():  # else made by a run that was stopped
                         atomic_save(Image.fromarray(np.ascontiguousarray(crop)), target, compress_level=4)
                         counts["written"] += 1
                     n_crops += 1
+                    made.add(target.name)
         except UserError as exc:
             tqdm.write(f"skipping: {exc}", file=sys.stderr)
             counts["unreadable"] += 1
             continue
-        if small is not None and not n_crops:  # named, as the unreadable ones are
+        if changed:  # a smaller picture: fewer crops, the old ones past them would stay
+            _drop_crops_not_made(out_dir, name, made)
+        if not pictures:  # a video cut short decodes no frame without an error: was skipped silently
+            tqdm.write(f"skipping: {path} has no frames that decode (cut short?); copy it again", file=sys.stderr)
+            counts["unreadable"] += 1
+            continue
+        if small is not None and not n_crops:  # named, as the unreadable ones are; one source counted once
+            counts["too_small"] += 1
             tqdm.write(f"skipping: {path} is {small[1]}x{small[0]}, smaller than --size {size}", file=sys.stderr)
             largest = max(largest, min(small[:2]))
         counts["crops"] += n_crops
@@ -327,6 +355,15 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
     if not counts["crops"]:  # exit 0 and "0 crops" read as done, and training found an empty folder
         raise UserError(no_crops_text(counts, size, largest))
     return counts
+
+
+def _drop_crops_not_made(out_dir: Path, name: str, made: set[str]) -> None:
+    """Remove the crops of the source named `name` in `out_dir` (NAME_s000.png, a video's
+    NAME_f000000_s000.png) but those in `made`: the crops of a picture it no longer is."""
+    mine = re.compile(re.escape(name) + r"(?:_f\d{6})?_s\d{3,}\.png")
+    for old in out_dir.glob(glob.escape(name) + "_*.png"):
+        if mine.fullmatch(old.name) and old.name not in made:
+            old.unlink(missing_ok=True)
 
 
 def no_crops_text(counts: dict, size: int, largest: int) -> str:
@@ -423,7 +460,8 @@ def transparent_note(files: list[Path], what: str, made: str) -> str | None:
     count, example = transparent_images(files)
     if example is None:
         return None
-    return (f"note: {what}: {count} images have an alpha channel, e.g. {example} with transparent pixels: "
+    have = "has" if count == 1 else "have"
+    return (f"note: {what}: {counted(count, 'image')} {have} an alpha channel, e.g. {example} with transparent pixels: "
             f"{made} their colour there as stored (often black), which `upsample image` fills from the visible "
             "pixels; flatten them onto their background, or `upsample data clean FOLDER --quarantine Q` moves "
             "them aside")
@@ -596,6 +634,11 @@ def _movable(root: Path, path: Path) -> bool:
     return not outside(root, path.parent) and (path.is_symlink() or not outside(root, path))
 
 
+def _tsv_field(text) -> str:
+    """`text` as one field of a QUARANTINE.tsv line: a name's tab or line break written as \\t, \\n."""
+    return one_line(text).replace("\t", "\\t")
+
+
 def _quarantine(root: Path, qdir: Path, path: Path, why: list[str]) -> Path:
     """Move `path` (a file under `root`) to its place under `qdir`, logged in QUARANTINE.tsv."""
     target = _unique_target(qdir / path.relative_to(root))
@@ -603,20 +646,21 @@ def _quarantine(root: Path, qdir: Path, path: Path, why: list[str]) -> Path:
     shutil.move(str(path), str(target))  # a link is moved as the link: what it leads to stays
     with open(qdir / "QUARANTINE.tsv", "a", **NAMES_TEXT) as f:
         # absolute: the log undoes the move from whatever folder it is read in
-        f.write(f"{path.absolute()}\t{target.absolute()}\t{'; '.join(why)}\n")
+        f.write("\t".join(_tsv_field(x) for x in (path.absolute(), target.absolute(), "; ".join(why))) + "\n")
     return target
 
 
 # --- split -----------------------------------------------------------------------------------
 
 def without_readable_headers(root: Path, images: list[Path]) -> list[Path]:
-    """`images` but those whose header cannot be read (a training run would stop at each), with
-    a note naming one and the commands that find and move aside every such file."""
-    unreadable = {p for p in images if header_size(p) is None}
+    """`images` but those whose header cannot be read and the animations (a training run would
+    stop at each), with a note naming one and the commands that find and move aside every such file."""
+    unreadable = {p for p in images if header_size(p) is None or animation_frames(p)}
     if unreadable:
         first = min(unreadable)
+        what = " (an animation)" if animation_frames(first) else ""
         print(f"note: data split: leaving out {counted(len(unreadable), 'file')} that cannot be read as "
-              f"an image, e.g. {one_line(first.relative_to(root))}: `upsample data check {root}` names "
+              f"an image, e.g. {one_line(first.relative_to(root))}{what}: `upsample data check {root}` names "
               f"every unreadable file, `upsample data clean {root} --quarantine DIR` moves them aside",
               file=sys.stderr)
     return [p for p in images if p not in unreadable]
