@@ -49,7 +49,7 @@ def test_prepare_crops_resumes_and_refuses_other_settings(tmp_path, capsys):
     assert all(Image.open(out / f).size == (32, 32) for f in files)
     crop = np.asarray(Image.open(out / "src__a_s000.png"))
     assert np.array_equal(crop, np.asarray(Image.open(src / "a.png"))[:32, :32])
-    assert "1 images smaller than 32" in capsys.readouterr().out
+    assert "1 source smaller than 32" in capsys.readouterr().out
     # a second run redoes nothing; a removed crop of a finished source is not redone either
     (out / "src__a_s001.png").unlink()
     counts = prep.prepare([str(src)], str(out), size=32, progress=False)
@@ -289,12 +289,12 @@ def test_prepare_reruns_count_what_is_there_and_tidy_a_killed_run(tmp_path, caps
     args = ["data", "prepare", str(src), str(src / "0.png"), "-o", str(out), "--size", "48"]
     assert cli.main(args) == 0  # 0.png named twice: cut once
     first = capsys.readouterr().out
-    assert "3 sources: 8 crops (8 written now)" in first and "1 images smaller than 48" in first
+    assert "3 sources: 8 crops (8 written now)" in first and "1 source smaller than 48" in first
     (out / ".src__0_s000.png.abcd1234.png.part").write_bytes(b"half a crop")  # as a kill leaves it
     (out / ".notes.png.part").write_bytes(b"someone else's")  # not a crop's name: left alone
     assert cli.main(args) == 0
     again = capsys.readouterr().out
-    assert "3 sources: 8 crops (0 written now)" in again and "3 already done, 1 images smaller" in again
+    assert "3 sources: 8 crops (0 written now)" in again and "3 already done, 1 source smaller" in again
     assert [p.name for p in out.glob(".*.part")] == [".notes.png.part"]
     assert cli.main(["data", "prepare", str(src), "-o", str(src)]) == 2
     assert "is the source folder itself" in capsys.readouterr().err

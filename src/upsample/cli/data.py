@@ -63,8 +63,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     _check_folder_writable(args.out, "-o")
     c = prepare.prepare(args.src, args.out, size=args.size, stride=args.stride, min_rest=args.min_size,
                         every=args.every_n_frames, progress=True)
-    print(f"{c['sources']} sources: {c['crops']} crops ({c['written']} written now) in {args.out}; "
-          f"{c['skipped_done']} already done, {c['too_small']} images smaller than {args.size}, "
+    print(f"{counted(c['sources'], 'source')}: {c['crops']} crops ({c['written']} written now) in {args.out}; "
+          f"{c['skipped_done']} already done, {counted(c['too_small'], 'source')} smaller than {args.size}, "
           f"{c['unreadable']} unreadable")
     return 0
 
