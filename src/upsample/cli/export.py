@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:  # its checks before torch and the model load (an existing -o was refused after)
         check_output_suffix(args.output, args.format)
         check_output(Path(args.output), args)
-    from ..inference.load import check_trained, model_scale, resolve_model, scale_of
+    from ..inference.load import check_trained, is_untrained, model_scale, resolve_model, scale_of
     from ..runtime import export
     check_trained(args.model, args.allow_untrained)
     model, name = resolve_model(args.model, args.scale)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from .options import said_stopped
     with said_stopped("export", out):  # Ctrl-C / SIGTERM: what was kept, how to go on
         diff = export.export_model(model, args.format, out, fp16=args.fp16, uint8_io=args.uint8_io,
-                                   scale=scale, name=name)
+                                   scale=scale, name=name, untrained=is_untrained(args.model))
     io_desc = ("uint8 NHWC RGB in/out" if args.uint8_io else
                f"float NCHW {spec.input.upper()} in [0, 1], output " +
                ("Y unclamped (clamp after the RGB conversion)" if spec.input == "y" else "clamped") +

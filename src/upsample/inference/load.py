@@ -132,11 +132,14 @@ def check_device(device: str, backend: str) -> torch.device:
 
 
 def is_untrained(spec: str) -> bool:
-    """`spec` is a registered model without trained weights, or our checkpoint made from one
-    (`prune --allow-untrained`: its metadata says so)."""
+    """`spec` is a registered model without trained weights, or our checkpoint or export made
+    from one (`prune`/`export --allow-untrained`: its metadata says so)."""
     from ..models import registry
     if registry.is_registered(spec):
         return registry.weights_path(spec) is None
+    if Path(spec).suffix.lower() == ".onnx" and Path(spec).is_file():
+        from ..runtime.foreign_onnx import export_marked_untrained
+        return export_marked_untrained(Path(spec))
     from ..models.checkpoint import marked_untrained
     return marked_untrained(spec)
 
@@ -216,7 +219,8 @@ def _build_upscaler(spec: str, *, scale, backend: str, device: str, precision: s
     device = "cpu" if ov_device is not None else device
     dev = check_device(device, Backend.OPENVINO if backend == Backend.AUTO and device == "cpu" else backend)
     from ..runtime import foreign_onnx
-    if foreign_onnx.is_foreign(Path(spec)):
+    if foreign_onnx.is_foreign(Path(spec)):  # (an `export --allow-untrained` graph says it is one)
+        check_trained(spec, allow_untrained)
         return _foreign_upscaler(Path(spec), scale, backend, precision, dev, threads, ov_device)
     if precision == Precision.BF16 and ov_device not in (None, "CPU"):
         raise UserError(f"--precision bf16 is for the CPU's bf16 units; on the OpenVINO device {ov_device} "

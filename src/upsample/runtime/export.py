@@ -431,10 +431,11 @@ def _in_cache(path: Path, write) -> Path:
 
 
 def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, uint8_io: bool = False,
-                 scale: float | None = None, name: str | None = None) -> float:
+                 scale: float | None = None, name: str | None = None, untrained: bool = False) -> float:
     """Write `model` as ONNX or OpenVINO IR, its I/O contract in the metadata; returns the max
     abs difference of the exported graph from PyTorch (fp32) on a random image (uint8 levels
-    with uint8_io)."""
+    with uint8_io). `untrained`: random weights (`--allow-untrained`); the contract says so
+    (checkpoint.marked_untrained reads it), as `quantize` marks its int8 files."""
     model = model.cpu().eval()
     ref_module = Uint8RGB(model, scale) if uint8_io else FloatGraph(model)
     example = example_input(model, uint8_io, size=32)
@@ -449,6 +450,8 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, fp16: bool = False, u
     trace_in = example if uint8_io else example.to(next(net.parameters()).dtype)
     contract = io_contract(model.upsample_spec, name or model.upsample_spec.name or "checkpoint", scale,
                            uint8_io=uint8_io, fp16=fp16)
+    if untrained:
+        contract["untrained"] = True
     data = with_metadata(onnx_bytes(module, trace_in), contract)
     feed = example.numpy() if uint8_io else trace_in.numpy()
     if fmt == "onnx":

@@ -155,6 +155,15 @@ def export_contract(path: Path) -> dict:
         return {}
 
 
+def export_marked_untrained(path: Path) -> bool:
+    """An `upsample export --allow-untrained` graph: its contract says its weights are random
+    (False for any other graph, or a file that cannot be read: running it says why)."""
+    try:
+        return bool(export_contract(path).get("untrained"))
+    except Exception:  # noqa: BLE001 - onnx's parse errors have no common type
+        return False
+
+
 def is_foreign(path: Path) -> bool:
     """An existing .onnx file that is not an int8 model of `upsample quantize` (whose metadata
     names the architecture): another project's graph, or an `upsample export` (whose metadata
