@@ -16,8 +16,9 @@ from .options import add_max_pixels_option, check_name_or_file, path_text, silen
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_name(args.config, "a recipe file, e.g. configs/espcn-x3.toml")
     if args.init:
-        _check_init(args.init)
+        _check_name(args.init, "a checkpoint file")
     from ..inference.batch import check_writable
     from ..training import loop
     from ..training.procs import launched_rank  # only rank 0 writes the run dir
@@ -39,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout, sys.stderr = consoles
 
 
-def _check_init(init: str) -> None:
-    """A mistyped model name as --init, said before the training's imports and its images are
-    decoded; every process of a launch checks it, rank 0 alone says it."""
+def _check_name(arg: str, other: str) -> None:
+    """A mistyped model name as CONFIG or --init, said with the names it is close to before the
+    training's imports and its images are decoded (CONFIG espcn-x33 was "config file not found");
+    every process of a launch checks it, rank 0 alone says it. `other`: what else `arg` may be."""
     try:
-        check_name_or_file(init)
+        check_name_or_file(arg)
     except UserError as exc:
-        raise (RankZeroError(str(exc)) if os.environ.get("RANK", "0") != "0" else exc) from None
+        line = str(exc).replace("(or a checkpoint file)", f"(or {other})")
+        raise (RankZeroError(line) if os.environ.get("RANK", "0") != "0" else UserError(line)) from None
 
 
 class Console:

@@ -380,7 +380,8 @@ def validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         value = get_key(cfg, key)
         if not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
-            raise UserError(f"config: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            raise UserError(f"config: {key} must be one of {', '.join(map(_choice_text, choices))}; "
+                            f"got {value!r}{_choice_hint(key, value, choices)}")
     for key in RANGES:
         lo_hi = get_key(cfg, key)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
@@ -421,6 +422,21 @@ def validate(cfg: Config) -> None:
     if not cfg.loss.pixel_weight and not cfg.loss.perceptual.weight and not cfg.loss.adversarial_weight:
         raise UserError("config: loss.pixel_weight, loss.perceptual.weight and "
                         "loss.adversarial_weight are all 0: nothing to train on")
+
+
+def _choice_text(choice) -> str:
+    """A choice as a recipe spells it: true / false, not Python's True (which a user typed)."""
+    return _toml_value(choice) if isinstance(choice, bool) else str(choice)
+
+
+def _choice_hint(key: str, value, choices) -> str:
+    """How to write `value` where it is a choice in other case or quoted ("True", "BF16")."""
+    text = str(value).strip().lower()
+    for c in choices:
+        if _choice_text(c) == text:
+            how = "lowercase, no quotes" if isinstance(c, bool) else "lowercase"
+            return f" (write {key.rsplit('.', 1)[-1]} = {_toml_value(c)}: {how})"
+    return ""
 
 
 def _validate_degrade(d: DegradeConfig) -> None:
@@ -579,7 +595,10 @@ def smallest_recipe(model: str) -> str:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a TOML recipe, apply `--set` overrides, check keys, types and ranges."""
     table = read_toml(path)
-    if not table and not overrides:  # a truncated or wrong file trained the defaults, exit 0
+    # a truncated or wrong file trained the defaults, exit 0 (with a --set of train.steps too);
+    # a --set of model.name says what to train
+    model = overrides_to_table(overrides or []).get("model")
+    if not table and not (isinstance(model, dict) and "name" in model):
         raise UserError(f"config {path} is empty (no tables, no keys): a recipe names at least its "
                         f"[model]; the smallest: {smallest_recipe('espcn-x2')}; or give a shipped model's name "
                         "for its recipe (upsample train espcn-x2)")

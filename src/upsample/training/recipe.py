@@ -70,13 +70,24 @@ def resolve_config(config: str, overrides: list[str], *, run_dir: Path, resume: 
         if not (run_dir / "config.toml").is_file():
             raise UserError(f"--resume: {run_dir} holds last_state.pt but not config.toml, the run's "
                             "config; copy it back from where the run was trained, or start over with --reset")
+        saved = run_config(run_dir)
         cfg = config_mod.load_config(run_dir / "config.toml", overrides)
-        check_resumable(config_mod.load_config(run_dir / "config.toml", []), cfg)
+        check_resumable(saved, cfg)
         _note(recipe_differs(config, recipe_overrides(overrides, packaged), cfg, run_dir))
         return cfg, None
     cfg = config_mod.load_config(config, recipe_overrides(overrides, packaged))
     start_weights(cfg, init)
     return cfg, config_mod.to_toml(cfg)
+
+
+def run_config(run_dir: Path) -> config_mod.Config:
+    """The resumed run's own config.toml; where it no longer loads (edited by hand, a disk that
+    cut it short), a line that says it is the run's file and how to go on."""
+    try:
+        return config_mod.load_config(run_dir / "config.toml", [])
+    except UserError as exc:
+        raise UserError(f"--resume: the run's {run_dir / 'config.toml'} does not load ({exc}); fix it, or "
+                        "start over with --reset") from None
 
 
 def start_weights(cfg: config_mod.Config, init: str | None, how: str = "pass --init CKPT") -> None:
