@@ -181,7 +181,7 @@ def test_val_list_that_is_no_list_is_named_before_the_images_are_read(tmp_path):
     with pytest.raises(UserError, match=r"^data.val_list: .*im0.png is no file list"):
         sources.training_images([str(folder)], val_list=str(folder / "im0.png"))  # a ValueError traceback
     (tmp_path / "val.txt").write_text("imgs/im0.png\nimgs/gone.png\n")
-    with pytest.raises(UserError, match=r"^data.val_list: 1 files in .*val.txt are missing, e.g. .*gone.png"):
+    with pytest.raises(UserError, match=r"^data.val_list: 1 file in .*val.txt is missing, e.g. .*gone.png"):
         sources.training_images([str(folder)], val_list=str(tmp_path / "val.txt"))
     with pytest.raises(UserError, match=r"^data.val_list: file list not found"):
         sources.training_images([str(folder)], val_list=str(tmp_path / "nope.txt"))

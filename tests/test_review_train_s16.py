@@ -66,3 +66,18 @@ def test_a_resumed_run_whose_config_toml_does_not_load_names_it(tmp_path):
     with pytest.raises(UserError, match="unknown key 'train.bogus'") as exc:  # a --set's own mistake
         recipe.resolve_config("configs/tiny.toml", ["train.bogus=1"], run_dir=run, resume=True, init=None)
     assert "the run's" not in str(exc.value)
+
+
+def test_a_stopped_run_resumed_with_fewer_steps_is_not_called_finished(tmp_path):
+    """`--resume --set train.steps=20` of a run stopped at 105 said "is finished (steps at step
+    105/20)": it never finished, and had no final validation."""
+    from upsample.training.loop import finished_note, is_finished
+
+    cfg = config_mod.Config()
+    cfg.train.steps = 20
+    stopped = {"step": 105, "finished": None, "best_step": 100, "best_psnr": 30.0, "bad_vals": 0}
+    assert is_finished(stopped, cfg)
+    note = finished_note(stopped, cfg, tmp_path)
+    assert "stopped at step 105, past train.steps 20" in note and "above 105" in note
+    done = dict(stopped, step=20, finished="steps")
+    assert "is finished (steps at step 20/20" in finished_note(done, cfg, tmp_path)

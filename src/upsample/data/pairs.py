@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import degrade
 from ..errors import UserError
-from ..media.progress import track
+from ..media.progress import counted, track
 from ..media.imageio import atomic_output, is_image_path, list_images, read_rgb, too_large
 
 
@@ -169,7 +169,8 @@ def missing_text(missing: list[Path], listing: Path) -> str:
     (a typo and a trailing comment show as they are), and where relative ones were looked for."""
     shown = ", ".join(os.path.normpath(m) + (" (a folder: a list names files)" if m.is_dir() else "")
                       for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
-    return (f"{len(missing)} files in {listing} are missing, e.g. {shown} (relative entries are relative to the "
+    are = "is" if len(missing) == 1 else "are"
+    return (f"{counted(len(missing), 'file')} in {listing} {are} missing, e.g. {shown} (relative entries are relative to the "
             f"list's folder, {listing.parent}; a line that starts with # is a comment)")
 
 

@@ -28,6 +28,7 @@ from ..data import prepare
 from ..data import store
 from ..data.store import open_store
 from ..errors import UserError
+from ..media.progress import counted
 from . import config as config_mod
 
 
@@ -63,7 +64,7 @@ def build_pairs(cfg: config_mod.Config, files: list[Path], spec: data.PairSpec, 
         wait_for_master_to_build(files, cfg.data.store_dir or None)
     store, built = open_store(files, cfg.data.store_dir or None, progress=progress)
     if built:
-        log(f"decoded {len(files)} training images into {store.path} "
+        log(f"decoded {counted(len(files), 'training image')} into {store.path} "
             f"({store.pixels.nbytes / 2 ** 20:.0f} MB)")
         note_transparent(files, log)  # once, with the decoding that it adds little to
     pairs = dev_data.DeviceBatches(store, spec, seed=cfg.train.seed, device=dev)

@@ -256,6 +256,10 @@ def is_finished(saved: dict, cfg: config_mod.Config) -> bool:
 def finished_note(saved: dict, cfg: config_mod.Config, run_dir: Path) -> str:
     best = f"best val PSNR {saved['best_psnr']:.2f} dB at step {saved['best_step']}" \
         if saved["best_step"] else "no validation"
+    if not saved.get("finished") and saved["step"] > cfg.train.steps:  # stopped, then --set train.steps lower
+        return (f"run {run_dir} was stopped at step {saved['step']}, past train.steps {cfg.train.steps}: nothing "
+                f"to train ({best}; its last steps had no final validation); give train.steps above "
+                f"{saved['step']} to go on")
     return (f"run {run_dir} is finished ({saved.get('finished') or 'steps'} at step "
             f"{saved['step']}/{cfg.train.steps}; {best}); nothing to do")
 
