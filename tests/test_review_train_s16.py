@@ -81,3 +81,21 @@ def test_a_stopped_run_resumed_with_fewer_steps_is_not_called_finished(tmp_path)
     assert "stopped at step 105, past train.steps 20" in note and "above 105" in note
     done = dict(stopped, step=20, finished="steps")
     assert "is finished (steps at step 20/20" in finished_note(done, cfg, tmp_path)
+
+
+def test_a_patch_too_big_alone_names_the_patch_size(monkeypatch):
+    """`--set data.patch_size=100000` said "use data.batch_size <= 1", where one patch alone
+    needed 1930 GB: no batch size helps."""
+    import torch
+
+    from upsample.models import registry
+    from upsample.training import fits
+
+    net = registry.create_model("vdsr", num_layers=3)
+    per_patch = fits.saved_bytes_per_patch(net, (1, 10, 10))
+    monkeypatch.setattr(fits, "free_memory", lambda device: per_patch // 2)
+    with pytest.raises(UserError, match="one patch of data.patch_size .* lower data.patch_size"):
+        fits.check_batch_fits([(net, (1, 10, 10))], 4, 1, torch.device("cpu"), half=False)
+    monkeypatch.setattr(fits, "free_memory", lambda device: per_patch * 3)
+    with pytest.raises(UserError, match=r"data.batch_size <= 1 "):  # one fits: the batch is what to lower
+        fits.check_batch_fits([(net, (1, 10, 10))], 4, 1, torch.device("cpu"), half=False)

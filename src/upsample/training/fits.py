@@ -60,6 +60,10 @@ def check_batch_fits(nets: list[tuple[nn.Module, tuple[int, int, int]]], batch: 
                                  device)
     if per_patch * micro <= available:
         return
+    if per_patch > available:  # not one patch fits: a smaller batch cannot help
+        raise UserError(f"one patch of data.patch_size keeps at least {per_patch / 1e9:.1f} GB of activations for "
+                        f"the backward pass, more than the {available / 1e9:.1f} GB available on {device.type}; "
+                        "lower data.patch_size")
     fits = max(1, available // per_patch) * max(1, accumulate)
     raise UserError(f"data.batch_size = {batch} keeps at least {per_patch * micro / 1e9:.1f} GB of activations "
                     f"for the backward pass of each of its {accumulate} micro-batch(es) ({per_patch / 1e6:.1f} "
