@@ -132,3 +132,10 @@ def test_int8_hints_name_what_the_suggested_command_needs(capsys):
     assert "--int8 q.onnx is timed beside the model it was quantized from" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"bench --model vdsr --scale 3 --calib DIR"):
         load_upscaler("vdsr", scale=3, backend="auto", precision="int8")
+
+
+def test_tune_with_a_mistyped_shipped_name_names_the_close_ones(capsys):
+    """`tune espcn-x33` said "config file not found", as `train espcn-x33` did."""
+    assert cli.main(["tune", "espcn-x33", "--trials", "1", "--storage", "sqlite:///unused.db"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'espcn-x33'; did you mean espcn-x3" in err and "(or a recipe file" in err

@@ -165,10 +165,10 @@ def check_half(args: argparse.Namespace) -> None:
                         "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
 
 
-def check_name_or_file(arg: str) -> None:
+def check_name_or_file(arg: str, other: str = "a checkpoint file") -> None:
     """A model name as a user types it (no folder, no extension) that is neither a file nor a
     registered model: the registry's "unknown model ...; did you mean" line, where the loader said
-    "checkpoint not found: espnc-x2" as if a file were meant."""
+    "checkpoint not found: espnc-x2" as if a file were meant. `other`: what else `arg` may be."""
     if "/" in arg or "\\" in arg or os.path.splitext(arg)[1] or os.path.lexists(arg):
         return
     from ..models import registry  # torch: only for a name that is not a file
@@ -176,7 +176,7 @@ def check_name_or_file(arg: str) -> None:
         try:
             registry.get_spec(arg)
         except UserError as exc:
-            raise UserError(f"{exc} (or a checkpoint file)") from None
+            raise UserError(f"{exc} (or {other})") from None
 
 
 def path_text(text: str) -> str:

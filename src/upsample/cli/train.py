@@ -45,10 +45,9 @@ def _check_name(arg: str, other: str) -> None:
     training's imports and its images are decoded (CONFIG espcn-x33 was "config file not found");
     every process of a launch checks it, rank 0 alone says it. `other`: what else `arg` may be."""
     try:
-        check_name_or_file(arg)
+        check_name_or_file(arg, other)
     except UserError as exc:
-        line = str(exc).replace("(or a checkpoint file)", f"(or {other})")
-        raise (RankZeroError(line) if os.environ.get("RANK", "0") != "0" else UserError(line)) from None
+        raise (RankZeroError(str(exc)) if os.environ.get("RANK", "0") != "0" else exc) from None
 
 
 class Console:
