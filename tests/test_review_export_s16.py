@@ -66,3 +66,14 @@ def test_untrained_export_makes_no_image_unless_asked(tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     assert cli.main(["image", str(tmp_path / "a.png"), "--model", str(out), "-o", str(tmp_path / "o"),
                      "--allow-untrained", "--backend", "onnxruntime"]) == 0
+
+
+def test_a_vdsr_export_at_a_whole_scale_writes_it_whole(tmp_path):
+    """`export vdsr --uint8-io --scale 2` wrote "scale": 2.0 where the fixed-scale models write 2."""
+    from upsample.runtime.export import io_contract
+    from upsample.models import registry
+
+    spec = registry.create_model("vdsr", num_layers=3).upsample_spec
+    assert io_contract(spec, "vdsr", 2.0, uint8_io=True, fp16=False)["scale"] == 2
+    assert isinstance(io_contract(spec, "vdsr", 2.0, uint8_io=True, fp16=False)["scale"], int)
+    assert io_contract(spec, "vdsr", 2.5, uint8_io=True, fp16=False)["scale"] == 2.5

@@ -136,6 +136,7 @@ class Uint8RGB(nn.Module):
 def io_contract(spec, name: str, scale: float | None, *, uint8_io: bool, fp16: bool) -> dict:
     """How to feed the exported file and read its result: written into its metadata."""
     s = scale if scale is not None else spec.scale
+    s = int(s) if s is not None and float(s).is_integer() else s  # 2, as the fixed-scale exports write it
     out_hw = f"H*{s:g}, W*{s:g}" if s else "H*scale, W*scale"
     if uint8_io:
         io = {"input": "uint8 NHWC (N, H, W, 3) RGB, 0..255 (sRGB as stored in the image file)",
