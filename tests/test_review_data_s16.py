@@ -129,3 +129,34 @@ def test_prepare_again_recuts_a_picture_replaced_under_the_same_name(tmp_path, c
     assert np.array_equal(np.asarray(Image.open(out / "photos__a_s000.png")), new)
     assert sorted(p.name for p in out.glob("photos__a_s*.png")) == ["photos__a_s000.png"] + [
         f"photos__a_s001_s{i:03d}.png" for i in range(4)]
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height and holds no pixels: a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_split_leaves_out_a_picture_over_the_pixel_limit(tmp_path, capsys, monkeypatch):
+    """A 900-Mpx PNG went into val.txt; training then refused it. --max-pixels 0 takes it."""
+    from upsample.cli import main
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # process-wide: restored after
+
+    for i in range(4):
+        Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(tmp_path / f"p{i}.png")
+    _png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    assert main(["data", "split", str(tmp_path), "--val", "0.5", "-o", str(tmp_path / "a")]) == 0
+    lists = (tmp_path / "a" / "train.txt").read_text() + (tmp_path / "a" / "val.txt").read_text()
+    assert "bomb.png" not in lists and "p0.png" in lists
+    assert "bomb.png (30000x30000, over the 179 Mpx that --max-pixels allows)" in capsys.readouterr().err
+    assert main(["data", "split", str(tmp_path), "--val", "0.5", "-o", str(tmp_path / "b"),
+                 "--max-pixels", "0"]) == 0
+    lists = (tmp_path / "b" / "train.txt").read_text() + (tmp_path / "b" / "val.txt").read_text()
+    assert "bomb.png" in lists

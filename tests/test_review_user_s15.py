@@ -63,7 +63,7 @@ def test_split_leaves_out_unreadable_files_and_notes_say_one_file(tmp_path, caps
     (folder / "Thumbs.db").write_bytes(b"x")
     assert cli.main(["data", "split", str(folder), "--val", "0.3", "-o", str(tmp_path / "lists")]) == 0
     err = capsys.readouterr().err
-    assert "leaving out 1 file that cannot be read as an image, e.g. broken.jpg" in err
+    assert "leaving out 1 file that training cannot read, e.g. broken.jpg (it cannot be read as an image)" in err
     assert "1 file of" in err and "1 files" not in err
     listed = (tmp_path / "lists" / "train.txt").read_text() + (tmp_path / "lists" / "val.txt").read_text()
     assert "broken.jpg" not in listed and listed.count(".png") == 3

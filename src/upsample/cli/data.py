@@ -161,4 +161,5 @@ def register(sub) -> None:
     add_output_option(ps, dest="out", metavar="DIR", required=False,
                       help="folder for train.txt and val.txt (default: the input folder)")
     add_overwrite_option(ps, help="replace train.txt / val.txt that hold another split (default: refuse)")
+    add_max_pixels_option(ps)
     ps.set_defaults(func=run_split)

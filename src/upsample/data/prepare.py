@@ -25,8 +25,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError, one_line
-from ..media.imageio import (atomic_save, header_size, is_image_path, list_images, open_image, read_rgb,
-                             skip_reason)
+from ..media.imageio import (atomic_save, header_size, is_image_path, list_images, max_pixels, open_image,
+                             read_rgb, skip_reason)
 from ..media.animation import image_frame_count
 from ..media.progress import counted, progress_bar, track
 from .pairs import (NAMES_TEXT, file_list_text, hidden_hint, missing_text, one_name_each, outside, read_file_list,
@@ -653,17 +653,31 @@ def _quarantine(root: Path, qdir: Path, path: Path, why: list[str]) -> Path:
 # --- split -----------------------------------------------------------------------------------
 
 def without_readable_headers(root: Path, images: list[Path]) -> list[Path]:
-    """`images` but those whose header cannot be read and the animations (a training run would
-    stop at each), with a note naming one and the commands that find and move aside every such file."""
-    unreadable = {p for p in images if header_size(p) is None or animation_frames(p)}
-    if unreadable:
-        first = min(unreadable)
-        what = " (an animation)" if animation_frames(first) else ""
-        print(f"note: data split: leaving out {counted(len(unreadable), 'file')} that cannot be read as "
-              f"an image, e.g. {one_line(first.relative_to(root))}{what}: `upsample data check {root}` names "
-              f"every unreadable file, `upsample data clean {root} --quarantine DIR` moves them aside",
+    """`images` but those whose header cannot be read, the animations and those over the pixel
+    limit (a training run would stop at each), with a note naming one and the commands that find
+    and move aside every such file."""
+    why = {p: _unusable(p) for p in images}
+    unusable = sorted(p for p, reason in why.items() if reason is not None)
+    if unusable:
+        first = unusable[0]
+        print(f"note: data split: leaving out {counted(len(unusable), 'file')} that training cannot read, "
+              f"e.g. {one_line(first.relative_to(root))} ({why[first]}): `upsample data check {root}` names "
+              f"every such file, `upsample data clean {root} --quarantine DIR` moves them aside",
               file=sys.stderr)
-    return [p for p in images if p not in unreadable]
+    return [p for p in images if why[p] is None]
+
+
+def _unusable(path: Path) -> str | None:
+    """Why training would refuse `path` as one picture, from its header: None where it would not."""
+    size = header_size(path)
+    if size is None:
+        return "it cannot be read as an image"
+    if animation_frames(path):
+        return "an animation"
+    limit = max_pixels()
+    if limit and size[0] * size[1] > limit:
+        return f"{size[0]}x{size[1]}, over the {limit / 1e6:.0f} Mpx that --max-pixels allows"
+    return None
 
 
 def split(folder: str, val_fraction: float, seed: int, out: str | None = None, *,
