@@ -225,12 +225,12 @@ def _load_manifest(out: Path, params: str) -> dict[str, int]:
     if not lines or lines[0] != params:
         raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
                         "use the same options or another -o folder")
-    done = {}
+    latest = {}  # path -> (key, crops): a source cut again after it was replaced counts as its last cut
     for line in lines[1:]:
         key, _, n = line.rpartition("\t")
-        if key:
-            done[key] = int(n) if n.isdigit() else 0
-    return done
+        if key:  # (a backup of the first file, restored with its time, is not the crops now there)
+            latest[key.rsplit("|", 2)[0]] = (key, int(n) if n.isdigit() else 0)
+    return dict(latest.values())
 
 
 def _drop_stale_parts(out_dir: Path) -> None:
@@ -338,7 +338,7 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
             counts["unreadable"] += 1
             continue
         if changed:  # a smaller picture: fewer crops, the old ones past them would stay
-            _drop_crops_not_made(out_dir, name, made)
+            _drop_crops_not_made(out_dir, path, name, made)
         if not pictures:  # a video cut short decodes no frame without an error: was skipped silently
             tqdm.write(f"skipping: {path} has no frames that decode (cut short?); copy it again", file=sys.stderr)
             counts["unreadable"] += 1
@@ -357,10 +357,12 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
     return counts
 
 
-def _drop_crops_not_made(out_dir: Path, name: str, made: set[str]) -> None:
-    """Remove the crops of the source named `name` in `out_dir` (NAME_s000.png, a video's
-    NAME_f000000_s000.png) but those in `made`: the crops of a picture it no longer is."""
-    mine = re.compile(re.escape(name) + r"(?:_f\d{6})?_s\d{3,}\.png")
+def _drop_crops_not_made(out_dir: Path, source: Path, name: str, made: set[str]) -> None:
+    """Remove the crops of `source`, named `name`, in `out_dir` (NAME_s000.png, a video's
+    NAME_f000000_s000.png) but those in `made`: the crops of a picture it no longer is (a
+    picture's pattern alone: a neighbour NAME_f000001.png's crops are not a video's frames)."""
+    frame = r"_f\d{6}" if is_video_path(source) else ""
+    mine = re.compile(re.escape(name) + frame + r"_s\d{3,}\.png")
     for old in out_dir.glob(glob.escape(name) + "_*.png"):
         if mine.fullmatch(old.name) and old.name not in made:
             old.unlink(missing_ok=True)
