@@ -177,7 +177,10 @@ def test_a_recipe_in_another_encoding_says_which(tmp_path, encoding, message):
 def test_an_empty_recipe_is_refused_not_trained_on_defaults(tmp_path, text):
     with pytest.raises(UserError, match=r"is empty .*\[model\] name = .*upsample train espcn-x2"):
         load_config(_recipe(tmp_path, text))
-    assert load_config(_recipe(tmp_path, text), ["train.steps=5"]).train.steps == 5  # --set alone: as before
+    with pytest.raises(UserError, match=r"is empty"):  # a --set of steps alone trained the defaults too
+        load_config(_recipe(tmp_path, text), ["train.steps=5"])
+    cfg = load_config(_recipe(tmp_path, text), ["model.name=espcn-x3", "train.steps=5"])  # says what to train
+    assert (cfg.model.name, cfg.train.steps) == ("espcn-x3", 5)
 
 
 def test_a_key_given_twice_hints_at_it(tmp_path):
