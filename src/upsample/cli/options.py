@@ -15,6 +15,7 @@ import sys
 from ..errors import UserError
 from ..inference.sizes import MIN_UNITLESS_MEMORY, check_scale, parse_memory, parse_size
 from ..inference.tiling import MIN_TILE
+from ..runtime import kinds
 from ..runtime.kinds import BACKENDS, PRECISIONS
 
 
@@ -158,11 +159,11 @@ def memory_limit(text: str | None) -> int | None:
 
 
 def check_half(args: argparse.Namespace) -> None:
-    """--half is half precision unchecked: with a --precision other than auto (which it replaces)
-    the two ask for different things, and --precision fp32 was silently run in bf16."""
-    if args.half and args.precision in ("fp32", "int8"):  # (bf16 / fp16: what --half asks for too)
-        raise UserError(f"--half and --precision {args.precision} ask for two precisions: give one of "
-                        "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
+    """`kinds.check_half` of the options, before torch is imported."""
+    kinds.check_half(args.half, args.precision)
+
+
+RECIPE_FILE = "a recipe file, e.g. configs/espcn-x3.toml"  # what else train's and tune's CONFIG may be
 
 
 def check_name_or_file(arg: str, other: str = "a checkpoint file") -> None:

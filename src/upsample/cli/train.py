@@ -11,12 +11,12 @@ from pathlib import Path
 
 from ..errors import RankZeroError, UserError
 from . import Terminated
-from .options import add_max_pixels_option, check_name_or_file, path_text, silence
+from .options import RECIPE_FILE, add_max_pixels_option, check_name_or_file, path_text, silence
 
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_name(args.config, "a recipe file, e.g. configs/espcn-x3.toml")
+    _check_name(args.config, RECIPE_FILE)
     if args.init:
         _check_name(args.init, "a checkpoint file")
     from ..inference.batch import check_writable

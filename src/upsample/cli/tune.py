@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from ..training import tune
-from .options import add_max_pixels_option, add_output_option, add_overwrite_option, check_name_or_file, path_text
+from .options import (RECIPE_FILE, add_max_pixels_option, add_output_option, add_overwrite_option,
+                      check_name_or_file, path_text)
 
 
 def run(args: argparse.Namespace) -> int:
     from . import Terminated
-    check_name_or_file(args.config, "a recipe file, e.g. configs/espcn-x3.toml")  # not "config file not found"
+    check_name_or_file(args.config, RECIPE_FILE)  # not "config file not found"
     try:
         best = tune.tune(args.config, overrides=args.overrides, trials=args.trials, storage=args.storage,
                          study_name=args.study, run_dir=args.run_dir, out=args.out, device=args.device,

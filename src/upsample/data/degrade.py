@@ -176,12 +176,18 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 # --- Training degradations beyond bicubic (blur + subsample, noise, JPEG) ---------------------
 # All take and return float NCHW in [0, 1]; randomness only through an explicit generator.
 
+def gaussian_radius(sigma: float) -> int:
+    """How far the default Gaussian of `sigma` reaches: ceil(3 sigma) pixels each side, which
+    `gaussian_blur` needs the image's sides to exceed."""
+    return int(math.ceil(3.0 * sigma))
+
+
 def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian (float64); `size` defaults to 2 * ceil(3 sigma) + 1."""
+    """Normalised 1-D Gaussian (float64); `size` defaults to 2 * `gaussian_radius` + 1."""
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     if size is None:
-        size = 2 * int(math.ceil(3.0 * sigma)) + 1
+        size = 2 * gaussian_radius(sigma) + 1
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
     return g / g.sum()

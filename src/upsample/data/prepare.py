@@ -215,8 +215,9 @@ def _frames(path: Path, name: str, every: int):
         yield name, read_rgb(path)
 
 
-def _load_manifest(out: Path, params: str) -> dict[str, int]:
-    """{source key: crops made} of the sources done in an earlier run into `out`."""
+def _load_manifest(out: Path, params: str) -> dict[str, tuple[str, int]]:
+    """{source path: (its key when last cut, crops made)} of the sources done in an earlier run
+    into `out` (a key is "path|size|mtime": a source replaced since has another)."""
     path = out / MANIFEST
     if not path.exists():
         return {}
@@ -225,12 +226,12 @@ def _load_manifest(out: Path, params: str) -> dict[str, int]:
     if not lines or lines[0] != params:
         raise UserError(f"{out} was prepared with other settings ({lines[0] if lines else '?'}); "
                         "use the same options or another -o folder")
-    latest = {}  # path -> (key, crops): a source cut again after it was replaced counts as its last cut
-    for line in lines[1:]:
+    done = {}  # a source cut again after it was replaced counts as its last cut (a backup of the
+    for line in lines[1:]:  # first file, restored with its time, is not the crops now there)
         key, _, n = line.rpartition("\t")
-        if key:  # (a backup of the first file, restored with its time, is not the crops now there)
-            latest[key.rsplit("|", 2)[0]] = (key, int(n) if n.isdigit() else 0)
-    return dict(latest.values())
+        if key:
+            done[key.rsplit("|", 2)[0]] = (key, int(n) if n.isdigit() else 0)
+    return done
 
 
 def _drop_stale_parts(out_dir: Path) -> None:
@@ -305,20 +306,21 @@ def prepare(sources: list[str], out: str, *, size: int = 512, stride: int | None
         (out_dir / MANIFEST).write_text(params + "\n")
     counts = {"sources": len(todo), "skipped_done": 0, "too_small": 0, "unreadable": 0,
               "crops": 0, "written": 0}
-    cut_before = {k.rsplit("|", 2)[0] for k in done}  # the sources' paths, whatever their size and time
     bar = progress_bar(len(todo), progress, desc="prepare", unit=" file")
     largest = 0  # the shorter side of the largest picture too small for a crop
     for path, name in todo:
         bar.update(1)  # started: the files already done are passed over as quickly
         st = path.stat()
-        key = one_line(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")  # a name's line break: one line
-        if key in done:  # its crops (or that it had none) counted as before
+        source = one_line(path.resolve())  # a name's line break: one manifest line
+        key = f"{source}|{st.st_size}|{st.st_mtime_ns}"
+        earlier_key, earlier_crops = done.get(source, (None, 0))
+        if key == earlier_key:  # its crops (or that it had none) counted as before
             counts["skipped_done"] += 1
-            counts["crops"] += done[key]
-            counts["too_small"] += done[key] == 0
+            counts["crops"] += earlier_crops
+            counts["too_small"] += earlier_crops == 0
             continue
         # a file replaced since it was cut (same name, other picture): its old crops were kept
-        changed = one_line(str(path.resolve())) in cut_before
+        changed = earlier_key is not None
         n_crops, small, pictures, made = 0, None, 0, set()
         try:
             for stem, arr in _frames(path, name, every):

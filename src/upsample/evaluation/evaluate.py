@@ -36,7 +36,8 @@ from PIL import Image
 from . import metrics
 from .montage import side_by_side
 from ..data.colour import to_tensor, to_uint8
-from ..data.degrade import blur_subsample, imresize_any_cpu, make_lr, modcrop, quantize, scale_period
+from ..data.degrade import (blur_subsample, gaussian_radius, imresize_any_cpu, make_lr, modcrop, quantize,
+                             scale_period)
 from ..data.pairs import one_name_each
 from ..data.prepare import LR_MARK, SRF_HR, lr_files, lr_folder_name
 from ..errors import UserError, one_line
@@ -181,8 +182,8 @@ class Run:
             raise UserError(f"an HR image is {hw[1]}x{hw[0]}: after the {self.crop}-pixel border crop "
                             f"it is under the {side}x{side} pixels SSIM needs; "
                             "remove such small images from --data (or lower --crop)")
-        reach = int(math.ceil(3.0 * self.degrade.sigma)) if self.degrade.kind == "gaussian" else 0
-        if reach and reach >= min(hw[:2]):  # data.degrade.gaussian_blur's limit, found before any work
+        reach = gaussian_radius(self.degrade.sigma) if self.degrade.kind == "gaussian" else 0
+        if reach and reach >= min(hw[:2]):  # gaussian_blur's limit, found before any work
             raise UserError(f"an HR image is {hw[1]}x{hw[0]}: the blur of --sigma {self.degrade.sigma:g} "
                             f"reaches {reach} pixels (3 sigma), and needs sides above that; lower --sigma or "
                             "remove such small images from --data")
@@ -432,11 +433,9 @@ def evaluate_folder(run: Run, folder: str, found: tuple[list[Path], list[str]], 
     """{"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "n"} (and "lpips", "images" where asked)
     over a folder, `found`: its `hr_images` (listed once, before the model loaded); `given`: {HR:
     its LR file} where the LR is given (--lr), else each LR is made from its HR."""
-    images, notes = found
+    images, notes = found  # never empty: `check_found`
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if not images:
-        raise UserError(f"no images in {folder}")
     rows = []
     bar = progress_bar(len(images), progress, desc=name, unit=" img", leave=False)
     for path in images:

@@ -22,7 +22,7 @@ from ..data.degrade import output_size
 from ..errors import UserError, UserTypeError, UserValueError
 from ..media.imageio import Planes, fill_hidden_colour, planes_from_pil, planes_to_pil
 from ..models import registry, table
-from ..runtime.kinds import BACKENDS, PRECISIONS
+from ..runtime.kinds import BACKENDS, PRECISIONS, check_half
 from .load import check_scale, load_upscaler
 from .sizes import MIN_UNITLESS_MEMORY, parse_memory
 from .tiler import Tiler, is_channel_agnostic
@@ -454,8 +454,7 @@ def make_upscaler(model: str | None, scale=None, *, backend: str = "auto", devic
         model = default_model(scale, fastest=fastest_default)
     if model == "bicubic" and scale is None:
         scale = 2.0
-    if half and precision in ("fp32", "int8"):  # as the CLI's check_half: `load` ran fp32 in bf16
-        raise UserError(f"--half and --precision {precision} ask for two precisions: give one of them")
+    check_half(half, precision)  # `load` ran fp32 in bf16
     if half and backend == "auto" and model != "bicubic":  # --half with auto: the device's half type, unchecked
         precision, half = half_precision(str(device)), False
     up = load_upscaler(model, scale=scale, backend=backend, device=device, precision=precision,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from ..errors import UserError
+
 
 class Backend(StrEnum):
     """Where the network runs (`--backend`)."""
@@ -27,3 +29,12 @@ class Precision(StrEnum):
 
 BACKENDS = tuple(b.value for b in Backend)
 PRECISIONS = tuple(p.value for p in Precision)
+
+
+def check_half(half: bool, precision: str) -> None:
+    """--half is half precision unchecked: with a --precision other than auto (which it replaces)
+    the two ask for different things, and --precision fp32 was silently run in bf16 (the CLI and
+    `upsample.load` both ask here; bf16 / fp16 are what --half asks for too)."""
+    if half and precision in (Precision.FP32, Precision.INT8):
+        raise UserError(f"--half and --precision {precision} ask for two precisions: give one of "
+                        "them (--half: fp16 on CUDA, bf16 on CPU, without the quality check)")
